@@ -1,0 +1,163 @@
+"""How an agent container is configured: a pure function from profile and grants to the
+engine's create arguments, so every hardening control is visible (and tested) in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.profiles import Profile
+
+NOBODY = 65534
+LABEL_SESSION = "org.airlock.session"
+LABEL_OWNER = "org.airlock.owner"
+LABEL_SUPERVISOR = "org.airlock.supervisor"
+LABEL_PROFILE = "org.airlock.profile"
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The uid/gid the agent runs as: the user's own, so their files are readable."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def for_caller(cls, environ: Mapping[str, str] | None = None) -> Identity:
+        environ = os.environ if environ is None else environ
+        if os.getuid() != 0:
+            return cls(os.getuid(), os.getgid())
+        # Run by root through sudo: the agent is the desktop user, never root.
+        sudo_uid, sudo_gid = environ.get("SUDO_UID", ""), environ.get("SUDO_GID", "")
+        if sudo_uid.isdigit() and sudo_gid.isdigit() and int(sudo_uid) != 0:
+            return cls(int(sudo_uid), int(sudo_gid))
+        return cls(NOBODY, NOBODY)
+
+
+@dataclass(frozen=True, slots=True)
+class BindMount:
+    source: Path
+    target: Path
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    image: str
+    command: tuple[str, ...]
+    identity: Identity
+    environment: Mapping[str, str]
+    workdir: str
+    mounts: tuple[BindMount, ...]
+    labels: Mapping[str, str]
+    memory: int
+    nano_cpus: int
+    pids: int
+    tmpfs_size: int
+    seccomp: str  # the profile's JSON text: the engine API takes content, not a path
+    runtime: str | None
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Arguments for docker-py's `containers.create`."""
+        from docker.types import Mount
+
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "command": list(self.command) or None,
+            "name": self.name,
+            "hostname": "airlock",
+            "user": f"{self.identity.uid}:{self.identity.gid}",
+            "environment": dict(self.environment),
+            "working_dir": self.workdir,
+            "labels": dict(self.labels),
+            "detach": True,
+            "stdin_open": False,
+            "tty": False,
+            "network_mode": "none",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true", f"seccomp={self.seccomp}"],
+            "pids_limit": self.pids,
+            "mem_limit": self.memory,
+            "memswap_limit": self.memory,  # no swap: the memory limit is the limit
+            "nano_cpus": self.nano_cpus,
+            "ipc_mode": "private",
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"},
+            "ulimits": _ulimits(),
+            "mounts": [
+                Mount(
+                    target=str(mount.target),
+                    source=str(mount.source),
+                    type="bind",
+                    read_only=mount.read_only,
+                    propagation="rprivate",
+                )
+                for mount in self.mounts
+            ],
+            "init": True,  # reap zombies and forward signals to the agent
+        }
+        if self.runtime:
+            kwargs["runtime"] = self.runtime
+        return kwargs
+
+
+def _ulimits() -> list[Any]:
+    from docker.types import Ulimit
+
+    return [Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)]
+
+
+def container_environment(profile: Profile, session: str) -> dict[str, str]:
+    """A clean environment: nothing of the host's leaks in, only the profile's own variables
+    and what Airlock sets."""
+    environment = {
+        "PATH": CONTAINER_PATH,
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "AIRLOCK_SESSION": session,
+    }
+    environment.update(profile.env)
+    return environment
+
+
+def build_spec(
+    *,
+    profile: Profile,
+    session: str,
+    image: str,
+    command: Sequence[str] | None,
+    identity: Identity,
+    anchors: Sequence[tuple[Path, Path]],
+    first_grant: Path | None,
+    seccomp: str,
+    labels: Mapping[str, str],
+) -> ContainerSpec:
+    """`anchors` are (view directory on the host, path in the container) pairs."""
+    if profile.workdir:
+        workdir = profile.workdir
+    elif first_grant is not None:
+        workdir = str(first_grant if first_grant.is_dir() else first_grant.parent)
+    else:
+        workdir = "/tmp"
+    return ContainerSpec(
+        name=f"airlock-{session}",
+        image=image,
+        command=tuple(command) if command else profile.command,
+        identity=identity,
+        environment=container_environment(profile, session),
+        workdir=workdir,
+        mounts=tuple(BindMount(source, target) for source, target in anchors),
+        labels=dict(labels),
+        memory=profile.resources.memory,
+        nano_cpus=int(profile.resources.cpus * 1e9),
+        pids=profile.resources.pids,
+        tmpfs_size=profile.resources.tmpfs,
+        seccomp=seccomp,
+        runtime=profile.runtime,
+    )

@@ -1,0 +1,495 @@
+"""Sessions: one hardened, throw-away container per agent run, supervised on one asyncio loop.
+
+Every Docker SDK call blocks, so each goes through `asyncio.to_thread`; the output stream
+is read by a thread and handed back to the loop with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from app.container import (
+    LABEL_OWNER,
+    LABEL_PROFILE,
+    LABEL_SESSION,
+    LABEL_SUPERVISOR,
+    ContainerSpec,
+    Identity,
+    build_spec,
+)
+from app.errors import EngineError, GrantError, ImageError, SessionError
+from app.events import EventBus, EventKind
+from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, grant_for
+from app.paths import Dirs
+from app.profiles import Profile, ProfileCatalog
+from app.store import SessionRecord, SessionState, StateStore
+from app.view import SessionView, anchors_for
+
+log = logging.getLogger(__name__)
+
+EXIT_TIMEOUT = 124
+STOP_GRACE_SECONDS = 5
+LIMIT_POLL_SECONDS = 0.5
+MAX_EVENT_LINE = 4096
+
+
+class Output(Protocol):
+    """Where the agent's stdout and stderr go (the terminal, the app's log view)."""
+
+    def write(self, stream: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    profile: Profile
+    profile_path: Path
+    grants: tuple[GrantRequest, ...] = ()
+    command: tuple[str, ...] | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    session: str
+    exit_code: int
+    reason: str
+
+
+@dataclass(slots=True)
+class _Running:
+    """What the supervisor holds for one live session."""
+
+    id: str
+    view: SessionView
+    container: Container | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    line_buffers: dict[str, bytes] = field(default_factory=dict)
+
+
+def process_token(pid: int | None = None) -> str:
+    """`pid:start-time`: names a process so that a recycled pid is not mistaken for it."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return f"{pid}:{int(fields[19])}"
+    except (OSError, IndexError, ValueError):
+        return f"{pid}:0"
+
+
+def process_alive(token: str) -> bool:
+    pid_text, _, _ = token.partition(":")
+    if not pid_text.isdigit():
+        return False
+    return process_token(int(pid_text)) == token
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(4)
+
+
+class Supervisor:
+    """Starts, watches and ends sessions; owns nothing global — the caller builds it."""
+
+    def __init__(
+        self,
+        engine: docker.DockerClient,
+        store: StateStore,
+        bus: EventBus,
+        dirs: Dirs,
+        catalog: ProfileCatalog,
+        identity: Identity | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.bus = bus
+        self.dirs = dirs
+        self.catalog = catalog
+        self.identity = identity or Identity.for_caller()
+        self.owner = str(os.getuid())
+        self._running: dict[str, _Running] = {}
+
+    # the life of a session
+
+    async def run(self, request: LaunchRequest, output: Output) -> SessionResult:
+        """Runs one session to its end. Cancelling the task stops and removes the container."""
+        await asyncio.to_thread(self.sweep)
+        image = await asyncio.to_thread(self._check_image, request.profile)
+        seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
+        session_id = new_session_id()
+        running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"))
+        self._running[session_id] = running
+        self.store.add_session(
+            SessionRecord(
+                id=session_id, profile=request.profile.name, image=image, container_id=None,
+                supervisor=process_token(), state=SessionState.STARTING, started_at=time.time(),
+            )
+        )
+        exit_code, reason = 1, "failed to start"
+        try:
+            grants = self._session_grants(session_id, request)
+            spec = self._prepare(running, request, image, seccomp, grants)
+            container = await asyncio.to_thread(self._create, spec.create_kwargs())
+            running.container = container
+            exit_code, reason = await self._supervise(running, request, container, output)
+            return SessionResult(session_id, exit_code, reason)
+        except asyncio.CancelledError:
+            exit_code, reason = 130, "interrupted"
+            raise
+        finally:
+            await asyncio.shield(self._end(running, exit_code, reason))
+
+    def _session_grants(self, session_id: str, request: LaunchRequest) -> list[Grant]:
+        now = time.time()
+        home = Path.home()
+        requests = list(request.grants)
+        for default in request.profile.grants:
+            path = default.resolved(home)
+            try:
+                requests.append(check_grant_path(path, Mode(default.mode), Path.cwd()))
+            except GrantError as e:
+                self.bus.emit(EventKind.GRANT_SKIPPED, session_id, str(path), reason=str(e))
+        grants = [grant_for(r, lifetime=Lifetime.SESSION, session=session_id, now=now)
+                  for r in requests]
+        self.store.add_grants(grants, session=session_id)
+        stored = self.store.profile_grants(request.profile.name, now)
+        self.store.link_grants(session_id, stored)
+        return grants + stored
+
+    def _prepare(
+        self,
+        running: _Running,
+        request: LaunchRequest,
+        image: str,
+        seccomp: str,
+        grants: Sequence[Grant],
+    ) -> ContainerSpec:
+        for grant in grants:
+            if grant.mode is not Mode.READ:
+                raise GrantError(f"{grant.path}: read-write grants are not supported yet")
+            mirrored = running.view.add(grant.path)
+            self.bus.emit(
+                EventKind.GRANT_ADDED, running.id, str(grant.path), grant=grant.id,
+                mode=str(grant.mode), lifetime=str(grant.lifetime), linked=mirrored.linked,
+                copied=mirrored.copied, directories=mirrored.directories,
+            )
+            for path, why in mirrored.skipped:
+                self.bus.emit(EventKind.GRANT_SKIPPED, running.id, path, reason=why)
+            if grant.expires_at is not None:
+                self._schedule_expiry(running, grant)
+        anchors = anchors_for((g.path, g.path.is_dir()) for g in grants)
+        mounts = [(running.view.prepare_anchor(anchor), anchor) for anchor in anchors]
+        labels = {
+            LABEL_SESSION: running.id,
+            LABEL_OWNER: self.owner,
+            LABEL_SUPERVISOR: process_token(),
+            LABEL_PROFILE: request.profile.name,
+        }
+        return build_spec(
+            profile=request.profile, session=running.id, image=image, command=request.command,
+            identity=self.identity, anchors=mounts,
+            first_grant=grants[0].path if grants else None, seccomp=seccomp, labels=labels,
+        )
+
+    async def _supervise(
+        self, running: _Running, request: LaunchRequest, container: Container, output: Output
+    ) -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        drained = loop.create_future()
+        stream = await asyncio.to_thread(
+            container.attach, stdout=True, stderr=True, stream=True, logs=True, demux=True
+        )
+        reader = loop.run_in_executor(
+            None, self._pump_output, stream, running, output, loop, drained
+        )
+        await asyncio.to_thread(container.start)
+        self.store.set_session_running(running.id, container.id or "")
+        await asyncio.to_thread(container.reload)
+        self.bus.emit(
+            EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
+            image=container.attrs["Config"]["Image"], container=container.short_id,
+            uid=self.identity.uid, pid=container.attrs["State"]["Pid"],
+        )
+        limits = loop.create_task(self._watch_limits(running, container))
+        running.tasks.add(limits)
+        waiter = loop.create_task(asyncio.to_thread(container.wait))
+        running.tasks.add(waiter)
+        reason = ""
+        done, _ = await asyncio.wait({waiter}, timeout=request.timeout or request.profile.timeout)
+        if not done:
+            reason = "timed out"
+            self.bus.emit(EventKind.SESSION_TIMEOUT, running.id, running.id,
+                          seconds=request.timeout or request.profile.timeout)
+            await asyncio.to_thread(container.stop, timeout=STOP_GRACE_SECONDS)
+        status = await waiter
+        await asyncio.wait({reader, drained}, timeout=5)
+        limits.cancel()
+        self._flush_lines(running)
+        code = int(status.get("StatusCode", 1))
+        await asyncio.to_thread(container.reload)
+        state = container.attrs.get("State", {})
+        if state.get("OOMKilled"):
+            reason = "killed: out of memory"
+            self.bus.emit(EventKind.SESSION_OOM, running.id, running.id,
+                          limit=request.profile.resources.memory)
+        if reason == "timed out":
+            code = EXIT_TIMEOUT
+        elif not reason:
+            reason = _describe_exit(code)
+        self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
+        return code, reason
+
+    def _pump_output(
+        self,
+        stream: Any,
+        running: _Running,
+        output: Output,
+        loop: asyncio.AbstractEventLoop,
+        drained: asyncio.Future[None],
+    ) -> None:
+        try:
+            for stdout, stderr in stream:
+                for name, data in (("stdout", stdout), ("stderr", stderr)):
+                    if data:
+                        loop.call_soon_threadsafe(self._on_output, running, output, name, data)
+        except (docker.errors.APIError, OSError, ValueError) as e:
+            log.debug("output stream of %s ended: %s", running.id, e)
+        finally:
+            loop.call_soon_threadsafe(_set_done, drained)
+
+    def _on_output(self, running: _Running, output: Output, name: str, data: bytes) -> None:
+        try:
+            output.write(name, data)
+        except OSError as e:
+            log.warning("cannot write the agent's %s: %s", name, e)
+        buffered = running.line_buffers.get(name, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        if len(rest) > MAX_EVENT_LINE:
+            lines.append(rest)
+            rest = b""
+        running.line_buffers[name] = rest
+        for line in lines:
+            self._emit_line(running.id, name, line)
+
+    def _flush_lines(self, running: _Running) -> None:
+        for name, rest in running.line_buffers.items():
+            if rest:
+                self._emit_line(running.id, name, rest)
+        running.line_buffers.clear()
+
+    def _emit_line(self, session: str, stream: str, line: bytes) -> None:
+        text = line[:MAX_EVENT_LINE].decode("utf-8", "replace")
+        self.bus.emit(EventKind.SESSION_OUTPUT, session, stream, text=text, size=len(line))
+
+    async def _watch_limits(self, running: _Running, container: Container) -> None:
+        """Polls the container's cgroup for hits of the pids and memory limits: the engine
+        reports an OOM kill only at exit, and pids exhaustion not at all."""
+        pid = int(container.attrs["State"]["Pid"] or 0)
+        counters = await asyncio.to_thread(_limit_counter_files, pid)
+        seen: dict[str, int] = {}
+        while counters:
+            for name, path in counters.items():
+                value = await asyncio.to_thread(_read_counter, path)
+                if value is not None and value > seen.get(name, 0):
+                    if name in seen:
+                        self.bus.emit(EventKind.SESSION_LIMIT, running.id, name, count=value)
+                    seen[name] = value
+                seen.setdefault(name, value or 0)
+            await asyncio.sleep(LIMIT_POLL_SECONDS)
+
+    async def _end(self, running: _Running, exit_code: int, reason: str) -> None:
+        for timer in running.timers:
+            timer.cancel()
+        for task in running.tasks:
+            task.cancel()
+        if running.container is not None:
+            await asyncio.to_thread(self._remove_container, running.container)
+        await asyncio.to_thread(running.view.discard)
+        self.store.end_session(running.id, SessionState.EXITED, exit_code, reason)
+        self._running.pop(running.id, None)
+
+    def _schedule_expiry(self, running: _Running, grant: Grant) -> None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (grant.expires_at or 0) - time.time())
+        running.timers.append(loop.call_later(delay, self.revoke, [grant.id]))
+
+    # engine helpers (blocking: call through asyncio.to_thread)
+
+    def _check_image(self, profile: Profile) -> str:
+        try:
+            image = self.engine.images.get(profile.image)
+        except docker.errors.ImageNotFound as e:
+            raise ImageError(
+                f"image {profile.image} is not in the engine; build it with `airlock image build`"
+            ) from e
+        except docker.errors.APIError as e:
+            raise EngineError(f"cannot inspect image {profile.image}: {e.explanation}") from e
+        if profile.image_digest:
+            digests = {image.id} | {d.partition("@")[2] for d in image.attrs.get("RepoDigests", [])}
+            if profile.image_digest not in digests:
+                raise ImageError(
+                    f"image {profile.image} is {image.id}, not the pinned "
+                    f"{profile.image_digest}: refusing to run it"
+                )
+        if profile.runtime:
+            runtimes = self.engine.info().get("Runtimes", {})
+            if profile.runtime not in runtimes:
+                raise EngineError(
+                    f"profile {profile.name} asks for runtime {profile.runtime!r}, which the "
+                    f"engine does not have (it has: {', '.join(sorted(runtimes))}); install it "
+                    "or remove `runtime` from the profile"
+                )
+        return image.id or profile.image
+
+    def _create(self, kwargs: dict[str, Any]) -> Container:
+        try:
+            return self.engine.containers.create(**kwargs)
+        except docker.errors.APIError as e:
+            raise EngineError(f"the engine refused the container: {e.explanation}") from e
+
+    def _remove_container(self, container: Container) -> None:
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            log.warning("cannot remove container %s: %s", container.short_id, e.explanation)
+
+    def _containers(self, session: str | None = None) -> list[Container]:
+        labels = [f"{LABEL_OWNER}={self.owner}"]
+        labels.append(f"{LABEL_SESSION}={session}" if session else LABEL_SESSION)
+        return list(self.engine.containers.list(all=True, filters={"label": labels}))
+
+    # what other commands do to sessions
+
+    def sweep(self) -> list[str]:
+        """Removes what crashed supervisors left behind: containers, views, live records."""
+        swept = []
+        for container in self._containers():
+            labels = container.labels
+            session = labels.get(LABEL_SESSION, "")
+            if session in self._running or process_alive(labels.get(LABEL_SUPERVISOR, "")):
+                continue
+            self._remove_container(container)
+            swept.append(session)
+        for record in self.store.sessions(live_only=True):
+            if record.id in self._running or process_alive(record.supervisor):
+                continue
+            SessionView(self.dirs.sessions / record.id / "view").discard()
+            self.store.end_session(record.id, SessionState.SWEPT, None, "supervisor vanished")
+            if record.id not in swept:
+                swept.append(record.id)
+        for session in swept:
+            self.bus.emit(EventKind.SESSION_SWEPT, session, session)
+        return swept
+
+    def live_sessions(self) -> list[SessionRecord]:
+        self.sweep()
+        return self.store.sessions(live_only=True)
+
+    def stop(self, session: str) -> None:
+        record = self.store.session(session)
+        if record is None or not record.live:
+            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
+        containers = self._containers(session)
+        for container in containers:
+            try:
+                container.stop(timeout=STOP_GRACE_SECONDS)
+            except docker.errors.APIError as e:
+                raise EngineError(f"cannot stop session {session}: {e.explanation}") from e
+        if not containers or not process_alive(record.supervisor):
+            self.sweep()
+
+    def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
+        """Revokes grants and takes them out of every running session that uses them."""
+        grants = [self.store.grant(grant_id) for grant_id in grant_ids]
+        missing = [gid for gid, g in zip(grant_ids, grants, strict=True) if g is None]
+        if missing:
+            raise GrantError(f"no grant {missing[0]!r} (see `airlock grants`)")
+        revoked = [g for g in grants if g is not None and g.revoked_at is None]
+        self.store.revoke(g.id for g in revoked)
+        now = time.time()
+        for grant in revoked:
+            for session in self.store.sessions_using(grant.id):
+                record = self.store.session(session)
+                if record is None or not record.live:
+                    continue
+                view = SessionView(self.dirs.sessions / session / "view")
+                remaining = self.store.session_grants(session, now)
+                anchors = anchors_for((g.path, g.path.is_dir()) for g in [*remaining, grant])
+                view.remove(grant.path, keep=anchors)
+                for other in remaining:
+                    # A path also covered by another live grant stays visible.
+                    if other.covers(grant.path) or grant.covers(other.path):
+                        view.add(other.path)
+                self.bus.emit(EventKind.GRANT_REVOKED, session, str(grant.path), grant=grant.id)
+            if not self.store.sessions_using(grant.id):
+                self.bus.emit(EventKind.GRANT_REVOKED, grant.session, str(grant.path),
+                              grant=grant.id)
+        return revoked
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _describe_exit(code: int) -> str:
+    if code == 0:
+        return "exited normally"
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exited with status {code}"
+
+
+def _limit_counter_files(pid: int) -> dict[str, Path]:
+    """The cgroup files counting refused forks and memory-limit hits of a process (v1 or v2)."""
+    counters: dict[str, Path] = {}
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return counters
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base = Path("/sys/fs/cgroup") / path.lstrip("/")
+            counters.setdefault("pids", base / "pids.events")
+            counters.setdefault("memory", base / "memory.events")
+        elif "pids" in controllers.split(","):
+            counters["pids"] = Path("/sys/fs/cgroup/pids") / path.lstrip("/") / "pids.events"
+        elif "memory" in controllers.split(","):
+            counters["memory"] = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.failcnt"
+    return {name: p for name, p in counters.items() if p.is_file()}
+
+
+def _read_counter(path: Path) -> int | None:
+    """`max N` (pids.events), `max N` in memory.events, or a bare number (memory.failcnt)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "max" and value.strip().isdigit():
+            return int(value)
+        if not value and key.strip().isdigit():
+            return int(key)
+    return 0
+

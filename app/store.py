@@ -1,0 +1,232 @@
+"""Airlock's durable state (sessions and grants) in one SQLite file in the XDG state dir.
+
+Several `airlock` processes (a running session, `airlock revoke`, `airlock sessions`) share
+the file, so it runs in WAL mode with a busy timeout, and every write is one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from app.grants import Grant, Lifetime, Mode
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    image TEXT NOT NULL,
+    container_id TEXT,
+    supervisor TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    lifetime TEXT NOT NULL,
+    session TEXT,
+    profile TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS session_grants (
+    session TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    PRIMARY KEY (session, grant_id)
+);
+"""
+
+
+class SessionState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    SWEPT = "swept"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    profile: str
+    image: str
+    container_id: str | None
+    supervisor: str  # "pid:start-time" of the process that supervises it
+    state: SessionState
+    started_at: float
+    ended_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in (SessionState.STARTING, SessionState.RUNNING)
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Used from the loop thread and from worker threads (sweeps run in to_thread);
+        # the lock makes each method atomic within this process.
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, parameters).fetchall()
+
+    # sessions
+
+    def add_session(self, record: SessionRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (record.id, record.profile, record.image, record.container_id,
+                 record.supervisor, record.state, record.started_at, record.ended_at,
+                 record.exit_code, record.reason),
+            )
+
+    def set_session_running(self, session: str, container_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET state=?, container_id=? WHERE id=?",
+                (SessionState.RUNNING, container_id, session),
+            )
+
+    def end_session(
+        self, session: str, state: SessionState, exit_code: int | None, reason: str | None
+    ) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET state=?, ended_at=?, exit_code=?, reason=? WHERE id=?",
+                (state, now, exit_code, reason, session),
+            )
+            # Once and session grants die with their session.
+            db.execute(
+                "UPDATE grants SET revoked_at=? WHERE session=? AND revoked_at IS NULL "
+                "AND lifetime IN (?, ?)",
+                (now, session, Lifetime.ONCE, Lifetime.SESSION),
+            )
+
+    def session(self, session: str) -> SessionRecord | None:
+        rows = self._query("SELECT * FROM sessions WHERE id=?", (session,))
+        return _session(rows[0]) if rows else None
+
+    def sessions(self, live_only: bool = False) -> list[SessionRecord]:
+        query = "SELECT * FROM sessions"
+        if live_only:
+            query += f" WHERE state IN ('{SessionState.STARTING}', '{SessionState.RUNNING}')"
+        return [_session(row) for row in self._query(query + " ORDER BY started_at")]
+
+    # grants
+
+    def add_grants(self, grants: Iterable[Grant], session: str | None = None) -> None:
+        with self._transaction() as db:
+            for grant in grants:
+                db.execute(
+                    "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?)",
+                    (grant.id, str(grant.path), grant.mode, grant.lifetime, grant.session,
+                     grant.profile, grant.created_at, grant.expires_at, grant.revoked_at),
+                )
+                if session is not None:
+                    db.execute("INSERT INTO session_grants VALUES (?,?)", (session, grant.id))
+
+    def link_grants(self, session: str, grants: Iterable[Grant]) -> None:
+        with self._transaction() as db:
+            for grant in grants:
+                db.execute(
+                    "INSERT OR IGNORE INTO session_grants VALUES (?,?)", (session, grant.id)
+                )
+
+    def grant(self, grant_id: str) -> Grant | None:
+        rows = self._query("SELECT * FROM grants WHERE id=?", (grant_id,))
+        return _grant(rows[0]) if rows else None
+
+    def grants(self, active_at: float | None = None) -> list[Grant]:
+        rows = self._query("SELECT * FROM grants ORDER BY created_at")
+        grants = [_grant(row) for row in rows]
+        return [g for g in grants if active_at is None or g.active(active_at)]
+
+    def profile_grants(self, profile: str, now: float) -> list[Grant]:
+        rows = self._query("SELECT * FROM grants WHERE profile=? AND session IS NULL", (profile,))
+        return [g for g in map(_grant, rows) if g.active(now)]
+
+    def session_grants(self, session: str, now: float | None = None) -> list[Grant]:
+        rows = self._query(
+            "SELECT g.* FROM grants g JOIN session_grants s ON s.grant_id = g.id "
+            "WHERE s.session=? ORDER BY g.created_at",
+            (session,),
+        )
+        return [g for g in map(_grant, rows) if now is None or g.active(now)]
+
+    def sessions_using(self, grant_id: str) -> list[str]:
+        rows = self._query("SELECT session FROM session_grants WHERE grant_id=?", (grant_id,))
+        return [row[0] for row in rows]
+
+    def revoke(self, grant_ids: Iterable[str]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            for grant_id in grant_ids:
+                db.execute(
+                    "UPDATE grants SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                    (now, grant_id),
+                )
+
+
+def _session(row: tuple[object, ...]) -> SessionRecord:
+    (id_, profile, image, container_id, supervisor, state, started_at, ended_at, exit_code,
+     reason) = row
+    return SessionRecord(
+        id=str(id_), profile=str(profile), image=str(image),
+        container_id=None if container_id is None else str(container_id),
+        supervisor=str(supervisor), state=SessionState(str(state)),
+        started_at=float(str(started_at)),
+        ended_at=None if ended_at is None else float(str(ended_at)),
+        exit_code=None if exit_code is None else int(str(exit_code)),
+        reason=None if reason is None else str(reason),
+    )
+
+
+def _grant(row: tuple[object, ...]) -> Grant:
+    id_, path, mode, lifetime, session, profile, created_at, expires_at, revoked_at = row
+    return Grant(
+        id=str(id_), path=Path(str(path)), mode=Mode(str(mode)),
+        lifetime=Lifetime(str(lifetime)),
+        session=None if session is None else str(session),
+        profile=None if profile is None else str(profile),
+        created_at=float(str(created_at)),
+        expires_at=None if expires_at is None else float(str(expires_at)),
+        revoked_at=None if revoked_at is None else float(str(revoked_at)),
+    )

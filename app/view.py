@@ -1,0 +1,254 @@
+"""A session's view: the granted files, mirrored into a tree Airlock owns and mounts read-only.
+
+Why not bind-mount the user's paths directly? Three reasons:
+- Revocation. A bind mount cannot be taken out of a running container without
+  CAP_SYS_ADMIN in its mount namespace, which an unprivileged supervisor does not have (and
+  privileged helpers are not available on every engine). Entries of a directory we own can
+  be unlinked at any time, and the agent loses them at once.
+- Live grants. Files granted mid-run appear in the already-mounted view, at their own path.
+- Safety. Only regular files, directories and symlinks are mirrored. Sockets, FIFOs and device
+  nodes inside a granted tree (an ssh-agent or gpg-agent socket, say) would otherwise be a
+  channel to host processes.
+
+Files are hard links (no bytes copied, the user's later edits show through); where a link is
+impossible (another file system, protected_hardlinks) they are copied. Symlinks are copied as
+links and resolve inside the container, where nothing ungranted exists. The tree is mounted
+read-only, so neither the links nor the directories can be changed by the agent.
+
+The mount points ("anchors") are the granted directories, and the parent directory of each
+granted file, minus those nested inside another anchor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Bits a mirrored file never keeps: the agent must not gain anything from set-id or sticky bits.
+PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+@dataclass(slots=True)
+class Mirrored:
+    """What mirroring one grant did."""
+
+    linked: int = 0
+    copied: int = 0
+    directories: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (host path, reason)
+
+
+def anchors_for(paths: Iterable[tuple[Path, bool]]) -> list[Path]:
+    """Mount points for granted (path, is_directory) pairs: the directory itself or the
+    file's parent, keeping only the outermost of nested ones. Pure, so tested by table."""
+    candidates = sorted({path if is_dir else path.parent for path, is_dir in paths})
+    anchors: list[Path] = []
+    for candidate in candidates:
+        if not any(candidate == a or a in candidate.parents for a in anchors):
+            anchors.append(candidate)
+    return anchors
+
+
+class SessionView:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mirror_path(self, host_path: Path) -> Path:
+        return self.root / host_path.relative_to("/")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialises changes between the supervisor and `airlock revoke` in another process."""
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with open(self.root.parent / "view.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def prepare_anchor(self, anchor: Path) -> Path:
+        """Creates the (possibly empty) directory that is mounted at `anchor`."""
+        mirror = self.mirror_path(anchor)
+        self._make_parents(mirror)
+        mirror.mkdir(mode=0o755, exist_ok=True)
+        return mirror
+
+    def add(self, host_path: Path) -> Mirrored:
+        """Mirrors a granted file or tree. The host path must already be resolved."""
+        result = Mirrored()
+        with self.locked():
+            target = self.mirror_path(host_path)
+            self._make_parents(target)
+            try:
+                st = os.lstat(host_path)
+            except OSError as e:
+                result.skipped.append((str(host_path), e.strerror or "cannot stat"))
+                return result
+            if stat.S_ISDIR(st.st_mode):
+                self._mirror_tree(host_path, target, result)
+            else:
+                parent_fd = os.open(host_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    self._mirror_entry(parent_fd, host_path.name, host_path, target, result)
+                finally:
+                    os.close(parent_fd)
+        return result
+
+    def remove(self, host_path: Path, keep: Iterable[Path] = ()) -> None:
+        """Takes a grant away. Entries are unlinked in place: a directory is never renamed
+        out of the mounted tree, because a process whose working directory is inside it
+        could then walk `..` past the mount's root."""
+        with self.locked():
+            target = self.mirror_path(host_path)
+            keep_mirrors = {self.mirror_path(path) for path in keep}
+            if target.is_dir() and not target.is_symlink():
+                _empty_tree(target)
+                if target not in keep_mirrors:
+                    _remove_dir(target)
+            elif os.path.lexists(target):
+                _revoke_file(target)
+            self._prune_parents(target.parent, keep_mirrors)
+
+    def discard(self) -> None:
+        """Removes the whole view once the session's container is gone."""
+        if self.root.exists():
+            _empty_tree(self.root)
+            _remove_dir(self.root)
+
+    def _make_parents(self, target: Path) -> None:
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    def _prune_parents(self, directory: Path, keep: set[Path]) -> None:
+        while directory != self.root and directory not in keep and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    def _mirror_tree(self, host_root: Path, target_root: Path, result: Mirrored) -> None:
+        # fwalk hands out directory fds, so a directory swapped for a symlink mid-walk
+        # cannot redirect us outside the granted tree.
+        def on_error(error: OSError) -> None:
+            result.skipped.append((str(error.filename), error.strerror or "unreadable"))
+
+        for dirpath, dirnames, filenames, dir_fd in os.fwalk(
+            host_root, onerror=on_error, follow_symlinks=False
+        ):
+            relative = Path(dirpath).relative_to(host_root)
+            mirror_dir = target_root / relative
+            dir_stat = os.fstat(dir_fd)
+            mirror_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(mirror_dir, (stat.S_IMODE(dir_stat.st_mode) & 0o777) | 0o700)
+            result.directories += 1
+            for name in filenames + [d for d in dirnames if _is_symlink(dir_fd, d)]:
+                self._mirror_entry(dir_fd, name, Path(dirpath) / name, mirror_dir / name, result)
+
+    def _mirror_entry(
+        self, dir_fd: int, name: str, host_path: Path, target: Path, result: Mirrored
+    ) -> None:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as e:
+            result.skipped.append((str(host_path), e.strerror or "cannot stat"))
+            return
+        if os.path.lexists(target):
+            return  # already granted through another grant
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=dir_fd), target)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            result.skipped.append((str(host_path), _kind(st.st_mode) + " files are never granted"))
+            return
+        if st.st_mode & PRIVILEGE_BITS == 0:
+            try:
+                os.link(name, target, src_dir_fd=dir_fd, follow_symlinks=False)
+                result.linked += 1
+                return
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
+                    raise
+        try:
+            _copy_file(dir_fd, name, target, stat.S_IMODE(st.st_mode) & ~PRIVILEGE_BITS)
+            result.copied += 1
+        except OSError as e:
+            result.skipped.append((str(host_path), e.strerror or "cannot copy"))
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special"
+
+
+def _copy_file(dir_fd: int, name: str, target: Path, mode: int) -> None:
+    source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        destination = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with (
+                open(source, "rb", closefd=False) as src,
+                open(destination, "wb", closefd=False) as dst,
+            ):
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+            os.fchmod(destination, mode)
+        finally:
+            os.close(destination)
+    finally:
+        os.close(source)
+
+
+def _revoke_file(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            # Our own copy: make it unreadable first, for processes that look it up by a
+            # path that still resolves while we unlink.
+            os.chmod(path, 0)
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _empty_tree(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        directory = Path(dirpath)
+        os.chmod(directory, 0o700)
+        for name in filenames:
+            _revoke_file(directory / name)
+        for name in dirnames:
+            child = directory / name
+            if child.is_symlink():
+                child.unlink()
+            else:
+                _remove_dir(child)
+
+
+def _remove_dir(path: Path) -> None:
+    try:
+        os.chmod(path, 0o700)
+        path.rmdir()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,1 @@
+"""Airlock's D-Bus surface: the portal each session's agent talks to."""

@@ -1,0 +1,1 @@
+"""Shipped agent profiles, seccomp profiles and the demo agents baked into the image."""

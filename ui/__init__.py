@@ -1,0 +1,1 @@
+"""Airlock's front ends: the command line and the desktop app."""
