@@ -1,0 +1,227 @@
+"""Sessions against the real engine: lifecycle events, exit codes, limits, timeouts, clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from app.container import LABEL_SESSION
+from app.errors import EngineError, ImageError
+from app.events import Event, EventBus, EventKind
+from app.grants import GrantRequest, Mode
+from app.paths import Dirs
+from app.profiles import ProfileCatalog, parse_profile
+from app.sessions import LaunchRequest, SessionResult, Supervisor
+from app.store import SessionState, StateStore
+from tests.support import DesktopUser, profile_text
+
+pytestmark = pytest.mark.docker
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, bytes]] = []
+
+    def write(self, stream: str, data: bytes) -> None:
+        self.chunks.append((stream, data))
+
+    def text(self, stream: str) -> str:
+        return b"".join(d for s, d in self.chunks if s == stream).decode()
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, engine: docker.DockerClient) -> Iterator[Supervisor]:
+    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
+    dirs.ensure()
+    store = StateStore(dirs.database)
+    yield Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))
+    store.close()
+
+
+def launch(
+    supervisor: Supervisor,
+    image: str,
+    command: list[str],
+    grants: tuple[GrantRequest, ...] = (),
+    timeout: float | None = None,
+    **profile: str | int,
+) -> tuple[SessionResult, Collected, list[Event]]:
+    events: list[Event] = []
+    supervisor.bus.attach(events.append)
+    text = profile_text(image, command, **profile)  # type: ignore[arg-type]
+    request = LaunchRequest(
+        parse_profile(text, "test.toml"), Path("test.toml"), grants, timeout=timeout
+    )
+    output = Collected()
+    result = asyncio.run(supervisor.run(request, output))
+    return result, output, events
+
+
+def kinds(events: list[Event]) -> list[EventKind]:
+    return [e.kind for e in events if e.kind is not EventKind.SESSION_OUTPUT]
+
+
+def no_container_left(engine: docker.DockerClient, session: str) -> bool:
+    return not engine.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session}"})
+
+
+def test_lifecycle_exit_code_output_and_clean_up(
+    supervisor: Supervisor, agent_image: str, engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("hello from the host\n")
+    grant = GrantRequest(notes, Mode.READ)
+    result, output, events = launch(
+        supervisor,
+        agent_image,
+        ["sh", "-c", "pwd; cat a.md; echo oops >&2; exit 7"],
+        (grant,),
+    )
+    assert result.exit_code == 7
+    assert result.reason == "exited with status 7"
+    assert output.text("stdout") == f"{notes}\nhello from the host\n"
+    assert output.text("stderr") == "oops\n"
+    assert kinds(events) == [
+        EventKind.GRANT_ADDED,
+        EventKind.SESSION_STARTED,
+        EventKind.SESSION_EXITED,
+    ]
+    lines = [(e.subject, e.details["text"]) for e in events if e.kind is EventKind.SESSION_OUTPUT]
+    assert ("stdout", "hello from the host") in lines and ("stderr", "oops") in lines
+    assert all(e.session == result.session for e in events)
+    assert no_container_left(engine, result.session)
+    assert not (supervisor.dirs.sessions / result.session / "view").exists()
+    record = supervisor.store.session(result.session)
+    assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
+    assert supervisor.store.session_grants(result.session, time.time()) == []
+
+
+def test_timeout_stops_the_agent(
+    supervisor: Supervisor, agent_image: str, engine: docker.DockerClient
+) -> None:
+    started = time.monotonic()
+    result, _, events = launch(supervisor, agent_image, ["sleep", "60"], timeout=1.0)
+    assert time.monotonic() - started < 30
+    assert (result.exit_code, result.reason) == (124, "timed out")
+    assert EventKind.SESSION_TIMEOUT in kinds(events)
+    assert no_container_left(engine, result.session)
+
+
+def test_memory_limit_kills_the_agent(supervisor: Supervisor, agent_image: str) -> None:
+    hog = "b = []\nwhile True: b.append(bytearray(16 * 1024 * 1024))"
+    result, _, events = launch(supervisor, agent_image, ["python3", "-c", hog], memory="64m")
+    assert result.reason == "killed: out of memory"
+    assert result.exit_code == 137
+    assert EventKind.SESSION_OOM in kinds(events)
+
+
+def test_pids_limit_holds_and_is_reported(supervisor: Supervisor, agent_image: str) -> None:
+    bomb = (
+        "import os, time\n"
+        "children = 0\n"
+        "while True:\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError:\n"
+        "        break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(30); os._exit(0)\n"
+        "    children += 1\n"
+        "print('children', children, flush=True)\n"
+        "time.sleep(1.5)\n"
+    )
+    _, output, events = launch(
+        supervisor, agent_image, ["python3", "-c", bomb], pids=16, timeout=60
+    )
+    children = int(output.text("stdout").split()[1])
+    assert children < 16  # init, the agent and its children all count against the limit
+    limits = [e for e in events if e.kind is EventKind.SESSION_LIMIT]
+    assert limits and limits[0].subject == "pids"
+
+
+def test_cancel_removes_the_container(
+    supervisor: Supervisor, agent_image: str, engine: docker.DockerClient
+) -> None:
+    text = profile_text(agent_image, ["sleep", "60"])
+    request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"))
+    started: list[str] = []
+    supervisor.bus.attach(
+        lambda e: started.append(e.session or "") if e.kind is EventKind.SESSION_STARTED else None
+    )
+
+    async def run_and_cancel() -> None:
+        task = asyncio.create_task(supervisor.run(request, Collected()))
+        while not started:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_and_cancel())
+    assert no_container_left(engine, started[0])
+    record = supervisor.store.session(started[0])
+    assert record is not None and record.reason == "interrupted"
+
+
+def test_pinned_digest_mismatch_is_refused(supervisor: Supervisor, agent_image: str) -> None:
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(ImageError, match="not the pinned sha256:0000"):
+        launch(supervisor, agent_image, ["true"], extra=f'image_digest = "{wrong}"')
+    right = supervisor.engine.images.get(agent_image).id
+    result, _, _ = launch(supervisor, agent_image, ["true"], extra=f'image_digest = "{right}"')
+    assert result.exit_code == 0
+
+
+def test_missing_runtime_is_named(supervisor: Supervisor, agent_image: str) -> None:
+    with pytest.raises(EngineError, match="runtime 'runsc', which the engine does not have"):
+        launch(supervisor, agent_image, ["true"], extra='runtime = "runsc"')
+
+
+def test_missing_image_says_how_to_build_it(supervisor: Supervisor) -> None:
+    with pytest.raises(ImageError, match="airlock image build"):
+        launch(supervisor, "airlock-no-such-image:1", ["true"])
+
+
+def test_crashed_supervisor_is_swept_at_next_start(
+    tester: object, agent_image: str, engine: docker.DockerClient
+) -> None:
+    from tests.support import DesktopUser
+
+    assert isinstance(tester, DesktopUser)
+    profile = tester.write("agent.toml", profile_text(agent_image, ["sleep", "300"]))
+    process = tester.popen("run", "--profile", str(profile))
+    try:
+        session, supervisor_pid = wait_for_session(tester)
+        # SIGKILL the supervising `airlock run`: no clean-up code runs, as in a crash.
+        os.kill(supervisor_pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        assert not no_container_left(engine, session)
+        listing = tester.run("sessions", "--json")
+        assert listing.returncode == 0, listing.stderr
+        assert json.loads(listing.stdout) == []
+        assert no_container_left(engine, session)
+        view = tester.base / ".state" / "airlock" / "sessions" / session / "view"
+        assert not view.exists()
+    finally:
+        process.kill()
+
+
+def wait_for_session(tester: DesktopUser, timeout: float = 60) -> tuple[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = tester.run("sessions", "--json")
+        sessions = json.loads(result.stdout or "[]")
+        running = [s for s in sessions if s["state"] == "running"]
+        if running:
+            return str(running[0]["id"]), int(running[0]["supervisor"].split(":")[0])
+        time.sleep(0.2)
+    raise AssertionError("no session started")

@@ -1,0 +1,143 @@
+"""Helpers shared by the tests: the unprivileged tester and small test profiles."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+AIRLOCK = BIN / "airlock"
+TESTER = "airlock-tester"
+DEFAULT_IMAGE = "airlock-agent:bookworm"
+
+
+@dataclass
+class DesktopUser:
+    """The person at the desktop: an unprivileged user in the docker group, running the real
+    `airlock` command line, with state and config of their own under `base`."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    base: Path
+    prefix: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(
+        self,
+        *args: str,
+        timeout: float = 180,
+        extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, **(extra_env or {}))
+        command = [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                   str(AIRLOCK), *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=cwd or self.base,
+            errors="replace",
+        )
+
+    def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        env = dict(self.env, **(extra_env or {}))
+        command = [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                   str(AIRLOCK), *args]
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.base,
+            errors="replace",
+        )
+
+    def own(self, path: Path) -> Path:
+        if os.getuid() == 0:
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+        return path
+
+    def mkdir(self, relative: str, mode: int = 0o755) -> Path:
+        path = self.base / relative
+        path.mkdir(parents=True, exist_ok=True)
+        for part in [path, *path.parents]:
+            if part == self.base:
+                break
+            self.own(part)
+        path.chmod(mode)
+        return path
+
+    def write(self, relative: str, content: str | bytes, mode: int = 0o644) -> Path:
+        path = self.base / relative
+        self.mkdir(str(Path(relative).parent))
+        if isinstance(content, str):
+            content = content.encode()
+        path.write_bytes(content)
+        path.chmod(mode)
+        return self.own(path)
+
+
+def _tester_account() -> pwd.struct_passwd:
+    try:
+        account = pwd.getpwnam(TESTER)
+    except KeyError:
+        pytest.fail(f"user {TESTER} is missing: `sudo packaging/setup test` creates it")
+    members = grp.getgrnam("docker").gr_mem
+    if TESTER not in members:
+        pytest.fail(f"user {TESTER} is not in the docker group: `sudo packaging/setup test`")
+    return account
+
+
+def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DesktopUser]:
+    if os.getuid() == 0:
+        account = _tester_account()
+        home = Path(account.pw_dir)
+        base = home / "airlock-tests" / f"{request.node.name[:40]}-{secrets.token_hex(3)}"
+        base.mkdir(parents=True)
+        for part in (home / "airlock-tests", base):
+            os.chown(part, account.pw_uid, account.pw_gid)
+        if not os.access(AIRLOCK, os.X_OK):
+            pytest.fail(f"{AIRLOCK} is missing")
+        probe = subprocess.run(["runuser", "-u", TESTER, "--", "test", "-x", str(AIRLOCK)])
+        if probe.returncode != 0:
+            pytest.fail(f"{TESTER} cannot run {AIRLOCK}: make the checkout's parent directories "
+                        "world-searchable (chmod o+x)")
+        who = DesktopUser(TESTER, account.pw_uid, account.pw_gid, home, base,
+                     ["runuser", "-u", TESTER, "--"])
+    else:
+        account = pwd.getpwuid(os.getuid())
+        who = DesktopUser(account.pw_name, os.getuid(), os.getgid(), Path(account.pw_dir),
+                          tmp_path, [])
+    who.env = {
+        "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(who.home),
+        "XDG_STATE_HOME": str(who.base / ".state"),
+        "XDG_CONFIG_HOME": str(who.base / ".config"),
+        "LANG": "C.UTF-8",
+    }
+    yield who
+    if who.base != tmp_path:
+        shutil.rmtree(who.base, ignore_errors=True)
+
+
+def profile_text(
+    image: str,
+    command: list[str] | None = None,
+    memory: str = "256m",
+    pids: int = 64,
+    extra: str = "",
+) -> str:
+    """A small test profile running `command` in the agent image."""
+    argv = ", ".join(json.dumps(part) for part in (command or ["sh", "-c", "echo hello"]))
+    return (
+        f'name = "test-agent"\nimage = "{image}"\ncommand = [{argv}]\ntimeout = "2m"\n{extra}\n'
+        f'[resources]\nmemory = "{memory}"\ncpus = 1.0\npids = {pids}\ntmpfs = "16m"\n'
+    )
