@@ -63,10 +63,9 @@ class ContainerSpec:
     runtime: str | None
 
     def create_kwargs(self) -> dict[str, Any]:
-        """Arguments for docker-py's `containers.create`."""
-        from docker.types import Mount
-
-        kwargs: dict[str, Any] = {
+        """Arguments for the engine API's container create: the container's own settings,
+        and under `host_config` the settings the engine enforces from outside."""
+        return {
             "image": self.image,
             "command": list(self.command) or None,
             "name": self.name,
@@ -78,6 +77,15 @@ class ContainerSpec:
             "detach": True,
             "stdin_open": False,
             "tty": False,
+            "network_disabled": False,  # network_mode none below: only loopback exists
+            "host_config": self.host_config(),
+        }
+
+    def host_config(self) -> dict[str, Any]:
+        """Arguments for docker-py's `APIClient.create_host_config`."""
+        from docker.types import Mount
+
+        config: dict[str, Any] = {
             "network_mode": "none",
             "read_only": True,
             "cap_drop": ["ALL"],
@@ -102,8 +110,8 @@ class ContainerSpec:
             "init": True,  # reap zombies and forward signals to the agent
         }
         if self.runtime:
-            kwargs["runtime"] = self.runtime
-        return kwargs
+            config["runtime"] = self.runtime
+        return config
 
 
 def _ulimits() -> list[Any]:

@@ -21,6 +21,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
+from app.activity import TreeWatcher
 from app.container import (
     LABEL_OWNER,
     LABEL_PROFILE,
@@ -75,6 +76,7 @@ class _Running:
     id: str
     view: SessionView
     container: Container | None = None
+    watcher: TreeWatcher | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     line_buffers: dict[str, bytes] = field(default_factory=dict)
@@ -127,8 +129,9 @@ class Supervisor:
 
     async def run(self, request: LaunchRequest, output: Output) -> SessionResult:
         """Runs one session to its end. Cancelling the task stops and removes the container."""
-        await asyncio.to_thread(self.sweep)
-        image = await asyncio.to_thread(self._check_image, request.profile)
+        _, image = await asyncio.gather(
+            asyncio.to_thread(self.sweep), asyncio.to_thread(self._check_image, request.profile)
+        )
         seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
         session_id = new_session_id()
         running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"))
@@ -143,6 +146,9 @@ class Supervisor:
         try:
             grants = self._session_grants(session_id, request)
             spec = self._prepare(running, request, image, seccomp, grants)
+            # The view mirrors absolute host paths, so its root stands for `/`.
+            running.watcher = TreeWatcher(session_id, self.bus, {running.view.root: Path("/")})
+            await running.watcher.start()
             container = await asyncio.to_thread(self._create, spec.create_kwargs())
             running.container = container
             exit_code, reason = await self._supervise(running, request, container, output)
@@ -318,6 +324,8 @@ class Supervisor:
             task.cancel()
         if running.container is not None:
             await asyncio.to_thread(self._remove_container, running.container)
+        if running.watcher is not None:
+            await running.watcher.stop()
         await asyncio.to_thread(running.view.discard)
         self.store.end_session(running.id, SessionState.EXITED, exit_code, reason)
         self._running.pop(running.id, None)
@@ -357,7 +365,11 @@ class Supervisor:
 
     def _create(self, kwargs: dict[str, Any]) -> Container:
         try:
-            return self.engine.containers.create(**kwargs)
+            # The low-level call: `containers.create` would inspect the new container again.
+            api = self.engine.api
+            arguments = dict(kwargs, host_config=api.create_host_config(**kwargs["host_config"]))
+            create = api.create_container(**arguments)
+            return self.engine.containers.prepare_model({"Id": create["Id"]})
         except docker.errors.APIError as e:
             raise EngineError(f"the engine refused the container: {e.explanation}") from e
 
@@ -372,7 +384,9 @@ class Supervisor:
     def _containers(self, session: str | None = None) -> list[Container]:
         labels = [f"{LABEL_OWNER}={self.owner}"]
         labels.append(f"{LABEL_SESSION}={session}" if session else LABEL_SESSION)
-        return list(self.engine.containers.list(all=True, filters={"label": labels}))
+        return list(
+            self.engine.containers.list(all=True, sparse=True, filters={"label": labels})
+        )
 
     # what other commands do to sessions
 
@@ -380,7 +394,7 @@ class Supervisor:
         """Removes what crashed supervisors left behind: containers, views, live records."""
         swept = []
         for container in self._containers():
-            labels = container.labels
+            labels = container.attrs.get("Labels") or {}  # a sparse listing: no inspect
             session = labels.get(LABEL_SESSION, "")
             if session in self._running or process_alive(labels.get(LABEL_SUPERVISOR, "")):
                 continue

@@ -193,7 +193,7 @@ class StateStore:
 
     def sessions_using(self, grant_id: str) -> list[str]:
         rows = self._query("SELECT session FROM session_grants WHERE grant_id=?", (grant_id,))
-        return [row[0] for row in rows]
+        return [str(row[0]) for row in rows]
 
     def revoke(self, grant_ids: Iterable[str]) -> None:
         now = time.time()

@@ -12,38 +12,43 @@ from app.errors import AirlockError
 from app.paths import Dirs
 from ui.commands.base import Context
 
-# Each module registers its subcommands; imported lazily so `airlock --help` stays fast.
-COMMAND_MODULES = (
-    "ui.commands.run",
-    "ui.commands.sessions",
-    "ui.commands.grants",
-    "ui.commands.profiles",
-    "ui.commands.image",
-    "ui.commands.audit",
-    "ui.commands.watch",
-)
+# Which module registers each subcommand. Only the module of the command being run is
+# imported (all of them for --help): `airlock run` should not pay for the audit viewer.
+COMMANDS = {
+    "run": "ui.commands.run",
+    "sessions": "ui.commands.sessions",
+    "stop": "ui.commands.sessions",
+    "grants": "ui.commands.grants",
+    "grant": "ui.commands.grants",
+    "revoke": "ui.commands.grants",
+    "profiles": "ui.commands.profiles",
+    "image": "ui.commands.image",
+    "audit": "ui.commands.audit",
+    "watch": "ui.commands.watch",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str]) -> list[str]:
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in COMMANDS:
+        return [COMMANDS[command]]
+    return list(dict.fromkeys(COMMANDS.values()))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airlock",
         description="Run AI agents in throw-away containers that see only the files you grant.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # a command group not built yet
-        module.register(sub)
+    for name in _modules_for(sys.argv[1:] if argv is None else argv):
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="airlock: %(levelname)s %(name)s: %(message)s")
@@ -59,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         # `airlock … | head`: the reader left; say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:
+        # A bug, or an engine answer we did not expect: one line, the details in the log.
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        print(f"airlock: unexpected error: {type(e).__name__}: {e} "
+              "(run with -v -v for details, and please report it)", file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

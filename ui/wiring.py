@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from app.audit import AuditLog
 from app.engine import connect_engine
 from app.events import EventBus
 from app.paths import Dirs
@@ -28,9 +29,13 @@ def open_core(dirs: Dirs) -> Iterator[Core]:
     dirs.ensure()
     bus = EventBus()
     store = StateStore(dirs.database)
+    audit = AuditLog(dirs.audit)
+    bus.attach(audit.sink)
     try:
         yield Core(dirs, bus, store, ProfileCatalog(dirs.user_profiles))
     finally:
+        bus.detach(audit.sink)
+        audit.close()
         store.close()
 
 

@@ -29,7 +29,9 @@ def spec_kwargs(**overrides: object) -> dict[str, object]:
         "labels": {"org.airlock.session": "s1"},
     }
     arguments.update(overrides)
-    return build_spec(**arguments).create_kwargs()  # type: ignore[arg-type]
+    spec = build_spec(**arguments)  # type: ignore[arg-type]
+    kwargs = spec.create_kwargs()
+    return {**kwargs, **kwargs.pop("host_config")}
 
 
 def test_hardening_controls() -> None:

@@ -66,7 +66,9 @@ def launch(
 
 
 def kinds(events: list[Event]) -> list[EventKind]:
-    return [e.kind for e in events if e.kind is not EventKind.SESSION_OUTPUT]
+    """The lifecycle: everything but output lines and file activity."""
+    return [e.kind for e in events
+            if e.kind is not EventKind.SESSION_OUTPUT and not e.kind.startswith("file.")]
 
 
 def no_container_left(engine: docker.DockerClient, session: str) -> bool:
@@ -103,6 +105,34 @@ def test_lifecycle_exit_code_output_and_clean_up(
     record = supervisor.store.session(result.session)
     assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
     assert supervisor.store.session_grants(result.session, time.time()) == []
+
+
+def test_file_activity_and_audit_name_the_host_path(
+    supervisor: Supervisor, agent_image: str, tmp_path: Path
+) -> None:
+    from app.audit import AuditLog, records
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "read-me.md").write_text("CANARY-CONTENT-7f3a\n")
+    (notes / "untouched.md").write_text("x\n")
+    audit = AuditLog(supervisor.dirs.audit)
+    supervisor.bus.attach(audit.sink)
+    try:
+        result, _, events = launch(
+            supervisor, agent_image, ["sh", "-c", "cat read-me.md >/dev/null; sleep 0.5"],
+            (GrantRequest(notes, Mode.READ),),
+        )
+    finally:
+        audit.close()
+    opened = {(e.kind, e.subject) for e in events if e.kind.value.startswith("file.")}
+    assert (EventKind.FILE_OPENED, str(notes / "read-me.md")) in opened
+    assert (EventKind.FILE_READ, str(notes / "read-me.md")) in opened
+    assert not any(subject.endswith("untouched.md") for _, subject in opened)
+    logged = [r for r in records(supervisor.dirs.audit) if r.session == result.session]
+    assert any(r.kind == "file.read" and r.subject == str(notes / "read-me.md") for r in logged)
+    raw = b"".join(p.read_bytes() for p in supervisor.dirs.audit.glob("*.jsonl"))
+    assert b"CANARY-CONTENT-7f3a" not in raw
 
 
 def test_timeout_stops_the_agent(

@@ -135,7 +135,8 @@ def test_read_only_grant_cannot_be_changed(
     before = snapshot(granted)
     attack = (
         "echo pwned >> a.md; echo pwned > new.md; rm -f sub/b.md; mv a.md moved.md; "
-        "chmod 777 a.md; ln a.md hard.md; ln -s /etc/passwd link.md; mkdir d; touch -d 2000-01-01 a.md; "
+        "chmod 777 a.md; ln a.md hard.md; ln -s /etc/passwd link.md; mkdir d; "
+        "touch -d 2000-01-01 a.md; "
         "python3 -c \"import os; fd=os.open('a.md', os.O_RDWR); os.write(fd, b'x')\"; "
         "truncate -s 0 a.md; true"
     )
@@ -205,7 +206,7 @@ def test_seccomp_profile_is_applied(
                               "airlock-default.json").read_text())
         applied = [o for o in attrs["HostConfig"]["SecurityOpt"] if o.startswith("seccomp=")]
         assert len(applied) == 1 and json.loads(applied[0][len("seccomp="):]) == shipped
-        out, err = process.communicate(timeout=60)
+        out, _ = process.communicate(timeout=60)
     finally:
         process.kill()
     result = json.loads(out.splitlines()[0])

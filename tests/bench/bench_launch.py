@@ -1,0 +1,96 @@
+"""Launch latency: request to the agent's first output byte, against a bare `docker run` of the
+same image with the same mount, median of several interleaved runs. Prints figures; asserts
+nothing about time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from app.events import EventBus
+from app.grants import GrantRequest, Mode
+from app.paths import Dirs
+from app.profiles import ProfileCatalog, load_profile_file
+from app.sessions import LaunchRequest, Supervisor
+from app.store import StateStore
+from tests.support import AIRLOCK, profile_text
+
+RUNS = 9
+
+
+def first_output_seconds(command: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    assert process.stdout is not None
+    first = process.stdout.read(1)
+    elapsed = time.perf_counter() - started
+    process.communicate()
+    assert first == b"r", f"{command[0]} printed {first!r}"
+    return elapsed
+
+
+class FirstOutput:
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def write(self, stream: str, data: bytes) -> None:
+        if self.at is None:
+            self.at = time.perf_counter()
+
+
+def in_process_first_output(supervisor: Supervisor, request: LaunchRequest) -> float:
+    """What the desktop app pays: its supervisor and engine connection already exist."""
+    output = FirstOutput()
+
+    async def launch() -> float:
+        started = time.perf_counter()
+        await supervisor.run(request, output)
+        assert output.at is not None
+        return output.at - started
+
+    return asyncio.run(launch())
+
+
+@pytest.mark.bench
+def test_launch_latency_against_bare_docker_run(
+    tmp_path: Path, agent_image: str, engine: docker.DockerClient
+) -> None:
+    docker_cli = shutil.which("docker")
+    assert docker_cli, "the docker command line is needed for the baseline"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("ready\n")
+    profile = tmp_path / "bench.toml"
+    profile.write_text(profile_text(agent_image, ["cat", "a.md"]))
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
+    bare = [docker_cli, "run", "--rm", "--network", "none", "--read-only",
+            "-v", f"{notes}:{notes}:ro", "-w", str(notes), agent_image, "cat", "a.md"]
+    cold = [str(AIRLOCK), "run", "--profile", str(profile), "--grant", str(notes)]
+    dirs = Dirs(tmp_path / "c", tmp_path / "s", tmp_path / "r")
+    dirs.ensure()
+    supervisor = Supervisor(engine, StateStore(dirs.database), EventBus(), dirs,
+                            ProfileCatalog(dirs.user_profiles))
+    request = LaunchRequest(load_profile_file(profile), profile, (GrantRequest(notes, Mode.READ),))
+    first_output_seconds(bare)  # warm the engine's caches for all three
+    first_output_seconds(cold, env)
+    in_process_first_output(supervisor, request)
+    bare_times, cold_times, warm_times = [], [], []
+    for _ in range(RUNS):
+        bare_times.append(first_output_seconds(bare))
+        cold_times.append(first_output_seconds(cold, env))
+        warm_times.append(in_process_first_output(supervisor, request))
+    base = statistics.median(bare_times)
+    rows = [("bare docker run", base), ("airlock run, new process", statistics.median(cold_times)),
+            ("supervisor already running", statistics.median(warm_times))]
+    print(f"\nlaunch to first output, median of {RUNS} runs (target <= 1.3x):")
+    for label, seconds in rows:
+        print(f"  {label:28} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")

@@ -1,0 +1,210 @@
+"""`airlock audit` and `airlock watch` run as the real console script against a temp HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.audit import AuditLog, segments
+from app.events import Event, EventKind
+
+AIRLOCK = Path(sys.executable).with_name("airlock")
+CANARY = "CANARY-5be0c1-never-in-the-log"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    env |= {"HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"), "NO_COLOR": "1"}
+    return env
+
+
+def audit_dir(env: dict[str, str]) -> Path:
+    return Path(env["XDG_STATE_HOME"]) / "airlock" / "audit"
+
+
+def airlock(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(AIRLOCK), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def fill(env: dict[str, str], count: int = 10, **options: int) -> None:
+    with AuditLog(audit_dir(env), **options) as log:
+        for n in range(count):
+            session = "alpha-1" if n % 2 else "beta-2"
+            log.append(Event(EventKind.FILE_WRITTEN, session, f"/home/u/f{n}.md", {"count": n + 1}))
+
+
+def test_show_prints_aligned_lines_and_filters_by_session(home: dict[str, str]) -> None:
+    fill(home)
+
+    result = airlock(home, "audit", "show", "--session", "alpha")
+
+    assert result.returncode == 0, result.stderr
+    shown = result.stdout.splitlines()
+    assert len(shown) == 5
+    assert all("alpha-1" in line and "file.written" in line for line in shown)
+    assert shown[1].endswith("file.written     /home/u/f3.md ×4")
+    assert len({line.index("file.written") for line in shown}) == 1
+
+
+def test_show_json_and_since(home: dict[str, str]) -> None:
+    fill(home, 3)
+
+    everything = airlock(home, "audit", "show", "--json", "--since", "1h")
+    nothing = airlock(home, "audit", "show", "--since", "2999-01-01")
+    bad = airlock(home, "audit", "show", "--since", "yesterdayish")
+
+    assert [json.loads(line)["seq"] for line in everything.stdout.splitlines()] == [1, 2, 3]
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert bad.returncode == 2
+    assert "'yesterdayish' is neither a time" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_verify_passes_a_whole_log_across_rotation(home: dict[str, str]) -> None:
+    fill(home, 60, segment_bytes=2000)
+
+    result = airlock(home, "audit", "verify")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: 60 records in")
+
+
+def tamper(env: dict[str, str], change: str) -> subprocess.CompletedProcess[str]:
+    fill(env, 10)
+    [segment] = segments(audit_dir(env))
+    content = segment.read_bytes().splitlines(keepends=True)
+    if change == "edit a byte":
+        content[4] = content[4].replace(b"f4.md", b"f5.md")
+    elif change == "delete a line":
+        del content[4]
+    elif change == "swap two lines":
+        content[4], content[5] = content[5], content[4]
+    segment.write_bytes(b"".join(content))
+    if change == "truncate the tail":
+        os.truncate(segment, segment.stat().st_size - 40)
+    return airlock(env, "audit", "verify")
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "reason"),
+    [
+        ("edit a byte", 5, "edited: the record does not match its hash"),
+        ("delete a line", 5, "record 5 is missing (dropped)"),
+        ("swap two lines", 5, "record 5 is missing (dropped)"),
+        ("truncate the tail", 10, "truncated: the last line is incomplete"),
+    ],
+)
+def test_verify_names_the_first_bad_record(
+    home: dict[str, str], change: str, line: int, reason: str
+) -> None:
+    result = tamper(home, change)
+
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert (
+        first == f"airlock: audit log broken at {audit_dir(home) / '000001.jsonl'}:{line}: {reason}"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_without_a_log_says_so(home: dict[str, str]) -> None:
+    result = airlock(home, "audit", "verify")
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"airlock: no audit log at {audit_dir(home)}"
+
+
+def test_corrupt_lines_make_show_skip_them_with_a_message(home: dict[str, str]) -> None:
+    fill(home, 3)
+    [segment] = segments(audit_dir(home))
+    segment.write_bytes(segment.read_bytes() + b"\x00\xffnot json\n")
+
+    result = airlock(home, "audit", "show")
+
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stderr.strip().endswith("000001.jsonl:4: not a JSON record")
+
+
+def test_export_verifies_as_a_file_and_refuses_to_overwrite(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    fill(home, 40, segment_bytes=2000)
+    exported = tmp_path / "audit-export.jsonl"
+
+    written = airlock(home, "audit", "export", "-o", str(exported))
+    again = airlock(home, "audit", "export", "-o", str(exported))
+    checked = airlock(home, "audit", "verify", str(exported))
+
+    assert written.returncode == 0
+    assert len(exported.read_bytes().splitlines()) == 40
+    assert (again.returncode, again.stderr.strip()) == (
+        2,
+        f"airlock: {exported} exists; not overwriting it",
+    )
+    assert checked.stdout.startswith("ok: 40 records in 1 file(s)")
+
+
+def test_no_canary_from_details_reaches_the_log(home: dict[str, str], tmp_path: Path) -> None:
+    granted = tmp_path / "granted.txt"
+    granted.write_text(CANARY)
+    with AuditLog(audit_dir(home)) as log:
+        log.append(Event(EventKind.SESSION_OUTPUT, "s1", "agent", {"line": CANARY}))
+        log.append(Event(EventKind.FILE_READ, "s1", str(granted), {"body": granted.read_bytes()}))
+
+    shown = airlock(home, "audit", "show", "--json")
+    exported = airlock(home, "audit", "export")
+
+    assert CANARY not in shown.stdout
+    assert CANARY not in exported.stdout
+    assert all(CANARY.encode() not in p.read_bytes() for p in audit_dir(home).iterdir())
+
+
+def read_lines(process: subprocess.Popen[str], count: int, timeout: float) -> list[str]:
+    """Up to `count` lines of the process's output, waiting at most `timeout` seconds."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and (left := deadline - time.monotonic()) > 0:
+        try:
+            got.append(lines.get(timeout=left))
+        except queue.Empty:
+            break
+    return got
+
+
+def test_watch_follows_other_processes_across_rotation(home: dict[str, str]) -> None:
+    fill(home, 2)
+    watcher = subprocess.Popen(
+        [str(AIRLOCK), "watch", "alpha", "--json"],
+        env=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # let it find the end of the log before anything new is written
+        fill(home, 40, segment_bytes=1500)
+        lines = read_lines(watcher, 20, timeout=15)
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)
+
+    seen = [json.loads(line) for line in lines]
+    assert [r["seq"] for r in seen] == list(range(4, 43, 2))
+    assert {r["session"] for r in seen} == {"alpha-1"}
+    assert len(segments(audit_dir(home))) > 2
