@@ -1,0 +1,68 @@
+"""`airlock image build|show`: the agent image every shipped profile runs in."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from app.engine import connect_engine
+from app.image import AGENTS_IN_IMAGE, DEFAULT_IMAGE, ImageState, Recipe, build, image_info
+from ui.commands.base import Context, add_command
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = add_command(sub, "image", _usage, "build or show the agent image")
+    actions = group.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+
+    build_parser = add_command(
+        actions, "build", _build, "build the agent image offline with mmdebstrap (idempotent)"
+    )
+    build_parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build_parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"default: {DEFAULT_IMAGE}")
+
+    show_parser = add_command(actions, "show", _show, "show the agent image and its recipe")
+    show_parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"default: {DEFAULT_IMAGE}")
+
+
+def _usage(ctx: Context, args: argparse.Namespace) -> int:
+    # argparse requires an action, so this only runs if that ever changes.
+    print("usage: airlock image {build,show}")
+    return 2
+
+
+def _build(ctx: Context, args: argparse.Namespace) -> int:
+    recipe = Recipe.default()
+    # Importing a 150 MB tarball takes longer than the engine's usual answer time.
+    client = connect_engine(timeout=600)
+    info = image_info(client, args.tag, recipe)
+    if info.state is ImageState.CURRENT and not args.force:
+        print(f"{args.tag} is up to date (recipe {info.recipe[:12]})")
+        return 0
+    started = time.monotonic()
+    info = build(client, recipe, args.tag, force=True, say=print)
+    print(
+        f"built {args.tag} ({info.size / 1e6:.0f} MB, recipe {info.recipe[:12]}) "
+        f"in {time.monotonic() - started:.0f} s"
+    )
+    return 0
+
+
+def _show(ctx: Context, args: argparse.Namespace) -> int:
+    recipe = Recipe.default()
+    info = image_info(connect_engine(), args.tag, recipe)
+    print(f"image:    {info.tag}")
+    print(f"state:    {info.state.value}")
+    if info.state is ImageState.MISSING:
+        print("          build it with: airlock image build")
+        return 1
+    print(f"id:       {info.id}")
+    print(f"created:  {info.created}")
+    print(f"size:     {info.size / 1e6:.0f} MB")
+    print(f"user:     {info.user or 'root (!)'}")
+    print(f"recipe:   {info.recipe or '(none)'}")
+    if info.state is ImageState.OUTDATED:
+        print(f"          the current recipe is {recipe.digest()}: run airlock image build")
+    print(f"suite:    Debian {recipe.suite}")
+    print(f"packages: {' '.join(recipe.packages)}")
+    print(f"agents:   {', '.join(f'{AGENTS_IN_IMAGE}/{a.name}' for a in recipe.agents)}")
+    return 0
