@@ -428,6 +428,18 @@ class Supervisor:
         if not containers or not process_alive(record.supervisor):
             self.sweep()
 
+    def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
+        """The agent's process list, as `ps` inside the container would show it."""
+        record = self.store.session(session)
+        containers = self._containers(session) if record is not None and record.live else []
+        if not containers:
+            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
+        try:
+            top = self.engine.api.top(containers[0].id or "", ps_args="-o pid,user,etime,args")
+        except docker.errors.APIError as e:
+            raise EngineError(f"cannot list the processes of {session}: {e.explanation}") from e
+        return list(top.get("Titles") or []), [list(p) for p in top.get("Processes") or []]
+
     def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
         """Revokes grants and takes them out of every running session that uses them."""
         grants = [self.store.grant(grant_id) for grant_id in grant_ids]

@@ -18,6 +18,7 @@ COMMANDS = {
     "run": "ui.commands.run",
     "sessions": "ui.commands.sessions",
     "stop": "ui.commands.sessions",
+    "ps": "ui.commands.sessions",
     "grants": "ui.commands.grants",
     "grant": "ui.commands.grants",
     "revoke": "ui.commands.grants",

@@ -285,3 +285,60 @@ def test_revoke_removes_access_from_the_running_agent(
     gone_at = float(out.split()[1])
     assert gone_at - revoked_at < 10  # the figure that matters is printed by the benchmark
     assert (granted / "a.md").read_text() == "# alpha\n"  # the host file is untouched
+
+
+def wait_running(user: DesktopUser, timeout: float = 60) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = json.loads(user.run("sessions", "--json").stdout or "[]")
+        running = [s for s in listing if s["state"] == "running"]
+        if running:
+            return running[0]  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError("no session started")
+
+
+def test_ps_stop_and_interrupt_leave_no_container(
+    tester: DesktopUser, agent_image: str, engine: docker.DockerClient
+) -> None:
+    path = tester.write("long.toml", profile_text(agent_image, ["sh", "-c", "sleep 300"]))
+    for ending in ("stop", "interrupt"):
+        process = tester.popen("run", "--profile", str(path))
+        try:
+            session = wait_running(tester)
+            ps = tester.run("ps", session["id"], "--json")
+            assert ps.returncode == 0, ps.stderr
+            assert any("sleep 300" in p.get("COMMAND", "") for p in json.loads(ps.stdout))
+            if ending == "stop":
+                stopped = tester.run("stop", session["id"])
+                assert stopped.returncode == 0, stopped.stderr
+            else:
+                os.kill(int(session["supervisor"].split(":")[0]), 2)  # Ctrl-C
+            process.communicate(timeout=60)
+        finally:
+            process.kill()
+        label = f"{LABEL_SESSION}={session['id']}"
+        assert engine.containers.list(all=True, filters={"label": label}) == []
+        assert json.loads(tester.run("sessions", "--json").stdout) == []
+    interrupted = json.loads(tester.run("sessions", "--all", "--json").stdout)
+    assert [s["reason"] for s in interrupted] == ["killed by SIGTERM", "interrupted"]
+
+
+def test_profile_grants_are_listed_applied_and_revoked(
+    tester: DesktopUser, agent_image: str, granted: Path
+) -> None:
+    path = tester.write("reader.toml", profile_text(agent_image, ["cat", str(granted / "a.md")]))
+    added = tester.run("grant", "--profile", str(path), str(granted / "a.md"))
+    assert added.returncode == 0, added.stderr
+    grant_id = added.stdout.split(":")[0]
+    listed = json.loads(tester.run("grants", "--json").stdout)
+    assert [(g["id"], g["lifetime"], g["profile"]) for g in listed] == [
+        (grant_id, "always", "test-agent")
+    ]
+    assert tester.run("run", "--profile", str(path)).stdout == "# alpha\n"
+    revoked = tester.run("revoke", grant_id)
+    assert revoked.returncode == 0 and grant_id in revoked.stdout
+    assert json.loads(tester.run("grants", "--json").stdout) == []
+    after = tester.run("run", "--profile", str(path))
+    assert after.returncode != 0 and "# alpha" not in after.stdout
+    assert tester.run("revoke", "--all").stdout.strip() == "nothing to revoke"

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from app.errors import AirlockError, GrantError
-from app.grants import Grant, Lifetime, check_grant_path, grant_for, parse_grant_argument
+from app.grants import Grant, Lifetime, grant_for, parse_grant_argument
 from app.profiles import parse_duration
 from ui.commands.base import Context, add_command
 from ui.commands.output import print_json, print_table, when
@@ -56,16 +56,15 @@ def parse_until(text: str) -> float:
 
 def handle_grant(ctx: Context, args: argparse.Namespace) -> int:
     with open_core(ctx.dirs) as core:
-        core.catalog.find(args.profile)
+        profile = core.catalog.load(args.profile).name
         request = parse_grant_argument(args.path, Path.cwd())
-        request = check_grant_path(request.path, request.mode, Path.cwd())
         if args.until:
-            grant = grant_for(request, lifetime=Lifetime.UNTIL, profile=args.profile,
+            grant = grant_for(request, lifetime=Lifetime.UNTIL, profile=profile,
                               expires_at=parse_until(args.until))
         else:
-            grant = grant_for(request, lifetime=Lifetime.ALWAYS, profile=args.profile)
+            grant = grant_for(request, lifetime=Lifetime.ALWAYS, profile=profile)
         core.store.add_grants([grant])
-    print(f"{grant.id}: {args.profile} may read {grant.path} "
+    print(f"{grant.id}: {profile} may read {grant.path} "
           f"{'until ' + when(grant.expires_at) if grant.expires_at else 'in every session'}")
     return 0
 

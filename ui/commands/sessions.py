@@ -33,9 +33,22 @@ def handle_stop(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def handle_ps(ctx: Context, args: argparse.Namespace) -> int:
+    with open_supervisor(ctx.dirs) as supervisor:
+        titles, processes = supervisor.processes(args.session)
+    if args.json:
+        print_json([dict(zip(titles, row, strict=False)) for row in processes])
+    else:
+        print_table(titles, processes, "no processes")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = add_command(sub, "sessions", handle_sessions, "list running sessions")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--all", action="store_true", help="include ended sessions")
     parser = add_command(sub, "stop", handle_stop, "stop a running session")
     parser.add_argument("session", help="the session id (see `airlock sessions`)")
+    parser = add_command(sub, "ps", handle_ps, "list the processes of a running session")
+    parser.add_argument("session", help="the session id (see `airlock sessions`)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
