@@ -28,6 +28,8 @@ class EventKind(StrEnum):
     GRANT_ADDED = "grant.added"
     GRANT_REVOKED = "grant.revoked"
     GRANT_SKIPPED = "grant.skipped"
+    REQUEST_ASKED = "request.asked"
+    REQUEST_ANSWERED = "request.answered"
     STREAM_DROPPED = "stream.dropped"
     FILE_OPENED = "file.opened"
     FILE_READ = "file.read"  # closed without having been written
