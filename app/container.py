@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ LABEL_SESSION = "org.airlock.session"
 LABEL_OWNER = "org.airlock.owner"
 LABEL_SUPERVISOR = "org.airlock.supervisor"
 LABEL_PROFILE = "org.airlock.profile"
+LABEL_ROLE = "org.airlock.role"  # "agent", or the sidecar's job ("bridge")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -46,6 +47,22 @@ class BindMount:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerAdditions:
+    """What a session extension (the portal's bus, the egress bridge) adds to the agent's
+    container. Its environment may set what profiles may not (the proxy, the bus address)."""
+
+    mounts: tuple[BindMount, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    # "container:<id>": join a sidecar's namespace, which has loopback only, like "none".
+    network_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.network_mode is not None and not self.network_mode.startswith("container:"):
+            raise ValueError(f"an extension may only share a sidecar's network, not "
+                             f"{self.network_mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     name: str
     image: str
@@ -61,15 +78,15 @@ class ContainerSpec:
     tmpfs_size: int
     seccomp: str  # the profile's JSON text: the engine API takes content, not a path
     runtime: str | None
+    network_mode: str = "none"
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments for the engine API's container create: the container's own settings,
         and under `host_config` the settings the engine enforces from outside."""
-        return {
+        kwargs: dict[str, Any] = {
             "image": self.image,
             "command": list(self.command) or None,
             "name": self.name,
-            "hostname": "airlock",
             "user": f"{self.identity.uid}:{self.identity.gid}",
             "environment": dict(self.environment),
             "working_dir": self.workdir,
@@ -77,16 +94,18 @@ class ContainerSpec:
             "detach": True,
             "stdin_open": False,
             "tty": False,
-            "network_disabled": False,  # network_mode none below: only loopback exists
             "host_config": self.host_config(),
         }
+        if self.network_mode == "none":
+            kwargs["hostname"] = "airlock"  # a shared namespace brings the sidecar's name
+        return kwargs
 
     def host_config(self) -> dict[str, Any]:
         """Arguments for docker-py's `APIClient.create_host_config`."""
         from docker.types import Mount
 
         config: dict[str, Any] = {
-            "network_mode": "none",
+            "network_mode": self.network_mode,  # none, or a sidecar's loopback-only namespace
             "read_only": True,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true", f"seccomp={self.seccomp}"],
@@ -145,8 +164,17 @@ def build_spec(
     first_grant: Path | None,
     seccomp: str,
     labels: Mapping[str, str],
+    additions: Sequence[ContainerAdditions] = (),
 ) -> ContainerSpec:
     """`anchors` are (view directory on the host, path in the container) pairs."""
+    environment = container_environment(profile, session)
+    mounts = [BindMount(source, target) for source, target in anchors]
+    network_mode = "none"
+    for addition in additions:
+        environment.update(addition.environment)
+        mounts.extend(addition.mounts)
+        if addition.network_mode:
+            network_mode = addition.network_mode
     if profile.workdir:
         workdir = profile.workdir
     elif first_grant is not None:
@@ -158,9 +186,9 @@ def build_spec(
         image=image,
         command=tuple(command) if command else profile.command,
         identity=identity,
-        environment=container_environment(profile, session),
+        environment=environment,
         workdir=workdir,
-        mounts=tuple(BindMount(source, target) for source, target in anchors),
+        mounts=tuple(mounts),
         labels=dict(labels),
         memory=profile.resources.memory,
         nano_cpus=int(profile.resources.cpus * 1e9),
@@ -168,4 +196,5 @@ def build_spec(
         tmpfs_size=profile.resources.tmpfs,
         seccomp=seccomp,
         runtime=profile.runtime,
+        network_mode=network_mode,
     )

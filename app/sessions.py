@@ -10,9 +10,10 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,8 +26,10 @@ from app.activity import TreeWatcher
 from app.container import (
     LABEL_OWNER,
     LABEL_PROFILE,
+    LABEL_ROLE,
     LABEL_SESSION,
     LABEL_SUPERVISOR,
+    ContainerAdditions,
     ContainerSpec,
     Identity,
     build_spec,
@@ -51,6 +54,34 @@ class Output(Protocol):
     """Where the agent's stdout and stderr go (the terminal, the app's log view)."""
 
     def write(self, stream: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What an extension gets to know about the session it serves."""
+
+    id: str
+    profile: Profile
+    identity: Identity
+    runtime_dir: Path  # private to the session: sockets go here (short path, < 108 bytes)
+    view: SessionView
+    bus: EventBus
+    labels: Mapping[str, str]  # put them on any sidecar container, so sweeps find it
+
+
+class SessionExtension(Protocol):
+    """A part of a session beside the agent's container: the portal's private bus, the
+    egress bridge. `prepare` runs before the agent's container exists, `started` once it
+    runs, `close` when the session ends (also after a failed start)."""
+
+    async def prepare(self, session: SessionContext) -> ContainerAdditions: ...
+
+    async def started(self, session: SessionContext, container_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+ExtensionFactory = Callable[[], SessionExtension]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +111,8 @@ class _Running:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     line_buffers: dict[str, bytes] = field(default_factory=dict)
+    extensions: list[SessionExtension] = field(default_factory=list)
+    runtime_dir: Path | None = None
 
 
 def process_token(pid: int | None = None) -> str:
@@ -115,6 +148,7 @@ class Supervisor:
         dirs: Dirs,
         catalog: ProfileCatalog,
         identity: Identity | None = None,
+        extensions: Sequence[ExtensionFactory] = (),
     ) -> None:
         self.engine = engine
         self.store = store
@@ -123,6 +157,7 @@ class Supervisor:
         self.catalog = catalog
         self.identity = identity or Identity.for_caller()
         self.owner = str(os.getuid())
+        self._extension_factories = tuple(extensions)
         self._running: dict[str, _Running] = {}
 
     # the life of a session
@@ -145,7 +180,9 @@ class Supervisor:
         exit_code, reason = 1, "failed to start"
         try:
             grants = self._session_grants(session_id, request)
-            spec = self._prepare(running, request, image, seccomp, grants)
+            labels = self._labels(running.id, request.profile)
+            additions = await self._prepare_extensions(running, request, labels)
+            spec = self._prepare(running, request, image, seccomp, grants, labels, additions)
             # The view mirrors absolute host paths, so its root stands for `/`.
             running.watcher = TreeWatcher(session_id, self.bus, {running.view.root: Path("/")})
             await running.watcher.start()
@@ -183,6 +220,8 @@ class Supervisor:
         image: str,
         seccomp: str,
         grants: Sequence[Grant],
+        labels: Mapping[str, str],
+        additions: Sequence[ContainerAdditions],
     ) -> ContainerSpec:
         for grant in grants:
             if grant.mode is not Mode.READ:
@@ -199,17 +238,42 @@ class Supervisor:
                 self._schedule_expiry(running, grant)
         anchors = anchors_for((g.path, g.path.is_dir()) for g in grants)
         mounts = [(running.view.prepare_anchor(anchor), anchor) for anchor in anchors]
-        labels = {
-            LABEL_SESSION: running.id,
-            LABEL_OWNER: self.owner,
-            LABEL_SUPERVISOR: process_token(),
-            LABEL_PROFILE: request.profile.name,
-        }
         return build_spec(
             profile=request.profile, session=running.id, image=image, command=request.command,
             identity=self.identity, anchors=mounts,
-            first_grant=grants[0].path if grants else None, seccomp=seccomp, labels=labels,
+            first_grant=grants[0].path if grants else None, seccomp=seccomp,
+            labels=dict(labels, **{LABEL_ROLE: "agent"}), additions=additions,
         )
+
+    def _labels(self, session: str, profile: Profile) -> dict[str, str]:
+        return {
+            LABEL_SESSION: session,
+            LABEL_OWNER: self.owner,
+            LABEL_SUPERVISOR: process_token(),
+            LABEL_PROFILE: profile.name,
+        }
+
+    def _context(self, running: _Running, request: LaunchRequest,
+                 labels: Mapping[str, str]) -> SessionContext:
+        assert running.runtime_dir is not None
+        return SessionContext(running.id, request.profile, self.identity, running.runtime_dir,
+                              running.view, self.bus, labels)
+
+    async def _prepare_extensions(
+        self, running: _Running, request: LaunchRequest, labels: Mapping[str, str]
+    ) -> list[ContainerAdditions]:
+        if not self._extension_factories:
+            return []
+        running.runtime_dir = self.dirs.runtime / running.id
+        # Searchable by the agent's uid, which is not ours when root runs agents as nobody.
+        running.runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        context = self._context(running, request, labels)
+        additions = []
+        for factory in self._extension_factories:
+            extension = factory()
+            running.extensions.append(extension)
+            additions.append(await extension.prepare(context))
+        return additions
 
     async def _supervise(
         self, running: _Running, request: LaunchRequest, container: Container, output: Output
@@ -224,6 +288,10 @@ class Supervisor:
         )
         await asyncio.to_thread(container.start)
         self.store.set_session_running(running.id, container.id or "")
+        if running.extensions:
+            context = self._context(running, request, self._labels(running.id, request.profile))
+            for extension in running.extensions:
+                await extension.started(context, container.id or "")
         await asyncio.to_thread(container.reload)
         self.bus.emit(
             EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
@@ -324,6 +392,13 @@ class Supervisor:
             task.cancel()
         if running.container is not None:
             await asyncio.to_thread(self._remove_container, running.container)
+        for extension in reversed(running.extensions):
+            try:
+                await extension.close()
+            except Exception:
+                log.exception("session %s: closing %r failed", running.id, extension)
+        if running.runtime_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, running.runtime_dir, True)
         if running.watcher is not None:
             await running.watcher.stop()
         await asyncio.to_thread(running.view.discard)
@@ -432,6 +507,8 @@ class Supervisor:
         """The agent's process list, as `ps` inside the container would show it."""
         record = self.store.session(session)
         containers = self._containers(session) if record is not None and record.live else []
+        containers = [c for c in containers
+                      if (c.attrs.get("Labels") or {}).get(LABEL_ROLE, "agent") == "agent"]
         if not containers:
             raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
         try:
