@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import docker
@@ -34,6 +34,7 @@ from app.container import (
     Identity,
     build_spec,
 )
+from app.delivery import DOCUMENTS
 from app.errors import EngineError, GrantError, ImageError, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, grant_for
@@ -113,6 +114,8 @@ class _Running:
     line_buffers: dict[str, bytes] = field(default_factory=dict)
     extensions: list[SessionExtension] = field(default_factory=list)
     runtime_dir: Path | None = None
+    anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
+    profile: str = ""
 
 
 def process_token(pid: int | None = None) -> str:
@@ -236,8 +239,11 @@ class Supervisor:
                 self.bus.emit(EventKind.GRANT_SKIPPED, running.id, path, reason=why)
             if grant.expires_at is not None:
                 self._schedule_expiry(running, grant)
-        anchors = anchors_for((g.path, g.path.is_dir()) for g in grants)
+        # The documents area is always there, so files granted mid-run have a place to appear.
+        anchors = [*anchors_for((g.path, g.path.is_dir()) for g in grants), Path(DOCUMENTS)]
         mounts = [(running.view.prepare_anchor(anchor), anchor) for anchor in anchors]
+        running.anchors = anchors
+        running.profile = request.profile.name
         return build_spec(
             profile=request.profile, session=running.id, image=image, command=request.command,
             identity=self.identity, anchors=mounts,
@@ -517,6 +523,51 @@ class Supervisor:
             raise EngineError(f"cannot list the processes of {session}: {e.explanation}") from e
         return list(top.get("Titles") or []), [list(p) for p in top.get("Processes") or []]
 
+    # files granted mid-run (app.delivery.FileDelivery)
+
+    async def open_files(
+        self,
+        session: str,
+        paths: Sequence[Path],
+        mode: Mode,
+        lifetime: Lifetime,
+        until: float | None = None,
+    ) -> list[PurePosixPath]:
+        running = self._running.get(session)
+        if running is None:
+            raise SessionError(f"session {session!r} is not running in this supervisor")
+        requests = [check_grant_path(path, mode, Path("/")) for path in paths]
+        located: list[PurePosixPath] = []
+        for request in requests:
+            grant = grant_for(
+                request, lifetime=lifetime,
+                session=None if lifetime is Lifetime.ALWAYS else session,
+                profile=running.profile if lifetime is Lifetime.ALWAYS else None,
+                expires_at=until,
+            )
+            at = None if _under_any(request.path, running.anchors) else (
+                Path(DOCUMENTS) / secrets.token_hex(4) / request.path.name
+            )
+            mirrored = await asyncio.to_thread(running.view.add, request.path, at)
+            self.store.add_grants([grant], session=session, location=str(at) if at else None)
+            inside = PurePosixPath(at or request.path)
+            self.bus.emit(
+                EventKind.GRANT_ADDED, session, str(request.path), grant=grant.id,
+                mode=str(grant.mode), lifetime=str(grant.lifetime), location=str(inside),
+                linked=mirrored.linked, copied=mirrored.copied,
+            )
+            for path, why in mirrored.skipped:
+                self.bus.emit(EventKind.GRANT_SKIPPED, session, path, reason=why)
+            if grant.expires_at is not None:
+                self._schedule_expiry(running, grant)
+            located.append(inside)
+        return located
+
+    async def save_files(
+        self, session: str, targets: Sequence[Path], lifetime: Lifetime
+    ) -> list[PurePosixPath]:
+        raise GrantError("saving through the portal needs staged writes, not available yet")
+
     def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
         """Revokes grants and takes them out of every running session that uses them."""
         grants = [self.store.grant(grant_id) for grant_id in grant_ids]
@@ -532,9 +583,16 @@ class Supervisor:
                 if record is None or not record.live:
                     continue
                 view = SessionView(self.dirs.sessions / session / "view")
-                remaining = self.store.session_grants(session, now)
+                location = self.store.grant_location(session, grant.id)
+                if location is not None:
+                    view.remove(Path(location), keep=[Path(DOCUMENTS)])
+                    self.bus.emit(EventKind.GRANT_REVOKED, session, str(grant.path),
+                                  grant=grant.id, location=location)
+                    continue
+                remaining = [g for g in self.store.session_grants(session, now)
+                             if self.store.grant_location(session, g.id) is None]
                 anchors = anchors_for((g.path, g.path.is_dir()) for g in [*remaining, grant])
-                view.remove(grant.path, keep=anchors)
+                view.remove(grant.path, keep=[*anchors, Path(DOCUMENTS)])
                 for other in remaining:
                     # A path also covered by another live grant stays visible.
                     if other.covers(grant.path) or grant.covers(other.path):
@@ -544,6 +602,10 @@ class Supervisor:
                 self.bus.emit(EventKind.GRANT_REVOKED, grant.session, str(grant.path),
                               grant=grant.id)
         return revoked
+
+
+def _under_any(path: Path, anchors: Sequence[Path]) -> bool:
+    return any(path == anchor or anchor in path.parents for anchor in anchors)
 
 
 def _set_done(future: asyncio.Future[None]) -> None:

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE TABLE IF NOT EXISTS session_grants (
     session TEXT NOT NULL,
     grant_id TEXT NOT NULL,
+    location TEXT,  -- where the grant shows inside the container, when not at its own path
     PRIMARY KEY (session, grant_id)
 );
 """
@@ -152,7 +153,9 @@ class StateStore:
 
     # grants
 
-    def add_grants(self, grants: Iterable[Grant], session: str | None = None) -> None:
+    def add_grants(
+        self, grants: Iterable[Grant], session: str | None = None, location: str | None = None
+    ) -> None:
         with self._transaction() as db:
             for grant in grants:
                 db.execute(
@@ -161,13 +164,14 @@ class StateStore:
                      grant.profile, grant.created_at, grant.expires_at, grant.revoked_at),
                 )
                 if session is not None:
-                    db.execute("INSERT INTO session_grants VALUES (?,?)", (session, grant.id))
+                    db.execute("INSERT INTO session_grants VALUES (?,?,?)",
+                               (session, grant.id, location))
 
     def link_grants(self, session: str, grants: Iterable[Grant]) -> None:
         with self._transaction() as db:
             for grant in grants:
                 db.execute(
-                    "INSERT OR IGNORE INTO session_grants VALUES (?,?)", (session, grant.id)
+                    "INSERT OR IGNORE INTO session_grants VALUES (?,?,NULL)", (session, grant.id)
                 )
 
     def grant(self, grant_id: str) -> Grant | None:
@@ -190,6 +194,11 @@ class StateStore:
             (session,),
         )
         return [g for g in map(_grant, rows) if now is None or g.active(now)]
+
+    def grant_location(self, session: str, grant_id: str) -> str | None:
+        rows = self._query("SELECT location FROM session_grants WHERE session=? AND grant_id=?",
+                           (session, grant_id))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def sessions_using(self, grant_id: str) -> list[str]:
         rows = self._query("SELECT session FROM session_grants WHERE grant_id=?", (grant_id,))

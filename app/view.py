@@ -84,11 +84,12 @@ class SessionView:
         mirror.mkdir(mode=0o755, exist_ok=True)
         return mirror
 
-    def add(self, host_path: Path) -> Mirrored:
-        """Mirrors a granted file or tree. The host path must already be resolved."""
+    def add(self, host_path: Path, at: Path | None = None) -> Mirrored:
+        """Mirrors a granted file or tree, at its own path or at the container path `at`.
+        The host path must already be resolved."""
         result = Mirrored()
         with self.locked():
-            target = self.mirror_path(host_path)
+            target = self.mirror_path(at or host_path)
             self._make_parents(target)
             try:
                 st = os.lstat(host_path)

@@ -16,7 +16,7 @@ import pytest
 from app.container import LABEL_SESSION
 from app.errors import EngineError, ImageError
 from app.events import Event, EventBus, EventKind
-from app.grants import GrantRequest, Mode
+from app.grants import GrantRequest, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
 from app.sessions import LaunchRequest, SessionResult, Supervisor
@@ -255,3 +255,55 @@ def wait_for_session(tester: DesktopUser, timeout: float = 60) -> tuple[str, int
             return str(running[0]["id"]), int(running[0]["supervisor"].split(":")[0])
         time.sleep(0.2)
     raise AssertionError("no session started")
+
+
+def test_files_granted_mid_run_appear_and_revoke_removes_them(
+    supervisor: Supervisor, agent_image: str, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("anchored\n")
+    (tmp_path / "elsewhere.txt").write_text("documents area\n")
+    script = (
+        "import glob, os, sys, time\n"
+        "def wait(pattern, present):\n"
+        "    for _ in range(400):\n"
+        "        if bool(glob.glob(pattern)) == present: return True\n"
+        "        time.sleep(0.025)\n"
+        "    return False\n"
+        f"assert wait('{notes}/b.md', True)\n"
+        "print(open(glob.glob('" + str(notes) + "/b.md')[0]).read().strip(), flush=True)\n"
+        "assert wait('/run/airlock/doc/*/elsewhere.txt', True)\n"
+        "print(open(glob.glob('/run/airlock/doc/*/elsewhere.txt')[0]).read().strip(), flush=True)\n"
+        "assert wait('/run/airlock/doc/*/elsewhere.txt', False)\n"
+        "print('revoked', flush=True)\n"
+    )
+    text = profile_text(agent_image, ["python3", "-c", script])
+    request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"),
+                            (GrantRequest(notes / "a.md", Mode.READ),))
+    output = Collected()
+
+    async def scenario() -> SessionResult:
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        supervisor.bus.attach(lambda e: started.set_result(e.session or "")
+                              if e.kind is EventKind.SESSION_STARTED else None)
+        run = asyncio.create_task(supervisor.run(request, output))
+        session = await started
+        (notes / "b.md").write_text("same path\n")
+        inside = await supervisor.open_files(session, [notes / "b.md"], Mode.READ,
+                                             Lifetime.SESSION)
+        assert [str(p) for p in inside] == [str(notes / "b.md")]
+        (elsewhere,) = await supervisor.open_files(session, [tmp_path / "elsewhere.txt"],
+                                                   Mode.READ, Lifetime.ONCE)
+        assert str(elsewhere).startswith("/run/airlock/doc/")
+        await asyncio.sleep(0.3)
+        grants = supervisor.store.session_grants(session, time.time())
+        doc_grant = next(g for g in grants if g.path.name == "elsewhere.txt")
+        supervisor.revoke([doc_grant.id])
+        return await run
+
+    result = asyncio.run(scenario())
+    assert output.text("stdout").splitlines() == ["same path", "documents area", "revoked"], (
+        output.text("stderr"))
+    assert result.exit_code == 0
+    assert (tmp_path / "elsewhere.txt").read_text() == "documents area\n"
