@@ -54,7 +54,7 @@ class ConsentRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
-        object.__setattr__(self, "reason", _printable(self.reason)[:MAX_REASON])
+        object.__setattr__(self, "reason", printable(self.reason)[:MAX_REASON])
 
     @property
     def deadline(self) -> float:
@@ -160,7 +160,7 @@ def _current_task_cancelling() -> bool:
     return bool(task and task.cancelling())
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Untrusted text made safe to show: control characters (terminal escapes, bidi
     overrides that could disguise a path) become visible escapes."""
     out = []

@@ -47,6 +47,14 @@ class BindMount:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """A named engine volume: the overlay that stages a read-write directory grant."""
+
+    volume: str
+    target: Path
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerAdditions:
     """What a session extension (the portal's bus, the egress bridge) adds to the agent's
     container. Its environment may set what profiles may not (the proxy, the bus address)."""
@@ -71,6 +79,7 @@ class ContainerSpec:
     environment: Mapping[str, str]
     workdir: str
     mounts: tuple[BindMount, ...]
+    volumes: tuple[VolumeMount, ...]
     labels: Mapping[str, str]
     memory: int
     nano_cpus: int
@@ -125,6 +134,11 @@ class ContainerSpec:
                     propagation="rprivate",
                 )
                 for mount in self.mounts
+            ] + [
+                # no_copy: the engine must not seed the volume with the image's files.
+                Mount(target=str(mount.target), source=mount.volume, type="volume",
+                      read_only=False, no_copy=True)
+                for mount in self.volumes
             ],
             "init": True,  # reap zombies and forward signals to the agent
         }
@@ -165,10 +179,14 @@ def build_spec(
     seccomp: str,
     labels: Mapping[str, str],
     additions: Sequence[ContainerAdditions] = (),
+    staged: Sequence[BindMount | VolumeMount] = (),
 ) -> ContainerSpec:
-    """`anchors` are (view directory on the host, path in the container) pairs."""
+    """`anchors` are (view directory on the host, path in the container) pairs, mounted
+    read-only; `staged` are the writable places whose writes are staged."""
     environment = container_environment(profile, session)
     mounts = [BindMount(source, target) for source, target in anchors]
+    mounts += [m for m in staged if isinstance(m, BindMount)]
+    volumes = tuple(m for m in staged if isinstance(m, VolumeMount))
     network_mode = "none"
     for addition in additions:
         environment.update(addition.environment)
@@ -189,6 +207,7 @@ def build_spec(
         environment=environment,
         workdir=workdir,
         mounts=tuple(mounts),
+        volumes=volumes,
         labels=dict(labels),
         memory=profile.resources.memory,
         nano_cpus=int(profile.resources.cpus * 1e9),

@@ -28,6 +28,11 @@ class EventKind(StrEnum):
     GRANT_ADDED = "grant.added"
     GRANT_REVOKED = "grant.revoked"
     GRANT_SKIPPED = "grant.skipped"
+    CHANGES_COMMITTED = "changes.committed"
+    CHANGES_DISCARDED = "changes.discarded"
+    CHANGE_REFUSED = "changes.refused"
+    CHANGE_CONFLICT = "changes.conflict"
+    COMMIT_UNDONE = "changes.undone"
     REQUEST_ASKED = "request.asked"
     REQUEST_ANSWERED = "request.answered"
     STREAM_DROPPED = "stream.dropped"
@@ -39,6 +44,9 @@ class EventKind(StrEnum):
     FILE_MOVED = "file.moved"
     FILE_UNWATCHED = "file.unwatched"  # a tree could not be watched in full (inotify limits)
     AUDIT_RECOVERED = "audit.recovered"  # a torn record left by a crash was cut off the log
+    NET_REQUEST = "net.request"  # one plain-HTTP or route request, at its end
+    NET_TUNNEL = "net.tunnel"  # one CONNECT tunnel, at its end
+    NET_REFUSED = "net.refused"  # refused by policy, by the user, by a limit, or as bad HTTP
 
 
 def _frozen(details: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -85,11 +85,6 @@ def check_grant_path(path: Path, mode: Mode, cwd: Path) -> GrantRequest:
         raise GrantError(f"{resolved}: only regular files and directories can be granted")
     if not os.access(resolved, os.R_OK):
         raise GrantError(f"{resolved}: you cannot read it, so it cannot be granted")
-    if mode is Mode.READ_WRITE:
-        raise GrantError(
-            f"{resolved}: read-write grants need staged writes, which this version does not "
-            "have yet; grant it read-only (:ro) and let the agent print its results"
-        )
     return GrantRequest(resolved, mode)
 
 

@@ -100,13 +100,31 @@ class Resources(Strict):
     cpus: float = Field(default=1.0, gt=0, le=64)
     pids: int = Field(default=256, ge=8, le=32768)
     tmpfs: Size = 256 * 1024**2
+    staging: Size = 1024**3  # the largest file a commit accepts from the agent
+
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"}
+)
 
 
 class HostRule(Strict):
-    """A host the agent may reach: `name`, `*.suffix`, optionally `:port`."""
+    """A host the agent may reach: `name`, `*.suffix`, optionally `:port`. `methods` limits
+    plain-HTTP requests; a tunnel is opaque, so a rule with `methods` allows CONNECT only if
+    it lists it. Empty means any method."""
 
     host: str
     ports: tuple[int, ...] = (443,)
+    methods: tuple[str, ...] = ()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(method.upper() for method in value)
+        unknown = sorted(set(upper) - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}")
+        return upper
 
     @field_validator("host")
     @classmethod
@@ -161,6 +179,8 @@ class Network(Strict):
     ask: tuple[Host, ...] = ()
     routes: tuple[Route, ...] = ()
     allow_private: bool = False  # private, loopback and link-local destinations
+    max_connections: int = Field(default=32, ge=1, le=4096)  # open upstream connections
+    bandwidth: Size | None = None  # bytes per second, both directions together
 
     @model_validator(mode="after")
     def _unique_routes(self) -> Network:

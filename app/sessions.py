@@ -29,17 +29,20 @@ from app.container import (
     LABEL_ROLE,
     LABEL_SESSION,
     LABEL_SUPERVISOR,
+    BindMount,
     ContainerAdditions,
     ContainerSpec,
     Identity,
+    VolumeMount,
     build_spec,
 )
-from app.delivery import DOCUMENTS
+from app.delivery import DOCUMENTS, SAVES
 from app.errors import EngineError, GrantError, ImageError, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, grant_for
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
+from app.staging import SessionStaging
 from app.store import SessionRecord, SessionState, StateStore
 from app.view import SessionView, anchors_for
 
@@ -116,6 +119,13 @@ class _Running:
     runtime_dir: Path | None = None
     anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
     profile: str = ""
+    staging: SessionStaging = field(init=False)
+    volumes: list[str] = field(default_factory=list)
+    watched: dict[Path, Path] = field(default_factory=dict)  # host dir -> path the user knows
+    quota: int = 0
+
+    def __post_init__(self) -> None:
+        self.staging = SessionStaging(self.view.root.parent / "staging", self.id)
 
 
 def process_token(pid: int | None = None) -> str:
@@ -185,9 +195,11 @@ class Supervisor:
             grants = self._session_grants(session_id, request)
             labels = self._labels(running.id, request.profile)
             additions = await self._prepare_extensions(running, request, labels)
-            spec = self._prepare(running, request, image, seccomp, grants, labels, additions)
+            spec = await self._prepare(
+                running, request, image, seccomp, grants, labels, additions)
             # The view mirrors absolute host paths, so its root stands for `/`.
-            running.watcher = TreeWatcher(session_id, self.bus, {running.view.root: Path("/")})
+            running.watched[running.view.root] = Path("/")
+            running.watcher = TreeWatcher(session_id, self.bus, running.watched)
             await running.watcher.start()
             container = await asyncio.to_thread(self._create, spec.create_kwargs())
             running.container = container
@@ -216,7 +228,7 @@ class Supervisor:
         self.store.link_grants(session_id, stored)
         return grants + stored
 
-    def _prepare(
+    async def _prepare(
         self,
         running: _Running,
         request: LaunchRequest,
@@ -226,10 +238,15 @@ class Supervisor:
         labels: Mapping[str, str],
         additions: Sequence[ContainerAdditions],
     ) -> ContainerSpec:
-        for grant in grants:
-            if grant.mode is not Mode.READ:
-                raise GrantError(f"{grant.path}: read-write grants are not supported yet")
-            mirrored = running.view.add(grant.path)
+        rw_trees = [g for g in grants if g.mode is Mode.READ_WRITE and g.path.is_dir()]
+        # What a read-write tree covers is already in its overlay.
+        effective = [g for g in grants
+                     if not any(t is not g and t.covers(g.path) for t in rw_trees)]
+        staged: list[BindMount | VolumeMount] = []
+        quota = request.profile.resources.staging
+        owner = (self.identity.uid, self.identity.gid)
+        for grant in effective:
+            mirrored = await asyncio.to_thread(running.view.add, grant.path)
             self.bus.emit(
                 EventKind.GRANT_ADDED, running.id, str(grant.path), grant=grant.id,
                 mode=str(grant.mode), lifetime=str(grant.lifetime), linked=mirrored.linked,
@@ -239,17 +256,67 @@ class Supervisor:
                 self.bus.emit(EventKind.GRANT_SKIPPED, running.id, path, reason=why)
             if grant.expires_at is not None:
                 self._schedule_expiry(running, grant)
+            if grant.mode is not Mode.READ_WRITE:
+                continue
+            if grant in rw_trees:
+                root, upper, work = await asyncio.to_thread(
+                    running.staging.add_tree, grant.path, grant.id, quota, owner)
+                lower = running.staging.root / root.id / "lower"
+                lower.symlink_to(running.view.mirror_path(grant.path))
+                volume = await asyncio.to_thread(
+                    self._create_volume, f"airlock-{running.id}-{root.id}", lower, upper, work,
+                    labels)
+                running.volumes.append(volume)
+                running.watched[upper] = grant.path
+                staged.append(VolumeMount(volume, grant.path))
+            else:
+                root = await asyncio.to_thread(
+                    running.staging.add_file, grant.path, grant.id, quota,
+                    running.staging.root / "files" / secrets.token_hex(4), True, owner)
+                staged.append(BindMount(root.upper, grant.path, read_only=False))
+        saves = running.staging.root / "saves"
+        saves.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if os.getuid() == 0:
+            os.chown(saves, *owner)
+        staged.append(BindMount(saves, Path(SAVES), read_only=False))
         # The documents area is always there, so files granted mid-run have a place to appear.
-        anchors = [*anchors_for((g.path, g.path.is_dir()) for g in grants), Path(DOCUMENTS)]
+        anchors = [*anchors_for((g.path, g.path.is_dir()) for g in effective
+                                if g not in rw_trees), Path(DOCUMENTS)]
         mounts = [(running.view.prepare_anchor(anchor), anchor) for anchor in anchors]
         running.anchors = anchors
         running.profile = request.profile.name
+        running.quota = quota
         return build_spec(
             profile=request.profile, session=running.id, image=image, command=request.command,
             identity=self.identity, anchors=mounts,
             first_grant=grants[0].path if grants else None, seccomp=seccomp,
-            labels=dict(labels, **{LABEL_ROLE: "agent"}), additions=additions,
+            labels=dict(labels, **{LABEL_ROLE: "agent"}), additions=additions, staged=staged,
         )
+
+    def _create_volume(self, name: str, lower: Path, upper: Path, work: Path,
+                       labels: Mapping[str, str]) -> str:
+        for path in (lower, upper, work):
+            if "," in str(path) or ":" in str(path):
+                raise GrantError(
+                    f"{path}: overlay mounts cannot take ',' or ':' in a path; point "
+                    "XDG_STATE_HOME somewhere without them")
+        options = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
+        try:
+            volume = self.engine.volumes.create(
+                name=name, driver="local", labels=dict(labels),
+                driver_opts={"type": "overlay", "device": "overlay", "o": options})
+        except docker.errors.APIError as e:
+            raise EngineError(f"cannot create the staging overlay: {e.explanation}") from e
+        return str(volume.name)
+
+    def _remove_volumes(self, names: Sequence[str]) -> None:
+        for name in names:
+            try:
+                self.engine.api.remove_volume(name, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                log.warning("cannot remove volume %s: %s", name, e.explanation)
 
     def _labels(self, session: str, profile: Profile) -> dict[str, str]:
         return {
@@ -398,6 +465,8 @@ class Supervisor:
             task.cancel()
         if running.container is not None:
             await asyncio.to_thread(self._remove_container, running.container)
+        if running.volumes:
+            await asyncio.to_thread(self._remove_volumes, running.volumes)
         for extension in reversed(running.extensions):
             try:
                 await extension.close()
@@ -481,6 +550,13 @@ class Supervisor:
                 continue
             self._remove_container(container)
             swept.append(session)
+        volumes = self.engine.api.volumes(filters={"label": f"{LABEL_OWNER}={self.owner}"})
+        for volume in (volumes or {}).get("Volumes") or []:
+            labels = volume.get("Labels") or {}
+            if labels.get(LABEL_SESSION) in self._running:
+                continue
+            if not process_alive(labels.get(LABEL_SUPERVISOR, "")):
+                self._remove_volumes([volume["Name"]])
         for record in self.store.sessions(live_only=True):
             if record.id in self._running or process_alive(record.supervisor):
                 continue
@@ -537,6 +613,9 @@ class Supervisor:
         if running is None:
             raise SessionError(f"session {session!r} is not running in this supervisor")
         requests = [check_grant_path(path, mode, Path("/")) for path in paths]
+        if mode is Mode.READ_WRITE and any(r.path.is_dir() for r in requests):
+            raise GrantError("read-write folders can only be granted when a session starts; "
+                             "grant files, or the folder read-only")
         located: list[PurePosixPath] = []
         for request in requests:
             grant = grant_for(
@@ -545,6 +624,9 @@ class Supervisor:
                 profile=running.profile if lifetime is Lifetime.ALWAYS else None,
                 expires_at=until,
             )
+            if mode is Mode.READ_WRITE:
+                located.append(await self._stage_file(running, grant, copy_from_host=True))
+                continue
             at = None if _under_any(request.path, running.anchors) else (
                 Path(DOCUMENTS) / secrets.token_hex(4) / request.path.name
             )
@@ -566,7 +648,38 @@ class Supervisor:
     async def save_files(
         self, session: str, targets: Sequence[Path], lifetime: Lifetime
     ) -> list[PurePosixPath]:
-        raise GrantError("saving through the portal needs staged writes, not available yet")
+        running = self._running.get(session)
+        if running is None:
+            raise SessionError(f"session {session!r} is not running in this supervisor")
+        located = []
+        for target in targets:
+            target = Path(os.path.abspath(target))
+            if not target.parent.is_dir():
+                raise GrantError(f"{target.parent}: no such folder to save into")
+            if target.exists() and not target.is_file():
+                raise GrantError(f"{target}: exists and is not a regular file")
+            if target.is_symlink():
+                raise GrantError(f"{target}: is a symlink; choose the real file")
+            grant = grant_for(GrantRequest(target, Mode.READ_WRITE),
+                              lifetime=Lifetime.SESSION if lifetime is Lifetime.ALWAYS
+                              else lifetime, session=session,
+                              expires_at=None)
+            located.append(await self._stage_file(running, grant, copy_from_host=False))
+        return located
+
+    async def _stage_file(self, running: _Running, grant: Grant,
+                          copy_from_host: bool) -> PurePosixPath:
+        """A file the agent may write, staged in the session's saves area."""
+        token = secrets.token_hex(4)
+        await asyncio.to_thread(
+            running.staging.add_file, grant.path, grant.id, running.quota,
+            running.staging.root / "saves" / token, copy_from_host,
+            (self.identity.uid, self.identity.gid))
+        inside = PurePosixPath(SAVES) / token / grant.path.name
+        self.store.add_grants([grant], session=running.id, location=str(inside))
+        self.bus.emit(EventKind.GRANT_ADDED, running.id, str(grant.path), grant=grant.id,
+                      mode=str(grant.mode), lifetime=str(grant.lifetime), location=str(inside))
+        return inside
 
     def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
         """Revokes grants and takes them out of every running session that uses them."""

@@ -134,10 +134,12 @@ def profile_text(
     memory: str = "256m",
     pids: int = 64,
     extra: str = "",
+    staging: str = "64m",
 ) -> str:
     """A small test profile running `command` in the agent image."""
     argv = ", ".join(json.dumps(part) for part in (command or ["sh", "-c", "echo hello"]))
     return (
         f'name = "test-agent"\nimage = "{image}"\ncommand = [{argv}]\ntimeout = "2m"\n{extra}\n'
         f'[resources]\nmemory = "{memory}"\ncpus = 1.0\npids = {pids}\ntmpfs = "16m"\n'
+        f'staging = "{staging}"\n'
     )

@@ -23,6 +23,11 @@ COMMANDS = {
     "grant": "ui.commands.grants",
     "revoke": "ui.commands.grants",
     "profiles": "ui.commands.profiles",
+    "changes": "ui.commands.changes",
+    "commit": "ui.commands.changes",
+    "discard": "ui.commands.changes",
+    "history": "ui.commands.changes",
+    "undo": "ui.commands.changes",
     "image": "ui.commands.image",
     "audit": "ui.commands.audit",
     "watch": "ui.commands.watch",
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="airlock: %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        # watchdog reports inotify events that race its own shutdown as errors: noise here.
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
     context = Context(dirs=Dirs.for_user())
     try:
         return int(args.handler(context, args))

@@ -1,0 +1,495 @@
+"""Commit and undo: approved staged changes applied to the host, crash-safe and reversible.
+
+A commit runs in two phases recorded in a journal (`commit.json`, fsynced at each step):
+1. prepare: the new content of every file is written to a temp file beside its target and
+   fsynced; whatever will be replaced or deleted is kept in the commit's backup directory
+   (a hard link where possible); new directories are created.
+2. apply: temp files are renamed over their targets, deletions happen, one by one.
+A crash in phase 1 is rolled back (temp files and new directories removed, host untouched);
+a crash in phase 2 is rolled forward. Renames are atomic, so at every moment each file is
+entirely old or entirely new. `recover()` runs before any new commit and at start-up.
+
+Every path is reached from its granted root one component at a time with O_NOFOLLOW, so
+neither the agent nor a race on the host can redirect a write through a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from app.errors import AirlockError
+from app.staging import Change, ChangeKind, EntryType, StagedRoot, sha256_file
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the crash tests: seconds to pause after each applied operation.
+PAUSE_VARIABLE = "AIRLOCK_COMMIT_PAUSE"
+
+
+class CommitError(AirlockError):
+    """A commit or undo cannot run at all (as opposed to refusing single paths)."""
+
+
+class Action(StrEnum):
+    WRITE = "write"  # a regular file, new or replaced
+    SYMLINK = "symlink"
+    MKDIR = "mkdir"
+    CHMOD = "chmod"
+    DELETE = "delete"  # a file or symlink
+    DELETE_TREE = "delete-tree"  # a directory and everything in it (moved to the backup)
+    RESTORE_TREE = "restore-tree"  # undoing DELETE_TREE: the backup moved back
+
+
+class State(StrEnum):
+    PREPARING = "preparing"
+    APPLYING = "applying"
+    DONE = "done"
+    ROLLED_BACK = "rolled-back"
+
+
+@dataclass(slots=True)
+class Operation:
+    action: Action
+    target: str
+    root: str  # the granted root the target must stay inside
+    source: str | None = None  # content to write (a staged file, or a backup when undoing)
+    link: str | None = None  # symlink target
+    mode: int | None = None
+    temp: str | None = None
+    backup: str | None = None
+    old_hash: str | None = None
+    new_hash: str | None = None
+    created: bool = False  # MKDIR: we made it (rolled back if the commit is)
+
+
+@dataclass(slots=True)
+class CommitRecord:
+    id: str
+    session: str
+    created_at: float
+    state: State
+    operations: list[Operation] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    undo_of: str | None = None
+    undone_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        for op in data["operations"]:
+            op["action"] = str(op["action"])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitRecord:
+        operations = [Operation(**dict(op, action=Action(op["action"])))
+                      for op in data["operations"]]
+        return cls(data["id"], data["session"], data["created_at"], State(data["state"]),
+                   operations, [(str(r[0]), str(r[1])) for r in data["refused"]],
+                   data.get("undo_of"), data.get("undone_by"))
+
+    @property
+    def paths(self) -> list[str]:
+        return [op.target for op in self.operations if op.action is not Action.MKDIR or
+                op.created]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    commit: CommitRecord | None
+    applied: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...]
+
+
+class CommitLog:
+    """`STATE/commits/ID/{commit.json, backup/}`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # history
+
+    def records(self) -> list[CommitRecord]:
+        found: list[CommitRecord] = []
+        if not self.root.is_dir():
+            return found
+        for path in self.root.glob("*/commit.json"):
+            try:
+                found.append(CommitRecord.from_json(json.loads(path.read_text())))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("ignoring unreadable commit record %s: %s", path, e)
+        return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def record(self, commit_id: str) -> CommitRecord:
+        path = self.root / commit_id / "commit.json"
+        if "/" in commit_id or not path.is_file():
+            raise CommitError(f"no commit {commit_id!r} (see `airlock history`)")
+        return CommitRecord.from_json(json.loads(path.read_text()))
+
+    # commit
+
+    def commit(self, session: str, changes: Sequence[Change],
+               roots: dict[str, StagedRoot]) -> CommitResult:
+        self.recover()
+        refused: list[tuple[str, str]] = [
+            (str(c.path), "; ".join(c.problems)) for c in changes if c.problems]
+        accepted = [c for c in changes if not c.problems]
+        record = CommitRecord(_new_id(), session, time.time(), State.PREPARING, refused=refused)
+        for change in _ordered(accepted):
+            root = str(roots[change.root].host_root)
+            record.operations.extend(_operations(change, root))
+        return self._run(record)
+
+    def undo(self, commit_id: str) -> CommitResult:
+        self.recover()
+        original = self.record(commit_id)
+        if original.state is not State.DONE:
+            raise CommitError(f"commit {commit_id} is {original.state}: nothing to undo")
+        if original.undone_by:
+            raise CommitError(f"commit {commit_id} was already undone by {original.undone_by}")
+        record = CommitRecord(_new_id(), original.session, time.time(), State.PREPARING,
+                              undo_of=commit_id)
+        for op in reversed(original.operations):
+            reverse, why = _reverse(op)
+            if why:
+                record.refused.append((op.target, why))
+            elif reverse is not None:
+                record.operations.append(reverse)
+        result = self._run(record)
+        if result.commit is not None and result.applied:
+            original.undone_by = record.id
+            self._save(original)
+        return result
+
+    def _run(self, record: CommitRecord) -> CommitResult:
+        directory = self.root / record.id
+        (directory / "backup").mkdir(parents=True)
+        self._save(record)
+        refused = list(record.refused)
+        prepared: list[Operation] = []
+        for index, op in enumerate(record.operations):
+            try:
+                _prepare(op, directory / "backup" / str(index), record.id)
+                prepared.append(op)
+            except (OSError, _Refused) as e:
+                refused.append((op.target, _reason(e)))
+        record.operations = prepared
+        record.refused = refused
+        record.state = State.APPLYING
+        self._save(record)
+        pause = float(os.environ.get(PAUSE_VARIABLE, "0") or 0)
+        for op in record.operations:
+            _apply(op)
+            if pause:
+                time.sleep(pause)
+        _sync_parents(record.operations)
+        record.state = State.DONE
+        self._save(record)
+        applied = tuple(op.target for op in record.operations
+                        if op.action is not Action.MKDIR or op.created)
+        return CommitResult(record, applied, tuple(refused))
+
+    def _save(self, record: CommitRecord) -> None:
+        path = self.root / record.id / "commit.json"
+        temp = path.with_suffix(".tmp")
+        with open(temp, "w") as f:
+            json.dump(record.to_json(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+        _fsync_dir(path.parent)
+
+    # recovery
+
+    def recover(self) -> list[str]:
+        """Finishes or rolls back commits a crash interrupted; returns their ids."""
+        resolved = []
+        for record in self.records():
+            if record.state is State.PREPARING:
+                for op in record.operations:
+                    _roll_back(op)
+                record.state = State.ROLLED_BACK
+            elif record.state is State.APPLYING:
+                for op in record.operations:
+                    _apply(op)
+                _sync_parents(record.operations)
+                record.state = State.DONE
+            else:
+                continue
+            self._save(record)
+            resolved.append(record.id)
+            log.warning("commit %s was interrupted; it is now %s", record.id, record.state)
+        return resolved
+
+
+class _Refused(Exception):
+    pass
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return f"{error.strerror or error} ({error.filename or ''})".replace(" ()", "")
+    return str(error)
+
+
+def _new_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _ordered(changes: Sequence[Change]) -> list[Change]:
+    """New directories before what goes in them; deletions last, deepest first."""
+    def key(change: Change) -> tuple[int, int, str]:
+        deleting = change.kind is ChangeKind.DELETED
+        depth = len(change.path.parts)
+        return (1 if deleting else 0, -depth if deleting else depth, str(change.path))
+
+    return sorted(changes, key=key)
+
+
+def _operations(change: Change, root: str) -> Iterator[Operation]:
+    target = str(change.path)
+    mode = stat.S_IMODE(change.new_mode) if change.new_mode is not None else None
+    if change.kind is ChangeKind.DELETED:
+        action = Action.DELETE_TREE if change.type is EntryType.DIRECTORY else Action.DELETE
+        yield Operation(action, target, root, old_hash=change.old_hash)
+        return
+    if change.kind is ChangeKind.MODE:
+        yield Operation(Action.CHMOD, target, root, mode=mode)
+        return
+    if change.type is EntryType.DIRECTORY:
+        yield Operation(Action.MKDIR, target, root, mode=mode)
+    elif change.type is EntryType.SYMLINK:
+        yield Operation(Action.SYMLINK, target, root, link=change.link_target)
+    else:
+        yield Operation(Action.WRITE, target, root, source=str(change.staged), mode=mode,
+                        old_hash=change.old_hash, new_hash=change.new_hash)
+    if change.kind is ChangeKind.RENAMED and change.renamed_from is not None:
+        yield Operation(Action.DELETE, str(change.renamed_from), root, old_hash=change.old_hash)
+
+
+# One component at a time, never following a symlink: the only safe way into a host tree.
+
+@contextmanager
+def _parent_fd(target: str, root: str, create: bool = False) -> Iterator[int]:
+    root_path, path = Path(root), Path(target)
+    if path != root_path and root_path not in path.parents:
+        raise _Refused(f"{target} is outside the granted {root}")
+    fd = os.open(root_path.parent if path == root_path else root_path,
+                 os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = [] if path == root_path else list(path.relative_to(root_path).parts[:-1])
+        for part in parts:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                  os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                  os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise _Refused(f"{part} in the path of {target} is a symlink or not a "
+                               "directory on the host") from e
+            os.close(fd)
+            fd = next_fd
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _exists(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _keep(name: str, dir_fd: int, backup: Path) -> str | None:
+    """Keeps what is at `name` for undo: a hard link, else a copy (else a moved tree)."""
+    st = _exists(name, dir_fd)
+    if st is None:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None  # trees are moved, not copied, when applied
+    try:
+        os.link(name, backup, src_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=dir_fd), backup)
+        else:
+            _copy_fd_file(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), backup,
+                          stat.S_IMODE(st.st_mode))
+    return str(backup)
+
+
+def _copy_fd_file(source_fd: int, destination: Path | str, mode: int,
+                  dir_fd: int | None = None) -> None:
+    with open(source_fd, "rb") as source:
+        st = os.fstat(source.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused("not a regular file")
+        out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                      dir_fd=dir_fd)
+        with open(out, "wb") as target:
+            shutil.copyfileobj(source, target, 1024 * 1024)
+            target.flush()
+            os.fchmod(target.fileno(), mode & 0o777)
+            os.fsync(target.fileno())
+
+
+def _prepare(op: Operation, backup: Path, commit_id: str) -> None:
+    name = Path(op.target).name
+    with _parent_fd(op.target, op.root, create=op.action in (Action.WRITE, Action.SYMLINK,
+                                                              Action.MKDIR)) as dir_fd:
+        if op.action is Action.MKDIR:
+            if _exists(name, dir_fd) is None:
+                os.mkdir(name, op.mode if op.mode is not None else 0o755, dir_fd=dir_fd)
+                op.created = True
+            return
+        if op.action in (Action.DELETE, Action.DELETE_TREE, Action.WRITE, Action.SYMLINK):
+            op.backup = _keep(name, dir_fd, backup)
+            if op.action is Action.DELETE_TREE:
+                op.backup = str(backup)
+        temp = f".airlock-{commit_id}-{backup.name}.tmp"
+        if op.action is Action.WRITE:
+            assert op.source is not None
+            source_fd = os.open(op.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            _copy_fd_file(source_fd, temp, op.mode if op.mode is not None else 0o644, dir_fd)
+            op.temp = temp
+        elif op.action is Action.SYMLINK:
+            assert op.link is not None
+            os.symlink(op.link, temp, dir_fd=dir_fd)
+            op.temp = temp
+
+
+def _apply(op: Operation) -> None:
+    """Idempotent: running it again after a crash finishes what was started."""
+    name = Path(op.target).name
+    try:
+        with _parent_fd(op.target, op.root) as dir_fd:
+            if op.action in (Action.WRITE, Action.SYMLINK) and op.temp:
+                if _exists(op.temp, dir_fd) is not None:
+                    os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            elif op.action is Action.CHMOD and op.mode is not None:
+                os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
+            elif op.action is Action.DELETE:
+                current = _exists(name, dir_fd)
+                if current is not None and not stat.S_ISDIR(current.st_mode):
+                    os.unlink(name, dir_fd=dir_fd)
+            elif op.action is Action.DELETE_TREE and op.backup:
+                current = _exists(name, dir_fd)
+                if current is not None and not os.path.lexists(op.backup):
+                    _move_tree(name, dir_fd, Path(op.backup))
+            elif (op.action is Action.RESTORE_TREE and op.source
+                  and _exists(name, dir_fd) is None and os.path.lexists(op.source)):
+                _restore_tree(Path(op.source), name, dir_fd)
+    except (FileNotFoundError, _Refused) as e:
+        log.warning("cannot apply %s to %s: %s", op.action, op.target, e)
+
+
+def _move_tree(name: str, dir_fd: int, backup: Path) -> None:
+    try:
+        os.rename(name, backup, src_dir_fd=dir_fd)
+    except OSError:
+        # Another file system: copy to the backup, then remove (not atomic; said in README).
+        source = f"/proc/self/fd/{dir_fd}/{name}"
+        shutil.copytree(source, backup, symlinks=True)
+        shutil.rmtree(source)
+
+
+def _restore_tree(backup: Path, name: str, dir_fd: int) -> None:
+    try:
+        os.rename(backup, name, dst_dir_fd=dir_fd)
+    except OSError:
+        destination = f"/proc/self/fd/{dir_fd}/{name}"
+        shutil.copytree(backup, destination, symlinks=True)
+        shutil.rmtree(backup)
+
+
+def _roll_back(op: Operation) -> None:
+    try:
+        with _parent_fd(op.target, op.root) as dir_fd:
+            if op.temp and _exists(op.temp, dir_fd) is not None:
+                os.unlink(op.temp, dir_fd=dir_fd)
+            if op.action is Action.MKDIR and op.created:
+                os.rmdir(Path(op.target).name, dir_fd=dir_fd)
+    except OSError as e:
+        log.warning("rolling back %s on %s: %s", op.action, op.target, e)
+    except _Refused as e:
+        log.warning("rolling back %s on %s: %s", op.action, op.target, e)
+
+
+def _sync_parents(operations: Sequence[Operation]) -> None:
+    for parent in sorted({str(Path(op.target).parent) for op in operations}):
+        with contextlib.suppress(OSError):
+            _fsync_dir(Path(parent))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _current_hash(target: str) -> str | None:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return None
+    return sha256_file(Path(target)) if stat.S_ISREG(st.st_mode) else "not-a-file"
+
+
+def _reverse(op: Operation) -> tuple[Operation | None, str | None]:
+    """The operation that undoes `op`, or why it cannot be undone now."""
+    present = os.path.lexists(op.target)
+    if op.action is Action.WRITE:
+        if _current_hash(op.target) != op.new_hash:
+            return None, "changed since the commit: not undone"
+        if op.backup is None:
+            return Operation(Action.DELETE, op.target, op.root, old_hash=op.new_hash), None
+        return Operation(Action.WRITE, op.target, op.root, source=op.backup, mode=_mode(op.backup),
+                         new_hash=op.old_hash), None
+    if op.action is Action.SYMLINK:
+        if not os.path.islink(op.target) or os.readlink(op.target) != op.link:
+            return None, "changed since the commit: not undone"
+        if op.backup is None:
+            return Operation(Action.DELETE, op.target, op.root), None
+        return Operation(Action.SYMLINK, op.target, op.root, link=os.readlink(op.backup)), None
+    if op.action is Action.DELETE:
+        if present:
+            return None, "re-created since the commit: not undone"
+        if op.backup is None:
+            return None, None
+        if os.path.islink(op.backup):
+            return Operation(Action.SYMLINK, op.target, op.root, link=os.readlink(op.backup)), None
+        return Operation(Action.WRITE, op.target, op.root, source=op.backup, mode=_mode(op.backup),
+                         new_hash=op.old_hash), None
+    if op.action is Action.DELETE_TREE:
+        if present:
+            return None, "re-created since the commit: not undone"
+        return Operation(Action.RESTORE_TREE, op.target, op.root, source=op.backup), None
+    if op.action is Action.MKDIR and op.created:
+        if present and os.path.isdir(op.target) and not os.listdir(op.target):
+            return Operation(Action.DELETE_TREE, op.target, op.root), None
+        return None, None
+    return None, None
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)

@@ -1,0 +1,144 @@
+"""Review of staged changes: list and diff them, commit or discard them, undo commits.
+
+Works on what is on disk, so it serves a running session and one that ended long ago, from
+any process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from app.commit import CommitLog, CommitRecord, CommitResult
+from app.errors import SessionError
+from app.events import EventBus, EventKind
+from app.paths import Dirs
+from app.staging import MAX_CHANGES, Change, ChangeKind, Changeset, EntryType, SessionStaging
+
+MAX_DIFF_BYTES = 1024 * 1024
+
+
+class Review:
+    def __init__(self, dirs: Dirs, bus: EventBus) -> None:
+        self.dirs = dirs
+        self.bus = bus
+        self.log = CommitLog(dirs.state / "commits")
+
+    def staging(self, session: str) -> SessionStaging:
+        if not session or "/" in session or session.startswith("."):
+            raise SessionError(f"{session!r} is not a session id")
+        root = self.dirs.sessions / session / "staging"
+        if not root.is_dir():
+            raise SessionError(f"session {session!r} has no staged changes "
+                               "(see `airlock sessions --all`)")
+        return SessionStaging(root, session)
+
+    def changes(self, session: str) -> Changeset:
+        self.log.recover()
+        return self.staging(session).changeset()
+
+    def commit(self, session: str, paths: Sequence[Path] = ()) -> CommitResult:
+        staging = self.staging(session)
+        changeset = staging.changeset()
+        if changeset.truncated:
+            raise SessionError(
+                f"session {session} staged more than {MAX_CHANGES} changes; that is not "
+                f"reviewable: discard them (`airlock discard {session}`) or commit a "
+                "smaller part from the desktop app's review window")
+        selected = changeset.select(paths)
+        if paths and not selected:
+            raise SessionError(f"none of {', '.join(map(str, paths))} is a staged change "
+                               f"of {session} (see `airlock changes {session}`)")
+        roots = {root.id: root for root in staging.roots()}
+        result = self.log.commit(session, selected, roots)
+        applied = set(result.applied)
+        for root in roots.values():
+            staging.rebase(root, [Path(p) for p in applied
+                                  if Path(p) == root.host_root or root.host_root in
+                                  Path(p).parents])
+        for path, reason in result.refused:
+            kind = EventKind.CHANGE_CONFLICT if reason.startswith("conflict") else \
+                EventKind.CHANGE_REFUSED
+            self.bus.emit(kind, session, path, reason=reason)
+        if result.commit is not None and result.applied:
+            self.bus.emit(EventKind.CHANGES_COMMITTED, session, session,
+                          commit=result.commit.id, paths=sorted(applied))
+        return result
+
+    def discard(self, session: str, paths: Sequence[Path] = ()) -> list[Change]:
+        staging = self.staging(session)
+        selected = staging.changeset().select(paths)
+        staging.discard(selected)
+        if selected:
+            self.bus.emit(EventKind.CHANGES_DISCARDED, session, session,
+                          paths=[str(c.path) for c in selected])
+        return selected
+
+    def history(self) -> list[CommitRecord]:
+        self.log.recover()
+        return self.log.records()
+
+    def undo(self, commit_id: str) -> CommitResult:
+        result = self.log.undo(commit_id)
+        original = self.log.record(commit_id)
+        for path, reason in result.refused:
+            self.bus.emit(EventKind.CHANGE_REFUSED, original.session, path, reason=reason)
+        if result.applied and result.commit is not None:
+            self.bus.emit(EventKind.COMMIT_UNDONE, original.session, commit_id,
+                          commit=result.commit.id, paths=list(result.applied))
+            staging_root = self.dirs.sessions / original.session / "staging"
+            if staging_root.is_dir():
+                staging = SessionStaging(staging_root, original.session)
+                for root in staging.roots():
+                    staging.rebase(root, [Path(p) for p in result.applied
+                                          if root.host_root == Path(p) or
+                                          root.host_root in Path(p).parents])
+        return result
+
+
+def diff(change: Change) -> Iterator[str]:
+    """A unified diff for text, one line of summary for anything else."""
+    if change.type is EntryType.SYMLINK:
+        yield f"symlink {change.path} -> {change.link_target}\n"
+        return
+    if change.type is not EntryType.FILE:
+        yield f"{change.kind} {change.type} {change.path}\n"
+        return
+    if change.kind is ChangeKind.MODE:
+        yield (f"mode {change.path}: {stat.S_IMODE(change.old_mode or 0):04o} -> "
+               f"{stat.S_IMODE(change.new_mode or 0):04o}\n")
+        return
+    old_path = change.renamed_from or change.path
+    old = _text(old_path) if change.kind in (ChangeKind.MODIFIED, ChangeKind.DELETED,
+                                             ChangeKind.RENAMED) else ""
+    new = _text(change.staged) if change.staged is not None else ""
+    if old is None or new is None:
+        yield (f"binary {change.path}: {change.old_size or 0} -> {change.new_size or 0} bytes, "
+               f"sha256 {(change.old_hash or '-')[:12]} -> {(change.new_hash or '-')[:12]}\n")
+        return
+    before = f"a{old_path}" if change.kind is not ChangeKind.ADDED else "/dev/null"
+    after = f"b{change.path}" if change.kind is not ChangeKind.DELETED else "/dev/null"
+    yield from difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                    before, after)
+
+
+def _text(path: Path | None) -> str | None:
+    if path is None:
+        return ""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return ""
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        data = f.read(MAX_DIFF_BYTES + 1)
+    if len(data) > MAX_DIFF_BYTES or b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,540 @@
+"""Staged writes: where an agent's changes wait, what they are, and how they are committed.
+
+An agent never writes to a host file. A read-write directory grant is an overlay whose lower
+layer is the session's read-only view of the tree and whose upper layer lives here; a
+read-write file grant or a file saved through the portal is a private copy here. The
+changeset is read from these upper layers against the host as it is now, so it works while the
+session runs and after it ended, and a committed change simply stops being a change.
+
+Everything about a staged root is stored beside it (root.json, base.jsonl), so a later
+process — `airlock changes`, `airlock commit` — needs nothing but this directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OPAQUE_XATTR = "user.overlay.opaque"  # overlay mounted with `userxattr`, so we can read it
+MAX_CHANGES = 50_000
+
+
+class RootKind(StrEnum):
+    TREE = "tree"  # a directory: overlay upper layer
+    FILE = "file"  # one file: a private copy
+
+
+class ChangeKind(StrEnum):
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+    RENAMED = "renamed"
+    MODE = "mode"  # only the permission bits changed
+
+
+class EntryType(StrEnum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+    SPECIAL = "special"
+
+
+@dataclass(frozen=True, slots=True)
+class StagedRoot:
+    """One read-write grant's staging: host root, and where its upper layer is."""
+
+    id: str
+    kind: RootKind
+    host_root: Path  # the granted directory, or the granted (or to-be-saved) file
+    upper: Path  # the upper directory (TREE) or the staged file (FILE)
+    grant: str
+    created_at: float
+    quota: int  # the largest single file that may be committed from here
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": str(self.kind), "host_root": str(self.host_root),
+                "upper": str(self.upper), "grant": self.grant, "created_at": self.created_at,
+                "quota": self.quota}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StagedRoot:
+        return cls(str(data["id"]), RootKind(data["kind"]), Path(data["host_root"]),
+                   Path(data["upper"]), str(data["grant"]), float(data["created_at"]),
+                   int(data["quota"]))
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEntry:
+    """A host file as it was when granted: what a conflict is measured against."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> BaseEntry:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: Path  # the host path it would change
+    kind: ChangeKind
+    type: EntryType
+    root: str  # StagedRoot.id
+    staged: Path | None = None  # where the new content is (None for deletions)
+    old_hash: str | None = None
+    new_hash: str | None = None
+    old_size: int | None = None
+    new_size: int | None = None
+    old_mode: int | None = None
+    new_mode: int | None = None
+    renamed_from: Path | None = None
+    link_target: str | None = None
+    problems: tuple[str, ...] = ()  # why a commit would refuse it
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "kind": str(self.kind), "type": str(self.type),
+            "old_sha256": self.old_hash, "new_sha256": self.new_hash,
+            "old_size": self.old_size, "new_size": self.new_size,
+            "old_mode": _octal(self.old_mode), "new_mode": _octal(self.new_mode),
+            "renamed_from": str(self.renamed_from) if self.renamed_from else None,
+            "link_target": self.link_target, "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Changeset:
+    session: str
+    changes: tuple[Change, ...]
+    truncated: bool = False  # more than MAX_CHANGES: the rest was not even listed
+
+    def select(self, paths: Sequence[Path] | None) -> list[Change]:
+        if not paths:
+            return list(self.changes)
+        wanted = [Path(os.path.abspath(p)) for p in paths]
+        return [c for c in self.changes
+                if any(c.path == w or w in c.path.parents or
+                       (c.renamed_from is not None and c.renamed_from == w) for w in wanted)]
+
+
+def _octal(mode: int | None) -> str | None:
+    return None if mode is None else f"{stat.S_IMODE(mode):04o}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bad_name(name: str) -> str | None:
+    if name in (".", "..") or "/" in name:
+        return f"the name {name!r} is not a plain file name"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"the name {name!r} contains control characters"
+    return None
+
+
+class SessionStaging:
+    """The staging area of one session: `SESSION_DIR/staging`."""
+
+    def __init__(self, root: Path, session: str) -> None:
+        self.root = root
+        self.session = session
+
+    # creating staged roots (while the session starts or runs)
+
+    def add_tree(self, host_root: Path, grant: str, quota: int, owner: tuple[int, int] | None
+                 ) -> tuple[StagedRoot, Path, Path]:
+        """A read-write directory: returns the root, and the upper and work dirs of the
+        overlay. The grant-time state of every host file is recorded for conflict checks."""
+        root_id = secrets.token_hex(4)
+        base = self.root / root_id
+        upper, work = base / "upper", base / "work"
+        for directory in (upper, work):
+            directory.mkdir(parents=True, mode=0o700)
+        st = os.stat(host_root)
+        # The merged root takes its attributes from the upper root.
+        os.chmod(upper, stat.S_IMODE(st.st_mode) | 0o700)
+        if owner is not None and os.getuid() == 0:
+            os.chown(upper, *owner)
+        staged = StagedRoot(root_id, RootKind.TREE, host_root, upper, grant, time.time(), quota)
+        self._write_base(base, _base_entries(host_root))
+        self._save(base, staged)
+        return staged, upper, work
+
+    def add_file(self, host_target: Path, grant: str, quota: int, name_dir: Path,
+                 copy_from_host: bool, owner: tuple[int, int] | None) -> StagedRoot:
+        """A read-write file or a file to save: a private copy (or an empty file) in
+        `name_dir`, which the agent sees. Only this file is a candidate for commit."""
+        root_id = secrets.token_hex(4)
+        base = self.root / root_id
+        base.mkdir(parents=True, mode=0o700)
+        name_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        staged_file = name_dir / host_target.name
+        entries: dict[str, BaseEntry] = {}
+        if copy_from_host:
+            st = os.stat(host_target)
+            entries[""] = BaseEntry.of(st)
+            shutil.copyfile(host_target, staged_file)
+            os.chmod(staged_file, stat.S_IMODE(st.st_mode) & 0o777 | 0o600)
+        else:
+            with contextlib.suppress(FileExistsError):
+                staged_file.touch(mode=0o644, exist_ok=False)
+            if host_target.exists():
+                entries[""] = BaseEntry.of(os.stat(host_target))
+        if owner is not None and os.getuid() == 0:
+            os.chown(staged_file, *owner)
+            os.chown(name_dir, *owner)
+        staged = StagedRoot(root_id, RootKind.FILE, host_target, staged_file, grant,
+                            time.time(), quota)
+        self._write_base(base, entries)
+        self._save(base, staged)
+        return staged
+
+    def _save(self, base: Path, staged: StagedRoot) -> None:
+        _write_json(base / "root.json", staged.to_json())
+
+    def _write_base(self, base: Path, entries: dict[str, BaseEntry]) -> None:
+        with open(base / "base.jsonl", "w") as f:
+            for relative, entry in entries.items():
+                f.write(json.dumps([relative, entry.ino, entry.size, entry.mtime_ns]) + "\n")
+
+    def roots(self) -> list[StagedRoot]:
+        found: list[StagedRoot] = []
+        if not self.root.is_dir():
+            return found
+        for meta in sorted(self.root.glob("*/root.json")):
+            try:
+                found.append(StagedRoot.from_json(json.loads(meta.read_text())))
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("ignoring unreadable staging record %s: %s", meta, e)
+        return found
+
+    def base(self, staged: StagedRoot) -> dict[str, BaseEntry]:
+        entries: dict[str, BaseEntry] = {}
+        path = self.root / staged.id / "base.jsonl"
+        if path.exists():
+            with open(path) as f:
+                for line in f:
+                    relative, ino, size, mtime_ns = json.loads(line)
+                    entries[relative] = BaseEntry(ino, size, mtime_ns)
+        return entries
+
+    def rebase(self, staged: StagedRoot, paths: Sequence[Path]) -> None:
+        """After a commit (or undo), the host's new state is the base of later changes."""
+        entries = self.base(staged)
+        for path in paths:
+            relative = "" if path == staged.host_root else str(path.relative_to(staged.host_root))
+            try:
+                entries[relative] = BaseEntry.of(os.lstat(path))
+            except FileNotFoundError:
+                entries.pop(relative, None)
+        self._write_base(self.root / staged.id, entries)
+
+    # reading the changes
+
+    def changeset(self) -> Changeset:
+        changes: list[Change] = []
+        truncated = False
+        for staged in self.roots():
+            try:
+                found = _root_changes(staged, self.base(staged), MAX_CHANGES - len(changes))
+            except _TooMany:
+                truncated = True
+                break
+            changes.extend(found)
+        return Changeset(self.session, tuple(_pair_renames(changes)), truncated)
+
+    # discarding
+
+    def discard(self, changes: Sequence[Change]) -> None:
+        """Drops staged changes: the agent's version of each path is forgotten."""
+        roots = {r.id: r for r in self.roots()}
+        for change in changes:
+            staged = roots.get(change.root)
+            if staged is None:
+                continue
+            if staged.kind is RootKind.FILE:
+                self._drop_file_root(staged)
+                continue
+            for path in (change.path, change.renamed_from):
+                if path is None:
+                    continue
+                upper = staged.upper / path.relative_to(staged.host_root)
+                _remove_any(upper)
+
+    def _drop_file_root(self, staged: StagedRoot) -> None:
+        _remove_any(staged.upper)
+        shutil.rmtree(self.root / staged.id, ignore_errors=True)
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    with open(temp, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+def _base_entries(host_root: Path) -> dict[str, BaseEntry]:
+    entries: dict[str, BaseEntry] = {}
+    for dirpath, dirnames, filenames in os.walk(host_root):
+        directory = Path(dirpath)
+        for name in filenames + dirnames:
+            path = directory / name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            entries[str(path.relative_to(host_root))] = BaseEntry.of(st)
+    return entries
+
+
+def _entry_type(mode: int) -> EntryType:
+    if stat.S_ISREG(mode):
+        return EntryType.FILE
+    if stat.S_ISDIR(mode):
+        return EntryType.DIRECTORY
+    if stat.S_ISLNK(mode):
+        return EntryType.SYMLINK
+    return EntryType.SPECIAL
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -> list[Change]:
+    changes: list[Change] = []
+
+    def add(change: Change) -> None:
+        if len(changes) >= budget:
+            raise _TooMany
+        changes.append(change)
+
+    if staged.kind is RootKind.FILE:
+        upper_st = os.lstat(staged.upper)
+        change = _compare(staged, staged.upper, staged.host_root, base.get(""), upper_st)
+        if change is not None:
+            add(change)
+        return changes
+
+    def walk(upper_dir: Path, host_dir: Path, replaced: bool) -> None:
+        try:
+            entries = list(os.scandir(upper_dir))
+        except OSError as e:
+            log.warning("cannot read staged directory %s: %s", upper_dir, e)
+            return
+        if replaced:
+            # An opaque directory hides everything the host had there.
+            names = {entry.name for entry in entries}
+            host_st = _lstat(host_dir)
+            if host_st is not None and stat.S_ISDIR(host_st.st_mode):
+                for name in sorted(os.listdir(host_dir)):
+                    if name not in names:
+                        _deleted(host_dir / name)
+        for entry in sorted(entries, key=lambda e: e.name):
+            upper = Path(entry.path)
+            host = host_dir / entry.name
+            st = os.lstat(upper)
+            problem = bad_name(entry.name)
+            if _is_whiteout(st):
+                if _lstat(host) is not None:
+                    _deleted(host)
+                continue
+            host_st = _lstat(host)
+            if stat.S_ISDIR(st.st_mode):
+                if host_st is None or not stat.S_ISDIR(host_st.st_mode):
+                    if host_st is not None:
+                        _deleted(host)
+                    add(Change(host, ChangeKind.ADDED, EntryType.DIRECTORY, staged.id, upper,
+                               new_mode=st.st_mode, problems=(problem,) if problem else ()))
+                    walk(upper, host, replaced=False)
+                    continue
+                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(host_st.st_mode):
+                    add(Change(host, ChangeKind.MODE, EntryType.DIRECTORY, staged.id, upper,
+                               old_mode=host_st.st_mode, new_mode=st.st_mode))
+                walk(upper, host, replaced=_is_opaque(upper))
+                continue
+            relative = str(host.relative_to(staged.host_root))
+            change = _compare(staged, upper, host, base.get(relative), st)
+            if change is not None:
+                if problem:
+                    change = _with_problem(change, problem)
+                add(change)
+
+    def _deleted(host: Path) -> None:
+        st = os.lstat(host)
+        relative = str(host.relative_to(staged.host_root))
+        problems = _conflict(host, base.get(relative), st)
+        digest = sha256_file(host) if stat.S_ISREG(st.st_mode) else None
+        add(Change(host, ChangeKind.DELETED, _entry_type(st.st_mode), staged.id, None,
+                   old_hash=digest, old_size=st.st_size, old_mode=st.st_mode, problems=problems))
+
+    walk(staged.upper, staged.host_root, replaced=_is_opaque(staged.upper))
+    return changes
+
+
+def _conflict(host: Path, base: BaseEntry | None, st: os.stat_result | None,
+              staged_hash: str | None = None) -> tuple[str, ...]:
+    if st is None:
+        return ("conflict: deleted on the host since it was granted",) if base else ()
+    if base is not None and BaseEntry.of(st) == base:
+        return ()
+    what = "created on the host since the grant" if base is None else \
+        "changed on the host since it was granted"
+    if stat.S_ISREG(st.st_mode):
+        what += f" (host sha256 {sha256_file(host)[:16]}"
+        what += f", staged sha256 {staged_hash[:16]})" if staged_hash else ")"
+    return (f"conflict: {what}",)
+
+
+def _with_problem(change: Change, problem: str) -> Change:
+    return replace(change, problems=(*change.problems, problem))
+
+
+def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None,
+             st: os.stat_result) -> Change | None:
+    """The change `upper` (the agent's version) makes to `host`, or None if there is none."""
+    host_st = _lstat(host)
+    kind_of = _entry_type(st.st_mode)
+    problems: list[str] = []
+    new_hash = link_target = None
+    if kind_of is EntryType.FILE:
+        new_hash = sha256_file(upper)
+        if st.st_nlink > 1:
+            problems.append(f"a hard link ({st.st_nlink} names): hard links are not committed")
+        if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            problems.append("set-user-ID or set-group-ID bit: not committed")
+        if st.st_size > staged.quota:
+            problems.append(f"larger than the staging quota ({st.st_size} > {staged.quota} bytes)")
+    elif kind_of is EntryType.SYMLINK:
+        link_target = os.readlink(upper)
+        if not _link_stays_inside(host, link_target, staged.host_root):
+            problems.append(f"a symlink to {link_target!r}, outside {staged.host_root}")
+    else:
+        problems.append(f"{_special_name(st.st_mode)}: only files, directories and symlinks "
+                        "are committed")
+    if host_st is None:
+        problems.extend(_conflict(host, base, None) if base else ())
+        return Change(host, ChangeKind.ADDED, kind_of, staged.id, upper, new_hash=new_hash,
+                      new_size=st.st_size, new_mode=st.st_mode, link_target=link_target,
+                      problems=tuple(problems))
+    host_type = _entry_type(host_st.st_mode)
+    old_hash = sha256_file(host) if host_type is EntryType.FILE else None
+    same_content = (host_type == kind_of and (
+        (kind_of is EntryType.FILE and old_hash == new_hash) or
+        (kind_of is EntryType.SYMLINK and os.readlink(host) == link_target)))
+    same_mode = stat.S_IMODE(host_st.st_mode) == stat.S_IMODE(st.st_mode)
+    if same_content and (same_mode or kind_of is EntryType.SYMLINK):
+        return None
+    problems.extend(_conflict(host, base, host_st, new_hash))
+    kind = ChangeKind.MODE if same_content else ChangeKind.MODIFIED
+    return Change(host, kind, kind_of, staged.id, upper, old_hash=old_hash, new_hash=new_hash,
+                  old_size=host_st.st_size, new_size=st.st_size, old_mode=host_st.st_mode,
+                  new_mode=st.st_mode, link_target=link_target, problems=tuple(problems))
+
+
+def _special_name(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device node"
+    return "a special file"
+
+
+def _link_stays_inside(host: Path, target: str, root: Path) -> bool:
+    joined = target if target.startswith("/") else os.path.join(host.parent, target)
+    resolved = os.path.normpath(joined)
+    return resolved == str(root) or resolved.startswith(str(root) + os.sep)
+
+
+def _pair_renames(changes: list[Change]) -> Iterator[Change]:
+    """An overlay records a rename as a deletion plus an addition; pair them back up when the
+    content identifies the file unambiguously."""
+    deleted: dict[str, list[Change]] = {}
+    added: dict[str, list[Change]] = {}
+    for change in changes:
+        if change.type is EntryType.FILE and change.kind is ChangeKind.DELETED and change.old_hash:
+            deleted.setdefault(change.old_hash, []).append(change)
+        if change.type is EntryType.FILE and change.kind is ChangeKind.ADDED and change.new_hash:
+            added.setdefault(change.new_hash, []).append(change)
+    pairs: dict[Path, Change] = {}
+    consumed: set[Path] = set()
+    for digest, removed in deleted.items():
+        arrived = added.get(digest, [])
+        if len(removed) == 1 and len(arrived) == 1 and removed[0].root == arrived[0].root:
+            old, new = removed[0], arrived[0]
+            pairs[new.path] = Change(
+                new.path, ChangeKind.RENAMED, EntryType.FILE, new.root, new.staged,
+                old_hash=old.old_hash, new_hash=new.new_hash, old_size=old.old_size,
+                new_size=new.new_size, old_mode=old.old_mode, new_mode=new.new_mode,
+                renamed_from=old.path, problems=(*old.problems, *new.problems),
+            )
+            consumed.add(old.path)
+    for change in changes:
+        if change.path in consumed and change.kind is ChangeKind.DELETED:
+            continue
+        yield pairs.get(change.path, change) if change.kind is ChangeKind.ADDED else change
+
+
+def _remove_any(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
