@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -96,12 +97,37 @@ class _TreeHandler(FileSystemEventHandler):
         details: dict[str, Any] = {}
         if event.is_directory:
             details["directory"] = True
+        if kind is EventKind.FILE_CREATED:
+            kind = self._created_means(os.fsdecode(event.src_path), subject)
+            if kind is None:
+                return
         if kind is EventKind.FILE_MOVED:
             details["to"] = self._host_path(event.dest_path)
         elif kind is EventKind.FILE_WRITTEN:
             with contextlib.suppress(OSError):  # already gone: its deletion follows
                 details["size"] = os.stat(event.src_path).st_size
         self._report(kind, subject, details, time.time())
+
+
+    @staticmethod
+    def _created_means(path: str, subject: str) -> EventKind | None:
+        """What a new entry in a watched tree says about the agent.
+
+        In a staging overlay's upper layer, a deletion is recorded by creating a whiteout (a
+        character device 0:0, which the agent itself can never create), and the first write
+        to an existing file copies it up, creating it there. In the view, entries are only
+        created by Airlock mirroring an existing host file. Neither is the agent creating a
+        file, so: a whiteout is a deletion, and an entry whose host path exists is none.
+        """
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return EventKind.FILE_CREATED  # already gone again: the agent was quick
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return EventKind.FILE_DELETED
+        if os.path.lexists(subject):
+            return None
+        return EventKind.FILE_CREATED
 
 
 @dataclass(slots=True)  # mutable on purpose: a burst grows until it is published

@@ -16,6 +16,8 @@ neither the agent nor a race on the host can redirect a write through a symlink.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
@@ -23,9 +25,9 @@ import secrets
 import shutil
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -87,11 +89,14 @@ class CommitRecord:
     undone_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = str(self.state)
-        for op in data["operations"]:
-            op["action"] = str(op["action"])
-        return data
+        # By hand: dataclasses.asdict is the slowest part of a 10 000-file commit.
+        return {
+            "id": self.id, "session": self.session, "created_at": self.created_at,
+            "state": str(self.state), "refused": self.refused, "undo_of": self.undo_of,
+            "undone_by": self.undone_by,
+            "operations": [{name: getattr(op, name) for name in Operation.__slots__}
+                           for op in self.operations],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitRecord:
@@ -180,21 +185,26 @@ class CommitLog:
         self._save(record)
         refused = list(record.refused)
         prepared: list[Operation] = []
-        for index, op in enumerate(record.operations):
-            try:
-                _prepare(op, directory / "backup" / str(index), record.id)
-                prepared.append(op)
-            except (OSError, _Refused) as e:
-                refused.append((op.target, _reason(e)))
+        with _Parents() as parents:
+            for index, op in enumerate(record.operations):
+                try:
+                    _prepare(op, directory / "backup" / str(index), record.id, parents)
+                    prepared.append(op)
+                except (OSError, _Refused) as e:
+                    refused.append((op.target, _reason(e)))
         record.operations = prepared
         record.refused = refused
+        # One syncfs per file system instead of an fsync per file: the same guarantee (every
+        # temp file is on disk before the journal says "applying"), a fraction of the cost.
+        _sync_file_systems([Path(op.target).parent for op in prepared] + [directory])
         record.state = State.APPLYING
         self._save(record)
         pause = float(os.environ.get(PAUSE_VARIABLE, "0") or 0)
-        for op in record.operations:
-            _apply(op)
-            if pause:
-                time.sleep(pause)
+        with _Parents() as parents:
+            for op in record.operations:
+                _apply(op, parents)
+                if pause:
+                    time.sleep(pause)
         _sync_parents(record.operations)
         record.state = State.DONE
         self._save(record)
@@ -206,7 +216,7 @@ class CommitLog:
         path = self.root / record.id / "commit.json"
         temp = path.with_suffix(".tmp")
         with open(temp, "w") as f:
-            json.dump(record.to_json(), f)
+            f.write(json.dumps(record.to_json()))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -219,12 +229,14 @@ class CommitLog:
         resolved = []
         for record in self.records():
             if record.state is State.PREPARING:
-                for op in record.operations:
-                    _roll_back(op)
+                with _Parents() as parents:
+                    for op in record.operations:
+                        _roll_back(op, parents)
                 record.state = State.ROLLED_BACK
             elif record.state is State.APPLYING:
-                for op in record.operations:
-                    _apply(op)
+                with _Parents() as parents:
+                    for op in record.operations:
+                        _apply(op, parents)
                 _sync_parents(record.operations)
                 record.state = State.DONE
             else:
@@ -282,33 +294,67 @@ def _operations(change: Change, root: str) -> Iterator[Operation]:
 
 # One component at a time, never following a symlink: the only safe way into a host tree.
 
-@contextmanager
-def _parent_fd(target: str, root: str, create: bool = False) -> Iterator[int]:
-    root_path, path = Path(root), Path(target)
-    if path != root_path and root_path not in path.parents:
-        raise _Refused(f"{target} is outside the granted {root}")
-    fd = os.open(root_path.parent if path == root_path else root_path,
-                 os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        parts = [] if path == root_path else list(path.relative_to(root_path).parts[:-1])
-        for part in parts:
-            try:
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
-                                  os.O_CLOEXEC, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o755, dir_fd=fd)
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
-                                  os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise _Refused(f"{part} in the path of {target} is a symlink or not a "
-                               "directory on the host") from e
+class _Parents:
+    """Handles on the target's parent directories, each reached from the granted root one
+    component at a time with O_NOFOLLOW, kept open (a bounded number) for the next target in
+    the same directory. A handle is valid until the next call."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def __enter__(self) -> _Parents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
             os.close(fd)
-            fd = next_fd
-        yield fd
-    finally:
-        os.close(fd)
+        self._fds.clear()
+
+    def _cache(self, key: str, fd: int) -> int:
+        self._fds[key] = fd
+        while len(self._fds) > self.LIMIT:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def fd(self, target: str, root: str, create: bool = False) -> int:
+        # Plain string operations: this runs once per committed file.
+        if target == root:
+            key = os.path.dirname(root)
+            if key not in self._fds:
+                self._cache(key, os.open(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            return self._fds[key]
+        if not target.startswith(root + os.sep):
+            raise _Refused(f"{target} is outside the granted {root}")
+        parent = os.path.dirname(target)
+        cached = self._fds.get(parent)
+        if cached is not None:
+            self._fds.move_to_end(parent)
+            return cached
+        if root not in self._fds:
+            self._cache(root, os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        fd, current = self._fds[root], root
+        for part in parent[len(root) + 1:].split(os.sep) if parent != root else ():
+            current = current + os.sep + part
+            known = self._fds.get(current)
+            fd = known if known is not None else self._cache(
+                current, self._open_child(fd, part, target, create))
+        return fd
+
+    @staticmethod
+    def _open_child(dir_fd: int, part: str, target: str, create: bool) -> int:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(part, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(part, 0o755, dir_fd=dir_fd)
+            return os.open(part, flags, dir_fd=dir_fd)
+        except OSError as e:
+            raise _Refused(f"{part} in the path of {target} is a symlink or not a directory "
+                           "on the host") from e
 
 
 def _exists(name: str, dir_fd: int) -> os.stat_result | None:
@@ -338,65 +384,87 @@ def _keep(name: str, dir_fd: int, backup: Path) -> str | None:
 
 def _copy_fd_file(source_fd: int, destination: Path | str, mode: int,
                   dir_fd: int | None = None) -> None:
-    with open(source_fd, "rb") as source:
-        st = os.fstat(source.fileno())
+    """Copies an open regular file (the kernel moves the bytes) into a new file."""
+    try:
+        st = os.fstat(source_fd)
         if not stat.S_ISREG(st.st_mode):
             raise _Refused("not a regular file")
         out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                       dir_fd=dir_fd)
-        with open(out, "wb") as target:
-            shutil.copyfileobj(source, target, 1024 * 1024)
-            target.flush()
-            os.fchmod(target.fileno(), mode & 0o777)
-            os.fsync(target.fileno())
+        try:
+            _copy_bytes(source_fd, out, st.st_size)
+            os.fchmod(out, mode & 0o777)
+        finally:
+            os.close(out)
+    finally:
+        os.close(source_fd)
 
 
-def _prepare(op: Operation, backup: Path, commit_id: str) -> None:
-    name = Path(op.target).name
-    with _parent_fd(op.target, op.root, create=op.action in (Action.WRITE, Action.SYMLINK,
-                                                              Action.MKDIR)) as dir_fd:
-        if op.action is Action.MKDIR:
-            if _exists(name, dir_fd) is None:
-                os.mkdir(name, op.mode if op.mode is not None else 0o755, dir_fd=dir_fd)
-                op.created = True
-            return
-        if op.action in (Action.DELETE, Action.DELETE_TREE, Action.WRITE, Action.SYMLINK):
-            op.backup = _keep(name, dir_fd, backup)
-            if op.action is Action.DELETE_TREE:
-                op.backup = str(backup)
-        temp = f".airlock-{commit_id}-{backup.name}.tmp"
-        if op.action is Action.WRITE:
-            assert op.source is not None
-            source_fd = os.open(op.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            _copy_fd_file(source_fd, temp, op.mode if op.mode is not None else 0o644, dir_fd)
-            op.temp = temp
-        elif op.action is Action.SYMLINK:
-            assert op.link is not None
-            os.symlink(op.link, temp, dir_fd=dir_fd)
-            op.temp = temp
-
-
-def _apply(op: Operation) -> None:
-    """Idempotent: running it again after a crash finishes what was started."""
-    name = Path(op.target).name
+def _copy_bytes(source: int, target: int, size: int) -> None:
     try:
-        with _parent_fd(op.target, op.root) as dir_fd:
-            if op.action in (Action.WRITE, Action.SYMLINK) and op.temp:
-                if _exists(op.temp, dir_fd) is not None:
-                    os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            elif op.action is Action.CHMOD and op.mode is not None:
-                os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
-            elif op.action is Action.DELETE:
-                current = _exists(name, dir_fd)
-                if current is not None and not stat.S_ISDIR(current.st_mode):
-                    os.unlink(name, dir_fd=dir_fd)
-            elif op.action is Action.DELETE_TREE and op.backup:
-                current = _exists(name, dir_fd)
-                if current is not None and not os.path.lexists(op.backup):
-                    _move_tree(name, dir_fd, Path(op.backup))
-            elif (op.action is Action.RESTORE_TREE and op.source
-                  and _exists(name, dir_fd) is None and os.path.lexists(op.source)):
-                _restore_tree(Path(op.source), name, dir_fd)
+        remaining = size
+        while remaining > 0:
+            sent = os.copy_file_range(source, target, min(remaining, 1 << 30))
+            if sent == 0:
+                return  # the file shrank meanwhile: what there is was copied
+            remaining -= sent
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        # Across file systems on some kernels: plain reads and writes.
+        os.lseek(source, 0, os.SEEK_SET)
+        os.lseek(target, 0, os.SEEK_SET)
+        os.ftruncate(target, 0)
+        while chunk := os.read(source, 1 << 20):
+            os.write(target, chunk)
+
+
+def _prepare(op: Operation, backup: Path, commit_id: str, parents: _Parents) -> None:
+    name = os.path.basename(op.target)
+    creating = op.action in (Action.WRITE, Action.SYMLINK, Action.MKDIR)
+    dir_fd = parents.fd(op.target, op.root, create=creating)
+    if op.action is Action.MKDIR:
+        if _exists(name, dir_fd) is None:
+            os.mkdir(name, op.mode if op.mode is not None else 0o755, dir_fd=dir_fd)
+            op.created = True
+        return
+    if op.action in (Action.DELETE, Action.DELETE_TREE, Action.WRITE, Action.SYMLINK):
+        op.backup = _keep(name, dir_fd, backup)
+        if op.action is Action.DELETE_TREE:
+            op.backup = str(backup)
+    temp = f".airlock-{commit_id}-{backup.name}.tmp"
+    if op.action is Action.WRITE:
+        assert op.source is not None
+        source_fd = os.open(op.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        _copy_fd_file(source_fd, temp, op.mode if op.mode is not None else 0o644, dir_fd)
+        op.temp = temp
+    elif op.action is Action.SYMLINK:
+        assert op.link is not None
+        os.symlink(op.link, temp, dir_fd=dir_fd)
+        op.temp = temp
+
+
+def _apply(op: Operation, parents: _Parents) -> None:
+    """Idempotent: running it again after a crash finishes what was started."""
+    name = os.path.basename(op.target)
+    try:
+        dir_fd = parents.fd(op.target, op.root)
+        if op.action in (Action.WRITE, Action.SYMLINK) and op.temp:
+            if _exists(op.temp, dir_fd) is not None:
+                os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        elif op.action is Action.CHMOD and op.mode is not None:
+            os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
+        elif op.action is Action.DELETE:
+            current = _exists(name, dir_fd)
+            if current is not None and not stat.S_ISDIR(current.st_mode):
+                os.unlink(name, dir_fd=dir_fd)
+        elif op.action is Action.DELETE_TREE and op.backup:
+            current = _exists(name, dir_fd)
+            if current is not None and not os.path.lexists(op.backup):
+                _move_tree(name, dir_fd, Path(op.backup))
+        elif (op.action is Action.RESTORE_TREE and op.source
+              and _exists(name, dir_fd) is None and os.path.lexists(op.source)):
+            _restore_tree(Path(op.source), name, dir_fd)
     except (FileNotFoundError, _Refused) as e:
         log.warning("cannot apply %s to %s: %s", op.action, op.target, e)
 
@@ -420,13 +488,13 @@ def _restore_tree(backup: Path, name: str, dir_fd: int) -> None:
         shutil.rmtree(backup)
 
 
-def _roll_back(op: Operation) -> None:
+def _roll_back(op: Operation, parents: _Parents) -> None:
     try:
-        with _parent_fd(op.target, op.root) as dir_fd:
-            if op.temp and _exists(op.temp, dir_fd) is not None:
-                os.unlink(op.temp, dir_fd=dir_fd)
-            if op.action is Action.MKDIR and op.created:
-                os.rmdir(Path(op.target).name, dir_fd=dir_fd)
+        dir_fd = parents.fd(op.target, op.root)
+        if op.temp and _exists(op.temp, dir_fd) is not None:
+            os.unlink(op.temp, dir_fd=dir_fd)
+        if op.action is Action.MKDIR and op.created:
+            os.rmdir(Path(op.target).name, dir_fd=dir_fd)
     except OSError as e:
         log.warning("rolling back %s on %s: %s", op.action, op.target, e)
     except _Refused as e:
@@ -437,6 +505,27 @@ def _sync_parents(operations: Sequence[Operation]) -> None:
     for parent in sorted({str(Path(op.target).parent) for op in operations}):
         with contextlib.suppress(OSError):
             _fsync_dir(Path(parent))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sync_file_systems(paths: Sequence[Path]) -> None:
+    """syncfs(2) once for each file system the paths are on."""
+    seen: set[int] = set()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in seen:
+                seen.add(device)
+                if _libc.syncfs(fd) != 0:
+                    os.fsync(fd)  # no syncfs: at least the directory
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -119,6 +119,7 @@ class _Running:
     runtime_dir: Path | None = None
     anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
     profile: str = ""
+    image: str = ""
     staging: SessionStaging = field(init=False)
     volumes: list[str] = field(default_factory=list)
     watched: dict[Path, Path] = field(default_factory=dict)  # host dir -> path the user knows
@@ -182,7 +183,8 @@ class Supervisor:
         )
         seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
         session_id = new_session_id()
-        running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"))
+        running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"),
+                           image=image)
         self._running[session_id] = running
         self.store.add_session(
             SessionRecord(
@@ -361,16 +363,15 @@ class Supervisor:
         )
         await asyncio.to_thread(container.start)
         self.store.set_session_running(running.id, container.id or "")
+        self.bus.emit(
+            EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
+            image=running.image, container=container.short_id, uid=self.identity.uid,
+        )
         if running.extensions:
             context = self._context(running, request, self._labels(running.id, request.profile))
             for extension in running.extensions:
                 await extension.started(context, container.id or "")
         await asyncio.to_thread(container.reload)
-        self.bus.emit(
-            EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
-            image=container.attrs["Config"]["Image"], container=container.short_id,
-            uid=self.identity.uid, pid=container.attrs["State"]["Pid"],
-        )
         limits = loop.create_task(self._watch_limits(running, container))
         running.tasks.add(limits)
         waiter = loop.create_task(asyncio.to_thread(container.wait))

@@ -65,13 +65,17 @@ def test_two_connections_see_each_other(tmp_path: Path) -> None:
         ("/definitely/not/here", "no such file or directory"),
         ("/", "granting the whole file system"),
         ("/dev/null", "only regular files and directories"),
-        ("/tmp:rw", "read-write grants need staged writes"),
         ("/tmp/\x1b[31m", "control characters"),
     ],
 )
 def test_bad_grant_arguments(argument: str, message: str) -> None:
     with pytest.raises(GrantError, match=message.replace("[", r"\[")):
         parse_grant_argument(argument, Path("/"))
+
+
+def test_read_write_suffix(tmp_path: Path) -> None:
+    assert parse_grant_argument(f"{tmp_path}:rw", Path("/")).mode is Mode.READ_WRITE
+    assert parse_grant_argument(f"{tmp_path}:ro", Path("/")).mode is Mode.READ
 
 
 def test_grant_argument_resolves_relative_paths_and_links(tmp_path: Path) -> None:

@@ -242,3 +242,28 @@ def test_read_write_file_grant_is_staged_too(
     assert list(changes(tester, session)) == [str(target)]
     assert tester.run("commit", session).returncode == 0
     assert target.read_text() == "alpha\nedit\n"
+
+
+def test_activity_stream_and_audit_log_name_what_the_agent_did(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    canary = "CANARY-7d1e-" + "x" * 8
+    tester.write("proj/read.txt", f"{canary}\n")
+    script = "cat read.txt > /dev/null; echo more >> a.txt; rm c.txt; sleep 0.5"
+    result, session = run_agent(tester, agent_image, script, [f"{project}:rw"])
+    assert result.returncode == 0, result.stderr
+    shown = tester.run("audit", "show", "--session", session, "--json")
+    records = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert all(r["session"] == session for r in records)
+    files: dict[str, set[str]] = {}
+    for record in records:
+        if record["kind"].startswith("file."):
+            files.setdefault(record["subject"], set()).add(record["kind"])
+    assert set(files) == {str(project / n) for n in ("read.txt", "a.txt", "c.txt")}
+    assert files[str(project / "read.txt")] == {"file.opened", "file.read"}
+    assert "file.written" in files[str(project / "a.txt")]
+    assert files[str(project / "c.txt")] == {"file.deleted"}
+    audit = tester.base / ".state" / "airlock" / "audit"
+    raw = b"".join(p.read_bytes() for p in audit.rglob("*") if p.is_file())
+    assert canary.encode() not in raw
+    assert tester.run("audit", "verify").returncode == 0
