@@ -172,6 +172,7 @@ class Supervisor:
         self.identity = identity or Identity.for_caller()
         self.owner = str(os.getuid())
         self._extension_factories = tuple(extensions)
+        self.last_session: str | None = None  # the id of the latest session `run` started
         self._running: dict[str, _Running] = {}
 
     # the life of a session
@@ -185,6 +186,7 @@ class Supervisor:
         session_id = new_session_id()
         running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"),
                            image=image)
+        self.last_session = session_id
         self._running[session_id] = running
         self.store.add_session(
             SessionRecord(

@@ -3,7 +3,9 @@ stays byte-identical until a commit, and a commit changes exactly what was appro
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import stat
 import subprocess
 import time
@@ -267,3 +269,33 @@ def test_activity_stream_and_audit_log_name_what_the_agent_did(
     raw = b"".join(p.read_bytes() for p in audit.rglob("*") if p.is_file())
     assert canary.encode() not in raw
     assert tester.run("audit", "verify").returncode == 0
+
+
+def test_run_asks_on_the_terminal_before_committing(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    import pty
+    import select
+
+    path = tester.write("writer.toml", profile_text(agent_image, ["sh", "-c", "echo n > n.txt"]))
+    env = dict(tester.env)
+    main, secondary = pty.openpty()
+    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+               str(Path(tester.env["PATH"].split(":")[0]) / "airlock"), "run", "--profile",
+               str(path), "--grant", f"{project}:rw"]
+    process = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary,
+                               cwd=tester.base)
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[d]iff" not in seen and time.monotonic() < deadline:
+        if select.select([main], [], [], 1)[0]:
+            seen += os.read(main, 4096)
+    assert b"A file" in seen and str(project / "n.txt").encode() in seen
+    assert not (project / "n.txt").exists()
+    os.write(main, b"y\n")
+    process.wait(timeout=60)
+    with contextlib.suppress(OSError):
+        seen += os.read(main, 65536)
+    os.close(main)
+    assert (project / "n.txt").read_text() == "n\n"

@@ -9,12 +9,14 @@ import signal
 import sys
 from pathlib import Path
 
-from app.errors import AirlockError
-from app.events import Event, EventKind
+from app.errors import AirlockError, SessionError
+from app.events import Event, EventBus, EventKind
 from app.grants import parse_grant_argument
 from app.profiles import parse_duration
+from app.review import Review, diff
 from app.sessions import LaunchRequest, Supervisor
 from ui.commands.base import Context, add_command
+from ui.commands.changes import describe, report
 from ui.wiring import open_supervisor
 
 
@@ -76,7 +78,44 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
             raise AirlockError(f"--timeout: {e}") from e
         request = LaunchRequest(profile, profile_path, grants, command, timeout)
         supervisor.bus.attach(notice)
-        return asyncio.run(run_session(supervisor, request))
+        code = asyncio.run(run_session(supervisor, request))
+        session = supervisor.last_session
+        if session is not None:
+            review_after_run(ctx, supervisor.bus, session, profile.approval.commit, args.review)
+        return code
+
+
+def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode: str) -> None:
+    """What the agent staged is put in front of the user (or committed, if the profile says
+    so explicitly); nothing reaches their files without one or the other."""
+    review = Review(ctx.dirs, bus)
+    try:
+        changeset = review.changes(session)
+    except SessionError:
+        return
+    if not changeset.changes:
+        return
+    print(f"\nairlock: the agent staged {len(changeset.changes)} change(s):", file=sys.stderr)
+    for change in changeset.changes:
+        print("  " + describe(change).replace("\n", "\n  "), file=sys.stderr)
+    if rule == "auto" and mode != "never":
+        report(review.commit(session), "committed")
+        return
+    interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
+    while interactive:
+        print("Commit them to your files? [y]es, [N]o, [d]iff: ", end="", file=sys.stderr,
+              flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer == "d":
+            for change in changeset.changes:
+                sys.stderr.writelines(diff(change))
+            continue
+        if answer in ("y", "yes"):
+            report(review.commit(session), "committed")
+            return
+        break
+    print(f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "
+          f"then `airlock commit {session}` or `airlock discard {session}`", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -87,5 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="a file or directory the agent may see (repeatable)")
     parser.add_argument("--timeout", metavar="DURATION",
                         help="stop the agent after this long (e.g. 90s, 30m); default: profile")
+    parser.add_argument("--review", choices=("ask", "never"), default="ask",
+                        help="after the agent ends, ask whether to commit its staged changes "
+                             "(ask, on a terminal) or leave them for `airlock commit` (never)")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD",
                         help="run this instead of the profile's command")
