@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
+from agentkit import Agent, shown
+
 NAME = "code_survey"
+AGENT = Agent(NAME)
 OUTPUT = "SURVEY.md"
 MAX_BYTES = 5_000_000  # bigger files are generated or data, not code someone maintains
 MAX_MARKERS = 200
@@ -53,18 +55,7 @@ LANGUAGES = {
 MARKER = re.compile(r"\b(TODO|FIXME|XXX|HACK)\b[:(\s]?(.*)")
 
 
-def say(text: str) -> None:
-    print(f"{NAME}: {text}", flush=True)
 
-
-def report_skip(error: OSError) -> None:
-    say(f"skipping {shown(Path(error.filename or '?'))}: {error.strerror}")
-
-
-def shown(path: Path | str) -> str:
-    """A file name safe to print: agents see names chosen by whoever made the files."""
-    # Escape control characters and undecodable bytes (which Python holds as lone surrogates).
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
 
 
 def survey(root: Path) -> tuple[Counter[str], Counter[str], list[str]]:
@@ -72,7 +63,7 @@ def survey(root: Path) -> tuple[Counter[str], Counter[str], list[str]]:
     lines: Counter[str] = Counter()
     markers: list[str] = []
     # os.walk does not follow symlinked directories, so a link loop cannot trap us.
-    for folder, dirs, names in os.walk(root, onerror=report_skip):
+    for folder, dirs, names in os.walk(root, onerror=AGENT.report_skip):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
         for name in sorted(names):
             path = Path(folder, name)
@@ -83,7 +74,7 @@ def survey(root: Path) -> tuple[Counter[str], Counter[str], list[str]]:
                 with path.open("rb") as f:
                     data = f.read(MAX_BYTES)
             except OSError as e:
-                say(f"skipping {shown(path)}: {e.strerror}")
+                AGENT.say(f"skipping {shown(path)}: {e.strerror}")
                 continue
             if b"\0" in data[:4096]:
                 continue  # binary despite its name
@@ -106,28 +97,13 @@ def render(files: Counter[str], lines: Counter[str], markers: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_or_print(root: Path, text: str) -> None:
-    partial = root / f".{OUTPUT}.partial"
-    try:
-        # Write beside, then rename: a reader never sees half a file.
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, root / OUTPUT)
-    except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        say(f"the folder is read-only here ({e.strerror}), so {OUTPUT} is printed instead:")
-        sys.stdout.write(text)
-        return
-    say(f"wrote {OUTPUT}")
-
-
 def main(argv: list[str]) -> int:
     root = Path(argv[1] if len(argv) > 1 else ".")
-    say(f"surveying {shown(root.resolve())}")
+    AGENT.say(f"surveying {shown(root.resolve())}")
     files, lines, markers = survey(root)
     count = sum(files.values())
-    say(f"{count} source files in {len(files)} languages, {len(markers)} TODO/FIXME lines")
-    write_or_print(root, render(files, lines, markers))
+    AGENT.say(f"{count} source files in {len(files)} languages, {len(markers)} TODO/FIXME lines")
+    AGENT.write_or_print(root, OUTPUT, render(files, lines, markers))
     return 0
 
 

@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import csv
-import errno
 import io
-import os
 import re
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from agentkit import Agent, shown
+
 NAME = "csv_totals"
+AGENT = Agent(NAME)
 OUTPUT = "totals.csv"
 MAX_BYTES = 20_000_000  # enough for any spreadsheet a person keeps; read only the start of more
 # Spreadsheet exports write "1,234.50", "$12", "12 %" or "(12.00)" for a negative amount.
@@ -21,14 +22,6 @@ DECORATION = re.compile(r"[\s,$€£¥%]")
 csv.field_size_limit(1_000_000)
 
 
-def say(text: str) -> None:
-    print(f"{NAME}: {text}", flush=True)
-
-
-def shown(path: Path) -> str:
-    """A file name safe to print: agents see names chosen by whoever made the files."""
-    # Escape control characters and undecodable bytes (which Python holds as lone surrogates).
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
 
 
 def number(cell: str) -> Decimal | None:
@@ -71,25 +64,10 @@ def render(results: list[tuple[str, str, Decimal, int]]) -> str:
     return out.getvalue()
 
 
-def write_or_print(root: Path, text: str) -> None:
-    partial = root / f".{OUTPUT}.partial"
-    try:
-        # Write beside, then rename: a reader never sees half a file.
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, root / OUTPUT)
-    except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        say(f"the folder is read-only here ({e.strerror}), so {OUTPUT} is printed instead:")
-        sys.stdout.write(text)
-        return
-    say(f"wrote {OUTPUT}")
-
-
 def main(argv: list[str]) -> int:
     root = Path(argv[1] if len(argv) > 1 else ".")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".csv" and p.name != OUTPUT)
-    say(f"found {len(paths)} CSV files in {shown(root.resolve())}")
+    AGENT.say(f"found {len(paths)} CSV files in {shown(root.resolve())}")
     results = []
     for path in paths:
         try:
@@ -97,11 +75,11 @@ def main(argv: list[str]) -> int:
                 text = f.read(MAX_BYTES).decode("utf-8-sig", errors="replace")
             totals = column_totals(text)
         except (OSError, csv.Error) as e:
-            say(f"skipping {shown(path)}: {getattr(e, 'strerror', None) or e}")
+            AGENT.say(f"skipping {shown(path)}: {getattr(e, 'strerror', None) or e}")
             continue
-        say(f"{shown(path.relative_to(root))}: {len(totals)} numeric columns")
+        AGENT.say(f"{shown(path.relative_to(root))}: {len(totals)} numeric columns")
         results += [(shown(path.relative_to(root).as_posix()), *t) for t in totals]
-    write_or_print(root, render(results))
+    AGENT.write_or_print(root, OUTPUT, render(results))
     return 0
 
 

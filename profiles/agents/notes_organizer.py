@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentkit import Agent, shown
+
 NAME = "notes_organizer"
+AGENT = Agent(NAME)
 OUTPUT = "summary.md"
 SUFFIXES = {".md", ".markdown", ".txt"}
 MAX_BYTES = 2_000_000  # a "note" bigger than this is not a note; read only its start
@@ -19,24 +21,13 @@ TODO = re.compile(r"^\s*(?:[-*+]\s*\[ \]\s*|(?:[-*+]\s*)?(?:TODO|FIXME)\b[:\s]*)
 HEADING = re.compile(r"^\s{0,3}#\s+(.+?)\s*#*\s*$")
 
 
-def say(text: str) -> None:
-    print(f"{NAME}: {text}", flush=True)
 
-
-def report_skip(error: OSError) -> None:
-    say(f"skipping {shown(Path(error.filename or '?'))}: {error.strerror}")
-
-
-def shown(path: Path) -> str:
-    """A file name safe to print: agents see names chosen by whoever made the files."""
-    # Escape control characters and undecodable bytes (which Python holds as lone surrogates).
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
 
 
 def find_notes(root: Path) -> list[Path]:
     found: list[Path] = []
     # os.walk does not follow symlinked directories, so a link loop cannot trap us.
-    for folder, dirs, files in os.walk(root, onerror=report_skip):
+    for folder, dirs, files in os.walk(root, onerror=AGENT.report_skip):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(folder, name)
@@ -50,7 +41,7 @@ def read_note(path: Path) -> str | None:
         with path.open("rb") as f:
             data = f.read(MAX_BYTES)
     except OSError as e:
-        say(f"skipping {shown(path)}: {e.strerror}")
+        AGENT.say(f"skipping {shown(path)}: {e.strerror}")
         return None
     return data.decode("utf-8", errors="replace")
 
@@ -95,34 +86,18 @@ def render(notes: list[Note]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_or_print(root: Path, text: str) -> None:
-    target = root / OUTPUT
-    partial = root / f".{OUTPUT}.partial"
-    try:
-        # Write beside, then rename: a reader never sees half a summary.
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, target)
-    except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        say(f"the folder is read-only here ({e.strerror}), so {OUTPUT} is printed instead:")
-        sys.stdout.write(text)
-        return
-    say(f"wrote {OUTPUT}")
-
-
 def main(argv: list[str]) -> int:
     root = Path(argv[1] if len(argv) > 1 else ".")
     paths = find_notes(root)
-    say(f"found {len(paths)} notes in {shown(root.resolve())}")
+    AGENT.say(f"found {len(paths)} notes in {shown(root.resolve())}")
     notes = []
     for i, path in enumerate(paths, 1):
         text = read_note(path)
         if text is None:
             continue
-        say(f"[{i}/{len(paths)}] reading {shown(path.relative_to(root))}")
+        AGENT.say(f"[{i}/{len(paths)}] reading {shown(path.relative_to(root))}")
         notes.append(summarise(root, path, text))
-    write_or_print(root, render(notes))
+    AGENT.write_or_print(root, OUTPUT, render(notes))
     return 0
 
 
