@@ -116,7 +116,11 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
         account = pwd.getpwuid(os.getuid())
         who = DesktopUser(account.pw_name, os.getuid(), os.getgid(), Path(account.pw_dir),
                           tmp_path, [])
+    runtime = Path(f"/tmp/airlock-test-{secrets.token_hex(4)}")  # sockets want short paths
+    runtime.mkdir(mode=0o700)
+    who.own(runtime)
     who.env = {
+        "XDG_RUNTIME_DIR": str(runtime),
         "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(who.home),
         "XDG_STATE_HOME": str(who.base / ".state"),
@@ -124,6 +128,7 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
         "LANG": "C.UTF-8",
     }
     yield who
+    shutil.rmtree(runtime, ignore_errors=True)
     if who.base != tmp_path:
         shutil.rmtree(who.base, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from ui.commands.base import Context
 # imported (all of them for --help): `airlock run` should not pay for the audit viewer.
 COMMANDS = {
     "run": "ui.commands.run",
+    "daemon": "ui.commands.daemon",
     "sessions": "ui.commands.sessions",
     "stop": "ui.commands.sessions",
     "ps": "ui.commands.sessions",
@@ -31,6 +32,8 @@ COMMANDS = {
     "image": "ui.commands.image",
     "audit": "ui.commands.audit",
     "watch": "ui.commands.watch",
+    "net": "ui.commands.net",
+    "secret": "ui.commands.secret",
 }
 
 

@@ -1,23 +1,25 @@
-"""`airlock run`: one agent session in the foreground, its output streamed to the terminal."""
+"""`airlock run`: one agent session in the foreground, its output streamed to the terminal.
+
+When a supervisor is already running (the desktop app, or `airlock daemon`), the session is
+handed to it and this process is a thin client; otherwise it supervises the session itself.
+The core is imported only on that second path, so the first one starts fast.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app.errors import AirlockError, SessionError
-from app.events import Event, EventBus, EventKind
-from app.grants import parse_grant_argument
-from app.profiles import parse_duration
-from app.review import Review, diff
-from app.sessions import LaunchRequest, Supervisor
+from app.errors import AirlockError
+from ui import handoff_client
 from ui.commands.base import Context, add_command
-from ui.commands.changes import describe, report
-from ui.wiring import open_supervisor
+
+if TYPE_CHECKING:
+    from app.events import Event, EventBus
+    from app.sessions import LaunchRequest, Supervisor
 
 
 class TerminalOutput:
@@ -27,27 +29,37 @@ class TerminalOutput:
         target.flush()
 
 
-def notice(event: Event) -> None:
+def notice_text(event: Event) -> str | None:
     """What the person at the terminal should know while the agent runs."""
+    from app.events import EventKind
+
     subject, details = event.subject, event.details
     if event.kind is EventKind.SESSION_STARTED:
-        line = f"session {subject} started ({details['profile']}); `airlock stop {subject}` ends it"
-    elif event.kind is EventKind.GRANT_SKIPPED:
-        line = f"not granted: {subject}: {details.get('reason', '')}"
-    elif event.kind is EventKind.SESSION_TIMEOUT:
-        line = f"session {subject} ran out of time ({details['seconds']:.0f} s); stopping it"
-    elif event.kind is EventKind.SESSION_OOM:
-        line = f"session {subject} was killed: it hit its memory limit"
-    elif event.kind is EventKind.SESSION_LIMIT:
-        line = f"session {subject} hit its {subject} limit ({details.get('count')} times)"
-    elif event.kind is EventKind.GRANT_REVOKED:
-        line = f"revoked: {subject}"
-    else:
-        return
-    print(f"airlock: {line}", file=sys.stderr, flush=True)
+        return f"session {subject} started ({details['profile']}); `airlock stop {subject}` ends it"
+    if event.kind is EventKind.GRANT_SKIPPED:
+        return f"not granted: {subject}: {details.get('reason', '')}"
+    if event.kind is EventKind.SESSION_TIMEOUT:
+        return f"session {subject} ran out of time ({details['seconds']:.0f} s); stopping it"
+    if event.kind is EventKind.SESSION_OOM:
+        return f"session {subject} was killed: it hit its memory limit"
+    if event.kind is EventKind.SESSION_LIMIT:
+        return f"session {event.session} hit its {subject} limit ({details.get('count')} times)"
+    if event.kind is EventKind.GRANT_REVOKED:
+        return f"revoked: {subject}"
+    return None
+
+
+def print_notice(event: Event) -> None:
+    text = notice_text(event)
+    if text:
+        print(f"airlock: {text}", file=sys.stderr, flush=True)
 
 
 async def run_session(supervisor: Supervisor, request: LaunchRequest) -> int:
+    import asyncio
+    import contextlib
+    import signal
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -65,8 +77,47 @@ async def run_session(supervisor: Supervisor, request: LaunchRequest) -> int:
     return result.exit_code
 
 
+def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None) -> int | None:
+    """Runs the session in the already running supervisor; None if there is none."""
+    sock = handoff_client.connect(ctx.dirs.supervisor_socket)
+    if sock is None:
+        return None
+    request = {"profile": args.profile, "grants": args.grant, "command": command,
+               "timeout": args.timeout, "cwd": os.getcwd()}
+    try:
+        end = handoff_client.run(sock, request)
+    except handoff_client.HandoffRefused as e:
+        error = AirlockError(str(e))
+        error.exit_code = e.exit_code
+        raise error from e
+    except KeyboardInterrupt:
+        print("airlock: interrupted; the session was stopped and removed", file=sys.stderr)
+        return 130
+    except ConnectionError as e:
+        raise AirlockError(f"{e}; the session ended with it") from e
+    session = str(end["session"])
+    if any((ctx.dirs.sessions / session / "staging").glob("*/root.json")):
+        from ui.wiring import open_core  # only now: there is something to review
+
+        with open_core(ctx.dirs) as core:
+            review_after_run(ctx, core.bus, session, str(end["rule"]), args.review)
+    return int(end["exit"])
+
+
 def handle(ctx: Context, args: argparse.Namespace) -> int:
-    command = tuple(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd) or None
+    command = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd) or None
+    if not args.in_process:
+        code = handed_off(ctx, args, command)
+        if code is not None:
+            return code
+
+    import asyncio
+
+    from app.grants import parse_grant_argument
+    from app.profiles import parse_duration
+    from app.sessions import LaunchRequest
+    from ui.wiring import open_supervisor
+
     with open_supervisor(ctx.dirs) as supervisor:
         profile_path = supervisor.catalog.find(args.profile)
         profile = supervisor.catalog.load(args.profile)
@@ -76,8 +127,9 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
             timeout = parse_duration(args.timeout) if args.timeout else None
         except ValueError as e:
             raise AirlockError(f"--timeout: {e}") from e
-        request = LaunchRequest(profile, profile_path, grants, command, timeout)
-        supervisor.bus.attach(notice)
+        request = LaunchRequest(profile, profile_path, grants,
+                                tuple(command) if command else None, timeout)
+        supervisor.bus.attach(print_notice)
         code = asyncio.run(run_session(supervisor, request))
         session = supervisor.last_session
         if session is not None:
@@ -88,6 +140,10 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode: str) -> None:
     """What the agent staged is put in front of the user (or committed, if the profile says
     so explicitly); nothing reaches their files without one or the other."""
+    from app.errors import SessionError
+    from app.review import Review, diff
+    from ui.commands.changes import describe, report
+
     review = Review(ctx.dirs, bus)
     try:
         changeset = review.changes(session)
@@ -123,11 +179,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--profile", "-p", required=True,
                         help="a shipped profile name, one in your config dir, or a path")
     parser.add_argument("--grant", "-g", action="append", default=[], metavar="PATH[:ro|:rw]",
-                        help="a file or directory the agent may see (repeatable)")
+                        help="a file or directory the agent may see (repeatable); :rw stages "
+                             "the agent's writes for your review")
     parser.add_argument("--timeout", metavar="DURATION",
                         help="stop the agent after this long (e.g. 90s, 30m); default: profile")
     parser.add_argument("--review", choices=("ask", "never"), default="ask",
                         help="after the agent ends, ask whether to commit its staged changes "
                              "(ask, on a terminal) or leave them for `airlock commit` (never)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="supervise the session in this process even if a supervisor "
+                             "(the desktop app, `airlock daemon`) is running")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD",
                         help="run this instead of the profile's command")

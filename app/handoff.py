@@ -1,0 +1,190 @@
+"""Hand-off: a running supervisor (the desktop app, or `airlock daemon`) takes `airlock run`
+requests over a unix socket, so the command line starts agents without loading the core.
+
+The socket lives in the user's runtime directory (0700) and every peer's uid is checked with
+SO_PEERCRED. Framing is binary and tiny, so the client needs nothing but the standard
+library: the request is one JSON line; each reply frame is one type byte, a 4-byte big-endian
+length and the payload:
+    O / E   the agent's stdout / stderr bytes
+    N       a notice line for the terminal (UTF-8)
+    X       the end: JSON {"exit": code, "session": id, "rule": commit rule}
+    R       a refusal: JSON {"error": message, "exit": code}
+Closing the connection (Ctrl-C in the client) stops the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.errors import AirlockError
+from app.events import Event, EventKind
+from app.grants import parse_grant_argument
+from app.profiles import parse_duration
+from app.sessions import LaunchRequest, Supervisor
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct(">cI")
+MAX_REQUEST = 256 * 1024
+
+Notice = Callable[[Event], str | None]
+
+
+class HandoffServer:
+    def __init__(self, supervisor: Supervisor, path: Path, notice: Notice) -> None:
+        self.supervisor = supervisor
+        self.path = path
+        self._notice = notice
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        if self.path.exists():
+            if await _answers(self.path):
+                raise AirlockError(f"another Airlock supervisor already serves {self.path}")
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.path.exists():
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("hand-off request failed")
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        uid = _peer_uid(sock) if sock is not None else None
+        if uid != os.getuid():
+            await _frame(writer, b"R", _json({"error": "not your supervisor", "exit": 2}))
+            return
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            await _frame(writer, b"R", _json({"error": "request too large", "exit": 2}))
+            return
+        try:
+            request = self._request(json.loads(line))
+        except (AirlockError, ValueError, KeyError, TypeError) as e:
+            code = e.exit_code if isinstance(e, AirlockError) else 2
+            await _frame(writer, b"R", _json({"error": str(e), "exit": code}))
+            return
+        await self._run(request, reader, writer)
+
+    def _request(self, data: dict[str, Any]) -> LaunchRequest:
+        """Validates the client's request exactly as `airlock run` validates its arguments."""
+        if data.get("op") != "run":
+            raise ValueError(f"unknown operation {data.get('op')!r}")
+        cwd = Path(str(data["cwd"]))
+        if not cwd.is_absolute():
+            raise ValueError("cwd must be absolute")
+        reference = str(data["profile"])
+        if "/" in reference and not reference.startswith("/"):
+            reference = str(cwd / reference)
+        catalog = self.supervisor.catalog
+        profile_path = catalog.find(reference)
+        profile = catalog.load(reference)
+        grants = tuple(parse_grant_argument(str(g), cwd) for g in data.get("grants", []))
+        command = data.get("command")
+        if command is not None and not (isinstance(command, list) and
+                                        all(isinstance(c, str) for c in command)):
+            raise ValueError("command must be a list of strings")
+        timeout = data.get("timeout")
+        seconds = parse_duration(timeout) if timeout else None
+        return LaunchRequest(profile, profile_path, grants,
+                             tuple(command) if command else None, seconds)
+
+    async def _run(self, request: LaunchRequest, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        session_ids: set[str] = set()
+
+        def forward(event: Event) -> None:
+            if event.kind is EventKind.SESSION_STARTED:
+                session_ids.add(event.session or "")
+            if event.session in session_ids or (event.kind is EventKind.GRANT_SKIPPED):
+                text = self._notice(event)
+                if text:
+                    writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
+
+        class Output:
+            def write(self, stream: str, data: bytes) -> None:
+                writer.write(HEADER.pack(b"O" if stream == "stdout" else b"E", len(data)) + data)
+
+        self.supervisor.bus.attach(forward)
+        run = loop.create_task(self.supervisor.run(request, Output()))
+        gone = loop.create_task(reader.read())  # EOF: the client left (Ctrl-C)
+        try:
+            done, _ = await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if run not in done:
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                return
+            try:
+                result = run.result()
+            except AirlockError as e:
+                await _frame(writer, b"R", _json({"error": str(e), "exit": e.exit_code}))
+                return
+            await _frame(writer, b"X", _json({"exit": result.exit_code,
+                                              "session": result.session,
+                                              "rule": request.profile.approval.commit}))
+        finally:
+            gone.cancel()
+            self.supervisor.bus.detach(forward)
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value).encode()
+
+
+async def _frame(writer: asyncio.StreamWriter, kind: bytes, payload: bytes) -> None:
+    writer.write(HEADER.pack(kind, len(payload)) + payload)
+    await writer.drain()
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                      struct.calcsize("3i"))
+    except OSError:
+        return None
+    _, uid, _ = struct.unpack("3i", credentials)
+    return int(uid)
+
+
+async def _answers(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.open_unix_connection(str(path))
+    except OSError:
+        return False
+    writer.close()
+    return True

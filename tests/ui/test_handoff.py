@@ -1,0 +1,91 @@
+"""`airlock run` hands its session to a running supervisor (`airlock daemon`), as it will to
+the desktop app: same output, exit status and refusals; Ctrl-C ends the session; nobody
+else may use the socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from app.container import LABEL_SESSION
+from tests.support import DesktopUser, profile_text
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def daemon(tester: DesktopUser) -> Iterator[Path]:
+    process = tester.popen("daemon")
+    sock = Path(tester.env["XDG_RUNTIME_DIR"]) / "airlock" / "supervisor.sock"
+    deadline = time.monotonic() + 30
+    while not sock.exists() and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    assert sock.exists(), "the daemon never listened"
+    yield sock
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert not sock.exists()
+
+
+def test_run_is_handed_to_the_daemon(tester: DesktopUser, agent_image: str, daemon: Path,
+                                     engine: docker.DockerClient) -> None:
+    tester.write("notes/a.md", "hello\n")
+    path = tester.write("agent.toml", profile_text(
+        agent_image, ["sh", "-c", "cat a.md; echo err >&2; exit 5"]))
+    result = tester.run("run", "--profile", str(path), "--grant", str(tester.base / "notes"))
+    assert (result.returncode, result.stdout) == (5, "hello\n")
+    assert "err" in result.stderr and "started" in result.stderr
+    # The daemon, not the client, supervised it: its pid is the session's supervisor.
+    record = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]
+    assert record["exit_code"] == 5 and record["reason"] == "exited with status 5"
+    supervisor_pid = int(record["supervisor"].split(":")[0])
+    assert "daemon" in Path(f"/proc/{supervisor_pid}/cmdline").read_text()
+
+
+def test_refusals_come_back_as_one_line(tester: DesktopUser, daemon: Path) -> None:
+    result = tester.run("run", "--profile", "no-such-profile")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("airlock: no profile named 'no-such-profile'")
+    assert len(result.stderr.strip().splitlines()) == 1
+    bad = tester.run("run", "--profile", "notes-organizer", "--grant", "/nonexistent")
+    assert "airlock: /nonexistent: no such file or directory" in bad.stderr
+
+
+def test_interrupting_the_client_ends_the_session(
+    tester: DesktopUser, agent_image: str, daemon: Path, engine: docker.DockerClient
+) -> None:
+    path = tester.write("long.toml", profile_text(agent_image, ["sleep", "300"]))
+    client = tester.popen("run", "--profile", str(path))
+    deadline = time.monotonic() + 60
+    containers: list[object] = []
+    while not containers and time.monotonic() < deadline:
+        containers = engine.containers.list(filters={"label": LABEL_SESSION})
+        time.sleep(0.1)
+    assert containers
+    session = containers[0].labels[LABEL_SESSION]  # type: ignore[attr-defined]
+    # Ctrl-C reaches the whole foreground group; here, the airlock client under runuser.
+    children = Path(f"/proc/{client.pid}/task/{client.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGINT)
+    client.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and engine.containers.list(
+            all=True, filters={"label": f"{LABEL_SESSION}={session}"}):
+        time.sleep(0.1)
+    assert engine.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session}"}) == []
+
+
+def test_another_user_cannot_use_the_supervisor(daemon: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(daemon))  # root can reach it despite 0600; others cannot at all
+        sock.sendall(b'{"op": "run", "profile": "notes-organizer", "cwd": "/"}\n')
+        frame = sock.recv(4096)
+    assert frame[:1] == b"R" and b"not your supervisor" in frame
