@@ -31,3 +31,7 @@ class GrantError(AirlockError):
 
 class SessionError(AirlockError):
     """A session cannot be found, started or stopped."""
+
+
+class EgressError(AirlockError):
+    """The egress proxy, its bridge or the keyring cannot do what was asked."""

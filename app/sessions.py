@@ -71,6 +71,7 @@ class SessionContext:
     view: SessionView
     bus: EventBus
     labels: Mapping[str, str]  # put them on any sidecar container, so sweeps find it
+    seccomp: str = ""  # the profile's seccomp JSON: sidecars are held to it too
 
 
 class SessionExtension(Protocol):
@@ -333,8 +334,9 @@ class Supervisor:
     def _context(self, running: _Running, request: LaunchRequest,
                  labels: Mapping[str, str]) -> SessionContext:
         assert running.runtime_dir is not None
+        seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
         return SessionContext(running.id, request.profile, self.identity, running.runtime_dir,
-                              running.view, self.bus, labels)
+                              running.view, self.bus, labels, seccomp)
 
     async def _prepare_extensions(
         self, running: _Running, request: LaunchRequest, labels: Mapping[str, str]

@@ -1,0 +1,259 @@
+"""What an upload carries: secret-looking tokens and content of the session's granted files.
+
+Pure and streaming: `UploadInspector.feed` takes the body chunk by chunk, in bounded memory,
+and reports findings as they appear, so the proxy can hold a body before it leaves and
+re-check what streams after an approval.
+
+Secret patterns are the formats with a recognisable shape: PEM/OpenSSH private keys, AWS
+access key ids, GitHub, GitLab, Slack, Stripe, Google, OpenAI and Anthropic keys, JWTs.
+A finding names the kind and the offset, never the matched text.
+
+Granted content. Why not the SHA-256 of fixed-size chunks? A chunk of a file inside a body
+sits at any offset, so finding it means a rolling hash over every byte — in Python, seconds
+per megabyte — and a text file pasted into a JSON body is escaped (`\\n`, `\\"`), so its bytes
+are not there at all. Instead the index holds the hashes of each file's *pieces*: the runs
+between newlines (content-defined: in binary data newline bytes fall at random places too),
+stripped, and kept if at least `MIN_PIECE` bytes long. A body is split the same way after
+undoing JSON string escapes, with `bytes.split` at C speed. A file counts as found when
+`MATCHES_TO_FIND` of its distinct pieces (or all of them, if it has fewer) are in the body,
+or when the whole body is the file (SHA-256). Bounded: at most `MAX_FILES` files,
+`MAX_FILE_BYTES` read of each, `MAX_PIECES` pieces in all. The hashes are Python's per-process
+`hash`: the index lives in memory only and is never written anywhere.
+Known gaps: content re-encoded (base64, compression) or reflowed is not recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MIN_PIECE = 24
+MATCHES_TO_FIND = 3
+MAX_FILES = 20_000
+MAX_FILE_BYTES = 8 * 1024 * 1024
+MAX_PIECES = 2_000_000
+MAX_CARRY = 64 * 1024  # the longest piece kept across chunk boundaries
+PREVIEW_BYTES = 256
+PATTERN_OVERLAP = 4096  # the longest secret pattern match that may span two chunks
+
+SECRET_PATTERNS: tuple[tuple[str, re.Pattern[bytes]], ...] = (
+    ("private-key", re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")),
+    ("aws-access-key", re.compile(rb"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")),
+    ("github-token", re.compile(rb"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{60,})")),
+    ("gitlab-token", re.compile(rb"\bglpat-[A-Za-z0-9_-]{20,}")),
+    ("slack-token", re.compile(rb"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("stripe-key", re.compile(rb"\b[sr]k_live_[A-Za-z0-9]{20,}")),
+    ("google-api-key", re.compile(rb"\bAIza[0-9A-Za-z_-]{35}")),
+    ("anthropic-key", re.compile(rb"\bsk-ant-[A-Za-z0-9_-]{20,}")),
+    ("openai-key", re.compile(rb"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")),
+    ("jwt", re.compile(rb"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+)
+_JSON_UNESCAPES = ((b"\\\\", b"\x00"), (b'\\"', b'"'), (b"\\/", b"/"), (b"\\t", b"\t"),
+                   (b"\\r", b"\r"), (b"\x00", b"\\"))
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something an upload carries. `label` names the pattern or the granted file."""
+
+    kind: str  # a pattern name, or "granted-file"
+    label: str
+    offset: int  # where in the body it was seen (the piece's end for granted files)
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "label": self.label, "offset": self.offset}
+
+
+@dataclass(frozen=True, slots=True)
+class GrantedContent:
+    """The fingerprints of the granted files: whole-file SHA-256 and piece hashes."""
+
+    pieces: dict[int, tuple[int, ...]] = field(default_factory=dict)  # hash -> file numbers
+    files: tuple[str, ...] = ()  # file number -> path as the user knows it
+    piece_counts: tuple[int, ...] = ()  # file number -> distinct pieces
+    digests: dict[str, int] = field(default_factory=dict)  # sha256 -> file number
+
+    @classmethod
+    def build(cls, files: Iterable[tuple[str, Path]]) -> GrantedContent:
+        """Index (label, path) pairs. Blocking file I/O: call it through a thread."""
+        pieces: dict[int, list[int]] = {}
+        names: list[str] = []
+        counts: list[int] = []
+        digests: dict[str, int] = {}
+        total = 0
+        for label, path in files:
+            if len(names) >= MAX_FILES or total >= MAX_PIECES:
+                log.info("granted content index is full; later files are not indexed")
+                break
+            try:
+                data = _read_regular(path)
+            except OSError as e:
+                log.debug("cannot index %s: %s", path, e)
+                continue
+            if not data:
+                continue
+            number = len(names)
+            names.append(label)
+            digests.setdefault(hashlib.sha256(data).hexdigest(), number)
+            own = {hash(p) for p in _pieces(data)}
+            counts.append(len(own))
+            total += len(own)
+            for value in own:
+                pieces.setdefault(value, []).append(number)
+        return cls({k: tuple(v) for k, v in pieces.items()}, tuple(names), tuple(counts),
+                   digests)
+
+    @classmethod
+    def of_tree(cls, root: Path, shown_as: Path) -> GrantedContent:
+        """Index every regular file below `root` (a session's view), labelled by the path
+        it mirrors below `shown_as`. Does not follow symlinks."""
+        found: list[tuple[str, Path]] = []
+        for directory, _, names in os.walk(root):
+            for name in names:
+                path = Path(directory) / name
+                found.append((str(shown_as / path.relative_to(root)), path))
+                if len(found) >= MAX_FILES:
+                    return cls.build(found)
+        return cls.build(found)
+
+
+def _read_regular(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read(MAX_FILE_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    return [p for p in (raw.strip() for raw in data.split(b"\n")) if len(p) >= MIN_PIECE]
+
+
+def _unescape(data: bytes) -> bytes:
+    """Undo JSON string escapes the cheap way; `\\n` became a split point already."""
+    if b"\\" not in data:
+        return data
+    for old, new in _JSON_UNESCAPES:
+        data = data.replace(old, new)
+    return data
+
+
+class UploadInspector:
+    """Feeds on one body; knows its size, SHA-256, first bytes and findings so far."""
+
+    def __init__(self, granted: GrantedContent | None = None) -> None:
+        self._granted = granted
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+        self.findings: list[Finding] = []
+        self._pattern_tail = b""
+        self._piece_carry = b""
+        self._seen_kinds: set[str] = set()
+        self._matched: dict[int, set[int]] = {}
+        self._found_files: set[int] = set()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def feed(self, chunk: bytes) -> list[Finding]:
+        """Inspect the next part of the body; returns the findings it added."""
+        if not chunk:
+            return []
+        start = self.size
+        self._sha.update(chunk)
+        self.size += len(chunk)
+        if len(self.head) < PREVIEW_BYTES:
+            self.head += chunk[: PREVIEW_BYTES - len(self.head)]
+        new = self._patterns(chunk, start)
+        if self._granted is not None and self._granted.pieces:
+            new += self._granted_pieces(chunk, final=False)
+        self.findings += new
+        return new
+
+    def finish(self) -> list[Finding]:
+        """The body ended: check the last piece and the whole-body digest."""
+        new: list[Finding] = []
+        if self._granted is not None:
+            new += self._granted_pieces(b"", final=True)
+            number = self._granted.digests.get(self.sha256)
+            if number is not None and number not in self._found_files:
+                self._found_files.add(number)
+                new.append(Finding("granted-file", self._granted.files[number], self.size))
+        self.findings += new
+        return new
+
+    def _patterns(self, chunk: bytes, start: int) -> list[Finding]:
+        window = self._pattern_tail + chunk
+        base = start - len(self._pattern_tail)
+        found = []
+        for kind, pattern in SECRET_PATTERNS:
+            if kind in self._seen_kinds:
+                continue  # one finding per kind is enough to hold the body
+            match = pattern.search(window)
+            if match:
+                self._seen_kinds.add(kind)
+                found.append(Finding(kind, kind, base + match.start()))
+        self._pattern_tail = window[-PATTERN_OVERLAP:]
+        return found
+
+    def _granted_pieces(self, chunk: bytes, *, final: bool) -> list[Finding]:
+        assert self._granted is not None
+        data = self._piece_carry + chunk
+        if final:
+            complete, self._piece_carry = data, b""
+        else:
+            cut = data.rfind(b"\n")
+            complete, self._piece_carry = (data[:cut], data[cut + 1:]) if cut >= 0 else (b"", data)
+            if len(self._piece_carry) > MAX_CARRY:
+                self._piece_carry = b""  # a piece this long is never matched whole anyway
+        if not complete:
+            return []
+        complete = _unescape(complete.replace(b"\\n", b"\n"))
+        found = []
+        index = self._granted
+        for piece in _pieces(complete):
+            for number in index.pieces.get(hash(piece), ()):
+                if number in self._found_files:
+                    continue
+                matched = self._matched.setdefault(number, set())
+                matched.add(hash(piece))
+                if len(matched) >= min(MATCHES_TO_FIND, index.piece_counts[number]):
+                    self._found_files.add(number)
+                    found.append(Finding("granted-file", index.files[number], self.size))
+        return found
+
+
+def preview(data: bytes, limit: int = PREVIEW_BYTES) -> str:
+    """The first bytes of a body, safe to show: printable ASCII as is, anything else
+    (control characters, escapes, non-ASCII) as \\xNN, so nothing can drive a terminal or
+    disguise itself in a dialog."""
+    out = []
+    for byte in data[:limit]:
+        if 32 <= byte < 127 and byte != 0x5C:
+            out.append(chr(byte))
+        elif byte == 0x0A:
+            out.append("\\n")
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def mask_secrets(text: str) -> str:
+    """Text for the log with anything secret-shaped replaced by its kind."""
+    data = text.encode("utf-8", "surrogatepass")
+    for kind, pattern in SECRET_PATTERNS:
+        data = pattern.sub(f"<{kind}>".encode(), data)
+    return data.decode("utf-8", "surrogatepass")

@@ -1,0 +1,96 @@
+"""Route credentials in the user's keyring (the Secret Service on desktops).
+
+Entries live under service "airlock", username = the route's secret name. The keyring API
+cannot enumerate entries, so the *names* (never the values) are also kept in a small index
+file for `airlock secret list`. All calls block on D-Bus: from the loop, use a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import keyring
+import keyring.errors
+
+from app.errors import EgressError
+from app.profiles import NAME_PATTERN
+
+log = logging.getLogger(__name__)
+
+SERVICE = "airlock"
+MAX_SECRET = 16 * 1024
+
+
+class SecretSource(Protocol):
+    """Where the proxy gets a route's credential from."""
+
+    def get(self, name: str) -> str | None: ...
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise EgressError(f"{name!r} is not a secret name (lower-case letters, digits, . _ -)")
+    return name
+
+
+def check_value(value: str) -> str:
+    if not value:
+        raise EgressError("the secret is empty")
+    if len(value) > MAX_SECRET:
+        raise EgressError(f"the secret is longer than {MAX_SECRET} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        # It goes into an HTTP header: a newline would let it add headers of its own.
+        raise EgressError("the secret contains control characters (a stray newline?)")
+    return value
+
+
+class KeyringSecrets:
+    """The keyring, plus the index of names Airlock stored there."""
+
+    def __init__(self, index: Path) -> None:
+        self.index = index
+
+    def get(self, name: str) -> str | None:
+        try:
+            return keyring.get_password(SERVICE, check_name(name))
+        except keyring.errors.KeyringError as e:
+            raise EgressError(f"cannot read secret {name!r} from the keyring: {e}") from e
+
+    def set(self, name: str, value: str) -> None:
+        check_name(name)
+        try:
+            keyring.set_password(SERVICE, name, check_value(value))
+        except keyring.errors.KeyringError as e:
+            raise EgressError(f"cannot store secret {name!r} in the keyring: {e}") from e
+        self._write_index(set(self.names()) | {name})
+
+    def delete(self, name: str) -> None:
+        check_name(name)
+        try:
+            keyring.delete_password(SERVICE, name)
+        except keyring.errors.PasswordDeleteError as e:
+            raise EgressError(f"no secret named {name!r} in the keyring") from e
+        except keyring.errors.KeyringError as e:
+            raise EgressError(f"cannot delete secret {name!r}: {e}") from e
+        finally:
+            self._write_index(set(self.names()) - {name})
+
+    def names(self) -> list[str]:
+        try:
+            lines = self.index.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise EgressError(f"cannot read {self.index}: {e.strerror}") from e
+        return sorted({line for line in lines if re.fullmatch(NAME_PATTERN, line)})
+
+    def _write_index(self, names: Iterable[str]) -> None:
+        self.index.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = self.index.with_suffix(".tmp")
+        temporary.write_text("".join(f"{name}\n" for name in sorted(set(names))))
+        os.replace(temporary, self.index)

@@ -1,0 +1,810 @@
+"""The egress proxy's socket side: one asyncio unix-socket server per session.
+
+This is the only egress module that touches sockets; what to do with a request is decided by
+the pure modules (`requests.classify`, `policy.decide_destination`, `inspect`). h11 parses
+both directions (client side as server, upstream side as client): nothing here parses HTTP
+by hand.
+
+Per request: classify → decide by name (refused names are never resolved) → ask the user
+for `ask` hosts → resolve once → decide by address → hold the body for inspection and
+approval if it must → connect to the checked address (no second lookup) → stream both ways.
+Bodies stream in chunks; only an upload that is being inspected is held, at most
+`inspect_limit` bytes. Each exchange ends in one event (`net.request`, `net.tunnel` or
+`net.refused`) naming the rule that decided.
+
+Robustness: a head must arrive whole within `head_timeout` (slowloris gets 408), at most
+`max_head_bytes` (431), malformed HTTP gets h11's 400; every refusal closes its connection.
+A failure is confined to its connection: the handler logs it and the server, and the other
+sessions' servers, carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import h11
+
+from app.consent import (
+    Answer,
+    ConsentBroker,
+    ConsentRequest,
+    RequestKind,
+    Verdict,
+    denied,
+    new_request_id,
+)
+from app.egress.inspect import Finding, GrantedContent, UploadInspector, mask_secrets, preview
+from app.egress.keys import SecretSource
+from app.egress.limits import ConnectionCounter, TokenBucket
+from app.egress.policy import (
+    Action,
+    Decision,
+    IPAddress,
+    address_refusal,
+    decide_destination,
+    parse_host,
+)
+from app.egress.requests import (
+    Kind,
+    Refusal,
+    Target,
+    classify,
+    client_headers,
+    content_length,
+    credential_header,
+    has_body,
+    header,
+    redact_path,
+    refusal_response,
+    upstream_headers,
+)
+from app.errors import EgressError
+from app.events import EventBus, EventKind
+from app.grants import Lifetime
+from app.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+PROXY_PORT = 3128
+LINGER_SECONDS = 1.0
+TUNNEL_HALF_OPEN_SECONDS = 10.0
+
+
+class Resolver(Protocol):
+    """Turns a name into addresses, once per request."""
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]: ...
+
+
+class SystemResolver:
+    """The host's resolver (getaddrinfo in a thread, as asyncio does it)."""
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        import ipaddress
+
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        found: list[IPAddress] = []
+        for *_, sockaddr in infos:
+            address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+            if address not in found:
+                found.append(address)
+        return found
+
+
+class GrantedSource(Protocol):
+    """The current fingerprints of the session's granted files."""
+
+    async def current(self) -> GrantedContent: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    idle_timeout: float = 120.0  # between requests on a kept-alive connection
+    head_timeout: float = 10.0  # a request head, from its first byte to its end
+    body_timeout: float = 60.0  # silence while a body streams
+    connect_timeout: float = 10.0
+    max_head_bytes: int = 32 * 1024
+    max_clients: int = 256  # connections from the agent at once
+    inspect_limit: int = 1024 * 1024  # body bytes held for inspection before forwarding
+    chunk: int = 256 * 1024
+    own_authorities: frozenset[str] = frozenset(
+        {f"127.0.0.1:{PROXY_PORT}", f"localhost:{PROXY_PORT}"}
+    )
+
+
+class _Refused(Exception):
+    """Ends an exchange with a refusal response."""
+
+    def __init__(self, status: int, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.rule, self.reason = status, rule, reason
+
+
+class _Gone(Exception):
+    """The client went away or stalled: end without a response."""
+
+
+@dataclass(slots=True)
+class _Record:
+    """What the log keeps of one exchange."""
+
+    method: str = ""
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    status: int = 0
+    up: int = 0
+    down: int = 0
+    decision: str = "deny"
+    rule: str = ""
+    reason: str = ""
+    address: str = ""
+    route: str = ""
+    held: bool = False
+    findings: list[dict[str, object]] = field(default_factory=list)
+    sha256: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "method": self.method, "host": self.host, "port": self.port,
+            "path": mask_secrets(redact_path(self.path)), "status": self.status,
+            "bytes_up": self.up, "bytes_down": self.down,
+            "duration": round(time.monotonic() - self.started, 6),
+            "decision": self.decision, "rule": self.rule, "reason": self.reason,
+        }
+        for key in ("address", "route", "sha256"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.held:
+            out["held"] = True
+            out["findings"] = self.findings
+        return out
+
+
+@dataclass(slots=True)
+class _Upstream:
+    key: tuple[str, int, str]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h11.Connection
+
+
+@dataclass(slots=True)
+class _Client:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h11.Connection
+    upstream: _Upstream | None = None
+
+
+class SessionProxy:
+    """The proxy of one session, listening on a unix socket the bridge relays to."""
+
+    def __init__(
+        self,
+        session: str,
+        profile: Profile,
+        bus: EventBus,
+        *,
+        secrets: SecretSource,
+        broker: ConsentBroker | None = None,
+        resolver: Resolver | None = None,
+        granted: GrantedSource | None = None,
+        tls: ssl.SSLContext | None = None,
+        settings: ProxySettings | None = None,
+    ) -> None:
+        self.session = session
+        self.profile = profile
+        self._bus = bus
+        self._secrets = secrets
+        self._broker = broker
+        self._resolver = resolver or SystemResolver()
+        self._granted = granted
+        self._tls = tls
+        self.settings = settings or ProxySettings()
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[Any]] = set()
+        self._connections = ConnectionCounter(profile.network.max_connections)
+        rate = profile.network.bandwidth
+        self._bucket = TokenBucket.per_second(rate) if rate else None
+        self._answers: dict[tuple[str, int], tuple[bool, float | None]] = {}
+
+    async def start(self, path: Path) -> None:
+        self._server = await asyncio.start_unix_server(
+            self._accept, path=str(path), limit=self.settings.chunk * 4
+        )
+        # The socket's directory is the access control (only the bridge mounts it); the
+        # relay in the sidecar runs as the agent's uid, which need not be ours.
+        os.chmod(path, 0o666)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # one client connection
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        client = _Client(reader, writer, h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.settings.max_head_bytes))
+        try:
+            if len(self._clients) > self.settings.max_clients:
+                raise _Refused(503, "limit", "too many connections from the agent")
+            await self._serve(client)
+        except _Refused as e:
+            await self._refuse(client, _Record(), e)
+        except _Gone:
+            pass
+        except (ConnectionError, OSError) as e:
+            log.debug("session %s: client connection ended: %s", self.session, e)
+        except Exception:
+            log.exception("session %s: proxy connection failed", self.session)
+        finally:
+            self._clients.discard(task)
+            await self._drop_upstream(client)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _serve(self, client: _Client) -> None:
+        while True:
+            request = await self._read_head(client)
+            if request is None:
+                return
+            record = _Record(method=request.method.decode("ascii", "replace"))
+            try:
+                keep = await self._exchange(client, request, record)
+            except _Refused as e:
+                await self._refuse(client, record, e)
+                return
+            if not keep:
+                return
+            client.conn.start_next_cycle()
+
+    async def _read_head(self, client: _Client) -> h11.Request | None:
+        deadline: float | None = None
+        while True:
+            try:
+                event = client.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                raise _Refused(e.error_status_hint, "bad-request", str(e)) from e
+            if isinstance(event, h11.Request):
+                # h11 bounds only a head still arriving; one that came in a single read
+                # is measured here.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self.settings.max_head_bytes:
+                    raise _Refused(431, "bad-request", "the request head is too large")
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if event is not h11.NEED_DATA:
+                raise _Refused(400, "bad-request", f"unexpected {type(event).__name__}")
+            timeout = (self.settings.idle_timeout if deadline is None
+                       else deadline - time.monotonic())
+            try:
+                data = await asyncio.wait_for(client.reader.read(self.settings.chunk),
+                                              max(timeout, 0))
+            except TimeoutError as e:
+                if deadline is None:
+                    raise _Gone from e  # an idle kept-alive connection: just close it
+                raise _Refused(408, "timeout", "the request head did not arrive in time") from e
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.head_timeout
+            try:
+                client.conn.receive_data(data)
+            except h11.RemoteProtocolError as e:
+                raise _Refused(e.error_status_hint, "bad-request", str(e)) from e
+
+    async def _refuse(self, client: _Client, record: _Record, refusal: _Refused) -> None:
+        record.status, record.rule, record.reason = refusal.status, refusal.rule, refusal.reason
+        record.decision = "deny"
+        self._emit(EventKind.NET_REFUSED, record)
+        try:
+            client.writer.write(refusal_response(refusal.status, refusal.rule, refusal.reason))
+            await client.writer.drain()
+            client.writer.write_eof()
+            # Closing with unread input makes the kernel send RST, which can destroy the
+            # refusal before the client reads it: read (and drop) what is in flight first.
+            deadline = time.monotonic() + LINGER_SECONDS
+            while time.monotonic() < deadline:
+                left = deadline - time.monotonic()
+                if not await asyncio.wait_for(client.reader.read(65536), left):
+                    break
+        except (ConnectionError, OSError, RuntimeError, TimeoutError):
+            pass
+
+    def _emit(self, kind: EventKind, record: _Record) -> None:
+        subject = f"{record.host}:{record.port}" if record.host else "-"
+        self._bus.emit(kind, self.session, subject, **record.details())
+
+    # deciding
+
+    async def _exchange(self, client: _Client, request: h11.Request, record: _Record) -> bool:
+        target = classify(request.method, request.target, request.headers,
+                          self.profile.network.routes, self.settings.own_authorities)
+        if isinstance(target, Refusal):
+            raise _Refused(target.status, target.rule, target.reason)
+        record.host, record.port, record.path = target.host, target.port, target.path
+        if target.route is not None:
+            record.route = target.route.name
+        credential = await self._credential(target)
+        addresses = await self._admit(target, record)
+        if target.kind is Kind.TUNNEL:
+            await self._tunnel(client, target, addresses, record)
+            return False
+        return await self._forward(client, request, target, addresses, credential, record)
+
+    async def _admit(self, target: Target, record: _Record) -> list[IPAddress]:
+        network = self.profile.network
+        if target.route is not None:
+            decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
+        else:
+            decision = decide_destination(network, target.host, target.port, target.method)
+        record.rule, record.reason = decision.rule, decision.reason
+        if decision.action is Action.DENY:
+            raise _Refused(403, decision.rule, decision.reason)
+        if decision.action is Action.ASK:
+            answer = await self._ask_host(target, decision)
+            if not answer.allowed:
+                raise _Refused(403, decision.rule,
+                               f"{target.host}:{target.port} was not approved ({answer.by})")
+            record.reason = f"approved ({answer.by})"
+        host = parse_host(target.host)
+        if host.address is not None:
+            addresses: list[IPAddress] = [host.address]
+        else:
+            try:
+                addresses = await asyncio.wait_for(
+                    self._resolver.resolve(host.name, target.port), self.settings.connect_timeout
+                )
+            except (OSError, TimeoutError) as e:
+                raise _Refused(502, "unresolved", f"cannot resolve {host.name}") from e
+        refused = address_refusal(network, host, addresses)
+        if refused is not None:
+            raise _Refused(403, refused.rule, refused.reason)
+        record.decision = "allow"
+        return addresses
+
+    async def _ask_host(self, target: Target, decision: Decision) -> Answer:
+        key = (target.host.lower(), target.port)
+        remembered = self._answers.get(key)
+        if remembered is not None and (remembered[1] is None or remembered[1] > time.time()):
+            return Answer(Verdict.ALLOW if remembered[0] else Verdict.DENY, by="remembered")
+        answer = await self._ask(RequestKind.NETWORK, f"{target.host}:{target.port}", {
+            "host": target.host, "port": target.port, "method": target.method,
+            "rule": decision.rule,
+        })
+        if answer.lifetime is not Lifetime.ONCE:
+            self._answers[key] = (answer.allowed, answer.until)
+        return answer
+
+    async def _ask(self, kind: RequestKind, subject: str, details: dict[str, Any]) -> Answer:
+        if self._broker is None:
+            return denied("no front end")
+        request = ConsentRequest(
+            id=new_request_id(), session=self.session, profile=self.profile.name, kind=kind,
+            subject=subject, details=details, timeout=self.profile.approval.timeout,
+        )
+        return await self._broker.ask(request)
+
+    # tunnels
+
+    async def _tunnel(self, client: _Client, target: Target, addresses: Sequence[IPAddress],
+                      record: _Record) -> None:
+        reader, writer, address = await self._connect(addresses, target.port, None)
+        record.address = address
+        try:
+            response = h11.Response(status_code=200, headers=[],
+                                    reason=b"Connection established")
+            client.writer.write(client.conn.send(response) or b"")
+            record.status = 200
+            leftover, _ = client.conn.trailing_data
+            await _both(self._pump_up(client.reader, writer, leftover, target, record),
+                        self._pump_down(reader, client.writer, record))
+        except _Refused as e:
+            record.status, record.rule, record.reason = e.status, e.rule, e.reason
+            record.decision = "deny"
+            self._emit(EventKind.NET_REFUSED, record)
+            return
+        except (ConnectionError, OSError) as e:
+            log.debug("session %s: tunnel to %s ended: %s", self.session, target.host, e)
+        finally:
+            writer.close()
+            self._connections.release()
+        self._emit(EventKind.NET_TUNNEL, record)
+
+    async def _pump_up(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                       first: bytes, target: Target, record: _Record) -> None:
+        approval = self.profile.approval
+        allowance: float = {"never": float("inf"), "always": 0}.get(
+            approval.uploads, approval.upload_threshold)
+        data = first
+        while True:
+            if not data:
+                data = await source.read(self.settings.chunk)
+                if not data:
+                    with contextlib.suppress(OSError):
+                        sink.write_eof()
+                    return
+            if record.up + len(data) > allowance:
+                answer = await self._ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+                    "host": target.host, "port": target.port, "method": "CONNECT",
+                    "size": record.up + len(data), "tunnel": True,
+                    "threshold": approval.upload_threshold,
+                })
+                record.held = True
+                if not answer.allowed:
+                    raise _Refused(403, "upload-refused",
+                                   f"upload of {record.up + len(data)} bytes through the tunnel "
+                                   f"was not approved ({answer.by})")
+                allowance = float("inf")
+            await self._throttle(len(data))
+            sink.write(data)
+            record.up += len(data)
+            await sink.drain()
+            data = b""
+
+    async def _pump_down(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                         record: _Record) -> None:
+        while data := await source.read(self.settings.chunk):
+            await self._throttle(len(data))
+            sink.write(data)
+            record.down += len(data)
+            await sink.drain()
+        with contextlib.suppress(OSError):
+            sink.write_eof()
+
+    # plain HTTP and routes
+
+    async def _forward(self, client: _Client, request: h11.Request, target: Target,
+                       addresses: Sequence[IPAddress], credential: _Credential | None,
+                       record: _Record) -> bool:
+        body = await self._take_body(client, request, target, record)
+        default_port = 443 if target.tls else 80
+        headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
+                                   default_port, credential.header if credential else None)
+        if header(request.headers, b"transfer-encoding"):
+            headers.append((b"transfer-encoding", b"chunked"))
+        upstream = await self._upstream(client, addresses, target)
+        record.address = upstream.key[0]
+        reusable = False
+        try:
+            await self._send(upstream, h11.Request(method=request.method, target=target.path,
+                                                   headers=headers))
+            for chunk in body.held:
+                await self._send(upstream, h11.Data(data=chunk))
+            if not body.ended:
+                await self._stream_body(client, upstream, body, target, record)
+            await self._send(upstream, h11.EndOfMessage())
+            record.up = body.inspector.size
+            scrub = _Scrubber(credential.secret.encode("utf-8") if credential else b"")
+            await self._relay_response(client, upstream, request, scrub, record)
+            reusable = upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
+        except h11.ProtocolError as e:
+            raise _Refused(502, "upstream", f"the upstream sent bad HTTP: {e}") from e
+        except (ConnectionError, OSError) as e:
+            if record.status:
+                raise _Gone from e  # the response had started: all we can do is close
+            raise _Refused(502, "upstream", f"the upstream connection failed: {e}") from e
+        finally:
+            if reusable:
+                upstream.conn.start_next_cycle()
+            else:
+                await self._drop_upstream(client)
+        self._emit(EventKind.NET_REQUEST, record)
+        return client.conn.our_state is h11.DONE and client.conn.their_state is h11.DONE
+
+    async def _credential(self, target: Target) -> _Credential | None:
+        if target.route is None:
+            return None
+        name = target.route.secret
+        try:
+            secret = await asyncio.to_thread(self._secrets.get, name)
+        except EgressError as e:
+            log.warning("session %s: %s", self.session, e)
+            raise _Refused(502, f"route:{target.route.name}",
+                           "the route's credential cannot be read from the keyring") from e
+        if secret is None:
+            raise _Refused(502, f"route:{target.route.name}",
+                           f"no credential stored for this route: run `airlock secret set {name}`")
+        try:
+            return _Credential(credential_header(target.route, secret), secret)
+        except ValueError as e:
+            raise _Refused(502, f"route:{target.route.name}", str(e)) from e
+
+    async def _take_body(self, client: _Client, request: h11.Request, target: Target,
+                         record: _Record) -> _Body:
+        """Reads the body up to the inspection limit, inspects it, and holds it for the
+        user's approval when the profile or a finding says so."""
+        if not has_body(request.headers):
+            if await self._body_event(client) is not None:  # h11's EndOfMessage, at once
+                raise _Refused(400, "bad-request", "a body where none was declared")
+            return _Body(UploadInspector(), ended=True)
+        granted = None
+        if self._granted is not None and target.route is None:
+            # A route is the agent's trusted service: sending it granted files is its job.
+            granted = await self._granted.current()
+        body = _Body(UploadInspector(granted))
+        if client.conn.they_are_waiting_for_100_continue:
+            client.writer.write(client.conn.send(h11.InformationalResponse(
+                status_code=100, headers=[])) or b"")
+        while body.inspector.size < self.settings.inspect_limit:
+            chunk = await self._body_event(client)
+            if chunk is None:
+                body.ended = True
+                body.inspector.finish()
+                break
+            body.inspector.feed(chunk)
+            body.held.append(chunk)
+        declared = content_length(request.headers)
+        size = declared if declared is not None else body.inspector.size + (not body.ended)
+        approval = self.profile.approval
+        hold = bool(body.inspector.findings)
+        if target.route is None:
+            hold = hold or approval.uploads == "always" or (
+                approval.uploads == "ask" and size > approval.upload_threshold)
+        if hold:
+            await self._hold(request, target, body, size, record)
+        return body
+
+    async def _hold(self, request: h11.Request, target: Target, body: _Body, size: int,
+                    record: _Record) -> None:
+        inspector = body.inspector
+        record.held = True
+        record.findings = [f.to_json() for f in inspector.findings]
+        record.sha256 = inspector.sha256 if body.ended else ""
+        mime = b",".join(header(request.headers, b"content-type")).decode("latin-1")
+        answer = await self._ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+            "host": target.host, "port": target.port, "method": target.method,
+            "path": redact_path(target.path), "size": size, "complete": body.ended,
+            "inspected": inspector.size, "mime": mime[:200],
+            "sha256": inspector.sha256, "preview": preview(inspector.head),
+            "findings": record.findings,
+        })
+        if not answer.allowed:
+            raise _Refused(403, "upload-refused",
+                           f"the upload of {size} bytes was not approved ({answer.by})"
+                           + _findings_text(inspector.findings))
+        record.reason = f"upload approved ({answer.by})"
+
+    async def _stream_body(self, client: _Client, upstream: _Upstream, body: _Body,
+                           target: Target, record: _Record) -> None:
+        while (chunk := await self._body_event(client)) is not None:
+            new = body.inspector.feed(chunk)
+            if new:
+                # Something turned up past what was approved: ask again before it leaves.
+                await self._hold_more(target, body, new, record)
+            await self._throttle(len(chunk))
+            await self._send(upstream, h11.Data(data=chunk))
+        new = body.inspector.finish()
+        if new:
+            await self._hold_more(target, body, new, record)
+        body.ended = True
+
+    async def _hold_more(self, target: Target, body: _Body, new: list[Finding],
+                         record: _Record) -> None:
+        record.held = True
+        record.findings += [f.to_json() for f in new]
+        answer = await self._ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+            "host": target.host, "port": target.port, "method": target.method,
+            "path": redact_path(target.path), "size": body.inspector.size, "complete": False,
+            "findings": [f.to_json() for f in new],
+        })
+        if not answer.allowed:
+            # The upstream has part of the body; dropping the connection leaves it incomplete.
+            raise _Refused(403, "upload-refused",
+                           "the rest of the upload was not approved" + _findings_text(new))
+
+    async def _body_event(self, client: _Client) -> bytes | None:
+        """The next chunk of the client's body, or None at its end."""
+        while True:
+            try:
+                event = client.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                raise _Refused(e.error_status_hint, "bad-request", str(e)) from e
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                return None
+            if event is not h11.NEED_DATA:
+                raise _Refused(400, "bad-request", "the request body ended early")
+            try:
+                data = await asyncio.wait_for(client.reader.read(self.settings.chunk),
+                                              self.settings.body_timeout)
+            except TimeoutError as e:
+                raise _Refused(408, "timeout", "the request body stalled") from e
+            try:
+                client.conn.receive_data(data)
+            except h11.RemoteProtocolError as e:
+                raise _Refused(e.error_status_hint, "bad-request", str(e)) from e
+
+    async def _relay_response(self, client: _Client, upstream: _Upstream,
+                              request: h11.Request, scrub: _Scrubber, record: _Record) -> None:
+        while True:
+            event = await self._upstream_event(upstream)
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue was ours to give; other 1xx are not relayed
+            if not isinstance(event, h11.Response):
+                raise _Refused(502, "upstream", "the upstream closed without a response")
+            break
+        headers = client_headers([(k, scrub.whole(v)) for k, v in event.headers])
+        record.status = event.status_code
+        client.writer.writelines(client.conn.send_with_data_passthrough(h11.Response(
+            status_code=event.status_code, headers=headers, reason=event.reason)) or [])
+        while True:
+            event = await self._upstream_event(upstream)
+            if isinstance(event, h11.Data):
+                data = scrub.feed(bytes(event.data)) if scrub.active else event.data
+                record.down += len(event.data)
+                await self._throttle(len(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                data = scrub.flush()
+            else:
+                raise _Gone  # the upstream vanished mid-body; the client sees a cut response
+            if data:
+                client.writer.writelines(
+                    client.conn.send_with_data_passthrough(h11.Data(data=data)) or [])
+            if isinstance(event, h11.EndOfMessage):
+                client.writer.write(client.conn.send(h11.EndOfMessage()) or b"")
+                await client.writer.drain()
+                return
+            await client.writer.drain()
+
+    async def _upstream_event(self, upstream: _Upstream) -> Any:
+        while True:
+            event = upstream.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await asyncio.wait_for(upstream.reader.read(self.settings.chunk),
+                                              self.settings.body_timeout)
+            except TimeoutError as e:
+                raise _Refused(504, "upstream", "the upstream did not answer in time") from e
+            upstream.conn.receive_data(data)
+
+    async def _send(self, upstream: _Upstream, event: Any) -> None:
+        data = upstream.conn.send_with_data_passthrough(event)
+        if data:
+            upstream.writer.writelines(data)
+            await upstream.writer.drain()
+
+    # upstream connections
+
+    async def _upstream(self, client: _Client, addresses: Sequence[IPAddress],
+                        target: Target) -> _Upstream:
+        tls_name = parse_host(target.host).name if target.tls else ""
+        cached = client.upstream
+        if cached is not None:
+            fresh = (cached.key[0] in {str(a) for a in addresses} and cached.key[1:] ==
+                     (target.port, tls_name) and cached.conn.our_state is h11.IDLE
+                     and not cached.reader.at_eof())
+            if fresh:
+                return cached
+            await self._drop_upstream(client)
+        reader, writer, address = await self._connect(addresses, target.port,
+                                                      tls_name or None)
+        client.upstream = _Upstream((address, target.port, tls_name), reader, writer,
+                                    h11.Connection(h11.CLIENT))
+        return client.upstream
+
+    async def _drop_upstream(self, client: _Client) -> None:
+        upstream, client.upstream = client.upstream, None
+        if upstream is None:
+            return
+        upstream.writer.close()
+        self._connections.release()
+
+    async def _connect(self, addresses: Sequence[IPAddress], port: int, tls_name: str | None
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        if not self._connections.acquire():
+            raise _Refused(429, "limit", f"the session has {self._connections.limit} "
+                           "connections open already")
+        context = None
+        if tls_name is not None:
+            context = self._tls or ssl.create_default_context()
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(str(address), port, ssl=context,
+                                            server_hostname=tls_name,
+                                            limit=self.settings.chunk * 4),
+                    self.settings.connect_timeout,
+                )
+                return reader, writer, str(address)
+            except (OSError, TimeoutError, ssl.SSLError) as e:
+                error = e
+        self._connections.release()
+        raise _Refused(502, "upstream", f"cannot connect to port {port}: {error}")
+
+    async def _throttle(self, amount: int) -> None:
+        if self._bucket is not None:
+            wait = self._bucket.delay(amount, time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+
+@dataclass(frozen=True, slots=True)
+class _Credential:
+    header: tuple[str, str]
+    secret: str = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Body:
+    inspector: UploadInspector
+    held: list[bytes] = field(default_factory=list)
+    ended: bool = False
+
+
+class _Scrubber:
+    """Replaces a route's secret in the upstream's answer with asterisks of the same length
+    (so Content-Length stays right), keeping `len(secret) - 1` bytes back between chunks so
+    a secret split across two chunks is caught: an upstream that echoes the credential
+    (a debug endpoint, an error page) must not hand it to the agent."""
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        self.active = len(secret) >= 4
+        self._carry = b""
+
+    def whole(self, value: bytes) -> bytes:
+        return value.replace(self.secret, b"*" * len(self.secret)) if self.active else value
+
+    def feed(self, data: bytes) -> bytes:
+        data = self.whole(self._carry + data)
+        cut = max(0, len(data) - (len(self.secret) - 1))
+        self._carry = data[cut:]
+        return data[:cut]
+
+    def flush(self) -> bytes:
+        out, self._carry = self.whole(self._carry), b""
+        return out
+
+
+def _findings_text(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return ""
+    return "; it carries: " + ", ".join(sorted({f.kind for f in findings}))
+
+
+async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None]) -> None:
+    """Runs a tunnel's two directions. The first failure ends both; when the upstream side
+    ends, the agent's side gets `TUNNEL_HALF_OPEN_SECONDS` to finish (a half-open tunnel
+    must not be held forever)."""
+    up_task, down_task = asyncio.ensure_future(up), asyncio.ensure_future(down)
+    try:
+        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+        if down_task.done() and not up_task.done():
+            await asyncio.wait({up_task}, timeout=TUNNEL_HALF_OPEN_SECONDS)
+        elif up_task.done():
+            await down_task
+        if up_task.done():
+            up_task.result()
+    finally:
+        for task in (up_task, down_task):
+            task.cancel()
+        await asyncio.gather(up_task, down_task, return_exceptions=True)

@@ -1,0 +1,218 @@
+"""Benchmark of the egress proxy: 1 GiB download throughput and the p50 latency added to
+small keep-alive requests, direct vs through Airlock's proxy (on its unix socket, and through
+a socat TCP relay as in the sidecar) vs through tinyproxy, all measured in one run.
+
+Every process is separate (upstream, proxy, tinyproxy, the measuring client), as in real
+use, so no two share a GIL. Run: .venv/bin/python -m pytest tests/bench/bench_proxy.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+GIB = 1024**3
+SMALL_REQUESTS = 2000
+
+UPSTREAM = textwrap.dedent('''
+    import socket, sys, threading
+    block = memoryview(bytes(1024 * 1024))
+    def serve(conn):
+        with conn:
+            buf = b""
+            while True:
+                while b"\\r\\n\\r\\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+                path = head.split(b" ")[1]
+                size = int(path.rsplit(b"/", 1)[1]) if b"/big/" in path else 2
+                conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % size)
+                if size == 2:
+                    conn.sendall(b"ok")
+                    continue
+                left = size
+                while left:
+                    n = min(left, len(block))
+                    conn.sendall(block[:n])
+                    left -= n
+    server = socket.create_server(("127.0.0.1", 0))
+    print(server.getsockname()[1], flush=True)
+    while True:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+''')
+
+PROXY = textwrap.dedent('''
+    import asyncio, sys
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from app.egress.proxy import SessionProxy
+    from app.events import EventBus
+    from app.profiles import parse_profile
+    profile = parse_profile(
+        'name = "bench"\\nimage = "i"\\n[network]\\nallow = ["127.0.0.1:{port}"]\\n'
+        '[approval]\\nuploads = "never"\\n', "bench.toml")
+    class NoSecrets:
+        def get(self, name): return None
+    async def main():
+        proxy = SessionProxy("bench", profile, EventBus(), secrets=NoSecrets())
+        await proxy.start(Path({socket!r}))
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+    asyncio.run(main())
+''')
+
+
+@contextlib.contextmanager
+def process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def connect(where: str | int) -> socket.socket:
+    if isinstance(where, str):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(where)
+    else:
+        sock = socket.create_connection(("127.0.0.1", where))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_response(sock: socket.socket, buffer: bytearray) -> int:
+    """Reads one response; returns its body size. The head is parsed minimally: this is
+    the measuring client, which only needs Content-Length."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError("connection closed")
+        head += data
+    head, _, rest = head.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    got = len(rest)
+    view = memoryview(buffer)
+    while got < length:
+        n = sock.recv_into(view, min(len(buffer), length - got))
+        if not n:
+            raise AssertionError("body cut short")
+        got += n
+    return length
+
+
+def request(upstream: int, path: str, via_proxy: bool) -> bytes:
+    target = f"http://127.0.0.1:{upstream}{path}" if via_proxy else path
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n\r\n".encode()
+
+
+def download(where: str | int, upstream: int, via_proxy: bool) -> float:
+    buffer = bytearray(4 * 1024 * 1024)
+    with connect(where) as sock:
+        started = time.perf_counter()
+        sock.sendall(request(upstream, f"/big/{GIB}", via_proxy))
+        assert read_response(sock, buffer) == GIB
+        return GIB / (time.perf_counter() - started)
+
+
+def small_p50(where: str | int, upstream: int, via_proxy: bool) -> tuple[float, int]:
+    """p50 of small requests on a kept-alive connection; a proxy that closes after each
+    response (tinyproxy does) pays for its reconnects. Returns (p50, reconnects)."""
+    buffer = bytearray(65536)
+    data = request(upstream, "/small", via_proxy)
+    times = []
+    reconnects = 0
+    sock = connect(where)
+    try:
+        for _ in range(SMALL_REQUESTS):
+            started = time.perf_counter()
+            try:
+                sock.sendall(data)
+                read_response(sock, buffer)
+            except (AssertionError, OSError):
+                sock.close()
+                reconnects += 1
+                sock = connect(where)
+                sock.sendall(data)
+                read_response(sock, buffer)
+            times.append(time.perf_counter() - started)
+    finally:
+        sock.close()
+    return statistics.median(times[100:]), reconnects  # the first ones warm up
+
+
+def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
+    repo = str(Path(__file__).resolve().parents[2])
+    tinyproxy = shutil.which("tinyproxy")
+    assert tinyproxy, "tinyproxy is missing (Debian: tinyproxy-bin)"
+    with process([sys.executable, "-c", UPSTREAM]) as server:
+        assert server.stdout is not None
+        upstream = int(server.stdout.readline())
+        sock_path = str(tmp_path / "proxy.sock")
+        script = PROXY.format(repo=repo, port=upstream, socket=sock_path)
+        tiny_port, relay_port = free_port(), free_port()
+        conf = tmp_path / "tinyproxy.conf"
+        conf.write_text(f"Port {tiny_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\n"
+                        "MaxClients 20\nLogLevel Critical\n")
+        with process([sys.executable, "-c", script]) as proxy, \
+                process([tinyproxy, "-d", "-c", str(conf)]), \
+                process(["socat", "-b", "262144",
+                         f"TCP-LISTEN:{relay_port},bind=127.0.0.1,fork,reuseaddr,nodelay",
+                         f"UNIX-CONNECT:{sock_path}"]):
+            assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+            wait_port(tiny_port)
+            wait_port(relay_port)
+            paths: dict[str, tuple[str | int, bool]] = {
+                "direct": (upstream, False),
+                "airlock (unix socket)": (sock_path, True),
+                "airlock via socat relay": (relay_port, True),
+                "tinyproxy": (tiny_port, True),
+            }
+            rates = {name: download(where, upstream, via) for name, (where, via) in
+                     paths.items()}
+            small = {name: small_p50(where, upstream, via) for name, (where, via) in
+                     paths.items()}
+    p50 = {name: value for name, (value, _) in small.items()}
+    direct_rate, direct_p50 = rates["direct"], p50["direct"]
+    print(f"\n1 GiB download, one run each; {SMALL_REQUESTS} small keep-alive requests, p50:")
+    for name in paths:
+        print(f"  {name:<26} {rates[name] / 1e6:8.0f} MB/s  {rates[name] / direct_rate:5.2f}x "
+              f"direct  {rates[name] / rates['tinyproxy']:5.2f}x tinyproxy   "
+              f"p50 {p50[name] * 1e6:7.0f} µs  added {(p50[name] - direct_p50) * 1e6:6.0f} µs"
+              f"  ({small[name][1]} reconnects)")
