@@ -47,6 +47,7 @@ class EventKind(StrEnum):
     NET_REQUEST = "net.request"  # one plain-HTTP or route request, at its end
     NET_TUNNEL = "net.tunnel"  # one CONNECT tunnel, at its end
     NET_REFUSED = "net.refused"  # refused by policy, by the user, by a limit, or as bad HTTP
+    NET_BLOCKED = "net.blocked"  # a packet that tried to leave around the proxy, dropped
 
 
 def _frozen(details: Mapping[str, Any]) -> Mapping[str, Any]:

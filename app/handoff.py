@@ -36,12 +36,19 @@ HEADER = struct.Struct(">cI")
 MAX_REQUEST = 256 * 1024
 
 Notice = Callable[[Event], str | None]
+CANNOT_ASK = 75  # the client then supervises the session itself, with its terminal prompt
+
+
+class CannotAsk(AirlockError):
+    exit_code = CANNOT_ASK
 
 
 class HandoffServer:
-    def __init__(self, supervisor: Supervisor, path: Path, notice: Notice) -> None:
+    def __init__(self, supervisor: Supervisor, path: Path, notice: Notice,
+                 interactive: bool = False) -> None:
         self.supervisor = supervisor
         self.path = path
+        self.interactive = interactive  # can it put questions to the user (the desktop app)?
         self._notice = notice
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -104,6 +111,8 @@ class HandoffServer:
         """Validates the client's request exactly as `airlock run` validates its arguments."""
         if data.get("op") != "run":
             raise ValueError(f"unknown operation {data.get('op')!r}")
+        if data.get("ask") == "tty" and not self.interactive:
+            raise CannotAsk("this supervisor has no one to put questions to")
         cwd = Path(str(data["cwd"]))
         if not cwd.is_absolute():
             raise ValueError("cwd must be absolute")

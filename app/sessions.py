@@ -36,6 +36,7 @@ from app.container import (
     VolumeMount,
     build_spec,
 )
+from app.consent import ConsentBroker
 from app.delivery import DOCUMENTS, SAVES
 from app.errors import EngineError, GrantError, ImageError, SessionError
 from app.events import EventBus, EventKind
@@ -164,6 +165,7 @@ class Supervisor:
         catalog: ProfileCatalog,
         identity: Identity | None = None,
         extensions: Sequence[ExtensionFactory] = (),
+        broker: ConsentBroker | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -173,6 +175,7 @@ class Supervisor:
         self.identity = identity or Identity.for_caller()
         self.owner = str(os.getuid())
         self._extension_factories = tuple(extensions)
+        self.broker = broker  # where its sessions' questions go (portal, proxy)
         self.last_session: str | None = None  # the id of the latest session `run` started
         self._running: dict[str, _Running] = {}
 

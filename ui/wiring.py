@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from app.audit import AuditLog
+from app.consent import ConsentBroker, FrontEnd
 from app.engine import connect_engine
 from app.events import EventBus
 from app.paths import Dirs
@@ -40,10 +41,36 @@ def open_core(dirs: Dirs) -> Iterator[Core]:
 
 
 @contextmanager
-def open_supervisor(dirs: Dirs) -> Iterator[Supervisor]:
+def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None) -> Iterator[Supervisor]:
+    """The supervisor with everything a session gets: the FileChooser portal on a private
+    bus, and the egress proxy for profiles that allow a network. Questions go to
+    `front_end` (the desktop app's dialogs, a terminal prompt); without one they are denied."""
+    from app.egress.bridge import Egress
+    from app.egress.keys import KeyringSecrets
+    from portal.extension import portal_extension
+
     with open_core(dirs) as core:
         engine = connect_engine()
+        broker = ConsentBroker(core.bus, front_end)
+        built: list[Supervisor] = []
+        extensions = [
+            portal_extension(broker, lambda: built[0]),
+            Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker),
+        ]
+        supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
+                                extensions=extensions, broker=broker)
+        built.append(supervisor)
         try:
-            yield Supervisor(engine, core.store, core.bus, dirs, core.catalog)
+            yield supervisor
         finally:
             engine.close()
+
+
+@contextmanager
+def open_consenting_supervisor(
+    dirs: Dirs, front_end: FrontEnd | None = None
+) -> Iterator[tuple[Supervisor, ConsentBroker]]:
+    """The supervisor and the broker its questions go through (for the desktop app)."""
+    with open_supervisor(dirs, front_end) as supervisor:
+        assert supervisor.broker is not None
+        yield supervisor, supervisor.broker

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_crashed_supervisor_is_swept_at_next_start(
     profile = tester.write("agent.toml", profile_text(agent_image, ["sleep", "300"]))
     process = tester.popen("run", "--profile", str(profile))
     try:
-        session, supervisor_pid = wait_for_session(tester)
+        session, supervisor_pid = wait_for_session(tester, process)
         # SIGKILL the supervising `airlock run`: no clean-up code runs, as in a crash.
         os.kill(supervisor_pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -245,9 +246,12 @@ def test_crashed_supervisor_is_swept_at_next_start(
         process.kill()
 
 
-def wait_for_session(tester: DesktopUser, timeout: float = 60) -> tuple[str, int]:
+def wait_for_session(tester: DesktopUser, process: subprocess.Popen[str],
+                     timeout: float = 60) -> tuple[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"airlock run ended early: {process.communicate()}")
         result = tester.run("sessions", "--json")
         sessions = json.loads(result.stdout or "[]")
         running = [s for s in sessions if s["state"] == "running"]

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from app.events import Event, EventBus
     from app.sessions import LaunchRequest, Supervisor
 
+CANNOT_ASK = 75  # app.handoff.CANNOT_ASK, without importing the core
+
 
 class TerminalOutput:
     def write(self, stream: str, data: bytes) -> None:
@@ -83,10 +85,12 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
     if sock is None:
         return None
     request = {"profile": args.profile, "grants": args.grant, "command": command,
-               "timeout": args.timeout, "cwd": os.getcwd()}
+               "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask}
     try:
         end = handoff_client.run(sock, request)
     except handoff_client.HandoffRefused as e:
+        if e.exit_code == CANNOT_ASK:
+            return None  # a headless supervisor: keep the session here, with its prompt
         error = AirlockError(str(e))
         error.exit_code = e.exit_code
         raise error from e
@@ -106,6 +110,8 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
 
 def handle(ctx: Context, args: argparse.Namespace) -> int:
     command = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd) or None
+    if args.ask is None:
+        args.ask = "tty" if sys.stdin.isatty() else "deny"
     if not args.in_process:
         code = handed_off(ctx, args, command)
         if code is not None:
@@ -113,12 +119,15 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
     import asyncio
 
+    from app.consent import DenyAll, FrontEnd
     from app.grants import parse_grant_argument
     from app.profiles import parse_duration
     from app.sessions import LaunchRequest
+    from ui.prompt import TerminalPrompt
     from ui.wiring import open_supervisor
 
-    with open_supervisor(ctx.dirs) as supervisor:
+    front_end: FrontEnd = TerminalPrompt() if args.ask == "tty" else DenyAll()
+    with open_supervisor(ctx.dirs, front_end) as supervisor:
         profile_path = supervisor.catalog.find(args.profile)
         profile = supervisor.catalog.load(args.profile)
         cwd = Path.cwd()
@@ -186,6 +195,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--review", choices=("ask", "never"), default="ask",
                         help="after the agent ends, ask whether to commit its staged changes "
                              "(ask, on a terminal) or leave them for `airlock commit` (never)")
+    parser.add_argument("--ask", choices=("tty", "deny"),
+                        help="who answers the agent's requests for files, hosts and uploads: "
+                             "a prompt on this terminal (default on a terminal) or nobody, "
+                             "which denies them (default otherwise)")
     parser.add_argument("--in-process", action="store_true",
                         help="supervise the session in this process even if a supervisor "
                              "(the desktop app, `airlock daemon`) is running")

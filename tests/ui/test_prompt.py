@@ -1,0 +1,116 @@
+"""The terminal prompt on a real pseudo-terminal: what the person sees, and what their typing
+answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, Verdict, new_request_id
+from app.events import EventBus
+from app.grants import Lifetime, Mode
+from ui.prompt import TerminalPrompt, parse_duration_choice
+
+
+@contextlib.contextmanager
+def pty() -> Iterator[tuple[int, Path]]:
+    master, slave = os.openpty()
+    try:
+        yield master, Path(os.ttyname(slave))
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def screen(master: int) -> str:
+    os.set_blocking(master, False)
+    out = b""
+    with contextlib.suppress(BlockingIOError, OSError):
+        while chunk := os.read(master, 65536):
+            out += chunk
+    return out.decode(errors="replace")
+
+
+def request(kind: RequestKind = RequestKind.FILE_OPEN, timeout: float = 10,
+            **details: object) -> ConsentRequest:
+    return ConsentRequest(new_request_id(), "s1", "notes", kind, "open a file",
+                          {"image": "airlock-agent:bookworm", **details},
+                          "Open \x1b[31mthe notes\u202e", timeout)
+
+
+def ask(tty: Path, req: ConsentRequest, typed: str, master: int,
+        cwd: Path | None = None) -> Answer:
+    os.write(master, typed.encode())
+    broker = ConsentBroker(EventBus(), TerminalPrompt(tty, cwd))
+    return asyncio.run(broker.ask(req))
+
+
+def test_once_with_a_path(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("x")
+    with pty() as (master, tty):
+        answer = ask(tty, request(filters=[{"name": "md", "patterns": [["glob", "*.md"]]}]),
+                     f"o\n{notes}\nn\n", master)
+        shown = screen(master)
+    assert answer.verdict is Verdict.ALLOW and answer.by == "tty"
+    assert (answer.lifetime, answer.paths, answer.mode) == (
+        Lifetime.ONCE, (notes,), Mode.READ)
+    assert "session s1 (profile notes, image airlock-agent:bookworm) asks to open a file" in shown
+    assert "the agent says (untrusted)" in shown
+    assert "\x1b[31m" not in shown and "\u202e" not in shown  # escapes are made visible
+    assert "filter (from the agent): md: *.md" in shown
+
+
+def test_minutes_read_write_and_a_relative_path_retried(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("1,2")
+    with pty() as (master, tty):
+        answer = ask(tty, request(), "15m\nmissing.csv\ndata.csv\ny\n", master, cwd=tmp_path)
+        shown = screen(master)
+    assert answer.lifetime is Lifetime.UNTIL
+    assert answer.until is not None
+    assert 890 < answer.until - time.time() <= 900
+    assert answer.paths == (tmp_path / "data.csv",)
+    assert answer.mode is Mode.READ_WRITE
+    assert "no such file or folder; try again" in shown
+
+
+def test_save_files_into_a_folder(tmp_path: Path) -> None:
+    req = request(RequestKind.FILE_SAVE, files=["a.txt", "b.txt"])
+    with pty() as (master, tty):
+        answer = ask(tty, req, f"s\n{tmp_path}\n", master)
+    assert answer.verdict is Verdict.ALLOW
+    assert answer.paths == (tmp_path,) and answer.mode is Mode.READ_WRITE
+
+
+@pytest.mark.parametrize("typed", ["n\n", "\n", "yes please\n", "o\n\n"])
+def test_anything_but_a_clear_yes_denies(tmp_path: Path, typed: str) -> None:
+    with pty() as (master, tty):
+        answer = ask(tty, request(), typed, master)
+    assert answer.verdict is Verdict.DENY
+
+
+def test_silence_times_out_to_a_denial() -> None:
+    with pty() as (master, tty):
+        answer = ask(tty, request(timeout=0.3), "", master)
+        shown = screen(master)
+    assert (answer.verdict, answer.by) == (Verdict.DENY, "timeout")
+    assert "no answer in time: denied" in shown
+
+
+def test_no_terminal_is_a_vanished_front_end(tmp_path: Path) -> None:
+    broker = ConsentBroker(EventBus(), TerminalPrompt(tmp_path / "no-tty"))
+    answer = asyncio.run(broker.ask(request()))
+    assert (answer.verdict, answer.by) == (Verdict.DENY, "vanished")
+
+
+def test_durations() -> None:
+    assert parse_duration_choice("a") == (Lifetime.ALWAYS, None)
+    assert parse_duration_choice(" Session ")[0] is Lifetime.SESSION
+    assert parse_duration_choice("0m") == (None, None)
+    assert parse_duration_choice("rm -rf") == (None, None)

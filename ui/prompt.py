@@ -1,0 +1,209 @@
+"""The terminal front end (`airlock run --ask tty`): puts each consent request in front of the
+person at the terminal and reads the answer, and the files they pick, from /dev/tty.
+
+Like the desktop dialog it says who asks and what for, shows the agent's own words as
+untrusted, offers a duration, and treats anything but a clear yes as no. The broker owns the
+deadline: when it gives up, this prompt is cancelled and says so on the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
+from app.grants import Lifetime, Mode
+
+MAX_LINE = 4096
+ATTEMPTS = 3
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: Any) -> str:
+    """Anything from the agent, made inert for a terminal (no escape sequences, no bidi)."""
+    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
+
+
+class TerminalLine:
+    """Line reading and writing on a terminal without blocking the loop."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")
+        while data:
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                time.sleep(0.01)  # a terminal paused with ^S; the text is short
+                continue
+            data = data[written:]
+
+    async def read_line(self) -> str:
+        loop = asyncio.get_running_loop()
+        while b"\n" not in self._buffer:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(self.fd, _wake, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self.fd)
+            try:
+                chunk = os.read(self.fd, 1024)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise EOFError("the terminal closed")
+            self._buffer += chunk
+            if len(self._buffer) > MAX_LINE:
+                raise ValueError("an answer longer than a line")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace").strip()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class TerminalPrompt:
+    """A FrontEnd for the person at the terminal. One question at a time: concurrent
+    requests wait their turn (and their deadline keeps running)."""
+
+    def __init__(self, tty: Path = Path("/dev/tty"), cwd: Path | None = None) -> None:
+        self._tty = tty
+        self._cwd = cwd
+        self._turn = asyncio.Lock()
+
+    async def answer(self, request: ConsentRequest) -> Answer:
+        async with self._turn:
+            with self._terminal() as term:
+                try:
+                    return await self._ask(term, request)
+                except asyncio.CancelledError:
+                    term.write("\nairlock: no answer in time: denied\n")
+                    raise
+
+    @contextlib.contextmanager
+    def _terminal(self) -> Iterator[TerminalLine]:
+        fd = os.open(self._tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            yield TerminalLine(fd)
+        finally:
+            os.close(fd)
+
+    async def _ask(self, term: TerminalLine, request: ConsentRequest) -> Answer:
+        term.write(describe(request))
+        seconds = max(0, round(request.deadline - time.time()))
+        term.write("Allow? [o]nce, [s]ession, [N]m for N minutes, [a]lways for this profile; "
+                   f"anything else denies ({seconds} s): ")
+        lifetime, until = parse_duration_choice(await term.read_line())
+        if lifetime is None:
+            term.write("airlock: denied\n")
+            return denied("tty")
+        if request.kind is RequestKind.FILE_OPEN:
+            paths = await self._pick(term, request, existing=True)
+            mode = Mode.READ
+            if paths and all(p.is_file() for p in paths):
+                term.write("Let the agent change them (staged for your review)? [y/N]: ")
+                if (await term.read_line()).lower() in ("y", "yes"):
+                    mode = Mode.READ_WRITE
+        elif request.kind is RequestKind.FILE_SAVE:
+            paths = await self._pick(term, request, existing=False)
+            mode = Mode.READ_WRITE
+        else:
+            paths, mode = (), Mode.READ
+        if request.kind in (RequestKind.FILE_OPEN, RequestKind.FILE_SAVE) and not paths:
+            term.write("airlock: nothing picked: denied\n")
+            return denied("tty")
+        return Answer(Verdict.ALLOW, lifetime, until, paths, mode, by="tty")
+
+    async def _pick(self, term: TerminalLine, request: ConsentRequest,
+                    existing: bool) -> tuple[Path, ...]:
+        details = request.details
+        many = bool(details.get("multiple")) and existing
+        files = details.get("files") or []
+        if not existing and files:
+            question = f"Folder to save the {len(files)} files into: "
+        elif not existing:
+            question = "Save to which file (full path)? "
+        else:
+            question = "Path to give" + (" (one per line, empty line ends): " if many else ": ")
+        picked: list[Path] = []
+        attempts = 0
+        term.write(question)
+        while attempts < ATTEMPTS:
+            line = await term.read_line()
+            if not line:
+                break
+            path, problem = self._check(line, existing=existing,
+                                        folder=bool(files) and not existing)
+            if problem:
+                attempts += 1
+                term.write(f"airlock: {problem}; try again: ")
+                continue
+            assert path is not None
+            picked.append(path)
+            if not many:
+                break
+            term.write("Another (empty line ends): ")
+        return tuple(picked)
+
+    def _check(self, text: str, existing: bool, folder: bool) -> tuple[Path | None, str]:
+        path = Path(os.path.expanduser(text))
+        if not path.is_absolute():
+            path = (self._cwd or Path.cwd()) / path
+        path = Path(os.path.normpath(path))
+        if existing and not path.exists():
+            return None, f"{safe(path)}: no such file or folder"
+        if folder and not path.is_dir():
+            return None, f"{safe(path)}: not a folder"
+        if not existing and not folder and not path.parent.is_dir():
+            return None, f"{safe(path.parent)}: no such folder"
+        return path, ""
+
+
+def parse_duration_choice(text: str) -> tuple[Lifetime | None, float | None]:
+    """`o`, `s`, `a`, or `15m` (minutes); anything else is no."""
+    choice = text.strip().lower()
+    if choice in ("o", "once"):
+        return Lifetime.ONCE, None
+    if choice in ("s", "session"):
+        return Lifetime.SESSION, None
+    if choice in ("a", "always"):
+        return Lifetime.ALWAYS, None
+    minutes = re.fullmatch(r"(\d{1,5})\s*m(in(utes?)?)?", choice)
+    if minutes and int(minutes.group(1)) > 0:
+        return Lifetime.UNTIL, time.time() + 60 * int(minutes.group(1))
+    return None, None
+
+
+def describe(request: ConsentRequest) -> str:
+    """Who asks and what for; everything from the agent is marked and escaped."""
+    details = request.details
+    who = f"session {safe(request.session)} (profile {safe(request.profile)}"
+    if details.get("image"):
+        who += f", image {safe(details['image'])}"
+    lines = ["", f"airlock: {who}) asks to {safe(request.subject)}"]
+    if request.reason:
+        lines.append(f"  the agent says (untrusted): \"{safe(request.reason)}\"")
+    for f in details.get("filters") or []:
+        patterns = ", ".join(safe(p[1]) for p in f.get("patterns", []))
+        lines.append(f"  filter (from the agent): {safe(f.get('name'))}: {patterns}")
+    for key, label in (("current_folder", "suggested folder"),
+                       ("current_name", "suggested name"), ("current_file", "current file")):
+        if details.get(key):
+            lines.append(f"  {label} (from the agent): {safe(details[key])}")
+    if details.get("files"):
+        lines.append("  files (from the agent): " + ", ".join(safe(n) for n in details["files"]))
+    if details.get("directory"):
+        lines.append("  it wants a folder")
+    return "\n".join(lines) + "\n"
