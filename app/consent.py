@@ -168,7 +168,8 @@ def printable(text: str) -> str:
         code = ord(char)
         if char == "\n":
             out.append(" ")
-        elif code < 32 or code == 127 or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+        elif (code < 32 or 127 <= code <= 159  # C0, DEL and C1 (0x9b starts an escape)
+              or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069):
             out.append(f"\\u{code:04x}")
         else:
             out.append(char)

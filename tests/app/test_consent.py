@@ -86,7 +86,8 @@ def test_a_withdrawn_request_is_denied() -> None:
 
 
 def test_the_agents_reason_is_made_safe_to_show() -> None:
-    req = request(reason="open \x1b[2Jthis\u202efdp.exe\nplease" + "x" * 1000)
+    req = request(reason="open \x1b[2Jthis\u202efdp.exe\x9b31m\nplease" + "x" * 1000)
     assert "\x1b" not in req.reason and "\u202e" not in req.reason and "\n" not in req.reason
+    assert "\x9b" not in req.reason
     assert "\\u001b" in req.reason and "\\u202e" in req.reason
     assert len(req.reason) == 500
