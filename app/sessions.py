@@ -569,6 +569,7 @@ class Supervisor:
             if record.id in self._running or process_alive(record.supervisor):
                 continue
             SessionView(self.dirs.sessions / record.id / "view").discard()
+            shutil.rmtree(self.dirs.runtime / record.id, ignore_errors=True)
             self.store.end_session(record.id, SessionState.SWEPT, None, "supervisor vanished")
             if record.id not in swept:
                 swept.append(record.id)

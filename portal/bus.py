@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -185,6 +187,7 @@ class PrivateBus:
             "--nosyslog", "--print-address=1",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
@@ -250,3 +253,13 @@ class PrivateBus:
             f.write(text)
         # Replaced atomically: a reload must never read half a policy.
         os.replace(temporary, self.layout.config)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the supervisor dies, even by SIGKILL, the bus goes
+    with it instead of lingering with the session's socket."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
