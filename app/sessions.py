@@ -23,6 +23,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from app.activity import TreeWatcher
+from app.consent import ConsentBroker
 from app.container import (
     LABEL_OWNER,
     LABEL_PROFILE,
@@ -36,7 +37,6 @@ from app.container import (
     VolumeMount,
     build_spec,
 )
-from app.consent import ConsentBroker
 from app.delivery import DOCUMENTS, SAVES
 from app.errors import EngineError, GrantError, ImageError, SessionError
 from app.events import EventBus, EventKind

@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -36,6 +37,13 @@ from app.events import Event, EventBus
 from app.profiles import Profile
 
 CHUNK = 1024 * 1024
+# Bodies whose every byte is checkable: a prime-length random block, repeated. A relay that
+# drops, repeats or reorders any stretch of them changes their hash.
+PATTERN = random.Random(7).randbytes(1_000_003)
+
+
+def pattern(size: int) -> bytes:
+    return (PATTERN * (size // len(PATTERN) + 1))[:size]
 
 
 @dataclass
@@ -86,6 +94,21 @@ class _Handler(BaseHTTPRequestHandler):
             while left > 0:
                 self.wfile.write(block[: min(left, CHUNK)])
                 left -= CHUNK
+            return
+        if self.path.startswith(("/pattern/", "/cut/")):
+            # /pattern/N: N checkable bytes; /cut/N: declares N, sends half, hangs up.
+            size = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            body = pattern(size if self.path.startswith("/pattern/") else size // 2)
+            view = memoryview(body)
+            for start in range(0, len(body), CHUNK):
+                self.wfile.write(view[start:start + CHUNK])
+            if self.path.startswith("/cut/"):
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
             return
         if "/echo-auth" in self.path:
             payload = f"you sent: {self.headers.get('Authorization', '')}\n".encode()

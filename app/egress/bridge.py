@@ -1,15 +1,50 @@
-"""The egress bridge: plugs a session's proxy and its relay sidecar into the session.
+"""The egress bridge: plugs a session's proxy, its relay and its network witness into the
+session, through one sidecar container.
 
 The agent's container has no network of its own. It joins the network namespace of a sidecar
 started with `network_mode="none"` (loopback only), in which socat listens on
 127.0.0.1:3128 and relays each connection to the proxy's unix socket, bind-mounted from the
-host. There is no route, no DNS server, no other listener: the proxy is the only way out,
+host. There is no uplink, no DNS server, no other listener: the proxy is the only way out,
 and it resolves names itself.
 
 Why a sidecar rather than mounting the socket into the agent's container and running socat
 there? The agent could then kill or replace the relay, and its image would need socat; the
 sidecar is the agent image too (it has socat), but a container of its own that the agent
-cannot touch, read-only, without capabilities, running as the agent's uid.
+cannot touch: another pid and mount namespace, read-only, the profile's seccomp filter.
+
+Every attempt to leave any other way is an event (invariant 3). The sidecar's command is the
+witness, `airlock_netlog.py` from the image: it creates a TUN device in the shared namespace
+and makes it the route for every non-loopback IPv4 and IPv6 destination (IPv6 is switched on
+in the namespace for that, or an IPv6 attempt would fail unseen), then reads what the agent
+sends there — a TCP SYN, a UDP datagram, a DNS query, an ICMP echo — and reports it on a
+second socket, `netlog.sock`, which `BlockedLog` turns into `net.blocked` events. It never
+forwards a packet; it answers a SYN with RST and a datagram with ICMP port unreachable so
+the agent fails at once. Profiles without network rules get the sidecar too, with the
+witness alone (no relay, no proxy, no proxy environment): their attempts are events as well.
+
+The witness needs CAP_NET_ADMIN to create the device and set routes, and a capability does
+not survive exec for a non-root uid (Docker sets no ambient capabilities, and
+no-new-privileges blocks file capabilities). So the sidecar starts as uid 0 with every
+capability dropped except NET_ADMIN, SETUID and SETGID, the single device /dev/net/tun,
+no-new-privileges, the profile's seccomp filter, a read-only root and the `net/` directory
+mounted read-only. Why that is safe:
+
+- The privileged part runs only our script's set-up, before the agent's container exists
+  (`prepare` waits for the witness's `ready`): no input of the agent's is read while any
+  capability is held. Then the witness calls setgroups/setresgid/setresuid to the session's
+  uid, which clears all capabilities (it checks /proc/self/status and exits if any is
+  left); socat is started after that. There is no init process: the witness is PID 1, so no
+  process holding a capability outlives the set-up.
+- CAP_NET_ADMIN is scoped to the namespace it is used in, and this namespace has only `lo`
+  and the TUN device: no uplink to route, bridge or tunnel onto. Moving an interface to
+  another namespace needs a handle on it, and the sidecar sees no other process (own pid
+  namespace) and may not setns/unshare (seccomp). The device's only other end is the
+  witness, which writes back only RST and ICMP errors addressed to the agent.
+- The agent gains nothing: it has no capabilities (NET_ADMIN over the shared namespace is
+  a property of a process, not of the namespace), no /dev/net/tun node and no way to make
+  one (no CAP_MKNOD, the device cgroup), and cannot see or signal the sidecar's processes.
+  Its packets do reach the witness's parser: that parser runs unprivileged, bounds
+  everything, and the supervisor validates and rate-limits its reports as untrusted input.
 
 Only the `net/` subdirectory of the session's runtime directory is mounted into the sidecar,
 so other sockets there (the portal's bus) stay out of its reach.
@@ -25,9 +60,11 @@ base URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +77,7 @@ from app.consent import ConsentBroker
 from app.container import LABEL_ROLE, ContainerAdditions
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
-from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
+from app.egress.proxy import PROXY_PORT, BlockedLog, ProxySettings, Resolver, SessionProxy
 from app.errors import EgressError
 from app.profiles import Profile
 from app.sessions import SessionContext
@@ -48,7 +85,10 @@ from app.sessions import SessionContext
 log = logging.getLogger(__name__)
 
 SOCKET_DIR = "/run/airlock/net"
+WITNESS = "/opt/airlock/agents/airlock_netlog.py"
+WITNESS_CAPABILITIES = ("NET_ADMIN", "SETUID", "SETGID")  # dropped by the witness at once
 READY_TIMEOUT = 15.0
+WITNESS_STOP_SECONDS = 2.0
 GRANTED_REFRESH_SECONDS = 10.0
 MAX_UNIX_PATH = 107
 
@@ -70,6 +110,13 @@ def relay_command() -> list[str]:
     return ["socat", "-b", "262144",
             f"TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,fork,reuseaddr,backlog=256,nodelay",
             f"UNIX-CONNECT:{SOCKET_DIR}/proxy.sock"]
+
+
+def sidecar_command(uid: int, gid: int, relay: bool) -> list[str]:
+    """The witness, which drops to `uid`:`gid` and then starts the relay (if any)."""
+    command = ["python3", "-I", WITNESS, "--uid", str(uid), "--gid", str(gid),
+               "--report", f"{SOCKET_DIR}/netlog.sock"]
+    return [*command, "--", *relay_command()] if relay else command
 
 
 class ViewContent:
@@ -117,49 +164,73 @@ class Egress:
 
 
 class EgressBridge:
-    """One session's proxy and relay sidecar."""
+    """One session's sidecar: its network witness, and its proxy and relay when the profile
+    allows anything out."""
 
     def __init__(self, egress: Egress) -> None:
         self._egress = egress
         self.proxy: SessionProxy | None = None
+        self.blocked: BlockedLog | None = None
         self.sidecar: Container | None = None
 
     async def prepare(self, session: SessionContext) -> ContainerAdditions:
         network = session.profile.network
-        if not (network.allow or network.ask or network.routes):
-            # Nothing is allowed out: no proxy, no sidecar, the agent keeps --network none.
-            return ContainerAdditions()
+        relay = bool(network.allow or network.ask or network.routes)
         directory = session.runtime_dir / "net"
         directory.mkdir(mode=0o755, exist_ok=True)
         directory.chmod(0o755)
-        socket_path = directory / "proxy.sock"
-        if len(str(socket_path)) > MAX_UNIX_PATH:
-            raise EgressError(f"the proxy socket path is too long for a unix socket: "
-                              f"{socket_path}")
+        for name in ("proxy.sock", "netlog.sock"):
+            if len(str(directory / name)) > MAX_UNIX_PATH:
+                raise EgressError(f"the socket path is too long for a unix socket: "
+                                  f"{directory / name}")
         egress = self._egress
-        self.proxy = SessionProxy(
-            session.id, session.profile, session.bus, secrets=egress.secrets,
-            broker=egress.broker, resolver=egress.resolver,
-            granted=ViewContent(session.view.root), tls=egress.tls, settings=egress.settings,
+        self.blocked = BlockedLog(session.id, session.bus)
+        await self.blocked.start(directory / "netlog.sock")
+        if relay:
+            self.proxy = SessionProxy(
+                session.id, session.profile, session.bus, secrets=egress.secrets,
+                broker=egress.broker, resolver=egress.resolver,
+                granted=ViewContent(session.view.root), tls=egress.tls,
+                settings=egress.settings,
+            )
+            await self.proxy.start(directory / "proxy.sock")
+        creating = asyncio.ensure_future(
+            asyncio.to_thread(self._create_sidecar, session, directory, relay))
+        try:
+            self.sidecar = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # The engine call goes on in its thread: remove what it makes, or it outlives
+            # the session (the session is ended at once when its client goes away).
+            creating.add_done_callback(_remove_created)
+            raise
+        await self._wait_ready(self.sidecar, self.blocked, relay)
+        return ContainerAdditions(
+            network_mode=f"container:{self.sidecar.id}",
+            environment=proxy_environment(session.profile) if relay else {},
         )
-        await self.proxy.start(socket_path)
-        self.sidecar = await asyncio.to_thread(self._create_sidecar, session, directory)
-        await self._wait_listening(self.sidecar)
-        return ContainerAdditions(network_mode=f"container:{self.sidecar.id}",
-                                  environment=proxy_environment(session.profile))
 
     async def started(self, session: SessionContext, container_id: str) -> None:
         return None
 
     async def close(self) -> None:
         sidecar, self.sidecar = self.sidecar, None
+        blocked, self.blocked = self.blocked, None
         if sidecar is not None:
+            if blocked is not None and blocked.ready.is_set():
+                # SIGTERM first: the witness reports what it counted in its last window.
+                blocked.expect_hangup()
+                await asyncio.to_thread(_terminate, sidecar)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(blocked.ended.wait(), WITNESS_STOP_SECONDS)
             await asyncio.to_thread(_remove, sidecar)
         proxy, self.proxy = self.proxy, None
         if proxy is not None:
             await proxy.close()
+        if blocked is not None:
+            await blocked.close()
 
-    def _create_sidecar(self, session: SessionContext, directory: Path) -> Container:
+    def _create_sidecar(self, session: SessionContext, directory: Path,
+                        relay: bool) -> Container:
         from docker.types import Mount
 
         api = self._egress.engine.api
@@ -167,21 +238,27 @@ class EgressBridge:
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
+            cap_add=list(WITNESS_CAPABILITIES),
+            devices=["/dev/net/tun:/dev/net/tun:rwm"],
+            # Docker turns IPv6 off in a namespace without an IPv6 network; an IPv6 attempt
+            # would then fail unseen. With it on, it meets the witness like any other.
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "0",
+                     "net.ipv6.conf.default.disable_ipv6": "0"},
             security_opt=["no-new-privileges:true",
                           *([f"seccomp={session.seccomp}"] if session.seccomp else [])],
             pids_limit=512,  # socat forks one child per connection
             mem_limit=128 * 1024 * 1024,
             memswap_limit=128 * 1024 * 1024,
             ipc_mode="private",
-            init=True,
+            init=False,  # the witness is PID 1: no process keeps root's capabilities
             mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
                           read_only=True, propagation="rprivate")],
         )
         kwargs: dict[str, Any] = {
             "image": session.profile.image,
-            "command": relay_command(),
+            "command": sidecar_command(session.identity.uid, session.identity.gid, relay),
             "name": f"airlock-{session.id}-bridge",
-            "user": f"{session.identity.uid}:{session.identity.gid}",
+            "user": "0:0",  # only for the witness's set-up; see the module's docstring
             "environment": {"PATH": "/usr/bin:/bin"},
             "labels": dict(session.labels, **{LABEL_ROLE: "bridge"}),
             "hostname": "airlock",
@@ -190,27 +267,36 @@ class EgressBridge:
         }
         try:
             created = api.create_container(**kwargs)
-            container = self._egress.engine.containers.prepare_model({"Id": created["Id"]})
+        except docker.errors.APIError as e:
+            raise EgressError(f"cannot create the network bridge: {e.explanation}") from e
+        container = self._egress.engine.containers.prepare_model({"Id": created["Id"]})
+        try:
             container.start()
             container.reload()
             return container
         except docker.errors.APIError as e:
+            # E.g. the session ended meanwhile and took the socket directory with it.
+            _remove(container)
             raise EgressError(f"cannot start the network bridge: {e.explanation}") from e
 
-    async def _wait_listening(self, sidecar: Container) -> None:
-        """Until socat listens: read the sidecar's TCP table from the host's /proc (no exec,
-        no connection to the proxy) — the relay must be up before the agent's first request."""
+    async def _wait_ready(self, sidecar: Container, blocked: BlockedLog, relay: bool) -> None:
+        """Until the witness owns the routes and dropped its privileges, and socat listens
+        (read from the sidecar's TCP table in the host's /proc: no exec, no connection to
+        the proxy) — both must hold before the agent's first packet."""
         pid = int(sidecar.attrs["State"]["Pid"] or 0)
         table = Path(f"/proc/{pid}/net/tcp")
         wanted = f"0100007F:{PROXY_PORT:04X}"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            try:
-                text = await asyncio.to_thread(table.read_text)
-            except OSError:
-                text = ""
-            if any(line.split()[1:2] == [wanted] and line.split()[3:4] == ["0A"]
-                   for line in text.splitlines()[1:]):
+            listening = not relay
+            if relay and blocked.ready.is_set():
+                try:
+                    text = await asyncio.to_thread(table.read_text)
+                except OSError:
+                    text = ""
+                listening = any(line.split()[1:2] == [wanted] and line.split()[3:4] == ["0A"]
+                                for line in text.splitlines()[1:])
+            if listening and blocked.ready.is_set():
                 return
             await asyncio.to_thread(sidecar.reload)
             if sidecar.status not in ("created", "running"):
@@ -218,7 +304,21 @@ class EgressBridge:
                 raise EgressError("the network bridge exited: "
                                   + logs.decode("utf-8", "replace").strip())
             await asyncio.sleep(0.02)
-        raise EgressError(f"the network bridge did not listen within {READY_TIMEOUT:.0f} s")
+        raise EgressError(f"the network bridge was not ready within {READY_TIMEOUT:.0f} s")
+
+
+def _remove_created(creating: asyncio.Future[Container]) -> None:
+    if creating.cancelled() or creating.exception() is not None:
+        return
+    # A done callback runs on the loop: the engine call goes to a thread of its own.
+    threading.Thread(target=_remove, args=(creating.result(),), daemon=True).start()
+
+
+def _terminate(container: Container) -> None:
+    try:
+        container.kill(signal="SIGTERM")
+    except docker.errors.APIError as e:  # NotFound included: it is gone already
+        log.debug("cannot signal bridge %s: %s", container.short_id, e.explanation)
 
 
 def _remove(container: Container) -> None:

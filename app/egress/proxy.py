@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import socket
 import ssl
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import h11
 
@@ -87,6 +88,8 @@ log = logging.getLogger(__name__)
 PROXY_PORT = 3128
 LINGER_SECONDS = 1.0
 TUNNEL_HALF_OPEN_SECONDS = 10.0
+PIPE_SIZE = 1024 * 1024  # what one splice moves at most (Linux's default pipe-max-size)
+_ZEROS = memoryview(bytes(PIPE_SIZE))
 
 
 class Resolver(Protocol):
@@ -128,6 +131,10 @@ class ProxySettings:
     max_clients: int = 256  # connections from the agent at once
     inspect_limit: int = 1024 * 1024  # body bytes held for inspection before forwarding
     chunk: int = 256 * 1024
+    # Response bodies of a known length from this size on, and tunnels, are moved by the
+    # kernel (splice) rather than through Python; False keeps every byte on the h11 path.
+    splice: bool = True
+    splice_min: int = 1024 * 1024
     own_authorities: frozenset[str] = frozenset(
         {f"127.0.0.1:{PROXY_PORT}", f"localhost:{PROXY_PORT}"}
     )
@@ -429,8 +436,12 @@ class SessionProxy:
             client.writer.write(client.conn.send(response) or b"")
             record.status = 200
             leftover, _ = client.conn.trailing_data
-            await _both(self._pump_up(client.reader, writer, leftover, target, record),
-                        self._pump_down(reader, client.writer, record))
+            if self._spliceable(client.writer, writer):
+                await _both(self._splice_up(client, writer, leftover, target, record),
+                            self._splice_down(reader, writer, client.writer, record))
+            else:
+                await _both(self._pump_up(client.reader, writer, leftover, target, record),
+                            self._pump_down(reader, client.writer, record))
         except _Refused as e:
             record.status, record.rule, record.reason = e.status, e.rule, e.reason
             record.decision = "deny"
@@ -445,9 +456,7 @@ class SessionProxy:
 
     async def _pump_up(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                        first: bytes, target: Target, record: _Record) -> None:
-        approval = self.profile.approval
-        allowance: float = {"never": float("inf"), "always": 0}.get(
-            approval.uploads, approval.upload_threshold)
+        admit = self._tunnel_upload(target, record)
         data = first
         while True:
             if not data:
@@ -456,23 +465,53 @@ class SessionProxy:
                     with contextlib.suppress(OSError):
                         sink.write_eof()
                     return
-            if record.up + len(data) > allowance:
+            await admit(len(data))
+            sink.write(data)
+            await sink.drain()
+            data = b""
+
+    def _tunnel_upload(self, target: Target, record: _Record) -> Callable[[int], Awaitable[None]]:
+        """What runs before `amount` more bytes go up a tunnel: past the upload threshold the
+        tunnel pauses for the user's approval (the bytes wait), then the bandwidth limit."""
+        approval = self.profile.approval
+        allowance: float = {"never": float("inf"), "always": 0}.get(
+            approval.uploads, approval.upload_threshold)
+
+        async def admit(amount: int) -> None:
+            nonlocal allowance
+            if record.up + amount > allowance:
                 answer = await self._ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
                     "host": target.host, "port": target.port, "method": "CONNECT",
-                    "size": record.up + len(data), "tunnel": True,
+                    "size": record.up + amount, "tunnel": True,
                     "threshold": approval.upload_threshold,
                 })
                 record.held = True
                 if not answer.allowed:
                     raise _Refused(403, "upload-refused",
-                                   f"upload of {record.up + len(data)} bytes through the tunnel "
+                                   f"upload of {record.up + amount} bytes through the tunnel "
                                    f"was not approved ({answer.by})")
                 allowance = float("inf")
-            await self._throttle(len(data))
-            sink.write(data)
-            record.up += len(data)
-            await sink.drain()
-            data = b""
+            await self._throttle(amount)
+            record.up += amount
+
+        return admit
+
+    async def _splice_up(self, client: _Client, sink: asyncio.StreamWriter, first: bytes,
+                         target: Target, record: _Record) -> None:
+        await self._splice(client.reader, client.writer, sink, None, None,
+                           self._tunnel_upload(target, record), first)
+        with contextlib.suppress(OSError):
+            sink.write_eof()
+
+    async def _splice_down(self, source: asyncio.StreamReader, source_writer: asyncio.StreamWriter,
+                           sink: asyncio.StreamWriter, record: _Record) -> None:
+        async def admit(amount: int) -> None:
+            await self._throttle(amount)
+            record.down += amount
+
+        await self._splice(source, source_writer, sink, None, None, admit)
+        with contextlib.suppress(OSError):
+            sink.write_eof()
 
     async def _pump_down(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                          record: _Record) -> None:
@@ -661,9 +700,22 @@ class SessionProxy:
         record.status = event.status_code
         client.writer.writelines(client.conn.send_with_data_passthrough(h11.Response(
             status_code=event.status_code, headers=headers, reason=event.reason)) or [])
+        length = None
+        if not scrub.active and self._spliceable(client.writer, upstream.writer):
+            length = _spliceable_length(request, event, headers)
+        sent = 0
         while True:
-            event = await self._upstream_event(upstream)
+            event = upstream.conn.next_event()
+            if event is h11.NEED_DATA:
+                if length is not None and length - sent >= self.settings.splice_min:
+                    # What h11 held has gone out; the rest of the body bypasses it.
+                    await self._splice_body(client, upstream, length - sent, record)
+                    client.writer.write(client.conn.send(h11.EndOfMessage()) or b"")
+                    await client.writer.drain()
+                    return
+                event = await self._upstream_event(upstream)
             if isinstance(event, h11.Data):
+                sent += len(event.data)
                 data = scrub.feed(bytes(event.data)) if scrub.active else event.data
                 record.down += len(event.data)
                 await self._throttle(len(event.data))
@@ -691,6 +743,75 @@ class SessionProxy:
             except TimeoutError as e:
                 raise _Refused(504, "upstream", "the upstream did not answer in time") from e
             upstream.conn.receive_data(data)
+
+    async def _splice_body(self, client: _Client, upstream: _Upstream, length: int,
+                           record: _Record) -> None:
+        """The last `length` bytes of a response body, spliced. The upstream connection is
+        left mid-message for h11, so it is not reused; the agent's side is told the bytes
+        went out (`_account`), so its keep-alive goes on."""
+
+        async def admit(amount: int) -> None:
+            await self._throttle(amount)
+            record.down += amount
+            _account(client.conn, amount)
+
+        moved = await self._splice(upstream.reader, upstream.writer, client.writer, length,
+                                   self.settings.body_timeout, admit)
+        if moved < length:
+            raise _Gone  # the upstream vanished mid-body; the client sees a cut response
+
+    def _spliceable(self, *writers: asyncio.StreamWriter) -> bool:
+        return self.settings.splice and hasattr(os, "splice") and all(
+            w.get_extra_info("ssl_object") is None and w.get_extra_info("socket") is not None
+            and isinstance(w.transport, asyncio.ReadTransport) for w in writers)
+
+    async def _splice(self, source: asyncio.StreamReader, source_writer: asyncio.StreamWriter,
+                      sink: asyncio.StreamWriter, length: int | None, timeout: float | None,
+                      admit: Callable[[int], Awaitable[None]], first: bytes = b"") -> int:
+        """Moves `length` bytes (None: up to the source's end) from the source's socket to
+        the sink's, `first` and what the source's stream buffered before them. `admit(n)`
+        runs before n bytes go out (bandwidth, counters, approval). Returns how many moved:
+        fewer than `length` means the source ended early. A silence of `timeout` seconds
+        from the source ends the relay the same way.
+
+        Socket → pipe → socket with splice(2): the kernel moves the pages and Python only
+        counts, where a copy through Python ran at a quarter of loopback speed. The sockets
+        belong to asyncio transports, which refuse a second reader or writer on their fds:
+        the source's transport is paused, the sink's write buffer emptied, and the relay
+        waits on duplicates of the two descriptors."""
+        transport = source_writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)  # _spliceable checked
+        transport.pause_reading()
+        data = first + _take_buffered(source)
+        if length is not None:
+            data = data[:length]  # bytes past a declared length are not the agent's to get
+        moved = 0
+        if data:
+            await admit(len(data))
+            sink.write(data)
+            moved = len(data)
+        await _flushed(sink)
+        with contextlib.suppress(OSError):
+            # The default unix socket buffer (~200 KiB) would cut each splice in five.
+            sink.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                     2 * PIPE_SIZE)
+        pipe = _SplicePipe(source_writer.get_extra_info("socket").fileno(),
+                           sink.get_extra_info("socket").fileno())
+        try:
+            while length is None or moved < length:
+                want = PIPE_SIZE if length is None else min(PIPE_SIZE, length - moved)
+                try:
+                    amount = await pipe.fill(want, timeout)
+                except TimeoutError:
+                    break
+                if not amount:
+                    break
+                await admit(amount)
+                await pipe.empty(amount)
+                moved += amount
+        finally:
+            pipe.close()
+        return moved
 
     async def _send(self, upstream: _Upstream, event: Any) -> None:
         data = upstream.conn.send_with_data_passthrough(event)
@@ -776,6 +897,10 @@ class BlockedLog:
         self._server = await asyncio.start_unix_server(self._accept, path=str(path),
                                                        limit=MAX_LINE + 1)
         os.chmod(path, 0o666)  # the witness runs as the agent's uid; the directory guards it
+
+    def expect_hangup(self) -> None:
+        """The session is ending: the witness hanging up is no longer news."""
+        self._closing = True
 
     async def close(self) -> None:
         self._closing = True
@@ -885,6 +1010,116 @@ class _Scrubber:
     def flush(self) -> bytes:
         out, self._carry = self.whole(self._carry), b""
         return out
+
+
+class _SplicePipe:
+    """A pipe between two sockets for splice(2), waiting on duplicates of their descriptors
+    (see `SessionProxy._splice`). Non-blocking throughout: the loop never waits in a call."""
+
+    def __init__(self, source: int, sink: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fds: list[int] = []
+        try:
+            self._source = self._keep(os.dup(source))
+            self._sink = self._keep(os.dup(sink))
+            self._out, self._in = (self._keep(fd) for fd in os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+            with contextlib.suppress(OSError):  # a smaller pipe only means more calls
+                fcntl.fcntl(self._in, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            self.close()
+            raise
+
+    def _keep(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    async def fill(self, most: int, timeout: float | None) -> int:
+        """Moves up to `most` bytes from the source into the (empty) pipe; 0 at the end."""
+        while True:
+            try:
+                return os.splice(self._source, self._in, most,
+                                 flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                await self._ready(self._source, False, timeout)
+
+    async def empty(self, amount: int) -> None:
+        """Moves `amount` bytes from the pipe to the sink."""
+        while amount:
+            try:
+                amount -= os.splice(self._out, self._sink, amount,
+                                    flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                await self._ready(self._sink, True, None)
+
+    async def _ready(self, fd: int, write: bool, timeout: float | None) -> None:
+        ready: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        if write:
+            self._loop.add_writer(fd, wake)
+        else:
+            self._loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait_for(ready, timeout)
+        finally:
+            if write:
+                self._loop.remove_writer(fd)
+            else:
+                self._loop.remove_reader(fd)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """What the stream holds already, taken without waiting for more: asyncio has no public
+    call for that, so this reads its buffer (a bytearray in every CPython 3.x)."""
+    buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+async def _flushed(writer: asyncio.StreamWriter) -> None:
+    """Until the transport's write buffer is empty (`drain` only waits for it to be low)."""
+    transport = writer.transport
+    if not transport.get_write_buffer_size():
+        return
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
+
+
+def _account(conn: h11.Connection, amount: int) -> None:
+    """Tells h11 that `amount` body bytes went to its peer by another way (splice): its
+    Content-Length writer only counts them, and what it returns is dropped unwritten."""
+    while amount:
+        step = min(amount, len(_ZEROS))
+        conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _ZEROS[:step])))
+        amount -= step
+
+
+def _spliceable_length(request: h11.Request, response: h11.Response,
+                       sent_headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body length of a response that may be spliced: one with a Content-Length the
+    agent's side sends on unchanged, and a body at all (not HEAD, 1xx, 204 or 304)."""
+    if request.method == b"HEAD" or response.status_code in (204, 304):
+        return None
+    if header(response.headers, b"transfer-encoding"):
+        return None
+    length = content_length(response.headers)
+    if length is None or content_length(sent_headers) != length:
+        return None
+    return length
 
 
 def _findings_text(findings: Sequence[Finding]) -> str:

