@@ -179,6 +179,13 @@ class Supervisor:
         self.last_session: str | None = None  # the id of the latest session `run` started
         self._running: dict[str, _Running] = {}
 
+    async def aclose(self) -> None:
+        """Lets extension factories release what they keep between sessions (spares)."""
+        for factory in self._extension_factories:
+            close = getattr(factory, "aclose", None)
+            if close is not None:
+                await close()
+
     # the life of a session
 
     async def run(self, request: LaunchRequest, output: Output) -> SessionResult:

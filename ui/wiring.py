@@ -41,10 +41,13 @@ def open_core(dirs: Dirs) -> Iterator[Core]:
 
 
 @contextmanager
-def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None) -> Iterator[Supervisor]:
+def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
+                    long_running: bool = False) -> Iterator[Supervisor]:
     """The supervisor with everything a session gets: the FileChooser portal on a private
     bus, and the egress proxy for profiles that allow a network. Questions go to
-    `front_end` (the desktop app's dialogs, a terminal prompt); without one they are denied."""
+    `front_end` (the desktop app's dialogs, a terminal prompt); without one they are denied.
+    A `long_running` supervisor (the desktop app, `airlock daemon`) keeps a network sidecar
+    started ahead for the next session; it must `await supervisor.aclose()` before exit."""
     from app.egress.bridge import Egress
     from app.egress.keys import KeyringSecrets
     from portal.extension import portal_extension
@@ -55,7 +58,8 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None) -> Iterator[S
         built: list[Supervisor] = []
         extensions = [
             portal_extension(broker, lambda: built[0]),
-            Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker),
+            Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
+                   spares=dirs.runtime / "spares" if long_running else None),
         ]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
                                 extensions=extensions, broker=broker)

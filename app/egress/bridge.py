@@ -62,10 +62,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import shutil
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +77,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from app.consent import ConsentBroker
-from app.container import LABEL_ROLE, ContainerAdditions
+from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdditions
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
 from app.egress.proxy import PROXY_PORT, BlockedLog, ProxySettings, Resolver, SessionProxy
@@ -138,9 +141,25 @@ class ViewContent:
             return self._content
 
 
+@dataclass(slots=True)
+class _Spare:
+    """A sidecar started ahead of time, witness ready and relay listening, for no session
+    yet. Everything that makes it a session's (its events, its proxy socket) comes later."""
+
+    key: tuple[str, int, int, str]  # image, uid, gid, seccomp: what it was made with
+    directory: Path
+    blocked: BlockedLog
+    sidecar: Container
+
+
 class Egress:
     """The session extension factory: `Supervisor(..., extensions=[Egress(engine, ...)])`.
-    Holds what every session's proxy shares; each call makes one session's bridge."""
+    Holds what every session's proxy shares; each call makes one session's bridge.
+
+    With `spares` (a directory), a long-running supervisor keeps one sidecar started ahead:
+    starting a container is most of a session's launch time, and the agent's container can
+    only be created once its sidecar runs. A spare is used only by a session with the same
+    image, uid and seccomp filter; a one-shot `airlock run` makes none."""
 
     def __init__(
         self,
@@ -151,6 +170,7 @@ class Egress:
         resolver: Resolver | None = None,
         tls: ssl.SSLContext | None = None,
         settings: ProxySettings | None = None,
+        spares: Path | None = None,
     ) -> None:
         self.engine = engine
         self.secrets = secrets
@@ -158,9 +178,68 @@ class Egress:
         self.resolver = resolver
         self.tls = tls
         self.settings = settings
+        self.spares = spares
+        self._spare: asyncio.Task[_Spare] | None = None
 
     def __call__(self) -> EgressBridge:
         return EgressBridge(self)
+
+    def make_spare(self, session: SessionContext) -> None:
+        """Starts the next spare in the background, shaped like `session`'s sidecar."""
+        if self.spares is None or self._spare is not None:
+            return
+        self._spare = asyncio.ensure_future(self._new_spare(session))
+
+    async def take_spare(self, session: SessionContext) -> _Spare | None:
+        task, self._spare = self._spare, None
+        if task is None:
+            return None
+        try:
+            spare = await task
+        except (EgressError, OSError) as e:
+            log.warning("the spare network bridge failed: %s", e)
+            return None
+        if spare.key != _spare_key(session):
+            await _discard(spare)
+            return None
+        return spare
+
+    async def aclose(self) -> None:
+        """Removes the spare, if any: the supervisor is shutting down."""
+        task, self._spare = self._spare, None
+        if task is None:
+            return
+        task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(results[0], _Spare):
+            await _discard(results[0])
+
+    async def _new_spare(self, session: SessionContext) -> _Spare:
+        assert self.spares is not None
+        directory = self.spares / os.urandom(4).hex() / "net"
+        directory.mkdir(mode=0o755, parents=True)
+        directory.parent.chmod(0o755)
+        blocked = BlockedLog("", session.bus)
+        await blocked.start(directory / "netlog.sock")
+        labels = dict(session.labels, **{LABEL_SESSION: "spare"})
+        labels.pop(LABEL_PROFILE, None)
+        bridge = EgressBridge(self)
+        creating = asyncio.ensure_future(asyncio.to_thread(
+            bridge.create_sidecar, session, directory, True, labels,
+            f"airlock-spare-{directory.parent.name}"))
+        try:
+            sidecar = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(_remove_created)
+            await blocked.close()
+            raise
+        try:
+            await bridge.wait_ready(sidecar, blocked, True)
+        except BaseException:
+            await asyncio.to_thread(_remove, sidecar)
+            await blocked.close()
+            raise
+        return _Spare(_spare_key(session), directory, blocked, sidecar)
 
 
 class EgressBridge:
@@ -172,20 +251,28 @@ class EgressBridge:
         self.proxy: SessionProxy | None = None
         self.blocked: BlockedLog | None = None
         self.sidecar: Container | None = None
+        self._spare_directory: Path | None = None  # a used spare's, not under the session
 
     async def prepare(self, session: SessionContext) -> ContainerAdditions:
         network = session.profile.network
         relay = bool(network.allow or network.ask or network.routes)
-        directory = session.runtime_dir / "net"
-        directory.mkdir(mode=0o755, exist_ok=True)
-        directory.chmod(0o755)
+        egress = self._egress
+        spare = await egress.take_spare(session)
+        directory = spare.directory if spare else session.runtime_dir / "net"
         for name in ("proxy.sock", "netlog.sock"):
             if len(str(directory / name)) > MAX_UNIX_PATH:
                 raise EgressError(f"the socket path is too long for a unix socket: "
                                   f"{directory / name}")
-        egress = self._egress
-        self.blocked = BlockedLog(session.id, session.bus)
-        await self.blocked.start(directory / "netlog.sock")
+        if spare is not None:
+            # The spare's relay listens already; without a proxy socket it leads nowhere.
+            self.blocked, self.sidecar = spare.blocked, spare.sidecar
+            self.blocked.session = session.id
+            self._spare_directory = spare.directory.parent
+        else:
+            directory.mkdir(mode=0o755, exist_ok=True)
+            directory.chmod(0o755)
+            self.blocked = BlockedLog(session.id, session.bus)
+            await self.blocked.start(directory / "netlog.sock")
         if relay:
             self.proxy = SessionProxy(
                 session.id, session.profile, session.bus, secrets=egress.secrets,
@@ -194,16 +281,21 @@ class EgressBridge:
                 settings=egress.settings,
             )
             await self.proxy.start(directory / "proxy.sock")
-        creating = asyncio.ensure_future(
-            asyncio.to_thread(self._create_sidecar, session, directory, relay))
-        try:
-            self.sidecar = await asyncio.shield(creating)
-        except asyncio.CancelledError:
-            # The engine call goes on in its thread: remove what it makes, or it outlives
-            # the session (the session is ended at once when its client goes away).
-            creating.add_done_callback(_remove_created)
-            raise
-        await self._wait_ready(self.sidecar, self.blocked, relay)
+        if spare is None:
+            creating = asyncio.ensure_future(asyncio.to_thread(
+                self.create_sidecar, session, directory, relay,
+                dict(session.labels, **{LABEL_ROLE: "bridge"}),
+                f"airlock-{session.id}-bridge"))
+            try:
+                self.sidecar = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # The engine call goes on in its thread: remove what it makes, or it
+                # outlives the session (ended at once when its client goes away).
+                creating.add_done_callback(_remove_created)
+                raise
+            await self.wait_ready(self.sidecar, self.blocked, relay)
+        egress.make_spare(session)
+        assert self.sidecar is not None
         return ContainerAdditions(
             network_mode=f"container:{self.sidecar.id}",
             environment=proxy_environment(session.profile) if relay else {},
@@ -228,9 +320,11 @@ class EgressBridge:
             await proxy.close()
         if blocked is not None:
             await blocked.close()
+        if self._spare_directory is not None:
+            await asyncio.to_thread(shutil.rmtree, self._spare_directory, True)
 
-    def _create_sidecar(self, session: SessionContext, directory: Path,
-                        relay: bool) -> Container:
+    def create_sidecar(self, session: SessionContext, directory: Path, relay: bool,
+                       labels: dict[str, str], name: str) -> Container:
         from docker.types import Mount
 
         api = self._egress.engine.api
@@ -257,10 +351,10 @@ class EgressBridge:
         kwargs: dict[str, Any] = {
             "image": session.profile.image,
             "command": sidecar_command(session.identity.uid, session.identity.gid, relay),
-            "name": f"airlock-{session.id}-bridge",
+            "name": name,
             "user": "0:0",  # only for the witness's set-up; see the module's docstring
             "environment": {"PATH": "/usr/bin:/bin"},
-            "labels": dict(session.labels, **{LABEL_ROLE: "bridge"}),
+            "labels": dict(labels, **{LABEL_ROLE: "bridge"}),
             "hostname": "airlock",
             "detach": True,
             "host_config": host_config,
@@ -279,7 +373,7 @@ class EgressBridge:
             _remove(container)
             raise EgressError(f"cannot start the network bridge: {e.explanation}") from e
 
-    async def _wait_ready(self, sidecar: Container, blocked: BlockedLog, relay: bool) -> None:
+    async def wait_ready(self, sidecar: Container, blocked: BlockedLog, relay: bool) -> None:
         """Until the witness owns the routes and dropped its privileges, and socat listens
         (read from the sidecar's TCP table in the host's /proc: no exec, no connection to
         the proxy) — both must hold before the agent's first packet."""
@@ -305,6 +399,16 @@ class EgressBridge:
                                   + logs.decode("utf-8", "replace").strip())
             await asyncio.sleep(0.02)
         raise EgressError(f"the network bridge was not ready within {READY_TIMEOUT:.0f} s")
+
+
+def _spare_key(session: SessionContext) -> tuple[str, int, int, str]:
+    return (session.profile.image, session.identity.uid, session.identity.gid, session.seccomp)
+
+
+async def _discard(spare: _Spare) -> None:
+    await asyncio.to_thread(_remove, spare.sidecar)
+    await spare.blocked.close()
+    await asyncio.to_thread(shutil.rmtree, spare.directory.parent, True)
 
 
 def _remove_created(creating: asyncio.Future[Container]) -> None:

@@ -16,25 +16,25 @@ from pathlib import Path
 import docker
 import pytest
 
-from app.events import EventBus
 from app.grants import GrantRequest, Mode
 from app.paths import Dirs
-from app.profiles import ProfileCatalog, load_profile_file
+from app.profiles import load_profile_file
 from app.sessions import LaunchRequest, Supervisor
-from app.store import StateStore
 from tests.support import AIRLOCK, profile_text
+from ui.wiring import open_supervisor
 
 RUNS = 9
 
 
 def first_output_seconds(command: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert process.stdout is not None
     first = process.stdout.read(1)
     elapsed = time.perf_counter() - started
     process.communicate()
-    assert first == b"r", f"{command[0]} printed {first!r}"
+    _, err = process.communicate() if first != b"r" else (b"", b"")
+    assert first == b"r", f"{command[0]} printed {first!r}: {err.decode(errors='replace')}"
     return elapsed
 
 
@@ -47,8 +47,9 @@ class FirstOutput:
             self.at = time.perf_counter()
 
 
-def in_process_first_output(supervisor: Supervisor, request: LaunchRequest) -> float:
-    """What the desktop app pays: its supervisor and engine connection already exist."""
+def in_process_first_output(supervisor: Supervisor, request: LaunchRequest,
+                            loop: asyncio.AbstractEventLoop) -> float:
+    """What the desktop app pays: its supervisor, engine connection and loop already exist."""
     output = FirstOutput()
 
     async def launch() -> float:
@@ -57,7 +58,7 @@ def in_process_first_output(supervisor: Supervisor, request: LaunchRequest) -> f
         assert output.at is not None
         return output.at - started
 
-    return asyncio.run(launch())
+    return loop.run_until_complete(launch())
 
 
 @pytest.mark.bench
@@ -82,14 +83,15 @@ def test_launch_latency_against_bare_docker_run(
     while not (runtime / "airlock" / "supervisor.sock").exists():
         assert daemon.poll() is None, "airlock daemon did not start"
         time.sleep(0.05)
-    dirs = Dirs(tmp_path / "c", tmp_path / "s", tmp_path / "r")
-    dirs.ensure()
-    supervisor = Supervisor(engine, StateStore(dirs.database), EventBus(), dirs,
-                            ProfileCatalog(dirs.user_profiles))
+    dirs = Dirs(tmp_path / "c", tmp_path / "s", Path(tempfile.mkdtemp(prefix="airlock-w-")))
+    # The same object graph the desktop app and `airlock daemon` use, on one loop.
+    wired = open_supervisor(dirs, long_running=True)
+    supervisor = wired.__enter__()
+    loop = asyncio.new_event_loop()
     request = LaunchRequest(load_profile_file(profile), profile, (GrantRequest(notes, Mode.READ),))
     first_output_seconds(bare)  # warm the engine's caches for all three
     first_output_seconds(cold, env)
-    in_process_first_output(supervisor, request)
+    in_process_first_output(supervisor, request, loop)
     first_output_seconds(handed, env)
     bare_times, cold_times, handed_times, warm_times = [], [], [], []
     try:
@@ -97,15 +99,18 @@ def test_launch_latency_against_bare_docker_run(
             bare_times.append(first_output_seconds(bare))
             cold_times.append(first_output_seconds(cold, env))
             handed_times.append(first_output_seconds(handed, env))
-            warm_times.append(in_process_first_output(supervisor, request))
+            warm_times.append(in_process_first_output(supervisor, request, loop))
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+        loop.run_until_complete(supervisor.aclose())
+        loop.close()
+        wired.__exit__(None, None, None)
     base = statistics.median(bare_times)
     rows = [("bare docker run", base),
             ("airlock run, supervising itself", statistics.median(cold_times)),
             ("airlock run, handed to a running supervisor", statistics.median(handed_times)),
-            ("in the supervisor (library call)", statistics.median(warm_times))]
+            ("in a running supervisor (library call)", statistics.median(warm_times))]
     print(f"\nlaunch to first output, median of {RUNS} runs (target <= 1.3x):")
     for label, seconds in rows:
         print(f"  {label:44} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")

@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from app.container import LABEL_SESSION
+from app.container import LABEL_OWNER, LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION
 from tests.support import DesktopUser, profile_text
 
 pytestmark = pytest.mark.docker
@@ -68,7 +68,8 @@ def test_interrupting_the_client_ends_the_session(
     deadline = time.monotonic() + 60
     containers: list[object] = []
     while not containers and time.monotonic() < deadline:
-        containers = engine.containers.list(filters={"label": LABEL_SESSION})
+        containers = engine.containers.list(filters={"label": [
+            f"{LABEL_OWNER}={tester.uid}", f"{LABEL_PROFILE}=test-agent", f"{LABEL_ROLE}=agent"]})
         time.sleep(0.1)
     assert containers
     session = containers[0].labels[LABEL_SESSION]  # type: ignore[attr-defined]
@@ -89,3 +90,36 @@ def test_another_user_cannot_use_the_supervisor(daemon: Path) -> None:
         sock.sendall(b'{"op": "run", "profile": "notes-organizer", "cwd": "/"}\n')
         frame = sock.recv(4096)
     assert frame[:1] == b"R" and b"not your supervisor" in frame
+
+
+def test_a_running_supervisor_starts_the_next_sidecar_ahead(
+    tester: DesktopUser, agent_image: str, engine: docker.DockerClient
+) -> None:
+    """The spare sidecar of a long-running supervisor serves the next session like its own:
+    the witness reports that session's direct attempts, and nothing is left at exit."""
+    process = tester.popen("daemon")
+    sock = Path(tester.env["XDG_RUNTIME_DIR"]) / "airlock" / "supervisor.sock"
+    deadline = time.monotonic() + 30
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    attempt = ("python3 -c \"import socket; s = socket.socket(); s.settimeout(2)\n"
+               "try: s.connect(('203.0.113.7', 443))\nexcept OSError as e: print('refused', e)\"")
+    path = tester.write("probe.toml", profile_text(agent_image, ["sh", "-c", attempt]))
+    owner = f"{LABEL_OWNER}={tester.uid}"
+    try:
+        sessions = []
+        for _ in range(2):
+            result = tester.run("run", "--profile", str(path))
+            assert result.returncode == 0 and "refused" in result.stdout, result.stderr
+            sessions.append(json.loads(tester.run("sessions", "--all", "--json").stdout)[-1])
+        spares = engine.containers.list(filters={"label": [owner, f"{LABEL_SESSION}=spare"]})
+        assert len(spares) == 1  # the next one, ready
+        for session in sessions:
+            shown = tester.run("audit", "show", "--session", session["id"], "--json")
+            blocked = [json.loads(line) for line in shown.stdout.splitlines()
+                       if json.loads(line)["kind"] == "net.blocked"]
+            assert [b["subject"] for b in blocked] == ["203.0.113.7:443"], shown.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert engine.containers.list(all=True, filters={"label": owner}) == []

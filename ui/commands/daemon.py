@@ -17,7 +17,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from ui.wiring import open_supervisor
 
     async def serve() -> None:
-        with open_supervisor(ctx.dirs) as supervisor:
+        with open_supervisor(ctx.dirs, long_running=True) as supervisor:
             server = HandoffServer(supervisor, ctx.dirs.supervisor_socket, notice_text)
             await server.start()
             print(f"airlock: supervising at {server.path}; `airlock run` now hands its "
@@ -31,6 +31,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
                 await stop.wait()
             finally:
                 await server.close()
+                await supervisor.aclose()
 
     asyncio.run(serve())
     return 0
