@@ -8,7 +8,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -99,9 +99,15 @@ def new_request_id() -> str:
 class ConsentBroker:
     """Routes requests to the current front end and enforces the deny-by-default rules."""
 
-    def __init__(self, bus: EventBus, front_end: FrontEnd | None = None) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        front_end: FrontEnd | None = None,
+        rules: Callable[[ConsentRequest], Answer | None] | None = None,
+    ) -> None:
         self._bus = bus
         self._front_end = front_end
+        self._rules = rules  # a profile's own answers (app/rules.py), tried first
         self._pending: dict[str, tuple[ConsentRequest, asyncio.Task[Answer]]] = {}
 
     def set_front_end(self, front_end: FrontEnd | None) -> None:
@@ -127,6 +133,14 @@ class ConsentBroker:
         return answer
 
     async def _answer(self, request: ConsentRequest) -> Answer:
+        if self._rules is not None:
+            try:
+                ruled = self._rules(request)
+            except Exception:
+                log.exception("profile rules failed on request %s; asking instead", request.id)
+                ruled = None
+            if ruled is not None:
+                return ruled
         front_end = self._front_end
         if front_end is None:
             return denied("no front end")

@@ -190,8 +190,23 @@ class Network(Strict):
         return self
 
 
+def _rule_path(value: str) -> str:
+    if not value or "\0" in value or not (value.startswith("/") or value.startswith("~/")):
+        raise ValueError(f"{value!r} must be absolute or start with ~/")
+    if ".." in Path(value).parts:
+        raise ValueError(f"{value!r} must not contain '..'")
+    return value.rstrip("/") or "/"
+
+
+RulePath = Annotated[str, AfterValidator(_rule_path)]
+
+
 class Approval(Strict):
     commit: Literal["ask", "auto"] = "ask"
+    # Folders the agent may open (as a whole, read-only) or save into through the portal
+    # without asking: for scripted agents with a folder set aside for them.
+    read: tuple[RulePath, ...] = ()
+    write: tuple[RulePath, ...] = ()
     uploads: Literal["ask", "always", "never"] = "ask"
     upload_threshold: Size = 64 * 1024
     timeout: Duration = 120.0

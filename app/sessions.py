@@ -23,7 +23,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from app.activity import TreeWatcher
-from app.consent import ConsentBroker
+from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.container import (
     LABEL_OWNER,
     LABEL_PROFILE,
@@ -42,7 +42,8 @@ from app.errors import EngineError, GrantError, ImageError, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, grant_for
 from app.paths import Dirs
-from app.profiles import Profile, ProfileCatalog
+from app.profiles import Approval, Profile, ProfileCatalog
+from app.rules import decide
 from app.staging import SessionStaging
 from app.store import SessionRecord, SessionState, StateStore
 from app.view import SessionView, anchors_for
@@ -121,6 +122,7 @@ class _Running:
     runtime_dir: Path | None = None
     anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
     profile: str = ""
+    approval: Approval | None = None
     image: str = ""
     staging: SessionStaging = field(init=False)
     volumes: list[str] = field(default_factory=list)
@@ -300,6 +302,7 @@ class Supervisor:
         mounts = [(running.view.prepare_anchor(anchor), anchor) for anchor in anchors]
         running.anchors = anchors
         running.profile = request.profile.name
+        running.approval = request.profile.approval
         running.quota = quota
         return build_spec(
             profile=request.profile, session=running.id, image=image, command=request.command,
@@ -614,6 +617,13 @@ class Supervisor:
         except docker.errors.APIError as e:
             raise EngineError(f"cannot list the processes of {session}: {e.explanation}") from e
         return list(top.get("Titles") or []), [list(p) for p in top.get("Processes") or []]
+
+    def rule_answer(self, request: ConsentRequest) -> Answer | None:
+        """The answer the requesting session's own profile gives (app/rules.py), if any."""
+        running = self._running.get(request.session)
+        if running is None or running.approval is None:
+            return None
+        return decide(request, running.approval, Path.home())
 
     # files granted mid-run (app.delivery.FileDelivery)
 

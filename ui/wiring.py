@@ -54,8 +54,8 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
 
     with open_core(dirs) as core:
         engine = connect_engine()
-        broker = ConsentBroker(core.bus, front_end)
         built: list[Supervisor] = []
+        broker = ConsentBroker(core.bus, front_end, rules=lambda r: built[0].rule_answer(r))
         extensions = [
             portal_extension(broker, lambda: built[0]),
             Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,

@@ -20,6 +20,7 @@ from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.events import Event, EventBus, EventKind
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
+from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import StateStore
 from portal.extension import portal_extension
@@ -304,3 +305,33 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
     names = text[text.index("(["):]
     assert "org.freedesktop.portal.Desktop" in names
     assert "org.example" not in names and other_id not in names
+
+
+def test_a_profile_rule_answers_a_save_into_its_folder_with_no_one_at_the_screen(
+    rig_for: Callable[..., Rig], agent_image: str, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    rig = rig_for(deny)  # the person would say no: the rule must answer first
+    rig.broker = ConsentBroker(rig.bus, rig.front_end, rules=rig.supervisor.rule_answer)
+    rig.supervisor._extension_factories = (  # the same portal, with the rule-aware broker
+        portal_extension(rig.broker, lambda: rig.supervisor),)
+    profile = parse_profile(
+        profile_text(agent_image, sh(
+            f'ask SaveFile r1 "Save" ", \'current_folder\': <b\'{outbox}\'>, '
+            f'\'current_name\': <\'out.txt\'>"\n'
+            'echo RULED > "$path"\n'
+            f'ask SaveFile r2 "Save" ", \'current_folder\': <b\'{tmp_path}\'>, '
+            f'\'current_name\': <\'elsewhere.txt\'>"\n'),
+            extra=f'[approval]\nwrite = ["{outbox}"]'),
+        "rule.toml")
+    output = Output()
+    result = asyncio.run(rig.supervisor.run(LaunchRequest(profile, Path("rule.toml")), output))
+    got = responses(output.text)
+    assert got["r1"][0] == 0 and got["r2"][0] == 1, output.text  # the second is not covered
+    assert not (outbox / "out.txt").exists()  # still staged: a rule grants, it does not commit
+    changes = Review(rig.dirs, rig.bus).changes(result.session)
+    assert [c.path for c in changes.changes] == [outbox / "out.txt"]
+    answered = [e for e in rig.events if e.kind is EventKind.REQUEST_ANSWERED]
+    assert [(e.details["verdict"], e.details["by"] == "rule") for e in answered] == [
+        ("allow", True), ("deny", False)]
