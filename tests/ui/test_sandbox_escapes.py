@@ -275,6 +275,7 @@ def test_revoke_removes_access_from_the_running_agent(
         time.sleep(0.5)
         revoked_at = time.time()
         result = tester.run("revoke", "--session", session)
+        returned_at = time.time()
         assert result.returncode == 0, result.stderr
         assert str(granted) in result.stdout
         out, err = process.communicate(timeout=30)
@@ -282,7 +283,9 @@ def test_revoke_removes_access_from_the_running_agent(
         process.kill()
     assert out.startswith("GONE"), out + err
     gone_at = float(out.split()[1])
-    assert gone_at - revoked_at < 10  # the figure that matters is printed by the benchmark
+    # The agent polls every 10 ms; the container shares the host's clock. Gone no later than
+    # 100 ms after `airlock revoke` returned (most of the command's time is its start-up).
+    assert revoked_at < gone_at < returned_at + 0.1, (revoked_at, gone_at, returned_at)
     assert (granted / "a.md").read_text() == "# alpha\n"  # the host file is untouched
 
 
