@@ -9,7 +9,7 @@ this is safe). Standard library only; it runs on the image's python3.
    the device the route for every IPv4 and IPv6 destination that is not local (loopback
    stays on `lo`: the proxy's relay listens there).
 2. Drop to the session's uid and gid (which clears every capability) and check that none is
-   left, then start the relay command (socat) if one is given.
+   left, then start the relay command (airlock_relay.py) if one is given.
 3. Read packets from the TUN device forever. Nothing is forwarded — the device has no other
    end, and the namespace has no uplink. A TCP SYN is answered with a RST and a UDP datagram
    with ICMP port unreachable, so that the agent fails at once instead of waiting for

@@ -1,6 +1,7 @@
 """Benchmark of the egress proxy: 1 GiB download throughput and the p50 latency added to
 small keep-alive requests, direct vs through Airlock's proxy (on its unix socket, and through
-a socat TCP relay as in the sidecar) vs through tinyproxy, all measured in one run.
+the sidecar's relay, `airlock_relay.py` run with the bridge's own `relay_command`) vs through
+socat (the relay it replaced) and tinyproxy, all measured in one run.
 
 Every process is separate (upstream, proxy, tinyproxy, the measuring client), as in real
 use, so no two share a GIL. Run: .venv/bin/python -m pytest tests/bench/bench_proxy.py -m bench -s
@@ -21,10 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from app.egress.bridge import relay_command
+
 pytestmark = pytest.mark.bench
 
 GIB = 1024**3
 SMALL_REQUESTS = 2000
+RELAY = str(Path(__file__).resolve().parents[2] / "profiles" / "agents" / "airlock_relay.py")
 
 UPSTREAM = textwrap.dedent('''
     import socket, sys, threading
@@ -186,22 +190,24 @@ def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
         upstream = int(server.stdout.readline())
         sock_path = str(tmp_path / "proxy.sock")
         script = PROXY.format(repo=repo, port=upstream, socket=sock_path)
-        tiny_port, relay_port = free_port(), free_port()
+        tiny_port, relay_port, socat_port = free_port(), free_port(), free_port()
         conf = tmp_path / "tinyproxy.conf"
         conf.write_text(f"Port {tiny_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\n"
                         "MaxClients 20\nLogLevel Critical\n")
         with process([sys.executable, "-c", script]) as proxy, \
                 process([tinyproxy, "-d", "-c", str(conf)]), \
+                process([sys.executable, *relay_command(RELAY, relay_port, sock_path)[1:]]), \
                 process(["socat", "-b", "262144",
-                         f"TCP-LISTEN:{relay_port},bind=127.0.0.1,fork,reuseaddr,nodelay",
+                         f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr,nodelay",
                          f"UNIX-CONNECT:{sock_path}"]):
             assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-            wait_port(tiny_port)
-            wait_port(relay_port)
+            for port in (tiny_port, relay_port, socat_port):
+                wait_port(port)
             paths: dict[str, tuple[str | int, bool]] = {
                 "direct": (upstream, False),
                 "airlock (unix socket)": (sock_path, True),
-                "airlock via socat relay": (relay_port, True),
+                "airlock via the relay": (relay_port, True),
+                "airlock via socat (old)": (socat_port, True),
                 "tinyproxy": (tiny_port, True),
             }
             rates = {name: download(where, upstream, via) for name, (where, via) in

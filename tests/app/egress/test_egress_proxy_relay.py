@@ -33,7 +33,7 @@ MIB = 1024 * 1024
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTP client on the proxy's own unix socket (what socat connects to)."""
+    """An HTTP client on the proxy's own unix socket (what the sidecar's relay connects to)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__("localhost", timeout=30)
