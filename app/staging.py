@@ -28,6 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from app.view import special_kind
+
 log = logging.getLogger(__name__)
 
 OPAQUE_XATTR = "user.overlay.opaque"  # overlay mounted with `userxattr`, so we can read it
@@ -458,8 +460,8 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
         if not _link_stays_inside(host, link_target, staged.host_root):
             problems.append(f"a symlink to {link_target!r}, outside {staged.host_root}")
     else:
-        problems.append(f"{_special_name(st.st_mode)}: only files, directories and symlinks "
-                        "are committed")
+        problems.append(f"a {special_kind(st.st_mode)} file: only files, directories and "
+                        "symlinks are committed")
     if host_st is None:
         problems.extend(_conflict(host, base, None) if base else ())
         return Change(host, ChangeKind.ADDED, kind_of, staged.id, upper, new_hash=new_hash,
@@ -478,16 +480,6 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
     return Change(host, kind, kind_of, staged.id, upper, old_hash=old_hash, new_hash=new_hash,
                   old_size=host_st.st_size, new_size=st.st_size, old_mode=host_st.st_mode,
                   new_mode=st.st_mode, link_target=link_target, problems=tuple(problems))
-
-
-def _special_name(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device node"
-    return "a special file"
 
 
 def _link_stays_inside(host: Path, target: str, root: Path) -> bool:

@@ -170,7 +170,8 @@ class SessionView:
             os.symlink(os.readlink(name, dir_fd=dir_fd), target)
             return
         if not stat.S_ISREG(st.st_mode):
-            result.skipped.append((str(host_path), _kind(st.st_mode) + " files are never granted"))
+            why = f"{special_kind(st.st_mode)} files are never granted"
+            result.skipped.append((str(host_path), why))
             return
         if st.st_mode & PRIVILEGE_BITS == 0:
             try:
@@ -194,13 +195,14 @@ def _is_symlink(dir_fd: int, name: str) -> bool:
         return False
 
 
-def _kind(mode: int) -> str:
+def special_kind(mode: int) -> str:
+    """What a file that is neither regular, a directory nor a symlink is, for messages."""
     if stat.S_ISFIFO(mode):
         return "FIFO"
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
+        return "device node"
     return "special"
 
 

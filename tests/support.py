@@ -148,3 +148,18 @@ def profile_text(
         f'[resources]\nmemory = "{memory}"\ncpus = 1.0\npids = {pids}\ntmpfs = "16m"\n'
         f'staging = "{staging}"\n'
     )
+
+
+class CollectedOutput:
+    """An Output (app.sessions) that keeps what the agent printed, per stream."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, bytes]] = []
+
+    def write(self, stream: str, data: bytes) -> None:
+        self.chunks.append((stream, data))
+
+    def text(self, stream: str | None = None) -> str:
+        """One stream's output, or both interleaved as they came."""
+        data = b"".join(d for s, d in self.chunks if stream is None or s == stream)
+        return data.decode("utf-8", "replace")

@@ -22,20 +22,9 @@ from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import SessionState, StateStore
-from tests.support import DesktopUser, profile_text
+from tests.support import CollectedOutput, DesktopUser, profile_text
 
 pytestmark = pytest.mark.docker
-
-
-class Collected:
-    def __init__(self) -> None:
-        self.chunks: list[tuple[str, bytes]] = []
-
-    def write(self, stream: str, data: bytes) -> None:
-        self.chunks.append((stream, data))
-
-    def text(self, stream: str) -> str:
-        return b"".join(d for s, d in self.chunks if s == stream).decode()
 
 
 @pytest.fixture
@@ -54,14 +43,14 @@ def launch(
     grants: tuple[GrantRequest, ...] = (),
     timeout: float | None = None,
     **profile: str | int,
-) -> tuple[SessionResult, Collected, list[Event]]:
+) -> tuple[SessionResult, CollectedOutput, list[Event]]:
     events: list[Event] = []
     supervisor.bus.attach(events.append)
     text = profile_text(image, command, **profile)  # type: ignore[arg-type]
     request = LaunchRequest(
         parse_profile(text, "test.toml"), Path("test.toml"), grants, timeout=timeout
     )
-    output = Collected()
+    output = CollectedOutput()
     result = asyncio.run(supervisor.run(request, output))
     return result, output, events
 
@@ -190,7 +179,7 @@ def test_cancel_removes_the_container(
     )
 
     async def run_and_cancel() -> None:
-        task = asyncio.create_task(supervisor.run(request, Collected()))
+        task = asyncio.create_task(supervisor.run(request, CollectedOutput()))
         while not started:
             await asyncio.sleep(0.05)
         task.cancel()
@@ -285,7 +274,7 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
     text = profile_text(agent_image, ["python3", "-c", script])
     request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"),
                             (GrantRequest(notes / "a.md", Mode.READ),))
-    output = Collected()
+    output = CollectedOutput()
 
     async def scenario() -> SessionResult:
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -35,21 +35,10 @@ from tests.netsupport import (
     secret_service,
     trusted_context,
 )
-from tests.support import profile_text
+from tests.support import CollectedOutput, profile_text
 
 __all__ = ["ca", "secret_service"]
 pytestmark = pytest.mark.docker
-
-
-class Collected:
-    def __init__(self) -> None:
-        self.chunks: list[tuple[str, bytes]] = []
-
-    def write(self, stream: str, data: bytes) -> None:
-        self.chunks.append((stream, data))
-
-    def text(self) -> str:
-        return b"".join(d for _, d in self.chunks).decode("utf-8", "replace")
 
 
 @pytest.fixture
@@ -68,7 +57,7 @@ def run_agent(dirs: Dirs, engine: docker.DockerClient, egress: Egress, bus: Even
     supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
                             extensions=[egress])
     request = LaunchRequest(parse_profile(profile, "t.toml"), Path("t.toml"))
-    output = Collected()
+    output = CollectedOutput()
     try:
         result = asyncio.run(supervisor.run(request, output))
     finally:
