@@ -212,11 +212,8 @@ def test_missing_image_says_how_to_build_it(supervisor: Supervisor) -> None:
 
 
 def test_crashed_supervisor_is_swept_at_next_start(
-    tester: object, agent_image: str, engine: docker.DockerClient
+    tester: DesktopUser, agent_image: str, engine: docker.DockerClient
 ) -> None:
-    from tests.support import DesktopUser
-
-    assert isinstance(tester, DesktopUser)
     profile = tester.write("agent.toml", profile_text(agent_image, ["sleep", "300"]))
     process = tester.popen("run", "--profile", str(profile))
     try:
