@@ -192,9 +192,10 @@ class Supervisor:
 
     async def run(self, request: LaunchRequest, output: Output) -> SessionResult:
         """Runs one session to its end. Cancelling the task stops and removes the container."""
-        _, image = await asyncio.gather(
-            asyncio.to_thread(self.sweep), asyncio.to_thread(self._check_image, request.profile)
+        swept, image = await asyncio.gather(
+            asyncio.to_thread(self._sweep), asyncio.to_thread(self._check_image, request.profile)
         )
+        self.report_swept(swept)  # events are published on the loop's thread only
         seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
         session_id = new_session_id()
         running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"),
@@ -559,7 +560,17 @@ class Supervisor:
     # what other commands do to sessions
 
     def sweep(self) -> list[str]:
-        """Removes what crashed supervisors left behind: containers, views, live records."""
+        """Removes what crashed supervisors left behind: containers, views, live records.
+        Blocking; from a loop, `run` does it in a worker thread and reports on the loop."""
+        swept = self._sweep()
+        self.report_swept(swept)
+        return swept
+
+    def report_swept(self, swept: Sequence[str]) -> None:
+        for session in swept:
+            self.bus.emit(EventKind.SESSION_SWEPT, session, session)
+
+    def _sweep(self) -> list[str]:
         swept = []
         for container in self._containers():
             labels = container.attrs.get("Labels") or {}  # a sparse listing: no inspect
@@ -583,15 +594,16 @@ class Supervisor:
             self.store.end_session(record.id, SessionState.SWEPT, None, "supervisor vanished")
             if record.id not in swept:
                 swept.append(record.id)
-        for session in swept:
-            self.bus.emit(EventKind.SESSION_SWEPT, session, session)
         return swept
 
     def live_sessions(self) -> list[SessionRecord]:
         self.sweep()
         return self.store.sessions(live_only=True)
 
-    def stop(self, session: str) -> None:
+    def stop(self, session: str) -> list[str]:
+        """Stops a session's containers (its supervisor then ends it). Blocking, and safe in a
+        worker thread: sessions it had to sweep are returned for `report_swept` on the
+        caller's loop, not published from here."""
         record = self.store.session(session)
         if record is None or not record.live:
             raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
@@ -602,7 +614,8 @@ class Supervisor:
             except docker.errors.APIError as e:
                 raise EngineError(f"cannot stop session {session}: {e.explanation}") from e
         if not containers or not process_alive(record.supervisor):
-            self.sweep()
+            return self._sweep()
+        return []
 
     def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
         """The agent's process list, as `ps` inside the container would show it."""

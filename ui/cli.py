@@ -17,6 +17,7 @@ from ui.commands.base import Context
 COMMANDS = {
     "run": "ui.commands.run",
     "daemon": "ui.commands.daemon",
+    "tray": "ui.commands.tray",
     "sessions": "ui.commands.sessions",
     "stop": "ui.commands.sessions",
     "ps": "ui.commands.sessions",

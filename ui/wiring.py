@@ -74,7 +74,8 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
 def open_consenting_supervisor(
     dirs: Dirs, front_end: FrontEnd | None = None
 ) -> Iterator[tuple[Supervisor, ConsentBroker]]:
-    """The supervisor and the broker its questions go through (for the desktop app)."""
-    with open_supervisor(dirs, front_end) as supervisor:
+    """The supervisor and the broker its questions go through, for the desktop app: long
+    running, so it must `await supervisor.aclose()` before it exits."""
+    with open_supervisor(dirs, front_end, long_running=True) as supervisor:
         assert supervisor.broker is not None
         yield supervisor, supervisor.broker

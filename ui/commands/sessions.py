@@ -28,7 +28,7 @@ def handle_sessions(ctx: Context, args: argparse.Namespace) -> int:
 
 def handle_stop(ctx: Context, args: argparse.Namespace) -> int:
     with open_supervisor(ctx.dirs) as supervisor:
-        supervisor.stop(args.session)
+        supervisor.report_swept(supervisor.stop(args.session))
     print(f"stopped session {args.session}")
     return 0
 

@@ -1,0 +1,542 @@
+"""The desktop app: one QApplication and one asyncio loop (qasync), the object graph built in
+`build_desktop`, and `Desktop`, the controller that does what the tray and the windows ask.
+
+`airlock tray` calls `main`. The app runs the same Supervisor as the command line; it owns
+Airlock's name on the session bus (portal/control.py) and the supervisor socket that
+`airlock run` hands its sessions to (app/handoff.py), so sessions started from a terminal
+are shown, asked about and revoked here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import qasync
+from PySide6.QtCore import QObject, QSettings, QTimer, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+
+from app.audit import records, verify
+from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, denied
+from app.errors import AirlockError, SessionError
+from app.events import Event
+from app.grants import Grant, GrantRequest, Mode, check_grant_path
+from app.paths import Dirs
+from app.review import Review
+from app.sessions import LaunchRequest, SessionResult, Supervisor
+from app.store import SessionRecord
+from ui.qt import settings as options
+from ui.qt.bridge import EventBridge
+from ui.qt.consent import QtFrontEnd, Requester
+from ui.qt.icons import icon
+from ui.qt.main_window import LaunchDialog, MainWindow
+from ui.qt.review import ReviewWindow, thread_bus
+from ui.qt.settings import Settings, SettingsDialog, apply_autostart
+from ui.qt.tray import Tray
+
+log = logging.getLogger(__name__)
+
+APP_ID = "org.airlock.Airlock"  # the icon, the AppStream id and the session bus name
+DESKTOP_FILE = "airlock"  # packaging/airlock.desktop: the window's app id
+AUDIT_SHOWN = 500  # records in the audit view
+
+
+class SessionOutput:
+    """Where the output of sessions the app launches goes: it is already on the event
+    stream (session.output), so nothing more is kept."""
+
+    def write(self, stream: str, data: bytes) -> None:
+        return None
+
+
+class NetworkGate:
+    """The "Block all network" switch, as far as the app can enforce it: network and upload
+    requests are denied without asking. (Hosts a profile allows outright are the egress
+    proxy's to refuse; see `Desktop.network_hook`.)"""
+
+    def __init__(self, front_end: QtFrontEnd, settings: Settings) -> None:
+        self._front_end = front_end
+        self._settings = settings
+
+    async def answer(self, request: ConsentRequest) -> Answer:
+        if request.kind in (RequestKind.NETWORK, RequestKind.UPLOAD) and \
+                self._settings.get(options.BLOCK_NETWORK):
+            return denied("network blocked")
+        return await self._front_end.answer(request)
+
+
+class Desktop(QObject):
+    """Connects the core to the views and carries out what the user asks for."""
+
+    quit_requested = Signal()
+
+    def __init__(self, supervisor: Supervisor, broker: ConsentBroker, front_end: QtFrontEnd,
+                 settings: Settings, bridge: EventBridge, window: MainWindow,
+                 review: Review, notifier: Any | None = None) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.broker = broker
+        self.front_end = front_end
+        self.settings = settings
+        self.bridge = bridge
+        self.window = window
+        self.tray: Tray | None = None
+        self.review = review
+        self.notifier = notifier
+        self.network_hook: Callable[[bool], None] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.runs: dict[str, asyncio.Task[SessionResult]] = {}
+        self.reviews: dict[str, ReviewWindow] = {}
+        self.sessions: list[SessionRecord] = []
+        self._notified: dict[int, str] = {}  # notification id -> request id
+
+        bridge.events.connect(self._events)
+        bridge.sessions_changed.connect(self.refresh_sessions)
+        bridge.grants_changed.connect(self.refresh_grants)
+        bridge.changes_changed.connect(self._changes_changed)
+        front_end.pending_changed.connect(lambda _: self._update_tray())
+        front_end.asked.connect(self._asked)
+        window.launch_requested.connect(self.launch_agent)
+        window.stop_requested.connect(self.stop_session)
+        window.revoke_session_requested.connect(self.revoke_session)
+        window.review_requested.connect(self.open_review)
+        window.revoke_grant_requested.connect(self.revoke_grant)
+        window.verify_requested.connect(lambda: self.spawn(self.verify_audit()))
+        window.settings_requested.connect(self.open_settings)
+        settings.changed.connect(self._setting_changed)
+        # Sessions end on their own (or in another process): look at the store now and then.
+        self._sweeper = QTimer(self)
+        self._sweeper.setInterval(5_000)
+        self._sweeper.timeout.connect(self.refresh_sessions)
+
+    def attach_tray(self, tray: Tray) -> None:
+        self.tray = tray
+        self._update_tray()
+
+    # running things on the loop
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, AirlockError):
+            self.say(str(error))
+        elif error is not None:
+            log.error("background task failed", exc_info=error)
+            self.say(f"Something went wrong: {type(error).__name__}: {error}")
+
+    def say(self, text: str) -> None:
+        self.window.statusBar().showMessage(text, 15_000)
+
+    def start(self) -> None:
+        self.bridge.start()
+        self.refresh_sessions()
+        self.refresh_grants()
+        self._sweeper.start()
+        self.spawn(self.verify_audit())
+
+    async def close(self) -> None:
+        self._sweeper.stop()
+        for task in list(self.runs.values()):
+            task.cancel()
+        if self.runs:
+            await asyncio.gather(*self.runs.values(), return_exceptions=True)
+        await self.bridge.stop()
+        for task in list(self.tasks):
+            task.cancel()
+
+    # what the core says
+
+    def _events(self, batch: list[Event]) -> None:
+        self.window.add_events(batch)
+
+    def refresh_sessions(self) -> None:
+        self.sessions = self.supervisor.store.sessions(live_only=True)
+        self.window.set_sessions(self.sessions)
+        self._update_tray()
+
+    def active_grants(self) -> list[Grant]:
+        store = self.supervisor.store
+        live = {r.id for r in store.sessions(live_only=True)}
+        return [g for g in store.grants(time.time()) if g.session is None or g.session in live]
+
+    def refresh_grants(self) -> None:
+        self.window.set_grants(self.active_grants())
+
+    def _update_tray(self) -> None:
+        if self.tray is None:
+            return
+        self.tray.update(self.sessions, self.front_end.pending,
+                         self.settings.get(options.BLOCK_NETWORK))
+
+    def _changes_changed(self, session: str) -> None:
+        window = self.reviews.get(session)
+        if window is not None and window.isVisible():
+            self.spawn(window.load())
+
+    def _asked(self, request: ConsentRequest) -> None:
+        if self.window.isVisible() or not self.settings.get(options.NOTIFY):
+            return
+        if self.notifier is not None:
+            self.spawn(self._notify(request))
+
+    async def _notify(self, request: ConsentRequest) -> None:
+        assert self.notifier is not None
+        await self.notifier.request(request)
+
+    # what the user asks for (TrayActions and the window's signals)
+
+    def open_window(self) -> None:
+        self.window.show_window()
+
+    def open_session(self, session: str) -> None:
+        self.window.activity_for(session)
+
+    def show_pending(self) -> None:
+        self.front_end.raise_all()
+
+    def stop_session(self, session: str) -> None:
+        task = self.runs.get(session)
+        if task is not None:
+            task.cancel()  # stops and removes the container
+            self.say(f"Stopping session {session}…")
+            return
+        self.spawn(asyncio.to_thread(self.supervisor.stop, session))
+        self.say(f"Stopping session {session}…")
+
+    def revoke_grant(self, grant: str) -> None:
+        revoked = self.supervisor.revoke([grant])
+        for g in revoked:
+            self.say(f"Revoked {g.path}: agents no longer see it")
+        self.refresh_grants()
+
+    def revoke_session(self, session: str) -> int:
+        ids = [g.id for g in self.supervisor.store.session_grants(session, time.time())]
+        revoked = self.supervisor.revoke(ids) if ids else []
+        self.say(f"Session {session}: {len(revoked)} grant(s) revoked")
+        self.refresh_grants()
+        return len(revoked)
+
+    def revoke_everything(self) -> None:
+        ids = [g.id for g in self.active_grants()]
+        revoked = self.supervisor.revoke(ids) if ids else []
+        self.say(f"Revoked {len(revoked)} grant(s): no agent sees any of your files now")
+        self.refresh_grants()
+        if not self.window.isVisible() and self.tray is not None:
+            self.tray.notify("Airlock", f"Revoked {len(revoked)} grant(s)")
+
+    def block_network(self, blocked: bool) -> None:
+        self.settings.set(options.BLOCK_NETWORK, blocked)
+        if self.network_hook is not None:
+            self.network_hook(blocked)
+        self._update_tray()
+        self.say("All network access of agents is blocked" if blocked
+                 else "Network access follows the profiles again")
+
+    def launch_agent(self, profile: str = "", paths: Sequence[Path] = (),
+                     writable: bool = False) -> LaunchDialog:
+        """The "Launch agent…" dialog, optionally filled in (the demo: one click to go)."""
+        profiles = []
+        for name, path in self.supervisor.catalog.available():
+            try:
+                profiles.append((name, self.supervisor.catalog.load(str(path)).description))
+            except AirlockError as e:
+                log.warning("profile %s: %s", name, e)
+        dialog = LaunchDialog(profiles, self.window if self.window.isVisible() else None)
+        if profile:
+            dialog.profile.setCurrentIndex(max(0, dialog.profile.findText(profile)))
+        for path in paths:
+            dialog.add_path(path)
+        dialog.writable.setChecked(writable)
+        dialog.accepted.connect(lambda: self._launch_chosen(dialog))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
+    def _launch_chosen(self, dialog: LaunchDialog) -> None:
+        profile, paths, mode = dialog.choice()
+        self.spawn(self.launch(profile, [str(p) for p in paths], mode))
+
+    async def launch(self, profile: str, paths: Sequence[str], mode: Mode = Mode.READ,
+                     command: tuple[str, ...] | None = None) -> str:
+        grants = tuple(check_grant_path(Path(p), mode, Path.home()) for p in paths)
+        return await self.launch_request(profile, grants, command)
+
+    async def launch_request(self, profile: str, grants: tuple[GrantRequest, ...],
+                             command: tuple[str, ...] | None = None) -> str:
+        """Starts a session in the background; returns its id once it has one."""
+        catalog = self.supervisor.catalog
+        request = LaunchRequest(catalog.load(profile), catalog.find(profile), grants, command)
+        before = self.supervisor.last_session
+        task = asyncio.get_running_loop().create_task(
+            self.supervisor.run(request, SessionOutput()))
+        while self.supervisor.last_session == before and not task.done():
+            await asyncio.sleep(0.02)
+        if task.done() and self.supervisor.last_session == before:
+            task.result()  # raises why it could not start
+        session = self.supervisor.last_session or ""
+        self.runs[session] = task
+        task.add_done_callback(lambda t: self.spawn(self._ended(session, t)))
+        self.say(f"Launched {profile} as session {session}")
+        return session
+
+    async def _ended(self, session: str, task: asyncio.Task[SessionResult]) -> None:
+        self.runs.pop(session, None)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            raise error
+        result = task.result()
+        self.say(f"Session {session} ended: {result.reason}")
+        try:
+            changes = await asyncio.to_thread(self.review.changes, session)
+        except AirlockError:
+            return
+        if changes.changes:
+            self.open_review(session)
+
+    def open_review(self, session: str) -> None:
+        window = self.reviews.get(session)
+        if window is None:
+            window = ReviewWindow(session, self.review, self.spawn)
+            self.reviews[session] = window
+        window.show()
+        window.raise_()
+        self.spawn(window.load())
+
+    async def verify_audit(self) -> None:
+        directory = self.supervisor.dirs.audit
+        checked, tail = await asyncio.gather(
+            asyncio.to_thread(verify, directory), asyncio.to_thread(_tail, directory))
+        self.window.set_audit(tail, checked)
+
+    def quit(self) -> None:
+        self.quit_requested.emit()
+
+    def open_settings(self) -> SettingsDialog:
+        dialog = SettingsDialog(self.settings, self.window)
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        return dialog
+
+    def _setting_changed(self, key: str) -> None:
+        if key == options.AUTOSTART.key:
+            apply_autostart(self.settings.get(options.AUTOSTART))
+        elif key == options.BLOCK_NETWORK.key:
+            self._update_tray()
+
+    # the control interface on the session bus (portal/control.py)
+
+    def control_sessions(self) -> list[tuple[str, str, str]]:
+        return [(r.id, r.profile, str(r.state))
+                for r in self.supervisor.store.sessions(live_only=True)]
+
+    async def control_launch(self, profile: str, grants: list[GrantRequest]) -> str:
+        request_grants = [check_grant_path(g.path, g.mode, Path("/")) for g in grants]
+        return await self.launch_request(profile, tuple(request_grants))
+
+    async def control_stop(self, session: str) -> None:
+        if self.supervisor.store.session(session) is None:
+            raise SessionError(f"no session {session!r}")
+        self.stop_session(session)
+
+    def control_revoke(self, session: str) -> int:
+        if self.supervisor.store.session(session) is None:
+            raise SessionError(f"no session {session!r}")
+        return self.revoke_session(session)
+
+    def control_pending(self) -> int:
+        return self.front_end.pending
+
+
+def _tail(directory: Path) -> list[Any]:
+    from collections import deque
+
+    from app.audit import AuditRecord
+
+    return [r for r in deque(records(directory), maxlen=AUDIT_SHOWN)
+            if isinstance(r, AuditRecord)]
+
+
+def describe_with(supervisor: Supervisor) -> Callable[[ConsentRequest], Requester]:
+    """Who asks, from the supervisor's records rather than from the agent's words."""
+
+    def describe(request: ConsentRequest) -> Requester:
+        record = supervisor.store.session(request.session)
+        description = ""
+        image = record.image if record is not None else ""
+        try:
+            profile = supervisor.catalog.load(record.profile if record else request.profile)
+            description = profile.description
+            image = f"{profile.image}  ({image.removeprefix('sha256:')[:12]})" if image \
+                else profile.image
+        except AirlockError:
+            pass
+        return Requester(agent=record.profile if record else request.profile,
+                         description=description, image=image, session=request.session,
+                         started_at=record.started_at if record else None)
+
+    return describe
+
+
+def build_desktop(supervisor: Supervisor, broker: ConsentBroker, settings: Settings,
+                  notifier: Any | None = None) -> Desktop:
+    """The object graph of the desktop app, in one place."""
+    front_end = QtFrontEnd(settings, describe_with(supervisor))
+    broker.set_front_end(NetworkGate(front_end, settings))
+    bridge = EventBridge(supervisor.bus)
+    window = MainWindow()
+    loop = asyncio.get_running_loop()
+    review = Review(supervisor.dirs, thread_bus(supervisor.bus, loop))
+    desktop = Desktop(supervisor, broker, front_end, settings, bridge, window, review, notifier)
+    desktop.attach_tray(Tray(desktop))
+    return desktop
+
+
+def check_qt() -> None:
+    """PySide6 6.12.0 loses a reference to `True` on every `Signal.emit` from Python; on
+    Python < 3.12 (where True is not immortal) a long-running app then aborts with
+    "bool_dealloc". Say so plainly instead of crashing an hour later."""
+    import PySide6
+
+    if PySide6.__version__ == "6.12.0" and sys.version_info < (3, 12):
+        raise AirlockError(
+            "PySide6 6.12.0 crashes long-running apps on Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} (a reference-counting bug "
+            "in Signal.emit); install another version: "
+            "pip install 'PySide6-Essentials>=6.6,!=6.12.0'")
+
+
+def application(argv: Sequence[str] = ()) -> QApplication:
+    existing = QApplication.instance()
+    qt = existing if isinstance(existing, QApplication) else QApplication([*argv] or ["airlock"])
+    qt.setApplicationName("Airlock")
+    qt.setOrganizationName("airlock")
+    qt.setDesktopFileName(DESKTOP_FILE)
+    qt.setWindowIcon(icon("airlock"))
+    qt.setQuitOnLastWindowClosed(False)
+    qt.setStyle("Fusion")  # built into Qt: the same look under every desktop
+    return qt
+
+
+def user_settings() -> Settings:
+    return Settings(QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                              "airlock", "desktop"))
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A launch prepared from the command line (`airlock tray --prepare PROFILE -g PATH`)."""
+
+    profile: str
+    paths: tuple[Path, ...] = ()
+    writable: bool = False
+
+
+async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
+                ready: Callable[[Desktop], None] | None = None,
+                preset: Preset | None = None) -> int:
+    """Runs the desktop app until Quit. Returns the exit status."""
+    from app.handoff import HandoffServer
+    from portal.control import ControlService
+    from ui.commands.run import notice_text
+    from ui.qt.notifications import Notifier
+    from ui.wiring import open_consenting_supervisor
+
+    control = ControlService()
+    if not await control.connect():
+        log.info("no session bus: running without the control interface")
+    elif not await control.claim():
+        await control.call_show()
+        print("airlock: the desktop app is already running; its window was raised",
+              file=sys.stderr)
+        control.disconnect()
+        return 0
+    settings = user_settings()
+    with open_consenting_supervisor(dirs) as (supervisor, broker):
+        notifier = await Notifier.connect() if control.connected else None
+        desktop = build_desktop(supervisor, broker, settings, notifier)
+        if notifier is not None:
+            notifier.reviewed.connect(lambda _request: desktop.show_pending())
+            notifier.denied.connect(desktop.front_end.deny)
+        # interactive: sessions handed over from `airlock run` get the app's dialogs.
+        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text,
+                                interactive=True)
+        try:
+            await handoff.start()
+        except AirlockError as e:
+            print(f"airlock: {e}; stop it first (the desktop app supervises sessions itself)",
+                  file=sys.stderr)
+            control.disconnect()
+            return 1
+        if control.connected:
+            control.serve(desktop)
+        desktop.start()
+        tray = desktop.tray
+        assert tray is not None
+        if Tray.available():
+            tray.show()
+        if show_window or not Tray.available():
+            desktop.open_window()
+        finished = asyncio.get_running_loop().create_future()
+        desktop.quit_requested.connect(
+            lambda: finished.done() or finished.set_result(None))
+        qt.aboutToQuit.connect(lambda: finished.done() or finished.set_result(None))
+        if preset is not None:
+            desktop.launch_agent(preset.profile, preset.paths, preset.writable)
+        if ready is not None:
+            ready(desktop)
+        try:
+            await finished
+        finally:
+            tray.hide()
+            await handoff.close()
+            await desktop.close()
+            await supervisor.aclose()
+            control.disconnect()
+            if notifier is not None:
+                notifier.disconnect()
+    return 0
+
+
+def main(dirs: Dirs, show_window: bool = False, preset: Preset | None = None) -> int:
+    check_qt()
+    qt = application(sys.argv[:1])
+    loop = qasync.QEventLoop(qt)
+    asyncio.set_event_loop(loop)
+    started = time.monotonic()
+
+    def ready(desktop: Desktop) -> None:
+        log.info("desktop app ready in %.0f ms", (time.monotonic() - started) * 1000)
+        if os.environ.get("AIRLOCK_READY_FILE"):
+            # For tests and service managers: written once everything is up.
+            Path(os.environ["AIRLOCK_READY_FILE"]).write_text(f"{os.getpid()}\n")
+
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            return loop.run_until_complete(serve(dirs, qt, show_window, ready, preset))
+        return 0
+    finally:
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        QGuiApplication.processEvents()
+

@@ -1,0 +1,512 @@
+"""The main window: sessions, the live activity feed, network, grants with their Revoke buttons,
+the audit log with its verification state, and the "Launch agent…" dialog.
+
+The window only shows and asks: it emits signals for what the user wants done, and the app's
+controller (ui/qt/app.py) does it on the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QPointF, QRectF, QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.audit import AuditRecord, Verification
+from app.events import Event, EventKind
+from app.grants import Grant, Mode
+from app.store import SessionRecord
+from ui.qt.icons import icon
+from ui.qt.models import (
+    ActivityFilter,
+    ActivityModel,
+    AuditModel,
+    GrantsModel,
+    NetworkModel,
+    SessionsModel,
+    human_bytes,
+)
+
+KIND_GROUPS = (
+    ("All kinds", ""), ("Sessions", "session"), ("Files", "file"), ("Grants", "grant"),
+    ("Requests", "request"), ("Network", "net"), ("Changes", "changes"),
+    ("Output", str(EventKind.SESSION_OUTPUT)),
+)
+
+
+def table(model: object, *, stretch: int = -1) -> QTableView:
+    view = QTableView()
+    view.setModel(model)  # type: ignore[arg-type]
+    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    view.setAlternatingRowColors(True)
+    view.setShowGrid(False)
+    view.setWordWrap(False)
+    view.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep the file name of long paths
+    view.verticalHeader().hide()
+    view.verticalHeader().setDefaultSectionSize(26)
+    header = view.horizontalHeader()
+    header.setHighlightSections(False)
+    header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+    if stretch >= 0:
+        header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
+    return view
+
+
+def heading(text: str) -> QLabel:
+    label = QLabel(text)
+    font = label.font()
+    font.setPointSizeF(font.pointSizeF() * 1.15)
+    font.setBold(True)
+    label.setFont(font)
+    return label
+
+
+class TrafficPlot(QWidget):
+    """Bytes sent and received per second over the last two minutes."""
+
+    def __init__(self, model: NetworkModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._model = model
+        self.setMinimumHeight(120)
+        self._timer = QTimer(self)
+        self._timer.timeout.connect(self.update)
+        self._timer.start(1000)
+
+    def paintEvent(self, event: object) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        area = QRectF(self.rect()).adjusted(48, 10, -12, -22)
+        painter.fillRect(self.rect(), QColor("#fbfbfd"))
+        painter.setPen(QPen(QColor("#d8dce3"), 1))
+        painter.drawRect(area)
+        span = NetworkModel.HISTORY
+        now = int(time.time())
+        samples = {second: (up, down) for second, up, down in self._model.per_second}
+        peak = max([1, *(max(u, d) for u, d in samples.values())])
+        painter.setPen(QColor("#667085"))
+        small = QFont(self.font())
+        small.setPointSizeF(small.pointSizeF() * 0.85)
+        painter.setFont(small)
+        painter.drawText(QRectF(0, area.top() - 6, 44, 14), Qt.AlignmentFlag.AlignRight,
+                         f"{human_bytes(peak)}/s")
+        painter.drawText(QRectF(0, area.bottom() - 8, 44, 14), Qt.AlignmentFlag.AlignRight,
+                         "0")
+        painter.drawText(QRectF(area.left(), area.bottom() + 4, area.width(), 14),
+                         Qt.AlignmentFlag.AlignLeft, f"−{span} s")
+        painter.drawText(QRectF(area.left(), area.bottom() + 4, area.width(), 14),
+                         Qt.AlignmentFlag.AlignRight, "now")
+        for which, colour in ((0, QColor("#e8710a")), (1, QColor("#2f7fe0"))):
+            path = QPainterPath()
+            for step in range(span + 1):
+                second = now - span + step
+                value = samples.get(second, (0, 0))[which]
+                point = QPointF(area.left() + area.width() * step / span,
+                                area.bottom() - area.height() * value / peak)
+                if step == 0:
+                    path.moveTo(point)
+                else:
+                    path.lineTo(point)
+            painter.setPen(QPen(colour, 1.6))
+            painter.drawPath(path)
+        painter.setPen(QColor("#e8710a"))
+        painter.drawText(QRectF(area.left() + 8, area.top() + 4, 120, 14),
+                         Qt.AlignmentFlag.AlignLeft, "■ sent")
+        painter.setPen(QColor("#2f7fe0"))
+        painter.drawText(QRectF(area.left() + 64, area.top() + 4, 120, 14),
+                         Qt.AlignmentFlag.AlignLeft, "■ received")
+        painter.end()
+
+
+class ActivityPanel(QWidget):
+    """The live feed: filter by session and kind, search, follow or pause."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = ActivityModel(parent=self)
+        self.filter = ActivityFilter(self)
+        self.filter.setSourceModel(self.model)
+        self._held: list[Event] = []
+        self.session_box = QComboBox()
+        self.session_box.setObjectName("sessionFilter")
+        self.session_box.addItem("All sessions", "")
+        self.session_box.setMinimumWidth(170)
+        self.kind_box = QComboBox()
+        self.kind_box.setObjectName("kindFilter")
+        for title, value in KIND_GROUPS:
+            self.kind_box.addItem(title, value)
+        self.search = QLineEdit()
+        self.search.setObjectName("search")
+        self.search.setPlaceholderText("Search subject and details…")
+        self.search.setClearButtonEnabled(True)
+        self.follow = QCheckBox("&Follow")
+        self.follow.setChecked(True)
+        self.pause = QPushButton("&Pause")
+        self.pause.setObjectName("pause")
+        self.pause.setCheckable(True)
+        self.status = QLabel()
+        self.status.setStyleSheet("color: #667085;")
+        bar = QHBoxLayout()
+        bar.addWidget(self.session_box)
+        bar.addWidget(self.kind_box)
+        bar.addWidget(self.search, 1)
+        bar.addWidget(self.follow)
+        bar.addWidget(self.pause)
+        self.view = table(self.filter, stretch=4)
+        self.view.setObjectName("activity")
+        self.view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        header = self.view.horizontalHeader()
+        for column, width in ((0, 100), (1, 90), (2, 130), (3, 320)):
+            header.resizeSection(column, width)
+        layout = QVBoxLayout(self)
+        layout.addLayout(bar)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.status)
+        self.session_box.currentIndexChanged.connect(
+            lambda: self.filter.set_filter(session=self.session_box.currentData()))
+        self.kind_box.currentIndexChanged.connect(
+            lambda: self.filter.set_filter(kind=self.kind_box.currentData()))
+        self.search.textChanged.connect(lambda text: self.filter.set_filter(text=text))
+        self.pause.toggled.connect(self._paused)
+        self._sessions: set[str] = set()
+
+    def add(self, batch: Sequence[Event]) -> None:
+        for event in batch:
+            if event.session and event.session not in self._sessions:
+                self._sessions.add(event.session)
+                self.session_box.addItem(f"Session {event.session}", event.session)
+        if self.pause.isChecked():
+            self._held.extend(batch)
+            del self._held[: max(0, len(self._held) - self.model.capacity)]
+            self.status.setText(f"Paused: {len(self._held)} new events held")
+            return
+        self.model.append(batch)
+        if self.follow.isChecked():
+            self.view.scrollToBottom()
+        self.status.setText(f"{self.model.rowCount()} events shown (the latest "
+                            f"{self.model.capacity})")
+
+    def show_session(self, session: str) -> None:
+        index = self.session_box.findData(session)
+        if index < 0:
+            self.session_box.addItem(f"Session {session}", session)
+            self._sessions.add(session)
+            index = self.session_box.count() - 1
+        self.session_box.setCurrentIndex(index)
+
+    def _paused(self, paused: bool) -> None:
+        self.pause.setText("&Resume" if paused else "&Pause")
+        if not paused:
+            held, self._held = self._held, []
+            self.add(held)
+
+
+class MainWindow(QMainWindow):
+    launch_requested = Signal()
+    stop_requested = Signal(str)
+    revoke_session_requested = Signal(str)
+    review_requested = Signal(str)
+    revoke_grant_requested = Signal(str)
+    verify_requested = Signal()
+    settings_requested = Signal()
+    hidden = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("Airlock")
+        self.setWindowIcon(icon("airlock"))
+        self.resize(1100, 680)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.setCentralWidget(self.tabs)
+        self.sessions = SessionsModel(self)
+        self.grants = GrantsModel(self)
+        self.audit = AuditModel(self)
+        self.network = NetworkModel(self)
+        self.activity = ActivityPanel()
+        self.tabs.addTab(self._sessions_tab(), "&Sessions")
+        self.tabs.addTab(self.activity, "&Activity")
+        self.tabs.addTab(self._network_tab(), "&Network")
+        self.tabs.addTab(self._grants_tab(), "&Grants")
+        self.tabs.addTab(self._audit_tab(), "A&udit")
+        settings = QPushButton("Se&ttings…")
+        settings.setObjectName("settings")
+        settings.setFlat(True)
+        settings.clicked.connect(self.settings_requested)
+        self.tabs.setCornerWidget(settings)
+        self.statusBar().showMessage("Ready")
+
+    # tabs
+
+    def _sessions_tab(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        top = QHBoxLayout()
+        top.addWidget(heading("Running agents"))
+        top.addStretch(1)
+        self.launch_button = QPushButton(icon("airlock"), "&Launch agent…")
+        self.launch_button.setObjectName("launch")
+        self.launch_button.clicked.connect(self.launch_requested)
+        top.addWidget(self.launch_button)
+        layout.addLayout(top)
+        self.sessions_view = table(self.sessions, stretch=4)
+        self.sessions_view.setObjectName("sessions")
+        header = self.sessions_view.horizontalHeader()
+        for column, width in ((0, 200), (1, 110), (2, 100), (3, 110)):
+            header.resizeSection(column, width)
+        layout.addWidget(self.sessions_view, 1)
+        self.sessions_empty = QLabel("No agent is running. Launch one, or start one with "
+                                     "`airlock run` — it appears here.")
+        self.sessions_empty.setStyleSheet("color: #667085; padding: 6px;")
+        layout.addWidget(self.sessions_empty)
+        buttons = QHBoxLayout()
+        self.review_button = QPushButton("&Review changes…")
+        self.stop_button = QPushButton("S&top")
+        self.revoke_session_button = QPushButton("Revoke all of its a&ccess")
+        for button in (self.review_button, self.stop_button, self.revoke_session_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        layout.addLayout(buttons)
+        self.review_button.clicked.connect(lambda: self._with_session(self.review_requested))
+        self.stop_button.clicked.connect(lambda: self._with_session(self.stop_requested))
+        self.revoke_session_button.clicked.connect(
+            lambda: self._with_session(self.revoke_session_requested))
+        self.sessions_view.doubleClicked.connect(
+            lambda index: self.activity_for(self.sessions.rows[index.row()].id))
+        return page
+
+    def _with_session(self, signal: Signal) -> None:
+        session = self.selected_session()
+        if session:
+            signal.emit(session)  # type: ignore[attr-defined]
+
+    def selected_session(self) -> str | None:
+        rows = self.sessions_view.selectionModel().selectedRows()
+        if rows:
+            return str(self.sessions.rows[rows[0].row()].id)
+        return str(self.sessions.rows[0].id) if len(self.sessions.rows) == 1 else None
+
+    def _network_tab(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(heading("Traffic through the egress proxy"))
+        self.plot = TrafficPlot(self.network)
+        proxy = QSortFilterProxyModel(self)
+        proxy.setSourceModel(self.network)
+        proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.network_view = table(proxy, stretch=0)
+        self.network_view.setObjectName("network")
+        self.network_view.setSortingEnabled(True)
+        self.network_view.sortByColumn(1, Qt.SortOrder.DescendingOrder)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.plot)
+        splitter.addWidget(self.network_view)
+        splitter.setSizes([160, 400])
+        layout.addWidget(splitter, 1)
+        return page
+
+    def _grants_tab(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.addWidget(heading("What agents may see"))
+        note = QLabel("Revoking takes the file or folder out of every running agent at once.")
+        note.setStyleSheet("color: #667085;")
+        layout.addWidget(note)
+        self.grants_view = table(self.grants, stretch=0)
+        self.grants_view.setObjectName("grants")
+        self.grants_view.verticalHeader().setDefaultSectionSize(34)
+        header = self.grants_view.horizontalHeader()
+        for column, width in ((1, 110), (2, 90), (3, 160), (4, 150), (5, 100), (6, 100)):
+            header.resizeSection(column, width)
+        layout.addWidget(self.grants_view, 1)
+        return page
+
+    def _audit_tab(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        top = QHBoxLayout()
+        top.addWidget(heading("Audit log"))
+        top.addStretch(1)
+        self.verify_button = QPushButton("&Verify now")
+        self.verify_button.clicked.connect(self.verify_requested)
+        top.addWidget(self.verify_button)
+        layout.addLayout(top)
+        self.verification = QLabel("Not verified yet")
+        self.verification.setObjectName("verification")
+        self.verification.setTextFormat(Qt.TextFormat.PlainText)
+        layout.addWidget(self.verification)
+        self.audit_view = table(self.audit, stretch=4)
+        self.audit_view.setObjectName("audit")
+        header = self.audit_view.horizontalHeader()
+        for column, width in ((0, 60), (1, 150), (2, 90), (3, 140), (5, 140)):
+            header.resizeSection(column, width)
+        layout.addWidget(self.audit_view, 1)
+        return page
+
+    # what the controller feeds in
+
+    def set_sessions(self, sessions: Sequence[SessionRecord]) -> None:
+        self.sessions.replace(sessions)
+        self.sessions_empty.setVisible(not sessions)
+        for button in (self.review_button, self.stop_button, self.revoke_session_button):
+            button.setEnabled(bool(sessions))
+
+    def set_grants(self, grants: Iterable[Grant]) -> None:
+        self.grants.replace(grants)
+        for row, grant in enumerate(self.grants.rows):
+            button = QPushButton("Revoke")
+            button.setObjectName(f"revoke-{grant.id}")
+            button.setToolTip(f"Take {grant.path} away from the agent now")
+            button.clicked.connect(
+                lambda _=False, g=grant.id: self.revoke_grant_requested.emit(g))
+            self.grants_view.setIndexWidget(
+                self.grants.index(row, GrantsModel.REVOKE_COLUMN), button)
+
+    def revoke_button(self, grant: str) -> QPushButton | None:
+        return self.grants_view.findChild(QPushButton, f"revoke-{grant}")
+
+    def add_events(self, batch: Sequence[Event]) -> None:
+        self.activity.add(batch)
+        self.network.add(batch)
+
+    def set_audit(self, records: Sequence[AuditRecord], verification: Verification | None
+                  ) -> None:
+        self.audit.replace(records)
+        self.audit_view.scrollToBottom()
+        if verification is None:
+            return
+        if verification.ok:
+            self.verification.setText(
+                f"✔  Intact: {verification.records} records in {verification.segments} "
+                f"segment(s) chain correctly (head {verification.head[:16]}…)")
+            self.verification.setStyleSheet("color: #1e7b34; font-weight: bold;")
+        else:
+            self.verification.setText(f"✘  Broken: {verification.problem}")
+            self.verification.setStyleSheet("color: #a4262c; font-weight: bold;")
+
+    def activity_for(self, session: str) -> None:
+        self.activity.show_session(session)
+        self.tabs.setCurrentWidget(self.activity)
+        self.show_window()
+
+    def show_window(self) -> None:
+        self.show()
+        self.raise_()
+        self.activateWindow()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        # Closing the window keeps Airlock in the tray; "Quit" in its menu ends it.
+        event.ignore()
+        self.hide()
+        self.hidden.emit()
+
+
+class LaunchDialog(QDialog):
+    """Pick a profile, pick files, go."""
+
+    def __init__(self, profiles: Sequence[tuple[str, str]], parent: QWidget | None = None
+                 ) -> None:
+        super().__init__(parent)
+        self.setObjectName("launchDialog")
+        self.setWindowTitle("Launch an agent")
+        self.setWindowIcon(icon("airlock"))
+        self.setMinimumWidth(520)
+        layout = QVBoxLayout(self)
+        layout.setSpacing(10)
+        layout.addWidget(heading("Launch an agent"))
+        self.profile = QComboBox()
+        self.profile.setObjectName("profile")
+        for name, description in profiles:
+            self.profile.addItem(name, description)
+        label = QLabel("&Agent:")
+        label.setBuddy(self.profile)
+        row = QHBoxLayout()
+        row.addWidget(label)
+        row.addWidget(self.profile, 1)
+        layout.addLayout(row)
+        self.description = QLabel()
+        self.description.setTextFormat(Qt.TextFormat.PlainText)
+        self.description.setWordWrap(True)
+        self.description.setStyleSheet("color: #475467;")
+        layout.addWidget(self.description)
+        layout.addWidget(QLabel("It will see only these files and folders:"))
+        self.files = QListWidget()
+        self.files.setObjectName("files")
+        self.files.setMinimumHeight(120)
+        layout.addWidget(self.files)
+        buttons = QHBoxLayout()
+        add_files = QPushButton("Add &files…")
+        add_folder = QPushButton("Add f&older…")
+        remove = QPushButton("&Remove")
+        for button in (add_files, add_folder, remove):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        layout.addLayout(buttons)
+        self.writable = QCheckBox("Let it &write to them (every change waits for your review)")
+        layout.addWidget(self.writable)
+        self.box = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
+        self.go = self.box.addButton("&Launch", QDialogButtonBox.ButtonRole.AcceptRole)
+        self.go.setObjectName("go")
+        layout.addWidget(self.box)
+        self.box.accepted.connect(self.accept)
+        self.box.rejected.connect(self.reject)
+        add_files.clicked.connect(self._add_files)
+        add_folder.clicked.connect(self._add_folder)
+        remove.clicked.connect(lambda: [self.files.takeItem(self.files.row(i))
+                                        for i in self.files.selectedItems()])
+        self.profile.currentIndexChanged.connect(self._describe)
+        self._describe()
+
+    def _describe(self) -> None:
+        self.description.setText(str(self.profile.currentData() or ""))
+
+    def add_path(self, path: Path) -> None:
+        item = QListWidgetItem(self.style().standardIcon(
+            self.style().StandardPixmap.SP_DirIcon if path.is_dir()
+            else self.style().StandardPixmap.SP_FileIcon), str(path))
+        item.setData(Qt.ItemDataRole.UserRole, str(path))
+        self.files.addItem(item)
+
+    def _dialog(self, mode: QFileDialog.FileMode) -> QFileDialog:
+        dialog = QFileDialog(self, "Choose what the agent may see", str(Path.home()))
+        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
+        dialog.setFileMode(mode)
+        dialog.filesSelected.connect(lambda files: [self.add_path(Path(f)) for f in files])
+        return dialog
+
+    def _add_files(self) -> None:
+        self._dialog(QFileDialog.FileMode.ExistingFiles).open()
+
+    def _add_folder(self) -> None:
+        self._dialog(QFileDialog.FileMode.Directory).open()
+
+    def choice(self) -> tuple[str, list[Path], Mode]:
+        paths = [Path(self.files.item(i).data(Qt.ItemDataRole.UserRole))
+                 for i in range(self.files.count())]
+        mode = Mode.READ_WRITE if self.writable.isChecked() else Mode.READ
+        return self.profile.currentText(), paths, mode
+

@@ -1,0 +1,342 @@
+"""Table models of the main window: sessions, the live activity feed (and its filter), network
+totals per host, grants and audit records. Plain data in, Qt roles out; no I/O here."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QBrush, QColor
+
+from app.audit import AuditRecord
+from app.consent import printable
+from app.events import Event, EventKind
+from app.grants import Grant
+from app.store import SessionRecord
+
+Index = QModelIndex | QPersistentModelIndex
+DISPLAY = Qt.ItemDataRole.DisplayRole
+MAX_SUBJECT = 300
+
+
+def clock(timestamp: float | None, with_date: bool = False) -> str:
+    if not timestamp:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S",
+                         time.localtime(timestamp))
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+class RecordTable(QAbstractTableModel):
+    """A table of immutable rows replaced as a whole (sessions, grants, audit records)."""
+
+    headers: tuple[str, ...] = ()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.rows: list[Any] = []
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.headers)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = DISPLAY) -> Any:
+        if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
+            return self.headers[section]
+        return None
+
+    def replace(self, rows: Iterable[Any]) -> None:
+        rows = list(rows)
+        if rows == self.rows:
+            return
+        self.beginResetModel()
+        self.rows = rows
+        self.endResetModel()
+
+    def cell(self, row: Any, column: int) -> Any:
+        raise NotImplementedError
+
+    def data(self, index: Index, role: int = DISPLAY) -> Any:
+        if not index.isValid():
+            return None
+        row = self.rows[index.row()]
+        if role == DISPLAY:
+            return self.cell(row, index.column())
+        if role == Qt.ItemDataRole.UserRole:
+            return row
+        if role == Qt.ItemDataRole.ToolTipRole:
+            value = self.cell(row, index.column())
+            return value if isinstance(value, str) and len(value) > 40 else None
+        return None
+
+
+class SessionsModel(RecordTable):
+    headers = ("Agent", "Session", "State", "Started", "Image")
+
+    def cell(self, row: SessionRecord, column: int) -> Any:
+        image = row.image.removeprefix("sha256:")[:12]
+        return (row.profile, row.id, str(row.state), clock(row.started_at), image)[column]
+
+
+class GrantsModel(RecordTable):
+    headers = ("Path", "Access", "Lifetime", "For", "Until", "Grant", "")
+    REVOKE_COLUMN = 6
+
+    def cell(self, row: Grant, column: int) -> Any:
+        access = "read and write" if str(row.mode) == "rw" else "read"
+        who = f"session {row.session}" if row.session else f"profile {row.profile}"
+        return (str(row.path), access, str(row.lifetime), who,
+                clock(row.expires_at, True) if row.expires_at else "", row.id, "")[column]
+
+
+class AuditModel(RecordTable):
+    headers = ("#", "Time", "Session", "Kind", "Subject", "Hash")
+
+    def cell(self, row: AuditRecord, column: int) -> Any:
+        return (row.seq, clock(row.time, True), row.session or "", row.kind,
+                printable(row.subject)[:MAX_SUBJECT], row.hash[:16])[column]
+
+
+KIND_COLOURS = {
+    "request": QColor("#b35c00"),
+    "grant": QColor("#1f5fbf"),
+    "session": QColor("#2e7d32"),
+    "net": QColor("#6a1b9a"),
+    "changes": QColor("#00695c"),
+    "stream": QColor("#a4262c"),
+}
+
+
+def summary(event: Event) -> str:
+    """One line on an event, for the feed's last column."""
+    details = event.details
+    kind = event.kind
+    if kind is EventKind.SESSION_OUTPUT:
+        return str(details.get("text", ""))
+    if kind is EventKind.REQUEST_ANSWERED:
+        return f"{details.get('verdict')} by {details.get('by')} ({details.get('lifetime')})"
+    if kind is EventKind.REQUEST_ASKED:
+        return f"{details.get('asks')}, times out in {details.get('timeout', 0):.0f} s"
+    if kind in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL, EventKind.NET_REFUSED):
+        return (f"{details.get('method', '')} {details.get('decision', '')} "
+                f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
+                f"↓{human_bytes(int(details.get('bytes_down', 0) or 0))} "
+                f"{details.get('reason', '')}").strip()
+    if kind is EventKind.STREAM_DROPPED:
+        return f"{details.get('count')} events not shown (the view fell behind)"
+    if kind is EventKind.SESSION_EXITED:
+        return str(details.get("reason", ""))
+    parts = [f"{k}={v}" for k, v in details.items() if isinstance(v, str | int | float)]
+    return " ".join(parts)[:200]
+
+
+class ActivityModel(QAbstractTableModel):
+    """The live feed: the newest `capacity` events, appended in batches."""
+
+    headers = ("Time", "Session", "Kind", "Subject", "Details")
+
+    def __init__(self, capacity: int = 20_000, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.capacity = capacity
+        self.events: deque[Event] = deque()
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.events)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.headers)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = DISPLAY) -> Any:
+        if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
+            return self.headers[section]
+        return None
+
+    def append(self, batch: Sequence[Event]) -> None:
+        if not batch:
+            return
+        batch = batch[-self.capacity:]
+        overflow = len(self.events) + len(batch) - self.capacity
+        if overflow > 0:
+            self.beginRemoveRows(QModelIndex(), 0, overflow - 1)
+            for _ in range(overflow):
+                self.events.popleft()
+            self.endRemoveRows()
+        first = len(self.events)
+        self.beginInsertRows(QModelIndex(), first, first + len(batch) - 1)
+        self.events.extend(batch)
+        self.endInsertRows()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self.events.clear()
+        self.endResetModel()
+
+    def data(self, index: Index, role: int = DISPLAY) -> Any:
+        if not index.isValid():
+            return None
+        event = self.events[index.row()]
+        column = index.column()
+        if role == DISPLAY:
+            if column == 0:
+                return time.strftime("%H:%M:%S", time.localtime(event.time)) + \
+                    f".{int(event.time * 1000) % 1000:03d}"
+            if column == 1:
+                return event.session or ""
+            if column == 2:
+                return str(event.kind)
+            if column == 3:
+                return printable(event.subject)[:MAX_SUBJECT]
+            return printable(summary(event))[:MAX_SUBJECT]
+        if role == Qt.ItemDataRole.ForegroundRole and column == 2:
+            colour = KIND_COLOURS.get(str(event.kind).partition(".")[0])
+            return QBrush(colour) if colour is not None else None
+        if role == Qt.ItemDataRole.UserRole:
+            return event
+        return None
+
+
+class ActivityFilter(QSortFilterProxyModel):
+    """Filters the feed by session, kind (a kind or a group such as "file") and text."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.session = ""
+        self.kind = ""
+        self.text = ""
+
+    def set_filter(self, session: str | None = None, kind: str | None = None,
+                   text: str | None = None) -> None:
+        self.beginFilterChange()
+        if session is not None:
+            self.session = session
+        if kind is not None:
+            self.kind = kind
+        if text is not None:
+            self.text = text.casefold()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def filterAcceptsRow(self, row: int, parent: Index) -> bool:
+        if not (self.session or self.kind or self.text):
+            return True
+        model = self.sourceModel()
+        assert isinstance(model, ActivityModel)
+        event = model.events[row]
+        if self.session and event.session != self.session:
+            return False
+        if self.kind and not (event.kind == self.kind or
+                              str(event.kind).startswith(self.kind + ".")):
+            return False
+        if self.text:
+            haystack = f"{event.subject} {summary(event)} {event.kind}".casefold()
+            if self.text not in haystack:
+                return False
+        return True
+
+
+@dataclass(slots=True)
+class HostTotals:
+    host: str
+    requests: int = 0
+    refused: int = 0
+    up: int = 0
+    down: int = 0
+    last: float = 0.0
+
+
+class NetworkModel(QAbstractTableModel):
+    """Per-host totals of the proxy's events, and bytes per second for the plot."""
+
+    headers = ("Host", "Requests", "Refused", "Sent", "Received", "Last seen")
+    HISTORY = 120  # seconds kept for the plot
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.hosts: list[HostTotals] = []
+        self._by_host: dict[str, HostTotals] = {}
+        self.per_second: deque[tuple[int, int, int]] = deque(maxlen=self.HISTORY)
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.hosts)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.headers)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = DISPLAY) -> Any:
+        if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
+            return self.headers[section]
+        return None
+
+    def add(self, batch: Sequence[Event]) -> None:
+        changed = False
+        for event in batch:
+            if event.kind not in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL,
+                                  EventKind.NET_REFUSED):
+                continue
+            changed = True
+            host = printable(event.subject)[:200]
+            totals = self._by_host.get(host)
+            if totals is None:
+                self.beginInsertRows(QModelIndex(), len(self.hosts), len(self.hosts))
+                totals = self._by_host[host] = HostTotals(host)
+                self.hosts.append(totals)
+                self.endInsertRows()
+            up = _int(event.details.get("bytes_up"))
+            down = _int(event.details.get("bytes_down"))
+            totals.requests += 1
+            totals.refused += event.kind is EventKind.NET_REFUSED
+            totals.up += up
+            totals.down += down
+            totals.last = event.time
+            self._count(int(event.time), up, down)
+        if changed and self.hosts:
+            self.dataChanged.emit(self.index(0, 1), self.index(len(self.hosts) - 1, 5))
+
+    def _count(self, second: int, up: int, down: int) -> None:
+        if self.per_second and self.per_second[-1][0] == second:
+            _, old_up, old_down = self.per_second[-1]
+            self.per_second[-1] = (second, old_up + up, old_down + down)
+        elif not self.per_second or second > self.per_second[-1][0]:
+            self.per_second.append((second, up, down))
+
+    def data(self, index: Index, role: int = DISPLAY) -> Any:
+        if not index.isValid():
+            return None
+        totals = self.hosts[index.row()]
+        column = index.column()
+        if role == Qt.ItemDataRole.UserRole:  # the sort key
+            return (totals.host, totals.requests, totals.refused, totals.up, totals.down,
+                    totals.last)[column]
+        if role == DISPLAY:
+            return (totals.host, totals.requests, totals.refused, human_bytes(totals.up),
+                    human_bytes(totals.down), clock(totals.last))[column]
+        if role == Qt.ItemDataRole.TextAlignmentRole and column:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
