@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import docker
 import docker.errors
@@ -89,6 +89,7 @@ class SessionExtension(Protocol):
 
 
 ExtensionFactory = Callable[[], SessionExtension]
+_E = TypeVar("_E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,13 @@ class Supervisor:
         self.broker = broker  # where its sessions' questions go (portal, proxy)
         self.last_session: str | None = None  # the id of the latest session `run` started
         self._running: dict[str, _Running] = {}
+
+    def extension(self, kind: type[_E]) -> _E | None:
+        """The extension factory of that type (e.g. the egress, for its network switch)."""
+        for factory in self._extension_factories:
+            if isinstance(factory, kind):
+                return factory
+        return None
 
     async def aclose(self) -> None:
         """Lets extension factories release what they keep between sessions (spares)."""

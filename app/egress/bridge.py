@@ -182,6 +182,11 @@ class Egress:
         self.settings = settings
         self.spares = spares
         self._spare: asyncio.Task[_Spare] | None = None
+        self.blocked = False  # "Block all network": every session's proxy refuses everything
+
+    def block_all(self, blocked: bool) -> None:
+        """The user's switch: new requests and tunnels of every session are refused."""
+        self.blocked = blocked
 
     def __call__(self) -> EgressBridge:
         return EgressBridge(self)
@@ -280,7 +285,7 @@ class EgressBridge:
                 session.id, session.profile, session.bus, secrets=egress.secrets,
                 broker=egress.broker, resolver=egress.resolver,
                 granted=ViewContent(session.view.root), tls=egress.tls,
-                settings=egress.settings,
+                settings=egress.settings, blocked=lambda: egress.blocked,
             )
             await self.proxy.start(directory / "proxy.sock")
         if spare is None:

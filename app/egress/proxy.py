@@ -221,9 +221,11 @@ class SessionProxy:
         granted: GrantedSource | None = None,
         tls: ssl.SSLContext | None = None,
         settings: ProxySettings | None = None,
+        blocked: Callable[[], bool] | None = None,
     ) -> None:
         self.session = session
         self.profile = profile
+        self._blocked = blocked  # the user's "Block all network" switch
         self._bus = bus
         self._secrets = secrets
         self._broker = broker
@@ -372,6 +374,9 @@ class SessionProxy:
         return await self._forward(client, request, target, addresses, credential, record)
 
     async def _admit(self, target: Target, record: _Record) -> list[IPAddress]:
+        if self._blocked is not None and self._blocked():
+            record.rule, record.reason = "blocked-all", "all network access of agents is blocked"
+            raise _Refused(403, record.rule, "the user blocked all network access of agents")
         network = self.profile.network
         if target.route is not None:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")

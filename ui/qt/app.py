@@ -456,6 +456,7 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
                 ready: Callable[[Desktop], None] | None = None,
                 preset: Preset | None = None) -> int:
     """Runs the desktop app until Quit. Returns the exit status."""
+    from app.egress.bridge import Egress
     from app.handoff import HandoffServer
     from portal.control import ControlService
     from ui.commands.run import notice_text
@@ -475,6 +476,10 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
     with open_consenting_supervisor(dirs) as (supervisor, broker):
         notifier = await Notifier.connect() if control.connected else None
         desktop = build_desktop(supervisor, broker, settings, notifier)
+        egress = supervisor.extension(Egress)
+        if egress is not None:
+            desktop.network_hook = egress.block_all
+            egress.block_all(bool(settings.get(options.BLOCK_NETWORK)))
         if notifier is not None:
             notifier.reviewed.connect(lambda _request: desktop.show_pending())
             notifier.denied.connect(desktop.front_end.deny)

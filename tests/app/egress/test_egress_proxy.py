@@ -350,3 +350,19 @@ def test_route_without_a_stored_secret_says_how_to_set_it(tmp_path: Path) -> Non
         result = curl("-i", f"http://127.0.0.1:{proxy.port}/routes/r/x")
     assert result.stdout.startswith("HTTP/1.1 502")
     assert "airlock secret set missing" in result.stdout
+
+
+def test_block_all_network_refuses_even_allowed_hosts(tmp_path: Path,
+                                                     upstream: RecordingServer) -> None:
+    switch = {"on": False}
+    with harness(tmp_path, profile(upstream.port), blocked=lambda: switch["on"]) as proxy:
+        url = f"http://files.test:{upstream.port}/before"
+        assert curl("-x", proxy.url, url).returncode == 0
+        switch["on"] = True
+        blocked = curl("-s", "-i", "-x", proxy.url, f"http://files.test:{upstream.port}/after")
+        assert "403" in blocked.stdout.splitlines()[0]
+        assert "X-Airlock-Rule: blocked-all" in blocked.stdout
+        tunnel = raw(proxy.port, f"CONNECT files.test:{upstream.port} HTTP/1.1\r\n"
+                                 f"Host: files.test:{upstream.port}\r\n\r\n".encode())
+        assert tunnel.startswith(b"HTTP/1.1 403")
+    assert [r["path"] for r in upstream.seen.requests] == ["/before"]
