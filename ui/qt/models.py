@@ -46,17 +46,16 @@ def human_bytes(count: int) -> str:
     return f"{count} B"
 
 
-class RecordTable(QAbstractTableModel):
-    """A table of immutable rows replaced as a whole (sessions, grants, audit records)."""
+class _Table(QAbstractTableModel):
+    """What every table here shares: fixed column headers over a sized list of rows."""
 
     headers: tuple[str, ...] = ()
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.rows: list[Any] = []
+    def _length(self) -> int:
+        raise NotImplementedError
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
+        return 0 if parent.isValid() else self._length()
 
     def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.headers)
@@ -66,6 +65,17 @@ class RecordTable(QAbstractTableModel):
         if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
             return self.headers[section]
         return None
+
+
+class RecordTable(_Table):
+    """A table of immutable rows replaced as a whole (sessions, grants, audit records)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.rows: list[Any] = []
+
+    def _length(self) -> int:
+        return len(self.rows)
 
     def replace(self, rows: Iterable[Any]) -> None:
         rows = list(rows)
@@ -152,7 +162,7 @@ def summary(event: Event) -> str:
     return " ".join(parts)[:200]
 
 
-class ActivityModel(QAbstractTableModel):
+class ActivityModel(_Table):
     """The live feed: the newest `capacity` events, appended in batches."""
 
     headers = ("Time", "Session", "Kind", "Subject", "Details")
@@ -162,17 +172,8 @@ class ActivityModel(QAbstractTableModel):
         self.capacity = capacity
         self.events: deque[Event] = deque()
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.events)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.headers)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = DISPLAY) -> Any:
-        if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
-            return self.headers[section]
-        return None
+    def _length(self) -> int:
+        return len(self.events)
 
     def append(self, batch: Sequence[Event]) -> None:
         if not batch:
@@ -266,7 +267,7 @@ class HostTotals:
     last: float = 0.0
 
 
-class NetworkModel(QAbstractTableModel):
+class NetworkModel(_Table):
     """Per-host totals of the proxy's events, and bytes per second for the plot."""
 
     headers = ("Host", "Requests", "Refused", "Sent", "Received", "Last seen")
@@ -278,17 +279,8 @@ class NetworkModel(QAbstractTableModel):
         self._by_host: dict[str, HostTotals] = {}
         self.per_second: deque[tuple[int, int, int]] = deque(maxlen=self.HISTORY)
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.hosts)
-
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.headers)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = DISPLAY) -> Any:
-        if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
-            return self.headers[section]
-        return None
+    def _length(self) -> int:
+        return len(self.hosts)
 
     def add(self, batch: Sequence[Event]) -> None:
         changed = False
