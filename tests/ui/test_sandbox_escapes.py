@@ -255,7 +255,7 @@ def test_revoke_removes_access_from_the_running_agent(
     watcher = (
         "import os, sys, time\n"
         "seen = False\n"
-        "for _ in range(600):\n"
+        "for _ in range(6000):\n"
         "    here = os.path.exists('a.md')\n"
         "    if here: seen = True\n"
         "    if seen and not here:\n"
@@ -266,12 +266,7 @@ def test_revoke_removes_access_from_the_running_agent(
     path = tester.write("revoke.toml", profile_text(agent_image, ["python3", "-c", watcher]))
     process = tester.popen("run", "--profile", str(path), "--grant", str(granted))
     try:
-        deadline = time.monotonic() + 60
-        session = ""
-        while time.monotonic() < deadline and not session:
-            listing = json.loads(tester.run("sessions", "--json").stdout or "[]")
-            session = next((s["id"] for s in listing if s["state"] == "running"), "")
-        assert session
+        session = wait_running(tester, process)["id"]
         time.sleep(0.5)
         revoked_at = time.time()
         result = tester.run("revoke", "--session", session)
@@ -289,10 +284,15 @@ def test_revoke_removes_access_from_the_running_agent(
     assert (granted / "a.md").read_text() == "# alpha\n"  # the host file is untouched
 
 
-def wait_running(user: DesktopUser, timeout: float = 60) -> dict[str, str]:
+def wait_running(user: DesktopUser, process: subprocess.Popen[str] | None = None,
+                 timeout: float = 90) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listing = json.loads(user.run("sessions", "--json").stdout or "[]")
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"airlock run ended before it was seen: {process.communicate()}")
+        listed = user.run("sessions", "--json")
+        assert listed.returncode == 0, listed.stderr
+        listing = json.loads(listed.stdout or "[]")
         running = [s for s in listing if s["state"] == "running"]
         if running:
             return running[0]  # type: ignore[no-any-return]
@@ -307,7 +307,7 @@ def test_ps_stop_and_interrupt_leave_no_container(
     for ending in ("stop", "interrupt"):
         process = tester.popen("run", "--profile", str(path))
         try:
-            session = wait_running(tester)
+            session = wait_running(tester, process)
             ps = tester.run("ps", session["id"], "--json")
             assert ps.returncode == 0, ps.stderr
             assert any("sleep 300" in p.get("COMMAND", "") for p in json.loads(ps.stdout))
