@@ -461,31 +461,22 @@ def _apply(op: Operation, parents: _Parents) -> None:
         elif op.action is Action.DELETE_TREE and op.backup:
             current = _exists(name, dir_fd)
             if current is not None and not os.path.lexists(op.backup):
-                _move_tree(name, dir_fd, Path(op.backup))
+                _move_tree(f"/proc/self/fd/{dir_fd}/{name}", op.backup)
         elif (op.action is Action.RESTORE_TREE and op.source
               and _exists(name, dir_fd) is None and os.path.lexists(op.source)):
-            _restore_tree(Path(op.source), name, dir_fd)
+            _move_tree(op.source, f"/proc/self/fd/{dir_fd}/{name}")
     except (FileNotFoundError, _Refused) as e:
         log.warning("cannot apply %s to %s: %s", op.action, op.target, e)
 
 
-def _move_tree(name: str, dir_fd: int, backup: Path) -> None:
+def _move_tree(source: str, destination: str) -> None:
+    """A rename, or across file systems a copy and a removal (not atomic; said in README).
+    A side inside the host tree is named through its parent's handle, /proc/self/fd/N/NAME."""
     try:
-        os.rename(name, backup, src_dir_fd=dir_fd)
+        os.rename(source, destination)
     except OSError:
-        # Another file system: copy to the backup, then remove (not atomic; said in README).
-        source = f"/proc/self/fd/{dir_fd}/{name}"
-        shutil.copytree(source, backup, symlinks=True)
+        shutil.copytree(source, destination, symlinks=True)
         shutil.rmtree(source)
-
-
-def _restore_tree(backup: Path, name: str, dir_fd: int) -> None:
-    try:
-        os.rename(backup, name, dst_dir_fd=dir_fd)
-    except OSError:
-        destination = f"/proc/self/fd/{dir_fd}/{name}"
-        shutil.copytree(backup, destination, symlinks=True)
-        shutil.rmtree(backup)
 
 
 def _roll_back(op: Operation, parents: _Parents) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from app.commit import CommitLog, CommitRecord, CommitResult
@@ -55,10 +55,7 @@ class Review:
         roots = {root.id: root for root in staging.roots()}
         result = self.log.commit(session, selected, roots)
         applied = set(result.applied)
-        for root in roots.values():
-            staging.rebase(root, [Path(p) for p in applied
-                                  if Path(p) == root.host_root or root.host_root in
-                                  Path(p).parents])
+        _rebase(staging, applied)
         for path, reason in result.refused:
             kind = EventKind.CHANGE_CONFLICT if reason.startswith("conflict") else \
                 EventKind.CHANGE_REFUSED
@@ -91,12 +88,16 @@ class Review:
                           commit=result.commit.id, paths=list(result.applied))
             staging_root = self.dirs.sessions / original.session / "staging"
             if staging_root.is_dir():
-                staging = SessionStaging(staging_root, original.session)
-                for root in staging.roots():
-                    staging.rebase(root, [Path(p) for p in result.applied
-                                          if root.host_root == Path(p) or
-                                          root.host_root in Path(p).parents])
+                _rebase(SessionStaging(staging_root, original.session), result.applied)
         return result
+
+
+def _rebase(staging: SessionStaging, applied: Iterable[str]) -> None:
+    """What a commit or undo wrote is the new base of each staged root it touched."""
+    paths = [Path(p) for p in applied]
+    for root in staging.roots():
+        staging.rebase(root, [p for p in paths
+                              if p == root.host_root or root.host_root in p.parents])
 
 
 def diff(change: Change) -> Iterator[str]:

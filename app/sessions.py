@@ -121,6 +121,7 @@ class _Running:
     line_buffers: dict[str, bytes] = field(default_factory=dict)
     extensions: list[SessionExtension] = field(default_factory=list)
     runtime_dir: Path | None = None
+    context: SessionContext | None = None  # what the extensions were given at start
     anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
     profile: str = ""
     approval: Approval | None = None
@@ -220,7 +221,7 @@ class Supervisor:
         try:
             grants = self._session_grants(session_id, request)
             labels = self._labels(running.id, request.profile)
-            additions = await self._prepare_extensions(running, request, labels)
+            additions = await self._prepare_extensions(running, request, labels, seccomp)
             spec = await self._prepare(
                 running, request, image, seccomp, grants, labels, additions)
             # The view mirrors absolute host paths, so its root stands for `/`.
@@ -353,22 +354,19 @@ class Supervisor:
             LABEL_PROFILE: profile.name,
         }
 
-    def _context(self, running: _Running, request: LaunchRequest,
-                 labels: Mapping[str, str]) -> SessionContext:
-        assert running.runtime_dir is not None
-        seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
-        return SessionContext(running.id, request.profile, self.identity, running.runtime_dir,
-                              running.view, self.bus, labels, seccomp)
 
     async def _prepare_extensions(
-        self, running: _Running, request: LaunchRequest, labels: Mapping[str, str]
+        self, running: _Running, request: LaunchRequest, labels: Mapping[str, str],
+        seccomp: str,
     ) -> list[ContainerAdditions]:
         if not self._extension_factories:
             return []
         running.runtime_dir = self.dirs.runtime / running.id
         # Searchable by the agent's uid, which is not ours when root runs agents as nobody.
         running.runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        context = self._context(running, request, labels)
+        context = SessionContext(running.id, request.profile, self.identity,
+                                 running.runtime_dir, running.view, self.bus, labels, seccomp)
+        running.context = context
         additions = []
         for factory in self._extension_factories:
             extension = factory()
@@ -394,7 +392,8 @@ class Supervisor:
             image=running.image, container=container.short_id, uid=self.identity.uid,
         )
         if running.extensions:
-            context = self._context(running, request, self._labels(running.id, request.profile))
+            context = running.context
+            assert context is not None
             for extension in running.extensions:
                 await extension.started(context, container.id or "")
         await asyncio.to_thread(container.reload)
