@@ -28,13 +28,13 @@ DEFAULT_IMAGE = "airlock-agent:bookworm"
 RECIPE_LABEL = "org.airlock.recipe"
 AGENTS_IN_IMAGE = "/opt/airlock/agents"
 AGENT_USER = "65534:65534"
-# Tools every profile may rely on: the portal client, the proxy bridge, and the demo agents.
-REQUIRED_TOOLS = ("python3", "gdbus", "curl", "socat")
+# Tools every profile may rely on: the portal client, an HTTP client, and the demo agents.
+REQUIRED_TOOLS = ("python3", "gdbus", "curl")
 # Bump when the build steps change in a way the recipe fields below do not capture.
 BUILD_VERSION = 1
 
 SUITE = "bookworm"
-PACKAGES = ("python3", "curl", "socat", "ca-certificates", "libglib2.0-bin", "procps")
+PACKAGES = ("python3", "curl", "ca-certificates", "libglib2.0-bin", "procps")
 # Nobody reads documentation inside an agent container; leaving it out saves tens of MB.
 DPKG_OPTIONS = (
     "path-exclude=/usr/share/man/*",

@@ -1,8 +1,8 @@
 """Real network parts for the egress tests, all on loopback: upstream servers that record
 every connection they get (plain and TLS), a TCP and a UDP listener that record anything at
 all, a resolver with fixed answers, a consent front end with a scripted answer, a real
-Secret Service, and the proxy running on its own loop thread behind a TCP relay (what socat
-does in the sidecar), so that real clients (curl, urllib) can use it."""
+Secret Service, and the proxy running on its own loop thread on a TCP port, so that real
+clients (curl, urllib) can use it."""
 
 from __future__ import annotations
 
@@ -198,6 +198,34 @@ class RecordingListener:
         self.udp.close()
 
 
+class EchoServer:
+    """A raw TCP server that echoes what it gets and keeps all of it."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.received = bytearray()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(1024 * 1024):
+                    self.received += data
+                    conn.sendall(data)
+
+    def __enter__(self) -> EchoServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+
+
 class StaticResolver:
     """A resolver with fixed answers (tests cannot use real DNS). Names it does not know
     fail as unknown names do."""
@@ -247,8 +275,8 @@ class DictSecrets:
 
 
 class ProxyHarness:
-    """A SessionProxy on its own loop thread, its unix socket, and a TCP relay on
-    127.0.0.1:0 in front of it, the way the sidecar's socat relays in a session."""
+    """A SessionProxy on its own loop thread, serving a listening socket on 127.0.0.1:0 the
+    way it serves the one the sidecar hands over in a session."""
 
     def __init__(self, directory: Path, session: str, profile: Profile, **kwargs: Any) -> None:
         self.loop = asyncio.new_event_loop()
@@ -259,32 +287,16 @@ class ProxyHarness:
         broker = ConsentBroker(self.bus, self.front_end) if self.front_end else None
         kwargs.setdefault("settings", ProxySettings())
         self.proxy = SessionProxy(session, profile, self.bus, broker=broker, **kwargs)
-        self.socket = directory / f"{session}.sock"
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
-        self._relay: asyncio.Server | None = None
 
     def call(self, coroutine: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     async def _start(self) -> None:
-        await self.proxy.start(self.socket)
-        self._relay = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
-        self.port = self._relay.sockets[0].getsockname()[1]
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_unix_connection(str(self.socket))
-
-        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(262144):
-                    dst.write(data)
-                    await dst.drain()
-                dst.write_eof()
-
-        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
-        writer.close()
-        up_writer.close()
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        await self.proxy.start(listener)
 
     @property
     def url(self) -> str:
@@ -296,12 +308,7 @@ class ProxyHarness:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            if self._relay is not None:
-                self._relay.close()
-            await self.proxy.close()
-
-        self.call(stop())
+        self.call(self.proxy.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 

@@ -1,26 +1,27 @@
-"""The egress bridge: plugs a session's proxy, its relay and its network witness into the
-session, through one sidecar container.
+"""The egress bridge: plugs a session's proxy and its network witness into the session,
+through one sidecar container.
 
 The agent's container has no network of its own. It joins the network namespace of a sidecar
-started with `network_mode="none"` (loopback only), in which the relay (`airlock_relay.py`,
-standard-library Python and splice(2)) listens on 127.0.0.1:3128 and joins each connection
-to the proxy's unix socket, bind-mounted from the host. There is no uplink, no DNS server,
-no other listener: the proxy is the only way out, and it resolves names itself.
+started with `network_mode="none"` (loopback only). In it, the sidecar binds 127.0.0.1:3128
+and hands the listening socket to the supervisor (app/egress/listener.py), whose proxy then
+accepts the agent's connections itself: the bytes go from the agent's socket straight to the
+proxy, with no relay process between them. There is no uplink, no DNS server, no other
+listener: the proxy is the only way out, and it resolves names itself.
 
-Why a sidecar rather than mounting the socket into the agent's container and running the
-relay there? The agent could then kill or replace the relay; the sidecar is the agent image
-too (the relay ships in it, next to the witness), but a container of its own that the agent
-cannot touch: another pid and mount namespace, read-only, the profile's seccomp filter.
+Why a sidecar rather than binding the port from the agent's container? Binding it needs a
+process in the namespace before the agent runs, and the sidecar is also where the witness
+must live: the agent image, but a container of its own that the agent cannot touch (another
+pid and mount namespace, read-only, the profile's seccomp filter).
 
 Every attempt to leave any other way is an event (invariant 3). The sidecar's command is the
 witness, `airlock_netlog.py` from the image: it creates a TUN device in the shared namespace
 and makes it the route for every non-loopback IPv4 and IPv6 destination (IPv6 is switched on
 in the namespace for that, or an IPv6 attempt would fail unseen), then reads what the agent
-sends there — a TCP SYN, a UDP datagram, a DNS query, an ICMP echo — and reports it on a
-second socket, `netlog.sock`, which `BlockedLog` turns into `net.blocked` events. It never
+sends there — a TCP SYN, a UDP datagram, a DNS query, an ICMP echo — and reports it on
+`netlog.sock`, which `BlockedLog` turns into `net.blocked` events. It never
 forwards a packet; it answers a SYN with RST and a datagram with ICMP port unreachable so
 the agent fails at once. Profiles without network rules get the sidecar too, with the
-witness alone (no relay, no proxy, no proxy environment): their attempts are events as well.
+witness alone (no port, no proxy, no proxy environment): their attempts are events as well.
 
 The witness needs CAP_NET_ADMIN to create the device and set routes, and a capability does
 not survive exec for a non-root uid (Docker sets no ambient capabilities, and
@@ -33,7 +34,7 @@ mounted read-only. Why that is safe:
   (`prepare` waits for the witness's `ready`): no input of the agent's is read while any
   capability is held. Then the witness calls setgroups/setresgid/setresuid to the session's
   uid, which clears all capabilities (it checks /proc/self/status and exits if any is
-  left); the relay is started after that, and has none either. There is no init process:
+  left); it binds the proxy's port only after that. There is no init process:
   the witness is PID 1, so no process holding a capability outlives the set-up.
 - CAP_NET_ADMIN is scoped to the namespace it is used in, and this namespace has only `lo`
   and the TUN device: no uplink to route, bridge or tunnel onto. Moving an interface to
@@ -50,7 +51,7 @@ Only the `net/` subdirectory of the session's runtime directory is mounted into 
 so other sockets there (the portal's bus) stay out of its reach.
 
 Environment for the agent: HTTP(S)_PROXY in both spellings, and NO_PROXY for loopback names
-only — loopback in the agent's namespace is the container's own (and the relay's port),
+only — loopback in the agent's namespace is the container's own (and the proxy's port),
 nothing of the host, so it opens no way around the proxy; it makes route URLs
 (`http://127.0.0.1:3128/routes/NAME`) go straight to the proxy in origin form and lets an
 agent talk to servers it runs itself. One `AIRLOCK_ROUTE_<NAME>` variable per route holds its
@@ -68,6 +69,7 @@ import shutil
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,7 @@ from app.consent import ConsentBroker
 from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdditions
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
+from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, BlockedLog, ProxySettings, Resolver, SessionProxy
 from app.errors import EgressError
 from app.profiles import Profile
@@ -89,7 +92,6 @@ log = logging.getLogger(__name__)
 
 SOCKET_DIR = "/run/airlock/net"
 WITNESS = "/opt/airlock/agents/airlock_netlog.py"
-RELAY = "/opt/airlock/agents/airlock_relay.py"
 WITNESS_CAPABILITIES = ("NET_ADMIN", "SETUID", "SETGID")  # dropped by the witness at once
 READY_TIMEOUT = 15.0
 WITNESS_STOP_SECONDS = 2.0
@@ -108,20 +110,15 @@ def proxy_environment(profile: Profile) -> dict[str, str]:
     return environment
 
 
-def relay_command(script: str = RELAY, port: int = PROXY_PORT,
-                  upstream: str = f"{SOCKET_DIR}/proxy.sock") -> list[str]:
-    """The relay from 127.0.0.1:`port` to the proxy's socket (`airlock_relay.py`, which
-    splices; socat, before it, copied through user space at half the speed). -S: it needs
-    nothing of site-packages, and starts sooner without."""
-    return ["python3", "-I", "-S", script, "--listen", f"127.0.0.1:{port}",
-            "--upstream", upstream]
-
-
-def sidecar_command(uid: int, gid: int, relay: bool) -> list[str]:
-    """The witness, which drops to `uid`:`gid` and then starts the relay (if any)."""
-    command = ["python3", "-I", WITNESS, "--uid", str(uid), "--gid", str(gid),
+def sidecar_command(uid: int, gid: int, proxied: bool) -> list[str]:
+    """The witness, which drops to `uid`:`gid` and then (`proxied`) binds the proxy's port
+    and hands it over. -S: it needs nothing of site-packages, and starts sooner without."""
+    command = ["python3", "-I", "-S", WITNESS, "--uid", str(uid), "--gid", str(gid),
                "--report", f"{SOCKET_DIR}/netlog.sock"]
-    return [*command, "--", *relay_command()] if relay else command
+    if proxied:
+        command += ["--listen", f"127.0.0.1:{PROXY_PORT}",
+                    "--hand-over", f"{SOCKET_DIR}/listener.sock"]
+    return command
 
 
 class ViewContent:
@@ -145,12 +142,14 @@ class ViewContent:
 
 @dataclass(slots=True)
 class _Spare:
-    """A sidecar started ahead of time, witness ready and relay listening, for no session
-    yet. Everything that makes it a session's (its events, its proxy socket) comes later."""
+    """A sidecar started ahead of time, witness ready and the proxy's port handed over, for
+    no session yet. Everything that makes it a session's (its events, its proxy) comes
+    later."""
 
     key: tuple[str, int, int, str]  # image, uid, gid, seccomp: what it was made with
     directory: Path
     blocked: BlockedLog
+    handover: ListenerHandover
     sidecar: Container
 
 
@@ -183,10 +182,15 @@ class Egress:
         self.spares = spares
         self._spare: asyncio.Task[_Spare] | None = None
         self.blocked = False  # "Block all network": every session's proxy refuses everything
+        self._proxies: weakref.WeakSet[SessionProxy] = weakref.WeakSet()
 
     def block_all(self, blocked: bool) -> None:
-        """The user's switch: new requests and tunnels of every session are refused."""
+        """The user's switch: new requests and tunnels of every session are refused, and
+        those under way are cut."""
         self.blocked = blocked
+        if blocked:
+            for proxy in list(self._proxies):
+                proxy.cut()
 
     def __call__(self) -> EgressBridge:
         return EgressBridge(self)
@@ -228,6 +232,8 @@ class Egress:
         directory.parent.chmod(0o755)
         blocked = BlockedLog("", session.bus)
         await blocked.start(directory / "netlog.sock")
+        handover = ListenerHandover(PROXY_PORT)
+        await handover.start(directory / "listener.sock")
         labels = dict(session.labels, **{LABEL_SESSION: "spare"})
         labels.pop(LABEL_PROFILE, None)
         bridge = EgressBridge(self)
@@ -236,43 +242,46 @@ class Egress:
             f"airlock-spare-{directory.parent.name}"))
         try:
             sidecar = await asyncio.shield(creating)
-        except asyncio.CancelledError:
-            creating.add_done_callback(_remove_created)
+        except BaseException:
+            creating.add_done_callback(_remove_created)  # if it made one, it goes
+            await handover.close()
             await blocked.close()
             raise
         try:
-            await bridge.wait_ready(sidecar, blocked, True)
+            await bridge.wait_ready(sidecar, blocked, handover)
         except BaseException:
             await asyncio.to_thread(_remove, sidecar)
+            await handover.close()
             await blocked.close()
             raise
-        return _Spare(_spare_key(session), directory, blocked, sidecar)
+        return _Spare(_spare_key(session), directory, blocked, handover, sidecar)
 
 
 class EgressBridge:
-    """One session's sidecar: its network witness, and its proxy and relay when the profile
-    allows anything out."""
+    """One session's sidecar: its network witness, and its proxy when the profile allows
+    anything out."""
 
     def __init__(self, egress: Egress) -> None:
         self._egress = egress
         self.proxy: SessionProxy | None = None
         self.blocked: BlockedLog | None = None
+        self.handover: ListenerHandover | None = None
         self.sidecar: Container | None = None
         self._spare_directory: Path | None = None  # a used spare's, not under the session
 
     async def prepare(self, session: SessionContext) -> ContainerAdditions:
         network = session.profile.network
-        relay = bool(network.allow or network.ask or network.routes)
+        proxied = bool(network.allow or network.ask or network.routes)
         egress = self._egress
         spare = await egress.take_spare(session)
         directory = spare.directory if spare else session.runtime_dir / "net"
-        for name in ("proxy.sock", "netlog.sock"):
+        for name in ("listener.sock", "netlog.sock"):
             if len(str(directory / name)) > MAX_UNIX_PATH:
                 raise EgressError(f"the socket path is too long for a unix socket: "
                                   f"{directory / name}")
         if spare is not None:
-            # The spare's relay listens already; without a proxy socket it leads nowhere.
-            self.blocked, self.sidecar = spare.blocked, spare.sidecar
+            self.blocked, self.handover = spare.blocked, spare.handover
+            self.sidecar = spare.sidecar
             self.blocked.session = session.id
             self._spare_directory = spare.directory.parent
         else:
@@ -280,17 +289,11 @@ class EgressBridge:
             directory.chmod(0o755)
             self.blocked = BlockedLog(session.id, session.bus)
             await self.blocked.start(directory / "netlog.sock")
-        if relay:
-            self.proxy = SessionProxy(
-                session.id, session.profile, session.bus, secrets=egress.secrets,
-                broker=egress.broker, resolver=egress.resolver,
-                granted=ViewContent(session.view.root), tls=egress.tls,
-                settings=egress.settings, blocked=lambda: egress.blocked,
-            )
-            await self.proxy.start(directory / "proxy.sock")
-        if spare is None:
+            if proxied:
+                self.handover = ListenerHandover(PROXY_PORT)
+                await self.handover.start(directory / "listener.sock")
             creating = asyncio.ensure_future(asyncio.to_thread(
-                self.create_sidecar, session, directory, relay,
+                self.create_sidecar, session, directory, proxied,
                 dict(session.labels, **{LABEL_ROLE: "bridge"}),
                 f"airlock-{session.id}-bridge"))
             try:
@@ -300,12 +303,26 @@ class EgressBridge:
                 # outlives the session (ended at once when its client goes away).
                 creating.add_done_callback(_remove_created)
                 raise
-            await self.wait_ready(self.sidecar, self.blocked, relay)
+            await self.wait_ready(self.sidecar, self.blocked, self.handover)
+        if proxied:
+            assert self.handover is not None
+            self.proxy = SessionProxy(
+                session.id, session.profile, session.bus, secrets=egress.secrets,
+                broker=egress.broker, resolver=egress.resolver,
+                granted=ViewContent(session.view.root), tls=egress.tls,
+                settings=egress.settings, blocked=lambda: egress.blocked,
+            )
+            await self.proxy.start(self.handover.take())
+            egress._proxies.add(self.proxy)
+        if self.handover is not None:
+            # Served by the proxy now, or (a spare's, for a session without network) closed,
+            # which leaves the agent's port 3128 closed too.
+            await self.handover.close()
         egress.make_spare(session)
         assert self.sidecar is not None
         return ContainerAdditions(
             network_mode=f"container:{self.sidecar.id}",
-            environment=proxy_environment(session.profile) if relay else {},
+            environment=proxy_environment(session.profile) if proxied else {},
         )
 
     async def started(self, session: SessionContext, container_id: str) -> None:
@@ -325,12 +342,15 @@ class EgressBridge:
         proxy, self.proxy = self.proxy, None
         if proxy is not None:
             await proxy.close()
+        handover, self.handover = self.handover, None
+        if handover is not None:
+            await handover.close()
         if blocked is not None:
             await blocked.close()
         if self._spare_directory is not None:
             await asyncio.to_thread(shutil.rmtree, self._spare_directory, True)
 
-    def create_sidecar(self, session: SessionContext, directory: Path, relay: bool,
+    def create_sidecar(self, session: SessionContext, directory: Path, proxied: bool,
                        labels: dict[str, str], name: str) -> Container:
         from docker.types import Mount
 
@@ -347,7 +367,7 @@ class EgressBridge:
                      "net.ipv6.conf.default.disable_ipv6": "0"},
             security_opt=["no-new-privileges:true",
                           *([f"seccomp={session.seccomp}"] if session.seccomp else [])],
-            pids_limit=512,  # the relay's thread per connection: 256 at most, and a margin
+            pids_limit=16,  # the witness alone: one process, no threads
             mem_limit=128 * 1024 * 1024,
             memswap_limit=128 * 1024 * 1024,
             ipc_mode="private",
@@ -357,7 +377,7 @@ class EgressBridge:
         )
         kwargs: dict[str, Any] = {
             "image": session.profile.image,
-            "command": sidecar_command(session.identity.uid, session.identity.gid, relay),
+            "command": sidecar_command(session.identity.uid, session.identity.gid, proxied),
             "name": name,
             "user": "0:0",  # only for the witness's set-up; see the module's docstring
             "environment": {"PATH": "/usr/bin:/bin"},
@@ -380,24 +400,21 @@ class EgressBridge:
             _remove(container)
             raise EgressError(f"cannot start the network bridge: {e.explanation}") from e
 
-    async def wait_ready(self, sidecar: Container, blocked: BlockedLog, relay: bool) -> None:
-        """Until the witness owns the routes and dropped its privileges, and the relay listens
-        (read from the sidecar's TCP table in the host's /proc: no exec, no connection to
-        the proxy) — both must hold before the agent's first packet."""
+    async def wait_ready(self, sidecar: Container, blocked: BlockedLog,
+                         handover: ListenerHandover | None) -> None:
+        """Until the witness owns the routes and dropped its privileges, and (`handover`)
+        its PID 1 handed over the proxy's port — both before the agent's first packet."""
         pid = int(sidecar.attrs["State"]["Pid"] or 0)
-        table = Path(f"/proc/{pid}/net/tcp")
-        wanted = f"0100007F:{PROXY_PORT:04X}"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            listening = not relay
-            if relay and blocked.ready.is_set():
-                try:
-                    text = await asyncio.to_thread(table.read_text)
-                except OSError:
-                    text = ""
-                listening = any(line.split()[1:2] == [wanted] and line.split()[3:4] == ["0A"]
-                                for line in text.splitlines()[1:])
-            if listening and blocked.ready.is_set():
+            if handover is not None and handover.received.is_set():
+                if handover.error is not None:
+                    raise EgressError(f"the network bridge's hand-over was refused: "
+                                      f"{handover.error}")
+                if handover.sender != pid:
+                    raise EgressError(f"the proxy's port was handed over by pid "
+                                      f"{handover.sender}, not by the bridge (pid {pid})")
+            if blocked.ready.is_set() and (handover is None or handover.received.is_set()):
                 return
             await asyncio.to_thread(sidecar.reload)
             if sidecar.status not in ("created", "running"):

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import h11
 
@@ -84,6 +84,7 @@ from app.grants import Lifetime
 from app.profiles import Profile
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PROXY_PORT = 3128
 LINGER_SECONDS = 1.0
@@ -204,10 +205,13 @@ class _Client:
     writer: asyncio.StreamWriter
     conn: h11.Connection
     upstream: _Upstream | None = None
+    record: _Record | None = None  # the exchange under way, if any
+    cut: bool = False  # ended by `SessionProxy.cut`
 
 
 class SessionProxy:
-    """The proxy of one session, listening on a unix socket the bridge relays to."""
+    """The proxy of one session, serving the agent's connections on the port the bridge
+    handed over."""
 
     def __init__(
         self,
@@ -234,19 +238,25 @@ class SessionProxy:
         self._tls = tls
         self.settings = settings or ProxySettings()
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[Any]] = set()
+        self._clients: dict[asyncio.Task[Any], _Client] = {}
         self._connections = ConnectionCounter(profile.network.max_connections)
         rate = profile.network.bandwidth
         self._bucket = TokenBucket.per_second(rate) if rate else None
         self._answers: dict[tuple[str, int], tuple[bool, float | None]] = {}
 
-    async def start(self, path: Path) -> None:
-        self._server = await asyncio.start_unix_server(
-            self._accept, path=str(path), limit=self.settings.chunk * 4
-        )
-        # The socket's directory is the access control (only the bridge mounts it); the
-        # relay in the sidecar runs as the agent's uid, which need not be ours.
-        os.chmod(path, 0o666)
+    async def start(self, listener: socket.socket) -> None:
+        """Serves the agent's connections on `listener`, the listening socket the sidecar
+        handed over (bound in the agent's namespace; app/egress/listener.py). It is ours
+        from now on."""
+        self._server = await asyncio.start_server(self._accept, sock=listener,
+                                                  limit=self.settings.chunk * 4)
+
+    def cut(self) -> None:
+        """Ends every connection of the agent's now, tunnels and transfers under way included
+        (the user blocked all network); each exchange cut is logged as refused."""
+        for task, client in list(self._clients.items()):
+            client.cut = True
+            task.cancel()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -263,9 +273,9 @@ class SessionProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._clients.add(task)
         client = _Client(reader, writer, h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.settings.max_head_bytes))
+        self._clients[task] = client
         try:
             if len(self._clients) > self.settings.max_clients:
                 raise _Refused(503, "limit", "too many connections from the agent")
@@ -274,12 +284,17 @@ class SessionProxy:
             await self._refuse(client, _Record(), e)
         except _Gone:
             pass
+        except asyncio.CancelledError:
+            if not client.cut:
+                raise
+            task.uncancel()  # ours: the connection ends here, cleanly
+            self._log_cut(client.record)
         except (ConnectionError, OSError) as e:
             log.debug("session %s: client connection ended: %s", self.session, e)
         except Exception:
             log.exception("session %s: proxy connection failed", self.session)
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             await self._drop_upstream(client)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -290,12 +305,13 @@ class SessionProxy:
             request = await self._read_head(client)
             if request is None:
                 return
-            record = _Record(method=request.method.decode("ascii", "replace"))
+            record = client.record = _Record(method=request.method.decode("ascii", "replace"))
             try:
                 keep = await self._exchange(client, request, record)
             except _Refused as e:
                 await self._refuse(client, record, e)
                 return
+            client.record = None
             if not keep:
                 return
             client.conn.start_next_cycle()
@@ -321,7 +337,7 @@ class SessionProxy:
             timeout = (self.settings.idle_timeout if deadline is None
                        else deadline - time.monotonic())
             try:
-                data = await asyncio.wait_for(client.reader.read(self.settings.chunk),
+                data = await _within(client.reader.read(self.settings.chunk),
                                               max(timeout, 0))
             except TimeoutError as e:
                 if deadline is None:
@@ -347,10 +363,17 @@ class SessionProxy:
             deadline = time.monotonic() + LINGER_SECONDS
             while time.monotonic() < deadline:
                 left = deadline - time.monotonic()
-                if not await asyncio.wait_for(client.reader.read(65536), left):
+                if not await _within(client.reader.read(65536), left):
                     break
         except (ConnectionError, OSError, RuntimeError, TimeoutError):
             pass
+
+    def _log_cut(self, record: _Record | None) -> None:
+        if record is None:
+            return  # between exchanges: nothing was under way
+        record.decision, record.rule = "deny", "blocked-all"
+        record.reason = "cut: the user blocked all network access of agents"
+        self._emit(EventKind.NET_REFUSED, record)
 
     def _emit(self, kind: EventKind, record: _Record) -> None:
         subject = f"{record.host}:{record.port}" if record.host else "-"
@@ -396,7 +419,7 @@ class SessionProxy:
             addresses: list[IPAddress] = [host.address]
         else:
             try:
-                addresses = await asyncio.wait_for(
+                addresses = await _within(
                     self._resolver.resolve(host.name, target.port), self.settings.connect_timeout
                 )
             except (OSError, TimeoutError) as e:
@@ -683,7 +706,7 @@ class SessionProxy:
             if event is not h11.NEED_DATA:
                 raise _Refused(400, "bad-request", "the request body ended early")
             try:
-                data = await asyncio.wait_for(client.reader.read(self.settings.chunk),
+                data = await _within(client.reader.read(self.settings.chunk),
                                               self.settings.body_timeout)
             except TimeoutError as e:
                 raise _Refused(408, "timeout", "the request body stalled") from e
@@ -743,7 +766,7 @@ class SessionProxy:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = await asyncio.wait_for(upstream.reader.read(self.settings.chunk),
+                data = await _within(upstream.reader.read(self.settings.chunk),
                                               self.settings.body_timeout)
             except TimeoutError as e:
                 raise _Refused(504, "upstream", "the upstream did not answer in time") from e
@@ -796,10 +819,12 @@ class SessionProxy:
             sink.write(data)
             moved = len(data)
         await _flushed(sink)
-        with contextlib.suppress(OSError):
-            # The default unix socket buffer (~200 KiB) would cut each splice in five.
-            sink.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                                     2 * PIPE_SIZE)
+        sink_socket = sink.get_extra_info("socket")
+        if sink_socket.family == socket.AF_UNIX:
+            # The default unix socket buffer (~200 KiB) would cut each splice in five. (TCP
+            # sizes its own buffers; a fixed size would switch that off.)
+            with contextlib.suppress(OSError):
+                sink_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * PIPE_SIZE)
         pipe = _SplicePipe(source_writer.get_extra_info("socket").fileno(),
                            sink.get_extra_info("socket").fileno())
         try:
@@ -861,7 +886,7 @@ class SessionProxy:
         error: Exception | None = None
         for address in addresses:
             try:
-                reader, writer = await asyncio.wait_for(
+                reader, writer = await _within(
                     asyncio.open_connection(str(address), port, ssl=context,
                                             server_hostname=tls_name,
                                             limit=self.settings.chunk * 4),
@@ -928,7 +953,7 @@ class BlockedLog:
             while True:
                 try:
                     # readline is cancel-safe: a line cut by the timeout stays buffered.
-                    line = await asyncio.wait_for(reader.readline(), window)
+                    line = await _within(reader.readline(), window)
                 except TimeoutError:
                     self._emit_coalesced(self._limiter.due(time.monotonic()))
                     continue
@@ -1068,7 +1093,7 @@ class _SplicePipe:
         else:
             self._loop.add_reader(fd, wake)
         try:
-            await asyncio.wait_for(ready, timeout)
+            await _within(ready, timeout)
         finally:
             if write:
                 self._loop.remove_writer(fd)
@@ -1131,6 +1156,13 @@ def _findings_text(findings: Sequence[Finding]) -> str:
     if not findings:
         return ""
     return "; it carries: " + ", ".join(sorted({f.kind for f in findings}))
+
+
+async def _within(awaitable: Awaitable[_T], seconds: float | None) -> _T:
+    """`asyncio.wait_for`, minus its Python 3.11 flaw: a cancellation that arrives as the
+    awaited thing completes is swallowed there, and `SessionProxy.cut` would not cut."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None]) -> None:

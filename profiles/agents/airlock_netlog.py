@@ -7,9 +7,12 @@ this is safe). Standard library only; it runs on the image's python3.
 1. As root with only CAP_NET_ADMIN, CAP_SETUID and CAP_SETGID, before the agent exists: create
    the TUN device `airlock0` in the namespace it shares with the agent, enable IPv6, and make
    the device the route for every IPv4 and IPv6 destination that is not local (loopback
-   stays on `lo`: the proxy's relay listens there).
+   stays on `lo`: the proxy's port is there).
 2. Drop to the session's uid and gid (which clears every capability) and check that none is
-   left, then start the relay command (airlock_relay.py) if one is given.
+   left. Then, for a session with network rules, bind the proxy's port (127.0.0.1:3128) and
+   hand the listening socket to the supervisor (`--hand-over`, SCM_RIGHTS; see
+   app/egress/listener.py): its proxy accepts the agent's connections itself, and no
+   process of the sidecar ever touches their bytes.
 3. Read packets from the TUN device forever. Nothing is forwarded — the device has no other
    end, and the namespace has no uplink. A TCP SYN is answered with a RST and a UDP datagram
    with ICMP port unreachable, so that the agent fails at once instead of waiting for
@@ -18,7 +21,7 @@ this is safe). Standard library only; it runs on the image's python3.
    the supervisor's `netlog.sock`, deduplicated and rate-limited: an agent can send
    millions of packets, the supervisor gets at most about `LINES_PER_WINDOW` lines a second.
 
-Usage: airlock_netlog.py --uid U --gid G --report SOCKET [-- RELAY COMMAND...]
+Usage: airlock_netlog.py --uid U --gid G --report SOCKET [--listen HOST:PORT --hand-over SOCKET]
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 
@@ -341,21 +343,42 @@ def dropped_by_device() -> int:
     return 0
 
 
+def connect_unix(path: str) -> socket.socket:
+    """A connection to one of the supervisor's sockets, waiting up to 10 s for it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                sock.close()
+                raise
+            time.sleep(0.02)
+
+
+HANDOVER_MESSAGE = b"airlock-listener\n"  # app/egress/listener.py: MESSAGE
+BACKLOG = 256
+
+
+def hand_over_listener(address: tuple[str, int], path: str) -> None:
+    """Binds the proxy's port and passes the listening socket to the supervisor at `path`.
+    Our copy is closed at once: the port is the supervisor's, and nothing here accepts."""
+    listener = socket.create_server(address, backlog=BACKLOG)
+    try:
+        with connect_unix(path) as channel:
+            socket.send_fds(channel, [HANDOVER_MESSAGE], [listener.fileno()])
+    finally:
+        listener.close()
+
+
 class Reporter:
     """The line-per-report connection to the supervisor. A report that cannot be written
     within a second is dropped and counted (the supervisor is stalled, the agent goes on)."""
 
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        self.sock = connect_unix(path)
         self.sock.settimeout(1.0)
         self.lost = 0
 
@@ -381,32 +404,29 @@ def _stop(*_: object) -> None:
     raise Stop
 
 
-def watch(tun: int, reporter: Reporter, relay: subprocess.Popen[bytes] | None) -> int:
+def watch(tun: int, reporter: Reporter) -> int:
     reports = Reports()
     poller = select.poll()
     poller.register(tun, select.POLLIN)
     poller.register(reporter.sock, select.POLLIN)  # readable only when the supervisor hangs up
     signal.signal(signal.SIGTERM, _stop)
     try:
-        return _watch(tun, reporter, relay, reports, poller)
+        return _watch(tun, reporter, reports, poller)
     except Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         reporter.send(reports.tick(time.monotonic(), final=True))
         return 0
 
 
-def _watch(tun: int, reporter: Reporter, relay: subprocess.Popen[bytes] | None,
-           reports: Reports, poller: select.poll) -> int:
+def _watch(tun: int, reporter: Reporter, reports: Reports, poller: select.poll) -> int:
     while True:
-        if relay is not None and relay.poll() is not None:
-            return relay.returncode or 1
         ready = poller.poll(int(WINDOW_SECONDS * 1000))
         now = time.monotonic()
         lines: list[dict[str, object]] = []
         for fd, _ in ready:
             if fd != tun:
                 return 0  # the supervisor closed the session's log: the session is over
-            for _ in range(256):  # a batch, then look at the clock and the relay again
+            for _ in range(256):  # a batch, then look at the clock again
                 try:
                     raw = os.read(tun, 65536)
                 except BlockingIOError:
@@ -434,21 +454,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
     parser.add_argument("--report", required=True)
-    parser.add_argument("relay", nargs=argparse.REMAINDER)
+    parser.add_argument("--listen", help="HOST:PORT of the proxy's port")
+    parser.add_argument("--hand-over", help="the supervisor's socket that takes the port")
     options = parser.parse_args(argv)
-    relay_command = options.relay[1:] if options.relay[:1] == ["--"] else options.relay
+    if bool(options.listen) != bool(options.hand_over):
+        parser.error("--listen and --hand-over go together")
     tun = open_tun()
     configure(socket.if_nametoindex(DEVICE))
     os.set_blocking(tun, False)
     drop_privileges(options.uid, options.gid)
+    if options.listen:
+        host, _, port = options.listen.rpartition(":")
+        hand_over_listener((host, int(port)), options.hand_over)
     reporter = Reporter(options.report)
-    relay = subprocess.Popen(relay_command) if relay_command else None
     reporter.send([{"event": "ready", "device": DEVICE}])
-    try:
-        return watch(tun, reporter, relay)
-    finally:
-        if relay is not None and relay.poll() is None:
-            relay.terminate()
+    return watch(tun, reporter)
 
 
 if __name__ == "__main__":

@@ -90,10 +90,9 @@ def test_image_holds_exactly_the_shipped_agents(
         agent_image, ["ls", AGENTS_IN_IMAGE], network_mode="none", remove=True
     )
     shipped = {a.name for a in Recipe.default().agents}
-    # agentkit is the demo agents' shared module; airlock_netlog and airlock_relay the egress
-    # sidecar's witness and relay.
+    # agentkit is the demo agents' shared module; airlock_netlog the egress sidecar's witness.
     assert set(listing.decode().split()) == shipped == {*AGENTS, "agentkit.py",
-                                                        "airlock_netlog.py", "airlock_relay.py"}
+                                                        "airlock_netlog.py"}
 
 
 @pytest.mark.parametrize("script", sorted(AGENTS))

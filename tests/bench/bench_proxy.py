@@ -1,10 +1,13 @@
 """Benchmark of the egress proxy: 1 GiB download throughput and the p50 latency added to
-small keep-alive requests, direct vs through Airlock's proxy (on its unix socket, and through
-the sidecar's relay, `airlock_relay.py` run with the bridge's own `relay_command`) vs through
-socat (the relay it replaced) and tinyproxy, all measured in one run.
+small keep-alive requests, direct vs through Airlock's proxy vs through tinyproxy, all
+measured in one run.
 
-Every process is separate (upstream, proxy, tinyproxy, the measuring client), as in real
-use, so no two share a GIL. Run: .venv/bin/python -m pytest tests/bench/bench_proxy.py -m bench -s
+Airlock is measured on the agent's own path: the witness's `hand_over_listener` binds the
+port in one process and hands it over, the proxy's process takes it with the supervisor's
+`ListenerHandover` and serves it, as in a session (minus the network namespace, which costs
+nothing on loopback). Every process is separate (upstream, proxy, tinyproxy, the measuring
+client), as in real use, so no two share a GIL.
+Run: .venv/bin/python -m pytest tests/bench/bench_proxy.py -m bench -s
 """
 
 from __future__ import annotations
@@ -22,13 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from app.egress.bridge import relay_command
-
 pytestmark = pytest.mark.bench
 
 GIB = 1024**3
 SMALL_REQUESTS = 2000
-RELAY = str(Path(__file__).resolve().parents[2] / "profiles" / "agents" / "airlock_relay.py")
+AGENTS = str(Path(__file__).resolve().parents[2] / "profiles" / "agents")
 
 UPSTREAM = textwrap.dedent('''
     import socket, sys, threading
@@ -66,6 +67,7 @@ PROXY = textwrap.dedent('''
     import asyncio, sys
     sys.path.insert(0, {repo!r})
     from pathlib import Path
+    from app.egress.listener import ListenerHandover
     from app.egress.proxy import SessionProxy
     from app.events import EventBus
     from app.profiles import parse_profile
@@ -75,9 +77,13 @@ PROXY = textwrap.dedent('''
     class NoSecrets:
         def get(self, name): return None
     async def main():
-        proxy = SessionProxy("bench", profile, EventBus(), secrets=NoSecrets())
-        await proxy.start(Path({socket!r}))
+        handover = ListenerHandover({listen})
+        await handover.start(Path({socket!r}))
         print("ready", flush=True)
+        await handover.received.wait()
+        proxy = SessionProxy("bench", profile, EventBus(), secrets=NoSecrets())
+        await proxy.start(handover.take())
+        print("serving", flush=True)
         await asyncio.Event().wait()
     asyncio.run(main())
 ''')
@@ -108,13 +114,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def connect(where: str | int) -> socket.socket:
-    if isinstance(where, str):
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(where)
-    else:
-        sock = socket.create_connection(("127.0.0.1", where))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
@@ -146,7 +148,7 @@ def request(upstream: int, path: str, via_proxy: bool) -> bytes:
     return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n\r\n".encode()
 
 
-def download(where: str | int, upstream: int, via_proxy: bool) -> float:
+def download(where: int, upstream: int, via_proxy: bool) -> float:
     buffer = bytearray(4 * 1024 * 1024)
     with connect(where) as sock:
         started = time.perf_counter()
@@ -155,7 +157,7 @@ def download(where: str | int, upstream: int, via_proxy: bool) -> float:
         return GIB / (time.perf_counter() - started)
 
 
-def small_p50(where: str | int, upstream: int, via_proxy: bool) -> tuple[float, int]:
+def small_p50(where: int, upstream: int, via_proxy: bool) -> tuple[float, int]:
     """p50 of small requests on a kept-alive connection; a proxy that closes after each
     response (tinyproxy does) pays for its reconnects. Returns (p50, reconnects)."""
     buffer = bytearray(65536)
@@ -188,26 +190,24 @@ def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
     with process([sys.executable, "-c", UPSTREAM]) as server:
         assert server.stdout is not None
         upstream = int(server.stdout.readline())
-        sock_path = str(tmp_path / "proxy.sock")
-        script = PROXY.format(repo=repo, port=upstream, socket=sock_path)
-        tiny_port, relay_port, socat_port = free_port(), free_port(), free_port()
+        sock_path = str(tmp_path / "listener.sock")
+        tiny_port, airlock_port = free_port(), free_port()
+        script = PROXY.format(repo=repo, port=upstream, socket=sock_path, listen=airlock_port)
         conf = tmp_path / "tinyproxy.conf"
         conf.write_text(f"Port {tiny_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\n"
                         "MaxClients 20\nLogLevel Critical\n")
         with process([sys.executable, "-c", script]) as proxy, \
-                process([tinyproxy, "-d", "-c", str(conf)]), \
-                process([sys.executable, *relay_command(RELAY, relay_port, sock_path)[1:]]), \
-                process(["socat", "-b", "262144",
-                         f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr,nodelay",
-                         f"UNIX-CONNECT:{sock_path}"]):
+                process([tinyproxy, "-d", "-c", str(conf)]):
             assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-            for port in (tiny_port, relay_port, socat_port):
-                wait_port(port)
-            paths: dict[str, tuple[str | int, bool]] = {
+            hand_over = (f"import sys; sys.path.insert(0, {AGENTS!r}); import airlock_netlog; "
+                         f"airlock_netlog.hand_over_listener(('127.0.0.1', {airlock_port}), "
+                         f"{sock_path!r})")
+            subprocess.run([sys.executable, "-I", "-S", "-c", hand_over], check=True, timeout=30)
+            assert proxy.stdout.readline().strip() == "serving"
+            wait_port(tiny_port)
+            paths: dict[str, tuple[int, bool]] = {
                 "direct": (upstream, False),
-                "airlock (unix socket)": (sock_path, True),
-                "airlock via the relay": (relay_port, True),
-                "airlock via socat (old)": (socat_port, True),
+                "airlock (agent's path)": (airlock_port, True),
                 "tinyproxy": (tiny_port, True),
             }
             rates = {name: download(where, upstream, via) for name, (where, via) in

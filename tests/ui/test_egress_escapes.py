@@ -27,6 +27,7 @@ from app.profiles import ProfileCatalog, parse_profile
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import StateStore
 from tests.netsupport import (
+    EchoServer,
     RecordingListener,
     RecordingServer,
     ScriptedFrontEnd,
@@ -318,3 +319,71 @@ def test_a_flood_of_attempts_is_counted_not_streamed_and_the_proxy_keeps_serving
     assert {e.subject for e in blocked if not e.details.get("coalesced")} <= {
         f"203.0.113.{i % 250 + 1}:{1000 + i % 7}" for i in range(4000)} | {
         f"198.51.100.7:{2000 + i}" for i in range(300)}
+
+
+TUNNEL = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"CONNECT allowed.test:$ECHO HTTP/1.1\r\nHost: allowed.test:$ECHO\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+print("tunnel:", head.split(b"\r\n")[0].decode())
+s.sendall(b"before")
+print("echo:", s.recv(6).decode(), flush=True)
+s.settimeout(60)
+try:
+    print("cut:", s.recv(100) == b"")
+except OSError as e:
+    print("cut:", type(e).__name__)
+try:
+    for _ in range(20):
+        s.sendall(b"after")
+except OSError as e:
+    print("send:", type(e).__name__)
+again = socket.create_connection(("127.0.0.1", 3128))
+again.sendall(b"CONNECT allowed.test:$ECHO HTTP/1.1\r\nHost: allowed.test:$ECHO\r\n\r\n")
+print("again:", again.recv(200).split(b"\r\n")[0].decode())
+"""
+
+
+def test_blocking_all_network_cuts_the_tunnel_an_agent_has_open(
+    dirs: Dirs, engine: docker.DockerClient, agent_image: str
+) -> None:
+    """The user's "Block all network" in the middle of an agent's open tunnel: the tunnel
+    ends at once, and what the agent sends after it never reaches the server."""
+    with EchoServer() as echo:
+        bus = EventBus()
+        events: list[Event] = []
+        bus.attach(events.append)
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
+                        resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}))
+        text = profile_text(agent_image, ["python3", "-c",
+                                          TUNNEL.replace("$ECHO", str(echo.port))]) + (
+            f'[network]\nallow = ["allowed.test:{echo.port}"]\nallow_private = true\n')
+        store = StateStore(dirs.database)
+        supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
+                                extensions=[egress])
+        output = CollectedOutput()
+
+        async def main() -> SessionResult:
+            run = asyncio.ensure_future(supervisor.run(
+                LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml")), output))
+            while bytes(echo.received) != b"before" and not run.done():
+                await asyncio.sleep(0.02)
+            egress.block_all(True)
+            return await run
+
+        try:
+            result = asyncio.run(main())
+        finally:
+            store.close()
+    lines = dict(line.split(": ", 1) for line in output.text().splitlines() if ": " in line)
+    assert result.exit_code == 0, output.text()
+    assert lines["tunnel"].startswith("HTTP/1.1 200") and lines["echo"] == "before"
+    assert lines["cut"] in ("True", "ConnectionResetError"), output.text()
+    assert lines["again"].startswith("HTTP/1.1 403")
+    assert bytes(echo.received) == b"before"  # at the server: nothing after the cut
+    refused = [e for e in events if e.kind == "net.refused"]
+    assert [e.details["rule"] for e in refused] == ["blocked-all", "blocked-all"]
+    assert refused[0].details["reason"].startswith("cut:")

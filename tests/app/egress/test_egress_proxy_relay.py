@@ -1,5 +1,5 @@
-"""The proxy's raw relay (splice) for large response bodies and CONNECT tunnels, on its real
-unix socket against real upstreams: every byte arrives exactly once and in order, either side
+"""The proxy's raw relay (splice) for large response bodies and CONNECT tunnels, against real
+upstreams: every byte arrives exactly once and in order, either side
 hanging up mid-body ends only that exchange, keep-alive goes on after a spliced body, and
 the tunnel's upload threshold and the bandwidth limit still hold."""
 
@@ -20,8 +20,10 @@ import pytest
 import app.egress.proxy as proxy_module
 from app.consent import Verdict
 from app.egress.proxy import ProxySettings
+from app.profiles import parse_profile
 from tests.app.egress.test_egress_proxy import harness, profile
 from tests.netsupport import (
+    EchoServer,
     ProxyHarness,
     RecordingServer,
     ScriptedFrontEnd,
@@ -32,45 +34,8 @@ from tests.netsupport import (
 MIB = 1024 * 1024
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTP client on the proxy's own unix socket (what the sidecar's relay connects to)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.path)
-
-
-class EchoServer:
-    """A raw TCP server that echoes what it gets and keeps all of it."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.received = bytearray()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                while data := conn.recv(MIB):
-                    self.received += data
-                    conn.sendall(data)
-
-    def __enter__(self) -> EchoServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.close()
+def proxy_connection(proxy: ProxyHarness) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
 
 
 @pytest.fixture
@@ -103,7 +68,7 @@ def test_bodies_arrive_exactly_and_keep_alive_goes_on(
     monkeypatch.setattr(proxy_module, "_SplicePipe", CountedPipe)
     sizes = [MIB - 1, MIB, 3 * MIB + 5, 64 * MIB + 17, 10]
     with relay_harness(tmp_path, upstream.port, splice) as proxy:
-        conn = UnixHTTPConnection(proxy.socket)
+        conn = proxy_connection(proxy)
         for size in sizes:
             conn.request("GET", f"http://files.test:{upstream.port}/pattern/{size}")
             response = conn.getresponse()
@@ -124,7 +89,7 @@ def test_an_upstream_hanging_up_mid_body_cuts_only_that_response(
     tmp_path: Path, upstream: RecordingServer
 ) -> None:
     with relay_harness(tmp_path, upstream.port) as proxy:
-        conn = UnixHTTPConnection(proxy.socket)
+        conn = proxy_connection(proxy)
         conn.request("GET", f"http://files.test:{upstream.port}/cut/{8 * MIB}")
         response = conn.getresponse()
         with pytest.raises(http.client.IncompleteRead) as cut:
@@ -132,7 +97,7 @@ def test_an_upstream_hanging_up_mid_body_cuts_only_that_response(
         assert len(cut.value.partial) == 4 * MIB
         assert cut.value.partial == pattern(4 * MIB)
         conn.close()
-        again = UnixHTTPConnection(proxy.socket)
+        again = proxy_connection(proxy)
         again.request("GET", f"http://files.test:{upstream.port}/pattern/{2 * MIB}")
         assert again.getresponse().read() == pattern(2 * MIB)
         again.close()
@@ -143,8 +108,7 @@ def test_a_client_hanging_up_mid_body_ends_only_its_exchange(
     tmp_path: Path, upstream: RecordingServer
 ) -> None:
     with relay_harness(tmp_path, upstream.port) as proxy:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(proxy.socket))
+        sock = socket.create_connection(("127.0.0.1", proxy.port))
         sock.sendall(f"GET http://files.test:{upstream.port}/pattern/{256 * MIB} HTTP/1.1\r\n"
                      f"Host: files.test:{upstream.port}\r\n\r\n".encode())
         got = 0
@@ -153,16 +117,14 @@ def test_a_client_hanging_up_mid_body_ends_only_its_exchange(
         sock.close()
         assert wait_until(lambda: proxy.proxy._connections.open == 0 and
                           not proxy.proxy._clients)
-        conn = UnixHTTPConnection(proxy.socket)
+        conn = proxy_connection(proxy)
         conn.request("GET", f"http://files.test:{upstream.port}/pattern/{3 * MIB}")
         assert conn.getresponse().read() == pattern(3 * MIB)
         conn.close()
 
 
 def open_tunnel(proxy: ProxyHarness, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(30)
-    sock.connect(str(proxy.socket))
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
     sock.sendall(f"CONNECT files.test:{port} HTTP/1.1\r\nHost: files.test:{port}\r\n\r\n"
                  .encode())
     head = b""
@@ -228,7 +190,7 @@ def test_the_bandwidth_limit_holds_for_spliced_bodies(
 ) -> None:
     with relay_harness(tmp_path, upstream.port,
                        network='bandwidth = "4m"') as proxy:
-        conn = UnixHTTPConnection(proxy.socket)
+        conn = proxy_connection(proxy)
         started = time.monotonic()
         conn.request("GET", f"http://files.test:{upstream.port}/pattern/{12 * MIB}")
         body = conn.getresponse().read()
@@ -237,3 +199,47 @@ def test_the_bandwidth_limit_holds_for_spliced_bodies(
     assert body == pattern(12 * MIB)
     # 12 MiB at 4 MB/s with a quarter second of burst: about 3 s; unlimited, a few ms.
     assert elapsed >= 2.5, elapsed
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["spliced", "h11"])
+def test_cutting_ends_open_tunnels_and_downloads_at_once(
+    tmp_path: Path, upstream: RecordingServer, splice: bool
+) -> None:
+    """"Block all network" while a tunnel is open and a download is under way: both end
+    now, nothing more reaches the upstream, and each is logged as refused."""
+    switch = {"on": False}
+    with EchoServer() as echo, harness(
+        tmp_path, parse_profile(
+            'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+            f'allow = ["files.test:{upstream.port}", "files.test:{echo.port}"]\n'
+            '[approval]\nuploads = "never"\n', "t.toml"),
+        settings=ProxySettings(body_timeout=5, splice=splice, splice_min=MIB),
+        blocked=lambda: switch["on"],
+    ) as proxy:
+        tunnel = open_tunnel(proxy, echo.port)
+        tunnel.sendall(b"before")
+        assert tunnel.recv(6) == b"before"
+        download = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+        download.sendall(f"GET http://files.test:{upstream.port}/pattern/{512 * MIB} HTTP/1.1"
+                         f"\r\nHost: files.test:{upstream.port}\r\n\r\n".encode())
+        assert download.recv(MIB)
+        switch["on"] = True
+        proxy.loop.call_soon_threadsafe(proxy.proxy.cut)
+        assert wait_until(lambda: not proxy.proxy._clients)
+        tunnel.settimeout(10)
+        assert tunnel.recv(100) == b""  # closed by the proxy
+        with contextlib.suppress(OSError):
+            tunnel.sendall(b"after")
+        got = 0
+        with contextlib.suppress(OSError):
+            while chunk := download.recv(MIB):
+                got += len(chunk)
+        assert got < 512 * MIB
+        tunnel.close()
+        download.close()
+        refused = [e for e in proxy.wait_events(2) if e.kind == "net.refused"]
+    assert bytes(echo.received) == b"before"
+    assert {e.details["rule"] for e in refused} == {"blocked-all"}
+    assert {e.subject for e in refused} == {f"files.test:{echo.port}",
+                                            f"files.test:{upstream.port}"}
+    assert all(e.details["reason"].startswith("cut:") for e in refused)
