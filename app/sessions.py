@@ -44,7 +44,7 @@ from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, gr
 from app.paths import Dirs
 from app.profiles import Approval, Profile, ProfileCatalog
 from app.rules import decide
-from app.staging import SessionStaging
+from app.staging import RootKind, SessionStaging
 from app.store import SessionRecord, SessionState, StateStore
 from app.view import SessionView, anchors_for
 
@@ -624,6 +624,20 @@ class Supervisor:
             return self._sweep()
         return []
 
+    def _kill_agent(self, session: str) -> None:
+        """Kills the session's agent now (no grace: it must not read on); its supervisor
+        then ends the session as usual."""
+        for container in self._containers(session):
+            if (container.attrs.get("Labels") or {}).get(LABEL_ROLE, "agent") != "agent":
+                continue
+            try:
+                container.kill()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                log.warning("cannot kill session %s for a revocation: %s", session,
+                            e.explanation)
+
     def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
         """The agent's process list, as `ps` inside the container would show it."""
         record = self.store.session(session)
@@ -728,7 +742,15 @@ class Supervisor:
         return inside
 
     def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
-        """Revokes grants and takes them out of every running session that uses them."""
+        """Revokes grants and takes them out of every running session that uses them.
+
+        A read-only grant is a set of hard links in the session's view: they go, and with
+        them every path to the host files. A read-write file's staged copy is moved out of
+        the agent's reach, and kept for review. A read-write folder is an overlay mounted in
+        the agent's container, which keeps whatever it looked up or copied up, and which
+        the agent's working directory pins even if detached: no unprivileged way takes it
+        back from a running agent. So revoking one stops the session (its agent killed at
+        once); its staged changes stay for `airlock changes` and `commit`."""
         grants = [self.store.grant(grant_id) for grant_id in grant_ids]
         missing = [gid for gid, g in zip(grant_ids, grants, strict=True) if g is None]
         if missing:
@@ -742,6 +764,18 @@ class Supervisor:
                 if record is None or not record.live:
                     continue
                 view = SessionView(self.dirs.sessions / session / "view")
+                staging = SessionStaging(self.dirs.sessions / session / "staging", session)
+                staging.withdraw(grant.id)
+                if any(r.grant == grant.id and r.kind is RootKind.TREE
+                       for r in staging.roots()):
+                    self._kill_agent(session)
+                    view.remove(grant.path, keep=[Path(DOCUMENTS)])
+                    self.bus.emit(EventKind.GRANT_REVOKED, session, str(grant.path),
+                                  grant=grant.id, stopped=True,
+                                  reason="a read-write folder cannot be taken back from a "
+                                         "running agent: the session was stopped; its "
+                                         "staged changes are kept for review")
+                    continue
                 location = self.store.grant_location(session, grant.id)
                 if location is not None:
                     view.remove(Path(location), keep=[Path(DOCUMENTS)])

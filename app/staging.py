@@ -214,6 +214,26 @@ class SessionStaging:
         self._save(base, staged)
         return staged
 
+    def withdraw(self, grant: str) -> list[StagedRoot]:
+        """Takes the staged copies of a revoked grant (FILE roots) out of the agent's reach:
+        each moves beside its root's record, where `changes` and `commit` still find it
+        (nothing staged is lost), and the agent, even from inside the directory it was in,
+        no longer does. A descriptor it has open keeps working, as with any revocation."""
+        withdrawn = []
+        for staged in self.roots():
+            if staged.grant != grant or staged.kind is not RootKind.FILE:
+                continue
+            kept = self.root / staged.id / "withdrawn" / staged.upper.name
+            if staged.upper == kept:
+                continue
+            kept.parent.mkdir(mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # gone: as the agent left it
+                os.rename(staged.upper, kept)
+            moved = replace(staged, upper=kept)
+            self._save(self.root / staged.id, moved)
+            withdrawn.append(moved)
+        return withdrawn
+
     def _save(self, base: Path, staged: StagedRoot) -> None:
         _write_json(base / "root.json", staged.to_json())
 

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -21,6 +21,7 @@ from app.grants import GrantRequest, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
 from app.sessions import LaunchRequest, SessionResult, Supervisor
+from app.staging import SessionStaging
 from app.store import SessionState, StateStore
 from tests.support import CollectedOutput, DesktopUser, profile_text
 
@@ -297,3 +298,113 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
         output.text("stderr"))
     assert result.exit_code == 0
     assert (tmp_path / "elsewhere.txt").read_text() == "documents area\n"
+
+
+def staging_of(supervisor: Supervisor, session: str) -> SessionStaging:
+    return SessionStaging(supervisor.dirs.sessions / session / "staging", session)
+
+
+def _run_then_revoke(supervisor: Supervisor, request: LaunchRequest, output: CollectedOutput,
+                     before_revoke: Callable[[str], Awaitable[None]]) -> SessionResult:
+    """Runs `request`; once the agent printed "ready", `before_revoke(session)`, then
+    revokes every grant of the session."""
+
+    async def scenario() -> SessionResult:
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        supervisor.bus.attach(lambda e: started.set_result(e.session or "")
+                              if e.kind is EventKind.SESSION_STARTED and not started.done()
+                              else None)
+        run = asyncio.create_task(supervisor.run(request, output))
+        session = await started
+        await before_revoke(session)
+        while "ready" not in output.text("stdout") and not run.done():
+            await asyncio.sleep(0.02)
+        grants = supervisor.store.session_grants(session, time.time())
+        supervisor.revoke([g.id for g in grants])
+        return await asyncio.wait_for(run, 60)
+
+    return asyncio.run(scenario())
+
+
+def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
+    supervisor: Supervisor, agent_image: str, tmp_path: Path
+) -> None:
+    """An overlay keeps what the agent looked up or copied up, and its working directory
+    pins it: the agent must not read on. It is killed; its staged edit stays reviewable."""
+    tree = tmp_path / "tree"
+    tree.mkdir(mode=0o777)
+    for name, text in (("kept.txt", "untouched\n"), ("edited.txt", "original\n")):
+        (tree / name).write_text(text)
+        (tree / name).chmod(0o666)
+    tmp_path.chmod(0o755)
+    script = (
+        "import os, time\n"
+        f"os.chdir({str(tree)!r})\n"
+        "open('edited.txt', 'a').write('by the agent\\n')\n"
+        "open('kept.txt').read()\n"
+        "print('ready', flush=True)\n"
+        "for i in range(600):\n"
+        "    print('still reading', open('kept.txt').read().strip(), flush=True)\n"
+        "    time.sleep(0.05)\n"
+    )
+    text = profile_text(agent_image, ["python3", "-c", script])
+    request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"),
+                            (GrantRequest(tree, Mode.READ_WRITE),))
+    events: list[Event] = []
+    supervisor.bus.attach(events.append)
+    output = CollectedOutput()
+
+    async def nothing(session: str) -> None:
+        return None
+
+    result = _run_then_revoke(supervisor, request, output, nothing)
+    assert result.reason == "killed by SIGKILL", output.text()
+    assert output.text("stdout").count("still reading") < 40  # it ran on ~2 s at most
+    revoked = [e for e in events if e.kind is EventKind.GRANT_REVOKED]
+    assert revoked and revoked[0].details["stopped"] is True
+    assert "staged changes are kept" in revoked[0].details["reason"]
+    assert (tree / "edited.txt").read_text() == "original\n"  # the host is untouched
+    changes = staging_of(supervisor, result.session).changeset().changes
+    assert [(c.path, str(c.kind)) for c in changes] == [(tree / "edited.txt", "modified")]
+
+
+def test_revoking_a_saved_file_takes_its_staged_copy_away(
+    supervisor: Supervisor, agent_image: str, tmp_path: Path
+) -> None:
+    """A file opened read-write through the portal is a copy in the saves area: on revoke
+    it leaves the agent's reach, even from inside its directory, and stays reviewable."""
+    target = tmp_path / "report.txt"
+    target.write_text("host content\n")
+    target.chmod(0o666)
+    tmp_path.chmod(0o755)
+    script = (
+        "import glob, os, time\n"
+        "while not glob.glob('/run/airlock/save/*/report.txt'):\n"
+        "    time.sleep(0.02)\n"
+        "(path,) = glob.glob('/run/airlock/save/*/report.txt')\n"
+        "os.chdir(os.path.dirname(path))\n"
+        "open('report.txt', 'a').write('by the agent\\n')\n"
+        "print('ready', flush=True)\n"
+        "for _ in range(400):\n"
+        "    if not os.path.exists('report.txt') and not os.path.exists(path):\n"
+        "        break\n"
+        "    time.sleep(0.025)\n"
+        "print('gone' if not os.path.exists('report.txt') else 'still there', flush=True)\n"
+    )
+    text = profile_text(agent_image, ["python3", "-c", script])
+    request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"))
+    output = CollectedOutput()
+
+    async def open_for_writing(session: str) -> None:
+        await supervisor.open_files(session, [target], Mode.READ_WRITE, Lifetime.SESSION)
+
+    result = _run_then_revoke(supervisor, request, output, open_for_writing)
+    assert result.exit_code == 0, output.text()
+    assert output.text("stdout").splitlines()[-1] == "gone"
+    saves = supervisor.dirs.sessions / result.session / "staging" / "saves"
+    assert list(saves.glob("*/report.txt")) == []  # on the host: out of the mounted area
+    assert target.read_text() == "host content\n"
+    (change,) = staging_of(supervisor, result.session).changeset().changes
+    assert change.path == target and str(change.kind) == "modified"
+    assert change.staged is not None
+    assert change.staged.read_text() == "host content\nby the agent\n"

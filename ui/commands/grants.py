@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from app.errors import AirlockError, GrantError
+from app.events import EventKind
 from app.grants import Grant, Lifetime, grant_for, parse_grant_argument
 from app.profiles import parse_duration
 from ui.commands.base import Context, add_command
@@ -82,9 +83,15 @@ def handle_revoke(ctx: Context, args: argparse.Namespace) -> int:
             ids = [g.id for g in supervisor.store.session_grants(args.session, now)]
         else:
             ids = list(args.grant)
+        stopped: list[str] = []
+        supervisor.bus.attach(lambda e: stopped.append(e.session or "") if (
+            e.kind is EventKind.GRANT_REVOKED and e.details.get("stopped")) else None)
         revoked = supervisor.revoke(ids)
     for grant in revoked:
         print(f"revoked {grant.id}: {grant.path}")
+    for session in dict.fromkeys(stopped):
+        print(f"stopped session {session}: a read-write folder cannot be taken back from a "
+              f"running agent; its staged changes are kept (`airlock changes {session}`)")
     if not revoked:
         print("nothing to revoke")
     return 0
