@@ -418,9 +418,12 @@ class EgressBridge:
                 return
             await asyncio.to_thread(sidecar.reload)
             if sidecar.status not in ("created", "running"):
-                logs = await asyncio.to_thread(sidecar.logs, tail=5)
-                raise EgressError("the network bridge exited: "
-                                  + logs.decode("utf-8", "replace").strip())
+                logs = (await asyncio.to_thread(sidecar.logs, tail=5)).decode("utf-8", "replace")
+                hint = ""
+                if "unrecognized arguments" in logs or "No such file" in logs:
+                    hint = (" (the agent image is older than this Airlock: "
+                            "`airlock image build` updates it)")
+                raise EgressError(f"the network bridge exited: {logs.strip()}{hint}")
             await asyncio.sleep(0.02)
         raise EgressError(f"the network bridge was not ready within {READY_TIMEOUT:.0f} s")
 
