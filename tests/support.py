@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,10 +57,19 @@ class DesktopUser:
         env = dict(self.env, **(extra_env or {}))
         command = [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
                    str(AIRLOCK), *args]
+        # A session of its own: `stop` can then reach the command behind runuser.
         return subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.base,
-            errors="replace",
+            errors="replace", start_new_session=True,
         )
+
+    @staticmethod
+    def stop(process: subprocess.Popen[str]) -> None:
+        """Kills a `popen`ed command and what it started (SIGKILL to runuser alone would
+        leave the command running)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
     def own(self, path: Path) -> Path:
         if os.getuid() == 0:

@@ -92,6 +92,5 @@ def test_net_totals_and_live_lines(tester: DesktopUser) -> None:
         assert live.stdout is not None
         line = live.stdout.readline()
     finally:
-        os.kill(live.pid, 9)
-        live.wait()
+        tester.stop(live)
     assert "files.example:443/x?k=…" in line and "allow [allow[0]]" in line
