@@ -1,13 +1,18 @@
 """Commit and undo: approved staged changes applied to the host, crash-safe and reversible.
 
 A commit runs in two phases recorded in a journal (`commit.json`, fsynced at each step):
-1. prepare: the new content of every file is written to a temp file beside its target and
-   fsynced; whatever will be replaced or deleted is kept in the commit's backup directory
-   (a hard link where possible); new directories are created.
-2. apply: temp files are renamed over their targets, deletions happen, one by one.
+1. prepare: the new content of every file is written to a temp file beside its target;
+   whatever will be replaced or deleted is kept in the commit's backup directory (a hard link
+   where possible); new directories are created. Then one syncfs(2) per file system makes all
+   of it durable before the journal says "applying".
+2. apply: temp files are renamed over their targets (by a few threads, each file on its
+   own); then mode changes and deletions happen, one by one, in order.
 A crash in phase 1 is rolled back (temp files and new directories removed, host untouched);
 a crash in phase 2 is rolled forward. Renames are atomic, so at every moment each file is
 entirely old or entirely new. `recover()` runs before any new commit and at start-up.
+
+Temp file names and the directories a commit will create are in the journal before anything
+on the host is touched, so a rollback knows everything there is to remove.
 
 Every path is reached from its granted root one component at a time with O_NOFOLLOW, so
 neither the agent nor a race on the host can redirect a write through a symlink.
@@ -20,17 +25,19 @@ import ctypes
 import errno
 import json
 import logging
+import operator
 import os
 import secrets
 import shutil
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.errors import AirlockError
 from app.staging import Change, ChangeKind, EntryType, StagedRoot, sha256_file
@@ -39,6 +46,12 @@ log = logging.getLogger(__name__)
 
 # Fault injection for the crash tests: seconds to pause after each applied operation.
 PAUSE_VARIABLE = "AIRLOCK_COMMIT_PAUSE"
+
+# Files are copied, and renamed into place, by a few threads: the work is system calls, which
+# release the GIL, and a file system keeps more than one core busy. Each task takes a run of
+# neighbouring operations, which mostly share their parent directory's handle.
+THREADS = 2
+RUN_LENGTH = 256
 
 
 class CommitError(AirlockError):
@@ -89,14 +102,18 @@ class CommitRecord:
     undone_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        # By hand: dataclasses.asdict is the slowest part of a 10 000-file commit.
-        return {
-            "id": self.id, "session": self.session, "created_at": self.created_at,
-            "state": str(self.state), "refused": self.refused, "undo_of": self.undo_of,
-            "undone_by": self.undone_by,
-            "operations": [{name: getattr(op, name) for name in Operation.__slots__}
-                           for op in self.operations],
-        }
+        return {**self._header(), "operations": _operations_json(self.operations)}
+
+    def _header(self) -> dict[str, Any]:
+        return {"id": self.id, "session": self.session, "created_at": self.created_at,
+                "state": str(self.state), "refused": self.refused, "undo_of": self.undo_of,
+                "undone_by": self.undone_by}
+
+    def journal_text(self, operations_text: str) -> str:
+        """The record as JSON, with its operations as serialized by the caller: 10 000 of
+        them take a while, and the last two saves of a commit differ only in the state."""
+        header = json.dumps(self._header())
+        return f'{header[:-1]}, "operations": {operations_text}}}'
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitRecord:
@@ -110,6 +127,26 @@ class CommitRecord:
     def paths(self) -> list[str]:
         return [op.target for op in self.operations if op.action is not Action.MKDIR or
                 op.created]
+
+
+# Operations as JSON. Not dataclasses.asdict, which is the slowest part of a 10 000-file
+# commit; and the action as a plain string, not the enum member: a dict made of plain values
+# only is not tracked by the garbage collector, and 10 000 tracked ones can set off a full
+# collection (0.1 s) in the middle of a commit.
+_OPERATION_FIELDS = Operation.__slots__  # "action" first
+_values_after_action = operator.attrgetter(*_OPERATION_FIELDS[1:])
+
+
+def _operations_json(operations: Iterable[Operation]) -> list[dict[str, Any]]:
+    return [dict(zip(_OPERATION_FIELDS, (op.action.value, *_values_after_action(op)),
+                     strict=True)) for op in operations]
+
+
+def _rollback_json(operations: Iterable[Operation]) -> list[dict[str, Any]]:
+    # What a rollback needs of each operation, and no more: the first journal is written
+    # before anything else can start.
+    return [{"action": op.action.value, "target": op.target, "root": op.root,
+             "temp": op.temp, "created": op.created} for op in operations]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +190,9 @@ class CommitLog:
             (str(c.path), "; ".join(c.problems)) for c in changes if c.problems]
         accepted = [c for c in changes if not c.problems]
         record = CommitRecord(_new_id(), session, time.time(), State.PREPARING, refused=refused)
+        host_roots = {root_id: str(root.host_root) for root_id, root in roots.items()}
         for change in _ordered(accepted):
-            root = str(roots[change.root].host_root)
-            record.operations.extend(_operations(change, root))
+            record.operations.extend(_operations(change, host_roots[change.root]))
         return self._run(record)
 
     def undo(self, commit_id: str) -> CommitResult:
@@ -182,41 +219,45 @@ class CommitLog:
     def _run(self, record: CommitRecord) -> CommitResult:
         directory = self.root / record.id
         (directory / "backup").mkdir(parents=True)
-        self._save(record)
+        _plan(record)
+        self._save(record, json.dumps(_rollback_json(record.operations)))
+        failures = _prepare_all(record.operations, str(directory / "backup"))
         refused = list(record.refused)
         prepared: list[Operation] = []
-        with _Parents() as parents:
-            for index, op in enumerate(record.operations):
-                try:
-                    _prepare(op, directory / "backup" / str(index), record.id, parents)
-                    prepared.append(op)
-                except (OSError, _Refused) as e:
-                    refused.append((op.target, _reason(e)))
+        for index, op in enumerate(record.operations):
+            if index in failures:
+                refused.append((op.target, failures[index]))
+            else:
+                prepared.append(op)
         record.operations = prepared
         record.refused = refused
+        target_directories = {os.path.dirname(op.target) for op in prepared}
         # One syncfs per file system instead of an fsync per file: the same guarantee (every
         # temp file is on disk before the journal says "applying"), a fraction of the cost.
-        _sync_file_systems([Path(op.target).parent for op in prepared] + [directory])
+        # It waits for the disk without the GIL: meanwhile the journal text is made.
+        with ThreadPoolExecutor(1, thread_name_prefix="airlock-sync") as syncing:
+            synced = syncing.submit(_sync_file_systems, target_directories | {str(directory)})
+            operations_text = json.dumps(_operations_json(record.operations))
+            synced.result()
         record.state = State.APPLYING
-        self._save(record)
-        pause = float(os.environ.get(PAUSE_VARIABLE, "0") or 0)
-        with _Parents() as parents:
-            for op in record.operations:
-                _apply(op, parents)
-                if pause:
-                    time.sleep(pause)
-        _sync_parents(record.operations)
+        self._save(record, operations_text)
+        _apply_all(record.operations, float(os.environ.get(PAUSE_VARIABLE, "0") or 0))
+        _sync_directories(target_directories)
         record.state = State.DONE
-        self._save(record)
+        self._save(record, operations_text)
         applied = tuple(op.target for op in record.operations
                         if op.action is not Action.MKDIR or op.created)
         return CommitResult(record, applied, tuple(refused))
 
-    def _save(self, record: CommitRecord) -> None:
+    def _save(self, record: CommitRecord, operations_text: str | None = None) -> None:
+        """Replaces the journal durably. `operations_text`: the operations as the journal
+        is to hold them, serialized by the caller (the first save holds only what a rollback
+        needs; the last reuses the text of the one before)."""
         path = self.root / record.id / "commit.json"
         temp = path.with_suffix(".tmp")
         with open(temp, "w") as f:
-            f.write(json.dumps(record.to_json()))
+            f.write(json.dumps(record.to_json()) if operations_text is None
+                    else record.journal_text(operations_text))
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -230,14 +271,15 @@ class CommitLog:
         for record in self.records():
             if record.state is State.PREPARING:
                 with _Parents() as parents:
-                    for op in record.operations:
+                    # Backwards: a new directory's contents go before the directory.
+                    for op in reversed(record.operations):
                         _roll_back(op, parents)
                 record.state = State.ROLLED_BACK
             elif record.state is State.APPLYING:
                 with _Parents() as parents:
                     for op in record.operations:
                         _apply(op, parents)
-                _sync_parents(record.operations)
+                _sync_directories({os.path.dirname(op.target) for op in record.operations})
                 record.state = State.DONE
             else:
                 continue
@@ -265,8 +307,9 @@ def _ordered(changes: Sequence[Change]) -> list[Change]:
     """New directories before what goes in them; deletions last, deepest first."""
     def key(change: Change) -> tuple[int, int, str]:
         deleting = change.kind is ChangeKind.DELETED
-        depth = len(change.path.parts)
-        return (1 if deleting else 0, -depth if deleting else depth, str(change.path))
+        path = str(change.path)
+        depth = path.count(os.sep)
+        return (1 if deleting else 0, -depth if deleting else depth, path)
 
     return sorted(changes, key=key)
 
@@ -297,26 +340,47 @@ def _operations(change: Change, root: str) -> Iterator[Operation]:
 class _Parents:
     """Handles on the target's parent directories, each reached from the granted root one
     component at a time with O_NOFOLLOW, kept open (a bounded number) for the next target in
-    the same directory. A handle is valid until the next call."""
+    the same directory. A handle is valid until the next call. Not thread-safe: one per
+    thread."""
 
     LIMIT = 256
 
     def __init__(self) -> None:
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._own: OrderedDict[str, int] = OrderedDict()  # Airlock's directories
 
     def __enter__(self) -> _Parents:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for fds in (self._fds, self._own):
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
 
-    def _cache(self, key: str, fd: int) -> int:
-        self._fds[key] = fd
-        while len(self._fds) > self.LIMIT:
-            os.close(self._fds.popitem(last=False)[1])
+    def _cache(self, key: str, fd: int, fds: OrderedDict[str, int] | None = None) -> int:
+        fds = self._fds if fds is None else fds
+        fds[key] = fd
+        while len(fds) > self.LIMIT:
+            os.close(fds.popitem(last=False)[1])
         return fd
+
+    def open_own_file(self, path: str) -> int:
+        """Opens a file of Airlock's own (staged content, a backup) for reading, as opening
+        its full path would, but through a kept handle on its directory: walking the whole
+        path again for each of 10 000 files is a good part of a commit's time."""
+        directory, name = os.path.split(path)
+        try:
+            dir_fd = self._own.get(directory)
+            if dir_fd is None:
+                dir_fd = self._cache(directory, os.open(
+                    directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), self._own)
+            else:
+                self._own.move_to_end(directory)
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as e:
+            e.filename = path  # what a refusal names, as if the full path had been opened
+            raise
 
     def fd(self, target: str, root: str, create: bool = False) -> int:
         # Plain string operations: this runs once per committed file.
@@ -350,7 +414,9 @@ class _Parents:
         except FileNotFoundError:
             if not create:
                 raise
-            os.mkdir(part, 0o755, dir_fd=dir_fd)
+            # Another thread of the same commit may make it first.
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=dir_fd)
             return os.open(part, flags, dir_fd=dir_fd)
         except OSError as e:
             raise _Refused(f"{part} in the path of {target} is a symlink or not a directory "
@@ -364,7 +430,7 @@ def _exists(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-def _keep(name: str, dir_fd: int, backup: Path) -> str | None:
+def _keep(name: str, dir_fd: int, backup: str) -> str | None:
     """Keeps what is at `name` for undo: a hard link, else a copy (else a moved tree)."""
     st = _exists(name, dir_fd)
     if st is None:
@@ -379,12 +445,13 @@ def _keep(name: str, dir_fd: int, backup: Path) -> str | None:
         else:
             _copy_fd_file(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), backup,
                           stat.S_IMODE(st.st_mode))
-    return str(backup)
+    return backup
 
 
-def _copy_fd_file(source_fd: int, destination: Path | str, mode: int,
+def _copy_fd_file(source_fd: int, destination: str, mode: int,
                   dir_fd: int | None = None) -> None:
-    """Copies an open regular file (the kernel moves the bytes) into a new file."""
+    """Copies an open regular file (the kernel moves the bytes) into a new file; a copy that
+    fails leaves no part behind."""
     try:
         st = os.fstat(source_fd)
         if not stat.S_ISREG(st.st_mode):
@@ -392,10 +459,15 @@ def _copy_fd_file(source_fd: int, destination: Path | str, mode: int,
         out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
                       dir_fd=dir_fd)
         try:
-            _copy_bytes(source_fd, out, st.st_size)
-            os.fchmod(out, mode & 0o777)
-        finally:
-            os.close(out)
+            try:
+                _copy_bytes(source_fd, out, st.st_size)
+                os.fchmod(out, mode & 0o777)
+            finally:
+                os.close(out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(destination, dir_fd=dir_fd)
+            raise
     finally:
         os.close(source_fd)
 
@@ -419,29 +491,116 @@ def _copy_bytes(source: int, target: int, size: int) -> None:
             os.write(target, chunk)
 
 
-def _prepare(op: Operation, backup: Path, commit_id: str, parents: _Parents) -> None:
+def _plan(record: CommitRecord) -> None:
+    """Names the temp files and marks the directories the commit will create, before anything
+    is touched: the first journal then holds everything a rollback has to remove."""
+    with _Parents() as parents:
+        for index, op in enumerate(record.operations):
+            if op.action in (Action.WRITE, Action.SYMLINK):
+                op.temp = f".airlock-{record.id}-{index}.tmp"
+            elif op.action is Action.MKDIR:
+                op.created = _absent(op, parents)
+
+
+def _absent(op: Operation, parents: _Parents) -> bool:
+    try:
+        return _exists(os.path.basename(op.target), parents.fd(op.target, op.root)) is None
+    except FileNotFoundError:
+        return True  # in a new directory too
+    except (OSError, _Refused):
+        return False  # preparing it will say why not
+
+
+def _prepare_all(operations: Sequence[Operation], backup_dir: str) -> dict[int, str]:
+    """Prepares the operations; returns why each one that cannot be was refused, by index.
+    New directories are made first, in order (parents before children), so that the copies
+    can then run in any order, in parallel."""
+    failures: dict[int, str] = {}
+    with _Parents() as parents:
+        for index, op in enumerate(operations):
+            if op.action is Action.MKDIR:
+                try:
+                    _make_directory(op, parents)
+                except (OSError, _Refused) as e:
+                    failures[index] = _reason(e)
+
+    def prepare(indices: Sequence[int], parents: _Parents) -> dict[int, str]:
+        refused: dict[int, str] = {}
+        for index in indices:
+            try:
+                _prepare(operations[index], f"{backup_dir}/{index}", parents)
+            except (OSError, _Refused) as e:
+                refused[index] = _reason(e)
+        return refused
+
+    rest = [index for index, op in enumerate(operations) if op.action is not Action.MKDIR]
+    for refused in _in_threads(prepare, rest):
+        failures.update(refused)
+    return failures
+
+
+def _apply_all(operations: Sequence[Operation], pause: float) -> None:
+    """Renames temp files over their targets, each a path of its own, in a few threads; then
+    the rest in order: mode changes once nothing more is written in a directory, a renamed
+    file's old name once the new one exists, a directory's contents before the directory.
+    `pause`: seconds to wait after each operation (fault injection)."""
+    def apply(run: Sequence[Operation], parents: _Parents) -> None:
+        for op in run:
+            _apply(op, parents)
+            if pause:
+                time.sleep(pause)
+
+    renames = (Action.WRITE, Action.SYMLINK)
+    _in_threads(apply, [op for op in operations if op.action in renames])
+    with _Parents() as parents:
+        apply([op for op in operations if op.action not in renames], parents)
+
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+def _in_threads(work: Callable[[Sequence[_Item], _Parents], _Result],
+                items: Sequence[_Item]) -> list[_Result]:
+    """`work` over runs of neighbouring items, in THREADS threads, each run with handles of
+    its own; the results in order. An exception in any run is raised once all have ended."""
+    def run(part: Sequence[_Item]) -> _Result:
+        with _Parents() as parents:
+            return work(part, parents)
+
+    runs = [items[i:i + RUN_LENGTH] for i in range(0, len(items), RUN_LENGTH)]
+    if len(runs) <= 1:
+        return [run(part) for part in runs]  # not worth a thread
+    with ThreadPoolExecutor(THREADS, thread_name_prefix="airlock-commit") as pool:
+        return list(pool.map(run, runs))
+
+
+def _make_directory(op: Operation, parents: _Parents) -> None:
+    dir_fd = parents.fd(op.target, op.root, create=True)
+    try:
+        os.mkdir(os.path.basename(op.target), op.mode if op.mode is not None else 0o755,
+                 dir_fd=dir_fd)
+        op.created = True
+    except FileExistsError:
+        op.created = False  # there already, or made meanwhile by someone else
+
+
+def _prepare(op: Operation, backup: str, parents: _Parents) -> None:
+    """Everything but applying it, for one operation other than MKDIR; touches nothing on the
+    host but its temp file (and missing parent directories)."""
     name = os.path.basename(op.target)
-    creating = op.action in (Action.WRITE, Action.SYMLINK, Action.MKDIR)
-    dir_fd = parents.fd(op.target, op.root, create=creating)
-    if op.action is Action.MKDIR:
-        if _exists(name, dir_fd) is None:
-            os.mkdir(name, op.mode if op.mode is not None else 0o755, dir_fd=dir_fd)
-            op.created = True
-        return
+    dir_fd = parents.fd(op.target, op.root, create=op.action in (Action.WRITE, Action.SYMLINK))
     if op.action in (Action.DELETE, Action.DELETE_TREE, Action.WRITE, Action.SYMLINK):
         op.backup = _keep(name, dir_fd, backup)
         if op.action is Action.DELETE_TREE:
-            op.backup = str(backup)
-    temp = f".airlock-{commit_id}-{backup.name}.tmp"
+            op.backup = backup
     if op.action is Action.WRITE:
-        assert op.source is not None
-        source_fd = os.open(op.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        _copy_fd_file(source_fd, temp, op.mode if op.mode is not None else 0o644, dir_fd)
-        op.temp = temp
+        assert op.source is not None and op.temp is not None
+        source_fd = parents.open_own_file(op.source)
+        _copy_fd_file(source_fd, op.temp, op.mode if op.mode is not None else 0o644, dir_fd)
     elif op.action is Action.SYMLINK:
-        assert op.link is not None
-        os.symlink(op.link, temp, dir_fd=dir_fd)
-        op.temp = temp
+        assert op.link is not None and op.temp is not None
+        os.symlink(op.link, op.temp, dir_fd=dir_fd)
 
 
 def _apply(op: Operation, parents: _Parents) -> None:
@@ -450,7 +609,8 @@ def _apply(op: Operation, parents: _Parents) -> None:
     try:
         dir_fd = parents.fd(op.target, op.root)
         if op.action in (Action.WRITE, Action.SYMLINK) and op.temp:
-            if _exists(op.temp, dir_fd) is not None:
+            # No temp file: renamed before the crash this run finishes.
+            with contextlib.suppress(FileNotFoundError):
                 os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         elif op.action is Action.CHMOD and op.mode is not None:
             os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
@@ -480,33 +640,36 @@ def _move_tree(source: str, destination: str) -> None:
 
 
 def _roll_back(op: Operation, parents: _Parents) -> None:
+    """Undoes what preparing `op` may have done; quiet about what it had not done yet."""
     try:
         dir_fd = parents.fd(op.target, op.root)
-        if op.temp and _exists(op.temp, dir_fd) is not None:
-            os.unlink(op.temp, dir_fd=dir_fd)
+        if op.temp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(op.temp, dir_fd=dir_fd)
         if op.action is Action.MKDIR and op.created:
-            os.rmdir(Path(op.target).name, dir_fd=dir_fd)
-    except OSError as e:
-        log.warning("rolling back %s on %s: %s", op.action, op.target, e)
-    except _Refused as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(os.path.basename(op.target), dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass  # its directory was never made
+    except (OSError, _Refused) as e:
         log.warning("rolling back %s on %s: %s", op.action, op.target, e)
 
 
-def _sync_parents(operations: Sequence[Operation]) -> None:
-    for parent in sorted({str(Path(op.target).parent) for op in operations}):
+def _sync_directories(directories: Iterable[str]) -> None:
+    for directory in sorted(directories):
         with contextlib.suppress(OSError):
-            _fsync_dir(Path(parent))
+            _fsync_dir(directory)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _sync_file_systems(paths: Sequence[Path]) -> None:
-    """syncfs(2) once for each file system the paths are on."""
+def _sync_file_systems(directories: Iterable[str]) -> None:
+    """syncfs(2) once for each file system the directories are on."""
     seen: set[int] = set()
-    for path in paths:
+    for directory in directories:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             continue
         try:
@@ -519,7 +682,7 @@ def _sync_file_systems(paths: Sequence[Path]) -> None:
             os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
