@@ -4,7 +4,8 @@ A commit runs in two phases recorded in a journal (`commit.json`, fsynced at eac
 1. prepare: the new content of every file is written to a temp file beside its target;
    whatever will be replaced or deleted is kept in the commit's backup directory (a hard link
    where possible); new directories are created. Then one syncfs(2) per file system makes all
-   of it durable before the journal says "applying".
+   of it durable (writing out began while the copies were still being made) before the
+   journal says "applying".
 2. apply: temp files are renamed over their targets (by a few threads, each file on its
    own); then mode changes and deletions happen, one by one, in order.
 A crash in phase 1 is rolled back (temp files and new directories removed, host untouched);
@@ -16,6 +17,18 @@ on the host is touched, so a rollback knows everything there is to remove.
 
 Every path is reached from its granted root one component at a time with O_NOFOLLOW, so
 neither the agent nor a race on the host can redirect a write through a symlink.
+
+Once the session has ended (its container is gone, and with it every process that could
+still write a staged file), a staged file on the same mount as its target is moved into
+place rather than copied: it needs no temp file, as it is complete and nobody writes it; the
+one syncfs makes it durable where it is, and applying renames it over its target. Until then
+it has not moved, so a rollback has nothing to undo for it.
+
+What lands is what was reviewed: each copy is hashed (Airlock's own temp file, which the agent
+cannot reach) and refused unless it matches the change's hash, so an agent that rewrites a
+staged file while it is being committed gets nothing through. Nor is the host's own work
+overwritten: a new file is put in place only if nothing has appeared at its name meanwhile
+(renameat2 RENAME_NOREPLACE), and a file is replaced only if it is still the one kept for undo.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import logging
 import operator
@@ -30,9 +44,10 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +56,7 @@ from typing import Any, TypeVar
 
 from app.errors import AirlockError
 from app.staging import Change, ChangeKind, EntryType, StagedRoot, sha256_file
+from app.view import special_kind
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +68,12 @@ PAUSE_VARIABLE = "AIRLOCK_COMMIT_PAUSE"
 # neighbouring operations, which mostly share their parent directory's handle.
 THREADS = 2
 RUN_LENGTH = 256
+
+CHUNK = 1 << 20  # bytes read at a time to hash a copy
+
+
+UNFINISHED = "unfinished"  # in a commit's directory until it is done or rolled back
+SCANNED = ".markers"  # in the log's directory: every unfinished commit has its marker
 
 
 class CommitError(AirlockError):
@@ -88,6 +110,9 @@ class Operation:
     old_hash: str | None = None
     new_hash: str | None = None
     created: bool = False  # MKDIR: we made it (rolled back if the commit is)
+    fresh: bool = False  # WRITE, SYMLINK: the target did not exist; it must not be replaced
+    move: bool = False  # WRITE: `source` is moved to `target` (decided while preparing)
+    replaced: tuple[int, int, int] | None = None  # (inode, size, mtime) of what is replaced
 
 
 @dataclass(slots=True)
@@ -117,8 +142,11 @@ class CommitRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitRecord:
-        operations = [Operation(**dict(op, action=Action(op["action"])))
-                      for op in data["operations"]]
+        table = data["operations"]
+        rows: Iterable[dict[str, Any]] = (
+            (dict(zip(table["fields"], row, strict=True)) for row in table["rows"])
+            if isinstance(table, dict) else table)  # a list of objects: an older journal
+        operations = [Operation(**dict(op, action=Action(op["action"]))) for op in rows]
         return cls(data["id"], data["session"], data["created_at"], State(data["state"]),
                    operations, [(str(r[0]), str(r[1])) for r in data["refused"]],
                    data.get("undo_of"), data.get("undone_by"))
@@ -129,24 +157,27 @@ class CommitRecord:
                 op.created]
 
 
-# Operations as JSON. Not dataclasses.asdict, which is the slowest part of a 10 000-file
-# commit; and the action as a plain string, not the enum member: a dict made of plain values
-# only is not tracked by the garbage collector, and 10 000 tracked ones can set off a full
-# collection (0.1 s) in the middle of a commit.
+# Operations as JSON: a table, the field names once and a row of values per operation (half
+# the text of an object per operation, and faster to make). Not dataclasses.asdict, which is
+# the slowest part of a 10 000-file commit; rows are tuples of plain values (the action as a
+# string, not the enum member), which the garbage collector stops tracking: 10 000 tracked
+# ones can set off a full collection (0.1 s) in the middle of a commit.
 _OPERATION_FIELDS = Operation.__slots__  # "action" first
 _values_after_action = operator.attrgetter(*_OPERATION_FIELDS[1:])
+_ROLLBACK_FIELDS = ("action", "target", "root", "temp", "created")
 
 
-def _operations_json(operations: Iterable[Operation]) -> list[dict[str, Any]]:
-    return [dict(zip(_OPERATION_FIELDS, (op.action.value, *_values_after_action(op)),
-                     strict=True)) for op in operations]
+def _operations_json(operations: Iterable[Operation]) -> dict[str, Any]:
+    return {"fields": _OPERATION_FIELDS,
+            "rows": [(op.action.value, *_values_after_action(op)) for op in operations]}
 
 
-def _rollback_json(operations: Iterable[Operation]) -> list[dict[str, Any]]:
+def _rollback_json(operations: Iterable[Operation]) -> dict[str, Any]:
     # What a rollback needs of each operation, and no more: the first journal is written
     # before anything else can start.
-    return [{"action": op.action.value, "target": op.target, "root": op.root,
-             "temp": op.temp, "created": op.created} for op in operations]
+    return {"fields": _ROLLBACK_FIELDS,
+            "rows": [(op.action.value, op.target, op.root, op.temp, op.created)
+                     for op in operations]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +215,9 @@ class CommitLog:
     # commit
 
     def commit(self, session: str, changes: Sequence[Change],
-               roots: dict[str, StagedRoot]) -> CommitResult:
+               roots: dict[str, StagedRoot], move: bool = False) -> CommitResult:
+        """`move`: the session has ended, nothing can write its staged files any more; they
+        are moved into place where the file system allows, instead of copied."""
         self.recover()
         refused: list[tuple[str, str]] = [
             (str(c.path), "; ".join(c.problems)) for c in changes if c.problems]
@@ -192,7 +225,7 @@ class CommitLog:
         record = CommitRecord(_new_id(), session, time.time(), State.PREPARING, refused=refused)
         host_roots = {root_id: str(root.host_root) for root_id, root in roots.items()}
         for change in _ordered(accepted):
-            record.operations.extend(_operations(change, host_roots[change.root]))
+            record.operations.extend(_operations(change, host_roots[change.root], move))
         return self._run(record)
 
     def undo(self, commit_id: str) -> CommitResult:
@@ -218,10 +251,16 @@ class CommitLog:
 
     def _run(self, record: CommitRecord) -> CommitResult:
         directory = self.root / record.id
+        fresh = not self.root.exists()
         (directory / "backup").mkdir(parents=True)
+        if fresh:
+            (self.root / SCANNED).touch()  # a new log has no commits from before markers
+        # Made durable by the first save's directory fsync; gone once the commit is done.
+        (directory / UNFINISHED).touch()
         _plan(record)
         self._save(record, json.dumps(_rollback_json(record.operations)))
-        failures = _prepare_all(record.operations, str(directory / "backup"))
+        with _EarlyWriteback({_split(op.root)[0] for op in record.operations}):
+            failures = _prepare_all(record.operations, str(directory / "backup"))
         refused = list(record.refused)
         prepared: list[Operation] = []
         for index, op in enumerate(record.operations):
@@ -231,7 +270,7 @@ class CommitLog:
                 prepared.append(op)
         record.operations = prepared
         record.refused = refused
-        target_directories = {os.path.dirname(op.target) for op in prepared}
+        target_directories = {_split(op.target)[0] for op in prepared}
         # One syncfs per file system instead of an fsync per file: the same guarantee (every
         # temp file is on disk before the journal says "applying"), a fraction of the cost.
         # It waits for the disk without the GIL: meanwhile the journal text is made.
@@ -241,10 +280,16 @@ class CommitLog:
             synced.result()
         record.state = State.APPLYING
         self._save(record, operations_text)
-        _apply_all(record.operations, float(os.environ.get(PAUSE_VARIABLE, "0") or 0))
+        conflicts = _apply_all(record.operations,
+                               float(os.environ.get(PAUSE_VARIABLE, "0") or 0))
         _sync_directories(target_directories)
         record.state = State.DONE
+        if conflicts:
+            record.operations = [op for op in record.operations if id(op) not in conflicts]
+            refused.extend((op.target, why) for op, why in conflicts.values())
+            operations_text = json.dumps(_operations_json(record.operations))
         self._save(record, operations_text)
+        (directory / UNFINISHED).unlink()
         applied = tuple(op.target for op in record.operations
                         if op.action is not Action.MKDIR or op.created)
         return CommitResult(record, applied, tuple(refused))
@@ -266,9 +311,21 @@ class CommitLog:
     # recovery
 
     def recover(self) -> list[str]:
-        """Finishes or rolls back commits a crash interrupted; returns their ids."""
+        """Finishes or rolls back commits a crash interrupted; returns their ids. Reads only
+        the journals of commits that never finished (each marked until it did), not the
+        whole history, which it runs before every commit."""
         resolved = []
-        for record in self.records():
+        for marker in self._unfinished():
+            directory = marker.parent
+            try:
+                record = CommitRecord.from_json(json.loads((directory / "commit.json").read_text()))
+            except FileNotFoundError:
+                # Killed before its first journal: it had touched nothing on the host.
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("cannot recover commit %s: unreadable journal: %s", directory.name, e)
+                continue
             if record.state is State.PREPARING:
                 with _Parents() as parents:
                     # Backwards: a new directory's contents go before the directory.
@@ -278,15 +335,30 @@ class CommitLog:
             elif record.state is State.APPLYING:
                 with _Parents() as parents:
                     for op in record.operations:
-                        _apply(op, parents)
+                        if why := _apply(op, parents):
+                            log.warning("not applying %s to %s: %s", op.action, op.target, why)
                 _sync_directories({os.path.dirname(op.target) for op in record.operations})
                 record.state = State.DONE
             else:
+                marker.unlink()  # done, but killed before the marker went
                 continue
             self._save(record)
+            marker.unlink()
             resolved.append(record.id)
             log.warning("commit %s was interrupted; it is now %s", record.id, record.state)
         return resolved
+
+    def _unfinished(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        scanned = self.root / SCANNED
+        if not scanned.exists():
+            # A log from before the markers: one look at every journal, once.
+            for record in self.records():
+                if record.state in (State.PREPARING, State.APPLYING):
+                    (self.root / record.id / UNFINISHED).touch()
+            scanned.touch()
+        return sorted(self.root.glob(f"*/{UNFINISHED}"))
 
 
 class _Refused(Exception):
@@ -304,35 +376,45 @@ def _new_id() -> str:
 
 
 def _ordered(changes: Sequence[Change]) -> list[Change]:
-    """New directories before what goes in them; deletions last, deepest first."""
-    def key(change: Change) -> tuple[int, int, str]:
-        deleting = change.kind is ChangeKind.DELETED
+    """New directories first, parents before children; deletions last, deepest first; the
+    rest (which may go in any order) as they come."""
+    def depth(change: Change) -> tuple[int, str]:
         path = str(change.path)
-        depth = path.count(os.sep)
-        return (1 if deleting else 0, -depth if deleting else depth, path)
+        return path.count(os.sep), path
 
-    return sorted(changes, key=key)
+    deleted, directories, rest = [], [], []
+    for change in changes:
+        if change.kind is ChangeKind.DELETED:
+            deleted.append(change)
+        elif change.type is EntryType.DIRECTORY:
+            directories.append(change)
+        else:
+            rest.append(change)
+    deleted.sort(key=lambda change: (-str(change.path).count(os.sep), str(change.path)))
+    return [*sorted(directories, key=depth), *rest, *deleted]
 
 
-def _operations(change: Change, root: str) -> Iterator[Operation]:
+def _operations(change: Change, root: str, move: bool = False) -> list[Operation]:
     target = str(change.path)
     mode = stat.S_IMODE(change.new_mode) if change.new_mode is not None else None
     if change.kind is ChangeKind.DELETED:
         action = Action.DELETE_TREE if change.type is EntryType.DIRECTORY else Action.DELETE
-        yield Operation(action, target, root, old_hash=change.old_hash)
-        return
+        return [Operation(action, target, root, old_hash=change.old_hash)]
     if change.kind is ChangeKind.MODE:
-        yield Operation(Action.CHMOD, target, root, mode=mode)
-        return
+        return [Operation(Action.CHMOD, target, root, mode=mode)]
+    fresh = change.kind is ChangeKind.ADDED or change.kind is ChangeKind.RENAMED
     if change.type is EntryType.DIRECTORY:
-        yield Operation(Action.MKDIR, target, root, mode=mode)
+        op = Operation(Action.MKDIR, target, root, mode=mode)
     elif change.type is EntryType.SYMLINK:
-        yield Operation(Action.SYMLINK, target, root, link=change.link_target)
+        op = Operation(Action.SYMLINK, target, root, link=change.link_target, fresh=fresh)
     else:
-        yield Operation(Action.WRITE, target, root, source=str(change.staged), mode=mode,
-                        old_hash=change.old_hash, new_hash=change.new_hash)
+        op = Operation(Action.WRITE, target, root, source=str(change.staged), mode=mode,
+                       old_hash=change.old_hash, new_hash=change.new_hash, fresh=fresh,
+                       move=move)
     if change.kind is ChangeKind.RENAMED and change.renamed_from is not None:
-        yield Operation(Action.DELETE, str(change.renamed_from), root, old_hash=change.old_hash)
+        return [op, Operation(Action.DELETE, str(change.renamed_from), root,
+                              old_hash=change.old_hash)]
+    return [op]
 
 
 # One component at a time, never following a symlink: the only safe way into a host tree.
@@ -348,6 +430,8 @@ class _Parents:
     def __init__(self) -> None:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._own: OrderedDict[str, int] = OrderedDict()  # Airlock's directories
+        self._mounts: dict[str, int] = {}
+        self._prefixes: dict[str, str] = {}  # root -> root + "/"
 
     def __enter__(self) -> _Parents:
         return self
@@ -365,19 +449,37 @@ class _Parents:
             os.close(fds.popitem(last=False)[1])
         return fd
 
+    def mount_of(self, directory: str, dir_fd: int) -> int:
+        """The mount a directory (open as `dir_fd`) is on: a rename within one cannot fail
+        with EXDEV, while one file system bind-mounted twice is two mounts."""
+        mount = self._mounts.get(directory)
+        if mount is None:
+            with open(f"/proc/self/fdinfo/{dir_fd}", "rb") as f:
+                mount = next(int(line.split()[1]) for line in f if line.startswith(b"mnt_id:"))
+            self._mounts[directory] = mount
+        return mount
+
+    def own_directory(self, path: str) -> tuple[int, str]:
+        """A kept handle on the directory of a file of Airlock's own, and the file's name."""
+        directory, name = _split(path)
+        dir_fd = self._own.get(directory)
+        if dir_fd is None:
+            dir_fd = self._cache(directory, os.open(
+                directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), self._own)
+        else:
+            self._own.move_to_end(directory)
+        return dir_fd, name
+
     def open_own_file(self, path: str) -> int:
         """Opens a file of Airlock's own (staged content, a backup) for reading, as opening
         its full path would, but through a kept handle on its directory: walking the whole
         path again for each of 10 000 files is a good part of a commit's time."""
-        directory, name = os.path.split(path)
         try:
-            dir_fd = self._own.get(directory)
-            if dir_fd is None:
-                dir_fd = self._cache(directory, os.open(
-                    directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), self._own)
-            else:
-                self._own.move_to_end(directory)
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            dir_fd, name = self.own_directory(path)
+            # O_NONBLOCK: a FIFO swapped in for a staged file must not hang the commit
+            # (it is then refused as not a regular file).
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                           dir_fd=dir_fd)
         except OSError as e:
             e.filename = path  # what a refusal names, as if the full path had been opened
             raise
@@ -389,9 +491,12 @@ class _Parents:
             if key not in self._fds:
                 self._cache(key, os.open(key, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             return self._fds[key]
-        if not target.startswith(root + os.sep):
+        prefix = self._prefixes.get(root)
+        if prefix is None:
+            prefix = self._prefixes[root] = root + os.sep
+        if not target.startswith(prefix):
             raise _Refused(f"{target} is outside the granted {root}")
-        parent = os.path.dirname(target)
+        parent = target.rpartition(os.sep)[0]
         cached = self._fds.get(parent)
         if cached is not None:
             self._fds.move_to_end(parent)
@@ -423,6 +528,13 @@ class _Parents:
                            "on the host") from e
 
 
+def _split(path: str) -> tuple[str, str]:
+    """os.path.split for the absolute, normalized paths of operations, at a fraction of its
+    cost: it runs a few times for each of 10 000 files."""
+    parent, _, name = path.rpartition(os.sep)
+    return parent or os.sep, name
+
+
 def _exists(name: str, dir_fd: int) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -430,38 +542,53 @@ def _exists(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-def _keep(name: str, dir_fd: int, backup: str) -> str | None:
-    """Keeps what is at `name` for undo: a hard link, else a copy (else a moved tree)."""
+def _keep(name: str, dir_fd: int, backup: str) -> tuple[str | None, os.stat_result | None]:
+    """Keeps what is at `name` for undo: a hard link, else a copy (else a moved tree).
+    Returns the backup's path and what was kept."""
     st = _exists(name, dir_fd)
     if st is None:
-        return None
+        return None, None
     if stat.S_ISDIR(st.st_mode):
-        return None  # trees are moved, not copied, when applied
+        return None, st  # trees are moved, not copied, when applied
     try:
         os.link(name, backup, src_dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(name, dir_fd=dir_fd), backup)
         else:
-            _copy_fd_file(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd), backup,
-                          stat.S_IMODE(st.st_mode))
-    return backup
+            _copy_fd_file(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                                  dir_fd=dir_fd), backup, stat.S_IMODE(st.st_mode))
+    return backup, st
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _copy_fd_file(source_fd: int, destination: str, mode: int,
-                  dir_fd: int | None = None) -> None:
+                  dir_fd: int | None = None, expected: str | None = None) -> None:
     """Copies an open regular file (the kernel moves the bytes) into a new file; a copy that
-    fails leaves no part behind."""
+    fails leaves no part behind. `expected`: the sha256 the copy must have (it is read back
+    from the copy, which is Airlock's alone, so the source changing meanwhile cannot slip
+    anything past the check)."""
     try:
         st = os.fstat(source_fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _Refused("not a regular file")
-        out = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                      dir_fd=dir_fd)
+            what = "directory" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
+            raise _Refused(f"a {what}, not a regular file")
+        mode &= 0o777
+        kept = mode & ~_umask() == mode  # made with its mode: no fchmod
+        out = os.open(destination, (os.O_RDWR if expected else os.O_WRONLY) | os.O_CREAT |
+                      os.O_EXCL | os.O_CLOEXEC, mode if kept else 0o600, dir_fd=dir_fd)
         try:
             try:
                 _copy_bytes(source_fd, out, st.st_size)
-                os.fchmod(out, mode & 0o777)
+                if expected is not None and (copied := _digest(out)) != expected:
+                    raise _Refused(f"changed since it was reviewed (reviewed sha256 "
+                                   f"{expected[:16]}, now {copied[:16]}): not committed; "
+                                   "review it again")
+                if not kept:
+                    os.fchmod(out, mode)
             finally:
                 os.close(out)
         except BaseException:
@@ -472,9 +599,45 @@ def _copy_fd_file(source_fd: int, destination: str, mode: int,
         os.close(source_fd)
 
 
+def _digest(fd: int) -> str:
+    """sha256 of a file of Airlock's own that nobody else writes: a short read is its end."""
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, CHUNK, offset)
+        digest.update(chunk)
+        if len(chunk) < CHUNK:
+            return digest.hexdigest()
+        offset += len(chunk)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, for every thread)."""
+    global _umask_value
+    if _umask_value is None:
+        try:
+            with open("/proc/self/status") as f:
+                line = next(line for line in f if line.startswith("Umask:"))
+            _umask_value = int(line.split()[1], 8)
+        except (OSError, StopIteration, ValueError):
+            _umask_value = 0o777  # unknown: every file gets an explicit fchmod
+    return _umask_value
+
+
+_umask_value: int | None = None
+
+
+def _forget_umask() -> None:
+    """Read afresh for each commit: a umask is rarely changed, but may be."""
+    global _umask_value
+    _umask_value = None
+
+
 def _copy_bytes(source: int, target: int, size: int) -> None:
+    """Copies `source` (`size` bytes, as it was when opened) into `target`, both unread."""
     try:
-        remaining = size
+        # Most files take one call: a loop, and a function of its own, only for the rest.
+        remaining = size - os.copy_file_range(source, target, size) if size else 0
         while remaining > 0:
             sent = os.copy_file_range(source, target, min(remaining, 1 << 30))
             if sent == 0:
@@ -524,11 +687,13 @@ def _prepare_all(operations: Sequence[Operation], backup_dir: str) -> dict[int, 
                 except (OSError, _Refused) as e:
                     failures[index] = _reason(e)
 
+    _forget_umask()
+
     def prepare(indices: Sequence[int], parents: _Parents) -> dict[int, str]:
         refused: dict[int, str] = {}
         for index in indices:
             try:
-                _prepare(operations[index], f"{backup_dir}/{index}", parents)
+                _prepare(operations[index], backup_dir, index, parents)
             except (OSError, _Refused) as e:
                 refused[index] = _reason(e)
         return refused
@@ -539,21 +704,29 @@ def _prepare_all(operations: Sequence[Operation], backup_dir: str) -> dict[int, 
     return failures
 
 
-def _apply_all(operations: Sequence[Operation], pause: float) -> None:
+def _apply_all(operations: Sequence[Operation], pause: float
+               ) -> dict[int, tuple[Operation, str]]:
     """Renames temp files over their targets, each a path of its own, in a few threads; then
     the rest in order: mode changes once nothing more is written in a directory, a renamed
     file's old name once the new one exists, a directory's contents before the directory.
+    Returns the operations not applied for a conflict with the host, and why, by id.
     `pause`: seconds to wait after each operation (fault injection)."""
-    def apply(run: Sequence[Operation], parents: _Parents) -> None:
+    def apply(run: Sequence[Operation], parents: _Parents) -> dict[int, tuple[Operation, str]]:
+        conflicts = {}
         for op in run:
-            _apply(op, parents)
+            if why := _apply(op, parents):
+                conflicts[id(op)] = (op, why)
             if pause:
                 time.sleep(pause)
+        return conflicts
 
     renames = (Action.WRITE, Action.SYMLINK)
-    _in_threads(apply, [op for op in operations if op.action in renames])
+    conflicts: dict[int, tuple[Operation, str]] = {}
+    for found in _in_threads(apply, [op for op in operations if op.action in renames]):
+        conflicts.update(found)
     with _Parents() as parents:
-        apply([op for op in operations if op.action not in renames], parents)
+        conflicts.update(apply([op for op in operations if op.action not in renames], parents))
+    return conflicts
 
 
 _Item = TypeVar("_Item")
@@ -585,33 +758,74 @@ def _make_directory(op: Operation, parents: _Parents) -> None:
         op.created = False  # there already, or made meanwhile by someone else
 
 
-def _prepare(op: Operation, backup: str, parents: _Parents) -> None:
+def _prepare(op: Operation, backup_dir: str, index: int, parents: _Parents) -> None:
     """Everything but applying it, for one operation other than MKDIR; touches nothing on the
-    host but its temp file (and missing parent directories)."""
-    name = os.path.basename(op.target)
+    host but its temp file (and missing parent directories). What it replaces is kept as
+    `backup_dir/index`."""
+    name = op.target.rpartition(os.sep)[2]
     dir_fd = parents.fd(op.target, op.root, create=op.action in (Action.WRITE, Action.SYMLINK))
-    if op.action in (Action.DELETE, Action.DELETE_TREE, Action.WRITE, Action.SYMLINK):
-        op.backup = _keep(name, dir_fd, backup)
+    if op.fresh:
+        pass  # nothing to keep: whatever appears at the name meanwhile is not replaced
+    elif op.action in (Action.DELETE, Action.DELETE_TREE, Action.WRITE, Action.SYMLINK):
+        backup = f"{backup_dir}/{index}"
+        op.backup, kept = _keep(name, dir_fd, backup)
+        if kept is not None and op.action in (Action.WRITE, Action.SYMLINK):
+            op.replaced = _signature(kept)
         if op.action is Action.DELETE_TREE:
             op.backup = backup
     if op.action is Action.WRITE:
         assert op.source is not None and op.temp is not None
+        mode = op.mode if op.mode is not None else 0o644
+        if op.move:
+            op.move = _movable(op.source, mode, op.target, dir_fd, parents)
+            if op.move:
+                op.temp = None
+                return
         source_fd = parents.open_own_file(op.source)
-        _copy_fd_file(source_fd, op.temp, op.mode if op.mode is not None else 0o644, dir_fd)
+        _copy_fd_file(source_fd, op.temp, mode, dir_fd, op.new_hash)
     elif op.action is Action.SYMLINK:
         assert op.link is not None and op.temp is not None
         os.symlink(op.link, op.temp, dir_fd=dir_fd)
 
 
-def _apply(op: Operation, parents: _Parents) -> None:
-    """Idempotent: running it again after a crash finishes what was started."""
-    name = os.path.basename(op.target)
+def _movable(source: str, mode: int, target: str, dir_fd: int, parents: _Parents) -> bool:
+    """Whether a staged file can stand for its copy: a regular file with no other name, the
+    user's own, on the target's mount. Gives it the change's mode if so."""
+    own_fd, name = parents.own_directory(source)
+    st = os.stat(name, dir_fd=own_fd, follow_symlinks=False)
+    if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.getuid()
+            and st.st_gid == os.getgid()):
+        return False
+    if parents.mount_of(_split(source)[0], own_fd) != \
+            parents.mount_of(_split(target)[0], dir_fd):
+        return False
+    if stat.S_IMODE(st.st_mode) != mode & 0o777:
+        os.chmod(name, mode & 0o777, dir_fd=own_fd)
+    return True
+
+
+def _apply(op: Operation, parents: _Parents) -> str | None:
+    """Idempotent: running it again after a crash finishes what was started. Returns why
+    `op` was not applied (the host changed under it, or refused it), its temp file removed."""
+    name = op.target.rpartition(os.sep)[2]
     try:
         dir_fd = parents.fd(op.target, op.root)
+        if op.action is Action.WRITE and op.move:
+            return _move_into_place(op, name, dir_fd, parents)
         if op.action in (Action.WRITE, Action.SYMLINK) and op.temp:
             # No temp file: renamed before the crash this run finishes.
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if op.fresh:
+                if not _rename_no_replace(op.temp, name, dir_fd):
+                    return _give_up(op, dir_fd, "conflict: created on the host while being "
+                                    "committed; the host's file was kept")
+            else:
+                current = _exists(name, dir_fd)
+                if op.replaced is not None and (
+                        current is None or _signature(current) != tuple(op.replaced)):
+                    return _give_up(op, dir_fd, "conflict: changed on the host while being "
+                                    "committed; the host's version was kept")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         elif op.action is Action.CHMOD and op.mode is not None:
             os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
         elif op.action is Action.DELETE:
@@ -627,6 +841,86 @@ def _apply(op: Operation, parents: _Parents) -> None:
             _move_tree(op.source, f"/proc/self/fd/{dir_fd}/{name}")
     except (FileNotFoundError, _Refused) as e:
         log.warning("cannot apply %s to %s: %s", op.action, op.target, e)
+    except OSError as e:
+        # Say so and go on: an exception here would leave the journal "applying", to fail
+        # the same way at every start. A temp file is removed (the host keeps its version).
+        why = f"cannot be put in place: {_reason(e)}"
+        if op.temp:
+            with contextlib.suppress(OSError):
+                os.unlink(op.temp, dir_fd=parents.fd(op.target, op.root))
+        return why
+    return None
+
+
+def _move_into_place(op: Operation, name: str, dir_fd: int, parents: _Parents) -> str | None:
+    """Applies a moved WRITE: its staged file is renamed to the target. A staged file that
+    is gone was moved before a crash; one that cannot be moved stays staged."""
+    assert op.source is not None
+    own_fd, staged = parents.own_directory(op.source)
+    if not op.fresh and op.replaced is not None:
+        current = _exists(name, dir_fd)
+        if current is None or _signature(current) != tuple(op.replaced):
+            if _exists(staged, own_fd) is None:
+                return None  # moved before a crash: what is there is the commit's
+            return ("conflict: changed on the host while being committed; the host's "
+                    "version was kept")
+    flags = _RENAME_NOREPLACE if op.fresh else 0
+    if _libc.renameat2(own_fd, os.fsencode(staged), dir_fd, os.fsencode(name), flags) == 0:
+        return None
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        return None  # moved before a crash
+    if code == errno.EEXIST:
+        return "conflict: created on the host while being committed; the host's file was kept"
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and op.fresh:
+        try:  # no renameat2 flags here: link(2) refuses an existing name too
+            os.link(staged, name, src_dir_fd=own_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            return "conflict: created on the host while being committed; the host's file " \
+                "was kept"
+        except FileNotFoundError:
+            return None
+        os.unlink(staged, dir_fd=own_fd)
+        return None
+    return f"cannot be moved into place ({os.strerror(code)}): it stays staged"
+
+
+def _give_up(op: Operation, dir_fd: int, why: str) -> str | None:
+    """Drops `op`'s temp file, keeping the host's version; None if the temp file had already
+    been put in place (before a crash: the host's version then is the commit's)."""
+    assert op.temp is not None
+    try:
+        os.unlink(op.temp, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    return why
+
+
+_RENAME_NOREPLACE = 1
+
+
+def _rename_no_replace(temp: str, name: str, dir_fd: int) -> bool:
+    """Renames `temp` to `name` (both in `dir_fd`) unless `name` exists; False if it did.
+    A missing `temp` (renamed before a crash) is nothing to do."""
+    if _libc.renameat2(dir_fd, os.fsencode(temp), dir_fd, os.fsencode(name),
+                       _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        return False
+    if code == errno.ENOENT:
+        return True
+    if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        raise OSError(code, os.strerror(code), temp)
+    # A file system without renameat2 flags: link(2) also refuses an existing name.
+    try:
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        return True
+    os.unlink(temp, dir_fd=dir_fd)
+    return True
 
 
 def _move_tree(source: str, destination: str) -> None:
@@ -662,6 +956,31 @@ def _sync_directories(directories: Iterable[str]) -> None:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _EarlyWriteback:
+    """While files are being prepared, writes out those ready so far (syncfs(2) over and
+    over, in a thread of its own): the syncfs that must follow the last of them then has
+    little left to do. Only an early start: the guarantee is that later syncfs."""
+
+    INTERVAL = 0.05  # seconds
+
+    def __init__(self, directories: Iterable[str]) -> None:
+        self._directories = set(directories)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._write_back, name="airlock-writeback")
+
+    def __enter__(self) -> _EarlyWriteback:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _write_back(self) -> None:
+        while not self._done.wait(self.INTERVAL):
+            _sync_file_systems(self._directories)
 
 
 def _sync_file_systems(directories: Iterable[str]) -> None:

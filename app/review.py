@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from app.commit import CommitLog, CommitRecord, CommitResult
@@ -40,7 +41,11 @@ class Review:
         self.log.recover()
         return self.staging(session).changeset()
 
-    def commit(self, session: str, paths: Sequence[Path] = ()) -> CommitResult:
+    def commit(self, session: str, paths: Sequence[Path] = (),
+               reviewed: Mapping[Path, str] | None = None) -> CommitResult:
+        """Commits the staged changes at `paths` (all if none). `reviewed`: the fingerprint
+        of each change as the user reviewed it; a change that is no longer what they saw
+        (the agent still runs, and wrote again) is refused, not committed unseen."""
         staging = self.staging(session)
         changeset = staging.changeset()
         if changeset.truncated:
@@ -52,8 +57,10 @@ class Review:
         if paths and not selected:
             raise SessionError(f"none of {', '.join(map(str, paths))} is a staged change "
                                f"of {session} (see `airlock changes {session}`)")
+        if reviewed is not None:
+            selected = [_as_reviewed(change, reviewed.get(change.path)) for change in selected]
         roots = {root.id: root for root in staging.roots()}
-        result = self.log.commit(session, selected, roots)
+        result = self.log.commit(session, selected, roots, move=staging.sealed)
         applied = set(result.applied)
         _rebase(staging, applied)
         for path, reason in result.refused:
@@ -90,6 +97,16 @@ class Review:
             if staging_root.is_dir():
                 _rebase(SessionStaging(staging_root, original.session), result.applied)
         return result
+
+
+def _as_reviewed(change: Change, fingerprint: str | None) -> Change:
+    if fingerprint is None:
+        return replace(change, problems=(*change.problems, "not reviewed: it was staged after "
+                                         "the review was opened; review it again"))
+    if fingerprint != change.fingerprint:
+        return replace(change, problems=(*change.problems, "changed since it was reviewed: "
+                                         "not committed; review it again"))
+    return change
 
 
 def _rebase(staging: SessionStaging, applied: Iterable[str]) -> None:

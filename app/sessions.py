@@ -489,8 +489,11 @@ class Supervisor:
             timer.cancel()
         for task in running.tasks:
             task.cancel()
-        if running.container is not None:
-            await asyncio.to_thread(self._remove_container, running.container)
+        removed = running.container is None or await asyncio.to_thread(
+            self._remove_container, running.container)
+        if removed:
+            # No process is left that could write a staged file: committing may move them.
+            await asyncio.to_thread(running.staging.seal)
         if running.volumes:
             await asyncio.to_thread(self._remove_volumes, running.volumes)
         for extension in reversed(running.extensions):
@@ -549,13 +552,16 @@ class Supervisor:
         except docker.errors.APIError as e:
             raise EngineError(f"the engine refused the container: {e.explanation}") from e
 
-    def _remove_container(self, container: Container) -> None:
+    def _remove_container(self, container: Container) -> bool:
+        """True once the container is gone."""
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
             log.warning("cannot remove container %s: %s", container.short_id, e.explanation)
+            return False
+        return True
 
     def _containers(self, session: str | None = None) -> list[Container]:
         labels = [f"{LABEL_OWNER}={self.owner}"]

@@ -110,6 +110,13 @@ class Change:
     link_target: str | None = None
     problems: tuple[str, ...] = ()  # why a commit would refuse it
 
+    @property
+    def fingerprint(self) -> str:
+        """What the user sees of the change: a review is of this, and a commit of what was
+        reviewed refuses the change if it is no longer the same."""
+        return json.dumps([str(self.kind), str(self.type), self.new_hash, _octal(self.new_mode),
+                           self.link_target, str(self.renamed_from or "")])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "path": str(self.path), "kind": str(self.kind), "type": str(self.type),
@@ -309,6 +316,20 @@ class SessionStaging:
     def _drop_file_root(self, staged: StagedRoot) -> None:
         _remove_any(staged.upper)
         shutil.rmtree(self.root / staged.id, ignore_errors=True)
+
+    # the session's end
+
+    SEALED = "sealed"
+
+    def seal(self) -> None:
+        """Marks that nothing can write the staged files any more (the session's container
+        is gone): a commit may then move them into place instead of copying them."""
+        if self.root.is_dir():
+            (self.root / self.SEALED).touch()
+
+    @property
+    def sealed(self) -> bool:
+        return (self.root / self.SEALED).is_file()
 
     def remove_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

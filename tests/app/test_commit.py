@@ -122,6 +122,14 @@ def crash_from_call(number: int, function: Callable[..., Any]) -> Callable[..., 
     return crashing
 
 
+def crash_after(function: Callable[..., Any]) -> Callable[..., Any]:
+    def crashing(*args: Any) -> Any:
+        function(*args)
+        raise SimulatedCrash
+
+    return crashing
+
+
 def journal(log: CommitLog) -> dict[str, Any]:
     (path,) = log.root.glob("*/commit.json")
     data: dict[str, Any] = json.loads(path.read_text())
@@ -142,16 +150,15 @@ def test_commit_applies_every_change_and_undo_restores_the_host(project: Project
     assert project.log.record(result.commit.id).undone_by == undone.commit.id
 
 
-@pytest.mark.parametrize("crash_at", ["copying", "syncing"])
+@pytest.mark.parametrize("crash_at", ["copying", "prepared"])
 def test_a_crash_while_preparing_is_rolled_back(
     project: Project, monkeypatch: pytest.MonkeyPatch, crash_at: str
 ) -> None:
     before = snapshot(project.host)
     if crash_at == "copying":  # part-way through the copies
         monkeypatch.setattr(app.commit, "_prepare", crash_from_call(BULK // 2, app.commit._prepare))
-    else:  # every temp file written, none yet known to be on disk
-        monkeypatch.setattr(app.commit, "_sync_file_systems",
-                            crash_from_call(1, app.commit._sync_file_systems))
+    else:  # every temp file written, not all of them on disk yet
+        monkeypatch.setattr(app.commit, "_prepare_all", crash_after(app.commit._prepare_all))
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
@@ -218,3 +225,231 @@ def test_refusals_name_each_path_and_the_rest_is_committed(
     assert list(outside.iterdir()) == []
     assert not (project.host / "vanished.txt").exists()
     assert_all_new(project.host)
+
+
+def test_files_in_directories_not_committed_themselves_still_land(
+    project: Project, tmp_path: Path
+) -> None:
+    # Committing only some paths can leave their new parent directories out: each copying
+    # thread then makes what is missing, and neither may trip over the other's.
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    changes = []
+    for i in range(BULK):
+        (staged / f"g{i:03}").write_text(f"g-{i}\n")
+        changes.append(Change(project.host / "made" / "deep" / f"g{i:03}", ChangeKind.ADDED,
+                              EntryType.FILE, project.root.id, staged / f"g{i:03}"))
+    result = project.log.commit("s1", changes, {project.root.id: project.root})
+    assert result.refused == ()
+    made = project.host / "made" / "deep"
+    assert sorted(p.name for p in made.iterdir()) == [f"g{i:03}" for i in range(BULK)]
+
+
+def staged_path(project: Project, name: str) -> Path:
+    (change,) = (c for c in project.changes if c.path == project.host / name)
+    assert change.staged is not None
+    return change.staged
+
+
+def test_a_staged_file_rewritten_after_review_is_refused(project: Project) -> None:
+    # The agent still runs while the user reviews: what it writes after the changeset was
+    # read (and shown) must not ride along with the commit.
+    staged_path(project, "edit.txt").write_text("sneaked in after review\n")
+    staged_path(project, "bulk/f007").write_text("new-7\n and more\n")
+    result = commit(project)
+    refused = dict(result.refused)
+    assert set(refused) == {str(project.host / "edit.txt"), str(project.host / "bulk/f007")}
+    assert all(why.startswith("changed since it was reviewed (reviewed sha256 ")
+               for why in refused.values())
+    assert (project.host / "edit.txt").read_text() == "old edit\n"
+    assert (project.host / "bulk" / "f007").read_text() == "old-7\n"
+    assert (project.host / "bulk" / "f008").read_text() == "new-8\n"
+    assert leftovers(project.host) == []
+
+
+def test_a_fifo_swapped_in_for_a_staged_file_is_refused_without_hanging(
+    project: Project
+) -> None:
+    staged = staged_path(project, "edit.txt")
+    staged.unlink()
+    os.mkfifo(staged)  # opening it for reading would block until a writer came
+    results: list[app.commit.CommitResult] = []
+    worker = threading.Thread(target=lambda: results.append(commit(project)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the commit hung on a FIFO"
+    (result,) = results
+    assert dict(result.refused) == {str(project.host / "edit.txt"): "a FIFO, not a regular file"}
+    assert (project.host / "edit.txt").read_text() == "old edit\n"
+
+
+def test_host_files_created_or_changed_during_the_commit_are_kept(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between preparing and applying (while the temp files are synced), the user saves a
+    # file at a path the agent added, and edits one the agent changed: neither is replaced.
+    sync = app.commit._sync_file_systems
+
+    def user_at_work(directories: Any) -> None:
+        if not (project.host / "bulk" / "f500").exists():
+            (project.host / "bulk" / "f500").write_text("the user's own\n")
+            (project.host / "bulk" / "f010").write_text("edited by the user\n")
+        sync(directories)
+
+    monkeypatch.setattr(app.commit, "_sync_file_systems", user_at_work)
+    result = commit(project)
+    assert dict(result.refused) == {
+        str(project.host / "bulk" / "f500"):
+            "conflict: created on the host while being committed; the host's file was kept",
+        str(project.host / "bulk" / "f010"):
+            "conflict: changed on the host while being committed; the host's version was kept",
+    }
+    assert (project.host / "bulk" / "f500").read_text() == "the user's own\n"
+    assert (project.host / "bulk" / "f010").read_text() == "edited by the user\n"
+    assert (project.host / "bulk" / "f011").read_text() == "new-11\n"
+    assert leftovers(project.host) == []
+    assert result.commit is not None
+    assert str(project.host / "bulk" / "f500") not in result.applied
+    recorded = project.log.record(result.commit.id)
+    assert str(project.host / "bulk" / "f010") not in recorded.paths
+
+    project.log.undo(result.commit.id)  # undo leaves the user's files alone too
+    assert (project.host / "bulk" / "f500").read_text() == "the user's own\n"
+    assert (project.host / "bulk" / "f010").read_text() == "edited by the user\n"
+    assert (project.host / "bulk" / "f011").read_text() == "old-11\n"
+
+
+def staged_snapshot(project: Project) -> dict[Path, bytes]:
+    """The staged files' contents, by where they are staged."""
+    return {c.staged: c.staged.read_bytes() for c in project.changes
+            if c.staged is not None and c.type is EntryType.FILE}
+
+
+def commit_moving(project: Project) -> app.commit.CommitResult:
+    return project.log.commit("s1", project.changes, {project.root.id: project.root}, move=True)
+
+
+def test_an_ended_sessions_files_are_moved_into_place(project: Project) -> None:
+    before = snapshot(project.host)
+    staged = staged_snapshot(project)
+    edit = staged_path(project, "edit.txt")
+    inode = edit.stat().st_ino
+    result = commit_moving(project)
+    assert result.refused == ()
+    assert_all_new(project.host)
+    assert (project.host / "edit.txt").stat().st_ino == inode  # moved, not copied
+    assert not edit.exists()
+    assert {c.path: c.path.read_bytes() for c in project.changes if c.staged in staged} == \
+        {c.path: staged[c.staged] for c in project.changes if c.staged in staged}
+
+    assert result.commit is not None
+    project.log.undo(result.commit.id)
+    assert_restored(project.host, before)
+
+
+@pytest.mark.parametrize("crash_at", ["preparing", "applying"])
+def test_a_crash_while_moving_loses_nothing(
+    project: Project, monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    before = snapshot(project.host)
+    staged = staged_snapshot(project)
+    function = "_prepare" if crash_at == "preparing" else "_apply"
+    monkeypatch.setattr(app.commit, function,
+                        crash_from_call(BULK // 2, getattr(app.commit, function)))
+    with pytest.raises(SimulatedCrash):
+        commit_moving(project)
+    monkeypatch.undo()
+    CommitLog(project.log.root).recover()
+    if crash_at == "preparing":  # rolled back: nothing had moved yet
+        assert snapshot(project.host) == before
+        assert {path: path.read_bytes() for path in staged} == staged
+        assert commit_moving(project).refused == ()  # and it can be committed again
+    else:  # rolled forward: every staged file is in place, none is lost on the way
+        assert not any(path.exists() for path in staged)
+    assert_all_new(project.host)
+
+
+def test_a_moved_file_that_meets_a_conflict_goes_back_to_staging(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = app.commit._sync_file_systems
+
+    def user_at_work(directories: Any) -> None:
+        if not (project.host / "bulk" / "f500").exists():
+            (project.host / "bulk" / "f500").write_text("the user's own\n")
+        sync(directories)
+
+    monkeypatch.setattr(app.commit, "_sync_file_systems", user_at_work)
+    result = commit_moving(project)
+    assert [path for path, _ in result.refused] == [str(project.host / "bulk" / "f500")]
+    assert (project.host / "bulk" / "f500").read_text() == "the user's own\n"
+    assert staged_path(project, "bulk/f500").read_text() == "new-500\n"  # kept, to review
+    assert not staged_path(project, "bulk/f501").exists()  # committed: moved
+    assert leftovers(project.host) == []
+
+
+def test_files_that_cannot_stand_for_a_copy_are_copied(project: Project) -> None:
+    # A staged file with a second name (which something could still write through) is not
+    # moved; whatever the commit's verdict on it, its staged copy stays where it was.
+    edit = staged_path(project, "edit.txt")
+    os.link(edit, edit.with_name("second-name"))
+    result = commit_moving(project)
+    assert result.refused == ()
+    assert edit.read_text() == "new edit\n"
+    assert (project.host / "edit.txt").read_text() == "new edit\n"
+    assert (project.host / "edit.txt").stat().st_ino != edit.stat().st_ino
+
+
+def test_a_file_that_cannot_be_put_in_place_is_refused_and_the_commit_ends(
+    project: Project, tmp_path: Path
+) -> None:
+    # A file to replace what is a directory on the host: the rename fails. That path is
+    # refused, and the commit still finishes (a journal left "applying" would fail the same
+    # way at every start).
+    (project.host / "docs").mkdir()
+    (project.host / "docs" / "inside.txt").write_text("the user's\n")
+    staged = tmp_path / "docs-as-a-file"
+    staged.write_text("a file now\n")
+    project.changes = (*project.changes, Change(
+        project.host / "docs", ChangeKind.MODIFIED, EntryType.FILE, project.root.id, staged,
+        new_hash=sha256_file(staged)))
+    result = commit(project)
+    (refused,) = result.refused
+    assert refused[0] == str(project.host / "docs")
+    assert refused[1].startswith("cannot be put in place: Is a directory")
+    assert result.commit is not None and result.commit.state is State.DONE
+    assert (project.host / "docs" / "inside.txt").read_text() == "the user's\n"
+    assert_all_new(project.host)
+    assert CommitLog(project.log.root).recover() == []
+
+
+def test_recovery_reads_only_commits_that_never_finished(
+    project: Project, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It runs before every commit: a long history must not be read each time.
+    done = commit(project)
+    assert done.commit is not None
+    (project.log.root / done.commit.id / "commit.json").write_text("{ not read")
+    assert project.log.recover() == []
+    assert "unreadable" not in caplog.text
+
+
+def test_an_interrupted_commit_from_before_the_markers_is_still_recovered(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.commit, "_apply", crash_from_call(BULK // 2, app.commit._apply))
+    with pytest.raises(SimulatedCrash):
+        commit(project)
+    monkeypatch.undo()
+    for marker in [*project.log.root.glob("*/unfinished"), project.log.root / ".markers"]:
+        marker.unlink(missing_ok=True)  # as an older Airlock left its log,
+    (path,) = project.log.root.glob("*/commit.json")
+    written = json.loads(path.read_text())
+    table = written["operations"]  # its operations a list of objects, not a table
+    written["operations"] = [dict(zip(table["fields"], row, strict=True))
+                             for row in table["rows"]]
+    path.write_text(json.dumps(written))
+    (resolved,) = CommitLog(project.log.root).recover()
+    assert project.log.record(resolved).state is State.DONE
+    assert_all_new(project.host)
+    assert CommitLog(project.log.root).recover() == []

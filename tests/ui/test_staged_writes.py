@@ -220,6 +220,25 @@ def test_killed_mid_commit_every_file_is_old_or_new(
     assert leftovers == []
 
 
+def test_once_the_session_has_ended_its_files_are_moved_into_place(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    # The container is gone, and with it anything that could still write a staged file:
+    # committing renames the agent's files into place instead of copying them.
+    _, session = run_agent(tester, agent_image, "echo new > new.txt; echo more >> a.txt",
+                           [f"{project}:rw"])
+    (staging,) = tester.base.glob(f".state/airlock/sessions/{session}/staging")
+    assert (staging / "sealed").is_file()
+    staged = {name: next(staging.glob(f"*/upper/{name}")).stat().st_ino
+              for name in ("new.txt", "a.txt")}
+    committed = tester.run("commit", session)
+    assert committed.returncode == 0, committed.stderr
+    assert {name: (project / name).stat().st_ino for name in staged} == staged
+    assert (project / "a.txt").read_text() == "alpha\nmore\n"
+    assert (project / "new.txt").read_text() == "new\n"
+    assert changes(tester, session) == {}
+
+
 def test_discard_forgets_staged_changes(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:

@@ -163,8 +163,9 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     print(f"\nairlock: the agent staged {len(changeset.changes)} change(s):", file=sys.stderr)
     for change in changeset.changes:
         print("  " + describe(change).replace("\n", "\n  "), file=sys.stderr)
+    shown = {change.path: change.fingerprint for change in changeset.changes}
     if rule == "auto" and mode != "never":
-        report(review.commit(session), "committed")
+        report(review.commit(session, (), shown), "committed")
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
     while interactive:
@@ -176,7 +177,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
                 sys.stderr.writelines(diff(change))
             continue
         if answer in ("y", "yes"):
-            report(review.commit(session), "committed")
+            report(review.commit(session, (), shown), "committed")
             return
         break
     print(f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "

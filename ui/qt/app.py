@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication
 from app.audit import records, verify
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, denied
 from app.errors import AirlockError, SessionError
-from app.events import Event
+from app.events import Event, EventKind
 from app.grants import Grant, GrantRequest, Mode, check_grant_path
 from app.paths import Dirs
 from app.review import Review
@@ -221,9 +221,22 @@ class Desktop(QObject):
         self.say(f"Stopping session {session}…")
 
     def revoke_grant(self, grant: str) -> None:
-        revoked = self.supervisor.revoke([grant])
+        stopped: list[str] = []
+
+        def note_stop(event: Event) -> None:
+            if event.kind is EventKind.GRANT_REVOKED and event.details.get("stopped"):
+                stopped.append(event.session or "")
+
+        self.supervisor.bus.attach(note_stop)
+        try:
+            revoked = self.supervisor.revoke([grant])
+        finally:
+            self.supervisor.bus.detach(note_stop)
         for g in revoked:
-            self.say(f"Revoked {g.path}: agents no longer see it")
+            self.say(f"Revoked {g.path}: agents no longer see it" + (
+                f"; session {', '.join(dict.fromkeys(stopped))} stopped (a read-write folder "
+                "cannot be taken back from a running agent; what it staged is kept for "
+                "review)" if stopped else ""))
         self.refresh_grants()
 
     def revoke_session(self, session: str) -> int:

@@ -380,7 +380,7 @@ class MainWindow(QMainWindow):
         for row, grant in enumerate(self.grants.rows):
             button = QPushButton("Revoke")
             button.setObjectName(f"revoke-{grant.id}")
-            button.setToolTip(f"Take {grant.path} away from the agent now")
+            button.setToolTip(revoke_tip(grant))
             button.clicked.connect(
                 lambda _=False, g=grant.id: self.revoke_grant_requested.emit(g))
             self.grants_view.setIndexWidget(
@@ -510,3 +510,11 @@ class LaunchDialog(QDialog):
         mode = Mode.READ_WRITE if self.writable.isChecked() else Mode.READ
         return self.profile.currentText(), paths, mode
 
+
+def revoke_tip(grant: Grant) -> str:
+    """What revoking `grant` does, said before the click: a read-write folder cannot be
+    taken back from a running agent, so revoking it stops the agent's session."""
+    if grant.mode is Mode.READ_WRITE and grant.path.is_dir():
+        return (f"Take {grant.path} away now. A read-write folder cannot be taken back from "
+                "a running agent: its session stops (what it staged is kept for review)")
+    return f"Take {grant.path} away from the agent now"

@@ -297,8 +297,11 @@ class ReviewWindow(QWidget):
         paths = self.approved()
         if not paths:
             return None
+        # What was shown is what may land: a change the agent made again since is refused.
+        reviewed = {change.path: change.fingerprint
+                    for change in (self.changeset.changes if self.changeset else ())}
         try:
-            result = await asyncio.to_thread(self.review.commit, self.session, paths)
+            result = await asyncio.to_thread(self.review.commit, self.session, paths, reviewed)
         except AirlockError as e:
             self.status.setText(str(e))
             return None

@@ -16,13 +16,14 @@ from PySide6.QtWidgets import QLineEdit
 
 from app.consent import ConsentBroker, ConsentRequest, RequestKind, new_request_id
 from app.events import Event, EventKind
-from app.grants import GrantRequest, Mode
+from app.grants import Grant, GrantRequest, Lifetime, Mode
 from app.profiles import parse_profile
 from app.sessions import Supervisor
 from tests.support import profile_text
 from tests.ui.qt.conftest import until
 from ui.qt import settings as options
 from ui.qt.app import Desktop, build_desktop
+from ui.qt.main_window import revoke_tip
 from ui.qt.settings import Settings
 
 pytestmark = pytest.mark.docker
@@ -209,3 +210,19 @@ def test_review_window_commits_undoes_and_discards(
         assert (notes / "keep.md").read_text() == "untouched\n"
 
     run(scenario(), timeout=180)
+
+
+def test_revoke_says_before_the_click_that_a_read_write_folder_stops_its_session(
+    tmp_path: Path
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    note = tmp_path / "note.txt"
+    note.write_text("x\n")
+
+    def tip(path: Path, mode: Mode) -> str:
+        return revoke_tip(Grant("g1", path, mode, Lifetime.SESSION, "s1", None, 0.0))
+
+    assert "its session stops" in tip(folder, Mode.READ_WRITE)
+    for path, mode in ((folder, Mode.READ), (note, Mode.READ_WRITE), (note, Mode.READ)):
+        assert tip(path, mode) == f"Take {path} away from the agent now"

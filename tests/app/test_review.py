@@ -1,0 +1,70 @@
+"""Review on real files: what lands is what the user was shown, and an ended session's
+staged files are moved into place rather than copied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.events import Event, EventBus, EventKind
+from app.paths import Dirs
+from app.review import Review
+from app.staging import SessionStaging
+
+SESSION = "5e55104a"
+
+
+@pytest.fixture
+def review(tmp_path: Path) -> Review:
+    return Review(Dirs(tmp_path / "config", tmp_path / "state", tmp_path / "run"), EventBus())
+
+
+def staged_session(review: Review, tmp_path: Path) -> tuple[SessionStaging, Path, Path]:
+    host = tmp_path / "project"
+    host.mkdir()
+    (host / "notes.txt").write_text("the user's notes\n")
+    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
+    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    (upper / "notes.txt").write_text("the agent's notes\n")
+    (upper / "new.txt").write_text("a new file\n")
+    return staging, host, upper
+
+
+def test_a_change_made_again_after_the_review_is_refused(review: Review, tmp_path: Path) -> None:
+    _, host, upper = staged_session(review, tmp_path)
+    shown = {c.path: c.fingerprint for c in review.changes(SESSION).changes}
+    (upper / "notes.txt").write_text("rm -rf ~ # slipped in after the review\n")  # still running
+    (upper / "later.txt").write_text("staged after the review\n")
+    events: list[Event] = []
+    review.bus.attach(events.append)
+    result = review.commit(SESSION, (), shown)
+    assert dict(result.refused) == {
+        str(host / "notes.txt"): "changed since it was reviewed: not committed; review it again",
+        str(host / "later.txt"): "not reviewed: it was staged after the review was opened; "
+                                 "review it again",
+    }
+    assert result.applied == (str(host / "new.txt"),)
+    assert (host / "notes.txt").read_text() == "the user's notes\n"
+    assert not (host / "later.txt").exists()
+    assert {e.subject for e in events if e.kind is EventKind.CHANGE_REFUSED} == {
+        str(host / "notes.txt"), str(host / "later.txt")}
+
+
+def test_an_ended_sessions_files_are_moved_a_running_ones_copied(
+    review: Review, tmp_path: Path
+) -> None:
+    staging, host, upper = staged_session(review, tmp_path)
+    staged = (upper / "notes.txt").stat().st_ino
+    review.commit(SESSION, [host / "notes.txt"])  # still running: copied
+    assert (host / "notes.txt").read_text() == "the agent's notes\n"
+    assert (host / "notes.txt").stat().st_ino != staged
+    assert (upper / "notes.txt").stat().st_ino == staged
+
+    staging.seal()  # as the supervisor does once the container is gone
+    staged = (upper / "new.txt").stat().st_ino
+    result = review.commit(SESSION)
+    assert result.applied == (str(host / "new.txt"),)
+    assert (host / "new.txt").stat().st_ino == staged
+    assert not (upper / "new.txt").exists()
+    assert review.changes(SESSION).changes == ()
