@@ -789,8 +789,9 @@ def _prepare(op: Operation, backup_dir: str, index: int, parents: _Parents) -> N
 
 
 def _movable(source: str, mode: int, target: str, dir_fd: int, parents: _Parents) -> bool:
-    """Whether a staged file can stand for its copy: a regular file with no other name, the
-    user's own, on the target's mount. Gives it the change's mode if so."""
+    """Whether a staged file can stand for its copy: a regular file with no other name and
+    no extended attributes, the user's own, on the target's mount. Gives it the change's
+    mode if so."""
     own_fd, name = parents.own_directory(source)
     st = os.stat(name, dir_fd=own_fd, follow_symlinks=False)
     if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.getuid()
@@ -799,6 +800,14 @@ def _movable(source: str, mode: int, target: str, dir_fd: int, parents: _Parents
     if parents.mount_of(_split(source)[0], own_fd) != \
             parents.mount_of(_split(target)[0], dir_fd):
         return False
+    # Extended attributes go with a moved inode: ACLs granting others access, a security
+    # label, whatever the agent set. A copy carries none, so a file with any is copied;
+    # the overlay's own bookkeeping, if any, is dropped.
+    at = f"/proc/self/fd/{own_fd}/{name}"
+    for attribute in os.listxattr(at, follow_symlinks=False):
+        if not attribute.startswith("user.overlay."):
+            return False
+        os.removexattr(at, attribute, follow_symlinks=False)
     if stat.S_IMODE(st.st_mode) != mode & 0o777:
         os.chmod(name, mode & 0o777, dir_fd=own_fd)
     return True

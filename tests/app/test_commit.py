@@ -390,14 +390,25 @@ def test_a_moved_file_that_meets_a_conflict_goes_back_to_staging(
 
 def test_files_that_cannot_stand_for_a_copy_are_copied(project: Project) -> None:
     # A staged file with a second name (which something could still write through) is not
-    # moved; whatever the commit's verdict on it, its staged copy stays where it was.
+    # moved, nor one with extended attributes (an ACL letting others in, a label): a copy
+    # carries none. Their staged copies stay where they were.
     edit = staged_path(project, "edit.txt")
     os.link(edit, edit.with_name("second-name"))
+    tagged = staged_path(project, "bulk/f000")
+    os.setxattr(tagged, "user.planted", b"by the agent")
+    bookkept = staged_path(project, "bulk/f001")
+    os.setxattr(bookkept, "user.overlay.origin", b"the overlay's")
+    inode = bookkept.stat().st_ino
     result = commit_moving(project)
     assert result.refused == ()
-    assert edit.read_text() == "new edit\n"
+    assert edit.read_text() == "new edit\n" and tagged.read_text() == "new-0\n"
     assert (project.host / "edit.txt").read_text() == "new edit\n"
     assert (project.host / "edit.txt").stat().st_ino != edit.stat().st_ino
+    assert (project.host / "bulk" / "f000").read_text() == "new-0\n"
+    assert os.listxattr(project.host / "bulk" / "f000") == []
+    # the overlay's own attributes are not the agent's doing: dropped, and the file moved
+    assert (project.host / "bulk" / "f001").stat().st_ino == inode
+    assert os.listxattr(project.host / "bulk" / "f001") == []
 
 
 def test_a_file_that_cannot_be_put_in_place_is_refused_and_the_commit_ends(
