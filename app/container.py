@@ -123,6 +123,10 @@ class ContainerSpec:
             "memswap_limit": self.memory,  # no swap: the memory limit is the limit
             "nano_cpus": self.nano_cpus,
             "ipc_mode": "private",
+            # The engine keeps no copy of what the agent prints (its log driver would, in
+            # clear and without bound, under /var/lib/docker): the session reads the
+            # attached streams, and records only fingerprints.
+            "log_config": {"type": "none", "config": {}},
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"},
             "ulimits": _ulimits(),
             "mounts": [

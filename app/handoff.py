@@ -149,6 +149,11 @@ class HandoffServer:
             def write(self, stream: str, data: bytes) -> None:
                 writer.write(HEADER.pack(b"O" if stream == "stdout" else b"E", len(data)) + data)
 
+            async def drain(self) -> None:
+                # The agent's output is read no faster than the client takes it: one that
+                # prints more than a slow terminal shows waits, as it would on the terminal.
+                await writer.drain()
+
         self.supervisor.bus.attach(forward)
         run = loop.create_task(self.supervisor.run(request, Output()))
         gone = loop.create_task(reader.read())  # EOF: the client left (Ctrl-C)

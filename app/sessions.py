@@ -7,6 +7,8 @@ is read by a thread and handed back to the loop with `call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import os
 import secrets
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import docker
 import docker.errors
@@ -60,6 +62,15 @@ class Output(Protocol):
     """Where the agent's stdout and stderr go (the terminal, the app's log view)."""
 
     def write(self, stream: str, data: bytes) -> None: ...
+
+
+@runtime_checkable
+class DrainingOutput(Output, Protocol):
+    """An output that can fall behind (a socket to a client): the agent's streams are read
+    no faster than `drain` lets through, so an agent that prints more than its reader takes
+    is held up, as by a terminal, instead of filling the supervisor's memory."""
+
+    async def drain(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +390,10 @@ class Supervisor:
     ) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
         drained = loop.create_future()
+        # Attached before it starts, so nothing is missed; and without `logs`: the engine
+        # keeps none (log driver "none"), and asking for them stalls the attach.
         stream = await asyncio.to_thread(
-            container.attach, stdout=True, stderr=True, stream=True, logs=True, demux=True
+            container.attach, stdout=True, stderr=True, stream=True, logs=False, demux=True
         )
         reader = loop.run_in_executor(
             None, self._pump_output, stream, running, output, loop, drained
@@ -434,15 +447,38 @@ class Supervisor:
         loop: asyncio.AbstractEventLoop,
         drained: asyncio.Future[None],
     ) -> None:
+        """Reads the agent's streams (in a thread) and hands each piece to the loop; waits
+        for an output that can fall behind to take it before reading on."""
+        draining = isinstance(output, DrainingOutput)
         try:
             for stdout, stderr in stream:
                 for name, data in (("stdout", stdout), ("stderr", stderr)):
-                    if data:
+                    if not data:
+                        continue
+                    if not draining:
                         loop.call_soon_threadsafe(self._on_output, running, output, name, data)
+                        continue
+                    delivered = asyncio.run_coroutine_threadsafe(
+                        self._deliver(running, output, name, data), loop)  # type: ignore[arg-type]
+                    draining = _wait_delivered(delivered, loop)
         except (docker.errors.APIError, OSError, ValueError) as e:
             log.debug("output stream of %s ended: %s", running.id, e)
+        except RuntimeError as e:  # the loop closed under us: nobody to deliver to
+            log.debug("output stream of %s abandoned: %s", running.id, e)
         finally:
-            loop.call_soon_threadsafe(_set_done, drained)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_done, drained)
+
+    async def _deliver(self, running: _Running, output: DrainingOutput, name: str,
+                       data: bytes) -> bool:
+        """Writes a piece of output and waits until the output has room again; False once
+        the output is gone (its reader left): the rest is read, and not held up."""
+        self._on_output(running, output, name, data)
+        try:
+            await output.drain()
+        except (ConnectionError, OSError):
+            return False
+        return True
 
     def _on_output(self, running: _Running, output: Output, name: str, data: bytes) -> None:
         try:
@@ -810,6 +846,21 @@ def _under_any(path: Path, anchors: Sequence[Path]) -> bool:
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _wait_delivered(delivered: concurrent.futures.Future[bool],
+                    loop: asyncio.AbstractEventLoop) -> bool:
+    """Waits, in the reading thread, for the loop to deliver a piece; whether to go on
+    waiting for the next ones. Gives up if the loop stops meanwhile."""
+    while True:
+        try:
+            return delivered.result(timeout=1.0)
+        except concurrent.futures.TimeoutError:
+            if loop.is_closed() or not loop.is_running():
+                delivered.cancel()
+                return False
+        except concurrent.futures.CancelledError:
+            return False
 
 
 def _describe_exit(code: int) -> str:

@@ -372,6 +372,8 @@ class EgressBridge:
             memswap_limit=128 * 1024 * 1024,
             ipc_mode="private",
             init=False,  # the witness is PID 1: no process keeps root's capabilities
+            # Its last lines explain a failed start; no more is kept.
+            log_config={"type": "json-file", "config": {"max-size": "64k", "max-file": "1"}},
             mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
                           read_only=True, propagation="rprivate")],
         )

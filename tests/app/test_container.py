@@ -47,6 +47,7 @@ def test_hardening_controls() -> None:
     assert kwargs["nano_cpus"] == 500_000_000
     assert kwargs["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,noexec,size={8 * 1024**2}"}
     assert kwargs["ipc_mode"] == "private"
+    assert kwargs["log_config"] == {"type": "none", "config": {}}  # no copy of its output
     assert "privileged" not in kwargs and "cap_add" not in kwargs and "devices" not in kwargs
     assert "volumes" not in kwargs and "network" not in kwargs
 

@@ -85,6 +85,43 @@ def test_interrupting_the_client_ends_the_session(
     assert engine.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session}"}) == []
 
 
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_an_agent_printing_faster_than_its_reader_is_held_up_not_buffered(
+    tester: DesktopUser, agent_image: str, daemon: Path
+) -> None:
+    # The client's terminal stops reading (here: a pipe nobody reads). The agent must wait,
+    # as it would on a terminal, and not fill the supervisor's memory with its output.
+    (supervisor,) = [int(entry.name) for entry in Path("/proc").iterdir()
+                     if entry.name.isdigit() and entry.stat().st_uid == tester.uid
+                     and _command_line(entry).endswith(b"airlock\0daemon")]
+    path = tester.write("flood.toml", profile_text(
+        agent_image, ["sh", "-c", "head -c 2000000000 /dev/zero; echo done >&2"]))
+    before = resident_bytes(supervisor)
+    client = tester.popen("run", "--profile", str(path))
+    try:
+        peak = before
+        for _ in range(75):  # 15 s: at full speed, gigabytes would have come through
+            time.sleep(0.2)
+            peak = max(peak, resident_bytes(supervisor))
+        assert peak - before < 150 * 1024**2, f"the supervisor grew by {peak - before} bytes"
+        assert client.poll() is None  # still held up
+    finally:
+        tester.stop(client)
+
+
+def _command_line(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes().rstrip(b"\0")
+    except OSError:
+        return b""
+
+
 def test_another_user_cannot_use_the_supervisor(daemon: Path) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(daemon))  # root can reach it despite 0600; others cannot at all
