@@ -352,7 +352,7 @@ class EgressBridge:
 
     def create_sidecar(self, session: SessionContext, directory: Path, proxied: bool,
                        labels: dict[str, str], name: str) -> Container:
-        from docker.types import Mount
+        from docker.types import LogConfig, Mount
 
         api = self._egress.engine.api
         host_config = api.create_host_config(
@@ -373,7 +373,8 @@ class EgressBridge:
             ipc_mode="private",
             init=False,  # the witness is PID 1: no process keeps root's capabilities
             # Its last lines explain a failed start; no more is kept.
-            log_config={"type": "json-file", "config": {"max-size": "64k", "max-file": "1"}},
+            log_config=LogConfig(type=LogConfig.types.JSON,
+                                 config={"max-size": "64k", "max-file": "1"}),
             mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
                           read_only=True, propagation="rprivate")],
         )
