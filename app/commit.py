@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -47,7 +48,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -218,7 +219,12 @@ class CommitLog:
                roots: dict[str, StagedRoot], move: bool = False) -> CommitResult:
         """`move`: the session has ended, nothing can write its staged files any more; they
         are moved into place where the file system allows, instead of copied."""
-        self.recover()
+        with self._lock(wait=True):
+            self._recover()
+            return self._commit(session, changes, roots, move)
+
+    def _commit(self, session: str, changes: Sequence[Change],
+                roots: dict[str, StagedRoot], move: bool) -> CommitResult:
         refused: list[tuple[str, str]] = [
             (str(c.path), "; ".join(c.problems)) for c in changes if c.problems]
         accepted = [c for c in changes if not c.problems]
@@ -229,7 +235,11 @@ class CommitLog:
         return self._run(record)
 
     def undo(self, commit_id: str) -> CommitResult:
-        self.recover()
+        with self._lock(wait=True):
+            self._recover()
+            return self._undo(commit_id)
+
+    def _undo(self, commit_id: str) -> CommitResult:
         original = self.record(commit_id)
         if original.state is not State.DONE:
             raise CommitError(f"commit {commit_id} is {original.state}: nothing to undo")
@@ -251,10 +261,7 @@ class CommitLog:
 
     def _run(self, record: CommitRecord) -> CommitResult:
         directory = self.root / record.id
-        fresh = not self.root.exists()
         (directory / "backup").mkdir(parents=True)
-        if fresh:
-            (self.root / SCANNED).touch()  # a new log has no commits from before markers
         # Made durable by the first save's directory fsync; gone once the commit is done.
         (directory / UNFINISHED).touch()
         _plan(record)
@@ -310,10 +317,33 @@ class CommitLog:
 
     # recovery
 
+    @contextlib.contextmanager
+    def _lock(self, wait: bool) -> Iterator[bool]:
+        """The log's lock, held by a commit or undo from start to end and by a recovery:
+        across threads and processes (the desktop app and the command line), one at a time;
+        above all, a recovery never takes a commit under way for an interrupted one.
+        Yields whether it is held (`wait=False` does not wait for it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
     def recover(self) -> list[str]:
-        """Finishes or rolls back commits a crash interrupted; returns their ids. Reads only
-        the journals of commits that never finished (each marked until it did), not the
-        whole history, which it runs before every commit."""
+        """Finishes or rolls back commits a crash interrupted; returns their ids. Nothing to
+        do while a commit is under way (its process is alive: it was not interrupted)."""
+        with self._lock(wait=False) as held:
+            return self._recover() if held else []
+
+    def _recover(self) -> list[str]:
+        """Reads only the journals of commits that never finished (each marked until it
+        did), not the whole history: it runs before every commit."""
         resolved = []
         for marker in self._unfinished():
             directory = marker.parent
@@ -349,8 +379,6 @@ class CommitLog:
         return resolved
 
     def _unfinished(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
         scanned = self.root / SCANNED
         if not scanned.exists():
             # A log from before the markers: one look at every journal, once.

@@ -56,6 +56,11 @@ EXIT_TIMEOUT = 124
 STOP_GRACE_SECONDS = 5
 LIMIT_POLL_SECONDS = 0.5
 MAX_EVENT_LINE = 4096
+# Output lines become events (and audit records) at most this fast per session, after a first
+# burst: an agent printing at full speed must not turn into as many audit records. What is
+# held back is counted, per stream, in one event before the next line that goes through.
+OUTPUT_LINES_BURST = 2000
+OUTPUT_LINES_PER_SECOND = 200
 
 
 class Output(Protocol):
@@ -130,6 +135,7 @@ class _Running:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     line_buffers: dict[str, bytes] = field(default_factory=dict)
+    line_budget: _LineBudget = field(default_factory=lambda: _LineBudget())
     extensions: list[SessionExtension] = field(default_factory=list)
     runtime_dir: Path | None = None
     context: SessionContext | None = None  # what the extensions were given at start
@@ -144,6 +150,30 @@ class _Running:
 
     def __post_init__(self) -> None:
         self.staging = SessionStaging(self.view.root.parent / "staging", self.id)
+
+
+@dataclass(slots=True)
+class _LineBudget:
+    """A token bucket of output-line events, and the lines held back, per stream."""
+
+    tokens: float = OUTPUT_LINES_BURST
+    at: float = field(default_factory=time.monotonic)
+    held: dict[str, list[int]] = field(default_factory=dict)  # stream -> [lines, bytes]
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(OUTPUT_LINES_BURST,
+                          self.tokens + (now - self.at) * OUTPUT_LINES_PER_SECOND)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def hold(self, stream: str, size: int) -> None:
+        held = self.held.setdefault(stream, [0, 0])
+        held[0] += 1
+        held[1] += size
 
 
 def process_token(pid: int | None = None) -> str:
@@ -492,32 +522,47 @@ class Supervisor:
             rest = b""
         running.line_buffers[name] = rest
         for line in lines:
-            self._emit_line(running.id, name, line)
+            self._emit_line(running, name, line)
 
     def _flush_lines(self, running: _Running) -> None:
         for name, rest in running.line_buffers.items():
             if rest:
-                self._emit_line(running.id, name, rest)
+                self._emit_line(running, name, rest)
         running.line_buffers.clear()
+        self._emit_held(running)
 
-    def _emit_line(self, session: str, stream: str, line: bytes) -> None:
+    def _emit_line(self, running: _Running, stream: str, line: bytes) -> None:
+        if not running.line_budget.take():
+            running.line_budget.hold(stream, len(line))
+            return
+        self._emit_held(running)
         text = line[:MAX_EVENT_LINE].decode("utf-8", "replace")
-        self.bus.emit(EventKind.SESSION_OUTPUT, session, stream, text=text, size=len(line))
+        self.bus.emit(EventKind.SESSION_OUTPUT, running.id, stream, text=text, size=len(line))
+
+    def _emit_held(self, running: _Running) -> None:
+        """One event for each stream's lines held back since the last line that went through
+        (the output itself is whole: only the events are summed up)."""
+        for stream, (lines, size) in running.line_budget.held.items():
+            self.bus.emit(
+                EventKind.SESSION_OUTPUT, running.id, stream, size=size, lines=lines,
+                text=f"[{lines} more line(s), {size} bytes: printed faster than "
+                     f"{OUTPUT_LINES_PER_SECOND} lines a second, not recorded one by one]")
+        running.line_budget.held.clear()
 
     async def _watch_limits(self, running: _Running, container: Container) -> None:
         """Polls the container's cgroup for hits of the pids and memory limits: the engine
         reports an OOM kill only at exit, and pids exhaustion not at all."""
         pid = int(container.attrs["State"]["Pid"] or 0)
         counters = await asyncio.to_thread(_limit_counter_files, pid)
+        # The container's cgroup is its own, made at its start: what the counters hold at the
+        # first look (an agent can hit a limit before then) is already this session's.
         seen: dict[str, int] = {}
         while counters:
             for name, path in counters.items():
                 value = await asyncio.to_thread(_read_counter, path)
                 if value is not None and value > seen.get(name, 0):
-                    if name in seen:
-                        self.bus.emit(EventKind.SESSION_LIMIT, running.id, name, count=value)
+                    self.bus.emit(EventKind.SESSION_LIMIT, running.id, name, count=value)
                     seen[name] = value
-                seen.setdefault(name, value or 0)
             await asyncio.sleep(LIMIT_POLL_SECONDS)
 
     async def _end(self, running: _Running, exit_code: int, reason: str) -> None:

@@ -464,3 +464,23 @@ def test_an_interrupted_commit_from_before_the_markers_is_still_recovered(
     assert project.log.record(resolved).state is State.DONE
     assert_all_new(project.host)
     assert CommitLog(project.log.root).recover() == []
+
+
+def test_a_recovery_leaves_a_commit_under_way_alone(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The review window reloads (and so recovers) while another thread, or the command
+    # line, commits: that commit is not an interrupted one, and must not be rolled back.
+    sync = app.commit._sync_file_systems
+    recovered: list[list[str]] = []
+
+    def meanwhile(directories: Any) -> None:
+        if not recovered:
+            recovered.append(CommitLog(project.log.root).recover())
+        sync(directories)
+
+    monkeypatch.setattr(app.commit, "_sync_file_systems", meanwhile)
+    result = commit(project)
+    assert recovered == [[]]
+    assert result.refused == ()
+    assert_all_new(project.host)

@@ -20,7 +20,13 @@ from app.events import Event, EventBus, EventKind
 from app.grants import GrantRequest, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
-from app.sessions import LaunchRequest, SessionResult, Supervisor
+from app.sessions import (
+    OUTPUT_LINES_BURST,
+    OUTPUT_LINES_PER_SECOND,
+    LaunchRequest,
+    SessionResult,
+    Supervisor,
+)
 from app.staging import SessionStaging
 from app.store import SessionState, StateStore
 from tests.support import CollectedOutput, DesktopUser, profile_text
@@ -96,6 +102,25 @@ def test_lifecycle_exit_code_output_and_clean_up(
     record = supervisor.store.session(result.session)
     assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
     assert supervisor.store.session_grants(result.session, time.time()) == []
+
+
+def test_output_at_full_speed_is_summed_up_not_recorded_line_by_line(
+    supervisor: Supervisor, agent_image: str
+) -> None:
+    # 300 000 lines in well under a second: each would be an event and an audit record.
+    # The output itself is whole; the events stop at the budget and count the rest.
+    started = time.monotonic()
+    result, output, events = launch(supervisor, agent_image, ["seq", "300000"])
+    seconds = time.monotonic() - started
+    assert result.exit_code == 0
+    assert output.text("stdout") == "".join(f"{i}\n" for i in range(1, 300001))
+    shown = [e for e in events if e.kind is EventKind.SESSION_OUTPUT]
+    one_by_one = [e for e in shown if "lines" not in e.details]
+    summed = [e for e in shown if "lines" in e.details]
+    assert len(one_by_one) <= OUTPUT_LINES_BURST + OUTPUT_LINES_PER_SECOND * seconds + 1
+    assert summed and len(one_by_one) + sum(e.details["lines"] for e in summed) == 300000
+    assert one_by_one[0].details["text"] == "1"
+    assert "not recorded one by one" in summed[0].details["text"]
 
 
 def test_file_activity_and_audit_name_the_host_path(
