@@ -56,7 +56,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.errors import AirlockError
-from app.staging import Change, ChangeKind, EntryType, StagedRoot, sha256_file
+from app.staging import (
+    Change,
+    ChangeKind,
+    EntryType,
+    StagedRoot,
+    sha256_file,
+    sync_file_system,
+)
 from app.view import special_kind
 
 log = logging.getLogger(__name__)
@@ -847,22 +854,22 @@ def _apply(op: Operation, parents: _Parents) -> str | None:
     name = op.target.rpartition(os.sep)[2]
     try:
         dir_fd = parents.fd(op.target, op.root)
-        if op.action is Action.WRITE and op.move:
-            return _move_into_place(op, name, dir_fd, parents)
-        if op.action in (Action.WRITE, Action.SYMLINK) and op.temp:
-            # No temp file: renamed before the crash this run finishes.
-            if op.fresh:
-                if not _rename_no_replace(op.temp, name, dir_fd):
-                    return _give_up(op, dir_fd, "conflict: created on the host while being "
-                                    "committed; the host's file was kept")
+        if op.action in (Action.WRITE, Action.SYMLINK) and (op.temp or op.move):
+            # From a temp file beside the target, or a moved one from where it was staged.
+            if op.move:
+                assert op.source is not None
+                source_fd, source = parents.own_directory(op.source)
             else:
+                assert op.temp is not None
+                source_fd, source = dir_fd, op.temp
+            if not op.fresh and op.replaced is not None:
                 current = _exists(name, dir_fd)
-                if op.replaced is not None and (
-                        current is None or _signature(current) != tuple(op.replaced)):
-                    return _give_up(op, dir_fd, "conflict: changed on the host while being "
-                                    "committed; the host's version was kept")
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(op.temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                if current is None or _signature(current) != tuple(op.replaced):
+                    return _give_up(op, source_fd, source, "conflict: changed on the host "
+                                    "while being committed; the host's version was kept")
+            if not _rename(source_fd, source, dir_fd, name, no_replace=op.fresh):
+                return _give_up(op, source_fd, source, "conflict: created on the host while "
+                                "being committed; the host's file was kept")
         elif op.action is Action.CHMOD and op.mode is not None:
             os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
         elif op.action is Action.DELETE:
@@ -889,45 +896,15 @@ def _apply(op: Operation, parents: _Parents) -> str | None:
     return None
 
 
-def _move_into_place(op: Operation, name: str, dir_fd: int, parents: _Parents) -> str | None:
-    """Applies a moved WRITE: its staged file is renamed to the target. A staged file that
-    is gone was moved before a crash; one that cannot be moved stays staged."""
-    assert op.source is not None
-    own_fd, staged = parents.own_directory(op.source)
-    if not op.fresh and op.replaced is not None:
-        current = _exists(name, dir_fd)
-        if current is None or _signature(current) != tuple(op.replaced):
-            if _exists(staged, own_fd) is None:
-                return None  # moved before a crash: what is there is the commit's
-            return ("conflict: changed on the host while being committed; the host's "
-                    "version was kept")
-    flags = _RENAME_NOREPLACE if op.fresh else 0
-    if _libc.renameat2(own_fd, os.fsencode(staged), dir_fd, os.fsencode(name), flags) == 0:
-        return None
-    code = ctypes.get_errno()
-    if code == errno.ENOENT:
-        return None  # moved before a crash
-    if code == errno.EEXIST:
-        return "conflict: created on the host while being committed; the host's file was kept"
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and op.fresh:
-        try:  # no renameat2 flags here: link(2) refuses an existing name too
-            os.link(staged, name, src_dir_fd=own_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        except FileExistsError:
-            return "conflict: created on the host while being committed; the host's file " \
-                "was kept"
-        except FileNotFoundError:
-            return None
-        os.unlink(staged, dir_fd=own_fd)
-        return None
-    return f"cannot be moved into place ({os.strerror(code)}): it stays staged"
-
-
-def _give_up(op: Operation, dir_fd: int, why: str) -> str | None:
-    """Drops `op`'s temp file, keeping the host's version; None if the temp file had already
-    been put in place (before a crash: the host's version then is the commit's)."""
-    assert op.temp is not None
+def _give_up(op: Operation, source_fd: int, source: str, why: str) -> str | None:
+    """Keeps the host's version: a temp file is removed, a staged file stays staged. None if
+    `source` is gone: it was put in place before a crash, so the host's version is the
+    commit's."""
     try:
-        os.unlink(op.temp, dir_fd=dir_fd)
+        if op.move:
+            os.stat(source, dir_fd=source_fd, follow_symlinks=False)
+        else:
+            os.unlink(source, dir_fd=source_fd)
     except FileNotFoundError:
         return None
     return why
@@ -936,10 +913,14 @@ def _give_up(op: Operation, dir_fd: int, why: str) -> str | None:
 _RENAME_NOREPLACE = 1
 
 
-def _rename_no_replace(temp: str, name: str, dir_fd: int) -> bool:
-    """Renames `temp` to `name` (both in `dir_fd`) unless `name` exists; False if it did.
-    A missing `temp` (renamed before a crash) is nothing to do."""
-    if _libc.renameat2(dir_fd, os.fsencode(temp), dir_fd, os.fsencode(name),
+def _rename(source_fd: int, source: str, dir_fd: int, name: str, no_replace: bool) -> bool:
+    """Renames `source` to `name`; with `no_replace`, not over an existing `name`: False
+    if there was one. A missing `source` (renamed before a crash) is nothing to do."""
+    if not no_replace:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(source, name, src_dir_fd=source_fd, dst_dir_fd=dir_fd)
+        return True
+    if _libc.renameat2(source_fd, os.fsencode(source), dir_fd, os.fsencode(name),
                        _RENAME_NOREPLACE) == 0:
         return True
     code = ctypes.get_errno()
@@ -948,15 +929,15 @@ def _rename_no_replace(temp: str, name: str, dir_fd: int) -> bool:
     if code == errno.ENOENT:
         return True
     if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        raise OSError(code, os.strerror(code), temp)
+        raise OSError(code, os.strerror(code), source)
     # A file system without renameat2 flags: link(2) also refuses an existing name.
     try:
-        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.link(source, name, src_dir_fd=source_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
         return False
     except FileNotFoundError:
         return True
-    os.unlink(temp, dir_fd=dir_fd)
+    os.unlink(source, dir_fd=source_fd)
     return True
 
 
@@ -1032,8 +1013,7 @@ def _sync_file_systems(directories: Iterable[str]) -> None:
             device = os.fstat(fd).st_dev
             if device not in seen:
                 seen.add(device)
-                if _libc.syncfs(fd) != 0:
-                    os.fsync(fd)  # no syncfs: at least the directory
+                sync_file_system(fd)
         finally:
             os.close(fd)
 

@@ -125,34 +125,6 @@ class SessionResult:
 
 
 @dataclass(slots=True)
-class _Running:
-    """What the supervisor holds for one live session."""
-
-    id: str
-    view: SessionView
-    container: Container | None = None
-    watcher: TreeWatcher | None = None
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    line_buffers: dict[str, bytes] = field(default_factory=dict)
-    line_budget: _LineBudget = field(default_factory=lambda: _LineBudget())
-    extensions: list[SessionExtension] = field(default_factory=list)
-    runtime_dir: Path | None = None
-    context: SessionContext | None = None  # what the extensions were given at start
-    anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
-    profile: str = ""
-    approval: Approval | None = None
-    image: str = ""
-    staging: SessionStaging = field(init=False)
-    volumes: list[str] = field(default_factory=list)
-    watched: dict[Path, Path] = field(default_factory=dict)  # host dir -> path the user knows
-    quota: int = 0
-
-    def __post_init__(self) -> None:
-        self.staging = SessionStaging(self.view.root.parent / "staging", self.id)
-
-
-@dataclass(slots=True)
 class _LineBudget:
     """A token bucket of output-line events, and the lines held back, per stream."""
 
@@ -174,6 +146,34 @@ class _LineBudget:
         held = self.held.setdefault(stream, [0, 0])
         held[0] += 1
         held[1] += size
+
+
+@dataclass(slots=True)
+class _Running:
+    """What the supervisor holds for one live session."""
+
+    id: str
+    view: SessionView
+    container: Container | None = None
+    watcher: TreeWatcher | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    line_buffers: dict[str, bytes] = field(default_factory=dict)
+    line_budget: _LineBudget = field(default_factory=_LineBudget)
+    extensions: list[SessionExtension] = field(default_factory=list)
+    runtime_dir: Path | None = None
+    context: SessionContext | None = None  # what the extensions were given at start
+    anchors: list[Path] = field(default_factory=list)  # container paths the view is mounted at
+    profile: str = ""
+    approval: Approval | None = None
+    image: str = ""
+    staging: SessionStaging = field(init=False)
+    volumes: list[str] = field(default_factory=list)
+    watched: dict[Path, Path] = field(default_factory=dict)  # host dir -> path the user knows
+    quota: int = 0
+
+    def __post_init__(self) -> None:
+        self.staging = SessionStaging(self.view.root.parent / "staging", self.id)
 
 
 def process_token(pid: int | None = None) -> str:

@@ -331,8 +331,7 @@ class SessionStaging:
             return
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            if _libc.syncfs(fd) != 0:
-                os.fsync(fd)
+            sync_file_system(fd)
         finally:
             os.close(fd)
         (self.root / self.SEALED).touch()
@@ -347,6 +346,13 @@ class SessionStaging:
 
 class _TooMany(Exception):
     pass
+
+
+def sync_file_system(fd: int) -> None:
+    """syncfs(2) of the file system an open file or directory is on; without syncfs, an
+    fsync of that file at least."""
+    if _libc.syncfs(fd) != 0:
+        os.fsync(fd)
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -130,6 +130,22 @@ def crash_after(function: Callable[..., Any]) -> Callable[..., Any]:
     return crashing
 
 
+def between_prepare_and_apply(monkeypatch: pytest.MonkeyPatch,
+                               action: Callable[[], None]) -> None:
+    """Runs `action` once, while the commit syncs its prepared files: after every temp file
+    is written, before anything is put in place."""
+    sync = app.commit._sync_file_systems
+    done: list[bool] = []
+
+    def syncing(directories: Any) -> None:
+        if not done:
+            done.append(True)
+            action()
+        sync(directories)
+
+    monkeypatch.setattr(app.commit, "_sync_file_systems", syncing)
+
+
 def journal(log: CommitLog) -> dict[str, Any]:
     (path,) = log.root.glob("*/commit.json")
     data: dict[str, Any] = json.loads(path.read_text())
@@ -286,17 +302,13 @@ def test_a_fifo_swapped_in_for_a_staged_file_is_refused_without_hanging(
 def test_host_files_created_or_changed_during_the_commit_are_kept(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Between preparing and applying (while the temp files are synced), the user saves a
-    # file at a path the agent added, and edits one the agent changed: neither is replaced.
-    sync = app.commit._sync_file_systems
+    # Between preparing and applying, the user saves a file at a path the agent added, and
+    # edits one the agent changed: neither is replaced.
+    def user_at_work() -> None:
+        (project.host / "bulk" / "f500").write_text("the user's own\n")
+        (project.host / "bulk" / "f010").write_text("edited by the user\n")
 
-    def user_at_work(directories: Any) -> None:
-        if not (project.host / "bulk" / "f500").exists():
-            (project.host / "bulk" / "f500").write_text("the user's own\n")
-            (project.host / "bulk" / "f010").write_text("edited by the user\n")
-        sync(directories)
-
-    monkeypatch.setattr(app.commit, "_sync_file_systems", user_at_work)
+    between_prepare_and_apply(monkeypatch, user_at_work)
     result = commit(project)
     assert dict(result.refused) == {
         str(project.host / "bulk" / "f500"):
@@ -369,17 +381,11 @@ def test_a_crash_while_moving_loses_nothing(
     assert_all_new(project.host)
 
 
-def test_a_moved_file_that_meets_a_conflict_goes_back_to_staging(
+def test_a_file_to_move_that_meets_a_conflict_stays_staged(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sync = app.commit._sync_file_systems
-
-    def user_at_work(directories: Any) -> None:
-        if not (project.host / "bulk" / "f500").exists():
-            (project.host / "bulk" / "f500").write_text("the user's own\n")
-        sync(directories)
-
-    monkeypatch.setattr(app.commit, "_sync_file_systems", user_at_work)
+    between_prepare_and_apply(
+        monkeypatch, lambda: (project.host / "bulk" / "f500").write_text("the user's own\n"))
     result = commit_moving(project)
     assert [path for path, _ in result.refused] == [str(project.host / "bulk" / "f500")]
     assert (project.host / "bulk" / "f500").read_text() == "the user's own\n"
@@ -471,15 +477,9 @@ def test_a_recovery_leaves_a_commit_under_way_alone(
 ) -> None:
     # The review window reloads (and so recovers) while another thread, or the command
     # line, commits: that commit is not an interrupted one, and must not be rolled back.
-    sync = app.commit._sync_file_systems
     recovered: list[list[str]] = []
-
-    def meanwhile(directories: Any) -> None:
-        if not recovered:
-            recovered.append(CommitLog(project.log.root).recover())
-        sync(directories)
-
-    monkeypatch.setattr(app.commit, "_sync_file_systems", meanwhile)
+    between_prepare_and_apply(
+        monkeypatch, lambda: recovered.append(CommitLog(project.log.root).recover()))
     result = commit(project)
     assert recovered == [[]]
     assert result.refused == ()
