@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +143,16 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
     shutil.rmtree(runtime, ignore_errors=True)
     if who.base != tmp_path:
         shutil.rmtree(who.base, ignore_errors=True)
+
+
+def containers(
+    engine: docker.DockerClient, *labels: str, stopped: bool = True
+) -> list[dict[str, object]]:
+    """The engine's containers carrying every one of `labels`, as its list reports them.
+
+    One request: `engine.containers.list` inspects each listed container in turn, and one
+    that is removed meanwhile makes it fail with NotFound."""
+    return engine.api.containers(all=stopped, filters={"label": list(labels)})
 
 
 def profile_text(

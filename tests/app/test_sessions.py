@@ -29,7 +29,7 @@ from app.sessions import (
 )
 from app.staging import SessionStaging
 from app.store import SessionState, StateStore
-from tests.support import CollectedOutput, DesktopUser, profile_text
+from tests.support import CollectedOutput, DesktopUser, containers, profile_text
 
 pytestmark = pytest.mark.docker
 
@@ -69,7 +69,7 @@ def kinds(events: list[Event]) -> list[EventKind]:
 
 
 def no_container_left(engine: docker.DockerClient, session: str) -> bool:
-    return not engine.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session}"})
+    return not containers(engine, f"{LABEL_SESSION}={session}")
 
 
 def test_lifecycle_exit_code_output_and_clean_up(

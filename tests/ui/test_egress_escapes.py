@@ -36,7 +36,7 @@ from tests.netsupport import (
     secret_service,
     trusted_context,
 )
-from tests.support import CollectedOutput, profile_text
+from tests.support import CollectedOutput, containers, profile_text
 
 __all__ = ["ca", "secret_service"]
 pytestmark = pytest.mark.docker
@@ -132,8 +132,7 @@ def test_every_way_out_but_the_proxy_is_closed(
                             f'env = {{ ALLOWED = "{allowed.port}", DENIED = "{denied.port}", '
                             f'LISTENER = "{listener.port}" }}\n') + network
         result, output, events = run_agent(dirs, engine, egress, bus, text)
-        assert engine.containers.list(
-            all=True, filters={"label": f"{LABEL_SESSION}={result.session}"}) == []
+        assert containers(engine, f"{LABEL_SESSION}={result.session}") == []
     lines = dict(line.split(":", 1) for line in output.splitlines() if ":" in line
                  and "=" not in line.split(":", 1)[0])
     assert result.exit_code == 0, output

@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from app.container import LABEL_OWNER, LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION
-from tests.support import DesktopUser, profile_text
+from tests.support import DesktopUser, containers, profile_text
 
 pytestmark = pytest.mark.docker
 
@@ -67,22 +67,21 @@ def test_interrupting_the_client_ends_the_session(
     path = tester.write("long.toml", profile_text(agent_image, ["sleep", "300"]))
     client = tester.popen("run", "--profile", str(path))
     deadline = time.monotonic() + 60
-    containers: list[object] = []
-    while not containers and time.monotonic() < deadline:
-        containers = engine.containers.list(filters={"label": [
-            f"{LABEL_OWNER}={tester.uid}", f"{LABEL_PROFILE}=test-agent", f"{LABEL_ROLE}=agent"]})
+    running: list[dict[str, object]] = []
+    while not running and time.monotonic() < deadline:
+        running = containers(engine, f"{LABEL_OWNER}={tester.uid}",
+                             f"{LABEL_PROFILE}=test-agent", f"{LABEL_ROLE}=agent", stopped=False)
         time.sleep(0.1)
-    assert containers
-    session = containers[0].labels[LABEL_SESSION]  # type: ignore[attr-defined]
+    assert running
+    session = running[0]["Labels"][LABEL_SESSION]  # type: ignore[index]
     # Ctrl-C reaches the whole foreground group; here, the airlock client under runuser.
     children = Path(f"/proc/{client.pid}/task/{client.pid}/children").read_text().split()
     os.kill(int(children[0]), signal.SIGINT)
     client.communicate(timeout=60)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and engine.containers.list(
-            all=True, filters={"label": f"{LABEL_SESSION}={session}"}):
+    while time.monotonic() < deadline and containers(engine, f"{LABEL_SESSION}={session}"):
         time.sleep(0.1)
-    assert engine.containers.list(all=True, filters={"label": f"{LABEL_SESSION}={session}"}) == []
+    assert containers(engine, f"{LABEL_SESSION}={session}") == []
 
 
 def resident_bytes(pid: int) -> int:
@@ -153,7 +152,7 @@ def test_a_running_supervisor_starts_the_next_sidecar_ahead(
             result = tester.run("run", "--profile", str(path))
             assert result.returncode == 0 and "refused" in result.stdout, result.stderr
             sessions.append(json.loads(tester.run("sessions", "--all", "--json").stdout)[-1])
-        spares = engine.containers.list(filters={"label": [owner, f"{LABEL_SESSION}=spare"]})
+        spares = containers(engine, owner, f"{LABEL_SESSION}=spare", stopped=False)
         assert len(spares) == 1  # the next one, ready
         for session in sessions:
             shown = tester.run("audit", "show", "--session", session["id"], "--json")
@@ -163,4 +162,4 @@ def test_a_running_supervisor_starts_the_next_sidecar_ahead(
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
-    assert engine.containers.list(all=True, filters={"label": owner}) == []
+    assert containers(engine, owner) == []

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from app.container import LABEL_SESSION
-from tests.support import DesktopUser, profile_text
+from tests.support import DesktopUser, containers, profile_text
 
 pytestmark = pytest.mark.docker
 
@@ -196,12 +196,12 @@ def test_seccomp_profile_is_applied(
     process = tester.popen("run", "--profile", str(path))
     try:
         deadline = time.monotonic() + 60
-        containers: list[object] = []
-        while time.monotonic() < deadline and not containers:
-            containers = engine.containers.list(filters={"label": LABEL_SESSION})
+        running: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not running:
+            running = containers(engine, LABEL_SESSION, stopped=False)
             time.sleep(0.1)
-        assert containers, "the session never started"
-        attrs = containers[0].attrs  # type: ignore[attr-defined]
+        assert running, "the session never started"
+        attrs = engine.api.inspect_container(running[0]["Id"])
         shipped = json.loads((Path(__file__).parents[2] / "profiles" / "seccomp" /
                               "airlock-default.json").read_text())
         applied = [o for o in attrs["HostConfig"]["SecurityOpt"] if o.startswith("seccomp=")]
@@ -320,7 +320,7 @@ def test_ps_stop_and_interrupt_leave_no_container(
         finally:
             process.kill()
         label = f"{LABEL_SESSION}={session['id']}"
-        assert engine.containers.list(all=True, filters={"label": label}) == []
+        assert containers(engine, label) == []
         assert json.loads(tester.run("sessions", "--json").stdout) == []
     interrupted = json.loads(tester.run("sessions", "--all", "--json").stdout)
     assert [s["reason"] for s in interrupted] == ["killed by SIGTERM", "interrupted"]
