@@ -7,12 +7,15 @@ import grp
 import json
 import os
 import pwd
+import queue
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,3 +188,37 @@ class CollectedOutput:
         """One stream's output, or both interleaved as they came."""
         data = b"".join(d for s, d in self.chunks if stream is None or s == stream)
         return data.decode("utf-8", "replace")
+
+
+class Lines:
+    """A process's output lines, read in a thread as they come."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        stdout = process.stdout
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(ln) for ln in stdout], daemon=True).start()
+
+    def take(self, count: int, timeout: float) -> list[str]:
+        """Up to `count` lines, waiting at most `timeout` seconds."""
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self._lines.get(timeout=left))
+            except queue.Empty:
+                break
+        return got
+
+
+def until_followed(lines: Lines, mark: Callable[[], None], shown: Callable[[str], bool]) -> str:
+    """Calls `mark` until the follower prints a line that `shown` recognises, and returns
+    that line: a follower starts at the end of the log, so what was written before it got
+    there is never shown."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mark()
+        for line in lines.take(1, timeout=0.3):
+            if shown(line):
+                return line
+    raise AssertionError("the follower never showed what was appended")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from app.audit import AuditLog, segments
 from app.events import Event, EventKind
+from tests.support import Lines, until_followed
 
 AIRLOCK = Path(sys.executable).with_name("airlock")
 CANARY = "CANARY-5be0c1-never-in-the-log"
@@ -171,22 +170,6 @@ def test_no_canary_from_details_reaches_the_log(home: dict[str, str], tmp_path: 
     assert all(CANARY.encode() not in p.read_bytes() for p in audit_dir(home).iterdir())
 
 
-def read_lines(process: subprocess.Popen[str], count: int, timeout: float) -> list[str]:
-    """Up to `count` lines of the process's output, waiting at most `timeout` seconds."""
-    assert process.stdout is not None
-    stdout = process.stdout
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
-    got: list[str] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count and (left := deadline - time.monotonic()) > 0:
-        try:
-            got.append(lines.get(timeout=left))
-        except queue.Empty:
-            break
-    return got
-
-
 def test_watch_follows_other_processes_across_rotation(home: dict[str, str]) -> None:
     fill(home, 2)
     watcher = subprocess.Popen(
@@ -196,15 +179,26 @@ def test_watch_follows_other_processes_across_rotation(home: dict[str, str]) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
+
+    def mark() -> None:
+        with AuditLog(audit_dir(home)) as log:
+            log.append(Event(EventKind.FILE_WRITTEN, "alpha-0", "/home/u/mark", {"count": 1}))
+
     try:
-        time.sleep(1.0)  # let it find the end of the log before anything new is written
+        lines = Lines(watcher)
+        until_followed(lines, mark, lambda line: "alpha-0" in line)
         fill(home, 40, segment_bytes=1500)
-        lines = read_lines(watcher, 20, timeout=15)
+        seen: list[dict[str, object]] = []
+        deadline = time.monotonic() + 15
+        while len(seen) < 20 and time.monotonic() < deadline:
+            more = [json.loads(line) for line in lines.take(1, timeout=1)]
+            seen += [r for r in more if r["session"] != "alpha-0"]  # marks still on their way
     finally:
         watcher.terminate()
         watcher.wait(timeout=10)
 
-    seen = [json.loads(line) for line in lines]
-    assert [r["seq"] for r in seen] == list(range(4, 43, 2))
+    assert [r["subject"] for r in seen] == [f"/home/u/f{n}.md" for n in range(1, 40, 2)]
+    seqs = [r["seq"] for r in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + 40, 2))  # type: ignore[call-overload]
     assert {r["session"] for r in seen} == {"alpha-1"}
     assert len(segments(audit_dir(home))) > 2

@@ -15,7 +15,7 @@ import pytest
 from app.audit import AuditLog
 from app.events import Event, EventKind
 from tests.netsupport import SecretService
-from tests.support import DesktopUser
+from tests.support import DesktopUser, Lines, until_followed
 
 
 @pytest.fixture
@@ -82,15 +82,13 @@ def test_net_totals_and_live_lines(tester: DesktopUser) -> None:
     only = tester.run("net", "bbbb", "--totals")
     assert "api.example.com" not in only.stdout and "evil.example" in only.stdout
     live = tester.popen("net")
-    try:
-        import time
 
-        time.sleep(1.0)
+    def mark() -> None:
         with AuditLog(audit_dir) as audit:
-            audit.append(_net_event("cccc3333", "files.example:443", EventKind.NET_REQUEST,
-                                    1, 2))
-        assert live.stdout is not None
-        line = live.stdout.readline()
+            audit.append(_net_event("cccc3333", "files.example:443", EventKind.NET_REQUEST, 1, 2))
+
+    try:
+        line = until_followed(Lines(live), mark, lambda line: "files.example" in line)
     finally:
         tester.stop(live)
     assert "files.example:443/x?k=…" in line and "allow [allow[0]]" in line

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from app.container import LABEL_SESSION
-from tests.support import DesktopUser, containers, profile_text
+from tests.support import DesktopUser, Lines, containers, profile_text
 
 pytestmark = pytest.mark.docker
 
@@ -257,7 +257,7 @@ def test_revoke_removes_access_from_the_running_agent(
         "seen = False\n"
         "for _ in range(6000):\n"
         "    here = os.path.exists('a.md')\n"
-        "    if here: seen = True\n"
+        "    if here and not seen: seen = True; print('SEEN', flush=True)\n"
         "    if seen and not here:\n"
         "        print('GONE', time.time(), flush=True); sys.exit(0)\n"
         "    time.sleep(0.01)\n"
@@ -267,16 +267,18 @@ def test_revoke_removes_access_from_the_running_agent(
     process = tester.popen("run", "--profile", str(path), "--grant", str(granted))
     try:
         session = wait_running(tester, process)["id"]
-        time.sleep(0.5)
+        lines = Lines(process)
+        assert lines.take(1, timeout=60) == ["SEEN\n"], "the agent never saw the file"
         revoked_at = time.time()
         result = tester.run("revoke", "--session", session)
         returned_at = time.time()
         assert result.returncode == 0, result.stderr
         assert str(granted) in result.stdout
-        out, err = process.communicate(timeout=30)
+        [out] = lines.take(1, timeout=30)
+        process.wait(timeout=30)
     finally:
         process.kill()
-    assert out.startswith("GONE"), out + err
+    assert out.startswith("GONE"), out
     gone_at = float(out.split()[1])
     # The agent polls every 10 ms; the container shares the host's clock. Gone no later than
     # 100 ms after `airlock revoke` returned (most of the command's time is its start-up).

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import DesktopUser, profile_text
-from tests.ui.test_sandbox_escapes import snapshot
+from tests.ui.test_sandbox_escapes import snapshot, wait_running
 
 pytestmark = pytest.mark.docker
 
@@ -176,11 +176,13 @@ def test_conflicting_host_edit_is_never_overwritten(
     path = tester.write("slow.toml", profile_text(
         agent_image, ["sh", "-c", "echo agent >> a.txt; sleep 3"]))
     process = tester.popen("run", "--profile", str(path), "--grant", f"{project}:rw")
-    time.sleep(1.5)
+    session = wait_running(tester, process)["id"]
+    deadline = time.monotonic() + 30
+    while str(project / "a.txt") not in changes(tester, session) and time.monotonic() < deadline:
+        time.sleep(0.1)
     with open(project / "a.txt", "a") as f:
         f.write("user\n")  # the user edits the same file meanwhile
     process.communicate(timeout=60)
-    session = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]["id"]
     committed = tester.run("commit", session)
     assert committed.returncode == 1
     assert "conflict: changed on the host since it was granted (host sha256" in committed.stderr
