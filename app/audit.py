@@ -43,7 +43,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -481,7 +481,12 @@ class AuditLog:
             record = self._write(str(event.kind), event.session, event.subject, details, event.time)
             due = time.monotonic() - self._last_sync >= self._sync_interval
             if due or event.kind in _SYNC_KINDS:
-                self._sync()
+                try:
+                    self._sync()
+                except OSError as e:
+                    # The record is written (in the kernel); the head checkpoint follows at
+                    # the next sync that can be made.
+                    log.warning("cannot sync the audit log at %s: %s", self.directory, e.strerror)
         return record
 
     def sync(self) -> None:
@@ -493,7 +498,10 @@ class AuditLog:
         if self._lock_fd < 0:
             return
         with self._locked():
-            self._sync()
+            try:
+                self._sync()
+            except OSError as e:
+                log.warning("cannot sync the audit log at %s: %s", self.directory, e.strerror)
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -531,6 +539,7 @@ class AuditLog:
     def _open(self, number: int, *, create: bool) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # not a stale number: a failed open must not leave one to write to
         flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0)
         try:
             self._fd = os.open(self._path(number), flags, 0o600)
@@ -604,9 +613,13 @@ class AuditLog:
         }
         line, digest = _encode(body)
         if self._offset and self._offset + len(line) > self._segment_bytes:
-            self._sync()
-            self._open(self._number + 1, create=True)
-            _fsync_directory(self.directory)
+            try:
+                self._sync()
+                self._open(self._number + 1, create=True)
+                _fsync_directory(self.directory)
+            except OSError as e:
+                raise AuditError(f"cannot start a new segment in {self.directory}: "
+                                 f"{e.strerror}") from e
         try:
             written = os.write(self._fd, line)
         except OSError as e:
@@ -643,6 +656,65 @@ class AuditLog:
         temporary.replace(head)
         _fsync_directory(self.directory)
         self._dirty = False
+
+
+class Recorder:
+    """The bus sink that writes every event to an `AuditLog`, and says so when it cannot.
+
+    An event that cannot be written (the disk is full, the directory is gone) is counted,
+    not kept: memory is no place for a log that must survive a crash. The listeners hear of
+    the failure once; the supervisor stops its sessions, since nothing may run unrecorded.
+    The first write that works again is an `audit.gap` record with the count, the time span
+    and the reason, so the log itself says what it is missing."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+        self._listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()
+        self._lost = 0
+        self._since = 0.0
+        self._reason = ""
+
+    def on_failure(self, listener: Callable[[str], None]) -> None:
+        """Calls `listener(reason)` when a write fails after the ones before it worked."""
+        self._listeners.append(listener)
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            failing = self._lost > 0
+            try:
+                self._close_gap()
+                self.log.append(event)
+                return
+            except AuditError as e:
+                if not self._lost:
+                    self._since = event.time
+                self._lost += 1
+                self._reason = str(e)
+        if not failing:
+            log.error("the audit log cannot be written: %s", self._reason)
+            for listener in tuple(self._listeners):
+                listener(self._reason)
+
+    def check(self) -> str | None:
+        """Why the log cannot be written, if its last write failed and it still cannot
+        (the missing events' `audit.gap` record is tried now); None if it can."""
+        with self._lock:
+            try:
+                self._close_gap()
+            except AuditError as e:
+                self._reason = str(e)
+                return self._reason
+            return None
+
+    def _close_gap(self) -> None:
+        if not self._lost:
+            return
+        self.log.append(Event(EventKind.AUDIT_GAP, None, str(self.log.directory), {
+            "lost": self._lost, "since": self._since, "until": time.time(),
+            "reason": self._reason,
+        }))
+        self._lost = 0
 
 
 class _Locked:

@@ -44,6 +44,7 @@ class EventKind(StrEnum):
     FILE_MOVED = "file.moved"
     FILE_UNWATCHED = "file.unwatched"  # a tree could not be watched in full (inotify limits)
     AUDIT_RECOVERED = "audit.recovered"  # a torn record left by a crash was cut off the log
+    AUDIT_GAP = "audit.gap"  # events that could not be written (disk full), counted
     NET_REQUEST = "net.request"  # one plain-HTTP or route request, at its end
     NET_TUNNEL = "net.tunnel"  # one CONNECT tunnel, at its end
     NET_REFUSED = "net.refused"  # refused by policy, by the user, by a limit, or as bad HTTP

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from app.activity import TreeWatcher
+from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.container import (
     LABEL_OWNER,
@@ -171,6 +173,7 @@ class _Running:
     volumes: list[str] = field(default_factory=list)
     watched: dict[Path, Path] = field(default_factory=dict)  # host dir -> path the user knows
     quota: int = 0
+    stop_reason: str = ""  # why Airlock stopped it, if it did (not the agent's own exit)
 
     def __post_init__(self) -> None:
         self.staging = SessionStaging(self.view.root.parent / "staging", self.id)
@@ -211,6 +214,7 @@ class Supervisor:
         identity: Identity | None = None,
         extensions: Sequence[ExtensionFactory] = (),
         broker: ConsentBroker | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -223,6 +227,9 @@ class Supervisor:
         self.broker = broker  # where its sessions' questions go (portal, proxy)
         self.last_session: str | None = None  # the id of the latest session `run` started
         self._running: dict[str, _Running] = {}
+        self._recorder = recorder  # the audit log's sink: no session runs while it fails
+        if recorder is not None:
+            recorder.on_failure(self._unrecorded)
 
     def extension(self, kind: type[_E]) -> _E | None:
         """The extension factory of that type (e.g. the egress, for its network switch)."""
@@ -242,6 +249,9 @@ class Supervisor:
 
     async def run(self, request: LaunchRequest, output: Output) -> SessionResult:
         """Runs one session to its end. Cancelling the task stops and removes the container."""
+        if self._recorder is not None and (why := self._recorder.check()):
+            raise SessionError(f"the audit log cannot be written ({why}): no session runs "
+                               "unrecorded; free space there and start it again")
         swept, image = await asyncio.gather(
             asyncio.to_thread(self._sweep), asyncio.to_thread(self._check_image, request.profile)
         )
@@ -434,6 +444,8 @@ class Supervisor:
             EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
             image=running.image, container=container.short_id, uid=self.identity.uid,
         )
+        if running.stop_reason:  # stopped while it was starting
+            await asyncio.to_thread(self._kill_container, container)
         if running.extensions:
             context = running.context
             assert context is not None
@@ -464,6 +476,8 @@ class Supervisor:
                           limit=request.profile.resources.memory)
         if reason == "timed out":
             code = EXIT_TIMEOUT
+        elif running.stop_reason:
+            reason = running.stop_reason
         elif not reason:
             reason = _describe_exit(code)
         self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
@@ -715,15 +729,27 @@ class Supervisor:
         """Kills the session's agent now (no grace: it must not read on); its supervisor
         then ends the session as usual."""
         for container in self._containers(session):
-            if (container.attrs.get("Labels") or {}).get(LABEL_ROLE, "agent") != "agent":
-                continue
-            try:
-                container.kill()
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as e:
-                log.warning("cannot kill session %s for a revocation: %s", session,
-                            e.explanation)
+            if (container.attrs.get("Labels") or {}).get(LABEL_ROLE, "agent") == "agent":
+                self._kill_container(container)
+
+    @staticmethod
+    def _kill_container(container: Container) -> None:
+        try:
+            container.kill()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:  # not running (yet, or any more)
+            log.warning("cannot kill container %s: %s", container.short_id, e.explanation)
+
+    def _unrecorded(self, reason: str) -> None:
+        """The audit log cannot be written: every session is stopped at once, for nothing
+        may run unrecorded. Called on the thread that emitted the event that failed."""
+        message = (f"stopped: the audit log cannot be written ({reason}); free space there "
+                   "before starting it again")
+        for running in tuple(self._running.values()):
+            running.stop_reason = running.stop_reason or message
+            threading.Thread(target=self._kill_agent, args=(running.id,),
+                             name=f"stop-{running.id}", daemon=True).start()
 
     def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
         """The agent's process list, as `ps` inside the container would show it."""

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from app.audit import AuditLog
+from app.audit import AuditLog, Recorder
 from app.consent import ConsentBroker, FrontEnd
 from app.engine import connect_engine
 from app.events import EventBus
@@ -22,6 +22,7 @@ class Core:
     bus: EventBus
     store: StateStore
     catalog: ProfileCatalog
+    recorder: Recorder  # the audit log's sink on the bus
 
 
 @contextmanager
@@ -31,11 +32,12 @@ def open_core(dirs: Dirs) -> Iterator[Core]:
     bus = EventBus()
     store = StateStore(dirs.database)
     audit = AuditLog(dirs.audit)
-    bus.attach(audit.sink)
+    recorder = Recorder(audit)
+    bus.attach(recorder)
     try:
-        yield Core(dirs, bus, store, ProfileCatalog(dirs.user_profiles))
+        yield Core(dirs, bus, store, ProfileCatalog(dirs.user_profiles), recorder)
     finally:
-        bus.detach(audit.sink)
+        bus.detach(recorder)
         audit.close()
         store.close()
 
@@ -62,7 +64,7 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
                    spares=dirs.runtime / "spares" if long_running else None),
         ]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
-                                extensions=extensions, broker=broker)
+                                extensions=extensions, broker=broker, recorder=core.recorder)
         built.append(supervisor)
         try:
             yield supervisor

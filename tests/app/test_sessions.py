@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
+from app.audit import AuditProblem
 from app.container import LABEL_SESSION
-from app.errors import EngineError, ImageError
+from app.errors import EngineError, ImageError, SessionError
 from app.events import Event, EventBus, EventKind
 from app.grants import GrantRequest, Lifetime, Mode
 from app.paths import Dirs
@@ -121,6 +123,51 @@ def test_output_at_full_speed_is_summed_up_not_recorded_line_by_line(
     assert summed and len(one_by_one) + sum(e.details["lines"] for e in summed) == 300000
     assert one_by_one[0].details["text"] == "1"
     assert "not recorded one by one" in summed[0].details["text"]
+
+
+def test_when_the_audit_log_cannot_be_written_sessions_stop_and_none_starts(
+    engine: docker.DockerClient, agent_image: str, tmp_path: Path
+) -> None:
+    """Nothing runs unrecorded. The audit log lives on a small real tmpfs here: the first
+    2 000 output lines of an agent become records at once, more than fit."""
+    from app.audit import AuditLog, Recorder, records, verify
+
+    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
+    dirs.ensure()
+    dirs.audit.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "airlock-test",
+                    str(dirs.audit)], check=True)
+    store = StateStore(dirs.database)
+    audit = AuditLog(dirs.audit)
+    try:
+        recorder = Recorder(audit)
+        bus = EventBus()
+        bus.attach(recorder)
+        supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
+                                recorder=recorder)
+        result, output, _ = launch(supervisor, agent_image, ["sh", "-c", "seq 5000; sleep 100"])
+        assert result.reason.startswith("stopped: the audit log cannot be written (cannot "
+                                        "write to"), result.reason
+        assert output.text("stdout").startswith("1\n2\n")
+        assert no_container_left(engine, result.session)
+        with pytest.raises(SessionError, match=r"^the audit log cannot be written \(.*\): no "
+                           r"session runs unrecorded; free space there and start it again$"):
+            launch(supervisor, agent_image, ["echo", "unrecorded"])
+
+        subprocess.run(["mount", "-o", "remount,size=16m", str(dirs.audit)], check=True)
+        result, output, _ = launch(supervisor, agent_image, ["echo", "recorded"])
+        assert (result.exit_code, output.text("stdout")) == (0, "recorded\n")
+    finally:
+        audit.close()
+        store.close()
+        copy = tmp_path / "audit-copy"
+        shutil.copytree(dirs.audit, copy)
+        subprocess.run(["umount", str(dirs.audit)], check=True)
+    assert verify(copy).problem is None
+    kept = [r for r in records(copy) if not isinstance(r, AuditProblem)]
+    [gap] = [r for r in kept if r.kind == "audit.gap"]
+    assert gap.details["lost"] > 0 and "cannot write to" in gap.details["reason"]
+    assert kept[-1].kind == "session.exited" and kept[-1].details["code"] == 0
 
 
 def test_file_activity_and_audit_name_the_host_path(

@@ -26,6 +26,7 @@ _ALARMS = frozenset(
         "stream.dropped",
         "file.unwatched",
         "audit.recovered",
+        "audit.gap",
     }
 )
 
