@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from app.audit import (
     AuditLog,
     AuditProblem,
     AuditRecord,
+    Recorder,
     export,
     fingerprint_bytes,
     fingerprint_file,
@@ -337,3 +340,40 @@ def test_session_end_makes_the_records_durable(audit_dir: Path) -> None:
         head = json.loads((audit_dir / HEAD_FILE).read_text())
 
     assert head == {"seq": record.seq, "hash": record.hash}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs with room for a few files only."""
+    if os.getuid() != 0:
+        pytest.fail("mounting a small file system takes root: run the tests as CI does")
+    path = tmp_path / "small"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=4", "airlock-test",
+                    str(path)], check=True)
+    yield path / "audit"
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_when_the_disk_is_full_the_recorder_counts_what_it_lost_and_says_so_once(
+    small_disk: Path,
+) -> None:
+    heard: list[str] = []
+    with AuditLog(small_disk, segment_bytes=2000) as log:  # the lock file and segment 1
+        recorder = Recorder(log)
+        recorder.on_failure(heard.append)
+        for n in range(30):  # segment 2 fits in the last inode; segment 3 does not
+            recorder(event(n))
+        assert len(heard) == 1 and "cannot start a new segment" in heard[0], heard
+        assert recorder.check() == heard[0]
+        subprocess.run(["mount", "-o", "remount,nr_inodes=64", str(small_disk.parent)],
+                       check=True)
+        assert recorder.check() is None
+        recorder(event(30))
+    assert verify(small_disk).problem is None
+    kept = [r for r in records(small_disk) if isinstance(r, AuditRecord)]
+    [gap] = [r for r in kept if r.kind == "audit.gap"]
+    *written, last = [r.details["count"] for r in kept if r.kind == "file.written"]
+    assert written == list(range(len(written))) and 0 < len(written) < 30
+    assert gap.details["lost"] == 30 - len(written)
+    assert kept[-2] is gap and last == 30
