@@ -61,6 +61,7 @@ from app.staging import (
     ChangeKind,
     EntryType,
     StagedRoot,
+    open_directory_of,
     sha256_file,
     sync_file_system,
 )
@@ -499,8 +500,8 @@ class _Parents:
         directory, name = _split(path)
         dir_fd = self._own.get(directory)
         if dir_fd is None:
-            dir_fd = self._cache(directory, os.open(
-                directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), self._own)
+            # Not through a symlink in its place: a save's directory is the agent's.
+            dir_fd = self._cache(directory, open_directory_of(path)[0], self._own)
         else:
             self._own.move_to_end(directory)
         return dir_fd, name

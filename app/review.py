@@ -7,7 +7,6 @@ any process.
 from __future__ import annotations
 
 import difflib
-import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -17,7 +16,15 @@ from app.commit import CommitLog, CommitRecord, CommitResult
 from app.errors import SessionError
 from app.events import EventBus, EventKind
 from app.paths import Dirs
-from app.staging import MAX_CHANGES, Change, ChangeKind, Changeset, EntryType, SessionStaging
+from app.staging import (
+    MAX_CHANGES,
+    Change,
+    ChangeKind,
+    Changeset,
+    EntryType,
+    SessionStaging,
+    open_regular,
+)
 
 MAX_DIFF_BYTES = 1024 * 1024
 
@@ -147,7 +154,7 @@ def _text(path: Path | None) -> str | None:
     if path is None:
         return ""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_regular(path)  # not through a symlink, nor stuck on a FIFO swapped in
     except FileNotFoundError:
         return ""
     except OSError:

@@ -149,10 +149,43 @@ def _octal(mode: int | None) -> str | None:
     return None if mode is None else f"{stat.S_IMODE(mode):04o}"
 
 
+def open_directory_of(path: Path | str) -> tuple[int, str]:
+    """A descriptor of the directory `path` is in, and its name there.
+
+    That directory is opened without following a symlink in its place. In the saves area it
+    is the agent's own (`saves/TOKEN`): the agent can replace it by a symlink to any of the
+    user's directories, and what Airlock then read, moved or deleted "in the save" would be
+    the user's files. The directory above it (the agent's mount point, or one of Airlock's
+    own) the agent cannot replace."""
+    directory, name = os.path.split(os.fspath(path))
+    above, last = os.path.split(directory)
+    above_fd = os.open(above or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       dir_fd=above_fd), name
+    finally:
+        os.close(above_fd)
+
+
+def open_regular(path: Path | str) -> int:
+    """Opens a file for reading only if it is a regular file: no symlink is followed in its
+    place or its directory's (`open_directory_of`), and a FIFO or device swapped in after
+    it was looked at is refused instead of blocking the reader for good."""
+    dir_fd, name = open_directory_of(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file any more", os.fspath(path))
+    return fd
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
+    with open(open_regular(path), "rb") as f:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
@@ -201,22 +234,33 @@ class SessionStaging:
         root_id = secrets.token_hex(4)
         base = self.root / root_id
         base.mkdir(parents=True, mode=0o700)
-        name_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        # A new directory of its own: in the saves area the agent may have put anything at
+        # a name it guessed, so nothing already there is used.
+        name_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        name_dir.mkdir(mode=0o755)
         staged_file = name_dir / host_target.name
         entries: dict[str, BaseEntry] = {}
-        if copy_from_host:
-            st = os.stat(host_target)
-            entries[""] = BaseEntry.of(st)
-            shutil.copyfile(host_target, staged_file)
-            os.chmod(staged_file, stat.S_IMODE(st.st_mode) & 0o777 | 0o600)
-        else:
-            with contextlib.suppress(FileExistsError):
-                staged_file.touch(mode=0o644, exist_ok=False)
-            if host_target.exists():
+        dir_fd, name = open_directory_of(staged_file)
+        try:
+            if copy_from_host:
+                st = os.stat(host_target)
+                entries[""] = BaseEntry.of(st)
+                mode = stat.S_IMODE(st.st_mode) & 0o777 | 0o600
+            elif host_target.exists():
                 entries[""] = BaseEntry.of(os.stat(host_target))
-        if owner is not None and os.getuid() == 0:
-            os.chown(staged_file, *owner)
-            os.chown(name_dir, *owner)
+            # O_EXCL: a symlink the agent planted here meanwhile is not written through.
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, mode if copy_from_host else 0o644, dir_fd=dir_fd)
+            with open(fd, "wb") as staged_copy:
+                if copy_from_host:
+                    with open(host_target, "rb") as original:
+                        shutil.copyfileobj(original, staged_copy, 1024 * 1024)
+                    os.fchmod(staged_copy.fileno(), mode)
+                if owner is not None and os.getuid() == 0:
+                    os.fchown(staged_copy.fileno(), *owner)
+                    os.fchown(dir_fd, *owner)
+        finally:
+            os.close(dir_fd)
         staged = StagedRoot(root_id, RootKind.FILE, host_target, staged_file, grant,
                             time.time(), quota)
         self._write_base(base, entries)
@@ -236,8 +280,13 @@ class SessionStaging:
             if staged.upper == kept:
                 continue
             kept.parent.mkdir(mode=0o700, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):  # gone: as the agent left it
-                os.rename(staged.upper, kept)
+            # Gone, or its directory replaced by something else: as the agent left it.
+            with contextlib.suppress(OSError):
+                dir_fd, name = open_directory_of(staged.upper)
+                try:
+                    os.rename(name, kept, src_dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
             moved = replace(staged, upper=kept)
             self._save(self.root / staged.id, moved)
             withdrawn.append(moved)
@@ -313,10 +362,18 @@ class SessionStaging:
                 if path is None:
                     continue
                 upper = staged.upper / path.relative_to(staged.host_root)
-                _remove_any(upper)
+                _remove_any(str(upper))
 
     def _drop_file_root(self, staged: StagedRoot) -> None:
-        _remove_any(staged.upper)
+        try:
+            dir_fd, name = open_directory_of(staged.upper)
+        except OSError:  # gone, or not a directory of its own any more: nothing of ours
+            pass
+        else:
+            try:
+                _remove_any(name, dir_fd)
+            finally:
+                os.close(dir_fd)
         shutil.rmtree(self.root / staged.id, ignore_errors=True)
 
     # the session's end
@@ -418,8 +475,21 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
         changes.append(change)
 
     if staged.kind is RootKind.FILE:
-        upper_st = os.lstat(staged.upper)
-        change = _compare(staged, staged.upper, staged.host_root, base.get(""), upper_st)
+        try:
+            dir_fd, name = open_directory_of(staged.upper)
+        except OSError as e:
+            # Gone with its directory (the agent may delete what it saved), or that directory
+            # replaced by a symlink: there is no staged file of ours to compare.
+            log.warning("%s: no staged file: %s", staged.upper, e.strerror)
+            return changes
+        try:
+            upper_st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return changes
+        finally:
+            os.close(dir_fd)
+        change = _compare_or_refuse(staged, staged.upper, staged.host_root, base.get(""),
+                                    upper_st)
         if change is not None:
             add(change)
         return changes
@@ -427,8 +497,16 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
     def walk(upper_dir: Path, host_dir: Path, replaced: bool) -> None:
         try:
             entries = list(os.scandir(upper_dir))
+        except FileNotFoundError:
+            return  # removed by the agent while this was listed
         except OSError as e:
-            log.warning("cannot read staged directory %s: %s", upper_dir, e)
+            # What it holds can be neither reviewed nor committed; say so on its change.
+            why = f"cannot be read ({e.strerror}): what it holds is not listed"
+            if changes and changes[-1].path == host_dir:
+                changes[-1] = _with_problem(changes[-1], why)
+            else:
+                add(Change(host_dir, ChangeKind.MODIFIED, EntryType.DIRECTORY, staged.id,
+                           upper_dir, problems=(why,)))
             return
         if replaced:
             # An opaque directory hides everything the host had there.
@@ -441,7 +519,14 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
         for entry in sorted(entries, key=lambda e: e.name):
             upper = Path(entry.path)
             host = host_dir / entry.name
-            st = os.lstat(upper)
+            try:
+                st = os.lstat(upper)
+            except FileNotFoundError:
+                continue  # renamed or removed by the agent while this was listed
+            except OSError as e:  # a path longer than the kernel takes
+                add(Change(host, ChangeKind.MODIFIED, EntryType.FILE, staged.id, upper,
+                           problems=(f"cannot be read ({e.strerror}): not committed",)))
+                continue
             problem = bad_name(entry.name)
             if _is_whiteout(st):
                 if _lstat(host) is not None:
@@ -462,7 +547,7 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
                 walk(upper, host, replaced=_is_opaque(upper))
                 continue
             relative = str(host.relative_to(staged.host_root))
-            change = _compare(staged, upper, host, base.get(relative), st)
+            change = _compare_or_refuse(staged, upper, host, base.get(relative), st)
             if change is not None:
                 if problem:
                     change = _with_problem(change, problem)
@@ -498,6 +583,21 @@ def _with_problem(change: Change, problem: str) -> Change:
     return replace(change, problems=(*change.problems, problem))
 
 
+def _compare_or_refuse(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None,
+                       st: os.stat_result) -> Change | None:
+    """`_compare`, or, if the agent's version cannot be read (made unreadable, swapped for
+    a FIFO, removed while it was read), a change that says so and is not committed."""
+    try:
+        return _compare(staged, upper, host, base, st)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        kind = ChangeKind.ADDED if _lstat(host) is None else ChangeKind.MODIFIED
+        return Change(host, kind, _entry_type(st.st_mode), staged.id, upper,
+                      new_size=st.st_size, new_mode=st.st_mode,
+                      problems=(f"cannot be read ({e.strerror}): not committed",))
+
+
 def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None,
              st: os.stat_result) -> Change | None:
     """The change `upper` (the agent's version) makes to `host`, or None if there is none."""
@@ -506,16 +606,18 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
     problems: list[str] = []
     new_hash = link_target = None
     if kind_of is EntryType.FILE:
-        new_hash = sha256_file(upper)
+        if st.st_size > staged.quota:
+            # Not hashed: a sparse file of terabytes would take hours.
+            problems.append(f"larger than the staging quota ({st.st_size} > {staged.quota} bytes)")
+        else:
+            new_hash = sha256_file(upper)
         if st.st_nlink > 1:
             problems.append(f"a hard link ({st.st_nlink} names): hard links are not committed")
         if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
             problems.append("set-user-ID or set-group-ID bit: not committed")
-        if st.st_size > staged.quota:
-            problems.append(f"larger than the staging quota ({st.st_size} > {staged.quota} bytes)")
     elif kind_of is EntryType.SYMLINK:
         link_target = os.readlink(upper)
-        if not _link_stays_inside(host, link_target, staged.host_root):
+        if not _link_stays_inside(staged, host, link_target):
             problems.append(f"a symlink to {link_target!r}, outside {staged.host_root}")
     else:
         problems.append(f"a {special_kind(st.st_mode)} file: only files, directories and "
@@ -540,10 +642,74 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
                   new_mode=st.st_mode, link_target=link_target, problems=tuple(problems))
 
 
-def _link_stays_inside(host: Path, target: str, root: Path) -> bool:
-    joined = target if target.startswith("/") else os.path.join(host.parent, target)
-    resolved = os.path.normpath(joined)
-    return resolved == str(root) or resolved.startswith(str(root) + os.sep)
+MAX_LINK_HOPS = 40  # the kernel's own limit (ELOOP)
+
+
+def _link_stays_inside(staged: StagedRoot, host: Path, target: str) -> bool:
+    """Whether a symlink at `host` with this target resolves inside the granted root, as the
+    kernel would resolve it: through the other symlinks on its way, staged or the host's
+    (`a/up -> ../..` makes `a/k -> up/../../.ssh` leave the root, which the text alone does
+    not show). Checked against the tree after the commit (staged over host) and against the
+    host as it is, for a commit of some changes only."""
+    return all(_resolves_inside(staged, host, target, layers)
+               for layers in ((staged.upper, staged.host_root), (staged.host_root,)))
+
+
+def _resolves_inside(staged: StagedRoot, host: Path, target: str,
+                     layers: tuple[Path, ...]) -> bool:
+    root = staged.host_root
+    if target.startswith("/"):
+        if not (target == str(root) or target.startswith(f"{root}/")):
+            return False
+        current: list[str] = []
+        pending = list(Path(target).relative_to(root).parts)
+    else:
+        current = list(host.parent.relative_to(root).parts)
+        pending = target.split("/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not current:
+                return False  # above the root
+            current.pop()
+            continue
+        candidate = [*current, part]
+        link = _link_in(layers, candidate)
+        if link is None:
+            current = candidate
+            continue
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            return False
+        if link.startswith("/"):
+            if not (link == str(root) or link.startswith(f"{root}/")):
+                return False
+            current, pending = [], [*Path(link).relative_to(root).parts, *pending]
+        else:
+            pending = [*link.split("/"), *pending]
+    return True
+
+
+def _link_in(layers: tuple[Path, ...], parts: list[str]) -> str | None:
+    """The target of the symlink at `parts` in the topmost layer that has the path, if it is
+    a symlink there; None for anything else (a file, a directory, nothing, a whiteout)."""
+    path = Path()
+    for layer in layers:
+        try:
+            for depth in range(1, len(parts) + 1):
+                path = layer.joinpath(*parts[:depth])
+                st = os.lstat(path)
+                if depth < len(parts) and not stat.S_ISDIR(st.st_mode):
+                    raise NotADirectoryError  # not in this layer (nor followed out of it)
+        except OSError:
+            continue
+        if _is_whiteout(st):
+            return None
+        return os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+    return None
 
 
 def _pair_renames(changes: list[Change]) -> Iterator[Change]:
@@ -575,16 +741,16 @@ def _pair_renames(changes: list[Change]) -> Iterator[Change]:
         yield pairs.get(change.path, change) if change.kind is ChangeKind.ADDED else change
 
 
-def _remove_any(path: Path) -> None:
+def _remove_any(path: str, dir_fd: int | None = None) -> None:
     try:
-        st = os.lstat(path)
+        st = os.lstat(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True, dir_fd=dir_fd)
     else:
         try:
-            path.unlink()
+            os.unlink(path, dir_fd=dir_fd)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise

@@ -3,6 +3,7 @@ staged files are moved into place rather than copied."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from app.events import Event, EventBus, EventKind
 from app.paths import Dirs
 from app.review import Review
-from app.staging import SessionStaging
+from app.staging import SessionStaging, sha256_file
 
 SESSION = "5e55104a"
 
@@ -68,3 +69,56 @@ def test_an_ended_sessions_files_are_moved_a_running_ones_copied(
     assert (host / "new.txt").stat().st_ino == staged
     assert not (upper / "new.txt").exists()
     assert review.changes(SESSION).changes == ()
+
+
+def test_a_fifo_swapped_in_for_a_staged_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)  # nobody ever writes it: opening it plainly would wait for good
+    with pytest.raises(OSError, match="not a regular file"):
+        sha256_file(fifo)
+
+
+def test_a_staged_file_over_the_quota_is_refused_without_being_read(
+    review: Review, tmp_path: Path
+) -> None:
+    host = tmp_path / "project"
+    host.mkdir()
+    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
+    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    with open(upper / "huge.bin", "wb") as f:
+        f.truncate(8 * 1024**4)  # 8 TiB of holes: hashing them would take hours
+    [change] = review.changes(SESSION).changes
+    assert change.path == host / "huge.bin" and change.new_hash is None
+    assert change.problems == (f"larger than the staging quota ({8 * 1024**4} > {1024**2} bytes)",)
+    review.discard(SESSION)
+    assert not (upper / "huge.bin").exists()
+
+
+def test_a_symlink_that_leaves_the_root_through_other_symlinks_is_refused(
+    review: Review, tmp_path: Path
+) -> None:
+    host = tmp_path / "project"
+    (host / "a" / "b").mkdir(parents=True)
+    (host / "c.txt").write_text("c\n")
+    (host / "etc").symlink_to("/etc")  # the user's own link out of the tree
+    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
+    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    (upper / "a" / "b").mkdir(parents=True)
+    links = {
+        "a/b/up": "../..",  # the root itself: fine
+        "a/b/keys": "up/../../.ssh/authorized_keys",  # lexically inside; really ../.ssh
+        "a/b/ok": "up/c.txt",
+        "a/b/deep": "up/a/b/up/a/b/ok",
+        "a/b/loop": "loop/x",
+        "passwd": "etc/passwd",  # through the user's link
+        "inside": str(host / "a" / "b" / "up" / "c.txt"),
+        "outside": str(host / "a" / "b" / "up" / ".." / "x"),
+    }
+    for name, target in links.items():
+        (upper / name).symlink_to(target)
+    problems = {str(c.path.relative_to(host)): c.problems for c in review.changes(SESSION).changes
+                if c.path.is_relative_to(host) and str(c.path.relative_to(host)) in links}
+    refused = {name for name, found in problems.items() if found}
+    assert refused == {"a/b/keys", "a/b/loop", "passwd", "outside"}, problems
+    assert problems["a/b/keys"] == (f"a symlink to 'up/../../.ssh/authorized_keys', outside "
+                                    f"{host}",)

@@ -16,8 +16,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from app.consent import Answer, ConsentBroker, ConsentRequest
+from app.consent import Answer, ConsentBroker, ConsentRequest, Verdict
 from app.events import Event, EventBus, EventKind
+from app.grants import Lifetime
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
 from app.review import Review
@@ -335,3 +336,54 @@ def test_a_profile_rule_answers_a_save_into_its_folder_with_no_one_at_the_screen
     answered = [e for e in rig.events if e.kind is EventKind.REQUEST_ANSWERED]
     assert [(e.details["verdict"], e.details["by"] == "rule") for e in answered] == [
         ("allow", True), ("deny", False)]
+
+
+def test_a_save_folder_swapped_for_a_symlink_never_reaches_the_users_files(
+    rig_for: Callable[..., Rig], agent_image: str, tmp_path: Path
+) -> None:
+    """The saves area is the agent's to write, so it can replace the folder of a save with
+    a symlink to any of the user's folders. Listing, revoking, discarding and committing
+    that save must then act on nothing of the user's."""
+    outbox, victim = tmp_path / "outbox", tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    outbox.mkdir()
+    (victim / "precious.txt").write_text("PRECIOUS USER DATA\n")
+    (victim / "keep" / "inner.txt").write_text("kept\n")
+    before = {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+    targets = iter([outbox / "precious.txt", outbox / "keep"])
+    rig = rig_for(lambda request: Answer(Verdict.ALLOW, Lifetime.ONCE,
+                                         paths=(next(targets),), by="test"))
+    command = sh(
+        'ask SaveFile s1 "Save" ", \'current_name\': <\'precious.txt\'>"\n'
+        'p1=$path\n'
+        'ask SaveFile s2 "Save" ", \'current_name\': <\'keep\'>"\n'
+        'p2=$path\n'
+        'for p in "$p1" "$p2"; do d=$(dirname "$p"); rm -rf "$d" && '
+        f'ln -s {victim} "$d" || exit 9; done\n'
+        'echo SWAPPED; sleep 60\n'
+    )
+
+    async def scenario() -> str:
+        output = Output()
+        output.lines = asyncio.Queue()
+        run = asyncio.ensure_future(rig.supervisor.run(rig.request(agent_image, command), output))
+        while await asyncio.wait_for(output.lines.get(), 60) != "SWAPPED":
+            pass
+        session = rig.supervisor.last_session
+        assert session is not None
+        listed = Review(rig.dirs, rig.bus).changes(session)
+        assert listed.changes == (), listed  # nothing of the victim's shows as the save
+        grants = [e.details["grant"] for e in rig.events if e.kind is EventKind.GRANT_ADDED]
+        assert len(grants) == 2
+        rig.supervisor.revoke(grants)
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        return session
+
+    session = asyncio.run(scenario())
+    review = Review(rig.dirs, rig.bus)
+    review.commit(session)
+    review.discard(session)
+    assert {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+    assert list(outbox.iterdir()) == []

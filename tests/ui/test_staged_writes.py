@@ -320,3 +320,22 @@ def test_run_asks_on_the_terminal_before_committing(
         seen += os.read(main, 65536)
     os.close(main)
     assert (project / "n.txt").read_text() == "n\n"
+
+
+def test_unreadable_staged_entries_are_named_and_the_rest_still_commits(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    result, session = run_agent(tester, agent_image, (
+        "echo s > secret0; chmod 000 secret0; mkdir d0; echo x > d0/f; chmod 000 d0; "
+        "echo ok > fine.txt"), [f"{project}:rw"])
+    assert result.returncode == 0, result.stderr
+    listed = changes(tester, session)
+    assert listed[str(project / "fine.txt")]["problems"] == []
+    assert listed[str(project / "secret0")]["problems"] == [
+        "cannot be read (Permission denied): not committed"]
+    assert listed[str(project / "d0")]["problems"] == [
+        "cannot be read (Permission denied): what it holds is not listed"]
+    committed = tester.run("commit", session)
+    assert committed.returncode == 1 and "secret0" in committed.stderr, committed.stderr
+    assert (project / "fine.txt").read_text() == "ok\n"
+    assert not (project / "secret0").exists() and not (project / "d0").exists()
