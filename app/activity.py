@@ -29,7 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
-from app.events import Event, EventBus, EventKind
+from app.events import Event, EventBus, EventKind, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ _KINDS: dict[type[FileSystemEvent], EventKind] = {
 _RENAMING = frozenset({EventKind.FILE_CREATED, EventKind.FILE_DELETED, EventKind.FILE_MOVED})
 
 Report = Callable[[EventKind, str, dict[str, Any], float], None]
+
+# File activity an agent can make at any speed (a rename loop: 2 600 events a second) becomes
+# events one by one at this pace after a first burst; the rest are counted per kind, in one
+# event each before the next that goes through.
+FILE_EVENTS_BURST = 2000
+FILE_EVENTS_PER_SECOND = 200
 
 
 def watch_limit() -> int | None:
@@ -166,6 +172,8 @@ class TreeWatcher:
         self._pending: dict[tuple[EventKind, str, Any], _Burst] = {}
         self._pending_paths: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._budget = TokenBucket(FILE_EVENTS_BURST, FILE_EVENTS_PER_SECOND)
+        self._held: dict[EventKind, _Burst] = {}  # per kind: paths held back, their events
 
     async def start(self) -> None:
         """Add the watches (in a worker thread: walking a large tree takes a while)."""
@@ -183,6 +191,7 @@ class TreeWatcher:
         if observer is not None:
             await asyncio.to_thread(_stop_observer, observer)
         self._flush()
+        self._publish_held()  # the session's last word on its files, whatever the pace
 
     # Worker thread.
 
@@ -259,8 +268,28 @@ class TreeWatcher:
         pending, self._pending = self._pending, {}
         self._pending_paths.clear()
         for (kind, subject, _), burst in pending.items():
+            if not self._budget.take():
+                held = self._held.setdefault(kind, _Burst(burst.first, {}, 0))
+                held.count += burst.count
+                held.details["paths"] = held.details.get("paths", 0) + 1
+                continue
+            self._publish_held()
             details = {**burst.details, "count": burst.count}
             self._bus.publish(Event(kind, self.session, subject, details, time=burst.first))
+        if self._held and self._budget.take():
+            self._publish_held()
+        elif self._held and self._timer is None and self._loop is not None:
+            # Nothing else may come to carry them: publish them once the budget allows.
+            self._timer = self._loop.call_later(1 / FILE_EVENTS_PER_SECOND, self._flush)
+
+    def _publish_held(self) -> None:
+        held, self._held = self._held, {}
+        for kind, burst in held.items():
+            paths = burst.details["paths"]
+            self._bus.publish(Event(kind, self.session, f"({paths} more paths)", {
+                "paths": paths, "count": burst.count, "held": True,
+                "note": f"faster than {FILE_EVENTS_PER_SECOND} a second: counted, not "
+                        "recorded one by one"}, time=burst.first))
 
 
 def _stop_observer(observer: InotifyObserver) -> None:

@@ -55,6 +55,29 @@ def _frozen(details: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(details))
 
 
+@dataclass(slots=True)
+class TokenBucket:
+    """At most `rate` a second, after a first `burst`: how events that an agent can make at
+    any speed (output lines, file activity) become audit records at a bounded pace."""
+
+    burst: float
+    rate: float
+    tokens: float = field(init=False)
+    at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One thing that happened. `subject` is what it happened to, as the user knows it

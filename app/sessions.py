@@ -43,7 +43,7 @@ from app.container import (
 )
 from app.delivery import DOCUMENTS, SAVES
 from app.errors import EngineError, GrantError, ImageError, SessionError
-from app.events import EventBus, EventKind
+from app.events import EventBus, EventKind, TokenBucket
 from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, grant_for
 from app.paths import Dirs
 from app.profiles import Approval, Profile, ProfileCatalog
@@ -130,19 +130,12 @@ class SessionResult:
 class _LineBudget:
     """A token bucket of output-line events, and the lines held back, per stream."""
 
-    tokens: float = OUTPUT_LINES_BURST
-    at: float = field(default_factory=time.monotonic)
+    bucket: TokenBucket = field(
+        default_factory=lambda: TokenBucket(OUTPUT_LINES_BURST, OUTPUT_LINES_PER_SECOND))
     held: dict[str, list[int]] = field(default_factory=dict)  # stream -> [lines, bytes]
 
     def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(OUTPUT_LINES_BURST,
-                          self.tokens + (now - self.at) * OUTPUT_LINES_PER_SECOND)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+        return self.bucket.take()
 
     def hold(self, stream: str, size: int) -> None:
         held = self.held.setdefault(stream, [0, 0])

@@ -10,10 +10,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.activity import TreeWatcher, watch_limit
+from app.activity import FILE_EVENTS_BURST, FILE_EVENTS_PER_SECOND, TreeWatcher, watch_limit
 from app.events import Event, EventBus, EventKind
 
 SHOWN = Path("/home/user/project")
@@ -226,3 +227,24 @@ def test_a_tree_the_kernel_cannot_fully_watch_is_reported(tmp_path: Path) -> Non
     assert (unwatched["session"], unwatched["subject"]) == ("second", "/second")
     assert unwatched["details"]["reason"] == "inotify watch limit reached"
     assert unwatched["details"]["unwatched"] == 3
+
+
+def test_activity_faster_than_the_budget_is_counted_not_recorded_one_by_one(
+    tmp_path: Path,
+) -> None:
+    # 6 000 new files at full speed: each would be an event and an audit record.
+    started = time.monotonic()
+
+    def act(tree: Path) -> None:
+        for n in range(6000):
+            os.close(os.open(tree / f"f{n}", os.O_CREAT | os.O_WRONLY, 0o644))
+
+    events = watched(tmp_path, act)
+    seconds = time.monotonic() - started
+    created = drain(events, EventKind.FILE_CREATED)
+    one_by_one = [e for e in created if not e.details.get("held")]
+    held = [e for e in created if e.details.get("held")]
+    assert len(one_by_one) <= FILE_EVENTS_BURST + FILE_EVENTS_PER_SECOND * seconds + 1
+    assert held and sum(e.details["count"] for e in created) == 6000
+    assert sum(e.details.get("paths", 1) for e in created) == 6000
+    assert held[0].subject.endswith(" more paths)")
