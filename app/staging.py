@@ -167,6 +167,22 @@ def open_directory_of(path: Path | str) -> tuple[int, str]:
         os.close(above_fd)
 
 
+def open_beneath(root: Path, parts: Sequence[str]) -> int:
+    """A descriptor of the directory `root/parts…`, each part opened with O_NOFOLLOW from
+    the one before: below a staged root the agent decides what each name is."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_regular(path: Path | str) -> int:
     """Opens a file for reading only if it is a regular file: no symlink is followed in its
     place or its directory's (`open_directory_of`), and a FIFO or device swapped in after
@@ -361,8 +377,17 @@ class SessionStaging:
             for path in (change.path, change.renamed_from):
                 if path is None:
                     continue
-                upper = staged.upper / path.relative_to(staged.host_root)
-                _remove_any(str(upper))
+                *parents, name = (staged.upper.name, *path.relative_to(staged.host_root).parts)
+                try:
+                    # Not through a symlink the agent put in place of a directory since the
+                    # listing, and not by a path too long for the kernel.
+                    dir_fd = open_beneath(staged.upper.parent, parents)
+                except OSError:
+                    continue  # not there any more: nothing of ours to drop
+                try:
+                    _remove_any(name, dir_fd)
+                finally:
+                    os.close(dir_fd)
 
     def _drop_file_root(self, staged: StagedRoot) -> None:
         try:

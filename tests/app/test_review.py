@@ -122,3 +122,47 @@ def test_a_symlink_that_leaves_the_root_through_other_symlinks_is_refused(
     assert refused == {"a/b/keys", "a/b/loop", "passwd", "outside"}, problems
     assert problems["a/b/keys"] == (f"a symlink to 'up/../../.ssh/authorized_keys', outside "
                                     f"{host}",)
+
+
+def test_discarding_never_follows_a_directory_swapped_for_a_symlink(
+    review: Review, tmp_path: Path
+) -> None:
+    host, victim = tmp_path / "project", tmp_path / "victim"
+    host.mkdir()
+    victim.mkdir()
+    (victim / "x").write_text("the user's own\n")
+    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
+    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    (upper / "sub").mkdir()
+    (upper / "sub" / "x").write_text("staged\n")
+    listed = review.changes(SESSION).changes
+    assert [c.path for c in listed] == [host / "sub", host / "sub" / "x"]
+    # What the agent can do through its overlay between the listing a discard works from
+    # and the removal itself.
+    (upper / "sub" / "x").unlink()
+    (upper / "sub").rmdir()
+    (upper / "sub").symlink_to(victim)
+    staging.discard([c for c in listed if c.path == host / "sub" / "x"])
+    assert (victim / "x").read_text() == "the user's own\n"
+
+
+def test_a_tree_deeper_than_a_path_can_name_is_listed_and_discarded(
+    review: Review, tmp_path: Path
+) -> None:
+    host = tmp_path / "project"
+    host.mkdir()
+    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
+    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(30):  # 30 × 201 bytes: past PATH_MAX (4 096)
+        os.mkdir("d" * 200, dir_fd=fd)
+        deeper = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(os.open("leaf", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+    changes = review.changes(SESSION).changes
+    assert any(c.problems == ("cannot be read (File name too long): not committed",)
+               for c in changes), changes
+    review.discard(SESSION)
+    assert os.listdir(upper) == []
