@@ -77,12 +77,31 @@ class Review:
         if result.commit is not None and result.applied:
             self.bus.emit(EventKind.CHANGES_COMMITTED, session, session,
                           commit=result.commit.id, paths=sorted(applied))
+        if staging.sealed and len(applied) == len(changeset.changes):
+            self._forget(staging)  # all of it committed: nothing left to review
         return result
+
+    @staticmethod
+    def _forget(staging: SessionStaging) -> None:
+        """Empties an ended session's staging area, which holds nothing to review any more:
+        copies equal to what is now on the host, what the agent left in the saves area
+        outside any save. It stays, sealed, so the session still lists as having no
+        changes; so does what the kernel left in an overlay's work directory (root's, in a
+        directory of mode 0), which the user cannot remove."""
+        staging.remove_all()
+        staging.root.mkdir(mode=0o700, exist_ok=True)
+        staging.seal()
 
     def discard(self, session: str, paths: Sequence[Path] = ()) -> list[Change]:
         staging = self.staging(session)
-        selected = staging.changeset().select(paths)
-        staging.discard(selected)
+        changeset = staging.changeset()
+        selected = changeset.select(paths)
+        everything = not paths or (len(selected) == len(changeset.changes)
+                                   and not changeset.truncated)
+        if staging.sealed and everything:
+            self._forget(staging)  # all of it, once the session has ended
+        else:
+            staging.discard(selected)
         if selected:
             self.bus.emit(EventKind.CHANGES_DISCARDED, session, session,
                           paths=[str(c.path) for c in selected])

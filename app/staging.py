@@ -423,6 +423,9 @@ class SessionStaging:
         return (self.root / self.SEALED).is_file()
 
     def remove_all(self) -> None:
+        """Removes the staging area and everything in it: what the agent left in the saves
+        area outside any save, too. Only for a sealed one: nothing is writing it. What the
+        kernel made in an overlay's work directory (root's, mode 0) stays."""
         shutil.rmtree(self.root, ignore_errors=True)
 
 

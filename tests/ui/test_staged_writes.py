@@ -239,6 +239,10 @@ def test_once_the_session_has_ended_its_files_are_moved_into_place(
     assert (project / "a.txt").read_text() == "alpha\nmore\n"
     assert (project / "new.txt").read_text() == "new\n"
     assert changes(tester, session) == {}
+    # Nothing is left to review, so nothing is kept (but what the kernel left in the
+    # overlay's work directory, root's, which the user cannot remove).
+    assert (staging / "sealed").is_file()
+    assert not list(staging.glob("*/upper")) and not list(staging.glob("*/root.json"))
 
 
 def test_discard_forgets_staged_changes(
@@ -252,6 +256,9 @@ def test_discard_forgets_staged_changes(
     tester.run("discard", session)
     assert changes(tester, session) == {}
     assert (project / "a.txt").read_text() == "alpha\n"
+    (staging,) = tester.base.glob(f".state/airlock/sessions/{session}/staging")
+    assert (staging / "sealed").is_file()  # the ended session's staging: all of it gone
+    assert not list(staging.glob("*/upper")) and not list(staging.glob("*/root.json"))
 
 
 def test_read_write_file_grant_is_staged_too(
