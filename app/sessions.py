@@ -57,12 +57,16 @@ log = logging.getLogger(__name__)
 EXIT_TIMEOUT = 124
 STOP_GRACE_SECONDS = 5
 LIMIT_POLL_SECONDS = 0.5
+DISK_POLL_SECONDS = 0.1  # statvfs is cheap, and a disk fills at a GB a second
 MAX_EVENT_LINE = 4096
 # Output lines become events (and audit records) at most this fast per session, after a first
 # burst: an agent printing at full speed must not turn into as many audit records. What is
 # held back is counted, per stream, in one event before the next line that goes through.
 OUTPUT_LINES_BURST = 2000
 OUTPUT_LINES_PER_SECOND = 200
+# What an agent writes is staged on the disk of Airlock's state, with no quota of its own
+# (that needs privileges): sessions stop before they leave less than this free there.
+DISK_RESERVE = 128 * 1024**2
 
 
 class Output(Protocol):
@@ -208,6 +212,7 @@ class Supervisor:
         extensions: Sequence[ExtensionFactory] = (),
         broker: ConsentBroker | None = None,
         recorder: Recorder | None = None,
+        disk_reserve: int = DISK_RESERVE,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -221,6 +226,7 @@ class Supervisor:
         self.last_session: str | None = None  # the id of the latest session `run` started
         self._running: dict[str, _Running] = {}
         self._recorder = recorder  # the audit log's sink: no session runs while it fails
+        self.disk_reserve = disk_reserve
         if recorder is not None:
             recorder.on_failure(self._unrecorded)
 
@@ -245,6 +251,8 @@ class Supervisor:
         if self._recorder is not None and (why := self._recorder.check()):
             raise SessionError(f"the audit log cannot be written ({why}): no session runs "
                                "unrecorded; free space there and start it again")
+        if (short := await asyncio.to_thread(self._disk_short)) is not None:
+            raise SessionError(f"{short}; free space there and start it again")
         swept, image = await asyncio.gather(
             asyncio.to_thread(self._sweep), asyncio.to_thread(self._check_image, request.profile)
         )
@@ -446,6 +454,7 @@ class Supervisor:
                 await extension.started(context, container.id or "")
         await asyncio.to_thread(container.reload)
         limits = loop.create_task(self._watch_limits(running, container))
+        running.tasks.add(loop.create_task(self._watch_disk(running)))
         running.tasks.add(limits)
         waiter = loop.create_task(asyncio.to_thread(container.wait))
         running.tasks.add(waiter)
@@ -571,6 +580,28 @@ class Supervisor:
                     self.bus.emit(EventKind.SESSION_LIMIT, running.id, name, count=value)
                     seen[name] = value
             await asyncio.sleep(LIMIT_POLL_SECONDS)
+
+    def _disk_short(self) -> str | None:
+        """Why the disk the sessions stage their writes on is too full for one, if it is."""
+        self.dirs.sessions.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(self.dirs.sessions)
+        left = st.f_bavail * st.f_frsize
+        if left >= self.disk_reserve:
+            return None
+        return (f"only {left // 1024**2} MiB left on the disk of {self.dirs.sessions}, "
+                f"where sessions stage their writes (at least {self.disk_reserve // 1024**2} "
+                "MiB must stay free)")
+
+    async def _watch_disk(self, running: _Running) -> None:
+        """Stops the session before what it stages fills the disk: an overlay's upper layer
+        and the saves area have no quota of their own."""
+        while not running.stop_reason:
+            short = await asyncio.to_thread(self._disk_short)
+            if short is not None:
+                running.stop_reason = f"stopped: {short}"
+                await asyncio.to_thread(self._kill_agent, running.id)
+                return
+            await asyncio.sleep(DISK_POLL_SECONDS)
 
     async def _end(self, running: _Running, exit_code: int, reason: str) -> None:
         for timer in running.timers:

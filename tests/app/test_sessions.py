@@ -170,6 +170,38 @@ def test_when_the_audit_log_cannot_be_written_sessions_stop_and_none_starts(
     assert kept[-1].kind == "session.exited" and kept[-1].details["code"] == 0
 
 
+def test_a_session_filling_the_disk_is_stopped_and_none_starts_until_there_is_room(
+    engine: docker.DockerClient, agent_image: str, tmp_path: Path
+) -> None:
+    """What an agent stages has no quota of its own (the saves area, an overlay's upper
+    layer): the disk it is on is a small real tmpfs here, and the agent fills it."""
+    from app.review import Review
+
+    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
+    dirs.ensure()
+    dirs.sessions.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "airlock-test",
+                    str(dirs.sessions)], check=True)
+    store = StateStore(dirs.database)
+    try:
+        supervisor = Supervisor(engine, store, EventBus(), dirs,
+                                ProfileCatalog(dirs.user_profiles), disk_reserve=32 * 1024**2)
+        filler = "dd if=/dev/zero of=/run/airlock/save/junk bs=1M count=90; sleep 100"
+        result, _, _ = launch(supervisor, agent_image, ["sh", "-c", filler])
+        assert result.reason.startswith("stopped: only "), result.reason
+        assert f"MiB left on the disk of {dirs.sessions}" in result.reason
+        assert no_container_left(engine, result.session)
+        with pytest.raises(SessionError, match=r"^only \d+ MiB left on the disk of .* \(at "
+                           r"least 32 MiB must stay free\); free space there and start it again$"):
+            launch(supervisor, agent_image, ["true"])
+        Review(dirs, supervisor.bus).discard(result.session)  # what it left goes too
+        result, output, _ = launch(supervisor, agent_image, ["echo", "room again"])
+        assert (result.exit_code, output.text()) == (0, "room again\n")
+    finally:
+        store.close()
+        subprocess.run(["umount", str(dirs.sessions)], check=True)
+
+
 def test_file_activity_and_audit_name_the_host_path(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:
