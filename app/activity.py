@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ from watchdog.observers.inotify import InotifyObserver
 from app.events import Event, EventBus, EventKind, TokenBucket
 
 log = logging.getLogger(__name__)
+# watchdog re-adds the watch of a directory it already watches (one created and walked at
+# once) and warns each time; harmless, and noise on the terminal `airlock run` runs in.
+warnings.filterwarnings("ignore", message="Callback with id .* already exists",
+                        category=RuntimeWarning, module="watchdog")
 
 WATCH_LIMIT_FILES = (
     Path("/proc/sys/fs/inotify/max_user_watches"),

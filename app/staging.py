@@ -210,7 +210,9 @@ def sha256_file(path: Path) -> str:
 def bad_name(name: str) -> str | None:
     if name in (".", "..") or "/" in name:
         return f"the name {name!r} is not a plain file name"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(ord(c) < 32 or 127 <= ord(c) <= 159  # C0, DEL and C1 (0x9b starts an escape)
+           or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069  # bidi overrides
+           for c in name):
         return f"the name {name!r} contains control characters"
     return None
 
@@ -647,6 +649,8 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
         link_target = os.readlink(upper)
         if not _link_stays_inside(staged, host, link_target):
             problems.append(f"a symlink to {link_target!r}, outside {staged.host_root}")
+    elif kind_of is EntryType.DIRECTORY:  # where a file was saved or granted
+        problems.append("a directory where a file was staged: not committed")
     else:
         problems.append(f"a {special_kind(st.st_mode)} file: only files, directories and "
                         "symlinks are committed")

@@ -132,7 +132,8 @@ def test_hostile_staged_entries_are_refused_precisely(
     script = (
         f"ln -s {keys} keys-abs; ln -s ../../../.ssh/authorized_keys keys-rel; "
         "ln a.txt hard.txt; mkfifo pipe; cp /bin/sh tool; chmod u+s tool; "
-        "printf x > \"$(printf 'bad\\033name')\"; "
+        "printf x > \"$(printf 'bad\\033name')\"; printf x > \"$(printf 'c1\\302\\233red')\"; "
+        "printf x > \"$(printf 'evil\\342\\200\\256txt.sh')\"; "
         "head -c 3000000 /dev/zero > big.bin; echo ok > fine.txt"
     )
     result, session = run_agent(tester, agent_image, script, [f"{project}:rw"], staging="1m")
@@ -146,6 +147,8 @@ def test_hostile_staged_entries_are_refused_precisely(
     assert "FIFO" in by_name["pipe"]
     assert "set-user-ID" in by_name["tool"]
     assert "control characters" in by_name["bad\\u001bname"]  # escaped on the terminal too
+    assert "control characters" in by_name["c1\\u009bred"]  # C1: 0x9b starts an escape too
+    assert "control characters" in by_name["evil\\u202etxt.sh"]  # shows as "evil.sh.txt"
     assert "staging quota" in by_name["big.bin"]
     assert committed.returncode == 1
     assert (project / "fine.txt").read_text() == "ok\n"  # the rest was committed
