@@ -9,13 +9,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
+from app.errors import AirlockError
 from app.grants import Grant, Lifetime, Mode
+
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -75,18 +79,46 @@ class SessionRecord:
         return self.state in (SessionState.STARTING, SessionState.RUNNING)
 
 
+# How long an operation waits for other `airlock` processes to let go of the file. SQLite's
+# own busy timeout covers most waits; a few (a WAL file being reset as another process
+# closes the last connection) give up at once, so those are retried here as well.
+LOCK_WAIT_SECONDS = 60.0
+
+
 class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = path
         # Used from the loop thread and from worker threads (sweeps run in to_thread);
         # the lock makes each method atomic within this process.
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             path, timeout=10.0, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+
+        def prepare() -> None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+        self._patiently(prepare)
+
+    def _patiently(self, operation: Callable[[], _T]) -> _T:
+        """Runs `operation` (which must be safe to run again after it failed to get the
+        file's lock) until the lock is had, for at most LOCK_WAIT_SECONDS."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() > deadline:
+                    raise AirlockError(
+                        f"{self.path} stayed locked by another airlock process for "
+                        f"{LOCK_WAIT_SECONDS:.0f} s; is one stuck? (`airlock sessions` "
+                        "lists the running ones)") from e
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:
@@ -95,7 +127,7 @@ class StateStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._patiently(lambda: self._db.execute("BEGIN IMMEDIATE"))
             try:
                 yield self._db
             except BaseException:
@@ -105,7 +137,7 @@ class StateStore:
 
     def _query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
-            return self._db.execute(sql, parameters).fetchall()
+            return self._patiently(lambda: self._db.execute(sql, parameters).fetchall())
 
     # sessions
 

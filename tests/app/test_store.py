@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -83,3 +85,24 @@ def test_grant_argument_resolves_relative_paths_and_links(tmp_path: Path) -> Non
     (tmp_path / "alias").symlink_to(tmp_path / "real")
     request = parse_grant_argument("alias:ro", tmp_path)
     assert request == GrantRequest(tmp_path / "real", Mode.READ)
+
+
+def test_a_write_waits_out_another_process_holding_the_file_past_sqlites_own_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another airlock process, slow to commit (a busy disk)
+    release = threading.Timer(11.0, lambda: holder.execute("COMMIT"))  # past the 10 s timeout
+    release.start()
+    store = StateStore(path)
+    try:
+        store.add_session(SessionRecord(id="s1", profile="p", image="i", container_id=None,
+                                        supervisor="1:1", state=SessionState.STARTING,
+                                        started_at=0.0))
+        assert [r.id for r in store.sessions()] == ["s1"]
+    finally:
+        release.join()
+        holder.close()
+        store.close()
