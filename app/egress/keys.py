@@ -46,6 +46,11 @@ def check_value(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         # It goes into an HTTP header: a newline would let it add headers of its own.
         raise EgressError("the secret contains control characters (a stray newline?)")
+    if value != value.strip():
+        # Not a valid header value either: the HTTP library would refuse it, quoting it.
+        raise EgressError("the secret starts or ends with a space (a stray one, pasted?)")
+    if any(ord(c) > 255 for c in value):
+        raise EgressError("the secret has characters an HTTP header cannot carry (not Latin-1)")
     return value
 
 

@@ -577,8 +577,15 @@ class SessionProxy:
             scrub = _Scrubber(credential.secret.encode("utf-8") if credential else b"")
             await self._relay_response(client, upstream, request, scrub, record)
             reusable = upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE
+        except h11.LocalProtocolError as e:
+            # What could not be sent as valid HTTP: h11's text quotes it, and on a route it
+            # holds the credential.
+            raise _Refused(502, "upstream", "the request could not be sent on as valid "
+                           "HTTP") from e
         except h11.ProtocolError as e:
-            raise _Refused(502, "upstream", f"the upstream sent bad HTTP: {e}") from e
+            # The upstream's bytes, quoted: on a route they may echo the credential.
+            detail = "" if credential else f": {e}"
+            raise _Refused(502, "upstream", f"the upstream sent bad HTTP{detail}") from e
         except (ConnectionError, OSError) as e:
             if record.status:
                 raise _Gone from e  # the response had started: all we can do is close
@@ -724,10 +731,15 @@ class SessionProxy:
             if not isinstance(event, h11.Response):
                 raise _Refused(502, "upstream", "the upstream closed without a response")
             break
+        if scrub.active and header(event.headers, b"content-encoding") not in ([], [b"identity"]):
+            # Compressed, the credential an upstream echoes cannot be found to be masked.
+            raise _Refused(502, "upstream", "the route's upstream answered compressed, which "
+                           "Airlock cannot check for the credential")
         headers = client_headers([(k, scrub.whole(v)) for k, v in event.headers])
         record.status = event.status_code
         client.writer.writelines(client.conn.send_with_data_passthrough(h11.Response(
-            status_code=event.status_code, headers=headers, reason=event.reason)) or [])
+            status_code=event.status_code, headers=headers,
+            reason=scrub.whole(bytes(event.reason)))) or [])
         length = None
         if not scrub.active and self._spliceable(client.writer, upstream.writer):
             length = _spliceable_length(request, event, headers)

@@ -193,10 +193,13 @@ def upstream_headers(
     named = {v.strip().lower() for v in b",".join(header(headers, b"connection")).split(b",")}
     drop = HOP_BY_HOP | named | {b"host"}
     if credential is not None:
-        drop = drop | {credential[0].lower().encode("ascii")}
+        # And no compression: an echoed credential is masked in what comes back, which
+        # it cannot be once compressed.
+        drop = drop | {credential[0].lower().encode("ascii"), b"accept-encoding"}
     out = [(b"host", (host if port == default_port else f"{host}:{port}").encode("ascii"))]
     out += [(k, v) for k, v in headers if k.lower() not in drop]
     if credential is not None:
+        out.append((b"accept-encoding", b"identity"))
         out.append((credential[0].encode("ascii"), credential[1].encode("latin-1")))
     return out
 
@@ -215,8 +218,13 @@ def credential_header(route: Route, secret: str) -> tuple[str, str]:
     """The header a route adds: its template with `{secret}` filled in."""
     name, _, template = route.header.partition(":")
     value = template.strip().replace("{secret}", secret)
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("the stored secret contains control characters")
+    # What h11 would refuse (quoting the value in its error): checked here, and said
+    # without the value.
+    if (any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in value)
+            or value != value.strip(" \t") or secret != secret.strip()):
+        raise ValueError("the stored secret cannot go in an HTTP header (control characters, "
+                         "surrounding spaces or characters outside Latin-1): store it again "
+                         f"with `airlock secret set {route.secret}`")
     return name.strip(), value
 
 

@@ -86,17 +86,27 @@ def test_upstream_headers_drop_hop_by_hop_and_replace_the_credential() -> None:
     headers = [(b"Host", b"127.0.0.1:3128"), (b"Connection", b"keep-alive, X-Secret-Hop"),
                (b"X-Secret-Hop", b"1"), (b"Proxy-Authorization", b"Basic x"),
                (b"authorization", b"Bearer placeholder"), (b"Accept", b"*/*"),
-               (b"Content-Length", b"3"), (b"Expect", b"100-continue")]
+               (b"Content-Length", b"3"), (b"Expect", b"100-continue"),
+               (b"Accept-Encoding", b"gzip")]
     credential = credential_header(ROUTES[0], "sk-real")
     out = upstream_headers(headers, "api.example.com", 443, 443, credential)
     assert out == [(b"host", b"api.example.com"), (b"Accept", b"*/*"),
-                   (b"Content-Length", b"3"), (b"Authorization", b"Bearer sk-real")]
+                   (b"Content-Length", b"3"), (b"accept-encoding", b"identity"),
+                   (b"Authorization", b"Bearer sk-real")]  # an echo must stay maskable
     assert upstream_headers([], "h.example", 8080, 80)[0] == (b"host", b"h.example:8080")
 
 
 def test_a_secret_with_a_newline_cannot_add_headers() -> None:
     with pytest.raises(ValueError, match="control characters"):
         credential_header(ROUTES[0], "sk\r\nX-Evil: 1")
+
+
+@pytest.mark.parametrize("secret", ["sk-trailing ", " sk-leading", "sk-\u20ac-not-latin-1"])
+def test_a_secret_no_header_can_carry_is_refused_without_being_quoted(secret: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        credential_header(ROUTES[0], secret)
+    assert secret.strip() not in str(refused.value)
+    assert "store it again with `airlock secret set" in str(refused.value)
 
 
 @pytest.mark.parametrize(("path", "logged"), [
