@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.egress.keys import check_value
 from app.egress.requests import (
     Kind,
     Refusal,
@@ -15,6 +16,7 @@ from app.egress.requests import (
     refusal_response,
     upstream_headers,
 )
+from app.errors import EgressError
 from app.profiles import Route
 
 ROUTES = (Route(name="llm", upstream="https://api.example.com/v1", secret="llm-key"),
@@ -123,3 +125,13 @@ def test_refusal_response_is_readable_and_header_safe() -> None:
     assert b"X-Airlock-Refused: evil.example??Set-Cookie: x is not listed" in head
     assert b"\r\nSet-Cookie" not in head
     assert b"Connection: close" in head and body.startswith(b"airlock: refused (not-listed)")
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("", "empty"), ("sk-1\n2", "control characters"), ("sk-pasted ", "starts or ends with a space"),
+    ("\tsk", "control characters"), ("sk-\u20ac", "not Latin-1"),
+])
+def test_secret_set_refuses_what_no_header_can_carry(value: str, reason: str) -> None:
+    with pytest.raises(EgressError, match=reason):
+        check_value(value)
+    assert check_value("sk-fine-123") == "sk-fine-123"
