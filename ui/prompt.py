@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,14 @@ class TerminalLine:
                 time.sleep(0.01)  # a terminal paused with ^S; the text is short
                 continue
             data = data[written:]
+
+    def discard_typed_ahead(self) -> None:
+        """Throws away what was typed before the question was on screen: a key pressed for
+        a question that expired or was withdrawn must not answer the next one, which the
+        agent can ask at the moment of its choosing."""
+        self._buffer = b""
+        with contextlib.suppress(termios.error):
+            termios.tcflush(self.fd, termios.TCIFLUSH)
 
     async def read_line(self) -> str:
         loop = asyncio.get_running_loop()
@@ -101,6 +110,7 @@ class TerminalPrompt:
             os.close(fd)
 
     async def _ask(self, term: TerminalLine, request: ConsentRequest) -> Answer:
+        term.discard_typed_ahead()
         term.write(describe(request))
         seconds = max(0, round(request.deadline - time.time()))
         term.write("Allow? [o]nce, [s]ession, [N]m for N minutes, [a]lways for this profile; "

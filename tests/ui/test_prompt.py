@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +30,12 @@ def pty() -> Iterator[tuple[int, Path]]:
         os.close(slave)
 
 
+_SEEN: dict[int, bytes] = {}  # what `ask` read off a terminal while it waited for the question
+
+
 def screen(master: int) -> str:
     os.set_blocking(master, False)
-    out = b""
+    out = _SEEN.pop(master, b"")
     with contextlib.suppress(BlockingIOError, OSError):
         while chunk := os.read(master, 65536):
             out += chunk
@@ -45,10 +50,23 @@ def request(kind: RequestKind = RequestKind.FILE_OPEN, timeout: float = 10,
 
 
 def ask(tty: Path, req: ConsentRequest, typed: str, master: int,
-        cwd: Path | None = None) -> Answer:
-    os.write(master, typed.encode())
+        cwd: Path | None = None, ahead: str = "") -> Answer:
+    """Asks on the terminal and types `typed` once the question is on screen, as a person
+    would (`ahead` is typed before it: the prompt must throw that away)."""
     broker = ConsentBroker(EventBus(), TerminalPrompt(tty, cwd))
-    return asyncio.run(broker.ask(req))
+    answers: list[Answer] = []
+    os.write(master, ahead.encode())
+    asker = threading.Thread(target=lambda: answers.append(asyncio.run(broker.ask(req))))
+    asker.start()
+    seen = b""
+    deadline = time.monotonic() + 10
+    while b"Allow?" not in seen and asker.is_alive() and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.1)[0]:
+            seen += os.read(master, 65536)
+    _SEEN[master] = seen
+    os.write(master, typed.encode())
+    asker.join(30)
+    return answers[0]
 
 
 def test_once_with_a_path(tmp_path: Path) -> None:
@@ -101,6 +119,13 @@ def test_silence_times_out_to_a_denial() -> None:
         shown = screen(master)
     assert (answer.verdict, answer.by) == (Verdict.DENY, "timeout")
     assert "no answer in time: denied" in shown
+
+
+def test_keys_typed_before_the_question_do_not_answer_it() -> None:
+    # "s⏎" meant for a question that expired: the next one must still be asked.
+    with pty() as (master, tty):
+        answer = ask(tty, request(RequestKind.NETWORK, timeout=1.5), "", master, ahead="s\n")
+    assert (answer.verdict, answer.by) == (Verdict.DENY, "timeout")
 
 
 def test_no_terminal_is_a_vanished_front_end(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ The core is imported only on that second path, so the first one starts fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import termios
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,6 +171,10 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
     while interactive:
+        # Not a key typed before the question: one meant for an earlier one the agent
+        # withdrew must not commit.
+        with contextlib.suppress(termios.error):
+            termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
         print("Commit them to your files? [y]es, [N]o, [d]iff: ", end="", file=sys.stderr,
               flush=True)
         answer = sys.stdin.readline().strip().lower()
