@@ -14,6 +14,8 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -147,6 +149,45 @@ class _LineBudget:
         held[1] += size
 
 
+# Run by a process of its own for each session, which outlives the supervisor: it waits on a
+# pipe from it. "done" (the session ended as usual) ends it quietly; the end of the pipe
+# without it means the supervisor is gone (killed, crashed: the kernel closes its end), and
+# the session's containers go too: its agent must not run on unwatched, past its timeout.
+_REAPER = """
+import sys
+if sys.stdin.buffer.read() == b"done":
+    sys.exit(0)
+import docker
+from app.engine import connect_engine
+engine = connect_engine()
+for found in engine.api.containers(all=True, filters={"label": sys.argv[1:]}):
+    try:
+        engine.api.remove_container(found["Id"], force=True)
+    except docker.errors.APIError as e:
+        print(f"airlock: cannot remove container {found['Id'][:12]}: {e}", file=sys.stderr)
+"""
+
+
+class _Reaper:
+    """Removes a session's containers if its supervisor dies first (see `_REAPER`)."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, *labels], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, start_new_session=True,  # not ended by a Ctrl-C
+        )
+
+    def done(self) -> None:
+        """The session ended as usual: the reaper leaves without doing anything."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        with contextlib.suppress(OSError):
+            stdin.write(b"done")
+        with contextlib.suppress(OSError):
+            stdin.close()
+        threading.Thread(target=self._process.wait, daemon=True).start()
+
+
 @dataclass(slots=True)
 class _Running:
     """What the supervisor holds for one live session."""
@@ -171,6 +212,7 @@ class _Running:
     watched: dict[Path, Path] = field(default_factory=dict)  # host dir -> path the user knows
     quota: int = 0
     stop_reason: str = ""  # why Airlock stopped it, if it did (not the agent's own exit)
+    reaper: _Reaper | None = None
 
     def __post_init__(self) -> None:
         self.staging = SessionStaging(self.view.root.parent / "staging", self.id)
@@ -271,6 +313,8 @@ class Supervisor:
         )
         exit_code, reason = 1, "failed to start"
         try:
+            running.reaper = _Reaper(
+                [f"{LABEL_OWNER}={self.owner}", f"{LABEL_SESSION}={session_id}"])
             grants = self._session_grants(session_id, request)
             labels = self._labels(running.id, request.profile)
             additions = await self._prepare_extensions(running, request, labels, seccomp)
@@ -610,6 +654,8 @@ class Supervisor:
             task.cancel()
         removed = running.container is None or await asyncio.to_thread(
             self._remove_container, running.container)
+        if running.reaper is not None:
+            running.reaper.done()
         if removed:
             # No process is left that could write a staged file: committing may move them.
             await asyncio.to_thread(running.staging.seal)

@@ -328,6 +328,27 @@ def test_ps_stop_and_interrupt_leave_no_container(
     assert [s["reason"] for s in interrupted] == ["killed by SIGTERM", "interrupted"]
 
 
+def test_a_killed_supervisor_does_not_leave_its_agent_running_unwatched(
+    tester: DesktopUser, agent_image: str, engine: docker.DockerClient
+) -> None:
+    # SIGKILL: no handler runs, no `finally`. The agent must still not run on, past its
+    # timeout and with nothing recording what it does, until the next airlock command.
+    path = tester.write("long.toml", profile_text(agent_image, ["sh", "-c", "sleep 300"]))
+    process = tester.popen("run", "--profile", str(path))
+    try:
+        session = wait_running(tester, process)
+        label = f"{LABEL_SESSION}={session['id']}"
+        assert containers(engine, label, stopped=False)
+        os.kill(int(session["supervisor"].split(":")[0]), 9)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    deadline = time.monotonic() + 30
+    while containers(engine, label) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert containers(engine, label) == []
+
+
 def test_profile_grants_are_listed_applied_and_revoked(
     tester: DesktopUser, agent_image: str, granted: Path
 ) -> None:
