@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,23 +84,48 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class OutputGate:
+    """Holds the agent's output back while a question is on the terminal: printed after it,
+    the agent's bytes could move the cursor and rewrite the question the person answers.
+    A held writer waits (the agent with it, as behind a paused terminal); nothing piles up."""
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def wait(self) -> None:
+        self._open.wait()
+
+
 class TerminalPrompt:
     """A FrontEnd for the person at the terminal. One question at a time: concurrent
     requests wait their turn (and their deadline keeps running)."""
 
-    def __init__(self, tty: Path = Path("/dev/tty"), cwd: Path | None = None) -> None:
+    def __init__(self, tty: Path = Path("/dev/tty"), cwd: Path | None = None,
+                 gate: OutputGate | None = None) -> None:
         self._tty = tty
         self._cwd = cwd
         self._turn = asyncio.Lock()
+        self.gate = gate or OutputGate()
 
     async def answer(self, request: ConsentRequest) -> Answer:
         async with self._turn:
-            with self._terminal() as term:
-                try:
-                    return await self._ask(term, request)
-                except asyncio.CancelledError:
-                    term.write("\nairlock: no answer in time: denied\n")
-                    raise
+            self.gate.hold()
+            try:
+                with self._terminal() as term:
+                    try:
+                        return await self._ask(term, request)
+                    except asyncio.CancelledError:
+                        term.write("\nairlock: no answer in time: denied\n")
+                        raise
+            finally:
+                self.gate.release()
 
     @contextlib.contextmanager
     def _terminal(self) -> Iterator[TerminalLine]:

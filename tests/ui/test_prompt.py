@@ -139,3 +139,27 @@ def test_durations() -> None:
     assert parse_duration_choice(" Session ")[0] is Lifetime.SESSION
     assert parse_duration_choice("0m") == (None, None)
     assert parse_duration_choice("rm -rf") == (None, None)
+
+
+def test_the_agents_output_waits_while_a_question_is_on_screen() -> None:
+    # Printed after the question, the agent's bytes could rewrite it on the screen.
+    with pty() as (master, tty):
+        prompt = TerminalPrompt(tty)
+        broker = ConsentBroker(EventBus(), prompt)
+        answers: list[Answer] = []
+        asker = threading.Thread(
+            target=lambda: answers.append(asyncio.run(broker.ask(request(RequestKind.NETWORK)))))
+        asker.start()
+        seen = b""
+        while b"Allow?" not in seen:
+            if select.select([master], [], [], 10)[0]:
+                seen += os.read(master, 65536)
+        printed: list[str] = []
+        agent = threading.Thread(target=lambda: (prompt.gate.wait(), printed.append("out")))
+        agent.start()
+        agent.join(0.5)
+        assert printed == []  # held while the person reads and answers
+        os.write(master, b"n\n")
+        asker.join(10)
+        agent.join(10)
+    assert printed == ["out"] and answers[0].verdict is Verdict.DENY

@@ -22,12 +22,18 @@ from ui.commands.base import Context, add_command
 if TYPE_CHECKING:
     from app.events import Event, EventBus
     from app.sessions import LaunchRequest, Supervisor
+    from ui.prompt import OutputGate
 
 CANNOT_ASK = 75  # app.handoff.CANNOT_ASK, without importing the core
 
 
 class TerminalOutput:
+    def __init__(self, gate: OutputGate | None = None) -> None:
+        self._gate = gate  # held while a question is on screen
+
     def write(self, stream: str, data: bytes) -> None:
+        if self._gate is not None:
+            self._gate.wait()
         target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
         target.write(data)
         target.flush()
@@ -59,7 +65,8 @@ def print_notice(event: Event) -> None:
         print(f"airlock: {text}", file=sys.stderr, flush=True)
 
 
-async def run_session(supervisor: Supervisor, request: LaunchRequest) -> int:
+async def run_session(supervisor: Supervisor, request: LaunchRequest,
+                      output: TerminalOutput) -> int:
     import asyncio
     import contextlib
     import signal
@@ -70,7 +77,7 @@ async def run_session(supervisor: Supervisor, request: LaunchRequest) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, task.cancel)
     try:
-        result = await supervisor.run(request, TerminalOutput())
+        result = await supervisor.run(request, output)
     except asyncio.CancelledError:
         print("airlock: interrupted; the session was stopped and removed", file=sys.stderr)
         return 130
@@ -129,6 +136,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from ui.wiring import open_supervisor
 
     front_end: FrontEnd = TerminalPrompt() if args.ask == "tty" else DenyAll()
+    output = TerminalOutput(front_end.gate if isinstance(front_end, TerminalPrompt) else None)
     with open_supervisor(ctx.dirs, front_end) as supervisor:
         profile_path = supervisor.catalog.find(args.profile)
         profile = supervisor.catalog.load(args.profile)
@@ -141,7 +149,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
         request = LaunchRequest(profile, profile_path, grants,
                                 tuple(command) if command else None, timeout)
         supervisor.bus.attach(print_notice)
-        code = asyncio.run(run_session(supervisor, request))
+        code = asyncio.run(run_session(supervisor, request, output))
         session = supervisor.last_session
         if session is not None:
             review_after_run(ctx, supervisor.bus, session, profile.approval.commit, args.review)
