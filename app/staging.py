@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.view import special_kind
 
@@ -193,15 +193,36 @@ def open_regular(path: Path | str) -> int:
                      dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file any more", os.fspath(path))
-    return fd
+    return _regular(fd, os.fspath(path))
 
 
 def sha256_file(path: Path) -> str:
+    return _sha256_of(open_regular(path))
+
+
+def _sha256_at(dir_fd: int, name: str) -> str:
+    """The hash of the regular file `name` in the directory open as `dir_fd`."""
+    return _sha256_of(_regular(os.open(
+        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd), name))
+
+
+def _host_sha256(path: Path) -> str:
+    """The hash of a host file: reached by its path (the agent writes no host directory),
+    but not through a symlink in its place and never stuck on a FIFO."""
+    return _sha256_of(_regular(os.open(
+        path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), str(path)))
+
+
+def _regular(fd: int, name: str) -> int:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file any more", name)
+    return fd
+
+
+def _sha256_of(fd: int) -> str:
     digest = hashlib.sha256()
-    with open(open_regular(path), "rb") as f:
+    with open(fd, "rb") as f:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
@@ -480,9 +501,10 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def _is_opaque(directory: int) -> bool:
+    """Whether the staged directory open as `directory` hides the host's entries below it."""
     try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        return os.getxattr(directory, OPAQUE_XATTR) == b"y"
     except OSError:
         return False
 
@@ -490,10 +512,12 @@ def _is_opaque(path: Path) -> bool:
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # deeper than a path can name: not on the host
+            return None
+        raise
 
 
 def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -> list[Change]:
@@ -514,21 +538,23 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
             return changes
         try:
             upper_st = os.lstat(name, dir_fd=dir_fd)
+            change = _compare_or_refuse(staged, _At(dir_fd, name, staged.upper),
+                                        staged.host_root, base.get(""), upper_st)
         except FileNotFoundError:
             return changes
         finally:
             os.close(dir_fd)
-        change = _compare_or_refuse(staged, staged.upper, staged.host_root, base.get(""),
-                                    upper_st)
         if change is not None:
             add(change)
         return changes
 
-    def walk(upper_dir: Path, host_dir: Path, replaced: bool) -> None:
+    def walk(dir_fd: int, upper_dir: Path, host_dir: Path, replaced: bool) -> None:
+        """Lists the staged directory open as `dir_fd`. Every name in it is looked at and
+        opened relative to that descriptor, without following symlinks: the agent can swap
+        a directory for a symlink to one of the user's while this runs, and nothing of
+        theirs must then be listed (or hashed) as staged. No path length limits it either."""
         try:
-            entries = list(os.scandir(upper_dir))
-        except FileNotFoundError:
-            return  # removed by the agent while this was listed
+            entries = sorted(entry.name for entry in os.scandir(dir_fd))
         except OSError as e:
             # What it holds can be neither reviewed nor committed; say so on its change.
             why = f"cannot be read ({e.strerror}): what it holds is not listed"
@@ -540,44 +566,65 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
             return
         if replaced:
             # An opaque directory hides everything the host had there.
-            names = {entry.name for entry in entries}
+            names = set(entries)
             host_st = _lstat(host_dir)
             if host_st is not None and stat.S_ISDIR(host_st.st_mode):
                 for name in sorted(os.listdir(host_dir)):
                     if name not in names:
                         _deleted(host_dir / name)
-        for entry in sorted(entries, key=lambda e: e.name):
-            upper = Path(entry.path)
-            host = host_dir / entry.name
+        for name in entries:
+            upper, host = upper_dir / name, host_dir / name
             try:
-                st = os.lstat(upper)
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # renamed or removed by the agent while this was listed
-            except OSError as e:  # a path longer than the kernel takes
+            except OSError as e:
                 add(Change(host, ChangeKind.MODIFIED, EntryType.FILE, staged.id, upper,
                            problems=(f"cannot be read ({e.strerror}): not committed",)))
                 continue
-            problem = bad_name(entry.name)
+            problem = bad_name(name)
             if _is_whiteout(st):
                 if _lstat(host) is not None:
                     _deleted(host)
                 continue
             host_st = _lstat(host)
             if stat.S_ISDIR(st.st_mode):
-                if host_st is None or not stat.S_ISDIR(host_st.st_mode):
-                    if host_st is not None:
-                        _deleted(host)
-                    add(Change(host, ChangeKind.ADDED, EntryType.DIRECTORY, staged.id, upper,
-                               new_mode=st.st_mode, problems=(problem,) if problem else ()))
-                    walk(upper, host, replaced=False)
-                    continue
-                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(host_st.st_mode):
-                    add(Change(host, ChangeKind.MODE, EntryType.DIRECTORY, staged.id, upper,
-                               old_mode=host_st.st_mode, new_mode=st.st_mode))
-                walk(upper, host, replaced=_is_opaque(upper))
+                try:
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC, dir_fd=dir_fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # gone, or swapped for something else, since it was looked at
+                except OSError as e:
+                    child = -1
+                    unreadable = f"cannot be read ({e.strerror}): what it holds is not listed"
+                try:
+                    if host_st is None or not stat.S_ISDIR(host_st.st_mode):
+                        if host_st is not None:
+                            _deleted(host)
+                        add(Change(host, ChangeKind.ADDED, EntryType.DIRECTORY, staged.id,
+                                   upper, new_mode=st.st_mode,
+                                   problems=(problem,) if problem else ()))
+                        opaque = False
+                    else:
+                        if stat.S_IMODE(st.st_mode) != stat.S_IMODE(host_st.st_mode):
+                            add(Change(host, ChangeKind.MODE, EntryType.DIRECTORY, staged.id,
+                                       upper, old_mode=host_st.st_mode, new_mode=st.st_mode))
+                        opaque = child >= 0 and _is_opaque(child)
+                    if child < 0:
+                        if changes and changes[-1].path == host:
+                            changes[-1] = _with_problem(changes[-1], unreadable)
+                        else:
+                            add(Change(host, ChangeKind.MODIFIED, EntryType.DIRECTORY,
+                                       staged.id, upper, problems=(unreadable,)))
+                        continue
+                    walk(child, upper, host, replaced=opaque)
+                finally:
+                    if child >= 0:
+                        os.close(child)
                 continue
             relative = str(host.relative_to(staged.host_root))
-            change = _compare_or_refuse(staged, upper, host, base.get(relative), st)
+            change = _compare_or_refuse(staged, _At(dir_fd, name, upper), host,
+                                        base.get(relative), st)
             if change is not None:
                 if problem:
                     change = _with_problem(change, problem)
@@ -587,11 +634,18 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
         st = os.lstat(host)
         relative = str(host.relative_to(staged.host_root))
         problems = _conflict(host, base.get(relative), st)
-        digest = sha256_file(host) if stat.S_ISREG(st.st_mode) else None
+        digest = _host_sha256(host) if stat.S_ISREG(st.st_mode) else None
         add(Change(host, ChangeKind.DELETED, _entry_type(st.st_mode), staged.id, None,
                    old_hash=digest, old_size=st.st_size, old_mode=st.st_mode, problems=problems))
 
-    walk(staged.upper, staged.host_root, replaced=_is_opaque(staged.upper))
+    try:
+        top = os.open(staged.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return changes
+    try:
+        walk(top, staged.upper, staged.host_root, replaced=_is_opaque(top))
+    finally:
+        os.close(top)
     return changes
 
 
@@ -604,7 +658,7 @@ def _conflict(host: Path, base: BaseEntry | None, st: os.stat_result | None,
     what = "created on the host since the grant" if base is None else \
         "changed on the host since it was granted"
     if stat.S_ISREG(st.st_mode):
-        what += f" (host sha256 {sha256_file(host)[:16]}"
+        what += f" (host sha256 {_host_sha256(host)[:16]}"
         what += f", staged sha256 {staged_hash[:16]})" if staged_hash else ")"
     return (f"conflict: {what}",)
 
@@ -613,7 +667,16 @@ def _with_problem(change: Change, problem: str) -> Change:
     return replace(change, problems=(*change.problems, problem))
 
 
-def _compare_or_refuse(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None,
+class _At(NamedTuple):
+    """A staged entry: its name in the directory open as `dir_fd` (where it is read), and
+    its path (what a change names as staged)."""
+
+    dir_fd: int
+    name: str
+    path: Path
+
+
+def _compare_or_refuse(staged: StagedRoot, upper: _At, host: Path, base: BaseEntry | None,
                        st: os.stat_result) -> Change | None:
     """`_compare`, or, if the agent's version cannot be read (made unreadable, swapped for
     a FIFO, removed while it was read), a change that says so and is not committed."""
@@ -623,14 +686,15 @@ def _compare_or_refuse(staged: StagedRoot, upper: Path, host: Path, base: BaseEn
         return None
     except OSError as e:
         kind = ChangeKind.ADDED if _lstat(host) is None else ChangeKind.MODIFIED
-        return Change(host, kind, _entry_type(st.st_mode), staged.id, upper,
+        return Change(host, kind, _entry_type(st.st_mode), staged.id, upper.path,
                       new_size=st.st_size, new_mode=st.st_mode,
                       problems=(f"cannot be read ({e.strerror}): not committed",))
 
 
-def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None,
+def _compare(staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None,
              st: os.stat_result) -> Change | None:
-    """The change `upper` (the agent's version) makes to `host`, or None if there is none."""
+    """The change the agent's version (`at`) makes to `host`, or None if there is none."""
+    upper = at.path
     host_st = _lstat(host)
     kind_of = _entry_type(st.st_mode)
     problems: list[str] = []
@@ -640,13 +704,13 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
             # Not hashed: a sparse file of terabytes would take hours.
             problems.append(f"larger than the staging quota ({st.st_size} > {staged.quota} bytes)")
         else:
-            new_hash = sha256_file(upper)
+            new_hash = _sha256_at(at.dir_fd, at.name)
         if st.st_nlink > 1:
             problems.append(f"a hard link ({st.st_nlink} names): hard links are not committed")
         if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
             problems.append("set-user-ID or set-group-ID bit: not committed")
     elif kind_of is EntryType.SYMLINK:
-        link_target = os.readlink(upper)
+        link_target = os.readlink(at.name, dir_fd=at.dir_fd)
         if not _link_stays_inside(staged, host, link_target):
             problems.append(f"a symlink to {link_target!r}, outside {staged.host_root}")
     elif kind_of is EntryType.DIRECTORY:  # where a file was saved or granted
@@ -660,7 +724,7 @@ def _compare(staged: StagedRoot, upper: Path, host: Path, base: BaseEntry | None
                       new_size=st.st_size, new_mode=st.st_mode, link_target=link_target,
                       problems=tuple(problems))
     host_type = _entry_type(host_st.st_mode)
-    old_hash = sha256_file(host) if host_type is EntryType.FILE else None
+    old_hash = _host_sha256(host) if host_type is EntryType.FILE else None
     same_content = (host_type == kind_of and (
         (kind_of is EntryType.FILE and old_hash == new_hash) or
         (kind_of is EntryType.SYMLINK and os.readlink(host) == link_target)))
