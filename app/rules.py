@@ -1,8 +1,9 @@
 """Profile rules: the questions a profile answers by itself, so that scripted agents can save
 into a folder the user set aside for them without anyone at the screen.
 
-A pure function of the request and the profile's approval section, tested by tables. Only
-exact, safe cases are answered: anything else is left to the user (or denied when no one is
+A function of the request, the profile's approval section and the file system (paths are
+judged where they really are, symlinks resolved), tested by tables. Only exact, safe cases
+are answered: anything else is left to the user (or denied when no one is
 there). A rule never answers with more than the agent named.
 """
 
@@ -17,11 +18,31 @@ from app.profiles import Approval
 
 
 def _under(path: Path, roots: tuple[str, ...], home: Path) -> bool:
+    """Whether `path`, resolved, is in one of the rule's folders, resolved: a symlink in
+    a rule's folder must not carry the answer to wherever it points."""
     for root in roots:
         base = Path(str(home) + root[1:]) if root.startswith("~") else Path(root)
+        base = base.resolve()
         if path == base or base in path.parents:
             return True
     return False
+
+
+def _real(path: Path) -> Path | None:
+    """`path` with every symlink in it resolved, or None if it does not exist."""
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, unreadable, a loop
+        return None
+
+
+def _real_target(path: Path) -> Path | None:
+    """Where a file to save will really be: its folder resolved; None if that folder does
+    not exist or the name is a symlink already (the user is asked instead)."""
+    folder = _real(path.parent)
+    if folder is None or (folder / path.name).is_symlink():
+        return None
+    return folder / path.name
 
 
 def _clean(text: object) -> Path | None:
@@ -44,12 +65,14 @@ def decide(request: ConsentRequest, approval: Approval, home: Path) -> Answer | 
             if folder is not None and isinstance(name, str) and name and "/" not in name \
                     and "\\" not in name and name not in (".", ".."):
                 target = folder / name
-        if target is not None and _under(target, approval.write, home):
-            return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(target,),
+        real = _real_target(target) if target is not None else None
+        if real is not None and _under(real, approval.write, home):
+            return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(real,),
                           mode=Mode.READ_WRITE, by="rule")
     if request.kind is RequestKind.FILE_OPEN and approval.read and details.get("directory"):
         folder = _clean(details.get("current_folder"))
-        if folder is not None and _under(folder, approval.read, home) and folder.is_dir():
-            return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(folder,), mode=Mode.READ,
+        real = _real(folder) if folder is not None else None
+        if real is not None and _under(real, approval.read, home) and real.is_dir():
+            return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(real,), mode=Mode.READ,
                           by="rule")
     return None

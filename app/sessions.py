@@ -301,8 +301,9 @@ class Supervisor:
         self.report_swept(swept)  # events are published on the loop's thread only
         seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
         session_id = new_session_id()
-        running = _Running(session_id, SessionView(self.dirs.sessions / session_id / "view"),
-                           image=image)
+        view = SessionView(self.dirs.sessions / session_id / "view",
+                           private=(self.dirs.state, self.dirs.runtime))
+        running = _Running(session_id, view, image=image)
         self.last_session = session_id
         self._running[session_id] = running
         self.store.add_session(

@@ -28,7 +28,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +60,12 @@ def anchors_for(paths: Iterable[tuple[Path, bool]]) -> list[Path]:
 
 
 class SessionView:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, private: Iterable[Path] = ()) -> None:
+        """`private`: Airlock's own directories (its state, with every session's view and
+        staging, and its runtime directory), never mirrored, even inside a granted tree:
+        other sessions' grants, the audit log and this very view would be in it."""
         self.root = root
+        self.private = tuple(private)
 
     def mirror_path(self, host_path: Path) -> Path:
         return self.root / host_path.relative_to("/")
@@ -95,6 +99,9 @@ class SessionView:
                 st = os.lstat(host_path)
             except OSError as e:
                 result.skipped.append((str(host_path), e.strerror or "cannot stat"))
+                return result
+            if any(host_path == p or p in host_path.parents for p in self._private_paths()):
+                result.skipped.append((str(host_path), PRIVATE))
                 return result
             if stat.S_ISDIR(st.st_mode):
                 self._mirror_tree(host_path, target, result)
@@ -144,9 +151,13 @@ class SessionView:
         def on_error(error: OSError) -> None:
             result.skipped.append((str(error.filename), error.strerror or "unreadable"))
 
+        private = self._private_ids()
         for dirpath, dirnames, filenames, dir_fd in os.fwalk(
             host_root, onerror=on_error, follow_symlinks=False
         ):
+            for name in [d for d in dirnames if _identity(dir_fd, d) in private]:
+                dirnames.remove(name)  # not walked into: Airlock's own
+                result.skipped.append((str(Path(dirpath) / name), PRIVATE))
             relative = Path(dirpath).relative_to(host_root)
             mirror_dir = target_root / relative
             dir_stat = os.fstat(dir_fd)
@@ -155,6 +166,17 @@ class SessionView:
             result.directories += 1
             for name in filenames + [d for d in dirnames if _is_symlink(dir_fd, d)]:
                 self._mirror_entry(dir_fd, name, Path(dirpath) / name, mirror_dir / name, result)
+
+    def _private_paths(self) -> list[Path]:
+        return [p.resolve() for p in self.private]
+
+    def _private_ids(self) -> set[tuple[int, int]]:
+        ids = set()
+        for path in self.private:
+            with suppress(OSError):
+                st = os.stat(path)
+                ids.add((st.st_dev, st.st_ino))
+        return ids
 
     def _mirror_entry(
         self, dir_fd: int, name: str, host_path: Path, target: Path, result: Mirrored
@@ -186,6 +208,17 @@ class SessionView:
             result.copied += 1
         except OSError as e:
             result.skipped.append((str(host_path), e.strerror or "cannot copy"))
+
+
+PRIVATE = "Airlock's own files (its state, other sessions, its sockets) are never granted"
+
+
+def _identity(dir_fd: int, name: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _is_symlink(dir_fd: int, name: str) -> bool:

@@ -191,3 +191,25 @@ def test_a_vsock_to_the_hypervisor_or_any_other_family_cannot_be_opened(
     # argument), before the kernel could say whether it has the family at all.
     assert {opened[f] for f in ("AF_VSOCK", "AF_PACKET", "AF_ALG", "AF_KEY")} <= {
         str(EPERM), str(ENOSYS)}, output
+
+
+LEASE = """
+import fcntl, os
+fd = os.open("/dev/shm/f", os.O_CREAT | os.O_RDONLY, 0o644)
+fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)  # ordinary fcntl still works
+fcntl.flock(fd, fcntl.LOCK_SH)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    print("lease taken")
+except OSError as e:
+    print("lease refused", e.errno)
+"""
+
+
+@pytest.mark.docker
+def test_no_lease_on_a_file_the_user_will_write(
+    engine: docker.DockerClient, agent_image: str
+) -> None:
+    status, output = run_confined(engine, agent_image, ["python3", "-c", LEASE])
+    assert status == 0, output
+    assert output.split()[:2] == ["lease", "refused"], output

@@ -100,3 +100,24 @@ def test_copied_file_is_made_unreadable_before_unlink(tmp_path: Path, tree: Path
         assert stat.S_IMODE(os.fstat(handle.fileno()).st_mode) == 0
     finally:
         handle.close()
+
+
+def test_airlocks_own_directories_are_never_mirrored(tmp_path: Path) -> None:
+    # Granting the home folder must not hand over Airlock's state inside it: every session's
+    # view (other sessions' grants from anywhere), staging, the audit log, this very view.
+    home = tmp_path / "home"
+    state = home / ".local" / "state" / "airlock"
+    (state / "sessions" / "other" / "view" / "etc").mkdir(parents=True)
+    (state / "sessions" / "other" / "view" / "etc" / "granted-elsewhere").write_text("x")
+    (state / "state.db").write_text("db")
+    (home / "notes.md").write_text("mine")
+    view = SessionView(state / "sessions" / "this" / "view", private=(state,))
+    result = view.add(home)
+    mirrored = view.mirror_path(home)
+    assert (mirrored / "notes.md").read_text() == "mine"
+    assert (mirrored / ".local" / "state").is_dir()
+    assert not (mirrored / ".local" / "state" / "airlock").exists()
+    assert (str(state), "Airlock's own files (its state, other sessions, its sockets) are "
+            "never granted") in result.skipped
+    inside = view.add(state / "state.db")
+    assert not view.mirror_path(state / "state.db").exists() and inside.skipped
