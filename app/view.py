@@ -84,8 +84,7 @@ class SessionView:
     def prepare_anchor(self, anchor: Path) -> Path:
         """Creates the (possibly empty) directory that is mounted at `anchor`."""
         mirror = self.mirror_path(anchor)
-        self._make_parents(mirror)
-        mirror.mkdir(mode=0o755, exist_ok=True)
+        self._own_directory(mirror)
         return mirror
 
     def add(self, host_path: Path, at: Path | None = None) -> Mirrored:
@@ -119,6 +118,8 @@ class SessionView:
         could then walk `..` past the mount's root."""
         with self.locked():
             target = self.mirror_path(host_path)
+            if not self._in_view(target.parent):
+                return  # behind a symlink of the view's: not a mirror of ours to remove
             keep_mirrors = {self.mirror_path(path) for path in keep}
             if target.is_dir() and not target.is_symlink():
                 _empty_tree(target)
@@ -135,7 +136,30 @@ class SessionView:
             _remove_dir(self.root)
 
     def _make_parents(self, target: Path) -> None:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._own_directory(target.parent)
+
+    def _own_directory(self, directory: Path) -> None:
+        """Makes `directory` and those above it, up to the root, real directories of the
+        view. The view holds symlinks copied from granted trees; an absolute one names a
+        host path, so following one here would create, chmod or link in the user's own
+        directory. One in the way (the host has a directory there now) is replaced."""
+        current = self.root
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for part in directory.relative_to(self.root).parts:
+            current = current / part
+            _real_directory(current, 0o755)
+
+    def _in_view(self, directory: Path) -> bool:
+        """Whether `directory` is reached from the root through real directories only."""
+        current = self.root
+        for part in directory.relative_to(self.root).parts:
+            current = current / part
+            try:
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return False
+            except FileNotFoundError:
+                return False
+        return True
 
     def _prune_parents(self, directory: Path, keep: set[Path]) -> None:
         while directory != self.root and directory not in keep and self.root in directory.parents:
@@ -161,7 +185,10 @@ class SessionView:
             relative = Path(dirpath).relative_to(host_root)
             mirror_dir = target_root / relative
             dir_stat = os.fstat(dir_fd)
-            mirror_dir.mkdir(mode=0o700, exist_ok=True)
+            if relative == Path("."):
+                self._own_directory(mirror_dir)
+            else:
+                _real_directory(mirror_dir, 0o700)  # those above it were made so already
             os.chmod(mirror_dir, (stat.S_IMODE(dir_stat.st_mode) & 0o777) | 0o700)
             result.directories += 1
             for name in filenames + [d for d in dirnames if _is_symlink(dir_fd, d)]:
@@ -211,6 +238,19 @@ class SessionView:
 
 
 PRIVATE = "Airlock's own files (its state, other sessions, its sockets) are never granted"
+
+
+def _real_directory(path: Path, mode: int) -> None:
+    """`path` as a real directory: made if missing; a symlink or file in its place (the
+    view's own entry) replaced, never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, mode)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        os.mkdir(path, mode)
 
 
 def _identity(dir_fd: int, name: str) -> tuple[int, int] | None:

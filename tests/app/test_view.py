@@ -121,3 +121,27 @@ def test_airlocks_own_directories_are_never_mirrored(tmp_path: Path) -> None:
             "never granted") in result.skipped
     inside = view.add(state / "state.db")
     assert not view.mirror_path(state / "state.db").exists() and inside.skipped
+
+
+def test_a_symlink_the_view_copied_is_replaced_never_followed(tmp_path: Path) -> None:
+    # proj/d was a link to a folder of the user's that is not granted; then the user made d
+    # a real folder, and it is granted mid-run. Mirroring it must not go through the old link.
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o750)
+    (victim / "keep.txt").write_text("kept")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "d").symlink_to(victim)
+    view = SessionView(tmp_path / "view")
+    view.add(proj)
+    assert view.mirror_path(proj / "d").is_symlink()
+    (proj / "d").unlink()
+    (proj / "d").mkdir(mode=0o777)
+    (proj / "d" / "planted.txt").write_text("planted")
+    view.add(proj / "d")
+    view.add(proj / "d" / "planted.txt", at=proj / "d" / "again.txt")
+    assert sorted(os.listdir(victim)) == ["keep.txt"]
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o750
+    assert (view.mirror_path(proj / "d") / "planted.txt").read_text() == "planted"
+    view.remove(proj / "d")
+    assert sorted(os.listdir(victim)) == ["keep.txt"]
