@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">cI")
 MAX_REQUEST = 256 * 1024
+REQUEST_SECONDS = 10.0  # from connecting to the request's end of line
+MAX_WAITING = 32  # connections whose request has not come yet; more are turned away
 
 Notice = Callable[[Event], str | None]
 CANNOT_ASK = 75  # the client then supervises the session itself, with its terminal prompt
@@ -52,6 +54,7 @@ class HandoffServer:
         self._notice = notice
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting = 0  # connections still to send their request
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -94,11 +97,24 @@ class HandoffServer:
         if uid != os.getuid():
             await _frame(writer, b"R", _json({"error": "not your supervisor", "exit": 2}))
             return
+        # Idle connections would hold a descriptor each for good, until the supervisor ran
+        # out of them and could serve no one, its running sessions included.
+        if self._waiting >= MAX_WAITING:
+            await _frame(writer, b"R", _json({"error": "too many requests at once", "exit": 2}))
+            return
+        self._waiting += 1
         try:
-            line = await reader.readuntil(b"\n")
+            async with asyncio.timeout(REQUEST_SECONDS):
+                line = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
             await _frame(writer, b"R", _json({"error": "request too large", "exit": 2}))
             return
+        except TimeoutError:
+            await _frame(writer, b"R", _json({
+                "error": f"no request within {REQUEST_SECONDS:.0f} s", "exit": 2}))
+            return
+        finally:
+            self._waiting -= 1
         try:
             request = self._request(json.loads(line))
         except (AirlockError, ValueError, KeyError, TypeError) as e:
@@ -107,8 +123,10 @@ class HandoffServer:
             return
         await self._run(request, reader, writer)
 
-    def _request(self, data: dict[str, Any]) -> LaunchRequest:
+    def _request(self, data: object) -> LaunchRequest:
         """Validates the client's request exactly as `airlock run` validates its arguments."""
+        if not isinstance(data, dict):
+            raise ValueError("a request is a JSON object")
         if data.get("op") != "run":
             raise ValueError(f"unknown operation {data.get('op')!r}")
         if data.get("ask") == "tty" and not self.interactive:
@@ -122,7 +140,10 @@ class HandoffServer:
         catalog = self.supervisor.catalog
         profile_path = catalog.find(reference)
         profile = catalog.load(reference)
-        grants = tuple(parse_grant_argument(str(g), cwd) for g in data.get("grants", []))
+        named = data.get("grants", [])
+        if not (isinstance(named, list) and all(isinstance(g, str) for g in named)):
+            raise ValueError("grants must be a list of strings")
+        grants = tuple(parse_grant_argument(g, cwd) for g in named)
         command = data.get("command")
         if command is not None and not (isinstance(command, list) and
                                         all(isinstance(c, str) for c in command)):

@@ -6,6 +6,7 @@ error names the file, the key and the reason.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Iterator
@@ -72,8 +73,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
     else:
         raise ValueError("expected a duration like 90s, 30m or 2h")
-    if seconds <= 0:
-        raise ValueError("must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:  # TOML and JSON can say nan and inf
+        raise ValueError("must be a positive, finite duration")
     return seconds
 
 

@@ -131,3 +131,9 @@ def test_bad_sizes(text: object) -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("2h", 7200), (5, 5)])
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0s", -1])
+def test_a_duration_must_be_positive_and_finite(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)

@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +165,49 @@ def test_a_running_supervisor_starts_the_next_sidecar_ahead(
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
     assert containers(engine, owner) == []
+
+
+IDLE_CLIENTS = r"""
+import json, socket, struct, sys, time
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    s.settimeout(30)
+    return s
+
+def refusal(s):
+    data = b""
+    while len(data) < 5 or len(data) < 5 + struct.unpack(">cI", data[:5])[1]:
+        chunk = s.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data[5:])["error"]
+
+bad = connect()
+bad.sendall(b"[1, 2]\n")
+print(json.dumps(refusal(bad)))
+idle = [connect() for _ in range(40)]
+time.sleep(1)
+started = time.monotonic()
+print(json.dumps(sorted(set(refusal(s) for s in idle))), round(time.monotonic() - started))
+"""
+
+
+def test_idle_or_malformed_hand_offs_are_turned_away_and_the_daemon_keeps_serving(
+    tester: DesktopUser, agent_image: str, daemon: Path
+) -> None:
+    # Connections that never send their request would each hold a descriptor for good,
+    # until the daemon could serve no one, its running sessions included.
+    probe = subprocess.run([*tester.prefix, sys.executable, "-c", IDLE_CLIENTS, str(daemon)],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    first, second = probe.stdout.splitlines()
+    assert json.loads(first) == "a request is a JSON object"
+    answers, waited = second.rsplit(" ", 1)
+    assert json.loads(answers) == ["no request within 10 s", "too many requests at once"]
+    assert int(waited) <= 12
+    path = tester.write("agent.toml", profile_text(agent_image, ["echo", "still serving"]))
+    result = tester.run("run", "--profile", str(path))
+    assert (result.returncode, result.stdout) == (0, "still serving\n"), result.stderr
