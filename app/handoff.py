@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import AirlockError
-from app.events import Event, EventKind
+from app.events import Event
 from app.grants import parse_grant_argument
 from app.profiles import parse_duration
 from app.sessions import LaunchRequest, Supervisor
@@ -159,9 +159,7 @@ class HandoffServer:
         session_ids: set[str] = set()
 
         def forward(event: Event) -> None:
-            if event.kind is EventKind.SESSION_STARTED:
-                session_ids.add(event.session or "")
-            if event.session in session_ids or (event.kind is EventKind.GRANT_SKIPPED):
+            if event.session in session_ids:  # this client's session: not another one's
                 text = self._notice(event)
                 if text:
                     writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
@@ -176,7 +174,7 @@ class HandoffServer:
                 await writer.drain()
 
         self.supervisor.bus.attach(forward)
-        run = loop.create_task(self.supervisor.run(request, Output()))
+        run = loop.create_task(self.supervisor.run(request, Output(), named=session_ids.add))
         gone = loop.create_task(reader.read())  # EOF: the client left (Ctrl-C)
         try:
             done, _ = await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -288,8 +288,10 @@ class Supervisor:
 
     # the life of a session
 
-    async def run(self, request: LaunchRequest, output: Output) -> SessionResult:
-        """Runs one session to its end. Cancelling the task stops and removes the container."""
+    async def run(self, request: LaunchRequest, output: Output,
+                  named: Callable[[str], None] | None = None) -> SessionResult:
+        """Runs one session to its end. Cancelling the task stops and removes the container.
+        `named` hears the session's id before its first event."""
         if self._recorder is not None and (why := self._recorder.check()):
             raise SessionError(f"the audit log cannot be written ({why}): no session runs "
                                "unrecorded; free space there and start it again")
@@ -301,6 +303,8 @@ class Supervisor:
         self.report_swept(swept)  # events are published on the loop's thread only
         seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
         session_id = new_session_id()
+        if named is not None:
+            named(session_id)
         view = SessionView(self.dirs.sessions / session_id / "view",
                            private=(self.dirs.state, self.dirs.runtime))
         running = _Running(session_id, view, image=image)

@@ -54,6 +54,17 @@ def test_run_is_handed_to_the_daemon(tester: DesktopUser, agent_image: str, daem
     assert "daemon" in Path(f"/proc/{supervisor_pid}/cmdline").read_text()
 
 
+def test_a_client_hears_its_own_sessions_notices(
+    tester: DesktopUser, agent_image: str, daemon: Path
+) -> None:
+    # A grant is skipped before the session has started: the notice is still this client's.
+    path = tester.write("agent.toml", profile_text(agent_image, ["true"]) +
+                        '\n[[grants]]\npath = "/nonexistent-notes"\n')
+    result = tester.run("run", "--profile", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "not granted: /nonexistent-notes" in result.stderr
+
+
 def test_refusals_come_back_as_one_line(tester: DesktopUser, daemon: Path) -> None:
     result = tester.run("run", "--profile", "no-such-profile")
     assert result.returncode == 2
