@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -174,17 +175,18 @@ def _current_task_cancelling() -> bool:
     return bool(task and task.cancelling())
 
 
+# Characters that make untrusted text act on a screen instead of showing: C0 (escapes, a
+# carriage return), DEL, C1 (0x9b starts an escape) and the bidi overrides, which reorder
+# what is shown and could disguise a path.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escaped(char: str) -> str:
+    """An UNSAFE character as a visible escape."""
+    return f"\\u{ord(char):04x}"
+
+
 def printable(text: str) -> str:
-    """Untrusted text made safe to show: control characters (terminal escapes, bidi
-    overrides that could disguise a path) become visible escapes."""
-    out = []
-    for char in text:
-        code = ord(char)
-        if char == "\n":
-            out.append(" ")
-        elif (code < 32 or 127 <= code <= 159  # C0, DEL and C1 (0x9b starts an escape)
-              or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069):
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    """Untrusted text made safe to show on one line: UNSAFE characters become visible
+    escapes, a newline a space."""
+    return UNSAFE.sub(lambda m: " " if m.group() == "\n" else escaped(m.group()), text)

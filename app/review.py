@@ -7,13 +7,13 @@ any process.
 from __future__ import annotations
 
 import difflib
-import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from app.commit import CommitLog, CommitRecord, CommitResult
+from app.consent import UNSAFE, escaped
 from app.errors import SessionError
 from app.events import EventBus, EventKind
 from app.paths import Dirs
@@ -91,7 +91,7 @@ class Review:
         directory of mode 0), which the user cannot remove."""
         staging.remove_all()
         staging.root.mkdir(mode=0o700, exist_ok=True)
-        staging.seal()
+        (staging.root / staging.SEALED).touch()  # nothing left in it to sync
 
     def discard(self, session: str, paths: Sequence[Path] = ()) -> list[Change]:
         staging = self.staging(session)
@@ -177,16 +177,15 @@ def _lines(text: str) -> list[str]:
     return [line + "\n" for line in whole] + ([last] if last else [])
 
 
-# What the agent wrote is shown, not obeyed: a terminal escape in a staged file could move the
-# cursor over the line it is on, or clear it, and a bidi override reorders what is shown; a
-# carriage return overwrites the start of the line. Tabs and the line's own end stay.
-_HIDING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def _visible(line: str) -> str:
+    """What the agent wrote, shown, not obeyed: a terminal escape in a staged file could move
+    the cursor over the line it is on, or clear it, and a bidi override reorders what is
+    shown; a carriage return overwrites the start of the line. Tabs and the line's own end
+    stay."""
     end = next((e for e in ("\r\n", "\n") if line.endswith(e)), "")
     body = line[:len(line) - len(end)]
-    return _HIDING.sub(lambda m: f"\\u{ord(m.group()):04x}", body) + end
+    return UNSAFE.sub(lambda m: m.group() if m.group() == "\t" else escaped(m.group()),
+                      body) + end
 
 
 def _text(path: Path | None) -> str | None:

@@ -295,6 +295,7 @@ class Supervisor:
         if self._recorder is not None and (why := self._recorder.check()):
             raise SessionError(f"the audit log cannot be written ({why}): no session runs "
                                "unrecorded; free space there and start it again")
+        self.dirs.sessions.mkdir(parents=True, exist_ok=True)
         if (short := await asyncio.to_thread(self._disk_short)) is not None:
             raise SessionError(f"{short}; free space there and start it again")
         swept, image = await asyncio.gather(
@@ -503,7 +504,7 @@ class Supervisor:
                 await extension.started(context, container.id or "")
         await asyncio.to_thread(container.reload)
         limits = loop.create_task(self._watch_limits(running, container))
-        running.tasks.add(loop.create_task(self._watch_disk(running)))
+        running.tasks.add(loop.create_task(self._watch_disk(running, container)))
         running.tasks.add(limits)
         waiter = loop.create_task(asyncio.to_thread(container.wait))
         running.tasks.add(waiter)
@@ -632,7 +633,6 @@ class Supervisor:
 
     def _disk_short(self) -> str | None:
         """Why the disk the sessions stage their writes on is too full for one, if it is."""
-        self.dirs.sessions.mkdir(parents=True, exist_ok=True)
         st = os.statvfs(self.dirs.sessions)
         left = st.f_bavail * st.f_frsize
         if left >= self.disk_reserve:
@@ -641,14 +641,14 @@ class Supervisor:
                 f"where sessions stage their writes (at least {self.disk_reserve // 1024**2} "
                 "MiB must stay free)")
 
-    async def _watch_disk(self, running: _Running) -> None:
+    async def _watch_disk(self, running: _Running, container: Container) -> None:
         """Stops the session before what it stages fills the disk: an overlay's upper layer
         and the saves area have no quota of their own."""
         while not running.stop_reason:
             short = await asyncio.to_thread(self._disk_short)
             if short is not None:
                 running.stop_reason = f"stopped: {short}"
-                await asyncio.to_thread(self._kill_agent, running.id)
+                await asyncio.to_thread(self._kill_container, container)
                 return
             await asyncio.sleep(DISK_POLL_SECONDS)
 

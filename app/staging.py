@@ -29,6 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from app.consent import UNSAFE
 from app.view import special_kind
 
 log = logging.getLogger(__name__)
@@ -159,12 +160,7 @@ def open_directory_of(path: Path | str) -> tuple[int, str]:
     own) the agent cannot replace."""
     directory, name = os.path.split(os.fspath(path))
     above, last = os.path.split(directory)
-    above_fd = os.open(above or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return os.open(last, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                       dir_fd=above_fd), name
-    finally:
-        os.close(above_fd)
+    return open_beneath(Path(above or "/"), [last]), name
 
 
 def open_beneath(root: Path, parts: Sequence[str]) -> int:
@@ -189,31 +185,28 @@ def open_regular(path: Path | str) -> int:
     it was looked at is refused instead of blocking the reader for good."""
     dir_fd, name = open_directory_of(path)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
+        return _open_regular_at(name, dir_fd)
     finally:
         os.close(dir_fd)
-    return _regular(fd, os.fspath(path))
 
 
 def sha256_file(path: Path) -> str:
-    return _sha256_of(open_regular(path))
+    """The hash of a host file: reached by its path (the agent writes no host directory),
+    but not through a symlink in its place and never stuck on a FIFO."""
+    return _sha256_of(_open_regular_at(os.fspath(path)))
 
 
 def _sha256_at(dir_fd: int, name: str) -> str:
     """The hash of the regular file `name` in the directory open as `dir_fd`."""
-    return _sha256_of(_regular(os.open(
-        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd), name))
+    return _sha256_of(_open_regular_at(name, dir_fd))
 
 
-def _host_sha256(path: Path) -> str:
-    """The hash of a host file: reached by its path (the agent writes no host directory),
-    but not through a symlink in its place and never stuck on a FIFO."""
-    return _sha256_of(_regular(os.open(
-        path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), str(path)))
-
-
-def _regular(fd: int, name: str) -> int:
+def _open_regular_at(name: str, dir_fd: int | None = None) -> int:
+    """Opens `name` for reading if it is a regular file: not through a symlink in its
+    place, and a FIFO or device swapped in after it was looked at is refused at once
+    instead of blocking the reader for good."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file any more", name)
@@ -231,9 +224,7 @@ def _sha256_of(fd: int) -> str:
 def bad_name(name: str) -> str | None:
     if name in (".", "..") or "/" in name:
         return f"the name {name!r} is not a plain file name"
-    if any(ord(c) < 32 or 127 <= ord(c) <= 159  # C0, DEL and C1 (0x9b starts an escape)
-           or 0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069  # bidi overrides
-           for c in name):
+    if UNSAFE.search(name):
         return f"the name {name!r} contains control characters"
     return None
 
@@ -634,7 +625,7 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
         st = os.lstat(host)
         relative = str(host.relative_to(staged.host_root))
         problems = _conflict(host, base.get(relative), st)
-        digest = _host_sha256(host) if stat.S_ISREG(st.st_mode) else None
+        digest = sha256_file(host) if stat.S_ISREG(st.st_mode) else None
         add(Change(host, ChangeKind.DELETED, _entry_type(st.st_mode), staged.id, None,
                    old_hash=digest, old_size=st.st_size, old_mode=st.st_mode, problems=problems))
 
@@ -658,7 +649,7 @@ def _conflict(host: Path, base: BaseEntry | None, st: os.stat_result | None,
     what = "created on the host since the grant" if base is None else \
         "changed on the host since it was granted"
     if stat.S_ISREG(st.st_mode):
-        what += f" (host sha256 {_host_sha256(host)[:16]}"
+        what += f" (host sha256 {sha256_file(host)[:16]}"
         what += f", staged sha256 {staged_hash[:16]})" if staged_hash else ")"
     return (f"conflict: {what}",)
 
@@ -724,7 +715,7 @@ def _compare(staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None,
                       new_size=st.st_size, new_mode=st.st_mode, link_target=link_target,
                       problems=tuple(problems))
     host_type = _entry_type(host_st.st_mode)
-    old_hash = _host_sha256(host) if host_type is EntryType.FILE else None
+    old_hash = sha256_file(host) if host_type is EntryType.FILE else None
     same_content = (host_type == kind_of and (
         (kind_of is EntryType.FILE and old_hash == new_hash) or
         (kind_of is EntryType.SYMLINK and os.readlink(host) == link_target)))

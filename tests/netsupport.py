@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import keyring
 import pytest
@@ -198,14 +198,17 @@ class RecordingListener:
         self.udp.close()
 
 
-class EchoServer:
-    """A raw TCP server that echoes what it gets and keeps all of it."""
+class RawServer:
+    """A raw TCP server on 127.0.0.1:0 that hands each connection, one at a time, to
+    `handle`, for what no HTTP server library would answer."""
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.received = bytearray()
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while True:
@@ -214,16 +217,27 @@ class EchoServer:
             except OSError:
                 return
             with conn:
-                while data := conn.recv(1024 * 1024):
-                    self.received += data
-                    conn.sendall(data)
+                self.handle(conn)
 
-    def __enter__(self) -> EchoServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.close()
+
+
+class EchoServer(RawServer):
+    """Echoes what it gets and keeps all of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received = bytearray()
+
+    def handle(self, conn: socket.socket) -> None:
+        while data := conn.recv(1024 * 1024):
+            self.received += data
+            conn.sendall(data)
 
 
 class StaticResolver:

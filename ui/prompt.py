@@ -19,17 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
+from app.consent import UNSAFE, Answer, ConsentRequest, RequestKind, Verdict, denied, escaped
 from app.grants import Lifetime, Mode
 
 MAX_LINE = 4096
 ATTEMPTS = 3
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def safe(text: Any) -> str:
     """Anything from the agent, made inert for a terminal (no escape sequences, no bidi)."""
-    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(text))
+    return UNSAFE.sub(lambda m: escaped(m.group()), str(text))
 
 
 class TerminalLine:
@@ -50,12 +47,8 @@ class TerminalLine:
             data = data[written:]
 
     def discard_typed_ahead(self) -> None:
-        """Throws away what was typed before the question was on screen: a key pressed for
-        a question that expired or was withdrawn must not answer the next one, which the
-        agent can ask at the moment of its choosing."""
         self._buffer = b""
-        with contextlib.suppress(termios.error):
-            termios.tcflush(self.fd, termios.TCIFLUSH)
+        discard_typed_ahead(self.fd)
 
     async def read_line(self) -> str:
         loop = asyncio.get_running_loop()
@@ -82,6 +75,14 @@ class TerminalLine:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def discard_typed_ahead(fd: int) -> None:
+    """Throws away what was typed on terminal `fd` before a question was on screen: a key
+    pressed for a question that expired or was withdrawn must not answer the next one,
+    which the agent can ask at the moment of its choosing."""
+    with contextlib.suppress(termios.error):
+        termios.tcflush(fd, termios.TCIFLUSH)
 
 
 class OutputGate:

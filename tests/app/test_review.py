@@ -21,12 +21,20 @@ def review(tmp_path: Path) -> Review:
     return Review(Dirs(tmp_path / "config", tmp_path / "state", tmp_path / "run"), EventBus())
 
 
-def staged_session(review: Review, tmp_path: Path) -> tuple[SessionStaging, Path, Path]:
+def granted_tree(review: Review, tmp_path: Path) -> tuple[SessionStaging, Path, Path]:
+    """`tmp_path/project` (made if missing) granted read-write: its staging, host root and
+    upper layer, where a test writes what the agent would."""
     host = tmp_path / "project"
-    host.mkdir()
-    (host / "notes.txt").write_text("the user's notes\n")
+    host.mkdir(exist_ok=True)
     staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
     _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    return staging, host, upper
+
+
+def staged_session(review: Review, tmp_path: Path) -> tuple[SessionStaging, Path, Path]:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("the user's notes\n")
+    staging, host, upper = granted_tree(review, tmp_path)
     (upper / "notes.txt").write_text("the agent's notes\n")
     (upper / "new.txt").write_text("a new file\n")
     return staging, host, upper
@@ -81,10 +89,7 @@ def test_a_fifo_swapped_in_for_a_staged_file_is_refused_not_waited_on(tmp_path: 
 def test_a_staged_file_over_the_quota_is_refused_without_being_read(
     review: Review, tmp_path: Path
 ) -> None:
-    host = tmp_path / "project"
-    host.mkdir()
-    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
-    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    _, host, upper = granted_tree(review, tmp_path)
     with open(upper / "huge.bin", "wb") as f:
         f.truncate(8 * 1024**4)  # 8 TiB of holes: hashing them would take hours
     [change] = review.changes(SESSION).changes
@@ -101,8 +106,7 @@ def test_a_symlink_that_leaves_the_root_through_other_symlinks_is_refused(
     (host / "a" / "b").mkdir(parents=True)
     (host / "c.txt").write_text("c\n")
     (host / "etc").symlink_to("/etc")  # the user's own link out of the tree
-    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
-    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    _, _, upper = granted_tree(review, tmp_path)
     (upper / "a" / "b").mkdir(parents=True)
     links = {
         "a/b/up": "../..",  # the root itself: fine
@@ -127,12 +131,10 @@ def test_a_symlink_that_leaves_the_root_through_other_symlinks_is_refused(
 def test_discarding_never_follows_a_directory_swapped_for_a_symlink(
     review: Review, tmp_path: Path
 ) -> None:
-    host, victim = tmp_path / "project", tmp_path / "victim"
-    host.mkdir()
+    victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "x").write_text("the user's own\n")
-    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
-    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    staging, host, upper = granted_tree(review, tmp_path)
     (upper / "sub").mkdir()
     (upper / "sub" / "x").write_text("staged\n")
     listed = review.changes(SESSION).changes
@@ -149,10 +151,7 @@ def test_discarding_never_follows_a_directory_swapped_for_a_symlink(
 def test_a_tree_deeper_than_a_path_can_name_is_listed_and_discarded(
     review: Review, tmp_path: Path
 ) -> None:
-    host = tmp_path / "project"
-    host.mkdir()
-    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
-    _, upper, _ = staging.add_tree(host, "g1", 1024**2, None)
+    _, _, upper = granted_tree(review, tmp_path)
     fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
     for _ in range(30):  # 30 × 201 bytes: past PATH_MAX (4 096)
         os.mkdir("d" * 200, dir_fd=fd)

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import sys
-import termios
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,7 +67,6 @@ def print_notice(event: Event) -> None:
 async def run_session(supervisor: Supervisor, request: LaunchRequest,
                       output: TerminalOutput) -> int:
     import asyncio
-    import contextlib
     import signal
 
     loop = asyncio.get_running_loop()
@@ -162,6 +160,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     from app.errors import SessionError
     from app.review import Review, diff
     from ui.commands.changes import describe, report
+    from ui.prompt import discard_typed_ahead
 
     review = Review(ctx.dirs, bus)
     try:
@@ -179,10 +178,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
     while interactive:
-        # Not a key typed before the question: one meant for an earlier one the agent
-        # withdrew must not commit.
-        with contextlib.suppress(termios.error):
-            termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+        discard_typed_ahead(sys.stdin.fileno())  # a key meant for an earlier question
         print("Commit them to your files? [y]es, [N]o, [d]iff: ", end="", file=sys.stderr,
               flush=True)
         answer = sys.stdin.readline().strip().lower()

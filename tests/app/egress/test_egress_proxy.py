@@ -8,7 +8,6 @@ import gzip
 import json
 import socket
 import ssl
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.netsupport import (
     DictSecrets,
     FixedGranted,
     ProxyHarness,
+    RawServer,
     RecordingServer,
     ScriptedFrontEnd,
     StaticResolver,
@@ -370,41 +370,30 @@ def test_block_all_network_refuses_even_allowed_hosts(tmp_path: Path,
     assert [r["path"] for r in upstream.seen.requests] == ["/before"]
 
 
-class HostileUpstream:
+class HostileUpstream(RawServer):
     """An upstream that hands the credential back in every way a scrubber of the body's
     plain text would miss: in the status line, compressed, in bytes that are not HTTP."""
 
     def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
+        super().__init__()
         self.requests: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                head = b""
-                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
-                    head += chunk
-                self.requests.append(head)
-                path = head.split(b" ")[1]
-                auth = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                             if line.lower().startswith(b"authorization:")), b"")
-                if path.endswith(b"/reason"):
-                    conn.sendall(b"HTTP/1.1 401 Bad key " + auth + b"\r\nContent-Length: 0\r\n\r\n")
-                elif path.endswith(b"/gzip"):
-                    body = gzip.compress(b"you sent: " + auth)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
-                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-                else:
-                    conn.sendall(b"HTTP/1.1 2x0 " + auth + b"\r\n\r\n")  # not HTTP
-
-    def close(self) -> None:
-        self.server.close()
+    def handle(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+            head += chunk
+        self.requests.append(head)
+        path = head.split(b" ")[1]
+        auth = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"authorization:")), b"")
+        if path.endswith(b"/reason"):
+            conn.sendall(b"HTTP/1.1 401 Bad key " + auth + b"\r\nContent-Length: 0\r\n\r\n")
+        elif path.endswith(b"/gzip"):
+            body = gzip.compress(b"you sent: " + auth)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+        else:
+            conn.sendall(b"HTTP/1.1 2x0 " + auth + b"\r\n\r\n")  # not HTTP
 
 
 @pytest.mark.parametrize("case", ["reason", "gzip", "garbage", "trailing space"])
@@ -413,8 +402,7 @@ def test_a_route_credential_never_comes_back_to_the_agent_or_into_the_log(
 ) -> None:
     key = "sk-live-" + "K9" * 16
     stored = key + " " if case == "trailing space" else key  # h11 would quote it refusing it
-    upstream = HostileUpstream()
-    try:
+    with HostileUpstream() as upstream:
         prof = parse_profile(
             'name = "t"\nimage = "i"\n[network]\nallow_private = true\n[[network.routes]]\n'
             f'name = "r"\nupstream = "http://127.0.0.1:{upstream.port}"\nsecret = "k"\n',
@@ -426,8 +414,6 @@ def test_a_route_credential_never_comes_back_to_the_agent_or_into_the_log(
             got = curl("-i", "--compressed", f"http://127.0.0.1:{proxy.port}/routes/r/{path}")
             proxy.wait_events(1)
         audit.close()
-    finally:
-        upstream.close()
     assert key not in got.stdout and key not in got.stderr, got.stdout
     logged = b"".join(p.read_bytes() for p in (tmp_path / "audit").glob("*.jsonl"))
     assert b'"route":"r"' in logged and key.encode() not in logged
