@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 
 from app.events import EventBus, EventKind
 from app.grants import Lifetime, Mode
+from app.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +174,3 @@ def _current_task_cancelling() -> bool:
     task = asyncio.current_task()
     return bool(task and task.cancelling())
 
-
-# Characters that make untrusted text act on a screen instead of showing: C0 (escapes, a
-# carriage return), DEL, C1 (0x9b starts an escape) and the bidi overrides, which reorder
-# what is shown and could disguise a path.
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def escaped(char: str) -> str:
-    """An UNSAFE character as a visible escape."""
-    return f"\\u{ord(char):04x}"
-
-
-def printable(text: str) -> str:
-    """Untrusted text made safe to show on one line: UNSAFE characters become visible
-    escapes, a newline a space."""
-    return UNSAFE.sub(lambda m: " " if m.group() == "\n" else escaped(m.group()), text)

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.commit import CommitLog, CommitRecord, CommitResult
-from app.consent import UNSAFE, escaped
 from app.errors import SessionError
 from app.events import EventBus, EventKind
 from app.paths import Dirs
@@ -26,6 +25,7 @@ from app.staging import (
     SessionStaging,
     open_regular,
 )
+from app.text import UNSAFE, escaped
 
 MAX_DIFF_BYTES = 1024 * 1024
 

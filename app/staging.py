@@ -23,13 +23,13 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from app.consent import UNSAFE
+from app.text import UNSAFE
 from app.view import special_kind
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,14 @@ class Changeset:
     changes: tuple[Change, ...]
     truncated: bool = False  # more than MAX_CHANGES: the rest was not even listed
 
+    @property
+    def digest(self) -> str:
+        """The changeset id: a short digest of every change's path and fingerprint (kind,
+        type, content hash, mode, link target, rename). Shown with every listing and
+        question, so the person can compare what the terminal says with the desktop app,
+        and given back to `airlock commit --reviewed` to commit exactly what was listed."""
+        return changeset_digest((c.path, c.fingerprint) for c in self.changes)
+
     def select(self, paths: Sequence[Path] | None) -> list[Change]:
         if not paths:
             return list(self.changes)
@@ -144,6 +152,18 @@ class Changeset:
         return [c for c in self.changes
                 if any(c.path == w or w in c.path.parents or
                        (c.renamed_from is not None and c.renamed_from == w) for w in wanted)]
+
+
+DIGEST_CHARS = 12  # of hex: enough to tell two listings apart at a glance
+
+
+def changeset_digest(items: Iterable[tuple[Path, str]]) -> str:
+    """A digest of (path, fingerprint) pairs, independent of their order."""
+    digest = hashlib.sha256()
+    for path, fingerprint in sorted((str(p), f) for p, f in items):
+        digest.update(json.dumps([path, fingerprint]).encode("utf-8", "surrogateescape"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def _octal(mode: int | None) -> str | None:

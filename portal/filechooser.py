@@ -27,11 +27,11 @@ from app.consent import (
     ConsentRequest,
     RequestKind,
     new_request_id,
-    printable,
 )
 from app.delivery import FileDelivery
 from app.errors import AirlockError, GrantError
 from app.grants import Mode
+from app.text import printable
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusDict, DBusObjectPath, DBusSignature, DBusStr, DBusUInt32

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.consent import UNSAFE, Answer, ConsentRequest, RequestKind, Verdict, denied, escaped
+from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
 from app.grants import Lifetime, Mode
+from app.text import UNSAFE, escaped
 
 MAX_LINE = 4096
 ATTEMPTS = 3

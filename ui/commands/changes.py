@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from app.commit import CommitResult
-from app.consent import printable
 from app.review import Review, diff
 from app.staging import Change, ChangeKind
+from app.text import printable
 from ui.commands.base import Context, add_command
 from ui.commands.output import print_json, print_table, when
 from ui.wiring import open_core

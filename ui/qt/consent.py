@@ -36,8 +36,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied, printable
+from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
 from app.grants import Lifetime, Mode
+from app.text import printable
 from ui.qt import settings as options
 from ui.qt.icons import icon
 from ui.qt.settings import Settings

@@ -20,10 +20,10 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QBrush, QColor
 
 from app.audit import AuditRecord
-from app.consent import printable
 from app.events import Event, EventKind
 from app.grants import Grant
 from app.store import SessionRecord
+from app.text import printable
 
 Index = QModelIndex | QPersistentModelIndex
 DISPLAY = Qt.ItemDataRole.DisplayRole

@@ -16,7 +16,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 from PySide6.QtCore import QObject, Signal
 
-from app.consent import ConsentRequest, RequestKind, printable
+from app.consent import ConsentRequest, RequestKind
+from app.text import printable
 
 log = logging.getLogger(__name__)
 

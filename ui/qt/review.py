@@ -34,11 +34,11 @@ from PySide6.QtWidgets import (
 )
 
 from app.commit import CommitRecord, CommitResult
-from app.consent import printable
 from app.errors import AirlockError
 from app.events import Event, EventBus
 from app.review import Review, diff
 from app.staging import Change, ChangeKind, Changeset
+from app.text import printable
 from ui.qt.icons import icon
 from ui.qt.models import human_bytes
 
