@@ -84,7 +84,7 @@ class Rig:
         self.broker = ConsentBroker(self.bus, self.front_end)
         self.supervisor = Supervisor(
             engine, self.store, self.bus, self.dirs, ProfileCatalog(self.dirs.user_profiles),
-            extensions=[portal_extension(self.broker, lambda: self.supervisor)],
+            extensions=[portal_extension(self.broker)],
         )
 
     def request(self, image: str, command: list[str], timeout: float = 90) -> LaunchRequest:
@@ -316,7 +316,7 @@ def test_a_profile_rule_answers_a_save_into_its_folder_with_no_one_at_the_screen
     rig = rig_for(deny)  # the person would say no: the rule must answer first
     rig.broker = ConsentBroker(rig.bus, rig.front_end, rules=rig.supervisor.rule_answer)
     rig.supervisor._extension_factories = (  # the same portal, with the rule-aware broker
-        portal_extension(rig.broker, lambda: rig.supervisor),)
+        portal_extension(rig.broker),)
     profile = parse_profile(
         profile_text(agent_image, sh(
             f'ask SaveFile r1 "Save" ", \'current_folder\': <b\'{outbox}\'>, '
