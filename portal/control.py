@@ -52,7 +52,7 @@ class ControlTarget(Protocol):
 
     async def control_stop(self, session: str) -> None: ...
 
-    def control_revoke(self, session: str) -> int: ...
+    async def control_revoke(self, session: str) -> int: ...
 
     def control_pending(self) -> int: ...
 
@@ -125,9 +125,9 @@ class ControlInterface(ServiceInterface):
             await self._target.control_stop(check_session(session))
 
     @dbus_method()
-    def Revoke(self, session: DBusStr) -> DBusUInt32:
+    async def Revoke(self, session: DBusStr) -> DBusUInt32:
         with _refusals("revoke"):
-            return self._target.control_revoke(check_session(session))
+            return await self._target.control_revoke(check_session(session))
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -7,7 +7,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path, PurePosixPath
 
 from app.container import Identity
@@ -21,10 +21,11 @@ from app.store import StateStore
 
 class SessionFiles:
     """Implements FileDelivery for the sessions of a registry. `expire` revokes a grant whose
-    time is up; it is called on the loop."""
+    time is up."""
 
     def __init__(self, registry: SessionRegistry, store: StateStore, bus: EventBus,
-                 identity: Identity, expire: Callable[[str], None]) -> None:
+                 identity: Identity,
+                 expire: Callable[[str], Coroutine[object, object, None]]) -> None:
         self._registry = registry
         self._store = store
         self._bus = bus
@@ -65,7 +66,8 @@ class SessionFiles:
                 Path(DOCUMENTS) / secrets.token_hex(4) / request.path.name
             )
             mirrored = await asyncio.to_thread(running.view.add, request.path, at)
-            self._store.add_grants([grant], session=session, location=str(at) if at else None)
+            await asyncio.to_thread(self._store.add_grants, [grant], session=session,
+                                    location=str(at) if at else None)
             inside = PurePosixPath(at or request.path)
             self._bus.emit(
                 EventKind.GRANT_ADDED, session, str(request.path), grant=grant.id,
@@ -108,7 +110,8 @@ class SessionFiles:
             running.staging.root / "saves" / token, copy_from_host,
             (self._identity.uid, self._identity.gid))
         inside = PurePosixPath(SAVES) / token / grant.path.name
-        self._store.add_grants([grant], session=running.id, location=str(inside))
+        await asyncio.to_thread(self._store.add_grants, [grant], session=running.id,
+                                location=str(inside))
         self._bus.emit(EventKind.GRANT_ADDED, running.id, str(grant.path), grant=grant.id,
                        mode=str(grant.mode), lifetime=str(grant.lifetime),
                        location=str(inside))
@@ -117,7 +120,12 @@ class SessionFiles:
     def schedule_expiry(self, running: RunningSession, grant: Grant) -> None:
         loop = asyncio.get_running_loop()
         delay = max(0.0, (grant.expires_at or 0) - time.time())
-        running.timers.append(loop.call_later(delay, self._expire, grant.id))
+        running.timers.append(loop.call_later(delay, self._expire_now, running, grant.id))
+
+    def _expire_now(self, running: RunningSession, grant: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(grant))
+        running.tasks.add(task)
+        task.add_done_callback(running.tasks.discard)
 
 
 def _under_any(path: Path, anchors: Sequence[Path]) -> bool:

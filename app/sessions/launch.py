@@ -51,7 +51,7 @@ class SessionSetup:
         self.owner = owner
         self._files = files
 
-    def grants(self, session_id: str, request: LaunchRequest) -> list[Grant]:
+    async def grants(self, session_id: str, request: LaunchRequest) -> list[Grant]:
         """The session's grants: those asked for, the profile's defaults that can be
         granted (the others are announced as skipped), and those stored for the profile."""
         now = time.time()
@@ -65,10 +65,17 @@ class SessionSetup:
                 self.bus.emit(EventKind.GRANT_SKIPPED, session_id, str(path), reason=str(e))
         grants = [grant_for(r, lifetime=Lifetime.SESSION, session=session_id, now=now)
                   for r in requests]
-        self.store.add_grants(grants, session=session_id)
-        stored = self.store.profile_grants(request.profile.name, now)
-        self.store.link_grants(session_id, stored)
+        stored = await asyncio.to_thread(self._record, session_id, grants,
+                                         request.profile.name, now)
         return grants + stored
+
+    def _record(self, session: str, grants: Sequence[Grant], profile: str,
+                now: float) -> list[Grant]:
+        """Stores the session's grants and links the profile's stored ones to it."""
+        self.store.add_grants(grants, session=session)
+        stored = self.store.profile_grants(profile, now)
+        self.store.link_grants(session, stored)
+        return stored
 
     async def spec(
         self,

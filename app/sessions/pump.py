@@ -1,6 +1,6 @@
-"""The output pump: the agent's streams, read in a worker thread, written to the session's
-output on the loop, and turned into `session.output` events one line at a time, at a bounded
-pace."""
+"""The output pump: the agent's streams, read in a worker thread, handed to the loop (through
+app.threads, the one way back), written to the session's output there, and turned into
+`session.output` events one line at a time, at a bounded pace."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.errors import EngineError
 from app.events import EventBus, EventKind, TokenBucket
 from app.sessions.engine import Chunk
 from app.sessions.model import DrainingOutput, Output
+from app.threads import call_on_loop
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class OutputPump:
         self._output = output
         self._line_buffers: dict[str, bytes] = {}
         self._budget = _LineBudget()
+        self._draining: set[asyncio.Task[None]] = set()
 
     def run(self, stream: Iterable[Chunk], loop: asyncio.AbstractEventLoop,
             drained: asyncio.Future[None]) -> None:
@@ -65,28 +67,40 @@ class OutputPump:
                     if not data:
                         continue
                     if not draining:
-                        loop.call_soon_threadsafe(self.write, name, data)
+                        if not call_on_loop(loop, self.write, name, data):
+                            log.debug("output stream of %s abandoned: the loop closed",
+                                      self.session)
+                            return
                         continue
-                    delivered = asyncio.run_coroutine_threadsafe(self._deliver(name, data), loop)
+                    delivered: concurrent.futures.Future[bool] = concurrent.futures.Future()
+                    if not call_on_loop(loop, self._deliver, name, data, delivered):
+                        return
                     draining = _wait_delivered(delivered, loop)
         except (EngineError, OSError, ValueError) as e:
             log.debug("output stream of %s ended: %s", self.session, e)
-        except RuntimeError as e:  # the loop closed under us: nobody to deliver to
-            log.debug("output stream of %s abandoned: %s", self.session, e)
         finally:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_done, drained)
+            call_on_loop(loop, _set_done, drained)
 
-    async def _deliver(self, name: str, data: bytes) -> bool:
-        """Writes a piece of output and waits until the output has room again; False once
-        the output is gone (its reader left): the rest is read, and not held up."""
+    def _deliver(self, name: str, data: bytes,
+                 delivered: concurrent.futures.Future[bool]) -> None:
+        """On the loop: writes a piece of output, then has `delivered` say, once the output
+        has room again, whether to wait for it with the next piece (False once the output is
+        gone, its reader left: the rest is read, and not held up)."""
         self.write(name, data)
+        task = asyncio.get_running_loop().create_task(self._drain(delivered))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, delivered: concurrent.futures.Future[bool]) -> None:
         assert isinstance(self._output, DrainingOutput)
         try:
             await self._output.drain()
+            room = True
         except (ConnectionError, OSError):
-            return False
-        return True
+            room = False
+        # The reading thread cancels it if it gave up waiting.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            delivered.set_result(room)
 
     def write(self, name: str, data: bytes) -> None:
         """On the loop: one piece of a stream to the output, its whole lines to the bus."""

@@ -47,6 +47,7 @@ from app.sessions.registry import (
 from app.sessions.revocation import Revocation
 from app.sessions.sweep import sweep_orphans
 from app.store import SessionRecord, SessionState, StateStore
+from app.threads import thread_bus
 from app.view import SessionView
 
 log = logging.getLogger(__name__)
@@ -142,17 +143,15 @@ class Supervisor:
                            private=(self.dirs.state, self.dirs.runtime))
         running = RunningSession(session_id, view, image=image)
         self.sessions.add(running)
-        self.store.add_session(
-            SessionRecord(
-                id=session_id, profile=request.profile.name, image=image, container_id=None,
-                supervisor=process_token(), state=SessionState.STARTING, started_at=time.time(),
-            )
-        )
         exit_code, reason = 1, "failed to start"
         try:
+            await asyncio.to_thread(self.store.add_session, SessionRecord(
+                id=session_id, profile=request.profile.name, image=image, container_id=None,
+                supervisor=process_token(), state=SessionState.STARTING, started_at=time.time(),
+            ))
             running.guard = self._engine.guard(
                 [f"{LABEL_OWNER}={self.owner}", f"{LABEL_SESSION}={session_id}"])
-            grants = self._setup.grants(session_id, request)
+            grants = await self._setup.grants(session_id, request)
             labels = self._setup.labels(running.id, request.profile)
             additions = await self._setup.extensions(
                 running, request, labels, seccomp, self._extension_factories)
@@ -185,7 +184,7 @@ class Supervisor:
         stream = await asyncio.to_thread(engine.attach, container)
         reader = loop.run_in_executor(None, pump.run, stream, loop, drained)
         await asyncio.to_thread(engine.start, container)
-        self.store.set_session_running(running.id, container)
+        await asyncio.to_thread(self.store.set_session_running, running.id, container)
         self.bus.emit(
             EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
             image=running.image, container=container[:12], uid=self.identity.uid,
@@ -262,7 +261,8 @@ class Supervisor:
         if running.watcher is not None:
             await running.watcher.stop()
         await asyncio.to_thread(running.view.discard)
-        self.store.end_session(running.id, SessionState.EXITED, exit_code, reason)
+        await asyncio.to_thread(
+            self.store.end_session, running.id, SessionState.EXITED, exit_code, reason)
         self.sessions.remove(running.id)
 
     # what other commands do to sessions
@@ -346,13 +346,20 @@ class Supervisor:
     ) -> list[PurePosixPath]:
         return await self.files.save_files(session, targets, lifetime)
 
-    def _expire(self, grant: str) -> None:
-        self.revoke([grant])
+    async def _expire(self, grant: str) -> None:
+        await self.arevoke([grant])
 
     def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
         """Revokes grants and takes them out of every running session that uses them
-        (app/sessions/revocation.py). Blocking."""
+        (app/sessions/revocation.py). Blocking, and publishes on the bus from the calling
+        thread: for the command line; from the loop, `await arevoke(…)`."""
         return self._revocation.revoke(grant_ids, self.bus)
+
+    async def arevoke(self, grant_ids: Sequence[str]) -> list[Grant]:
+        """`revoke` for the loop: done in a worker thread (database, tree walks, engine
+        calls), its events published on the loop's thread."""
+        relay = thread_bus(self.bus, asyncio.get_running_loop())
+        return await asyncio.to_thread(self._revocation.revoke, tuple(grant_ids), relay)
 
 
 def _describe_exit(code: int) -> str:

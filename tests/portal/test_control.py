@@ -41,7 +41,7 @@ class Controller:
     async def control_stop(self, session: str) -> None:
         raise SessionError(f"no session {session!r}")
 
-    def control_revoke(self, session: str) -> int:
+    async def control_revoke(self, session: str) -> int:
         return 2
 
     def control_pending(self) -> int:

@@ -213,7 +213,7 @@ def test_revoke_removes_the_file_from_the_running_agent_at_once(
                 break
         grant = next(e.details["grant"] for e in rig.events if e.kind is EventKind.GRANT_ADDED)
         revoked_at = time.time()
-        rig.supervisor.revoke([grant])
+        await rig.supervisor.arevoke([grant])
         while True:
             line = await asyncio.wait_for(output.lines.get(), 10)
             if line.startswith("gone "):
@@ -294,7 +294,7 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
             own = await rig.supervisor.run(rig.request(agent_image, ["sh", "-c", probe]),
                                            output := Output())
             assert own.exit_code == 0, output.text
-            rig.supervisor.stop(str(other_id))
+            await asyncio.to_thread(rig.supervisor.stop, str(other_id))
             await asyncio.wait_for(other, 60)
             return output.text, str(other_id)
 
@@ -375,7 +375,7 @@ def test_a_save_folder_swapped_for_a_symlink_never_reaches_the_users_files(
         assert listed.changes == (), listed  # nothing of the victim's shows as the save
         grants = [e.details["grant"] for e in rig.events if e.kind is EventKind.GRANT_ADDED]
         assert len(grants) == 2
-        rig.supervisor.revoke(grants)
+        await rig.supervisor.arevoke(grants)
         run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run

@@ -34,12 +34,13 @@ from app.paths import Dirs
 from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import SessionRecord
+from app.threads import thread_bus
 from ui.qt import settings as options
 from ui.qt.bridge import EventBridge
 from ui.qt.consent import QtFrontEnd, Requester
 from ui.qt.icons import icon
 from ui.qt.main_window import LaunchDialog, MainWindow
-from ui.qt.review import ReviewWindow, thread_bus
+from ui.qt.review import ReviewWindow
 from ui.qt.settings import Settings, SettingsDialog, apply_autostart
 from ui.qt.tray import Tray
 
@@ -220,7 +221,13 @@ class Desktop(QObject):
         self.spawn(asyncio.to_thread(self.supervisor.stop, session))
         self.say(f"Stopping session {session}…")
 
+    # Revocation is done in a worker thread (Supervisor.arevoke): on the loop, a database
+    # locked by another airlock process would freeze the window.
+
     def revoke_grant(self, grant: str) -> None:
+        self.spawn(self._revoke_grant(grant))
+
+    async def _revoke_grant(self, grant: str) -> None:
         stopped: list[str] = []
 
         def note_stop(event: Event) -> None:
@@ -229,7 +236,7 @@ class Desktop(QObject):
 
         self.supervisor.bus.attach(note_stop)
         try:
-            revoked = self.supervisor.revoke([grant])
+            revoked = await self.supervisor.arevoke([grant])
         finally:
             self.supervisor.bus.detach(note_stop)
         for g in revoked:
@@ -239,16 +246,23 @@ class Desktop(QObject):
                 "review)" if stopped else ""))
         self.refresh_grants()
 
-    def revoke_session(self, session: str) -> int:
-        ids = [g.id for g in self.supervisor.store.session_grants(session, time.time())]
-        revoked = self.supervisor.revoke(ids) if ids else []
+    def revoke_session(self, session: str) -> None:
+        self.spawn(self._revoke_session(session))
+
+    async def _revoke_session(self, session: str) -> int:
+        grants = await asyncio.to_thread(
+            self.supervisor.store.session_grants, session, time.time())
+        revoked = await self.supervisor.arevoke([g.id for g in grants]) if grants else []
         self.say(f"Session {session}: {len(revoked)} grant(s) revoked")
         self.refresh_grants()
         return len(revoked)
 
     def revoke_everything(self) -> None:
-        ids = [g.id for g in self.active_grants()]
-        revoked = self.supervisor.revoke(ids) if ids else []
+        self.spawn(self._revoke_everything())
+
+    async def _revoke_everything(self) -> None:
+        ids = [g.id for g in await asyncio.to_thread(self.active_grants)]
+        revoked = await self.supervisor.arevoke(ids) if ids else []
         self.say(f"Revoked {len(revoked)} grant(s): no agent sees any of your files now")
         self.refresh_grants()
         if not self.window.isVisible() and self.tray is not None:
@@ -372,10 +386,10 @@ class Desktop(QObject):
             raise SessionError(f"no session {session!r}")
         self.stop_session(session)
 
-    def control_revoke(self, session: str) -> int:
-        if self.supervisor.store.session(session) is None:
+    async def control_revoke(self, session: str) -> int:
+        if await asyncio.to_thread(self.supervisor.store.session, session) is None:
             raise SessionError(f"no session {session!r}")
-        return self.revoke_session(session)
+        return await self._revoke_session(session)
 
     def control_pending(self) -> int:
         return self.front_end.pending

@@ -137,7 +137,7 @@ def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
         while not any(e.kind is EventKind.SESSION_STARTED for e in events):
             await asyncio.sleep(0.01)
         session = events[-1].session or ""
-        supervisor.revoke([g.id for g in store.session_grants(session, time.time())])
+        await supervisor.arevoke([g.id for g in store.session_grants(session, time.time())])
         return await asyncio.wait_for(run, 10)
 
     result = asyncio.run(scenario())
