@@ -46,7 +46,7 @@ class ControlTarget(Protocol):
 
     def open_window(self) -> None: ...
 
-    def control_sessions(self) -> list[tuple[str, str, str]]: ...
+    async def control_sessions(self) -> list[tuple[str, str, str]]: ...
 
     async def control_launch(self, profile: str, grants: list[GrantRequest]) -> str: ...
 
@@ -105,8 +105,8 @@ class ControlInterface(ServiceInterface):
         self._target.open_window()
 
     @dbus_method()
-    def ListSessions(self) -> SessionList:
-        return [list(row) for row in self._target.control_sessions()]
+    async def ListSessions(self) -> SessionList:
+        return [list(row) for row in await self._target.control_sessions()]
 
     @dbus_method()
     def PendingRequests(self) -> DBusUInt32:

@@ -98,6 +98,7 @@ class Desktop(QObject):
         self.runs: dict[str, asyncio.Task[SessionResult]] = {}
         self.reviews: dict[str, ReviewWindow] = {}
         self.sessions: list[SessionRecord] = []
+        self._reads: dict[str, int] = {}  # what -> the number of the latest read of it
         self._notified: dict[int, str] = {}  # notification id -> request id
 
         bridge.events.connect(self._events)
@@ -167,8 +168,18 @@ class Desktop(QObject):
     def _events(self, batch: list[Event]) -> None:
         self.window.add_events(batch)
 
+    # The store is read in a worker thread: a database locked by another airlock process
+    # must not freeze the window. Only the latest of overlapping reads is shown.
+
     def refresh_sessions(self) -> None:
-        self.sessions = self.supervisor.store.sessions(live_only=True)
+        self._reads["sessions"] = read = self._reads.get("sessions", 0) + 1
+        self.spawn(self._refresh_sessions(read))
+
+    async def _refresh_sessions(self, read: int) -> None:
+        sessions = await asyncio.to_thread(self.supervisor.store.sessions, live_only=True)
+        if read != self._reads["sessions"]:
+            return
+        self.sessions = sessions
         self.window.set_sessions(self.sessions)
         self._update_tray()
 
@@ -178,7 +189,13 @@ class Desktop(QObject):
         return [g for g in store.grants(time.time()) if g.session is None or g.session in live]
 
     def refresh_grants(self) -> None:
-        self.window.set_grants(self.active_grants())
+        self._reads["grants"] = read = self._reads.get("grants", 0) + 1
+        self.spawn(self._refresh_grants(read))
+
+    async def _refresh_grants(self, read: int) -> None:
+        grants = await asyncio.to_thread(self.active_grants)
+        if read == self._reads["grants"]:
+            self.window.set_grants(grants)
 
     def _update_tray(self) -> None:
         if self.tray is None:
@@ -373,16 +390,16 @@ class Desktop(QObject):
 
     # the control interface on the session bus (portal/control.py)
 
-    def control_sessions(self) -> list[tuple[str, str, str]]:
-        return [(r.id, r.profile, str(r.state))
-                for r in self.supervisor.store.sessions(live_only=True)]
+    async def control_sessions(self) -> list[tuple[str, str, str]]:
+        sessions = await asyncio.to_thread(self.supervisor.store.sessions, live_only=True)
+        return [(r.id, r.profile, str(r.state)) for r in sessions]
 
     async def control_launch(self, profile: str, grants: list[GrantRequest]) -> str:
         request_grants = [check_grant_path(g.path, g.mode, Path("/")) for g in grants]
         return await self.launch_request(profile, tuple(request_grants))
 
     async def control_stop(self, session: str) -> None:
-        if self.supervisor.store.session(session) is None:
+        if await asyncio.to_thread(self.supervisor.store.session, session) is None:
             raise SessionError(f"no session {session!r}")
         self.stop_session(session)
 
