@@ -12,7 +12,7 @@ from app.engine import connect_engine
 from app.events import EventBus
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
-from app.sessions import SessionRegistry, Supervisor
+from app.sessions import ExtensionFactory, SessionRegistry, Supervisor
 from app.store import StateStore
 
 
@@ -58,7 +58,7 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         engine = connect_engine()
         sessions = SessionRegistry()  # the profile rules answer for the sessions running here
         broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
-        extensions = [
+        extensions: list[ExtensionFactory] = [
             portal_extension(broker),
             Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
                    spares=dirs.runtime / "spares" if long_running else None),

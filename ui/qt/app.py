@@ -132,6 +132,10 @@ class Desktop(QObject):
         task.add_done_callback(self._finished)
         return task
 
+    def run_soon(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """`spawn`, for callers that do not keep the task."""
+        self.spawn(coroutine)
+
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
         if task.cancelled():
@@ -361,7 +365,7 @@ class Desktop(QObject):
     def open_review(self, session: str) -> None:
         window = self.reviews.get(session)
         if window is None:
-            window = ReviewWindow(session, self.review, self.spawn)
+            window = ReviewWindow(session, self.review, self.run_soon)
             self.reviews[session] = window
         window.show()
         window.raise_()
@@ -546,10 +550,14 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
             tray.show()
         if show_window or not Tray.available():
             desktop.open_window()
-        finished = asyncio.get_running_loop().create_future()
-        desktop.quit_requested.connect(
-            lambda: finished.done() or finished.set_result(None))
-        qt.aboutToQuit.connect(lambda: finished.done() or finished.set_result(None))
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finish() -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        desktop.quit_requested.connect(finish)
+        qt.aboutToQuit.connect(finish)
         if preset is not None:
             desktop.launch_agent(preset.profile, preset.paths, preset.writable)
         if ready is not None:
@@ -582,7 +590,7 @@ def main(dirs: Dirs, show_window: bool = False, preset: Preset | None = None) ->
 
     try:
         with contextlib.suppress(asyncio.CancelledError):
-            return loop.run_until_complete(serve(dirs, qt, show_window, ready, preset))
+            return int(loop.run_until_complete(serve(dirs, qt, show_window, ready, preset)))
         return 0
     finally:
         loop.run_until_complete(asyncio.sleep(0))
