@@ -171,6 +171,9 @@ class Desktop(QObject):
 
     def _events(self, batch: list[Event]) -> None:
         self.window.add_events(batch)
+        for event in batch:
+            if event.kind in (EventKind.SESSION_EXITED, EventKind.SESSION_SWEPT):
+                self.front_end.forget(event.session or "")
 
     # The store is read in a worker thread: a database locked by another airlock process
     # must not freeze the window. Only the latest of overlapping reads is shown.

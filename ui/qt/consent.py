@@ -622,6 +622,11 @@ class QtFrontEnd(QObject):
             self._silenced.add(key)
         return answer
 
+    def forget(self, session: str) -> None:
+        """The session ended: what it was denied for its duration is no longer kept (a
+        long-running app would otherwise hold it for every session it ever ran)."""
+        self._silenced = {key for key in self._silenced if key[0] != session}
+
     @property
     def pending(self) -> int:
         return len(self._dialogs)
