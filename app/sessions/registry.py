@@ -51,7 +51,8 @@ class RunningSession:
 
 
 class SessionRegistry:
-    """The live sessions of one supervisor, by id. Used on the loop's thread only."""
+    """The live sessions of one supervisor, by id. Changed on the loop's thread only; the
+    sweep, in a worker thread, only asks whether an id is in it."""
 
     def __init__(self) -> None:
         self._running: dict[str, RunningSession] = {}

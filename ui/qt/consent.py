@@ -592,9 +592,11 @@ class QtFrontEnd(QObject):
         key = (request.session, str(request.kind), request.subject)
         if key in self._silenced:
             return denied("denied earlier in this session")
+        # Who asks comes from the store (and the profile's file): read off the loop.
+        requester = await asyncio.to_thread(self._describe, request)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         dialog = ConsentDialog(
-            request, self._describe(request),
+            request, requester,
             timeout=float(self._settings.get(options.CONSENT_TIMEOUT)),
             unlock_ms=self._settings.get(options.UNLOCK_DELAY),
         )
