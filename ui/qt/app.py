@@ -336,14 +336,22 @@ class Desktop(QObject):
         """Starts a session in the background; returns its id once it has one."""
         catalog = self.supervisor.catalog
         request = LaunchRequest(catalog.load(profile), catalog.find(profile), grants, command)
-        before = self.supervisor.last_session
-        task = asyncio.get_running_loop().create_task(
-            self.supervisor.run(request, SessionOutput()))
-        while self.supervisor.last_session == before and not task.done():
-            await asyncio.sleep(0.02)
-        if task.done() and self.supervisor.last_session == before:
+        loop = asyncio.get_running_loop()
+        # The session's own id, as the supervisor names it: another session started
+        # meanwhile (handed over from `airlock run`) must not be taken for this one.
+        named: asyncio.Future[str] = loop.create_future()
+
+        def name(session: str) -> None:
+            if not named.done():
+                named.set_result(session)
+
+        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name))
+        either: set[asyncio.Future[Any]] = {task, named}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not named.done():
+            named.cancel()
             task.result()  # raises why it could not start
-        session = self.supervisor.last_session or ""
+        session = named.result()
         self.runs[session] = task
         task.add_done_callback(lambda t: self.spawn(self._ended(session, t)))
         self.say(f"Launched {profile} as session {session}")
