@@ -31,6 +31,7 @@ from watchdog.events import (
 from watchdog.observers.inotify import InotifyObserver
 
 from app.events import Event, EventBus, EventKind, TokenBucket
+from app.threads import call_on_loop
 
 log = logging.getLogger(__name__)
 # watchdog re-adds the watch of a directory it already watches (one created and walked at
@@ -252,8 +253,8 @@ class TreeWatcher:
     def _report(self, kind: EventKind, subject: str, details: dict[str, Any], when: float) -> None:
         if self._loop is None:
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the session is over
-            self._loop.call_soon_threadsafe(self._arrive, kind, subject, details, when)
+        # False once the loop is closed: the session is over.
+        call_on_loop(self._loop, self._arrive, kind, subject, details, when)
 
     # Loop thread.
 

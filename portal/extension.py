@@ -11,7 +11,6 @@ from pathlib import Path
 
 from app.consent import ConsentBroker
 from app.container import BindMount, ContainerAdditions
-from app.delivery import FileDelivery
 from app.sessions import SessionContext, SessionExtension
 from dbus_fast import RequestNameReply
 from dbus_fast.aio import MessageBus
@@ -41,10 +40,9 @@ class PortalSettings:
 class PortalExtension:
     """One session's bus and portal: started in `prepare`, gone after `close`."""
 
-    def __init__(self, broker: ConsentBroker, delivery: FileDelivery,
-                 settings: PortalSettings = PortalSettings()) -> None:
+    def __init__(self, broker: ConsentBroker, settings: PortalSettings = PortalSettings()
+                 ) -> None:
         self._broker = broker
-        self._delivery = delivery
         self._settings = settings
         self._bus: PrivateBus | None = None
         self._connection: MessageBus | None = None
@@ -60,9 +58,12 @@ class PortalExtension:
         self._bus = PrivateBus(layout, self._settings.bus)
         await self._bus.start()
         self._connection = await MessageBus(bus_address=layout.address).connect()
+        delivery = session.files
+        if delivery is None:
+            raise BusError("the session has no way to deliver files (no supervisor)")
         self.portal = FileChooserPortal(
             AgentSession(session.id, session.profile.name, session.profile.image),
-            self._broker, self._delivery, self._settings.chooser,
+            self._broker, delivery, self._settings.chooser,
         )
         self.portal.attach(self._connection)
         try:
@@ -93,10 +94,8 @@ class PortalExtension:
 
 
 def portal_extension(
-    broker: ConsentBroker,
-    delivery: Callable[[], FileDelivery],
-    settings: PortalSettings = PortalSettings(),
+    broker: ConsentBroker, settings: PortalSettings = PortalSettings()
 ) -> Callable[[], SessionExtension]:
-    """The ExtensionFactory for `Supervisor(extensions=…)`. `delivery` is looked up when a
-    session starts, so the Supervisor that implements it can be built after the factory."""
-    return lambda: PortalExtension(broker, delivery(), settings)
+    """The ExtensionFactory for `Supervisor(extensions=…)`: the files the user picks reach
+    the session through the supervisor's delivery, which the session's context carries."""
+    return lambda: PortalExtension(broker, settings)

@@ -12,7 +12,7 @@ from app.engine import connect_engine
 from app.events import EventBus
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
-from app.sessions import Supervisor
+from app.sessions import ExtensionFactory, SessionRegistry, Supervisor
 from app.store import StateStore
 
 
@@ -56,16 +56,16 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
 
     with open_core(dirs) as core:
         engine = connect_engine()
-        built: list[Supervisor] = []
-        broker = ConsentBroker(core.bus, front_end, rules=lambda r: built[0].rule_answer(r))
-        extensions = [
-            portal_extension(broker, lambda: built[0]),
+        sessions = SessionRegistry()  # the profile rules answer for the sessions running here
+        broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
+        extensions: list[ExtensionFactory] = [
+            portal_extension(broker),
             Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
                    spares=dirs.runtime / "spares" if long_running else None),
         ]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
-                                extensions=extensions, broker=broker, recorder=core.recorder)
-        built.append(supervisor)
+                                extensions=extensions, broker=broker, recorder=core.recorder,
+                                registry=sessions)
         try:
             yield supervisor
         finally:

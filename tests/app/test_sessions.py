@@ -394,7 +394,7 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
         await asyncio.sleep(0.3)
         grants = supervisor.store.session_grants(session, time.time())
         doc_grant = next(g for g in grants if g.path.name == "elsewhere.txt")
-        supervisor.revoke([doc_grant.id])
+        await supervisor.arevoke([doc_grant.id])
         return await run
 
     result = asyncio.run(scenario())
@@ -424,7 +424,7 @@ def _run_then_revoke(supervisor: Supervisor, request: LaunchRequest, output: Col
         while "ready" not in output.text("stdout") and not run.done():
             await asyncio.sleep(0.02)
         grants = supervisor.store.session_grants(session, time.time())
-        supervisor.revoke([g.id for g in grants])
+        await supervisor.arevoke([g.id for g in grants])
         return await asyncio.wait_for(run, 60)
 
     return asyncio.run(scenario())

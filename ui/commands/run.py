@@ -158,6 +158,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     """What the agent staged is put in front of the user (or committed, if the profile says
     so explicitly); nothing reaches their files without one or the other."""
     from app.errors import SessionError
+    from app.policy import commits_unasked
     from app.review import Review, diff
     from ui.commands.changes import describe, report
     from ui.prompt import discard_typed_ahead
@@ -173,7 +174,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     for change in changeset.changes:
         print("  " + describe(change).replace("\n", "\n  "), file=sys.stderr)
     shown = {change.path: change.fingerprint for change in changeset.changes}
-    if rule == "auto" and mode != "never":
+    if commits_unasked(rule, mode):  # app/policy.py
         report(review.commit(session, (), shown), "committed")
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()

@@ -592,9 +592,11 @@ class QtFrontEnd(QObject):
         key = (request.session, str(request.kind), request.subject)
         if key in self._silenced:
             return denied("denied earlier in this session")
+        # Who asks comes from the store (and the profile's file): read off the loop.
+        requester = await asyncio.to_thread(self._describe, request)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         dialog = ConsentDialog(
-            request, self._describe(request),
+            request, requester,
             timeout=float(self._settings.get(options.CONSENT_TIMEOUT)),
             unlock_ms=self._settings.get(options.UNLOCK_DELAY),
         )
@@ -621,6 +623,11 @@ class QtFrontEnd(QObject):
                 self._settings.get(options.TIMEOUT_ACTION) == "deny-session":
             self._silenced.add(key)
         return answer
+
+    def forget(self, session: str) -> None:
+        """The session ended: what it was denied for its duration is no longer kept (a
+        long-running app would otherwise hold it for every session it ever ran)."""
+        self._silenced = {key for key in self._silenced if key[0] != session}
 
     @property
     def pending(self) -> int:

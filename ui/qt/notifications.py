@@ -52,7 +52,8 @@ class Notifier(QObject):
         bus.add_message_handler(self._handle)
 
     @classmethod
-    async def connect(cls, address: str | None = None) -> Notifier | None:
+    async def connect(  # type: ignore[override]  # not QObject.connect: a constructor
+            cls, address: str | None = None) -> Notifier | None:
         try:
             bus = await (MessageBus(bus_address=address) if address
                          else MessageBus(bus_type=BusType.SESSION)).connect()

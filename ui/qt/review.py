@@ -35,7 +35,6 @@ from PySide6.QtWidgets import (
 
 from app.commit import CommitRecord, CommitResult
 from app.errors import AirlockError
-from app.events import Event, EventBus
 from app.review import Review, diff
 from app.staging import Change, ChangeKind, Changeset
 from app.text import printable
@@ -50,18 +49,6 @@ STATUS_COLOURS = {
     ChangeKind.DELETED: "#a4262c",
     ChangeKind.RENAMED: "#1f5fbf",
 }
-
-
-def thread_bus(bus: EventBus, loop: asyncio.AbstractEventLoop) -> EventBus:
-    """A bus for work done in threads: whatever is emitted on it is published on `bus`, on
-    the loop's thread."""
-    relay = EventBus()
-
-    def hand_over(event: Event) -> None:
-        loop.call_soon_threadsafe(bus.publish, event)
-
-    relay.attach(hand_over)
-    return relay
 
 
 class DiffHighlighter(QSyntaxHighlighter):

@@ -7,6 +7,7 @@ on `aboutToShow`, which StatusNotifierItem hosts do not always deliver).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
@@ -32,7 +33,7 @@ class TrayActions(Protocol):
     def open_session(self, session: str) -> None: ...
     def stop_session(self, session: str) -> None: ...
     def revoke_session(self, session: str) -> None: ...
-    def launch_agent(self) -> None: ...
+    def launch_agent(self) -> object: ...
     def show_pending(self) -> None: ...
     def block_network(self, blocked: bool) -> None: ...
     def revoke_everything(self) -> None: ...
@@ -118,10 +119,10 @@ class Tray(QObject):
         for record in self.sessions:
             sub = menu.addMenu(f"{record.profile}  ·  {record.id}")
             sub.setObjectName(f"session-{record.id}")
-            sub.addAction("Open", lambda s=record.id: actions.open_session(s))
-            sub.addAction("Stop", lambda s=record.id: actions.stop_session(s))
+            sub.addAction("Open", functools.partial(actions.open_session, record.id))
+            sub.addAction("Stop", functools.partial(actions.stop_session, record.id))
             sub.addAction("Revoke all of its access",
-                          lambda s=record.id: actions.revoke_session(s))
+                          functools.partial(actions.revoke_session, record.id))
         if self.sessions:
             menu.addSeparator()
         menu.addAction("Launch agent…", actions.launch_agent)

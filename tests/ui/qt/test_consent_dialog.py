@@ -166,6 +166,13 @@ def test_countdown_then_deny_by_timeout(run: Callable[..., object], settings: Se
         texts.append(dialog.deny_button.text())
         answer = await asked
         again = await broker.ask(request_for(RequestKind.NETWORK, "tracker.example:443"))
+        # Once the session ends, the front end forgets what it silenced for it.
+        front_end.forget(request.session)
+        later = request_for(RequestKind.NETWORK, "tracker.example:443")
+        asked_later = asyncio.ensure_future(broker.ask(later))
+        await shown_dialog(front_end, later)
+        front_end.deny(later.id)
+        await asked_later
         return answer, texts, again
 
     started = time.monotonic()
