@@ -236,6 +236,28 @@ def test_a_route_adds_the_credential_and_masks_it_when_echoed_split_across_reads
     assert book.expect(Log).record.route == "llm"
 
 
+def test_a_route_answer_is_forwarded_at_once_when_it_cannot_start_the_key() -> None:
+    book = Playbook(connection(profile(extra=ROUTE)))
+    book.give(b"GET /routes/llm/v1/stream HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n\r\n")
+    book.give(KEY)
+    book.give(Connected("127.0.0.1", spliceable=False))
+    book.give()
+    book.give(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+              b"Content-Type: text/event-stream\r\n\r\n")
+    book.sent_to_client()
+    book.expect(ReadUpstream)
+    event = b'data: {"delta": "hi"}\n\n'
+    book.give(b"%x\r\n%s\r\n" % (len(event), event))
+    assert event in book.sent_to_client()  # not held back for the next event
+    # A tail that could be the key's start waits for the next read to tell.
+    book.give(b"%x\r\n%s\r\n" % (len(b"data: sk-"), b"data: sk-"))
+    out = book.sent_to_client()
+    assert b"data: " in out and b"sk-" not in out
+    book.expect(ReadUpstream)
+    book.give(b"3\r\nxyz\r\n0\r\n\r\n")
+    assert b"sk-xyz" in book.sent_to_client()
+
+
 def test_an_upstream_silent_past_the_timeout_gets_504() -> None:
     book = Playbook(connection(profile(), body_timeout=3.0))
     book.give(b"GET http://files.test/slow HTTP/1.1\r\nHost: files.test\r\n\r\n")
