@@ -632,8 +632,9 @@ class ClientConnection:
 
     def _relay_response(self, upstream: _Upstream, request: h11.Request, target: Target,
                         scrub: Scrubber, record: ExchangeRecord) -> Steps:
+        silence = self._upstream_silence(target)
         while True:
-            event = yield from self._upstream_event(upstream)
+            event = yield from self._upstream_event(upstream, silence)
             if isinstance(event, h11.InformationalResponse):
                 continue  # 100 Continue was ours to give; other 1xx are not relayed
             if not isinstance(event, h11.Response):
@@ -659,13 +660,13 @@ class ClientConnection:
                     # What h11 held has gone out; the rest of the body bypasses it. The
                     # upstream connection is left mid-message for h11, so it is not reused;
                     # the agent's side is told the bytes went out, so its keep-alive goes on.
-                    moved = yield SpliceBody(length - sent, self.settings.body_timeout, record)
+                    moved = yield SpliceBody(length - sent, silence, record)
                     if moved < length - sent:
                         raise Gone  # the upstream vanished mid-body: the agent sees a cut
                     account(self.conn, moved)
                     yield SendClient([self.conn.send(h11.EndOfMessage()) or b""])
                     return
-                event = yield from self._upstream_event(upstream)
+                event = yield from self._upstream_event(upstream, silence)
             if isinstance(event, h11.Data):
                 sent += len(event.data)
                 data = scrub.feed(bytes(event.data)) if scrub.active else event.data
@@ -685,15 +686,23 @@ class ClientConnection:
                 return
             yield SendClient(out)
 
-    def _upstream_event(self, upstream: _Upstream) -> Steps:
+    def _upstream_silence(self, target: Target) -> float:
+        """How long the upstream may stay silent while the agent waits for its answer: a
+        route says (model APIs think and stream slowly), other hosts get `body_timeout`."""
+        if target.route is not None:
+            return target.route.idle_timeout
+        return self.settings.body_timeout
+
+    def _upstream_event(self, upstream: _Upstream, silence: float) -> Steps:
         while True:
             event = upstream.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = yield ReadUpstream(self.settings.body_timeout)
+                data = yield ReadUpstream(silence)
             except TimeoutError as e:
-                raise Refused(504, "upstream", "the upstream did not answer in time") from e
+                raise Refused(504, "upstream", f"the upstream was silent for {silence:g} s"
+                              ) from e
             upstream.conn.receive_data(data)
 
     # the upstream connection, kept alive between the agent's requests

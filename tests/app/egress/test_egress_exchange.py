@@ -286,3 +286,21 @@ def test_a_closed_kept_upstream_is_dropped_and_a_new_one_opened() -> None:
     book.expect(DropUpstream)
     book.give()
     book.expect(Connect)
+
+
+@pytest.mark.parametrize(("route", "silence"), [("", 600.0), ('idle_timeout = "90s"\n', 90.0)])
+def test_a_route_waits_for_its_upstream_as_long_as_its_idle_timeout(route: str,
+                                                                    silence: float) -> None:
+    book = Playbook(connection(profile(extra=ROUTE + route), body_timeout=3.0))
+    book.give(b"POST /routes/llm/v1/responses HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+              b"Content-Length: 2\r\n\r\n{}")
+    book.give(KEY)
+    book.expect(Connect)
+    book.give(Connected("127.0.0.1", spliceable=False))
+    while isinstance(book.command, SendUpstream):
+        book.give()
+    assert book.expect(ReadUpstream).timeout == silence
+    book.fail(TimeoutError())
+    log = book.expect(Log)
+    assert log.record.status == 504
+    assert log.record.reason == f"the upstream was silent for {silence:g} s"
