@@ -56,6 +56,7 @@ from app.egress.requests import (
 )
 from app.egress.scrub import Scrubber
 from app.egress.uploads import UploadGate
+from app.egress.websocket import FrameCounter, is_websocket_upgrade
 from app.errors import EgressError
 from app.events import EventKind
 from app.grants import Lifetime
@@ -225,6 +226,17 @@ class RelayTunnel:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayWebSocket:
+    """Relay an upgraded connection between the agent and the kept upstream until both ends
+    are done (→ None): `first_up` and `first_down` are what each side sent already; every
+    chunk passes `relay` (upload gate, frame counts, the scrubber)."""
+
+    first_up: bytes
+    first_down: bytes
+    relay: WebSocketRelay
+
+
+@dataclass(frozen=True, slots=True)
 class CloseTunnel:
     """Close the tunnel's upstream connection (→ None)."""
 
@@ -246,7 +258,7 @@ class Log:
 
 Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
            | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
-           | OpenTunnel | RelayTunnel | CloseTunnel | Throttle | Log)
+           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | Log)
 Steps = Generator[Command, Any, Any]
 
 
@@ -272,9 +284,9 @@ class _Body:
 
 
 class TunnelUploads:
-    """The upload gate applied to a tunnel's bytes as they go up. The tunnel is opaque (TLS):
-    only its size is known, so past the gate's threshold it pauses for the user's approval
-    (the bytes wait), once."""
+    """The upload gate applied to a tunnel's bytes as they go up (or a WebSocket's). The
+    stream is opaque (TLS, frames): only its size is known, so past the gate's threshold it
+    pauses for the user's approval (the bytes wait), once."""
 
     def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord) -> None:
         self._gate, self._target, self._record = gate, target, record
@@ -285,22 +297,49 @@ class TunnelUploads:
         if not self._gate.must_ask(size):
             return None
         target = self._target
-        return Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+        details: dict[str, Any] = {
             "host": target.host, "port": target.port, "method": "CONNECT", "size": size,
             "tunnel": True, "threshold": self._gate.threshold,
-        })
+        }
+        if self._record.websocket:
+            details.update(method="GET", path=redact_path(target.path), websocket=True)
+        return Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", details)
 
     def answered(self, answer: Answer, amount: int) -> None:
         """Raises `Refused` unless the user approved."""
         self._record.held = True
         if not answer.allowed:
             raise Refused(403, "upload-refused",
-                          f"upload of {self._record.up + amount} bytes through the tunnel "
+                          f"upload of {self._record.up + amount} bytes through the "
+                          f"{'WebSocket' if self._record.websocket else 'tunnel'} "
                           f"was not approved ({answer.by})")
         self._gate.approve()
 
     def sent(self, amount: int) -> None:
         self._record.up += amount
+
+
+class WebSocketRelay:
+    """What an upgraded connection's bytes pass on their way: up, the upload gate and the
+    frame count; down, the frame count and the route's scrubber."""
+
+    def __init__(self, uploads: TunnelUploads, scrub: Scrubber, record: ExchangeRecord
+                 ) -> None:
+        self.uploads, self._scrub, self._record = uploads, scrub, record
+        self._up, self._down = FrameCounter(), FrameCounter()
+
+    def up(self, data: bytes) -> None:
+        self._up.feed(data)
+        self._record.frames_up = self._up.frames
+
+    def down(self, data: bytes) -> bytes:
+        self._down.feed(data)
+        self._record.frames_down = self._down.frames
+        self._record.down += len(data)
+        return self._scrub.feed(data) if self._scrub.active else data
+
+    def down_ended(self) -> bytes:
+        return self._scrub.flush()
 
 
 class ClientConnection:
@@ -396,6 +435,9 @@ class ClientConnection:
         if target.kind is Kind.TUNNEL:
             yield from self._tunnel(target, addresses, record)
             return False
+        if is_websocket_upgrade(request.method, request.headers):
+            yield from self._websocket(request, target, addresses, credential, record)
+            return False
         return (yield from self._forward(request, target, addresses, credential, record))
 
     def _admit(self, target: Target, record: ExchangeRecord) -> Steps:
@@ -483,6 +525,76 @@ class ClientConnection:
             log.debug("session %s: tunnel to %s ended: %s", self.session, target.host, e)
         yield CloseTunnel()
         yield Log(EventKind.NET_TUNNEL, record)
+
+    # WebSocket
+
+    def _websocket(self, request: h11.Request, target: Target, addresses: Sequence[IPAddress],
+                   credential: Credential | None, record: ExchangeRecord) -> Steps:
+        """A WebSocket handshake goes on with the credential added (on a route), and once the
+        upstream switches, the frames are relayed both ways, counted, and logged at the end.
+        On a route no extension is offered: permessage-deflate would hide an echoed key from
+        the scrubber."""
+        if (yield from self._body_event()) is not None:
+            raise Refused(400, "bad-request", "a WebSocket handshake carries no body")
+        record.websocket = True
+        default_port = 443 if target.tls else 80
+        headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
+                                   default_port, credential.header if credential else None)
+        if credential is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"sec-websocket-extensions"]
+        headers += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
+        upstream = yield from self._connect_upstream(addresses, target)
+        record.address = upstream.key[0]
+        scrub = Scrubber(credential.secret.encode("utf-8") if credential else b"")
+        try:
+            yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
+                                                        headers=headers))
+            yield from self._send(upstream, h11.EndOfMessage())
+            silence = self._upstream_silence(target)
+            event = yield from self._upstream_event(upstream, silence)
+            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                event = yield from self._upstream_event(upstream, silence)
+            if isinstance(event, h11.Response):  # the upstream would not switch: its answer
+                yield from self._relay_response(upstream, request, target, scrub, record,
+                                                head=event)
+                yield from self._drop_upstream()
+                yield Log(EventKind.NET_REQUEST, record)
+                return
+            if not isinstance(event, h11.InformationalResponse):
+                raise Refused(502, "upstream", "the upstream closed without a response")
+            if scrub.active and header(event.headers, b"sec-websocket-extensions"):
+                raise Refused(502, "upstream", "the route's upstream chose a WebSocket "
+                              "extension, which Airlock cannot check for the credential")
+            record.status = 101
+            yield SendClient([self.conn.send(h11.InformationalResponse(
+                status_code=101, reason=scrub.whole(bytes(event.reason)),
+                headers=client_headers([(k, scrub.whole(v)) for k, v in event.headers],
+                                       {b"connection": b"Upgrade", b"upgrade": b"websocket"}),
+            )) or b""])
+        except h11.LocalProtocolError as e:
+            raise Refused(502, "upstream", "the request could not be sent on as valid "
+                          "HTTP") from e
+        except h11.ProtocolError as e:
+            detail = "" if credential else f": {e}"
+            raise Refused(502, "upstream", f"the upstream sent bad HTTP{detail}") from e
+        except (ConnectionError, OSError) as e:
+            if record.status:
+                raise Gone from e
+            raise Refused(502, "upstream", f"the upstream connection failed: {e}") from e
+        gate = UploadGate.of(self.profile.approval, route=target.route is not None)
+        relay = WebSocketRelay(TunnelUploads(gate, target, record), scrub, record)
+        try:
+            yield RelayWebSocket(self.conn.trailing_data[0], upstream.conn.trailing_data[0],
+                                 relay)
+        except Refused as e:
+            record.refused(e.status, e.rule, e.reason)
+            yield from self._drop_upstream()
+            yield Log(EventKind.NET_REFUSED, record)
+            return
+        except (ConnectionError, OSError) as e:
+            log.debug("session %s: WebSocket to %s ended: %s", self.session, target.host, e)
+        yield from self._drop_upstream()
+        yield Log(EventKind.NET_REQUEST, record)
 
     # plain HTTP and routes
 
@@ -631,15 +743,17 @@ class ClientConnection:
                 raise Refused(e.error_status_hint, "bad-request", str(e)) from e
 
     def _relay_response(self, upstream: _Upstream, request: h11.Request, target: Target,
-                        scrub: Scrubber, record: ExchangeRecord) -> Steps:
+                        scrub: Scrubber, record: ExchangeRecord,
+                        head: h11.Response | None = None) -> Steps:
         silence = self._upstream_silence(target)
-        while True:
+        while head is None:
             event = yield from self._upstream_event(upstream, silence)
             if isinstance(event, h11.InformationalResponse):
                 continue  # 100 Continue was ours to give; other 1xx are not relayed
             if not isinstance(event, h11.Response):
                 raise Refused(502, "upstream", "the upstream closed without a response")
-            break
+            head = event
+        event = head
         if scrub.active and header(event.headers, b"content-encoding") not in ([], [b"identity"]):
             # Compressed, the credential an upstream echoes cannot be found to be masked.
             raise Refused(502, "upstream", "the route's upstream answered compressed, which "

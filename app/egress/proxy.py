@@ -43,6 +43,7 @@ from app.egress.exchange import (
     RefuseClient,
     Refused,
     RelayTunnel,
+    RelayWebSocket,
     Resolve,
     SendClient,
     SendUpstream,
@@ -162,6 +163,7 @@ class SessionProxy:
             UpstreamAlive: self._upstream_alive, DropUpstream: self._drop_upstream,
             SpliceBody: self._splice_body, OpenTunnel: self._open_tunnel,
             RelayTunnel: self._relay_tunnel, CloseTunnel: self._close_tunnel,
+            RelayWebSocket: self._relay_websocket,
         }
 
     async def start(self, listener: socket.socket) -> None:
@@ -413,6 +415,43 @@ class SessionProxy:
             uploads.sent(amount)
 
         return admit
+
+    async def _relay_websocket(self, client: _Client, command: RelayWebSocket) -> None:
+        assert client.upstream is not None
+        upstream, relay = client.upstream, command.relay
+        admit_up = self._tunnel_upload(relay.uploads)
+
+        async def up() -> None:
+            data = command.first_up
+            while True:
+                if not data:
+                    data = await client.reader.read(self.settings.chunk)
+                    if not data:
+                        with contextlib.suppress(OSError):
+                            upstream.writer.write_eof()
+                        return
+                await admit_up(len(data))
+                relay.up(data)
+                upstream.writer.write(data)
+                await upstream.writer.drain()
+                data = b""
+
+        async def down() -> None:
+            data = command.first_down
+            while True:
+                if not data:
+                    data = await upstream.reader.read(self.settings.chunk)
+                    if not data:
+                        client.writer.write(relay.down_ended())
+                        with contextlib.suppress(OSError):
+                            client.writer.write_eof()
+                        return
+                await self._throttle(len(data))
+                client.writer.write(relay.down(data))
+                await client.writer.drain()
+                data = b""
+
+        await _both(up(), down())
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                     admit: Callable[[int], Awaitable[None]], first: bytes = b"") -> None:

@@ -31,6 +31,9 @@ class ExchangeRecord:
     held: bool = False
     findings: list[dict[str, object]] = field(default_factory=list)
     sha256: str = ""
+    websocket: bool = False  # an upgraded connection: frames counted each way
+    frames_up: int = 0
+    frames_down: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -52,6 +55,8 @@ class ExchangeRecord:
         for key in ("address", "route", "sha256"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.websocket:
+            out["websocket"] = {"frames_up": self.frames_up, "frames_down": self.frames_down}
         if self.held:
             out["held"] = True
             out["findings"] = self.findings

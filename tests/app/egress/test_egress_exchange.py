@@ -27,6 +27,7 @@ from app.egress.exchange import (
     ReadUpstream,
     RefuseClient,
     RelayTunnel,
+    RelayWebSocket,
     Resolve,
     SendClient,
     SendUpstream,
@@ -304,3 +305,52 @@ def test_a_route_waits_for_its_upstream_as_long_as_its_idle_timeout(route: str,
     log = book.expect(Log)
     assert log.record.status == 504
     assert log.record.reason == f"the upstream was silent for {silence:g} s"
+
+
+WEBSOCKET = (b"GET /routes/llm/v1/realtime HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+             b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+
+
+def websocket_handshake(book: Playbook) -> bytes:
+    book.give(WEBSOCKET)
+    book.give(KEY)
+    book.expect(Connect)
+    book.give(Connected("127.0.0.1", spliceable=False))
+    sent = b""
+    while isinstance(book.command, SendUpstream):
+        sent += b"".join(book.command.data)
+        book.give()
+    return sent
+
+
+def test_a_websocket_on_a_route_switches_with_the_credential_and_no_extension() -> None:
+    book = Playbook(connection(profile(extra=ROUTE)))
+    sent = websocket_handshake(book)
+    assert f"Authorization: Bearer {KEY}\r\n".encode() in sent
+    assert b"upgrade: websocket" in sent and b"permessage-deflate" not in sent
+    book.expect(ReadUpstream)
+    book.give(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n\x81\x02hi")
+    answer = book.sent_to_client()
+    assert answer.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-accept: x" in answer
+    relay = book.expect(RelayWebSocket)
+    assert relay.first_down == b"\x81\x02hi"
+    assert relay.relay.uploads.question(10**9) is None  # a route's own service
+    assert relay.relay.down(b"\x81\x05" + KEY.encode()[:5]) == b"\x81\x05"  # could be the key
+    book.give()
+    book.expect(DropUpstream)
+    log = book.give()
+    assert isinstance(log, Log) and log.record.status == 101
+    assert log.record.details()["websocket"] == {"frames_up": 0, "frames_down": 1}
+
+
+def test_a_route_upstream_that_picks_a_websocket_extension_is_refused() -> None:
+    book = Playbook(connection(profile(extra=ROUTE)))
+    websocket_handshake(book)
+    book.give(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+    log = book.expect(Log)
+    assert log.record.status == 502 and "extension" in log.record.reason
+    assert isinstance(book.give(), RefuseClient)

@@ -3,15 +3,18 @@ a per-route idle timeout for slow models, WebSocket upgrades with the credential
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import socket
 import time
 from pathlib import Path
 
+from app.consent import Verdict
 from app.egress.proxy import ProxySettings
 from app.profiles import Profile, parse_profile
-from tests.app.egress.test_egress_proxy import harness
-from tests.netsupport import DictSecrets, RawServer
+from tests.app.egress.test_egress_proxy import harness, profile
+from tests.netsupport import DictSecrets, RawServer, ScriptedFrontEnd
 
 KEY = "sk-proj-" + "x7Q-" * 39  # 164 characters, the length of an OpenAI project key
 
@@ -124,3 +127,163 @@ def test_a_route_answers_504_after_its_own_idle_timeout(tmp_path: Path) -> None:
         events = proxy.wait_events(1)
     assert status == 504 and 0.9 < took < 3
     assert events[0].details["reason"] == "the upstream was silent for 1 s"
+
+
+# WebSocket
+
+
+def frame(payload: bytes, opcode: int = 1, mask: bytes | None = b"\x01\x02\x03\x04") -> bytes:
+    """One final frame (RFC 6455 §5.2); the agent's frames are masked, the server's not."""
+    head = bytes([0x80 | opcode])
+    size = len(payload)
+    bit = 0x80 if mask else 0
+    if size < 126:
+        head += bytes([bit | size])
+    elif size < 65536:
+        head += bytes([bit | 126]) + size.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + size.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+def frames_in(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole frame in `data`."""
+    out = []
+    while len(data) >= 2:
+        size, at = data[1] & 0x7F, 2
+        if size == 126:
+            size, at = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, at = int.from_bytes(data[2:10], "big"), 10
+        mask = data[at:at + 4] if data[1] & 0x80 else b""
+        at += len(mask)
+        if len(data) < at + size:
+            break
+        payload = data[at:at + size]
+        if mask:
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        out.append((data[0] & 0x0F, payload))
+        data = data[at + size:]
+    return out
+
+
+class WebSocketUpstream(RawServer):
+    """Switches to WebSocket, says the credential it got back in a first frame (which the
+    route must mask), then echoes each text frame until the agent closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = b""
+        self.received: list[tuple[int, bytes]] = []
+
+    def handle(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+            head += chunk
+        head, _, rest = head.partition(b"\r\n\r\n")
+        self.head = head
+        lines = {k.strip().lower(): v.strip() for k, _, v in
+                 (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+        accept = base64.b64encode(hashlib.sha1(
+            lines[b"sec-websocket-key"] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                     + frame(b"you sent: " + lines.get(b"authorization", b"-"), mask=None))
+        data = rest
+        while True:
+            self.received = frames_in(data)
+            if self.received and self.received[-1][0] == 8:
+                break
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        for opcode, payload in self.received:
+            if opcode == 1:
+                conn.sendall(frame(b"echo: " + payload, mask=None))
+        conn.sendall(frame(b"", opcode=8, mask=None))
+
+
+HANDSHAKE = ("GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             "Sec-WebSocket-Version: 13\r\n"
+             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+
+
+def websocket(port: int, target: str, host: str, messages: list[bytes]) -> tuple[bytes, bytes]:
+    """The handshake's answer head, and every byte after it until the end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(HANDSHAKE.format(target=target, host=host).encode())
+        got = b""
+        while b"\r\n\r\n" not in got and (chunk := sock.recv(65536)):
+            got += chunk
+        head, _, rest = got.partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            return head, rest
+        for message in messages:
+            sock.sendall(frame(message))
+        sock.sendall(frame(b"", opcode=8))
+        while chunk := sock.recv(65536):
+            rest += chunk
+    return head, rest
+
+
+def test_a_websocket_on_a_route_gets_the_credential_at_the_handshake_and_is_counted(
+    tmp_path: Path
+) -> None:
+    with WebSocketUpstream() as upstream, harness(
+        tmp_path, route_profile(upstream.port), secrets=DictSecrets({"openai": KEY})
+    ) as proxy:
+        head, rest = websocket(proxy.port, "/routes/openai/realtime?model=m",
+                               f"127.0.0.1:{proxy.port}", [b"hello", b"x" * 70000])
+        events = proxy.wait_events(1)
+    assert head.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-accept: " in head.lower()
+    assert f"\r\nAuthorization: Bearer {KEY}\r\n".encode() in upstream.head
+    assert b"permessage-deflate" not in upstream.head  # it would hide an echoed key
+    assert frames_in(rest) == [(1, b"you sent: Bearer " + b"*" * len(KEY)),
+                               (1, b"echo: hello"), (1, b"echo: " + b"x" * 70000), (8, b"")]
+    assert KEY.encode() not in rest
+    details = events[0].details
+    assert events[0].kind == "net.request" and details["status"] == 101
+    assert details["route"] == "openai" and details["path"] == "/v1/realtime?model=…"
+    assert details["websocket"] == {"frames_up": 3, "frames_down": 4}
+    assert details["bytes_up"] == len(frame(b"hello") + frame(b"x" * 70000) + frame(b"", 8))
+
+
+def test_a_websocket_to_an_allowed_host_is_relayed_and_one_elsewhere_refused_at_once(
+    tmp_path: Path
+) -> None:
+    with WebSocketUpstream() as upstream, harness(
+        tmp_path, profile(upstream.port, uploads="never")
+    ) as proxy:
+        allowed = f"files.test:{upstream.port}"
+        head, rest = websocket(proxy.port, f"http://{allowed}/ws", allowed, [b"hi"])
+        denied = f"denied.test:{upstream.port}"
+        refused, _ = websocket(proxy.port, f"http://{denied}/ws", denied, [b"hi"])
+        events = proxy.wait_events(2)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert frames_in(rest) == [(1, b"you sent: -"), (1, b"echo: hi"), (8, b"")]
+    assert b"permessage-deflate" in upstream.head  # not a route: the agent's own choice
+    assert refused.startswith(b"HTTP/1.1 403 ") and b"not-listed" in refused
+    relayed = next(e for e in events if e.kind == "net.request")
+    assert next(e for e in events if e.kind == "net.refused").details["host"] == "denied.test"
+    assert relayed.details["websocket"] == {"frames_up": 2, "frames_down": 3}
+
+
+def test_a_websocket_waits_like_a_tunnel_when_every_upload_is_asked_about(
+    tmp_path: Path
+) -> None:
+    front = ScriptedFrontEnd(Verdict.DENY)
+    with WebSocketUpstream() as upstream, harness(
+        tmp_path, profile(upstream.port, uploads="always"), front_end=front
+    ) as proxy:
+        allowed = f"files.test:{upstream.port}"
+        head, _ = websocket(proxy.port, f"http://{allowed}/ws", allowed, [b"secret plans"])
+        events = proxy.wait_events(1)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert [q.details["websocket"] for q in front.asked] == [True]
+    assert upstream.received == []  # not one frame went up
+    assert events[0].kind == "net.refused" and events[0].details["rule"] == "upload-refused"
