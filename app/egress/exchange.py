@@ -336,7 +336,14 @@ class WebSocketRelay:
         self._down.feed(data)
         self._record.frames_down = self._down.frames
         self._record.down += len(data)
-        return self._scrub.feed(data) if self._scrub.active else data
+        if not self._scrub.active:
+            return data
+        out = self._scrub.feed(data)
+        if self._down.between_frames:
+            # What the scrubber kept back cannot meet the rest of the key in the next frame:
+            # a frame header would stand between them. Held, it would wait for the next frame.
+            out += self._scrub.flush()
+        return out
 
     def down_ended(self) -> bytes:
         return self._scrub.flush()

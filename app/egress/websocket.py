@@ -26,6 +26,11 @@ class FrameCounter:
         self._head = bytearray()
         self._left = 0  # payload bytes of the current frame still to come
 
+    @property
+    def between_frames(self) -> bool:
+        """Whether the bytes fed so far end exactly where a frame ends."""
+        return not self._left and not self._head
+
     def feed(self, data: bytes) -> None:
         at, end = 0, len(data)
         while at < end:

@@ -34,3 +34,13 @@ def test_frames_are_counted_in_pieces_of_any_size(piece: int) -> None:
         counts.append(counter.frames)
     assert counter.frames == 6
     assert counts == sorted(counts)
+
+
+def test_the_counter_knows_when_the_bytes_end_between_frames() -> None:
+    counter = FrameCounter()
+    two = frame(b"hello") + frame(b"", opcode=9)
+    ends = []
+    for byte in two:
+        counter.feed(bytes([byte]))
+        ends.append(counter.between_frames)
+    assert [i for i, end in enumerate(ends) if end] == [len(frame(b"hello")) - 1, len(two) - 1]
