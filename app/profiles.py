@@ -157,6 +157,12 @@ def _host_rule(value: object) -> object:
 Host = Annotated[HostRule, BeforeValidator(_host_rule)]
 
 
+def _at_most_a_day(seconds: float) -> float:
+    if seconds > 24 * 3600:
+        raise ValueError("must be at most 24h")
+    return seconds
+
+
 class Route(Strict):
     """A plain-HTTP base URL inside the container that the proxy forwards upstream,
     adding the credential from the keyring."""
@@ -165,6 +171,9 @@ class Route(Strict):
     upstream: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     secret: Name
     header: SafeText = "Authorization: Bearer {secret}"
+    # Silence from the upstream, while the agent waits for its answer or between streamed
+    # events, before the agent gets 504: generous, since a reasoning model thinks for minutes.
+    idle_timeout: Annotated[Duration, AfterValidator(_at_most_a_day)] = 600.0
 
     @field_validator("header")
     @classmethod

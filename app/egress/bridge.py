@@ -83,7 +83,8 @@ from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdd
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
-from app.egress.proxy import PROXY_PORT, BlockedLog, ProxySettings, Resolver, SessionProxy
+from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
+from app.egress.witness import BlockedLog
 from app.errors import EgressError
 from app.profiles import Profile
 from app.sessions import SessionContext

@@ -41,6 +41,21 @@ BROKEN = [
         'header = "Authorization Bearer"\n',
         "network.routes[0].header: must look like",
     ),
+    (
+        GOOD + '[[network.routes]]\nname = "r"\nupstream = "https://x"\nsecret = "s"\n'
+        'idle_timeout = "soon"\n',
+        "network.routes[0].idle_timeout: invalid duration 'soon'",
+    ),
+    (
+        GOOD + '[[network.routes]]\nname = "r"\nupstream = "https://x"\nsecret = "s"\n'
+        "idle_timeout = 0\n",
+        "network.routes[0].idle_timeout: must be a positive, finite duration",
+    ),
+    (
+        GOOD + '[[network.routes]]\nname = "r"\nupstream = "https://x"\nsecret = "s"\n'
+        'idle_timeout = "25h"\n',
+        "network.routes[0].idle_timeout: must be at most 24h",
+    ),
     (GOOD + '[[grants]]\npath = "notes"\n', "grants[0].path: must be absolute or start with ~"),
     (
         GOOD + '[[grants]]\npath = "/x"\nmode = "rwx"\n',
