@@ -271,7 +271,7 @@ class OutputFilter:
             if not 0x40 <= final <= 0x7E:
                 return end  # malformed: dropped, what follows is read afresh
             if (final == 0x6D and not match.group(2) and end - i <= MAX_SEQUENCE
-                    and not match.group(1)[:1] in (b"<", b"=", b">", b"?")):
+                    and match.group(1)[:1] not in (b"<", b"=", b">", b"?")):
                 out += sanitised_sgr(match.group(1), self.colours)
             return end + 1
         if buf[i + 1] in _STRINGS:

@@ -118,7 +118,7 @@ def test_output_never_holds_a_control_but_its_own_sgr() -> None:
                 tail = rest.index(b"m")
                 assert all(c in b"0123456789;" for c in rest[:tail]), out
                 rest = head + rest[tail + 1:]
-        assert not any(c < 0x20 and c not in b"\t\n\r" or c == 0x7F for c in rest), out
+        assert not any((c < 0x20 and c not in b"\t\n\r") or c == 0x7F for c in rest), out
         assert "\u009b" not in rest.decode("utf-8", "strict")
 
 
