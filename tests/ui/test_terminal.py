@@ -209,3 +209,16 @@ def test_the_filter_is_fast_enough() -> None:
     start = time.perf_counter()
     filtered.feed(chunk)
     assert len(chunk) / (time.perf_counter() - start) > 1_000_000
+
+
+@pytest.mark.parametrize("hostile", ["\x1b[8m", "\u009b2J", "\u202e", "\u200f", "\n", "\u2028"])
+def test_notices_are_one_line_with_what_the_agent_chose_escaped(hostile: str) -> None:
+    from app.events import Event, EventKind
+    from ui.commands.run import notice_text
+
+    for event in (Event(EventKind.GRANT_SKIPPED, "s1", f"/home/u/x{hostile}",
+                        {"reason": f"because{hostile}"}),
+                  Event(EventKind.GRANT_REVOKED, "s1", f"evil{hostile}.example:443")):
+        text = notice_text(event)
+        assert text is not None
+        assert hostile not in text and f"\\u{ord(hostile[0]):04x}" in text
