@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ui.terminal import TerminalFilter, reclaim
+
 HEADER = struct.Struct(">cI")  # the same framing as app/handoff.py
 
 
@@ -49,8 +51,12 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
 
 
 def run(sock: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
-    """Streams the session's output to this terminal; returns the end frame's data."""
+    """Streams the session's output to this terminal; returns the end frame's data. On a
+    terminal the agent's output is filtered (ui/terminal.py) and Airlock's notices start from
+    a known state, as with a session supervised here."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    screen = TerminalFilter()
+    terminal = {b"O": sys.stdout.isatty(), b"E": sys.stderr.isatty()}
     try:
         sock.sendall(json.dumps(dict(request, op="run")).encode() + b"\n")
         while True:
@@ -58,11 +64,18 @@ def run(sock: socket.socket, request: dict[str, Any]) -> dict[str, Any]:
             payload = _read_exact(sock, size)
             if kind in (b"O", b"E"):
                 target = sys.stdout.buffer if kind == b"O" else sys.stderr.buffer
+                if terminal[kind]:
+                    payload = screen.feed(kind.decode(), payload)
                 target.write(payload)
                 target.flush()
             elif kind == b"N":
-                print(f"airlock: {payload.decode(errors='replace')}", file=sys.stderr,
-                      flush=True)
+                sys.stdout.flush()
+                reclaim(sys.stderr, screen.mid_line)
+                screen.reclaimed()
+                # The supervisor escapes what the agent chose (notice_text); a notice is one
+                # line all the same.
+                text = payload.decode(errors="replace").replace("\n", " ").replace("\x1b", "")
+                print(f"airlock: {text}", file=sys.stderr, flush=True)
             elif kind == b"X":
                 return dict(json.loads(payload))
             elif kind == b"R":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from app.errors import AirlockError
 from ui import handoff_client
 from ui.commands.base import Context, add_command
+from ui.terminal import TerminalFilter, reclaim
 
 if TYPE_CHECKING:
     from app.events import Event, EventBus
@@ -27,41 +28,72 @@ CANNOT_ASK = 75  # app.handoff.CANNOT_ASK, without importing the core
 
 
 class TerminalOutput:
+    """The agent's output on this process's stdout and stderr. On a terminal it goes through
+    the filter (ui/terminal.py) so that it cannot hide or rewrite Airlock's text; to a file or
+    pipe it goes as it is. Held while a question is on the terminal: the pieces wait in
+    `drain`, and the agent with them, as behind a paused terminal."""
+
     def __init__(self, gate: OutputGate | None = None) -> None:
-        self._gate = gate  # held while a question is on screen
+        self._gate = gate
+        self.filter = TerminalFilter()
+        self._held: list[tuple[str, bytes]] = []
+        self._terminal = {"stdout": sys.stdout.isatty(), "stderr": sys.stderr.isatty()}
 
     def write(self, stream: str, data: bytes) -> None:
+        if self._gate is not None and self._gate.held:
+            self._held.append((stream, data))
+            return
+        self._emit(stream, data)
+
+    async def drain(self) -> None:
         if self._gate is not None:
-            self._gate.wait()
-        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
-        target.write(data)
-        target.flush()
+            await self._gate.opened()
+        held, self._held = self._held, []
+        for stream, data in held:
+            self._emit(stream, data)
+
+    def _emit(self, stream: str, data: bytes) -> None:
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        if self._terminal.get(stream):
+            data = self.filter.feed(stream, data)
+        target.buffer.write(data)
+        target.buffer.flush()
+
+    def say(self, text: str) -> None:
+        """A line of Airlock's own, after the terminal is put back in a known state."""
+        sys.stdout.flush()
+        reclaim(sys.stderr, self.filter.mid_line)
+        self.filter.reclaimed()
+        print(f"airlock: {text}", file=sys.stderr, flush=True)
+
+    def print_notice(self, event: Event) -> None:
+        text = notice_text(event)
+        if text:
+            self.say(text)
 
 
 def notice_text(event: Event) -> str | None:
-    """What the person at the terminal should know while the agent runs."""
+    """What the person at the terminal should know while the agent runs; one line, with what
+    the agent chose escaped."""
     from app.events import EventKind
+    from app.text import inert
 
-    subject, details = event.subject, event.details
+    subject, details = inert(event.subject), event.details
     if event.kind is EventKind.SESSION_STARTED:
-        return f"session {subject} started ({details['profile']}); `airlock stop {subject}` ends it"
+        return (f"session {subject} started ({inert(details['profile'])}); "
+                f"`airlock stop {subject}` ends it")
     if event.kind is EventKind.GRANT_SKIPPED:
-        return f"not granted: {subject}: {details.get('reason', '')}"
+        return f"not granted: {subject}: {inert(details.get('reason', ''))}"
     if event.kind is EventKind.SESSION_TIMEOUT:
         return f"session {subject} ran out of time ({details['seconds']:.0f} s); stopping it"
     if event.kind is EventKind.SESSION_OOM:
         return f"session {subject} was killed: it hit its memory limit"
     if event.kind is EventKind.SESSION_LIMIT:
-        return f"session {event.session} hit its {subject} limit ({details.get('count')} times)"
+        return (f"session {inert(event.session)} hit its {subject} limit "
+                f"({inert(details.get('count'))} times)")
     if event.kind is EventKind.GRANT_REVOKED:
         return f"revoked: {subject}"
     return None
-
-
-def print_notice(event: Event) -> None:
-    text = notice_text(event)
-    if text:
-        print(f"airlock: {text}", file=sys.stderr, flush=True)
 
 
 async def run_session(supervisor: Supervisor, request: LaunchRequest,
@@ -77,7 +109,7 @@ async def run_session(supervisor: Supervisor, request: LaunchRequest,
     try:
         result = await supervisor.run(request, output)
     except asyncio.CancelledError:
-        print("airlock: interrupted; the session was stopped and removed", file=sys.stderr)
+        output.say("interrupted; the session was stopped and removed")
         return 130
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -102,6 +134,7 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
         error.exit_code = e.exit_code
         raise error from e
     except KeyboardInterrupt:
+        reclaim(sys.stderr)
         print("airlock: interrupted; the session was stopped and removed", file=sys.stderr)
         return 130
     except ConnectionError as e:
@@ -146,7 +179,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
             raise AirlockError(f"--timeout: {e}") from e
         request = LaunchRequest(profile, profile_path, grants,
                                 tuple(command) if command else None, timeout)
-        supervisor.bus.attach(print_notice)
+        supervisor.bus.attach(output.print_notice)
         code = asyncio.run(run_session(supervisor, request, output))
         session = supervisor.last_session
         if session is not None:
@@ -163,6 +196,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     from ui.commands.changes import describe, report
     from ui.prompt import discard_typed_ahead
 
+    reclaim(sys.stderr)  # the agent's output came before: nothing of it may hide what follows
     review = Review(ctx.dirs, bus)
     try:
         changeset = review.changes(session)

@@ -17,7 +17,7 @@ from dbus_fast.errors import DBusError
 from PySide6.QtCore import QObject, Signal
 
 from app.consent import ConsentRequest, RequestKind
-from app.text import printable
+from app.text import printable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ WHAT = {
 
 def _markup_free(text: str) -> str:
     # Notification servers may render a subset of HTML in the body; the agent's words
-    # must not be markup.
-    return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # must not be markup. Runs of spaces are made one: padding must not push the agent's
+    # words onto a line of their own, where they would read as Airlock's.
+    text = quoted(text[:4000], indent="", width=1_000_000)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class Notifier(QObject):
