@@ -7,10 +7,16 @@ any process.
 from __future__ import annotations
 
 import difflib
-import stat
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from app.commit import CommitLog, CommitRecord, CommitResult
 from app.errors import SessionError
@@ -25,9 +31,35 @@ from app.staging import (
     SessionStaging,
     open_regular,
 )
-from app.text import UNSAFE, escaped
+from app.text import UNSAFE, escaped, lookalikes, printable
+
+log = logging.getLogger(__name__)
 
 MAX_DIFF_BYTES = 1024 * 1024
+KEPT_LISTINGS = 8  # per session: a listing a little older than the last can still be committed
+
+CHANGED_SINCE_REVIEW = "changed since you reviewed it"
+NOT_REVIEWED = "not in the listing you reviewed"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What one listing of a session's changes showed: each path's fingerprint. Its id is
+    the changeset's digest, the one the listing printed."""
+
+    id: str
+    session: str
+    created_at: float
+    fingerprints: Mapping[Path, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "session": self.session, "created_at": self.created_at,
+                "changes": sorted([str(p), f] for p, f in self.fingerprints.items())}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Listing:
+        return cls(str(data["id"]), str(data["session"]), float(data["created_at"]),
+                   {Path(p): str(f) for p, f in data["changes"]})
 
 
 class Review:
@@ -48,6 +80,69 @@ class Review:
     def changes(self, session: str) -> Changeset:
         self.log.recover()
         return self.staging(session).changeset()
+
+    # listings: what the person was shown, so that a commit can be held to it
+
+    def _listings(self, session: str) -> Path:
+        # Beside the staging area, not in it: the agent reaches parts of that (its saves).
+        return self.dirs.sessions / session / "listings"
+
+    def listing(self, session: str) -> tuple[Changeset, Listing]:
+        """The changes, as a listing the person is about to be shown: it is recorded, and a
+        later `commit_listed` commits what it showed and nothing else."""
+        changeset = self.changes(session)
+        return changeset, self.record(changeset)
+
+    def record(self, changeset: Changeset) -> Listing:
+        listing = Listing(changeset.digest, changeset.session, time.time(),
+                          {c.path: c.fingerprint for c in changeset.changes})
+        directory = self._listings(changeset.session)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / f"{listing.id}.json"
+        temp = directory / f".{listing.id}-{secrets.token_hex(4)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
+            json.dump(listing.to_json(), f)
+        os.replace(temp, path)  # a reader sees the old listing or the new one, whole
+        for stale in sorted(directory.glob("*.json"), key=_modified)[:-KEPT_LISTINGS]:
+            stale.unlink(missing_ok=True)
+        return listing
+
+    def listed(self, session: str, listing_id: str | None = None) -> Listing | None:
+        """The listing with this id (SessionError if there is none), or the last one (None
+        if the session's changes were never listed)."""
+        directory = self._listings(session)
+        if listing_id is not None:
+            if not listing_id or not all(c in "0123456789abcdef" for c in listing_id):
+                raise SessionError(f"{printable(listing_id)!r} is not a changeset id (12 hex "
+                                   f"digits, as `airlock changes {session}` prints it)")
+            path = directory / f"{listing_id}.json"
+            if not path.is_file():
+                raise SessionError(f"no listing of {session}'s changes has the id {listing_id}; "
+                                   f"list them again with `airlock changes {session}`")
+            return _read_listing(path)
+        found = sorted(directory.glob("*.json"), key=_modified) if directory.is_dir() else []
+        for path in reversed(found):
+            listing = _read_listing(path)
+            if listing is not None:
+                return listing
+        return None
+
+    def commit_listed(self, session: str, paths: Sequence[Path] = (),
+                      listing_id: str | None = None) -> CommitResult:
+        """A commit held to what the person was shown: the listing with `listing_id`, or
+        else the last listing. A change that is not what it showed is refused as changed
+        since they reviewed it. A running session's changes are never committed unlisted;
+        an ended session's, which nothing can change any more, may be."""
+        staging = self.staging(session)
+        listing = self.listed(session, listing_id)
+        if listing is None:
+            if not staging.sealed:
+                raise SessionError(
+                    f"session {session} is still running, and its changes were never listed: "
+                    f"review them with `airlock changes {session} --diff` first, then commit")
+            return self.commit(session, paths)
+        return self.commit(session, paths, listing.fingerprints)
 
     def commit(self, session: str, paths: Sequence[Path] = (),
                reviewed: Mapping[Path, str] | None = None) -> CommitResult:
@@ -126,14 +221,62 @@ class Review:
         return result
 
 
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _read_listing(path: Path) -> Listing | None:
+    try:
+        return Listing.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable listing %s: %s", path, e)
+        return None
+
+
 def _as_reviewed(change: Change, fingerprint: str | None) -> Change:
     if fingerprint is None:
-        return replace(change, problems=(*change.problems, "not reviewed: it was staged after "
-                                         "the review was opened; review it again"))
+        return replace(change, problems=(*change.problems, f"{NOT_REVIEWED} (staged after "
+                                         "it): not committed; review it again"))
     if fingerprint != change.fingerprint:
-        return replace(change, problems=(*change.problems, "changed since it was reviewed: "
+        return replace(change, problems=(*change.problems, f"{CHANGED_SINCE_REVIEW}: "
                                          "not committed; review it again"))
     return change
+
+
+def unreviewed(reason: str) -> bool:
+    """Whether a commit refused a path for not being what the person reviewed."""
+    return any(why in reason for why in (CHANGED_SINCE_REVIEW, NOT_REVIEWED,
+                                         "changed since it was reviewed"))  # app.commit's
+
+
+def mode_text(change: Change) -> str:
+    """The permission bits a change gives its path, when they are news: every new file and
+    directory, and every path whose bits change (`0644 -> 0755`)."""
+    changed = change.mode_change
+    if changed is None:
+        return ""
+    before, after = changed
+    return f"mode {after:04o}" if before is None else f"mode {before:04o} -> {after:04o}"
+
+
+def name_warnings(changeset: Changeset) -> dict[Path, list[str]]:
+    """For each changed path whose name is deceptive, or looks like another name in its
+    folder (staged, or one the host already has there), what to warn about."""
+    changed = {str(c.path): c.path for c in changeset.changes}
+    names = set(changed)
+    for folder in {c.path.parent for c in changeset.changes
+                   if c.kind in (ChangeKind.ADDED, ChangeKind.RENAMED)}:
+        try:
+            names.update(os.path.join(folder, n) for n in os.listdir(folder))
+        except OSError:
+            continue  # a new folder: nothing of the host's to look like
+    return {changed[path]: found for path, found in lookalikes(sorted(names)).items()
+            if path in changed}
 
 
 def _rebase(staging: SessionStaging, applied: Iterable[str]) -> None:
@@ -147,21 +290,28 @@ def _rebase(staging: SessionStaging, applied: Iterable[str]) -> None:
 def diff(change: Change) -> Iterator[str]:
     """A unified diff for text, one line of summary for anything else."""
     if change.type is EntryType.SYMLINK:
-        yield f"symlink {change.path} -> {change.link_target}\n"
+        yield f"symlink {printable(str(change.path))} -> {printable(change.link_target or '')}\n"
         return
     if change.type is not EntryType.FILE:
-        yield f"{change.kind} {change.type} {change.path}\n"
+        mode = mode_text(change)
+        yield f"{change.kind} {change.type} {mode + ' ' if mode else ''}" \
+              f"{printable(str(change.path))}\n"
         return
+    name = printable(str(change.path))
+    if mode := mode_text(change):
+        yield f"{mode} {name}\n"
     if change.kind is ChangeKind.MODE:
-        yield (f"mode {change.path}: {stat.S_IMODE(change.old_mode or 0):04o} -> "
-               f"{stat.S_IMODE(change.new_mode or 0):04o}\n")
         return
     old_path = change.renamed_from or change.path
     old = _text(old_path) if change.kind in (ChangeKind.MODIFIED, ChangeKind.DELETED,
                                              ChangeKind.RENAMED) else ""
-    new = _text(change.staged) if change.staged is not None else ""
+    new = _text(change.staged, change.new_hash) if change.staged is not None else ""
+    if new is _CHANGED:
+        yield (f"changed since it was listed {name}: list it again to see it (a commit of "
+               "this listing refuses it)\n")
+        return
     if old is None or new is None:
-        yield (f"binary {change.path}: {change.old_size or 0} -> {change.new_size or 0} bytes, "
+        yield (f"binary {name}: {change.old_size or 0} -> {change.new_size or 0} bytes, "
                f"sha256 {(change.old_hash or '-')[:12]} -> {(change.new_hash or '-')[:12]}\n")
         return
     before = f"a{old_path}" if change.kind is not ChangeKind.ADDED else "/dev/null"
@@ -188,7 +338,13 @@ def _visible(line: str) -> str:
                       body) + end
 
 
-def _text(path: Path | None) -> str | None:
+_CHANGED = "\0changed"  # what `_text` returns for a file that is not the listed one any more
+
+
+def _text(path: Path | None, expected: str | None = None) -> str | None:
+    """A file's text; None if it is not text. `expected`: the sha256 the listing gave it;
+    if what is read has another (the agent wrote again), `_CHANGED`: a diff must show what
+    was listed, not something a commit of the listing would refuse."""
     if path is None:
         return ""
     try:
@@ -199,6 +355,9 @@ def _text(path: Path | None) -> str | None:
         return None
     with open(fd, "rb") as f:
         data = f.read(MAX_DIFF_BYTES + 1)
+    if expected is not None and len(data) <= MAX_DIFF_BYTES and \
+            hashlib.sha256(data).hexdigest() != expected:
+        return _CHANGED
     if len(data) > MAX_DIFF_BYTES or b"\0" in data:
         return None
     try:

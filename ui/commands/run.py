@@ -158,29 +158,32 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     """What the agent staged is put in front of the user (or committed, if the profile says
     so explicitly); nothing reaches their files without one or the other."""
     from app.errors import SessionError
-    from app.review import Review, diff
-    from ui.commands.changes import describe, report
+    from app.review import Review, diff, name_warnings
+    from ui.commands.changes import counted, describe, report
     from ui.prompt import discard_typed_ahead
 
     review = Review(ctx.dirs, bus)
     try:
-        changeset = review.changes(session)
+        changeset, listing = review.listing(session)
     except SessionError:
         return
     if not changeset.changes:
         return
-    print(f"\nairlock: the agent staged {len(changeset.changes)} change(s):", file=sys.stderr)
+    warnings = name_warnings(changeset)
+    print(f"\nairlock: the agent staged {counted(changeset)}:", file=sys.stderr)
     for change in changeset.changes:
-        print("  " + describe(change).replace("\n", "\n  "), file=sys.stderr)
-    shown = {change.path: change.fingerprint for change in changeset.changes}
+        print("  " + describe(change, warnings.get(change.path)).replace("\n", "\n  "),
+              file=sys.stderr)
+    # What lands is what this list showed (a commit of it refuses anything else).
+    shown = listing.fingerprints
     if rule == "auto" and mode != "never":
         report(review.commit(session, (), shown), "committed")
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
     while interactive:
         discard_typed_ahead(sys.stdin.fileno())  # a key meant for an earlier question
-        print("Commit them to your files? [y]es, [N]o, [d]iff: ", end="", file=sys.stderr,
-              flush=True)
+        print(f"Commit these {counted(changeset)} to your files? [y]es, [N]o, [d]iff: ",
+              end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip().lower()
         if answer == "d":
             for change in changeset.changes:
@@ -191,7 +194,8 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
             return
         break
     print(f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "
-          f"then `airlock commit {session}` or `airlock discard {session}`", file=sys.stderr)
+          f"then `airlock commit {session}` (or `--reviewed {listing.id}` for exactly this "
+          f"list) or `airlock discard {session}`", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

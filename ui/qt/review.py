@@ -20,6 +20,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QSyntaxHighlighter, QTextCharFormat
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -27,6 +28,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStyle,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -36,7 +38,7 @@ from PySide6.QtWidgets import (
 from app.commit import CommitRecord, CommitResult
 from app.errors import AirlockError
 from app.events import Event, EventBus
-from app.review import Review, diff
+from app.review import Review, diff, mode_text, name_warnings
 from app.staging import Change, ChangeKind, Changeset
 from app.text import printable
 from ui.qt.icons import icon
@@ -107,6 +109,7 @@ class ReviewWindow(QWidget):
         self._spawn = spawn
         self.changeset: Changeset | None = None
         self.diffs: dict[Path, str] = {}
+        self.warnings: dict[Path, list[str]] = {}  # about names that pass for others
         self.setObjectName("reviewWindow")
         self.setWindowTitle(f"Review changes — session {session}")
         self.setWindowIcon(icon("airlock"))
@@ -123,7 +126,7 @@ class ReviewWindow(QWidget):
 
         self.files = QTreeWidget()
         self.files.setObjectName("changes")
-        self.files.setHeaderLabels(["File", "Status", "Size"])
+        self.files.setHeaderLabels(["File", "Status", "Mode", "Size"])
         self.files.setRootIsDecorated(False)
         self.files.setAlternatingRowColors(True)
         self.files.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -131,7 +134,8 @@ class ReviewWindow(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
         header.resizeSection(1, 90)
-        header.resizeSection(2, 80)
+        header.resizeSection(2, 110)
+        header.resizeSection(3, 80)
         self.files.currentItemChanged.connect(self._show_diff)
         self.files.itemChanged.connect(lambda *_: self._update_buttons())
 
@@ -200,13 +204,15 @@ class ReviewWindow(QWidget):
 
     async def load(self) -> None:
         try:
-            changeset = await asyncio.to_thread(self.review.changes, self.session)
+            # Recorded as a listing: its id is the one `airlock commit --reviewed` takes.
+            changeset, _ = await asyncio.to_thread(self.review.listing, self.session)
         except AirlockError as e:
             changeset = Changeset(self.session, ())
             self.status.setText(str(e))
         diffs = await asyncio.to_thread(_diffs, changeset)
+        warnings = await asyncio.to_thread(name_warnings, changeset)
         records = await asyncio.to_thread(self.review.history)
-        self.changeset, self.diffs = changeset, diffs
+        self.changeset, self.diffs, self.warnings = changeset, diffs, warnings
         self._fill(changeset)
         self._fill_history([r for r in records if r.session == self.session])
 
@@ -224,9 +230,12 @@ class ReviewWindow(QWidget):
         self.note.setText(f"In {printable(base)}. Nothing reaches your files until you "
                           "commit it; tick the files you approve." if base else
                           "Nothing reaches your files until you commit it.")
+        warning_icon = QApplication.style().standardIcon(
+            QStyle.StandardPixmap.SP_MessageBoxWarning)
         for change in changeset.changes:
             shown = os.path.relpath(change.path, base) if base else str(change.path)
             item = QTreeWidgetItem([printable(shown), str(change.kind),
+                                    mode_text(change).removeprefix("mode ").replace("->", "→"),
                                     human_bytes(change.new_size or 0)
                                     if change.new_size is not None else ""])
             item.setData(0, Qt.ItemDataRole.UserRole, str(change.path))
@@ -235,13 +244,27 @@ class ReviewWindow(QWidget):
             item.setCheckState(0, Qt.CheckState.Checked if str(change.path) in approved
                                else Qt.CheckState.Unchecked)
             item.setForeground(1, QColor(STATUS_COLOURS.get(change.kind, "#24292f")))
+            if mode_text(change):
+                item.setToolTip(2, f"Lands with {mode_text(change)}")
+            warnings = self.warnings.get(change.path)
+            if warnings:
+                # Seen on the row, not only on hover; never ticked by "Approve all".
+                item.setIcon(0, warning_icon)
+                item.setForeground(0, QColor("#9a6700"))
+                item.setToolTip(0, "Check this name: it " + "; it ".join(
+                    printable(w) for w in warnings))
             if change.problems:
-                item.setToolTip(0, "Would be refused: " + "; ".join(change.problems))
+                item.setToolTip(0, "Would be refused: " + "; ".join(
+                    printable(p) for p in change.problems))
                 item.setForeground(0, QColor("#a4262c"))
             self.files.addTopLevelItem(item)
         self.files.blockSignals(False)
         count = len(changeset.changes)
-        self.status.setText(f"{count} change(s) staged" if count else "No staged changes")
+        flagged = sum(1 for c in changeset.changes if c.path in self.warnings)
+        self.status.setText(
+            (f"{count} change{'' if count == 1 else 's'}, id {changeset.digest}"
+             + (f"; {flagged} with a name to check" if flagged else ""))
+            if count else "No staged changes")
         if count:
             again = self.item_for(Path(looking_at)) if looking_at else None
             self.files.setCurrentItem(again or self.files.topLevelItem(0))
@@ -266,7 +289,9 @@ class ReviewWindow(QWidget):
         if item is None:
             return
         path = Path(item.data(0, Qt.ItemDataRole.UserRole))
-        self.viewer.setPlainText(self.diffs.get(path, ""))
+        warnings = "".join(f"warning: the name {printable(w)}\n"
+                           for w in self.warnings.get(path, ()))
+        self.viewer.setPlainText(warnings + ("\n" if warnings else "") + self.diffs.get(path, ""))
 
     # choices
 
@@ -283,8 +308,12 @@ class ReviewWindow(QWidget):
         return None
 
     def _approve_all(self) -> None:
+        """Ticks every change but those whose name was flagged: each of those the person
+        ticks on their own, having looked at it."""
         for i in range(self.files.topLevelItemCount()):
-            self.files.topLevelItem(i).setCheckState(0, Qt.CheckState.Checked)
+            item = self.files.topLevelItem(i)
+            if Path(item.data(0, Qt.ItemDataRole.UserRole)) not in self.warnings:
+                item.setCheckState(0, Qt.CheckState.Checked)
 
     def _update_buttons(self) -> None:
         chosen = bool(self.approved())
