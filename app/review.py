@@ -1,7 +1,9 @@
 """Review of staged changes: list and diff them, commit or discard them, undo commits.
 
 Works on what is on disk, so it serves a running session and one that ended long ago, from
-any process.
+any process. Each listing shown to the person is recorded (`SESSION_DIR/listings/ID.json`,
+out of the agent's reach) so that a commit is held to what they saw, not to what the agent
+staged since.
 """
 
 from __future__ import annotations

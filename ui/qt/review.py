@@ -9,6 +9,7 @@ EventBus is published on the loop's thread only.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import os
 import time
@@ -239,24 +240,24 @@ class ReviewWindow(QWidget):
                                     human_bytes(change.new_size or 0)
                                     if change.new_size is not None else ""])
             item.setData(0, Qt.ItemDataRole.UserRole, str(change.path))
-            item.setToolTip(0, printable(str(change.path)))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(0, Qt.CheckState.Checked if str(change.path) in approved
                                else Qt.CheckState.Unchecked)
             item.setForeground(1, QColor(STATUS_COLOURS.get(change.kind, "#24292f")))
             if mode_text(change):
                 item.setToolTip(2, f"Lands with {mode_text(change)}")
+            tips = [printable(str(change.path))]
             warnings = self.warnings.get(change.path)
             if warnings:
                 # Seen on the row, not only on hover; never ticked by "Approve all".
                 item.setIcon(0, warning_icon)
                 item.setForeground(0, QColor("#9a6700"))
-                item.setToolTip(0, "Check this name: it " + "; it ".join(
-                    printable(w) for w in warnings))
+                tips.append("Check this name: it " + "; it ".join(printable(w) for w in warnings))
             if change.problems:
-                item.setToolTip(0, "Would be refused: " + "; ".join(
+                tips.append("Would be refused: " + "; ".join(
                     printable(p) for p in change.problems))
                 item.setForeground(0, QColor("#a4262c"))
+            item.setToolTip(0, plain_tip("\n".join(tips)))
             self.files.addTopLevelItem(item)
         self.files.blockSignals(False)
         count = len(changeset.changes)
@@ -375,6 +376,12 @@ class ReviewWindow(QWidget):
         self.status.setText(f"Undid {commit}: {len(result.applied)} file(s) restored")
         await self.load()
         return result
+
+
+def plain_tip(text: str) -> str:
+    """A tooltip that shows `text` as it is: Qt takes a tooltip that looks like HTML for
+    HTML, and an agent chooses file names (`<img src=…>`, `<b>approved</b>`)."""
+    return "<p style='white-space:pre'>" + html.escape(text) + "</p>"
 
 
 def _diffs(changeset: Changeset) -> dict[Path, str]:
