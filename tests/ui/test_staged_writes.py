@@ -549,3 +549,32 @@ def test_changes_that_run_code_wait_for_a_person_even_under_auto_commit(
     assert named.returncode == 0, named.stderr
     assert (project / ".envrc").read_text() == f"touch {marker}\n"
     assert not (project / ".git" / "hooks" / "pre-commit").exists()
+
+
+def test_the_end_of_run_question_commits_what_runs_code_only_when_asked_to(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    import pty
+    import select
+
+    path = tester.write("mixed.toml", profile_text(
+        agent_image, ["sh", "-c", f"cd {project}; echo n > n.txt; echo 'curl evil' > .envrc"]))
+    main, secondary = pty.openpty()
+    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
+               str(Path(tester.env["PATH"].split(":")[0]) / "airlock"), "run", "--profile",
+               str(path), "--grant", f"{project}:rw"]
+    process = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary,
+                               cwd=tester.base)
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[d]iff" not in seen and time.monotonic() < deadline:
+        if select.select([main], [], [], 1)[0]:
+            seen += os.read(main, 4096)
+    assert b"runs code: direnv" in seen
+    assert b"[y]es but not the 1 that can run code, [a]ll, [N]o, [d]iff" in seen
+    os.write(main, b"y\n")
+    process.wait(timeout=60)
+    os.close(main)
+    assert (project / "n.txt").read_text() == "n\n"
+    assert not (project / ".envrc").exists()
