@@ -383,7 +383,7 @@ def diff(change: Change) -> Iterator[str]:
                                              ChangeKind.RENAMED) else ""
     new = _text(change.staged, change.new_hash) if change.staged is not None else ""
     if new is _CHANGED:
-        yield (f"changed since it was listed {name}: list it again to see it (a commit of "
+        yield (f"changed since it was listed: {name}; list it again to see it (a commit of "
                "this listing refuses it)\n")
         return
     if old is None or new is None:

@@ -74,8 +74,12 @@ def handle_changes(ctx: Context, args: argparse.Namespace) -> int:
         print("… and more: the listing stops at 50 000 changes")
     blocked = sum(1 for c in changeset.changes if c.problems)
     flagged = sum(1 for c in changeset.changes if c.path in warnings)
-    print(f"{counted(changeset)}; {blocked} would be refused, {flagged} with a name to check, "
-          f"{len(risky)} can run code (committed only if named or with --include-risky); "
+    notes = [text for count, text in (
+        (blocked, f"{blocked} would be refused"),
+        (flagged, f"{flagged} with a name to check"),
+        (len(risky), f"{len(risky)} can run code (committed only if named or with "
+                     "--include-risky)")) if count]
+    print(f"{counted(changeset)}; {', '.join(notes) + '; ' if notes else ''}"
           f"`airlock commit {args.session} --reviewed {listing.id}` applies exactly these")
     return 0
 
