@@ -192,41 +192,49 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     so explicitly); nothing reaches their files without one or the other."""
     from app.errors import SessionError
     from app.policy import commits_unasked
-    from app.review import Review, diff
-    from ui.commands.changes import describe, report
+    from app.review import Review, diff, name_warnings, runs_code
+    from ui.commands.changes import counted, describe, report
     from ui.prompt import discard_typed_ahead
 
     reclaim(sys.stderr)  # the agent's output came before: nothing of it may hide what follows
     review = Review(ctx.dirs, bus)
     try:
-        changeset = review.changes(session)
+        changeset, listing = review.listing(session)
     except SessionError:
         return
     if not changeset.changes:
         return
-    print(f"\nairlock: the agent staged {len(changeset.changes)} change(s):", file=sys.stderr)
+    warnings, risky = name_warnings(changeset), runs_code(changeset)
+    print(f"\nairlock: the agent staged {counted(changeset)}:", file=sys.stderr)
     for change in changeset.changes:
-        print("  " + describe(change).replace("\n", "\n  "), file=sys.stderr)
-    shown = {change.path: change.fingerprint for change in changeset.changes}
+        print("  " + describe(change, warnings.get(change.path), risky.get(change.path))
+              .replace("\n", "\n  "), file=sys.stderr)
+    # What lands is what this list showed (a commit of it refuses anything else).
+    shown = listing.fingerprints
     if commits_unasked(rule, mode):  # app/policy.py
-        report(review.commit(session, (), shown), "committed")
+        # A profile's "auto" never covers what can run code here: that waits for a person.
+        report(review.commit(session, (), shown, include_risky=False), "committed")
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
+    choices = (f"[y]es but not the {len(risky)} that can run code, [a]ll, [N]o, [d]iff"
+               if risky else "[y]es, [N]o, [d]iff")
     while interactive:
         discard_typed_ahead(sys.stdin.fileno())  # a key meant for an earlier question
-        print("Commit them to your files? [y]es, [N]o, [d]iff: ", end="", file=sys.stderr,
-              flush=True)
+        print(f"Commit these {counted(changeset)} to your files? {choices}: ",
+              end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip().lower()
         if answer == "d":
             for change in changeset.changes:
                 sys.stderr.writelines(diff(change))
             continue
-        if answer in ("y", "yes"):
-            report(review.commit(session, (), shown), "committed")
+        if answer in ("y", "yes") or (risky and answer in ("a", "all")):
+            report(review.commit(session, (), shown, include_risky=answer in ("a", "all")),
+                   "committed")
             return
         break
     print(f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "
-          f"then `airlock commit {session}` or `airlock discard {session}`", file=sys.stderr)
+          f"then `airlock commit {session}` (or `--reviewed {listing.id}` for exactly this "
+          f"list) or `airlock discard {session}`", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
