@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -328,7 +329,8 @@ class Supervisor:
                 running, request, image, seccomp, grants, labels, additions)
             # The view mirrors absolute host paths, so its root stands for `/`.
             running.watched[running.view.root] = Path("/")
-            running.watcher = TreeWatcher(session_id, self.bus, running.watched)
+            running.watcher = TreeWatcher(session_id, self.bus, running.watched, on_unwatched=(
+                functools.partial(self._partly_unwatched, running, request.profile)))
             await running.watcher.start()
             container = await asyncio.to_thread(self._create, spec.create_kwargs())
             running.container = container
@@ -815,6 +817,17 @@ class Supervisor:
             pass
         except docker.errors.APIError as e:  # not running (yet, or any more)
             log.warning("cannot kill container %s: %s", container.short_id, e.explanation)
+
+    def _partly_unwatched(self, running: _Running, profile: Profile, overflows: int) -> None:
+        """The agent's file activity overflowed the watch again and again: where the
+        profile says so, that stops the session."""
+        if profile.watch.unwatched != "stop":
+            return
+        running.stop_reason = running.stop_reason or (
+            "stopped: its file activity could not be watched (inotify queue overflowed "
+            f"{overflows} times)")
+        threading.Thread(target=self._kill_agent, args=(running.id,),
+                         name=f"stop-{running.id}", daemon=True).start()
 
     def _unrecorded(self, reason: str) -> None:
         """The audit log cannot be written: every session is stopped at once, for nothing
