@@ -321,6 +321,15 @@ class TreeWatcher:
         self._gap_since = min(self._gap_since, since)
         if cause not in self._causes:
             self._causes.append(cause)
+        if cause == OVERFLOW:  # each one, even while the watch restarts after another
+            self.overflows += 1
+            if self.overflows == UNWATCHED_AFTER:
+                self._bus.emit(EventKind.ACTIVITY_UNWATCHED, self.session, "file activity",
+                               overflows=self.overflows,
+                               note="the agent's file activity overflowed the inotify queue "
+                                    f"{self.overflows} times: parts of it were not seen")
+                if self._on_unwatched is not None:
+                    self._on_unwatched(self.overflows)
         if self._resync is None:
             self._resync = self._loop.create_task(self._resynchronise())
 
@@ -339,9 +348,7 @@ class TreeWatcher:
             self._resync = None
 
     async def _restart(self, began: float, causes: list[str]) -> None:
-        overflowed = OVERFLOW in causes
         self.gaps += 1
-        self.overflows += overflowed
         log.warning("session %s: file activity went unwatched (%s); rescanning",
                     self.session, "; ".join(causes))
         observer, self._observer = self._observer, None
@@ -369,13 +376,6 @@ class TreeWatcher:
             self._bus.emit(EventKind.FILE_UNWATCHED, self.session, str(shown), **details)
         for kind, subject, details in changes:
             self._arrive(kind, subject, {**details, "rescan": True}, ended)
-        if overflowed and self.overflows == UNWATCHED_AFTER:
-            self._bus.emit(EventKind.ACTIVITY_UNWATCHED, self.session, "file activity",
-                           overflows=self.overflows,
-                           note="the agent's file activity overflowed the inotify queue "
-                                f"{self.overflows} times: parts of it were not seen")
-            if self._on_unwatched is not None:
-                self._on_unwatched(self.overflows)
 
     def _arrive(self, kind: EventKind, subject: str, details: dict[str, Any], when: float) -> None:
         self._last_seen = max(self._last_seen, when)
