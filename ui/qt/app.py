@@ -97,6 +97,7 @@ class Desktop(QObject):
         self.runs: dict[str, asyncio.Task[SessionResult]] = {}
         self.reviews: dict[str, ReviewWindow] = {}
         self.sessions: list[SessionRecord] = []
+        self.unwatched: frozenset[str] = frozenset()  # partly unwatched sessions
         self._notified: dict[int, str] = {}  # notification id -> request id
 
         bridge.events.connect(self._events)
@@ -165,6 +166,12 @@ class Desktop(QObject):
 
     def _events(self, batch: list[Event]) -> None:
         self.window.add_events(batch)
+        unwatched = {e.session for e in batch
+                     if e.kind is EventKind.ACTIVITY_UNWATCHED and e.session}
+        if unwatched - self.unwatched:
+            self.unwatched |= unwatched
+            self.window.set_unwatched(self.unwatched)
+            self._update_tray()
 
     def refresh_sessions(self) -> None:
         self.sessions = self.supervisor.store.sessions(live_only=True)
@@ -183,7 +190,7 @@ class Desktop(QObject):
         if self.tray is None:
             return
         self.tray.update(self.sessions, self.front_end.pending,
-                         self.settings.get(options.BLOCK_NETWORK))
+                         self.settings.get(options.BLOCK_NETWORK), self.unwatched)
 
     def _changes_changed(self, session: str) -> None:
         window = self.reviews.get(session)
