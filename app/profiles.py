@@ -222,6 +222,12 @@ class Approval(Strict):
     timeout: Duration = 120.0
 
 
+class Watch(Strict):
+    # What to do with a session whose file activity overflowed the watch again and again
+    # (see app/activity.py): show it as partly unwatched, or also stop it.
+    unwatched: Literal["warn", "stop"] = "warn"
+
+
 class DefaultGrant(Strict):
     path: str
     mode: Literal["ro", "rw"] = "ro"
@@ -253,6 +259,7 @@ class Profile(Strict):
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
     approval: Approval = Field(default_factory=Approval)
+    watch: Watch = Field(default_factory=Watch)
     grants: tuple[DefaultGrant, ...] = ()
 
     @field_validator("command")

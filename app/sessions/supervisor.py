@@ -10,6 +10,7 @@ Every engine call blocks, so each goes through `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ from app.errors import EngineError, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, Lifetime, Mode
 from app.paths import Dirs
-from app.profiles import ProfileCatalog
+from app.profiles import Profile, ProfileCatalog
 from app.sessions.delivery import SessionFiles
 from app.sessions.engine import DockerEngine, Engine, is_agent, kill_agent, session_containers
 from app.sessions.launch import SessionSetup
@@ -159,7 +160,8 @@ class Supervisor:
                 running, request, image, seccomp, grants, labels, additions)
             # The view mirrors absolute host paths, so its root stands for `/`.
             running.watched[running.view.root] = Path("/")
-            running.watcher = TreeWatcher(session_id, self.bus, running.watched)
+            running.watcher = TreeWatcher(session_id, self.bus, running.watched, on_unwatched=(
+                functools.partial(self._partly_unwatched, running, request.profile)))
             await running.watcher.start()
             running.container = await asyncio.to_thread(
                 self._engine.create, spec.create_kwargs())
@@ -301,6 +303,17 @@ class Supervisor:
         if not containers or not process_alive(record.supervisor):
             return self._sweep()
         return []
+
+    def _partly_unwatched(self, running: RunningSession, profile: Profile, overflows: int) -> None:
+        """The agent's file activity overflowed the watch again and again: where the
+        profile says so, that stops the session."""
+        if profile.watch.unwatched != "stop":
+            return
+        running.stop_reason = running.stop_reason or (
+            "stopped: its file activity could not be watched (inotify queue overflowed "
+            f"{overflows} times)")
+        threading.Thread(target=kill_agent, args=(self._engine, self.owner, running.id),
+                         name=f"stop-{running.id}", daemon=True).start()
 
     def _unrecorded(self, reason: str) -> None:
         """The audit log cannot be written: every session is stopped at once, for nothing

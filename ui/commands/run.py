@@ -93,6 +93,15 @@ def notice_text(event: Event) -> str | None:
                 f"({inert(details.get('count'))} times)")
     if event.kind is EventKind.GRANT_REVOKED:
         return f"revoked: {subject}"
+    if event.kind is EventKind.ACTIVITY_GAP:
+        from app.text import printable
+
+        return (f"session {event.session}: file activity went unwatched for "
+                f"{details.get('seconds', 0):.1f} s ({printable(str(details.get('cause')))}); "
+                f"rescanned: {details.get('rescanned', 0)} change(s) in that time")
+    if event.kind is EventKind.ACTIVITY_UNWATCHED:
+        return (f"session {event.session} is partly unwatched: its file activity overflowed "
+                f"the watch {details.get('overflows')} times")
     return None
 
 

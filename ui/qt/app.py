@@ -99,6 +99,7 @@ class Desktop(QObject):
         self.reviews: dict[str, ReviewWindow] = {}
         self.sessions: list[SessionRecord] = []
         self._reads: dict[str, int] = {}  # what -> the number of the latest read of it
+        self.unwatched: frozenset[str] = frozenset()  # partly unwatched sessions
         self._notified: dict[int, str] = {}  # notification id -> request id
 
         bridge.events.connect(self._events)
@@ -174,6 +175,12 @@ class Desktop(QObject):
         for event in batch:
             if event.kind in (EventKind.SESSION_EXITED, EventKind.SESSION_SWEPT):
                 self.front_end.forget(event.session or "")
+        unwatched = {e.session for e in batch
+                     if e.kind is EventKind.ACTIVITY_UNWATCHED and e.session}
+        if unwatched - self.unwatched:
+            self.unwatched |= unwatched
+            self.window.set_unwatched(self.unwatched)
+            self._update_tray()
 
     # The store is read in a worker thread: a database locked by another airlock process
     # must not freeze the window. Only the latest of overlapping reads is shown.
@@ -208,7 +215,7 @@ class Desktop(QObject):
         if self.tray is None:
             return
         self.tray.update(self.sessions, self.front_end.pending,
-                         self.settings.get(options.BLOCK_NETWORK))
+                         self.settings.get(options.BLOCK_NETWORK), self.unwatched)
 
     def _changes_changed(self, session: str) -> None:
         window = self.reviews.get(session)

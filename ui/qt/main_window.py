@@ -377,6 +377,10 @@ class MainWindow(QMainWindow):
 
     # what the controller feeds in
 
+    def set_unwatched(self, sessions: frozenset[str]) -> None:
+        """Sessions whose file activity could not be watched in full."""
+        self.sessions.set_unwatched(sessions)
+
     def set_sessions(self, sessions: Sequence[SessionRecord]) -> None:
         self.sessions.replace(sessions)
         self.sessions_empty.setVisible(not sessions)
