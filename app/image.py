@@ -34,7 +34,12 @@ REQUIRED_TOOLS = ("python3", "gdbus", "curl")
 BUILD_VERSION = 1
 
 SUITE = "bookworm"
-PACKAGES = ("python3", "curl", "ca-certificates", "libglib2.0-bin", "procps")
+# What coding agents expect to find: a shell userland, git, ripgrep (Claude Code and Codex
+# search with it), diff and patch for their edits, and the CA bundle for HTTPS clients.
+PACKAGES = (
+    "python3", "curl", "ca-certificates", "libglib2.0-bin", "procps", "git", "ripgrep",
+    "coreutils", "findutils", "grep", "sed", "diffutils", "patch", "less",
+)
 # Nobody reads documentation inside an agent container; leaving it out saves tens of MB.
 DPKG_OPTIONS = (
     "path-exclude=/usr/share/man/*",

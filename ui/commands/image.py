@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import docker
+
+from app.agent_image import AGENTS, build_agent
 from app.engine import connect_engine
+from app.errors import ImageError
 from app.image import AGENTS_IN_IMAGE, DEFAULT_IMAGE, ImageState, Recipe, build, image_info
 from ui.commands.base import Context, add_command
 
@@ -18,7 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         actions, "build", _build, "build the agent image offline with mmdebstrap (idempotent)"
     )
     build_parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    build_parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"default: {DEFAULT_IMAGE}")
+    build_parser.add_argument("--tag", default=None,
+                              help=f"default: {DEFAULT_IMAGE}, or airlock-agent:AGENT")
+    build_parser.add_argument(
+        "--agent", action="append", default=[], metavar="AGENT",
+        help=f"also build an agent's image on the base: {', '.join(sorted(AGENTS))} or all "
+             "(repeatable)")
+    build_parser.add_argument("--version", default=None,
+                              help="the agent's package version (default: the pinned one)")
+    build_parser.add_argument("--base", default=DEFAULT_IMAGE,
+                              help=f"the base image under an agent (default: {DEFAULT_IMAGE})")
+    build_parser.add_argument("--offline", action="store_true",
+                              help="use only packages already in the cache")
 
     show_parser = add_command(actions, "show", _show, "show the agent image and its recipe")
     show_parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"default: {DEFAULT_IMAGE}")
@@ -31,19 +46,39 @@ def _usage(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _build(ctx: Context, args: argparse.Namespace) -> int:
-    recipe = Recipe.default()
     # Importing a 150 MB tarball takes longer than the engine's usual answer time.
     client = connect_engine(timeout=600)
-    info = image_info(client, args.tag, recipe)
+    if args.agent:
+        return _build_agents(client, args)
+    recipe = Recipe.default()
+    tag = args.tag or DEFAULT_IMAGE
+    info = image_info(client, tag, recipe)
     if info.state is ImageState.CURRENT and not args.force:
-        print(f"{args.tag} is up to date (recipe {info.recipe[:12]})")
+        print(f"{tag} is up to date (recipe {info.recipe[:12]})")
         return 0
     started = time.monotonic()
-    info = build(client, recipe, args.tag, force=True, say=print)
+    info = build(client, recipe, tag, force=True, say=print)
     print(
-        f"built {args.tag} ({info.size / 1e6:.0f} MB, recipe {info.recipe[:12]}) "
+        f"built {tag} ({info.size / 1e6:.0f} MB, recipe {info.recipe[:12]}) "
         f"in {time.monotonic() - started:.0f} s"
     )
+    return 0
+
+
+def _build_agents(client: docker.DockerClient, args: argparse.Namespace) -> int:
+    names: list[str] = []
+    for name in args.agent:
+        for one in sorted(AGENTS) if name == "all" else [name]:
+            if one not in AGENTS:
+                raise ImageError(f"no agent named {one!r} (known: {', '.join(sorted(AGENTS))}, "
+                                 "all)")
+            if one not in names:
+                names.append(one)
+    if len(names) > 1 and (args.tag or args.version):
+        raise ImageError("--tag and --version apply to one agent at a time")
+    for name in names:
+        build_agent(client, name, version=args.version, base=args.base, tag=args.tag,
+                    force=args.force, offline=args.offline, say=print)
     return 0
 
 
