@@ -69,21 +69,33 @@ class NpmFile:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentSpec:
-    """How one agent is installed. `platform_package` is NAME@VERSION of the package with
-    the native build for this machine ({arch}: x64 or arm64; {version}: the agent's)."""
+class NpmPackage:
+    """One npm tarball of an agent: `spec` is NAME@VERSION ({arch}: x64 or arm64; {version}:
+    the agent's version, for the agent's own packages), `files` what of it is installed."""
 
-    name: str
-    package: str
-    default_version: str
-    platform_package: str
+    spec: str
     files: tuple[NpmFile, ...]
+    # Integrity of the tarball at the default version, per architecture: what the build
+    # trusts without asking the registry. Another --version takes the registry's word (TLS).
+    pinned: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    name: str
+    package: str  # what users know it by, for messages
+    default_version: str
+    packages: tuple[NpmPackage, ...]
     links: tuple[str, ...]  # commands on PATH that run the start script
     check: tuple[str, ...]  # a command that must succeed in the image
-    # Integrity of the default version's tarballs, per architecture: what the build trusts
-    # without asking the registry. Another --version takes the registry's word over TLS.
-    pinned: dict[str, dict[str, str]] = field(default_factory=dict)
 
+
+# Node for the agents that need it (Gemini CLI wants >= 20; bookworm has 18), from the npm
+# registry's build of the official binaries: the machine reaches no other source of them.
+NODE = NpmPackage(
+    "node-linux-{arch}@22.23.5", (NpmFile("package/bin/node", "node/bin/node"),),
+    pinned={"x64": "sha512-3jhC+wcoWxKZxcRqF2sUSl0c9HEXFnur/nuIPx6O6CWKV0jOUWQm7Htw5SuXqqlMCEhi0c"
+                   "JqybFPEb5hhcBiMw=="})
 
 AGENTS: dict[str, AgentSpec] = {
     spec.name: spec
@@ -92,36 +104,44 @@ AGENTS: dict[str, AgentSpec] = {
             name="claude-code",
             package="@anthropic-ai/claude-code",
             default_version="2.1.332",
-            platform_package="@anthropic-ai/claude-code-linux-{arch}@{version}",
-            files=(NpmFile("package/claude", "bin/claude"),),
+            # The native build: the main package only downloads it in a postinstall script.
+            packages=(NpmPackage(
+                "@anthropic-ai/claude-code-linux-{arch}@{version}",
+                (NpmFile("package/claude", "bin/claude"),),
+                pinned={"x64": "sha512-f4JWhzwYutJIHScC7/dYOPX6s28tt7ZADhsOi8zwOHq5fFPEuUeChh2NM"
+                               "finSg0GrUckYxaeebC4h0DqiKzLcw=="}),),
             links=("/usr/local/bin/claude",),
             check=("claude", "--version"),
-            pinned={
-                "x64": {
-                    "@anthropic-ai/claude-code-linux-x64": "sha512-f4JWhzwYutJIHScC7/dYOPX6s28tt7"
-                    "ZADhsOi8zwOHq5fFPEuUeChh2NMfinSg0GrUckYxaeebC4h0DqiKzLcw==",
-                },
-            },
         ),
         AgentSpec(
             name="codex",
             package="@openai/codex",
             default_version="0.171.0",
-            platform_package="@openai/codex@{version}-linux-{arch}",
-            # The native build for musl, with its helpers; the voice host (gstreamer, 50 MB)
-            # serves a desktop feature a sandboxed terminal agent has no use for.
-            files=(
-                NpmFile("package/vendor/{triple}", "vendor/{triple}",
-                        skip=("codex-resources/voice",)),
-            ),
+            # The native build for musl, with its helpers, run without the Node launcher of the
+            # main package; the voice host (gstreamer, 50 MB) serves a desktop feature a
+            # sandboxed terminal agent has no use for.
+            packages=(NpmPackage(
+                "@openai/codex@{version}-linux-{arch}",
+                (NpmFile("package/vendor/{triple}", "vendor/{triple}",
+                         skip=("codex-resources/voice",)),),
+                pinned={"x64": "sha512-l66NZkQgdk2C3pbcfULDz42yEUB581MVA6I+Y43Wp4OIqEy73HCdmZ0GT"
+                               "jeAHY2ycuH4N00d9VsLrwT1jxshTw=="}),),
             links=("/usr/local/bin/codex",),
             check=("codex", "--version"),
-            pinned={
-                "x64": {
-                    "@openai/codex": "sha512-l66NZkQgdk2C3pbcfULDz42yEUB581MVA6I+Y43Wp4"
-                    "OIqEy73HCdmZ0GTjeAHY2ycuH4N00d9VsLrwT1jxshTw==",
-                },
-            },
+        ),
+        AgentSpec(
+            name="gemini-cli",
+            package="@google/gemini-cli",
+            default_version="0.61.0",
+            # One bundle with no required dependencies (keytar and node-pty are optional).
+            packages=(
+                NpmPackage("@google/gemini-cli@{version}", (NpmFile("package", "gemini-cli"),),
+                           pinned={"x64": "sha512-dbQ9A0qBtFJNi6XBkHvfZ6Azpn6PNgH/P8h2MZ67RLlX8hSA"
+                                          "Vjup39CRWqdRxZv7YXIuhrFaytr8y0jKnkoxnQ=="}),
+                NODE,
+            ),
+            links=("/usr/local/bin/gemini",),
+            check=("gemini", "--version"),
         ),
     )
 }
@@ -240,24 +260,28 @@ def fetch(session: requests.Session, url: str, integrity: str, name: str, versio
 def fetch_agent(spec: AgentSpec, version: str, say: Say, *, offline: bool = False
                 ) -> tuple[Fetched, ...]:
     arch, _ = machine()
-    name, _, package_version = spec.platform_package.format(arch=arch, version=version
-                                                            ).rpartition("@")
-    pinned = spec.pinned.get(arch, {}) if version == spec.default_version else {}
+    fetched = []
     with requests.Session() as session:
-        if name in pinned:
-            # The pinned version needs no registry metadata: the tarball's address follows
-            # npm's layout and the hash is ours.
-            integrity = pinned[name]
-        else:
-            if offline:
-                raise ImageError(f"{spec.name} {version} is not pinned; it needs the registry")
-            manifest = npm_manifest(session, name, package_version)
-            integrity = str(manifest["dist"].get("integrity", ""))
-            if not integrity.startswith("sha512-"):
-                raise ImageError(f"{name}@{package_version}: the registry gives no sha512 "
-                                 "integrity hash; refusing it")
-        url = npm_tarball_url(name, package_version)
-        return (fetch(session, url, integrity, name, package_version, say, offline=offline),)
+        for package in spec.packages:
+            name, _, package_version = package.spec.format(arch=arch, version=version
+                                                           ).rpartition("@")
+            follows = "{version}" in package.spec
+            integrity = package.pinned.get(arch) if (
+                version == spec.default_version or not follows) else None
+            if integrity is None:
+                # Not pinned: the registry's own hash, over TLS, and checked on the download.
+                if offline:
+                    raise ImageError(f"{name}@{package_version} is not pinned; it needs the "
+                                     "registry (drop --offline)")
+                manifest = npm_manifest(session, name, package_version)
+                integrity = str(manifest["dist"].get("integrity", ""))
+                if not integrity.startswith("sha512-"):
+                    raise ImageError(f"{name}@{package_version}: the registry gives no sha512 "
+                                     "integrity hash; refusing it")
+            url = npm_tarball_url(name, package_version)
+            fetched.append(fetch(session, url, integrity, name, package_version, say,
+                                 offline=offline))
+    return tuple(fetched)
 
 
 def npm_tarball_url(name: str, version: str) -> str:
@@ -395,11 +419,11 @@ class Layer:
         self.tar.close()
 
 
-def add_npm_files(layer: Layer, spec: AgentSpec, tarball: Path) -> None:
+def add_npm_files(layer: Layer, agent: str, files: tuple[NpmFile, ...], tarball: Path) -> None:
     _, triple = machine()
-    home = f"{AGENT_ROOT}/{spec.name}"
+    home = f"{AGENT_ROOT}/{agent}"
     wanted = [NpmFile(f.source.format(triple=triple), f.target.format(triple=triple),
-                      tuple(s.format(triple=triple) for s in f.skip)) for f in spec.files]
+                      tuple(s.format(triple=triple) for s in f.skip)) for f in files]
     found: set[str] = set()
     with tarfile.open(tarball, mode="r|gz") as archive:
         for member in archive:
@@ -453,7 +477,8 @@ class AgentRecipe:
             "layer": LAYER_VERSION,
             "agent": self.spec.name,
             "version": self.version,
-            "files": [[f.source, f.target, list(f.skip)] for f in self.spec.files],
+            "files": [[p.spec, [[f.source, f.target, list(f.skip)] for f in p.files]]
+                      for p in self.spec.packages],
             "links": list(self.spec.links),
             "base": self.base_recipe,
             "packages": [list(p) for p in self.packages],
@@ -508,8 +533,8 @@ def build_agent(
         layer_path = work / "layer.tar"
         with layer_path.open("wb") as stream:
             layer = Layer(stream)
-            for package in fetched:
-                add_npm_files(layer, spec, package.path)
+            for package, tarball in zip(spec.packages, fetched, strict=True):
+                add_npm_files(layer, spec.name, package.files, tarball.path)
             start = f"{AGENT_ROOT}/{spec.name}/start"
             layer.data(start, recipe.start_script, executable=True)
             for link in spec.links:

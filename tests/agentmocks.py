@@ -113,7 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for name, data in events:
-            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            head = f"event: {name}\n" if name else ""
+            chunk = f"{head}data: {json.dumps(data)}\n\n".encode()
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -320,3 +321,44 @@ class OpenAIResponses(Api):
                     f"const r = await tools.{name}({json.dumps(call.arguments)});\n"
                     "text(r.content.map(c => c.text).join('\\n'));\n")
         return f"text(JSON.stringify(await tools.{call.tool}({json.dumps(call.arguments)})));\n"
+
+
+class GeminiApi(Api):
+    """Gemini's API (Gemini CLI): models/NAME:streamGenerateContent?alt=sse and
+    :generateContent, function calls as parts."""
+
+    def on_get(self, path: str) -> Any:
+        return {"models": []}
+
+    def on_post(self, path: str, body: dict[str, Any], model: MockModel
+                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+        if ":countTokens" in path:
+            return {"totalTokens": 10}
+        results = [_text(part["functionResponse"].get("response"))
+                   for content in body.get("contents", []) if isinstance(content, dict)
+                   for part in content.get("parts", [])
+                   if isinstance(part, dict) and isinstance(part.get("functionResponse"), dict)]
+        tools = [str(d.get("name")) for t in body.get("tools", []) if isinstance(t, dict)
+                 for d in t.get("functionDeclarations", []) if isinstance(d, dict)]
+        if tools:
+            self.tools_seen = tools
+        call = model.next_call(results) if tools else None
+        if call is not None:
+            name = call.tool
+            if name.startswith("mcp:"):
+                name = next((t for t in tools if t == name[4:] or t.endswith("__" + name[4:])
+                             or t.endswith("_" + name[4:])), name)
+            part: dict[str, Any] = {"functionCall": {"name": name, "args": call.arguments}}
+        elif tools:
+            part = {"text": "All done."}
+        else:
+            # Side questions (is the model done? a summary?): a JSON answer that ends the turn.
+            part = {"text": json.dumps({"reasoning": "done", "next_speaker": "user"})}
+        answer = {"candidates": [{"content": {"role": "model", "parts": [part]},
+                                  "finishReason": "STOP", "index": 0}],
+                  "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
+                                    "totalTokenCount": 15},
+                  "modelVersion": "gemini-mock"}
+        if ":streamGenerateContent" in path:
+            return [("", answer)]
+        return answer

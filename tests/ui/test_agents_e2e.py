@@ -40,6 +40,7 @@ from tests.agentmocks import (
     AnthropicMessages,
     Api,
     Call,
+    GeminiApi,
     MockModel,
     MockServer,
     OpenAIResponses,
@@ -176,12 +177,30 @@ def codex_steps(work: Path, refused_port: int) -> list[Any]:
     ]
 
 
+def gemini_steps(work: Path, refused_port: int) -> list[Any]:
+    notes, created = work / "notes.md", work / "created.md"
+    shell = sandbox_check(work, refused_port)
+    return [
+        lambda r: Call("read_file", {"file_path": str(notes)}),
+        lambda r: Call("replace", {"file_path": str(notes), "old_string": "old line",
+                                   "new_string": "new line", "instruction": "tidy"}),
+        lambda r: Call("write_file", {"file_path": str(created),
+                                      "content": "made by the agent\n"}),
+        lambda r: Call("run_shell_command", {"command": shell, "description": "check"}),
+        lambda r: Call("mcp:request_files", {"reason": "I need the plan to finish the notes",
+                                             "access": "read"}),
+        lambda r: Call("read_file", {"file_path": granted_path(r)}),
+    ]
+
+
 AGENTS = {
     # agent: (API mock, secret name, header the key arrives in, steps, command)
     "claude-code": (AnthropicMessages, "anthropic", "x-api-key", claude_steps,
                     ("claude", "-p", "Tidy my notes.")),
     "codex": (OpenAIResponses, "openai", "authorization", codex_steps,
               ("codex", "exec", "--skip-git-repo-check", "Tidy my notes.")),
+    "gemini-cli": (GeminiApi, "gemini", "x-goog-api-key", gemini_steps,
+                   ("gemini", "-p", "Tidy my notes.")),
 }
 
 
@@ -194,6 +213,11 @@ def tool_results(api: Api, model: MockModel) -> list[str]:
                      recorded.body.get("messages", []) if isinstance(message.get("content"), list)
                      for block in message["content"]
                      if isinstance(block, dict) and block.get("type") == "tool_result"]
+        elif isinstance(api, GeminiApi):
+            found = [json.dumps(part["functionResponse"].get("response"))
+                     for content in recorded.body.get("contents", [])
+                     for part in content.get("parts", [])
+                     if isinstance(part, dict) and isinstance(part.get("functionResponse"), dict)]
         else:
             found = [json.dumps(item.get("output")) for item in recorded.body.get("input", [])
                      if isinstance(item, dict) and item.get("type") in
@@ -261,7 +285,7 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     # The real key reached the mock, in every model request, and nothing else.
     assert model.requests and all(r.headers.get(header, "").endswith(KEY)
                                   for r in model.requests if r.path.endswith(
-                                      ("/messages", "/responses")))
+                                      ("/messages", "/responses", "Content", "=sse")))
     seen_by_agent = changes["agent-view.bin"].staged
     assert seen_by_agent is not None and seen_by_agent.stat().st_size > 1000
     view = seen_by_agent.read_bytes()
