@@ -19,6 +19,7 @@ import json
 import logging
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -88,6 +89,9 @@ class AgentSpec:
     packages: tuple[NpmPackage, ...]
     links: tuple[str, ...]  # commands on PATH that run the start script
     check: tuple[str, ...]  # a command that must succeed in the image
+    # A Python agent: its PyPI name, installed with its lock file (profiles/locks/AGENT.txt)
+    # into the agent's folder, lib/.
+    pypi: str | None = None
 
 
 # Node for the agents that need it (Gemini CLI wants >= 20; bookworm has 18), from the npm
@@ -142,6 +146,15 @@ AGENTS: dict[str, AgentSpec] = {
             ),
             links=("/usr/local/bin/gemini",),
             check=("gemini", "--version"),
+        ),
+        AgentSpec(
+            name="aider",
+            package="aider-chat",
+            default_version="0.86.2",
+            packages=(),
+            pypi="aider-chat",
+            links=("/usr/local/bin/aider",),
+            check=("aider", "--version"),
         ),
     )
 }
@@ -292,8 +305,13 @@ def npm_tarball_url(name: str, version: str) -> str:
 # --- the MCP server's Python packages ---------------------------------------------------------
 
 
+def lock_file(name: str) -> bytes:
+    """A pinned, hash-checked requirements file from `profiles/locks/`."""
+    return (importlib.resources.files("profiles") / "locks" / f"{name}.txt").read_bytes()
+
+
 def mcp_requirements() -> bytes:
-    return (importlib.resources.files("profiles") / "mcp" / "requirements.txt").read_bytes()
+    return lock_file("mcp")
 
 
 def mcp_sources() -> dict[str, bytes]:
@@ -311,50 +329,53 @@ def start_script(agent: str) -> bytes:
     return script.read_bytes()
 
 
-def install_mcp_packages(target: Path, say: Say, *, offline: bool = False) -> None:
-    """pip installs the pinned, hash-checked wheels for the image's Python (3.11, glibc)."""
+def install_python_packages(requirements: bytes, target: Path, what: str, say: Say, *,
+                            hashed: bool = True, offline: bool = False) -> None:
+    """pip installs wheels for the image's Python (3.11, glibc) into `target`: from a lock
+    file with every hash checked (`hashed`), or, for a version we did not pin, as PyPI
+    resolves it. Wheels are kept in the user's cache, so a second build is offline."""
     wheels = platformdirs.user_cache_path("airlock") / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="airlock-mcp-") as scratch:
-        requirements = Path(scratch) / "requirements.txt"
-        requirements.write_bytes(mcp_requirements())
+    with tempfile.TemporaryDirectory(prefix="airlock-pip-") as scratch:
+        listed = Path(scratch) / "requirements.txt"
+        listed.write_bytes(requirements)
         arch = "x86_64" if machine()[0] == "x64" else "aarch64"
         select = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
                   "--platform", f"manylinux2014_{arch}", "--platform", f"manylinux_2_17_{arch}",
-                  "--platform", f"manylinux_2_28_{arch}",
-                  "--require-hashes", "--no-deps", "-r", str(requirements)]
+                  "--platform", f"manylinux_2_28_{arch}", "-r", str(listed)]
+        if hashed:
+            select += ["--require-hashes", "--no-deps"]
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
         started = time.monotonic()
         if not offline:
-            _pip([*pip, "download", "-d", str(wheels), *select])
+            _pip([*pip, "download", "-d", str(wheels), *select], what)
         _pip([*pip, "install", "--no-index", "--find-links", str(wheels), "--no-compile",
-              "--target", str(target), *select])
+              "--target", str(target), *select], what)
+        # pip's console scripts name this machine's Python; the image's start scripts run
+        # the packages with the image's own.
+        shutil.rmtree(target / "bin", ignore_errors=True)
         # The image's file system is read-only, so Python cannot cache bytecode there: without
-        # it, importing the SDK takes 5 s. Hash-checked bytecode does not depend on the
-        # files' times, which the layer does not keep. The image's Python is 3.11, as ours.
+        # it, importing the MCP SDK takes seconds. Hash-checked bytecode does not depend on
+        # the files' times, which the layer does not keep.
         if sys.version_info[:2] == IMAGE_PYTHON:
             _pip([sys.executable, "-m", "compileall", "-q", "-j", "0",
-                  "--invalidation-mode", "unchecked-hash", str(target)])
+                  "--invalidation-mode", "unchecked-hash", str(target)], what)
         else:
-            log.warning("this Python is not %d.%d: the MCP server's bytecode is not "
-                        "precompiled, and it starts slower", *IMAGE_PYTHON)
-        say(f"      MCP SDK and its {len(_requirement_names())} packages installed in "
-            f"{time.monotonic() - started:.1f} s")
+            log.warning("this Python is not %d.%d: %s is not precompiled, and starts slower",
+                        what, *IMAGE_PYTHON)
+        count = sum(1 for line in requirements.decode().splitlines()
+                    if "==" in line and not line.lstrip().startswith("#"))
+        say(f"      {what}: {count} packages installed in {time.monotonic() - started:.1f} s")
 
 
-def _requirement_names() -> list[str]:
-    return [line.split("==")[0] for line in mcp_requirements().decode().splitlines()
-            if "==" in line and not line.lstrip().startswith("#")]
-
-
-def _pip(command: list[str]) -> None:
+def _pip(command: list[str], what: str) -> None:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     except subprocess.CalledProcessError as e:
         lines = (e.stderr or e.stdout or "no output").strip().splitlines()
-        raise ImageError(f"pip could not install the MCP server's packages: {lines[-1]}") from e
+        raise ImageError(f"pip could not install {what}: {lines[-1]}") from e
     except subprocess.TimeoutExpired as e:
-        raise ImageError("pip took over 10 minutes for the MCP server's packages") from e
+        raise ImageError(f"pip took over 10 minutes for {what}") from e
 
 
 # --- the layer --------------------------------------------------------------------------------
@@ -516,8 +537,17 @@ def build_agent(
     say(f"      {base}: {base_info.size / 1e6:.0f} MB ({base_info.state.value})")
     say(f"[2/5] fetching {spec.package} {version} …")
     fetched = fetch_agent(spec, version, say, offline=offline)
-    recipe = AgentRecipe(spec, version, base_info.recipe,
-                         tuple((f.name, f.version, f.integrity) for f in fetched),
+    packages = [(f.name, f.version, f.integrity) for f in fetched]
+    python_lock = b""
+    if spec.pypi:
+        # Pinned: the lock file with every wheel's hash. Another version: PyPI's resolution.
+        pinned = version == spec.default_version
+        python_lock = lock_file(agent) if pinned else f"{spec.pypi}=={version}\n".encode()
+        packages.append((spec.pypi, version, "lock-sha256-" + hashlib.sha256(
+            python_lock).hexdigest() if pinned else "pypi-resolved"))
+        say(f"      {spec.pypi}=={version}: "
+            f"{'pinned with hashes' if pinned else 'resolved by PyPI (not pinned)'}")
+    recipe = AgentRecipe(spec, version, base_info.recipe, tuple(packages),
                          mcp_requirements(), mcp_sources(), start_script(agent))
     existing = _labels(client, tag)
     if existing.get(RECIPE_LABEL) == recipe.digest() and not force:
@@ -526,9 +556,14 @@ def build_agent(
         return AgentBuild(tag, agent, version, fetched, int(image.attrs.get("Size", 0)), False)
     with tempfile.TemporaryDirectory(prefix="airlock-agent-") as scratch:
         work = Path(scratch)
-        say("[3/5] installing the MCP server's packages …")
+        say("[3/5] installing Python packages …")
         site = work / "mcp"
-        install_mcp_packages(site, say, offline=offline)
+        install_python_packages(recipe.mcp_requirements, site, "the MCP server", say,
+                                offline=offline)
+        agent_lib = work / "agent-lib"
+        if spec.pypi:
+            install_python_packages(python_lock, agent_lib, spec.pypi, say,
+                                    hashed=version == spec.default_version, offline=offline)
         say("[4/5] writing the layer …")
         layer_path = work / "layer.tar"
         with layer_path.open("wb") as stream:
@@ -540,6 +575,8 @@ def build_agent(
             for link in spec.links:
                 layer.link(link, start)
             layer.tree(site, f"{MCP_ROOT}/lib")
+            if spec.pypi:
+                layer.tree(agent_lib, f"{AGENT_ROOT}/{spec.name}/lib")
             for name, content in sorted(recipe.mcp_sources.items()):
                 layer.data(f"{MCP_ROOT}/{name}", content, executable=True)
             layer.link("/usr/local/bin/airlock-mcp", f"{MCP_ROOT}/airlock_mcp.py")

@@ -106,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _sse(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+    def _sse(self, events: list[tuple[str, Any]]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -114,7 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for name, data in events:
             head = f"event: {name}\n" if name else ""
-            chunk = f"{head}data: {json.dumps(data)}\n\n".encode()
+            text = data if isinstance(data, str) else json.dumps(data)  # "[DONE]" as is
+            chunk = f"{head}data: {text}\n\n".encode()
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -362,3 +363,44 @@ class GeminiApi(Api):
         if ":streamGenerateContent" in path:
             return [("", answer)]
         return answer
+
+
+class ChatCompletions(Api):
+    """OpenAI's Chat Completions (aider, through litellm): aider edits by text, not tool
+    calls, so the script is the reply to the task; anything else (a commit message) gets a
+    short line."""
+
+    def __init__(self, reply: str, task: str) -> None:
+        super().__init__()
+        self.reply = reply
+        self.task = task
+        self.counter = 0
+
+    def on_get(self, path: str) -> Any:
+        return {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}
+
+    def on_post(self, path: str, body: dict[str, Any], model: MockModel
+                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+        messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+        users = [m for m in messages if m.get("role") == "user"]
+        # aider's prompt has example exchanges of its own, and may end with a system
+        # reminder: the turn is the last user message.
+        asked = bool(users) and self.task in _text(users[-1].get("content"))
+        text = self.reply if asked else "Tidy the notes"
+        self.counter += 1
+        ident = f"chatcmpl-{self.counter:04d}"
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        if not body.get("stream"):
+            return {"id": ident, "object": "chat.completion", "created": 0,
+                    "model": body.get("model", "gpt-4o"), "usage": usage,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}]}
+        chunk = {"id": ident, "object": "chat.completion.chunk", "created": 0,
+                 "model": body.get("model", "gpt-4o")}
+        return [
+            ("", {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                              "content": text}}]}),
+            ("", {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                  "usage": usage}),
+            ("", "[DONE]"),
+        ]

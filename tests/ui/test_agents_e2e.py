@@ -40,6 +40,7 @@ from tests.agentmocks import (
     AnthropicMessages,
     Api,
     Call,
+    ChatCompletions,
     GeminiApi,
     MockModel,
     MockServer,
@@ -303,3 +304,65 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     assert kinds.index("session.started") < kinds.index("net.request") < kinds.index(
         "session.exited"), kinds
     assert "net.request" in kinds and "net.refused" in kinds
+
+
+AIDER_REPLY = """I'll tidy the notes and add a file.
+
+notes.md
+```
+<<<<<<< SEARCH
+old line
+=======
+new line
+>>>>>>> REPLACE
+```
+
+created.md
+```
+<<<<<<< SEARCH
+=======
+made by the agent
+>>>>>>> REPLACE
+```
+"""
+
+
+def test_aider_edits_through_airlock_and_never_holds_the_key(
+    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+) -> None:
+    """aider edits by text, not tool calls, runs no shell command without a terminal's yes,
+    and has no MCP client: its test is the granted file read, edited and a file created,
+    staged, with the key only at the mock."""
+    image = agent_image(engine, "aider")
+    KeyringSecrets(short_dirs.config / "secrets").set("openai", KEY)
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "notes.md").write_text("# Notes\nold line\n")
+    tmp_path.chmod(0o755)
+    work.chmod(0o755)
+    if os.geteuid() == 0:
+        for path in (work, *work.iterdir()):
+            os.chown(path, 65534, 65534)
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    task = "Tidy my notes."
+    model = MockModel([])
+    with MockServer(ChatCompletions(AIDER_REPLY, task), model) as mock:
+        session = Session(short_dirs, engine, work / "notes.md", 1)
+        result, output = session.run(shipped_profile("aider", mock.port), work,
+                                     ("aider", "--message", task, str(work / "notes.md")))
+    assert result.exit_code == 0, output
+    assert image == "airlock-agent:aider"
+    asked = [r for r in model.requests if r.path.endswith("/chat/completions")]
+    assert asked, output
+    assert any("old line" in json.dumps(r.body) for r in asked)  # it read the granted file
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in asked)
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == before
+    changes = {c.path.name: c for c in Review(short_dirs, session.bus).changes(result.session)
+               .changes}
+    assert {"notes.md", "created.md"} <= set(changes), (output, sorted(changes))
+    notes, created = changes["notes.md"].staged, changes["created.md"].staged
+    assert notes is not None and notes.read_text() == "# Notes\nnew line\n"
+    assert created is not None and created.read_text() == "made by the agent\n"
+    assert KEY not in output
+    logged = b"".join(p.read_bytes() for p in short_dirs.audit.glob("*"))
+    assert KEY.encode() not in logged and b"route:openai" in logged
