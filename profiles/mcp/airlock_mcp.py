@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import sys
 import urllib.parse
 from pathlib import Path
@@ -191,24 +192,32 @@ async def status() -> str:
     return "\n".join(lines)
 
 
+DOCUMENTS = Path("/run/airlock/doc")
+# Mounts that are the image's or Airlock's own, never a grant.
+NOT_GRANTS = ("/proc", "/sys", "/dev", "/etc", "/usr", "/run/airlock")
+
+
 def _granted() -> list[tuple[str, str]]:
-    """Grants are the bind mounts Airlock made: everything mounted beside the image's own
-    places."""
+    """Grants are the bind mounts Airlock made at the user's own paths, and the files
+    handed over mid-run under /run/airlock/doc."""
     found = []
-    skip = ("/proc", "/sys", "/dev", "/etc/", "/run/airlock/bus", "/run/airlock/net")
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        return []
+        lines = []
     for line in lines:
         fields = line.split()
         if len(fields) < 6:
             continue
-        target = fields[4].encode().decode("unicode_escape")
-        if target in ("/", "/tmp") or target.startswith(skip) or \
-                target in ("/etc", "/run/airlock/save"):
+        # mountinfo escapes spaces and the like as octal (\040).
+        target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if target in ("/", "/tmp") or any(target == p or target.startswith(p + "/")
+                                          for p in NOT_GRANTS):
             continue
         found.append((target, "read-only" if "ro" in fields[5].split(",") else "read-write"))
+    if DOCUMENTS.is_dir():
+        for path in sorted(DOCUMENTS.glob("*/*")):
+            found.append((str(path), _access(str(path))))
     return found
 
 

@@ -49,7 +49,7 @@ from tests.agentmocks import (
 )
 from tests.netsupport import RecordingServer, StaticResolver, secret_service
 from tests.portal.rig import Scripted
-from tests.support import CollectedOutput
+from tests.support import CollectedOutput, profile_text
 
 __all__ = ["secret_service"]
 pytestmark = pytest.mark.docker
@@ -117,7 +117,7 @@ class Session:
                           by="test")
         return Answer(Verdict.DENY, by="test")
 
-    def run(self, profile: str, grant: Path, command: tuple[str, ...]
+    def run(self, profile: str, grant: Path, command: tuple[str, ...] | None
             ) -> tuple[SessionResult, str]:
         request = LaunchRequest(parse_profile(profile, "shipped.toml"), Path("shipped.toml"),
                                 (GrantRequest(grant, Mode.READ_WRITE),), command=command,
@@ -366,3 +366,78 @@ def test_aider_edits_through_airlock_and_never_holds_the_key(
     assert KEY not in output
     logged = b"".join(p.read_bytes() for p in short_dirs.audit.glob("*"))
     assert KEY.encode() not in logged and b"route:openai" in logged
+
+
+# An MCP client in the agent's container, speaking JSON-RPC to Airlock's server over stdio
+# the way every agent does: each tool's answer is printed as one JSON line.
+MCP_CLIENT = r"""
+import json, subprocess, sys
+server = subprocess.Popen(["airlock-mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True)
+def send(message):
+    server.stdin.write(json.dumps(message) + "\n"); server.stdin.flush()
+def call(ident, method, params):
+    send({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
+    while True:
+        reply = json.loads(server.stdout.readline())
+        if reply.get("id") == ident:
+            return reply
+call(0, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "test", "version": "1"}})
+send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+tools = call(1, "tools/list", {})["result"]["tools"]
+print(json.dumps({"tools": sorted(t["name"] for t in tools)}))
+for ident, (name, arguments) in enumerate(json.loads(sys.argv[1]), 2):
+    reply = call(ident, "tools/call", {"name": name, "arguments": arguments})
+    print(json.dumps({name: reply["result"]["content"][0]["text"]}))
+"""
+
+
+def test_the_mcp_server_saves_reports_and_turns_down_for_the_user(
+    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path,
+) -> None:
+    image = agent_image(engine, "claude-code")
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "notes.md").write_text("notes\n")
+    target = tmp_path / "out" / "report.md"
+    target.parent.mkdir()
+    for folder in (tmp_path, work, target.parent):
+        folder.chmod(0o755)
+    calls = [
+        ["status", {}],
+        ["save_file", {"reason": "Here is the report\u202e you asked for", "name": "report.md",
+                       "content": "# Report\n"}],
+        ["request_files", {"reason": "I want your SSH keys", "access": "read-write",
+                           "folder": True}],
+        ["request_host", {"host": "example.com", "port": 443, "reason": "docs"}],
+        ["status", {}],
+    ]
+
+    def decide(request: ConsentRequest) -> Answer:
+        if request.kind is RequestKind.FILE_SAVE:
+            return Answer(Verdict.ALLOW, paths=(target,), by="test")
+        return Answer(Verdict.DENY, by="test")
+
+    session = Session(short_dirs, engine, target, 1)
+    session.front_end.decide = decide
+    profile = profile_text(image, ["python3", "-c", MCP_CLIENT, json.dumps(calls)])
+    result, output = session.run(profile, work, None)
+    assert result.exit_code == 0, output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert lines[0]["tools"] == ["request_files", "request_host", "save_file", "status"]
+    first, saved, refused, host, last = (next(iter(line.values())) for line in lines[1:])
+    assert f"Granted: {work} (read-write)" in first and "Staged saves: none" in first
+    assert saved.startswith("Saved 9 bytes as /run/airlock/save/") and "staged" in saved
+    assert refused.startswith("The user denied the request")
+    assert host.startswith("Not available yet") and "example.com:443" in host
+    assert "report.md" in last and "Staged saves: /run/airlock/save/" in last
+    # The user saw the agent's words as its own, and the save is staged, not written.
+    asked = session.front_end.seen
+    assert [r.kind for r in asked] == [RequestKind.FILE_SAVE, RequestKind.FILE_OPEN]
+    assert "Here is the report" in asked[0].reason
+    assert "SSH keys" in asked[1].reason and "read-write" in asked[1].reason
+    assert not target.exists()
+    staged = {c.path: c for c in Review(short_dirs, session.bus).changes(result.session).changes}
+    assert staged[target].staged is not None
+    assert staged[target].staged.read_text() == "# Report\n"
