@@ -512,6 +512,91 @@ class AgentRecipe:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _prepare(spec: AgentSpec, version: str, base_recipe: str, say: Say, *,
+             offline: bool = False) -> tuple[AgentRecipe, tuple[Fetched, ...], bytes]:
+    """Fetch the agent's packages and say exactly what the image will hold."""
+    fetched = fetch_agent(spec, version, say, offline=offline)
+    packages = [(f.name, f.version, f.integrity) for f in fetched]
+    python_lock = b""
+    if spec.pypi:
+        # Pinned: the lock file with every wheel's hash. Another version: PyPI's resolution.
+        pinned = version == spec.default_version
+        python_lock = lock_file(spec.name) if pinned else f"{spec.pypi}=={version}\n".encode()
+        packages.append((spec.pypi, version, "lock-sha256-" + hashlib.sha256(
+            python_lock).hexdigest() if pinned else "pypi-resolved"))
+        say(f"      {spec.pypi}=={version}: "
+            f"{'pinned with hashes' if pinned else 'resolved by PyPI (not pinned)'}")
+    recipe = AgentRecipe(spec, version, base_recipe, tuple(packages),
+                         mcp_requirements(), mcp_sources(), start_script(spec.name))
+    return recipe, fetched, python_lock
+
+
+def write_layer(recipe: AgentRecipe, fetched: tuple[Fetched, ...], python_lock: bytes,
+                output: Path, say: Say, *, offline: bool = False) -> None:
+    """The agent's layer as a tar file: its packages, Airlock's MCP server, its start
+    script and the commands that run it."""
+    spec = recipe.spec
+    with tempfile.TemporaryDirectory(prefix="airlock-agent-") as scratch:
+        work = Path(scratch)
+        say("[3/5] installing Python packages …")
+        site = work / "mcp"
+        install_python_packages(recipe.mcp_requirements, site, "the MCP server", say,
+                                offline=offline)
+        agent_lib = work / "agent-lib"
+        if spec.pypi:
+            install_python_packages(python_lock, agent_lib, spec.pypi, say,
+                                    hashed=recipe.version == spec.default_version,
+                                    offline=offline)
+        say("[4/5] writing the layer …")
+        with output.open("wb") as stream:
+            layer = Layer(stream)
+            for package, tarball in zip(spec.packages, fetched, strict=True):
+                add_npm_files(layer, spec.name, package.files, tarball.path)
+            start = f"{AGENT_ROOT}/{spec.name}/start"
+            layer.data(start, recipe.start_script, executable=True)
+            for link in spec.links:
+                layer.link(link, start)
+            layer.tree(site, f"{MCP_ROOT}/lib")
+            if spec.pypi:
+                layer.tree(agent_lib, f"{AGENT_ROOT}/{spec.name}/lib")
+            for name, content in sorted(recipe.mcp_sources.items()):
+                layer.data(f"{MCP_ROOT}/{name}", content, executable=True)
+            layer.link("/usr/local/bin/airlock-mcp", f"{MCP_ROOT}/airlock_mcp.py")
+            layer.close()
+    say(f"      {output.stat().st_size / 1e6:.0f} MB")
+
+
+def layer_for_containerfile(agent: str, output: Path, version: str | None = None) -> None:
+    """packaging/Containerfile.agent: the same layer, written where a registry is at hand."""
+    spec = AGENTS[agent]
+    version = version or spec.default_version
+    recipe, fetched, python_lock = _prepare(spec, version, Recipe.default().digest(), print)
+    write_layer(recipe, fetched, python_lock, output, print)
+
+
+def pinned_labels(agent: str) -> dict[str, str]:
+    """The labels `airlock image build` gives the agent's image at its pinned version (all
+    but the base image's id), known without fetching anything: for a Containerfile build."""
+    spec = AGENTS[agent]
+    arch, _ = machine()
+    packages = []
+    for package in spec.packages:
+        name, _, version = package.spec.format(arch=arch, version=spec.default_version
+                                               ).rpartition("@")
+        if arch not in package.pinned:
+            raise ImageError(f"{name} is not pinned for {arch}: use airlock image build")
+        packages.append((name, version, package.pinned[arch]))
+    if spec.pypi:
+        lock = lock_file(agent)
+        packages.append((spec.pypi, spec.default_version,
+                         "lock-sha256-" + hashlib.sha256(lock).hexdigest()))
+    recipe = AgentRecipe(spec, spec.default_version, Recipe.default().digest(),
+                         tuple(packages), mcp_requirements(), mcp_sources(), start_script(agent))
+    labels = _labels_for(recipe, "")
+    del labels[LABEL_BASE]
+    return labels
+
+
 def build_agent(
     client: docker.DockerClient,
     agent: str,
@@ -536,52 +621,16 @@ def build_agent(
     base_info = build(client, Recipe.default(), base, say=say)
     say(f"      {base}: {base_info.size / 1e6:.0f} MB ({base_info.state.value})")
     say(f"[2/5] fetching {spec.package} {version} …")
-    fetched = fetch_agent(spec, version, say, offline=offline)
-    packages = [(f.name, f.version, f.integrity) for f in fetched]
-    python_lock = b""
-    if spec.pypi:
-        # Pinned: the lock file with every wheel's hash. Another version: PyPI's resolution.
-        pinned = version == spec.default_version
-        python_lock = lock_file(agent) if pinned else f"{spec.pypi}=={version}\n".encode()
-        packages.append((spec.pypi, version, "lock-sha256-" + hashlib.sha256(
-            python_lock).hexdigest() if pinned else "pypi-resolved"))
-        say(f"      {spec.pypi}=={version}: "
-            f"{'pinned with hashes' if pinned else 'resolved by PyPI (not pinned)'}")
-    recipe = AgentRecipe(spec, version, base_info.recipe, tuple(packages),
-                         mcp_requirements(), mcp_sources(), start_script(agent))
+    recipe, fetched, python_lock = _prepare(spec, version, base_info.recipe, say,
+                                            offline=offline)
     existing = _labels(client, tag)
     if existing.get(RECIPE_LABEL) == recipe.digest() and not force:
         image = client.images.get(tag)
         say(f"{tag} is up to date (recipe {recipe.digest()[:12]})")
         return AgentBuild(tag, agent, version, fetched, int(image.attrs.get("Size", 0)), False)
     with tempfile.TemporaryDirectory(prefix="airlock-agent-") as scratch:
-        work = Path(scratch)
-        say("[3/5] installing Python packages …")
-        site = work / "mcp"
-        install_python_packages(recipe.mcp_requirements, site, "the MCP server", say,
-                                offline=offline)
-        agent_lib = work / "agent-lib"
-        if spec.pypi:
-            install_python_packages(python_lock, agent_lib, spec.pypi, say,
-                                    hashed=version == spec.default_version, offline=offline)
-        say("[4/5] writing the layer …")
-        layer_path = work / "layer.tar"
-        with layer_path.open("wb") as stream:
-            layer = Layer(stream)
-            for package, tarball in zip(spec.packages, fetched, strict=True):
-                add_npm_files(layer, spec.name, package.files, tarball.path)
-            start = f"{AGENT_ROOT}/{spec.name}/start"
-            layer.data(start, recipe.start_script, executable=True)
-            for link in spec.links:
-                layer.link(link, start)
-            layer.tree(site, f"{MCP_ROOT}/lib")
-            if spec.pypi:
-                layer.tree(agent_lib, f"{AGENT_ROOT}/{spec.name}/lib")
-            for name, content in sorted(recipe.mcp_sources.items()):
-                layer.data(f"{MCP_ROOT}/{name}", content, executable=True)
-            layer.link("/usr/local/bin/airlock-mcp", f"{MCP_ROOT}/airlock_mcp.py")
-            layer.close()
-        say(f"      {layer_path.stat().st_size / 1e6:.0f} MB")
+        layer_path = Path(scratch) / "layer.tar"
+        write_layer(recipe, fetched, python_lock, layer_path, say, offline=offline)
         say(f"[5/5] committing {tag} …")
         image_id = _commit(client, base, tag, layer_path, _labels_for(recipe, base_info.id))
     try:

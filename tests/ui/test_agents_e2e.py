@@ -22,7 +22,13 @@ from typing import Any
 import docker
 import pytest
 
-from app.agent_image import LABEL_PACKAGES, LABEL_VERSION, build_agent
+from app.agent_image import (
+    LABEL_BASE,
+    LABEL_PACKAGES,
+    LABEL_VERSION,
+    build_agent,
+    pinned_labels,
+)
 from app.audit import AuditLog, AuditRecord, records
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, Verdict
 from app.egress.bridge import Egress
@@ -236,6 +242,8 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     image = agent_image(engine, agent)
     labels = engine.images.get(image).labels
     assert labels[LABEL_VERSION] and "sha512-" in labels[LABEL_PACKAGES]
+    # What packaging/Containerfile.agent is told to label its build with: the same.
+    assert {k: v for k, v in labels.items() if k != LABEL_BASE} == pinned_labels(agent)
     KeyringSecrets(short_dirs.config / "secrets").set(secret, KEY)
     work = tmp_path / "project"
     work.mkdir()
