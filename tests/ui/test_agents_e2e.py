@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,7 @@ from tests.agentmocks import (
 )
 from tests.netsupport import RecordingServer, StaticResolver, secret_service
 from tests.portal.rig import Scripted
-from tests.support import CollectedOutput, profile_text
+from tests.support import AIRLOCK, CollectedOutput, profile_text
 
 __all__ = ["secret_service"]
 pytestmark = pytest.mark.docker
@@ -449,3 +450,60 @@ def test_the_mcp_server_saves_reports_and_turns_down_for_the_user(
     staged = {c.path: c for c in Review(short_dirs, session.bus).changes(result.session).changes}
     assert staged[target].staged is not None
     assert staged[target].staged.read_text() == "# Report\n"
+
+
+def test_claude_code_through_the_airlock_command(
+    engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+) -> None:
+    """The same agent as a user runs it: `airlock secret set`, then `airlock run -p` with the
+    shipped profile (its route sent to the mock), in a process of its own. Nobody is there
+    to answer (--ask deny), so the MCP request for a file comes back denied."""
+    agent_image(engine, "claude-code")
+    root = Path(tempfile.mkdtemp(prefix="ac-", dir="/tmp"))  # unix socket paths stay short
+    try:
+        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "c"),
+               "XDG_STATE_HOME": str(root / "s"), "XDG_RUNTIME_DIR": str(root / "r")}
+        (root / "r").mkdir(mode=0o700)
+        stored = subprocess.run([str(AIRLOCK), "secret", "set", "anthropic"], input=KEY + "\n",
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert stored.returncode == 0, stored.stderr
+        work = tmp_path / "project"
+        work.mkdir()
+        (work / "notes.md").write_text("# Notes\nold line\n")
+        tmp_path.chmod(0o755)
+        work.chmod(0o755)
+        for path in (work, *work.iterdir()):
+            os.chown(path, 65534, 65534)
+        with RecordingServer() as refused:
+            steps = claude_steps(work, refused.port)
+            model = MockModel([*steps[:4], steps[4], steps[5],
+                               lambda r: Call("Write", {"file_path": str(work / "answer.md"),
+                                                        "content": r[-1]})])
+            with MockServer(AnthropicMessages(), model) as mock:
+                profile = root / "claude-code.toml"
+                profile.write_text(shipped_profile("claude-code", mock.port))
+                run = subprocess.run(
+                    [str(AIRLOCK), "run", "-p", str(profile), "-g", f"{work}:rw",
+                     "--ask", "deny", "--", "claude", "-p", "Tidy my notes."],
+                    env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+            assert refused.seen.connections == 0
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert (work / "notes.md").read_text() == "# Notes\nold line\n"
+        assert not (work / "created.md").exists()
+        session = re.search(r"airlock changes ([0-9a-f]+)", run.stdout + run.stderr)
+        assert session, run.stdout + run.stderr
+        listed = subprocess.run([str(AIRLOCK), "changes", session.group(1), "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        paths = {Path(c["path"]).name for c in json.loads(listed.stdout)["changes"]}
+        assert {"notes.md", "created.md", "answer.md", "agent-view.bin"} <= paths, listed.stdout
+        state = root / "s" / "airlock"
+        view = next(state.glob("sessions/*/staging/**/agent-view.bin")).read_bytes()
+        answer = next(state.glob("sessions/*/staging/**/answer.md")).read_text()
+        assert "denied" in answer
+        assert KEY.encode() not in view and b"AIRLOCK_ROUTE_ANTHROPIC" in view
+        assert all(r.headers["x-api-key"] == KEY for r in model.requests
+                   if "/messages" in r.path)
+        assert KEY not in run.stdout + run.stderr
+        assert KEY.encode() not in b"".join(p.read_bytes() for p in state.rglob("audit/*"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
