@@ -28,8 +28,9 @@ DEFAULT_IMAGE = "airlock-agent:bookworm"
 RECIPE_LABEL = "org.airlock.recipe"
 AGENTS_IN_IMAGE = "/opt/airlock/agents"
 AGENT_USER = "65534:65534"
-# Tools every profile may rely on: the portal client, an HTTP client, and the demo agents.
-REQUIRED_TOOLS = ("python3", "gdbus", "curl")
+# Tools every profile may rely on: the portal client, an HTTP client, the demo agents, and
+# what coding agents call.
+REQUIRED_TOOLS = ("python3", "gdbus", "curl", "git", "rg", "diff", "patch", "find")
 # Bump when the build steps change in a way the recipe fields below do not capture.
 BUILD_VERSION = 1
 
