@@ -14,6 +14,7 @@ set -- \
   -c 'check_for_update_on_startup=false' \
   -c 'analytics.enabled=false' \
   -c 'feedback.enabled=false' \
+  -c 'features.plugins=false' \
   -c 'mcp_servers.airlock.command="/usr/local/bin/airlock-mcp"' \
   -c 'mcp_servers.airlock.startup_timeout_sec=30' \
   -c 'mcp_servers.airlock.tool_timeout_sec=900' \

@@ -261,6 +261,7 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     before = {p.name: p.read_bytes() for p in work.iterdir()}
 
     with RecordingServer() as refused:
+        refused_port = refused.port
         model = MockModel(steps(work, refused.port))
         api = api_class()
         with MockServer(api, model) as mock:
@@ -309,6 +310,12 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     # The audit log has the session from its start to its end, and the route's requests.
     kinds = [r.kind for r in records(short_dirs.audit)
              if isinstance(r, AuditRecord) and r.session == result.session]
+    refused_hosts = sorted({str(r.subject) for r in records(short_dirs.audit)
+                            if isinstance(r, AuditRecord) and r.session == result.session
+                            and r.kind == "net.refused"})
+    # The agent's own update checks, telemetry and plugin syncs are off by its own settings:
+    # the only host refused is the one the test tried.
+    assert refused_hosts == [f"refused.test:{refused_port}"], refused_hosts
     assert "session.exited" in kinds, kinds
     assert kinds.index("session.started") < kinds.index("net.request") < kinds.index(
         "session.exited"), kinds
