@@ -185,8 +185,9 @@ def test_every_agent_pins_its_packages_for_this_machine() -> None:
             assert package.pinned.get(arch, "").startswith("sha512-"), package.spec
 
 
-def test_the_command_line_names_the_unknown_agent() -> None:
-    result = subprocess.run([str(AIRLOCK), "image", "build", "--agent", "nope"],
+@pytest.mark.parametrize("action", ["build", "show"])
+def test_the_command_line_names_the_unknown_agent(action: str) -> None:
+    result = subprocess.run([str(AIRLOCK), "image", action, "--agent", "nope"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "no agent named 'nope'" in result.stderr

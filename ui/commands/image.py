@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import docker
+import docker.errors
 
-from app.agent_image import AGENTS, build_agent
+from app.agent_image import (
+    AGENTS,
+    LABEL_AGENT,
+    LABEL_BASE,
+    LABEL_PACKAGES,
+    LABEL_VERSION,
+    agent_tag,
+    build_agent,
+    pinned_labels,
+)
 from app.engine import connect_engine
 from app.errors import ImageError
-from app.image import AGENTS_IN_IMAGE, DEFAULT_IMAGE, ImageState, Recipe, build, image_info
+from app.image import (
+    AGENTS_IN_IMAGE,
+    DEFAULT_IMAGE,
+    RECIPE_LABEL,
+    ImageState,
+    Recipe,
+    build,
+    image_info,
+)
 from ui.commands.base import Context, add_command
 
 
@@ -37,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     show_parser = add_command(actions, "show", _show, "show the agent image and its recipe")
     show_parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"default: {DEFAULT_IMAGE}")
+    show_parser.add_argument("--agent", default=None, metavar="AGENT",
+                             help="show an agent's image: what went into it")
 
 
 def _usage(ctx: Context, args: argparse.Namespace) -> int:
@@ -83,6 +104,8 @@ def _build_agents(client: docker.DockerClient, args: argparse.Namespace) -> int:
 
 
 def _show(ctx: Context, args: argparse.Namespace) -> int:
+    if args.agent:
+        return _show_agent(args.agent)
     recipe = Recipe.default()
     info = image_info(connect_engine(), args.tag, recipe)
     print(f"image:    {info.tag}")
@@ -100,4 +123,34 @@ def _show(ctx: Context, args: argparse.Namespace) -> int:
     print(f"suite:    Debian {recipe.suite}")
     print(f"packages: {' '.join(recipe.packages)}")
     print(f"agents:   {', '.join(f'{AGENTS_IN_IMAGE}/{a.name}' for a in recipe.agents)}")
+    return 0
+
+
+def _show_agent(agent: str) -> int:
+    if agent not in AGENTS:
+        raise ImageError(f"no agent named {agent!r} (known: {', '.join(sorted(AGENTS))})")
+    tag = agent_tag(agent)
+    try:
+        image = connect_engine().images.get(tag)
+    except docker.errors.ImageNotFound:
+        print(f"image:    {tag}\nstate:    missing\n"
+              f"          build it with: airlock image build --agent {agent}")
+        return 1
+    labels = image.labels or {}
+    pinned = pinned_labels(agent)
+    current = labels.get(RECIPE_LABEL) == pinned[RECIPE_LABEL]
+    print(f"image:    {tag}")
+    print(f"state:    {'up to date' if current else 'not the pinned recipe'}")
+    print(f"id:       {image.id}")
+    print(f"size:     {int(image.attrs.get('Size', 0)) / 1e6:.0f} MB")
+    print(f"agent:    {labels.get(LABEL_AGENT, '?')} {labels.get(LABEL_VERSION, '?')} "
+          f"(pinned: {AGENTS[agent].default_version})")
+    try:
+        packages = json.loads(labels.get(LABEL_PACKAGES, "{}"))
+    except ValueError:
+        packages = {}
+    for name, integrity in sorted(packages.items()):
+        print(f"package:  {name} {integrity}")
+    print(f"base:     {labels.get(LABEL_BASE, '?')}")
+    print(f"recipe:   {labels.get(RECIPE_LABEL, '(none)')}")
     return 0
