@@ -27,7 +27,8 @@ from portal.bus import (
     BusLimits,
     PrivateBus,
 )
-from portal.filechooser import AgentSession, ChooserLimits, FileChooserPortal
+from portal.filechooser import PORTAL_PATH, AgentSession, ChooserLimits, FileChooserPortal
+from portal.network import HostAllower, NetworkRequests
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,13 @@ class PortalExtension:
     """One session's bus and portal: started in `prepare`, gone after `close`."""
 
     def __init__(self, broker: ConsentBroker, delivery: FileDelivery,
-                 settings: PortalSettings = PortalSettings()) -> None:
+                 settings: PortalSettings = PortalSettings(),
+                 hosts: HostAllower | None = None) -> None:
         self._broker = broker
         self._delivery = delivery
         self._settings = settings
+        self._hosts = hosts
+        self.network: NetworkRequests | None = None
         self._bus: PrivateBus | None = None
         self._connection: MessageBus | None = None
         self.portal: FileChooserPortal | None = None
@@ -65,6 +69,9 @@ class PortalExtension:
             self._broker, self._delivery, self._settings.chooser,
         )
         self.portal.attach(self._connection)
+        self.network = NetworkRequests(
+            self.portal.who, self._broker, self._hosts, self._settings.chooser.answer_timeout)
+        self._connection.export(PORTAL_PATH, self.network)
         try:
             reply = await self._connection.request_name(PORTAL_NAME, NameFlag.DO_NOT_QUEUE)
         except DBusError as e:
@@ -96,7 +103,9 @@ def portal_extension(
     broker: ConsentBroker,
     delivery: Callable[[], FileDelivery],
     settings: PortalSettings = PortalSettings(),
+    hosts: HostAllower | None = None,
 ) -> Callable[[], SessionExtension]:
     """The ExtensionFactory for `Supervisor(extensions=…)`. `delivery` is looked up when a
-    session starts, so the Supervisor that implements it can be built after the factory."""
-    return lambda: PortalExtension(broker, delivery(), settings)
+    session starts, so the Supervisor that implements it can be built after the factory.
+    `hosts` (the egress proxy) opens a host an agent asked for and the user allowed."""
+    return lambda: PortalExtension(broker, delivery(), settings, hosts)

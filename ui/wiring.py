@@ -58,11 +58,9 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         engine = connect_engine()
         built: list[Supervisor] = []
         broker = ConsentBroker(core.bus, front_end, rules=lambda r: built[0].rule_answer(r))
-        extensions = [
-            portal_extension(broker, lambda: built[0]),
-            Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
-                   spares=dirs.runtime / "spares" if long_running else None),
-        ]
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
+                        spares=dirs.runtime / "spares" if long_running else None)
+        extensions = [portal_extension(broker, lambda: built[0], hosts=egress), egress]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
                                 extensions=extensions, broker=broker, recorder=core.recorder)
         built.append(supervisor)

@@ -29,6 +29,7 @@ from mcp.server.mcpserver import MCPServer
 PORTAL = "org.freedesktop.portal.Desktop"
 PORTAL_PATH = "/org/freedesktop/portal/desktop"
 CHOOSER = "org.freedesktop.portal.FileChooser"
+NETWORK = "org.airlock.Network1"
 SAVES = Path("/run/airlock/save")
 # The supervisor answers "cancelled" itself when nobody decides (approval.timeout, 120 s by
 # default); this only guards against a supervisor that is gone.
@@ -42,7 +43,8 @@ server = MCPServer(
         "user granted; your writes are staged for the user's review and reach their files only "
         "when they approve. Use request_files to ask for more files or folders (say why: the "
         "user reads your reason), save_file to hand the user a new file, status to see what "
-        "you have. Network access is limited to the hosts of your profile."
+        "you have. Network access is limited to the hosts of your profile; ask for another with "
+        "request_host."
     ),
 )
 _tokens = itertools.count(1)
@@ -166,10 +168,27 @@ async def save_file(reason: str, name: str, content: str) -> str:
 
 @server.tool()
 async def request_host(host: str, port: int, reason: str) -> str:
-    """Ask the user to let you reach a network host that your profile does not list."""
-    return (f"Not available yet: Airlock cannot ask the user for {host}:{port} while you "
-            "run. Only the hosts in your profile are reachable; tell the user which host you "
-            "need and why, so that they can add it to the profile.")
+    """Ask the user to let you reach a network host that your profile does not list, for
+    the rest of this session (e.g. docs.python.org, 443). `reason` is shown to the user:
+    say what you need from it and why."""
+    try:
+        bus = await portal.connect()
+        reply = await bus.call(Message(
+            destination=PORTAL, path=PORTAL_PATH, interface=NETWORK, member="RequestHost",
+            signature="sus", body=[host, port, reason.strip()]))
+    except (RuntimeError, OSError) as e:
+        return f"Airlock could not ask the user: {e or type(e).__name__}"
+    if reply is None or reply.message_type is MessageType.ERROR:
+        detail = reply.body[0] if reply is not None and reply.body else "no reply"
+        return f"Airlock refused the request: {detail}"
+    answer = str(reply.body[0])
+    if answer == "allowed":
+        return (f"The user allowed {host}:{port} for this session: you can reach it now, "
+                "through the proxy like any allowed host.")
+    if answer == "denied":
+        return (f"The user denied {host}:{port}: it stays unreachable. Do not ask again "
+                "unless the user tells you to.")
+    return f"Not available: {answer.removeprefix('unavailable: ')}."
 
 
 @server.tool()

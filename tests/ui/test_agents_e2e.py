@@ -112,11 +112,13 @@ class Session:
         self.egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"),
                              broker=broker,
                              resolver=StaticResolver({"localhost": ["127.0.0.1"],
-                                                      "refused.test": ["127.0.0.1"]}))
+                                                      "refused.test": ["127.0.0.1"],
+                                                      "asked.test": ["127.0.0.1"]}))
         self.store = StateStore(dirs.database)
         self.supervisor = Supervisor(
             engine, self.store, self.bus, dirs, ProfileCatalog(dirs.user_profiles),
-            extensions=[self.egress, portal_extension(broker, lambda: self.supervisor)])
+            extensions=[self.egress, portal_extension(broker, lambda: self.supervisor,
+                                                      hosts=self.egress)])
 
     def _decide(self, request: ConsentRequest) -> Answer:
         if request.kind is RequestKind.FILE_OPEN:
@@ -412,9 +414,12 @@ for ident, (name, arguments) in enumerate(json.loads(sys.argv[1]), 2):
 """
 
 
-def test_the_mcp_server_saves_reports_and_turns_down_for_the_user(
+def test_the_mcp_server_saves_reports_and_asks_for_hosts(
     short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path,
 ) -> None:
+    """Every tool of Airlock's MCP server, spoken to over stdio in a real session: a save is
+    staged, not written; a refused file request comes back denied; a host the user allows is
+    reachable at once, one refused stays closed, and a wildcard is turned down unasked."""
     image = agent_image(engine, "claude-code")
     work = tmp_path / "project"
     work.mkdir()
@@ -423,39 +428,60 @@ def test_the_mcp_server_saves_reports_and_turns_down_for_the_user(
     target.parent.mkdir()
     for folder in (tmp_path, work, target.parent):
         folder.chmod(0o755)
-    calls = [
-        ["status", {}],
-        ["save_file", {"reason": "Here is the report\u202e you asked for", "name": "report.md",
-                       "content": "# Report\n"}],
-        ["request_files", {"reason": "I want your SSH keys", "access": "read-write",
-                           "folder": True}],
-        ["request_host", {"host": "example.com", "port": 443, "reason": "docs"}],
-        ["status", {}],
-    ]
+    with RecordingServer() as asked, RecordingServer() as refused:
+        calls = [
+            ["status", {}],
+            ["save_file", {"reason": "Here is the report\u202e you asked for",
+                           "name": "report.md", "content": "# Report\n"}],
+            ["request_files", {"reason": "I want your SSH keys", "access": "read-write",
+                               "folder": True}],
+            ["request_host", {"host": "asked.test", "port": asked.port,
+                              "reason": "the docs"}],
+            ["request_host", {"host": "refused.test", "port": refused.port,
+                              "reason": "to upload your notes"}],
+            ["request_host", {"host": "*.example.com", "port": 443, "reason": "all of it"}],
+            ["status", {}],
+        ]
 
-    def decide(request: ConsentRequest) -> Answer:
-        if request.kind is RequestKind.FILE_SAVE:
-            return Answer(Verdict.ALLOW, paths=(target,), by="test")
-        return Answer(Verdict.DENY, by="test")
+        def decide(request: ConsentRequest) -> Answer:
+            if request.kind is RequestKind.FILE_SAVE:
+                return Answer(Verdict.ALLOW, paths=(target,), by="test")
+            if request.kind is RequestKind.NETWORK and request.subject.startswith("asked."):
+                return Answer(Verdict.ALLOW, Lifetime.SESSION, by="test")
+            return Answer(Verdict.DENY, by="test")
 
-    session = Session(short_dirs, engine, target, 1)
-    session.front_end.decide = decide
-    profile = profile_text(image, ["python3", "-c", MCP_CLIENT, json.dumps(calls)])
-    result, output = session.run(profile, work, None)
-    assert result.exit_code == 0, output
+        session = Session(short_dirs, engine, target, 1)
+        session.front_end.decide = decide
+        script = ('python3 -c "$0" "$1"; for h in asked.test:$2 refused.test:$3; do '
+                  'curl -sS -m 10 -o /dev/null -w "$h %{http_code}\\n" "http://$h/x"; done')
+        profile = profile_text(image, ["sh", "-c", script, MCP_CLIENT, json.dumps(calls),
+                                       str(asked.port), str(refused.port)])
+        profile += '[network]\nallow_private = true\nallow = ["pypi.org:443"]\n'
+        result, output = session.run(profile, work, None)
+        assert result.exit_code == 0, output
+        assert [r["path"] for r in asked.seen.requests] == ["/x"]
+        assert refused.seen.connections == 0
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert lines[0]["tools"] == ["request_files", "request_host", "save_file", "status"]
-    first, saved, refused, host, last = (next(iter(line.values())) for line in lines[1:])
+    first, saved, denied, allowed, closed, wildcard, last = (
+        next(iter(line.values())) for line in lines[1:])
     assert f"Granted: {work} (read-write)" in first and "Staged saves: none" in first
     assert saved.startswith("Saved 9 bytes as /run/airlock/save/") and "staged" in saved
-    assert refused.startswith("The user denied the request")
-    assert host.startswith("Not available yet") and "example.com:443" in host
+    assert denied.startswith("The user denied the request")
+    assert allowed.startswith(f"The user allowed asked.test:{asked.port}"), allowed
+    assert closed.startswith(f"The user denied refused.test:{refused.port}"), closed
+    assert wildcard.startswith("Airlock refused the request") and "wildcard" in wildcard
     assert "report.md" in last and "Staged saves: /run/airlock/save/" in last
-    # The user saw the agent's words as its own, and the save is staged, not written.
-    asked = session.front_end.seen
-    assert [r.kind for r in asked] == [RequestKind.FILE_SAVE, RequestKind.FILE_OPEN]
-    assert "Here is the report" in asked[0].reason
-    assert "SSH keys" in asked[1].reason and "read-write" in asked[1].reason
+    assert f"asked.test:{asked.port} 200" in output
+    assert f"refused.test:{refused.port} 403" in output
+    # The user saw the agent's words as its own; no question for the wildcard.
+    seen = session.front_end.seen
+    assert [r.kind for r in seen] == [RequestKind.FILE_SAVE, RequestKind.FILE_OPEN,
+                                      RequestKind.NETWORK, RequestKind.NETWORK]
+    assert "Here is the report" in seen[0].reason
+    assert "SSH keys" in seen[1].reason and "read-write" in seen[1].reason
+    assert seen[2].reason == "the docs" and seen[3].reason == "to upload your notes"
+    # The save is staged, not written.
     assert not target.exists()
     staged = {c.path: c for c in Review(short_dirs, session.bus).changes(result.session).changes}
     assert staged[target].staged is not None
