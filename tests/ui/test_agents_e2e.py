@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import platformdirs
 import pytest
 
 from app.agent_image import (
@@ -67,6 +68,16 @@ KEY = "sk-ant-live-" + "Q7" * 24  # shaped like a real key; never leaves the hos
 BASE = os.environ.get("AIRLOCK_AGENT_BASE", DEFAULT_IMAGE)
 
 
+# Where `airlock image build` keeps the packages, as the user running the tests has it: the
+# keyring fixture moves HOME, and the cache must not move with it.
+CACHE_HOME = str(platformdirs.user_cache_path("airlock").parent)
+
+
+@pytest.fixture(autouse=True)
+def package_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", CACHE_HOME)
+
+
 @pytest.fixture
 def short_dirs() -> Iterator[Dirs]:
     # Socket paths (the session's bus, the proxy's hand-over) must fit in 108 bytes.
@@ -78,8 +89,10 @@ def short_dirs() -> Iterator[Dirs]:
 
 
 def agent_image(engine: docker.DockerClient, agent: str) -> str:
-    """The agent's image, built (or found up to date) the way `airlock image build` does."""
-    return build_agent(engine, agent, base=BASE).tag
+    """The agent's image, built (or found up to date) the way `airlock image build` does,
+    offline: tests reach no registry, so its packages must be in the cache (packaging/setup
+    fetches them with `airlock image build --agent all`)."""
+    return build_agent(engine, agent, base=BASE, offline=True).tag
 
 
 def shipped_profile(name: str, mock_port: int) -> str:
