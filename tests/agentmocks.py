@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,7 @@ class MockModel:
 
     steps: list[Step]
     requests: list[Recorded] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.perf_counter() of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     errors: list[str] = field(default_factory=list)
@@ -77,6 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {"raw": raw.decode(errors="replace")}
         with self.server.model.lock:
+            self.server.model.arrived.append(time.perf_counter())
             self.server.model.requests.append(Recorded(
                 self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         return body if isinstance(body, dict) else {}
