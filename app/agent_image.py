@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 NPM_REGISTRY = "https://registry.npmjs.org"
-PYPI_INDEX = "https://pypi.org/simple"
 AGENT_ROOT = "/opt/airlock/agent"
 MCP_ROOT = "/opt/airlock/mcp"
 LABEL_AGENT = "org.airlock.agent"
