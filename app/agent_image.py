@@ -98,7 +98,13 @@ class AgentSpec:
 NODE = NpmPackage(
     "node-linux-{arch}@22.23.5", (NpmFile("package/bin/node", "node/bin/node"),),
     pinned={"x64": "sha512-3jhC+wcoWxKZxcRqF2sUSl0c9HEXFnur/nuIPx6O6CWKV0jOUWQm7Htw5SuXqqlMCEhi0c"
-                   "JqybFPEb5hhcBiMw=="})
+                   "JqybFPEb5hhcBiMw==",
+            "arm64": "sha512-e1LOUGKVruPGuLVutn8+Cgm5pI1APm4Kvh+zbb/qe/ZpD9s+TQby5iUgZOWmPpbSKpj0T"
+                     "d8DP1N0NEnXasHizg=="})
+
+# One bundle for every machine.
+GEMINI_CLI = ("sha512-dbQ9A0qBtFJNi6XBkHvfZ6Azpn6PNgH/P8h2MZ67RLlX8hSAVjup39CRWqdRxZv7YXIuhr"
+              "Faytr8y0jKnkoxnQ==")
 
 AGENTS: dict[str, AgentSpec] = {
     spec.name: spec
@@ -112,7 +118,9 @@ AGENTS: dict[str, AgentSpec] = {
                 "@anthropic-ai/claude-code-linux-{arch}@{version}",
                 (NpmFile("package/claude", "bin/claude"),),
                 pinned={"x64": "sha512-f4JWhzwYutJIHScC7/dYOPX6s28tt7ZADhsOi8zwOHq5fFPEuUeChh2NM"
-                               "finSg0GrUckYxaeebC4h0DqiKzLcw=="}),),
+                               "finSg0GrUckYxaeebC4h0DqiKzLcw==",
+                        "arm64": "sha512-BlHNEtK38KBPWU31F4lUSS9sHclCyfWbThT1CErvxxH8+XcljYLZlQwd"
+                                 "yXBkTD62rw1TgfE1u1a+quMWS0NSJg=="}),),
             links=("/usr/local/bin/claude",),
             check=("claude", "--version"),
         ),
@@ -128,7 +136,9 @@ AGENTS: dict[str, AgentSpec] = {
                 (NpmFile("package/vendor/{triple}", "vendor/{triple}",
                          skip=("codex-resources/voice",)),),
                 pinned={"x64": "sha512-l66NZkQgdk2C3pbcfULDz42yEUB581MVA6I+Y43Wp4OIqEy73HCdmZ0GT"
-                               "jeAHY2ycuH4N00d9VsLrwT1jxshTw=="}),),
+                               "jeAHY2ycuH4N00d9VsLrwT1jxshTw==",
+                        "arm64": "sha512-9z17t4bbUJ9UCIb49O4PoA+ki+45q3rd8nZ8PeH6sYnlKkBld/Xpo/OS"
+                                 "3h3Ti954+foshX4o7k5TCU8N7zzqQA=="}),),
             links=("/usr/local/bin/codex",),
             check=("codex", "--version"),
         ),
@@ -139,8 +149,7 @@ AGENTS: dict[str, AgentSpec] = {
             # One bundle with no required dependencies (keytar and node-pty are optional).
             packages=(
                 NpmPackage("@google/gemini-cli@{version}", (NpmFile("package", "gemini-cli"),),
-                           pinned={"x64": "sha512-dbQ9A0qBtFJNi6XBkHvfZ6Azpn6PNgH/P8h2MZ67RLlX8hSA"
-                                          "Vjup39CRWqdRxZv7YXIuhrFaytr8y0jKnkoxnQ=="}),
+                           pinned=dict.fromkeys(("x64", "arm64"), GEMINI_CLI)),
                 NODE,
             ),
             links=("/usr/local/bin/gemini",),
