@@ -26,7 +26,8 @@ from portal.bus import (
     BusLimits,
     PrivateBus,
 )
-from portal.filechooser import AgentSession, ChooserLimits, FileChooserPortal
+from portal.filechooser import PORTAL_PATH, AgentSession, ChooserLimits, FileChooserPortal
+from portal.network import HostAllower, NetworkRequests
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,12 @@ class PortalSettings:
 class PortalExtension:
     """One session's bus and portal: started in `prepare`, gone after `close`."""
 
-    def __init__(self, broker: ConsentBroker, settings: PortalSettings = PortalSettings()
-                 ) -> None:
+    def __init__(self, broker: ConsentBroker, settings: PortalSettings = PortalSettings(),
+                 hosts: HostAllower | None = None) -> None:
         self._broker = broker
         self._settings = settings
+        self._hosts = hosts
+        self.network: NetworkRequests | None = None
         self._bus: PrivateBus | None = None
         self._connection: MessageBus | None = None
         self.portal: FileChooserPortal | None = None
@@ -66,6 +69,9 @@ class PortalExtension:
             self._broker, delivery, self._settings.chooser,
         )
         self.portal.attach(self._connection)
+        self.network = NetworkRequests(
+            self.portal.who, self._broker, self._hosts, self._settings.chooser.answer_timeout)
+        self._connection.export(PORTAL_PATH, self.network)
         try:
             reply = await self._connection.request_name(PORTAL_NAME, NameFlag.DO_NOT_QUEUE)
         except DBusError as e:
@@ -94,8 +100,11 @@ class PortalExtension:
 
 
 def portal_extension(
-    broker: ConsentBroker, settings: PortalSettings = PortalSettings()
+    broker: ConsentBroker,
+    settings: PortalSettings = PortalSettings(),
+    hosts: HostAllower | None = None,
 ) -> Callable[[], SessionExtension]:
     """The ExtensionFactory for `Supervisor(extensions=…)`: the files the user picks reach
-    the session through the supervisor's delivery, which the session's context carries."""
-    return lambda: PortalExtension(broker, settings)
+    the session through the supervisor's delivery, which the session's context carries.
+    `hosts` (the egress proxy) opens a host an agent asked for and the user allowed."""
+    return lambda: PortalExtension(broker, settings, hosts)

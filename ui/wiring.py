@@ -58,11 +58,9 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         engine = connect_engine()
         sessions = SessionRegistry()  # the profile rules answer for the sessions running here
         broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
-        extensions: list[ExtensionFactory] = [
-            portal_extension(broker),
-            Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
-                   spares=dirs.runtime / "spares" if long_running else None),
-        ]
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
+                        spares=dirs.runtime / "spares" if long_running else None)
+        extensions: list[ExtensionFactory] = [portal_extension(broker, hosts=egress), egress]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
                                 extensions=extensions, broker=broker, recorder=core.recorder,
                                 registry=sessions)
