@@ -28,15 +28,9 @@ from tests.support import DEFAULT_IMAGE, DesktopUser, make_tester
 # try another value; AIRLOCK_LOOP_REPORT=FILE writes every test's longest hold.
 LOOP_BLOCK_SECONDS = float(os.environ.get("AIRLOCK_LOOP_BLOCK_MS", "100")) / 1000
 
-# Tests that block a loop today, each with why; nothing else is exempt. The egress proxy is
-# being rewritten as a sans-I/O core (issue 15, item 2): SessionProxy._accept held the loop
-# 90-1070 ms here, in C code (the sampler could not see where).
-BLOCKING_KNOWN = {
-    "tests/app/egress/test_egress_proxy_relay.py::test_cutting_ends_open_tunnels_and_downloads_at_once":
-        "SessionProxy._accept holds the loop (app/egress, issue 15 item 2)",
-    "tests/app/egress/test_egress_proxy_relay.py::test_bodies_arrive_exactly_and_keep_alive_goes_on":
-        "SessionProxy._accept holds the loop (app/egress, issue 15 item 2)",
-}
+# Tests that may block a loop, each with why; none today. (The egress relay held the loop
+# 90-1070 ms while a transfer's data was always ready, until it took turns: aio.Turns.)
+BLOCKING_KNOWN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")

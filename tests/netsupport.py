@@ -46,6 +46,20 @@ def pattern(size: int) -> bytes:
     return (PATTERN * (size // len(PATTERN) + 1))[:size]
 
 
+def pattern_pieces(size: int, piece: int) -> Iterator[memoryview]:
+    """`pattern(size)` in pieces of `piece` bytes, made from one small block: building a
+    256 MiB body at once holds the GIL for a third of a second, which the test process's
+    event loops (the proxy under test) would wait out and be counted as blocked."""
+    period = len(PATTERN)
+    block = memoryview(PATTERN * (piece // period + 2))
+    sent = 0
+    while sent < size:
+        length = min(piece, size - sent)
+        offset = sent % period
+        yield block[offset:offset + length]
+        sent += length
+
+
 @dataclass
 class Seen:
     """What a recording server received."""
@@ -101,10 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(size))
             self.end_headers()
-            body = pattern(size if self.path.startswith("/pattern/") else size // 2)
-            view = memoryview(body)
-            for start in range(0, len(body), CHUNK):
-                self.wfile.write(view[start:start + CHUNK])
+            length = size if self.path.startswith("/pattern/") else size // 2
+            for piece in pattern_pieces(length, CHUNK):
+                self.wfile.write(piece)
             if self.path.startswith("/cut/"):
                 self.wfile.flush()
                 self.close_connection = True

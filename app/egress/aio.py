@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -36,3 +37,20 @@ async def flushed(writer: asyncio.StreamWriter) -> None:
         await writer.drain()
     finally:
         transport.set_write_buffer_limits(high=high, low=low)
+
+
+class Turns:
+    """Gives the loop back at least every `seconds` in a loop whose awaits may all complete
+    at once: while data is ready, a relay's reads and writes never suspend, and a download
+    moving at loopback speed would hold the loop (every other session's proxy, the portal,
+    the desktop app) for as long as it lasts."""
+
+    def __init__(self, seconds: float = 0.01) -> None:
+        self._seconds = seconds
+        self._since = time.monotonic()
+
+    async def take(self) -> None:
+        now = time.monotonic()
+        if now - self._since >= self._seconds:
+            await asyncio.sleep(0)
+            self._since = time.monotonic()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.consent import Answer, ConsentBroker, ConsentRequest, denied, new_request_id
-from app.egress.aio import within
+from app.egress.aio import Turns, within
 from app.egress.exchange import (
     PROXY_PORT,
     Ask,
@@ -225,8 +225,10 @@ class SessionProxy:
         perform = self._perform
         result: Any = None
         failure: BaseException | None = None
+        turns = Turns()
         try:
             while True:
+                await turns.take()
                 try:
                     command = steps.send(result) if failure is None else steps.throw(failure)
                 except StopIteration:

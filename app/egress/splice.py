@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
-from app.egress.aio import flushed, take_buffered, within
+from app.egress.aio import Turns, flushed, take_buffered, within
 
 PIPE_SIZE = 1024 * 1024  # what one splice moves at most (Linux's default pipe-max-size)
 
@@ -56,8 +56,10 @@ async def splice(source: asyncio.StreamReader, source_writer: asyncio.StreamWrit
             sink_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * PIPE_SIZE)
     pipe = SplicePipe(source_writer.get_extra_info("socket").fileno(),
                        sink.get_extra_info("socket").fileno())
+    turns = Turns()
     try:
         while length is None or moved < length:
+            await turns.take()
             want = PIPE_SIZE if length is None else min(PIPE_SIZE, length - moved)
             try:
                 amount = await pipe.fill(want, timeout)

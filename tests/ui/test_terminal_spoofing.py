@@ -175,23 +175,26 @@ def test_the_real_list_and_question_show_through_a_fake_one(
     tmux = Tmux(tester.base, command)
     terminal.append(tmux)
     tmux.wait_for(r"\.envrc|\[exit \d+\]")
-    tmux.wait_for(r"(?s)Commit them.*Commit them|\[exit \d+\]", timeout=30)
+    tmux.wait_for(r"(?s)Commit them.*Commit these|\[exit \d+\]", timeout=30)
 
     lines = tmux.lines()
     real_list = [i for i, cells in enumerate(lines) if ".envrc" in everything(cells)]
     assert real_list, tmux.text()
     assert ".envrc" in visible(lines[real_list[-1]])  # the file the fake list left out
-    questions = [i for i, cells in enumerate(lines) if "Commit them" in everything(cells)]
+    questions = [i for i, cells in enumerate(lines)
+                 if re.search("Commit th(em|ese)", everything(cells))]
     assert len(questions) == 2, tmux.text()
     fake, real = questions
     assert real > real_list[-1] > fake
-    assert "Commit them to your files?" in visible(lines[real])
+    # The real question names the count and the id of the list it asks about.
+    assert re.search(r"Commit these 2 changes, id [0-9a-f]{12} to your files\?",
+                     visible(lines[real]))
     assert "airlock: the agent staged" not in everything(lines[real])  # its own line
     for line in lines[fake + 1:real + 1]:
         shown = everything(line).strip()
         assert visible(line).strip() == shown, f"hidden: {shown!r}"  # nothing concealed
 
-    tmux.type("y")
+    tmux.type("a")  # all: the real list showed .envrc and that it runs code
     tmux.wait_for(r"\[exit \d+\]")
     assert "[exit 0]" in tmux.text()
     # What the real list showed is what was committed.
