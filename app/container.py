@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.console import Terminal
 from app.profiles import Profile
 
 NOBODY = 65534
@@ -88,6 +89,8 @@ class ContainerSpec:
     seccomp: str  # the profile's JSON text: the engine API takes content, not a path
     runtime: str | None
     network_mode: str = "none"
+    tty: bool = False  # a pseudo-terminal for the agent (app/console.py)
+    stdin: bool = False  # its stdin is attached: the caller's keystrokes or pipe
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments for the engine API's container create: the container's own settings,
@@ -100,9 +103,12 @@ class ContainerSpec:
             "environment": dict(self.environment),
             "working_dir": self.workdir,
             "labels": dict(self.labels),
-            "detach": True,
-            "stdin_open": False,
-            "tty": False,
+            # Not detached when stdin is attached: docker-py then sets StdinOnce, and the end
+            # of the caller's input is the end of the agent's (the engine closes the
+            # container's stdin when the one attached client closes its side).
+            "detach": not self.stdin,
+            "stdin_open": self.stdin,
+            "tty": self.tty,
             "host_config": self.host_config(),
         }
         if self.network_mode == "none":
@@ -184,10 +190,13 @@ def build_spec(
     labels: Mapping[str, str],
     additions: Sequence[ContainerAdditions] = (),
     staged: Sequence[BindMount | VolumeMount] = (),
+    terminal: Terminal | None = None,
 ) -> ContainerSpec:
     """`anchors` are (view directory on the host, path in the container) pairs, mounted
     read-only; `staged` are the writable places whose writes are staged."""
     environment = container_environment(profile, session)
+    if terminal is not None:
+        environment.update(terminal.environment())
     mounts = [BindMount(source, target) for source, target in anchors]
     mounts += [m for m in staged if isinstance(m, BindMount)]
     volumes = tuple(m for m in staged if isinstance(m, VolumeMount))
@@ -220,4 +229,6 @@ def build_spec(
         seccomp=seccomp,
         runtime=profile.runtime,
         network_mode=network_mode,
+        tty=terminal is not None and terminal.tty,
+        stdin=terminal is not None,
     )

@@ -30,6 +30,7 @@ from docker.models.containers import Container
 from app.activity import TreeWatcher
 from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
+from app.console import Console, Terminal, console_started
 from app.container import (
     LABEL_OWNER,
     LABEL_PROFILE,
@@ -44,6 +45,7 @@ from app.container import (
     build_spec,
 )
 from app.delivery import DOCUMENTS, SAVES
+from app.endings import request_stop, stop_requested
 from app.errors import EngineError, GrantError, ImageError, SessionError
 from app.events import EventBus, EventKind, TokenBucket
 from app.grants import Grant, GrantRequest, Lifetime, Mode, check_grant_path, grant_for
@@ -123,6 +125,7 @@ class LaunchRequest:
     grants: tuple[GrantRequest, ...] = ()
     command: tuple[str, ...] | None = None
     timeout: float | None = None
+    terminal: Terminal | None = None  # None: the agent's stdin is empty (the desktop app)
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +339,9 @@ class Supervisor:
             return SessionResult(session_id, exit_code, reason)
         except asyncio.CancelledError:
             exit_code, reason = 130, "interrupted"
+            if running.container is not None:  # its end is recorded, as any other end
+                self.bus.emit(EventKind.SESSION_EXITED, session_id, session_id, code=exit_code,
+                              reason="interrupted: Airlock was told to stop it (a signal)")
             raise
         finally:
             await asyncio.shield(self._end(running, exit_code, reason))
@@ -421,6 +427,7 @@ class Supervisor:
             identity=self.identity, anchors=mounts,
             first_grant=grants[0].path if grants else None, seccomp=seccomp,
             labels=dict(labels, **{LABEL_ROLE: "agent"}), additions=additions, staged=staged,
+            terminal=request.terminal,
         )
 
     def _create_volume(self, name: str, lower: Path, upper: Path, work: Path,
@@ -483,13 +490,21 @@ class Supervisor:
         drained = loop.create_future()
         # Attached before it starts, so nothing is missed; and without `logs`: the engine
         # keeps none (log driver "none"), and asking for them stalls the attach.
-        stream = await asyncio.to_thread(
-            container.attach, stdout=True, stderr=True, stream=True, logs=False, demux=True
-        )
+        console: Console | None = None
+        if request.terminal is not None:  # stdin too, over the engine's hijacked socket
+            console = await asyncio.to_thread(
+                Console.attach, self.engine.api, container.id or "", request.terminal.tty)
+            stream: Any = console.chunks()
+        else:
+            stream = await asyncio.to_thread(
+                container.attach, stdout=True, stderr=True, stream=True, logs=False, demux=True
+            )
         reader = loop.run_in_executor(
             None, self._pump_output, stream, running, output, loop, drained
         )
         await asyncio.to_thread(container.start)
+        if console is not None:
+            await console_started(console, request.terminal, output)
         self.store.set_session_running(running.id, container.id or "")
         self.bus.emit(
             EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
@@ -517,6 +532,8 @@ class Supervisor:
             await asyncio.to_thread(container.stop, timeout=STOP_GRACE_SECONDS)
         status = await waiter
         await asyncio.wait({reader, drained}, timeout=5)
+        if console is not None:
+            console.close()
         limits.cancel()
         self._flush_lines(running)
         code = int(status.get("StatusCode", 1))
@@ -530,6 +547,8 @@ class Supervisor:
             code = EXIT_TIMEOUT
         elif running.stop_reason:
             reason = running.stop_reason
+        elif asked := stop_requested(self.dirs.sessions, running.id):
+            reason = asked
         elif not reason:
             reason = _describe_exit(code)
         self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
@@ -751,7 +770,8 @@ class Supervisor:
 
     def report_swept(self, swept: Sequence[str]) -> None:
         for session in swept:
-            self.bus.emit(EventKind.SESSION_SWEPT, session, session)
+            self.bus.emit(EventKind.SESSION_SWEPT, session, session,
+                          reason="ended with its supervisor (Airlock was killed or crashed)")
 
     def _sweep(self) -> list[str]:
         swept = []
@@ -783,13 +803,14 @@ class Supervisor:
         self.sweep()
         return self.store.sessions(live_only=True)
 
-    def stop(self, session: str) -> list[str]:
-        """Stops a session's containers (its supervisor then ends it). Blocking, and safe in a
-        worker thread: sessions it had to sweep are returned for `report_swept` on the
-        caller's loop, not published from here."""
+    def stop(self, session: str, reason: str = "stopped by `airlock stop`") -> list[str]:
+        """Stops a session's containers (its supervisor then ends it, for `reason`).
+        Blocking, and safe in a worker thread: sessions it had to sweep are returned for
+        `report_swept` on the caller's loop, not published from here."""
         record = self.store.session(session)
         if record is None or not record.live:
             raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
+        request_stop(self.dirs.sessions, session, reason)
         containers = self._containers(session)
         for container in containers:
             try:
@@ -956,6 +977,8 @@ class Supervisor:
                 staging.withdraw(grant.id)
                 if any(r.grant == grant.id and r.kind is RootKind.TREE
                        for r in staging.roots()):
+                    request_stop(self.dirs.sessions, session,
+                                 f"stopped: its read-write folder {grant.path} was revoked")
                     self._kill_agent(session)
                     view.remove(grant.path, keep=[Path(DOCUMENTS)])
                     self.bus.emit(EventKind.GRANT_REVOKED, session, str(grant.path),

@@ -127,13 +127,20 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     import asyncio
 
     from app.consent import DenyAll, FrontEnd
+    from app.console import Terminal
     from app.grants import parse_grant_argument
     from app.profiles import parse_duration
+    from app.questions import QuestionQueue
     from app.sessions import LaunchRequest
     from ui.prompt import TerminalPrompt
+    from ui.terminal import is_terminal, wants_tty, window_size
     from ui.wiring import open_supervisor
 
-    front_end: FrontEnd = TerminalPrompt() if args.ask == "tty" else DenyAll()
+    tty = wants_tty(args.tty)
+    # The agent reads this terminal: a question must not (see ui/interactive.py).
+    questions = (QuestionQueue() if args.ask == "tty" and is_terminal(sys.stdin.fileno())
+                 else None)
+    front_end: FrontEnd = questions or (TerminalPrompt() if args.ask == "tty" else DenyAll())
     output = TerminalOutput(front_end.gate if isinstance(front_end, TerminalPrompt) else None)
     with open_supervisor(ctx.dirs, front_end) as supervisor:
         profile_path = supervisor.catalog.find(args.profile)
@@ -144,10 +151,16 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
             timeout = parse_duration(args.timeout) if args.timeout else None
         except ValueError as e:
             raise AirlockError(f"--timeout: {e}") from e
+        terminal = Terminal.from_environment(tty, *window_size(sys.stdin.fileno()), os.environ)
         request = LaunchRequest(profile, profile_path, grants,
-                                tuple(command) if command else None, timeout)
-        supervisor.bus.attach(print_notice)
-        code = asyncio.run(run_session(supervisor, request, output))
+                                tuple(command) if command else None, timeout, terminal)
+        if tty or questions is not None or not is_terminal(sys.stdin.fileno()):
+            from ui.interactive import run_interactive
+
+            code = run_interactive(supervisor, request, tty, questions, notice_text, output)
+        else:
+            supervisor.bus.attach(print_notice)
+            code = asyncio.run(run_session(supervisor, request, output))
         session = supervisor.last_session
         if session is not None:
             review_after_run(ctx, supervisor.bus, session, profile.approval.commit, args.review)
@@ -210,6 +223,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="who answers the agent's requests for files, hosts and uploads: "
                              "a prompt on this terminal (default on a terminal) or nobody, "
                              "which denies them (default otherwise)")
+    tty = parser.add_mutually_exclusive_group()
+    tty.add_argument("-t", "--tty", dest="tty", action="store_const", const=True,
+                     help="give the agent a terminal even if this is not one")
+    tty.add_argument("-T", "--no-tty", dest="tty", action="store_const", const=False,
+                     help="plain streams for the agent even on a terminal (default: a "
+                          "terminal when stdin and stdout are both terminals)")
     parser.add_argument("--in-process", action="store_true",
                         help="supervise the session in this process even if a supervisor "
                              "(the desktop app, `airlock daemon`) is running")

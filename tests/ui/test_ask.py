@@ -1,0 +1,87 @@
+"""Questions while the agent owns the terminal: none is printed there and no key typed at the
+agent answers one; `airlock ask`, from a second terminal, does."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.portal.test_portal_container import CLIENT
+from tests.ptyterm import PtyProcess
+from tests.support import AIRLOCK, DesktopUser, profile_text
+from tests.ui.test_interactive import argv
+
+pytestmark = pytest.mark.docker
+
+# The agent asks the portal for a file, then reads what was typed at it meanwhile.
+AGENT = CLIENT + """
+ask OpenFile t1 'pick the notes'
+stty -echo
+while IFS= read -r line; do echo "agent got: $line"; [ "$line" = end ] && exit 0; done
+"""
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[PtyProcess]]:
+    started: list[PtyProcess] = []
+    yield started
+    for process in started:
+        process.close()
+
+
+def test_a_question_is_answered_by_airlock_ask_not_by_keys_typed_at_the_agent(
+    tester: DesktopUser, agent_image: str, terminals: list[PtyProcess]
+) -> None:
+    notes = tester.write("notes/todo.md", "- ship it\n")
+    path = tester.write("asker.toml", profile_text(agent_image, ["bash", "-c", AGENT]))
+    agent = PtyProcess(argv(tester, "-p", str(path)), tester.base)
+    terminals.append(agent)
+    env = dict(tester.env, TERM="xterm")
+    ask_argv = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                str(AIRLOCK), "ask", "--wait", "60"]
+    asker = PtyProcess(ask_argv, tester.base)
+    terminals.append(asker)
+    asker.expect(r"asks to .*\r\n", timeout=90)
+    # Keys that would answer a prompt ("once", a path, "yes"), typed at the agent meanwhile.
+    for keys in ("o\r", f"{notes}\r", "y\r", "s\r"):
+        agent.send(keys)
+        time.sleep(0.1)
+    asker.expect(r"Allow\?")
+    asker.send("o\r")
+    asker.expect("Path to give")
+    asker.send(f"{notes}\r")
+    asker.expect(r"\[y/N\]")
+    asker.send("n\r")
+    assert asker.wait() == 0
+    agent.expect(r"response t1 0 /run/airlock/doc/\w+/todo.md")
+    # What was typed went to the agent, every key of it.
+    agent.expect(r"agent got: o\r\n")
+    agent.expect(rf"agent got: {notes}\r\n")
+    agent.expect(r"agent got: y\r\n")
+    agent.expect(r"agent got: s\r\n")
+    agent.send("end\r")
+    assert agent.wait() == 0
+    screen = agent.seen.decode(errors="replace")
+    assert "Allow?" not in screen and "asks to" not in screen  # nothing of it on the agent's
+    records = [json.loads(line) for line in tester.run("audit", "show", "--json")
+               .stdout.splitlines()]
+    answered = [r for r in records if r["kind"] == "request.answered"]
+    assert answered and answered[-1]["details"]["by"] == "airlock ask"
+
+
+def test_an_unanswered_question_is_denied_and_summed_up_at_the_end(
+    tester: DesktopUser, agent_image: str, terminals: list[PtyProcess]
+) -> None:
+    path = tester.write("asker.toml", profile_text(
+        agent_image, ["sh", "-c", "curl -s -o /dev/null -w 'status %{http_code}\\n' "
+                                  "http://example.com/"],
+        extra='[network]\nask = ["example.com:80"]\n[approval]\ntimeout = "2s"\n'))
+    agent = PtyProcess(argv(tester, "-p", str(path)), tester.base)
+    terminals.append(agent)
+    agent.expect(r"status 403", timeout=90)
+    agent.wait()
+    agent.expect(r"airlock: denied while the agent ran: network.host example.com:80 "
+                 r"\(no answer in time\)")
