@@ -119,7 +119,10 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     command = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd) or None
     if args.ask is None:
         args.ask = "tty" if sys.stdin.isatty() else "deny"
-    if not args.in_process:
+    from ui.terminal import wants_tty
+
+    # A hand-off carries no keystrokes yet: an agent that owns the terminal runs here.
+    if not args.in_process and not wants_tty(args.tty):
         code = handed_off(ctx, args, command)
         if code is not None:
             return code
@@ -133,7 +136,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from app.questions import QuestionQueue
     from app.sessions import LaunchRequest
     from ui.prompt import TerminalPrompt
-    from ui.terminal import is_terminal, wants_tty, window_size
+    from ui.terminal import is_terminal, window_size
     from ui.wiring import open_supervisor
 
     tty = wants_tty(args.tty)
