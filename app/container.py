@@ -19,6 +19,7 @@ LABEL_SUPERVISOR = "org.airlock.supervisor"
 LABEL_PROFILE = "org.airlock.profile"
 LABEL_ROLE = "org.airlock.role"  # "agent", or the sidecar's job ("bridge")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+AGENT_HOME = "/home/airlock"  # the agent's HOME: writable, size-limited, programs may run there
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class ContainerSpec:
     seccomp: str  # the profile's JSON text: the engine API takes content, not a path
     runtime: str | None
     network_mode: str = "none"
+    home_size: int = 256 * 1024**2  # a fresh home's tmpfs, unless a mount brings one
     tty: bool = False  # a pseudo-terminal for the agent (app/console.py)
     stdin: bool = False  # its stdin is attached: the caller's keystrokes or pipe
 
@@ -133,7 +135,7 @@ class ContainerSpec:
             # clear and without bound, under /var/lib/docker): the session reads the
             # attached streams, and records only fingerprints.
             "log_config": {"type": "none", "config": {}},
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"},
+            "tmpfs": self.tmpfs(),
             "ulimits": _ulimits(),
             "mounts": [
                 Mount(
@@ -157,6 +159,16 @@ class ContainerSpec:
         return config
 
 
+    def tmpfs(self) -> dict[str, str]:
+        """/tmp, where nothing runs, and a fresh home where programs may (agents unpack
+        helpers and scripts there); both size-limited, and gone with the container."""
+        mounts = {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"}
+        if not any(str(mount.target) == AGENT_HOME for mount in self.mounts):
+            mounts[AGENT_HOME] = (f"rw,nosuid,nodev,exec,size={self.home_size},mode=0700,"
+                                  f"uid={self.identity.uid},gid={self.identity.gid}")
+        return mounts
+
+
 def _ulimits() -> list[Any]:
     from docker.types import Ulimit
 
@@ -168,7 +180,7 @@ def container_environment(profile: Profile, session: str) -> dict[str, str]:
     and what Airlock sets."""
     environment = {
         "PATH": CONTAINER_PATH,
-        "HOME": "/tmp",
+        "HOME": AGENT_HOME,
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
         "AIRLOCK_SESSION": session,
@@ -229,6 +241,7 @@ def build_spec(
         seccomp=seccomp,
         runtime=profile.runtime,
         network_mode=network_mode,
+        home_size=profile.home.size,
         tty=terminal is not None and terminal.tty,
         stdin=terminal is not None,
     )

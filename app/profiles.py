@@ -213,6 +213,14 @@ class Approval(Strict):
     timeout: Duration = 120.0
 
 
+class Home(Strict):
+    """The agent's writable HOME: a fresh one per session, or kept per profile (`persist`)
+    in Airlock's state directory, from one session to the next."""
+
+    persist: bool = False
+    size: Size = 256 * 1024**2
+
+
 class DefaultGrant(Strict):
     path: str
     mode: Literal["ro", "rw"] = "ro"
@@ -244,6 +252,7 @@ class Profile(Strict):
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
     approval: Approval = Field(default_factory=Approval)
+    home: Home = Field(default_factory=Home)
     grants: tuple[DefaultGrant, ...] = ()
 
     @field_validator("command")

@@ -36,6 +36,7 @@ COMMANDS = {
     "net": "ui.commands.net",
     "secret": "ui.commands.secret",
     "ask": "ui.commands.ask",
+    "homes": "ui.commands.homes",
 }
 
 

@@ -10,9 +10,10 @@ from app.audit import AuditLog, Recorder
 from app.consent import ConsentBroker, FrontEnd
 from app.engine import connect_engine
 from app.events import EventBus
+from app.homes import AgentHomes
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
-from app.sessions import Supervisor
+from app.sessions import ExtensionFactory, Supervisor
 from app.store import StateStore
 
 
@@ -58,7 +59,8 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         engine = connect_engine()
         built: list[Supervisor] = []
         broker = ConsentBroker(core.bus, front_end, rules=lambda r: built[0].rule_answer(r))
-        extensions = [
+        extensions: list[ExtensionFactory] = [
+            AgentHomes(dirs, engine),
             portal_extension(broker, lambda: built[0]),
             Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
                    spares=dirs.runtime / "spares" if long_running else None),
