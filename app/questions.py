@@ -57,8 +57,8 @@ class QuestionQueue:
         try:
             return await future  # the broker cancels it at the deadline: denied
         finally:
-            self._waiting.pop(request.id, None)
-            self._changed()
+            if self._waiting.pop(request.id, None) is not None:
+                self._changed()
 
     def pending(self) -> list[ConsentRequest]:
         return [request for request, _ in self._waiting.values()]
@@ -69,6 +69,8 @@ class QuestionQueue:
         if entry is None or entry[1].done():
             return False
         entry[1].set_result(answer)
+        del self._waiting[request_id]  # answered now, not when its asker next runs
+        self._changed()
         return True
 
 

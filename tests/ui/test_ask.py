@@ -85,3 +85,30 @@ def test_an_unanswered_question_is_denied_and_summed_up_at_the_end(
     agent.wait()
     agent.expect(r"airlock: denied while the agent ran: network.host example.com:80 "
                  r"\(no answer in time\)")
+
+
+def test_the_escape_menu_answers_a_waiting_question_with_the_agents_output_held(
+    tester: DesktopUser, agent_image: str, terminals: list[PtyProcess]
+) -> None:
+    notes = tester.write("notes/todo.md", "- ship it\n")
+    path = tester.write("asker.toml", profile_text(agent_image, ["bash", "-c", AGENT]))
+    agent = PtyProcess(argv(tester, "-p", str(path)), tester.base)
+    terminals.append(agent)
+    agent.expect(r"objectpath", timeout=90)  # it asked
+    agent.send(b"\x1d")
+    agent.expect(r"answer questions \(1 waiting\)")
+    agent.send("a\n")
+    agent.expect(r"asks to .*\r\n")
+    agent.expect(r"Allow\?")
+    agent.send("o\n")
+    agent.expect("Path to give")
+    agent.send(f"{notes}\n")
+    agent.expect(r"\[y/N\]")
+    agent.send("n\n")
+    agent.expect(r"answer questions \(0 waiting\)")
+    held = agent.seen[agent._mark:]
+    assert b"response t1" not in held  # the agent's output waited behind the menu
+    agent.send("r\n")
+    agent.expect(r"response t1 0 /run/airlock/doc/\w+/todo.md")
+    agent.send("end\r")
+    assert agent.wait() == 0
