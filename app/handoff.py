@@ -3,13 +3,19 @@ requests over a unix socket, so the command line starts agents without loading t
 
 The socket lives in the user's runtime directory (0700) and every peer's uid is checked with
 SO_PEERCRED. Framing is binary and tiny, so the client needs nothing but the standard
-library: the request is one JSON line; each reply frame is one type byte, a 4-byte big-endian
-length and the payload:
+library: the request is one JSON line; each frame after it, both ways, is one type byte, a
+4-byte big-endian length and the payload. From the supervisor:
+    S       the session's id, before anything else of it
     O / E   the agent's stdout / stderr bytes
     N       a notice line for the terminal (UTF-8)
     X       the end: JSON {"exit": code, "session": id, "rule": commit rule}
     R       a refusal: JSON {"error": message, "exit": code}
-Closing the connection (Ctrl-C in the client) stops the session.
+From the client, when its request has a "terminal" (app/console.py's Terminal as JSON):
+    I       keystrokes or piped input for the agent
+    D       the end of that input
+    W       the terminal's new size: two big-endian 16-bit numbers, rows and columns
+    K       stop the session (Airlock's menu on the client's terminal)
+Closing the connection (Ctrl-C in the client, the client killed) stops the session.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.console import Console, Terminal
+from app.endings import request_stop
 from app.errors import AirlockError
 from app.events import Event
 from app.grants import parse_grant_argument
@@ -36,6 +44,7 @@ HEADER = struct.Struct(">cI")
 MAX_REQUEST = 256 * 1024
 REQUEST_SECONDS = 10.0  # from connecting to the request's end of line
 MAX_WAITING = 32  # connections whose request has not come yet; more are turned away
+MAX_FRAME = 1024 * 1024  # from the client: keystrokes, piped input in pieces
 
 Notice = Callable[[Event], str | None]
 CANNOT_ASK = 75  # the client then supervises the session itself, with its terminal prompt
@@ -151,7 +160,8 @@ class HandoffServer:
         timeout = data.get("timeout")
         seconds = parse_duration(timeout) if timeout else None
         return LaunchRequest(profile, profile_path, grants,
-                             tuple(command) if command else None, seconds)
+                             tuple(command) if command else None, seconds,
+                             _terminal(data.get("terminal")))
 
     async def _run(self, request: LaunchRequest, reader: asyncio.StreamReader,
                    writer: asyncio.StreamWriter) -> None:
@@ -164,6 +174,8 @@ class HandoffServer:
                 if text:
                     writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
 
+        console: asyncio.Future[Console] = loop.create_future()
+
         class Output:
             def write(self, stream: str, data: bytes) -> None:
                 writer.write(HEADER.pack(b"O" if stream == "stdout" else b"E", len(data)) + data)
@@ -173,12 +185,24 @@ class HandoffServer:
                 # prints more than a slow terminal shows waits, as it would on the terminal.
                 await writer.drain()
 
+            def attached(self, attached: Console) -> None:
+                if not console.done():
+                    console.set_result(attached)
+
+        def named(session: str) -> None:
+            session_ids.add(session)
+            writer.write(HEADER.pack(b"S", len(session.encode())) + session.encode())
+
         self.supervisor.bus.attach(forward)
-        run = loop.create_task(self.supervisor.run(request, Output(), named=session_ids.add))
-        gone = loop.create_task(reader.read())  # EOF: the client left (Ctrl-C)
+        run = loop.create_task(self.supervisor.run(request, Output(), named=named))
+        # Ends at EOF: the client left (Ctrl-C, killed).
+        gone = loop.create_task(self._client_frames(reader, console, session_ids))
         try:
             done, _ = await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
             if run not in done:
+                for session in session_ids:
+                    request_stop(self.supervisor.dirs.sessions, session,
+                                 "interrupted: `airlock run` was interrupted or killed")
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 return
@@ -193,6 +217,47 @@ class HandoffServer:
         finally:
             gone.cancel()
             self.supervisor.bus.detach(forward)
+
+
+    async def _client_frames(self, reader: asyncio.StreamReader,
+                             console: asyncio.Future[Console], sessions: set[str]) -> None:
+        """The client's keystrokes, end of input, resizes and stop, applied in order; returns
+        when the client leaves (or breaks the framing, which is the same)."""
+        while True:
+            try:
+                header = await reader.readexactly(HEADER.size)
+                kind, size = HEADER.unpack(header)
+                if size > MAX_FRAME:
+                    return
+                payload = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if kind == b"K":
+                for session in sessions:
+                    await asyncio.to_thread(self.supervisor.stop, session,
+                                            "stopped from the terminal's Airlock menu")
+                continue
+            target = await console  # input before the agent runs waits for it
+            if kind == b"I":
+                await asyncio.to_thread(target.write, payload)
+            elif kind == b"D":
+                await asyncio.to_thread(target.close_stdin)
+            elif kind == b"W" and size == 4:
+                rows, cols = struct.unpack(">HH", payload)
+                await asyncio.to_thread(target.resize, rows, cols)
+
+
+def _terminal(data: object) -> Terminal | None:
+    """The client's terminal, checked: a client that sends none gets no stdin (older ones)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("terminal must be a JSON object")
+    rows, cols = data.get("rows", 24), data.get("cols", 80)
+    if not all(isinstance(n, int) and 0 < n < 65536 for n in (rows, cols)):
+        raise ValueError("terminal rows and cols must be numbers of 1 to 65535")
+    return Terminal(bool(data.get("tty")), rows, cols, str(data.get("term", "")),
+                    str(data.get("colorterm", "")))
 
 
 def _json(value: dict[str, Any]) -> bytes:

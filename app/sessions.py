@@ -341,7 +341,8 @@ class Supervisor:
             exit_code, reason = 130, "interrupted"
             if running.container is not None:  # its end is recorded, as any other end
                 self.bus.emit(EventKind.SESSION_EXITED, session_id, session_id, code=exit_code,
-                              reason="interrupted: Airlock was told to stop it (a signal)")
+                              reason=stop_requested(self.dirs.sessions, session_id) or
+                              "interrupted: Airlock was told to stop it (a signal)")
             raise
         finally:
             await asyncio.shield(self._end(running, exit_code, reason))

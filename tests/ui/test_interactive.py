@@ -20,6 +20,9 @@ import pytest
 from app.container import LABEL_ROLE, LABEL_SESSION
 from tests.ptyterm import PtyProcess, command_line, descendants
 from tests.support import AIRLOCK, DesktopUser, containers, profile_text
+from tests.ui.test_handoff import daemon
+
+__all__ = ["daemon"]
 
 pytestmark = pytest.mark.docker
 
@@ -258,3 +261,130 @@ def test_every_end_of_a_session_is_recorded_with_its_reason(
     assert "ran out of time" in p.seen.decode(errors="replace")
     session = [r for r in audit(tester) if r["kind"] == "session.timed-out"][-1]["session"]
     assert ended(str(session)) == "timed out"
+
+
+# The same through a running supervisor (`airlock daemon`): the hand-off carries keystrokes,
+# resizes, the end of input and the menu's stop beside the output.
+
+def handed(tester: DesktopUser, *args: str) -> list[str]:
+    return [part for part in argv(tester, "--ask", "deny", *args) if part != "--in-process"]
+
+
+def supervised_by_daemon(tester: DesktopUser) -> dict[str, object]:
+    record = json.loads(tester.run("sessions", "--json").stdout)[-1]
+    supervisor_pid = int(str(record["supervisor"]).split(":")[0])
+    assert "daemon" in Path(f"/proc/{supervisor_pid}/cmdline").read_text()
+    return dict(record)
+
+
+def test_a_handed_off_shell_owns_the_terminal_too(
+    tester: DesktopUser, agent_image: str, daemon: Path, terminal: list[PtyProcess]
+) -> None:
+    notes = tester.mkdir("notes")
+    p = PtyProcess(handed(tester, "-p", str(shell_profile(tester, agent_image)), "-g",
+                          str(notes)), tester.base, 22, 77)
+    terminal.append(p)
+    before = p.stty()
+    p.expect(PROMPT)
+    supervised_by_daemon(tester)
+    p.send("tty; echo $TERM; stty size\r")
+    p.expect(r"/dev/pts/\d+")
+    p.expect(r"xterm-256color")
+    p.expect(r"22 77\r\n")
+    p.resize(31, 99)
+    time.sleep(0.3)
+    p.send("stty size\r")
+    p.expect(r"31 99\r\n")
+    p.send("sleep 300\r")
+    time.sleep(1)
+    p.send(b"\x03")
+    p.expect(r"\^C")
+    p.send(CTRL_BRACKET)
+    p.expect(r"airlock menu")
+    p.send("g\n")
+    p.expect(rf"ro\s+{notes}")
+    p.send("\n")
+    p.send("echo back; (exit 6)\r")
+    p.expect(r"back\r\n")
+    p.send(b"\x04")
+    assert p.wait() == 6
+    assert p.stty() == before
+
+
+def test_piped_stdin_is_handed_off_with_its_end(
+    tester: DesktopUser, agent_image: str, daemon: Path
+) -> None:
+    path = tester.write("cat.toml", profile_text(agent_image, ["sh", "-c", "cat; echo end"]))
+    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
+               str(AIRLOCK), "run", "-p", str(path)]
+    result = subprocess.run(command, input="hi\n" * 50_000, capture_output=True, text=True,
+                            timeout=120, cwd=tester.base)
+    assert (result.returncode, result.stdout) == (0, "hi\n" * 50_000 + "end\n"), result.stderr
+    record = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]
+    supervisor_pid = int(str(record["supervisor"]).split(":")[0])
+    assert "daemon" in Path(f"/proc/{supervisor_pid}/cmdline").read_text()
+
+
+def test_every_end_of_a_handed_off_session_is_recorded(
+    tester: DesktopUser, agent_image: str, daemon: Path, terminal: list[PtyProcess],
+    engine: docker.DockerClient
+) -> None:
+    long = tester.write("long.toml", profile_text(agent_image, ["sleep", "300"]))
+
+    def ended(session: str) -> str:
+        records = [r for r in audit(tester) if r["session"] == session
+                   and r["kind"] in ("session.exited", "session.swept")]
+        assert records, f"no end of {session} in the audit log"
+        return str(records[-1]["details"]["reason"])  # type: ignore[index]
+
+    def started() -> tuple[PtyProcess, str]:
+        p = PtyProcess(handed(tester, "-p", str(long)), tester.base)
+        terminal.append(p)
+        return p, str(agent_container(engine, tester)["Labels"][LABEL_SESSION])  # type: ignore[index]
+
+    # The client interrupted (SIGINT) or killed: the supervisor ends the session.
+    p, session = started()
+    os.kill(airlock_pid(p), signal.SIGINT)
+    p.wait()
+    assert "`airlock run` was interrupted or killed" in ended(session)
+    p, session = started()
+    assert p.modes() != p.modes_before
+    os.kill(airlock_pid(p), signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 10
+    while p.modes() != p.modes_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert p.modes() == p.modes_before  # the client's watchdog restored the terminal
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "interrupted" not in str(
+            [r for r in audit(tester) if r["session"] == session]):
+        time.sleep(0.2)
+    assert "`airlock run` was interrupted or killed" in ended(session)
+    # `airlock stop`, and the menu's stop.
+    p, session = started()
+    assert tester.run("stop", session).returncode == 0
+    p.wait()
+    assert ended(session) == "stopped by `airlock stop`"
+    p, session = started()
+    p.send(CTRL_BRACKET)
+    p.expect("airlock menu")
+    p.send("s\n")
+    p.wait()
+    assert ended(session) == "stopped from the terminal's Airlock menu"
+    # Its timeout.
+    p = PtyProcess(handed(tester, "-p", str(long), "--timeout", "2s"), tester.base)
+    terminal.append(p)
+    assert p.wait() == 124
+    session = str([r for r in audit(tester) if r["kind"] == "session.timed-out"][-1]["session"])
+    assert ended(session) == "timed out"
+    # The supervisor itself killed: its reaper removes the agent, the next command records it.
+    p, session = started()
+    supervisor = int(str(supervised_by_daemon(tester)["supervisor"]).split(":")[0])
+    os.kill(supervisor, signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 30
+    while containers(engine, f"{LABEL_SESSION}={session}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tester.run("sessions")
+    assert "ended with its supervisor" in ended(session)
+    daemon.unlink()  # what the killed daemon left; the next one would replace it

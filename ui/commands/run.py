@@ -91,10 +91,17 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
     sock = handoff_client.connect(ctx.dirs.supervisor_socket)
     if sock is None:
         return None
+    from ui.terminal import wants_tty, window_size
+
+    tty = wants_tty(args.tty)
+    rows, cols = window_size(sys.stdin.fileno())
+    terminal = {"tty": tty, "rows": rows, "cols": cols, "term": os.environ.get("TERM", ""),
+                "colorterm": os.environ.get("COLORTERM", "")}
     request = {"profile": args.profile, "grants": args.grant, "command": command,
-               "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask}
+               "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask,
+               "terminal": terminal}
     try:
-        end = handoff_client.run(sock, request)
+        end = handoff_client.run(sock, request, tty, lambda s: session_grants(ctx, s))
     except handoff_client.HandoffRefused as e:
         if e.exit_code == CANNOT_ASK:
             return None  # a headless supervisor: keep the session here, with its prompt
@@ -115,14 +122,24 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
     return int(end["exit"])
 
 
+def session_grants(ctx: Context, session: str) -> list[str]:
+    """For Airlock's menu on a handed-off session's terminal: what the agent may see."""
+    import time
+
+    from app.store import StateStore
+
+    store = StateStore(ctx.dirs.database)
+    try:
+        return [f"  {g.id}  {g.mode}  {g.path}" for g in store.session_grants(session, time.time())]
+    finally:
+        store.close()
+
+
 def handle(ctx: Context, args: argparse.Namespace) -> int:
     command = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd) or None
     if args.ask is None:
         args.ask = "tty" if sys.stdin.isatty() else "deny"
-    from ui.terminal import wants_tty
-
-    # A hand-off carries no keystrokes yet: an agent that owns the terminal runs here.
-    if not args.in_process and not wants_tty(args.tty):
+    if not args.in_process:
         code = handed_off(ctx, args, command)
         if code is not None:
             return code
@@ -136,7 +153,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from app.questions import QuestionQueue
     from app.sessions import LaunchRequest
     from ui.prompt import TerminalPrompt
-    from ui.terminal import is_terminal, window_size
+    from ui.terminal import is_terminal, wants_tty, window_size
     from ui.wiring import open_supervisor
 
     tty = wants_tty(args.tty)
