@@ -26,16 +26,19 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.consent import DenyAll
 from app.console import Console, Terminal
 from app.endings import request_stop
 from app.errors import AirlockError
 from app.events import Event
 from app.grants import parse_grant_argument
 from app.profiles import parse_duration
+from app.questions import QuestionQueue, SessionRoutes
 from app.sessions import LaunchRequest, Supervisor
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,17 @@ class CannotAsk(AirlockError):
 
 class HandoffServer:
     def __init__(self, supervisor: Supervisor, path: Path, notice: Notice,
-                 interactive: bool = False) -> None:
+                 interactive: bool = False, questions: QuestionQueue | None = None,
+                 routes: SessionRoutes | None = None) -> None:
         self.supervisor = supervisor
         self.path = path
-        self.interactive = interactive  # can it put questions to the user (the desktop app)?
+        # Can it put questions to the user: the desktop app (its dialogs), or a headless
+        # supervisor whose questions wait for `airlock ask` (`questions`, routed per session
+        # by `routes`, the broker's front end).
+        self.interactive = interactive or questions is not None
+        self.questions = questions
+        self.routes = routes
+        self.last_activity = time.monotonic()  # a session or a client: not idle
         self._notice = notice
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -125,12 +135,13 @@ class HandoffServer:
         finally:
             self._waiting -= 1
         try:
-            request = self._request(json.loads(line))
+            data = json.loads(line)
+            request = self._request(data)
         except (AirlockError, ValueError, KeyError, TypeError) as e:
             code = e.exit_code if isinstance(e, AirlockError) else 2
             await _frame(writer, b"R", _json({"error": str(e), "exit": code}))
             return
-        await self._run(request, reader, writer)
+        await self._run(request, reader, writer, asks=data.get("ask") == "tty")
 
     def _request(self, data: object) -> LaunchRequest:
         """Validates the client's request exactly as `airlock run` validates its arguments."""
@@ -163,8 +174,13 @@ class HandoffServer:
                              tuple(command) if command else None, seconds,
                              _terminal(data.get("terminal")))
 
+    @property
+    def busy(self) -> bool:
+        """Whether a client is connected (and so, whether a handed-off session runs)."""
+        return bool(self._tasks)
+
     async def _run(self, request: LaunchRequest, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter) -> None:
+                   writer: asyncio.StreamWriter, asks: bool = False) -> None:
         loop = asyncio.get_running_loop()
         session_ids: set[str] = set()
 
@@ -191,6 +207,9 @@ class HandoffServer:
 
         def named(session: str) -> None:
             session_ids.add(session)
+            if self.routes is not None:
+                self.routes.route(session, self.questions if asks and self.questions
+                                  else DenyAll())
             writer.write(HEADER.pack(b"S", len(session.encode())) + session.encode())
 
         self.supervisor.bus.attach(forward)
@@ -217,6 +236,10 @@ class HandoffServer:
         finally:
             gone.cancel()
             self.supervisor.bus.detach(forward)
+            for session in session_ids:
+                if self.routes is not None:
+                    self.routes.forget(session)
+            self.last_activity = time.monotonic()
 
 
     async def _client_frames(self, reader: asyncio.StreamReader,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.consent import Answer, ConsentRequest, RequestKind, Verdict
+from app.consent import Answer, ConsentRequest, FrontEnd, RequestKind, Verdict
 from app.grants import Lifetime, Mode
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,25 @@ class QuestionQueue:
         del self._waiting[request_id]  # answered now, not when its asker next runs
         self._changed()
         return True
+
+
+class SessionRoutes:
+    """A FrontEnd that puts each session's questions where its `airlock run` asked for
+    them: a headless supervisor serves clients that want `airlock ask` and clients that
+    want every question denied (`--ask deny`, scripts) at once."""
+
+    def __init__(self, default: FrontEnd) -> None:
+        self._default = default
+        self._routes: dict[str, FrontEnd] = {}
+
+    def route(self, session: str, front_end: FrontEnd) -> None:
+        self._routes[session] = front_end
+
+    def forget(self, session: str) -> None:
+        self._routes.pop(session, None)
+
+    async def answer(self, request: ConsentRequest) -> Answer:
+        return await self._routes.get(request.session, self._default).answer(request)
 
 
 def request_to_json(request: ConsentRequest) -> dict[str, Any]:

@@ -31,7 +31,8 @@ HEADER = struct.Struct(">cI")  # the same framing as app/handoff.py
 READ_SIZE = 64 * 1024
 MAX_PENDING = 1024 * 1024  # stdin is not read while this much waits for the agent
 MENU = (f"\r\n\x1b[0m\x1b[?25hairlock menu ({ESCAPE_NAME}): [s] stop the session   "
-        f"[g] show grants   [k] send {ESCAPE_NAME} to the agent   [r] return to the agent\r\n")
+        f"[a] answer questions   [g] show grants   [k] send {ESCAPE_NAME} to the agent   "
+        "[r] return to the agent\r\n")
 
 
 class HandoffRefused(Exception):
@@ -56,7 +57,8 @@ def connect(path: Path) -> socket.socket | None:
 
 
 def run(sock: socket.socket, request: dict[str, Any], tty: bool = False,
-        grants: Callable[[str], list[str]] | None = None) -> dict[str, Any]:
+        grants: Callable[[str], list[str]] | None = None,
+        answer: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Streams the session's output to this terminal and this process's stdin, resizes and
     the end of its input to the agent; returns the end frame's data. With `tty`, the agent
     owns this terminal (raw mode, Ctrl-] opens Airlock's menu), as in ui/interactive.py."""
@@ -64,7 +66,7 @@ def run(sock: socket.socket, request: dict[str, Any], tty: bool = False,
     raw = RawTerminal(stdin) if tty and is_terminal(stdin) else None
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with raw or contextlib.nullcontext():
-        client = _Client(sock, stdin, tty, raw, grants)
+        client = _Client(sock, stdin, tty, raw, grants, answer)
         try:
             return client.run(json.dumps(dict(request, op="run")).encode() + b"\n")
         finally:
@@ -83,7 +85,9 @@ class _Client:
     (and stdin is not read while much does), so its output is never stuck behind it."""
 
     def __init__(self, sock: socket.socket, stdin: int, tty: bool, raw: RawTerminal | None,
-                 grants: Callable[[str], list[str]] | None) -> None:
+                 grants: Callable[[str], list[str]] | None,
+                 answer: Callable[[str], None] | None = None) -> None:
+        self.answer = answer
         self.sock = sock
         self.stdin = stdin
         self.tty = tty
@@ -223,7 +227,10 @@ class _Client:
                     lines = self.grants(self.session) if self.grants and self.session else []
                     _write_all(fd, ("\n".join(lines or ["no grants"]) + "\n").encode())
                 if choice == "a":
-                    _write_all(fd, b"airlock: questions go to the desktop app's dialogs\n")
+                    if self.answer is not None and self.session:
+                        self.answer(self.session)  # those waiting for `airlock ask`
+                    else:
+                        _write_all(fd, b"airlock: no questions here\n")
         rows, cols = window_size(fd)  # a size change makes a full-screen agent redraw
         self.send(b"W", struct.pack(">HH", rows, max(1, cols - 1)))
         self.send(b"W", struct.pack(">HH", rows, cols))

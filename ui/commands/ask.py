@@ -67,6 +67,31 @@ def _pending(supervisors: list[_Supervisor]) -> list[tuple[_Supervisor, dict[str
     return waiting
 
 
+def answer_waiting(runtime: Path, session: str | None = None) -> None:
+    """Puts each waiting question (of `session`, or all) to the user on this terminal."""
+    import asyncio
+
+    from app.questions import answer_to_json, request_from_json
+    from ui.prompt import TerminalPrompt
+
+    supervisors = _supervisors(runtime)
+    try:
+        waiting = [(s, r) for s, r in _pending(supervisors)
+                   if session is None or r.get("session") == session]
+        if not waiting:
+            print("airlock: no questions waiting", file=sys.stderr, flush=True)
+        for supervisor, data in waiting:
+            request = request_from_json(data)
+            answer = asyncio.run(TerminalPrompt().answer(request))
+            reply = supervisor.call({"op": "answer", "id": request.id,
+                                     "answer": answer_to_json(answer)})
+            if "error" in reply:
+                print(f"airlock: {reply['error']}", file=sys.stderr, flush=True)
+    finally:
+        for supervisor in supervisors:
+            supervisor.close()
+
+
 def handle(ctx: Context, args: argparse.Namespace) -> int:
     import asyncio
 

@@ -89,6 +89,12 @@ async def run_session(supervisor: Supervisor, request: LaunchRequest,
 def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None) -> int | None:
     """Runs the session in the already running supervisor; None if there is none."""
     sock = handoff_client.connect(ctx.dirs.supervisor_socket)
+    if sock is None and os.environ.get("AIRLOCK_AUTOSTART", "1") != "0":
+        # Warm start: a background supervisor takes this run and the next ones.
+        from ui.commands.daemon import start_background
+
+        if start_background(ctx):
+            sock = handoff_client.connect(ctx.dirs.supervisor_socket)
     if sock is None:
         return None
     from ui.terminal import wants_tty, window_size
@@ -101,7 +107,8 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
                "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask,
                "terminal": terminal}
     try:
-        end = handoff_client.run(sock, request, tty, lambda s: session_grants(ctx, s))
+        end = handoff_client.run(sock, request, tty, lambda s: session_grants(ctx, s),
+                                 lambda s: answer_waiting(ctx.dirs.runtime, s))
     except handoff_client.HandoffRefused as e:
         if e.exit_code == CANNOT_ASK:
             return None  # a headless supervisor: keep the session here, with its prompt
@@ -133,6 +140,13 @@ def session_grants(ctx: Context, session: str) -> list[str]:
         return [f"  {g.id}  {g.mode}  {g.path}" for g in store.session_grants(session, time.time())]
     finally:
         store.close()
+
+
+def answer_waiting(runtime: Path, session: str) -> None:
+    """For Airlock's menu on a handed-off session's terminal: its questions, one by one."""
+    from ui.commands.ask import answer_waiting as answer
+
+    answer(runtime, session)
 
 
 def handle(ctx: Context, args: argparse.Namespace) -> int:
