@@ -8,7 +8,8 @@ library: the request is one JSON line; each frame after it, both ways, is one ty
     S       the session's id, before anything else of it
     O / E   the agent's stdout / stderr bytes
     N       a notice line for the terminal (UTF-8)
-    X       the end: JSON {"exit": code, "session": id, "rule": commit rule}
+    X       the end: JSON {"exit": code, "session": id, "rule": commit rule,
+            "denied": [[kind, subject, who], ...] the questions denied meanwhile}
     R       a refusal: JSON {"error": message, "exit": code}
 From the client, when its request has a "terminal" (app/console.py's Terminal as JSON):
     I       keystrokes or piped input for the agent
@@ -35,7 +36,7 @@ from app.consent import DenyAll
 from app.console import Console, Terminal
 from app.endings import request_stop
 from app.errors import AirlockError
-from app.events import Event
+from app.events import Event, EventKind
 from app.grants import parse_grant_argument
 from app.profiles import parse_duration
 from app.questions import QuestionQueue, SessionRoutes
@@ -184,8 +185,14 @@ class HandoffServer:
         loop = asyncio.get_running_loop()
         session_ids: set[str] = set()
 
+        denied: list[list[str]] = []  # (kind, subject, by) of each question denied
+
         def forward(event: Event) -> None:
             if event.session in session_ids:  # this client's session: not another one's
+                if (event.kind is EventKind.REQUEST_ANSWERED
+                        and event.details.get("verdict") == "deny"):
+                    denied.append([str(event.details.get("asks", "")), event.subject,
+                                   str(event.details.get("by", ""))])
                 text = self._notice(event)
                 if text:
                     writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
@@ -230,7 +237,7 @@ class HandoffServer:
             except AirlockError as e:
                 await _frame(writer, b"R", _json({"error": str(e), "exit": e.exit_code}))
                 return
-            await _frame(writer, b"X", _json({"exit": result.exit_code,
+            await _frame(writer, b"X", _json({"exit": result.exit_code, "denied": denied,
                                               "session": result.session,
                                               "rule": request.profile.approval.commit}))
         finally:

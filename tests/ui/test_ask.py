@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.portal.test_portal_container import CLIENT
 from tests.ptyterm import PtyProcess
 from tests.support import AIRLOCK, DesktopUser, profile_text
+from tests.ui.test_handoff import daemon
 from tests.ui.test_interactive import argv
+
+__all__ = ["daemon"]
 
 pytestmark = pytest.mark.docker
 
@@ -112,3 +116,21 @@ def test_the_escape_menu_answers_a_waiting_question_with_the_agents_output_held(
     agent.expect(r"response t1 0 /run/airlock/doc/\w+/todo.md")
     agent.send("end\r")
     assert agent.wait() == 0
+
+
+def test_a_handed_off_session_sums_up_its_denials_too(
+    tester: DesktopUser, agent_image: str, daemon: Path, terminals: list[PtyProcess]
+) -> None:
+    path = tester.write("asker.toml", profile_text(
+        agent_image, ["sh", "-c", "curl -s -o /dev/null -w 'status %{http_code}\\n' "
+                                  "http://example.com/"],
+        extra='[network]\nask = ["example.com:80"]\n[approval]\ntimeout = "2s"\n'))
+    handed = [part for part in argv(tester, "-p", str(path)) if part != "--in-process"]
+    agent = PtyProcess(handed, tester.base)
+    terminals.append(agent)
+    agent.expect(r"status 403", timeout=90)
+    agent.wait()
+    agent.expect(r"airlock: denied while the agent ran: network.host example.com:80 "
+                 r"\(no answer in time\)")
+    record = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]
+    assert "daemon" in Path(f"/proc/{str(record['supervisor']).split(':')[0]}/cmdline").read_text()

@@ -121,6 +121,12 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
     except ConnectionError as e:
         raise AirlockError(f"{e}; the session ended with it") from e
     session = str(end["session"])
+    denied = end.get("denied") or []
+    if denied:
+        from ui.interactive import denial_summary
+
+        summary = denial_summary([(str(k), str(s), str(b)) for k, s, b in denied])
+        print(f"airlock: {summary}", file=sys.stderr, flush=True)
     if any((ctx.dirs.sessions / session / "staging").glob("*/root.json")):
         from ui.wiring import open_core  # only now: there is something to review
 
