@@ -29,6 +29,7 @@ from ui.terminal import ESCAPE_KEY, ESCAPE_NAME, RawTerminal, split_at_escape, w
 if TYPE_CHECKING:
     from app.events import Event
     from app.sessions import LaunchRequest, Output, Supervisor
+    from ui.question_notices import QuestionNotifier
 
 _MENU = (f"\r\n\x1b[0m\x1b[?25hairlock menu ({ESCAPE_NAME}): [s] stop the session   "
          "[a] answer questions ({n} waiting)   [g] show grants   "
@@ -316,6 +317,7 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
                   if questions is not None else None)
         if server is not None:
             await server.start()
+        notifier = await notify_questions(questions)
 
         async def stop() -> None:
             if supervisor.last_session is not None:
@@ -346,6 +348,8 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
             output.close()
             if server is not None:
                 await server.close()
+            if notifier is not None:
+                notifier.disconnect()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(ValueError, RuntimeError):
                     loop.remove_signal_handler(signum)
@@ -370,6 +374,16 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
     if summary:
         print(f"airlock: {summary}", file=sys.stderr, flush=True)
     return code
+
+
+async def notify_questions(questions: QuestionQueue | None) -> QuestionNotifier | None:
+    """Desktop notifications for the waiting questions, when the session bus has a
+    notification server (dbus-fast is imported only then)."""
+    if questions is None or not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        return None
+    from ui.question_notices import QuestionNotifier
+
+    return await QuestionNotifier.connect(questions)
 
 
 def _restore_then(output: AgentTerminal, message: str) -> None:

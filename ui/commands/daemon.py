@@ -30,6 +30,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from app.handoff import HandoffServer
     from app.questions import AskServer, QuestionQueue, SessionRoutes, ask_socket
     from ui.commands.run import notice_text
+    from ui.interactive import notify_questions
     from ui.wiring import open_supervisor
 
     questions = QuestionQueue()
@@ -42,6 +43,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
             asking = AskServer(questions, ask_socket(ctx.dirs.runtime))
             await server.start()
             await asking.start()
+            notifier = await notify_questions(questions)
             if not args.background:
                 print(f"airlock: supervising at {server.path}; `airlock run` now hands its "
                       "sessions here. Ctrl-C stops (and ends their sessions).",
@@ -58,6 +60,8 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
                     if args.idle_exit and not server.busy and idle >= args.idle_exit:
                         break
             finally:
+                if notifier is not None:
+                    notifier.disconnect()
                 await asking.close()
                 await server.close()
                 await supervisor.aclose()
