@@ -1,8 +1,11 @@
-"""`airlock run`: one agent session in the foreground, its output streamed to the terminal.
+"""`airlock run`: one agent session in the foreground, on this terminal (ui/interactive.py:
+the agent owns it) or with its streams piped.
 
 When a supervisor is already running (the desktop app, or `airlock daemon`), the session is
-handed to it and this process is a thin client; otherwise it supervises the session itself.
-The core is imported only on that second path, so the first one starts fast.
+handed to it and this process is a thin client; when none runs, one is started in the
+background (warm start, ui/commands/daemon.py); with `--in-process` (or if that fails) this
+process supervises the session itself. The core is imported only on that last path, so the
+others start fast.
 """
 
 from __future__ import annotations
