@@ -74,7 +74,10 @@ class PtyProcess:
             self._read(0.1)
         while self._read(0.05):
             pass
-        return self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            return self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"it never ended: {self.tail()}") from None
 
     def modes(self) -> list[object]:
         return termios.tcgetattr(self.slave)

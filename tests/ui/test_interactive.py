@@ -306,6 +306,7 @@ def test_a_handed_off_shell_owns_the_terminal_too(
     p.send("\n")
     p.send("echo back; (exit 6)\r")
     p.expect(r"back\r\n")
+    p.expect(PROMPT)  # a Ctrl-D typed while a command runs is that command's, not bash's
     p.send(b"\x04")
     assert p.wait() == 6
     assert p.stty() == before
