@@ -223,7 +223,13 @@ class TreeWatcher:
                     handler, str(root), recursive=True, event_filter=list(_KINDS)
                 )
             except OSError as e:
-                unwatched.append((shown, {"reason": _limit_reason(e), "limit": limit}))
+                # Kernels and watchdog versions differ on a limit reached mid-tree: some skip
+                # the subdirectory without a word (checked below), others fail here. Either
+                # way the tree is not kept, and the count says how much of it was left out.
+                missing = _unwatched(observer, directories) or len(directories)
+                unwatched.append((shown, {"reason": _limit_reason(e), "limit": limit,
+                                          "directories": len(directories),
+                                          "unwatched": missing}))
                 continue
             missing = _unwatched(observer, directories)
             if missing:

@@ -226,7 +226,10 @@ def test_a_tree_the_kernel_cannot_fully_watch_is_reported(tmp_path: Path) -> Non
     [unwatched] = [e for e in events if e["kind"] == "file.unwatched"]
     assert (unwatched["session"], unwatched["subject"]) == ("second", "/second")
     assert unwatched["details"]["reason"] == "inotify watch limit reached"
-    assert unwatched["details"]["unwatched"] == 3
+    # 3 directories found no watch; a kernel that fails the whole schedule at the limit (6.18
+    # does, through watchdog) leaves all 5 of the tree unwatched, which is said as such.
+    assert unwatched["details"]["unwatched"] in (3, 5)
+    assert unwatched["details"]["directories"] == 5
 
 
 def test_activity_faster_than_the_budget_is_counted_not_recorded_one_by_one(
