@@ -3,7 +3,9 @@ agent answers one; `airlock ask`, from a second terminal, does."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +136,17 @@ def test_a_handed_off_session_sums_up_its_denials_too(
                  r"\(no answer in time\)")
     record = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]
     assert "daemon" in Path(f"/proc/{str(record['supervisor']).split(':')[0]}/cmdline").read_text()
+
+
+def test_another_user_cannot_list_or_answer_the_questions(daemon: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not list((daemon.parent / "ask").glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (path,) = (daemon.parent / "ask").glob("*.sock")
+    assert (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777) == (0o700, 0o600)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))  # root can reach it despite the modes; others cannot at all
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b'{"op": "list"}\n')
+        reply = sock.recv(4096)
+    assert json.loads(reply) == {"error": "not your supervisor"}
