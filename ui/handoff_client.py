@@ -121,11 +121,11 @@ class _Client:
         if self.raw is not None:
             self._resized()
         while True:
-            readers = [self.sock, self._winch_r]
+            readers = [self.sock.fileno(), self._winch_r]
             if self.stdin_open and len(self.outgoing) < MAX_PENDING:
                 readers.append(self.stdin)
-            ready, writable, _ = select.select(readers, [self.sock] if self.outgoing else [],
-                                               [])
+            ready, writable, _ = select.select(
+                readers, [self.sock.fileno()] if self.outgoing else [], [])
             if writable:
                 try:
                     sent = self.sock.send(self.outgoing)
@@ -141,7 +141,7 @@ class _Client:
                 self._resized()
             if self.stdin in ready:
                 self._on_input()
-            if self.sock in ready:
+            if self.sock.fileno() in ready:
                 try:
                     data = self.sock.recv(READ_SIZE)
                 except BlockingIOError:
