@@ -112,8 +112,13 @@ def test_an_interactive_shell_owns_a_real_terminal(
     time.sleep(1)
     p.send(b"\x1a")
     p.expect("Stopped")
-    p.send("kill %1; echo done-$?\r")
-    p.expect("done-0")
+    p.send("fg\r")  # back in the foreground, where Ctrl-C ends it
+    p.expect(r"sleep 300\r\n")
+    time.sleep(0.5)
+    p.send(b"\x03")
+    p.expect(PROMPT)
+    p.send("jobs; echo jobs-done\r")
+    p.expect(r"(?<!echo )jobs-done\r\n")  # no job left
     p.send("(exit 7)\r")
     p.expect(PROMPT)
     p.send(b"\x04")  # bash leaves with the status of its last command: airlock passes it on
