@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import os
 import stat
 import time
@@ -28,9 +29,10 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.inotify import InotifyObserver
 
 from app.events import Event, EventBus, EventKind, TokenBucket
+from app.inotify_watch import OVERFLOW, Observer
+from app.threads import call_on_loop
 
 log = logging.getLogger(__name__)
 # watchdog re-adds the watch of a directory it already watches (one created and walked at
@@ -69,6 +71,15 @@ Report = Callable[[EventKind, str, dict[str, Any], float], None]
 # event each before the next that goes through.
 FILE_EVENTS_BURST = 2000
 FILE_EVENTS_PER_SECOND = 200
+
+# How often the loop checks that every thread of the watch is still running: a dead one is
+# found within this, plus the rescan.
+HEALTH_SECONDS = 0.2
+# A session whose activity overflowed the inotify queue this many times is "partly
+# unwatched": a storm that size is no accident, and each overflow hides what it held.
+UNWATCHED_AFTER = 3
+
+Unwatched = Callable[[int], None]  # a session became partly unwatched: after N overflows
 
 
 def watch_limit() -> int | None:
@@ -156,6 +167,13 @@ class TreeWatcher:
     one path within `window` seconds become one event with `count`. A tree that would not
     fit in the inotify limits (`watch_limit`, from the kernel by default) is not watched at
     all and is reported as a `file.unwatched` event instead of being half-watched.
+
+    The watch cannot be blinded unnoticed: when the kernel drops events (its queue
+    overflowed) or a thread of the watch library ends, the session gets an `activity.gap`
+    event with the cause and the time span, the watch is started afresh, and a rescan of
+    the trees turns what changed meanwhile into file.* events (marked `rescan`). After
+    UNWATCHED_AFTER overflows the session is "partly unwatched": an `activity.unwatched`
+    event, and `on_unwatched(overflows)` (the session's policy: warn or stop).
     """
 
     def __init__(
@@ -166,6 +184,7 @@ class TreeWatcher:
         *,
         window: float = 0.25,
         watch_limit: int | None = None,
+        on_unwatched: Unwatched | None = None,
     ) -> None:
         self.session = session
         self._bus = bus
@@ -173,7 +192,17 @@ class TreeWatcher:
         self._window = window
         self._watch_limit = watch_limit
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._observer: InotifyObserver | None = None
+        self._observer: Observer | None = None
+        self._on_unwatched = on_unwatched
+        self._stopping = False
+        self._health: asyncio.TimerHandle | None = None
+        self._snapshots: dict[Path, _Snapshot] = {}
+        self._last_seen = 0.0  # when the watch last reported, or was (re)started
+        self._gap_since = math.inf  # the earliest a loss being resynchronised began
+        self._causes: list[str] = []  # of the gap being resynchronised
+        self._resync: asyncio.Task[None] | None = None
+        self.gaps = 0
+        self.overflows = 0
         self._pending: dict[tuple[EventKind, str, Any], _Burst] = {}
         self._pending_paths: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -185,29 +214,38 @@ class TreeWatcher:
         if self._observer is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._last_seen = time.time()
         unwatched = await asyncio.to_thread(self._watch_all)
+        self._snapshots = await asyncio.to_thread(self._snapshot_all)
         for shown, details in unwatched:
             log.warning("session %s: not watching %s: %s", self.session, shown, details["reason"])
             self._bus.emit(EventKind.FILE_UNWATCHED, self.session, str(shown), **details)
+        self._health = self._loop.call_later(HEALTH_SECONDS, self._check_health)
 
     async def stop(self) -> None:
         """Remove every watch, then publish what is still being coalesced."""
+        self._stopping = True
+        if self._health is not None:
+            self._health.cancel()
+        if self._resync is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
         observer, self._observer = self._observer, None
         if observer is not None:
             await asyncio.to_thread(_stop_observer, observer)
         self._flush()
         self._publish_held()  # the session's last word on its files, whatever the pace
 
+    @property
+    def partly_unwatched(self) -> bool:
+        return self.overflows >= UNWATCHED_AFTER
+
     # Worker thread.
 
     def _watch_all(self) -> list[tuple[Path, dict[str, Any]]]:
         limit = self._watch_limit if self._watch_limit is not None else watch_limit()
         unwatched: list[tuple[Path, dict[str, Any]]] = []
-        try:
-            observer = InotifyObserver()
-        except OSError as e:
-            reason = _limit_reason(e)
-            return [(shown, {"reason": reason, "limit": limit}) for shown in self._trees.values()]
+        observer = Observer(self._lost)
         observer.start()
         self._observer = observer
         for root, shown in self._trees.items():
@@ -231,6 +269,10 @@ class TreeWatcher:
                                           "directories": len(directories),
                                           "unwatched": missing}))
                 continue
+            except Exception as e:  # the library failed on the tree: e.g. nested too deep
+                log.exception("session %s: cannot watch %s", self.session, shown)
+                unwatched.append((shown, {"reason": f"cannot watch: {type(e).__name__}: {e}"}))
+                continue
             missing = _unwatched(observer, directories)
             if missing:
                 # watchdog skips subdirectories it cannot watch without a word: don't keep
@@ -249,15 +291,101 @@ class TreeWatcher:
                 )
         return unwatched
 
+    def _snapshot_all(self) -> dict[Path, _Snapshot]:
+        return {root: _snapshot(root) for root in self._trees}
+
     def _report(self, kind: EventKind, subject: str, details: dict[str, Any], when: float) -> None:
         if self._loop is None:
             return
+        # False once the loop is closed: the session is over.
+        call_on_loop(self._loop, self._arrive, kind, subject, details, when)
+
+    def _lost(self, cause: str, since: float) -> None:
+        """Any thread: the watch lost events since `since`, or is about to (one of its
+        threads died)."""
+        if self._loop is None:
+            return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the session is over
-            self._loop.call_soon_threadsafe(self._arrive, kind, subject, details, when)
+            self._loop.call_soon_threadsafe(self._gap, cause, since)
 
     # Loop thread.
 
+    def _check_health(self) -> None:
+        self._health = None
+        if self._stopping or self._loop is None:
+            return
+        observer = self._observer
+        dead = observer.dead_thread() if observer is not None else None
+        if dead is not None and self._resync is None:
+            log.error("session %s: the %s thread of the file watch has stopped",
+                      self.session, dead)
+            self._gap(f"the {dead} thread stopped", self._last_seen)
+        self._health = self._loop.call_later(HEALTH_SECONDS, self._check_health)
+
+    def _gap(self, cause: str, since: float) -> None:
+        if self._stopping or self._loop is None:
+            return
+        self._gap_since = min(self._gap_since, since)
+        if cause not in self._causes:
+            self._causes.append(cause)
+        if cause == OVERFLOW:  # each one, even while the watch restarts after another
+            self.overflows += 1
+            if self.overflows == UNWATCHED_AFTER:
+                self._bus.emit(EventKind.ACTIVITY_UNWATCHED, self.session, "file activity",
+                               overflows=self.overflows,
+                               note="the agent's file activity overflowed the inotify queue "
+                                    f"{self.overflows} times: parts of it were not seen")
+                if self._on_unwatched is not None:
+                    self._on_unwatched(self.overflows)
+        if self._resync is None:
+            self._resync = self._loop.create_task(self._resynchronise())
+
+    async def _resynchronise(self) -> None:
+        """Start the watch afresh and rescan: one activity.gap for all that was lost until
+        the new watch was in place (causes reported meanwhile join it)."""
+        try:
+            while self._causes and not self._stopping:
+                await asyncio.sleep(0)  # the threads' other reports of the same loss
+                began, causes = self._gap_since, self._causes
+                self._causes, self._gap_since = [], math.inf
+                await self._restart(began, causes)
+        except Exception:
+            log.exception("session %s: cannot restart the file watch", self.session)
+        finally:
+            self._resync = None
+
+    async def _restart(self, began: float, causes: list[str]) -> None:
+        self.gaps += 1
+        log.warning("session %s: file activity went unwatched (%s); rescanning",
+                    self.session, "; ".join(causes))
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            await asyncio.to_thread(_stop_observer, observer)
+        self._flush()  # what arrived before the gap goes before it
+        unwatched = await asyncio.to_thread(self._watch_all)
+        snapshots = await asyncio.to_thread(self._snapshot_all)
+        ended = time.time()
+        changes = [
+            change
+            for root, shown in self._trees.items()
+            for change in _changes(root, shown, self._snapshots.get(root, {}),
+                                   snapshots.get(root, {}))
+        ]
+        self._snapshots = snapshots
+        self._last_seen = ended
+        self._bus.publish(Event(EventKind.ACTIVITY_GAP, self.session, "file activity", {
+            "cause": "; ".join(causes), "from": began, "to": ended,
+            "seconds": round(ended - began, 3), "rescanned": len(changes),
+            "overflows": self.overflows,
+            "note": "events in this span were lost; the rescan found what changed in it"},
+            time=ended))
+        for shown, details in unwatched:
+            self._bus.emit(EventKind.FILE_UNWATCHED, self.session, str(shown), **details)
+        for kind, subject, details in changes:
+            self._arrive(kind, subject, {**details, "rescan": True}, ended)
+
     def _arrive(self, kind: EventKind, subject: str, details: dict[str, Any], when: float) -> None:
+        self._last_seen = max(self._last_seen, when)
         target = details.get("to")
         if kind in _RENAMING and (subject in self._pending_paths or target in self._pending_paths):
             self._flush()
@@ -303,7 +431,7 @@ class TreeWatcher:
                         "recorded one by one"}, time=burst.first))
 
 
-def _stop_observer(observer: InotifyObserver) -> None:
+def _stop_observer(observer: Observer) -> None:
     observer.stop()
     observer.join()
 
@@ -343,21 +471,17 @@ def _directories(root: Path, *, stop_after: int | None) -> dict[_DirectoryId, st
     return found
 
 
-def _unwatched(observer: InotifyObserver, directories: Mapping[_DirectoryId, str]) -> int:
+def _unwatched(observer: Observer, directories: Mapping[_DirectoryId, str]) -> int:
     """How many of the tree's directories (still there) have no watch in the observer's
-    inotify instance, as the kernel lists them in /proc/self/fdinfo."""
-    # watchdog 7 keeps its inotify descriptor private; without it there is nothing to check.
-    fd = getattr(getattr(observer, "_inotify_fd", None), "_inotify_fd", None)
-    if not isinstance(fd, int):
-        log.warning("cannot check inotify watches with this watchdog version")
-        return 0
+    inotify instances, as the kernel lists them in /proc/self/fdinfo."""
     watched: set[_DirectoryId] = set()
     try:
-        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
-            for line in fdinfo:
-                if line.startswith("inotify "):
-                    fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
-                    watched.add((int(fields["sdev"], 16), int(fields["ino"], 16)))
+        for fd in observer.inotify_fds():
+            with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+                for line in fdinfo:
+                    if line.startswith("inotify "):
+                        fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
+                        watched.add((int(fields["sdev"], 16), int(fields["ino"], 16)))
     except (OSError, KeyError, ValueError):
         log.warning("cannot read the inotify watches from /proc/self/fdinfo")
         return 0
@@ -372,3 +496,58 @@ def _unwatched(observer: InotifyObserver, directories: Mapping[_DirectoryId, str
         if (_kernel_dev(status.st_dev), status.st_ino) == identity:
             missing += 1
     return missing
+
+
+# What a rescan compares: each entry's type and, for files, size and modification time.
+_Entry = tuple[int, int, int]  # (file type bits, size, mtime_ns)
+_Snapshot = dict[str, _Entry]  # by path relative to the tree's root
+
+
+def _snapshot(root: Path) -> _Snapshot:
+    """Every entry below `root` (symlinks not followed), as it is now."""
+    found: _Snapshot = {}
+    stack = [str(root)]
+    prefix = str(root).rstrip(os.sep) + os.sep
+    while stack:
+        path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue  # vanished or unreadable
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            kind = stat.S_IFMT(st.st_mode)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                kind = 0  # an overlay whiteout: the deletion of what it hides
+            found[entry.path[len(prefix):]] = (kind, st.st_size, st.st_mtime_ns)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return found
+
+
+def _changes(
+    root: Path, shown: Path, before: _Snapshot, after: _Snapshot
+) -> list[tuple[EventKind, str, dict[str, Any]]]:
+    """What a rescan found changed between two snapshots of one tree, as file events."""
+    changes: list[tuple[EventKind, str, dict[str, Any]]] = []
+    for relative in sorted(before.keys() | after.keys()):
+        old, new = before.get(relative), after.get(relative)
+        subject = str(shown / relative)
+        details: dict[str, Any] = {}
+        if (new or old or (0, 0, 0))[0] == stat.S_IFDIR:
+            details["directory"] = True
+        if new is None or new[0] == 0:
+            if old is not None and old[0] != 0:
+                changes.append((EventKind.FILE_DELETED, subject, details))
+            elif old is None and new is not None:
+                changes.append((EventKind.FILE_DELETED, subject, details))  # a new whiteout
+        elif old is None or old[0] != new[0]:
+            kind = _TreeHandler._created_means(str(root / relative), subject)
+            if kind is not None:
+                changes.append((kind, subject, details))
+        elif old[1:] != new[1:] and new[0] == stat.S_IFREG:
+            changes.append((EventKind.FILE_WRITTEN, subject, {"size": new[1]}))
+    return changes

@@ -432,7 +432,7 @@ def _ordered(changes: Sequence[Change]) -> list[Change]:
 
 def _operations(change: Change, root: str, move: bool = False) -> list[Operation]:
     target = str(change.path)
-    mode = stat.S_IMODE(change.new_mode) if change.new_mode is not None else None
+    mode = change.mode  # exactly what the listing showed
     if change.kind is ChangeKind.DELETED:
         action = Action.DELETE_TREE if change.type is EntryType.DIRECTORY else Action.DELETE
         return [Operation(action, target, root, old_hash=change.old_hash)]
@@ -616,6 +616,9 @@ def _copy_fd_file(source_fd: int, destination: str, mode: int,
         kept = mode & ~_umask() == mode  # made with its mode: no fchmod
         out = os.open(destination, (os.O_RDWR if expected else os.O_WRONLY) | os.O_CREAT |
                       os.O_EXCL | os.O_CLOEXEC, mode if kept else 0o600, dir_fd=dir_fd)
+        # A default ACL on the target's folder takes the place of the umask: the new file
+        # then has fewer bits than asked for. One fstat finds out; fchmod makes it exact.
+        kept = kept and stat.S_IMODE(os.fstat(out).st_mode) == mode
         try:
             try:
                 _copy_bytes(source_fd, out, st.st_size)
@@ -786,12 +789,23 @@ def _in_threads(work: Callable[[Sequence[_Item], _Parents], _Result],
 
 def _make_directory(op: Operation, parents: _Parents) -> None:
     dir_fd = parents.fd(op.target, op.root, create=True)
+    name = os.path.basename(op.target)
     try:
-        os.mkdir(os.path.basename(op.target), op.mode if op.mode is not None else 0o755,
-                 dir_fd=dir_fd)
+        os.mkdir(name, op.mode if op.mode is not None else 0o755, dir_fd=dir_fd)
         op.created = True
     except FileExistsError:
         op.created = False  # there already, or made meanwhile by someone else
+        return
+    if op.mode is not None:
+        # mkdir(2) takes the umask (or the parent's default ACL) off the mode and ignores
+        # the set-group-ID bit: the directory gets exactly the listed mode instead.
+        _set_mode(name, dir_fd, op.mode)
+
+
+def _set_mode(name: str, dir_fd: int, mode: int) -> None:
+    """Gives the entry `name` (not a symlink) exactly `mode`, if it has another."""
+    if stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode) != mode:
+        os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _prepare(op: Operation, backup_dir: str, index: int, parents: _Parents) -> None:

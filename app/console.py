@@ -1,5 +1,6 @@
 """The agent's console: its stdin, stdout and stderr over the engine's attach connection (the
-Engine API's hijacked socket), and the size of its pseudo-terminal.
+Engine API's hijacked socket, opened by app/sessions/engine.py), and the size of its
+pseudo-terminal.
 
 Blocking throughout: the reading runs in the session's output thread, the writing in the
 caller's input thread (or through `asyncio.to_thread`).
@@ -14,12 +15,9 @@ import re
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
-
-import docker
-import docker.errors
+from typing import Protocol, runtime_checkable
 
 from app.errors import EngineError
 
@@ -62,30 +60,19 @@ class Terminal:
 
 
 class Console:
-    """One attach connection to an agent container, made before the container starts so
-    that nothing it prints is missed and its first read of stdin finds the caller."""
+    """One attach connection to an agent container (made by the engine's `console`, before
+    the container starts, so that nothing it prints is missed and its first read of stdin
+    finds the caller)."""
 
-    def __init__(self, api: docker.APIClient, container_id: str, tty: bool,
-                 sock: socket.socket, keep: Any) -> None:
-        self._api = api
-        self._container = container_id
+    def __init__(self, sock: socket.socket, tty: bool, resize: Callable[[int, int], None],
+                 name: str = "", keep: object = None) -> None:
         self.tty = tty
         self._sock = sock
+        self._resize = resize  # the engine's resize call for this container
+        self._container = name
         self._keep = keep  # the HTTP response: its collection would close the socket
         self._write_lock = threading.Lock()
         self._stdin_closed = False
-
-    @classmethod
-    def attach(cls, api: docker.APIClient, container_id: str, tty: bool) -> Console:
-        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-        try:
-            raw = api.attach_socket(container_id, params=params)
-        except docker.errors.APIError as e:
-            raise EngineError(f"cannot attach to the agent's console: {e.explanation}") from e
-        sock = getattr(raw, "_sock", raw)  # a SocketIO over the unix socket, or the socket
-        if not isinstance(sock, socket.socket):
-            raise EngineError("the engine's attach connection is not a socket")
-        return cls(api, container_id, tty, sock, raw)
 
     def chunks(self) -> Iterator[tuple[bytes | None, bytes | None]]:
         """(stdout, stderr) pieces as the engine sends them, until the container's streams
@@ -148,15 +135,17 @@ class Console:
         if not self.tty or rows <= 0 or cols <= 0:
             return
         try:
-            self._api.resize(self._container, height=rows, width=cols)
-        except docker.errors.APIError as e:  # it ended meanwhile
+            self._resize(rows, cols)
+        except EngineError as e:  # it ended meanwhile
             log.debug("cannot resize the console of %s: %s", self._container[:12], e)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
-        with contextlib.suppress(Exception):
-            self._keep.close()
+        close = getattr(self._keep, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
 
 
 @runtime_checkable

@@ -43,6 +43,8 @@ class EventKind(StrEnum):
     FILE_DELETED = "file.deleted"
     FILE_MOVED = "file.moved"
     FILE_UNWATCHED = "file.unwatched"  # a tree could not be watched in full (inotify limits)
+    ACTIVITY_GAP = "activity.gap"  # the file watch lost events for a while; rescanned
+    ACTIVITY_UNWATCHED = "activity.unwatched"  # lost them again and again: partly unwatched
     AUDIT_RECOVERED = "audit.recovered"  # a torn record left by a crash was cut off the log
     AUDIT_GAP = "audit.gap"  # events that could not be written (disk full), counted
     NET_REQUEST = "net.request"  # one plain-HTTP or route request, at its end

@@ -45,7 +45,6 @@ from app.sessions import LaunchRequest, Supervisor
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">cI")
-MAX_REQUEST = 256 * 1024
 REQUEST_SECONDS = 10.0  # from connecting to the request's end of line
 MAX_WAITING = 32  # connections whose request has not come yet; more are turned away
 MAX_FRAME = 1024 * 1024  # from the client: keystrokes, piped input in pieces
@@ -125,7 +124,7 @@ class HandoffServer:
         self._waiting += 1
         try:
             async with asyncio.timeout(REQUEST_SECONDS):
-                line = await reader.readuntil(b"\n")
+                line = await reader.readuntil(b"\n")  # at most the stream's limit, 64 KiB
         except asyncio.LimitOverrunError:
             await _frame(writer, b"R", _json({"error": "request too large", "exit": 2}))
             return

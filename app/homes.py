@@ -22,17 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
-
 from app.container import AGENT_HOME, BindMount, ContainerAdditions
 from app.endings import request_stop
-from app.errors import SessionError
+from app.errors import EngineError, SessionError
 from app.paths import Dirs
 from app.profiles import NAME_PATTERN
 
 if TYPE_CHECKING:
-    from app.sessions import SessionContext
+    from app.sessions import Engine, SessionContext
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +112,7 @@ def _make_writable_then_retry(function: Any, path: str, _: object) -> None:
 class AgentHomes:
     """The session extension that mounts a profile's kept home and holds it to its size."""
 
-    def __init__(self, dirs: Dirs, engine: docker.DockerClient) -> None:
+    def __init__(self, dirs: Dirs, engine: Engine) -> None:
         self._dirs = dirs
         self._engine = engine
 
@@ -124,7 +121,7 @@ class AgentHomes:
 
 
 class _SessionHome:
-    def __init__(self, dirs: Dirs, engine: docker.DockerClient) -> None:
+    def __init__(self, dirs: Dirs, engine: Engine) -> None:
         self._dirs = dirs
         self._engine = engine
         self._watch: asyncio.Task[None] | None = None
@@ -174,8 +171,8 @@ class _SessionHome:
                 request_stop(self._dirs.sessions, session,
                              f"stopped: its kept home grew past its {self._limit // 1024**2} "
                              "MiB limit")
-                with contextlib.suppress(docker.errors.APIError):
-                    await asyncio.to_thread(self._engine.api.kill, container_id)
+                with contextlib.suppress(EngineError):
+                    await asyncio.to_thread(self._engine.kill, container_id)
                 return
 
     async def close(self) -> None:

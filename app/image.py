@@ -28,13 +28,19 @@ DEFAULT_IMAGE = "airlock-agent:bookworm"
 RECIPE_LABEL = "org.airlock.recipe"
 AGENTS_IN_IMAGE = "/opt/airlock/agents"
 AGENT_USER = "65534:65534"
-# Tools every profile may rely on: the portal client, an HTTP client, and the demo agents.
-REQUIRED_TOOLS = ("python3", "gdbus", "curl")
+# Tools every profile may rely on: the portal client, an HTTP client, the demo agents, and
+# what coding agents call.
+REQUIRED_TOOLS = ("python3", "gdbus", "curl", "git", "rg", "diff", "patch", "find")
 # Bump when the build steps change in a way the recipe fields below do not capture.
 BUILD_VERSION = 1
 
 SUITE = "bookworm"
-PACKAGES = ("python3", "curl", "ca-certificates", "libglib2.0-bin", "procps")
+# What coding agents expect to find: a shell userland, git, ripgrep (Claude Code and Codex
+# search with it), diff and patch for their edits, and the CA bundle for HTTPS clients.
+PACKAGES = (
+    "python3", "curl", "ca-certificates", "libglib2.0-bin", "procps", "git", "ripgrep",
+    "coreutils", "findutils", "grep", "sed", "diffutils", "patch", "less",
+)
 # Nobody reads documentation inside an agent container; leaving it out saves tens of MB.
 DPKG_OPTIONS = (
     "path-exclude=/usr/share/man/*",

@@ -157,6 +157,12 @@ def _host_rule(value: object) -> object:
 Host = Annotated[HostRule, BeforeValidator(_host_rule)]
 
 
+def _at_most_a_day(seconds: float) -> float:
+    if seconds > 24 * 3600:
+        raise ValueError("must be at most 24h")
+    return seconds
+
+
 class Route(Strict):
     """A plain-HTTP base URL inside the container that the proxy forwards upstream,
     adding the credential from the keyring."""
@@ -165,6 +171,9 @@ class Route(Strict):
     upstream: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     secret: Name
     header: SafeText = "Authorization: Bearer {secret}"
+    # Silence from the upstream, while the agent waits for its answer or between streamed
+    # events, before the agent gets 504: generous, since a reasoning model thinks for minutes.
+    idle_timeout: Annotated[Duration, AfterValidator(_at_most_a_day)] = 600.0
 
     @field_validator("header")
     @classmethod
@@ -221,6 +230,12 @@ class Home(Strict):
     size: Size = 256 * 1024**2
 
 
+class Watch(Strict):
+    # What to do with a session whose file activity overflowed the watch again and again
+    # (see app/activity.py): show it as partly unwatched, or also stop it.
+    unwatched: Literal["warn", "stop"] = "warn"
+
+
 class DefaultGrant(Strict):
     path: str
     mode: Literal["ro", "rw"] = "ro"
@@ -253,6 +268,7 @@ class Profile(Strict):
     network: Network = Field(default_factory=Network)
     approval: Approval = Field(default_factory=Approval)
     home: Home = Field(default_factory=Home)
+    watch: Watch = Field(default_factory=Watch)
     grants: tuple[DefaultGrant, ...] = ()
 
     @field_validator("command")

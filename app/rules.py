@@ -1,10 +1,10 @@
 """Profile rules: the questions a profile answers by itself, so that scripted agents can save
 into a folder the user set aside for them without anyone at the screen.
 
-A function of the request, the profile's approval section and the file system (paths are
-judged where they really are, symlinks resolved), tested by tables. Only exact, safe cases
-are answered: anything else is left to the user (or denied when no one is
-there). A rule never answers with more than the agent named.
+This is the edge of the decision: it looks at the file system (paths are judged where they
+really are, symlinks resolved) and hands plain facts to `app.policy.file_rule`, which decides.
+Only exact, safe cases are answered: anything else is left to the user (or denied when no one
+is there). A rule never answers with more than the agent named.
 """
 
 from __future__ import annotations
@@ -12,20 +12,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app.consent import Answer, ConsentRequest, RequestKind, Verdict
-from app.grants import Lifetime, Mode
+from app.consent import Answer, ConsentRequest, RequestKind
+from app.policy import FileFacts, RuleFolders, file_rule
 from app.profiles import Approval
 
 
-def _under(path: Path, roots: tuple[str, ...], home: Path) -> bool:
-    """Whether `path`, resolved, is in one of the rule's folders, resolved: a symlink in
-    a rule's folder must not carry the answer to wherever it points."""
-    for root in roots:
-        base = Path(str(home) + root[1:]) if root.startswith("~") else Path(root)
-        base = base.resolve()
-        if path == base or base in path.parents:
-            return True
-    return False
+def _folders(roots: tuple[str, ...], home: Path) -> tuple[Path, ...]:
+    """The rule's folders, resolved: a symlink in a rule's folder must not carry the answer
+    to wherever it points."""
+    return tuple((Path(str(home) + root[1:]) if root.startswith("~") else Path(root)).resolve()
+                 for root in roots)
 
 
 def _real(path: Path) -> Path | None:
@@ -55,24 +51,31 @@ def _clean(text: object) -> Path | None:
     return path
 
 
-def decide(request: ConsentRequest, approval: Approval, home: Path) -> Answer | None:
-    """The profile's own answer to `request`, or None to ask the user."""
+def file_facts(request: ConsentRequest) -> FileFacts | None:
+    """What the file system says about a file request; None for other requests."""
     details = request.details
-    if request.kind is RequestKind.FILE_SAVE and approval.write:
+    if request.kind is RequestKind.FILE_SAVE:
         target = _clean(details.get("current_file"))
         if target is None:
             folder, name = _clean(details.get("current_folder")), details.get("current_name")
             if folder is not None and isinstance(name, str) and name and "/" not in name \
                     and "\\" not in name and name not in (".", ".."):
                 target = folder / name
-        real = _real_target(target) if target is not None else None
-        if real is not None and _under(real, approval.write, home):
-            return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(real,),
-                          mode=Mode.READ_WRITE, by="rule")
-    if request.kind is RequestKind.FILE_OPEN and approval.read and details.get("directory"):
+        return FileFacts(request.kind, _real_target(target) if target is not None else None)
+    if request.kind is RequestKind.FILE_OPEN:
         folder = _clean(details.get("current_folder"))
         real = _real(folder) if folder is not None else None
-        if real is not None and _under(real, approval.read, home) and real.is_dir():
-            return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(real,), mode=Mode.READ,
-                          by="rule")
+        return FileFacts(request.kind, real, is_dir=real is not None and real.is_dir(),
+                         directory=bool(details.get("directory")))
     return None
+
+
+def decide(request: ConsentRequest, approval: Approval, home: Path) -> Answer | None:
+    """The profile's own answer to `request`, or None to ask the user."""
+    if not (approval.read or approval.write):
+        return None  # nothing to look at on disk
+    facts = file_facts(request)
+    if facts is None:
+        return None
+    return file_rule(facts, RuleFolders(_folders(approval.read, home),
+                                        _folders(approval.write, home)))

@@ -114,6 +114,23 @@ class Change:
     problems: tuple[str, ...] = ()  # why a commit would refuse it
 
     @property
+    def mode(self) -> int | None:
+        """The permission bits a commit gives the path, exactly: what every listing shows."""
+        return None if self.kind is ChangeKind.DELETED else landing_mode(self.type, self.new_mode)
+
+    @property
+    def mode_change(self) -> tuple[int | None, int] | None:
+        """(before, after) when the path lands with other permission bits than it has on the
+        host now (before is None for a new path), else None."""
+        after = self.mode
+        if after is None:
+            return None
+        if self.kind is ChangeKind.ADDED or self.old_mode is None:
+            return None, after
+        before = stat.S_IMODE(self.old_mode)
+        return None if before == after else (before, after)
+
+    @property
     def fingerprint(self) -> str:
         """What the user sees of the change: a review is of this, and a commit of what was
         reviewed refuses the change if it is no longer the same."""
@@ -126,6 +143,7 @@ class Change:
             "old_sha256": self.old_hash, "new_sha256": self.new_hash,
             "old_size": self.old_size, "new_size": self.new_size,
             "old_mode": _octal(self.old_mode), "new_mode": _octal(self.new_mode),
+            "mode": _octal(self.mode),
             "renamed_from": str(self.renamed_from) if self.renamed_from else None,
             "link_target": self.link_target, "problems": list(self.problems),
         }
@@ -164,6 +182,15 @@ def changeset_digest(items: Iterable[tuple[Path, str]]) -> str:
         digest.update(json.dumps([path, fingerprint]).encode("utf-8", "surrogateescape"))
         digest.update(b"\n")
     return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def landing_mode(kind: EntryType, mode: int | None) -> int | None:
+    """The permission bits a commit sets for a staged entry of this mode: a file's
+    read/write/execute bits (set-ID bits are refused, a sticky bit on a file means nothing),
+    a directory's with its sticky and set-group-ID bits; a symlink has none of its own."""
+    if mode is None or kind is EntryType.SYMLINK or kind is EntryType.SPECIAL:
+        return None
+    return stat.S_IMODE(mode) & (0o3777 if kind is EntryType.DIRECTORY else 0o777)
 
 
 def _octal(mode: int | None) -> str | None:
@@ -617,7 +644,8 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
                                    problems=(problem,) if problem else ()))
                         opaque = False
                     else:
-                        if stat.S_IMODE(st.st_mode) != stat.S_IMODE(host_st.st_mode):
+                        if landing_mode(EntryType.DIRECTORY, st.st_mode) != \
+                                landing_mode(EntryType.DIRECTORY, host_st.st_mode):
                             add(Change(host, ChangeKind.MODE, EntryType.DIRECTORY, staged.id,
                                        upper, old_mode=host_st.st_mode, new_mode=st.st_mode))
                         opaque = child >= 0 and _is_opaque(child)
@@ -739,7 +767,8 @@ def _compare(staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None,
     same_content = (host_type == kind_of and (
         (kind_of is EntryType.FILE and old_hash == new_hash) or
         (kind_of is EntryType.SYMLINK and os.readlink(host) == link_target)))
-    same_mode = stat.S_IMODE(host_st.st_mode) == stat.S_IMODE(st.st_mode)
+    # Compared as a commit would set them: a bit it does not carry is no change.
+    same_mode = landing_mode(kind_of, host_st.st_mode) == landing_mode(kind_of, st.st_mode)
     if same_content and (same_mode or kind_of is EntryType.SYMLINK):
         return None
     problems.extend(_conflict(host, base, host_st, new_hash))

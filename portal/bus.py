@@ -34,6 +34,7 @@ PORTAL_NAME = "org.freedesktop.portal.Desktop"
 PORTAL_INTERFACES = (
     "org.freedesktop.portal.FileChooser",
     "org.freedesktop.portal.Request",
+    "org.airlock.Network1",  # RequestHost: portal/network.py
     "org.freedesktop.DBus.Properties",
     "org.freedesktop.DBus.Introspectable",
     "org.freedesktop.DBus.Peer",

@@ -46,13 +46,13 @@ class ControlTarget(Protocol):
 
     def open_window(self) -> None: ...
 
-    def control_sessions(self) -> list[tuple[str, str, str]]: ...
+    async def control_sessions(self) -> list[tuple[str, str, str]]: ...
 
     async def control_launch(self, profile: str, grants: list[GrantRequest]) -> str: ...
 
     async def control_stop(self, session: str) -> None: ...
 
-    def control_revoke(self, session: str) -> int: ...
+    async def control_revoke(self, session: str) -> int: ...
 
     def control_pending(self) -> int: ...
 
@@ -105,8 +105,8 @@ class ControlInterface(ServiceInterface):
         self._target.open_window()
 
     @dbus_method()
-    def ListSessions(self) -> SessionList:
-        return [list(row) for row in self._target.control_sessions()]
+    async def ListSessions(self) -> SessionList:
+        return [list(row) for row in await self._target.control_sessions()]
 
     @dbus_method()
     def PendingRequests(self) -> DBusUInt32:
@@ -125,9 +125,9 @@ class ControlInterface(ServiceInterface):
             await self._target.control_stop(check_session(session))
 
     @dbus_method()
-    def Revoke(self, session: DBusStr) -> DBusUInt32:
+    async def Revoke(self, session: DBusStr) -> DBusUInt32:
         with _refusals("revoke"):
-            return self._target.control_revoke(check_session(session))
+            return await self._target.control_revoke(check_session(session))
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from app.consent import ConsentBroker
 from app.container import BindMount, ContainerAdditions
-from app.delivery import FileDelivery
 from app.sessions import SessionContext, SessionExtension
 from dbus_fast import RequestNameReply
 from dbus_fast.aio import MessageBus
@@ -27,7 +26,8 @@ from portal.bus import (
     BusLimits,
     PrivateBus,
 )
-from portal.filechooser import AgentSession, ChooserLimits, FileChooserPortal
+from portal.filechooser import PORTAL_PATH, AgentSession, ChooserLimits, FileChooserPortal
+from portal.network import HostAllower, NetworkRequests
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,12 @@ class PortalSettings:
 class PortalExtension:
     """One session's bus and portal: started in `prepare`, gone after `close`."""
 
-    def __init__(self, broker: ConsentBroker, delivery: FileDelivery,
-                 settings: PortalSettings = PortalSettings()) -> None:
+    def __init__(self, broker: ConsentBroker, settings: PortalSettings = PortalSettings(),
+                 hosts: HostAllower | None = None) -> None:
         self._broker = broker
-        self._delivery = delivery
         self._settings = settings
+        self._hosts = hosts
+        self.network: NetworkRequests | None = None
         self._bus: PrivateBus | None = None
         self._connection: MessageBus | None = None
         self.portal: FileChooserPortal | None = None
@@ -60,11 +61,17 @@ class PortalExtension:
         self._bus = PrivateBus(layout, self._settings.bus)
         await self._bus.start()
         self._connection = await MessageBus(bus_address=layout.address).connect()
+        delivery = session.files
+        if delivery is None:
+            raise BusError("the session has no way to deliver files (no supervisor)")
         self.portal = FileChooserPortal(
             AgentSession(session.id, session.profile.name, session.profile.image),
-            self._broker, self._delivery, self._settings.chooser,
+            self._broker, delivery, self._settings.chooser,
         )
         self.portal.attach(self._connection)
+        self.network = NetworkRequests(
+            self.portal.who, self._broker, self._hosts, self._settings.chooser.answer_timeout)
+        self._connection.export(PORTAL_PATH, self.network)
         try:
             reply = await self._connection.request_name(PORTAL_NAME, NameFlag.DO_NOT_QUEUE)
         except DBusError as e:
@@ -94,9 +101,10 @@ class PortalExtension:
 
 def portal_extension(
     broker: ConsentBroker,
-    delivery: Callable[[], FileDelivery],
     settings: PortalSettings = PortalSettings(),
+    hosts: HostAllower | None = None,
 ) -> Callable[[], SessionExtension]:
-    """The ExtensionFactory for `Supervisor(extensions=…)`. `delivery` is looked up when a
-    session starts, so the Supervisor that implements it can be built after the factory."""
-    return lambda: PortalExtension(broker, delivery(), settings)
+    """The ExtensionFactory for `Supervisor(extensions=…)`: the files the user picks reach
+    the session through the supervisor's delivery, which the session's context carries.
+    `hosts` (the egress proxy) opens a host an agent asked for and the user allowed."""
+    return lambda: PortalExtension(broker, settings, hosts)

@@ -31,7 +31,7 @@ from app.consent import (
 from app.delivery import FileDelivery
 from app.errors import AirlockError, GrantError
 from app.grants import Mode
-from app.text import printable
+from app.text import UNSAFE, escaped, printable
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusDict, DBusObjectPath, DBusSignature, DBusStr, DBusUInt32
@@ -54,7 +54,6 @@ LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
 TOKEN = re.compile(r"[A-Za-z0-9_]+")
-BIDI_AND_CONTROLS = re.compile("[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 # A method that returns nothing: its D-Bus signature is empty.
 NoReply = Annotated[None, DBusSignature("")]
@@ -391,8 +390,12 @@ def _name(what: str, name: str, limits: ChooserLimits) -> str:
         raise InvalidArgument(f"{what}: a file name, not a path (no '/')")
     if name in (".", ".."):
         raise InvalidArgument(f"{what}: {name!r} is not a file name")
-    if BIDI_AND_CONTROLS.search(name):
-        raise InvalidArgument(f"{what}: control characters in a file name")
+    unsafe = UNSAFE.search(name)
+    if unsafe:
+        # app/text.py's policy: a name that acts or hides (controls, C1, bidi marks,
+        # zero-width and other invisible characters, odd blanks) is refused, not shown.
+        raise InvalidArgument(f"{what}: a control or invisible character "
+                              f"({escaped(unsafe.group())}) in a file name")
     if len(name.encode()) > limits.max_name_bytes:
         raise InvalidArgument(f"{what}: longer than {limits.max_name_bytes} bytes")
     return name

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ui.terminal import (
+from ui.rawmode import (
     ESCAPE_KEY,
     ESCAPE_NAME,
     RawTerminal,
@@ -26,6 +26,7 @@ from ui.terminal import (
     split_at_escape,
     window_size,
 )
+from ui.terminal import TerminalFilter, reclaim
 
 HEADER = struct.Struct(">cI")  # the same framing as app/handoff.py
 READ_SIZE = 64 * 1024
@@ -61,7 +62,9 @@ def run(sock: socket.socket, request: dict[str, Any], tty: bool = False,
         answer: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Streams the session's output to this terminal and this process's stdin, resizes and
     the end of its input to the agent; returns the end frame's data. With `tty`, the agent
-    owns this terminal (raw mode, Ctrl-] opens Airlock's menu), as in ui/interactive.py."""
+    owns this terminal (raw mode, Ctrl-] opens Airlock's menu), as in ui/interactive.py;
+    without, its output to a terminal is filtered (ui/terminal.py) and Airlock's notices
+    start from a known state, as with a session supervised here."""
     stdin = sys.stdin.fileno()
     raw = RawTerminal(stdin) if tty and is_terminal(stdin) else None
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -75,6 +78,8 @@ def run(sock: socket.socket, request: dict[str, Any], tty: bool = False,
             sock.close()
             if raw is not None:
                 raw.restore()
+                if client.notices:  # the agent had the screen: a known state first
+                    reclaim(sys.stderr)
             for text in client.notices:
                 print(f"airlock: {text}", file=sys.stderr, flush=True)
 
@@ -95,6 +100,11 @@ class _Client:
         self.grants = grants
         self.session = ""
         self.notices: list[str] = []
+        # Plain streams to a terminal are filtered (ui/terminal.py): the agent's output must
+        # not hide or rewrite Airlock's text. A terminal the agent owns gets its bytes whole.
+        self.screen = TerminalFilter()
+        self.filtered = {b"O": not tty and sys.stdout.isatty(),
+                         b"E": not tty and sys.stderr.isatty()}
         self.outgoing = bytearray()
         self.incoming = bytearray()
         self.stdin_open = True
@@ -189,12 +199,18 @@ class _Client:
             del self.incoming[:HEADER.size + size]
             if kind in (b"O", b"E"):
                 fd = sys.stdout.fileno() if kind == b"O" or self.tty else sys.stderr.fileno()
+                if self.filtered[kind]:
+                    payload = self.screen.feed(kind.decode(), payload)
                 _write_all(fd, payload)
             elif kind == b"N":
-                text = payload.decode(errors="replace")
+                # The supervisor escapes what the agent chose (notice_text); a notice is one
+                # line all the same.
+                text = payload.decode(errors="replace").replace("\n", " ").replace("\x1b", "")
                 if self.raw is not None:
                     self.notices.append(text)  # the agent owns the screen: after it
                 else:
+                    reclaim(sys.stderr, self.screen.mid_line)
+                    self.screen.reclaimed()
                     print(f"airlock: {text}", file=sys.stderr, flush=True)
             elif kind == b"S":
                 self.session = payload.decode(errors="replace")

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from app.consent import ConsentRequest
 from app.console import Console
 from app.questions import QuestionQueue
-from ui.terminal import ESCAPE_KEY, ESCAPE_NAME, RawTerminal, split_at_escape, window_size
+from app.sessions import DrainingOutput
+from ui.rawmode import ESCAPE_KEY, ESCAPE_NAME, RawTerminal, split_at_escape, window_size
+from ui.terminal import reclaim
 
 if TYPE_CHECKING:
     from app.events import Event
@@ -90,6 +92,8 @@ class AgentTerminal:
         held, self._held = self._held, []
         for stream, data in held:
             self.write(stream, data)
+        if isinstance(self.streams, DrainingOutput):  # held behind a question on /dev/tty
+            await self.streams.drain()
 
     # the agent's input
 
@@ -294,12 +298,22 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
     notices: list[str] = []
     screen_owned = tty and os.isatty(sys.stdout.fileno())
 
+    def say(text: str) -> None:
+        """Airlock's own line, from a known state of the terminal (ui/terminal.py)."""
+        speaker = getattr(streams, "say", None)
+        if callable(speaker):
+            speaker(text)
+            return
+        sys.stdout.flush()
+        reclaim(sys.stderr)
+        print(f"airlock: {text}", file=sys.stderr, flush=True)
+
     def watch(event: Event) -> None:
         text = notice(event)
         if text and screen_owned:
             notices.append(text)
         elif text:
-            print(f"airlock: {text}", file=sys.stderr, flush=True)
+            say(text)
         if event.kind is EventKind.SESSION_STARTED and not started:
             started.append(str(event.session))
         if (event.kind is EventKind.REQUEST_ANSWERED and event.session in started
@@ -342,7 +356,9 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
         try:
             result = await supervisor.run(request, output)
         except asyncio.CancelledError:
-            _restore_then(output, "airlock: interrupted; the session was stopped and removed")
+            if output.raw is not None:
+                output.raw.restore()
+            say("interrupted; the session was stopped and removed")
             return 130
         finally:
             output.close()
@@ -368,11 +384,11 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
             code = asyncio.run(session(output))
     finally:
         supervisor.bus.detach(watch)
-    for text in notices:
-        print(f"airlock: {text}", file=sys.stderr, flush=True)
+    # After the agent had the screen, each line starts from a known state (what a killed
+    # full-screen agent left: the alternate screen, a hidden cursor, colours).
     summary = denial_summary(denied)
-    if summary:
-        print(f"airlock: {summary}", file=sys.stderr, flush=True)
+    for text in [*notices, *([summary] if summary else [])]:
+        say(text)
     return code
 
 
@@ -384,9 +400,3 @@ async def notify_questions(questions: QuestionQueue | None) -> QuestionNotifier 
     from ui.question_notices import QuestionNotifier
 
     return await QuestionNotifier.connect(questions)
-
-
-def _restore_then(output: AgentTerminal, message: str) -> None:
-    if output.raw is not None:
-        output.raw.restore()
-    print(message, file=sys.stderr, flush=True)

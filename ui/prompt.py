@@ -13,21 +13,24 @@ import contextlib
 import os
 import re
 import termios
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
 from app.grants import Lifetime, Mode
-from app.text import UNSAFE, escaped
+from app.text import inert, quoted
+from ui.terminal import reclaim_fd
 
 MAX_LINE = 4096
 ATTEMPTS = 3
-def safe(text: Any) -> str:
-    """Anything from the agent, made inert for a terminal (no escape sequences, no bidi)."""
-    return UNSAFE.sub(lambda m: escaped(m.group()), str(text))
+CONTINUED = "      "  # how a wrapped line goes on: indented, never at the start of a line
+
+# Anything from the agent, made inert for a terminal (no escape sequences, no bidi marks,
+# no invisible characters, no line breaks): the policy of app/text.py.
+safe = inert
 
 
 class TerminalLine:
@@ -88,21 +91,39 @@ def discard_typed_ahead(fd: int) -> None:
 
 class OutputGate:
     """Holds the agent's output back while a question is on the terminal: printed after it,
-    the agent's bytes could move the cursor and rewrite the question the person answers.
-    A held writer waits (the agent with it, as behind a paused terminal); nothing piles up."""
+    the agent's bytes could rewrite the question the person answers, or push it off the
+    screen. A held writer waits (the agent with it, as behind a paused terminal); nothing
+    piles up. The writer on the loop (`TerminalOutput`) awaits `opened`; one in a thread
+    calls `wait`."""
 
     def __init__(self) -> None:
         self._open = threading.Event()
         self._open.set()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def held(self) -> bool:
+        return not self._open.is_set()
 
     def hold(self) -> None:
         self._open.clear()
 
     def release(self) -> None:
         self._open.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def wait(self) -> None:
         self._open.wait()
+
+    async def opened(self) -> None:
+        """Returns once no question is on the terminal (called on the loop that asks)."""
+        while self.held:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
 
 class TerminalPrompt:
@@ -139,9 +160,12 @@ class TerminalPrompt:
 
     async def _ask(self, term: TerminalLine, request: ConsentRequest) -> Answer:
         term.discard_typed_ahead()
-        term.write(describe(request))
+        # The agent's output came before: put the terminal back in a known state so that
+        # nothing it printed (conceal, colours, a moved cursor) hides or rewrites the question.
+        reclaim_fd(term.fd)
+        term.write(describe(request, _width(term.fd)))
         seconds = max(0, round(request.deadline - time.time()))
-        term.write("Allow? [o]nce, [s]ession, [N]m for N minutes, [a]lways for this profile; "
+        term.write("Allow? [o]nce, [s]ession, [N]m for N minutes, [a]lways for this profile;\n"
                    f"anything else denies ({seconds} s): ")
         lifetime, until = parse_duration_choice(await term.read_line())
         if lifetime is None:
@@ -224,15 +248,27 @@ def parse_duration_choice(text: str) -> tuple[Lifetime | None, float | None]:
     return None, None
 
 
-def describe(request: ConsentRequest) -> str:
-    """Who asks and what for; everything from the agent is marked and escaped."""
+def _width(fd: int) -> int:
+    """Columns to wrap at: the terminal's, so that it never wraps a line itself (its
+    continuation would start a line of its own)."""
+    try:
+        columns = os.get_terminal_size(fd).columns
+    except OSError:
+        columns = 0
+    return max(20, (columns or 80) - 1)  # a terminal that does not say its size: 0
+
+
+def describe(request: ConsentRequest, width: int = 79) -> str:
+    """Who asks and what for; everything from the agent is marked and escaped, and wrapped
+    so that no visual line of it starts at the left edge, where Airlock's own lines do."""
     details = request.details
     who = f"session {safe(request.session)} (profile {safe(request.profile)}"
     if details.get("image"):
         who += f", image {safe(details['image'])}"
-    lines = ["", f"airlock: {who}) asks to {safe(request.subject)}"]
+    lines = [f"airlock: {who}) asks to {safe(request.subject)}"]
     if request.reason:
-        lines.append(f"  the agent says (untrusted): \"{safe(request.reason)}\"")
+        lines.append("  the agent says (untrusted):\n"
+                     + quoted(f"\"{request.reason}\"", CONTINUED, width))
     for f in details.get("filters") or []:
         patterns = ", ".join(safe(p[1]) for p in f.get("patterns", []))
         lines.append(f"  filter (from the agent): {safe(f.get('name'))}: {patterns}")
@@ -244,4 +280,11 @@ def describe(request: ConsentRequest) -> str:
         lines.append("  files (from the agent): " + ", ".join(safe(n) for n in details["files"]))
     if details.get("directory"):
         lines.append("  it wants a folder")
-    return "\n".join(lines) + "\n"
+    wrapped = []
+    for line in lines:
+        if line.startswith("  the agent says"):
+            wrapped.append(line)  # quoted above
+            continue
+        wrapped += textwrap.wrap(line, width, subsequent_indent=CONTINUED,
+                                 break_on_hyphens=False) or [""]
+    return "\n".join(wrapped) + "\n"

@@ -13,7 +13,7 @@ from app.events import EventBus
 from app.homes import AgentHomes
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
-from app.sessions import ExtensionFactory, Supervisor
+from app.sessions import DockerEngine, ExtensionFactory, SessionRegistry, Supervisor
 from app.store import StateStore
 
 
@@ -57,17 +57,15 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
 
     with open_core(dirs) as core:
         engine = connect_engine()
-        built: list[Supervisor] = []
-        broker = ConsentBroker(core.bus, front_end, rules=lambda r: built[0].rule_answer(r))
+        sessions = SessionRegistry()  # the profile rules answer for the sessions running here
+        broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
+                        spares=dirs.runtime / "spares" if long_running else None)
         extensions: list[ExtensionFactory] = [
-            AgentHomes(dirs, engine),
-            portal_extension(broker, lambda: built[0]),
-            Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
-                   spares=dirs.runtime / "spares" if long_running else None),
-        ]
+            AgentHomes(dirs, DockerEngine(engine)), portal_extension(broker, hosts=egress), egress]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
-                                extensions=extensions, broker=broker, recorder=core.recorder)
-        built.append(supervisor)
+                                extensions=extensions, broker=broker, recorder=core.recorder,
+                                registry=sessions)
         try:
             yield supervisor
         finally:

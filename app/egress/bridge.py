@@ -83,9 +83,10 @@ from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdd
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
-from app.egress.proxy import PROXY_PORT, BlockedLog, ProxySettings, Resolver, SessionProxy
+from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
+from app.egress.witness import BlockedLog
 from app.errors import EgressError
-from app.profiles import Profile
+from app.profiles import HostRule, Profile
 from app.sessions import SessionContext
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,19 @@ class Egress:
         if blocked:
             for proxy in list(self._proxies):
                 proxy.cut()
+
+    def allow_host(self, session: str, host: str, port: int) -> bool:
+        """A host the user allowed when the agent asked for it (the MCP server's
+        request_host): the session's proxy admits it, as if the profile listed it, until the
+        session ends. False when the session has no proxy (its profile allows no network)."""
+        for proxy in list(self._proxies):
+            if proxy.session == session:
+                network = proxy.profile.network
+                rule = HostRule(host=host, ports=(port,))
+                proxy.profile = proxy.profile.model_copy(update={"network": network.model_copy(
+                    update={"allow": (*network.allow, rule)})})
+                return True
+        return False
 
     def __call__(self) -> EgressBridge:
         return EgressBridge(self)

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -251,3 +253,156 @@ def test_activity_faster_than_the_budget_is_counted_not_recorded_one_by_one(
     assert held and sum(e.details["count"] for e in created) == 6000
     assert sum(e.details.get("paths", 1) for e in created) == 6000
     assert held[0].subject.endswith(" more paths)")
+
+
+# Hosts a TreeWatcher in a process of its own, which the test can stop (SIGSTOP) the way a
+# starved reader is: the kernel's inotify queue then overflows for real. Prints each event
+# published as a line of JSON.
+WATCH_PROCESS = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from app.activity import TreeWatcher
+    from app.events import EventBus
+
+    async def main():
+        bus = EventBus()
+        bus.attach(lambda e: print(json.dumps(e.to_json()), flush=True))
+        watcher = TreeWatcher("s1", bus, {Path(sys.argv[1]): Path("/p")}, window=0.1)
+        await watcher.start()
+        print(json.dumps({"kind": "ready"}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await watcher.stop()
+
+    asyncio.run(main())
+    """
+)
+
+
+class WatchProcess:
+    def __init__(self, tree: Path) -> None:
+        self.seen: list[dict[str, object]] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WATCH_PROCESS, str(tree)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            cwd=Path(__file__).parents[2],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        )
+        # A thread reads its lines: select() on a buffered pipe misses lines already read.
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self.next_event(lambda e: e["kind"] == "ready", timeout=30)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put("")
+
+    def next_event(self, wanted: Callable[[dict[str, object]], bool],
+                   timeout: float = 10) -> dict[str, object] | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if not line:
+                return None
+            event = json.loads(line)
+            self.seen.append(event)
+            if wanted(event):
+                return event
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.process.pid, 18)  # SIGCONT, if the test stopped short
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def storm(tree: Path, times: int) -> None:
+    """Opens and closes one file: two events each time, which the kernel does not merge
+    (they alternate) but the watcher does, so they overflow the queue without spending
+    the event budget the test's later events need."""
+    path = tree / "storm"
+    path.write_text("")
+    for _ in range(times):
+        os.close(os.open(path, os.O_RDONLY))
+
+
+def test_an_overflow_of_the_inotify_queue_is_a_gap_and_a_rescan(tmp_path: Path) -> None:
+    (tmp_path / "kept.txt").write_text("old")
+    (tmp_path / "doomed.txt").write_text("x")
+    watch = WatchProcess(tmp_path)
+    try:
+        os.kill(watch.process.pid, 19)  # SIGSTOP: its reader falls behind the kernel queue
+        storm(tmp_path, 20_000)  # 40 000 events, more than fs.inotify.max_queued_events
+        (tmp_path / "during.txt").write_text("new")  # lost in the overflow
+        (tmp_path / "doomed.txt").unlink()
+        (tmp_path / "kept.txt").write_text("changed")
+        resumed = time.time()
+        os.kill(watch.process.pid, 18)  # SIGCONT
+
+        gap = watch.next_event(lambda e: e["kind"] == "activity.gap")
+        assert gap is not None, f"no activity.gap in {len(watch.seen)} events"
+        details = gap["details"]
+        assert isinstance(details, dict)
+        assert details["cause"] == "inotify queue overflowed"
+        assert details["from"] < details["to"]
+        assert details["to"] - resumed < 1.0, (details, resumed)  # found and rescanned
+
+        (tmp_path / "after.txt").write_text("normal write")
+        assert watch.next_event(lambda e: e.get("subject") == "/p/after.txt") is not None
+    finally:
+        watch.close()
+
+    rescanned = {(e["kind"], e["subject"]) for e in watch.seen
+                 if isinstance(e.get("details"), dict) and e["details"].get("rescan")}
+    assert ("file.created", "/p/during.txt") in rescanned
+    assert ("file.deleted", "/p/doomed.txt") in rescanned
+    assert ("file.written", "/p/kept.txt") in rescanned
+    kinds = [e["kind"] for e in watch.seen]
+    assert kinds.index("activity.gap") < max(
+        i for i, e in enumerate(watch.seen) if e.get("subject") == "/p/after.txt")
+
+
+def test_a_watch_thread_that_dies_is_a_gap_not_silence(tmp_path: Path) -> None:
+    # The watch library walks a directory moved into the tree recursively: one nested
+    # deeper than Python's recursion limit raises inside its thread, which ends.
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    tree.mkdir()
+    deep = str(outside)
+    os.mkdir(deep)
+    for _ in range(1100):
+        deep += "/d"
+        os.mkdir(deep)  # one by one: pathlib's and os's makedirs recurse too
+    watch = WatchProcess(tree)
+    try:
+        moved = time.time()
+        outside.rename(tree / "deep")
+        gap = watch.next_event(lambda e: e["kind"] == "activity.gap")
+        assert gap is not None, f"no activity.gap in {len(watch.seen)} events"
+        details = gap["details"]
+        assert isinstance(details, dict)
+        assert "thread died: RecursionError" in str(details["cause"])
+        assert details["to"] - moved < 1.0
+    finally:
+        watch.close()
+        remove_deep(tree / "deep" if (tree / "deep").exists() else outside)
+
+
+def remove_deep(top: Path) -> None:
+    """rmdir a chain of nested d/ directories, deepest first (rmtree would recurse)."""
+    path = str(top)
+    while os.path.isdir(path + "/d"):
+        path += "/d"
+    while len(path) >= len(str(top)):
+        os.rmdir(path)
+        path = os.path.dirname(path)

@@ -7,7 +7,6 @@ import socket
 import struct
 import threading
 
-import docker
 import pytest
 
 from app.console import DEFAULT_TERM, Console, Terminal
@@ -30,12 +29,9 @@ def test_term_is_passed_through_only_as_a_name(term: str, colorterm: str,
     assert Terminal(False, term=term, colorterm=colorterm).environment() == {}
 
 
-def test_the_multiplexed_stream_is_split_into_stdout_and_stderr(
-    engine: docker.DockerClient,
-) -> None:
+def test_the_multiplexed_stream_is_split_into_stdout_and_stderr() -> None:
     ours, engine_side = socket.socketpair()
-    console = Console(engine.api, "c" * 64, False,
-                      ours, None)
+    console = Console(ours, False, lambda rows, cols: None)
     big = b"x" * 200_000  # larger than one read: a frame arrives in pieces
     data = frame(1, b"out") + frame(2, b"err") + frame(1, big) + frame(3, b"?") + frame(2, b"e")
 
@@ -49,12 +45,10 @@ def test_the_multiplexed_stream_is_split_into_stdout_and_stderr(
     assert got == [(b"out", None), (None, b"err"), (big, None), (None, b"e")]
 
 
-def test_a_terminal_stream_is_raw_and_input_ends_with_a_half_close(
-    engine: docker.DockerClient,
-) -> None:
+def test_a_terminal_stream_is_raw_and_input_ends_with_a_half_close() -> None:
     ours, engine_side = socket.socketpair()
-    console = Console(engine.api, "c" * 64, True,
-                      ours, None)
+    sizes: list[tuple[int, int]] = []
+    console = Console(ours, True, lambda rows, cols: sizes.append((rows, cols)))
     console.write(b"typed\r")
     console.close_stdin()
     console.write(b"after the end")  # dropped, not an error
@@ -63,3 +57,6 @@ def test_a_terminal_stream_is_raw_and_input_ends_with_a_half_close(
     engine_side.sendall(b"\x1b[2Jscreen")
     engine_side.close()
     assert b"".join(out or b"" for out, _ in console.chunks()) == b"\x1b[2Jscreen"
+    console.resize(40, 120)
+    console.resize(0, 120)  # no size: not passed on
+    assert sizes == [(40, 120)]

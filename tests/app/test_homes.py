@@ -20,7 +20,13 @@ from app.events import EventBus
 from app.homes import AgentHomes, homes_dir, kept_homes, remove_home
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
-from app.sessions import ExtensionFactory, LaunchRequest, SessionResult, Supervisor
+from app.sessions import (
+    DockerEngine,
+    ExtensionFactory,
+    LaunchRequest,
+    SessionResult,
+    Supervisor,
+)
 from app.store import StateStore
 from tests.netsupport import RecordingServer, StaticResolver, ca, secret_service, trusted_context
 from tests.support import CollectedOutput, profile_text
@@ -42,7 +48,7 @@ def run(dirs: Dirs, engine: docker.DockerClient, text: str,
         extensions: list[ExtensionFactory] | None = None) -> tuple[SessionResult, str]:
     store = StateStore(dirs.database)
     supervisor = Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles),
-                            extensions=extensions or [AgentHomes(dirs, engine)])
+                            extensions=extensions or [AgentHomes(dirs, DockerEngine(engine))])
     output = CollectedOutput()
     try:
         result = asyncio.run(supervisor.run(
@@ -128,7 +134,7 @@ def test_a_kept_home_never_holds_a_routes_key(
         text = profile_text(agent_image, ["sh", "-c", script]) + KEPT + (
             "[network]\nallow_private = true\n[[network.routes]]\nname = \"llm\"\n"
             f'upstream = "https://localhost:{upstream.port}/v1"\nsecret = "llm-key"\n')
-        result, output = run(dirs, engine, text, [AgentHomes(dirs, engine), egress])
+        result, output = run(dirs, engine, text, [AgentHomes(dirs, DockerEngine(engine)), egress])
     assert result.exit_code == 0, output
     assert [r["headers"]["authorization"] for r in upstream.seen.requests] == [f"Bearer {key}"]
     home = homes_dir(dirs) / "test-agent"

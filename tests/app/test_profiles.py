@@ -41,6 +41,21 @@ BROKEN = [
         'header = "Authorization Bearer"\n',
         "network.routes[0].header: must look like",
     ),
+    (
+        GOOD + '[[network.routes]]\nname = "r"\nupstream = "https://x"\nsecret = "s"\n'
+        'idle_timeout = "soon"\n',
+        "network.routes[0].idle_timeout: invalid duration 'soon'",
+    ),
+    (
+        GOOD + '[[network.routes]]\nname = "r"\nupstream = "https://x"\nsecret = "s"\n'
+        "idle_timeout = 0\n",
+        "network.routes[0].idle_timeout: must be a positive, finite duration",
+    ),
+    (
+        GOOD + '[[network.routes]]\nname = "r"\nupstream = "https://x"\nsecret = "s"\n'
+        'idle_timeout = "25h"\n',
+        "network.routes[0].idle_timeout: must be at most 24h",
+    ),
     (GOOD + '[[grants]]\npath = "notes"\n', "grants[0].path: must be absolute or start with ~"),
     (
         GOOD + '[[grants]]\npath = "/x"\nmode = "rwx"\n',
@@ -48,6 +63,8 @@ BROKEN = [
     ),
     (GOOD + '[approval]\ncommit = "yes"\n', "approval.commit: Input should be 'ask' or 'auto'"),
     (GOOD + 'command = "sh -c x"\n', "command: Input should be a valid tuple"),
+    (GOOD + '[watch]\nunwatched = "kill"\n', "watch.unwatched: Input should be 'warn' or 'stop'"),
+    (GOOD + '[watch]\nunwatch = "stop"\n', "watch.unwatch: unknown key"),
 ]
 
 
@@ -137,3 +154,13 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_a_duration_must_be_positive_and_finite(value: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)
+
+
+@pytest.mark.parametrize(("text", "policy"), [
+    (GOOD, "warn"), (GOOD + '[watch]\nunwatched = "stop"\n', "stop"),
+    (GOOD + '[watch]\nunwatched = "warn"\n', "warn"),
+])
+def test_what_a_partly_unwatched_session_means_is_the_profile_s_choice(
+    text: str, policy: str
+) -> None:
+    assert parse_profile(text, "p.toml").watch.unwatched == policy

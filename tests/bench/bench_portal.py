@@ -95,7 +95,7 @@ def test_portal_figures(engine: docker.DockerClient, agent_image: str, tmp_path:
     made: list[PortalExtension] = []
 
     def portal() -> SessionExtension:
-        made.append(PortalExtension(broker, supervisor))
+        made.append(PortalExtension(broker))
         return made[-1]
 
     supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),

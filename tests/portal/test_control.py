@@ -29,7 +29,7 @@ class Controller:
     def open_window(self) -> None:
         self.shown += 1
 
-    def control_sessions(self) -> list[tuple[str, str, str]]:
+    async def control_sessions(self) -> list[tuple[str, str, str]]:
         return [("5e55104d", "notes-organizer", "running")]
 
     async def control_launch(self, profile: str, grants: list[GrantRequest]) -> str:
@@ -41,7 +41,7 @@ class Controller:
     async def control_stop(self, session: str) -> None:
         raise SessionError(f"no session {session!r}")
 
-    def control_revoke(self, session: str) -> int:
+    async def control_revoke(self, session: str) -> int:
         return 2
 
     def control_pending(self) -> int:

@@ -16,6 +16,7 @@ from dbus_fast import Message, MessageType, Variant
 from app.consent import Answer, ConsentRequest, RequestKind, Verdict
 from app.events import EventKind
 from app.grants import Lifetime, Mode
+from app.text import escaped
 from portal.filechooser import (
     ChooserLimits,
     Method,
@@ -364,7 +365,15 @@ BAD_OPTIONS: list[tuple[str, dict[str, Variant], str]] = [
     ("SaveFile", {"current_name": Variant("s", "..")}, "current_name"),
     ("SaveFile", {"current_name": Variant("s", "../../.bashrc")}, "current_name"),
     ("SaveFile", {"current_name": Variant("s", "/etc/passwd")}, "current_name"),
-    ("SaveFile", {"current_name": Variant("s", "a\u202eexe.txt")}, "control characters"),
+    ("SaveFile", {"current_name": Variant("s", "a\u202eexe.txt")}, "current_name: a control "
+     "or invisible character (\\u202e)"),
+    # app/text.py's whole policy, not only C0 and the bidi embeddings: C1, direction marks,
+    # zero-width and format characters, separators, blanks other than the space.
+    *[("SaveFile", {"current_name": Variant("s", f"report{c}.pdf")}, escaped(c))
+      for c in "\u009b\u0085\u200e\u200f\u061c\u200b\u2060\ufeff\u2028\u2029\u00a0\u3164"],
+    ("SaveFiles", {"files": Variant("aay", [b"ok\0", "b\u200fad".encode() + b"\0"])},
+     "files[1]: a control or invisible character (\\u200f)"),
+    ("SaveFiles", {"files": Variant("aay", [b"c1\xc2\x9bred\0"])}, "files[0]"),
     ("SaveFile", {"current_name": Variant("s", "x" * 300)}, "255 bytes"),
     ("SaveFile", {"current_file": Variant("ay", b"\xc3\x28\0")}, "not UTF-8"),
     ("SaveFiles", {}, "at least one file name"),

@@ -84,7 +84,7 @@ class Rig:
         self.broker = ConsentBroker(self.bus, self.front_end)
         self.supervisor = Supervisor(
             engine, self.store, self.bus, self.dirs, ProfileCatalog(self.dirs.user_profiles),
-            extensions=[portal_extension(self.broker, lambda: self.supervisor)],
+            extensions=[portal_extension(self.broker)],
         )
 
     def request(self, image: str, command: list[str], timeout: float = 90) -> LaunchRequest:
@@ -213,7 +213,7 @@ def test_revoke_removes_the_file_from_the_running_agent_at_once(
                 break
         grant = next(e.details["grant"] for e in rig.events if e.kind is EventKind.GRANT_ADDED)
         revoked_at = time.time()
-        rig.supervisor.revoke([grant])
+        await rig.supervisor.arevoke([grant])
         while True:
             line = await asyncio.wait_for(output.lines.get(), 10)
             if line.startswith("gone "):
@@ -294,7 +294,7 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
             own = await rig.supervisor.run(rig.request(agent_image, ["sh", "-c", probe]),
                                            output := Output())
             assert own.exit_code == 0, output.text
-            rig.supervisor.stop(str(other_id))
+            await asyncio.to_thread(rig.supervisor.stop, str(other_id))
             await asyncio.wait_for(other, 60)
             return output.text, str(other_id)
 
@@ -316,7 +316,7 @@ def test_a_profile_rule_answers_a_save_into_its_folder_with_no_one_at_the_screen
     rig = rig_for(deny)  # the person would say no: the rule must answer first
     rig.broker = ConsentBroker(rig.bus, rig.front_end, rules=rig.supervisor.rule_answer)
     rig.supervisor._extension_factories = (  # the same portal, with the rule-aware broker
-        portal_extension(rig.broker, lambda: rig.supervisor),)
+        portal_extension(rig.broker),)
     profile = parse_profile(
         profile_text(agent_image, sh(
             f'ask SaveFile r1 "Save" ", \'current_folder\': <b\'{outbox}\'>, '
@@ -375,7 +375,7 @@ def test_a_save_folder_swapped_for_a_symlink_never_reaches_the_users_files(
         assert listed.changes == (), listed  # nothing of the victim's shows as the save
         grants = [e.details["grant"] for e in rig.events if e.kind is EventKind.GRANT_ADDED]
         assert len(grants) == 2
-        rig.supervisor.revoke(grants)
+        await rig.supervisor.arevoke(grants)
         run.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await run

@@ -13,6 +13,7 @@ import pytest
 
 from app.audit import AuditLog, segments
 from app.events import Event, EventKind
+from app.text import UNSAFE
 from tests.support import Lines, until_followed
 
 AIRLOCK = Path(sys.executable).with_name("airlock")
@@ -202,3 +203,36 @@ def test_watch_follows_other_processes_across_rotation(home: dict[str, str]) -> 
     assert seqs == list(range(seqs[0], seqs[0] + 40, 2))  # type: ignore[call-overload]
     assert {r["session"] for r in seen} == {"alpha-1"}
     assert len(segments(audit_dir(home))) > 2
+
+
+HOSTILE = ["\x1b]0;pwned\x07", "\u009b2J", "\u202etxt.sh", "\u200f", "\u061c", "\u200b",
+           "\u2028", "\u2029", "\u00a0", "\u3164", "\ufeff", "\n"]
+
+
+def test_show_escapes_what_the_agent_chose(home: dict[str, str]) -> None:
+    # One policy (app/text.py) for every display path: controls, C1, bidi marks, invisible
+    # characters, separators and odd blanks are visible escapes, and a record is one line.
+    with AuditLog(audit_dir(home)) as log:
+        for n, char in enumerate(HOSTILE):
+            log.append(Event(EventKind.FILE_WRITTEN, "s1", f"/home/u/f{n}{char}.md",
+                             {"target": f"t{char}"}))
+    result = airlock(home, "audit", "show")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(HOSTILE)
+    for line, char in zip(lines, HOSTILE, strict=True):
+        for c in UNSAFE.findall(char):
+            assert c not in line, (line, c)
+            assert line.count(f"\\u{ord(c):04x}") == 2, line  # subject and detail
+
+
+def test_net_lines_escape_what_the_agent_chose() -> None:
+    from app.audit import AuditRecord
+    from ui.commands.net import line
+
+    for char in HOSTILE:
+        record = AuditRecord(1, 1.0, "s1", "net.request", f"evil{char}.example:443",
+                             {"method": "GET", "path": f"/p{char}", "reason": char}, "", "")
+        shown = line(record)
+        assert all(c not in shown for c in UNSAFE.findall(char)), shown
+        assert f"\\u{ord(UNSAFE.findall(char)[0]):04x}" in shown

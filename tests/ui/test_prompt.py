@@ -75,7 +75,7 @@ def test_once_with_a_path(tmp_path: Path) -> None:
     with pty() as (master, tty):
         answer = ask(tty, request(filters=[{"name": "md", "patterns": [["glob", "*.md"]]}]),
                      f"o\n{notes}\nn\n", master)
-        shown = screen(master)
+        shown = screen(master).replace("\r\n      ", " ")  # lines wrapped at 80 columns
     assert answer.verdict is Verdict.ALLOW and answer.by == "tty"
     assert (answer.lifetime, answer.paths, answer.mode) == (
         Lifetime.ONCE, (notes,), Mode.READ)
@@ -163,3 +163,71 @@ def test_the_agents_output_waits_while_a_question_is_on_screen() -> None:
         asker.join(10)
         agent.join(10)
     assert printed == ["out"] and answers[0].verdict is Verdict.DENY
+
+
+def _columns(fd: int, columns: int) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+
+FAKE = "airlock: network access pre-approved (verified)"
+
+
+@pytest.mark.parametrize("columns", [80, 132])
+def test_agent_text_never_starts_a_line_of_its_own(tmp_path: Path, columns: int) -> None:
+    # Padded with spaces, the agent's words would wrap onto a fresh line of the terminal and
+    # read as Airlock's: wrapped at the terminal's width and indented, they cannot.
+    padded = "Open the notes" + " " * 200 + FAKE
+    req = ConsentRequest(new_request_id(), "s1", "notes", RequestKind.FILE_SAVE,
+                         "save a file", {"current_name": "n" + " " * 150 + FAKE,
+                                         "files": ["a" * 300]}, padded, 10)
+    with pty() as (master, tty):
+        _columns(master, columns)
+        ask(tty, req, "n\n", master)
+        shown = screen(master)
+    lines = shown.replace("\r\n", "\n").split("\n")
+    assert any(FAKE in line for line in lines)  # shown, as the agent's
+    for line in lines:
+        visible = line.rpartition("\x0f\r")[2]  # after the reset, the line's own text
+        assert not visible.startswith("airlock: network"), line
+        assert len(visible) <= columns, line  # the terminal wraps nothing itself
+
+
+def test_the_question_starts_from_a_known_terminal_state() -> None:
+    with pty() as (master, tty):
+        ask(tty, request(RequestKind.NETWORK), "n\n", master)
+        shown = screen(master)
+    reset = shown.index("\x1b[0m")
+    assert "\x1b[?25h" in shown[:shown.index("airlock: session")]
+    assert reset < shown.index("\r\nairlock: session")  # then a fresh line
+
+
+def test_output_on_the_asking_loop_waits_without_blocking_it(tmp_path: Path) -> None:
+    # The supervisor writes the agent's output on the loop the question is asked on: a
+    # writer that blocked there would stop the question from ever being answered.
+    from ui.commands.run import TerminalOutput
+
+    with pty() as (master, tty):
+        prompt = TerminalPrompt(tty)
+        output = TerminalOutput(prompt.gate)
+        written: list[str] = []
+        output._emit = lambda stream, data: written.append(data.decode())  # type: ignore[method-assign]
+
+        async def scenario() -> Answer:
+            question = asyncio.ensure_future(prompt.answer(request(RequestKind.NETWORK)))
+            while not prompt.gate.held:
+                await asyncio.sleep(0.01)
+            output.write("stdout", b"after the question")
+            drained = asyncio.ensure_future(output.drain())
+            await asyncio.sleep(0.3)
+            assert written == [] and not drained.done()  # held, and the loop still runs
+            os.write(master, b"n\n")
+            answer = await question
+            await asyncio.wait_for(drained, 5)
+            return answer
+
+        answer = asyncio.run(scenario())
+    assert answer.verdict is Verdict.DENY and written == ["after the question"]

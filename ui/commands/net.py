@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import IO
 
 from app.audit import AuditFollower, AuditProblem, AuditRecord
+from app.text import inert
 from ui.commands.base import Context, add_command
-from ui.commands.watch import POLL_SECONDS, matches, printable
+from ui.commands.watch import POLL_SECONDS, matches
 
 NET_KINDS = frozenset({"net.request", "net.tunnel", "net.refused"})
 
@@ -53,7 +54,7 @@ class Totals:
     def write(self, out: IO[str]) -> None:
         out.write(f"{'host':<40} {'requests':>8} {'refused':>8} {'up':>10} {'down':>10}\n")
         for host, t in sorted(self.hosts.items(), key=lambda item: -item[1].requests):
-            out.write(f"{printable(host)[:40]:<40} {t.requests:>8} {t.refused:>8} "
+            out.write(f"{inert(host)[:40]:<40} {t.requests:>8} {t.refused:>8} "
                       f"{_size(t.up):>10} {_size(t.down):>10}\n")
 
 
@@ -75,7 +76,7 @@ def line(record: AuditRecord) -> str:
     verdict = "REFUSED" if record.kind == "net.refused" else str(d.get("decision", ""))
     path = d.get("path", "")
     path = path if isinstance(path, str) else "(long path)"
-    return printable(
+    return inert(
         f"{stamp}  {(record.session or '-')[:12]:<12} {d.get('method', ''):<7} "
         f"{record.subject}{path}  {d.get('status', '')}  "
         f"↑{_int(d.get('bytes_up'))} ↓{_int(d.get('bytes_down'))}  "

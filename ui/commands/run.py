@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from app.errors import AirlockError
 from ui import handoff_client
 from ui.commands.base import Context, add_command
+from ui.terminal import TerminalFilter, reclaim
 
 if TYPE_CHECKING:
     from app.events import Event, EventBus
@@ -30,41 +31,81 @@ CANNOT_ASK = 75  # app.handoff.CANNOT_ASK, without importing the core
 
 
 class TerminalOutput:
+    """The agent's output on this process's stdout and stderr. On a terminal it goes through
+    the filter (ui/terminal.py) so that it cannot hide or rewrite Airlock's text; to a file or
+    pipe it goes as it is. Held while a question is on the terminal: the pieces wait in
+    `drain`, and the agent with them, as behind a paused terminal."""
+
     def __init__(self, gate: OutputGate | None = None) -> None:
-        self._gate = gate  # held while a question is on screen
+        self._gate = gate
+        self.filter = TerminalFilter()
+        self._held: list[tuple[str, bytes]] = []
+        self._terminal = {"stdout": sys.stdout.isatty(), "stderr": sys.stderr.isatty()}
 
     def write(self, stream: str, data: bytes) -> None:
+        if self._gate is not None and self._gate.held:
+            self._held.append((stream, data))
+            return
+        self._emit(stream, data)
+
+    async def drain(self) -> None:
         if self._gate is not None:
-            self._gate.wait()
-        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
-        target.write(data)
-        target.flush()
+            await self._gate.opened()
+        held, self._held = self._held, []
+        for stream, data in held:
+            self._emit(stream, data)
+
+    def _emit(self, stream: str, data: bytes) -> None:
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        if self._terminal.get(stream):
+            data = self.filter.feed(stream, data)
+        target.buffer.write(data)
+        target.buffer.flush()
+
+    def say(self, text: str) -> None:
+        """A line of Airlock's own, after the terminal is put back in a known state."""
+        sys.stdout.flush()
+        reclaim(sys.stderr, self.filter.mid_line)
+        self.filter.reclaimed()
+        print(f"airlock: {text}", file=sys.stderr, flush=True)
+
+    def print_notice(self, event: Event) -> None:
+        text = notice_text(event)
+        if text:
+            self.say(text)
 
 
 def notice_text(event: Event) -> str | None:
-    """What the person at the terminal should know while the agent runs."""
+    """What the person at the terminal should know while the agent runs; one line, with what
+    the agent chose escaped."""
     from app.events import EventKind
+    from app.text import inert
 
-    subject, details = event.subject, event.details
+    subject, details = inert(event.subject), event.details
     if event.kind is EventKind.SESSION_STARTED:
-        return f"session {subject} started ({details['profile']}); `airlock stop {subject}` ends it"
+        return (f"session {subject} started ({inert(details['profile'])}); "
+                f"`airlock stop {subject}` ends it")
     if event.kind is EventKind.GRANT_SKIPPED:
-        return f"not granted: {subject}: {details.get('reason', '')}"
+        return f"not granted: {subject}: {inert(details.get('reason', ''))}"
     if event.kind is EventKind.SESSION_TIMEOUT:
         return f"session {subject} ran out of time ({details['seconds']:.0f} s); stopping it"
     if event.kind is EventKind.SESSION_OOM:
         return f"session {subject} was killed: it hit its memory limit"
     if event.kind is EventKind.SESSION_LIMIT:
-        return f"session {event.session} hit its {subject} limit ({details.get('count')} times)"
+        return (f"session {inert(event.session)} hit its {subject} limit "
+                f"({inert(details.get('count'))} times)")
     if event.kind is EventKind.GRANT_REVOKED:
         return f"revoked: {subject}"
+    if event.kind is EventKind.ACTIVITY_GAP:
+        from app.text import printable
+
+        return (f"session {event.session}: file activity went unwatched for "
+                f"{details.get('seconds', 0):.1f} s ({printable(str(details.get('cause')))}); "
+                f"rescanned: {details.get('rescanned', 0)} change(s) in that time")
+    if event.kind is EventKind.ACTIVITY_UNWATCHED:
+        return (f"session {event.session} is partly unwatched: its file activity overflowed "
+                f"the watch {details.get('overflows')} times")
     return None
-
-
-def print_notice(event: Event) -> None:
-    text = notice_text(event)
-    if text:
-        print(f"airlock: {text}", file=sys.stderr, flush=True)
 
 
 async def run_session(supervisor: Supervisor, request: LaunchRequest,
@@ -80,7 +121,7 @@ async def run_session(supervisor: Supervisor, request: LaunchRequest,
     try:
         result = await supervisor.run(request, output)
     except asyncio.CancelledError:
-        print("airlock: interrupted; the session was stopped and removed", file=sys.stderr)
+        output.say("interrupted; the session was stopped and removed")
         return 130
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -100,7 +141,7 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
             sock = handoff_client.connect(ctx.dirs.supervisor_socket)
     if sock is None:
         return None
-    from ui.terminal import wants_tty, window_size
+    from ui.rawmode import wants_tty, window_size
 
     tty = wants_tty(args.tty)
     rows, cols = window_size(sys.stdin.fileno())
@@ -119,6 +160,7 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
         error.exit_code = e.exit_code
         raise error from e
     except KeyboardInterrupt:
+        reclaim(sys.stderr)
         print("airlock: interrupted; the session was stopped and removed", file=sys.stderr)
         return 130
     except ConnectionError as e:
@@ -176,7 +218,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from app.questions import QuestionQueue
     from app.sessions import LaunchRequest
     from ui.prompt import TerminalPrompt
-    from ui.terminal import is_terminal, wants_tty, window_size
+    from ui.rawmode import is_terminal, wants_tty, window_size
     from ui.wiring import open_supervisor
 
     tty = wants_tty(args.tty)
@@ -202,7 +244,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
             code = run_interactive(supervisor, request, tty, questions, notice_text, output)
         else:
-            supervisor.bus.attach(print_notice)
+            supervisor.bus.attach(output.print_notice)
             code = asyncio.run(run_session(supervisor, request, output))
         session = supervisor.last_session
         if session is not None:
@@ -214,40 +256,50 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     """What the agent staged is put in front of the user (or committed, if the profile says
     so explicitly); nothing reaches their files without one or the other."""
     from app.errors import SessionError
-    from app.review import Review, diff
-    from ui.commands.changes import describe, report
+    from app.policy import commits_unasked
+    from app.review import Review, diff, name_warnings, runs_code
+    from ui.commands.changes import counted, describe, report
     from ui.prompt import discard_typed_ahead
 
+    reclaim(sys.stderr)  # the agent's output came before: nothing of it may hide what follows
     review = Review(ctx.dirs, bus)
     try:
-        changeset = review.changes(session)
+        changeset, listing = review.listing(session)
     except SessionError:
         return
     if not changeset.changes:
         return
-    print(f"\nairlock: the agent staged {len(changeset.changes)} change(s):", file=sys.stderr)
+    warnings, risky = name_warnings(changeset), runs_code(changeset)
+    print(f"\nairlock: the agent staged {counted(changeset)}:", file=sys.stderr)
     for change in changeset.changes:
-        print("  " + describe(change).replace("\n", "\n  "), file=sys.stderr)
-    shown = {change.path: change.fingerprint for change in changeset.changes}
-    if rule == "auto" and mode != "never":
-        report(review.commit(session, (), shown), "committed")
+        print("  " + describe(change, warnings.get(change.path), risky.get(change.path))
+              .replace("\n", "\n  "), file=sys.stderr)
+    # What lands is what this list showed (a commit of it refuses anything else).
+    shown = listing.fingerprints
+    if commits_unasked(rule, mode):  # app/policy.py
+        # A profile's "auto" never covers what can run code here: that waits for a person.
+        report(review.commit(session, (), shown, include_risky=False), "committed")
         return
     interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
+    choices = (f"[y]es but not the {len(risky)} that can run code, [a]ll, [N]o, [d]iff"
+               if risky else "[y]es, [N]o, [d]iff")
     while interactive:
         discard_typed_ahead(sys.stdin.fileno())  # a key meant for an earlier question
-        print("Commit them to your files? [y]es, [N]o, [d]iff: ", end="", file=sys.stderr,
-              flush=True)
+        print(f"Commit these {counted(changeset)} to your files? {choices}: ",
+              end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline().strip().lower()
         if answer == "d":
             for change in changeset.changes:
                 sys.stderr.writelines(diff(change))
             continue
-        if answer in ("y", "yes"):
-            report(review.commit(session, (), shown), "committed")
+        if answer in ("y", "yes") or (risky and answer in ("a", "all")):
+            report(review.commit(session, (), shown, include_risky=answer in ("a", "all")),
+                   "committed")
             return
         break
     print(f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "
-          f"then `airlock commit {session}` or `airlock discard {session}`", file=sys.stderr)
+          f"then `airlock commit {session}` (or `--reviewed {listing.id}` for exactly this "
+          f"list) or `airlock discard {session}`", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,11 +7,11 @@ import json
 import os
 import sys
 import time
-import unicodedata
 from datetime import datetime
 from typing import IO, Any
 
 from app.audit import AuditFollower, AuditProblem, AuditRecord
+from app.text import inert
 from ui.commands.base import Context, add_command
 
 POLL_SECONDS = 0.2
@@ -56,25 +56,18 @@ def matches(record: AuditRecord, session: str | None, since: float | None = None
     return session is None or (record.session or "").startswith(session)
 
 
-def printable(text: str) -> str:
-    """Text from the agent (file names, output) with control characters escaped, so that
-    it cannot move the cursor or retitle the terminal."""
-    return "".join(
-        ch if unicodedata.category(ch)[0] != "C" else ch.encode("unicode_escape").decode()
-        for ch in text
-    )
-
-
 def _value(value: Any) -> str:
     if isinstance(value, dict) and set(value) == {"sha256", "size"}:
         return f"sha256:{str(value['sha256'])[:12]}…({value['size']} B)"
     if isinstance(value, str):
-        return printable(value)
-    return printable(json.dumps(value, ensure_ascii=False))
+        return inert(value)
+    return inert(json.dumps(value, ensure_ascii=False))
 
 
 class RecordPrinter:
-    """Writes records as aligned, coloured lines (colour on a terminal only) or as JSON."""
+    """Writes records as aligned, coloured lines (colour on a terminal only) or as JSON.
+    What the agent chose (file names, hosts, output) is shown by app/text.py's policy: one
+    line each, controls and invisible characters as visible escapes."""
 
     def __init__(self, out: IO[str], *, as_json: bool, with_date: bool) -> None:
         self._out = out
@@ -91,12 +84,12 @@ class RecordPrinter:
             return
         when = datetime.fromtimestamp(record.time)
         stamp = when.strftime("%Y-%m-%d %H:%M:%S.%f" if self._date else "%H:%M:%S.%f")[:-3]
-        session = printable(record.session or "-")[:_SESSION_WIDTH].ljust(_SESSION_WIDTH)
-        kind = printable(record.kind).ljust(_KIND_WIDTH)
+        session = inert(record.session or "-")[:_SESSION_WIDTH].ljust(_SESSION_WIDTH)
+        kind = inert(record.kind).ljust(_KIND_WIDTH)
         colour = "31" if record.kind in _ALARMS else _COLOURS.get(record.kind.split(".")[0], "0")
         details = dict(record.details)
         count = details.pop("count", 1)
-        parts = [printable(record.subject)]
+        parts = [inert(record.subject)]
         if isinstance(count, int) and count > 1:
             parts.append(f"×{count}")
         parts += [f"{key}={_value(value)}" for key, value in details.items()]

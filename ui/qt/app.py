@@ -34,12 +34,13 @@ from app.paths import Dirs
 from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import SessionRecord
+from app.threads import thread_bus
 from ui.qt import settings as options
 from ui.qt.bridge import EventBridge
 from ui.qt.consent import QtFrontEnd, Requester
 from ui.qt.icons import icon
 from ui.qt.main_window import LaunchDialog, MainWindow
-from ui.qt.review import ReviewWindow, thread_bus
+from ui.qt.review import ReviewWindow
 from ui.qt.settings import Settings, SettingsDialog, apply_autostart
 from ui.qt.tray import Tray
 
@@ -97,6 +98,8 @@ class Desktop(QObject):
         self.runs: dict[str, asyncio.Task[SessionResult]] = {}
         self.reviews: dict[str, ReviewWindow] = {}
         self.sessions: list[SessionRecord] = []
+        self._reads: dict[str, int] = {}  # what -> the number of the latest read of it
+        self.unwatched: frozenset[str] = frozenset()  # partly unwatched sessions
         self._notified: dict[int, str] = {}  # notification id -> request id
 
         bridge.events.connect(self._events)
@@ -129,6 +132,10 @@ class Desktop(QObject):
         self.tasks.add(task)
         task.add_done_callback(self._finished)
         return task
+
+    def run_soon(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """`spawn`, for callers that do not keep the task."""
+        self.spawn(coroutine)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -165,9 +172,28 @@ class Desktop(QObject):
 
     def _events(self, batch: list[Event]) -> None:
         self.window.add_events(batch)
+        for event in batch:
+            if event.kind in (EventKind.SESSION_EXITED, EventKind.SESSION_SWEPT):
+                self.front_end.forget(event.session or "")
+        unwatched = {e.session for e in batch
+                     if e.kind is EventKind.ACTIVITY_UNWATCHED and e.session}
+        if unwatched - self.unwatched:
+            self.unwatched |= unwatched
+            self.window.set_unwatched(self.unwatched)
+            self._update_tray()
+
+    # The store is read in a worker thread: a database locked by another airlock process
+    # must not freeze the window. Only the latest of overlapping reads is shown.
 
     def refresh_sessions(self) -> None:
-        self.sessions = self.supervisor.store.sessions(live_only=True)
+        self._reads["sessions"] = read = self._reads.get("sessions", 0) + 1
+        self.spawn(self._refresh_sessions(read))
+
+    async def _refresh_sessions(self, read: int) -> None:
+        sessions = await asyncio.to_thread(self.supervisor.store.sessions, live_only=True)
+        if read != self._reads["sessions"]:
+            return
+        self.sessions = sessions
         self.window.set_sessions(self.sessions)
         self._update_tray()
 
@@ -177,13 +203,19 @@ class Desktop(QObject):
         return [g for g in store.grants(time.time()) if g.session is None or g.session in live]
 
     def refresh_grants(self) -> None:
-        self.window.set_grants(self.active_grants())
+        self._reads["grants"] = read = self._reads.get("grants", 0) + 1
+        self.spawn(self._refresh_grants(read))
+
+    async def _refresh_grants(self, read: int) -> None:
+        grants = await asyncio.to_thread(self.active_grants)
+        if read == self._reads["grants"]:
+            self.window.set_grants(grants)
 
     def _update_tray(self) -> None:
         if self.tray is None:
             return
         self.tray.update(self.sessions, self.front_end.pending,
-                         self.settings.get(options.BLOCK_NETWORK))
+                         self.settings.get(options.BLOCK_NETWORK), self.unwatched)
 
     def _changes_changed(self, session: str) -> None:
         window = self.reviews.get(session)
@@ -220,7 +252,13 @@ class Desktop(QObject):
         self.spawn(asyncio.to_thread(self.supervisor.stop, session))
         self.say(f"Stopping session {session}…")
 
+    # Revocation is done in a worker thread (Supervisor.arevoke): on the loop, a database
+    # locked by another airlock process would freeze the window.
+
     def revoke_grant(self, grant: str) -> None:
+        self.spawn(self._revoke_grant(grant))
+
+    async def _revoke_grant(self, grant: str) -> None:
         stopped: list[str] = []
 
         def note_stop(event: Event) -> None:
@@ -229,7 +267,7 @@ class Desktop(QObject):
 
         self.supervisor.bus.attach(note_stop)
         try:
-            revoked = self.supervisor.revoke([grant])
+            revoked = await self.supervisor.arevoke([grant])
         finally:
             self.supervisor.bus.detach(note_stop)
         for g in revoked:
@@ -239,16 +277,23 @@ class Desktop(QObject):
                 "review)" if stopped else ""))
         self.refresh_grants()
 
-    def revoke_session(self, session: str) -> int:
-        ids = [g.id for g in self.supervisor.store.session_grants(session, time.time())]
-        revoked = self.supervisor.revoke(ids) if ids else []
+    def revoke_session(self, session: str) -> None:
+        self.spawn(self._revoke_session(session))
+
+    async def _revoke_session(self, session: str) -> int:
+        grants = await asyncio.to_thread(
+            self.supervisor.store.session_grants, session, time.time())
+        revoked = await self.supervisor.arevoke([g.id for g in grants]) if grants else []
         self.say(f"Session {session}: {len(revoked)} grant(s) revoked")
         self.refresh_grants()
         return len(revoked)
 
     def revoke_everything(self) -> None:
-        ids = [g.id for g in self.active_grants()]
-        revoked = self.supervisor.revoke(ids) if ids else []
+        self.spawn(self._revoke_everything())
+
+    async def _revoke_everything(self) -> None:
+        ids = [g.id for g in await asyncio.to_thread(self.active_grants)]
+        revoked = await self.supervisor.arevoke(ids) if ids else []
         self.say(f"Revoked {len(revoked)} grant(s): no agent sees any of your files now")
         self.refresh_grants()
         if not self.window.isVisible() and self.tray is not None:
@@ -298,14 +343,22 @@ class Desktop(QObject):
         """Starts a session in the background; returns its id once it has one."""
         catalog = self.supervisor.catalog
         request = LaunchRequest(catalog.load(profile), catalog.find(profile), grants, command)
-        before = self.supervisor.last_session
-        task = asyncio.get_running_loop().create_task(
-            self.supervisor.run(request, SessionOutput()))
-        while self.supervisor.last_session == before and not task.done():
-            await asyncio.sleep(0.02)
-        if task.done() and self.supervisor.last_session == before:
+        loop = asyncio.get_running_loop()
+        # The session's own id, as the supervisor names it: another session started
+        # meanwhile (handed over from `airlock run`) must not be taken for this one.
+        named: asyncio.Future[str] = loop.create_future()
+
+        def name(session: str) -> None:
+            if not named.done():
+                named.set_result(session)
+
+        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name))
+        either: set[asyncio.Future[Any]] = {task, named}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not named.done():
+            named.cancel()
             task.result()  # raises why it could not start
-        session = self.supervisor.last_session or ""
+        session = named.result()
         self.runs[session] = task
         task.add_done_callback(lambda t: self.spawn(self._ended(session, t)))
         self.say(f"Launched {profile} as session {session}")
@@ -330,7 +383,7 @@ class Desktop(QObject):
     def open_review(self, session: str) -> None:
         window = self.reviews.get(session)
         if window is None:
-            window = ReviewWindow(session, self.review, self.spawn)
+            window = ReviewWindow(session, self.review, self.run_soon)
             self.reviews[session] = window
         window.show()
         window.raise_()
@@ -359,23 +412,23 @@ class Desktop(QObject):
 
     # the control interface on the session bus (portal/control.py)
 
-    def control_sessions(self) -> list[tuple[str, str, str]]:
-        return [(r.id, r.profile, str(r.state))
-                for r in self.supervisor.store.sessions(live_only=True)]
+    async def control_sessions(self) -> list[tuple[str, str, str]]:
+        sessions = await asyncio.to_thread(self.supervisor.store.sessions, live_only=True)
+        return [(r.id, r.profile, str(r.state)) for r in sessions]
 
     async def control_launch(self, profile: str, grants: list[GrantRequest]) -> str:
         request_grants = [check_grant_path(g.path, g.mode, Path("/")) for g in grants]
         return await self.launch_request(profile, tuple(request_grants))
 
     async def control_stop(self, session: str) -> None:
-        if self.supervisor.store.session(session) is None:
+        if await asyncio.to_thread(self.supervisor.store.session, session) is None:
             raise SessionError(f"no session {session!r}")
         self.stop_session(session)
 
-    def control_revoke(self, session: str) -> int:
-        if self.supervisor.store.session(session) is None:
+    async def control_revoke(self, session: str) -> int:
+        if await asyncio.to_thread(self.supervisor.store.session, session) is None:
             raise SessionError(f"no session {session!r}")
-        return self.revoke_session(session)
+        return await self._revoke_session(session)
 
     def control_pending(self) -> int:
         return self.front_end.pending
@@ -515,10 +568,14 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
             tray.show()
         if show_window or not Tray.available():
             desktop.open_window()
-        finished = asyncio.get_running_loop().create_future()
-        desktop.quit_requested.connect(
-            lambda: finished.done() or finished.set_result(None))
-        qt.aboutToQuit.connect(lambda: finished.done() or finished.set_result(None))
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def finish() -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        desktop.quit_requested.connect(finish)
+        qt.aboutToQuit.connect(finish)
         if preset is not None:
             desktop.launch_agent(preset.profile, preset.paths, preset.writable)
         if ready is not None:
@@ -551,7 +608,7 @@ def main(dirs: Dirs, show_window: bool = False, preset: Preset | None = None) ->
 
     try:
         with contextlib.suppress(asyncio.CancelledError):
-            return loop.run_until_complete(serve(dirs, qt, show_window, ready, preset))
+            return int(loop.run_until_complete(serve(dirs, qt, show_window, ready, preset)))
         return 0
     finally:
         loop.run_until_complete(asyncio.sleep(0))

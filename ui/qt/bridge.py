@@ -29,7 +29,6 @@ CHANGE_KINDS = frozenset({
     EventKind.FILE_MOVED, EventKind.CHANGES_COMMITTED, EventKind.CHANGES_DISCARDED,
     EventKind.COMMIT_UNDONE, EventKind.SESSION_EXITED,
 })
-NETWORK_KINDS = frozenset({EventKind.NET_REQUEST, EventKind.NET_TUNNEL, EventKind.NET_REFUSED})
 
 
 class EventBridge(QObject):

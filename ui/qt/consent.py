@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 
 from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
 from app.grants import Lifetime, Mode
-from app.text import printable
+from app.text import block, printable, quoted
 from ui.qt import settings as options
 from ui.qt.icons import icon
 from ui.qt.settings import Settings
@@ -46,6 +46,7 @@ from ui.qt.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_DETAIL = 300  # characters of any one agent-supplied value shown in the dialog
+MAX_REASON_SHOWN = 1000
 MAX_PATHS_SHOWN = 12
 
 
@@ -92,6 +93,14 @@ HEADLINES = {
     RequestKind.UPLOAD: "{agent} asks to upload data to {subject}",
     RequestKind.COMMIT: "{agent} asks to write its changes to your files",
 }
+
+
+def said(text: str, limit: int = MAX_REASON_SHOWN) -> str:
+    """The agent's own words (its reason, the host it names) for a label: escaped, and
+    runs of spaces made one, so that padding cannot push a phrase onto a line of its own
+    where it would read as the dialog's; the box it is shown in marks it as the agent's."""
+    text = quoted(text[: limit * 4], indent="", width=1_000_000)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def shown(value: object, limit: int = MAX_DETAIL) -> str:
@@ -237,7 +246,7 @@ class ConsentDialog(QDialog):
         column = QVBoxLayout()
         column.setSpacing(2)
         headline = _plain(HEADLINES[self.request.kind].format(
-            agent=self.requester.agent, subject=shown(self.request.subject, 80)))
+            agent=self.requester.agent, subject=said(self.request.subject, 80)))
         headline.setObjectName("headline")
         font = headline.font()
         font.setPointSizeF(font.pointSizeF() * 1.3)
@@ -348,7 +357,7 @@ class ConsentDialog(QDialog):
         box = QGroupBox("The agent says (not verified)")
         box.setObjectName("reasonBox")
         column = QVBoxLayout(box)
-        text = self.request.reason or "(no reason given)"
+        text = said(self.request.reason) if self.request.reason else "(no reason given)"
         label = _plain(text)
         label.setObjectName("reason")
         font = label.font()
@@ -570,8 +579,8 @@ class ConsentDialog(QDialog):
 
 
 def printable_block(text: str) -> str:
-    """Like `printable`, but keeps line breaks (for a preview pane)."""
-    return "\n".join(printable(line) for line in text[:8000].split("\n"))
+    """A preview pane's text: app/text.py's `block` (line breaks and tabs kept)."""
+    return block(text[:8000])
 
 
 class QtFrontEnd(QObject):
@@ -592,9 +601,11 @@ class QtFrontEnd(QObject):
         key = (request.session, str(request.kind), request.subject)
         if key in self._silenced:
             return denied("denied earlier in this session")
+        # Who asks comes from the store (and the profile's file): read off the loop.
+        requester = await asyncio.to_thread(self._describe, request)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         dialog = ConsentDialog(
-            request, self._describe(request),
+            request, requester,
             timeout=float(self._settings.get(options.CONSENT_TIMEOUT)),
             unlock_ms=self._settings.get(options.UNLOCK_DELAY),
         )
@@ -621,6 +632,11 @@ class QtFrontEnd(QObject):
                 self._settings.get(options.TIMEOUT_ACTION) == "deny-session":
             self._silenced.add(key)
         return answer
+
+    def forget(self, session: str) -> None:
+        """The session ended: what it was denied for its duration is no longer kept (a
+        long-running app would otherwise hold it for every session it ever ran)."""
+        self._silenced = {key for key in self._silenced if key[0] != session}
 
     @property
     def pending(self) -> int:

@@ -11,7 +11,15 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QPointF, QRectF, QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtCore import (
+    QPointF,
+    QRectF,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+    Signal,
+    SignalInstance,
+)
 from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -299,10 +307,10 @@ class MainWindow(QMainWindow):
             lambda index: self.activity_for(self.sessions.rows[index.row()].id))
         return page
 
-    def _with_session(self, signal: Signal) -> None:
+    def _with_session(self, signal: SignalInstance) -> None:
         session = self.selected_session()
         if session:
-            signal.emit(session)  # type: ignore[attr-defined]
+            signal.emit(session)
 
     def selected_session(self) -> str | None:
         rows = self.sessions_view.selectionModel().selectedRows()
@@ -368,6 +376,10 @@ class MainWindow(QMainWindow):
         return page
 
     # what the controller feeds in
+
+    def set_unwatched(self, sessions: frozenset[str]) -> None:
+        """Sessions whose file activity could not be watched in full."""
+        self.sessions.set_unwatched(sessions)
 
     def set_sessions(self, sessions: Sequence[SessionRecord]) -> None:
         self.sessions.replace(sessions)
@@ -491,11 +503,15 @@ class LaunchDialog(QDialog):
         item.setData(Qt.ItemDataRole.UserRole, str(path))
         self.files.addItem(item)
 
+    def _add_paths(self, files: list[str]) -> None:
+        for file in files:
+            self.add_path(Path(file))
+
     def _dialog(self, mode: QFileDialog.FileMode) -> QFileDialog:
         dialog = QFileDialog(self, "Choose what the agent may see", str(Path.home()))
         dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
         dialog.setFileMode(mode)
-        dialog.filesSelected.connect(lambda files: [self.add_path(Path(f)) for f in files])
+        dialog.filesSelected.connect(self._add_paths)
         return dialog
 
     def _add_files(self) -> None:

@@ -104,10 +104,19 @@ class RecordTable(_Table):
 
 class SessionsModel(RecordTable):
     headers = ("Agent", "Session", "State", "Started", "Image")
+    # Sessions whose file activity overflowed the watch again and again (activity.unwatched).
+    unwatched: frozenset[str] = frozenset()
+
+    def set_unwatched(self, sessions: frozenset[str]) -> None:
+        if sessions != self.unwatched:
+            self.beginResetModel()
+            self.unwatched = sessions
+            self.endResetModel()
 
     def cell(self, row: SessionRecord, column: int) -> Any:
         image = row.image.removeprefix("sha256:")[:12]
-        return (row.profile, row.id, str(row.state), clock(row.started_at), image)[column]
+        state = str(row.state) + (" · partly unwatched" if row.id in self.unwatched else "")
+        return (row.profile, row.id, state, clock(row.started_at), image)[column]
 
 
 class GrantsModel(RecordTable):

@@ -17,7 +17,7 @@ from dbus_fast.errors import DBusError
 from PySide6.QtCore import QObject, Signal
 
 from app.consent import ConsentRequest, RequestKind
-from app.text import printable
+from app.text import printable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ WHAT = {
 
 def _markup_free(text: str) -> str:
     # Notification servers may render a subset of HTML in the body; the agent's words
-    # must not be markup.
-    return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # must not be markup. Runs of spaces are made one: padding must not push the agent's
+    # words onto a line of their own, where they would read as Airlock's.
+    text = quoted(text[:4000], indent="", width=1_000_000)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class Notifier(QObject):
@@ -52,7 +54,8 @@ class Notifier(QObject):
         bus.add_message_handler(self._handle)
 
     @classmethod
-    async def connect(cls, address: str | None = None) -> Notifier | None:
+    async def connect(  # type: ignore[override]  # not QObject.connect: a constructor
+            cls, address: str | None = None) -> Notifier | None:
         try:
             bus = await (MessageBus(bus_address=address) if address
                          else MessageBus(bus_type=BusType.SESSION)).connect()

@@ -9,6 +9,7 @@ EventBus is published on the loop's thread only.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontDatabase, QSyntaxHighlighter, QTextCharFormat
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -27,6 +29,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStyle,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -35,8 +38,7 @@ from PySide6.QtWidgets import (
 
 from app.commit import CommitRecord, CommitResult
 from app.errors import AirlockError
-from app.events import Event, EventBus
-from app.review import Review, diff
+from app.review import Review, diff, mode_text, name_warnings, runs_code
 from app.staging import Change, ChangeKind, Changeset
 from app.text import printable
 from ui.qt.icons import icon
@@ -50,18 +52,6 @@ STATUS_COLOURS = {
     ChangeKind.DELETED: "#a4262c",
     ChangeKind.RENAMED: "#1f5fbf",
 }
-
-
-def thread_bus(bus: EventBus, loop: asyncio.AbstractEventLoop) -> EventBus:
-    """A bus for work done in threads: whatever is emitted on it is published on `bus`, on
-    the loop's thread."""
-    relay = EventBus()
-
-    def hand_over(event: Event) -> None:
-        loop.call_soon_threadsafe(bus.publish, event)
-
-    relay.attach(hand_over)
-    return relay
 
 
 class DiffHighlighter(QSyntaxHighlighter):
@@ -107,6 +97,8 @@ class ReviewWindow(QWidget):
         self._spawn = spawn
         self.changeset: Changeset | None = None
         self.diffs: dict[Path, str] = {}
+        self.warnings: dict[Path, list[str]] = {}  # about names that pass for others
+        self.risky: dict[Path, list[str]] = {}  # what a change could run on this machine
         self.setObjectName("reviewWindow")
         self.setWindowTitle(f"Review changes — session {session}")
         self.setWindowIcon(icon("airlock"))
@@ -123,7 +115,7 @@ class ReviewWindow(QWidget):
 
         self.files = QTreeWidget()
         self.files.setObjectName("changes")
-        self.files.setHeaderLabels(["File", "Status", "Size"])
+        self.files.setHeaderLabels(["File", "Status", "Mode", "Size"])
         self.files.setRootIsDecorated(False)
         self.files.setAlternatingRowColors(True)
         self.files.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -131,7 +123,8 @@ class ReviewWindow(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
         header.resizeSection(1, 90)
-        header.resizeSection(2, 80)
+        header.resizeSection(2, 110)
+        header.resizeSection(3, 80)
         self.files.currentItemChanged.connect(self._show_diff)
         self.files.itemChanged.connect(lambda *_: self._update_buttons())
 
@@ -200,19 +193,27 @@ class ReviewWindow(QWidget):
 
     async def load(self) -> None:
         try:
-            changeset = await asyncio.to_thread(self.review.changes, self.session)
+            # Recorded as a listing: its id is the one `airlock commit --reviewed` takes.
+            changeset, _ = await asyncio.to_thread(self.review.listing, self.session)
         except AirlockError as e:
             changeset = Changeset(self.session, ())
             self.status.setText(str(e))
         diffs = await asyncio.to_thread(_diffs, changeset)
+        warnings = await asyncio.to_thread(name_warnings, changeset)
+        risky = await asyncio.to_thread(runs_code, changeset)
         records = await asyncio.to_thread(self.review.history)
-        self.changeset, self.diffs = changeset, diffs
-        self._fill(changeset)
+        previous = self.changeset
+        self.changeset, self.diffs, self.warnings = changeset, diffs, warnings
+        self.risky = risky
+        self._fill(changeset, previous)
         self._fill_history([r for r in records if r.session == self.session])
 
-    def _fill(self, changeset: Changeset) -> None:
-        # A reload (the agent wrote more) keeps what the user already approved and looks at.
-        approved = {str(p) for p in self.approved()}
+    def _fill(self, changeset: Changeset, previous: Changeset | None = None) -> None:
+        # A reload (the agent wrote more) keeps what the user already approved and looks at,
+        # unless it changed meanwhile: a tick is for what the person saw.
+        before = {str(c.path): c.fingerprint for c in previous.changes} if previous else {}
+        now = {str(c.path): c.fingerprint for c in changeset.changes}
+        approved = {str(p) for p in self.approved() if now.get(str(p)) == before.get(str(p))}
         current = self.files.currentItem()
         looking_at = current.data(0, Qt.ItemDataRole.UserRole) if current else None
         self.files.blockSignals(True)
@@ -224,24 +225,49 @@ class ReviewWindow(QWidget):
         self.note.setText(f"In {printable(base)}. Nothing reaches your files until you "
                           "commit it; tick the files you approve." if base else
                           "Nothing reaches your files until you commit it.")
+        warning_icon = QApplication.style().standardIcon(
+            QStyle.StandardPixmap.SP_MessageBoxWarning)
         for change in changeset.changes:
             shown = os.path.relpath(change.path, base) if base else str(change.path)
             item = QTreeWidgetItem([printable(shown), str(change.kind),
+                                    mode_text(change).removeprefix("mode ").replace("->", "→"),
                                     human_bytes(change.new_size or 0)
                                     if change.new_size is not None else ""])
             item.setData(0, Qt.ItemDataRole.UserRole, str(change.path))
-            item.setToolTip(0, printable(str(change.path)))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(0, Qt.CheckState.Checked if str(change.path) in approved
                                else Qt.CheckState.Unchecked)
             item.setForeground(1, QColor(STATUS_COLOURS.get(change.kind, "#24292f")))
+            if mode_text(change):
+                item.setToolTip(2, f"Lands with {mode_text(change)}")
+            tips = [printable(str(change.path))]
+            warnings = self.warnings.get(change.path)
+            if warnings:
+                # Seen on the row, not only on hover; never ticked by "Approve all".
+                item.setIcon(0, warning_icon)
+                item.setForeground(0, QColor("#9a6700"))
+                tips.append("Check this name: it " + "; it ".join(printable(w) for w in warnings))
+            risky = self.risky.get(change.path)
+            if risky:
+                item.setIcon(0, warning_icon)
+                item.setForeground(0, QColor("#9a6700"))
+                tips.append("Can run code on this machine: " + "; ".join(
+                    printable(r) for r in risky))
             if change.problems:
-                item.setToolTip(0, "Would be refused: " + "; ".join(change.problems))
+                tips.append("Would be refused: " + "; ".join(
+                    printable(p) for p in change.problems))
                 item.setForeground(0, QColor("#a4262c"))
+            item.setToolTip(0, plain_tip("\n".join(tips)))
             self.files.addTopLevelItem(item)
         self.files.blockSignals(False)
         count = len(changeset.changes)
-        self.status.setText(f"{count} change(s) staged" if count else "No staged changes")
+        flagged = sum(1 for c in changeset.changes if c.path in self.warnings)
+        risky = sum(1 for c in changeset.changes if c.path in self.risky)
+        self.status.setText(
+            (f"{count} change{'' if count == 1 else 's'}, id {changeset.digest}"
+             + (f"; {flagged} with a name to check" if flagged else "")
+             + (f"; {risky} can run code" if risky else ""))
+            if count else "No staged changes")
         if count:
             again = self.item_for(Path(looking_at)) if looking_at else None
             self.files.setCurrentItem(again or self.files.topLevelItem(0))
@@ -266,7 +292,10 @@ class ReviewWindow(QWidget):
         if item is None:
             return
         path = Path(item.data(0, Qt.ItemDataRole.UserRole))
-        self.viewer.setPlainText(self.diffs.get(path, ""))
+        warnings = "".join(f"warning: the name {printable(w)}\n"
+                           for w in self.warnings.get(path, ()))
+        warnings += "".join(f"runs code: {printable(r)}\n" for r in self.risky.get(path, ()))
+        self.viewer.setPlainText(warnings + ("\n" if warnings else "") + self.diffs.get(path, ""))
 
     # choices
 
@@ -283,8 +312,20 @@ class ReviewWindow(QWidget):
         return None
 
     def _approve_all(self) -> None:
+        """Ticks every change but those flagged (a name to check, code it could run): each
+        of those the person ticks on their own, having looked at it; the status says so."""
+        left = 0
         for i in range(self.files.topLevelItemCount()):
-            self.files.topLevelItem(i).setCheckState(0, Qt.CheckState.Checked)
+            item = self.files.topLevelItem(i)
+            path = Path(item.data(0, Qt.ItemDataRole.UserRole))
+            if path in self.warnings or path in self.risky:
+                left += item.checkState(0) != Qt.CheckState.Checked
+            else:
+                item.setCheckState(0, Qt.CheckState.Checked)
+        if left:
+            self.status.setText(f"{left} flagged change{'' if left == 1 else 's'} left "
+                                "unticked (a name to check, or it can run code): tick "
+                                f"{'it' if left == 1 else 'them'} yourself if you approve")
 
     def _update_buttons(self) -> None:
         chosen = bool(self.approved())
@@ -346,6 +387,12 @@ class ReviewWindow(QWidget):
         self.status.setText(f"Undid {commit}: {len(result.applied)} file(s) restored")
         await self.load()
         return result
+
+
+def plain_tip(text: str) -> str:
+    """A tooltip that shows `text` as it is: Qt takes a tooltip that looks like HTML for
+    HTML, and an agent chooses file names (`<img src=…>`, `<b>approved</b>`)."""
+    return "<p style='white-space:pre'>" + html.escape(text) + "</p>"
 
 
 def _diffs(changeset: Changeset) -> dict[Path, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtWidgets import (
@@ -70,7 +70,7 @@ class Settings(QObject):
             if option.type is bool:
                 value = raw if isinstance(raw, bool) else str(raw).lower() in ("true", "1")
             else:
-                value = option.type(raw)
+                value = cast(Any, option.type)(raw)
         except (TypeError, ValueError):
             return option.default
         if isinstance(value, int) and not isinstance(value, bool) and option.maximum and (

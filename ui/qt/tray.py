@@ -7,6 +7,7 @@ on `aboutToShow`, which StatusNotifierItem hosts do not always deliver).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
@@ -32,7 +33,7 @@ class TrayActions(Protocol):
     def open_session(self, session: str) -> None: ...
     def stop_session(self, session: str) -> None: ...
     def revoke_session(self, session: str) -> None: ...
-    def launch_agent(self) -> None: ...
+    def launch_agent(self) -> object: ...
     def show_pending(self) -> None: ...
     def block_network(self, blocked: bool) -> None: ...
     def revoke_everything(self) -> None: ...
@@ -45,9 +46,11 @@ def state_of(sessions: int, pending: int) -> TrayState:
     return TrayState.RUNNING if sessions else TrayState.IDLE
 
 
-def tooltip(sessions: int, pending: int) -> str:
+def tooltip(sessions: int, pending: int, unwatched: int = 0) -> str:
     parts = ["no agents running" if not sessions else
              f"{sessions} agent{'s' if sessions != 1 else ''} running"]
+    if unwatched:
+        parts.append(f"{unwatched} partly unwatched")
     if pending:
         parts.append(f"{pending} request{'s' if pending != 1 else ''} waiting for you")
     return "Airlock — " + " · ".join(parts)
@@ -63,6 +66,7 @@ class Tray(QObject):
         self.state = TrayState.IDLE
         self.sessions: tuple[SessionRecord, ...] = ()
         self.pending = 0
+        self.unwatched: frozenset[str] = frozenset()  # ids: see SessionsModel.unwatched
         self.network_blocked = False
         self.icon = QSystemTrayIcon(self._icons[TrayState.IDLE], self)
         self.menu = QMenu()
@@ -82,16 +86,20 @@ class Tray(QObject):
         return QSystemTrayIcon.isSystemTrayAvailable()
 
     def update(self, sessions: Sequence[SessionRecord], pending: int,
-               network_blocked: bool) -> None:
+               network_blocked: bool, unwatched: frozenset[str] = frozenset()) -> None:
         sessions = tuple(s for s in sessions if s.live)
-        if (sessions, pending, network_blocked) == (
-                self.sessions, self.pending, self.network_blocked):
+        if (sessions, pending, network_blocked, unwatched) == (
+                self.sessions, self.pending, self.network_blocked, self.unwatched):
             return
         self.sessions, self.pending, self.network_blocked = sessions, pending, network_blocked
+        self.unwatched = unwatched
         self.state = state_of(len(sessions), pending)
         self.icon.setIcon(self._icons[self.state])
-        self.icon.setToolTip(tooltip(len(sessions), pending))
         self._rebuild()
+
+    def _tooltip(self) -> str:
+        unwatched = sum(s.id in self.unwatched for s in self.sessions)
+        return tooltip(len(self.sessions), self.pending, unwatched)
 
     def notify(self, title: str, text: str) -> None:
         """A balloon where there is no notification daemon."""
@@ -109,19 +117,19 @@ class Tray(QObject):
     def _rebuild(self) -> None:
         menu, actions = self.menu, self._actions
         menu.clear()
-        self.icon.setToolTip(tooltip(len(self.sessions), self.pending))
+        self.icon.setToolTip(self._tooltip())
         header = menu.addAction(QIcon(self._icons[self.state]),
-                                tooltip(len(self.sessions), self.pending).removeprefix(
-                                    "Airlock — ").capitalize())
+                                self._tooltip().removeprefix("Airlock — ").capitalize())
         header.setEnabled(False)
         menu.addSeparator()
         for record in self.sessions:
-            sub = menu.addMenu(f"{record.profile}  ·  {record.id}")
+            partly = "  ·  partly unwatched" if record.id in self.unwatched else ""
+            sub = menu.addMenu(f"{record.profile}  ·  {record.id}{partly}")
             sub.setObjectName(f"session-{record.id}")
-            sub.addAction("Open", lambda s=record.id: actions.open_session(s))
-            sub.addAction("Stop", lambda s=record.id: actions.stop_session(s))
+            sub.addAction("Open", functools.partial(actions.open_session, record.id))
+            sub.addAction("Stop", functools.partial(actions.stop_session, record.id))
             sub.addAction("Revoke all of its access",
-                          lambda s=record.id: actions.revoke_session(s))
+                          functools.partial(actions.revoke_session, record.id))
         if self.sessions:
             menu.addSeparator()
         menu.addAction("Launch agent…", actions.launch_agent)

@@ -19,7 +19,7 @@ from app.egress.blocked import (
     Uncounted,
     parse_report,
 )
-from app.egress.proxy import BlockedLog
+from app.egress.witness import BlockedLog
 from app.events import Event, EventBus
 
 

@@ -422,3 +422,45 @@ def test_a_route_credential_never_comes_back_to_the_agent_or_into_the_log(
         assert "store it again with `airlock secret set k`" in got.stdout
     else:
         assert upstream.requests and b"accept-encoding: identity" in upstream.requests[0]
+
+
+def test_an_upload_one_byte_past_the_threshold_is_held_and_one_at_it_is_not(
+    tmp_path: Path, upstream: RecordingServer
+) -> None:
+    front = ScriptedFrontEnd(Verdict.DENY)
+    with harness(tmp_path, profile(upstream.port, threshold="1k"), front_end=front) as proxy:
+        codes = [curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}",
+                      "-d", "x" * size, f"http://files.test:{upstream.port}/{size}").stdout
+                 for size in (1024, 1025)]
+    assert codes == ["200", "403"]
+    assert [q.details["size"] for q in front.asked] == [1025]
+    assert [r["path"] for r in upstream.seen.requests] == ["/1024"]
+
+
+class SplittingUpstream(RawServer):
+    """Echoes the credential in a body, sent in two writes a moment apart, the key cut in
+    the middle: the proxy reads it as two chunks."""
+
+    def handle(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+            head += chunk
+        auth = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"authorization:"))
+        body = b"you sent: " + auth + b"."
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body[:30])
+        time.sleep(0.2)
+        conn.sendall(body[30:])
+
+
+def test_a_route_credential_echoed_in_two_pieces_is_masked_whole(tmp_path: Path) -> None:
+    key = "sk-proj-" + "Ab3" * 52
+    with SplittingUpstream() as upstream:
+        prof = parse_profile(
+            'name = "t"\nimage = "i"\n[network]\nallow_private = true\n[[network.routes]]\n'
+            f'name = "r"\nupstream = "http://127.0.0.1:{upstream.port}"\nsecret = "k"\n',
+            "t.toml")
+        with harness(tmp_path, prof, secrets=DictSecrets({"k": key})) as proxy:
+            got = curl("-s", f"http://127.0.0.1:{proxy.port}/routes/r/echo")
+    assert got.stdout == "you sent: Bearer " + "*" * len(key) + "."

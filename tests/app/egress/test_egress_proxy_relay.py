@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import app.egress.proxy as proxy_module
+import app.egress.splice as splice_module
 from app.consent import Verdict
 from app.egress.proxy import ProxySettings
 from app.profiles import parse_profile
@@ -60,12 +60,12 @@ def test_bodies_arrive_exactly_and_keep_alive_goes_on(
 ) -> None:
     pipes: list[object] = []
 
-    class CountedPipe(proxy_module._SplicePipe):
+    class CountedPipe(splice_module.SplicePipe):
         def __init__(self, source: int, sink: int) -> None:
             super().__init__(source, sink)
             pipes.append(self)
 
-    monkeypatch.setattr(proxy_module, "_SplicePipe", CountedPipe)
+    monkeypatch.setattr(splice_module, "SplicePipe", CountedPipe)
     sizes = [MIB - 1, MIB, 3 * MIB + 5, 64 * MIB + 17, 10]
     with relay_harness(tmp_path, upstream.port, splice) as proxy:
         conn = proxy_connection(proxy)
@@ -243,3 +243,24 @@ def test_cutting_ends_open_tunnels_and_downloads_at_once(
     assert {e.subject for e in refused} == {f"files.test:{echo.port}",
                                             f"files.test:{upstream.port}"}
     assert all(e.details["reason"].startswith("cut:") for e in refused)
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["spliced", "h11"])
+def test_uploads_always_asks_before_the_first_byte_goes_up_a_tunnel(
+    tmp_path: Path, splice: bool
+) -> None:
+    front = ScriptedFrontEnd(Verdict.DENY)
+    with EchoServer() as echo, harness(
+        tmp_path, profile(echo.port, uploads="always"), front_end=front,
+        settings=ProxySettings(splice=splice),
+    ) as proxy:
+        sock = open_tunnel(proxy, echo.port)
+        sock.sendall(b"tiny")
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(10) == b""
+        sock.close()
+        events = proxy.wait_events(1)
+    assert [q.details["size"] for q in front.asked] == [4]
+    assert front.asked[0].details["tunnel"] is True
+    assert bytes(echo.received) == b""
+    assert events[0].details["rule"] == "upload-refused"

@@ -166,6 +166,13 @@ def test_countdown_then_deny_by_timeout(run: Callable[..., object], settings: Se
         texts.append(dialog.deny_button.text())
         answer = await asked
         again = await broker.ask(request_for(RequestKind.NETWORK, "tracker.example:443"))
+        # Once the session ends, the front end forgets what it silenced for it.
+        front_end.forget(request.session)
+        later = request_for(RequestKind.NETWORK, "tracker.example:443")
+        asked_later = asyncio.ensure_future(broker.ask(later))
+        await shown_dialog(front_end, later)
+        front_end.deny(later.id)
+        await asked_later
         return answer, texts, again
 
     started = time.monotonic()
@@ -259,3 +266,30 @@ def test_file_save_choice_goes_through_the_file_dialog(
     answer = run(scenario())
     assert answer.allowed and answer.paths == (target,)  # type: ignore[attr-defined]
     assert answer.mode is Mode.READ_WRITE  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("hostile", [
+    "\u200fmark", "\u061cmark", "zero\u200bwidth", "line\u2028separator", "c1\u009bcsi",
+    "no\u00a0break", "hangul\u3164filler",
+])
+def test_invisible_characters_in_agent_text_are_shown_as_escapes(
+        qapp: QApplication, hostile: str) -> None:
+    request = request_for(RequestKind.NETWORK, f"{hostile}.example:443", f"reason {hostile}")
+    dialog = ConsentDialog(request, requester(request), timeout=60, unlock_ms=300)
+    labels = {label.objectName(): label for label in dialog.findChildren(QLabel)}
+    escape = next(f"\\u{ord(c):04x}" for c in hostile if not c.isascii())
+    for name in ("reason", "headline"):
+        assert escape in labels[name].text(), name
+        assert not any(not c.isascii() and c != "…" for c in labels[name].text()), name
+    dialog.deny()
+
+
+def test_padding_cannot_put_the_agents_words_on_a_line_of_their_own(
+        qapp: QApplication) -> None:
+    fake = "Airlock: pre-approved by your rules (verified)"
+    request = request_for(RequestKind.NETWORK, "paste.example:443",
+                          "sync notes" + " " * 200 + "\n\n" + fake)
+    dialog = ConsentDialog(request, requester(request), timeout=60, unlock_ms=300)
+    labels = {label.objectName(): label for label in dialog.findChildren(QLabel)}
+    assert labels["reason"].text() == f"sync notes {fake}"  # one run of words, in its box
+    dialog.deny()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import pytest
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import (
     DBusDict,
@@ -85,3 +86,14 @@ def test_no_notification_server_is_not_an_error(run: Callable[..., object],
         notifier.disconnect()
 
     run(scenario(), timeout=30)
+
+
+@pytest.mark.parametrize(("reason", "body"), [
+    ("sync" + " " * 200 + "Airlock: verified", "sync Airlock: verified"),
+    ("a\u200fb\u2028c <i>", "a\\u200fb\\u2028c &lt;i&gt;"),
+    ("zero\u200bwidth\u009b", "zero\\u200bwidth\\u009b"),
+])
+def test_the_agents_words_in_a_notification_are_one_plain_run(reason: str, body: str) -> None:
+    from ui.qt.notifications import _markup_free
+
+    assert _markup_free(reason) == body

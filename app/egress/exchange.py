@@ -1,0 +1,882 @@
+"""The egress proxy's core: one agent connection as a state machine that does no I/O.
+
+In the manner of mitmproxy's layers, `ClientConnection.run()` is a generator: it yields a
+command (read from the agent, connect upstream, send, ask the user, resolve a name, relay a
+tunnel, log) and is sent the command's result, or has the command's failure thrown into it
+(`TimeoutError`, `OSError`, `Refused`). `proxy.SessionProxy` performs the commands on
+sockets; tests drive the generator by hand ("this comes in, that goes out") with no socket
+at all. h11 parses both directions (the agent's side as a server, the upstream's as a
+client): nothing here parses HTTP by hand.
+
+Per request: classify → decide by name (refused names are never resolved) → ask the user
+for `ask` hosts → resolve once → decide by address → hold the body for inspection and
+approval if the upload gate says so → connect to the checked address (no second lookup) →
+stream both ways. Bodies stream in chunks; only an upload that is being inspected is held,
+at most `inspect_limit` bytes. Each exchange ends in one `Log` (`net.request`, `net.tunnel`
+or `net.refused`) naming the rule that decided.
+
+A head must arrive whole within `head_timeout` (slowloris gets 408), at most
+`max_head_bytes` (431), malformed HTTP gets h11's 400; every refusal ends the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import h11
+
+from app.consent import Answer, RequestKind, Verdict
+from app.egress.inspect import Finding, GrantedContent, UploadInspector, preview
+from app.egress.policy import (
+    Action,
+    Decision,
+    IPAddress,
+    address_refusal,
+    decide_destination,
+    parse_host,
+)
+from app.egress.records import ExchangeRecord
+from app.egress.requests import (
+    Kind,
+    Refusal,
+    Target,
+    classify,
+    client_headers,
+    content_length,
+    credential_header,
+    has_body,
+    header,
+    redact_path,
+    refusal_response,
+    upstream_headers,
+)
+from app.egress.scrub import Scrubber
+from app.egress.uploads import UploadGate
+from app.egress.websocket import FrameCounter, is_websocket_upgrade
+from app.errors import EgressError
+from app.events import EventKind
+from app.grants import Lifetime
+from app.profiles import Profile, Route
+
+log = logging.getLogger(__name__)
+
+PROXY_PORT = 3128
+_ZEROS = memoryview(bytes(1024 * 1024))
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    idle_timeout: float = 120.0  # between requests on a kept-alive connection
+    head_timeout: float = 10.0  # a request head, from its first byte to its end
+    body_timeout: float = 60.0  # silence while a body streams
+    connect_timeout: float = 10.0
+    max_head_bytes: int = 32 * 1024
+    max_clients: int = 256  # connections from the agent at once
+    inspect_limit: int = 1024 * 1024  # body bytes held for inspection before forwarding
+    chunk: int = 256 * 1024
+    # Response bodies of a known length from this size on, and tunnels, are moved by the
+    # kernel (splice) rather than through Python; False keeps every byte on the h11 path.
+    splice: bool = True
+    splice_min: int = 1024 * 1024
+    own_authorities: frozenset[str] = frozenset(
+        {f"127.0.0.1:{PROXY_PORT}", f"localhost:{PROXY_PORT}"}
+    )
+
+
+class Refused(Exception):
+    """Ends an exchange with a refusal response."""
+
+    def __init__(self, status: int, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.rule, self.reason = status, rule, reason
+
+
+class Gone(Exception):
+    """The agent or the upstream went away or stalled mid-message: end without a response."""
+
+
+# Commands: what the core asks its driver to do. The comment after each says what the
+# driver sends back.
+
+
+@dataclass(frozen=True, slots=True)
+class ReadClient:
+    """Read what the agent sent (→ bytes, b"" at its end); TimeoutError past `timeout`."""
+
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendClient:
+    """Write to the agent (→ None); `drain` waits for the buffer to go down."""
+
+    data: Sequence[bytes]
+    drain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseClient:
+    """Write the refusal, end the agent's side and let what it still sends drain (→ None);
+    the connection ends after it."""
+
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadCredential:
+    """Read a route's secret from the keyring (→ str, None if not stored; EgressError)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Resolve a name (→ list of addresses; OSError or TimeoutError)."""
+
+    host: str
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Put a question to the user and wait for the answer (→ `Answer`)."""
+
+    kind: RequestKind
+    subject: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadGranted:
+    """The current fingerprints of the session's granted files (→ GrantedContent | None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open the upstream connection for plain HTTP, to the first of `addresses` that answers,
+    in TLS to `tls_name` if set (→ `Connected`; Refused when the session's connection limit
+    is reached or none answers)."""
+
+    addresses: Sequence[IPAddress]
+    port: int
+    tls_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    address: str
+    spliceable: bool  # both sides are plain sockets: a body may be moved by the kernel
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAlive:
+    """Whether the kept upstream connection has not been closed by its end (→ bool)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    """Write to the upstream and wait for the buffer to go down (→ None)."""
+
+    data: Sequence[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadUpstream:
+    """Read what the upstream sent (→ bytes, b"" at its end); TimeoutError past `timeout`."""
+
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DropUpstream:
+    """Close the upstream connection (→ None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpliceBody:
+    """Move the next `length` bytes of the upstream's body to the agent by the kernel,
+    counting them into `record.down` (→ how many moved; fewer means the upstream ended)."""
+
+    length: int
+    timeout: float
+    record: ExchangeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTunnel:
+    """Open a plain connection for a tunnel (→ the address; Refused as for `Connect`)."""
+
+    addresses: Sequence[IPAddress]
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTunnel:
+    """Relay the tunnel both ways until both ends are done (→ None): `first` goes up first,
+    and every chunk going up passes `uploads` (which may ask and may refuse)."""
+
+    first: bytes
+    uploads: TunnelUploads
+    record: ExchangeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RelayWebSocket:
+    """Relay an upgraded connection between the agent and the kept upstream until both ends
+    are done (→ None): `first_up` and `first_down` are what each side sent already; every
+    chunk passes `relay` (upload gate, frame counts, the scrubber)."""
+
+    first_up: bytes
+    first_down: bytes
+    relay: WebSocketRelay
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTunnel:
+    """Close the tunnel's upstream connection (→ None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Wait as the session's bandwidth limit says for `amount` bytes (→ None)."""
+
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Emit the exchange's one event (→ None)."""
+
+    kind: EventKind
+    record: ExchangeRecord
+
+
+Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
+           | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
+           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | Log)
+Steps = Generator[Command, Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    header: tuple[str, str]
+    secret: str = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Upstream:
+    key: tuple[str, int, str]
+    conn: h11.Connection
+    spliceable: bool
+
+
+@dataclass(slots=True)
+class _Body:
+    inspector: UploadInspector
+    gate: UploadGate
+    held: list[bytes] = field(default_factory=list)
+    ended: bool = False
+
+
+class TunnelUploads:
+    """The upload gate applied to a tunnel's bytes as they go up (or a WebSocket's). The
+    stream is opaque (TLS, frames): only its size is known, so past the gate's threshold it
+    pauses for the user's approval (the bytes wait), once."""
+
+    def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord) -> None:
+        self._gate, self._target, self._record = gate, target, record
+
+    def question(self, amount: int) -> Ask | None:
+        """What to ask before `amount` more bytes go up, if anything."""
+        size = self._record.up + amount
+        if not self._gate.must_ask(size):
+            return None
+        target = self._target
+        details: dict[str, Any] = {
+            "host": target.host, "port": target.port, "method": "CONNECT", "size": size,
+            "tunnel": True, "threshold": self._gate.threshold,
+        }
+        if self._record.websocket:
+            details.update(method="GET", path=redact_path(target.path), websocket=True)
+        return Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", details)
+
+    def answered(self, answer: Answer, amount: int) -> None:
+        """Raises `Refused` unless the user approved."""
+        self._record.held = True
+        if not answer.allowed:
+            raise Refused(403, "upload-refused",
+                          f"upload of {self._record.up + amount} bytes through the "
+                          f"{'WebSocket' if self._record.websocket else 'tunnel'} "
+                          f"was not approved ({answer.by})")
+        self._gate.approve()
+
+    def sent(self, amount: int) -> None:
+        self._record.up += amount
+
+
+class WebSocketRelay:
+    """What an upgraded connection's bytes pass on their way: up, the upload gate and the
+    frame count; down, the frame count and the route's scrubber."""
+
+    def __init__(self, uploads: TunnelUploads, scrub: Scrubber, record: ExchangeRecord
+                 ) -> None:
+        self.uploads, self._scrub, self._record = uploads, scrub, record
+        self._up, self._down = FrameCounter(), FrameCounter()
+
+    def up(self, data: bytes) -> None:
+        self._up.feed(data)
+        self._record.frames_up = self._up.frames
+
+    def down(self, data: bytes) -> bytes:
+        self._down.feed(data)
+        self._record.frames_down = self._down.frames
+        self._record.down += len(data)
+        if not self._scrub.active:
+            return data
+        out = self._scrub.feed(data)
+        if self._down.between_frames:
+            # What the scrubber kept back cannot meet the rest of the key in the next frame:
+            # a frame header would stand between them. Held, it would wait for the next frame.
+            out += self._scrub.flush()
+        return out
+
+    def down_ended(self) -> bytes:
+        return self._scrub.flush()
+
+
+class ClientConnection:
+    """One connection from the agent: any number of exchanges (kept alive), or one tunnel.
+    `record` is the exchange under way, if any (the driver logs it when the user cuts)."""
+
+    def __init__(self, session: str, profile: Profile, settings: ProxySettings, *,
+                 blocked: Callable[[], bool] | None = None,
+                 answers: dict[tuple[str, int], tuple[bool, float | None]] | None = None
+                 ) -> None:
+        self.session = session
+        self.profile = profile
+        self.settings = settings
+        self._blocked = blocked  # the user's "Block all network" switch
+        # Remembered answers to `ask` hosts, shared by the session's connections.
+        self._answers = answers if answers is not None else {}
+        self._throttled = profile.network.bandwidth is not None
+        self.conn = h11.Connection(h11.SERVER,
+                                   max_incomplete_event_size=settings.max_head_bytes)
+        self.record: ExchangeRecord | None = None
+        self._upstream: _Upstream | None = None
+
+    def run(self, *, crowded: bool = False) -> Steps:
+        try:
+            if crowded:
+                raise Refused(503, "limit", "too many connections from the agent")
+            while True:
+                request = yield from self._read_head()
+                if request is None:
+                    return
+                record = self.record = ExchangeRecord(
+                    method=request.method.decode("ascii", "replace"))
+                keep = yield from self._exchange(request, record)
+                self.record = None
+                if not keep:
+                    return
+                self.conn.start_next_cycle()
+        except Refused as e:
+            yield from self._refuse(self.record or ExchangeRecord(), e)
+        except Gone:
+            return
+
+    def _read_head(self) -> Steps:
+        deadline: float | None = None
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                raise Refused(e.error_status_hint, "bad-request", str(e)) from e
+            if isinstance(event, h11.Request):
+                # h11 bounds only a head still arriving; one that came in a single read
+                # is measured here.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self.settings.max_head_bytes:
+                    raise Refused(431, "bad-request", "the request head is too large")
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if event is not h11.NEED_DATA:
+                raise Refused(400, "bad-request", f"unexpected {type(event).__name__}")
+            timeout = (self.settings.idle_timeout if deadline is None
+                       else deadline - time.monotonic())
+            try:
+                data = yield ReadClient(max(timeout, 0))
+            except TimeoutError as e:
+                if deadline is None:
+                    raise Gone from e  # an idle kept-alive connection: just close it
+                raise Refused(408, "timeout", "the request head did not arrive in time") from e
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.head_timeout
+            try:
+                self.conn.receive_data(data)
+            except h11.RemoteProtocolError as e:
+                raise Refused(e.error_status_hint, "bad-request", str(e)) from e
+
+    def _refuse(self, record: ExchangeRecord, refusal: Refused) -> Steps:
+        record.refused(refusal.status, refusal.rule, refusal.reason)
+        yield Log(EventKind.NET_REFUSED, record)
+        yield RefuseClient(refusal_response(refusal.status, refusal.rule, refusal.reason))
+
+    # deciding
+
+    def _exchange(self, request: h11.Request, record: ExchangeRecord) -> Steps:
+        target = classify(request.method, request.target, request.headers,
+                          self.profile.network.routes, self.settings.own_authorities)
+        if isinstance(target, Refusal):
+            raise Refused(target.status, target.rule, target.reason)
+        record.host, record.port, record.path = target.host, target.port, target.path
+        if target.route is not None:
+            record.route = target.route.name
+        credential = yield from self._credential(target.route)
+        addresses = yield from self._admit(target, record)
+        if target.kind is Kind.TUNNEL:
+            yield from self._tunnel(target, addresses, record)
+            return False
+        if is_websocket_upgrade(request.method, request.headers):
+            yield from self._websocket(request, target, addresses, credential, record)
+            return False
+        return (yield from self._forward(request, target, addresses, credential, record))
+
+    def _admit(self, target: Target, record: ExchangeRecord) -> Steps:
+        if self._blocked is not None and self._blocked():
+            record.rule, record.reason = "blocked-all", "all network access of agents is blocked"
+            raise Refused(403, record.rule, "the user blocked all network access of agents")
+        network = self.profile.network
+        if target.route is not None:
+            decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
+        else:
+            decision = decide_destination(network, target.host, target.port, target.method)
+        record.rule, record.reason = decision.rule, decision.reason
+        if decision.action is Action.DENY:
+            raise Refused(403, decision.rule, decision.reason)
+        if decision.action is Action.ASK:
+            answer = yield from self._ask_host(target, decision)
+            if not answer.allowed:
+                raise Refused(403, decision.rule,
+                              f"{target.host}:{target.port} was not approved ({answer.by})")
+            record.reason = f"approved ({answer.by})"
+        host = parse_host(target.host)
+        if host.address is not None:
+            addresses: list[IPAddress] = [host.address]
+        else:
+            try:
+                addresses = yield Resolve(host.name, target.port,
+                                          self.settings.connect_timeout)
+            except (OSError, TimeoutError) as e:
+                raise Refused(502, "unresolved", f"cannot resolve {host.name}") from e
+        refused = address_refusal(network, host, addresses)
+        if refused is not None:
+            raise Refused(403, refused.rule, refused.reason)
+        record.decision = "allow"
+        return addresses
+
+    def _ask_host(self, target: Target, decision: Decision) -> Steps:
+        key = (target.host.lower(), target.port)
+        remembered = self._answers.get(key)
+        if remembered is not None and (remembered[1] is None or remembered[1] > time.time()):
+            return Answer(Verdict.ALLOW if remembered[0] else Verdict.DENY, by="remembered")
+        answer: Answer = yield Ask(RequestKind.NETWORK, f"{target.host}:{target.port}", {
+            "host": target.host, "port": target.port, "method": target.method,
+            "rule": decision.rule,
+        })
+        if answer.lifetime is not Lifetime.ONCE:
+            self._answers[key] = (answer.allowed, answer.until)
+        return answer
+
+    def _credential(self, route: Route | None) -> Steps:
+        if route is None:
+            return None
+        try:
+            secret = yield ReadCredential(route.secret)
+        except EgressError as e:
+            log.warning("session %s: %s", self.session, e)
+            raise Refused(502, f"route:{route.name}",
+                          "the route's credential cannot be read from the keyring") from e
+        if secret is None:
+            raise Refused(502, f"route:{route.name}", "no credential stored for this route: "
+                          f"run `airlock secret set {route.secret}`")
+        try:
+            return Credential(credential_header(route, secret), secret)
+        except ValueError as e:
+            raise Refused(502, f"route:{route.name}", str(e)) from e
+
+    # tunnels
+
+    def _tunnel(self, target: Target, addresses: Sequence[IPAddress],
+                record: ExchangeRecord) -> Steps:
+        record.address = yield OpenTunnel(addresses, target.port)
+        try:
+            response = h11.Response(status_code=200, headers=[],
+                                    reason=b"Connection established")
+            yield SendClient([self.conn.send(response) or b""], drain=False)
+            record.status = 200
+            leftover, _ = self.conn.trailing_data
+            uploads = TunnelUploads(UploadGate.of(self.profile.approval), target, record)
+            yield RelayTunnel(leftover, uploads, record)
+        except Refused as e:
+            record.refused(e.status, e.rule, e.reason)
+            yield CloseTunnel()
+            yield Log(EventKind.NET_REFUSED, record)
+            return
+        except (ConnectionError, OSError) as e:
+            log.debug("session %s: tunnel to %s ended: %s", self.session, target.host, e)
+        yield CloseTunnel()
+        yield Log(EventKind.NET_TUNNEL, record)
+
+    # WebSocket
+
+    def _websocket(self, request: h11.Request, target: Target, addresses: Sequence[IPAddress],
+                   credential: Credential | None, record: ExchangeRecord) -> Steps:
+        """A WebSocket handshake goes on with the credential added (on a route), and once the
+        upstream switches, the frames are relayed both ways, counted, and logged at the end.
+        On a route no extension is offered: permessage-deflate would hide an echoed key from
+        the scrubber."""
+        if (yield from self._body_event()) is not None:
+            raise Refused(400, "bad-request", "a WebSocket handshake carries no body")
+        record.websocket = True
+        default_port = 443 if target.tls else 80
+        headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
+                                   default_port, credential.header if credential else None)
+        if credential is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"sec-websocket-extensions"]
+        headers += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
+        upstream = yield from self._connect_upstream(addresses, target)
+        record.address = upstream.key[0]
+        scrub = Scrubber(credential.secret.encode("utf-8") if credential else b"")
+        try:
+            yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
+                                                        headers=headers))
+            yield from self._send(upstream, h11.EndOfMessage())
+            silence = self._upstream_silence(target)
+            event = yield from self._upstream_event(upstream, silence)
+            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                event = yield from self._upstream_event(upstream, silence)
+            if isinstance(event, h11.Response):  # the upstream would not switch: its answer
+                yield from self._relay_response(upstream, request, target, scrub, record,
+                                                head=event)
+                yield from self._drop_upstream()
+                yield Log(EventKind.NET_REQUEST, record)
+                return
+            if not isinstance(event, h11.InformationalResponse):
+                raise Refused(502, "upstream", "the upstream closed without a response")
+            if scrub.active and header(event.headers, b"sec-websocket-extensions"):
+                raise Refused(502, "upstream", "the route's upstream chose a WebSocket "
+                              "extension, which Airlock cannot check for the credential")
+            record.status = 101
+            yield SendClient([self.conn.send(h11.InformationalResponse(
+                status_code=101, reason=scrub.whole(bytes(event.reason)),
+                headers=client_headers([(k, scrub.whole(v)) for k, v in event.headers],
+                                       {b"connection": b"Upgrade", b"upgrade": b"websocket"}),
+            )) or b""])
+        except h11.LocalProtocolError as e:
+            raise Refused(502, "upstream", "the request could not be sent on as valid "
+                          "HTTP") from e
+        except h11.ProtocolError as e:
+            detail = "" if credential else f": {e}"
+            raise Refused(502, "upstream", f"the upstream sent bad HTTP{detail}") from e
+        except (ConnectionError, OSError) as e:
+            if record.status:
+                raise Gone from e
+            raise Refused(502, "upstream", f"the upstream connection failed: {e}") from e
+        gate = UploadGate.of(self.profile.approval, route=target.route is not None)
+        relay = WebSocketRelay(TunnelUploads(gate, target, record), scrub, record)
+        try:
+            yield RelayWebSocket(self.conn.trailing_data[0], upstream.conn.trailing_data[0],
+                                 relay)
+        except Refused as e:
+            record.refused(e.status, e.rule, e.reason)
+            yield from self._drop_upstream()
+            yield Log(EventKind.NET_REFUSED, record)
+            return
+        except (ConnectionError, OSError) as e:
+            log.debug("session %s: WebSocket to %s ended: %s", self.session, target.host, e)
+        yield from self._drop_upstream()
+        yield Log(EventKind.NET_REQUEST, record)
+
+    # plain HTTP and routes
+
+    def _forward(self, request: h11.Request, target: Target, addresses: Sequence[IPAddress],
+                 credential: Credential | None, record: ExchangeRecord) -> Steps:
+        body = yield from self._take_body(request, target, record)
+        default_port = 443 if target.tls else 80
+        headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
+                                   default_port, credential.header if credential else None)
+        if header(request.headers, b"transfer-encoding"):
+            headers.append((b"transfer-encoding", b"chunked"))
+        upstream = yield from self._connect_upstream(addresses, target)
+        record.address = upstream.key[0]
+        try:
+            yield from self._send(upstream, h11.Request(method=request.method,
+                                                        target=target.path, headers=headers))
+            for chunk in body.held:
+                yield from self._send(upstream, h11.Data(data=chunk))
+            if not body.ended:
+                yield from self._stream_body(upstream, body, target, record)
+            yield from self._send(upstream, h11.EndOfMessage())
+            record.up = body.inspector.size
+            scrub = Scrubber(credential.secret.encode("utf-8") if credential else b"")
+            yield from self._relay_response(upstream, request, target, scrub, record)
+        except h11.LocalProtocolError as e:
+            # What could not be sent as valid HTTP: h11's text quotes it, and on a route it
+            # holds the credential.
+            raise Refused(502, "upstream", "the request could not be sent on as valid "
+                          "HTTP") from e
+        except h11.ProtocolError as e:
+            # The upstream's bytes, quoted: on a route they may echo the credential.
+            detail = "" if credential else f": {e}"
+            raise Refused(502, "upstream", f"the upstream sent bad HTTP{detail}") from e
+        except (ConnectionError, OSError) as e:
+            if record.status:
+                raise Gone from e  # the response had started: all we can do is close
+            raise Refused(502, "upstream", f"the upstream connection failed: {e}") from e
+        # (On any failure the connection ends, and the driver drops the upstream with it.)
+        if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
+            upstream.conn.start_next_cycle()
+        else:
+            yield from self._drop_upstream()
+        yield Log(EventKind.NET_REQUEST, record)
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    def _take_body(self, request: h11.Request, target: Target, record: ExchangeRecord) -> Steps:
+        """Reads the body up to the inspection limit, inspects it, and holds it for the
+        user's approval when the upload gate says so."""
+        gate = UploadGate.of(self.profile.approval, route=target.route is not None)
+        if not has_body(request.headers):
+            if (yield from self._body_event()) is not None:  # h11's EndOfMessage, at once
+                raise Refused(400, "bad-request", "a body where none was declared")
+            return _Body(UploadInspector(), gate, ended=True)
+        granted: GrantedContent | None = None
+        if target.route is None:
+            # A route is the agent's trusted service: sending it granted files is its job.
+            granted = yield ReadGranted()
+        body = _Body(UploadInspector(granted), gate)
+        if self.conn.they_are_waiting_for_100_continue:
+            yield SendClient([self.conn.send(h11.InformationalResponse(
+                status_code=100, headers=[])) or b""], drain=False)
+        while body.inspector.size < self.settings.inspect_limit:
+            chunk = yield from self._body_event()
+            if chunk is None:
+                body.ended = True
+                body.inspector.finish()
+                break
+            body.inspector.feed(chunk)
+            body.held.append(chunk)
+        declared = content_length(request.headers)
+        size = declared if declared is not None else body.inspector.size + (not body.ended)
+        if gate.must_ask(size, findings=bool(body.inspector.findings)):
+            yield from self._hold(request, target, body, size, record)
+        return body
+
+    def _hold(self, request: h11.Request, target: Target, body: _Body, size: int,
+              record: ExchangeRecord) -> Steps:
+        inspector = body.inspector
+        record.held = True
+        record.findings = [f.to_json() for f in inspector.findings]
+        record.sha256 = inspector.sha256 if body.ended else ""
+        mime = b",".join(header(request.headers, b"content-type")).decode("latin-1")
+        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+            "host": target.host, "port": target.port, "method": target.method,
+            "path": redact_path(target.path), "size": size, "complete": body.ended,
+            "inspected": inspector.size, "mime": mime[:200],
+            "sha256": inspector.sha256, "preview": preview(inspector.head),
+            "findings": record.findings,
+        })
+        if not answer.allowed:
+            raise Refused(403, "upload-refused",
+                          f"the upload of {size} bytes was not approved ({answer.by})"
+                          + _findings_text(inspector.findings))
+        body.gate.approve()
+        record.reason = f"upload approved ({answer.by})"
+
+    def _stream_body(self, upstream: _Upstream, body: _Body, target: Target,
+                     record: ExchangeRecord) -> Steps:
+        while (chunk := (yield from self._body_event())) is not None:
+            new = body.inspector.feed(chunk)
+            if body.gate.must_ask(body.inspector.size, findings=bool(new)):
+                # Something turned up past what was approved: ask again before it leaves.
+                yield from self._hold_more(target, body, new, record)
+            if self._throttled:
+                yield Throttle(len(chunk))
+            yield from self._send(upstream, h11.Data(data=chunk))
+        new = body.inspector.finish()
+        if body.gate.must_ask(body.inspector.size, findings=bool(new)):
+            yield from self._hold_more(target, body, new, record)
+        body.ended = True
+
+    def _hold_more(self, target: Target, body: _Body, new: list[Finding],
+                   record: ExchangeRecord) -> Steps:
+        record.held = True
+        record.findings += [f.to_json() for f in new]
+        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+            "host": target.host, "port": target.port, "method": target.method,
+            "path": redact_path(target.path), "size": body.inspector.size, "complete": False,
+            "findings": [f.to_json() for f in new],
+        })
+        if not answer.allowed:
+            # The upstream has part of the body; dropping the connection leaves it incomplete.
+            raise Refused(403, "upload-refused",
+                          "the rest of the upload was not approved" + _findings_text(new))
+
+    def _body_event(self) -> Steps:
+        """The next chunk of the agent's body, or None at its end."""
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                raise Refused(e.error_status_hint, "bad-request", str(e)) from e
+            if isinstance(event, h11.Data):
+                return bytes(event.data)
+            if isinstance(event, h11.EndOfMessage):
+                return None
+            if event is not h11.NEED_DATA:
+                raise Refused(400, "bad-request", "the request body ended early")
+            try:
+                data = yield ReadClient(self.settings.body_timeout)
+            except TimeoutError as e:
+                raise Refused(408, "timeout", "the request body stalled") from e
+            try:
+                self.conn.receive_data(data)
+            except h11.RemoteProtocolError as e:
+                raise Refused(e.error_status_hint, "bad-request", str(e)) from e
+
+    def _relay_response(self, upstream: _Upstream, request: h11.Request, target: Target,
+                        scrub: Scrubber, record: ExchangeRecord,
+                        head: h11.Response | None = None) -> Steps:
+        silence = self._upstream_silence(target)
+        while head is None:
+            event = yield from self._upstream_event(upstream, silence)
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue was ours to give; other 1xx are not relayed
+            if not isinstance(event, h11.Response):
+                raise Refused(502, "upstream", "the upstream closed without a response")
+            head = event
+        event = head
+        if scrub.active and header(event.headers, b"content-encoding") not in ([], [b"identity"]):
+            # Compressed, the credential an upstream echoes cannot be found to be masked.
+            raise Refused(502, "upstream", "the route's upstream answered compressed, which "
+                          "Airlock cannot check for the credential")
+        headers = client_headers([(k, scrub.whole(v)) for k, v in event.headers])
+        record.status = event.status_code
+        yield SendClient(self.conn.send_with_data_passthrough(h11.Response(
+            status_code=event.status_code, headers=headers,
+            reason=scrub.whole(bytes(event.reason)))) or [], drain=False)
+        length = None
+        if not scrub.active and self.settings.splice and upstream.spliceable:
+            length = spliceable_length(request, event, headers)
+        sent = 0
+        while True:
+            event = upstream.conn.next_event()
+            if event is h11.NEED_DATA:
+                if length is not None and length - sent >= self.settings.splice_min:
+                    # What h11 held has gone out; the rest of the body bypasses it. The
+                    # upstream connection is left mid-message for h11, so it is not reused;
+                    # the agent's side is told the bytes went out, so its keep-alive goes on.
+                    moved = yield SpliceBody(length - sent, silence, record)
+                    if moved < length - sent:
+                        raise Gone  # the upstream vanished mid-body: the agent sees a cut
+                    account(self.conn, moved)
+                    yield SendClient([self.conn.send(h11.EndOfMessage()) or b""])
+                    return
+                event = yield from self._upstream_event(upstream, silence)
+            if isinstance(event, h11.Data):
+                sent += len(event.data)
+                data = scrub.feed(bytes(event.data)) if scrub.active else event.data
+                record.down += len(event.data)
+                if self._throttled:
+                    yield Throttle(len(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                data = scrub.flush()
+            else:
+                raise Gone  # the upstream vanished mid-body; the agent sees a cut response
+            out: list[bytes] = []
+            if data:
+                out += self.conn.send_with_data_passthrough(h11.Data(data=data)) or []
+            if isinstance(event, h11.EndOfMessage):
+                out.append(self.conn.send(h11.EndOfMessage()) or b"")
+                yield SendClient(out)
+                return
+            yield SendClient(out)
+
+    def _upstream_silence(self, target: Target) -> float:
+        """How long the upstream may stay silent while the agent waits for its answer: a
+        route says (model APIs think and stream slowly), other hosts get `body_timeout`."""
+        if target.route is not None:
+            return target.route.idle_timeout
+        return self.settings.body_timeout
+
+    def _upstream_event(self, upstream: _Upstream, silence: float) -> Steps:
+        while True:
+            event = upstream.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = yield ReadUpstream(silence)
+            except TimeoutError as e:
+                raise Refused(504, "upstream", f"the upstream was silent for {silence:g} s"
+                              ) from e
+            upstream.conn.receive_data(data)
+
+    # the upstream connection, kept alive between the agent's requests
+
+    def _connect_upstream(self, addresses: Sequence[IPAddress], target: Target) -> Steps:
+        tls_name = parse_host(target.host).name if target.tls else ""
+        cached = self._upstream
+        if cached is not None:
+            fresh = (cached.key[0] in {str(a) for a in addresses} and cached.key[1:] ==
+                     (target.port, tls_name) and cached.conn.our_state is h11.IDLE
+                     and (yield UpstreamAlive()))
+            if fresh:
+                return cached
+            yield from self._drop_upstream()
+        connected: Connected = yield Connect(addresses, target.port, tls_name or None)
+        self._upstream = _Upstream((connected.address, target.port, tls_name),
+                                   h11.Connection(h11.CLIENT), connected.spliceable)
+        return self._upstream
+
+    def _drop_upstream(self) -> Steps:
+        self._upstream = None
+        yield DropUpstream()
+
+    def _send(self, upstream: _Upstream, event: Any) -> Steps:
+        data = upstream.conn.send_with_data_passthrough(event)
+        if data:
+            yield SendUpstream(data)
+
+
+def account(conn: h11.Connection, amount: int) -> None:
+    """Tells h11 that `amount` body bytes went to its peer by another way (splice): its
+    Content-Length writer only counts them, and what it returns is dropped unwritten."""
+    while amount:
+        step = min(amount, len(_ZEROS))
+        conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _ZEROS[:step])))
+        amount -= step
+
+
+def spliceable_length(request: h11.Request, response: h11.Response,
+                      sent_headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body length of a response that may be spliced: one with a Content-Length the
+    agent's side sends on unchanged, and a body at all (not HEAD, 1xx, 204 or 304)."""
+    if request.method == b"HEAD" or response.status_code in (204, 304):
+        return None
+    if header(response.headers, b"transfer-encoding"):
+        return None
+    length = content_length(response.headers)
+    if length is None or content_length(sent_headers) != length:
+        return None
+    return length
+
+
+def _findings_text(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return ""
+    return "; it carries: " + ", ".join(sorted({f.kind for f in findings}))

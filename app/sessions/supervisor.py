@@ -1,0 +1,406 @@
+"""The supervisor: starts a session, watches it to its end and cleans up after it, on one
+asyncio loop. What it does along the way lives beside it: the engine (engine.py), the set-up
+(launch.py), the output pump (pump.py), limits (limits.py), files granted mid-run
+(delivery.py), revocation (revocation.py), the sweep (sweep.py) and the registry of running
+sessions (registry.py).
+
+Every engine call blocks, so each goes through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+import docker
+
+from app.activity import TreeWatcher
+from app.audit import Recorder
+from app.consent import Answer, ConsentBroker, ConsentRequest
+from app.console import Console, console_started
+from app.container import LABEL_OWNER, LABEL_SESSION, Identity
+from app.endings import request_stop, stop_requested
+from app.errors import EngineError, SessionError
+from app.events import EventBus, EventKind
+from app.grants import Grant, Lifetime, Mode
+from app.paths import Dirs
+from app.profiles import Profile, ProfileCatalog
+from app.sessions.delivery import SessionFiles
+from app.sessions.engine import DockerEngine, Engine, is_agent, kill_agent, session_containers
+from app.sessions.launch import SessionSetup
+from app.sessions.limits import DISK_RESERVE, disk_short, watch_disk, watch_limits
+from app.sessions.model import ExtensionFactory, LaunchRequest, Output, SessionResult
+from app.sessions.pump import OutputPump
+from app.sessions.registry import (
+    RunningSession,
+    SessionRegistry,
+    new_session_id,
+    process_alive,
+    process_token,
+)
+from app.sessions.revocation import Revocation
+from app.sessions.sweep import sweep_orphans
+from app.store import SessionRecord, SessionState, StateStore
+from app.threads import thread_bus
+from app.view import SessionView
+
+log = logging.getLogger(__name__)
+
+EXIT_TIMEOUT = 124
+STOP_GRACE_SECONDS = 5
+_E = TypeVar("_E")
+
+
+class Supervisor:
+    """Starts, watches and ends sessions; owns nothing global — the caller builds it.
+
+    `engine` is the container engine (a Docker client is wrapped in `DockerEngine`);
+    `registry` the sessions running here, shared with whoever needs to know them (the
+    broker's profile rules)."""
+
+    def __init__(
+        self,
+        engine: docker.DockerClient | Engine,
+        store: StateStore,
+        bus: EventBus,
+        dirs: Dirs,
+        catalog: ProfileCatalog,
+        identity: Identity | None = None,
+        extensions: Sequence[ExtensionFactory] = (),
+        broker: ConsentBroker | None = None,
+        recorder: Recorder | None = None,
+        disk_reserve: int = DISK_RESERVE,
+        registry: SessionRegistry | None = None,
+    ) -> None:
+        self.engine = engine  # as given: tests reach the Docker client through it
+        self._engine: Engine = (DockerEngine(engine) if isinstance(engine, docker.DockerClient)
+                                else engine)
+        self.store = store
+        self.bus = bus
+        self.dirs = dirs
+        self.catalog = catalog
+        self.identity = identity or Identity.for_caller()
+        self.owner = str(os.getuid())
+        self._extension_factories = tuple(extensions)
+        self.broker = broker  # where its sessions' questions go (portal, proxy)
+        self.sessions = registry or SessionRegistry()
+        self._revocation = Revocation(self._engine, self.owner, store, dirs)
+        self.files = SessionFiles(self.sessions, store, bus, self.identity, self._expire)
+        self._setup = SessionSetup(self._engine, store, bus, dirs, self.identity, self.owner,
+                                   self.files)
+        self._recorder = recorder  # the audit log's sink: no session runs while it fails
+        self.disk_reserve = disk_reserve
+        if recorder is not None:
+            recorder.on_failure(self._unrecorded)
+
+    @property
+    def last_session(self) -> str | None:
+        """The id of the latest session `run` started."""
+        return self.sessions.last_session
+
+    def extension(self, kind: type[_E]) -> _E | None:
+        """The extension factory of that type (e.g. the egress, for its network switch)."""
+        for factory in self._extension_factories:
+            if isinstance(factory, kind):
+                return factory
+        return None
+
+    async def aclose(self) -> None:
+        """Lets extension factories release what they keep between sessions (spares)."""
+        for factory in self._extension_factories:
+            close = getattr(factory, "aclose", None)
+            if close is not None:
+                await close()
+
+    # the life of a session
+
+    async def run(self, request: LaunchRequest, output: Output,
+                  named: Callable[[str], None] | None = None) -> SessionResult:
+        """Runs one session to its end. Cancelling the task stops and removes the container.
+        `named` hears the session's id before its first event."""
+        if self._recorder is not None and (why := self._recorder.check()):
+            raise SessionError(f"the audit log cannot be written ({why}): no session runs "
+                               "unrecorded; free space there and start it again")
+        self.dirs.sessions.mkdir(parents=True, exist_ok=True)
+        if (short := await asyncio.to_thread(self._disk_short)) is not None:
+            raise SessionError(f"{short}; free space there and start it again")
+        swept, image = await asyncio.gather(
+            asyncio.to_thread(self._sweep),
+            asyncio.to_thread(self._engine.image_id, request.profile),
+        )
+        self.report_swept(swept)  # events are published on the loop's thread only
+        seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
+        session_id = new_session_id()
+        if named is not None:
+            named(session_id)
+        view = SessionView(self.dirs.sessions / session_id / "view",
+                           private=(self.dirs.state, self.dirs.runtime))
+        running = RunningSession(session_id, view, image=image)
+        self.sessions.add(running)
+        exit_code, reason = 1, "failed to start"
+        try:
+            await asyncio.to_thread(self.store.add_session, SessionRecord(
+                id=session_id, profile=request.profile.name, image=image, container_id=None,
+                supervisor=process_token(), state=SessionState.STARTING, started_at=time.time(),
+            ))
+            running.guard = self._engine.guard(
+                [f"{LABEL_OWNER}={self.owner}", f"{LABEL_SESSION}={session_id}"])
+            grants = await self._setup.grants(session_id, request)
+            labels = self._setup.labels(running.id, request.profile)
+            additions = await self._setup.extensions(
+                running, request, labels, seccomp, self._extension_factories)
+            spec = await self._setup.spec(
+                running, request, image, seccomp, grants, labels, additions)
+            # The view mirrors absolute host paths, so its root stands for `/`.
+            running.watched[running.view.root] = Path("/")
+            running.watcher = TreeWatcher(session_id, self.bus, running.watched, on_unwatched=(
+                functools.partial(self._partly_unwatched, running, request.profile)))
+            await running.watcher.start()
+            running.container = await asyncio.to_thread(
+                self._engine.create, spec.create_kwargs())
+            exit_code, reason = await self._supervise(running, request, output)
+            return SessionResult(session_id, exit_code, reason)
+        except asyncio.CancelledError:
+            exit_code, reason = 130, "interrupted"
+            if running.container is not None:  # its end is recorded, as any other end
+                self.bus.emit(EventKind.SESSION_EXITED, session_id, session_id, code=exit_code,
+                              reason=stop_requested(self.dirs.sessions, session_id) or
+                              "interrupted: Airlock was told to stop it (a signal)")
+            raise
+        finally:
+            await asyncio.shield(self._end(running, exit_code, reason))
+
+    async def _supervise(
+        self, running: RunningSession, request: LaunchRequest, output: Output
+    ) -> tuple[int, str]:
+        container = running.container
+        assert container is not None
+        engine = self._engine
+        loop = asyncio.get_running_loop()
+        drained = loop.create_future()
+        pump = OutputPump(running.id, self.bus, output)
+        # Attached before it starts, so nothing is missed; with stdin too when the caller
+        # feeds it (a terminal, a pipe), over the engine's hijacked socket.
+        console: Console | None = None
+        if request.terminal is not None:
+            console = await asyncio.to_thread(engine.console, container, request.terminal.tty)
+            stream = console.chunks()
+        else:
+            stream = await asyncio.to_thread(engine.attach, container)
+        reader = loop.run_in_executor(None, pump.run, stream, loop, drained)
+        await asyncio.to_thread(engine.start, container)
+        if console is not None:
+            await console_started(console, request.terminal, output)
+        await asyncio.to_thread(self.store.set_session_running, running.id, container)
+        self.bus.emit(
+            EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
+            image=running.image, container=container[:12], uid=self.identity.uid,
+        )
+        if running.stop_reason:  # stopped while it was starting
+            await asyncio.to_thread(engine.kill, container)
+        if running.extensions:
+            context = running.context
+            assert context is not None
+            for extension in running.extensions:
+                await extension.started(context, container)
+        pid = (await asyncio.to_thread(engine.state, container)).pid
+        limits = loop.create_task(watch_limits(running.id, pid, self.bus))
+        running.tasks.add(loop.create_task(self._watch_disk(running)))
+        running.tasks.add(limits)
+        waiter = loop.create_task(asyncio.to_thread(engine.wait, container))
+        running.tasks.add(waiter)
+        reason = ""
+        done, _ = await asyncio.wait({waiter}, timeout=request.timeout or request.profile.timeout)
+        if not done:
+            reason = "timed out"
+            self.bus.emit(EventKind.SESSION_TIMEOUT, running.id, running.id,
+                          seconds=request.timeout or request.profile.timeout)
+            await asyncio.to_thread(engine.stop, container, STOP_GRACE_SECONDS)
+        code = await waiter
+        await asyncio.wait({reader, drained}, timeout=5)
+        if console is not None:
+            console.close()
+        limits.cancel()
+        pump.flush()
+        if (await asyncio.to_thread(engine.state, container)).oom_killed:
+            reason = "killed: out of memory"
+            self.bus.emit(EventKind.SESSION_OOM, running.id, running.id,
+                          limit=request.profile.resources.memory)
+        if reason == "timed out":
+            code = EXIT_TIMEOUT
+        elif running.stop_reason:
+            reason = running.stop_reason
+        elif asked := stop_requested(self.dirs.sessions, running.id):
+            reason = asked
+        elif not reason:
+            reason = _describe_exit(code)
+        self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
+        return code, reason
+
+    def _disk_short(self) -> str | None:
+        return disk_short(self.dirs.sessions, self.disk_reserve)
+
+    async def _watch_disk(self, running: RunningSession) -> None:
+        """Stops the session before what it stages fills the disk."""
+        short = await watch_disk(self.dirs.sessions, self.disk_reserve,
+                                 stopped=lambda: bool(running.stop_reason))
+        if short and running.container is not None:
+            running.stop_reason = f"stopped: {short}"
+            await asyncio.to_thread(self._engine.kill, running.container)
+
+    async def _end(self, running: RunningSession, exit_code: int, reason: str) -> None:
+        for timer in running.timers:
+            timer.cancel()
+        for task in running.tasks:
+            task.cancel()
+        removed = running.container is None or await asyncio.to_thread(
+            self._engine.remove, running.container)
+        if running.guard is not None:
+            running.guard.done()
+        if removed:
+            # No process is left that could write a staged file: committing may move them.
+            await asyncio.to_thread(running.staging.seal)
+        if running.volumes:
+            await asyncio.to_thread(self._engine.remove_volumes, running.volumes)
+        for extension in reversed(running.extensions):
+            try:
+                await extension.close()
+            except Exception:
+                log.exception("session %s: closing %r failed", running.id, extension)
+        if running.runtime_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, running.runtime_dir, True)
+        if running.watcher is not None:
+            await running.watcher.stop()
+        await asyncio.to_thread(running.view.discard)
+        await asyncio.to_thread(
+            self.store.end_session, running.id, SessionState.EXITED, exit_code, reason)
+        self.sessions.remove(running.id)
+
+    # what other commands do to sessions
+
+    def sweep(self) -> list[str]:
+        """Removes what crashed supervisors left behind: containers, views, live records.
+        Blocking; from a loop, `run` does it in a worker thread and reports on the loop."""
+        swept = self._sweep()
+        self.report_swept(swept)
+        return swept
+
+    def report_swept(self, swept: Sequence[str]) -> None:
+        for session in swept:
+            self.bus.emit(EventKind.SESSION_SWEPT, session, session,
+                          reason="ended with its supervisor (Airlock was killed or crashed)")
+
+    def _sweep(self) -> list[str]:
+        return sweep_orphans(self._engine, self.owner, self.store, self.dirs, self.sessions)
+
+    def live_sessions(self) -> list[SessionRecord]:
+        self.sweep()
+        return self.store.sessions(live_only=True)
+
+    def stop(self, session: str, reason: str = "stopped by `airlock stop`") -> list[str]:
+        """Stops a session's containers (its supervisor then ends it, for `reason`).
+        Blocking, and safe in a worker thread: sessions it had to sweep are returned for
+        `report_swept` on the caller's loop, not published from here."""
+        record = self.store.session(session)
+        if record is None or not record.live:
+            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
+        request_stop(self.dirs.sessions, session, reason)
+        containers = session_containers(self._engine, self.owner, session)
+        for container in containers:
+            try:
+                self._engine.stop(container.id, STOP_GRACE_SECONDS)
+            except EngineError as e:
+                raise EngineError(f"cannot stop session {session}: {e}") from e
+        if not containers or not process_alive(record.supervisor):
+            return self._sweep()
+        return []
+
+    def _partly_unwatched(self, running: RunningSession, profile: Profile, overflows: int) -> None:
+        """The agent's file activity overflowed the watch again and again: where the
+        profile says so, that stops the session."""
+        if profile.watch.unwatched != "stop":
+            return
+        running.stop_reason = running.stop_reason or (
+            "stopped: its file activity could not be watched (inotify queue overflowed "
+            f"{overflows} times)")
+        threading.Thread(target=kill_agent, args=(self._engine, self.owner, running.id),
+                         name=f"stop-{running.id}", daemon=True).start()
+
+    def _unrecorded(self, reason: str) -> None:
+        """The audit log cannot be written: every session is stopped at once, for nothing
+        may run unrecorded. Called on the thread that emitted the event that failed."""
+        message = (f"stopped: the audit log cannot be written ({reason}); free space there "
+                   "before starting it again")
+        for running in self.sessions:
+            running.stop_reason = running.stop_reason or message
+            threading.Thread(target=kill_agent, args=(self._engine, self.owner, running.id),
+                             name=f"stop-{running.id}", daemon=True).start()
+
+    def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
+        """The agent's process list, as `ps` inside the container would show it."""
+        record = self.store.session(session)
+        containers = (session_containers(self._engine, self.owner, session)
+                      if record is not None and record.live else [])
+        agents = [c for c in containers if is_agent(c)]
+        if not agents:
+            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
+        try:
+            return self._engine.top(agents[0].id)
+        except EngineError as e:
+            raise EngineError(f"cannot list the processes of {session}: {e}") from e
+
+    def rule_answer(self, request: ConsentRequest) -> Answer | None:
+        """The answer the requesting session's own profile gives (app/rules.py), if any."""
+        return self.sessions.rule_answer(request)
+
+    # files granted mid-run (app.delivery.FileDelivery, implemented by `files`)
+
+    async def open_files(
+        self,
+        session: str,
+        paths: Sequence[Path],
+        mode: Mode,
+        lifetime: Lifetime,
+        until: float | None = None,
+    ) -> list[PurePosixPath]:
+        return await self.files.open_files(session, paths, mode, lifetime, until)
+
+    async def save_files(
+        self, session: str, targets: Sequence[Path], lifetime: Lifetime
+    ) -> list[PurePosixPath]:
+        return await self.files.save_files(session, targets, lifetime)
+
+    async def _expire(self, grant: str) -> None:
+        await self.arevoke([grant])
+
+    def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
+        """Revokes grants and takes them out of every running session that uses them
+        (app/sessions/revocation.py). Blocking, and publishes on the bus from the calling
+        thread: for the command line; from the loop, `await arevoke(…)`."""
+        return self._revocation.revoke(grant_ids, self.bus)
+
+    async def arevoke(self, grant_ids: Sequence[str]) -> list[Grant]:
+        """`revoke` for the loop: done in a worker thread (database, tree walks, engine
+        calls), its events published on the loop's thread."""
+        relay = thread_bus(self.bus, asyncio.get_running_loop())
+        return await asyncio.to_thread(self._revocation.revoke, tuple(grant_ids), relay)
+
+
+def _describe_exit(code: int) -> str:
+    if code == 0:
+        return "exited normally"
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exited with status {code}"

@@ -1,0 +1,53 @@
+"""The reaper (app/reaper.py) against the real engine: when its supervisor's end of the pipe
+closes without "done", the session's containers go; after "done", nothing is touched."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import docker
+import pytest
+
+from app.sessions.engine import Reaper
+
+pytestmark = pytest.mark.docker
+
+
+def labelled(engine: docker.DockerClient, image: str) -> tuple[str, list[str]]:
+    label = f"org.airlock.test-reaper={secrets.token_hex(4)}"
+    key, _, value = label.partition("=")
+    container = engine.containers.create(image, ["sleep", "60"], labels={key: value})
+    return str(container.id), [label]
+
+
+def present(engine: docker.DockerClient, container: str) -> bool:
+    return bool(engine.api.containers(all=True, filters={"id": container}))
+
+
+def test_a_supervisor_gone_without_a_word_takes_its_session_s_containers_along(
+    engine: docker.DockerClient, agent_image: str
+) -> None:
+    container, labels = labelled(engine, agent_image)
+    reaper = Reaper(labels)
+    stdin = reaper._process.stdin
+    assert stdin is not None
+    stdin.close()  # as the kernel does when the supervisor dies
+    assert reaper._process.wait(timeout=30) == 0
+    assert not present(engine, container)
+
+
+def test_a_session_that_ended_as_usual_leaves_the_reaper_nothing_to_do(
+    engine: docker.DockerClient, agent_image: str
+) -> None:
+    container, labels = labelled(engine, agent_image)
+    try:
+        reaper = Reaper(labels)
+        reaper.done()
+        deadline = time.monotonic() + 30
+        while reaper._process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reaper._process.returncode == 0
+        assert present(engine, container)
+    finally:
+        engine.api.remove_container(container, force=True)
