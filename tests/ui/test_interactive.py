@@ -120,6 +120,7 @@ def test_an_interactive_shell_owns_a_real_terminal(
     p.send("jobs; echo jobs-done\r")
     p.expect(r"(?<!echo )jobs-done\r\n")  # no job left
     p.send("(exit 7)\r")
+    p.expect(r"\(exit 7\)\r\n")  # the command taken, then the prompt after it
     p.expect(PROMPT)
     p.send(b"\x04")  # bash leaves with the status of its last command: airlock passes it on
     assert p.wait() == 7
