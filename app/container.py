@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.console import Terminal
 from app.profiles import Profile
 
 NOBODY = 65534
@@ -18,6 +19,7 @@ LABEL_SUPERVISOR = "org.airlock.supervisor"
 LABEL_PROFILE = "org.airlock.profile"
 LABEL_ROLE = "org.airlock.role"  # "agent", or the sidecar's job ("bridge")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+AGENT_HOME = "/home/airlock"  # the agent's HOME: writable, size-limited, programs may run there
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,9 @@ class ContainerSpec:
     seccomp: str  # the profile's JSON text: the engine API takes content, not a path
     runtime: str | None
     network_mode: str = "none"
+    home_size: int = 256 * 1024**2  # a fresh home's tmpfs, unless a mount brings one
+    tty: bool = False  # a pseudo-terminal for the agent (app/console.py)
+    stdin: bool = False  # its stdin is attached: the caller's keystrokes or pipe
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments for the engine API's container create: the container's own settings,
@@ -100,9 +105,12 @@ class ContainerSpec:
             "environment": dict(self.environment),
             "working_dir": self.workdir,
             "labels": dict(self.labels),
-            "detach": True,
-            "stdin_open": False,
-            "tty": False,
+            # Not detached when stdin is attached: docker-py then sets StdinOnce, and the end
+            # of the caller's input is the end of the agent's (the engine closes the
+            # container's stdin when the one attached client closes its side).
+            "detach": not self.stdin,
+            "stdin_open": self.stdin,
+            "tty": self.tty,
             "host_config": self.host_config(),
         }
         if self.network_mode == "none":
@@ -127,7 +135,7 @@ class ContainerSpec:
             # clear and without bound, under /var/lib/docker): the session reads the
             # attached streams, and records only fingerprints.
             "log_config": {"type": "none", "config": {}},
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"},
+            "tmpfs": self.tmpfs(),
             "ulimits": _ulimits(),
             "mounts": [
                 Mount(
@@ -151,6 +159,16 @@ class ContainerSpec:
         return config
 
 
+    def tmpfs(self) -> dict[str, str]:
+        """/tmp, where nothing runs, and a fresh home where programs may (agents unpack
+        helpers and scripts there); both size-limited, and gone with the container."""
+        mounts = {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"}
+        if not any(str(mount.target) == AGENT_HOME for mount in self.mounts):
+            mounts[AGENT_HOME] = (f"rw,nosuid,nodev,exec,size={self.home_size},mode=0700,"
+                                  f"uid={self.identity.uid},gid={self.identity.gid}")
+        return mounts
+
+
 def _ulimits() -> list[Any]:
     from docker.types import Ulimit
 
@@ -162,7 +180,7 @@ def container_environment(profile: Profile, session: str) -> dict[str, str]:
     and what Airlock sets."""
     environment = {
         "PATH": CONTAINER_PATH,
-        "HOME": "/tmp",
+        "HOME": AGENT_HOME,
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
         "AIRLOCK_SESSION": session,
@@ -184,10 +202,13 @@ def build_spec(
     labels: Mapping[str, str],
     additions: Sequence[ContainerAdditions] = (),
     staged: Sequence[BindMount | VolumeMount] = (),
+    terminal: Terminal | None = None,
 ) -> ContainerSpec:
     """`anchors` are (view directory on the host, path in the container) pairs, mounted
     read-only; `staged` are the writable places whose writes are staged."""
     environment = container_environment(profile, session)
+    if terminal is not None:
+        environment.update(terminal.environment())
     mounts = [BindMount(source, target) for source, target in anchors]
     mounts += [m for m in staged if isinstance(m, BindMount)]
     volumes = tuple(m for m in staged if isinstance(m, VolumeMount))
@@ -220,4 +241,7 @@ def build_spec(
         seccomp=seccomp,
         runtime=profile.runtime,
         network_mode=network_mode,
+        home_size=profile.home.size,
+        tty=terminal is not None and terminal.tty,
+        stdin=terminal is not None,
     )

@@ -3,13 +3,20 @@ requests over a unix socket, so the command line starts agents without loading t
 
 The socket lives in the user's runtime directory (0700) and every peer's uid is checked with
 SO_PEERCRED. Framing is binary and tiny, so the client needs nothing but the standard
-library: the request is one JSON line; each reply frame is one type byte, a 4-byte big-endian
-length and the payload:
+library: the request is one JSON line; each frame after it, both ways, is one type byte, a
+4-byte big-endian length and the payload. From the supervisor:
+    S       the session's id, before anything else of it
     O / E   the agent's stdout / stderr bytes
     N       a notice line for the terminal (UTF-8)
-    X       the end: JSON {"exit": code, "session": id, "rule": commit rule}
+    X       the end: JSON {"exit": code, "session": id, "rule": commit rule,
+            "denied": [[kind, subject, who], ...] the questions denied meanwhile}
     R       a refusal: JSON {"error": message, "exit": code}
-Closing the connection (Ctrl-C in the client) stops the session.
+From the client, when its request has a "terminal" (app/console.py's Terminal as JSON):
+    I       keystrokes or piped input for the agent
+    D       the end of that input
+    W       the terminal's new size: two big-endian 16-bit numbers, rows and columns
+    K       stop the session (Airlock's menu on the client's terminal)
+Closing the connection (Ctrl-C in the client, the client killed) stops the session.
 """
 
 from __future__ import annotations
@@ -20,14 +27,19 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.consent import DenyAll
+from app.console import Console, Terminal
+from app.endings import request_stop
 from app.errors import AirlockError
-from app.events import Event
+from app.events import Event, EventKind
 from app.grants import parse_grant_argument
 from app.profiles import parse_duration
+from app.questions import QuestionQueue, SessionRoutes
 from app.sessions import LaunchRequest, Supervisor
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,7 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct(">cI")
 REQUEST_SECONDS = 10.0  # from connecting to the request's end of line
 MAX_WAITING = 32  # connections whose request has not come yet; more are turned away
+MAX_FRAME = 1024 * 1024  # from the client: keystrokes, piped input in pieces
 
 Notice = Callable[[Event], str | None]
 CANNOT_ASK = 75  # the client then supervises the session itself, with its terminal prompt
@@ -46,10 +59,17 @@ class CannotAsk(AirlockError):
 
 class HandoffServer:
     def __init__(self, supervisor: Supervisor, path: Path, notice: Notice,
-                 interactive: bool = False) -> None:
+                 interactive: bool = False, questions: QuestionQueue | None = None,
+                 routes: SessionRoutes | None = None) -> None:
         self.supervisor = supervisor
         self.path = path
-        self.interactive = interactive  # can it put questions to the user (the desktop app)?
+        # Can it put questions to the user: the desktop app (its dialogs), or a headless
+        # supervisor whose questions wait for `airlock ask` (`questions`, routed per session
+        # by `routes`, the broker's front end).
+        self.interactive = interactive or questions is not None
+        self.questions = questions
+        self.routes = routes
+        self.last_activity = time.monotonic()  # a session or a client: not idle
         self._notice = notice
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -115,12 +135,13 @@ class HandoffServer:
         finally:
             self._waiting -= 1
         try:
-            request = self._request(json.loads(line))
+            data = json.loads(line)
+            request = self._request(data)
         except (AirlockError, ValueError, KeyError, TypeError) as e:
             code = e.exit_code if isinstance(e, AirlockError) else 2
             await _frame(writer, b"R", _json({"error": str(e), "exit": code}))
             return
-        await self._run(request, reader, writer)
+        await self._run(request, reader, writer, asks=data.get("ask") == "tty")
 
     def _request(self, data: object) -> LaunchRequest:
         """Validates the client's request exactly as `airlock run` validates its arguments."""
@@ -150,18 +171,32 @@ class HandoffServer:
         timeout = data.get("timeout")
         seconds = parse_duration(timeout) if timeout else None
         return LaunchRequest(profile, profile_path, grants,
-                             tuple(command) if command else None, seconds)
+                             tuple(command) if command else None, seconds,
+                             _terminal(data.get("terminal")))
+
+    @property
+    def busy(self) -> bool:
+        """Whether a client is connected (and so, whether a handed-off session runs)."""
+        return bool(self._tasks)
 
     async def _run(self, request: LaunchRequest, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter) -> None:
+                   writer: asyncio.StreamWriter, asks: bool = False) -> None:
         loop = asyncio.get_running_loop()
         session_ids: set[str] = set()
 
+        denied: list[list[str]] = []  # (kind, subject, by) of each question denied
+
         def forward(event: Event) -> None:
             if event.session in session_ids:  # this client's session: not another one's
+                if (event.kind is EventKind.REQUEST_ANSWERED
+                        and event.details.get("verdict") == "deny"):
+                    denied.append([str(event.details.get("asks", "")), event.subject,
+                                   str(event.details.get("by", ""))])
                 text = self._notice(event)
                 if text:
                     writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
+
+        console: asyncio.Future[Console] = loop.create_future()
 
         class Output:
             def write(self, stream: str, data: bytes) -> None:
@@ -172,12 +207,27 @@ class HandoffServer:
                 # prints more than a slow terminal shows waits, as it would on the terminal.
                 await writer.drain()
 
+            def attached(self, attached: Console) -> None:
+                if not console.done():
+                    console.set_result(attached)
+
+        def named(session: str) -> None:
+            session_ids.add(session)
+            if self.routes is not None:
+                self.routes.route(session, self.questions if asks and self.questions
+                                  else DenyAll())
+            writer.write(HEADER.pack(b"S", len(session.encode())) + session.encode())
+
         self.supervisor.bus.attach(forward)
-        run = loop.create_task(self.supervisor.run(request, Output(), named=session_ids.add))
-        gone = loop.create_task(reader.read())  # EOF: the client left (Ctrl-C)
+        run = loop.create_task(self.supervisor.run(request, Output(), named=named))
+        # Ends at EOF: the client left (Ctrl-C, killed).
+        gone = loop.create_task(self._client_frames(reader, console, session_ids))
         try:
             done, _ = await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
             if run not in done:
+                for session in session_ids:
+                    request_stop(self.supervisor.dirs.sessions, session,
+                                 "interrupted: `airlock run` was interrupted or killed")
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 return
@@ -186,12 +236,57 @@ class HandoffServer:
             except AirlockError as e:
                 await _frame(writer, b"R", _json({"error": str(e), "exit": e.exit_code}))
                 return
-            await _frame(writer, b"X", _json({"exit": result.exit_code,
+            await _frame(writer, b"X", _json({"exit": result.exit_code, "denied": denied,
                                               "session": result.session,
                                               "rule": request.profile.approval.commit}))
         finally:
             gone.cancel()
             self.supervisor.bus.detach(forward)
+            for session in session_ids:
+                if self.routes is not None:
+                    self.routes.forget(session)
+            self.last_activity = time.monotonic()
+
+
+    async def _client_frames(self, reader: asyncio.StreamReader,
+                             console: asyncio.Future[Console], sessions: set[str]) -> None:
+        """The client's keystrokes, end of input, resizes and stop, applied in order; returns
+        when the client leaves (or breaks the framing, which is the same)."""
+        while True:
+            try:
+                header = await reader.readexactly(HEADER.size)
+                kind, size = HEADER.unpack(header)
+                if size > MAX_FRAME:
+                    return
+                payload = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if kind == b"K":
+                for session in sessions:
+                    await asyncio.to_thread(self.supervisor.stop, session,
+                                            "stopped from the terminal's Airlock menu")
+                continue
+            target = await console  # input before the agent runs waits for it
+            if kind == b"I":
+                await asyncio.to_thread(target.write, payload)
+            elif kind == b"D":
+                await asyncio.to_thread(target.close_stdin)
+            elif kind == b"W" and size == 4:
+                rows, cols = struct.unpack(">HH", payload)
+                await asyncio.to_thread(target.resize, rows, cols)
+
+
+def _terminal(data: object) -> Terminal | None:
+    """The client's terminal, checked: a client that sends none gets no stdin (older ones)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("terminal must be a JSON object")
+    rows, cols = data.get("rows", 24), data.get("cols", 80)
+    if not all(isinstance(n, int) and 0 < n < 65536 for n in (rows, cols)):
+        raise ValueError("terminal rows and cols must be numbers of 1 to 65535")
+    return Terminal(bool(data.get("tty")), rows, cols, str(data.get("term", "")),
+                    str(data.get("colorterm", "")))
 
 
 def _json(value: dict[str, Any]) -> bytes:

@@ -222,6 +222,14 @@ class Approval(Strict):
     timeout: Duration = 120.0
 
 
+class Home(Strict):
+    """The agent's writable HOME: a fresh one per session, or kept per profile (`persist`)
+    in Airlock's state directory, from one session to the next."""
+
+    persist: bool = False
+    size: Size = 256 * 1024**2
+
+
 class Watch(Strict):
     # What to do with a session whose file activity overflowed the watch again and again
     # (see app/activity.py): show it as partly unwatched, or also stop it.
@@ -259,6 +267,7 @@ class Profile(Strict):
     resources: Resources = Field(default_factory=Resources)
     network: Network = Field(default_factory=Network)
     approval: Approval = Field(default_factory=Approval)
+    home: Home = Field(default_factory=Home)
     watch: Watch = Field(default_factory=Watch)
     grants: tuple[DefaultGrant, ...] = ()
 

@@ -141,6 +141,8 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
         "XDG_STATE_HOME": str(who.base / ".state"),
         "XDG_CONFIG_HOME": str(who.base / ".config"),
         "LANG": "C.UTF-8",
+        # No background supervisor outliving the test (tests/ui/test_warm.py turns it on).
+        "AIRLOCK_AUTOSTART": "0",
     }
     yield who
     shutil.rmtree(runtime, ignore_errors=True)

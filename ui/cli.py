@@ -35,6 +35,8 @@ COMMANDS = {
     "watch": "ui.commands.watch",
     "net": "ui.commands.net",
     "secret": "ui.commands.secret",
+    "ask": "ui.commands.ask",
+    "homes": "ui.commands.homes",
 }
 
 

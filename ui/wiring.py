@@ -10,9 +10,10 @@ from app.audit import AuditLog, Recorder
 from app.consent import ConsentBroker, FrontEnd
 from app.engine import connect_engine
 from app.events import EventBus
+from app.homes import AgentHomes
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
-from app.sessions import ExtensionFactory, SessionRegistry, Supervisor
+from app.sessions import DockerEngine, ExtensionFactory, SessionRegistry, Supervisor
 from app.store import StateStore
 
 
@@ -60,7 +61,8 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
         egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
                         spares=dirs.runtime / "spares" if long_running else None)
-        extensions: list[ExtensionFactory] = [portal_extension(broker, hosts=egress), egress]
+        extensions: list[ExtensionFactory] = [
+            AgentHomes(dirs, DockerEngine(engine)), portal_extension(broker, hosts=egress), egress]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
                                 extensions=extensions, broker=broker, recorder=core.recorder,
                                 registry=sessions)

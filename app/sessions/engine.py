@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import docker
 import docker.errors
 
+from app.console import Console
 from app.container import LABEL_OWNER, LABEL_ROLE, LABEL_SESSION
 from app.errors import EngineError, GrantError, ImageError
 from app.profiles import Profile
@@ -65,6 +67,10 @@ class Engine(Protocol):
     def attach(self, container: str) -> Iterator[Chunk]:
         """The container's output streams, from before it starts; ends when they close.
         May raise EngineError, OSError or ValueError while being read."""
+
+    def console(self, container: str, tty: bool) -> Console:
+        """Stdin, stdout and stderr of the container as one connection (a terminal's raw
+        stream when `tty`), from before it starts; its resizes."""
 
     def start(self, container: str) -> None: ...
 
@@ -174,6 +180,24 @@ class DockerEngine:
             raise EngineError(f"cannot attach to container {container[:12]}: "
                               f"{e.explanation}") from e
         return self._read(stream)
+
+    def console(self, container: str, tty: bool) -> Console:
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        try:
+            raw = self.client.api.attach_socket(container, params=params)
+        except docker.errors.APIError as e:
+            raise EngineError(f"cannot attach to the agent's console: {e.explanation}") from e
+        sock = getattr(raw, "_sock", raw)  # a SocketIO over the unix socket, or the socket
+        if not isinstance(sock, socket.socket):
+            raise EngineError("the engine's attach connection is not a socket")
+
+        def resize(rows: int, cols: int) -> None:
+            try:
+                self.client.api.resize(container, height=rows, width=cols)
+            except docker.errors.APIError as e:
+                raise EngineError(f"cannot resize: {e.explanation}") from e
+
+        return Console(sock, tty, resize, container, keep=raw)
 
     @staticmethod
     def _read(stream: Any) -> Iterator[Chunk]:

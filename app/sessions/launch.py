@@ -141,6 +141,7 @@ class SessionSetup:
             identity=self.identity, anchors=mounts,
             first_grant=grants[0].path if grants else None, seccomp=seccomp,
             labels=dict(labels, **{LABEL_ROLE: "agent"}), additions=additions, staged=staged,
+            terminal=request.terminal,
         )
 
     def labels(self, session: str, profile: Profile) -> dict[str, str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from app.console import Terminal
 from app.container import ContainerAdditions, Identity
 from app.delivery import FileDelivery
 from app.events import EventBus
@@ -70,6 +71,7 @@ class LaunchRequest:
     grants: tuple[GrantRequest, ...] = ()
     command: tuple[str, ...] | None = None
     timeout: float | None = None
+    terminal: Terminal | None = None  # None: the agent's stdin is empty (the desktop app)
 
 
 @dataclass(frozen=True, slots=True)

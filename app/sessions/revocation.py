@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.delivery import DOCUMENTS
+from app.endings import request_stop
 from app.errors import GrantError
 from app.events import EventBus, EventKind
 from app.grants import Grant
@@ -173,6 +174,9 @@ class Revocation:
             case Withdraw(session, grant):
                 self._staging(session).withdraw(grant)
             case StopAgent(session):
+                # Its end says why, not only the signal (app/endings.py).
+                request_stop(self._dirs.sessions, session,
+                             "stopped: a read-write folder it was granted was revoked")
                 kill_agent(self._engine, self._owner, session)
             case Unshow(session, path, keep):
                 self._view(session).remove(path, keep=list(keep))

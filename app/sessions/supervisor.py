@@ -26,7 +26,9 @@ import docker
 from app.activity import TreeWatcher
 from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
+from app.console import Console, console_started
 from app.container import LABEL_OWNER, LABEL_SESSION, Identity
+from app.endings import request_stop, stop_requested
 from app.errors import EngineError, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, Lifetime, Mode
@@ -169,6 +171,10 @@ class Supervisor:
             return SessionResult(session_id, exit_code, reason)
         except asyncio.CancelledError:
             exit_code, reason = 130, "interrupted"
+            if running.container is not None:  # its end is recorded, as any other end
+                self.bus.emit(EventKind.SESSION_EXITED, session_id, session_id, code=exit_code,
+                              reason=stop_requested(self.dirs.sessions, session_id) or
+                              "interrupted: Airlock was told to stop it (a signal)")
             raise
         finally:
             await asyncio.shield(self._end(running, exit_code, reason))
@@ -182,10 +188,18 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         drained = loop.create_future()
         pump = OutputPump(running.id, self.bus, output)
-        # Attached before it starts, so nothing is missed.
-        stream = await asyncio.to_thread(engine.attach, container)
+        # Attached before it starts, so nothing is missed; with stdin too when the caller
+        # feeds it (a terminal, a pipe), over the engine's hijacked socket.
+        console: Console | None = None
+        if request.terminal is not None:
+            console = await asyncio.to_thread(engine.console, container, request.terminal.tty)
+            stream = console.chunks()
+        else:
+            stream = await asyncio.to_thread(engine.attach, container)
         reader = loop.run_in_executor(None, pump.run, stream, loop, drained)
         await asyncio.to_thread(engine.start, container)
+        if console is not None:
+            await console_started(console, request.terminal, output)
         await asyncio.to_thread(self.store.set_session_running, running.id, container)
         self.bus.emit(
             EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
@@ -213,6 +227,8 @@ class Supervisor:
             await asyncio.to_thread(engine.stop, container, STOP_GRACE_SECONDS)
         code = await waiter
         await asyncio.wait({reader, drained}, timeout=5)
+        if console is not None:
+            console.close()
         limits.cancel()
         pump.flush()
         if (await asyncio.to_thread(engine.state, container)).oom_killed:
@@ -223,6 +239,8 @@ class Supervisor:
             code = EXIT_TIMEOUT
         elif running.stop_reason:
             reason = running.stop_reason
+        elif asked := stop_requested(self.dirs.sessions, running.id):
+            reason = asked
         elif not reason:
             reason = _describe_exit(code)
         self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
@@ -278,7 +296,8 @@ class Supervisor:
 
     def report_swept(self, swept: Sequence[str]) -> None:
         for session in swept:
-            self.bus.emit(EventKind.SESSION_SWEPT, session, session)
+            self.bus.emit(EventKind.SESSION_SWEPT, session, session,
+                          reason="ended with its supervisor (Airlock was killed or crashed)")
 
     def _sweep(self) -> list[str]:
         return sweep_orphans(self._engine, self.owner, self.store, self.dirs, self.sessions)
@@ -287,13 +306,14 @@ class Supervisor:
         self.sweep()
         return self.store.sessions(live_only=True)
 
-    def stop(self, session: str) -> list[str]:
-        """Stops a session's containers (its supervisor then ends it). Blocking, and safe in a
-        worker thread: sessions it had to sweep are returned for `report_swept` on the
-        caller's loop, not published from here."""
+    def stop(self, session: str, reason: str = "stopped by `airlock stop`") -> list[str]:
+        """Stops a session's containers (its supervisor then ends it, for `reason`).
+        Blocking, and safe in a worker thread: sessions it had to sweep are returned for
+        `report_swept` on the caller's loop, not published from here."""
         record = self.store.session(session)
         if record is None or not record.live:
             raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
+        request_stop(self.dirs.sessions, session, reason)
         containers = session_containers(self._engine, self.owner, session)
         for container in containers:
             try:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.container import NOBODY, Identity, build_spec
+from app.console import Terminal
+from app.container import NOBODY, BindMount, ContainerAdditions, Identity, build_spec
 from app.profiles import parse_profile
 
 PROFILE = parse_profile(
@@ -45,7 +46,12 @@ def test_hardening_controls() -> None:
     assert kwargs["pids_limit"] == 99
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == 300 * 1024**2
     assert kwargs["nano_cpus"] == 500_000_000
-    assert kwargs["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,noexec,size={8 * 1024**2}"}
+    assert kwargs["tmpfs"] == {
+        "/tmp": f"rw,nosuid,nodev,noexec,size={8 * 1024**2}",
+        # The agent's own home: programs may run there, it is size-limited, and it is theirs.
+        "/home/airlock": f"rw,nosuid,nodev,exec,size={256 * 1024**2},mode=0700,uid=1000,"
+                         "gid=1000",
+    }
     assert kwargs["ipc_mode"] == "private"
     assert kwargs["log_config"] == {"type": "none", "config": {}}  # no copy of its output
     assert "privileged" not in kwargs and "cap_add" not in kwargs and "devices" not in kwargs
@@ -63,7 +69,7 @@ def test_environment_is_clean() -> None:
     environment = spec_kwargs()["environment"]
     assert environment == {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/tmp",
+        "HOME": "/home/airlock",
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
         "AIRLOCK_SESSION": "s1",
@@ -92,3 +98,24 @@ def test_root_caller_never_runs_the_agent_as_root(monkeypatch: pytest.MonkeyPatc
     assert Identity.for_caller({}) == Identity(NOBODY, NOBODY)
     assert Identity.for_caller({"SUDO_UID": "1000", "SUDO_GID": "1001"}) == Identity(1000, 1001)
     assert Identity.for_caller({"SUDO_UID": "0", "SUDO_GID": "0"}) == Identity(NOBODY, NOBODY)
+
+
+def test_a_kept_home_replaces_the_fresh_one() -> None:
+    kept = ContainerAdditions(mounts=(BindMount(Path("/state/homes/p"), Path("/home/airlock"),
+                                                read_only=False),))
+    kwargs = spec_kwargs(additions=[kept])
+    assert "/home/airlock" not in kwargs["tmpfs"]  # type: ignore[operator]
+    assert any(m["Target"] == "/home/airlock" and m["ReadOnly"] is False
+               for m in kwargs["mounts"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("terminal", "tty", "stdin"), [
+    (None, False, False),
+    (Terminal(False), False, True),
+    (Terminal(True, term="screen"), True, True),
+])
+def test_a_terminal_and_stdin_only_when_asked(terminal: Terminal | None, tty: bool,
+                                             stdin: bool) -> None:
+    kwargs = spec_kwargs(terminal=terminal)
+    assert (kwargs["tty"], kwargs["stdin_open"], kwargs["detach"]) == (tty, stdin, not stdin)
+    assert ("TERM" in kwargs["environment"]) is tty  # type: ignore[operator]

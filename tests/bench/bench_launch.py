@@ -20,6 +20,7 @@ from app.grants import GrantRequest, Mode
 from app.paths import Dirs
 from app.profiles import load_profile_file
 from app.sessions import LaunchRequest, Supervisor
+from tests.ptyterm import PtyProcess
 from tests.support import AIRLOCK, profile_text
 from ui.wiring import open_supervisor
 
@@ -114,3 +115,60 @@ def test_launch_latency_against_bare_docker_run(
     print(f"\nlaunch to first output, median of {RUNS} runs (target <= 1.3x):")
     for label, seconds in rows:
         print(f"  {label:44} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+
+
+def first_screen_seconds(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Spawn on a terminal to the agent's first words on it."""
+    started = time.perf_counter()
+    terminal = PtyProcess(["env", "-i", *(f"{k}={v}" for k, v in env.items()), *command], cwd)
+    try:
+        terminal.expect("ready", timeout=60)
+        elapsed = time.perf_counter() - started
+        assert terminal.wait() == 0, terminal.tail()
+    finally:
+        terminal.close()
+    return elapsed
+
+
+@pytest.mark.bench
+def test_interactive_launch_against_docker_run_it(
+    tmp_path: Path, agent_image: str, engine: docker.DockerClient
+) -> None:
+    """The agent on a terminal: `airlock run` supervising itself (cold), and handed to the
+    background supervisor the first run started (warm), against `docker run -it`."""
+    docker_cli = shutil.which("docker")
+    assert docker_cli, "the docker command line is needed for the baseline"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("ready\n")
+    profile = tmp_path / "bench.toml"
+    profile.write_text(profile_text(agent_image, ["cat", "a.md"]))
+    runtime = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+           "TERM": "xterm-256color", "XDG_STATE_HOME": str(tmp_path / "state"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_RUNTIME_DIR": str(runtime),
+           "AIRLOCK_AUTOSTART": "1", "AIRLOCK_IDLE_EXIT": "60"}
+    bare = [docker_cli, "run", "-it", "--rm", "--network", "none", "--read-only",
+            "-v", f"{notes}:{notes}:ro", "-w", str(notes), agent_image, "cat", "a.md"]
+    cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant",
+            str(notes)]
+    warm = [str(AIRLOCK), "run", "--profile", str(profile), "--grant", str(notes)]
+    first_screen_seconds(bare, tmp_path, env)
+    first_screen_seconds(cold, tmp_path, env)
+    first_screen_seconds(warm, tmp_path, env)  # starts the background supervisor
+    bare_times, cold_times, warm_times = [], [], []
+    try:
+        for _ in range(RUNS):
+            bare_times.append(first_screen_seconds(bare, tmp_path, env))
+            cold_times.append(first_screen_seconds(cold, tmp_path, env))
+            warm_times.append(first_screen_seconds(warm, tmp_path, env))
+    finally:
+        subprocess.run([str(AIRLOCK), "sessions"], env=env, capture_output=True)
+    base = statistics.median(bare_times)
+    print(f"\ninteractive launch to the agent's first output, median of {RUNS} (target <= 1.3x):")
+    for label, seconds in [("docker run -it", base),
+                           ("airlock run on a terminal, cold (supervising itself)",
+                            statistics.median(cold_times)),
+                           ("airlock run on a terminal, warm (background supervisor)",
+                            statistics.median(warm_times))]:
+        print(f"  {label:56} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")

@@ -325,7 +325,7 @@ def test_ps_stop_and_interrupt_leave_no_container(
         assert containers(engine, label) == []
         assert json.loads(tester.run("sessions", "--json").stdout) == []
     interrupted = json.loads(tester.run("sessions", "--all", "--json").stdout)
-    assert [s["reason"] for s in interrupted] == ["killed by SIGTERM", "interrupted"]
+    assert [s["reason"] for s in interrupted] == ["stopped by `airlock stop`", "interrupted"]
 
 
 def test_a_killed_supervisor_does_not_leave_its_agent_running_unwatched(

@@ -1,8 +1,11 @@
-"""`airlock run`: one agent session in the foreground, its output streamed to the terminal.
+"""`airlock run`: one agent session in the foreground, on this terminal (ui/interactive.py:
+the agent owns it) or with its streams piped.
 
 When a supervisor is already running (the desktop app, or `airlock daemon`), the session is
-handed to it and this process is a thin client; otherwise it supervises the session itself.
-The core is imported only on that second path, so the first one starts fast.
+handed to it and this process is a thin client; when none runs, one is started in the
+background (warm start, ui/commands/daemon.py); with `--in-process` (or if that fails) this
+process supervises the session itself. The core is imported only on that last path, so the
+others start fast.
 """
 
 from __future__ import annotations
@@ -130,12 +133,26 @@ async def run_session(supervisor: Supervisor, request: LaunchRequest,
 def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None) -> int | None:
     """Runs the session in the already running supervisor; None if there is none."""
     sock = handoff_client.connect(ctx.dirs.supervisor_socket)
+    if sock is None and os.environ.get("AIRLOCK_AUTOSTART", "1") != "0":
+        # Warm start: a background supervisor takes this run and the next ones.
+        from ui.commands.daemon import start_background
+
+        if start_background(ctx):
+            sock = handoff_client.connect(ctx.dirs.supervisor_socket)
     if sock is None:
         return None
+    from ui.rawmode import wants_tty, window_size
+
+    tty = wants_tty(args.tty)
+    rows, cols = window_size(sys.stdin.fileno())
+    terminal = {"tty": tty, "rows": rows, "cols": cols, "term": os.environ.get("TERM", ""),
+                "colorterm": os.environ.get("COLORTERM", "")}
     request = {"profile": args.profile, "grants": args.grant, "command": command,
-               "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask}
+               "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask,
+               "terminal": terminal}
     try:
-        end = handoff_client.run(sock, request)
+        end = handoff_client.run(sock, request, tty, lambda s: session_grants(ctx, s),
+                                 lambda s: answer_waiting(ctx.dirs.runtime, s))
     except handoff_client.HandoffRefused as e:
         if e.exit_code == CANNOT_ASK:
             return None  # a headless supervisor: keep the session here, with its prompt
@@ -149,12 +166,38 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
     except ConnectionError as e:
         raise AirlockError(f"{e}; the session ended with it") from e
     session = str(end["session"])
+    denied = end.get("denied") or []
+    if denied:
+        from ui.interactive import denial_summary
+
+        summary = denial_summary([(str(k), str(s), str(b)) for k, s, b in denied])
+        print(f"airlock: {summary}", file=sys.stderr, flush=True)
     if any((ctx.dirs.sessions / session / "staging").glob("*/root.json")):
         from ui.wiring import open_core  # only now: there is something to review
 
         with open_core(ctx.dirs) as core:
             review_after_run(ctx, core.bus, session, str(end["rule"]), args.review)
     return int(end["exit"])
+
+
+def session_grants(ctx: Context, session: str) -> list[str]:
+    """For Airlock's menu on a handed-off session's terminal: what the agent may see."""
+    import time
+
+    from app.store import StateStore
+
+    store = StateStore(ctx.dirs.database)
+    try:
+        return [f"  {g.id}  {g.mode}  {g.path}" for g in store.session_grants(session, time.time())]
+    finally:
+        store.close()
+
+
+def answer_waiting(runtime: Path, session: str) -> None:
+    """For Airlock's menu on a handed-off session's terminal: its questions, one by one."""
+    from ui.commands.ask import answer_waiting as answer
+
+    answer(runtime, session)
 
 
 def handle(ctx: Context, args: argparse.Namespace) -> int:
@@ -169,13 +212,20 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     import asyncio
 
     from app.consent import DenyAll, FrontEnd
+    from app.console import Terminal
     from app.grants import parse_grant_argument
     from app.profiles import parse_duration
+    from app.questions import QuestionQueue
     from app.sessions import LaunchRequest
     from ui.prompt import TerminalPrompt
+    from ui.rawmode import is_terminal, wants_tty, window_size
     from ui.wiring import open_supervisor
 
-    front_end: FrontEnd = TerminalPrompt() if args.ask == "tty" else DenyAll()
+    tty = wants_tty(args.tty)
+    # The agent reads this terminal: a question must not (see ui/interactive.py).
+    questions = (QuestionQueue() if args.ask == "tty" and is_terminal(sys.stdin.fileno())
+                 else None)
+    front_end: FrontEnd = questions or (TerminalPrompt() if args.ask == "tty" else DenyAll())
     output = TerminalOutput(front_end.gate if isinstance(front_end, TerminalPrompt) else None)
     with open_supervisor(ctx.dirs, front_end) as supervisor:
         profile_path = supervisor.catalog.find(args.profile)
@@ -186,10 +236,16 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
             timeout = parse_duration(args.timeout) if args.timeout else None
         except ValueError as e:
             raise AirlockError(f"--timeout: {e}") from e
+        terminal = Terminal.from_environment(tty, *window_size(sys.stdin.fileno()), os.environ)
         request = LaunchRequest(profile, profile_path, grants,
-                                tuple(command) if command else None, timeout)
-        supervisor.bus.attach(output.print_notice)
-        code = asyncio.run(run_session(supervisor, request, output))
+                                tuple(command) if command else None, timeout, terminal)
+        if tty or questions is not None or not is_terminal(sys.stdin.fileno()):
+            from ui.interactive import run_interactive
+
+            code = run_interactive(supervisor, request, tty, questions, notice_text, output)
+        else:
+            supervisor.bus.attach(output.print_notice)
+            code = asyncio.run(run_session(supervisor, request, output))
         session = supervisor.last_session
         if session is not None:
             review_after_run(ctx, supervisor.bus, session, profile.approval.commit, args.review)
@@ -262,6 +318,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="who answers the agent's requests for files, hosts and uploads: "
                              "a prompt on this terminal (default on a terminal) or nobody, "
                              "which denies them (default otherwise)")
+    tty = parser.add_mutually_exclusive_group()
+    tty.add_argument("-t", "--tty", dest="tty", action="store_const", const=True,
+                     help="give the agent a terminal even if this is not one")
+    tty.add_argument("-T", "--no-tty", dest="tty", action="store_const", const=False,
+                     help="plain streams for the agent even on a terminal (default: a "
+                          "terminal when stdin and stdout are both terminals)")
     parser.add_argument("--in-process", action="store_true",
                         help="supervise the session in this process even if a supervisor "
                              "(the desktop app, `airlock daemon`) is running")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.console import Console
 from app.errors import ImageError
 from app.profiles import Profile
 from app.sessions.engine import Chunk, ContainerState, Guard, Listed
@@ -93,6 +94,11 @@ class MemoryEngine:
                 yield chunk
 
         return read()
+
+    def console(self, container: str, tty: bool) -> Console:
+        # Interactive sessions are tested against the real engine, through a real pty
+        # (tests/ui/test_interactive.py): a fake terminal would prove nothing.
+        raise NotImplementedError("the in-memory engine has no console")
 
     def start(self, container: str) -> None:
         found = self.containers_by_id[container]

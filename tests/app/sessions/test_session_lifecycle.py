@@ -141,7 +141,8 @@ def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
         return await asyncio.wait_for(run, 10)
 
     result = asyncio.run(scenario())
-    assert (result.exit_code, result.reason) == (KILLED, "killed by SIGKILL")
+    assert (result.exit_code, result.reason) == (
+        KILLED, "stopped: a read-write folder it was granted was revoked")
     (revoked,) = [e for e in events if e.kind is EventKind.GRANT_REVOKED]
     assert revoked.details["stopped"] is True and revoked.subject == str(work)
     assert engine.volume_labels == {}  # the overlay volume went with the session
