@@ -13,7 +13,7 @@ import html
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,15 +262,17 @@ class ReviewWindow(QWidget):
         self.files.blockSignals(False)
         count = len(changeset.changes)
         flagged = sum(1 for c in changeset.changes if c.path in self.warnings)
-        risky = sum(1 for c in changeset.changes if c.path in self.risky)
+        running = sum(1 for c in changeset.changes if c.path in self.risky)
         self.status.setText(
             (f"{count} change{'' if count == 1 else 's'}, id {changeset.digest}"
              + (f"; {flagged} with a name to check" if flagged else "")
-             + (f"; {risky} can run code" if risky else ""))
+             + (f"; {running} can run code" if running else ""))
             if count else "No staged changes")
         if count:
-            again = self.item_for(Path(looking_at)) if looking_at else None
-            self.files.setCurrentItem(again or self.files.topLevelItem(0))
+            current = (self.item_for(Path(looking_at)) if looking_at else None) \
+                or next(self._items(), None)
+            if current is not None:
+                self.files.setCurrentItem(current)
         else:
             self.viewer.setPlainText("")
         self._update_buttons()
@@ -299,14 +301,18 @@ class ReviewWindow(QWidget):
 
     # choices
 
-    def approved(self) -> list[Path]:
-        return [Path(self.files.topLevelItem(i).data(0, Qt.ItemDataRole.UserRole))
-                for i in range(self.files.topLevelItemCount())
-                if self.files.topLevelItem(i).checkState(0) == Qt.CheckState.Checked]
-
-    def item_for(self, path: Path) -> QTreeWidgetItem | None:
+    def _items(self) -> Iterator[QTreeWidgetItem]:
         for i in range(self.files.topLevelItemCount()):
             item = self.files.topLevelItem(i)
+            if item is not None:
+                yield item
+
+    def approved(self) -> list[Path]:
+        return [Path(item.data(0, Qt.ItemDataRole.UserRole)) for item in self._items()
+                if item.checkState(0) == Qt.CheckState.Checked]
+
+    def item_for(self, path: Path) -> QTreeWidgetItem | None:
+        for item in self._items():
             if item.data(0, Qt.ItemDataRole.UserRole) == str(path):
                 return item
         return None
@@ -315,8 +321,7 @@ class ReviewWindow(QWidget):
         """Ticks every change but those flagged (a name to check, code it could run): each
         of those the person ticks on their own, having looked at it; the status says so."""
         left = 0
-        for i in range(self.files.topLevelItemCount()):
-            item = self.files.topLevelItem(i)
+        for item in self._items():
             path = Path(item.data(0, Qt.ItemDataRole.UserRole))
             if path in self.warnings or path in self.risky:
                 left += item.checkState(0) != Qt.CheckState.Checked
