@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from app.text import UNSAFE
+from app.text import bad_name
 from app.view import special_kind
 
 log = logging.getLogger(__name__)
@@ -266,14 +266,6 @@ def _sha256_of(fd: int) -> str:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def bad_name(name: str) -> str | None:
-    if name in (".", "..") or "/" in name:
-        return f"the name {name!r} is not a plain file name"
-    if UNSAFE.search(name):
-        return f"the name {name!r} contains control characters"
-    return None
 
 
 class SessionStaging:

@@ -230,7 +230,9 @@ def _granted() -> list[tuple[str, str]]:
             continue
         # mountinfo escapes spaces and the like as octal (\040).
         target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        if target in ("/", "/tmp") or any(target == p or target.startswith(p + "/")
+        # "/" and /tmp are the image's; HOME is the agent's own scratch home, not a grant.
+        home = os.environ.get("HOME", "/tmp")
+        if target in ("/", "/tmp", home) or any(target == p or target.startswith(p + "/")
                                           for p in NOT_GRANTS):
             continue
         found.append((target, "read-only" if "ro" in fields[5].split(",") else "read-write"))

@@ -160,9 +160,12 @@ FAKE = (
 )
 
 
-@pytest.mark.parametrize("where", ["here", "handed-off"])
+# -T: the agent's output passes Airlock's filter; -t: the agent owns the terminal (a pty of
+# its own, nothing filtered), and Airlock's reset before it speaks is all that stands.
+@pytest.mark.parametrize(("where", "tty"), [("here", "-T"), ("handed-off", "-T"),
+                                            ("here", "-t")])
 def test_the_real_list_and_question_show_through_a_fake_one(
-    tester: DesktopUser, agent_image: str, terminal: list[Tmux], where: str,
+    tester: DesktopUser, agent_image: str, terminal: list[Tmux], where: str, tty: str,
     request: pytest.FixtureRequest,
 ) -> None:
     if where == "handed-off":
@@ -170,12 +173,12 @@ def test_the_real_list_and_question_show_through_a_fake_one(
     project = tester.mkdir("proj")
     profile = tester.write("fake.toml", profile_text(agent_image, ["sh", "-c", FAKE]))
     command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
-               "TERM=tmux-256color", str(AIRLOCK), "run", "--profile", str(profile),
+               "TERM=tmux-256color", str(AIRLOCK), "run", tty, "--profile", str(profile),
                "--grant", f"{project}:rw"]
     tmux = Tmux(tester.base, command)
     terminal.append(tmux)
     tmux.wait_for(r"\.envrc|\[exit \d+\]")
-    tmux.wait_for(r"(?s)Commit them.*Commit these|\[exit \d+\]", timeout=30)
+    tmux.wait_for(r"Commit these|\[exit \d+\]", timeout=30)
 
     lines = tmux.lines()
     real_list = [i for i, cells in enumerate(lines) if ".envrc" in everything(cells)]
@@ -183,8 +186,9 @@ def test_the_real_list_and_question_show_through_a_fake_one(
     assert ".envrc" in visible(lines[real_list[-1]])  # the file the fake list left out
     questions = [i for i, cells in enumerate(lines)
                  if re.search("Commit th(em|ese)", everything(cells))]
-    assert len(questions) == 2, tmux.text()
-    fake, real = questions
+    # With its own pty the agent may also erase its fake question: it drew on its screen.
+    assert len(questions) == 2 or (tty == "-t" and len(questions) == 1), tmux.text()
+    fake, real = (questions if len(questions) == 2 else (real_list[0] - 1, questions[0]))
     assert real > real_list[-1] > fake
     # The real question names the count and the id of the list it asks about.
     assert re.search(r"Commit these 2 changes, id [0-9a-f]{12} to your files\?",
@@ -222,15 +226,19 @@ def test_a_terminal_consent_question_shows_through_concealment(
         f"ask OpenFile t1 '{title}'\n"
     )
     profile = tester.write("asker.toml", profile_text(agent_image, ["sh", "-c", script]))
+    # The agent's input is not this terminal (a pipe, here /dev/null), so `--ask tty` puts
+    # its questions on the terminal (/dev/tty); with the terminal as its input, they would
+    # wait for `airlock ask` or the menu instead, never sharing the agent's keys.
     command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
-               "TERM=tmux-256color", str(AIRLOCK), "run", "--ask", "tty", "--profile",
-               str(profile)]
+               "TERM=tmux-256color", "sh", "-c", 'exec "$@" </dev/null', "sh",
+               str(AIRLOCK), "run", "--ask", "tty", "--profile", str(profile)]
     tmux = Tmux(tester.base, command, columns=100)
     terminal.append(tmux)
     tmux.wait_for(r"anything else denies|\[exit \d+\]", timeout=120)
 
     lines = tmux.lines()
     texts = [everything(cells) for cells in lines]
+    assert any("asks to" in text for text in texts), tmux.text()
     asked = next(i for i, text in enumerate(texts) if "asks to" in text)
     allow = next(i for i, text in enumerate(texts) if text.startswith("Allow?"))
     for cells in lines[asked:allow + 2]:

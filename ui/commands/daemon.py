@@ -29,7 +29,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from app.consent import DenyAll
     from app.handoff import HandoffServer
     from app.questions import AskServer, QuestionQueue, SessionRoutes, ask_socket
-    from ui.commands.run import notice_text
+    from ui.commands.run import Notices
     from ui.interactive import notify_questions
     from ui.wiring import open_supervisor
 
@@ -38,7 +38,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         with open_supervisor(ctx.dirs, routes, long_running=True) as supervisor:
-            server = HandoffServer(supervisor, ctx.dirs.supervisor_socket, notice_text,
+            server = HandoffServer(supervisor, ctx.dirs.supervisor_socket, Notices(),
                                    questions=questions, routes=routes)
             asking = AskServer(questions, ask_socket(ctx.dirs.runtime))
             await server.start()

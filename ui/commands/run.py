@@ -41,6 +41,7 @@ class TerminalOutput:
         self.filter = TerminalFilter()
         self._held: list[tuple[str, bytes]] = []
         self._terminal = {"stdout": sys.stdout.isatty(), "stderr": sys.stderr.isatty()}
+        self.notices = Notices()
 
     def write(self, stream: str, data: bytes) -> None:
         if self._gate is not None and self._gate.held:
@@ -70,9 +71,62 @@ class TerminalOutput:
         print(f"airlock: {text}", file=sys.stderr, flush=True)
 
     def print_notice(self, event: Event) -> None:
-        text = notice_text(event)
+        text = self.notices(event)
         if text:
             self.say(text)
+
+
+class Notices:
+    """`notice_text`, plus what the agent ran into on the network: an agent whose requests
+    are refused often only says "reconnecting…", so the person learns from Airlock which
+    host was refused and what to do about it. Repeats are counted, not repeated: a host's
+    first refusal is said at once, then its count at 10, 100, 1 000… refusals."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, event: Event) -> str | None:
+        from app.events import EventKind
+
+        if event.kind is EventKind.NET_REFUSED:
+            return self._refused(event)
+        if event.kind is EventKind.NET_BLOCKED:
+            return self._blocked(event)
+        return notice_text(event)
+
+    def _count(self, session: str, what: str, by: int = 1) -> int | None:
+        """The new count when it is one to say (1, 10, 100…), else None."""
+        key = (session, what)
+        before = self._counts.get(key, 0)
+        after = self._counts[key] = before + by
+        if before == 0:
+            return after
+        said = 10 ** len(str(before))  # the next power of ten past what was said
+        return after if after >= said else None
+
+    def _refused(self, event: Event) -> str | None:
+        from app.text import inert
+
+        count = self._count(event.session or "", event.subject)
+        if count is None:
+            return None
+        reason = str(event.details.get("reason") or "refused")
+        times = f" ×{count}" if count > 1 else ""
+        hint = ""
+        if event.details.get("rule") in ("not-listed", "ip-literal"):
+            hint = " (not in the profile: allow it in its [network] section, or add a route)"
+        return (f"refused {inert(event.subject)}{times}: {inert(reason)[:160]}{hint}")
+
+    def _blocked(self, event: Event) -> str | None:
+        from app.text import inert
+
+        by = int(event.details.get("count") or 1)
+        count = self._count(event.session or "", "direct", by)
+        if count is None:
+            return None
+        what = "a direct attempt" if count == 1 else f"{count} direct attempts"
+        return (f"{what} to leave around the proxy (latest: {inert(event.subject)}) went "
+                "nowhere: agents reach the network only through Airlock's proxy")
 
 
 def notice_text(event: Event) -> str | None:
@@ -242,7 +296,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
         if tty or questions is not None or not is_terminal(sys.stdin.fileno()):
             from ui.interactive import run_interactive
 
-            code = run_interactive(supervisor, request, tty, questions, notice_text, output)
+            code = run_interactive(supervisor, request, tty, questions, output.notices, output)
         else:
             supervisor.bus.attach(output.print_notice)
             code = asyncio.run(run_session(supervisor, request, output))
