@@ -83,7 +83,7 @@ def bad_name(name: str) -> str | None:
     if name in ("", ".", "..") or "/" in name:
         return f"the name {inert(name)!r} is not a plain file name"
     if UNSAFE.search(name):
-        return f"the name {inert(name)!r} contains control or invisible characters"
+        return f"the name {inert(name)!r} contains control characters (or other invisible ones)"
     return None
 
 

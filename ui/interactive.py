@@ -106,6 +106,10 @@ class AgentTerminal:
         if self.raw is not None:
             self._loop.add_reader(self.raw.fd, self._on_keys)
             self._loop.add_signal_handler(signal.SIGWINCH, self._on_resize)
+            # A resize before this handler was in place went unheard (the agent may already
+            # draw at the size it started with): the size the terminal has now. At the same
+            # size the kernel sends the agent no SIGWINCH, so this costs it nothing.
+            self._on_resize()
         else:
             reader = threading.Thread(target=self._read_stdin, name="stdin", daemon=True)
             reader.start()

@@ -525,7 +525,7 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
     from app.egress.bridge import Egress
     from app.handoff import HandoffServer
     from portal.control import ControlService
-    from ui.commands.run import Notices
+    from ui.commands.run import notice_text
     from ui.qt.notifications import Notifier
     from ui.wiring import open_consenting_supervisor
 
@@ -550,7 +550,7 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
             notifier.reviewed.connect(lambda _request: desktop.show_pending())
             notifier.denied.connect(desktop.front_end.deny)
         # interactive: sessions handed over from `airlock run` get the app's dialogs.
-        handoff = HandoffServer(supervisor, dirs.supervisor_socket, Notices(),
+        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text,
                                 interactive=True)
         try:
             await handoff.start()
