@@ -16,22 +16,12 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 from PySide6.QtCore import QObject, Signal
 
-from app.consent import ConsentRequest, RequestKind
+from app.consent import ConsentRequest
 from app.text import printable, quoted
+from ui.question_notices import MATCH, NAME, PATH, WHAT
 
 log = logging.getLogger(__name__)
 
-NAME = "org.freedesktop.Notifications"
-PATH = "/org/freedesktop/Notifications"
-MATCH = f"type='signal',interface='{NAME}',path='{PATH}'"
-
-WHAT = {
-    RequestKind.FILE_OPEN: "wants to open files",
-    RequestKind.FILE_SAVE: "wants to save a file",
-    RequestKind.NETWORK: "wants to connect to {subject}",
-    RequestKind.UPLOAD: "wants to upload data to {subject}",
-    RequestKind.COMMIT: "wants to write its changes to your files",
-}
 
 
 def _markup_free(text: str) -> str:
