@@ -43,7 +43,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -199,6 +199,13 @@ class AuditRecord:
             "prev": self.prev,
             "hash": self.hash,
         }
+
+    def line(self) -> bytes:
+        """The record as its line in the log (without the newline): the log's encoding is
+        canonical, so the fields give back the very bytes its hash was taken over."""
+        body = self.to_json()
+        del body["hash"]
+        return _encode(body)[0][:-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,28 +389,44 @@ def verify(path: Path) -> Verification:
             return Verification(0, len(files), GENESIS, checkpoint)
     else:
         files, checkpoint = [path], None
+    numbered = ((file, number, line, whole) for file in files
+                for number, line, whole in _lines(file))
+    return verify_lines(numbered, files=len(files), end=files[-1] if files else path,
+                        checkpoint=checkpoint)
+
+
+def verify_lines(
+    lines: Iterable[tuple[Path, int, bytes | str, bool]],
+    *,
+    files: int,
+    end: Path,
+    checkpoint: _Checkpoint | None = None,
+) -> Verification:
+    """Check the chain of records given as (file, line number, line, whole) in order; a line
+    given as a str is a problem found before the chain could be looked at (its reason)."""
     count, head = 0, GENESIS
-    last_file, last_line = (files[-1] if files else path), 0
-    for file in files:
-        for number, line, whole in _lines(file):
-            record = _checked(line) if whole else TORN
-            if not isinstance(record, str):
-                fault = _chain_fault(record["seq"], record["prev"], record["hash"], count, head)
-                if fault is None and checkpoint is not None and record["seq"] == checkpoint.seq:
-                    fault = None if record["hash"] == checkpoint.hash else _DIFFERS
-                if fault is None:
-                    count, head = count + 1, record["hash"]
-                    last_file, last_line = file, number
-                    continue
-                record = fault
-            return Verification(count, len(files), head, AuditProblem(file, number, record))
+    last_file, last_line = end, 0
+    for file, number, line, whole in lines:
+        if isinstance(line, str):
+            return Verification(count, files, head, AuditProblem(file, number, line))
+        record = _checked(line) if whole else TORN
+        if not isinstance(record, str):
+            fault = _chain_fault(record["seq"], record["prev"], record["hash"], count, head)
+            if fault is None and checkpoint is not None and record["seq"] == checkpoint.seq:
+                fault = None if record["hash"] == checkpoint.hash else _DIFFERS
+            if fault is None:
+                count, head = count + 1, record["hash"]
+                last_file, last_line = file, number
+                continue
+            record = fault
+        return Verification(count, files, head, AuditProblem(file, number, record))
     if checkpoint is not None and checkpoint.seq > count:
         reason = (
             f"truncated: the log ends at record {count} but {HEAD_FILE} says"
             f" {checkpoint.seq} were written"
         )
-        return Verification(count, len(files), head, AuditProblem(last_file, last_line + 1, reason))
-    return Verification(count, len(files), head, None)
+        return Verification(count, files, head, AuditProblem(last_file, last_line + 1, reason))
+    return Verification(count, files, head, None)
 
 
 _DIFFERS = f"differs from the record {HEAD_FILE} names: replaced"
@@ -423,6 +446,18 @@ def _chain_fault(seq: int, prev: str, digest: str, count: int, head: str) -> str
     if seq > expected:
         return f"records {expected}-{seq - 1} are missing (dropped)"
     return f"record {seq} is out of place (expected {expected}): inserted or reordered"
+
+
+def log_lines(directory: Path) -> Iterator[tuple[bytes, bool]]:
+    """Every line of the log, oldest first: (line without its newline, whether it had one)."""
+    for path in segments(directory):
+        for _, line, whole in _lines(path):
+            yield line, whole
+
+
+def parse(line: bytes) -> AuditRecord | str:
+    """The record on a line (without its newline), or why it is not one."""
+    return _parse(line)
 
 
 def export(directory: Path, out: IO[bytes]) -> int:

@@ -10,7 +10,9 @@ from app.audit import AuditLog, Recorder
 from app.consent import ConsentBroker, FrontEnd
 from app.engine import connect_engine
 from app.events import EventBus
+from app.forward import AuditForwarder, load_config
 from app.homes import AgentHomes
+from app.ocsf import Origin
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
 from app.sessions import DockerEngine, ExtensionFactory, SessionRegistry, Supervisor
@@ -55,7 +57,7 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
     from app.egress.keys import KeyringSecrets
     from portal.extension import portal_extension
 
-    with open_core(dirs) as core:
+    with open_core(dirs) as core, _forwarding(dirs):
         engine = connect_engine()
         sessions = SessionRegistry()  # the profile rules answer for the sessions running here
         broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
@@ -70,6 +72,22 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
             yield supervisor
         finally:
             engine.close()
+
+
+@contextmanager
+def _forwarding(dirs: Dirs) -> Iterator[None]:
+    """The audit forwarder, where audit.toml asks for one: one per supervisor process, and
+    of those only the one holding the log's forward lock sends (app/forward.py)."""
+    config = load_config(dirs.config)
+    if config is None:
+        yield
+        return
+    forwarder = AuditForwarder(dirs.audit, config, Origin.here())
+    forwarder.start()
+    try:
+        yield
+    finally:
+        forwarder.stop()
 
 
 @contextmanager

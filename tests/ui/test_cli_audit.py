@@ -236,3 +236,38 @@ def test_net_lines_escape_what_the_agent_chose() -> None:
         shown = line(record)
         assert all(c not in shown for c in UNSAFE.findall(char)), shown
         assert f"\\u{ord(UNSAFE.findall(char)[0]):04x}" in shown
+
+
+def test_ocsf_export_verifies_and_an_edit_to_it_is_named(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    fill(home, 6)
+    out = tmp_path / "audit.ocsf.jsonl"
+
+    exported = airlock(home, "audit", "export", "--format", "ocsf", "-o", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 6 records" in exported.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["class_uid"] for e in events] == [1001] * 6
+
+    checked = airlock(home, "audit", "verify", str(out))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith("ok: 6 records")
+
+    events[4]["file"]["path"] = "/home/u/innocent.md"
+    out.write_text("".join(json.dumps(e) + "\n" for e in events))
+    checked = airlock(home, "audit", "verify", str(out))
+    assert checked.returncode == 1
+    assert f"{out}:5: edited: the OCSF fields differ from the record they carry" in checked.stderr
+
+
+def test_forward_without_a_destination_says_where_to_set_one(home: dict[str, str]) -> None:
+    fill(home, 1)
+    result = airlock(home, "audit", "forward", "--once")
+    assert result.returncode == 2
+    assert "nowhere to forward to: give --to, or a [forward] table in" in result.stderr
+    assert "audit.toml" in result.stderr and "Traceback" not in result.stderr
+
+    result = airlock(home, "audit", "forward", "--once", "--to", "ftp://x:1")
+    assert result.returncode == 2
+    assert "expected unix:/PATH, udp://HOST:PORT or tcp://HOST:PORT" in result.stderr

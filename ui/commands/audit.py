@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
+from app import ocsf
 from app.audit import AuditError, AuditProblem, export, records, verify
+from app.forward import AuditForwarder, Destination, ForwardConfig, ForwardError, load_config
 from ui.commands.base import Context, add_command
 from ui.commands.watch import RecordPrinter, matches
 
@@ -36,11 +40,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         verify_log,
         "Check that no record was edited, dropped, inserted or reordered.",
     )
-    check.add_argument("path", nargs="?", type=Path, help="an exported file (default: the log)")
+    check.add_argument(
+        "path", nargs="?", type=Path,
+        help="an exported file, native or OCSF (default: the log)",
+    )
     out = add_command(
         actions, "export", export_log, "Write the whole chain as one JSON-lines file."
     )
     out.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    out.add_argument(
+        "--format", choices=("native", "ocsf"), default="native",
+        help="Airlock's own records (default), or OCSF 1.3.0 events that carry them",
+    )
+    forward = add_command(
+        actions, "forward", forward_log,
+        "Send the log's records to syslog as they are written (RFC 5424).",
+    )
+    forward.add_argument(
+        "--to", metavar="DEST",
+        help="unix:/dev/log, udp://HOST:PORT or tcp://HOST:PORT (default: audit.toml's [forward])",
+    )
+    forward.add_argument("--format", choices=("native", "ocsf"), help="the message body")
+    forward.add_argument(
+        "--once", action="store_true",
+        help="forward what is not yet delivered, then exit (default: keep following)",
+    )
 
 
 def since(text: str) -> float:
@@ -71,7 +95,7 @@ def verify_log(ctx: Context, args: argparse.Namespace) -> int:
     path = args.path or ctx.dirs.audit
     if not path.exists():
         raise AuditError(f"no audit log at {path}")
-    result = verify(path)
+    result = ocsf.verify(path) if path.is_file() and ocsf.is_export(path) else verify(path)
     if result.problem is not None:
         print(f"airlock: audit log broken at {result.problem}", file=sys.stderr)
         print(f"{result.records} records before it chain correctly", file=sys.stderr)
@@ -81,16 +105,45 @@ def verify_log(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def export_log(ctx: Context, args: argparse.Namespace) -> int:
+    def write(out: BinaryIO) -> int:
+        if args.format == "ocsf":
+            return ocsf.export(ctx.dirs.audit, out, ocsf.Origin.here())
+        return export(ctx.dirs.audit, out)
+
     if args.output is None:
-        count = export(ctx.dirs.audit, sys.stdout.buffer)
+        count = write(sys.stdout.buffer)
         sys.stdout.buffer.flush()
     else:
         try:
             with args.output.open("xb") as out:
-                count = export(ctx.dirs.audit, out)
+                count = write(out)
         except FileExistsError:
             raise AuditError(f"{args.output} exists; not overwriting it") from None
         except OSError as e:
             raise AuditError(f"cannot write {args.output}: {e.strerror}") from e
     print(f"exported {count} records", file=sys.stderr)
+    return 0
+
+
+def forward_log(ctx: Context, args: argparse.Namespace) -> int:
+    config = load_config(ctx.dirs.config)
+    if args.to is not None:
+        config = ForwardConfig(Destination.parse(args.to), config.format if config else "native",
+                               config.facility if config else "authpriv")
+    if config is None:
+        raise ForwardError(
+            f"nowhere to forward to: give --to, or a [forward] table in"
+            f" {ctx.dirs.config / 'audit.toml'}"
+        )
+    if args.format is not None:
+        config = ForwardConfig(config.destination, args.format, config.facility)
+    forwarder = AuditForwarder(ctx.dirs.audit, config, ocsf.Origin.here())
+    if args.once:
+        count = forwarder.run(once=True)
+        print(f"forwarded {count} records to {config.destination}", file=sys.stderr)
+        return 0
+    print(f"forwarding the audit log to {config.destination} (Ctrl-C ends)", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        forwarder.run()
+    print(f"forwarded {forwarder.sent} records", file=sys.stderr)
     return 0
