@@ -12,6 +12,7 @@ import pytest
 
 from app.errors import SessionError
 from app.events import Event, EventBus, EventKind
+from app.fs import sha256_file
 from app.paths import Dirs
 from app.review import (
     CHANGED_SINCE_REVIEW,
@@ -25,7 +26,7 @@ from app.review import (
     runs_code,
     unreviewed,
 )
-from app.staging import SessionStaging, sha256_file
+from app.staging import SessionStaging
 
 SESSION = "5e55104a"
 
