@@ -84,3 +84,10 @@ def test_remove_any_removes_a_tree_but_not_through_a_symlink(tree: Path) -> None
         os.close(fd)
     assert sorted(os.listdir(tree / "root")) == ["fifo"]
     assert (tree / "outside" / "secret").read_text() == "the user's\n"
+
+
+def test_a_fifo_swapped_in_for_a_staged_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)  # nobody ever writes it: opening it plainly would wait for good
+    with pytest.raises(OSError, match="not a regular file"):
+        fs.sha256_file(fifo)
