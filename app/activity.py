@@ -30,7 +30,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from app.events import Event, EventBus, EventKind, TokenBucket
+from app.events import Event, EventBudget, EventBus, EventKind
 from app.inotify_watch import OVERFLOW, Observer
 from app.threads import call_on_loop
 
@@ -206,7 +206,7 @@ class TreeWatcher:
         self._pending: dict[tuple[EventKind, str, Any], _Burst] = {}
         self._pending_paths: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._budget = TokenBucket(FILE_EVENTS_BURST, FILE_EVENTS_PER_SECOND)
+        self._budget = EventBudget(FILE_EVENTS_BURST, FILE_EVENTS_PER_SECOND)
         self._held: dict[EventKind, _Burst] = {}  # per kind: paths held back, their events
 
     async def start(self) -> None:

@@ -51,6 +51,7 @@ from typing import IO, Any
 
 from app.errors import AirlockError
 from app.events import Event, EventKind
+from app.fs import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -651,7 +652,7 @@ class AuditLog:
             try:
                 self._sync()
                 self._open(self._number + 1, create=True)
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
             except OSError as e:
                 raise AuditError(f"cannot start a new segment in {self.directory}: "
                                  f"{e.strerror}") from e
@@ -689,7 +690,7 @@ class AuditLog:
         with temporary.open("rb+") as file:
             os.fsync(file.fileno())
         temporary.replace(head)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._dirty = False
 
 
@@ -790,14 +791,6 @@ def _last_line(file: IO[bytes], size: int) -> tuple[bytes, int]:
             return block[cut + 1 :], start + cut + 1
     file.seek(0)
     return file.read(end), 0
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditFollower:

@@ -58,7 +58,7 @@ def _frozen(details: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @dataclass(slots=True)
-class TokenBucket:
+class EventBudget:
     """At most `rate` a second, after a first `burst`: how events that an agent can make at
     any speed (output lines, file activity) become audit records at a bounded pace."""
 

@@ -1,15 +1,19 @@
 """Decisions, in one place: pure functions over plain facts that the edges gather (paths
-resolved on the file system, the user's choices on the command line). Nothing here touches
+resolved on the file system, the user's choices in a front end). Nothing here touches
 the file system, a socket or the clock, so each decision is tested by a table
 (tests/app/test_policy.py); the edges gather facts (app/rules.py for the profile's file
 rules) and the front ends only present the answers.
 
-Network and upload decisions are app/egress/policy.py's, over the same kind of facts.
+The proxy's decisions live beside it, pure in the same way: where the agent may connect
+(`app.egress.policy.decide_destination`) and when an upload waits for the user
+(`app.egress.uploads.UploadGate`); so do a commit's and an undo's plans
+(`app.commit.operations`) and a revocation's (`app.sessions.revocation.plan_revocation`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from app.consent import Answer, RequestKind, Verdict
@@ -68,3 +72,71 @@ def commits_unasked(profile_commit: str, review: str) -> bool:
     the user chose to review later (`--review never`). Otherwise they are put to the user,
     or kept staged for `airlock changes`."""
     return profile_commit == "auto" and review != "never"
+
+
+class AfterRun(StrEnum):
+    """What happens to a session's staged changes when it ends."""
+
+    COMMIT = "commit"  # committed unasked (what can run code excepted)
+    ASK = "ask"  # put to the person at the terminal
+    KEEP = "keep"  # left staged for `airlock changes`
+
+
+def after_run(profile_commit: str, review: str, interactive: bool) -> AfterRun:
+    """`commits_unasked`, else asked when the user wants to be asked and can be (a
+    terminal to ask on), else kept."""
+    if commits_unasked(profile_commit, review):
+        return AfterRun.COMMIT
+    return AfterRun.ASK if review == "ask" and interactive else AfterRun.KEEP
+
+
+class CommitReply(StrEnum):
+    """What a reply to "commit these?" means."""
+
+    SAFE = "safe"  # everything but what can run code (everything, when nothing can)
+    ALL = "all"  # what can run code too: the person named it
+    DIFF = "diff"  # show the differences, then ask again
+    KEEP = "keep"  # nothing is committed
+
+
+def commit_reply(text: str, risky: int) -> CommitReply:
+    """The meaning of a typed reply: [y]es, [a]ll (only offered when `risky` changes can run
+    code), [d]iff; anything else, an empty line included, keeps the changes staged."""
+    reply = text.strip().lower()
+    if reply == "d":
+        return CommitReply.DIFF
+    if reply in ("y", "yes"):
+        return CommitReply.SAFE
+    if risky and reply in ("a", "all"):
+        return CommitReply.ALL
+    return CommitReply.KEEP
+
+
+# Questions: the answer a person's choices in a front end make.
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What a person chose for a request: for how long (None: they said no), what they
+    picked for a file request, and whether they let the agent change what it opens."""
+
+    lifetime: Lifetime | None
+    until: float | None = None
+    paths: tuple[Path, ...] = ()
+    writable: bool = False
+
+
+def user_answer(kind: RequestKind, choice: Choice, by: str) -> Answer:
+    """The answer a person's choice makes, the same from every front end: no lifetime, or a
+    file request with nothing picked, is a denial; a save is read-write (what the agent
+    writes is staged), an open is read-write only when the person said so; other requests
+    carry no paths."""
+    if choice.lifetime is None:
+        return Answer(Verdict.DENY, by=by)
+    if kind is RequestKind.FILE_SAVE or kind is RequestKind.FILE_OPEN:
+        if not choice.paths:
+            return Answer(Verdict.DENY, by=by)
+        writes = kind is RequestKind.FILE_SAVE or choice.writable
+        return Answer(Verdict.ALLOW, choice.lifetime, choice.until, choice.paths,
+                      Mode.READ_WRITE if writes else Mode.READ, by=by)
+    return Answer(Verdict.ALLOW, choice.lifetime, choice.until, by=by)

@@ -23,6 +23,7 @@ from typing import Any
 from app.commit import CommitLog, CommitRecord, CommitResult
 from app.errors import SessionError
 from app.events import EventBus, EventKind
+from app.fs import open_regular, sha256_file
 from app.paths import Dirs
 from app.risky import Check, path_reasons, reasons_for
 from app.staging import (
@@ -32,8 +33,6 @@ from app.staging import (
     Changeset,
     EntryType,
     SessionStaging,
-    open_regular,
-    sha256_file,
 )
 from app.text import UNSAFE, escaped, lookalikes, printable
 

@@ -13,7 +13,6 @@ process — `airlock changes`, `airlock commit` — needs nothing but this direc
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import json
@@ -29,11 +28,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from app.fs import (
+    open_beneath,
+    open_directory_of,
+    remove_any,
+    sha256_at,
+    sha256_file,
+    special_kind,
+    sync_file_system,
+)
 from app.text import bad_name
-from app.view import special_kind
 
 log = logging.getLogger(__name__)
-_libc = ctypes.CDLL(None, use_errno=True)
 
 OPAQUE_XATTR = "user.overlay.opaque"  # overlay mounted with `userxattr`, so we can read it
 MAX_CHANGES = 50_000
@@ -195,77 +201,6 @@ def landing_mode(kind: EntryType, mode: int | None) -> int | None:
 
 def _octal(mode: int | None) -> str | None:
     return None if mode is None else f"{stat.S_IMODE(mode):04o}"
-
-
-def open_directory_of(path: Path | str) -> tuple[int, str]:
-    """A descriptor of the directory `path` is in, and its name there.
-
-    That directory is opened without following a symlink in its place. In the saves area it
-    is the agent's own (`saves/TOKEN`): the agent can replace it by a symlink to any of the
-    user's directories, and what Airlock then read, moved or deleted "in the save" would be
-    the user's files. The directory above it (the agent's mount point, or one of Airlock's
-    own) the agent cannot replace."""
-    directory, name = os.path.split(os.fspath(path))
-    above, last = os.path.split(directory)
-    return open_beneath(Path(above or "/"), [last]), name
-
-
-def open_beneath(root: Path, parts: Sequence[str]) -> int:
-    """A descriptor of the directory `root/parts…`, each part opened with O_NOFOLLOW from
-    the one before: below a staged root the agent decides what each name is."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts:
-            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_regular(path: Path | str) -> int:
-    """Opens a file for reading only if it is a regular file: no symlink is followed in its
-    place or its directory's (`open_directory_of`), and a FIFO or device swapped in after
-    it was looked at is refused instead of blocking the reader for good."""
-    dir_fd, name = open_directory_of(path)
-    try:
-        return _open_regular_at(name, dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def sha256_file(path: Path) -> str:
-    """The hash of a host file: reached by its path (the agent writes no host directory),
-    but not through a symlink in its place and never stuck on a FIFO."""
-    return _sha256_of(_open_regular_at(os.fspath(path)))
-
-
-def _sha256_at(dir_fd: int, name: str) -> str:
-    """The hash of the regular file `name` in the directory open as `dir_fd`."""
-    return _sha256_of(_open_regular_at(name, dir_fd))
-
-
-def _open_regular_at(name: str, dir_fd: int | None = None) -> int:
-    """Opens `name` for reading if it is a regular file: not through a symlink in its
-    place, and a FIFO or device swapped in after it was looked at is refused at once
-    instead of blocking the reader for good."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                 dir_fd=dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file any more", name)
-    return fd
-
-
-def _sha256_of(fd: int) -> str:
-    digest = hashlib.sha256()
-    with open(fd, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SessionStaging:
@@ -438,7 +373,7 @@ class SessionStaging:
                 except OSError:
                     continue  # not there any more: nothing of ours to drop
                 try:
-                    _remove_any(name, dir_fd)
+                    remove_any(name, dir_fd)
                 finally:
                     os.close(dir_fd)
 
@@ -449,7 +384,7 @@ class SessionStaging:
             pass
         else:
             try:
-                _remove_any(name, dir_fd)
+                remove_any(name, dir_fd)
             finally:
                 os.close(dir_fd)
         shutil.rmtree(self.root / staged.id, ignore_errors=True)
@@ -484,13 +419,6 @@ class SessionStaging:
 
 class _TooMany(Exception):
     pass
-
-
-def sync_file_system(fd: int) -> None:
-    """syncfs(2) of the file system an open file or directory is on; without syncfs, an
-    fsync of that file at least."""
-    if _libc.syncfs(fd) != 0:
-        os.fsync(fd)
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -735,7 +663,7 @@ def _compare(staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None,
             # Not hashed: a sparse file of terabytes would take hours.
             problems.append(f"larger than the staging quota ({st.st_size} > {staged.quota} bytes)")
         else:
-            new_hash = _sha256_at(at.dir_fd, at.name)
+            new_hash = sha256_at(at.dir_fd, at.name)
         if st.st_nlink > 1:
             problems.append(f"a hard link ({st.st_nlink} names): hard links are not committed")
         if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
@@ -867,18 +795,3 @@ def _pair_renames(changes: list[Change]) -> Iterator[Change]:
         if change.path in consumed and change.kind is ChangeKind.DELETED:
             continue
         yield pairs.get(change.path, change) if change.kind is ChangeKind.ADDED else change
-
-
-def _remove_any(path: str, dir_fd: int | None = None) -> None:
-    try:
-        st = os.lstat(path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True, dir_fd=dir_fd)
-    else:
-        try:
-            os.unlink(path, dir_fd=dir_fd)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise

@@ -25,12 +25,13 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from app.fs import copy_at, identity_at, is_symlink_at, special_kind
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class SessionView:
         for dirpath, dirnames, filenames, dir_fd in os.fwalk(
             host_root, onerror=on_error, follow_symlinks=False
         ):
-            for name in [d for d in dirnames if _identity(dir_fd, d) in private]:
+            for name in [d for d in dirnames if identity_at(dir_fd, d) in private]:
                 dirnames.remove(name)  # not walked into: Airlock's own
                 result.skipped.append((str(Path(dirpath) / name), PRIVATE))
             relative = Path(dirpath).relative_to(host_root)
@@ -191,7 +192,7 @@ class SessionView:
                 _real_directory(mirror_dir, 0o700)  # those above it were made so already
             os.chmod(mirror_dir, (stat.S_IMODE(dir_stat.st_mode) & 0o777) | 0o700)
             result.directories += 1
-            for name in filenames + [d for d in dirnames if _is_symlink(dir_fd, d)]:
+            for name in filenames + [d for d in dirnames if is_symlink_at(dir_fd, d)]:
                 self._mirror_entry(dir_fd, name, Path(dirpath) / name, mirror_dir / name, result)
 
     def _private_paths(self) -> list[Path]:
@@ -231,7 +232,7 @@ class SessionView:
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
                     raise
         try:
-            _copy_file(dir_fd, name, target, stat.S_IMODE(st.st_mode) & ~PRIVILEGE_BITS)
+            copy_at(dir_fd, name, target, stat.S_IMODE(st.st_mode) & ~PRIVILEGE_BITS)
             result.copied += 1
         except OSError as e:
             result.skipped.append((str(host_path), e.strerror or "cannot copy"))
@@ -251,49 +252,6 @@ def _real_directory(path: Path, mode: int) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         os.mkdir(path, mode)
-
-
-def _identity(dir_fd: int, name: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _is_symlink(dir_fd: int, name: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
-
-
-def special_kind(mode: int) -> str:
-    """What a file that is neither regular, a directory nor a symlink is, for messages."""
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device node"
-    return "special"
-
-
-def _copy_file(dir_fd: int, name: str, target: Path, mode: int) -> None:
-    source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        destination = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with (
-                open(source, "rb", closefd=False) as src,
-                open(destination, "wb", closefd=False) as dst,
-            ):
-                shutil.copyfileobj(src, dst, 1024 * 1024)
-            os.fchmod(destination, mode)
-        finally:
-            os.close(destination)
-    finally:
-        os.close(source)
 
 
 def _revoke_file(path: Path) -> None:

@@ -19,8 +19,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
-from app.grants import Lifetime, Mode
+from app.consent import Answer, ConsentRequest, RequestKind, denied
+from app.grants import Lifetime
+from app.policy import Choice, user_answer
 from app.text import inert, quoted
 from ui.terminal import reclaim_fd
 
@@ -171,22 +172,19 @@ class TerminalPrompt:
         if lifetime is None:
             term.write("airlock: denied\n")
             return denied("tty")
+        paths: tuple[Path, ...] = ()
+        writable = False
         if request.kind is RequestKind.FILE_OPEN:
             paths = await self._pick(term, request, existing=True)
-            mode = Mode.READ
             if paths and all(p.is_file() for p in paths):
                 term.write("Let the agent change them (staged for your review)? [y/N]: ")
-                if (await term.read_line()).lower() in ("y", "yes"):
-                    mode = Mode.READ_WRITE
+                writable = (await term.read_line()).lower() in ("y", "yes")
         elif request.kind is RequestKind.FILE_SAVE:
             paths = await self._pick(term, request, existing=False)
-            mode = Mode.READ_WRITE
-        else:
-            paths, mode = (), Mode.READ
-        if request.kind in (RequestKind.FILE_OPEN, RequestKind.FILE_SAVE) and not paths:
+        answer = user_answer(request.kind, Choice(lifetime, until, paths, writable), "tty")
+        if not answer.allowed:
             term.write("airlock: nothing picked: denied\n")
-            return denied("tty")
-        return Answer(Verdict.ALLOW, lifetime, until, paths, mode, by="tty")
+        return answer
 
     async def _pick(self, term: TerminalLine, request: ConsentRequest,
                     existing: bool) -> tuple[Path, ...]:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from app.errors import EngineError
-from app.events import EventBus, EventKind, TokenBucket
+from app.events import EventBudget, EventBus, EventKind
 from app.sessions.engine import Chunk
 from app.sessions.model import DrainingOutput, Output
 from app.threads import call_on_loop
@@ -31,8 +31,8 @@ OUTPUT_LINES_PER_SECOND = 200
 class _LineBudget:
     """A token bucket of output-line events, and the lines held back, per stream."""
 
-    bucket: TokenBucket = field(
-        default_factory=lambda: TokenBucket(OUTPUT_LINES_BURST, OUTPUT_LINES_PER_SECOND))
+    bucket: EventBudget = field(
+        default_factory=lambda: EventBudget(OUTPUT_LINES_BURST, OUTPUT_LINES_PER_SECOND))
     held: dict[str, list[int]] = field(default_factory=dict)  # stream -> [lines, bytes]
 
     def take(self) -> bool:

@@ -8,7 +8,18 @@ import pytest
 
 from app.consent import Answer, RequestKind, Verdict
 from app.grants import Lifetime, Mode
-from app.policy import FileFacts, RuleFolders, commits_unasked, file_rule
+from app.policy import (
+    AfterRun,
+    Choice,
+    CommitReply,
+    FileFacts,
+    RuleFolders,
+    after_run,
+    commit_reply,
+    commits_unasked,
+    file_rule,
+    user_answer,
+)
 
 SAVE, OPEN = RequestKind.FILE_SAVE, RequestKind.FILE_OPEN
 OUT, NOTES = Path("/home/u/Agent-output"), Path("/home/u/Notes")
@@ -53,3 +64,51 @@ def test_no_folders_answer_nothing() -> None:
 ])
 def test_commits_unasked(profile: str, review: str, committed: bool) -> None:
     assert commits_unasked(profile, review) is committed
+
+
+@pytest.mark.parametrize(("profile_commit", "review", "interactive", "then"), [
+    ("auto", "ask", True, AfterRun.COMMIT),
+    ("auto", "ask", False, AfterRun.COMMIT),  # no one at a terminal: the profile said so
+    ("auto", "never", True, AfterRun.KEEP),  # the user chose to review later
+    ("ask", "ask", True, AfterRun.ASK),
+    ("ask", "ask", False, AfterRun.KEEP),  # no terminal to ask on
+    ("ask", "never", True, AfterRun.KEEP),
+    ("", "ask", True, AfterRun.ASK),
+])
+def test_after_run(profile_commit: str, review: str, interactive: bool,
+                   then: AfterRun) -> None:
+    assert after_run(profile_commit, review, interactive) is then
+
+
+@pytest.mark.parametrize(("text", "risky", "reply"), [
+    ("y\n", 0, CommitReply.SAFE), ("YES", 0, CommitReply.SAFE), (" y ", 2, CommitReply.SAFE),
+    ("a", 2, CommitReply.ALL), ("all\n", 1, CommitReply.ALL),
+    ("a", 0, CommitReply.KEEP),  # [a]ll is only offered when something can run code
+    ("d\n", 0, CommitReply.DIFF), ("D", 3, CommitReply.DIFF),
+    ("", 0, CommitReply.KEEP), ("\n", 2, CommitReply.KEEP), ("n", 0, CommitReply.KEEP),
+    ("yep", 0, CommitReply.KEEP), ("diff", 0, CommitReply.KEEP),
+])
+def test_commit_reply(text: str, risky: int, reply: CommitReply) -> None:
+    assert commit_reply(text, risky) is reply
+
+
+NET = RequestKind.NETWORK
+PICKED = (Path("/home/u/a.txt"),)
+
+
+@pytest.mark.parametrize(("kind", "choice", "answer"), [
+    (OPEN, Choice(None, paths=PICKED), Answer(Verdict.DENY, by="t")),
+    (OPEN, Choice(Lifetime.ONCE), Answer(Verdict.DENY, by="t")),  # nothing picked
+    (SAVE, Choice(Lifetime.SESSION), Answer(Verdict.DENY, by="t")),
+    (OPEN, Choice(Lifetime.ONCE, paths=PICKED),
+     Answer(Verdict.ALLOW, Lifetime.ONCE, None, PICKED, Mode.READ, by="t")),
+    (OPEN, Choice(Lifetime.UNTIL, 99.0, PICKED, writable=True),
+     Answer(Verdict.ALLOW, Lifetime.UNTIL, 99.0, PICKED, Mode.READ_WRITE, by="t")),
+    (SAVE, Choice(Lifetime.ALWAYS, paths=PICKED),  # a save is staged: always read-write
+     Answer(Verdict.ALLOW, Lifetime.ALWAYS, None, PICKED, Mode.READ_WRITE, by="t")),
+    (NET, Choice(Lifetime.SESSION, paths=PICKED, writable=True),  # no paths for a host
+     Answer(Verdict.ALLOW, Lifetime.SESSION, by="t")),
+    (NET, Choice(None), Answer(Verdict.DENY, by="t")),
+])
+def test_user_answer(kind: RequestKind, choice: Choice, answer: Answer) -> None:
+    assert user_answer(kind, choice, "t") == answer

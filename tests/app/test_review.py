@@ -25,7 +25,7 @@ from app.review import (
     runs_code,
     unreviewed,
 )
-from app.staging import SessionStaging, sha256_file
+from app.staging import SessionStaging
 
 SESSION = "5e55104a"
 
@@ -91,13 +91,6 @@ def test_an_ended_sessions_files_are_moved_a_running_ones_copied(
     assert (host / "new.txt").stat().st_ino == staged
     assert not (upper / "new.txt").exists()
     assert review.changes(SESSION).changes == ()
-
-
-def test_a_fifo_swapped_in_for_a_staged_file_is_refused_not_waited_on(tmp_path: Path) -> None:
-    fifo = tmp_path / "was-a-file"
-    os.mkfifo(fifo)  # nobody ever writes it: opening it plainly would wait for good
-    with pytest.raises(OSError, match="not a regular file"):
-        sha256_file(fifo)
 
 
 def test_a_staged_file_over_the_quota_is_refused_without_being_read(

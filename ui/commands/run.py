@@ -310,7 +310,7 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     """What the agent staged is put in front of the user (or committed, if the profile says
     so explicitly); nothing reaches their files without one or the other."""
     from app.errors import SessionError
-    from app.policy import commits_unasked
+    from app.policy import AfterRun, CommitReply, after_run, commit_reply
     from app.review import Review, diff, name_warnings, runs_code
     from ui.commands.changes import counted, describe, report
     from ui.prompt import discard_typed_ahead
@@ -330,24 +330,24 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
               .replace("\n", "\n  "), file=sys.stderr)
     # What lands is what this list showed (a commit of it refuses anything else).
     shown = listing.fingerprints
-    if commits_unasked(rule, mode):  # app/policy.py
+    then = after_run(rule, mode, sys.stdin.isatty() and sys.stderr.isatty())  # app/policy.py
+    if then is AfterRun.COMMIT:
         # A profile's "auto" never covers what can run code here: that waits for a person.
         report(review.commit(session, (), shown, include_risky=False), "committed")
         return
-    interactive = mode == "ask" and sys.stdin.isatty() and sys.stderr.isatty()
     choices = (f"[y]es but not the {len(risky)} that can run code, [a]ll, [N]o, [d]iff"
                if risky else "[y]es, [N]o, [d]iff")
-    while interactive:
+    while then is AfterRun.ASK:
         discard_typed_ahead(sys.stdin.fileno())  # a key meant for an earlier question
         print(f"Commit these {counted(changeset)} to your files? {choices}: ",
               end="", file=sys.stderr, flush=True)
-        answer = sys.stdin.readline().strip().lower()
-        if answer == "d":
+        reply = commit_reply(sys.stdin.readline(), len(risky))
+        if reply is CommitReply.DIFF:
             for change in changeset.changes:
                 sys.stderr.writelines(diff(change))
             continue
-        if answer in ("y", "yes") or (risky and answer in ("a", "all")):
-            report(review.commit(session, (), shown, include_risky=answer in ("a", "all")),
+        if reply is not CommitReply.KEEP:
+            report(review.commit(session, (), shown, include_risky=reply is CommitReply.ALL),
                    "committed")
             return
         break

@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from app.consent import Answer, ConsentRequest, RequestKind, Verdict, denied
 from app.grants import Lifetime, Mode
+from app.policy import Choice, user_answer
 from app.text import block, printable, quoted
 from ui.qt import settings as options
 from ui.qt.icons import icon
@@ -491,11 +492,11 @@ class ConsentDialog(QDialog):
         duration = self._durations[self.duration_box.currentIndex()] \
             if self.duration_box is not None else ONCE
         until = self._clock() + duration.seconds if duration.seconds else None
-        mode = Mode(self.mode_box.currentData()) if self.mode_box is not None else Mode.READ
-        if self.request.kind is RequestKind.FILE_SAVE:
-            mode = Mode.READ_WRITE
-        self._finish(Answer(Verdict.ALLOW, lifetime=duration.lifetime, until=until,
-                            paths=self.paths, mode=mode, by="dialog"))
+        writable = self.mode_box is not None and \
+            Mode(self.mode_box.currentData()) is Mode.READ_WRITE
+        self._finish(user_answer(self.request.kind,
+                                 Choice(duration.lifetime, until, self.paths, writable),
+                                 "dialog"))
 
     def choose_files(self) -> None:
         """Opens Qt's own (non-native) file dialog: it works on every platform plugin and

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 
 import app.commit
+import app.commit.apply
+import app.fs
 from app.commit import CommitLog, State
-from app.staging import Change, ChangeKind, EntryType, SessionStaging, StagedRoot, sha256_file
+from app.fs import sha256_file
+from app.staging import Change, ChangeKind, EntryType, SessionStaging, StagedRoot
 
-# More files than one run of app.commit.RUN_LENGTH: copied and renamed by several threads.
+# More files than one run of app.commit.apply.RUN_LENGTH: copied and renamed by several threads.
 BULK = 600
 
 
@@ -134,7 +137,7 @@ def between_prepare_and_apply(monkeypatch: pytest.MonkeyPatch,
                                action: Callable[[], None]) -> None:
     """Runs `action` once, while the commit syncs its prepared files: after every temp file
     is written, before anything is put in place."""
-    sync = app.commit._sync_file_systems
+    sync = app.fs.sync_file_systems
     done: list[bool] = []
 
     def syncing(directories: Any) -> None:
@@ -143,7 +146,7 @@ def between_prepare_and_apply(monkeypatch: pytest.MonkeyPatch,
             action()
         sync(directories)
 
-    monkeypatch.setattr(app.commit, "_sync_file_systems", syncing)
+    monkeypatch.setattr(app.fs, "sync_file_systems", syncing)
 
 
 def journal(log: CommitLog) -> dict[str, Any]:
@@ -172,9 +175,11 @@ def test_a_crash_while_preparing_is_rolled_back(
 ) -> None:
     before = snapshot(project.host)
     if crash_at == "copying":  # part-way through the copies
-        monkeypatch.setattr(app.commit, "_prepare", crash_from_call(BULK // 2, app.commit._prepare))
+        monkeypatch.setattr(app.commit.apply, "prepare_one",
+                            crash_from_call(BULK // 2, app.commit.apply.prepare_one))
     else:  # every temp file written, not all of them on disk yet
-        monkeypatch.setattr(app.commit, "_prepare_all", crash_after(app.commit._prepare_all))
+        monkeypatch.setattr(app.commit.apply, "prepare_all",
+                            crash_after(app.commit.apply.prepare_all))
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
@@ -193,7 +198,8 @@ def test_a_crash_while_applying_is_rolled_forward(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(project.host)
-    monkeypatch.setattr(app.commit, "_apply", crash_from_call(BULK // 2, app.commit._apply))
+    monkeypatch.setattr(app.commit.apply, "apply_one",
+                        crash_from_call(BULK // 2, app.commit.apply.apply_one))
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
@@ -365,9 +371,9 @@ def test_a_crash_while_moving_loses_nothing(
 ) -> None:
     before = snapshot(project.host)
     staged = staged_snapshot(project)
-    function = "_prepare" if crash_at == "preparing" else "_apply"
-    monkeypatch.setattr(app.commit, function,
-                        crash_from_call(BULK // 2, getattr(app.commit, function)))
+    function = "prepare_one" if crash_at == "preparing" else "apply_one"
+    monkeypatch.setattr(app.commit.apply, function,
+                        crash_from_call(BULK // 2, getattr(app.commit.apply, function)))
     with pytest.raises(SimulatedCrash):
         commit_moving(project)
     monkeypatch.undo()
@@ -454,7 +460,8 @@ def test_recovery_reads_only_commits_that_never_finished(
 def test_an_interrupted_commit_from_before_the_markers_is_still_recovered(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app.commit, "_apply", crash_from_call(BULK // 2, app.commit._apply))
+    monkeypatch.setattr(app.commit.apply, "apply_one",
+                        crash_from_call(BULK // 2, app.commit.apply.apply_one))
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
