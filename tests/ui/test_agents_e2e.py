@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from app.agent_image import (
 )
 from app.audit import AuditLog, AuditRecord, records
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, Verdict
+from app.console import Console, Terminal
 from app.egress.bridge import Egress
 from app.egress.keys import KeyringSecrets
 from app.events import Event, EventBus
@@ -138,18 +140,37 @@ class Session:
                           by="test")
         return Answer(Verdict.DENY, by="test")
 
-    def run(self, profile: str, grant: Path, command: tuple[str, ...] | None
-            ) -> tuple[SessionResult, str]:
+    def run(self, profile: str, grant: Path, command: tuple[str, ...] | None,
+            stdin: bytes | None = None) -> tuple[SessionResult, str]:
         request = LaunchRequest(parse_profile(profile, "shipped.toml"), Path("shipped.toml"),
                                 (GrantRequest(grant, Mode.READ_WRITE),), command=command,
-                                timeout=300)
-        output = CollectedOutput()
+                                timeout=300,
+                                terminal=Terminal(tty=False) if stdin is not None else None)
+        output = CollectedOutput() if stdin is None else PipedInput(stdin)
         try:
             result = asyncio.run(self.supervisor.run(request, output))
         finally:
             self.store.close()
             self.audit.close()
         return result, output.text()
+
+
+class PipedInput(CollectedOutput):
+    """What the agent printed, and its stdin fed from `data`, then ended: the way a pipe
+    into `airlock run` reaches it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+        self.feeder: threading.Thread | None = None
+
+    def attached(self, console: Console) -> None:
+        def feed() -> None:  # the console's writes block while the agent does not read
+            console.write(self.data)
+            console.close_stdin()
+
+        self.feeder = threading.Thread(target=feed, daemon=True)
+        self.feeder.start()
 
 
 def sandbox_check(work: Path, refused_port: int) -> str:
@@ -399,6 +420,58 @@ def test_aider_edits_through_airlock_and_never_holds_the_key(
     assert KEY not in output
     logged = b"".join(p.read_bytes() for p in short_dirs.audit.glob("*"))
     assert KEY.encode() not in logged and b"route:openai" in logged
+
+
+def test_aider_asks_for_a_file_with_airlock_request(
+    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+) -> None:
+    """aider has no MCP client: its conventions file tells the model about `airlock-request`,
+    the same asks as a shell command. The model suggests it, aider runs it in the sandbox,
+    the test's front end grants one more file, and the model's next command reads it: the
+    file's words reach the model (at the mock), through the user's three lines on stdin."""
+    agent_image(engine, "aider")
+    KeyringSecrets(short_dirs.config / "secrets").set("openai", KEY)
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "notes.md").write_text("# Notes\nold line\n")
+    extra = tmp_path / "outside" / "plan.md"
+    extra.parent.mkdir()
+    extra.write_text("the plan: ship on friday\n")
+    for folder in (tmp_path, work, extra.parent):
+        folder.chmod(0o755)
+    if os.geteuid() == 0:
+        for path in (work, *work.iterdir()):
+            os.chown(path, 65534, 65534)
+
+    def read_the_grant(conversation: str) -> str:
+        granted = re.search(r"The user granted: (/run/airlock/doc/\S+/plan\.md) \(",
+                            conversation)
+        assert granted, conversation[-2000:]
+        return f"I'll read it.\n\n```bash\ncat {granted.group(1)}\n```\n"
+
+    ask = ('I need the plan first.\n\n```bash\nairlock-request files --reason '
+           '"I need the plan to finish the notes" plan.md\n```\n')
+    turns = {"Read the plan.": read_the_grant, "Finish.": lambda _: "Done."}
+    model = MockModel([])
+    api = ChatCompletions(ask, "Tidy my notes.", turns)
+    with MockServer(api, model) as mock:
+        session = Session(short_dirs, engine, extra, 1)
+        result, output = session.run(
+            shipped_profile("aider", mock.port), work,
+            ("aider", "--no-fancy-input", "--no-pretty", str(work / "notes.md")),
+            stdin=b"Tidy my notes.\nRead the plan.\nFinish.\n")
+    assert result.exit_code == 0, output
+    sent = [json.dumps(r.body) for r in model.requests if r.path.endswith("/chat/completions")]
+    assert any("airlock-request files" in body for body in sent[:1]), output  # conventions
+    # The front end was asked once, with the agent's reason as its own words.
+    asked = [r for r in session.front_end.seen if r.kind is RequestKind.FILE_OPEN]
+    assert len(asked) == 1 and "finish the notes" in asked[0].reason, output
+    assert "plan.md" in asked[0].reason
+    assert any("The user granted: /run/airlock/doc/" in body for body in sent), output
+    assert any("ship on friday" in body for body in sent), output  # the next step read it
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in model.requests
+               if r.path.endswith("/chat/completions"))
+    assert KEY not in output
 
 
 # An MCP client in the agent's container, speaking JSON-RPC to Airlock's server over stdio

@@ -1,5 +1,6 @@
 """`airlock run` tells the person at the terminal when the file watch of a session had a
-gap or is partly unwatched, and which hosts the agent was refused."""
+gap or is partly unwatched, which hosts the agent was refused, which uploads are held and
+what became of them, and which of its requests were denied."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 from app.events import Event, EventKind
 from tests.support import DesktopUser, profile_text
 from tests.ui.test_handoff import daemon
-
-__all__ = ["daemon"]
 from ui.notices import Notices, notice_text
+
+__all__ = ["daemon"]  # the fixture, for the hand-off case
 
 
 @pytest.mark.parametrize(("kind", "details", "expected"), [

@@ -544,7 +544,6 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
     from app.egress.bridge import Egress
     from app.handoff import HandoffServer
     from portal.control import ControlService
-    from ui.notices import notice_text
     from ui.qt.notifications import Notifier
     from ui.wiring import open_consenting_supervisor
 
@@ -569,7 +568,9 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
             notifier.reviewed.connect(lambda _request: desktop.show_pending())
             notifier.denied.connect(desktop.front_end.deny)
         # interactive: sessions handed over from `airlock run` get the app's dialogs.
-        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text,
+        # Their terminals hear what the agent runs into, counted apart from the app's own
+        # (each front end its own Notices; plain strings out).
+        handoff = HandoffServer(supervisor, dirs.supervisor_socket, Notices(),
                                 interactive=True)
         try:
             await handoff.start()
