@@ -16,7 +16,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ from tests.agentmocks import (
 )
 from tests.netsupport import RecordingServer, StaticResolver, secret_service
 from tests.portal.rig import Scripted
+from tests.ptyterm import PtyProcess
 from tests.support import AIRLOCK, CollectedOutput, profile_text
 
 __all__ = ["secret_service"]
@@ -629,3 +632,106 @@ def test_claude_code_through_the_airlock_command(
         assert KEY.encode() not in b"".join(p.read_bytes() for p in state.rglob("audit/*"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_claude_codes_own_screen_through_a_real_terminal(
+    engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+) -> None:
+    """The real agent's interactive screen, as a user runs it: `airlock run -p claude-code
+    -g DIR:rw` on a real pseudo-terminal. A prompt typed key by key, the mock answers with an
+    edit, the edit is staged, the agent is quit with its own command, the review question is
+    answered no, and the terminal is given back as it was (cooked, echoing)."""
+    agent_image(engine, "claude-code")
+    root = Path(tempfile.mkdtemp(prefix="ap-", dir="/tmp"))  # unix socket paths stay short
+    terminal: PtyProcess | None = None
+    try:
+        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "c"),
+               "XDG_STATE_HOME": str(root / "s"), "XDG_RUNTIME_DIR": str(root / "r"),
+               "AIRLOCK_AUTOSTART": "0", "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+        (root / "r").mkdir(mode=0o700)
+        stored = subprocess.run([str(AIRLOCK), "secret", "set", "anthropic"], input=KEY + "\n",
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert stored.returncode == 0, stored.stderr
+        work = tmp_path / "project"
+        work.mkdir()
+        notes = work / "notes.md"
+        notes.write_text("# Notes\nold line\n")
+        tmp_path.chmod(0o755)
+        work.chmod(0o755)
+        if os.geteuid() == 0:
+            for path in (work, notes):
+                os.chown(path, 65534, 65534)
+        model = MockModel([
+            lambda r: Call("Read", {"file_path": str(notes)}),
+            lambda r: Call("Edit", {"file_path": str(notes), "old_string": "old line",
+                                    "new_string": "new line"}),
+        ])
+        with MockServer(AnthropicMessages(), model) as mock:
+            profile = root / "claude-code.toml"
+            profile.write_text(shipped_profile("claude-code", mock.port))
+            terminal = PtyProcess(
+                ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(AIRLOCK), "run",
+                 "--in-process", "-p", str(profile), "-g", f"{work}:rw"], tmp_path, 30, 100)
+            before = terminal.stty()
+            terminal.expect("the agent has this terminal", 60)
+            # Claude Code's own question on a folder it has not seen: "Yes, I trust…".
+            terminal.expect(r"trust\S*this\S*folder", 60)
+            screen_ready(terminal)
+            terminal.send("\x1b[B")
+            time.sleep(0.3)
+            terminal.send("\r")
+            screen_ready(terminal)
+            # Then, a few seconds in, its offer of its own "auto mode": no, Airlock is the
+            # sandbox (bypass permissions stays).
+            terminal.expect(r"auto mode your default", 60)
+            screen_ready(terminal)
+            terminal.send("\x1b[B")
+            time.sleep(0.3)
+            terminal.send("\r")
+            screen_ready(terminal)
+            for key in "Tidy my notes.":
+                terminal.send(key)
+                time.sleep(0.02)
+            terminal.send("\r")
+            terminal.expect(rb"All(\x1b\[\d*[CG]| )done", 60)
+            screen_ready(terminal)
+            for key in "/exit":
+                terminal.send(key)
+                time.sleep(0.05)
+            time.sleep(0.5)
+            terminal.send("\r")
+            terminal.expect(r"Commit these 1 change", 120)
+            assert terminal.modes()[3] & termios.ICANON  # cooked for the question again
+            terminal.send("n\r")
+            assert terminal.wait(60) == 0, terminal.tail()
+        after = terminal.stty()
+        assert after == before
+        modes = terminal.modes()
+        assert modes[3] & termios.ECHO and modes[3] & termios.ICANON  # not raw: sane again
+        # The edit is staged, not applied; the model's requests carried the key.
+        assert notes.read_text() == "# Notes\nold line\n"
+        staged = list((root / "s" / "airlock").glob("sessions/*/staging/**/notes.md"))
+        assert staged and staged[0].read_text() == "# Notes\nnew line\n", terminal.tail()
+        asked = [r for r in model.requests if "/messages" in r.path]
+        assert asked and all(r.headers["x-api-key"] == KEY for r in asked)
+        assert KEY.encode() not in terminal.seen
+    finally:
+        if terminal is not None:
+            terminal.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def screen_ready(terminal: PtyProcess, quiet: float = 1.5, timeout: float = 60) -> None:
+    """Waits until the agent's screen has been still for `quiet` seconds: a full-screen
+    program takes keys reliably once it has drawn."""
+    deadline = time.monotonic() + timeout
+    seen = len(terminal.seen)
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        terminal._read(0.1)
+        if len(terminal.seen) != seen:
+            seen, still_since = len(terminal.seen), time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+    raise AssertionError(f"the screen never settled: {terminal.tail()}")
