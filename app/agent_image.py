@@ -570,6 +570,8 @@ def write_layer(recipe: AgentRecipe, fetched: tuple[Fetched, ...], python_lock: 
             for name, content in sorted(recipe.mcp_sources.items()):
                 layer.data(f"{MCP_ROOT}/{name}", content, executable=True)
             layer.link("/usr/local/bin/airlock-mcp", f"{MCP_ROOT}/airlock_mcp.py")
+            # The same asks as a shell command, for agents without an MCP client.
+            layer.link("/usr/local/bin/airlock-request", f"{MCP_ROOT}/airlock_request.py")
             layer.close()
     say(f"      {output.stat().st_size / 1e6:.0f} MB")
 

@@ -121,9 +121,11 @@ class ConsentBroker:
         return [request for request, _ in self._pending.values()]
 
     async def ask(self, request: ConsentRequest) -> Answer:
+        size = request.details.get("size")  # an upload's: what the notices say it holds
         self._bus.emit(
             EventKind.REQUEST_ASKED, request.session, request.subject, request=request.id,
             asks=str(request.kind), timeout=request.timeout,
+            **({"size": size} if isinstance(size, int) else {}),
         )
         answer = await self._answer(request)
         self._bus.emit(

@@ -185,6 +185,7 @@ class HandoffServer:
         session_ids: set[str] = set()
 
         denied: list[list[str]] = []  # (kind, subject, by) of each question denied
+        owns_screen = request.terminal is not None and request.terminal.tty
 
         def forward(event: Event) -> None:
             if event.session in session_ids:  # this client's session: not another one's
@@ -193,7 +194,10 @@ class HandoffServer:
                     denied.append([str(event.details.get("asks", "")), event.subject,
                                    str(event.details.get("by", ""))])
                 text = self._notice(event)
-                if text:
+                # On a terminal the agent owns, notices wait for its end, after which the
+                # summary of denials (the end frame's "denied") says those.
+                if text and not (owns_screen and event.kind is EventKind.REQUEST_ANSWERED
+                                 and event.details.get("verdict") == "deny"):
                     writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
 
         console: asyncio.Future[Console] = loop.create_future()

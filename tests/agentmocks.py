@@ -373,10 +373,14 @@ class ChatCompletions(Api):
     calls, so the script is the reply to the task; anything else (a commit message) gets a
     short line."""
 
-    def __init__(self, reply: str, task: str) -> None:
+    def __init__(self, reply: str, task: str,
+                 turns: dict[str, Callable[[str], str]] | None = None) -> None:
         super().__init__()
         self.reply = reply
         self.task = task
+        # More turns of a conversation: the user's line -> the reply, made from everything
+        # the model was sent (what the commands of earlier replies printed, for instance).
+        self.turns = turns or {}
         self.counter = 0
 
     def on_get(self, path: str) -> Any:
@@ -388,8 +392,11 @@ class ChatCompletions(Api):
         users = [m for m in messages if m.get("role") == "user"]
         # aider's prompt has example exchanges of its own, and may end with a system
         # reminder: the turn is the last user message.
-        asked = bool(users) and self.task in _text(users[-1].get("content"))
-        text = self.reply if asked else "Tidy the notes"
+        last = _text(users[-1].get("content")) if users else ""
+        text = self.reply if self.task in last else "Tidy the notes"
+        for line, reply in self.turns.items():
+            if line in last:
+                text = reply("\n".join(_text(m.get("content")) for m in messages))
         self.counter += 1
         ident = f"chatcmpl-{self.counter:04d}"
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}

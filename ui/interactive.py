@@ -295,6 +295,7 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
     """Runs one session with the agent on this process's terminal (or stdin), to its end.
     While the agent owns the screen, Airlock's notices wait: they are printed after it."""
     from app.events import EventKind
+    from ui.notices import summed_up
     from ui.prompt import TerminalPrompt
 
     denied: list[tuple[str, str, str]] = []
@@ -315,7 +316,8 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
     def watch(event: Event) -> None:
         text = notice(event)
         if text and screen_owned:
-            notices.append(text)
+            if not summed_up(event):  # the summary of denials after the session says it
+                notices.append(text)
         elif text:
             say(text)
         if event.kind is EventKind.SESSION_STARTED and not started:

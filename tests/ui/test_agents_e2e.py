@@ -16,6 +16,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import termios
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from app.agent_image import (
 )
 from app.audit import AuditLog, AuditRecord, records
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, Verdict
+from app.console import Console, Terminal
 from app.egress.bridge import Egress
 from app.egress.keys import KeyringSecrets
 from app.events import Event, EventBus
@@ -57,6 +61,7 @@ from tests.agentmocks import (
 )
 from tests.netsupport import RecordingServer, StaticResolver, secret_service
 from tests.portal.rig import Scripted
+from tests.ptyterm import PtyProcess
 from tests.support import AIRLOCK, CollectedOutput, profile_text
 
 __all__ = ["secret_service"]
@@ -138,18 +143,37 @@ class Session:
                           by="test")
         return Answer(Verdict.DENY, by="test")
 
-    def run(self, profile: str, grant: Path, command: tuple[str, ...] | None
-            ) -> tuple[SessionResult, str]:
+    def run(self, profile: str, grant: Path, command: tuple[str, ...] | None,
+            stdin: bytes | None = None) -> tuple[SessionResult, str]:
         request = LaunchRequest(parse_profile(profile, "shipped.toml"), Path("shipped.toml"),
                                 (GrantRequest(grant, Mode.READ_WRITE),), command=command,
-                                timeout=300)
-        output = CollectedOutput()
+                                timeout=300,
+                                terminal=Terminal(tty=False) if stdin is not None else None)
+        output = CollectedOutput() if stdin is None else PipedInput(stdin)
         try:
             result = asyncio.run(self.supervisor.run(request, output))
         finally:
             self.store.close()
             self.audit.close()
         return result, output.text()
+
+
+class PipedInput(CollectedOutput):
+    """What the agent printed, and its stdin fed from `data`, then ended: the way a pipe
+    into `airlock run` reaches it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+        self.feeder: threading.Thread | None = None
+
+    def attached(self, console: Console) -> None:
+        def feed() -> None:  # the console's writes block while the agent does not read
+            console.write(self.data)
+            console.close_stdin()
+
+        self.feeder = threading.Thread(target=feed, daemon=True)
+        self.feeder.start()
 
 
 def sandbox_check(work: Path, refused_port: int) -> str:
@@ -401,6 +425,58 @@ def test_aider_edits_through_airlock_and_never_holds_the_key(
     assert KEY.encode() not in logged and b"route:openai" in logged
 
 
+def test_aider_asks_for_a_file_with_airlock_request(
+    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+) -> None:
+    """aider has no MCP client: its conventions file tells the model about `airlock-request`,
+    the same asks as a shell command. The model suggests it, aider runs it in the sandbox,
+    the test's front end grants one more file, and the model's next command reads it: the
+    file's words reach the model (at the mock), through the user's three lines on stdin."""
+    agent_image(engine, "aider")
+    KeyringSecrets(short_dirs.config / "secrets").set("openai", KEY)
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "notes.md").write_text("# Notes\nold line\n")
+    extra = tmp_path / "outside" / "plan.md"
+    extra.parent.mkdir()
+    extra.write_text("the plan: ship on friday\n")
+    for folder in (tmp_path, work, extra.parent):
+        folder.chmod(0o755)
+    if os.geteuid() == 0:
+        for path in (work, *work.iterdir()):
+            os.chown(path, 65534, 65534)
+
+    def read_the_grant(conversation: str) -> str:
+        granted = re.search(r"The user granted: (/run/airlock/doc/\S+/plan\.md) \(",
+                            conversation)
+        assert granted, conversation[-2000:]
+        return f"I'll read it.\n\n```bash\ncat {granted.group(1)}\n```\n"
+
+    ask = ('I need the plan first.\n\n```bash\nairlock-request files --reason '
+           '"I need the plan to finish the notes" plan.md\n```\n')
+    turns = {"Read the plan.": read_the_grant, "Finish.": lambda _: "Done."}
+    model = MockModel([])
+    api = ChatCompletions(ask, "Tidy my notes.", turns)
+    with MockServer(api, model) as mock:
+        session = Session(short_dirs, engine, extra, 1)
+        result, output = session.run(
+            shipped_profile("aider", mock.port), work,
+            ("aider", "--no-fancy-input", "--no-pretty", str(work / "notes.md")),
+            stdin=b"Tidy my notes.\nRead the plan.\nFinish.\n")
+    assert result.exit_code == 0, output
+    sent = [json.dumps(r.body) for r in model.requests if r.path.endswith("/chat/completions")]
+    assert any("airlock-request files" in body for body in sent[:1]), output  # conventions
+    # The front end was asked once, with the agent's reason as its own words.
+    asked = [r for r in session.front_end.seen if r.kind is RequestKind.FILE_OPEN]
+    assert len(asked) == 1 and "finish the notes" in asked[0].reason, output
+    assert "plan.md" in asked[0].reason
+    assert any("The user granted: /run/airlock/doc/" in body for body in sent), output
+    assert any("ship on friday" in body for body in sent), output  # the next step read it
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in model.requests
+               if r.path.endswith("/chat/completions"))
+    assert KEY not in output
+
+
 # An MCP client in the agent's container, speaking JSON-RPC to Airlock's server over stdio
 # the way every agent does: each tool's answer is printed as one JSON line.
 MCP_CLIENT = r"""
@@ -556,3 +632,106 @@ def test_claude_code_through_the_airlock_command(
         assert KEY.encode() not in b"".join(p.read_bytes() for p in state.rglob("audit/*"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_claude_codes_own_screen_through_a_real_terminal(
+    engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+) -> None:
+    """The real agent's interactive screen, as a user runs it: `airlock run -p claude-code
+    -g DIR:rw` on a real pseudo-terminal. A prompt typed key by key, the mock answers with an
+    edit, the edit is staged, the agent is quit with its own command, the review question is
+    answered no, and the terminal is given back as it was (cooked, echoing)."""
+    agent_image(engine, "claude-code")
+    root = Path(tempfile.mkdtemp(prefix="ap-", dir="/tmp"))  # unix socket paths stay short
+    terminal: PtyProcess | None = None
+    try:
+        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "c"),
+               "XDG_STATE_HOME": str(root / "s"), "XDG_RUNTIME_DIR": str(root / "r"),
+               "AIRLOCK_AUTOSTART": "0", "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+        (root / "r").mkdir(mode=0o700)
+        stored = subprocess.run([str(AIRLOCK), "secret", "set", "anthropic"], input=KEY + "\n",
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert stored.returncode == 0, stored.stderr
+        work = tmp_path / "project"
+        work.mkdir()
+        notes = work / "notes.md"
+        notes.write_text("# Notes\nold line\n")
+        tmp_path.chmod(0o755)
+        work.chmod(0o755)
+        if os.geteuid() == 0:
+            for path in (work, notes):
+                os.chown(path, 65534, 65534)
+        model = MockModel([
+            lambda r: Call("Read", {"file_path": str(notes)}),
+            lambda r: Call("Edit", {"file_path": str(notes), "old_string": "old line",
+                                    "new_string": "new line"}),
+        ])
+        with MockServer(AnthropicMessages(), model) as mock:
+            profile = root / "claude-code.toml"
+            profile.write_text(shipped_profile("claude-code", mock.port))
+            terminal = PtyProcess(
+                ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(AIRLOCK), "run",
+                 "--in-process", "-p", str(profile), "-g", f"{work}:rw"], tmp_path, 30, 100)
+            before = terminal.stty()
+            terminal.expect("the agent has this terminal", 60)
+            # Claude Code's own question on a folder it has not seen: "Yes, I trust…".
+            terminal.expect(r"trust\S*this\S*folder", 60)
+            screen_ready(terminal)
+            terminal.send("\x1b[B")
+            time.sleep(0.3)
+            terminal.send("\r")
+            screen_ready(terminal)
+            # Then, a few seconds in, its offer of its own "auto mode": no, Airlock is the
+            # sandbox (bypass permissions stays).
+            terminal.expect(r"auto mode your default", 60)
+            screen_ready(terminal)
+            terminal.send("\x1b[B")
+            time.sleep(0.3)
+            terminal.send("\r")
+            screen_ready(terminal)
+            for key in "Tidy my notes.":
+                terminal.send(key)
+                time.sleep(0.02)
+            terminal.send("\r")
+            terminal.expect(rb"All(\x1b\[\d*[CG]| )done", 60)
+            screen_ready(terminal)
+            for key in "/exit":
+                terminal.send(key)
+                time.sleep(0.05)
+            time.sleep(0.5)
+            terminal.send("\r")
+            terminal.expect(r"Commit these 1 change", 120)
+            assert terminal.modes()[3] & termios.ICANON  # cooked for the question again
+            terminal.send("n\r")
+            assert terminal.wait(60) == 0, terminal.tail()
+        after = terminal.stty()
+        assert after == before
+        modes = terminal.modes()
+        assert modes[3] & termios.ECHO and modes[3] & termios.ICANON  # not raw: sane again
+        # The edit is staged, not applied; the model's requests carried the key.
+        assert notes.read_text() == "# Notes\nold line\n"
+        staged = list((root / "s" / "airlock").glob("sessions/*/staging/**/notes.md"))
+        assert staged and staged[0].read_text() == "# Notes\nnew line\n", terminal.tail()
+        asked = [r for r in model.requests if "/messages" in r.path]
+        assert asked and all(r.headers["x-api-key"] == KEY for r in asked)
+        assert KEY.encode() not in terminal.seen
+    finally:
+        if terminal is not None:
+            terminal.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def screen_ready(terminal: PtyProcess, quiet: float = 1.5, timeout: float = 60) -> None:
+    """Waits until the agent's screen has been still for `quiet` seconds: a full-screen
+    program takes keys reliably once it has drawn."""
+    deadline = time.monotonic() + timeout
+    seen = len(terminal.seen)
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        terminal._read(0.1)
+        if len(terminal.seen) != seen:
+            seen, still_since = len(terminal.seen), time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return
+    raise AssertionError(f"the screen never settled: {terminal.tail()}")

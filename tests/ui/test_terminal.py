@@ -214,7 +214,7 @@ def test_the_filter_is_fast_enough() -> None:
 @pytest.mark.parametrize("hostile", ["\x1b[8m", "\u009b2J", "\u202e", "\u200f", "\n", "\u2028"])
 def test_notices_are_one_line_with_what_the_agent_chose_escaped(hostile: str) -> None:
     from app.events import Event, EventKind
-    from ui.commands.run import notice_text
+    from ui.notices import notice_text
 
     for event in (Event(EventKind.GRANT_SKIPPED, "s1", f"/home/u/x{hostile}",
                         {"reason": f"because{hostile}"}),

@@ -29,8 +29,8 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
     from app.consent import DenyAll
     from app.handoff import HandoffServer
     from app.questions import AskServer, QuestionQueue, SessionRoutes, ask_socket
-    from ui.commands.run import Notices
     from ui.interactive import notify_questions
+    from ui.notices import Notices
     from ui.wiring import open_supervisor
 
     questions = QuestionQueue()

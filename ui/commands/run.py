@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from app.errors import AirlockError
 from ui import handoff_client
 from ui.commands.base import Context, add_command
+from ui.notices import Notices
 from ui.terminal import TerminalFilter, reclaim
 
 if TYPE_CHECKING:
@@ -74,92 +75,6 @@ class TerminalOutput:
         text = self.notices(event)
         if text:
             self.say(text)
-
-
-class Notices:
-    """`notice_text`, plus what the agent ran into on the network: an agent whose requests
-    are refused often only says "reconnecting…", so the person learns from Airlock which
-    host was refused and what to do about it. Repeats are counted, not repeated: a host's
-    first refusal is said at once, then its count at 10, 100, 1 000… refusals."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
-
-    def __call__(self, event: Event) -> str | None:
-        from app.events import EventKind
-
-        if event.kind is EventKind.NET_REFUSED:
-            return self._refused(event)
-        if event.kind is EventKind.NET_BLOCKED:
-            return self._blocked(event)
-        return notice_text(event)
-
-    def _count(self, session: str, what: str, by: int = 1) -> int | None:
-        """The new count when it is one to say (1, 10, 100…), else None."""
-        key = (session, what)
-        before = self._counts.get(key, 0)
-        after = self._counts[key] = before + by
-        if before == 0:
-            return after
-        said = 10 ** len(str(before))  # the next power of ten past what was said
-        return after if after >= said else None
-
-    def _refused(self, event: Event) -> str | None:
-        from app.text import inert
-
-        count = self._count(event.session or "", event.subject)
-        if count is None:
-            return None
-        reason = str(event.details.get("reason") or "refused")
-        times = f" ×{count}" if count > 1 else ""
-        hint = ""
-        if event.details.get("rule") in ("not-listed", "ip-literal"):
-            hint = " (not in the profile: allow it in its [network] section, or add a route)"
-        return (f"refused {inert(event.subject)}{times}: {inert(reason)[:160]}{hint}")
-
-    def _blocked(self, event: Event) -> str | None:
-        from app.text import inert
-
-        by = int(event.details.get("count") or 1)
-        count = self._count(event.session or "", "direct", by)
-        if count is None:
-            return None
-        what = "a direct attempt" if count == 1 else f"{count} direct attempts"
-        return (f"{what} to leave around the proxy (latest: {inert(event.subject)}) went "
-                "nowhere: agents reach the network only through Airlock's proxy")
-
-
-def notice_text(event: Event) -> str | None:
-    """What the person at the terminal should know while the agent runs; one line, with what
-    the agent chose escaped."""
-    from app.events import EventKind
-    from app.text import inert
-
-    subject, details = inert(event.subject), event.details
-    if event.kind is EventKind.SESSION_STARTED:
-        return (f"session {subject} started ({inert(details['profile'])}); "
-                f"`airlock stop {subject}` ends it")
-    if event.kind is EventKind.GRANT_SKIPPED:
-        return f"not granted: {subject}: {inert(details.get('reason', ''))}"
-    if event.kind is EventKind.SESSION_TIMEOUT:
-        return f"session {subject} ran out of time ({details['seconds']:.0f} s); stopping it"
-    if event.kind is EventKind.SESSION_OOM:
-        return f"session {subject} was killed: it hit its memory limit"
-    if event.kind is EventKind.SESSION_LIMIT:
-        return (f"session {inert(event.session)} hit its {subject} limit "
-                f"({inert(details.get('count'))} times)")
-    if event.kind is EventKind.GRANT_REVOKED:
-        return f"revoked: {subject}"
-    if event.kind is EventKind.ACTIVITY_GAP:
-        from app.text import printable
-
-        return (f"session {event.session}: file activity went unwatched for "
-                f"{details.get('seconds', 0):.1f} s ({printable(str(details.get('cause')))}); "
-                f"rescanned: {details.get('rescanned', 0)} change(s) in that time")
-    if event.kind is EventKind.ACTIVITY_UNWATCHED:
-        return (f"session {event.session} is partly unwatched: its file activity overflowed "
-                f"the watch {details.get('overflows')} times")
-    return None
 
 
 async def run_session(supervisor: Supervisor, request: LaunchRequest,

@@ -28,13 +28,14 @@ from PySide6.QtWidgets import QApplication
 from app.audit import records, verify
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, denied
 from app.errors import AirlockError, SessionError
-from app.events import Event, EventKind
+from app.events import Event, EventKind, TokenBucket
 from app.grants import Grant, GrantRequest, Mode, check_grant_path
 from app.paths import Dirs
 from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import SessionRecord
 from app.threads import thread_bus
+from ui.notices import Notices
 from ui.qt import settings as options
 from ui.qt.bridge import EventBridge
 from ui.qt.consent import QtFrontEnd, Requester
@@ -101,6 +102,10 @@ class Desktop(QObject):
         self._reads: dict[str, int] = {}  # what -> the number of the latest read of it
         self.unwatched: frozenset[str] = frozenset()  # partly unwatched sessions
         self._notified: dict[int, str] = {}  # notification id -> request id
+        # What the agents ran into (ui/notices.py), counted in plain Python; only strings
+        # reach Qt. Notifications for them come at most this often, whatever the agents do.
+        self.notices = Notices()
+        self._notice_pace = TokenBucket(burst=3, rate=1 / 20)
 
         bridge.events.connect(self._events)
         bridge.sessions_changed.connect(self.refresh_sessions)
@@ -175,6 +180,10 @@ class Desktop(QObject):
         for event in batch:
             if event.kind in (EventKind.SESSION_EXITED, EventKind.SESSION_SWEPT):
                 self.front_end.forget(event.session or "")
+            text = self.notices.counted(event)
+            # A question answered in this app: the person answering knows.
+            if text and event.details.get("by") not in ("dialog", "notification"):
+                self._notice(event, text)
         unwatched = {e.session for e in batch
                      if e.kind is EventKind.ACTIVITY_UNWATCHED and e.session}
         if unwatched - self.unwatched:
@@ -221,6 +230,16 @@ class Desktop(QObject):
         window = self.reviews.get(session)
         if window is not None and window.isVisible():
             self.spawn(window.load())
+
+    def _notice(self, event: Event, text: str) -> None:
+        """A refusal, a held upload or a denial: on the status line, and while the window
+        is hidden as a notification (a held upload's own dialog is its notification)."""
+        line = f"{event.session}: {text}" if event.session else text
+        self.say(line)
+        if (self.notifier is not None and not self.window.isVisible()
+                and self.settings.get(options.NOTIFY) and event.kind is not EventKind.REQUEST_ASKED
+                and self._notice_pace.take()):
+            self.spawn(self.notifier.notify("Airlock", line, []))
 
     def _asked(self, request: ConsentRequest) -> None:
         if self.window.isVisible() or not self.settings.get(options.NOTIFY):
@@ -525,7 +544,6 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
     from app.egress.bridge import Egress
     from app.handoff import HandoffServer
     from portal.control import ControlService
-    from ui.commands.run import notice_text
     from ui.qt.notifications import Notifier
     from ui.wiring import open_consenting_supervisor
 
@@ -550,7 +568,9 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
             notifier.reviewed.connect(lambda _request: desktop.show_pending())
             notifier.denied.connect(desktop.front_end.deny)
         # interactive: sessions handed over from `airlock run` get the app's dialogs.
-        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text,
+        # Their terminals hear what the agent runs into, counted apart from the app's own
+        # (each front end its own Notices; plain strings out).
+        handoff = HandoffServer(supervisor, dirs.supervisor_socket, Notices(),
                                 interactive=True)
         try:
             await handoff.start()
