@@ -28,7 +28,7 @@ from PySide6.QtWidgets import QApplication
 from app.audit import records, verify
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, denied
 from app.errors import AirlockError, SessionError
-from app.events import Event, EventKind, TokenBucket
+from app.events import Event, EventBudget, EventKind
 from app.grants import Grant, GrantRequest, Mode, check_grant_path
 from app.paths import Dirs
 from app.review import Review
@@ -105,7 +105,7 @@ class Desktop(QObject):
         # What the agents ran into (ui/notices.py), counted in plain Python; only strings
         # reach Qt. Notifications for them come at most this often, whatever the agents do.
         self.notices = Notices()
-        self._notice_pace = TokenBucket(burst=3, rate=1 / 20)
+        self._notice_pace = EventBudget(burst=3, rate=1 / 20)
 
         bridge.events.connect(self._events)
         bridge.sessions_changed.connect(self.refresh_sessions)
