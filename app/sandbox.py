@@ -32,6 +32,7 @@ SECCOMP_FILTER = 2  # /proc/PID/status "Seccomp:": 0 off, 1 strict, 2 filter
 # Mounts the engine makes for every container: the kernel's file systems (and Docker's masks
 # under /proc and /sys, which only take away), the name files, and the init it injects.
 ENGINE_MOUNTS = frozenset({"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/dev/shm", "/sys",
+                           "/dev/console",  # a terminal's, when the agent has one
                            "/sys/fs/cgroup", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts",
                            "/sbin/docker-init", "/usr/sbin/docker-init", "/dev/init"})
 MASKED_UNDER = ("/proc/", "/sys/")
