@@ -22,6 +22,7 @@ from app.sandbox import (
     parse_route_devices,
 )
 
+EXEC_WAIT_SECONDS = 5.0
 MAX_CHILDREN = 8  # the gate right after start: the init and its one child, seldom more
 
 
@@ -59,6 +60,25 @@ def _read(path: Path) -> str:
         return ""
 
 
+def _same_network(proc: Path) -> bool | None:
+    """Whether the process shares our network namespace; None if that cannot be known.
+
+    The engine's start returns once the runtime told its init to exec, which may not have
+    happened yet: until then the process is the runtime's and not dumpable, its namespace
+    links closed to us. So this waits for the exec — a millisecond or two — and the other
+    facts are read after it, from the process that runs the gate."""
+    deadline = time.monotonic() + EXEC_WAIT_SECONDS
+    while True:
+        try:
+            return os.readlink(proc / "ns" / "net") == os.readlink("/proc/self/ns/net")
+        except PermissionError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+        except OSError:
+            return None
+
+
 def kernel_report(pid: int, container: str) -> KernelReport:
     """What the kernel says of the container whose first process is `pid` (in this process's
     pid namespace: a local engine). Blocking. Nothing in the container is run or asked."""
@@ -67,6 +87,7 @@ def kernel_report(pid: int, container: str) -> KernelReport:
     # remote engine's pid could point at a process of ours.
     if pid <= 0 or container not in _read(proc / "cgroup"):
         return KernelReport((), (), (), (), (), None)
+    host_network = _same_network(proc)
     pids = [pid]
     children = _read(proc / "task" / str(pid) / "children").split()
     pids += [int(child) for child in children[:MAX_CHILDREN] if child.isdigit()]
@@ -75,11 +96,6 @@ def kernel_report(pid: int, container: str) -> KernelReport:
     net = proc / "net"
     listeners = (parse_listeners("tcp", _read(net / "tcp"))
                  + parse_listeners("tcp6", _read(net / "tcp6")))
-    try:
-        host_network: bool | None = (os.readlink(proc / "ns" / "net")
-                                     == os.readlink("/proc/self/ns/net"))
-    except OSError:
-        host_network = None
     return KernelReport(
         processes=processes,
         mounts=parse_mountinfo(_read(proc / "mountinfo")),
