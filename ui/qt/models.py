@@ -176,6 +176,11 @@ def summary(event: Event) -> str:
         return f"{details.get('count')} events not shown (the view fell behind)"
     if kind is EventKind.SESSION_EXITED:
         return str(details.get("reason", ""))
+    if kind is EventKind.SANDBOX_VERIFIED:
+        return f"sandbox verified ({details.get('checks')} checks)"
+    if kind is EventKind.SANDBOX_REFUSED:
+        return (f"refused: {details.get('check')}: expected {details.get('expected')}, "
+                f"found {details.get('found')}")
     parts = [f"{k}={v}" for k, v in details.items() if isinstance(v, str | int | float)]
     return " ".join(parts)[:200]
 

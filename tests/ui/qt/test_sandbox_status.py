@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pytestqt.qtbot import QtBot
 
+from app.events import Event, EventKind
 from app.store import SessionRecord, SessionState
-from ui.qt.models import SessionsModel
+from ui.qt.models import SessionsModel, summary
 from ui.qt.tray import Tray
 
 REFUSED = "refused: kernel: pid 1 Seccomp: expected 2, found 0"
@@ -42,3 +43,11 @@ def test_the_tray_menu_shows_each_sessions_sandbox_check(qtbot: QtBot) -> None:
     entries = [a.text() for a in menus[0].actions()]
     assert entries[0] == "Sandbox verified (52 checks)"
     assert not menus[0].actions()[0].isEnabled()
+
+
+def test_the_activity_feed_says_why_a_session_was_refused() -> None:
+    refused = Event(EventKind.SANDBOX_REFUSED, "s3", "s3", {
+        "check": "kernel: pid 1 Seccomp", "expected": "2", "found": "0", "checks": 52})
+    assert summary(refused) == "refused: kernel: pid 1 Seccomp: expected 2, found 0"
+    verified = Event(EventKind.SANDBOX_VERIFIED, "s1", "s1", {"checks": 52, "seconds": 0.01})
+    assert summary(verified) == "sandbox verified (52 checks)"
