@@ -229,3 +229,39 @@ def test_a_network_with_a_route_out_refuses_the_session(
                             "kernel: interfaces" if hidden else "engine: network mode", engine)
     assert any(f.startswith("kernel: routes out: expected none, found through airlock0")
                for f in failed), failed
+
+
+@pytest.fixture
+def entrypoint_image(engine: docker.DockerClient, agent_image: str) -> Iterator[str]:
+    """The agent image with an entrypoint of its own, as user images often have."""
+    tag = "airlock-test-entrypoint:selfcheck"
+    container = engine.containers.create(agent_image, ["true"])
+    try:
+        container.commit(repository=tag.split(":")[0], tag=tag.split(":")[1], changes=[
+            'ENTRYPOINT ["/bin/sh", "-c", "echo \\"entrypoint $*\\"; exec \\"$@\\"", "ep"]'])
+    finally:
+        container.remove(force=True)
+    yield tag
+    engine.images.remove(tag, force=True)
+
+
+def test_the_gate_keeps_the_images_entrypoint(
+    tmp_path: Path, engine: docker.DockerClient, entrypoint_image: str
+) -> None:
+    _, _, output, error, _ = run_session(tmp_path, DockerEngine(engine), entrypoint_image)
+    assert error is None
+    assert output.text("stdout") == f"entrypoint {' '.join(COMMAND)}\nran\n"
+
+
+def test_an_engine_that_drops_the_limits_is_caught(
+    tmp_path: Path, engine: docker.DockerClient, agent_image: str
+) -> None:
+    """What rootless Podman on cgroup v1 does: the container runs, without its limits."""
+    def drop_limits(kwargs: dict[str, Any]) -> None:
+        for limit in ("mem_limit", "memswap_limit", "pids_limit", "nano_cpus"):
+            kwargs["host_config"].pop(limit)
+
+    wrapped = TamperingEngine(engine, drop_limits, None)
+    failed = assert_refused(tmp_path, wrapped, agent_image, "engine: memory limit", engine)
+    assert [f.split(":")[1].strip() for f in failed] == [
+        "memory limit", "memory+swap limit", "cpus (nano)", "pids limit"]
