@@ -101,6 +101,7 @@ _SYNC_KINDS = frozenset(
         EventKind.SESSION_OOM,
         EventKind.SESSION_TIMEOUT,
         EventKind.SESSION_SWEPT,
+        EventKind.SANDBOX_REFUSED,
     }
 )
 

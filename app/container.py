@@ -65,6 +65,8 @@ class ContainerAdditions:
     environment: Mapping[str, str] = field(default_factory=dict)
     # "container:<id>": join a sidecar's namespace, which has loopback only, like "none".
     network_mode: str | None = None
+    interfaces: tuple[str, ...] = ()  # in the shared namespace, besides loopback
+    listening: tuple[int, ...] = ()  # loopback ports that answer there
 
     def __post_init__(self) -> None:
         if self.network_mode is not None and not self.network_mode.startswith("container:"):
@@ -93,6 +95,13 @@ class ContainerSpec:
     home_size: int = 256 * 1024**2  # a fresh home's tmpfs, unless a mount brings one
     tty: bool = False  # a pseudo-terminal for the agent (app/console.py)
     stdin: bool = False  # its stdin is attached: the caller's keystrokes or pipe
+    # The sandbox check's gate (app/sandbox.py) replaces the image's entrypoint; empty: the
+    # image's own.
+    entrypoint: tuple[str, ...] = ()
+    # What the network namespace holds besides loopback (the witness's device) and which
+    # loopback ports answer (the proxy): what the self-check expects to find there.
+    interfaces: tuple[str, ...] = ()
+    listening: tuple[int, ...] = ()
 
     def create_kwargs(self) -> dict[str, Any]:
         """Arguments for the engine API's container create: the container's own settings,
@@ -113,6 +122,8 @@ class ContainerSpec:
             "tty": self.tty,
             "host_config": self.host_config(),
         }
+        if self.entrypoint:
+            kwargs["entrypoint"] = list(self.entrypoint)
         if self.network_mode == "none":
             kwargs["hostname"] = "airlock"  # a shared namespace brings the sidecar's name
         return kwargs
@@ -213,9 +224,13 @@ def build_spec(
     mounts += [m for m in staged if isinstance(m, BindMount)]
     volumes = tuple(m for m in staged if isinstance(m, VolumeMount))
     network_mode = "none"
+    interfaces: list[str] = []
+    listening: list[int] = []
     for addition in additions:
         environment.update(addition.environment)
         mounts.extend(addition.mounts)
+        interfaces.extend(addition.interfaces)
+        listening.extend(addition.listening)
         if addition.network_mode:
             network_mode = addition.network_mode
     if profile.workdir:
@@ -244,4 +259,6 @@ def build_spec(
         home_size=profile.home.size,
         tty=terminal is not None and terminal.tty,
         stdin=terminal is not None,
+        interfaces=tuple(interfaces),
+        listening=tuple(listening),
     )

@@ -33,5 +33,10 @@ class SessionError(AirlockError):
     """A session cannot be found, started or stopped."""
 
 
+class SandboxRefused(SessionError):
+    """The sandbox check found the running container other than asked for: the agent's
+    command never ran."""
+
+
 class EgressError(AirlockError):
     """The egress proxy, its bridge or the keyring cannot do what was asked."""

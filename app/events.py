@@ -25,6 +25,8 @@ class EventKind(StrEnum):
     SESSION_LIMIT = "session.limit-hit"
     SESSION_TIMEOUT = "session.timed-out"
     SESSION_SWEPT = "session.swept"
+    SANDBOX_VERIFIED = "sandbox.verified"  # the self-check passed: the agent's command runs
+    SANDBOX_REFUSED = "sandbox.refused"  # a check failed: the session is refused
     GRANT_ADDED = "grant.added"
     GRANT_REVOKED = "grant.revoked"
     GRANT_SKIPPED = "grant.skipped"

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     started_at REAL NOT NULL,
     ended_at REAL,
     exit_code INTEGER,
-    reason TEXT
+    reason TEXT,
+    sandbox TEXT  -- the sandbox check's outcome: "verified (N checks)" or "refused: …"
 );
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
@@ -73,6 +74,7 @@ class SessionRecord:
     ended_at: float | None = None
     exit_code: int | None = None
     reason: str | None = None
+    sandbox: str | None = None  # the sandbox check's outcome, once it ran
 
     @property
     def live(self) -> bool:
@@ -100,6 +102,13 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+            if "sandbox" not in columns:  # a file from before the sandbox check
+                try:
+                    self._db.execute("ALTER TABLE sessions ADD COLUMN sandbox TEXT")
+                except sqlite3.OperationalError as e:
+                    if "duplicate column" not in str(e):  # another process just added it
+                        raise
 
         self._patiently(prepare)
 
@@ -144,18 +153,24 @@ class StateStore:
     def add_session(self, record: SessionRecord) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO sessions (id, profile, image, container_id, supervisor, state, "
+                "started_at, ended_at, exit_code, reason, sandbox) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (record.id, record.profile, record.image, record.container_id,
                  record.supervisor, record.state, record.started_at, record.ended_at,
-                 record.exit_code, record.reason),
+                 record.exit_code, record.reason, record.sandbox),
             )
 
-    def set_session_running(self, session: str, container_id: str) -> None:
+    def set_session_running(self, session: str, container_id: str,
+                            sandbox: str | None = None) -> None:
         with self._transaction() as db:
             db.execute(
-                "UPDATE sessions SET state=?, container_id=? WHERE id=?",
-                (SessionState.RUNNING, container_id, session),
+                "UPDATE sessions SET state=?, container_id=?, sandbox=? WHERE id=?",
+                (SessionState.RUNNING, container_id, sandbox, session),
             )
+
+    def set_sandbox(self, session: str, sandbox: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE sessions SET sandbox=? WHERE id=?", (sandbox, session))
 
     def end_session(
         self, session: str, state: SessionState, exit_code: int | None, reason: str | None
@@ -248,7 +263,7 @@ class StateStore:
 
 def _session(row: tuple[object, ...]) -> SessionRecord:
     (id_, profile, image, container_id, supervisor, state, started_at, ended_at, exit_code,
-     reason) = row
+     reason, sandbox) = row
     return SessionRecord(
         id=str(id_), profile=str(profile), image=str(image),
         container_id=None if container_id is None else str(container_id),
@@ -257,6 +272,7 @@ def _session(row: tuple[object, ...]) -> SessionRecord:
         ended_at=None if ended_at is None else float(str(ended_at)),
         exit_code=None if exit_code is None else int(str(exit_code)),
         reason=None if reason is None else str(reason),
+        sandbox=None if sandbox is None else str(sandbox),
     )
 
 

@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_DIR = "/run/airlock/net"
 WITNESS = "/opt/airlock/agents/airlock_netlog.py"
+WITNESS_DEVICE = "airlock0"  # the witness's TUN device, the namespace's only route out
 WITNESS_CAPABILITIES = ("NET_ADMIN", "SETUID", "SETGID")  # dropped by the witness at once
 READY_TIMEOUT = 15.0
 WITNESS_STOP_SECONDS = 2.0
@@ -337,6 +338,8 @@ class EgressBridge:
         return ContainerAdditions(
             network_mode=f"container:{self.sidecar.id}",
             environment=proxy_environment(session.profile) if proxied else {},
+            interfaces=(WITNESS_DEVICE,),
+            listening=(PROXY_PORT,) if proxied else (),
         )
 
     async def started(self, session: SessionContext, container_id: str) -> None:

@@ -26,6 +26,8 @@ from app.console import Console
 from app.container import LABEL_OWNER, LABEL_ROLE, LABEL_SESSION
 from app.errors import EngineError, GrantError, ImageError
 from app.profiles import Profile
+from app.sandbox import EngineView, SandboxReport
+from app.sessions.selfcheck import kernel_report
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,14 @@ class Engine(Protocol):
     def image_id(self, profile: Profile) -> str:
         """The id of the profile's image, checked against its pin and runtime; raises
         ImageError or EngineError saying what to do."""
+
+    def image_command(self, image: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The image's own entrypoint and command (what the sandbox check's gate runs when
+        the profile names no command)."""
+
+    def report(self, container: str) -> SandboxReport:
+        """What the engine's inspect and the kernel say of the running container, for the
+        sandbox check (app/sandbox.py)."""
 
     def create(self, kwargs: dict[str, Any]) -> str:
         """Creates (does not start) a container from `ContainerSpec.create_kwargs()`."""
@@ -160,6 +170,22 @@ class DockerEngine:
                     "or remove `runtime` from the profile"
                 )
         return image.id or profile.image
+
+    def image_command(self, image: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        try:
+            config = self.client.images.get(image).attrs.get("Config") or {}
+        except docker.errors.APIError as e:
+            raise EngineError(f"cannot inspect image {image}: {e.explanation}") from e
+        return tuple(config.get("Entrypoint") or ()), tuple(config.get("Cmd") or ())
+
+    def report(self, container: str) -> SandboxReport:
+        try:
+            doc = self.client.api.inspect_container(container)
+        except docker.errors.APIError as e:
+            raise EngineError(f"cannot inspect container {container[:12]}: "
+                              f"{e.explanation}") from e
+        view = EngineView.from_inspect(doc)
+        return SandboxReport(view, kernel_report(view.pid, str(doc.get("Id") or container)))
 
     def create(self, kwargs: dict[str, Any]) -> str:
         try:

@@ -18,6 +18,7 @@ from app.profiles import Approval
 from app.rules import decide
 from app.sessions.engine import Guard
 from app.sessions.model import SessionContext, SessionExtension
+from app.sessions.selfcheck import Gate
 from app.staging import SessionStaging
 from app.view import SessionView
 
@@ -45,6 +46,7 @@ class RunningSession:
     quota: int = 0
     stop_reason: str = ""  # why Airlock stopped it, if it did (not the agent's own exit)
     guard: Guard | None = None
+    gate: Gate | None = None  # holds the agent's command until the sandbox check passed
 
     def __post_init__(self) -> None:
         self.staging = SessionStaging(self.view.root.parent / "staging", self.id)

@@ -10,6 +10,7 @@ Every engine call blocks, so each goes through `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -27,13 +28,14 @@ from app.activity import TreeWatcher
 from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.console import Console, console_started
-from app.container import LABEL_OWNER, LABEL_SESSION, Identity
+from app.container import LABEL_OWNER, LABEL_SESSION, BindMount, ContainerSpec, Identity
 from app.endings import request_stop, stop_requested
-from app.errors import EngineError, SessionError
+from app.errors import EngineError, SandboxRefused, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
+from app.sandbox import GATE_DIR, GATE_FIFO_PATH, Expectation, check_sandbox, gate_command, summary
 from app.sessions.delivery import SessionFiles
 from app.sessions.engine import DockerEngine, Engine, is_agent, kill_agent, session_containers
 from app.sessions.launch import SessionSetup
@@ -48,6 +50,7 @@ from app.sessions.registry import (
     process_token,
 )
 from app.sessions.revocation import Revocation
+from app.sessions.selfcheck import Gate
 from app.sessions.sweep import sweep_orphans
 from app.store import SessionRecord, SessionState, StateStore
 from app.threads import thread_bus
@@ -158,8 +161,12 @@ class Supervisor:
             labels = self._setup.labels(running.id, request.profile)
             additions = await self._setup.extensions(
                 running, request, labels, seccomp, self._extension_factories)
-            spec = await self._setup.spec(
-                running, request, image, seccomp, grants, labels, additions)
+            spec, image_command = await asyncio.gather(
+                self._setup.spec(running, request, image, seccomp, grants, labels, additions),
+                asyncio.to_thread(self._engine.image_command, image))
+            running.gate = await asyncio.to_thread(
+                Gate, self.dirs.sessions / session_id / "gate")
+            spec, expected = _gated(spec, running.gate, image_command)
             # The view mirrors absolute host paths, so its root stands for `/`.
             running.watched[running.view.root] = Path("/")
             running.watcher = TreeWatcher(session_id, self.bus, running.watched, on_unwatched=(
@@ -167,8 +174,11 @@ class Supervisor:
             await running.watcher.start()
             running.container = await asyncio.to_thread(
                 self._engine.create, spec.create_kwargs())
-            exit_code, reason = await self._supervise(running, request, output)
+            exit_code, reason = await self._supervise(running, request, output, expected)
             return SessionResult(session_id, exit_code, reason)
+        except SandboxRefused as e:
+            reason = str(e)
+            raise
         except asyncio.CancelledError:
             exit_code, reason = 130, "interrupted"
             if running.container is not None:  # its end is recorded, as any other end
@@ -180,7 +190,8 @@ class Supervisor:
             await asyncio.shield(self._end(running, exit_code, reason))
 
     async def _supervise(
-        self, running: RunningSession, request: LaunchRequest, output: Output
+        self, running: RunningSession, request: LaunchRequest, output: Output,
+        expected: Expectation,
     ) -> tuple[int, str]:
         container = running.container
         assert container is not None
@@ -198,9 +209,11 @@ class Supervisor:
             stream = await asyncio.to_thread(engine.attach, container)
         reader = loop.run_in_executor(None, pump.run, stream, loop, drained)
         await asyncio.to_thread(engine.start, container)
+        verified = await self._check_sandbox(running, expected)
         if console is not None:
             await console_started(console, request.terminal, output)
-        await asyncio.to_thread(self.store.set_session_running, running.id, container)
+        await asyncio.to_thread(self.store.set_session_running, running.id, container,
+                                verified)
         self.bus.emit(
             EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
             image=running.image, container=container[:12], uid=self.identity.uid,
@@ -246,6 +259,34 @@ class Supervisor:
         self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
         return code, reason
 
+    async def _check_sandbox(self, running: RunningSession, expected: Expectation) -> str:
+        """Compares the started container with what was asked for (app/sandbox.py) while
+        its gate holds the agent's command; opens the gate if every check passed, or kills
+        the container and refuses the session naming the check that failed."""
+        container, gate = running.container, running.gate
+        assert container is not None and gate is not None
+        started = time.perf_counter()
+        report = await asyncio.to_thread(self._engine.report, container)
+        checks = check_sandbox(expected, report)
+        seconds = round(time.perf_counter() - started, 4)
+        failed = [c for c in checks if not c.passed]
+        outcome = summary(checks)
+        if failed:
+            await asyncio.to_thread(self._engine.kill, container)
+            self.bus.emit(EventKind.SANDBOX_REFUSED, running.id, running.id,
+                          check=failed[0].name, expected=failed[0].expected,
+                          found=failed[0].found, failed=[c.describe() for c in failed],
+                          checks=len(checks), seconds=seconds)
+            await asyncio.to_thread(self.store.set_sandbox, running.id, outcome)
+            raise SandboxRefused(f"session {running.id} refused: the sandbox is not what "
+                                 f"was asked for — {failed[0].describe()}"
+                                 + (f" (and {len(failed) - 1} more)" if len(failed) > 1
+                                    else ""))
+        gate.open()
+        self.bus.emit(EventKind.SANDBOX_VERIFIED, running.id, running.id, checks=len(checks),
+                      seconds=seconds)
+        return outcome
+
     def _disk_short(self) -> str | None:
         return disk_short(self.dirs.sessions, self.disk_reserve)
 
@@ -278,6 +319,9 @@ class Supervisor:
                 log.exception("session %s: closing %r failed", running.id, extension)
         if running.runtime_dir is not None:
             await asyncio.to_thread(shutil.rmtree, running.runtime_dir, True)
+        if running.gate is not None:
+            running.gate.close()
+            await asyncio.to_thread(shutil.rmtree, running.gate.directory, True)
         if running.watcher is not None:
             await running.watcher.stop()
         await asyncio.to_thread(running.view.discard)
@@ -393,6 +437,20 @@ class Supervisor:
         calls), its events published on the loop's thread."""
         relay = thread_bus(self.bus, asyncio.get_running_loop())
         return await asyncio.to_thread(self._revocation.revoke, tuple(grant_ids), relay)
+
+
+def _gated(spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...], ...]
+           ) -> tuple[ContainerSpec, Expectation]:
+    """The spec with the gate in front of what the image and profile run, and what the
+    sandbox check expects of the container made from it."""
+    image_entrypoint, image_cmd = image_command
+    entrypoint, command = gate_command(GATE_FIFO_PATH, image_entrypoint,
+                                       spec.command or image_cmd)
+    spec = dataclasses.replace(
+        spec, entrypoint=tuple(entrypoint), command=tuple(command),
+        mounts=(*spec.mounts, BindMount(gate.directory, Path(GATE_DIR))))
+    return spec, Expectation(spec, tuple(entrypoint), ("lo", *spec.interfaces),
+                             spec.listening)
 
 
 def _describe_exit(code: int) -> str:

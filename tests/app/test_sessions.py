@@ -94,6 +94,7 @@ def test_lifecycle_exit_code_output_and_clean_up(
     assert output.text("stderr") == "oops\n"
     assert kinds(events) == [
         EventKind.GRANT_ADDED,
+        EventKind.SANDBOX_VERIFIED,
         EventKind.SESSION_STARTED,
         EventKind.SESSION_EXITED,
     ]
@@ -104,6 +105,7 @@ def test_lifecycle_exit_code_output_and_clean_up(
     assert not (supervisor.dirs.sessions / result.session / "view").exists()
     record = supervisor.store.session(result.session)
     assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
+    assert record.sandbox is not None and record.sandbox.startswith("verified (")
     assert supervisor.store.session_grants(result.session, time.time()) == []
 
 

@@ -18,12 +18,19 @@ def handle_sessions(ctx: Context, args: argparse.Namespace) -> int:
             return 0
         rows = [
             [r.id, r.profile, str(r.state), when(r.started_at),
-             r.reason or "" if not r.live else "running"]
+             r.reason or "" if not r.live else "running", _sandbox(r.sandbox)]
             for r in records
         ]
-        print_table(["session", "profile", "state", "started", "status"], rows,
+        print_table(["session", "profile", "state", "started", "status", "sandbox"], rows,
                     "no sessions running" if not args.all else "no sessions yet")
     return 0
+
+
+def _sandbox(outcome: str | None) -> str:
+    """The self-check's outcome: "verified (N checks)"; a refusal's reason is the status."""
+    if outcome is None:
+        return "not checked"  # a session from before the check, or one that never started
+    return "refused" if outcome.startswith("refused") else outcome
 
 
 def handle_stop(ctx: Context, args: argparse.Namespace) -> int:

@@ -103,7 +103,7 @@ class RecordTable(_Table):
 
 
 class SessionsModel(RecordTable):
-    headers = ("Agent", "Session", "State", "Started", "Image")
+    headers = ("Agent", "Session", "State", "Started", "Image", "Sandbox")
     # Sessions whose file activity overflowed the watch again and again (activity.unwatched).
     unwatched: frozenset[str] = frozenset()
 
@@ -116,7 +116,16 @@ class SessionsModel(RecordTable):
     def cell(self, row: SessionRecord, column: int) -> Any:
         image = row.image.removeprefix("sha256:")[:12]
         state = str(row.state) + (" · partly unwatched" if row.id in self.unwatched else "")
-        return (row.profile, row.id, state, clock(row.started_at), image)[column]
+        return (row.profile, row.id, state, clock(row.started_at), image,
+                sandbox_label(row))[column]
+
+
+def sandbox_label(row: SessionRecord) -> str:
+    """The self-check's outcome, as the user reads it: "sandbox verified (N checks)", or
+    why the session was refused."""
+    if row.sandbox is None:
+        return "checking…" if row.live else "not checked"
+    return f"sandbox {row.sandbox}"
 
 
 class GrantsModel(RecordTable):
@@ -167,6 +176,11 @@ def summary(event: Event) -> str:
         return f"{details.get('count')} events not shown (the view fell behind)"
     if kind is EventKind.SESSION_EXITED:
         return str(details.get("reason", ""))
+    if kind is EventKind.SANDBOX_VERIFIED:
+        return f"sandbox verified ({details.get('checks')} checks)"
+    if kind is EventKind.SANDBOX_REFUSED:
+        return (f"refused: {details.get('check')}: expected {details.get('expected')}, "
+                f"found {details.get('found')}")
     parts = [f"{k}={v}" for k, v in details.items() if isinstance(v, str | int | float)]
     return " ".join(parts)[:200]
 

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from app.store import SessionRecord
 from ui.qt.icons import icon
+from ui.qt.models import sandbox_label
 
 
 class TrayState(StrEnum):
@@ -126,6 +127,7 @@ class Tray(QObject):
             partly = "  ·  partly unwatched" if record.id in self.unwatched else ""
             sub = menu.addMenu(f"{record.profile}  ·  {record.id}{partly}")
             sub.setObjectName(f"session-{record.id}")
+            sub.addAction(sandbox_label(record).capitalize()).setEnabled(False)
             sub.addAction("Open", functools.partial(actions.open_session, record.id))
             sub.addAction("Stop", functools.partial(actions.stop_session, record.id))
             sub.addAction("Revoke all of its access",

@@ -16,6 +16,7 @@ from typing import Any
 from app.console import Console
 from app.errors import ImageError
 from app.profiles import Profile
+from app.sandbox import EngineView, KernelReport, MountFact, ProcessFacts, SandboxReport
 from app.sessions.engine import Chunk, ContainerState, Guard, Listed
 
 KILLED = 137
@@ -77,6 +78,13 @@ class MemoryEngine:
             raise ImageError(f"image {profile.image} is not in the engine; build it with "
                              "`airlock image build`")
         return f"sha256:{profile.image}"
+
+    def image_command(self, image: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (), ("/bin/sh",)
+
+    def report(self, container: str) -> SandboxReport:
+        """What an honest engine on an honest kernel reports: the spec, as asked for."""
+        return honest_report(self.containers_by_id[container].kwargs)
 
     def create(self, kwargs: dict[str, Any]) -> str:
         container = MemoryContainer(secrets.token_hex(32), dict(kwargs.get("labels") or {}),
@@ -172,3 +180,27 @@ def _carries(labels: Mapping[str, str], wanted: Sequence[str]) -> bool:
         if key not in labels or (has_value and labels[key] != value):
             return False
     return True
+
+
+def honest_report(kwargs: dict[str, Any]) -> SandboxReport:
+    host = kwargs["host_config"]
+    mounts = tuple(MountFact(m["Target"], bool(m["ReadOnly"]), m["Type"], m["Source"])
+                   for m in host["mounts"])
+    engine = EngineView(
+        user=kwargs["user"], read_only=host["read_only"], privileged=False, cap_add=(),
+        cap_drop=tuple(host["cap_drop"]), security_opt=tuple(host["security_opt"]),
+        memory=host["mem_limit"], memory_swap=host["memswap_limit"],
+        nano_cpus=host["nano_cpus"], pids=host["pids_limit"], network_mode=host["network_mode"],
+        runtime=host.get("runtime", "runc"), ipc_mode=host["ipc_mode"], pid_mode="",
+        userns_mode="", devices=0, init=host["init"], mounts=mounts,
+        tmpfs=tuple(sorted(host["tmpfs"])), entrypoint=tuple(kwargs.get("entrypoint") or ()),
+        pid=0)
+    uid, gid = (int(n) for n in kwargs["user"].split(":"))
+    process = ProcessFacts(2, (uid,) * 4, (gid,) * 4,
+                           dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0),
+                           1, 2)
+    kernel_mounts = (MountFact("/", True, "overlay"),
+                     *(MountFact(m.target, m.read_only, "bind") for m in mounts),
+                     *(MountFact(target, False, "tmpfs") for target in host["tmpfs"]))
+    return SandboxReport(engine, KernelReport((process,), kernel_mounts, ("lo",), (), (),
+                                              False))

@@ -76,8 +76,8 @@ def test_a_session_runs_its_agent_to_its_exit_and_cleans_up(
     assert result == SessionResult(result.session, 7, "exited with status 7")
     assert output.text("stdout") == "hello\nfrom the agent\n"
     assert output.text("stderr") == "oops\n"
-    assert lifecycle(events) == [EventKind.GRANT_ADDED, EventKind.SESSION_STARTED,
-                                 EventKind.SESSION_EXITED]
+    assert lifecycle(events) == [EventKind.GRANT_ADDED, EventKind.SANDBOX_VERIFIED,
+                                 EventKind.SESSION_STARTED, EventKind.SESSION_EXITED]
     lines = [(e.subject, e.details["text"]) for e in events
              if e.kind is EventKind.SESSION_OUTPUT]
     assert sorted(lines) == [("stderr", "oops"), ("stdout", "from the agent"),
@@ -99,7 +99,8 @@ def test_an_agent_past_its_timeout_is_stopped(dirs: Dirs, store: StateStore) -> 
         dirs, store, lambda c: 0 if not c.wait_for_signal() else 1)
     result = asyncio.run(supervisor.run(request(timeout=0.2), CollectedOutput()))
     assert (result.exit_code, result.reason) == (124, "timed out")
-    assert lifecycle(events) == [EventKind.SESSION_STARTED, EventKind.SESSION_TIMEOUT,
+    assert lifecycle(events) == [EventKind.SANDBOX_VERIFIED, EventKind.SESSION_STARTED,
+                                 EventKind.SESSION_TIMEOUT,
                                  EventKind.SESSION_EXITED]
     assert "stop" in [call for call, _ in engine.calls]
 

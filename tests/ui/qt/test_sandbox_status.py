@@ -1,0 +1,53 @@
+"""Each session says whether its sandbox was verified, and if not why, in the sessions list
+and the tray."""
+
+from __future__ import annotations
+
+from pytestqt.qtbot import QtBot
+
+from app.events import Event, EventKind
+from app.store import SessionRecord, SessionState
+from ui.qt.models import SessionsModel, summary
+from ui.qt.tray import Tray
+
+REFUSED = "refused: kernel: pid 1 Seccomp: expected 2, found 0"
+
+
+class NoActions:
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: None
+
+
+def record(session: str, sandbox: str | None,
+           state: SessionState = SessionState.RUNNING) -> SessionRecord:
+    return SessionRecord(session, "claude", "sha256:" + "a" * 64, None, "1:1", state, 0.0,
+                         sandbox=sandbox)
+
+
+def test_the_sessions_list_shows_the_sandbox_check(qtbot: QtBot) -> None:
+    model = SessionsModel()
+    model.replace([record("s1", "verified (52 checks)"), record("s2", None),
+                   record("s3", REFUSED, SessionState.EXITED)])
+    column = SessionsModel.headers.index("Sandbox")
+
+    shown = [model.data(model.index(row, column)) for row in range(3)]
+
+    assert shown == ["sandbox verified (52 checks)", "checking…", f"sandbox {REFUSED}"]
+
+
+def test_the_tray_menu_shows_each_sessions_sandbox_check(qtbot: QtBot) -> None:
+    tray = Tray(NoActions())  # type: ignore[arg-type]
+    tray.update([record("s1", "verified (52 checks)")], 0, False, frozenset())
+
+    menus = [a.menu() for a in tray.menu.actions() if a.menu() is not None]
+    entries = [a.text() for a in menus[0].actions()]
+    assert entries[0] == "Sandbox verified (52 checks)"
+    assert not menus[0].actions()[0].isEnabled()
+
+
+def test_the_activity_feed_says_why_a_session_was_refused() -> None:
+    refused = Event(EventKind.SANDBOX_REFUSED, "s3", "s3", {
+        "check": "kernel: pid 1 Seccomp", "expected": "2", "found": "0", "checks": 52})
+    assert summary(refused) == "refused: kernel: pid 1 Seccomp: expected 2, found 0"
+    verified = Event(EventKind.SANDBOX_VERIFIED, "s1", "s1", {"checks": 52, "seconds": 0.01})
+    assert summary(verified) == "sandbox verified (52 checks)"
