@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netsupport import SecretService
+from tests.netsupport import SecretService, wait_until
 from tests.ptyterm import PtyProcess
 from tests.support import AIRLOCK, BIN, DesktopUser
 
@@ -48,8 +48,10 @@ def _files_holding(value: str, *roots: Path) -> list[Path]:
 
 
 def _end_keyring_daemons(address: str) -> None:
-    """Ends the gnome-keyring daemons on this bus (by pid), leaving the bus running."""
+    """Ends the gnome-keyring daemons on this bus (by pid), leaving the bus running, and
+    waits until they are gone (a zombie is gone: nothing may reap it here)."""
     wanted = f"DBUS_SESSION_BUS_ADDRESS={address}".encode()
+    ended = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -57,6 +59,16 @@ def _end_keyring_daemons(address: str) -> None:
             if (entry / "comm").read_text().strip() == "gnome-keyring-d" \
                     and wanted in (entry / "environ").read_bytes().split(b"\0"):
                 os.kill(int(entry.name), 15)
+                ended.append(entry)
+
+    def running(entry: Path) -> bool:
+        try:
+            return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    assert ended
+    assert wait_until(lambda: not any(running(e) for e in ended), 20)
 
 
 def test_without_a_session_bus_it_says_what_to_do_fails_and_writes_no_file(
