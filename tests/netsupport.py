@@ -368,7 +368,9 @@ class SecretService:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env: dict[str, str] = {}
 
-    def start(self) -> SecretService:
+    def start(self, keyring: bool = True) -> SecretService:
+        """`keyring=False`: the bus alone, gnome-keyring installed for D-Bus activation but
+        not running (a text login's bus)."""
         for tool in ("dbus-daemon", "gnome-keyring-daemon"):
             if shutil.which(tool) is None:
                 pytest.fail(f"{tool} is missing: `sudo packaging/setup test` installs it")
@@ -390,6 +392,8 @@ class SecretService:
         if not address:
             pytest.fail("dbus-daemon did not start")
         self.env = dict(base_env, DBUS_SESSION_BUS_ADDRESS=address)
+        if not keyring:
+            return self
         keyring_daemon = subprocess.run(
             [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in self.env.items()),
              "gnome-keyring-daemon", "--unlock", "--components=secrets"],

@@ -37,6 +37,7 @@ COMMANDS = {
     "secret": "ui.commands.secret",
     "ask": "ui.commands.ask",
     "homes": "ui.commands.homes",
+    "doctor": "ui.commands.doctor",
 }
 
 

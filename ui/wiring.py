@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,8 +56,12 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
     started ahead for the next session; it must `await supervisor.aclose()` before exit."""
     from app.egress.bridge import Egress
     from app.egress.keys import KeyringSecrets
+    from app.egress.secret_service import use_login_bus
     from portal.extension import portal_extension
 
+    # Routes read their keys at run time: on an SSH login without the variable, from the
+    # Secret Service on the login's own bus, as `airlock secret set` stored them.
+    use_login_bus(os.environ, os.getuid())
     with open_core(dirs) as core, _forwarding(dirs):
         engine = connect_engine()
         sessions = SessionRegistry()  # the profile rules answer for the sessions running here

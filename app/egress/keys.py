@@ -2,7 +2,9 @@
 
 Entries live under service "airlock", username = the route's secret name. The keyring API
 cannot enumerate entries, so the *names* (never the values) are also kept in a small index
-file for `airlock secret list`. All calls block on D-Bus: from the loop, use a thread.
+file for `airlock secret list`. Only a backend `secret_service.choose` accepts is used: never
+a plaintext file or a backend that fails every call. All calls block on D-Bus: from the loop,
+use a thread.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pathlib import Path
 from typing import Protocol
 
 import keyring
+import keyring.backend
 import keyring.errors
 
+from app.egress.secret_service import choose
 from app.errors import EgressError
 from app.profiles import NAME_PATTERN
 
@@ -57,27 +61,38 @@ def check_value(value: str) -> str:
 class KeyringSecrets:
     """The keyring, plus the index of names Airlock stored there."""
 
-    def __init__(self, index: Path) -> None:
+    def __init__(self, index: Path, backend: keyring.backend.KeyringBackend | None = None
+                 ) -> None:
         self.index = index
+        # None: the keyring library's choice at each call (what the user configured).
+        self.backend = backend
+
+    def store(self) -> keyring.backend.KeyringBackend:
+        usable, why = choose(self.backend or keyring.get_keyring())
+        if usable is None:
+            raise EgressError(f"cannot use the keyring: {why} (`airlock doctor` says what "
+                              "to do)")
+        return usable
 
     def get(self, name: str) -> str | None:
         try:
-            return keyring.get_password(SERVICE, check_name(name))
+            return self.store().get_password(SERVICE, check_name(name))
         except keyring.errors.KeyringError as e:
             raise EgressError(f"cannot read secret {name!r} from the keyring: {e}") from e
 
     def set(self, name: str, value: str) -> None:
         check_name(name)
         try:
-            keyring.set_password(SERVICE, name, check_value(value))
+            self.store().set_password(SERVICE, name, check_value(value))
         except keyring.errors.KeyringError as e:
             raise EgressError(f"cannot store secret {name!r} in the keyring: {e}") from e
         self._write_index(set(self.names()) | {name})
 
     def delete(self, name: str) -> None:
         check_name(name)
+        backend = self.store()
         try:
-            keyring.delete_password(SERVICE, name)
+            backend.delete_password(SERVICE, name)
         except keyring.errors.PasswordDeleteError as e:
             raise EgressError(f"no secret named {name!r} in the keyring") from e
         except keyring.errors.KeyringError as e:
