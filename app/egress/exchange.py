@@ -9,9 +9,11 @@ at all. h11 parses both directions (the agent's side as a server, the upstream's
 client): nothing here parses HTTP by hand.
 
 Per request: classify → decide by name (refused names are never resolved) → ask the user
-for `ask` hosts → resolve once → decide by address → hold the body for inspection and
-approval if the upload gate says so → connect to the checked address (no second lookup) →
-stream both ways. Bodies stream in chunks; only an upload that is being inspected is held,
+for `ask` hosts → inspect the labels a wildcard rule left to the agent (before the name is
+resolved: a lookup would carry them out) → resolve once → decide by address → inspect the
+request head (path, query, header values, cookies) and hold it with the body for approval if
+the upload gate says so → connect to the checked address (no second lookup) → stream both
+ways. What heads and bodies carry adds up per destination over the session (`UploadLedger`). Bodies stream in chunks; only an upload that is being inspected is held,
 at most `inspect_limit` bytes. Each exchange ends in one `Log` (`net.request`, `net.tunnel`
 or `net.refused`) naming the rule that decided.
 
@@ -30,17 +32,19 @@ from typing import Any, cast
 import h11
 
 from app.consent import Answer, RequestKind, Verdict
-from app.egress.inspect import Finding, GrantedContent, UploadInspector, preview
+from app.egress.inspect import Finding, GrantedContent, HeadScan, UploadInspector, preview
 from app.egress.policy import (
     Action,
     Decision,
     IPAddress,
     address_refusal,
     decide_destination,
+    destination_key,
     parse_host,
 )
 from app.egress.records import ExchangeRecord
 from app.egress.requests import (
+    HOP_BY_HOP,
     Kind,
     Refusal,
     Target,
@@ -55,7 +59,7 @@ from app.egress.requests import (
     upstream_headers,
 )
 from app.egress.scrub import Scrubber
-from app.egress.uploads import UploadGate
+from app.egress.uploads import UploadGate, UploadLedger
 from app.egress.websocket import FrameCounter, is_websocket_upgrade
 from app.errors import EgressError
 from app.events import EventKind
@@ -276,9 +280,21 @@ class _Upstream:
 
 
 @dataclass(slots=True)
+class _Head:
+    """What a request's head carries to a destination that is not a route."""
+
+    destination: str  # as the ledger counts it
+    size: int  # bytes of data new to the destination: path, query, changed header values
+    scan: HeadScan
+    text: bytes  # the parts, for the preview
+    values: list[tuple[bytes, bytes]]  # header values to remember once sent
+
+
+@dataclass(slots=True)
 class _Body:
     inspector: UploadInspector
     gate: UploadGate
+    head: _Head | None = None
     held: list[bytes] = field(default_factory=list)
     ended: bool = False
 
@@ -355,14 +371,16 @@ class ClientConnection:
 
     def __init__(self, session: str, profile: Profile, settings: ProxySettings, *,
                  blocked: Callable[[], bool] | None = None,
-                 answers: dict[tuple[str, int], tuple[bool, float | None]] | None = None
-                 ) -> None:
+                 answers: dict[tuple[str, int], tuple[bool, float | None]] | None = None,
+                 ledger: UploadLedger | None = None) -> None:
         self.session = session
         self.profile = profile
         self.settings = settings
         self._blocked = blocked  # the user's "Block all network" switch
         # Remembered answers to `ask` hosts, shared by the session's connections.
         self._answers = answers if answers is not None else {}
+        # What the session's requests carried to each destination, shared the same way.
+        self._ledger = ledger if ledger is not None else UploadLedger()
         self._throttled = profile.network.bandwidth is not None
         self.conn = h11.Connection(h11.SERVER,
                                    max_incomplete_event_size=settings.max_head_bytes)
@@ -465,6 +483,8 @@ class ClientConnection:
                 raise Refused(403, decision.rule,
                               f"{target.host}:{target.port} was not approved ({answer.by})")
             record.reason = f"approved ({answer.by})"
+        if target.route is None:
+            yield from self._check_name(target, record)
         host = parse_host(target.host)
         if host.address is not None:
             addresses: list[IPAddress] = [host.address]
@@ -479,6 +499,72 @@ class ClientConnection:
             raise Refused(403, refused.rule, refused.reason)
         record.decision = "allow"
         return addresses
+
+    def _check_name(self, target: Target, record: ExchangeRecord) -> Steps:
+        """A name under a wildcard rule that the session has not used yet: the labels in
+        front of the rule's suffix are the agent's choice, so they are data — inspected and
+        counted toward the threshold like a query string, and held before any lookup."""
+        destination, chosen = destination_key(self.profile.network, target.host, target.port)
+        name = parse_host(target.host).name
+        if not chosen or not self._ledger.new_name(destination, name):
+            return
+        granted: GrantedContent | None = yield ReadGranted()
+        scan = HeadScan(granted, self._ledger.pieces)
+        scan.part("the host name", chosen.encode("ascii"))
+        gate = UploadGate.of(self.profile.approval, before=self._ledger.before(destination))
+        if gate.must_ask(len(chosen), findings=bool(scan.findings), body=False):
+            record.held = True
+            record.findings = [f.to_json() for f in scan.findings]
+            answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+                "host": target.host, "port": target.port, "method": target.method,
+                "size": gate.before + len(chosen), "earlier": gate.before,
+                "hostname": True, "complete": True, "preview": preview(chosen.encode()),
+                "findings": record.findings, "threshold": gate.threshold,
+            })
+            if not answer.allowed:
+                raise Refused(403, "upload-refused", "the host name carries data that was "
+                              f"not approved ({answer.by})" + _findings_text(scan.findings))
+            self._ledger.approved(destination)
+        else:
+            self._ledger.add(destination, len(chosen))
+        self._ledger.remember_name(destination, name)
+
+    def _inspect_head(self, request: h11.Request, target: Target) -> Steps:
+        """The data a request's head carries, inspected (→ `_Head`)."""
+        destination, _ = destination_key(self.profile.network, target.host, target.port)
+        granted: GrantedContent | None = yield ReadGranted()
+        scan = HeadScan(granted, self._ledger.pieces)
+        path, question, query = target.path.partition("?")
+        text = [f"{target.method} {target.path}".encode("latin-1", "replace")]
+        scan.part("the path", path.encode("latin-1", "replace"))
+        if question:
+            scan.part("the query", query.encode("latin-1", "replace"))
+        size = len(target.path)
+        values: list[tuple[bytes, bytes]] = []
+        for name, value in request.headers:
+            name = name.lower()
+            if name in HOP_BY_HOP or name in (b"host", b"content-length"):
+                continue  # not sent on, or set by Airlock from the target
+            scan.part("a cookie" if name == b"cookie"
+                      else f"header {name.decode('latin-1')}", value)
+            if self._ledger.new_value(destination, name, value):
+                size += len(value)
+                values.append((name, value))
+                text.append(name + b": " + value)
+        return _Head(destination, size, scan, b"\n".join(text), values)
+
+    def _sent(self, body: _Body) -> None:
+        """The request went out: its data counts toward the destination's threshold (or the
+        count starts again if the user approved it)."""
+        head = body.head
+        if head is None:
+            return
+        if body.gate.approved:
+            self._ledger.approved(head.destination)
+        else:
+            self._ledger.add(head.destination, head.size + body.inspector.size)
+        for name, value in head.values:
+            self._ledger.remember_value(head.destination, name, value)
 
     def _ask_host(self, target: Target, decision: Decision) -> Steps:
         key = (target.host.lower(), target.port)
@@ -541,8 +627,9 @@ class ClientConnection:
         upstream switches, the frames are relayed both ways, counted, and logged at the end.
         On a route no extension is offered: permessage-deflate would hide an echoed key from
         the scrubber."""
-        if (yield from self._body_event()) is not None:
+        if has_body(request.headers):
             raise Refused(400, "bad-request", "a WebSocket handshake carries no body")
+        handshake = yield from self._take_body(request, target, record)
         record.websocket = True
         default_port = 443 if target.tls else 80
         headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
@@ -557,6 +644,7 @@ class ClientConnection:
             yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
                                                         headers=headers))
             yield from self._send(upstream, h11.EndOfMessage())
+            self._sent(handshake)
             silence = self._upstream_silence(target)
             event = yield from self._upstream_event(upstream, silence)
             while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
@@ -624,6 +712,7 @@ class ClientConnection:
                 yield from self._stream_body(upstream, body, target, record)
             yield from self._send(upstream, h11.EndOfMessage())
             record.up = body.inspector.size
+            self._sent(body)
             scrub = Scrubber(credential.secret.encode("utf-8") if credential else b"")
             yield from self._relay_response(upstream, request, target, scrub, record)
         except h11.LocalProtocolError as e:
@@ -648,18 +737,26 @@ class ClientConnection:
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def _take_body(self, request: h11.Request, target: Target, record: ExchangeRecord) -> Steps:
-        """Reads the body up to the inspection limit, inspects it, and holds it for the
-        user's approval when the upload gate says so."""
-        gate = UploadGate.of(self.profile.approval, route=target.route is not None)
-        if not has_body(request.headers):
-            if (yield from self._body_event()) is not None:  # h11's EndOfMessage, at once
-                raise Refused(400, "bad-request", "a body where none was declared")
-            return _Body(UploadInspector(), gate, ended=True)
+        """Reads the body up to the inspection limit, inspects it and the head, and holds
+        them for the user's approval when the upload gate says so."""
+        head: _Head | None = None
         granted: GrantedContent | None = None
         if target.route is None:
             # A route is the agent's trusted service: sending it granted files is its job.
-            granted = yield ReadGranted()
-        body = _Body(UploadInspector(granted), gate)
+            head = yield from self._inspect_head(request, target)
+            granted = head.scan.granted
+        gate = UploadGate.of(self.profile.approval, route=target.route is not None,
+                             before=0 if head is None else
+                             self._ledger.before(head.destination) + head.size)
+        head_findings = bool(head and head.scan.findings)
+        if not has_body(request.headers):
+            if (yield from self._body_event()) is not None:  # h11's EndOfMessage, at once
+                raise Refused(400, "bad-request", "a body where none was declared")
+            body = _Body(UploadInspector(), gate, head, ended=True)
+            if head is not None and gate.must_ask(0, findings=head_findings, body=False):
+                yield from self._hold(request, target, body, 0, record)
+            return body
+        body = _Body(UploadInspector(granted), gate, head)
         if self.conn.they_are_waiting_for_100_continue:
             yield SendClient([self.conn.send(h11.InformationalResponse(
                 status_code=100, headers=[])) or b""], drain=False)
@@ -673,28 +770,37 @@ class ClientConnection:
             body.held.append(chunk)
         declared = content_length(request.headers)
         size = declared if declared is not None else body.inspector.size + (not body.ended)
-        if gate.must_ask(size, findings=bool(body.inspector.findings)):
+        if gate.must_ask(size, findings=bool(body.inspector.findings) or head_findings):
             yield from self._hold(request, target, body, size, record)
         return body
 
     def _hold(self, request: h11.Request, target: Target, body: _Body, size: int,
               record: ExchangeRecord) -> Steps:
-        inspector = body.inspector
+        inspector, head = body.inspector, body.head
+        findings = [*(head.scan.findings if head else ()), *inspector.findings]
         record.held = True
-        record.findings = [f.to_json() for f in inspector.findings]
+        record.findings = [f.to_json() for f in findings]
         record.sha256 = inspector.sha256 if body.ended else ""
         mime = b",".join(header(request.headers, b"content-type")).decode("latin-1")
-        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+        earlier = body.gate.before - (head.size if head else 0)
+        shown = size if inspector.size or head is None else head.size
+        details: dict[str, Any] = {
             "host": target.host, "port": target.port, "method": target.method,
-            "path": redact_path(target.path), "size": size, "complete": body.ended,
+            "path": redact_path(target.path), "size": shown, "complete": body.ended,
             "inspected": inspector.size, "mime": mime[:200],
-            "sha256": inspector.sha256, "preview": preview(inspector.head),
+            "sha256": inspector.sha256,
+            "preview": preview(inspector.head if inspector.size or head is None else head.text),
             "findings": record.findings,
-        })
+        }
+        if head is not None:
+            details.update(head=preview(head.text), head_size=head.size, earlier=earlier,
+                           threshold=body.gate.threshold)
+        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", details)
         if not answer.allowed:
-            raise Refused(403, "upload-refused",
-                          f"the upload of {size} bytes was not approved ({answer.by})"
-                          + _findings_text(inspector.findings))
+            what = f"the upload of {shown} bytes" if inspector.size or not head else \
+                "the data in the request"
+            raise Refused(403, "upload-refused", f"{what} was not approved ({answer.by})"
+                          + _findings_text(findings))
         body.gate.approve()
         record.reason = f"upload approved ({answer.by})"
 

@@ -19,11 +19,19 @@ undoing JSON string escapes, with `bytes.split` at C speed. A file counts as fou
 or when the whole body is the file (SHA-256). Bounded: at most `MAX_FILES` files,
 `MAX_FILE_BYTES` read of each, `MAX_PIECES` pieces in all. The hashes are Python's per-process
 `hash`: the index lives in memory only and is never written anywhere.
-Known gaps: content re-encoded (base64, compression) or reflowed is not recognised.
+Request heads (`HeadScan`): the path, the query, header values and cookies of a request,
+and a host name's labels under a wildcard rule, carry data as well as a body does. Each part
+is inspected as it is and as URL-decoding, base64 (standard or URL-safe, at each alignment)
+and hex would read its runs (`decoded_views`), with the same patterns and piece hashes; the
+pieces of a granted file found in heads add up over the session, so a file sent one line a
+request is still found.
+Known gaps: compressed or reflowed content, and bodies re-encoded as base64 or hex, are not
+recognised.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import logging
 import os
@@ -32,6 +40,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,11 @@ SECRET_PATTERNS: tuple[tuple[str, re.Pattern[bytes]], ...] = (
     ("openai-key", re.compile(rb"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")),
     ("jwt", re.compile(rb"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
+# Runs worth decoding: long enough to hold a token (a 20-byte key is 28 in base64, 40 in hex).
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}")
+_HEX_RUN = re.compile(rb"[0-9A-Fa-f]{24,}")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+MAX_HEAD_VIEWS = 64  # decoded runs looked at in one part of a head
 _JSON_UNESCAPES = ((b"\\\\", b"\x00"), (b'\\"', b'"'), (b"\\/", b"/"), (b"\\t", b"\t"),
                    (b"\\r", b"\r"), (b"\x00", b"\\"))
 
@@ -257,3 +271,91 @@ def mask_secrets(text: str) -> str:
     for kind, pattern in SECRET_PATTERNS:
         data = pattern.sub(f"<{kind}>".encode(), data)
     return data.decode("utf-8", "surrogatepass")
+
+
+def decoded_views(data: bytes) -> list[tuple[str, bytes]]:
+    """`data` as it is and as URL-decoding, base64 and hex read its runs, each with how it
+    was read ("", "url", "base64", "url+base64", …). Bounded: at most `MAX_HEAD_VIEWS` runs."""
+    views = [("", data)]
+    if b"%" in data or b"+" in data:
+        decoded = unquote_to_bytes(data.replace(b"+", b" "))
+        if decoded != data:
+            views.append(("url", decoded))
+    out = list(views)
+    runs = 0
+    for how, view in views:
+        prefix = f"{how}+" if how else ""
+        for match in _BASE64_RUN.finditer(view):
+            run = match.group().translate(_URLSAFE)
+            for shift in range(4):
+                part = run[shift:]
+                part = part[: len(part) - len(part) % 4]
+                if len(part) < 16:
+                    break
+                try:
+                    out.append((prefix + "base64", binascii.a2b_base64(part)))
+                except binascii.Error:
+                    continue
+            for match_hex in _HEX_RUN.finditer(match.group()):
+                text = match_hex.group()
+                for shift in range(2):
+                    part = text[shift: len(text) - (len(text) - shift) % 2]
+                    out.append((prefix + "hex", bytes.fromhex(part.decode("ascii"))))
+            runs += 1
+            if runs >= MAX_HEAD_VIEWS:
+                return out
+    return out
+
+
+class HeadScan:
+    """Findings in the parts of request heads, over a session: the patterns per part, and
+    granted files by their pieces, counted across every head the session sent (`seen`
+    persists between requests)."""
+
+    def __init__(self, granted: GrantedContent | None,
+                 seen: dict[str, set[int]] | None = None) -> None:
+        self.granted = granted
+        self._seen = seen if seen is not None else {}  # file label -> piece hashes seen
+        self.findings: list[Finding] = []
+        self._kinds: set[str] = set()
+        self._files: set[int] = set()  # granted files found in this head already
+
+    def part(self, where: str, data: bytes, offset: int = 0) -> list[Finding]:
+        """Inspect one part (`where`: "the query", "header x-token", …) in every reading."""
+        new: list[Finding] = []
+        for how, view in decoded_views(data):
+            said = f"{where} ({how})" if how else where
+            for kind, pattern in SECRET_PATTERNS:
+                if kind in self._kinds:
+                    continue
+                match = pattern.search(view)
+                if match:
+                    self._kinds.add(kind)
+                    new.append(Finding(kind, f"{kind} in {said}", offset))
+            if self.granted is not None:
+                new += self._granted_in(view, said, offset)
+        self.findings += new
+        return new
+
+    def _granted_in(self, view: bytes, said: str, offset: int) -> list[Finding]:
+        assert self.granted is not None
+        index = self.granted
+        found: list[Finding] = []
+        touched: set[int] = set()
+        number = index.digests.get(hashlib.sha256(view).hexdigest()) if view else None
+        if number is not None:
+            touched.add(number)
+            self._seen.setdefault(index.files[number], set()).add(-1)
+        if index.pieces:
+            for piece in _pieces(_unescape(view.replace(b"\\n", b"\n"))):
+                value = hash(piece)
+                for file in index.pieces.get(value, ()):
+                    touched.add(file)
+                    self._seen.setdefault(index.files[file], set()).add(value)
+        for file in sorted(touched - self._files):
+            label = index.files[file]
+            seen = self._seen[label]
+            if -1 in seen or len(seen) >= min(MATCHES_TO_FIND, index.piece_counts[file]):
+                self._files.add(file)
+                found.append(Finding("granted-file", f"{label} in {said}", offset))
+        return found

@@ -58,6 +58,7 @@ from app.egress.limits import ConnectionCounter, TokenBucket
 from app.egress.policy import IPAddress
 from app.egress.records import ExchangeRecord
 from app.egress.splice import splice, spliceable
+from app.egress.uploads import UploadLedger
 from app.egress.witness import BlockedLog
 from app.errors import EgressError
 from app.events import EventBus, EventKind
@@ -154,6 +155,7 @@ class SessionProxy:
         rate = profile.network.bandwidth
         self._bucket = TokenBucket.per_second(rate) if rate else None
         self._answers: dict[tuple[str, int], tuple[bool, float | None]] = {}
+        self._ledger = UploadLedger()
         self._perform: dict[type[Any], Callable[[_Client, Any], Awaitable[Any]]] = {
             ReadClient: self._read_client, SendClient: self._send_client,
             ReadUpstream: self._read_upstream, SendUpstream: self._send_upstream,
@@ -196,7 +198,8 @@ class SessionProxy:
         task = asyncio.current_task()
         assert task is not None
         core = ClientConnection(self.session, self.profile, self.settings,
-                                blocked=self._blocked, answers=self._answers)
+                                blocked=self._blocked, answers=self._answers,
+                                ledger=self._ledger)
         client = _Client(reader, writer, core)
         self._clients[task] = client
         try:

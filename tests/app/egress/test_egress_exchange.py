@@ -95,6 +95,7 @@ def test_a_plain_request_resolves_once_connects_relays_and_logs_one_event() -> N
     book.give(b"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n\r\n")
     assert book.expect(Resolve) == Resolve("files.test", 80, 10.0)
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     assert book.expect(Connect) == Connect(LOOPBACK, 80, None)
     book.give(Connected("127.0.0.1", spliceable=False))
     sent = b"".join(book.expect(SendUpstream).data)
@@ -133,7 +134,8 @@ def test_an_idle_kept_alive_connection_just_closes_and_a_slow_head_gets_408() ->
     assert book.expect(Log).record.status == 408
 
 
-@pytest.mark.parametrize(("size", "asked"), [(1024, False), (1025, True)])
+# The path ("/u", 2 bytes) is data too: with it, 1022 body bytes reach the threshold.
+@pytest.mark.parametrize(("size", "asked"), [(1022, False), (1023, True)])
 def test_a_body_past_the_upload_threshold_is_held_before_anything_is_sent(
     size: int, asked: bool
 ) -> None:
@@ -263,6 +265,7 @@ def test_an_upstream_silent_past_the_timeout_gets_504() -> None:
     book = Playbook(connection(profile(), body_timeout=3.0))
     book.give(b"GET http://files.test/slow HTTP/1.1\r\nHost: files.test\r\n\r\n")
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     book.give(Connected("127.0.0.1", spliceable=False))
     book.give()
     assert book.expect(ReadUpstream).timeout == 3.0
@@ -276,6 +279,7 @@ def test_a_closed_kept_upstream_is_dropped_and_a_new_one_opened() -> None:
     request = b"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n\r\n"
     book.give(request)
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     book.give(Connected("127.0.0.1", spliceable=False))
     book.give()
     book.give(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -283,6 +287,7 @@ def test_a_closed_kept_upstream_is_dropped_and_a_new_one_opened() -> None:
     book.give()  # the log
     book.give(request)
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     book.give(False)  # UpstreamAlive: the upstream hung up meanwhile
     book.expect(DropUpstream)
     book.give()
