@@ -13,7 +13,8 @@ for `ask` hosts → inspect the labels a wildcard rule left to the agent (before
 resolved: a lookup would carry them out) → resolve once → decide by address → inspect the
 request head (path, query, header values, cookies) and hold it with the body for approval if
 the upload gate says so → connect to the checked address (no second lookup) → stream both
-ways. What heads and bodies carry adds up per destination over the session (`UploadLedger`). Bodies stream in chunks; only an upload that is being inspected is held,
+ways. What heads and bodies carry adds up per destination over the session (`UploadLedger`).
+Bodies stream in chunks; only an upload that is being inspected is held,
 at most `inspect_limit` bytes. Each exchange ends in one `Log` (`net.request`, `net.tunnel`
 or `net.refused`) naming the rule that decided.
 
@@ -86,6 +87,9 @@ class ProxySettings:
     # kernel (splice) rather than through Python; False keeps every byte on the h11 path.
     splice: bool = True
     splice_min: int = 1024 * 1024
+    # Request heads (and names under wildcard rules) inspected and counted as data; False
+    # only to measure what that costs (tests/bench/bench_proxy.py).
+    inspect_heads: bool = True
     own_authorities: frozenset[str] = frozenset(
         {f"127.0.0.1:{PROXY_PORT}", f"localhost:{PROXY_PORT}"}
     )
@@ -483,7 +487,7 @@ class ClientConnection:
                 raise Refused(403, decision.rule,
                               f"{target.host}:{target.port} was not approved ({answer.by})")
             record.reason = f"approved ({answer.by})"
-        if target.route is None:
+        if target.route is None and self.settings.inspect_heads:
             yield from self._check_name(target, record)
         host = parse_host(target.host)
         if host.address is not None:
@@ -510,7 +514,7 @@ class ClientConnection:
             return
         granted: GrantedContent | None = yield ReadGranted()
         scan = HeadScan(granted, self._ledger.pieces)
-        scan.part("the host name", chosen.encode("ascii"))
+        scan.part("the host name", chosen.encode("ascii"), name=True)
         gate = UploadGate.of(self.profile.approval, before=self._ledger.before(destination))
         if gate.must_ask(len(chosen), findings=bool(scan.findings), body=False):
             record.held = True
@@ -741,10 +745,12 @@ class ClientConnection:
         them for the user's approval when the upload gate says so."""
         head: _Head | None = None
         granted: GrantedContent | None = None
-        if target.route is None:
+        if target.route is None and self.settings.inspect_heads:
             # A route is the agent's trusted service: sending it granted files is its job.
             head = yield from self._inspect_head(request, target)
             granted = head.scan.granted
+        elif target.route is None and has_body(request.headers):
+            granted = yield ReadGranted()
         gate = UploadGate.of(self.profile.approval, route=target.route is not None,
                              before=0 if head is None else
                              self._ledger.before(head.destination) + head.size)

@@ -31,7 +31,9 @@ recognised.
 
 from __future__ import annotations
 
+import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import os
@@ -66,10 +68,27 @@ SECRET_PATTERNS: tuple[tuple[str, re.Pattern[bytes]], ...] = (
     ("jwt", re.compile(rb"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
 # Runs worth decoding: long enough to hold a token (a 20-byte key is 28 in base64, 40 in hex).
-_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}")
+_BASE64_RUNS = (re.compile(rb"[A-Za-z0-9+/]{16,}"), re.compile(rb"[A-Za-z0-9_-]{16,}"))
+_BASE32_RUN = re.compile(rb"[A-Za-z2-7]{16,}")
 _HEX_RUN = re.compile(rb"[0-9A-Fa-f]{24,}")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 MAX_HEAD_VIEWS = 64  # decoded runs looked at in one part of a head
+# What every match of each pattern contains: found with `in` (C speed), they say which
+# patterns are worth a search at all. A request head's parts are mostly without any.
+SECRET_MARKERS: dict[str, tuple[bytes, ...]] = {
+    "private-key": (b"PRIVATE KEY",),
+    "aws-access-key": (b"AKIA", b"ASIA", b"AGPA", b"AIDA", b"AROA"),
+    "github-token": (b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"github_pat_"),
+    "gitlab-token": (b"glpat-",),
+    "slack-token": (b"xox",),
+    "stripe-key": (b"k_live_",),
+    "google-api-key": (b"AIza",),
+    "anthropic-key": (b"sk-ant-",),
+    "openai-key": (b"sk-",),
+    "jwt": (b"eyJ",),
+}
+_MARKER = re.compile(b"|".join(re.escape(m) for ms in SECRET_MARKERS.values() for m in ms))
+_MARKED = {m: kind for kind, ms in SECRET_MARKERS.items() for m in ms}
 _JSON_UNESCAPES = ((b"\\\\", b"\x00"), (b'\\"', b'"'), (b"\\/", b"/"), (b"\\t", b"\t"),
                    (b"\\r", b"\r"), (b"\x00", b"\\"))
 
@@ -273,37 +292,84 @@ def mask_secrets(text: str) -> str:
     return data.decode("utf-8", "surrogatepass")
 
 
-def decoded_views(data: bytes) -> list[tuple[str, bytes]]:
-    """`data` as it is and as URL-decoding, base64 and hex read its runs, each with how it
-    was read ("", "url", "base64", "url+base64", …). Bounded: at most `MAX_HEAD_VIEWS` runs."""
+def _encoded_markers() -> re.Pattern[bytes]:
+    """The markers as base64 (standard and URL-safe, at the three offsets a marker may have
+    in its quantum: the characters that depend on the marker alone) and as hex."""
+    forms: set[bytes] = set()
+    for markers in SECRET_MARKERS.values():
+        for marker in markers:
+            for shift in range(3):
+                encoded = base64.b64encode(bytes(shift) + marker)
+                start, end = -(-4 * shift // 3), 4 * (shift + len(marker)) // 3
+                forms.add(encoded[start:end])
+                forms.add(encoded[start:end].translate(bytes.maketrans(b"+/", b"-_")))
+            forms.add(marker.hex().encode())
+            forms.add(marker.hex().upper().encode())
+    return re.compile(b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+
+
+_ENCODED_MARKER = _encoded_markers()
+MIN_DECODED_PIECE = 32  # a run shorter than this cannot hold a piece (`MIN_PIECE` bytes)
+
+
+def decoded_views(data: bytes, *, base32: bool = False, every: bool = False
+                  ) -> list[tuple[str, bytes]]:
+    """`data` as it is and as URL-decoding, base64 (and with `base32`, base32: host names
+    have one case) and hex read its runs, each with how it was read ("", "url", "base64",
+    "url+base64", …). A run is decoded if it holds a secret's marker in encoded form, or
+    with `every` (granted content is looked for) if it is long enough to hold a piece.
+    Bounded: at most `MAX_HEAD_VIEWS` runs."""
     views = [("", data)]
     if b"%" in data or b"+" in data:
         decoded = unquote_to_bytes(data.replace(b"+", b" "))
         if decoded != data:
             views.append(("url", decoded))
     out = list(views)
-    runs = 0
+    runs: set[bytes] = set()
     for how, view in views:
         prefix = f"{how}+" if how else ""
-        for match in _BASE64_RUN.finditer(view):
-            run = match.group().translate(_URLSAFE)
-            for shift in range(4):
-                part = run[shift:]
-                part = part[: len(part) - len(part) % 4]
-                if len(part) < 16:
-                    break
-                try:
-                    out.append((prefix + "base64", binascii.a2b_base64(part)))
-                except binascii.Error:
+        for pattern in _BASE64_RUNS:
+            for match in pattern.finditer(view):
+                run = match.group()
+                if run in runs:
                     continue
-            for match_hex in _HEX_RUN.finditer(match.group()):
-                text = match_hex.group()
-                for shift in range(2):
-                    part = text[shift: len(text) - (len(text) - shift) % 2]
-                    out.append((prefix + "hex", bytes.fromhex(part.decode("ascii"))))
-            runs += 1
-            if runs >= MAX_HEAD_VIEWS:
-                return out
+                runs.add(run)
+                if len(runs) > MAX_HEAD_VIEWS:
+                    return out
+                if not ((every and len(run) >= MIN_DECODED_PIECE)
+                        or _ENCODED_MARKER.search(run)):
+                    continue
+                out += _base64_readings(prefix, run)
+                for hex_run in _HEX_RUN.finditer(run):
+                    text = hex_run.group()
+                    for shift in range(2):
+                        part = text[shift: len(text) - (len(text) - shift) % 2]
+                        out.append((prefix + "hex", bytes.fromhex(part.decode("ascii"))))
+        if base32:
+            for match in _BASE32_RUN.finditer(view):
+                run = match.group().upper()
+                for shift in range(8):
+                    part = run[shift: len(run) - (len(run) - shift) % 8]
+                    if len(part) < 16:
+                        break
+                    with contextlib.suppress(binascii.Error, ValueError):
+                        out.append((prefix + "base32", base64.b32decode(part)))
+    return out
+
+
+def _base64_readings(prefix: str, run: bytes) -> list[tuple[str, bytes]]:
+    """A run read as base64 from each of the four places a quantum may start."""
+    run = run.translate(_URLSAFE)
+    out = []
+    for shift in range(4):
+        part = run[shift:]
+        if len(part) % 4 == 1:
+            part = part[:-1]  # one character cannot end a quantum
+        part += b"=" * (-len(part) % 4)
+        if len(part) < 16:
+            break
+        with contextlib.suppress(binascii.Error):
+            out.append((prefix + "base64", binascii.a2b_base64(part)))
     return out
 
 
@@ -320,19 +386,31 @@ class HeadScan:
         self._kinds: set[str] = set()
         self._files: set[int] = set()  # granted files found in this head already
 
-    def part(self, where: str, data: bytes, offset: int = 0) -> list[Finding]:
-        """Inspect one part (`where`: "the query", "header x-token", …) in every reading."""
+    def part(self, where: str, data: bytes, offset: int = 0, *, name: bool = False
+             ) -> list[Finding]:
+        """Inspect one part (`where`: "the query", "header x-token", …) in every reading;
+        `name`: a host name's labels, which may also be base32."""
         new: list[Finding] = []
-        for how, view in decoded_views(data):
+        granted = self.granted is not None and bool(self.granted.pieces or self.granted.digests)
+        views = decoded_views(data, base32=name, every=granted)
+        joined = b"\x00".join(view for _, view in views)
+        marked = {_MARKED[m] for m in _MARKER.findall(joined)}
+        if b"sk-ant-" in joined:
+            marked.add("anthropic-key")  # its marker overlaps openai's, which findall took
+        patterns = [(kind, pattern) for kind, pattern in SECRET_PATTERNS
+                    if kind in marked and kind not in self._kinds]
+        if not (patterns or granted):
+            return new
+        for how, view in views:
             said = f"{where} ({how})" if how else where
-            for kind, pattern in SECRET_PATTERNS:
+            for kind, pattern in patterns:
                 if kind in self._kinds:
                     continue
                 match = pattern.search(view)
                 if match:
                     self._kinds.add(kind)
                     new.append(Finding(kind, f"{kind} in {said}", offset))
-            if self.granted is not None:
+            if granted:
                 new += self._granted_in(view, said, offset)
         self.findings += new
         return new
