@@ -446,8 +446,14 @@ class ClientConnection:
 
     def _refuse(self, record: ExchangeRecord, refusal: Refused) -> Steps:
         record.refused(refusal.status, refusal.rule, refusal.reason)
-        yield Log(EventKind.NET_REFUSED, record)
+        yield from self._log(EventKind.NET_REFUSED, record)
         yield RefuseClient(refusal_response(refusal.status, refusal.rule, refusal.reason))
+
+    def _log(self, kind: EventKind, record: ExchangeRecord) -> Steps:
+        """The exchange's event, and if a route's key went out with it, the key's use."""
+        yield Log(kind, record)
+        if record.route_header:
+            yield Log(EventKind.NET_CREDENTIAL, record)
 
     # deciding
 
@@ -616,7 +622,7 @@ class ClientConnection:
         except Refused as e:
             record.refused(e.status, e.rule, e.reason)
             yield CloseTunnel()
-            yield Log(EventKind.NET_REFUSED, record)
+            yield from self._log(EventKind.NET_REFUSED, record)
             return
         except (ConnectionError, OSError) as e:
             log.debug("session %s: tunnel to %s ended: %s", self.session, target.host, e)
@@ -647,6 +653,8 @@ class ClientConnection:
         try:
             yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
                                                         headers=headers))
+            if credential is not None:
+                record.route_header = credential.header[0]
             yield from self._send(upstream, h11.EndOfMessage())
             self._sent(handshake)
             silence = self._upstream_silence(target)
@@ -657,7 +665,7 @@ class ClientConnection:
                 yield from self._relay_response(upstream, request, target, scrub, record,
                                                 head=event)
                 yield from self._drop_upstream()
-                yield Log(EventKind.NET_REQUEST, record)
+                yield from self._log(EventKind.NET_REQUEST, record)
                 return
             if not isinstance(event, h11.InformationalResponse):
                 raise Refused(502, "upstream", "the upstream closed without a response")
@@ -688,12 +696,12 @@ class ClientConnection:
         except Refused as e:
             record.refused(e.status, e.rule, e.reason)
             yield from self._drop_upstream()
-            yield Log(EventKind.NET_REFUSED, record)
+            yield from self._log(EventKind.NET_REFUSED, record)
             return
         except (ConnectionError, OSError) as e:
             log.debug("session %s: WebSocket to %s ended: %s", self.session, target.host, e)
         yield from self._drop_upstream()
-        yield Log(EventKind.NET_REQUEST, record)
+        yield from self._log(EventKind.NET_REQUEST, record)
 
     # plain HTTP and routes
 
@@ -710,6 +718,8 @@ class ClientConnection:
         try:
             yield from self._send(upstream, h11.Request(method=request.method,
                                                         target=target.path, headers=headers))
+            if credential is not None:
+                record.route_header = credential.header[0]
             for chunk in body.held:
                 yield from self._send(upstream, h11.Data(data=chunk))
             if not body.ended:
@@ -737,7 +747,7 @@ class ClientConnection:
             upstream.conn.start_next_cycle()
         else:
             yield from self._drop_upstream()
-        yield Log(EventKind.NET_REQUEST, record)
+        yield from self._log(EventKind.NET_REQUEST, record)
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def _take_body(self, request: h11.Request, target: Target, record: ExchangeRecord) -> Steps:

@@ -250,6 +250,8 @@ class SessionProxy:
         record.decision, record.rule = "deny", "blocked-all"
         record.reason = "cut: the user blocked all network access of agents"
         self._emit(EventKind.NET_REFUSED, record)
+        if record.route_header:
+            self._emit(EventKind.NET_CREDENTIAL, record)
 
     def _emit(self, kind: EventKind, record: ExchangeRecord) -> None:
         self._bus.emit(kind, self.session, record.subject, **record.details())

@@ -364,4 +364,7 @@ def test_a_route_upstream_that_picks_a_websocket_extension_is_refused() -> None:
               b"Connection: Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
     log = book.expect(Log)
     assert log.record.status == 502 and "extension" in log.record.reason
+    book.give()
+    # The handshake carried the key: its use is an event of its own.
+    assert book.expect(Log).kind is EventKind.NET_CREDENTIAL
     assert isinstance(book.give(), RefuseClient)
