@@ -33,6 +33,7 @@ from typing import Any, cast
 import h11
 
 from app.consent import Answer, RequestKind, Verdict
+from app.egress.grants import NetworkGrants
 from app.egress.inspect import Finding, GrantedContent, HeadScan, UploadInspector, preview
 from app.egress.policy import (
     Action,
@@ -64,7 +65,7 @@ from app.egress.uploads import UploadGate, UploadLedger
 from app.egress.websocket import FrameCounter, is_websocket_upgrade
 from app.errors import EgressError
 from app.events import EventKind
-from app.grants import Lifetime
+from app.grants import Access, NetworkGrant, network_grant_for
 from app.profiles import Profile, Route
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,13 @@ class Throttle:
 
 
 @dataclass(frozen=True, slots=True)
+class RememberGrant:
+    """Store an answer with a lifetime as a network grant, and announce it (→ None)."""
+
+    grant: NetworkGrant
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Emit the exchange's one event (→ None)."""
 
@@ -266,7 +274,8 @@ class Log:
 
 Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
            | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
-           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | Log)
+           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | RememberGrant
+           | Log)
 Steps = Generator[Command, Any, Any]
 
 
@@ -308,8 +317,11 @@ class TunnelUploads:
     stream is opaque (TLS, frames): only its size is known, so past the gate's threshold it
     pauses for the user's approval (the bytes wait), once."""
 
-    def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord) -> None:
+    def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord,
+                 grant: Callable[[Answer], NetworkGrant | None] | None = None) -> None:
         self._gate, self._target, self._record = gate, target, record
+        # What an approval with a lifetime leaves behind, for the driver to store.
+        self.grant_for = grant or (lambda answer: None)
 
     def question(self, amount: int) -> Ask | None:
         """What to ask before `amount` more bytes go up, if anything."""
@@ -375,14 +387,14 @@ class ClientConnection:
 
     def __init__(self, session: str, profile: Profile, settings: ProxySettings, *,
                  blocked: Callable[[], bool] | None = None,
-                 answers: dict[tuple[str, int], tuple[bool, float | None]] | None = None,
+                 grants: NetworkGrants | None = None,
                  ledger: UploadLedger | None = None) -> None:
         self.session = session
         self.profile = profile
         self.settings = settings
         self._blocked = blocked  # the user's "Block all network" switch
-        # Remembered answers to `ask` hosts, shared by the session's connections.
-        self._answers = answers if answers is not None else {}
+        # Remembered answers (network grants), looked up in memory; stored by the driver.
+        self._grants = grants if grants is not None else NetworkGrants()
         # What the session's requests carried to each destination, shared the same way.
         self._ledger = ledger if ledger is not None else UploadLedger()
         self._throttled = profile.network.bandwidth is not None
@@ -484,6 +496,9 @@ class ClientConnection:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
         else:
             decision = decide_destination(network, target.host, target.port, target.method)
+            if decision.rule == "not-listed":
+                # A host the user allowed beyond the profile (the agent asked for it).
+                decision = self._granted_host(target, record) or decision
         record.rule, record.reason = decision.rule, decision.reason
         if decision.action is Action.DENY:
             raise Refused(403, decision.rule, decision.reason)
@@ -576,18 +591,58 @@ class ClientConnection:
         for name, value in head.values:
             self._ledger.remember_value(head.destination, name, value)
 
+    def _granted(self, target: Target, access: Access) -> NetworkGrant | None:
+        return self._grants.find(self.session, self.profile.name, parse_host(target.host).name,
+                                 target.port, access, time.time())
+
+    def _granted_host(self, target: Target, record: ExchangeRecord) -> Decision | None:
+        grant = self._granted(target, Access.CONNECT)
+        if grant is None or not grant.allowed:
+            return None
+        record.grants.append(grant.id)
+        return Decision(Action.ALLOW, f"grant:{grant.id}",
+                        f"{target.host}:{target.port} is granted ({grant.lifetime})")
+
+    def _grant_of(self, target: Target, access: Access, answer: Answer
+                  ) -> NetworkGrant | None:
+        return network_grant_for(
+            parse_host(target.host).name, target.port, access, allowed=answer.allowed,
+            lifetime=answer.lifetime, session=self.session, profile=self.profile.name,
+            expires_at=answer.until)
+
     def _ask_host(self, target: Target, decision: Decision) -> Steps:
-        key = (target.host.lower(), target.port)
-        remembered = self._answers.get(key)
-        if remembered is not None and (remembered[1] is None or remembered[1] > time.time()):
-            return Answer(Verdict.ALLOW if remembered[0] else Verdict.DENY, by="remembered")
+        assert self.record is not None
+        grant = self._granted(target, Access.CONNECT)
+        if grant is not None:
+            self.record.grants.append(grant.id)
+            return Answer(Verdict.ALLOW if grant.allowed else Verdict.DENY,
+                          by=f"grant {grant.id}")
         answer: Answer = yield Ask(RequestKind.NETWORK, f"{target.host}:{target.port}", {
             "host": target.host, "port": target.port, "method": target.method,
             "rule": decision.rule,
         })
-        if answer.lifetime is not Lifetime.ONCE:
-            self._answers[key] = (answer.allowed, answer.until)
+        grant = self._grant_of(target, Access.CONNECT, answer)
+        if grant is not None:
+            yield RememberGrant(grant)
+            self.record.grants.append(grant.id)
         return answer
+
+    def _upload_granted(self, target: Target, gate: UploadGate, record: ExchangeRecord) -> None:
+        """An upload grant for the destination waives the threshold (findings still ask)."""
+        grant = self._granted(target, Access.UPLOAD)
+        if grant is not None and grant.allowed:
+            gate.approve()
+            record.grants.append(grant.id)
+
+    def _upload_grant(self, target: Target) -> Callable[[Answer], NetworkGrant | None]:
+        def grant(answer: Answer) -> NetworkGrant | None:
+            if not answer.allowed:
+                return None  # a refused upload is asked about again next time
+            made = self._grant_of(target, Access.UPLOAD, answer)
+            if made is not None and self.record is not None:
+                self.record.grants.append(made.id)
+            return made
+        return grant
 
     def _credential(self, route: Route | None) -> Steps:
         if route is None:
@@ -617,7 +672,9 @@ class ClientConnection:
             yield SendClient([self.conn.send(response) or b""], drain=False)
             record.status = 200
             leftover, _ = self.conn.trailing_data
-            uploads = TunnelUploads(UploadGate.of(self.profile.approval), target, record)
+            gate = UploadGate.of(self.profile.approval)
+            self._upload_granted(target, gate, record)
+            uploads = TunnelUploads(gate, target, record, self._upload_grant(target))
             yield RelayTunnel(leftover, uploads, record)
         except Refused as e:
             record.refused(e.status, e.rule, e.reason)
@@ -689,7 +746,9 @@ class ClientConnection:
                 raise Gone from e
             raise Refused(502, "upstream", f"the upstream connection failed: {e}") from e
         gate = UploadGate.of(self.profile.approval, route=target.route is not None)
-        relay = WebSocketRelay(TunnelUploads(gate, target, record), scrub, record)
+        self._upload_granted(target, gate, record)
+        relay = WebSocketRelay(TunnelUploads(gate, target, record, self._upload_grant(target)),
+                               scrub, record)
         try:
             yield RelayWebSocket(self.conn.trailing_data[0], upstream.conn.trailing_data[0],
                                  relay)
@@ -764,6 +823,8 @@ class ClientConnection:
         gate = UploadGate.of(self.profile.approval, route=target.route is not None,
                              before=0 if head is None else
                              self._ledger.before(head.destination) + head.size)
+        if target.route is None:
+            self._upload_granted(target, gate, record)
         head_findings = bool(head and head.scan.findings)
         if not has_body(request.headers):
             if (yield from self._body_event()) is not None:  # h11's EndOfMessage, at once
@@ -819,6 +880,9 @@ class ClientConnection:
                           + _findings_text(findings))
         body.gate.approve()
         record.reason = f"upload approved ({answer.by})"
+        grant = self._upload_grant(target)(answer)
+        if grant is not None:
+            yield RememberGrant(grant)
 
     def _stream_body(self, upstream: _Upstream, body: _Body, target: Target,
                      record: ExchangeRecord) -> Steps:

@@ -31,6 +31,7 @@ class ExchangeRecord:
     route: str = ""
     route_header: str = ""  # the header a route's credential went out in (its name only)
     held: bool = False
+    grants: list[str] = field(default_factory=list)  # network grants that let it through
     findings: list[dict[str, object]] = field(default_factory=list)
     sha256: str = ""
     websocket: bool = False  # an upgraded connection: frames counted each way
@@ -57,6 +58,8 @@ class ExchangeRecord:
         for key in ("address", "route", "route_header", "sha256"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.grants:
+            out["grants"] = list(self.grants)
         if self.websocket:
             out["websocket"] = {"frames_up": self.frames_up, "frames_down": self.frames_down}
         if self.held:

@@ -21,7 +21,7 @@ from PySide6.QtGui import QBrush, QColor
 
 from app.audit import AuditRecord
 from app.events import Event, EventKind
-from app.grants import Grant
+from app.grants import AnyGrant, NetworkGrant
 from app.store import SessionRecord
 from app.text import printable
 
@@ -123,8 +123,12 @@ class GrantsModel(RecordTable):
     headers = ("Path", "Access", "Lifetime", "For", "Until", "Grant", "")
     REVOKE_COLUMN = 6
 
-    def cell(self, row: Grant, column: int) -> Any:
-        access = "read and write" if str(row.mode) == "rw" else "read"
+    def cell(self, row: AnyGrant, column: int) -> Any:
+        if isinstance(row, NetworkGrant):  # a remembered network or upload answer
+            access = {"connect": "connect", "upload": "upload past the threshold"}.get(
+                str(row.access), str(row.access)) + ("" if row.allowed else ": refused")
+        else:
+            access = "read and write" if str(row.mode) == "rw" else "read"
         who = f"session {row.session}" if row.session else f"profile {row.profile}"
         return (str(row.path), access, str(row.lifetime), who,
                 clock(row.expires_at, True) if row.expires_at else "", row.id, "")[column]
