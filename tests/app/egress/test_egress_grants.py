@@ -147,15 +147,14 @@ def test_a_session_answer_ends_with_its_session(tmp_path: Path) -> None:
 def test_an_upload_approved_for_the_session_is_not_asked_again(
         tmp_path: Path, lifetime: Lifetime, asked_again: bool) -> None:
     answering = front(Answer(Verdict.ALLOW, lifetime, by="dialog"))
-    with RecordingServer() as upstream:
-        with harness(tmp_path, profile(upstream.port, threshold="1k"),
-                     front_end=answering) as proxy:
-            for _ in range(2):
-                response = raw(proxy.port, (
-                    f"POST http://files.test:{upstream.port}/u HTTP/1.1\r\n"
-                    f"Host: files.test:{upstream.port}\r\nContent-Length: 4000\r\n"
-                    "Connection: close\r\n\r\n").encode() + b"z" * 4000)
-                assert b" 200 " in response.split(b"\r\n", 1)[0]
+    with RecordingServer() as upstream, harness(
+            tmp_path, profile(upstream.port, threshold="1k"), front_end=answering) as proxy:
+        for _ in range(2):
+            response = raw(proxy.port, (
+                f"POST http://files.test:{upstream.port}/u HTTP/1.1\r\n"
+                f"Host: files.test:{upstream.port}\r\nContent-Length: 4000\r\n"
+                "Connection: close\r\n\r\n").encode() + b"z" * 4000)
+            assert b" 200 " in response.split(b"\r\n", 1)[0]
     assert len(answering.asked) == (2 if asked_again else 1)
     assert len(upstream.seen.requests) == 2
 
