@@ -561,21 +561,22 @@ class ClientConnection:
         scan = HeadScan(granted, self._ledger.pieces)
         path, question, query = target.path.partition("?")
         text = [f"{target.method} {target.path}".encode("latin-1", "replace")]
-        scan.part("the path", path.encode("latin-1", "replace"))
+        parts = [("the path", path.encode("latin-1", "replace"))]
         if question:
-            scan.part("the query", query.encode("latin-1", "replace"))
+            parts.append(("the query", query.encode("latin-1", "replace")))
         size = len(target.path)
         values: list[tuple[bytes, bytes]] = []
         for name, value in request.headers:
             name = name.lower()
             if name in HOP_BY_HOP or name in (b"host", b"content-length"):
                 continue  # not sent on, or set by Airlock from the target
-            scan.part("a cookie" if name == b"cookie"
-                      else f"header {name.decode('latin-1')}", value)
+            parts.append(("a cookie" if name == b"cookie"
+                          else f"header {name.decode('latin-1')}", value))
             if self._ledger.new_value(destination, name, value):
                 size += len(value)
                 values.append((name, value))
                 text.append(name + b": " + value)
+        scan.parts(parts)
         return _Head(destination, size, scan, b"\n".join(text), values)
 
     def _sent(self, body: _Body) -> None:

@@ -72,7 +72,6 @@ _BASE64_RUNS = (re.compile(rb"[A-Za-z0-9+/]{16,}"), re.compile(rb"[A-Za-z0-9_-]{
 _BASE32_RUN = re.compile(rb"[A-Za-z2-7]{16,}")
 _HEX_RUN = re.compile(rb"[0-9A-Fa-f]{24,}")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
-MAX_HEAD_VIEWS = 64  # decoded runs looked at in one part of a head
 # What every match of each pattern contains: found with `in` (C speed), they say which
 # patterns are worth a search at all. A request head's parts are mostly without any.
 SECRET_MARKERS: dict[str, tuple[bytes, ...]] = {
@@ -318,7 +317,8 @@ def decoded_views(data: bytes, *, base32: bool = False, every: bool = False
     have one case) and hex read its runs, each with how it was read ("", "url", "base64",
     "url+base64", …). A run is decoded if it holds a secret's marker in encoded form, or
     with `every` (granted content is looked for) if it is long enough to hold a piece.
-    Bounded: at most `MAX_HEAD_VIEWS` runs."""
+    Unbounded by count on purpose (a cap would let padding hide a secret): what is read is a
+    request head, which the proxy bounds (`ProxySettings.max_head_bytes`), or a host name."""
     views = [("", data)]
     if b"%" in data or b"+" in data:
         decoded = unquote_to_bytes(data.replace(b"+", b" "))
@@ -334,8 +334,6 @@ def decoded_views(data: bytes, *, base32: bool = False, every: bool = False
                 if run in runs:
                     continue
                 runs.add(run)
-                if len(runs) > MAX_HEAD_VIEWS:
-                    return out
                 if not ((every and len(run) >= MIN_DECODED_PIECE)
                         or _ENCODED_MARKER.search(run)):
                     continue
@@ -385,6 +383,21 @@ class HeadScan:
         self.findings: list[Finding] = []
         self._kinds: set[str] = set()
         self._files: set[int] = set()  # granted files found in this head already
+
+    def parts(self, parts: list[tuple[str, bytes]]) -> list[Finding]:
+        """Inspect a request head's parts. Most heads carry nothing: all the parts are read
+        at once first, and looked at one by one only if that finds a marker (or there is
+        granted content to look for)."""
+        granted = self.granted is not None and bool(self.granted.pieces or self.granted.digests)
+        if not granted:
+            joined = b"\x00".join(view for _, view in
+                                   decoded_views(b"\x00".join(data for _, data in parts)))
+            if not _MARKER.search(joined):
+                return []
+        new: list[Finding] = []
+        for where, data in parts:
+            new += self.part(where, data)
+        return new
 
     def part(self, where: str, data: bytes, offset: int = 0, *, name: bool = False
              ) -> list[Finding]:

@@ -3,6 +3,7 @@ drives `ClientConnection.run()` by hand, answering its commands as the driver wo
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from collections.abc import Generator
 from typing import Any
@@ -368,3 +369,35 @@ def test_a_route_upstream_that_picks_a_websocket_extension_is_refused() -> None:
     # The handshake carried the key: its use is an event of its own.
     assert book.expect(Log).kind is EventKind.NET_CREDENTIAL
     assert isinstance(book.give(), RefuseClient)
+
+
+def test_a_get_with_a_token_in_its_query_is_held_before_anything_is_sent() -> None:
+    book = Playbook(connection(profile()))
+    token = base64.b64encode(b"AKIA" + b"IOSFODNN7EXAMPL3").decode()
+    book.give(f"GET http://files.test/q?t={token} HTTP/1.1\r\nHost: files.test\r\n"
+              "X-Note: plain\r\n\r\n".encode())
+    book.give(LOOPBACK)
+    book.expect(ReadGranted)
+    ask = book.give(None)
+    assert isinstance(ask, Ask) and ask.kind is RequestKind.UPLOAD
+    assert ask.details["findings"][0]["label"] == "aws-access-key in the query (base64)"
+    assert ask.details["preview"] == f"GET /q?t={token}\\nx-note: plain"
+    assert ask.details["path"] == "/q?t=…"  # the question shows the query in the preview only
+    book.give(Answer(Verdict.DENY, by="test"))
+    log = book.expect(Log)
+    assert log.record.rule == "upload-refused" and "aws-access-key" in log.record.reason
+    assert isinstance(book.give(), RefuseClient)
+
+
+def test_a_new_name_under_a_wildcard_is_inspected_before_it_is_resolved() -> None:
+    prof = profile(extra="").model_copy(update={"network": parse_profile(
+        'name = "t"\nimage = "i"\n[network]\nallow = ["*.wild.test:443"]\n', "t.toml").network})
+    label = (b"AKIA" + b"IOSFODNN7EXAMPL3").hex()
+    book = Playbook(connection(prof))
+    book.give(f"CONNECT {label}.wild.test:443 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    book.expect(ReadGranted)
+    ask = book.give(None)
+    assert isinstance(ask, Ask) and ask.details["hostname"] is True  # no Resolve before it
+    assert ask.details["findings"][0]["label"] == "aws-access-key in the host name (hex)"
+    book.give(Answer(Verdict.ALLOW, by="test"))
+    assert book.expect(Resolve).host == f"{label}.wild.test"

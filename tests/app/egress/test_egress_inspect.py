@@ -127,3 +127,11 @@ def test_a_granted_file_sent_a_line_a_request_is_found_by_the_third(tmp_path: Pa
              for line in lines[:3]]
     assert found[:2] == [[], []]
     assert [f.label for f in found[2]] == ["/f in the query (url)"]
+
+
+def test_padding_a_head_with_harmless_runs_hides_nothing() -> None:
+    padding = b"&".join(b"p%d=" % i + base64.b64encode(b"harmless value %03d" % i)
+                        for i in range(300))
+    hidden = padding + b"&k=" + base64.b64encode(AWS)
+    assert [f.kind for f in HeadScan(None).parts([("the query", hidden)])] == [
+        "aws-access-key"]
