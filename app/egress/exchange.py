@@ -71,6 +71,18 @@ from app.profiles import Profile, Route
 log = logging.getLogger(__name__)
 
 PROXY_PORT = 3128
+# Header names a finding may name in its label (the log keeps labels): common ones only.
+KNOWN_HEADERS = frozenset({
+    b"accept", b"accept-charset", b"accept-encoding", b"accept-language", b"authorization",
+    b"cookie",
+    b"cache-control", b"content-encoding", b"content-language", b"content-type", b"dnt",
+    b"if-match", b"if-modified-since", b"if-none-match", b"if-range",
+    b"if-unmodified-since", b"origin", b"pragma", b"range", b"referer", b"user-agent",
+    b"x-api-key", b"x-forwarded-for", b"x-request-id", b"x-requested-with",
+})
+WITHHELD_PATH = "/… (withheld: it carries a secret)"
+STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE",
+                              b"OPTIONS"})
 _ZEROS = memoryview(bytes(1024 * 1024))
 
 
@@ -538,9 +550,12 @@ class ClientConnection:
         scan.part("the host name", chosen.encode("ascii"), name=True)
         gate = UploadGate.of(self.profile.approval, before=self._ledger.before(destination))
         if gate.must_ask(len(chosen), findings=bool(scan.findings), body=False):
+            if scan.findings:
+                # The log keeps host names (and the question's subject): not this one.
+                record.host = "…" + name[len(chosen):]
             record.held = True
             record.findings = [f.to_json() for f in scan.findings]
-            answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+            answer: Answer = yield Ask(RequestKind.UPLOAD, f"{record.host}:{target.port}", {
                 "host": target.host, "port": target.port, "method": target.method,
                 "size": gate.before + len(chosen), "earlier": gate.before,
                 "hostname": True, "complete": True, "preview": preview(chosen.encode()),
@@ -570,12 +585,23 @@ class ClientConnection:
             name = name.lower()
             if name in HOP_BY_HOP or name in (b"host", b"content-length"):
                 continue  # not sent on, or set by Airlock from the target
-            parts.append(("a cookie" if name == b"cookie"
-                          else f"header {name.decode('latin-1')}", value))
+            if name == b"cookie":
+                parts.append(("a cookie", value))
+            elif name in KNOWN_HEADERS:
+                parts.append((f"header {name.decode('ascii')}", value))
+            else:
+                # A name of the agent's choosing is data too (in lower case: hex or base32
+                # survive that); it is not repeated in the finding's label, which the log
+                # keeps.
+                parts.append(("a header of its own", value))
+                scan.part("a header's name", bytes(name), name=True)
             if self._ledger.new_value(destination, name, value):
-                size += len(value)
+                size += len(value) + (0 if name in KNOWN_HEADERS else len(name))
                 values.append((name, value))
                 text.append(name + b": " + value)
+        if request.method not in STANDARD_METHODS:
+            parts.append(("the method", bytes(request.method)))
+            size += len(request.method)
         scan.parts(parts)
         return _Head(destination, size, scan, b"\n".join(text), values)
 
@@ -856,6 +882,11 @@ class ClientConnection:
               record: ExchangeRecord) -> Steps:
         inspector, head = body.inspector, body.head
         findings = [*(head.scan.findings if head else ()), *inspector.findings]
+        # The log keeps paths and methods: not one that carries a secret.
+        if any(" in the path" in f.label for f in findings):
+            record.path = WITHHELD_PATH
+        if any(" in the method" in f.label for f in findings):
+            record.method = "(withheld: it carries a secret)"
         record.held = True
         record.findings = [f.to_json() for f in findings]
         record.sha256 = inspector.sha256 if body.ended else ""

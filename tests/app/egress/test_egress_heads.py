@@ -214,8 +214,9 @@ def test_a_secret_in_a_host_name_under_a_wildcard_is_held_before_it_is_resolved(
                 assert resolver.asked == []  # no lookup carried the label out
                 question = front.asked[0]
                 assert question.details["hostname"] is True
-                if how == "hex":
-                    assert question.details["findings"][0]["kind"] == "aws-access-key"
+                assert question.details["findings"][0]["kind"] == "aws-access-key"
+                proxy.wait_events(2)
+                assert label not in repr([e.to_json() for e in proxy.events])  # log: "…"
             else:
                 assert status(plain) == 200 and resolver.asked == [host]
     assert [r["headers"]["host"] for r in upstream.seen.requests] == [
@@ -245,3 +246,31 @@ def test_new_names_under_a_wildcard_add_up_to_the_threshold(tmp_path: Path) -> N
     assert question.details["earlier"] == 40 * distinct + held
     assert question.details["earlier"] + 40 > 1024 >= question.details["earlier"]
     assert names[held - 3] not in resolver.asked
+
+
+@pytest.mark.parametrize("where", ["header name", "method", "path"])
+def test_a_secret_where_no_value_is_expected_is_held_and_kept_out_of_the_log(
+        tmp_path: Path, where: str) -> None:
+    """A header's name and the method are the agent's choice too; and the log, which keeps
+    paths and the findings' labels, does not get the secret from a held request."""
+    with RecordingServer() as upstream:
+        front = Scripted([False])
+        with harness(tmp_path, profile(upstream.port), front_end=front) as proxy:
+            method, path, extra = "GET", "/p", ""
+            if where == "header name":
+                extra = f"X-{CLOUD.encode().hex()}: 1\r\n"  # h11 lowers names: hex
+            elif where == "method":
+                method = CLOUD
+            else:
+                path = f"/files/{base64.urlsafe_b64encode(CLOUD.encode()).decode()}/x"
+            response = raw(proxy.port, (
+                f"{method} http://files.test:{upstream.port}{path} HTTP/1.1\r\n"
+                f"Host: files.test:{upstream.port}\r\n{extra}Connection: close\r\n\r\n"
+            ).encode())
+            events = proxy.wait_events(1)
+    assert status(response) == 403 and upstream.seen.requests == []
+    assert [f["kind"] for f in front.asked[0].details["findings"]] == ["aws-access-key"]
+    logged = repr([e.to_json() for e in events])
+    for encoded in (CLOUD, base64.urlsafe_b64encode(CLOUD.encode()).decode(),
+                    CLOUD.encode().hex()):
+        assert encoded not in logged
