@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from app.audit import AuditRecord, records
 from app.consent import Answer, ConsentRequest, Verdict, denied
 from app.egress.grants import NetworkGrants
 from app.events import EventBus, EventKind
@@ -124,6 +125,11 @@ def test_an_always_answer_outlives_its_session_is_listed_and_revoking_it_cuts_a_
         assert cut and cut[0].subject == f"ask.test:{upstream.port}"
         assert cut[0].details["grants"] == [grant]
     assert store.network_grant(grant).revoked_at is not None  # type: ignore[union-attr]
+    # The command line's revocation is in the audit log.
+    revocations = [r for r in records(dirs.audit) if isinstance(r, AuditRecord)
+                   and r.kind == "grant.revoked"]
+    assert [(r.subject, r.details["grant"], r.details["network"]) for r in revocations] == [
+        (f"ask.test:{upstream.port}", grant, True)]
     assert [r["path"] for r in upstream.seen.requests] == ["/x", "/x", "/t"]
     store.close()
 
