@@ -74,8 +74,8 @@ PROXY_PORT = 3128
 # Header names a finding may name in its label (the log keeps labels): common ones only.
 KNOWN_HEADERS = frozenset({
     b"accept", b"accept-charset", b"accept-encoding", b"accept-language", b"authorization",
-    b"cookie",
-    b"cache-control", b"content-encoding", b"content-language", b"content-type", b"dnt",
+    b"cache-control", b"content-encoding", b"content-language", b"content-type", b"cookie",
+    b"dnt",
     b"if-match", b"if-modified-since", b"if-none-match", b"if-range",
     b"if-unmodified-since", b"origin", b"pragma", b"range", b"referer", b"user-agent",
     b"x-api-key", b"x-forwarded-for", b"x-request-id", b"x-requested-with",
@@ -586,6 +586,9 @@ class ClientConnection:
             if name in HOP_BY_HOP or name in (b"host", b"content-length"):
                 continue  # not sent on, or set by Airlock from the target
             if name == b"cookie":
+                value = self._ledger.agents_cookies(destination, value)
+                if not value:
+                    continue  # only what the host set: nothing of the agent's
                 parts.append(("a cookie", value))
             elif name in KNOWN_HEADERS:
                 parts.append((f"header {name.decode('ascii')}", value))
@@ -984,6 +987,11 @@ class ClientConnection:
             raise Refused(502, "upstream", "the route's upstream answered compressed, which "
                           "Airlock cannot check for the credential")
         headers = client_headers([(k, scrub.whole(v)) for k, v in event.headers])
+        if target.route is None:
+            # A cookie the host set is the host's data when the agent sends it back.
+            destination, _ = destination_key(self.profile.network, target.host, target.port)
+            for value in header(event.headers, b"set-cookie"):
+                self._ledger.set_cookie(destination, value)
         record.status = event.status_code
         yield SendClient(self.conn.send_with_data_passthrough(h11.Response(
             status_code=event.status_code, headers=headers,

@@ -60,6 +60,7 @@ class UploadLedger:
     said: dict[tuple[str, bytes], int] = field(default_factory=dict)  # -> hash of the value
     labels: dict[str, set[str]] = field(default_factory=dict)  # wildcard -> names seen
     pieces: dict[str, set[int]] = field(default_factory=dict)  # granted file -> pieces seen
+    cookies: dict[str, set[int]] = field(default_factory=dict)  # destination -> what it set
 
     MAX_REMEMBERED = 4096  # names and header values per destination, then counted anew
 
@@ -89,3 +90,18 @@ class UploadLedger:
         names = self.labels.setdefault(destination, set())
         if len(names) < self.MAX_REMEMBERED:
             names.add(name)
+
+    def set_cookie(self, destination: str, value: bytes) -> None:
+        """The destination set a cookie (a `Set-Cookie` value): sent back, it is not data."""
+        pair = value.split(b";", 1)[0].strip()
+        cookies = self.cookies.setdefault(destination, set())
+        if pair and len(cookies) < self.MAX_REMEMBERED:
+            cookies.add(hash(pair))
+
+    def agents_cookies(self, destination: str, value: bytes) -> bytes:
+        """A `Cookie` header without the cookies the destination set itself, as they were."""
+        known = self.cookies.get(destination)
+        if not known:
+            return value
+        pairs = [p.strip() for p in value.split(b";")]
+        return b"; ".join(p for p in pairs if p and hash(p) not in known)

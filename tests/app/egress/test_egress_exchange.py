@@ -401,3 +401,35 @@ def test_a_new_name_under_a_wildcard_is_inspected_before_it_is_resolved() -> Non
     assert ask.details["findings"][0]["label"] == "aws-access-key in the host name (hex)"
     book.give(Answer(Verdict.ALLOW, by="test"))
     assert book.expect(Resolve).host == f"{label}.wild.test"
+
+
+def test_a_cookie_the_host_set_goes_back_unasked_and_one_of_the_agents_does_not() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXBhcnQ"
+    book = Playbook(connection(profile()))
+
+    def request(cookie: str) -> Any:
+        book.give(f"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n"
+                  f"Cookie: {cookie}\r\n\r\n".encode())
+        book.give(LOOPBACK)
+        return book.give(None)  # ReadGranted: none
+
+    book.give(b"GET http://files.test/login HTTP/1.1\r\nHost: files.test\r\n\r\n")
+    book.give(LOOPBACK)
+    book.give(None)
+    book.give(Connected("127.0.0.1", spliceable=False))
+    book.give()
+    book.give(f"HTTP/1.1 200 OK\r\nSet-Cookie: s={jwt}; Path=/; HttpOnly\r\n"
+              "Content-Length: 0\r\n\r\n".encode())
+    book.sent_to_client()
+    book.give()  # the log
+    command = request(f"s={jwt}")
+    assert not isinstance(command, Ask)  # the host's own token, sent back
+    book.give(True)  # UpstreamAlive: reuse
+    book.give()
+    book.give(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    book.sent_to_client()
+    book.give()
+    command = request(f"s={jwt}; mine={'AKIA' + 'IOSFODNN7EXAMPL3'}")
+    assert isinstance(command, Ask)
+    assert [f["label"] for f in command.details["findings"]] == [
+        "aws-access-key in a cookie"]
