@@ -386,8 +386,6 @@ def verify(path: Path) -> Verification:
     last_file, last_line = (files[-1] if files else path), 0
     for file in files:
         for number, line, whole in _lines(file):
-            if whole and line.startswith(b'{"') and EXPORTED_RECORD in line:
-                line = _exported(line)  # an OCSF export: the record it carries
             record = _checked(line) if whole else TORN
             if not isinstance(record, str):
                 fault = _chain_fault(record["seq"], record["prev"], record["hash"], count, head)
@@ -425,44 +423,6 @@ def _chain_fault(seq: int, prev: str, digest: str, count: int, head: str) -> str
     if seq > expected:
         return f"records {expected}-{seq - 1} are missing (dropped)"
     return f"record {seq} is out of place (expected {expected}): inserted or reordered"
-
-
-# Where an OCSF export (app/ocsf.py) keeps each record's line, byte for byte.
-RECORD_KEY = "airlock_record"
-EXPORTED_RECORD = b'"' + RECORD_KEY.encode() + b'":'
-
-
-def _exported(line: bytes) -> bytes:
-    """The record line an exported event carries (or the event itself, which `_checked`
-    then refuses as not a record)."""
-    try:
-        event = json.loads(line.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return line
-    unmapped = event.get("unmapped") if isinstance(event, dict) else None
-    carried = unmapped.get(RECORD_KEY) if isinstance(unmapped, dict) else None
-    if isinstance(carried, str) and carried.isascii():
-        return carried.encode("ascii")
-    return line
-
-
-def record_line(record: AuditRecord) -> bytes | None:
-    """The record's line in the log (without its newline), made again from its fields: the
-    encoding is canonical, so it is the same bytes; None if it does not hash to the record's
-    hash (a record not read from a log)."""
-    body = record.to_json()
-    del body["hash"]
-    line, digest = _encode(body)
-    return line[:-1] if digest == record.hash else None
-
-
-def lines(directory: Path) -> Iterator[tuple[bytes, AuditRecord | AuditProblem]]:
-    """Each line of the log, oldest first, with the record on it or why there is none."""
-    for path in segments(directory):
-        for number, line, whole in _lines(path):
-            parsed = _parse(line) if whole else TORN
-            yield line, (AuditProblem(path, number, parsed) if isinstance(parsed, str)
-                         else parsed)
 
 
 def export(directory: Path, out: IO[bytes]) -> int:

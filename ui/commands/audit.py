@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
 import re
-import socket
 import sys
 import time
-from collections import deque
 from datetime import datetime
 from pathlib import Path
-from typing import IO
 
-from app.audit import (
-    AuditError,
-    AuditFollower,
-    AuditProblem,
-    AuditRecord,
-    export,
-    records,
-    verify,
-)
-from app.ocsf import export_ocsf
-from app.syslog import SyslogSender, Target, rfc5424
+from app.audit import AuditError, AuditProblem, export, records, verify
 from ui.commands.base import Context, add_command
 from ui.commands.watch import RecordPrinter, matches
 
@@ -56,18 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         actions, "export", export_log, "Write the whole chain as one JSON-lines file."
     )
     out.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
-    forward = add_command(
-        actions, "forward", forward_log,
-        "Send the records to syslog (RFC 5424, OCSF events) as they are written.")
-    forward.add_argument("--to", default="/dev/log", metavar="TARGET",
-                         help="/dev/log (the default: the journal on systemd), unix:PATH, "
-                         "udp://HOST:PORT or tcp://HOST:PORT")
-    forward.add_argument("--once", action="store_true",
-                         help="send what was not sent yet, then exit (1 if the collector "
-                         "did not take it all)")
-    out.add_argument("--format", choices=("native", "ocsf"), default="native",
-                     help="native records, or OCSF events for a SIEM (each carries its record: "
-                     "`airlock audit verify FILE` checks either)")
 
 
 def since(text: str) -> float:
@@ -108,108 +81,16 @@ def verify_log(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def export_log(ctx: Context, args: argparse.Namespace) -> int:
-    skipped = 0
-
-    def write(out: IO[bytes]) -> int:
-        nonlocal skipped
-        if args.format == "native":
-            return export(ctx.dirs.audit, out)
-        count, skipped = export_ocsf(ctx.dirs.audit, out, hostname=socket.gethostname(),
-                                     version=airlock_version())
-        return count
-
     if args.output is None:
-        count = write(sys.stdout.buffer)
+        count = export(ctx.dirs.audit, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     else:
         try:
             with args.output.open("xb") as out:
-                count = write(out)
+                count = export(ctx.dirs.audit, out)
         except FileExistsError:
             raise AuditError(f"{args.output} exists; not overwriting it") from None
         except OSError as e:
             raise AuditError(f"cannot write {args.output}: {e.strerror}") from e
-    print(f"exported {count} records" + (" as OCSF events" if args.format == "ocsf" else ""),
-          file=sys.stderr)
-    if skipped:
-        print(f"airlock: {skipped} lines were not records and were left out "
-              "(`airlock audit verify` says where)", file=sys.stderr)
-        return 1
+    print(f"exported {count} records", file=sys.stderr)
     return 0
-
-
-def airlock_version() -> str:
-    try:
-        return importlib.metadata.version("airlock")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-FORWARD_POLL_SECONDS = 0.5
-FORWARD_BACKOFF_SECONDS = 5.0
-MAX_PENDING = 10_000
-
-
-def forward_log(ctx: Context, args: argparse.Namespace) -> int:
-    """Follows the log and sends each record once the collector takes it, in order; what
-    was sent is remembered per target (a cursor in the state directory), so a forwarder
-    restarted, or a collector that was away, resumes where it stopped. The log itself is
-    only read: nothing here can hold up or lose a record of it."""
-    target = Target.parse(args.to)
-    sender = SyslogSender(target)
-    cursor = ctx.dirs.state / "audit-forward" / (re.sub(r"[^A-Za-z0-9.-]+", "_", args.to)
-                                                  .strip("_") + ".seq")
-    sent = _read_cursor(cursor)
-    follower = AuditFollower(ctx.dirs.audit, from_start=True)
-    pending: deque[AuditRecord] = deque()
-    hostname, version, pid = socket.gethostname(), airlock_version(), os.getpid()
-    count, failing = 0, ""
-    try:
-        while True:
-            if len(pending) < MAX_PENDING:
-                for found in follower.poll():
-                    if isinstance(found, AuditProblem):
-                        print(f"airlock: not forwarded, not a record: {found}", file=sys.stderr)
-                    elif found.seq > sent and (not pending or found.seq > pending[-1].seq):
-                        pending.append(found)
-            why = None
-            while pending:
-                why = sender.send(rfc5424(pending[0], hostname=hostname, version=version,
-                                          procid=pid))
-                if why is not None:
-                    break
-                sent = pending.popleft().seq
-                count += 1
-            _write_cursor(cursor, sent)
-            if args.once:
-                if why is not None:
-                    print(f"airlock: syslog at {args.to} did not take the records: {why}; "
-                          f"{len(pending)} wait for the next run", file=sys.stderr)
-                    return 1
-                print(f"forwarded {count} records to {args.to}", file=sys.stderr)
-                return 0
-            if why is not None and why != failing:
-                print(f"airlock: syslog at {args.to}: {why}; the records wait, nothing is "
-                      "lost", file=sys.stderr)
-            elif why is None and failing:
-                print(f"airlock: syslog at {args.to} takes records again", file=sys.stderr)
-            failing = why or ""
-            time.sleep(FORWARD_BACKOFF_SECONDS if why else FORWARD_POLL_SECONDS)
-    finally:
-        sender.close()
-
-
-def _read_cursor(path: Path) -> int:
-    try:
-        return int(path.read_text().strip() or 0)
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError) as e:
-        raise AuditError(f"cannot read where forwarding stopped ({path}): {e}") from e
-
-
-def _write_cursor(path: Path, seq: int) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(f"{seq}\n")
-    os.replace(temporary, path)
