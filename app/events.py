@@ -52,6 +52,9 @@ class EventKind(StrEnum):
     NET_REQUEST = "net.request"  # one plain-HTTP or route request, at its end
     NET_TUNNEL = "net.tunnel"  # one CONNECT tunnel, at its end
     NET_REFUSED = "net.refused"  # refused by policy, by the user, by a limit, or as bad HTTP
+    # A route added its credential to a request (after its net.request or net.refused):
+    # which route, where, what; never the key.
+    NET_CREDENTIAL = "net.credential"
     NET_BLOCKED = "net.blocked"  # a packet that tried to leave around the proxy, dropped
 
 

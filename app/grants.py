@@ -1,4 +1,5 @@
-"""Grants: which session or profile may read (or write) which path, and for how long."""
+"""Grants: which session or profile may read (or write) which path, or connect or upload to
+which host, and for how long."""
 
 from __future__ import annotations
 
@@ -113,3 +114,78 @@ def grant_for(
         created_at=time.time() if now is None else now,
         expires_at=expires_at,
     )
+
+
+class Access(StrEnum):
+    """What a network grant answers: whether the agent may connect to a host (one its
+    profile lists as `ask`, or does not list at all), or upload to it past the threshold."""
+
+    CONNECT = "connect"
+    UPLOAD = "upload"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkGrant:
+    """A remembered answer to a network or upload question, stored and revocable like a
+    file grant. `allowed` False is a remembered refusal (the question is not asked again)."""
+
+    id: str
+    host: str  # a lower-case name or address, as the question named it
+    port: int
+    access: Access
+    allowed: bool
+    lifetime: Lifetime
+    session: str | None
+    profile: str | None
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def applies(self, session: str, profile: str) -> bool:
+        return self.session == session if self.session else self.profile == profile
+
+    @property
+    def subject(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # What lists of grants show in a file grant's path and mode columns.
+    @property
+    def path(self) -> str:
+        return self.subject
+
+    @property
+    def mode(self) -> str:
+        if not self.allowed:
+            return f"{self.access}: refused"
+        return str(self.access)
+
+
+def new_network_grant_id() -> str:
+    return "n-" + secrets.token_hex(4)
+
+
+def network_grant_for(
+    host: str, port: int, access: Access, *, allowed: bool, lifetime: Lifetime, session: str,
+    profile: str, expires_at: float | None = None, now: float | None = None,
+) -> NetworkGrant | None:
+    """The grant an answer with `lifetime` makes, as file grants do: `always` is the
+    profile's, anything shorter the session's; None for `once`, which is no grant."""
+    if lifetime is Lifetime.ONCE:
+        return None
+    if lifetime is Lifetime.UNTIL and expires_at is None:
+        raise GrantError("an 'until' grant needs an expiry time")
+    always = lifetime is Lifetime.ALWAYS
+    return NetworkGrant(
+        id=new_network_grant_id(), host=host.lower().rstrip("."), port=port, access=access,
+        allowed=allowed, lifetime=lifetime, session=None if always else session,
+        profile=profile if always else None, created_at=time.time() if now is None else now,
+        expires_at=None if always else expires_at,
+    )
+
+
+AnyGrant = Grant | NetworkGrant

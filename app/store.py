@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.errors import AirlockError
-from app.grants import Grant, Lifetime, Mode
+from app.grants import Access, Grant, Lifetime, Mode, NetworkGrant
 
 _T = TypeVar("_T")
 
@@ -39,6 +39,19 @@ CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
     path TEXT NOT NULL,
     mode TEXT NOT NULL,
+    lifetime TEXT NOT NULL,
+    session TEXT,
+    profile TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS network_grants (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    access TEXT NOT NULL,
+    allowed INTEGER NOT NULL,
     lifetime TEXT NOT NULL,
     session TEXT,
     profile TEXT,
@@ -187,6 +200,9 @@ class StateStore:
                 "AND lifetime IN (?, ?)",
                 (now, session, Lifetime.ONCE, Lifetime.SESSION),
             )
+            # A network answer that is not the profile's was the session's only.
+            db.execute("UPDATE network_grants SET revoked_at=? WHERE session=? "
+                       "AND revoked_at IS NULL", (now, session))
 
     def session(self, session: str) -> SessionRecord | None:
         rows = self._query("SELECT * FROM sessions WHERE id=?", (session,))
@@ -252,6 +268,7 @@ class StateStore:
         return [str(row[0]) for row in rows]
 
     def revoke(self, grant_ids: Iterable[str]) -> None:
+        """Revokes file and network grants alike."""
         now = time.time()
         with self._transaction() as db:
             for grant_id in grant_ids:
@@ -259,6 +276,33 @@ class StateStore:
                     "UPDATE grants SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
                     (now, grant_id),
                 )
+                db.execute(
+                    "UPDATE network_grants SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                    (now, grant_id),
+                )
+
+    # network grants: remembered answers to network and upload questions
+
+    def add_network_grant(self, grant: NetworkGrant) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO network_grants VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (grant.id, grant.host, grant.port, grant.access, int(grant.allowed),
+                 grant.lifetime, grant.session, grant.profile, grant.created_at,
+                 grant.expires_at, grant.revoked_at),
+            )
+
+    def network_grant(self, grant_id: str) -> NetworkGrant | None:
+        rows = self._query("SELECT * FROM network_grants WHERE id=?", (grant_id,))
+        return _network_grant(rows[0]) if rows else None
+
+    def network_grants(self, active_at: float | None = None) -> list[NetworkGrant]:
+        """All of them, or (`active_at`) those neither revoked nor expired then."""
+        query = "SELECT * FROM network_grants"
+        if active_at is not None:
+            query += " WHERE revoked_at IS NULL"
+        grants = [_network_grant(row) for row in self._query(query + " ORDER BY created_at")]
+        return [g for g in grants if active_at is None or g.active(active_at)]
 
 
 def _session(row: tuple[object, ...]) -> SessionRecord:
@@ -281,6 +325,20 @@ def _grant(row: tuple[object, ...]) -> Grant:
     return Grant(
         id=str(id_), path=Path(str(path)), mode=Mode(str(mode)),
         lifetime=Lifetime(str(lifetime)),
+        session=None if session is None else str(session),
+        profile=None if profile is None else str(profile),
+        created_at=float(str(created_at)),
+        expires_at=None if expires_at is None else float(str(expires_at)),
+        revoked_at=None if revoked_at is None else float(str(revoked_at)),
+    )
+
+
+def _network_grant(row: tuple[object, ...]) -> NetworkGrant:
+    (id_, host, port, access, allowed, lifetime, session, profile, created_at, expires_at,
+     revoked_at) = row
+    return NetworkGrant(
+        id=str(id_), host=str(host), port=int(str(port)), access=Access(str(access)),
+        allowed=bool(allowed), lifetime=Lifetime(str(lifetime)),
         session=None if session is None else str(session),
         profile=None if profile is None else str(profile),
         created_at=float(str(created_at)),

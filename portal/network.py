@@ -1,11 +1,12 @@
 """An agent asks for a host its profile does not list: `org.airlock.Network1.RequestHost` on
-the session's bus becomes a consent request, and a host the user allows is added to the
-session's proxy for the rest of the session.
+the session's bus becomes a consent request, and a host the user allows becomes a network
+grant that the session's proxy admits.
 
 Before this, a host outside the profile was refused with no one asked (only `network.ask`
 hosts prompt, at connect time); now the agent can say which host and why, once, and the
 user decides. The host is checked like a profile's, and the reason is the agent's own,
-untrusted words.
+untrusted words. The answer is a network grant (app/egress/grants.py): for the session, for a
+time, or always for the profile, listed and revocable like a file grant.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from typing import Protocol
 
 from app.consent import ConsentBroker, ConsentRequest, RequestKind, new_request_id
+from app.grants import Lifetime
 from app.profiles import HostRule
 from dbus_fast.annotations import DBusStr, DBusUInt32
 from dbus_fast.errors import DBusError
@@ -29,9 +31,12 @@ MAX_REASON = 2000
 
 
 class HostAllower(Protocol):
-    """What can open a host to a running session: the egress proxy."""
+    """What can open a host to a running session: the egress proxy, which keeps the answer
+    as a network grant of the lifetime the user chose."""
 
-    def allow_host(self, session: str, host: str, port: int) -> bool: ...
+    async def allow_host(self, session: str, host: str, port: int,
+                         lifetime: Lifetime = Lifetime.SESSION, until: float | None = None
+                         ) -> bool: ...
 
 
 class NetworkRequests(ServiceInterface):
@@ -69,7 +74,8 @@ class NetworkRequests(ServiceInterface):
         ))
         if not answer.allowed:
             return "denied"
-        if not self._hosts.allow_host(self.who.session, rule.host, int(port)):
+        if not await self._hosts.allow_host(self.who.session, rule.host, int(port),
+                                            answer.lifetime, answer.until):
             log.warning("session %s: %s allowed but the session has no proxy",
                         self.who.session, subject)
             return "unavailable: this session's profile allows no network at all"

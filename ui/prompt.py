@@ -16,8 +16,9 @@ import termios
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from app.consent import Answer, ConsentRequest, RequestKind, denied
 from app.grants import Lifetime
@@ -256,6 +257,27 @@ def _width(fd: int) -> int:
     return max(20, (columns or 80) - 1)  # a terminal that does not say its size: 0
 
 
+def upload_lines(details: Mapping[str, Any]) -> list[str]:
+    """What an upload (a body, or the data a request's head or host name carries) is: the
+    request, its size against the threshold, what inspection found, its first bytes."""
+    lines = []
+    if details.get("path") or details.get("method"):
+        lines.append(f"  request: {safe(details.get('method', ''))} "
+                     f"{safe(details.get('path', ''))}")
+    size = f"  size: {details.get('size')} bytes"
+    if details.get("earlier"):
+        size += f", after {details['earlier']} bytes sent there this session"
+    if details.get("threshold"):
+        size += f" (threshold {details['threshold']})"
+    lines.append(size)
+    for finding in (details.get("findings") or [])[:10]:
+        if isinstance(finding, Mapping):
+            lines.append(f"  ⚠ it carries: {safe(finding.get('label', '?'))}")
+    if details.get("preview"):
+        lines.append(f"  it starts (from the agent): {safe(str(details['preview'])[:200])}")
+    return lines
+
+
 def describe(request: ConsentRequest, width: int = 79) -> str:
     """Who asks and what for; everything from the agent is marked and escaped, and wrapped
     so that no visual line of it starts at the left edge, where Airlock's own lines do."""
@@ -278,6 +300,8 @@ def describe(request: ConsentRequest, width: int = 79) -> str:
         lines.append("  files (from the agent): " + ", ".join(safe(n) for n in details["files"]))
     if details.get("directory"):
         lines.append("  it wants a folder")
+    if request.kind is RequestKind.UPLOAD:
+        lines += upload_lines(details)
     wrapped = []
     for line in lines:
         if line.startswith("  the agent says"):

@@ -55,6 +55,7 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
     A `long_running` supervisor (the desktop app, `airlock daemon`) keeps a network sidecar
     started ahead for the next session; it must `await supervisor.aclose()` before exit."""
     from app.egress.bridge import Egress
+    from app.egress.grants import NetworkGrants
     from app.egress.keys import KeyringSecrets
     from app.egress.secret_service import use_login_bus
     from portal.extension import portal_extension
@@ -67,7 +68,8 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         sessions = SessionRegistry()  # the profile rules answer for the sessions running here
         broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
         egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
-                        spares=dirs.runtime / "spares" if long_running else None)
+                        spares=dirs.runtime / "spares" if long_running else None,
+                        grants=NetworkGrants(core.store, core.bus))
         extensions: list[ExtensionFactory] = [
             AgentHomes(dirs, DockerEngine(engine)), portal_extension(broker, hosts=egress), egress]
         supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,

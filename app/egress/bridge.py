@@ -80,13 +80,16 @@ from docker.models.containers import Container
 
 from app.consent import ConsentBroker
 from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdditions
+from app.egress.grants import NetworkGrants
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
 from app.egress.witness import BlockedLog
 from app.errors import EgressError
-from app.profiles import HostRule, Profile
+from app.events import EventKind
+from app.grants import Access, Lifetime, network_grant_for
+from app.profiles import Profile
 from app.sessions import SessionContext
 
 log = logging.getLogger(__name__)
@@ -174,8 +177,11 @@ class Egress:
         tls: ssl.SSLContext | None = None,
         settings: ProxySettings | None = None,
         spares: Path | None = None,
+        grants: NetworkGrants | None = None,
     ) -> None:
         self.engine = engine
+        # Remembered answers, shared by every session's proxy (stored, with a store).
+        self.grants = grants or NetworkGrants()
         self.secrets = secrets
         self.broker = broker
         self.resolver = resolver
@@ -194,16 +200,24 @@ class Egress:
             for proxy in list(self._proxies):
                 proxy.cut()
 
-    def allow_host(self, session: str, host: str, port: int) -> bool:
+    async def allow_host(self, session: str, host: str, port: int,
+                         lifetime: Lifetime = Lifetime.SESSION, until: float | None = None
+                         ) -> bool:
         """A host the user allowed when the agent asked for it (the MCP server's
-        request_host): the session's proxy admits it, as if the profile listed it, until the
-        session ends. False when the session has no proxy (its profile allows no network)."""
+        request_host): a network grant for the session (or, answered `always`, for every
+        session of its profile) that its proxy admits as if the profile listed it. False
+        when the session has no proxy (its profile allows no network)."""
         for proxy in list(self._proxies):
             if proxy.session == session:
-                network = proxy.profile.network
-                rule = HostRule(host=host, ports=(port,))
-                proxy.profile = proxy.profile.model_copy(update={"network": network.model_copy(
-                    update={"allow": (*network.allow, rule)})})
+                grant = network_grant_for(
+                    host, port, Access.CONNECT, allowed=True,
+                    # "Once" cannot mean one connection here: the agent asked to be let in.
+                    lifetime=Lifetime.SESSION if lifetime is Lifetime.ONCE else lifetime,
+                    session=session, profile=proxy.profile.name, expires_at=until)
+                assert grant is not None
+                await self.grants.add(grant)
+                proxy.bus.emit(EventKind.GRANT_ADDED, session, grant.subject,
+                               **self.grants.grant_added_details(grant))
                 return True
         return False
 
@@ -326,6 +340,7 @@ class EgressBridge:
                 broker=egress.broker, resolver=egress.resolver,
                 granted=ViewContent(session.view.root), tls=egress.tls,
                 settings=egress.settings, blocked=lambda: egress.blocked,
+                grants=egress.grants,
             )
             await self.proxy.start(self.handover.take())
             egress._proxies.add(self.proxy)

@@ -9,9 +9,12 @@ at all. h11 parses both directions (the agent's side as a server, the upstream's
 client): nothing here parses HTTP by hand.
 
 Per request: classify → decide by name (refused names are never resolved) → ask the user
-for `ask` hosts → resolve once → decide by address → hold the body for inspection and
-approval if the upload gate says so → connect to the checked address (no second lookup) →
-stream both ways. Bodies stream in chunks; only an upload that is being inspected is held,
+for `ask` hosts → inspect the labels a wildcard rule left to the agent (before the name is
+resolved: a lookup would carry them out) → resolve once → decide by address → inspect the
+request head (path, query, header values, cookies) and hold it with the body for approval if
+the upload gate says so → connect to the checked address (no second lookup) → stream both
+ways. What heads and bodies carry adds up per destination over the session (`UploadLedger`).
+Bodies stream in chunks; only an upload that is being inspected is held,
 at most `inspect_limit` bytes. Each exchange ends in one `Log` (`net.request`, `net.tunnel`
 or `net.refused`) naming the rule that decided.
 
@@ -30,17 +33,20 @@ from typing import Any, cast
 import h11
 
 from app.consent import Answer, RequestKind, Verdict
-from app.egress.inspect import Finding, GrantedContent, UploadInspector, preview
+from app.egress.grants import NetworkGrants
+from app.egress.inspect import Finding, GrantedContent, HeadScan, UploadInspector, preview
 from app.egress.policy import (
     Action,
     Decision,
     IPAddress,
     address_refusal,
     decide_destination,
+    destination_key,
     parse_host,
 )
 from app.egress.records import ExchangeRecord
 from app.egress.requests import (
+    HOP_BY_HOP,
     Kind,
     Refusal,
     Target,
@@ -55,16 +61,28 @@ from app.egress.requests import (
     upstream_headers,
 )
 from app.egress.scrub import Scrubber
-from app.egress.uploads import UploadGate
+from app.egress.uploads import UploadGate, UploadLedger
 from app.egress.websocket import FrameCounter, is_websocket_upgrade
 from app.errors import EgressError
 from app.events import EventKind
-from app.grants import Lifetime
+from app.grants import Access, NetworkGrant, network_grant_for
 from app.profiles import Profile, Route
 
 log = logging.getLogger(__name__)
 
 PROXY_PORT = 3128
+# Header names a finding may name in its label (the log keeps labels): common ones only.
+KNOWN_HEADERS = frozenset({
+    b"accept", b"accept-charset", b"accept-encoding", b"accept-language", b"authorization",
+    b"cache-control", b"content-encoding", b"content-language", b"content-type", b"cookie",
+    b"dnt",
+    b"if-match", b"if-modified-since", b"if-none-match", b"if-range",
+    b"if-unmodified-since", b"origin", b"pragma", b"range", b"referer", b"user-agent",
+    b"x-api-key", b"x-forwarded-for", b"x-request-id", b"x-requested-with",
+})
+WITHHELD_PATH = "/… (withheld: it carries a secret)"
+STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE",
+                              b"OPTIONS"})
 _ZEROS = memoryview(bytes(1024 * 1024))
 
 
@@ -82,6 +100,9 @@ class ProxySettings:
     # kernel (splice) rather than through Python; False keeps every byte on the h11 path.
     splice: bool = True
     splice_min: int = 1024 * 1024
+    # Request heads (and names under wildcard rules) inspected and counted as data; False
+    # only to measure what that costs (tests/bench/bench_proxy.py).
+    inspect_heads: bool = True
     own_authorities: frozenset[str] = frozenset(
         {f"127.0.0.1:{PROXY_PORT}", f"localhost:{PROXY_PORT}"}
     )
@@ -249,6 +270,13 @@ class Throttle:
 
 
 @dataclass(frozen=True, slots=True)
+class RememberGrant:
+    """Store an answer with a lifetime as a network grant, and announce it (→ None)."""
+
+    grant: NetworkGrant
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Emit the exchange's one event (→ None)."""
 
@@ -258,7 +286,8 @@ class Log:
 
 Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
            | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
-           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | Log)
+           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | RememberGrant
+           | Log)
 Steps = Generator[Command, Any, Any]
 
 
@@ -276,9 +305,21 @@ class _Upstream:
 
 
 @dataclass(slots=True)
+class _Head:
+    """What a request's head carries to a destination that is not a route."""
+
+    destination: str  # as the ledger counts it
+    size: int  # bytes of data new to the destination: path, query, changed header values
+    scan: HeadScan
+    text: bytes  # the parts, for the preview
+    values: list[tuple[bytes, bytes]]  # header values to remember once sent
+
+
+@dataclass(slots=True)
 class _Body:
     inspector: UploadInspector
     gate: UploadGate
+    head: _Head | None = None
     held: list[bytes] = field(default_factory=list)
     ended: bool = False
 
@@ -288,8 +329,11 @@ class TunnelUploads:
     stream is opaque (TLS, frames): only its size is known, so past the gate's threshold it
     pauses for the user's approval (the bytes wait), once."""
 
-    def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord) -> None:
+    def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord,
+                 grant: Callable[[Answer], NetworkGrant | None] | None = None) -> None:
         self._gate, self._target, self._record = gate, target, record
+        # What an approval with a lifetime leaves behind, for the driver to store.
+        self.grant_for = grant or (lambda answer: None)
 
     def question(self, amount: int) -> Ask | None:
         """What to ask before `amount` more bytes go up, if anything."""
@@ -355,14 +399,16 @@ class ClientConnection:
 
     def __init__(self, session: str, profile: Profile, settings: ProxySettings, *,
                  blocked: Callable[[], bool] | None = None,
-                 answers: dict[tuple[str, int], tuple[bool, float | None]] | None = None
-                 ) -> None:
+                 grants: NetworkGrants | None = None,
+                 ledger: UploadLedger | None = None) -> None:
         self.session = session
         self.profile = profile
         self.settings = settings
         self._blocked = blocked  # the user's "Block all network" switch
-        # Remembered answers to `ask` hosts, shared by the session's connections.
-        self._answers = answers if answers is not None else {}
+        # Remembered answers (network grants), looked up in memory; stored by the driver.
+        self._grants = grants if grants is not None else NetworkGrants()
+        # What the session's requests carried to each destination, shared the same way.
+        self._ledger = ledger if ledger is not None else UploadLedger()
         self._throttled = profile.network.bandwidth is not None
         self.conn = h11.Connection(h11.SERVER,
                                    max_incomplete_event_size=settings.max_head_bytes)
@@ -424,8 +470,14 @@ class ClientConnection:
 
     def _refuse(self, record: ExchangeRecord, refusal: Refused) -> Steps:
         record.refused(refusal.status, refusal.rule, refusal.reason)
-        yield Log(EventKind.NET_REFUSED, record)
+        yield from self._log(EventKind.NET_REFUSED, record)
         yield RefuseClient(refusal_response(refusal.status, refusal.rule, refusal.reason))
+
+    def _log(self, kind: EventKind, record: ExchangeRecord) -> Steps:
+        """The exchange's event, and if a route's key went out with it, the key's use."""
+        yield Log(kind, record)
+        if record.route_header:
+            yield Log(EventKind.NET_CREDENTIAL, record)
 
     # deciding
 
@@ -456,6 +508,9 @@ class ClientConnection:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
         else:
             decision = decide_destination(network, target.host, target.port, target.method)
+            if decision.rule == "not-listed":
+                # A host the user allowed beyond the profile (the agent asked for it).
+                decision = self._granted_host(target, record) or decision
         record.rule, record.reason = decision.rule, decision.reason
         if decision.action is Action.DENY:
             raise Refused(403, decision.rule, decision.reason)
@@ -465,6 +520,8 @@ class ClientConnection:
                 raise Refused(403, decision.rule,
                               f"{target.host}:{target.port} was not approved ({answer.by})")
             record.reason = f"approved ({answer.by})"
+        if target.route is None and self.settings.inspect_heads:
+            yield from self._check_name(target, record)
         host = parse_host(target.host)
         if host.address is not None:
             addresses: list[IPAddress] = [host.address]
@@ -480,18 +537,142 @@ class ClientConnection:
         record.decision = "allow"
         return addresses
 
+    def _check_name(self, target: Target, record: ExchangeRecord) -> Steps:
+        """A name under a wildcard rule that the session has not used yet: the labels in
+        front of the rule's suffix are the agent's choice, so they are data — inspected and
+        counted toward the threshold like a query string, and held before any lookup."""
+        destination, chosen = destination_key(self.profile.network, target.host, target.port)
+        name = parse_host(target.host).name
+        if not chosen or not self._ledger.new_name(destination, name):
+            return
+        granted: GrantedContent | None = yield ReadGranted()
+        scan = HeadScan(granted, self._ledger.pieces)
+        scan.part("the host name", chosen.encode("ascii"), name=True)
+        gate = UploadGate.of(self.profile.approval, before=self._ledger.before(destination))
+        if gate.must_ask(len(chosen), findings=bool(scan.findings), body=False):
+            if scan.findings:
+                # The log keeps host names (and the question's subject): not this one.
+                record.host = "…" + name[len(chosen):]
+            record.held = True
+            record.findings = [f.to_json() for f in scan.findings]
+            answer: Answer = yield Ask(RequestKind.UPLOAD, f"{record.host}:{target.port}", {
+                "host": target.host, "port": target.port, "method": target.method,
+                "size": gate.before + len(chosen), "earlier": gate.before,
+                "hostname": True, "complete": True, "preview": preview(chosen.encode()),
+                "findings": record.findings, "threshold": gate.threshold,
+            })
+            if not answer.allowed:
+                raise Refused(403, "upload-refused", "the host name carries data that was "
+                              f"not approved ({answer.by})" + _findings_text(scan.findings))
+            self._ledger.approved(destination)
+        else:
+            self._ledger.add(destination, len(chosen))
+        self._ledger.remember_name(destination, name)
+
+    def _inspect_head(self, request: h11.Request, target: Target) -> Steps:
+        """The data a request's head carries, inspected (→ `_Head`)."""
+        destination, _ = destination_key(self.profile.network, target.host, target.port)
+        granted: GrantedContent | None = yield ReadGranted()
+        scan = HeadScan(granted, self._ledger.pieces)
+        path, question, query = target.path.partition("?")
+        text = [f"{target.method} {target.path}".encode("latin-1", "replace")]
+        parts = [("the path", path.encode("latin-1", "replace"))]
+        if question:
+            parts.append(("the query", query.encode("latin-1", "replace")))
+        size = len(target.path)
+        values: list[tuple[bytes, bytes]] = []
+        for name, value in request.headers:
+            name = name.lower()
+            if name in HOP_BY_HOP or name in (b"host", b"content-length"):
+                continue  # not sent on, or set by Airlock from the target
+            if name == b"cookie":
+                value = self._ledger.agents_cookies(destination, value)
+                if not value:
+                    continue  # only what the host set: nothing of the agent's
+                parts.append(("a cookie", value))
+            elif name in KNOWN_HEADERS:
+                parts.append((f"header {name.decode('ascii')}", value))
+            else:
+                # A name of the agent's choosing is data too (in lower case: hex or base32
+                # survive that); it is not repeated in the finding's label, which the log
+                # keeps.
+                parts.append(("a header of its own", value))
+                scan.part("a header's name", bytes(name), name=True)
+            if self._ledger.new_value(destination, name, value):
+                size += len(value) + (0 if name in KNOWN_HEADERS else len(name))
+                values.append((name, value))
+                text.append(name + b": " + value)
+        if request.method not in STANDARD_METHODS:
+            parts.append(("the method", bytes(request.method)))
+            size += len(request.method)
+        scan.parts(parts)
+        return _Head(destination, size, scan, b"\n".join(text), values)
+
+    def _sent(self, body: _Body) -> None:
+        """The request went out: its data counts toward the destination's threshold (or the
+        count starts again if the user approved it)."""
+        head = body.head
+        if head is None:
+            return
+        if body.gate.approved:
+            self._ledger.approved(head.destination)
+        else:
+            self._ledger.add(head.destination, head.size + body.inspector.size)
+        for name, value in head.values:
+            self._ledger.remember_value(head.destination, name, value)
+
+    def _granted(self, target: Target, access: Access) -> NetworkGrant | None:
+        return self._grants.find(self.session, self.profile.name, parse_host(target.host).name,
+                                 target.port, access, time.time())
+
+    def _granted_host(self, target: Target, record: ExchangeRecord) -> Decision | None:
+        grant = self._granted(target, Access.CONNECT)
+        if grant is None or not grant.allowed:
+            return None
+        record.grants.append(grant.id)
+        return Decision(Action.ALLOW, f"grant:{grant.id}",
+                        f"{target.host}:{target.port} is granted ({grant.lifetime})")
+
+    def _grant_of(self, target: Target, access: Access, answer: Answer
+                  ) -> NetworkGrant | None:
+        return network_grant_for(
+            parse_host(target.host).name, target.port, access, allowed=answer.allowed,
+            lifetime=answer.lifetime, session=self.session, profile=self.profile.name,
+            expires_at=answer.until)
+
     def _ask_host(self, target: Target, decision: Decision) -> Steps:
-        key = (target.host.lower(), target.port)
-        remembered = self._answers.get(key)
-        if remembered is not None and (remembered[1] is None or remembered[1] > time.time()):
-            return Answer(Verdict.ALLOW if remembered[0] else Verdict.DENY, by="remembered")
+        assert self.record is not None
+        grant = self._granted(target, Access.CONNECT)
+        if grant is not None:
+            self.record.grants.append(grant.id)
+            return Answer(Verdict.ALLOW if grant.allowed else Verdict.DENY,
+                          by=f"grant {grant.id}")
         answer: Answer = yield Ask(RequestKind.NETWORK, f"{target.host}:{target.port}", {
             "host": target.host, "port": target.port, "method": target.method,
             "rule": decision.rule,
         })
-        if answer.lifetime is not Lifetime.ONCE:
-            self._answers[key] = (answer.allowed, answer.until)
+        grant = self._grant_of(target, Access.CONNECT, answer)
+        if grant is not None:
+            yield RememberGrant(grant)
+            self.record.grants.append(grant.id)
         return answer
+
+    def _upload_granted(self, target: Target, gate: UploadGate, record: ExchangeRecord) -> None:
+        """An upload grant for the destination waives the threshold (findings still ask)."""
+        grant = self._granted(target, Access.UPLOAD)
+        if grant is not None and grant.allowed:
+            gate.approve()
+            record.grants.append(grant.id)
+
+    def _upload_grant(self, target: Target) -> Callable[[Answer], NetworkGrant | None]:
+        def grant(answer: Answer) -> NetworkGrant | None:
+            if not answer.allowed:
+                return None  # a refused upload is asked about again next time
+            made = self._grant_of(target, Access.UPLOAD, answer)
+            if made is not None and self.record is not None:
+                self.record.grants.append(made.id)
+            return made
+        return grant
 
     def _credential(self, route: Route | None) -> Steps:
         if route is None:
@@ -521,12 +702,14 @@ class ClientConnection:
             yield SendClient([self.conn.send(response) or b""], drain=False)
             record.status = 200
             leftover, _ = self.conn.trailing_data
-            uploads = TunnelUploads(UploadGate.of(self.profile.approval), target, record)
+            gate = UploadGate.of(self.profile.approval)
+            self._upload_granted(target, gate, record)
+            uploads = TunnelUploads(gate, target, record, self._upload_grant(target))
             yield RelayTunnel(leftover, uploads, record)
         except Refused as e:
             record.refused(e.status, e.rule, e.reason)
             yield CloseTunnel()
-            yield Log(EventKind.NET_REFUSED, record)
+            yield from self._log(EventKind.NET_REFUSED, record)
             return
         except (ConnectionError, OSError) as e:
             log.debug("session %s: tunnel to %s ended: %s", self.session, target.host, e)
@@ -541,8 +724,9 @@ class ClientConnection:
         upstream switches, the frames are relayed both ways, counted, and logged at the end.
         On a route no extension is offered: permessage-deflate would hide an echoed key from
         the scrubber."""
-        if (yield from self._body_event()) is not None:
+        if has_body(request.headers):
             raise Refused(400, "bad-request", "a WebSocket handshake carries no body")
+        handshake = yield from self._take_body(request, target, record)
         record.websocket = True
         default_port = 443 if target.tls else 80
         headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
@@ -556,7 +740,10 @@ class ClientConnection:
         try:
             yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
                                                         headers=headers))
+            if credential is not None:
+                record.route_header = credential.header[0]
             yield from self._send(upstream, h11.EndOfMessage())
+            self._sent(handshake)
             silence = self._upstream_silence(target)
             event = yield from self._upstream_event(upstream, silence)
             while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
@@ -565,7 +752,7 @@ class ClientConnection:
                 yield from self._relay_response(upstream, request, target, scrub, record,
                                                 head=event)
                 yield from self._drop_upstream()
-                yield Log(EventKind.NET_REQUEST, record)
+                yield from self._log(EventKind.NET_REQUEST, record)
                 return
             if not isinstance(event, h11.InformationalResponse):
                 raise Refused(502, "upstream", "the upstream closed without a response")
@@ -589,19 +776,21 @@ class ClientConnection:
                 raise Gone from e
             raise Refused(502, "upstream", f"the upstream connection failed: {e}") from e
         gate = UploadGate.of(self.profile.approval, route=target.route is not None)
-        relay = WebSocketRelay(TunnelUploads(gate, target, record), scrub, record)
+        self._upload_granted(target, gate, record)
+        relay = WebSocketRelay(TunnelUploads(gate, target, record, self._upload_grant(target)),
+                               scrub, record)
         try:
             yield RelayWebSocket(self.conn.trailing_data[0], upstream.conn.trailing_data[0],
                                  relay)
         except Refused as e:
             record.refused(e.status, e.rule, e.reason)
             yield from self._drop_upstream()
-            yield Log(EventKind.NET_REFUSED, record)
+            yield from self._log(EventKind.NET_REFUSED, record)
             return
         except (ConnectionError, OSError) as e:
             log.debug("session %s: WebSocket to %s ended: %s", self.session, target.host, e)
         yield from self._drop_upstream()
-        yield Log(EventKind.NET_REQUEST, record)
+        yield from self._log(EventKind.NET_REQUEST, record)
 
     # plain HTTP and routes
 
@@ -618,12 +807,15 @@ class ClientConnection:
         try:
             yield from self._send(upstream, h11.Request(method=request.method,
                                                         target=target.path, headers=headers))
+            if credential is not None:
+                record.route_header = credential.header[0]
             for chunk in body.held:
                 yield from self._send(upstream, h11.Data(data=chunk))
             if not body.ended:
                 yield from self._stream_body(upstream, body, target, record)
             yield from self._send(upstream, h11.EndOfMessage())
             record.up = body.inspector.size
+            self._sent(body)
             scrub = Scrubber(credential.secret.encode("utf-8") if credential else b"")
             yield from self._relay_response(upstream, request, target, scrub, record)
         except h11.LocalProtocolError as e:
@@ -644,22 +836,34 @@ class ClientConnection:
             upstream.conn.start_next_cycle()
         else:
             yield from self._drop_upstream()
-        yield Log(EventKind.NET_REQUEST, record)
+        yield from self._log(EventKind.NET_REQUEST, record)
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def _take_body(self, request: h11.Request, target: Target, record: ExchangeRecord) -> Steps:
-        """Reads the body up to the inspection limit, inspects it, and holds it for the
-        user's approval when the upload gate says so."""
-        gate = UploadGate.of(self.profile.approval, route=target.route is not None)
+        """Reads the body up to the inspection limit, inspects it and the head, and holds
+        them for the user's approval when the upload gate says so."""
+        head: _Head | None = None
+        granted: GrantedContent | None = None
+        if target.route is None and self.settings.inspect_heads:
+            # A route is the agent's trusted service: sending it granted files is its job.
+            head = yield from self._inspect_head(request, target)
+            granted = head.scan.granted
+        elif target.route is None and has_body(request.headers):
+            granted = yield ReadGranted()
+        gate = UploadGate.of(self.profile.approval, route=target.route is not None,
+                             before=0 if head is None else
+                             self._ledger.before(head.destination) + head.size)
+        if target.route is None:
+            self._upload_granted(target, gate, record)
+        head_findings = bool(head and head.scan.findings)
         if not has_body(request.headers):
             if (yield from self._body_event()) is not None:  # h11's EndOfMessage, at once
                 raise Refused(400, "bad-request", "a body where none was declared")
-            return _Body(UploadInspector(), gate, ended=True)
-        granted: GrantedContent | None = None
-        if target.route is None:
-            # A route is the agent's trusted service: sending it granted files is its job.
-            granted = yield ReadGranted()
-        body = _Body(UploadInspector(granted), gate)
+            body = _Body(UploadInspector(), gate, head, ended=True)
+            if head is not None and gate.must_ask(0, findings=head_findings, body=False):
+                yield from self._hold(request, target, body, 0, record)
+            return body
+        body = _Body(UploadInspector(granted), gate, head)
         if self.conn.they_are_waiting_for_100_continue:
             yield SendClient([self.conn.send(h11.InformationalResponse(
                 status_code=100, headers=[])) or b""], drain=False)
@@ -673,30 +877,47 @@ class ClientConnection:
             body.held.append(chunk)
         declared = content_length(request.headers)
         size = declared if declared is not None else body.inspector.size + (not body.ended)
-        if gate.must_ask(size, findings=bool(body.inspector.findings)):
+        if gate.must_ask(size, findings=bool(body.inspector.findings) or head_findings):
             yield from self._hold(request, target, body, size, record)
         return body
 
     def _hold(self, request: h11.Request, target: Target, body: _Body, size: int,
               record: ExchangeRecord) -> Steps:
-        inspector = body.inspector
+        inspector, head = body.inspector, body.head
+        findings = [*(head.scan.findings if head else ()), *inspector.findings]
+        # The log keeps paths and methods: not one that carries a secret.
+        if any(" in the path" in f.label for f in findings):
+            record.path = WITHHELD_PATH
+        if any(" in the method" in f.label for f in findings):
+            record.method = "(withheld: it carries a secret)"
         record.held = True
-        record.findings = [f.to_json() for f in inspector.findings]
+        record.findings = [f.to_json() for f in findings]
         record.sha256 = inspector.sha256 if body.ended else ""
         mime = b",".join(header(request.headers, b"content-type")).decode("latin-1")
-        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
+        earlier = body.gate.before - (head.size if head else 0)
+        shown = size if inspector.size or head is None else head.size
+        details: dict[str, Any] = {
             "host": target.host, "port": target.port, "method": target.method,
-            "path": redact_path(target.path), "size": size, "complete": body.ended,
+            "path": redact_path(target.path), "size": shown, "complete": body.ended,
             "inspected": inspector.size, "mime": mime[:200],
-            "sha256": inspector.sha256, "preview": preview(inspector.head),
+            "sha256": inspector.sha256,
+            "preview": preview(inspector.head if inspector.size or head is None else head.text),
             "findings": record.findings,
-        })
+        }
+        if head is not None:
+            details.update(head=preview(head.text), head_size=head.size, earlier=earlier,
+                           threshold=body.gate.threshold)
+        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", details)
         if not answer.allowed:
-            raise Refused(403, "upload-refused",
-                          f"the upload of {size} bytes was not approved ({answer.by})"
-                          + _findings_text(inspector.findings))
+            what = f"the upload of {shown} bytes" if inspector.size or not head else \
+                "the data in the request"
+            raise Refused(403, "upload-refused", f"{what} was not approved ({answer.by})"
+                          + _findings_text(findings))
         body.gate.approve()
         record.reason = f"upload approved ({answer.by})"
+        grant = self._upload_grant(target)(answer)
+        if grant is not None:
+            yield RememberGrant(grant)
 
     def _stream_body(self, upstream: _Upstream, body: _Body, target: Target,
                      record: ExchangeRecord) -> Steps:
@@ -766,6 +987,11 @@ class ClientConnection:
             raise Refused(502, "upstream", "the route's upstream answered compressed, which "
                           "Airlock cannot check for the credential")
         headers = client_headers([(k, scrub.whole(v)) for k, v in event.headers])
+        if target.route is None:
+            # A cookie the host set is the host's data when the agent sends it back.
+            destination, _ = destination_key(self.profile.network, target.host, target.port)
+            for value in header(event.headers, b"set-cookie"):
+                self._ledger.set_cookie(destination, value)
         record.status = event.status_code
         yield SendClient(self.conn.send_with_data_passthrough(h11.Response(
             status_code=event.status_code, headers=headers,

@@ -19,11 +19,21 @@ undoing JSON string escapes, with `bytes.split` at C speed. A file counts as fou
 or when the whole body is the file (SHA-256). Bounded: at most `MAX_FILES` files,
 `MAX_FILE_BYTES` read of each, `MAX_PIECES` pieces in all. The hashes are Python's per-process
 `hash`: the index lives in memory only and is never written anywhere.
-Known gaps: content re-encoded (base64, compression) or reflowed is not recognised.
+Request heads (`HeadScan`): the path, the query, header values and cookies of a request,
+and a host name's labels under a wildcard rule, carry data as well as a body does. Each part
+is inspected as it is and as URL-decoding, base64 (standard or URL-safe, at each alignment)
+and hex would read its runs (`decoded_views`), with the same patterns and piece hashes; the
+pieces of a granted file found in heads add up over the session, so a file sent one line a
+request is still found.
+Known gaps: compressed or reflowed content, and bodies re-encoded as base64 or hex, are not
+recognised.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,6 +42,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,27 @@ SECRET_PATTERNS: tuple[tuple[str, re.Pattern[bytes]], ...] = (
     ("openai-key", re.compile(rb"\bsk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}")),
     ("jwt", re.compile(rb"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
+# Runs worth decoding: long enough to hold a token (a 20-byte key is 28 in base64, 40 in hex).
+_BASE64_RUNS = (re.compile(rb"[A-Za-z0-9+/]{16,}"), re.compile(rb"[A-Za-z0-9_-]{16,}"))
+_BASE32_RUN = re.compile(rb"[A-Za-z2-7]{16,}")
+_HEX_RUN = re.compile(rb"[0-9A-Fa-f]{24,}")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# What every match of each pattern contains: found with `in` (C speed), they say which
+# patterns are worth a search at all. A request head's parts are mostly without any.
+SECRET_MARKERS: dict[str, tuple[bytes, ...]] = {
+    "private-key": (b"PRIVATE KEY",),
+    "aws-access-key": (b"AKIA", b"ASIA", b"AGPA", b"AIDA", b"AROA"),
+    "github-token": (b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"github_pat_"),
+    "gitlab-token": (b"glpat-",),
+    "slack-token": (b"xox",),
+    "stripe-key": (b"k_live_",),
+    "google-api-key": (b"AIza",),
+    "anthropic-key": (b"sk-ant-",),
+    "openai-key": (b"sk-",),
+    "jwt": (b"eyJ",),
+}
+_MARKER = re.compile(b"|".join(re.escape(m) for ms in SECRET_MARKERS.values() for m in ms))
+_MARKED = {m: kind for kind, ms in SECRET_MARKERS.items() for m in ms}
 _JSON_UNESCAPES = ((b"\\\\", b"\x00"), (b'\\"', b'"'), (b"\\/", b"/"), (b"\\t", b"\t"),
                    (b"\\r", b"\r"), (b"\x00", b"\\"))
 
@@ -257,3 +289,164 @@ def mask_secrets(text: str) -> str:
     for kind, pattern in SECRET_PATTERNS:
         data = pattern.sub(f"<{kind}>".encode(), data)
     return data.decode("utf-8", "surrogatepass")
+
+
+def _encoded_markers() -> re.Pattern[bytes]:
+    """The markers as base64 (standard and URL-safe, at the three offsets a marker may have
+    in its quantum: the characters that depend on the marker alone) and as hex."""
+    forms: set[bytes] = set()
+    for markers in SECRET_MARKERS.values():
+        for marker in markers:
+            for shift in range(3):
+                encoded = base64.b64encode(bytes(shift) + marker)
+                start, end = -(-4 * shift // 3), 4 * (shift + len(marker)) // 3
+                forms.add(encoded[start:end])
+                forms.add(encoded[start:end].translate(bytes.maketrans(b"+/", b"-_")))
+            forms.add(marker.hex().encode())
+            forms.add(marker.hex().upper().encode())
+    return re.compile(b"|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+
+
+_ENCODED_MARKER = _encoded_markers()
+MIN_DECODED_PIECE = 32  # a run shorter than this cannot hold a piece (`MIN_PIECE` bytes)
+
+
+def decoded_views(data: bytes, *, base32: bool = False, every: bool = False
+                  ) -> list[tuple[str, bytes]]:
+    """`data` as it is and as URL-decoding, base64 (and with `base32`, base32: host names
+    have one case) and hex read its runs, each with how it was read ("", "url", "base64",
+    "url+base64", …). A run is decoded if it holds a secret's marker in encoded form, or
+    with `every` (granted content is looked for) if it is long enough to hold a piece.
+    Unbounded by count on purpose (a cap would let padding hide a secret): what is read is a
+    request head, which the proxy bounds (`ProxySettings.max_head_bytes`), or a host name."""
+    views = [("", data)]
+    if b"%" in data or b"+" in data:
+        decoded = unquote_to_bytes(data.replace(b"+", b" "))
+        if decoded != data:
+            views.append(("url", decoded))
+    out = list(views)
+    runs: set[bytes] = set()
+    for how, view in views:
+        prefix = f"{how}+" if how else ""
+        for pattern in _BASE64_RUNS:
+            for match in pattern.finditer(view):
+                run = match.group()
+                if run in runs:
+                    continue
+                runs.add(run)
+                if not ((every and len(run) >= MIN_DECODED_PIECE)
+                        or _ENCODED_MARKER.search(run)):
+                    continue
+                out += _base64_readings(prefix, run)
+                for hex_run in _HEX_RUN.finditer(run):
+                    text = hex_run.group()
+                    for shift in range(2):
+                        part = text[shift: len(text) - (len(text) - shift) % 2]
+                        out.append((prefix + "hex", bytes.fromhex(part.decode("ascii"))))
+        if base32:
+            for match in _BASE32_RUN.finditer(view):
+                run = match.group().upper()
+                for shift in range(8):
+                    part = run[shift: len(run) - (len(run) - shift) % 8]
+                    if len(part) < 16:
+                        break
+                    with contextlib.suppress(binascii.Error, ValueError):
+                        out.append((prefix + "base32", base64.b32decode(part)))
+    return out
+
+
+def _base64_readings(prefix: str, run: bytes) -> list[tuple[str, bytes]]:
+    """A run read as base64 from each of the four places a quantum may start."""
+    run = run.translate(_URLSAFE)
+    out = []
+    for shift in range(4):
+        part = run[shift:]
+        if len(part) % 4 == 1:
+            part = part[:-1]  # one character cannot end a quantum
+        part += b"=" * (-len(part) % 4)
+        if len(part) < 16:
+            break
+        with contextlib.suppress(binascii.Error):
+            out.append((prefix + "base64", binascii.a2b_base64(part)))
+    return out
+
+
+class HeadScan:
+    """Findings in the parts of request heads, over a session: the patterns per part, and
+    granted files by their pieces, counted across every head the session sent (`seen`
+    persists between requests)."""
+
+    def __init__(self, granted: GrantedContent | None,
+                 seen: dict[str, set[int]] | None = None) -> None:
+        self.granted = granted
+        self._seen = seen if seen is not None else {}  # file label -> piece hashes seen
+        self.findings: list[Finding] = []
+        self._kinds: set[str] = set()
+        self._files: set[int] = set()  # granted files found in this head already
+
+    def parts(self, parts: list[tuple[str, bytes]]) -> list[Finding]:
+        """Inspect a request head's parts. Most heads carry nothing: all the parts are read
+        at once first, and looked at one by one only if that finds a marker (or there is
+        granted content to look for)."""
+        granted = self.granted is not None and bool(self.granted.pieces or self.granted.digests)
+        if not granted:
+            joined = b"\x00".join(view for _, view in
+                                   decoded_views(b"\x00".join(data for _, data in parts)))
+            if not _MARKER.search(joined):
+                return []
+        new: list[Finding] = []
+        for where, data in parts:
+            new += self.part(where, data)
+        return new
+
+    def part(self, where: str, data: bytes, offset: int = 0, *, name: bool = False
+             ) -> list[Finding]:
+        """Inspect one part (`where`: "the query", "header x-token", …) in every reading;
+        `name`: a host name's labels, which may also be base32."""
+        new: list[Finding] = []
+        granted = self.granted is not None and bool(self.granted.pieces or self.granted.digests)
+        views = decoded_views(data, base32=name, every=granted)
+        joined = b"\x00".join(view for _, view in views)
+        marked = {_MARKED[m] for m in _MARKER.findall(joined)}
+        if b"sk-ant-" in joined:
+            marked.add("anthropic-key")  # its marker overlaps openai's, which findall took
+        patterns = [(kind, pattern) for kind, pattern in SECRET_PATTERNS
+                    if kind in marked and kind not in self._kinds]
+        if not (patterns or granted):
+            return new
+        for how, view in views:
+            said = f"{where} ({how})" if how else where
+            for kind, pattern in patterns:
+                if kind in self._kinds:
+                    continue
+                match = pattern.search(view)
+                if match:
+                    self._kinds.add(kind)
+                    new.append(Finding(kind, f"{kind} in {said}", offset))
+            if granted:
+                new += self._granted_in(view, said, offset)
+        self.findings += new
+        return new
+
+    def _granted_in(self, view: bytes, said: str, offset: int) -> list[Finding]:
+        assert self.granted is not None
+        index = self.granted
+        found: list[Finding] = []
+        touched: set[int] = set()
+        number = index.digests.get(hashlib.sha256(view).hexdigest()) if view else None
+        if number is not None:
+            touched.add(number)
+            self._seen.setdefault(index.files[number], set()).add(-1)
+        if index.pieces:
+            for piece in _pieces(_unescape(view.replace(b"\\n", b"\n"))):
+                value = hash(piece)
+                for file in index.pieces.get(value, ()):
+                    touched.add(file)
+                    self._seen.setdefault(index.files[file], set()).add(value)
+        for file in sorted(touched - self._files):
+            label = index.files[file]
+            seen = self._seen[label]
+            if -1 in seen or len(seen) >= min(MATCHES_TO_FIND, index.piece_counts[file]):
+                self._files.add(file)
+                found.append(Finding("granted-file", f"{label} in {said}", offset))
+        return found

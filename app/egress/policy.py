@@ -208,3 +208,24 @@ def _by_rules(network: Network, host: Host, port: int, method: str) -> Decision:
                         f"{host.name} is an IP address the profile does not list")
     return Decision(Action.DENY, "not-listed",
                     near_miss or f"{host.name} is not in the profile's network rules")
+
+
+def destination_key(network: Network, host: str, port: int) -> tuple[str, str]:
+    """Whom the data of a request to `host:port` goes to, as the ledger counts it, and the
+    part of the name that is the agent's choice: for a name only a wildcard rule lists, the
+    rule's pattern and the labels in front of its suffix (`<data>.example.com` under
+    `*.example.com` is a DNS-shaped channel); for any other, `host:port` and ""."""
+    try:
+        parsed = parse_host(host)
+    except ValueError:
+        return f"{host}:{port}", ""
+    wildcard = ""
+    for rule in (*network.allow, *network.ask):
+        if port not in rule.ports or not _rule_fits(rule, parsed):
+            continue
+        if not rule.host.startswith("*."):
+            return f"{parsed.name}:{port}", ""
+        wildcard = wildcard or rule.host
+    if not wildcard:
+        return f"{parsed.name}:{port}", ""
+    return f"{wildcard}:{port}", parsed.name[: -len(wildcard) + 1]

@@ -44,6 +44,7 @@ from app.egress.exchange import (
     Refused,
     RelayTunnel,
     RelayWebSocket,
+    RememberGrant,
     Resolve,
     SendClient,
     SendUpstream,
@@ -52,15 +53,18 @@ from app.egress.exchange import (
     TunnelUploads,
     UpstreamAlive,
 )
+from app.egress.grants import NetworkGrants
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
 from app.egress.limits import ConnectionCounter, TokenBucket
 from app.egress.policy import IPAddress
 from app.egress.records import ExchangeRecord
 from app.egress.splice import splice, spliceable
+from app.egress.uploads import UploadLedger
 from app.egress.witness import BlockedLog
 from app.errors import EgressError
 from app.events import EventBus, EventKind
+from app.grants import NetworkGrant
 from app.profiles import Profile
 
 __all__ = ["PROXY_PORT", "BlockedLog", "GrantedSource", "ProxySettings", "Resolver",
@@ -117,7 +121,7 @@ class _Client:
     core: ClientConnection
     upstream: _Stream | None = None  # the kept plain-HTTP upstream connection
     tunnel: _Stream | None = None
-    cut: bool = False  # ended by `SessionProxy.cut`
+    cut: str = ""  # why it was ended by `SessionProxy.cut` or a revoked grant
 
 
 class SessionProxy:
@@ -137,11 +141,13 @@ class SessionProxy:
         tls: ssl.SSLContext | None = None,
         settings: ProxySettings | None = None,
         blocked: Callable[[], bool] | None = None,
+        grants: NetworkGrants | None = None,
     ) -> None:
         self.session = session
         self.profile = profile
         self._blocked = blocked  # the user's "Block all network" switch
         self._bus = bus
+        self.bus = bus
         self._secrets = secrets
         self._broker = broker
         self._resolver = resolver or SystemResolver()
@@ -153,7 +159,9 @@ class SessionProxy:
         self._connections = ConnectionCounter(profile.network.max_connections)
         rate = profile.network.bandwidth
         self._bucket = TokenBucket.per_second(rate) if rate else None
-        self._answers: dict[tuple[str, int], tuple[bool, float | None]] = {}
+        self._grants = grants if grants is not None else NetworkGrants()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._ledger = UploadLedger()
         self._perform: dict[type[Any], Callable[[_Client, Any], Awaitable[Any]]] = {
             ReadClient: self._read_client, SendClient: self._send_client,
             ReadUpstream: self._read_upstream, SendUpstream: self._send_upstream,
@@ -163,7 +171,7 @@ class SessionProxy:
             UpstreamAlive: self._upstream_alive, DropUpstream: self._drop_upstream,
             SpliceBody: self._splice_body, OpenTunnel: self._open_tunnel,
             RelayTunnel: self._relay_tunnel, CloseTunnel: self._close_tunnel,
-            RelayWebSocket: self._relay_websocket,
+            RelayWebSocket: self._relay_websocket, RememberGrant: self._remember,
         }
 
     async def start(self, listener: socket.socket) -> None:
@@ -172,15 +180,30 @@ class SessionProxy:
         from now on."""
         self._server = await asyncio.start_server(self._accept, sock=listener,
                                                   limit=self.settings.chunk * 4)
+        self._unsubscribe = self._grants.subscribe(self._grants_gone)
 
     def cut(self) -> None:
         """Ends every connection of the agent's now, tunnels and transfers under way included
         (the user blocked all network); each exchange cut is logged as refused."""
         for task, client in list(self._clients.items()):
-            client.cut = True
+            client.cut = "cut: the user blocked all network access of agents"
             task.cancel()
 
+    def _grants_gone(self, gone: list[NetworkGrant]) -> None:
+        """Grants were revoked or expired: the exchanges they let through end now (a tunnel
+        included); a kept-alive connection's next request is decided again."""
+        ids = {grant.id for grant in gone}
+        for task, client in list(self._clients.items()):
+            record = client.core.record
+            hit = ids.intersection(record.grants) if record is not None else set()
+            if hit and not client.cut:
+                client.cut = f"cut: grant {', '.join(sorted(hit))} was revoked"
+                task.cancel()
+
     async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._server is not None:
             self._server.close()
         for task in list(self._clients):
@@ -196,7 +219,8 @@ class SessionProxy:
         task = asyncio.current_task()
         assert task is not None
         core = ClientConnection(self.session, self.profile, self.settings,
-                                blocked=self._blocked, answers=self._answers)
+                                blocked=self._blocked, grants=self._grants,
+                                ledger=self._ledger)
         client = _Client(reader, writer, core)
         self._clients[task] = client
         try:
@@ -206,7 +230,7 @@ class SessionProxy:
             if not client.cut:
                 raise
             task.uncancel()  # ours: the connection ends here, cleanly
-            self._log_cut(core.record)
+            self._log_cut(core.record, client.cut)
         except (ConnectionError, OSError) as e:
             log.debug("session %s: client connection ended: %s", self.session, e)
         except Exception:
@@ -241,12 +265,15 @@ class SessionProxy:
         finally:
             steps.close()
 
-    def _log_cut(self, record: ExchangeRecord | None) -> None:
+    def _log_cut(self, record: ExchangeRecord | None, why: str) -> None:
         if record is None:
             return  # between exchanges: nothing was under way
-        record.decision, record.rule = "deny", "blocked-all"
-        record.reason = "cut: the user blocked all network access of agents"
+        record.decision = "deny"
+        record.rule = "grant-revoked" if why.startswith("cut: grant") else "blocked-all"
+        record.reason = why
         self._emit(EventKind.NET_REFUSED, record)
+        if record.route_header:
+            self._emit(EventKind.NET_CREDENTIAL, record)
 
     def _emit(self, kind: EventKind, record: ExchangeRecord) -> None:
         self._bus.emit(kind, self.session, record.subject, **record.details())
@@ -278,6 +305,12 @@ class SessionProxy:
 
     async def _log(self, client: _Client, command: Log) -> None:
         self._emit(command.kind, command.record)
+
+    async def _remember(self, client: _Client | None, command: RememberGrant) -> None:
+        grant = command.grant
+        await self._grants.add(grant)
+        self._bus.emit(EventKind.GRANT_ADDED, self.session, grant.subject,
+                       **self._grants.grant_added_details(grant))
 
     # what the core needs to know or ask
 
@@ -412,7 +445,11 @@ class SessionProxy:
         async def admit(amount: int) -> None:
             question = uploads.question(amount)
             if question is not None:
-                uploads.answered(await self._ask(None, question), amount)
+                answer = await self._ask(None, question)
+                uploads.answered(answer, amount)
+                grant = uploads.grant_for(answer)
+                if grant is not None:
+                    await self._remember(None, RememberGrant(grant))
             await self._throttle(amount)
             uploads.sent(amount)
 

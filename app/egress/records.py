@@ -1,5 +1,6 @@
 """What the log keeps of one exchange of the egress proxy: one record, filled in as the
-exchange goes, emitted once as its `net.request`, `net.tunnel` or `net.refused` event."""
+exchange goes, emitted once as its `net.request`, `net.tunnel` or `net.refused` event, and
+once more as `net.credential` when a route added its key to it."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ class ExchangeRecord:
     reason: str = ""
     address: str = ""
     route: str = ""
+    route_header: str = ""  # the header a route's credential went out in (its name only)
     held: bool = False
+    grants: list[str] = field(default_factory=list)  # network grants that let it through
     findings: list[dict[str, object]] = field(default_factory=list)
     sha256: str = ""
     websocket: bool = False  # an upgraded connection: frames counted each way
@@ -52,9 +55,11 @@ class ExchangeRecord:
             "duration": round(time.monotonic() - self.started, 6),
             "decision": self.decision, "rule": self.rule, "reason": self.reason,
         }
-        for key in ("address", "route", "sha256"):
+        for key in ("address", "route", "route_header", "sha256"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.grants:
+            out["grants"] = list(self.grants)
         if self.websocket:
             out["websocket"] = {"frames_up": self.frames_up, "frames_down": self.frames_down}
         if self.held:

@@ -21,7 +21,7 @@ from app.delivery import DOCUMENTS
 from app.endings import request_stop
 from app.errors import GrantError
 from app.events import EventBus, EventKind
-from app.grants import Grant
+from app.grants import AnyGrant, Grant, NetworkGrant
 from app.paths import Dirs
 from app.sessions.engine import Engine, kill_agent
 from app.staging import RootKind, SessionStaging
@@ -135,14 +135,26 @@ class Revocation:
         self._store = store
         self._dirs = dirs
 
-    def revoke(self, grant_ids: Sequence[str], bus: EventBus) -> list[Grant]:
-        """Revokes grants and takes them out of every running session that uses them."""
-        grants = [self._store.grant(grant_id) for grant_id in grant_ids]
+    def revoke(self, grant_ids: Sequence[str], bus: EventBus) -> list[AnyGrant]:
+        """Revokes grants and takes them out of every running session that uses them. A
+        network grant's revocation is announced; the proxies (of this process at once, of
+        any other within `app.egress.grants.POLL_SECONDS`) end what it let through."""
+        grants: list[AnyGrant | None] = [
+            self._store.grant(grant_id) or self._store.network_grant(grant_id)
+            for grant_id in grant_ids]
         missing = [gid for gid, g in zip(grant_ids, grants, strict=True) if g is None]
         if missing:
             raise GrantError(f"no grant {missing[0]!r} (see `airlock grants`)")
         revoked = [g for g in grants if g is not None and g.revoked_at is None]
         self._store.revoke(g.id for g in revoked)
+        for network in (g for g in revoked if isinstance(g, NetworkGrant)):
+            bus.emit(EventKind.GRANT_REVOKED, network.session, network.subject,
+                     grant=network.id, network=True, access=str(network.access),
+                     profile=network.profile)
+        self._revoke_files([g for g in revoked if isinstance(g, Grant)], bus)
+        return revoked
+
+    def _revoke_files(self, revoked: list[Grant], bus: EventBus) -> None:
         now = time.time()
         for grant in revoked:
             sessions = self._store.sessions_using(grant.id)
@@ -150,7 +162,6 @@ class Revocation:
                        if (record := self._store.session(session)) is not None and record.live]
             for step in plan_revocation(grant, reaches, linked=bool(sessions)):
                 self._carry_out(step, bus)
-        return revoked
 
     def _reach(self, grant: Grant, session: str, now: float) -> Reach:
         if any(r.grant == grant.id and r.kind is RootKind.TREE

@@ -32,7 +32,7 @@ from app.container import LABEL_OWNER, LABEL_SESSION, BindMount, ContainerSpec, 
 from app.endings import request_stop, stop_requested
 from app.errors import EngineError, SandboxRefused, SessionError
 from app.events import EventBus, EventKind
-from app.grants import Grant, Lifetime, Mode
+from app.grants import AnyGrant, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
 from app.sandbox import GATE_DIR, GATE_FIFO_PATH, Expectation, check_sandbox, gate_command, summary
@@ -426,13 +426,13 @@ class Supervisor:
     async def _expire(self, grant: str) -> None:
         await self.arevoke([grant])
 
-    def revoke(self, grant_ids: Sequence[str]) -> list[Grant]:
+    def revoke(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
         """Revokes grants and takes them out of every running session that uses them
         (app/sessions/revocation.py). Blocking, and publishes on the bus from the calling
         thread: for the command line; from the loop, `await arevoke(…)`."""
         return self._revocation.revoke(grant_ids, self.bus)
 
-    async def arevoke(self, grant_ids: Sequence[str]) -> list[Grant]:
+    async def arevoke(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
         """`revoke` for the loop: done in a worker thread (database, tree walks, engine
         calls), its events published on the loop's thread."""
         relay = thread_bus(self.bus, asyncio.get_running_loop())

@@ -70,7 +70,7 @@ PROXY = textwrap.dedent('''
     sys.path.insert(0, {repo!r})
     from pathlib import Path
     from app.egress.listener import ListenerHandover
-    from app.egress.proxy import SessionProxy
+    from app.egress.proxy import ProxySettings, SessionProxy
     from app.events import EventBus
     from app.profiles import parse_profile
     profile = parse_profile(
@@ -83,7 +83,8 @@ PROXY = textwrap.dedent('''
         await handover.start(Path({socket!r}))
         print("ready", flush=True)
         await handover.received.wait()
-        proxy = SessionProxy("bench", profile, EventBus(), secrets=NoSecrets())
+        proxy = SessionProxy("bench", profile, EventBus(), secrets=NoSecrets(),
+                             settings=ProxySettings(inspect_heads={inspect}))
         await proxy.start(handover.take())
         print("serving", flush=True)
         await asyncio.Event().wait()
@@ -151,9 +152,9 @@ def read_response(sock: socket.socket, buffer: bytearray) -> int:
     return length
 
 
-def request(upstream: int, path: str, via_proxy: bool) -> bytes:
+def request(upstream: int, path: str, via_proxy: bool, headers: str = "") -> bytes:
     target = f"http://127.0.0.1:{upstream}{path}" if via_proxy else path
-    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n\r\n".encode()
+    return f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n{headers}\r\n".encode()
 
 
 def download(where: int, upstream: int, via_proxy: bool) -> float:
@@ -165,16 +166,17 @@ def download(where: int, upstream: int, via_proxy: bool) -> float:
         return GIB / (time.perf_counter() - started)
 
 
-def small_p50(where: int, upstream: int, via_proxy: bool) -> tuple[float, int]:
+def small_p50(where: int, upstream: int, via_proxy: bool, data: bytes | None = None,
+              count: int = SMALL_REQUESTS) -> tuple[float, int]:
     """p50 of small requests on a kept-alive connection; a proxy that closes after each
     response (tinyproxy does) pays for its reconnects. Returns (p50, reconnects)."""
     buffer = bytearray(65536)
-    data = request(upstream, "/small", via_proxy)
+    data = data or request(upstream, "/small", via_proxy)
     times = []
     reconnects = 0
     sock = connect(where)
     try:
-        for _ in range(SMALL_REQUESTS):
+        for _ in range(count):
             started = time.perf_counter()
             try:
                 sock.sendall(data)
@@ -200,7 +202,8 @@ def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
         upstream = int(server.stdout.readline())
         sock_path = str(tmp_path / "listener.sock")
         tiny_port, airlock_port = free_port(), free_port()
-        script = PROXY.format(repo=repo, port=upstream, socket=sock_path, listen=airlock_port)
+        script = PROXY.format(repo=repo, port=upstream, socket=sock_path, listen=airlock_port,
+                              inspect=True)
         conf = tmp_path / "tinyproxy.conf"
         conf.write_text(f"Port {tiny_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\n"
                         "MaxClients 20\nLogLevel Critical\n")
@@ -247,3 +250,50 @@ def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
         upstream_cpu, proxy_cpu, client_cpu = cpu[name]
         print(f"  {name:<26} {upstream_cpu:.2f} + {proxy_cpu:.2f} + {client_cpu:.2f} = "
               f"{sum(cpu[name]):.2f}")
+
+
+# A small request as clients send them: a query, a user agent, an accept list, a cookie and
+# a token-shaped header — every part inspected, in every reading, on each request.
+HEADERS = ("User-Agent: python-requests/2.32.3\r\nAccept: application/json, text/plain, */*\r\n"
+           "Accept-Encoding: gzip, deflate\r\n"
+           "Cookie: session=Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0; theme=dark; lang=en-GB\r\n"
+           "X-Request-Id: 4f6c1b0e9a8d4c2b8e7f6a5b4c3d2e1f\r\n")
+HEAD_ROUNDS = 5
+
+
+def test_head_inspection_cost(tmp_path: Path) -> None:
+    """The small-request p50 through Airlock's proxy with request heads inspected against
+    without, in one run: two proxy processes, the same upstream and client, interleaved
+    rounds, the median of the rounds' p50s."""
+    repo = str(Path(__file__).resolve().parents[2])
+    with process([sys.executable, "-c", UPSTREAM]) as server:
+        assert server.stdout is not None
+        upstream = int(server.stdout.readline())
+        ports: dict[str, int] = {}
+        with contextlib.ExitStack() as stack:
+            for name, inspect in (("heads inspected", True), ("heads not inspected", False)):
+                sock_path = str(tmp_path / f"listener-{inspect}.sock")
+                port = free_port()
+                proxy = stack.enter_context(process([sys.executable, "-c", PROXY.format(
+                    repo=repo, port=upstream, socket=sock_path, listen=port, inspect=inspect)]))
+                assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+                hand_over = (f"import sys; sys.path.insert(0, {AGENTS!r}); "
+                             "import airlock_netlog; airlock_netlog.hand_over_listener("
+                             f"('127.0.0.1', {port}), {sock_path!r})")
+                subprocess.run([sys.executable, "-I", "-S", "-c", hand_over], check=True,
+                               timeout=30)
+                assert proxy.stdout.readline().strip() == "serving"
+                ports[name] = port
+            data = request(upstream, "/api/v2/items?page=3&per_page=50&sort=updated", True,
+                           HEADERS)
+            rounds: dict[str, list[float]] = {name: [] for name in ports}
+            for _ in range(HEAD_ROUNDS):
+                for name, port in ports.items():
+                    rounds[name].append(small_p50(port, upstream, True, data, 1000)[0])
+    p50 = {name: statistics.median(values) for name, values in rounds.items()}
+    base = p50["heads not inspected"]
+    print(f"\nsmall keep-alive requests with a {len(data)}-byte head, p50 (median of "
+          f"{HEAD_ROUNDS} interleaved rounds of 1000):")
+    for name, value in p50.items():
+        print(f"  {name:<22} p50 {value * 1e6:7.0f} µs  {value / base:5.2f}x  "
+              f"added {(value - base) * 1e6:5.0f} µs")

@@ -17,7 +17,7 @@ import pytest
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, Verdict, new_request_id
 from app.events import EventBus
 from app.grants import Lifetime, Mode
-from ui.prompt import TerminalPrompt, parse_duration_choice
+from ui.prompt import TerminalPrompt, describe, parse_duration_choice
 
 
 @contextlib.contextmanager
@@ -231,3 +231,17 @@ def test_output_on_the_asking_loop_waits_without_blocking_it(tmp_path: Path) -> 
 
         answer = asyncio.run(scenario())
     assert answer.verdict is Verdict.DENY and written == ["after the question"]
+
+
+def test_an_upload_question_says_what_it_carries_and_how_it_starts() -> None:
+    request = ConsentRequest(
+        id="r-1", session="s1", profile="p", kind=RequestKind.UPLOAD, subject="files.test:80",
+        details={"method": "GET", "path": "/search?q=…", "size": 70, "earlier": 980,
+                 "threshold": 1024, "preview": "GET /search?q=QUtJQ\\x1b[2J",
+                 "findings": [{"kind": "aws-access-key", "offset": 0,
+                               "label": "aws-access-key in the query (base64)"}]})
+    text = describe(request, width=200)
+    assert "request: GET /search?q=…" in text
+    assert "size: 70 bytes, after 980 bytes sent there this session (threshold 1024)" in text
+    assert "⚠ it carries: aws-access-key in the query (base64)" in text
+    assert "it starts (from the agent): GET /search?q=QUtJQ" in text and "\x1b" not in text

@@ -9,14 +9,22 @@ from pathlib import Path
 
 from app.errors import AirlockError, GrantError
 from app.events import EventKind
-from app.grants import Grant, Lifetime, grant_for, parse_grant_argument
+from app.grants import AnyGrant, Lifetime, NetworkGrant, grant_for, parse_grant_argument
 from app.profiles import parse_duration
 from ui.commands.base import Context, add_command
 from ui.commands.output import print_json, print_table, when
 from ui.wiring import open_core, open_supervisor
 
 
-def grant_json(grant: Grant) -> dict[str, object]:
+def grant_json(grant: AnyGrant) -> dict[str, object]:
+    if isinstance(grant, NetworkGrant):
+        return {
+            "id": grant.id, "host": grant.host, "port": grant.port,
+            "access": str(grant.access), "allowed": grant.allowed,
+            "lifetime": str(grant.lifetime), "session": grant.session,
+            "profile": grant.profile, "created_at": grant.created_at,
+            "expires_at": grant.expires_at, "revoked_at": grant.revoked_at,
+        }
     return {
         "id": grant.id, "path": str(grant.path), "mode": str(grant.mode),
         "lifetime": str(grant.lifetime), "session": grant.session, "profile": grant.profile,
@@ -29,8 +37,9 @@ def handle_grants(ctx: Context, args: argparse.Namespace) -> int:
     with open_core(ctx.dirs) as core:
         now = time.time()
         live = {r.id for r in core.store.sessions(live_only=True)}
-        grants = [g for g in core.store.grants(None if args.all else now)
-                  if args.all or g.session is None or g.session in live]
+        every: list[AnyGrant] = [*core.store.grants(None if args.all else now),
+                                 *core.store.network_grants(None if args.all else now)]
+        grants = [g for g in every if args.all or g.session is None or g.session in live]
         if args.json:
             print_json([grant_json(g) for g in grants])
             return 0
@@ -39,7 +48,8 @@ def handle_grants(ctx: Context, args: argparse.Namespace) -> int:
              when(g.expires_at) if g.expires_at else "", str(g.path)]
             for g in grants
         ]
-        print_table(["grant", "mode", "lifetime", "for", "until", "path"], rows, "no grants")
+        print_table(["grant", "mode", "lifetime", "for", "until", "path or host"], rows,
+                    "no grants")
     return 0
 
 
@@ -77,10 +87,13 @@ def handle_revoke(ctx: Context, args: argparse.Namespace) -> int:
         now = time.time()
         if args.all:
             ids = [g.id for g in supervisor.store.grants(now)]
+            ids += [g.id for g in supervisor.store.network_grants(now)]
         elif args.session:
             if supervisor.store.session(args.session) is None:
                 raise GrantError(f"no session {args.session!r} (see `airlock sessions`)")
             ids = [g.id for g in supervisor.store.session_grants(args.session, now)]
+            ids += [g.id for g in supervisor.store.network_grants(now)
+                    if g.session == args.session]
         else:
             ids = list(args.grant)
         stopped: list[str] = []

@@ -29,7 +29,7 @@ from app.audit import records, verify
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, denied
 from app.errors import AirlockError, SessionError
 from app.events import Event, EventBudget, EventKind
-from app.grants import Grant, GrantRequest, Mode, check_grant_path
+from app.grants import AnyGrant, GrantRequest, Mode, check_grant_path
 from app.paths import Dirs
 from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
@@ -206,10 +206,12 @@ class Desktop(QObject):
         self.window.set_sessions(self.sessions)
         self._update_tray()
 
-    def active_grants(self) -> list[Grant]:
+    def active_grants(self) -> list[AnyGrant]:
         store = self.supervisor.store
         live = {r.id for r in store.sessions(live_only=True)}
-        return [g for g in store.grants(time.time()) if g.session is None or g.session in live]
+        now = time.time()
+        every: list[AnyGrant] = [*store.grants(now), *store.network_grants(now)]
+        return [g for g in every if g.session is None or g.session in live]
 
     def refresh_grants(self) -> None:
         self._reads["grants"] = read = self._reads.get("grants", 0) + 1

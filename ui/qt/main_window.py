@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 
 from app.audit import AuditRecord, Verification
 from app.events import Event, EventKind
-from app.grants import Grant, Mode
+from app.grants import AnyGrant, Mode, NetworkGrant
 from app.store import SessionRecord
 from ui.qt.icons import icon
 from ui.qt.models import (
@@ -387,7 +387,7 @@ class MainWindow(QMainWindow):
         for button in (self.review_button, self.stop_button, self.revoke_session_button):
             button.setEnabled(bool(sessions))
 
-    def set_grants(self, grants: Iterable[Grant]) -> None:
+    def set_grants(self, grants: Iterable[AnyGrant]) -> None:
         self.grants.replace(grants)
         for row, grant in enumerate(self.grants.rows):
             button = QPushButton("Revoke")
@@ -527,9 +527,13 @@ class LaunchDialog(QDialog):
         return self.profile.currentText(), paths, mode
 
 
-def revoke_tip(grant: Grant) -> str:
+def revoke_tip(grant: AnyGrant) -> str:
     """What revoking `grant` does, said before the click: a read-write folder cannot be
-    taken back from a running agent, so revoking it stops the agent's session."""
+    taken back from a running agent, so revoking it stops the agent's session; a host's
+    open connections are cut."""
+    if isinstance(grant, NetworkGrant):
+        return (f"Forget this answer for {grant.subject} now: open connections it let "
+                "through are cut, and the agent is asked again")
     if grant.mode is Mode.READ_WRITE and grant.path.is_dir():
         return (f"Take {grant.path} away now. A read-write folder cannot be taken back from "
                 "a running agent: its session stops (what it staged is kept for review)")

@@ -21,7 +21,7 @@ from PySide6.QtGui import QBrush, QColor
 
 from app.audit import AuditRecord
 from app.events import Event, EventKind
-from app.grants import Grant
+from app.grants import AnyGrant, NetworkGrant
 from app.store import SessionRecord
 from app.text import printable
 
@@ -132,8 +132,12 @@ class GrantsModel(RecordTable):
     headers = ("Path", "Access", "Lifetime", "For", "Until", "Grant", "")
     REVOKE_COLUMN = 6
 
-    def cell(self, row: Grant, column: int) -> Any:
-        access = "read and write" if str(row.mode) == "rw" else "read"
+    def cell(self, row: AnyGrant, column: int) -> Any:
+        if isinstance(row, NetworkGrant):  # a remembered network or upload answer
+            access = {"connect": "connect", "upload": "upload past the threshold"}.get(
+                str(row.access), str(row.access)) + ("" if row.allowed else ": refused")
+        else:
+            access = "read and write" if str(row.mode) == "rw" else "read"
         who = f"session {row.session}" if row.session else f"profile {row.profile}"
         return (str(row.path), access, str(row.lifetime), who,
                 clock(row.expires_at, True) if row.expires_at else "", row.id, "")[column]
@@ -167,6 +171,10 @@ def summary(event: Event) -> str:
         return f"{details.get('verdict')} by {details.get('by')} ({details.get('lifetime')})"
     if kind is EventKind.REQUEST_ASKED:
         return f"{details.get('asks')}, times out in {details.get('timeout', 0):.0f} s"
+    if kind is EventKind.NET_CREDENTIAL:
+        return (f"🔑 route {details.get('route', '')} added its key "
+                f"({details.get('route_header', '')}): {details.get('method', '')} "
+                f"{details.get('path', '')} → {details.get('status', '')}")
     if kind in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL, EventKind.NET_REFUSED):
         return (f"{details.get('method', '')} {details.get('decision', '')} "
                 f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
@@ -288,12 +296,22 @@ class HostTotals:
     up: int = 0
     down: int = 0
     last: float = 0.0
+    keyed: int = 0  # requests a route added its key to
+    routes: tuple[str, ...] = ()
+
+    @property
+    def key_text(self) -> str:
+        if not self.keyed:
+            return ""
+        return f"🔑 {self.keyed} ({', '.join(self.routes)})"
 
 
 class NetworkModel(_Table):
-    """Per-host totals of the proxy's events, and bytes per second for the plot."""
+    """Per-host totals of the proxy's events, and bytes per second for the plot. A host
+    that a route's key went to is marked with how many requests carried it, and which
+    routes."""
 
-    headers = ("Host", "Requests", "Refused", "Sent", "Received", "Last seen")
+    headers = ("Host", "Requests", "Refused", "Sent", "Received", "Last seen", "Route key")
     HISTORY = 120  # seconds kept for the plot
 
     def __init__(self, parent: QObject | None = None) -> None:
@@ -309,7 +327,7 @@ class NetworkModel(_Table):
         changed = False
         for event in batch:
             if event.kind not in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL,
-                                  EventKind.NET_REFUSED):
+                                  EventKind.NET_REFUSED, EventKind.NET_CREDENTIAL):
                 continue
             changed = True
             host = printable(event.subject)[:200]
@@ -319,6 +337,12 @@ class NetworkModel(_Table):
                 totals = self._by_host[host] = HostTotals(host)
                 self.hosts.append(totals)
                 self.endInsertRows()
+            if event.kind is EventKind.NET_CREDENTIAL:
+                totals.keyed += 1  # the same request's net.request counted its bytes
+                route = printable(str(event.details.get("route", "")))[:40]
+                if route and route not in totals.routes:
+                    totals.routes = (*totals.routes, route)
+                continue
             up = _int(event.details.get("bytes_up"))
             down = _int(event.details.get("bytes_down"))
             totals.requests += 1
@@ -328,7 +352,7 @@ class NetworkModel(_Table):
             totals.last = event.time
             self._count(int(event.time), up, down)
         if changed and self.hosts:
-            self.dataChanged.emit(self.index(0, 1), self.index(len(self.hosts) - 1, 5))
+            self.dataChanged.emit(self.index(0, 1), self.index(len(self.hosts) - 1, 6))
 
     def _count(self, second: int, up: int, down: int) -> None:
         if self.per_second and self.per_second[-1][0] == second:
@@ -344,10 +368,10 @@ class NetworkModel(_Table):
         column = index.column()
         if role == Qt.ItemDataRole.UserRole:  # the sort key
             return (totals.host, totals.requests, totals.refused, totals.up, totals.down,
-                    totals.last)[column]
+                    totals.last, totals.keyed)[column]
         if role == DISPLAY:
             return (totals.host, totals.requests, totals.refused, human_bytes(totals.up),
-                    human_bytes(totals.down), clock(totals.last))[column]
+                    human_bytes(totals.down), clock(totals.last), totals.key_text)[column]
         if role == Qt.ItemDataRole.TextAlignmentRole and column:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None

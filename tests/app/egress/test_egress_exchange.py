@@ -3,6 +3,7 @@ drives `ClientConnection.run()` by hand, answering its commands as the driver wo
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from collections.abc import Generator
 from typing import Any
@@ -95,6 +96,7 @@ def test_a_plain_request_resolves_once_connects_relays_and_logs_one_event() -> N
     book.give(b"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n\r\n")
     assert book.expect(Resolve) == Resolve("files.test", 80, 10.0)
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     assert book.expect(Connect) == Connect(LOOPBACK, 80, None)
     book.give(Connected("127.0.0.1", spliceable=False))
     sent = b"".join(book.expect(SendUpstream).data)
@@ -133,7 +135,8 @@ def test_an_idle_kept_alive_connection_just_closes_and_a_slow_head_gets_408() ->
     assert book.expect(Log).record.status == 408
 
 
-@pytest.mark.parametrize(("size", "asked"), [(1024, False), (1025, True)])
+# The path ("/u", 2 bytes) is data too: with it, 1022 body bytes reach the threshold.
+@pytest.mark.parametrize(("size", "asked"), [(1022, False), (1023, True)])
 def test_a_body_past_the_upload_threshold_is_held_before_anything_is_sent(
     size: int, asked: bool
 ) -> None:
@@ -263,6 +266,7 @@ def test_an_upstream_silent_past_the_timeout_gets_504() -> None:
     book = Playbook(connection(profile(), body_timeout=3.0))
     book.give(b"GET http://files.test/slow HTTP/1.1\r\nHost: files.test\r\n\r\n")
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     book.give(Connected("127.0.0.1", spliceable=False))
     book.give()
     assert book.expect(ReadUpstream).timeout == 3.0
@@ -276,6 +280,7 @@ def test_a_closed_kept_upstream_is_dropped_and_a_new_one_opened() -> None:
     request = b"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n\r\n"
     book.give(request)
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     book.give(Connected("127.0.0.1", spliceable=False))
     book.give()
     book.give(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -283,6 +288,7 @@ def test_a_closed_kept_upstream_is_dropped_and_a_new_one_opened() -> None:
     book.give()  # the log
     book.give(request)
     book.give(LOOPBACK)
+    book.give(None)  # ReadGranted: none
     book.give(False)  # UpstreamAlive: the upstream hung up meanwhile
     book.expect(DropUpstream)
     book.give()
@@ -359,4 +365,71 @@ def test_a_route_upstream_that_picks_a_websocket_extension_is_refused() -> None:
               b"Connection: Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
     log = book.expect(Log)
     assert log.record.status == 502 and "extension" in log.record.reason
+    book.give()
+    # The handshake carried the key: its use is an event of its own.
+    assert book.expect(Log).kind is EventKind.NET_CREDENTIAL
     assert isinstance(book.give(), RefuseClient)
+
+
+def test_a_get_with_a_token_in_its_query_is_held_before_anything_is_sent() -> None:
+    book = Playbook(connection(profile()))
+    token = base64.b64encode(b"AKIA" + b"IOSFODNN7EXAMPL3").decode()
+    book.give(f"GET http://files.test/q?t={token} HTTP/1.1\r\nHost: files.test\r\n"
+              "X-Note: plain\r\n\r\n".encode())
+    book.give(LOOPBACK)
+    book.expect(ReadGranted)
+    ask = book.give(None)
+    assert isinstance(ask, Ask) and ask.kind is RequestKind.UPLOAD
+    assert ask.details["findings"][0]["label"] == "aws-access-key in the query (base64)"
+    assert ask.details["preview"] == f"GET /q?t={token}\\nx-note: plain"
+    assert ask.details["path"] == "/q?t=…"  # the question shows the query in the preview only
+    book.give(Answer(Verdict.DENY, by="test"))
+    log = book.expect(Log)
+    assert log.record.rule == "upload-refused" and "aws-access-key" in log.record.reason
+    assert isinstance(book.give(), RefuseClient)
+
+
+def test_a_new_name_under_a_wildcard_is_inspected_before_it_is_resolved() -> None:
+    prof = profile(extra="").model_copy(update={"network": parse_profile(
+        'name = "t"\nimage = "i"\n[network]\nallow = ["*.wild.test:443"]\n', "t.toml").network})
+    label = (b"AKIA" + b"IOSFODNN7EXAMPL3").hex()
+    book = Playbook(connection(prof))
+    book.give(f"CONNECT {label}.wild.test:443 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    book.expect(ReadGranted)
+    ask = book.give(None)
+    assert isinstance(ask, Ask) and ask.details["hostname"] is True  # no Resolve before it
+    assert ask.details["findings"][0]["label"] == "aws-access-key in the host name (hex)"
+    book.give(Answer(Verdict.ALLOW, by="test"))
+    assert book.expect(Resolve).host == f"{label}.wild.test"
+
+
+def test_a_cookie_the_host_set_goes_back_unasked_and_one_of_the_agents_does_not() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXBhcnQ"
+    book = Playbook(connection(profile()))
+
+    def request(cookie: str) -> Any:
+        book.give(f"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n"
+                  f"Cookie: {cookie}\r\n\r\n".encode())
+        book.give(LOOPBACK)
+        return book.give(None)  # ReadGranted: none
+
+    book.give(b"GET http://files.test/login HTTP/1.1\r\nHost: files.test\r\n\r\n")
+    book.give(LOOPBACK)
+    book.give(None)
+    book.give(Connected("127.0.0.1", spliceable=False))
+    book.give()
+    book.give(f"HTTP/1.1 200 OK\r\nSet-Cookie: s={jwt}; Path=/; HttpOnly\r\n"
+              "Content-Length: 0\r\n\r\n".encode())
+    book.sent_to_client()
+    book.give()  # the log
+    command = request(f"s={jwt}")
+    assert not isinstance(command, Ask)  # the host's own token, sent back
+    book.give(True)  # UpstreamAlive: reuse
+    book.give()
+    book.give(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    book.sent_to_client()
+    book.give()
+    command = request(f"s={jwt}; mine={'AKIA' + 'IOSFODNN7EXAMPL3'}")
+    assert isinstance(command, Ask)
+    assert [f["label"] for f in command.details["findings"]] == [
+        "aws-access-key in a cookie"]

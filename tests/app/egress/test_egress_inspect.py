@@ -3,12 +3,20 @@ chunk boundaries, bounded previews."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import pytest
 
-from app.egress.inspect import GrantedContent, UploadInspector, mask_secrets, preview
+from app.egress.inspect import (
+    GrantedContent,
+    HeadScan,
+    UploadInspector,
+    mask_secrets,
+    preview,
+)
 
 PEM = (b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
        b"-----END OPENSSH PRIVATE KEY-----\n")
@@ -79,3 +87,51 @@ def test_the_index_does_not_follow_links(tmp_path: Path) -> None:
     (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
     content = GrantedContent.of_tree(tmp_path, Path("/"))
     assert content.files == (f"/{'real.txt'}",) or content.files == ("/real.txt",)
+
+
+# request heads: every reading of a part, and granted pieces over a session
+
+AWS = b"AKIA" + b"IOSFODNN7EXAMPL3"
+
+
+@pytest.mark.parametrize(("data", "how"), [
+    (AWS, ""),
+    (b"q=" + AWS.replace(b"A", b"%41"), "url"),
+    (b"v=" + base64.b64encode(AWS).rstrip(b"="), "base64"),
+    (b"x" + base64.urlsafe_b64encode(b"\xff" + AWS), "base64"),  # another alignment
+    (b"".join(b"%%%02X" % c for c in base64.b64encode(AWS)), "url+base64"),
+    (b"t=" + AWS.hex().encode(), "hex"),
+    (b"t=" + b"0" + AWS.hex().encode(), "hex"),  # odd start
+])
+def test_a_token_is_found_in_every_reading_of_a_head_part(data: bytes, how: str) -> None:
+    scan = HeadScan(None)
+    found = scan.part("the query", data)
+    assert [f.kind for f in found] == ["aws-access-key"]
+    assert found[0].label == ("aws-access-key in the query" + (f" ({how})" if how else ""))
+
+
+def test_a_host_label_is_also_read_as_base32() -> None:
+    label = base64.b32encode(AWS).decode().rstrip("=").lower().encode()
+    assert HeadScan(None).part("the host name", label) == []
+    assert [f.kind for f in HeadScan(None).part("the host name", label, name=True)] == [
+        "aws-access-key"]
+
+
+def test_a_granted_file_sent_a_line_a_request_is_found_by_the_third(tmp_path: Path) -> None:
+    lines = [f"line {i} of a file that is granted and must not leave".encode()
+             for i in range(6)]
+    (tmp_path / "f").write_bytes(b"\n".join(lines))
+    index = GrantedContent.build([("/f", tmp_path / "f")])
+    seen: dict[str, set[int]] = {}
+    found = [HeadScan(index, seen).part("the query", quote_from_bytes(line).encode())
+             for line in lines[:3]]
+    assert found[:2] == [[], []]
+    assert [f.label for f in found[2]] == ["/f in the query (url)"]
+
+
+def test_padding_a_head_with_harmless_runs_hides_nothing() -> None:
+    padding = b"&".join(b"p%d=" % i + base64.b64encode(b"harmless value %03d" % i)
+                        for i in range(300))
+    hidden = padding + b"&k=" + base64.b64encode(AWS)
+    assert [f.kind for f in HeadScan(None).parts([("the query", hidden)])] == [
+        "aws-access-key"]

@@ -6,8 +6,14 @@ import ipaddress
 
 import pytest
 
-from app.egress.policy import Action, address_class, decide_destination, parse_host
-from app.profiles import Network
+from app.egress.policy import (
+    Action,
+    address_class,
+    decide_destination,
+    destination_key,
+    parse_host,
+)
+from app.profiles import Network, parse_profile
 
 NETWORK = Network.model_validate({
     "allow": ["api.example.com", "*.cdn.example.org:443", "files.example.net:80",
@@ -108,3 +114,19 @@ def test_parse_host(text: str, name: str, literal: bool, canonical: bool) -> Non
 ])
 def test_address_class(address: str, kind: str | None) -> None:
     assert address_class(ipaddress.ip_address(address)) == kind
+
+
+@pytest.mark.parametrize(("host", "port", "key"), [
+    ("api.example.com", 443, ("api.example.com:443", "")),  # listed by name
+    ("abc.cdn.example", 443, ("*.cdn.example:443", "abc")),
+    ("a.b.cdn.example", 443, ("*.cdn.example:443", "a.b")),
+    ("x.api.example.com", 443, ("*.api.example.com:443", "x")),
+    ("api.example.com", 8443, ("api.example.com:8443", "")),  # no rule for the port
+])
+def test_the_destination_a_ledger_counts_and_the_labels_a_wildcard_leaves_open(
+        host: str, port: int, key: tuple[str, str]) -> None:
+    network = parse_profile(
+        'name = "t"\nimage = "i"\n[network]\n'
+        'allow = ["api.example.com:443", "*.cdn.example:443", "*.api.example.com:443"]\n',
+        "t.toml").network
+    assert destination_key(network, host, port) == key

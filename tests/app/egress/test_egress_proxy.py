@@ -427,14 +427,22 @@ def test_a_route_credential_never_comes_back_to_the_agent_or_into_the_log(
 def test_an_upload_one_byte_past_the_threshold_is_held_and_one_at_it_is_not(
     tmp_path: Path, upstream: RecordingServer
 ) -> None:
-    front = ScriptedFrontEnd(Verdict.DENY)
-    with harness(tmp_path, profile(upstream.port, threshold="1k"), front_end=front) as proxy:
-        codes = [curl("-x", proxy.url, "-o", "/dev/null", "-w", "%{http_code}",
-                      "-d", "x" * size, f"http://files.test:{upstream.port}/{size}").stdout
-                 for size in (1024, 1025)]
+    """The request's data is its body and what its head carries: here the path "/x" (2
+    bytes; Host, Content-Length and Connection are Airlock's own), so 1022 body bytes reach
+    the threshold of 1 KiB and 1023 pass it."""
+    codes = []
+    for size in (1022, 1023):
+        front = ScriptedFrontEnd(Verdict.DENY)
+        with harness(tmp_path, profile(upstream.port, threshold="1k"), front_end=front,
+                     session=f"s{size}") as proxy:
+            response = raw(proxy.port, (
+                f"POST http://files.test:{upstream.port}/x HTTP/1.1\r\n"
+                f"Host: files.test:{upstream.port}\r\nContent-Length: {size}\r\n"
+                "Connection: close\r\n\r\n").encode() + b"x" * size)
+        codes.append(response.split(b" ")[1].decode())
+        assert [q.details["size"] for q in front.asked] == ([] if size == 1022 else [1023])
     assert codes == ["200", "403"]
-    assert [q.details["size"] for q in front.asked] == [1025]
-    assert [r["path"] for r in upstream.seen.requests] == ["/1024"]
+    assert [len(r["body"]) for r in upstream.seen.requests] == [1022]
 
 
 class SplittingUpstream(RawServer):

@@ -10,11 +10,20 @@ import socket
 import time
 from pathlib import Path
 
+from app.audit import AuditLog, records
 from app.consent import Verdict
 from app.egress.proxy import ProxySettings
+from app.events import EventKind
 from app.profiles import Profile, parse_profile
 from tests.app.egress.test_egress_proxy import harness, profile
-from tests.netsupport import DictSecrets, RawServer, ScriptedFrontEnd
+from tests.netsupport import (
+    DictSecrets,
+    ProxyHarness,
+    RawServer,
+    RecordingServer,
+    ScriptedFrontEnd,
+    curl,
+)
 
 KEY = "sk-proj-" + "x7Q-" * 39  # 164 characters, the length of an OpenAI project key
 
@@ -287,3 +296,39 @@ def test_a_websocket_waits_like_a_tunnel_when_every_upload_is_asked_about(
     assert [q.details["websocket"] for q in front.asked] == [True]
     assert upstream.received == []  # not one frame went up
     assert events[0].kind == "net.refused" and events[0].details["rule"] == "upload-refused"
+
+
+def test_every_request_a_route_adds_its_key_to_is_an_event_and_an_audit_record(
+    tmp_path: Path,
+) -> None:
+    """One `net.credential` per request that carried the key (route, host, method, path with
+    query values redacted, status, bytes), refused upstream answers included; none for a
+    request refused before the key was added; the key in no event and no record."""
+    key = "sk-live-" + "R4" * 18
+    with RecordingServer() as upstream:
+        prof = parse_profile(
+            'name = "t"\nimage = "i"\n[network]\nallow_private = true\n[[network.routes]]\n'
+            f'name = "llm"\nupstream = "http://127.0.0.1:{upstream.port}/v1"\n'
+            'secret = "k"\n', "t.toml")
+        audit = AuditLog(tmp_path / "audit")
+        with ProxyHarness(tmp_path, "s1", prof, secrets=DictSecrets({"k": key})) as proxy:
+            proxy.bus.attach(audit.sink)
+            base = f"http://127.0.0.1:{proxy.port}/routes/llm"
+            curl("-d", '{"q": 1}', f"{base}/chat?user=alice&api_key=leaky")
+            curl(f"{base}/models")
+            curl(f"{base}/../etc")  # refused before anything was sent
+            proxy.wait_events(4)
+        audit.close()
+    used = [e for e in proxy.events if e.kind is EventKind.NET_CREDENTIAL]
+    assert [(e.details["method"], e.details["path"], e.details["status"]) for e in used] == [
+        ("POST", "/v1/chat?user=…&api_key=…", 200), ("GET", "/v1/models", 200)]
+    first = used[0]
+    assert first.subject == f"127.0.0.1:{upstream.port}" and first.details["route"] == "llm"
+    assert first.details["host"] == "127.0.0.1" and first.details["route_header"] == \
+        "Authorization"
+    assert first.details["bytes_up"] == 8 and first.details["bytes_down"] > 0
+    kinds = [r.kind for r in records(tmp_path / "audit") if hasattr(r, "kind")]
+    assert kinds.count("net.credential") == 2
+    logged = b"".join(p.read_bytes() for p in (tmp_path / "audit").glob("*.jsonl"))
+    assert key.encode() not in logged and b"leaky" not in logged and b"alice" not in logged
+    assert all(key not in repr(e) for e in proxy.events)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.egress.uploads import UploadGate
+from app.egress.uploads import UploadGate, UploadLedger
 from app.profiles import parse_profile
 
 
@@ -40,3 +40,27 @@ def test_after_an_approval_only_a_finding_asks_again(uploads: str) -> None:
     passed.approve()
     assert not passed.must_ask(10**9)
     assert passed.must_ask(10**9, findings=True)
+
+
+def test_a_head_alone_asks_by_the_threshold_even_when_uploads_always_ask() -> None:
+    always = gate("always")
+    assert not always.must_ask(10, body=False)
+    assert always.must_ask(1025, body=False) and always.must_ask(1, findings=True, body=False)
+    assert not gate("never").must_ask(10**9, body=False)
+
+
+def test_the_ledger_adds_up_a_destination_until_an_approval() -> None:
+    ledger = UploadLedger()
+    for _ in range(10):
+        ledger.add("files.test:80", 100)
+    passed = gate("ask")
+    passed.before = ledger.before("files.test:80")
+    assert not passed.must_ask(24) and passed.must_ask(25)
+    ledger.approved("files.test:80")
+    assert ledger.before("files.test:80") == 0 and ledger.before("other:80") == 0
+    assert ledger.new_value("d", b"cookie", b"a=1")
+    ledger.remember_value("d", b"cookie", b"a=1")
+    assert not ledger.new_value("d", b"cookie", b"a=1") and ledger.new_value("d", b"cookie", b"a=2")
+    assert ledger.new_name("*.x:443", "a.x")
+    ledger.remember_name("*.x:443", "a.x")
+    assert not ledger.new_name("*.x:443", "a.x")
