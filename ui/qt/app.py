@@ -249,7 +249,7 @@ class Desktop(QObject):
             task.cancel()  # stops and removes the container
             self.say(f"Stopping session {session}…")
             return
-        self.spawn(asyncio.to_thread(self.supervisor.stop, session))
+        self.spawn(self.supervisor.astop(session, "stopped from the desktop app"))
         self.say(f"Stopping session {session}…")
 
     # Revocation is done in a worker thread (Supervisor.arevoke): on the loop, a database
@@ -352,7 +352,11 @@ class Desktop(QObject):
             if not named.done():
                 named.set_result(session)
 
-        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name))
+        def progress(step: str) -> None:
+            self.say(f"Starting {profile}: {step}…")
+
+        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name,
+                                                    progress=progress))
         either: set[asyncio.Future[Any]] = {task, named}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not named.done():
