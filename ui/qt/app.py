@@ -108,6 +108,7 @@ class Desktop(QObject):
         bridge.changes_changed.connect(self._changes_changed)
         front_end.pending_changed.connect(lambda _: self._update_tray())
         front_end.asked.connect(self._asked)
+        front_end.queue.stop_requested.connect(self.stop_session)
         window.launch_requested.connect(self.launch_agent)
         window.stop_requested.connect(self.stop_session)
         window.revoke_session_requested.connect(self.revoke_session)
