@@ -44,6 +44,7 @@ from app.text import block, printable, quoted
 from ui.qt import settings as options
 from ui.qt.icons import icon
 from ui.qt.question_queue import QuestionQueue
+from ui.qt.screen import fit_on_screen
 from ui.qt.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -455,6 +456,8 @@ class ConsentDialog(QDialog):
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
+        if self.isWindow():  # on its own, not a page of the questions' window
+            fit_on_screen(self)
         self.lock()
 
     def lock(self) -> None:

@@ -97,7 +97,7 @@ class QuestionQueue(QWidget):
 
         side = QVBoxLayout()
         side.setSpacing(4)
-        agents_title = QLabel("&Agents asking:")
+        agents_title = QLabel("Agents as&king:")
         side.addWidget(agents_title)
         self.agents = QListWidget()
         self.agents.setObjectName("agents")
