@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QFontDatabase, QIcon, QKeyEvent
 from PySide6.QtWidgets import (
@@ -660,8 +661,10 @@ class QtFrontEnd(QObject):
             answer = await future
         finally:
             self._dialogs.pop(request.id, None)
-            dialog._finish(denied("withdrawn"))  # closes it when the broker gave up
-            dialog.deleteLater()
+            # Gone already when the app (and the questions' window) closed first.
+            if shiboken6.isValid(dialog):
+                dialog._finish(denied("withdrawn"))  # closes it when the broker gave up
+                dialog.deleteLater()
             self.pending_changed.emit(len(self._dialogs))
         if answer.by == "timeout" and \
                 self._settings.get(options.TIMEOUT_ACTION) == "deny-session":

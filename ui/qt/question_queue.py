@@ -87,10 +87,10 @@ class QuestionQueue(QWidget):
         top.addWidget(self.position, 1)
         self.previous_button = QPushButton("‹ &Previous")
         self.previous_button.setObjectName("previous")
-        self.previous_button.clicked.connect(lambda: self._step(-1))
+        self.previous_button.clicked.connect(self._previous)
         self.next_button = QPushButton("&Next ›")
         self.next_button.setObjectName("next")
-        self.next_button.clicked.connect(lambda: self._step(1))
+        self.next_button.clicked.connect(self._next)
         for button in (self.previous_button, self.next_button):
             button.setAutoDefault(False)
             top.addWidget(button)
@@ -158,7 +158,10 @@ class QuestionQueue(QWidget):
         asker.questions.insert(place, dialog)
         dialog.setWindowFlags(Qt.WindowType.Widget)
         self.pages.addWidget(dialog)
-        dialog.answered.connect(lambda _answer: self._answered(dialog))
+        # Bound methods, not closures: a closure over the dialog or the window would tie
+        # them in a cycle that only the garbage collector frees, in whatever thread it
+        # runs, and a widget freed off the GUI thread crashes the process.
+        dialog.answered.connect(self._sender_answered)
         dialog.unlocked.connect(self._refresh_buttons)
         appeared = not self.isVisible()
         if self.current is None:
@@ -252,6 +255,19 @@ class QuestionQueue(QWidget):
         self._refresh_buttons()
         self.setWindowTitle(f"Airlock — {dialog.requester.agent}")
         self._refresh()
+
+    def _sender_answered(self, _answer: object) -> None:
+        dialog = self.sender()
+        for asked in self.pending:
+            if asked is dialog:
+                self._answered(asked)
+                return
+
+    def _previous(self) -> None:
+        self._step(-1)
+
+    def _next(self) -> None:
+        self._step(1)
 
     def _step(self, by: int) -> None:
         order = self.pending

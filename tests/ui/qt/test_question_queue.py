@@ -18,6 +18,7 @@ from app.events import EventBus
 from tests.ui.qt.conftest import until
 from ui.qt import settings as options
 from ui.qt.consent import ConsentDialog, QtFrontEnd, Requester
+from ui.qt.question_queue import QuestionQueue
 from ui.qt.settings import Settings
 
 FLOODER, OTHER = "f100d000", "0the4000"
@@ -40,8 +41,10 @@ def front_end(settings: Settings) -> QtFrontEnd:
     return QtFrontEnd(settings, requester)
 
 
-def visible_windows() -> list[object]:
-    return [w for w in QApplication.topLevelWidgets() if w.isVisible()]
+def question_windows() -> list[object]:
+    """The visible windows that put questions: dialogs on their own, questions' windows."""
+    return [w for w in QApplication.topLevelWidgets()
+            if w.isVisible() and isinstance(w, ConsentDialog | QuestionQueue)]
 
 
 def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
@@ -60,7 +63,7 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
         other = asyncio.ensure_future(broker.ask(ask(OTHER, "api.other.example")))
         await until(lambda: front_end.pending == 41, what="41 questions")
         # One window, whose front question is still the first one.
-        assert visible_windows() == [queue]
+        assert question_windows() == [queue]
         assert queue.current is front_end.dialog(first.id)
         assert queue.position.text().startswith("Question 1 of 41")
         assert "1 of 40 from agent-f100" in queue.position.text()
@@ -94,7 +97,10 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
         QTest.mouseClick(queue.stop_agent_button, Qt.MouseButton.LeftButton)
         return flooded, [await other]
 
-    flooded, others = run(scenario())  # type: ignore[misc]
+    try:
+        flooded, others = run(scenario())  # type: ignore[misc]
+    finally:  # nothing left asking for the tests after this one, whatever happened
+        queue.close()
     assert {a.by for a in flooded} == {"dialog: all from this agent"}  # type: ignore[attr-defined]
     assert others[0].by == "dialog: agent stopped"  # type: ignore[attr-defined]
     assert stopped == [OTHER]
