@@ -16,7 +16,10 @@ def connect_engine(timeout: float = 60.0) -> docker.DockerClient:
     or the default socket, and check that it answers."""
     where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        client = docker.from_env(timeout=int(timeout))
+        # Each session keeps connections open for as long as it runs (its wait, its output
+        # stream), beside the short calls of the others: a pool of urllib3's default 10 would
+        # open and drop connections all the time once a few agents run.
+        client = docker.from_env(timeout=int(timeout), max_pool_size=64)
         client.ping()
     except docker.errors.DockerException as e:
         raise EngineError(_explain(where, e)) from e

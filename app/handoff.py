@@ -22,6 +22,7 @@ Closing the connection (Ctrl-C in the client, the client killed) stops the sessi
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ HEADER = struct.Struct(">cI")
 REQUEST_SECONDS = 10.0  # from connecting to the request's end of line
 MAX_WAITING = 32  # connections whose request has not come yet; more are turned away
 MAX_FRAME = 1024 * 1024  # from the client: keystrokes, piped input in pieces
+PROGRESS_AFTER = 2.0  # seconds a launch may take before the client hears how far it got
 
 Notice = Callable[[Event], str | None]
 CANNOT_ASK = 75  # the client then supervises the session itself, with its terminal prompt
@@ -222,9 +224,32 @@ class HandoffServer:
                                   else DenyAll())
             writer.write(HEADER.pack(b"S", len(session.encode())) + session.encode())
 
+        # A launch that takes a while says how far it got (the engine may be busy): once after
+        # a moment, and again when the step changes, never for a start that is quick.
+        started, told = time.monotonic(), [""]
+        steps: list[str] = []
+
+        def progress(step: str) -> None:
+            steps.append(step)
+            tell()
+
+        def tell() -> None:
+            if not steps or steps[-1] == told[0] or time.monotonic() - started < PROGRESS_AFTER:
+                return
+            told[0] = steps[-1]
+            text = f"airlock: still starting the agent: {steps[-1]}…"
+            writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
+
+        def running(event: Event) -> None:
+            if event.kind is EventKind.SESSION_STARTED and event.session in session_ids:
+                steps.clear()
+
         self.supervisor.bus.attach(forward)
-        run = loop.create_task(self.supervisor.run(request, Output(), named=named))
-        # Ends at EOF: the client left (Ctrl-C, killed).
+        self.supervisor.bus.attach(running)
+        run = loop.create_task(self.supervisor.run(request, Output(), named=named,
+                                                   progress=progress))
+        nudge = loop.call_later(PROGRESS_AFTER, tell)
+        # Ends at EOF: the client left (Ctrl-C, killed), whatever the session is doing.
         gone = loop.create_task(self._client_frames(reader, console, session_ids))
         try:
             done, _ = await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -244,7 +269,9 @@ class HandoffServer:
                                               "session": result.session,
                                               "rule": request.profile.approval.commit}))
         finally:
+            nudge.cancel()
             gone.cancel()
+            self.supervisor.bus.detach(running)
             self.supervisor.bus.detach(forward)
             for session in session_ids:
                 if self.routes is not None:
@@ -254,30 +281,54 @@ class HandoffServer:
 
     async def _client_frames(self, reader: asyncio.StreamReader,
                              console: asyncio.Future[Console], sessions: set[str]) -> None:
-        """The client's keystrokes, end of input, resizes and stop, applied in order; returns
-        when the client leaves (or breaks the framing, which is the same)."""
-        while True:
-            try:
-                header = await reader.readexactly(HEADER.size)
-                kind, size = HEADER.unpack(header)
-                if size > MAX_FRAME:
+        """Reads the client's frames until it leaves (or breaks the framing, which is the
+        same): a stop at once, keystrokes, end of input and resizes handed to `_feed` in
+        order. The reading itself never waits for the agent, so a client that leaves while
+        its session is still starting is seen leaving, and its launch is cancelled."""
+        frames: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+        feeding = asyncio.get_running_loop().create_task(self._feed(frames, console))
+        stops: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    header = await reader.readexactly(HEADER.size)
+                    kind, size = HEADER.unpack(header)
+                    if size > MAX_FRAME:
+                        return
+                    payload = await reader.readexactly(size)
+                except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                payload = await reader.readexactly(size)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            if kind == b"K":
-                for session in sessions:
-                    await asyncio.to_thread(self.supervisor.stop, session,
-                                            "stopped from the terminal's Airlock menu")
-                continue
-            target = await console  # input before the agent runs waits for it
-            if kind == b"I":
-                await asyncio.to_thread(target.write, payload)
-            elif kind == b"D":
-                await asyncio.to_thread(target.close_stdin)
-            elif kind == b"W" and size == 4:
-                rows, cols = struct.unpack(">HH", payload)
-                await asyncio.to_thread(target.resize, rows, cols)
+                if kind == b"K":
+                    for session in sessions:
+                        stop = asyncio.get_running_loop().create_task(self.supervisor.astop(
+                            session, "stopped from the terminal's Airlock menu"))
+                        stops.add(stop)
+                        stop.add_done_callback(stops.discard)
+                else:
+                    frames.put_nowait((kind, payload))
+        finally:
+            feeding.cancel()
+
+    async def _feed(self, frames: asyncio.Queue[tuple[bytes, bytes]],
+                    console: asyncio.Future[Console]) -> None:
+        """Applies the client's input frames to the agent's console in order, in a thread of
+        this connection's own: an agent that does not read its stdin holds up this client's
+        keystrokes, and no one else's."""
+        target = await console  # input before the agent runs waits for it
+        loop = asyncio.get_running_loop()
+        lane = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="handoff-input")
+        try:
+            while True:
+                kind, payload = await frames.get()
+                if kind == b"I":
+                    await loop.run_in_executor(lane, target.write, payload)
+                elif kind == b"D":
+                    await loop.run_in_executor(lane, target.close_stdin)
+                elif kind == b"W" and len(payload) == 4:
+                    rows, cols = struct.unpack(">HH", payload)
+                    await loop.run_in_executor(lane, target.resize, rows, cols)
+        finally:
+            lane.shutdown(wait=False, cancel_futures=True)
 
 
 def _terminal(data: object) -> Terminal | None:

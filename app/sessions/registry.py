@@ -31,7 +31,7 @@ class RunningSession:
     view: SessionView
     container: str | None = None  # the agent's container, once created
     watcher: TreeWatcher | None = None
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    tasks: set[asyncio.Future[Any]] = field(default_factory=set)  # tasks, and threads' futures
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     extensions: list[SessionExtension] = field(default_factory=list)
     runtime_dir: Path | None = None

@@ -4,7 +4,10 @@ asyncio loop. What it does along the way lives beside it: the engine (engine.py)
 (delivery.py), revocation (revocation.py), the sweep (sweep.py) and the registry of running
 sessions (registry.py).
 
-Every engine call blocks, so each goes through `asyncio.to_thread`.
+Every engine call blocks: short ones go to the supervisor's own bounded pool, and those that
+last as long as a session (its wait, its output stream, a stop's grace) to threads of their
+own (app/threads.py's `BlockingCalls`), never to the loop's shared default executor, so that
+many sessions at once cannot keep a new one from starting or an ended one from being seen.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from app.sessions.revocation import Revocation
 from app.sessions.selfcheck import Gate
 from app.sessions.sweep import sweep_orphans
 from app.store import SessionRecord, SessionState, StateStore
-from app.threads import thread_bus
+from app.threads import BlockingCalls, thread_bus
 from app.view import SessionView
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class Supervisor:
                                    self.files)
         self._recorder = recorder  # the audit log's sink: no session runs while it fails
         self.disk_reserve = disk_reserve
+        self.calls = BlockingCalls(name="engine")
         if recorder is not None:
             recorder.on_failure(self._unrecorded)
 
@@ -123,22 +127,28 @@ class Supervisor:
             close = getattr(factory, "aclose", None)
             if close is not None:
                 await close()
+        self.calls.close()
 
     # the life of a session
 
     async def run(self, request: LaunchRequest, output: Output,
-                  named: Callable[[str], None] | None = None) -> SessionResult:
-        """Runs one session to its end. Cancelling the task stops and removes the container.
-        `named` hears the session's id before its first event."""
+                  named: Callable[[str], None] | None = None,
+                  progress: Callable[[str], None] | None = None) -> SessionResult:
+        """Runs one session to its end. Cancelling the task stops and removes the container
+        (or, while it is still being set up, ends it before anything starts). `named` hears
+        the session's id before its first event; `progress` each step of the start ("creating
+        the container"), for a caller that shows how far a launch got."""
+        step = progress or (lambda _step: None)
         if self._recorder is not None and (why := self._recorder.check()):
             raise SessionError(f"the audit log cannot be written ({why}): no session runs "
                                "unrecorded; free space there and start it again")
         self.dirs.sessions.mkdir(parents=True, exist_ok=True)
         if (short := await asyncio.to_thread(self._disk_short)) is not None:
             raise SessionError(f"{short}; free space there and start it again")
+        step("checking the image")
         swept, image = await asyncio.gather(
-            asyncio.to_thread(self._sweep),
-            asyncio.to_thread(self._engine.image_id, request.profile),
+            self.calls.call(self._sweep),
+            self.calls.call(self._engine.image_id, request.profile),
         )
         self.report_swept(swept)  # events are published on the loop's thread only
         seccomp = self.catalog.seccomp_path(request.profile, request.profile_path).read_text()
@@ -157,13 +167,14 @@ class Supervisor:
             ))
             running.guard = self._engine.guard(
                 [f"{LABEL_OWNER}={self.owner}", f"{LABEL_SESSION}={session_id}"])
+            step("preparing the granted files")
             grants = await self._setup.grants(session_id, request)
             labels = self._setup.labels(running.id, request.profile)
             additions = await self._setup.extensions(
                 running, request, labels, seccomp, self._extension_factories)
             spec, image_command = await asyncio.gather(
                 self._setup.spec(running, request, image, seccomp, grants, labels, additions),
-                asyncio.to_thread(self._engine.image_command, image))
+                self.calls.call(self._engine.image_command, image))
             running.gate = await asyncio.to_thread(
                 Gate, self.dirs.sessions / session_id / "gate")
             spec, expected = _gated(spec, running.gate, image_command)
@@ -172,8 +183,9 @@ class Supervisor:
             running.watcher = TreeWatcher(session_id, self.bus, running.watched, on_unwatched=(
                 functools.partial(self._partly_unwatched, running, request.profile)))
             await running.watcher.start()
-            running.container = await asyncio.to_thread(
-                self._engine.create, spec.create_kwargs())
+            step("creating the container")
+            running.container = await self.calls.call(self._engine.create, spec.create_kwargs())
+            step("starting the container")
             exit_code, reason = await self._supervise(running, request, output, expected)
             return SessionResult(session_id, exit_code, reason)
         except SandboxRefused as e:
@@ -195,7 +207,7 @@ class Supervisor:
     ) -> tuple[int, str]:
         container = running.container
         assert container is not None
-        engine = self._engine
+        engine, calls = self._engine, self.calls
         loop = asyncio.get_running_loop()
         drained = loop.create_future()
         pump = OutputPump(running.id, self.bus, output)
@@ -203,12 +215,12 @@ class Supervisor:
         # feeds it (a terminal, a pipe), over the engine's hijacked socket.
         console: Console | None = None
         if request.terminal is not None:
-            console = await asyncio.to_thread(engine.console, container, request.terminal.tty)
+            console = await calls.call(engine.console, container, request.terminal.tty)
             stream = console.chunks()
         else:
-            stream = await asyncio.to_thread(engine.attach, container)
-        reader = loop.run_in_executor(None, pump.run, stream, loop, drained)
-        await asyncio.to_thread(engine.start, container)
+            stream = await calls.call(engine.attach, container)
+        reader = calls.hold(pump.run, stream, loop, drained)
+        await calls.call(engine.start, container)
         verified = await self._check_sandbox(running, expected)
         if console is not None:
             await console_started(console, request.terminal, output)
@@ -219,17 +231,17 @@ class Supervisor:
             image=running.image, container=container[:12], uid=self.identity.uid,
         )
         if running.stop_reason:  # stopped while it was starting
-            await asyncio.to_thread(engine.kill, container)
+            await calls.call(engine.kill, container)
         if running.extensions:
             context = running.context
             assert context is not None
             for extension in running.extensions:
                 await extension.started(context, container)
-        pid = (await asyncio.to_thread(engine.state, container)).pid
+        pid = (await calls.call(engine.state, container)).pid
         limits = loop.create_task(watch_limits(running.id, pid, self.bus))
         running.tasks.add(loop.create_task(self._watch_disk(running)))
         running.tasks.add(limits)
-        waiter = loop.create_task(asyncio.to_thread(engine.wait, container))
+        waiter = calls.hold(engine.wait, container)
         running.tasks.add(waiter)
         reason = ""
         done, _ = await asyncio.wait({waiter}, timeout=request.timeout or request.profile.timeout)
@@ -237,14 +249,14 @@ class Supervisor:
             reason = "timed out"
             self.bus.emit(EventKind.SESSION_TIMEOUT, running.id, running.id,
                           seconds=request.timeout or request.profile.timeout)
-            await asyncio.to_thread(engine.stop, container, STOP_GRACE_SECONDS)
+            await calls.hold(engine.stop, container, STOP_GRACE_SECONDS)
         code = await waiter
         await asyncio.wait({reader, drained}, timeout=5)
         if console is not None:
             console.close()
         limits.cancel()
         pump.flush()
-        if (await asyncio.to_thread(engine.state, container)).oom_killed:
+        if (await calls.call(engine.state, container)).oom_killed:
             reason = "killed: out of memory"
             self.bus.emit(EventKind.SESSION_OOM, running.id, running.id,
                           limit=request.profile.resources.memory)
@@ -266,13 +278,13 @@ class Supervisor:
         container, gate = running.container, running.gate
         assert container is not None and gate is not None
         started = time.perf_counter()
-        report = await asyncio.to_thread(self._engine.report, container)
+        report = await self.calls.call(self._engine.report, container)
         checks = check_sandbox(expected, report)
         seconds = round(time.perf_counter() - started, 4)
         failed = [c for c in checks if not c.passed]
         outcome = summary(checks)
         if failed:
-            await asyncio.to_thread(self._engine.kill, container)
+            await self.calls.call(self._engine.kill, container)
             self.bus.emit(EventKind.SANDBOX_REFUSED, running.id, running.id,
                           check=failed[0].name, expected=failed[0].expected,
                           found=failed[0].found, failed=[c.describe() for c in failed],
@@ -296,14 +308,14 @@ class Supervisor:
                                  stopped=lambda: bool(running.stop_reason))
         if short and running.container is not None:
             running.stop_reason = f"stopped: {short}"
-            await asyncio.to_thread(self._engine.kill, running.container)
+            await self.calls.call(self._engine.kill, running.container)
 
     async def _end(self, running: RunningSession, exit_code: int, reason: str) -> None:
         for timer in running.timers:
             timer.cancel()
         for task in running.tasks:
             task.cancel()
-        removed = running.container is None or await asyncio.to_thread(
+        removed = running.container is None or await self.calls.call(
             self._engine.remove, running.container)
         if running.guard is not None:
             running.guard.done()
@@ -311,7 +323,7 @@ class Supervisor:
             # No process is left that could write a staged file: committing may move them.
             await asyncio.to_thread(running.staging.seal)
         if running.volumes:
-            await asyncio.to_thread(self._engine.remove_volumes, running.volumes)
+            await self.calls.call(self._engine.remove_volumes, running.volumes)
         for extension in reversed(running.extensions):
             try:
                 await extension.close()
@@ -367,6 +379,10 @@ class Supervisor:
         if not containers or not process_alive(record.supervisor):
             return self._sweep()
         return []
+
+    async def astop(self, session: str, reason: str = "stopped by `airlock stop`") -> None:
+        """`stop` for the loop, in a thread of its own (its grace can last seconds)."""
+        self.report_swept(await self.calls.hold(self.stop, session, reason))
 
     def _partly_unwatched(self, running: RunningSession, profile: Profile, overflows: int) -> None:
         """The agent's file activity overflowed the watch again and again: where the

@@ -113,6 +113,7 @@ class Desktop(QObject):
         bridge.changes_changed.connect(self._changes_changed)
         front_end.pending_changed.connect(lambda _: self._update_tray())
         front_end.asked.connect(self._asked)
+        front_end.queue.stop_requested.connect(self.stop_session)
         window.launch_requested.connect(self.launch_agent)
         window.stop_requested.connect(self.stop_session)
         window.revoke_session_requested.connect(self.revoke_session)
@@ -270,7 +271,7 @@ class Desktop(QObject):
             task.cancel()  # stops and removes the container
             self.say(f"Stopping session {session}…")
             return
-        self.spawn(asyncio.to_thread(self.supervisor.stop, session))
+        self.spawn(self.supervisor.astop(session, "stopped from the desktop app"))
         self.say(f"Stopping session {session}…")
 
     # Revocation is done in a worker thread (Supervisor.arevoke): on the loop, a database
@@ -373,7 +374,11 @@ class Desktop(QObject):
             if not named.done():
                 named.set_result(session)
 
-        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name))
+        def progress(step: str) -> None:
+            self.say(f"Starting {profile}: {step}…")
+
+        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name,
+                                                    progress=progress))
         either: set[asyncio.Future[Any]] = {task, named}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not named.done():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QFontDatabase, QIcon, QKeyEvent
 from PySide6.QtWidgets import (
@@ -26,11 +27,13 @@ from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
@@ -42,6 +45,8 @@ from app.policy import Choice, user_answer
 from app.text import block, printable, quoted
 from ui.qt import settings as options
 from ui.qt.icons import icon
+from ui.qt.question_queue import QuestionQueue
+from ui.qt.screen import fit_on_screen
 from ui.qt.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,6 +181,7 @@ class ConsentDialog(QDialog):
     """One request put to the user. Emits `answered` exactly once."""
 
     answered = Signal(object)  # Answer
+    unlocked = Signal()  # its buttons took clicks again
 
     def __init__(
         self,
@@ -206,23 +212,41 @@ class ConsentDialog(QDialog):
         self.setModal(False)
         self.setMinimumWidth(540)
 
+        # Who asks and the buttons always show in full; what it asks for, its words and the
+        # chosen files scroll between them when the screen is small (down to 1024x600), so
+        # no content, however long, can squash the identity or push the buttons off screen.
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(20, 18, 20, 16)
-        layout.setSpacing(12)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.setSpacing(8)
         layout.addLayout(self._header())
-        layout.addWidget(self._who())
-        layout.addWidget(self._what())
-        layout.addWidget(self._reason())
-        choices = self._choices()
-        if choices is not None:
-            layout.addLayout(choices)
+        who = self._who()
+        who.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        layout.addWidget(who)
+        content = QWidget()
+        content.setObjectName("content")
+        column = QVBoxLayout(content)
+        column.setContentsMargins(0, 0, 4, 0)
+        column.addWidget(self._what())
+        column.addWidget(self._reason())
         self.summary = _plain("")
         self.summary.setObjectName("summary")
         self.summary.setStyleSheet(
             "QLabel#summary { background: #e8f1fd; border: 1px solid #b5cdf3;"
             " border-radius: 4px; padding: 8px; }")
         self.summary.hide()
-        layout.addWidget(self.summary)
+        column.addWidget(self.summary)
+        column.addStretch(1)
+        self.details = QScrollArea()
+        self.details.setObjectName("details")
+        self.details.setWidget(content)
+        self.details.setWidgetResizable(True)
+        self.details.setFrameShape(QFrame.Shape.NoFrame)
+        self.details.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.details.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        layout.addWidget(self.details, 1)
+        choices = self._choices()
+        if choices is not None:
+            layout.addLayout(choices)
         layout.addLayout(self._buttons())
 
         self._tick = QTimer(self)
@@ -434,9 +458,21 @@ class ConsentDialog(QDialog):
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
+        if self.isWindow():  # on its own, not a page of the questions' window
+            fit_on_screen(self)
+        self.lock()
+
+    def lock(self) -> None:
+        """Disables the buttons for a moment, from now: each time the question comes into
+        view (it appears, or comes to the front of the queue when the one before it is
+        answered), a click or key press aimed at what was there before cannot answer it."""
+        if self._done:
+            return
+        self._locked = True
+        self.deny_button.setEnabled(False)
+        self.allow_button.setEnabled(False)
         self.deny_button.setFocus()
-        if self._locked and not self._unlock.isActive():
-            self._unlock.start()
+        self._unlock.start()
 
     @property
     def locked(self) -> bool:
@@ -447,6 +483,7 @@ class ConsentDialog(QDialog):
         self.deny_button.setEnabled(True)
         self.allow_button.setEnabled(True)
         self.deny_button.setFocus()
+        self.unlocked.emit()
 
     def remaining(self) -> float:
         now = self._paused_at if self._paused_at is not None else self._clock()
@@ -597,6 +634,7 @@ class QtFrontEnd(QObject):
         self._describe = describe
         self._dialogs: dict[str, ConsentDialog] = {}
         self._silenced: set[tuple[str, str, str]] = set()
+        self.queue = QuestionQueue()  # every pending question, in one window
 
     async def answer(self, request: ConsentRequest) -> Answer:
         key = (request.session, str(request.kind), request.subject)
@@ -618,16 +656,16 @@ class QtFrontEnd(QObject):
         dialog.answered.connect(done)
         self._dialogs[request.id] = dialog
         self.pending_changed.emit(len(self._dialogs))
-        dialog.show()
-        dialog.raise_()
-        dialog.activateWindow()
+        self.queue.add(dialog)
         self.asked.emit(request)
         try:
             answer = await future
         finally:
             self._dialogs.pop(request.id, None)
-            dialog._finish(denied("withdrawn"))  # closes it when the broker gave up
-            dialog.deleteLater()
+            # Gone already when the app (and the questions' window) closed first.
+            if shiboken6.isValid(dialog):
+                dialog._finish(denied("withdrawn"))  # closes it when the broker gave up
+                dialog.deleteLater()
             self.pending_changed.emit(len(self._dialogs))
         if answer.by == "timeout" and \
                 self._settings.get(options.TIMEOUT_ACTION) == "deny-session":
@@ -650,10 +688,8 @@ class QtFrontEnd(QObject):
         return list(self._dialogs.values())
 
     def raise_all(self) -> None:
-        for dialog in self._dialogs.values():
-            dialog.show()
-            dialog.raise_()
-            dialog.activateWindow()
+        """Brings the questions' window to the front."""
+        self.queue.present()
 
     def deny(self, request_id: str) -> None:
         dialog = self._dialogs.get(request_id)

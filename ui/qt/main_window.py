@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import (
     QPointF,
@@ -57,6 +58,7 @@ from ui.qt.models import (
     SessionsModel,
     human_bytes,
 )
+from ui.qt.screen import fit_on_screen
 
 KIND_GROUPS = (
     ("All kinds", ""), ("Sessions", "session"), ("Files", "file"), ("Grants", "grant"),
@@ -247,7 +249,7 @@ class MainWindow(QMainWindow):
         self.setObjectName("mainWindow")
         self.setWindowTitle("Airlock")
         self.setWindowIcon(icon("airlock"))
-        self.resize(1100, 680)
+        fit_on_screen(self, 1100, 680)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.setCentralWidget(self.tabs)
@@ -439,6 +441,10 @@ class MainWindow(QMainWindow):
 
 class LaunchDialog(QDialog):
     """Pick a profile, pick files, go."""
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        fit_on_screen(self)
 
     def __init__(self, profiles: Sequence[tuple[str, str]], parent: QWidget | None = None
                  ) -> None:

@@ -43,6 +43,7 @@ from app.staging import Change, ChangeKind, Changeset
 from app.text import printable
 from ui.qt.icons import icon
 from ui.qt.models import human_bytes
+from ui.qt.screen import fit_on_screen
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class ReviewWindow(QWidget):
         self.setObjectName("reviewWindow")
         self.setWindowTitle(f"Review changes — session {session}")
         self.setWindowIcon(icon("airlock"))
-        self.resize(1000, 640)
+        fit_on_screen(self, 1000, 640)
 
         self.title = QLabel(f"Changes staged by session {session}")
         font = self.title.font()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 from PySide6.QtCore import QObject, QSettings, Signal
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,6 +19,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from ui.qt.screen import fit_on_screen
 
 T = TypeVar("T", int, bool, str)
 
@@ -120,6 +123,10 @@ def apply_autostart(enabled: bool, target: Path | None = None) -> None:
 
 class SettingsDialog(QDialog):
     """Every option, with a widget chosen by its type; applied on OK."""
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        fit_on_screen(self)
 
     def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
         super().__init__(parent)

@@ -46,9 +46,13 @@ def broker(front_end: QtFrontEnd) -> ConsentBroker:
 
 
 async def shown_dialog(front_end: QtFrontEnd, request: ConsentRequest) -> ConsentDialog:
+    """The request's dialog, in view: questions queue in one window (ui/qt/question_queue.py),
+    so one that is not in front is brought there, as a click on its row in the list does."""
     await until(lambda: front_end.dialog(request.id) is not None, what="the dialog")
     dialog = front_end.dialog(request.id)
-    assert dialog is not None and dialog.isVisible()
+    assert dialog is not None
+    front_end.queue.bring_request(request.id)
+    assert dialog.isVisible()
     return dialog
 
 
