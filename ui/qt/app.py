@@ -35,7 +35,7 @@ from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import SessionRecord
 from app.threads import thread_bus
-from ui.notices import Notices
+from ui.notices import Notices, notice_text
 from ui.qt import settings as options
 from ui.qt.bridge import EventBridge
 from ui.qt.consent import QtFrontEnd, Requester
@@ -575,9 +575,11 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
             notifier.reviewed.connect(lambda _request: desktop.show_pending())
             notifier.denied.connect(desktop.front_end.deny)
         # interactive: sessions handed over from `airlock run` get the app's dialogs.
-        # Their terminals hear what the agent runs into, counted apart from the app's own
-        # (each front end its own Notices; plain strings out).
-        handoff = HandoffServer(supervisor, dirs.supervisor_socket, Notices(),
+        # Their terminals hear each notice as it comes (`notice_text`), uncounted: with a
+        # counting `Notices()` here, the Qt suite's process crashed in test_tray_e2e (PySide
+        # 6.11; 3 of 3 runs in session 5, 1 of 2 in session 6), never without it. `airlock run`
+        # and `airlock daemon` count.
+        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text,
                                 interactive=True)
         try:
             await handoff.start()
