@@ -31,6 +31,14 @@ import h11
 
 from app.consent import Answer, RequestKind, Verdict
 from app.egress.inspect import Finding, GrantedContent, UploadInspector, preview
+from app.egress.interception import (
+    H2_PREFACE,
+    Handshake,
+    StartTLS,
+    TLSRefused,
+    classify_inside,
+    sni_refusal,
+)
 from app.egress.policy import (
     Action,
     Decision,
@@ -258,7 +266,8 @@ class Log:
 
 Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
            | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
-           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | Log)
+           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | Log
+           | StartTLS)
 Steps = Generator[Command, Any, Any]
 
 
@@ -273,6 +282,15 @@ class _Upstream:
     key: tuple[str, int, str]
     conn: h11.Connection
     spliceable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Inside:
+    """The inspected tunnel a connection became: every request in it goes to this host."""
+
+    host: str
+    port: int
+    addresses: Sequence[IPAddress]
 
 
 @dataclass(slots=True)
@@ -368,6 +386,7 @@ class ClientConnection:
                                    max_incomplete_event_size=settings.max_head_bytes)
         self.record: ExchangeRecord | None = None
         self._upstream: _Upstream | None = None
+        self._inside: _Inside | None = None
 
     def run(self, *, crowded: bool = False) -> Steps:
         try:
@@ -383,7 +402,8 @@ class ClientConnection:
                 self.record = None
                 if not keep:
                     return
-                self.conn.start_next_cycle()
+                if self.conn.our_state is h11.DONE:  # (not a fresh one, inside a tunnel)
+                    self.conn.start_next_cycle()
         except Refused as e:
             yield from self._refuse(self.record or ExchangeRecord(), e)
         except Gone:
@@ -430,6 +450,8 @@ class ClientConnection:
     # deciding
 
     def _exchange(self, request: h11.Request, record: ExchangeRecord) -> Steps:
+        if self._inside is not None:
+            return (yield from self._inspected(request, record, self._inside))
         target = classify(request.method, request.target, request.headers,
                           self.profile.network.routes, self.settings.own_authorities)
         if isinstance(target, Refusal):
@@ -440,6 +462,8 @@ class ClientConnection:
         credential = yield from self._credential(target.route)
         addresses = yield from self._admit(target, record)
         if target.kind is Kind.TUNNEL:
+            if record.inspection == "inspected":
+                return (yield from self._intercept(target, addresses, record))
             yield from self._tunnel(target, addresses, record)
             return False
         if is_websocket_upgrade(request.method, request.headers):
@@ -455,8 +479,12 @@ class ClientConnection:
         if target.route is not None:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
         else:
-            decision = decide_destination(network, target.host, target.port, target.method)
+            decision = decide_destination(network, target.host, target.port, target.method,
+                                          path=None if target.kind is Kind.TUNNEL
+                                          else target.path)
         record.rule, record.reason = decision.rule, decision.reason
+        if target.kind is Kind.TUNNEL:
+            record.inspection = "inspected" if decision.inspect else "opaque"
         if decision.action is Action.DENY:
             raise Refused(403, decision.rule, decision.reason)
         if decision.action is Action.ASK:
@@ -509,6 +537,67 @@ class ClientConnection:
             return Credential(credential_header(route, secret), secret)
         except ValueError as e:
             raise Refused(502, f"route:{route.name}", str(e)) from e
+
+    # inspected HTTPS (app/egress/interception.py)
+
+    def _intercept(self, target: Target, addresses: Sequence[IPAddress],
+                   record: ExchangeRecord) -> Steps:
+        """The CONNECT is answered, the agent's TLS ends here, and the connection goes on
+        as a plain-HTTP one whose every request must name the CONNECT's target."""
+        established = self.conn.send(h11.Response(status_code=200, headers=[],
+                                                  reason=b"Connection established")) or b""
+        host = parse_host(target.host).name
+        try:
+            handshake: Handshake = yield StartTLS(host, established,
+                                                  self.conn.trailing_data[0])
+        except TLSRefused as e:
+            # The agent's side is TLS that never came up: no HTTP answer can reach it.
+            record.refused(0, e.rule, e.reason)
+            yield Log(EventKind.NET_REFUSED, record)
+            return False
+        self._inside = _Inside(target.host, target.port, addresses)
+        self.conn = h11.Connection(h11.SERVER,
+                                   max_incomplete_event_size=self.settings.max_head_bytes)
+        refusal = sni_refusal(host, handshake.sni)
+        if refusal is not None:
+            raise Refused(refusal.status, refusal.rule, refusal.reason)
+        try:
+            first = yield ReadClient(self.settings.idle_timeout)
+        except TimeoutError as e:
+            raise Gone from e
+        if first.startswith(H2_PREFACE[:12]):  # "PRI * HTTP/2": no HTTP/1 request
+            raise Refused(505, "http2", f"the agent spoke HTTP/2 to {host}, which Airlock "
+                          "does not inspect (it offers only http/1.1)")
+        try:
+            self.conn.receive_data(first)
+        except h11.RemoteProtocolError as e:
+            raise Refused(e.error_status_hint, "bad-request", str(e)) from e
+        return True
+
+    def _inspected(self, request: h11.Request, record: ExchangeRecord, inside: _Inside
+                   ) -> Steps:
+        """One decrypted request: decided by method and path as plain HTTP is, then
+        forwarded over a verified TLS connection to the tunnel's host."""
+        record.host, record.port, record.inspection = inside.host, inside.port, "inspected"
+        target = classify_inside(request.method, request.target, request.headers,
+                                 inside.host, inside.port)
+        if isinstance(target, Refusal):
+            raise Refused(target.status, target.rule, target.reason)
+        record.path = target.path
+        if self._blocked is not None and self._blocked():
+            record.rule = "blocked-all"
+            raise Refused(403, record.rule, "the user blocked all network access of agents")
+        decision = decide_destination(self.profile.network, target.host, target.port,
+                                      target.method, path=target.path)
+        record.rule, record.reason = decision.rule, decision.reason
+        if decision.action is Action.DENY:
+            raise Refused(403, decision.rule, decision.reason)
+        # ASK: the user approved this host for the CONNECT, which covers its requests.
+        record.decision = "allow"
+        if is_websocket_upgrade(request.method, request.headers):
+            yield from self._websocket(request, target, inside.addresses, None, record)
+            return False
+        return (yield from self._forward(request, target, inside.addresses, None, record))
 
     # tunnels
 

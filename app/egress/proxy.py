@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.consent import Answer, ConsentBroker, ConsentRequest, denied, new_request_id
-from app.egress.aio import Turns, within
+from app.egress.aio import Turns, take_buffered, within
+from app.egress.ca import SessionCA
 from app.egress.exchange import (
     PROXY_PORT,
     Ask,
@@ -53,6 +54,7 @@ from app.egress.exchange import (
     UpstreamAlive,
 )
 from app.egress.inspect import GrantedContent
+from app.egress.interception import Handshake, StartTLS, TLSRefused, handshake_refusal
 from app.egress.keys import SecretSource
 from app.egress.limits import ConnectionCounter, TokenBucket
 from app.egress.policy import IPAddress
@@ -70,9 +72,10 @@ log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 1.0
 TUNNEL_HALF_OPEN_SECONDS = 10.0
+TLS_SHUTDOWN_SECONDS = 5.0  # an agent that never answers our close_notify
 # What a command may fail with that the core handles (or lets end the connection); anything
 # else is a defect of the driver and ends the connection with a logged traceback.
-_FAILURES = (Refused, Gone, TimeoutError, OSError, EgressError)
+_FAILURES = (Refused, Gone, TimeoutError, OSError, EgressError, TLSRefused)
 
 
 class Resolver(Protocol):
@@ -137,6 +140,7 @@ class SessionProxy:
         tls: ssl.SSLContext | None = None,
         settings: ProxySettings | None = None,
         blocked: Callable[[], bool] | None = None,
+        ca: SessionCA | None = None,
     ) -> None:
         self.session = session
         self.profile = profile
@@ -146,7 +150,8 @@ class SessionProxy:
         self._broker = broker
         self._resolver = resolver or SystemResolver()
         self._granted = granted
-        self._tls = tls
+        self._tls = tls  # the upstreams' trust: None is the system's store
+        self._ca = ca  # the session's CA, for the hosts it inspects
         self.settings = settings or ProxySettings()
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[Any], _Client] = {}
@@ -163,7 +168,7 @@ class SessionProxy:
             UpstreamAlive: self._upstream_alive, DropUpstream: self._drop_upstream,
             SpliceBody: self._splice_body, OpenTunnel: self._open_tunnel,
             RelayTunnel: self._relay_tunnel, CloseTunnel: self._close_tunnel,
-            RelayWebSocket: self._relay_websocket,
+            RelayWebSocket: self._relay_websocket, StartTLS: self._start_tls,
         }
 
     async def start(self, listener: socket.socket) -> None:
@@ -215,9 +220,9 @@ class SessionProxy:
             self._clients.pop(task, None)
             await self._drop_upstream(client, None)
             await self._close_tunnel(client, None)
-            writer.close()
+            client.writer.close()  # (the TLS one, if the connection became inspected)
             with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+                await client.writer.wait_closed()
 
     async def _drive(self, client: _Client, steps: Generator[Command, Any, Any]) -> None:
         """Performs the core's commands until it is done: each result is sent back into it,
@@ -265,7 +270,8 @@ class SessionProxy:
         try:
             client.writer.write(command.response)
             await client.writer.drain()
-            client.writer.write_eof()
+            if client.writer.can_write_eof():  # not inside TLS: closing says the end there
+                client.writer.write_eof()
             # Closing with unread input makes the kernel send RST, which can destroy the
             # refusal before the client reads it: read (and drop) what is in flight first.
             deadline = time.monotonic() + LINGER_SECONDS
@@ -278,6 +284,40 @@ class SessionProxy:
 
     async def _log(self, client: _Client, command: Log) -> None:
         self._emit(command.kind, command.record)
+
+    async def _start_tls(self, client: _Client, command: StartTLS) -> Handshake:
+        """Answers the CONNECT and takes over the agent's TLS with the session's leaf for
+        the host; the connection's streams are the decrypted ones from then on."""
+        if self._ca is None:
+            raise TLSRefused("tls-handshake", "the session has no certificate authority")
+        if command.leftover or take_buffered(client.reader):
+            # TLS bytes sent before the tunnel was answered would be lost to the handshake.
+            raise TLSRefused("bad-request", "the agent sent data before the CONNECT was "
+                             "answered")
+        context = self._ca.server_context(command.host)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=self.settings.chunk * 4)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        # The answer and the switch happen with no await between them: the agent's first
+        # TLS bytes must reach the TLS layer, not the plain stream's buffer.
+        client.writer.write(command.established)
+        try:
+            transport = await loop.start_tls(
+                client.writer.transport, protocol, context, server_side=True,
+                ssl_handshake_timeout=self.settings.head_timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS)
+        except ssl.SSLError as e:
+            raise handshake_refusal(command.host, e.reason or str(e)) from e
+        except (ConnectionError, TimeoutError) as e:
+            raise handshake_refusal(command.host, "") from e
+        if transport is None:  # the agent hung up as the handshake ended
+            raise handshake_refusal(command.host, "")
+        protocol.connection_made(transport)  # start_tls takes it as made already
+        client.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        client.reader = reader
+        ssl_object = transport.get_extra_info("ssl_object")
+        return Handshake(self._ca.sni_of(ssl_object), ssl_object.version() or "",
+                         ssl_object.selected_alpn_protocol())
 
     # what the core needs to know or ask
 
@@ -359,6 +399,11 @@ class SessionProxy:
                     self.settings.connect_timeout,
                 )
                 return reader, writer, str(address)
+            except ssl.SSLCertVerificationError as e:
+                # Never retried without verification: the upstream is refused, with why.
+                self._connections.release()
+                raise Refused(502, "upstream-certificate", f"the upstream's certificate for "
+                              f"{tls_name} is not trusted: {e.verify_message}") from e
             except (OSError, TimeoutError, ssl.SSLError) as e:
                 error = e
         self._connections.release()
