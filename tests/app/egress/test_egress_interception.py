@@ -4,6 +4,7 @@ own test CA on 127.0.0.1. Every refusal is checked at the upstream: it saw nothi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -252,17 +253,17 @@ def test_server_sent_events_stream_through_interception(
     tmp_path: Path, ca: trustme.CA, session_ca: SessionCA
 ) -> None:
     with EventStream(server_context(ca)) as upstream, inspecting(
-            tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy:
-        with tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
-                    "localhost") as sock:
-            sock.sendall(f"GET /v1/stream HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n"
-                         "Accept: text/event-stream\r\n\r\n".encode())
-            got = b""
-            while b'"n": 0' not in got:
-                got += sock.recv(65536)
-            first = time.monotonic()
-            while b"0\r\n\r\n" not in got:
-                got += sock.recv(65536)
+            tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy, \
+            tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
+                   "localhost") as sock:
+        sock.sendall(f"GET /v1/stream HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n"
+                     "Accept: text/event-stream\r\n\r\n".encode())
+        got = b""
+        while b'"n": 0' not in got:
+            got += sock.recv(65536)
+        first = time.monotonic()
+        while b"0\r\n\r\n" not in got:
+            got += sock.recv(65536)
     assert upstream.finished > first + 1.5  # the first event came two events early
     assert b'"n": 2' in got
 
@@ -374,10 +375,8 @@ def test_leaf_certificates_are_cached_and_verify_against_the_session_ca(
         proxy = server.wrap_bio(incoming, outgoing, server_side=True)
         for _ in range(4):
             for side in (agent, proxy):
-                try:
+                with contextlib.suppress(ssl.SSLWantReadError):
                     side.do_handshake()
-                except ssl.SSLWantReadError:
-                    pass
             incoming.write(back_out.read())
             back_in.write(outgoing.read())
         assert agent.version() == "TLSv1.3"
