@@ -80,10 +80,12 @@ from docker.models.containers import Container
 
 from app.consent import ConsentBroker
 from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdditions
+from app.egress.ca import SessionCA
 from app.egress.inspect import GrantedContent
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
+from app.egress.trust import image_bundle, inspects, trust_additions
 from app.egress.witness import BlockedLog
 from app.errors import EgressError
 from app.profiles import HostRule, Profile
@@ -318,13 +320,21 @@ class EgressBridge:
                 creating.add_done_callback(_remove_created)
                 raise
             await self.wait_ready(self.sidecar, self.blocked, self.handover)
+        trust = ContainerAdditions()
+        ca: SessionCA | None = None
+        if proxied and inspects(network):
+            # The session's CA: made now, gone with the proxy; the container trusts it.
+            ca = SessionCA(session.id)
+            system = await asyncio.to_thread(image_bundle, self.sidecar)
+            trust = await asyncio.to_thread(trust_additions, ca, system,
+                                            session.runtime_dir / "tls")
         if proxied:
             assert self.handover is not None
             self.proxy = SessionProxy(
                 session.id, session.profile, session.bus, secrets=egress.secrets,
                 broker=egress.broker, resolver=egress.resolver,
                 granted=ViewContent(session.view.root), tls=egress.tls,
-                settings=egress.settings, blocked=lambda: egress.blocked,
+                settings=egress.settings, blocked=lambda: egress.blocked, ca=ca,
             )
             await self.proxy.start(self.handover.take())
             egress._proxies.add(self.proxy)
@@ -336,7 +346,9 @@ class EgressBridge:
         assert self.sidecar is not None
         return ContainerAdditions(
             network_mode=f"container:{self.sidecar.id}",
-            environment=proxy_environment(session.profile) if proxied else {},
+            environment={**(proxy_environment(session.profile) if proxied else {}),
+                         **trust.environment},
+            mounts=trust.mounts,
         )
 
     async def started(self, session: SessionContext, container_id: str) -> None:
