@@ -196,6 +196,16 @@ class Route(Strict):
     # events, before the agent gets 504: generous, since a reasoning model thinks for minutes.
     idle_timeout: Annotated[Duration, AfterValidator(_at_most_a_day)] = 600.0
 
+    @model_validator(mode="after")
+    def _intercepted(self) -> Route:
+        if (self.query or self.placeholder_env) and not self.intercept:
+            raise ValueError("query and placeholder_env need intercept = true")
+        if self.intercept and not self.upstream.startswith("https://"):
+            raise ValueError("an intercepted route's upstream must be https://")
+        if self.placeholder_env in RESERVED_ENV:
+            raise ValueError(f"{self.placeholder_env} is set by Airlock itself")
+        return self
+
     @field_validator("header")
     @classmethod
     def _header(cls, value: str) -> str:

@@ -82,6 +82,7 @@ from app.consent import ConsentBroker
 from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdditions
 from app.egress.ca import SessionCA
 from app.egress.inspect import GrantedContent
+from app.egress.interception import placeholder
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
@@ -110,6 +111,9 @@ def proxy_environment(profile: Profile) -> dict[str, str]:
     for route in profile.network.routes:
         variable = "AIRLOCK_ROUTE_" + re.sub(r"[^A-Z0-9]", "_", route.name.upper())
         environment[variable] = f"{url}/routes/{route.name}"
+        if route.placeholder_env:
+            # The agent's key for an intercepted route: swapped for the real one in the proxy.
+            environment[route.placeholder_env] = placeholder(route)
     return environment
 
 

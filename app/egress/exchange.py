@@ -21,6 +21,7 @@ A head must arrive whole within `head_timeout` (slowloris gets 408), at most
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -37,7 +38,11 @@ from app.egress.interception import (
     StartTLS,
     TLSRefused,
     classify_inside,
+    identity_encoding,
+    intercepted_route,
     sni_refusal,
+    stray_placeholder,
+    swap_query,
 )
 from app.egress.policy import (
     Action,
@@ -273,7 +278,7 @@ Steps = Generator[Command, Any, Any]
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    header: tuple[str, str]
+    header: tuple[str, str] | None  # None: it goes in the query (an intercepted route)
     secret: str = field(repr=False)
 
 
@@ -457,6 +462,8 @@ class ClientConnection:
         if isinstance(target, Refusal):
             raise Refused(target.status, target.rule, target.reason)
         record.host, record.port, record.path = target.host, target.port, target.path
+        if target.kind is Kind.FORWARD:
+            self._no_stray_placeholder(request, target)
         if target.route is not None:
             record.route = target.route.name
         credential = yield from self._credential(target.route)
@@ -476,8 +483,14 @@ class ClientConnection:
             record.rule, record.reason = "blocked-all", "all network access of agents is blocked"
             raise Refused(403, record.rule, "the user blocked all network access of agents")
         network = self.profile.network
+        intercepted = (intercepted_route(network.routes, target.host, target.port)
+                       if target.kind is Kind.TUNNEL else None)
         if target.route is not None:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
+        elif intercepted is not None:
+            record.route = intercepted.name
+            decision = Decision(Action.ALLOW, f"route:{intercepted.name}",
+                                "credential route, swapped in place", inspect=True)
         else:
             decision = decide_destination(network, target.host, target.port, target.method,
                                           path=None if target.kind is Kind.TUNNEL
@@ -587,17 +600,45 @@ class ClientConnection:
         if self._blocked is not None and self._blocked():
             record.rule = "blocked-all"
             raise Refused(403, record.rule, "the user blocked all network access of agents")
-        decision = decide_destination(self.profile.network, target.host, target.port,
-                                      target.method, path=target.path)
-        record.rule, record.reason = decision.rule, decision.reason
-        if decision.action is Action.DENY:
-            raise Refused(403, decision.rule, decision.reason)
-        # ASK: the user approved this host for the CONNECT, which covers its requests.
+        self._no_stray_placeholder(request, target)
+        route = intercepted_route(self.profile.network.routes, target.host, target.port)
+        credential: Credential | None = None
+        if route is not None:
+            # The route's own host: everything goes, with the real key in the placeholder's
+            # place (the route is the agent's trusted service, as through /routes/NAME).
+            record.route, record.rule = route.name, f"route:{route.name}"
+            record.reason = "credential route, swapped in place"
+            target = dataclasses.replace(target, route=route)
+            credential = yield from self._credential(route)
+            assert credential is not None
+            if route.query is not None:
+                credential = Credential(None, credential.secret)
+                target = dataclasses.replace(
+                    target, path=swap_query(target.path, route.query, credential.secret))
+            # (The target sent on is `target.path`; this request keeps the agent's.)
+            request = h11.Request(method=request.method, target=request.target,
+                                  headers=identity_encoding(request.headers))
+        else:
+            decision = decide_destination(self.profile.network, target.host, target.port,
+                                          target.method, path=target.path)
+            record.rule, record.reason = decision.rule, decision.reason
+            if decision.action is Action.DENY:
+                raise Refused(403, decision.rule, decision.reason)
+            # ASK: the user approved this host for the CONNECT, which covers its requests.
         record.decision = "allow"
         if is_websocket_upgrade(request.method, request.headers):
-            yield from self._websocket(request, target, inside.addresses, None, record)
+            yield from self._websocket(request, target, inside.addresses, credential, record)
             return False
-        return (yield from self._forward(request, target, inside.addresses, None, record))
+        return (yield from self._forward(request, target, inside.addresses, credential,
+                                         record))
+
+    def _no_stray_placeholder(self, request: h11.Request, target: Target) -> None:
+        stray = stray_placeholder(self.profile.network.routes, target.host, target.port,
+                                  request.target, request.headers)
+        if stray is not None:
+            raise Refused(403, "placeholder", f"the placeholder key of route {stray.name!r} "
+                          f"was sent to {target.host}, which is not the route's host; its "
+                          f"real key goes only to {stray.upstream}")
 
     # tunnels
 

@@ -11,10 +11,13 @@ the system's trust store; nothing is ever downgraded.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from app.egress.policy import parse_host
 from app.egress.requests import Headers, Kind, Refusal, Target, header, split_authority
+from app.profiles import Route
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n"
 HTTPS_PORT = 443
@@ -123,3 +126,58 @@ def _same(authority: str, host: str, port: int) -> bool:
                 and other_port == port)
     except ValueError:
         return False
+
+
+# Credential swap in place: routes with `intercept = true`.
+
+
+def placeholder(route: Route) -> str:
+    """The key the agent holds for an intercepted route: recognisable, and useless
+    anywhere but through Airlock to the route's host."""
+    return f"airlock-placeholder-{route.name}"
+
+
+def route_authority(route: Route) -> tuple[str, int]:
+    upstream = urlsplit(route.upstream)
+    host, port = split_authority(upstream.netloc, HTTPS_PORT)
+    return parse_host(host).name, port
+
+
+def intercepted_route(routes: Iterable[Route], host: str, port: int) -> Route | None:
+    """The intercepted route whose upstream is `host:port`, if any."""
+    try:
+        name = parse_host(host).name
+    except ValueError:
+        return None
+    return next((r for r in routes if r.intercept and route_authority(r) == (name, port)),
+                None)
+
+
+def stray_placeholder(routes: Iterable[Route], host: str, port: int, target: bytes,
+                      headers: Headers) -> Route | None:
+    """An intercepted route whose placeholder this request, to `host:port`, carries in its
+    target or headers though it is not that route's host: sent there, a real key would
+    have leaked (a prompt injection asking the agent to "send your key to …")."""
+    for route in routes:
+        if not route.intercept or route_authority(route) == (parse_host(host).name, port):
+            continue
+        mark = placeholder(route).encode("ascii")
+        if mark in target or any(mark in value for _, value in headers):
+            return route
+    return None
+
+
+def swap_query(path: str, name: str, secret: str) -> str:
+    """`path` with the query parameter `name` set to `secret` (and only once)."""
+    base, _, query = path.partition("?")
+    items = [item for item in query.split("&") if item and item.partition("=")[0] != name]
+    items.append(f"{name}={quote(secret, safe='')}")
+    return f"{base}?{'&'.join(items)}"
+
+
+def identity_encoding(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The agent's headers asking for an uncompressed answer: the scrubber must be able to
+    find an echoed key in it."""
+    out = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+    out.append((b"accept-encoding", b"identity"))
+    return out

@@ -525,3 +525,66 @@ def test_connect_and_requests_by_inspection_methods_and_paths(
     prof = parse_profile(f'name = "t"\nimage = "i"\n[network]\n{network}\n', "t.toml")
     decision = decide_destination(prof.network, "api.test", 443, method, path=path)
     assert (decision.action, decision.inspect) == (action, inspect), decision.reason
+
+
+# Credential swap in place.
+
+KEY = "sk-ant-api03-" + "Zq9" * 30
+
+
+def route_profile(port: int, other: int, route: str = "") -> Profile:
+    return parse_profile(
+        'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+        f'allow = [{{ host = "files.test", ports = [{other}], inspect = true }}]\n'
+        '[[network.routes]]\nname = "claude"\nsecret = "anthropic"\nintercept = true\n'
+        f'upstream = "https://localhost:{port}"\nplaceholder_env = "ANTHROPIC_API_KEY"\n'
+        f'{route}', "t.toml")
+
+
+@pytest.mark.parametrize(("route", "where"), [
+    ('header = "x-api-key: {secret}"\n', "header"),
+    ('query = "key"\n', "query"),
+    ("", "authorization"),  # the default: Authorization: Bearer {secret}
+])
+def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host(
+    tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA,
+    route: str, where: str,
+) -> None:
+    from app.egress.interception import placeholder
+    from tests.netsupport import DictSecrets
+
+    fake = placeholder(route_profile(1, 1).network.routes[0])
+    cafile = str(tmp_path / "session-ca.pem")
+    with RecordingServer(server_context(ca, "files.test")) as other, inspecting(
+            tmp_path, route_profile(upstream.port, other.port, route), ca, session_ca,
+            secrets=DictSecrets({"anthropic": KEY})) as proxy:
+        sent = curl("-x", proxy.url, "--cacert", cafile, "-H", f"x-api-key: {fake}",
+                    "-H", "Accept-Encoding: gzip", "-d", "{}",
+                    f"https://localhost:{upstream.port}/v1/messages?key={fake}&beta=1")
+        echoed = curl("-x", proxy.url, "--cacert", cafile, "-H", f"Authorization: {fake}",
+                      f"https://localhost:{upstream.port}/echo-auth?key={fake}")
+        stray = curl("-x", proxy.url, "--cacert", cafile, "-i", "-H", f"x-api-key: {fake}",
+                     f"https://files.test:{other.port}/collect")
+        stray_url = curl("-x", proxy.url, "--cacert", cafile, "-i",
+                         f"https://files.test:{other.port}/c?k={fake}")
+        events = proxy.wait_events(4)
+    first = upstream.seen.requests[0]
+    if where == "header":
+        assert first["headers"]["x-api-key"] == KEY
+        assert first["path"] == f"/v1/messages?key={fake}&beta=1"
+    elif where == "query":
+        assert first["headers"]["x-api-key"] == fake  # not where the profile says it goes
+        assert first["path"] == f"/v1/messages?beta=1&key={KEY}"
+    else:
+        assert first["headers"]["authorization"] == f"Bearer {KEY}"
+        assert "you sent: Bearer " + "*" * len(KEY) in echoed.stdout  # the echo, scrubbed
+    assert first["headers"]["accept-encoding"] == "identity"
+    assert json.loads(sent.stdout)["method"] == "POST"
+    assert KEY not in echoed.stdout and KEY not in sent.stdout
+    assert other.seen.requests == []
+    for result in (stray, stray_url):
+        assert "HTTP/1.1 403" in result.stdout and "placeholder" in result.stdout
+    assert [e.details["rule"] for e in events] == ["route:claude", "route:claude",
+                                                   "placeholder", "placeholder"]
+    assert all(KEY not in json.dumps(dict(e.details)) for e in events)
+    assert events[0].details["route"] == "claude"
