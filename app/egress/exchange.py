@@ -820,6 +820,7 @@ class ClientConnection:
             "inspected": inspector.size, "mime": mime[:200],
             "sha256": inspector.sha256, "preview": preview(inspector.head),
             "findings": record.findings,
+            **({"inspection": record.inspection} if record.inspection else {}),
         })
         if not answer.allowed:
             raise Refused(403, "upload-refused",

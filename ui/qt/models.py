@@ -159,7 +159,12 @@ def summary(event: Event) -> str:
     if kind is EventKind.REQUEST_ASKED:
         return f"{details.get('asks')}, times out in {details.get('timeout', 0):.0f} s"
     if kind in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL, EventKind.NET_REFUSED):
-        return (f"{details.get('method', '')} {details.get('decision', '')} "
+        # The path comes redacted (query values are `…`); HTTPS says whether it was seen.
+        path = details.get("path")
+        inspection = details.get("inspection")
+        return (f"{details.get('method', '')} {path if isinstance(path, str) else ''} "
+                f"{f'({inspection}) ' if inspection in ('inspected', 'opaque') else ''}"
+                f"{details.get('decision', '')} "
                 f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
                 f"↓{human_bytes(int(details.get('bytes_down', 0) or 0))} "
                 f"{details.get('reason', '')}").strip()
