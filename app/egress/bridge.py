@@ -86,7 +86,7 @@ from app.egress.interception import placeholder
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
-from app.egress.trust import image_bundle, inspects, trust_additions
+from app.egress.trust import image_bundle, inspects, known_hosts, trust_additions
 from app.egress.witness import BlockedLog
 from app.errors import EgressError
 from app.profiles import HostRule, Profile
@@ -332,6 +332,7 @@ class EgressBridge:
             system = await asyncio.to_thread(image_bundle, self.sidecar)
             trust = await asyncio.to_thread(trust_additions, ca, system,
                                             session.runtime_dir / "tls")
+            await asyncio.to_thread(ca.warm, known_hosts(network))
         if proxied:
             assert self.handover is not None
             self.proxy = SessionProxy(

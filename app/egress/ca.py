@@ -22,7 +22,7 @@ import ipaddress
 import os
 import ssl
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cryptography import x509
@@ -130,6 +130,12 @@ class SessionCA:
                 context.load_cert_chain(chain_path, key_path)
             self._contexts[host] = context
         return context
+
+    def warm(self, hosts: Iterable[str]) -> None:
+        """Makes the leaves of hosts known ahead (blocking: run it in a thread at the
+        session's start), so that no first request waits for one."""
+        for host in hosts:
+            self.server_context(host)
 
     def sni_of(self, connection: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """The TLS name the agent's client sent on `connection`, if any."""

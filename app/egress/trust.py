@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from app.container import BindMount, ContainerAdditions
 from app.egress.ca import SessionCA
+from app.egress.interception import route_authority
 from app.profiles import Network
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ def inspects(network: Network) -> bool:
     rules = (*network.allow, *network.ask)
     return (network.inspect or any(rule.inspect for rule in rules)
             or any(route.intercept for route in network.routes))
+
+
+def known_hosts(network: Network) -> list[str]:
+    """The inspected hosts named exactly (not `*.suffix`), whose leaves can be made ahead."""
+    hosts = [rule.host for rule in (*network.allow, *network.ask)
+             if not rule.host.startswith("*.")
+             and (network.inspect if rule.inspect is None else rule.inspect)]
+    hosts += [route_authority(route)[0] for route in network.routes if route.intercept]
+    return list(dict.fromkeys(hosts))
 
 
 def image_bundle(container: ArchiveSource) -> bytes:

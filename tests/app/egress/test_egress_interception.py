@@ -588,3 +588,20 @@ def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host
                                                    "placeholder", "placeholder"]
     assert all(KEY not in json.dumps(dict(e.details)) for e in events)
     assert events[0].details["route"] == "claude"
+
+
+def test_a_session_needs_a_ca_only_when_it_may_inspect_and_warms_the_hosts_it_names() -> None:
+    from app.egress.trust import inspects, known_hosts
+
+    def network(text: str) -> Any:
+        return parse_profile(f'name = "t"\nimage = "i"\n[network]\n{text}\n', "t.toml").network
+
+    plain = network('allow = ["api.test", { host = "x.test", inspect = false }]')
+    assert not inspects(plain) and known_hosts(plain) == []
+    some = network('allow = [{ host = "api.test", inspect = true }, "*.cdn.test", "o.test"]\n'
+                   'ask = [{ host = "*.wild.test", inspect = true }]')
+    assert inspects(some) and known_hosts(some) == ["api.test"]
+    everything = network('inspect = true\nallow = ["a.test", { host = "b.test", '
+                         'inspect = false }]\n[[network.routes]]\nname = "r"\nsecret = "s"\n'
+                         'upstream = "https://api.anthropic.com"\nintercept = true\n')
+    assert known_hosts(everything) == ["a.test", "api.anthropic.com"]
