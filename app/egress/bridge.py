@@ -55,7 +55,8 @@ only — loopback in the agent's namespace is the container's own (and the proxy
 nothing of the host, so it opens no way around the proxy; it makes route URLs
 (`http://127.0.0.1:3128/routes/NAME`) go straight to the proxy in origin form and lets an
 agent talk to servers it runs itself. One `AIRLOCK_ROUTE_<NAME>` variable per route holds its
-base URL.
+base URL; an intercepted route's `placeholder_env` holds its placeholder key. A profile that
+may inspect HTTPS gets the session's CA in the container's trust store (app/egress/trust.py).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ sockets; tests drive the generator by hand ("this comes in, that goes out") with
 at all. h11 parses both directions (the agent's side as a server, the upstream's as a
 client): nothing here parses HTTP by hand.
 
+A CONNECT to a host the profile inspects becomes, after `StartTLS`, a plain-HTTP connection
+over the decrypted stream whose every request must name that host (app/egress/interception.py).
+
 Per request: classify → decide by name (refused names are never resolved) → ask the user
 for `ask` hosts → resolve once → decide by address → hold the body for inspection and
 approval if the upload gate says so → connect to the checked address (no second lookup) →
