@@ -121,6 +121,9 @@ class _Client:
     upstream: _Stream | None = None  # the kept plain-HTTP upstream connection
     tunnel: _Stream | None = None
     cut: bool = False  # ended by `SessionProxy.cut`
+    # The TLS layer took the agent's socket and failed: it closed it, and no protocol of
+    # ours will hear that it did.
+    tls_failed: bool = False
 
 
 class SessionProxy:
@@ -222,8 +225,9 @@ class SessionProxy:
             await self._drop_upstream(client, None)
             await self._close_tunnel(client, None)
             client.writer.close()  # (the TLS one, if the connection became inspected)
-            with contextlib.suppress(ConnectionError, OSError):
-                await client.writer.wait_closed()
+            if not client.tls_failed:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await client.writer.wait_closed()
 
     async def _drive(self, client: _Client, steps: Generator[Command, Any, Any]) -> None:
         """Performs the core's commands until it is done: each result is sent back into it,
@@ -302,6 +306,7 @@ class SessionProxy:
         # The answer and the switch happen with no await between them: the agent's first
         # TLS bytes must reach the TLS layer, not the plain stream's buffer.
         client.writer.write(command.established)
+        client.tls_failed = True  # until it succeeds
         try:
             transport = await loop.start_tls(
                 client.writer.transport, protocol, context, server_side=True,
@@ -313,6 +318,7 @@ class SessionProxy:
             raise handshake_refusal(command.host, "") from e
         if transport is None:  # the agent hung up as the handshake ended
             raise handshake_refusal(command.host, "")
+        client.tls_failed = False
         protocol.connection_made(transport)  # start_tls takes it as made already
         client.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         client.reader = reader
