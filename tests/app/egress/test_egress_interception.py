@@ -344,6 +344,22 @@ def test_a_request_inside_that_names_another_host_or_smuggles_is_refused(
     assert upstream.seen.requests == []
 
 
+def test_a_client_offering_only_http2_gets_no_protocol_and_is_refused_if_it_speaks_it(
+    tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA
+) -> None:
+    h2 = agent_context(tmp_path)
+    h2.set_alpn_protocols(["h2"])
+    with inspecting(tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy:
+        with tunnel(proxy.port, "localhost", upstream.port, h2, "localhost") as sock:
+            assert sock.selected_alpn_protocol() is None  # http/1.1 is all the proxy offers
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            answer = read_all(sock)
+        events = proxy.wait_events(1)
+    assert answer.startswith(b"HTTP/1.1 505") and b"HTTP/2" in answer
+    assert events[0].details["rule"] == "http2"
+    assert upstream.seen.connections == 0
+
+
 def test_a_request_pipelined_after_an_allowed_one_is_decided_on_its_own(
     tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA
 ) -> None:
