@@ -395,7 +395,7 @@ class SessionProxy:
                           "connections open already")
         context = None
         if tls_name is not None:
-            context = self._tls or ssl.create_default_context()
+            context = self._tls or self._system_trust()
         error: Exception | None = None
         for address in addresses:
             try:
@@ -415,6 +415,12 @@ class SessionProxy:
                 error = e
         self._connections.release()
         raise Refused(502, "upstream", f"cannot connect to port {port}: {error}")
+
+    def _system_trust(self) -> ssl.SSLContext:
+        """The system's trust store, loaded once per session, not per connection."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     async def _throttle_command(self, client: _Client, command: Throttle) -> None:
         await self._throttle(command.amount)
@@ -481,8 +487,7 @@ class SessionProxy:
                 if not data:
                     data = await client.reader.read(self.settings.chunk)
                     if not data:
-                        with contextlib.suppress(OSError):
-                            upstream.writer.write_eof()
+                        _end(upstream.writer)
                         return
                 await admit_up(len(data))
                 relay.up(data)
@@ -497,15 +502,17 @@ class SessionProxy:
                     data = await upstream.reader.read(self.settings.chunk)
                     if not data:
                         client.writer.write(relay.down_ended())
-                        with contextlib.suppress(OSError):
-                            client.writer.write_eof()
+                        _end(client.writer)
                         return
                 await self._throttle(len(data))
                 client.writer.write(relay.down(data))
                 await client.writer.drain()
                 data = b""
 
-        await _both(up(), down())
+        # Inside TLS the agent's side cannot be half-closed: when the upstream is done, so
+        # is the connection.
+        await _both(up(), down(), TUNNEL_HALF_OPEN_SECONDS
+                    if client.writer.can_write_eof() else 0.0)
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                     admit: Callable[[int], Awaitable[None]], first: bytes = b"") -> None:
@@ -531,6 +538,13 @@ class SessionProxy:
             sink.write_eof()
 
 
+def _end(writer: asyncio.StreamWriter) -> None:
+    """Says the end of what goes one way, where the stream can (TLS cannot half-close)."""
+    if writer.can_write_eof():
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+
 def _no_delay(writer: asyncio.StreamWriter) -> None:
     """Small writes go out at once. asyncio sets TCP_NODELAY only on sockets whose `proto`
     says TCP, which an accepted one's (0) does not: a response head and its short body, two
@@ -541,7 +555,8 @@ def _no_delay(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None]) -> None:
+async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None],
+                half_open: float = TUNNEL_HALF_OPEN_SECONDS) -> None:
     """Runs a tunnel's two directions. The first failure ends both; when the upstream side
     ends, the agent's side gets `TUNNEL_HALF_OPEN_SECONDS` to finish (a half-open tunnel
     must not be held forever)."""
@@ -551,7 +566,7 @@ async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None]) 
         for task in done:
             task.result()
         if down_task.done() and not up_task.done():
-            await asyncio.wait({up_task}, timeout=TUNNEL_HALF_OPEN_SECONDS)
+            await asyncio.wait({up_task}, timeout=half_open)
         elif up_task.done():
             await down_task
         if up_task.done():

@@ -621,3 +621,40 @@ def test_a_session_needs_a_ca_only_when_it_may_inspect_and_warms_the_hosts_it_na
                          'inspect = false }]\n[[network.routes]]\nname = "r"\nsecret = "s"\n'
                          'upstream = "https://api.anthropic.com"\nintercept = true\n')
     assert known_hosts(everything) == ["a.test", "api.anthropic.com"]
+
+
+def test_a_wss_websocket_to_an_inspected_host_is_relayed_and_counted(
+    tmp_path: Path, ca: trustme.CA, session_ca: SessionCA
+) -> None:
+    from tests.app.egress.test_egress_routes import (
+        HANDSHAKE,
+        WebSocketUpstream,
+        frame,
+        frames_in,
+    )
+
+    context = server_context(ca)
+
+    class SecureWebSocket(WebSocketUpstream):
+        def handle(self, conn: socket.socket) -> None:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                super().handle(tls)
+
+    with SecureWebSocket() as upstream, inspecting(
+            tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy, \
+            tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
+                   "localhost") as sock:
+        sock.sendall(HANDSHAKE.format(target="/v1/live",
+                                      host=f"localhost:{upstream.port}").encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+        head, _, rest = got.partition(b"\r\n\r\n")
+        sock.sendall(frame(b"hello") + frame(b"", opcode=8))
+        rest += read_all(sock)
+        events = proxy.wait_events(1)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert (1, b"echo: hello") in frames_in(rest)
+    details = events[0].details
+    assert details["inspection"] == "inspected" and details["path"] == "/v1/live"
+    assert details["websocket"]["frames_up"] == 2
