@@ -562,7 +562,9 @@ async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None],
     must not be held forever)."""
     up_task, down_task = asyncio.ensure_future(up), asyncio.ensure_future(down)
     try:
-        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_EXCEPTION)
+        # FIRST_COMPLETED: with FIRST_EXCEPTION, an upstream that ended cleanly waited for
+        # the agent's side however long it stayed open.
+        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
         if down_task.done() and not up_task.done():
