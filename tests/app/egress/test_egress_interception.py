@@ -658,3 +658,78 @@ def test_a_wss_websocket_to_an_inspected_host_is_relayed_and_counted(
     details = events[0].details
     assert details["inspection"] == "inspected" and details["path"] == "/v1/live"
     assert details["websocket"]["frames_up"] == 2
+
+
+# The core's side, without sockets: the playbook of an inspected CONNECT.
+
+
+def test_playbook_an_inspected_connect_becomes_plain_http_to_that_host_only() -> None:
+    from app.egress.exchange import (
+        ClientConnection,
+        Connect,
+        Connected,
+        Log,
+        ProxySettings,
+        ReadClient,
+        ReadGranted,
+        ReadUpstream,
+        RefuseClient,
+        Resolve,
+        SendUpstream,
+    )
+    from app.egress.interception import Handshake, StartTLS
+    from app.events import EventKind
+    from tests.app.egress.test_egress_exchange import LOOPBACK, Playbook
+
+    prof = parse_profile('name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+                         'allow = [{ host = "api.test", inspect = true, '
+                         'paths = ["/v1/*"] }]\n', "t.toml")
+    book = Playbook(ClientConnection("s1", prof, ProxySettings(splice=False)))
+    book.give(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+    assert book.expect(Resolve) == Resolve("api.test", 443, 10.0)
+    book.give(LOOPBACK)
+    start = book.expect(StartTLS)
+    assert start.host == "api.test" and start.established.startswith(b"HTTP/1.1 200 ")
+    book.give(Handshake("api.test", "TLSv1.3", "http/1.1"))
+    book.expect(ReadClient)
+    book.give(b"POST /v1/messages HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2\r\n\r\n{}")
+    book.expect(ReadGranted)  # the body is inspected as any upload is
+    book.give(None)
+    # No second lookup: the addresses checked at the CONNECT; TLS to the same name.
+    assert book.expect(Connect) == Connect(LOOPBACK, 443, "api.test")
+    book.give(Connected("127.0.0.1", spliceable=False))
+    sent = b"".join(book.expect(SendUpstream).data)
+    assert sent.startswith(b"POST /v1/messages HTTP/1.1\r\nhost: api.test\r\n")
+    while isinstance(book.command, SendUpstream):
+        book.give()
+    book.expect(ReadUpstream)
+    book.give(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert book.sent_to_client().endswith(b"\r\n\r\nok")
+    log = book.expect(Log)
+    assert log.kind is EventKind.NET_REQUEST
+    assert log.record.details()["inspection"] == "inspected"
+    book.give()
+    book.expect(ReadClient)
+    book.give(b"GET /admin HTTP/1.1\r\nHost: api.test\r\n\r\n")
+    log = book.expect(Log)
+    assert log.kind is EventKind.NET_REFUSED and "path /admin" in log.record.reason
+    book.give()
+    assert book.expect(RefuseClient).response.startswith(b"HTTP/1.1 403 ")
+
+
+def test_playbook_a_failed_handshake_is_logged_and_nothing_is_sent() -> None:
+    from app.egress.exchange import ClientConnection, Log, ProxySettings
+    from app.egress.interception import StartTLS, handshake_refusal
+    from app.events import EventKind
+    from tests.app.egress.test_egress_exchange import LOOPBACK, Playbook
+
+    prof = parse_profile('name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+                         'inspect = true\nallow = ["api.test"]\n', "t.toml")
+    book = Playbook(ClientConnection("s1", prof, ProxySettings(splice=False)))
+    book.give(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+    book.give(LOOPBACK)
+    book.expect(StartTLS)
+    book.fail(handshake_refusal("api.test", "TLSV1_ALERT_UNKNOWN_CA"))
+    log = book.expect(Log)
+    assert log.kind is EventKind.NET_REFUSED and log.record.rule == "tls-pinned"
+    assert book.give() is None  # no refusal written: the agent's side is broken TLS
