@@ -45,6 +45,7 @@ from app.egress.interception import (
     intercepted_route,
     sni_refusal,
     stray_placeholder,
+    stray_placeholder_in,
     swap_query,
 )
 from app.egress.policy import (
@@ -635,6 +636,15 @@ class ClientConnection:
         return (yield from self._forward(request, target, inside.addresses, credential,
                                          record))
 
+    def _no_stray_placeholder_in_body(self, held: list[bytes], target: Target) -> None:
+        """The same, for the part of a body held for inspection (`inspect_limit`)."""
+        stray = stray_placeholder_in(self.profile.network.routes, target.host, target.port,
+                                     held)
+        if stray is not None:
+            raise Refused(403, "placeholder", f"the placeholder key of route {stray.name!r} "
+                          f"was in a body sent to {target.host}, which is not the route's "
+                          "host")
+
     def _no_stray_placeholder(self, request: h11.Request, target: Target) -> None:
         stray = stray_placeholder(self.profile.network.routes, target.host, target.port,
                                   request.target, request.headers)
@@ -804,6 +814,8 @@ class ClientConnection:
                 break
             body.inspector.feed(chunk)
             body.held.append(chunk)
+        if target.route is None:
+            self._no_stray_placeholder_in_body(body.held, target)
         declared = content_length(request.headers)
         size = declared if declared is not None else body.inspector.size + (not body.ended)
         if gate.must_ask(size, findings=bool(body.inspector.findings)):

@@ -11,7 +11,7 @@ the system's trust store; nothing is ever downgraded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -165,6 +165,15 @@ def stray_placeholder(routes: Iterable[Route], host: str, port: int, target: byt
         if mark in target or any(mark in value for _, value in headers):
             return route
     return None
+
+
+def stray_placeholder_in(routes: Iterable[Route], host: str, port: int,
+                         body: Sequence[bytes]) -> Route | None:
+    """The same for (the inspected start of) a body."""
+    intercepted = [r for r in routes if r.intercept]
+    if not intercepted:
+        return None
+    return stray_placeholder(intercepted, host, port, b"".join(body), ())
 
 
 def swap_query(path: str, name: str, secret: str) -> str:

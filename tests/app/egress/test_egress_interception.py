@@ -583,7 +583,10 @@ def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host
                      f"https://files.test:{other.port}/collect")
         stray_url = curl("-x", proxy.url, "--cacert", cafile, "-i",
                          f"https://files.test:{other.port}/c?k={fake}")
-        events = proxy.wait_events(4)
+        stray_body = curl("-x", proxy.url, "--cacert", cafile, "-i", "-d",
+                          json.dumps({"note": "x" * 5000, "key": fake}),
+                          f"https://files.test:{other.port}/paste")
+        events = proxy.wait_events(5)
     first = upstream.seen.requests[0]
     if where == "header":
         assert first["headers"]["x-api-key"] == KEY
@@ -598,10 +601,10 @@ def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host
     assert json.loads(sent.stdout)["method"] == "POST"
     assert KEY not in echoed.stdout and KEY not in sent.stdout
     assert other.seen.requests == []
-    for result in (stray, stray_url):
+    for result in (stray, stray_url, stray_body):
         assert "HTTP/1.1 403" in result.stdout and "placeholder" in result.stdout
     assert [e.details["rule"] for e in events] == ["route:claude", "route:claude",
-                                                   "placeholder", "placeholder"]
+                                                   "placeholder", "placeholder", "placeholder"]
     assert all(KEY not in json.dumps(dict(e.details)) for e in events)
     assert events[0].details["route"] == "claude"
 
