@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import trustme
 
@@ -276,3 +277,39 @@ def test_the_real_key_reaches_only_the_routes_upstream_never_the_container(
     logged = b"".join(p.read_bytes() for p in dirs.audit.glob("*.jsonl"))
     assert b"route:claude" in logged and b'"placeholder"' in logged
     assert key.encode() not in logged
+
+
+NODE = "/opt/airlock/agent/gemini-cli/node/bin/node"
+
+
+def test_nodes_fetch_trusts_the_session_ca_through_node_extra_ca_certs(
+    dirs: Dirs, engine: docker.DockerClient, ca: trustme.CA, tmp_path: Path,
+) -> None:
+    image = "airlock-agent:gemini-cli"  # the agent image that carries Node
+    try:
+        engine.images.get(image)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{image} is missing: `airlock image build --agent gemini-cli` makes it")
+    script = (f"{NODE} -e \"fetch('https://api.test:' + process.env.UP + '/v1/node', "
+              "{method: 'POST', body: '{}'}).then(r => r.text()).then(t => "
+              "console.log('node:' + t), e => console.log('node-error:' + e.cause))\"")
+    notes = tmp_path / "g.txt"
+    notes.write_text("granted")
+    with RecordingServer(tls_server(ca)) as upstream:
+        bus = EventBus()
+        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
+                        resolver=StaticResolver({"api.test": ["127.0.0.1"]}),
+                        tls=trusted_context(ca))
+        text = profile_text(image, ["sh", "-c", script], memory="512m", pids=128).replace(
+            'timeout = "2m"\n', 'timeout = "2m"\n'
+            # Node's own switch for HTTP(S)_PROXY (22.21 and later): its fetch ignores
+            # them otherwise.
+            f'env = {{ UP = "{upstream.port}", NODE_USE_ENV_PROXY = "1" }}\n') + (
+            "[network]\nallow_private = true\n"
+            f'allow = [{{ host = "api.test", ports = [{upstream.port}], inspect = true }}]\n')
+        result, output, events = run_agent(dirs, engine, egress, bus, text, notes)
+    assert result.exit_code == 0, output
+    assert '"path": "/v1/node"' in output, output
+    assert [r["path"] for r in upstream.seen.requests] == ["/v1/node"]
+    assert [e.details.get("inspection") for e in events if e.kind == "net.request"] == [
+        "inspected"]
