@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 LIFETIME = datetime.timedelta(days=7)  # past any session's timeout; the key dies sooner
 BACKDATE = datetime.timedelta(hours=1)  # clocks in containers are the host's, but be lenient
 ALPN = ("http/1.1",)  # what the agent may speak inside: HTTP/2 is refused with a reason
+MAX_LEAVES = 1024  # hosts kept; `*.suffix` rules let an agent name any number of them
 
 
 class SessionCA:
@@ -128,6 +129,8 @@ class SessionCA:
                                                serialization.NoEncryption())
             with _memory_file(chain) as chain_path, _memory_file(key) as key_path:
                 context.load_cert_chain(chain_path, key_path)
+            if len(self._contexts) >= MAX_LEAVES:
+                del self._contexts[next(iter(self._contexts))]  # the oldest: made again if need be
             self._contexts[host] = context
         return context
 
