@@ -110,13 +110,28 @@ HTTP_METHODS = frozenset(
 
 
 class HostRule(Strict):
-    """A host the agent may reach: `name`, `*.suffix`, optionally `:port`. `methods` limits
-    plain-HTTP requests; a tunnel is opaque, so a rule with `methods` allows CONNECT only if
-    it lists it. Empty means any method."""
+    """A host the agent may reach: `name`, `*.suffix`, optionally `:port`. `methods` and
+    `paths` limit plain-HTTP requests and inspected HTTPS; an opaque tunnel shows neither,
+    so a rule with `methods` allows it only if it lists CONNECT, and one with `paths` not at
+    all. Empty means any. `inspect` (None: the profile's `network.inspect`) says whether
+    HTTPS to the host is decrypted and seen like plain HTTP."""
 
     host: str
     ports: tuple[int, ...] = (443,)
     methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # "/v1/messages" exactly, "/repos/*" and anything below
+    inspect: bool | None = None
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if (not path.startswith("/") or "?" in path or "#" in path
+                    or any(ord(c) <= 32 or ord(c) == 127 for c in path)
+                    or "*" in path[:-1]):
+                raise ValueError(f"invalid path {path!r} (use e.g. /v1/messages or /repos/*: "
+                                 "absolute, no query, `*` only at the end)")
+        return value
 
     @field_validator("methods")
     @classmethod
@@ -165,15 +180,31 @@ def _at_most_a_day(seconds: float) -> float:
 
 class Route(Strict):
     """A plain-HTTP base URL inside the container that the proxy forwards upstream,
-    adding the credential from the keyring."""
+    adding the credential from the keyring. With `intercept`, the agent uses the real
+    HTTPS URL instead, with a placeholder for the key that the proxy swaps for the real one
+    (in the `header`, or in the `query` parameter) on the way to that host only."""
 
     name: Name
     upstream: Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     secret: Name
     header: SafeText = "Authorization: Bearer {secret}"
+    intercept: bool = False
+    query: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    # The variable the agent reads its key from, set to the placeholder.
+    placeholder_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] | None = None
     # Silence from the upstream, while the agent waits for its answer or between streamed
     # events, before the agent gets 504: generous, since a reasoning model thinks for minutes.
     idle_timeout: Annotated[Duration, AfterValidator(_at_most_a_day)] = 600.0
+
+    @model_validator(mode="after")
+    def _intercepted(self) -> Route:
+        if (self.query or self.placeholder_env) and not self.intercept:
+            raise ValueError("query and placeholder_env need intercept = true")
+        if self.intercept and not self.upstream.startswith("https://"):
+            raise ValueError("an intercepted route's upstream must be https://")
+        if self.placeholder_env in RESERVED_ENV:
+            raise ValueError(f"{self.placeholder_env} is set by Airlock itself")
+        return self
 
     @field_validator("header")
     @classmethod
@@ -188,6 +219,7 @@ class Network(Strict):
     allow: tuple[Host, ...] = ()
     ask: tuple[Host, ...] = ()
     routes: tuple[Route, ...] = ()
+    inspect: bool = False  # decrypt HTTPS to every host whose rule does not say
     allow_private: bool = False  # private, loopback and link-local destinations
     max_connections: int = Field(default=32, ge=1, le=4096)  # open upstream connections
     bandwidth: Size | None = None  # bytes per second, both directions together

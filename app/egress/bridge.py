@@ -55,7 +55,8 @@ only — loopback in the agent's namespace is the container's own (and the proxy
 nothing of the host, so it opens no way around the proxy; it makes route URLs
 (`http://127.0.0.1:3128/routes/NAME`) go straight to the proxy in origin form and lets an
 agent talk to servers it runs itself. One `AIRLOCK_ROUTE_<NAME>` variable per route holds its
-base URL.
+base URL; an intercepted route's `placeholder_env` holds its placeholder key. A profile that
+may inspect HTTPS gets the session's CA in the container's trust store (app/egress/trust.py).
 """
 
 from __future__ import annotations
@@ -80,11 +81,14 @@ from docker.models.containers import Container
 
 from app.consent import ConsentBroker
 from app.container import LABEL_PROFILE, LABEL_ROLE, LABEL_SESSION, ContainerAdditions
+from app.egress.ca import SessionCA
 from app.egress.grants import NetworkGrants
 from app.egress.inspect import GrantedContent
+from app.egress.interception import placeholder
 from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
+from app.egress.trust import image_bundle, inspects, known_hosts, trust_additions
 from app.egress.witness import BlockedLog
 from app.errors import EgressError
 from app.events import EventKind
@@ -112,6 +116,9 @@ def proxy_environment(profile: Profile) -> dict[str, str]:
     for route in profile.network.routes:
         variable = "AIRLOCK_ROUTE_" + re.sub(r"[^A-Z0-9]", "_", route.name.upper())
         environment[variable] = f"{url}/routes/{route.name}"
+        if route.placeholder_env:
+            # The agent's key for an intercepted route: swapped for the real one in the proxy.
+            environment[route.placeholder_env] = placeholder(route)
     return environment
 
 
@@ -333,6 +340,15 @@ class EgressBridge:
                 creating.add_done_callback(_remove_created)
                 raise
             await self.wait_ready(self.sidecar, self.blocked, self.handover)
+        trust = ContainerAdditions()
+        ca: SessionCA | None = None
+        if proxied and inspects(network):
+            # The session's CA: made now, gone with the proxy; the container trusts it.
+            ca = SessionCA(session.id)
+            system = await asyncio.to_thread(image_bundle, self.sidecar)
+            trust = await asyncio.to_thread(trust_additions, ca, system,
+                                            session.runtime_dir / "tls")
+            await asyncio.to_thread(ca.warm, known_hosts(network))
         if proxied:
             assert self.handover is not None
             self.proxy = SessionProxy(
@@ -340,7 +356,7 @@ class EgressBridge:
                 broker=egress.broker, resolver=egress.resolver,
                 granted=ViewContent(session.view.root), tls=egress.tls,
                 settings=egress.settings, blocked=lambda: egress.blocked,
-                grants=egress.grants,
+                grants=egress.grants, ca=ca,
             )
             await self.proxy.start(self.handover.take())
             egress._proxies.add(self.proxy)
@@ -352,7 +368,9 @@ class EgressBridge:
         assert self.sidecar is not None
         return ContainerAdditions(
             network_mode=f"container:{self.sidecar.id}",
-            environment=proxy_environment(session.profile) if proxied else {},
+            environment={**(proxy_environment(session.profile) if proxied else {}),
+                         **trust.environment},
+            mounts=trust.mounts,
             interfaces=(WITNESS_DEVICE,),
             listening=(PROXY_PORT,) if proxied else (),
         )

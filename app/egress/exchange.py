@@ -8,6 +8,9 @@ sockets; tests drive the generator by hand ("this comes in, that goes out") with
 at all. h11 parses both directions (the agent's side as a server, the upstream's as a
 client): nothing here parses HTTP by hand.
 
+A CONNECT to a host the profile inspects becomes, after `StartTLS`, a plain-HTTP connection
+over the decrypted stream whose every request must name that host (app/egress/interception.py).
+
 Per request: classify → decide by name (refused names are never resolved) → ask the user
 for `ask` hosts → inspect the labels a wildcard rule left to the agent (before the name is
 resolved: a lookup would carry them out) → resolve once → decide by address → inspect the
@@ -24,6 +27,7 @@ A head must arrive whole within `head_timeout` (slowloris gets 408), at most
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -35,6 +39,19 @@ import h11
 from app.consent import Answer, RequestKind, Verdict
 from app.egress.grants import NetworkGrants
 from app.egress.inspect import Finding, GrantedContent, HeadScan, UploadInspector, preview
+from app.egress.interception import (
+    H2_PREFACE,
+    Handshake,
+    StartTLS,
+    TLSRefused,
+    classify_inside,
+    identity_encoding,
+    intercepted_route,
+    sni_refusal,
+    stray_placeholder,
+    stray_placeholder_in,
+    swap_query,
+)
 from app.egress.policy import (
     Action,
     Decision,
@@ -287,13 +304,13 @@ class Log:
 Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
            | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
            | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | RememberGrant
-           | Log)
+           | Log | StartTLS)
 Steps = Generator[Command, Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    header: tuple[str, str]
+    header: tuple[str, str] | None  # None: it goes in the query (an intercepted route)
     secret: str = field(repr=False)
 
 
@@ -302,6 +319,15 @@ class _Upstream:
     key: tuple[str, int, str]
     conn: h11.Connection
     spliceable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Inside:
+    """The inspected tunnel a connection became: every request in it goes to this host."""
+
+    host: str
+    port: int
+    addresses: Sequence[IPAddress]
 
 
 @dataclass(slots=True)
@@ -414,6 +440,7 @@ class ClientConnection:
                                    max_incomplete_event_size=settings.max_head_bytes)
         self.record: ExchangeRecord | None = None
         self._upstream: _Upstream | None = None
+        self._inside: _Inside | None = None
 
     def run(self, *, crowded: bool = False) -> Steps:
         try:
@@ -429,7 +456,8 @@ class ClientConnection:
                 self.record = None
                 if not keep:
                     return
-                self.conn.start_next_cycle()
+                if self.conn.our_state is h11.DONE:  # (not a fresh one, inside a tunnel)
+                    self.conn.start_next_cycle()
         except Refused as e:
             yield from self._refuse(self.record or ExchangeRecord(), e)
         except Gone:
@@ -482,16 +510,22 @@ class ClientConnection:
     # deciding
 
     def _exchange(self, request: h11.Request, record: ExchangeRecord) -> Steps:
+        if self._inside is not None:
+            return (yield from self._inspected(request, record, self._inside))
         target = classify(request.method, request.target, request.headers,
                           self.profile.network.routes, self.settings.own_authorities)
         if isinstance(target, Refusal):
             raise Refused(target.status, target.rule, target.reason)
         record.host, record.port, record.path = target.host, target.port, target.path
+        if target.kind is Kind.FORWARD:
+            self._no_stray_placeholder(request, target)
         if target.route is not None:
             record.route = target.route.name
         credential = yield from self._credential(target.route)
         addresses = yield from self._admit(target, record)
         if target.kind is Kind.TUNNEL:
+            if record.inspection == "inspected":
+                return (yield from self._intercept(target, addresses, record))
             yield from self._tunnel(target, addresses, record)
             return False
         if is_websocket_upgrade(request.method, request.headers):
@@ -504,14 +538,24 @@ class ClientConnection:
             record.rule, record.reason = "blocked-all", "all network access of agents is blocked"
             raise Refused(403, record.rule, "the user blocked all network access of agents")
         network = self.profile.network
+        intercepted = (intercepted_route(network.routes, target.host, target.port)
+                       if target.kind is Kind.TUNNEL else None)
         if target.route is not None:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
+        elif intercepted is not None:
+            record.route = intercepted.name
+            decision = Decision(Action.ALLOW, f"route:{intercepted.name}",
+                                "credential route, swapped in place", inspect=True)
         else:
-            decision = decide_destination(network, target.host, target.port, target.method)
+            decision = decide_destination(network, target.host, target.port, target.method,
+                                          path=None if target.kind is Kind.TUNNEL
+                                          else target.path)
             if decision.rule == "not-listed":
                 # A host the user allowed beyond the profile (the agent asked for it).
                 decision = self._granted_host(target, record) or decision
         record.rule, record.reason = decision.rule, decision.reason
+        if target.kind is Kind.TUNNEL:
+            record.inspection = "inspected" if decision.inspect else "opaque"
         if decision.action is Action.DENY:
             raise Refused(403, decision.rule, decision.reason)
         if decision.action is Action.ASK:
@@ -691,6 +735,104 @@ class ClientConnection:
         except ValueError as e:
             raise Refused(502, f"route:{route.name}", str(e)) from e
 
+    # inspected HTTPS (app/egress/interception.py)
+
+    def _intercept(self, target: Target, addresses: Sequence[IPAddress],
+                   record: ExchangeRecord) -> Steps:
+        """The CONNECT is answered, the agent's TLS ends here, and the connection goes on
+        as a plain-HTTP one whose every request must name the CONNECT's target."""
+        established = self.conn.send(h11.Response(status_code=200, headers=[],
+                                                  reason=b"Connection established")) or b""
+        host = parse_host(target.host).name
+        try:
+            handshake: Handshake = yield StartTLS(host, established,
+                                                  self.conn.trailing_data[0])
+        except TLSRefused as e:
+            # The agent's side is TLS that never came up: no HTTP answer can reach it.
+            record.refused(0, e.rule, e.reason)
+            yield Log(EventKind.NET_REFUSED, record)
+            return False
+        self._inside = _Inside(target.host, target.port, addresses)
+        self.conn = h11.Connection(h11.SERVER,
+                                   max_incomplete_event_size=self.settings.max_head_bytes)
+        refusal = sni_refusal(host, handshake.sni)
+        if refusal is not None:
+            raise Refused(refusal.status, refusal.rule, refusal.reason)
+        try:
+            first = yield ReadClient(self.settings.idle_timeout)
+        except TimeoutError as e:
+            raise Gone from e
+        if first.startswith(H2_PREFACE[:12]):  # "PRI * HTTP/2": no HTTP/1 request
+            raise Refused(505, "http2", f"the agent spoke HTTP/2 to {host}, which Airlock "
+                          "does not inspect (it offers only http/1.1)")
+        try:
+            self.conn.receive_data(first)
+        except h11.RemoteProtocolError as e:
+            raise Refused(e.error_status_hint, "bad-request", str(e)) from e
+        return True
+
+    def _inspected(self, request: h11.Request, record: ExchangeRecord, inside: _Inside
+                   ) -> Steps:
+        """One decrypted request: decided by method and path as plain HTTP is, then
+        forwarded over a verified TLS connection to the tunnel's host."""
+        record.host, record.port, record.inspection = inside.host, inside.port, "inspected"
+        target = classify_inside(request.method, request.target, request.headers,
+                                 inside.host, inside.port)
+        if isinstance(target, Refusal):
+            raise Refused(target.status, target.rule, target.reason)
+        record.path = target.path
+        if self._blocked is not None and self._blocked():
+            record.rule = "blocked-all"
+            raise Refused(403, record.rule, "the user blocked all network access of agents")
+        self._no_stray_placeholder(request, target)
+        route = intercepted_route(self.profile.network.routes, target.host, target.port)
+        credential: Credential | None = None
+        if route is not None:
+            # The route's own host: everything goes, with the real key in the placeholder's
+            # place (the route is the agent's trusted service, as through /routes/NAME).
+            record.route, record.rule = route.name, f"route:{route.name}"
+            record.reason = "credential route, swapped in place"
+            target = dataclasses.replace(target, route=route)
+            credential = yield from self._credential(route)
+            assert credential is not None
+            if route.query is not None:
+                credential = Credential(None, credential.secret)
+                target = dataclasses.replace(
+                    target, path=swap_query(target.path, route.query, credential.secret))
+            # (The target sent on is `target.path`; this request keeps the agent's.)
+            request = h11.Request(method=request.method, target=request.target,
+                                  headers=identity_encoding(request.headers))
+        else:
+            decision = decide_destination(self.profile.network, target.host, target.port,
+                                          target.method, path=target.path)
+            record.rule, record.reason = decision.rule, decision.reason
+            if decision.action is Action.DENY:
+                raise Refused(403, decision.rule, decision.reason)
+            # ASK: the user approved this host for the CONNECT, which covers its requests.
+        record.decision = "allow"
+        if is_websocket_upgrade(request.method, request.headers):
+            yield from self._websocket(request, target, inside.addresses, credential, record)
+            return False
+        return (yield from self._forward(request, target, inside.addresses, credential,
+                                         record))
+
+    def _no_stray_placeholder_in_body(self, held: list[bytes], target: Target) -> None:
+        """The same, for the part of a body held for inspection (`inspect_limit`)."""
+        stray = stray_placeholder_in(self.profile.network.routes, target.host, target.port,
+                                     held)
+        if stray is not None:
+            raise Refused(403, "placeholder", f"the placeholder key of route {stray.name!r} "
+                          f"was in a body sent to {target.host}, which is not the route's "
+                          "host")
+
+    def _no_stray_placeholder(self, request: h11.Request, target: Target) -> None:
+        stray = stray_placeholder(self.profile.network.routes, target.host, target.port,
+                                  request.target, request.headers)
+        if stray is not None:
+            raise Refused(403, "placeholder", f"the placeholder key of route {stray.name!r} "
+                          f"was sent to {target.host}, which is not the route's host; its "
+                          f"real key goes only to {stray.upstream}")
+
     # tunnels
 
     def _tunnel(self, target: Target, addresses: Sequence[IPAddress],
@@ -741,7 +883,8 @@ class ClientConnection:
             yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
                                                         headers=headers))
             if credential is not None:
-                record.route_header = credential.header[0]
+                # Where the key went: its header's name, or the query (an intercepted route).
+                record.route_header = credential.header[0] if credential.header else "query"
             yield from self._send(upstream, h11.EndOfMessage())
             self._sent(handshake)
             silence = self._upstream_silence(target)
@@ -808,7 +951,8 @@ class ClientConnection:
             yield from self._send(upstream, h11.Request(method=request.method,
                                                         target=target.path, headers=headers))
             if credential is not None:
-                record.route_header = credential.header[0]
+                # Where the key went: its header's name, or the query (an intercepted route).
+                record.route_header = credential.header[0] if credential.header else "query"
             for chunk in body.held:
                 yield from self._send(upstream, h11.Data(data=chunk))
             if not body.ended:
@@ -875,6 +1019,8 @@ class ClientConnection:
                 break
             body.inspector.feed(chunk)
             body.held.append(chunk)
+        if target.route is None:
+            self._no_stray_placeholder_in_body(body.held, target)
         declared = content_length(request.headers)
         size = declared if declared is not None else body.inspector.size + (not body.ended)
         if gate.must_ask(size, findings=bool(body.inspector.findings) or head_findings):
@@ -903,6 +1049,7 @@ class ClientConnection:
             "sha256": inspector.sha256,
             "preview": preview(inspector.head if inspector.size or head is None else head.text),
             "findings": record.findings,
+            **({"inspection": record.inspection} if record.inspection else {}),
         }
         if head is not None:
             details.update(head=preview(head.text), head_size=head.size, earlier=earlier,

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.egress.paths import path_fits, path_only
 from app.profiles import HostRule, Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -49,6 +50,7 @@ class Decision:
     action: Action
     rule: str
     reason: str
+    inspect: bool = False  # a CONNECT whose HTTPS the proxy decrypts and decides inside
 
     @property
     def allowed(self) -> bool:
@@ -111,7 +113,11 @@ def _rule_fits(rule: HostRule, host: Host) -> bool:
     return host_matches(rule.host, host.name)
 
 
-def _method_fits(rule: HostRule, method: str) -> bool:
+def _method_fits(rule: HostRule, method: str, inspect: bool) -> bool:
+    if method == "CONNECT" and inspect:
+        return True  # methods and paths are decided on each request inside
+    if method == "CONNECT" and rule.paths:
+        return False  # an opaque tunnel shows no path to check
     return not rule.methods or method in rule.methods
 
 
@@ -150,9 +156,11 @@ def decide_destination(
     port: int,
     method: str,
     addresses: Sequence[IPAddress] | None = None,
+    path: str | None = None,
 ) -> Decision:
-    """Allow, deny or ask for `method` to `host:port`; with `addresses`, also judge what the
-    name resolved to. `host` is the raw host text from the request."""
+    """Allow, deny or ask for `method` to `host:port` (and `path`, for rules that name
+    paths); with `addresses`, also judge what the name resolved to. `host` is the raw host
+    text from the request."""
     try:
         parsed = parse_host(host)
     except ValueError as e:
@@ -162,7 +170,7 @@ def decide_destination(
                         f"{host} is a numeric address in a non-canonical form")
     if not 0 < port < 65536:
         return Decision(Action.DENY, "invalid-port", f"port {port} is out of range")
-    decision = _by_rules(network, parsed, port, method)
+    decision = _by_rules(network, parsed, port, method, path)
     if decision.action is Action.DENY or addresses is None:
         return decision
     refused = address_refusal(network, parsed, addresses)
@@ -188,7 +196,8 @@ def address_refusal(
     return None
 
 
-def _by_rules(network: Network, host: Host, port: int, method: str) -> Decision:
+def _by_rules(network: Network, host: Host, port: int, method: str, path: str | None
+              ) -> Decision:
     near_miss: str | None = None
     for section, rules, action in (("allow", network.allow, Action.ALLOW),
                                    ("ask", network.ask, Action.ASK)):
@@ -198,11 +207,18 @@ def _by_rules(network: Network, host: Host, port: int, method: str) -> Decision:
             if port not in rule.ports:
                 near_miss = near_miss or f"port {port} is not allowed for {host.name}"
                 continue
-            if not _method_fits(rule, method):
-                near_miss = near_miss or f"method {method} is not allowed for {host.name}"
+            inspect = network.inspect if rule.inspect is None else rule.inspect
+            if not _method_fits(rule, method, inspect):
+                near_miss = near_miss or (
+                    f"{host.name} allows only some paths, which an opaque tunnel does not "
+                    "show (set inspect = true)" if method == "CONNECT" and rule.methods == ()
+                    else f"method {method} is not allowed for {host.name}")
+                continue
+            if path is not None and not path_fits(rule.paths, path):
+                near_miss = near_miss or f"path {path_only(path)} is not allowed for {host.name}"
                 continue
             return Decision(action, describe(section, index, rule),
-                            f"{host.name}:{port} is listed")
+                            f"{host.name}:{port} is listed", inspect=inspect)
     if host.address is not None:
         return Decision(Action.DENY, "ip-literal",
                         f"{host.name} is an IP address the profile does not list")

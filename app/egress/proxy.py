@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from app.consent import Answer, ConsentBroker, ConsentRequest, denied, new_request_id
-from app.egress.aio import Turns, within
+from app.egress.aio import Turns, take_buffered, within
+from app.egress.ca import SessionCA
 from app.egress.exchange import (
     PROXY_PORT,
     Ask,
@@ -55,6 +56,7 @@ from app.egress.exchange import (
 )
 from app.egress.grants import NetworkGrants
 from app.egress.inspect import GrantedContent
+from app.egress.interception import Handshake, StartTLS, TLSRefused, handshake_refusal
 from app.egress.keys import SecretSource
 from app.egress.limits import ConnectionCounter, TokenBucket
 from app.egress.policy import IPAddress
@@ -74,9 +76,10 @@ log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 1.0
 TUNNEL_HALF_OPEN_SECONDS = 10.0
+TLS_SHUTDOWN_SECONDS = 5.0  # an agent that never answers our close_notify
 # What a command may fail with that the core handles (or lets end the connection); anything
 # else is a defect of the driver and ends the connection with a logged traceback.
-_FAILURES = (Refused, Gone, TimeoutError, OSError, EgressError)
+_FAILURES = (Refused, Gone, TimeoutError, OSError, EgressError, TLSRefused)
 
 
 class Resolver(Protocol):
@@ -122,6 +125,9 @@ class _Client:
     upstream: _Stream | None = None  # the kept plain-HTTP upstream connection
     tunnel: _Stream | None = None
     cut: str = ""  # why it was ended by `SessionProxy.cut` or a revoked grant
+    # The TLS layer took the agent's socket and failed: it closed it, and no protocol of
+    # ours will hear that it did.
+    tls_failed: bool = False
 
 
 class SessionProxy:
@@ -142,6 +148,7 @@ class SessionProxy:
         settings: ProxySettings | None = None,
         blocked: Callable[[], bool] | None = None,
         grants: NetworkGrants | None = None,
+        ca: SessionCA | None = None,
     ) -> None:
         self.session = session
         self.profile = profile
@@ -152,7 +159,8 @@ class SessionProxy:
         self._broker = broker
         self._resolver = resolver or SystemResolver()
         self._granted = granted
-        self._tls = tls
+        self._tls = tls  # the upstreams' trust: None is the system's store
+        self._ca = ca  # the session's CA, for the hosts it inspects
         self.settings = settings or ProxySettings()
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[Any], _Client] = {}
@@ -172,6 +180,7 @@ class SessionProxy:
             SpliceBody: self._splice_body, OpenTunnel: self._open_tunnel,
             RelayTunnel: self._relay_tunnel, CloseTunnel: self._close_tunnel,
             RelayWebSocket: self._relay_websocket, RememberGrant: self._remember,
+            StartTLS: self._start_tls,
         }
 
     async def start(self, listener: socket.socket) -> None:
@@ -218,6 +227,7 @@ class SessionProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        _no_delay(writer)
         core = ClientConnection(self.session, self.profile, self.settings,
                                 blocked=self._blocked, grants=self._grants,
                                 ledger=self._ledger)
@@ -239,9 +249,10 @@ class SessionProxy:
             self._clients.pop(task, None)
             await self._drop_upstream(client, None)
             await self._close_tunnel(client, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            client.writer.close()  # (the TLS one, if the connection became inspected)
+            if not client.tls_failed:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await client.writer.wait_closed()
 
     async def _drive(self, client: _Client, steps: Generator[Command, Any, Any]) -> None:
         """Performs the core's commands until it is done: each result is sent back into it,
@@ -292,7 +303,8 @@ class SessionProxy:
         try:
             client.writer.write(command.response)
             await client.writer.drain()
-            client.writer.write_eof()
+            if client.writer.can_write_eof():  # not inside TLS: closing says the end there
+                client.writer.write_eof()
             # Closing with unread input makes the kernel send RST, which can destroy the
             # refusal before the client reads it: read (and drop) what is in flight first.
             deadline = time.monotonic() + LINGER_SECONDS
@@ -311,6 +323,42 @@ class SessionProxy:
         await self._grants.add(grant)
         self._bus.emit(EventKind.GRANT_ADDED, self.session, grant.subject,
                        **self._grants.grant_added_details(grant))
+
+    async def _start_tls(self, client: _Client, command: StartTLS) -> Handshake:
+        """Answers the CONNECT and takes over the agent's TLS with the session's leaf for
+        the host; the connection's streams are the decrypted ones from then on."""
+        if self._ca is None:
+            raise TLSRefused("tls-handshake", "the session has no certificate authority")
+        if command.leftover or take_buffered(client.reader):
+            # TLS bytes sent before the tunnel was answered would be lost to the handshake.
+            raise TLSRefused("bad-request", "the agent sent data before the CONNECT was "
+                             "answered")
+        context = self._ca.server_context(command.host)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=self.settings.chunk * 4)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        # The answer and the switch happen with no await between them: the agent's first
+        # TLS bytes must reach the TLS layer, not the plain stream's buffer.
+        client.writer.write(command.established)
+        client.tls_failed = True  # until it succeeds
+        try:
+            transport = await loop.start_tls(
+                client.writer.transport, protocol, context, server_side=True,
+                ssl_handshake_timeout=self.settings.head_timeout,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS)
+        except ssl.SSLError as e:
+            raise handshake_refusal(command.host, e.reason or str(e)) from e
+        except (ConnectionError, TimeoutError) as e:
+            raise handshake_refusal(command.host, "") from e
+        if transport is None:  # the agent hung up as the handshake ended
+            raise handshake_refusal(command.host, "")
+        client.tls_failed = False
+        protocol.connection_made(transport)  # start_tls takes it as made already
+        client.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        client.reader = reader
+        ssl_object = transport.get_extra_info("ssl_object")
+        return Handshake(self._ca.sni_of(ssl_object), ssl_object.version() or "",
+                         ssl_object.selected_alpn_protocol())
 
     # what the core needs to know or ask
 
@@ -381,7 +429,7 @@ class SessionProxy:
                           "connections open already")
         context = None
         if tls_name is not None:
-            context = self._tls or ssl.create_default_context()
+            context = self._tls or self._system_trust()
         error: Exception | None = None
         for address in addresses:
             try:
@@ -392,10 +440,21 @@ class SessionProxy:
                     self.settings.connect_timeout,
                 )
                 return reader, writer, str(address)
+            except ssl.SSLCertVerificationError as e:
+                # Never retried without verification: the upstream is refused, with why.
+                self._connections.release()
+                raise Refused(502, "upstream-certificate", f"the upstream's certificate for "
+                              f"{tls_name} is not trusted: {e.verify_message}") from e
             except (OSError, TimeoutError, ssl.SSLError) as e:
                 error = e
         self._connections.release()
         raise Refused(502, "upstream", f"cannot connect to port {port}: {error}")
+
+    def _system_trust(self) -> ssl.SSLContext:
+        """The system's trust store, loaded once per session, not per connection."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     async def _throttle_command(self, client: _Client, command: Throttle) -> None:
         await self._throttle(command.amount)
@@ -466,8 +525,7 @@ class SessionProxy:
                 if not data:
                     data = await client.reader.read(self.settings.chunk)
                     if not data:
-                        with contextlib.suppress(OSError):
-                            upstream.writer.write_eof()
+                        _end(upstream.writer)
                         return
                 await admit_up(len(data))
                 relay.up(data)
@@ -482,15 +540,17 @@ class SessionProxy:
                     data = await upstream.reader.read(self.settings.chunk)
                     if not data:
                         client.writer.write(relay.down_ended())
-                        with contextlib.suppress(OSError):
-                            client.writer.write_eof()
+                        _end(client.writer)
                         return
                 await self._throttle(len(data))
                 client.writer.write(relay.down(data))
                 await client.writer.drain()
                 data = b""
 
-        await _both(up(), down())
+        # Inside TLS the agent's side cannot be half-closed: when the upstream is done, so
+        # is the connection.
+        await _both(up(), down(), TUNNEL_HALF_OPEN_SECONDS
+                    if client.writer.can_write_eof() else 0.0)
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
                     admit: Callable[[int], Awaitable[None]], first: bytes = b"") -> None:
@@ -516,17 +576,37 @@ class SessionProxy:
             sink.write_eof()
 
 
-async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None]) -> None:
+def _end(writer: asyncio.StreamWriter) -> None:
+    """Says the end of what goes one way, where the stream can (TLS cannot half-close)."""
+    if writer.can_write_eof():
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+
+def _no_delay(writer: asyncio.StreamWriter) -> None:
+    """Small writes go out at once. asyncio sets TCP_NODELAY only on sockets whose `proto`
+    says TCP, which an accepted one's (0) does not: a response head and its short body, two
+    writes, then waited for the agent's delayed ACK (40 ms) on every inspected request."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None],
+                half_open: float = TUNNEL_HALF_OPEN_SECONDS) -> None:
     """Runs a tunnel's two directions. The first failure ends both; when the upstream side
     ends, the agent's side gets `TUNNEL_HALF_OPEN_SECONDS` to finish (a half-open tunnel
     must not be held forever)."""
     up_task, down_task = asyncio.ensure_future(up), asyncio.ensure_future(down)
     try:
-        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_EXCEPTION)
+        # FIRST_COMPLETED: with FIRST_EXCEPTION, an upstream that ended cleanly waited for
+        # the agent's side however long it stayed open.
+        done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
         if down_task.done() and not up_task.done():
-            await asyncio.wait({up_task}, timeout=TUNNEL_HALF_OPEN_SECONDS)
+            await asyncio.wait({up_task}, timeout=half_open)
         elif up_task.done():
             await down_task
         if up_task.done():

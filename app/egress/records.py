@@ -35,6 +35,7 @@ class ExchangeRecord:
     findings: list[dict[str, object]] = field(default_factory=list)
     sha256: str = ""
     websocket: bool = False  # an upgraded connection: frames counted each way
+    inspection: str = ""  # HTTPS: "inspected" (decrypted, seen) or "opaque" (a tunnel)
     frames_up: int = 0
     frames_down: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -55,7 +56,7 @@ class ExchangeRecord:
             "duration": round(time.monotonic() - self.started, 6),
             "decision": self.decision, "rule": self.rule, "reason": self.reason,
         }
-        for key in ("address", "route", "route_header", "sha256"):
+        for key in ("address", "route", "route_header", "sha256", "inspection"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
         if self.grants:

@@ -2,7 +2,8 @@
 
 Pure functions over what h11 parsed, so every refusal is tested by table. The proxy accepts:
 
-- `CONNECT host:port` — an opaque tunnel (HTTPS); no TLS interception.
+- `CONNECT host:port` — an opaque tunnel (HTTPS), unless the profile inspects the host
+  (then the requests inside are classified by `interception.classify_inside`).
 - absolute-form `http://host[:port]/path` — plain HTTP, forwarded by the proxy.
 - origin-form `/routes/NAME/rest` (or absolute-form to the proxy's own address, for clients
   that ignore NO_PROXY) — a credential route, forwarded to the route's upstream.

@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -297,3 +298,155 @@ def test_head_inspection_cost(tmp_path: Path) -> None:
     for name, value in p50.items():
         print(f"  {name:<22} p50 {value * 1e6:7.0f} µs  {value / base:5.2f}x  "
               f"added {(value - base) * 1e6:5.0f} µs")
+
+
+# HTTPS: interception vs an opaque tunnel vs direct.
+
+TLS_BYTES = int(os.environ.get("AIRLOCK_BENCH_TLS_MIB", "1024")) * 1024**2
+TLS_DOWNLOADS = 3
+TLS_SMALL = int(os.environ.get("AIRLOCK_BENCH_TLS_SMALL", "1000"))
+NEW_HOSTS = int(os.environ.get("AIRLOCK_BENCH_TLS_HOSTS", "200"))
+
+TLS_UPSTREAM = UPSTREAM.replace(
+    'server = socket.create_server(("127.0.0.1", 0))',
+    'import ssl\n'
+    'context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)\n'
+    'context.load_cert_chain(sys.argv[1])\n'
+    'plain = socket.create_server(("127.0.0.1", 0))\n'
+    # Accepted sockets inherit it: the handshake, which accept() runs, is not delayed either.
+    'plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n'
+    'server = context.wrap_socket(plain, server_side=True)')
+
+TLS_PROXY = textwrap.dedent('''
+    import asyncio, ipaddress, socket, ssl, sys
+    sys.path.insert(0, {repo!r})
+    from app.egress.ca import SessionCA
+    from app.egress.proxy import SessionProxy
+    from app.events import EventBus
+    from app.profiles import parse_profile
+    profile = parse_profile(
+        'name = "bench"\\nimage = "i"\\n[network]\\nallow_private = true\\n'
+        'allow = [{{ host = "*.inspect.test", ports = [{port}], inspect = true }}, '
+        '{{ host = "opaque.test", ports = [{port}] }}]\\n'
+        '[approval]\\nuploads = "never"\\n', "bench.toml")
+    class NoSecrets:
+        def get(self, name): return None
+    class Loopback:
+        async def resolve(self, host, port): return [ipaddress.ip_address("127.0.0.1")]
+    async def main():
+        ca = SessionCA("bench")
+        open({ca_path!r}, "wb").write(ca.certificate_pem)
+        upstream_trust = ssl.create_default_context(cafile={test_ca!r})
+        proxy = SessionProxy("bench", profile, EventBus(), secrets=NoSecrets(),
+                             resolver=Loopback(), tls=upstream_trust, ca=ca)
+        await proxy.start(socket.create_server(("127.0.0.1", {listen})))
+        print("serving", flush=True)
+        await asyncio.Event().wait()
+    asyncio.run(main())
+''')
+
+
+def tls_connect(mode: str, proxy: int, upstream: int, host: str,
+                contexts: dict[str, ssl.SSLContext]) -> ssl.SSLSocket:
+    """A TLS connection to the upstream as `host`: direct, or through a CONNECT."""
+    sock = connect(upstream if mode == "direct" else proxy)
+    if mode != "direct":
+        sock.sendall(f"CONNECT {host}:{upstream} HTTP/1.1\r\nHost: {host}:{upstream}\r\n\r\n"
+                     .encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(1)
+        assert b" 200 " in answer, answer
+    return contexts[mode].wrap_socket(sock, server_hostname=host)
+
+
+def tls_request(host: str, upstream: int, path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}:{upstream}\r\n\r\n".encode()
+
+
+def test_https_interception_throughput_and_latency(tmp_path: Path) -> None:
+    import trustme
+
+    repo = str(Path(__file__).resolve().parents[2])
+    test_ca = trustme.CA()
+    cert = test_ca.issue_cert("*.inspect.test", "opaque.test", "direct.test")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "upstream.pem"))
+    test_ca.cert_pem.write_to_path(str(tmp_path / "test-ca.pem"))
+    session_ca = tmp_path / "session-ca.pem"
+    with process([sys.executable, "-c", TLS_UPSTREAM, str(tmp_path / "upstream.pem")]
+                 ) as server:
+        assert server.stdout is not None
+        upstream = int(server.stdout.readline())
+        listen = free_port()
+        script = TLS_PROXY.format(repo=repo, port=upstream, listen=listen,
+                                  ca_path=str(session_ca), test_ca=str(tmp_path / "test-ca.pem"))
+        with process([sys.executable, "-c", script]) as proxy:
+            assert proxy.stdout is not None and proxy.stdout.readline().strip() == "serving"
+            upstream_trust = ssl.create_default_context(cafile=str(tmp_path / "test-ca.pem"))
+            contexts = {"direct": upstream_trust, "opaque tunnel": upstream_trust,
+                        "inspected": ssl.create_default_context(cafile=str(session_ca))}
+            hosts = {"direct": "direct.test", "opaque tunnel": "opaque.test",
+                     "inspected": "api.inspect.test"}
+            buffer = bytearray(4 * 1024 * 1024)
+            runs: dict[str, list[float]] = {mode: [] for mode in contexts}
+            cpu: dict[str, float] = dict.fromkeys(contexts, 0.0)
+            for _ in range(TLS_DOWNLOADS):
+                for mode in contexts:
+                    before = cpu_seconds(proxy.pid)
+                    with tls_connect(mode, listen, upstream, hosts[mode], contexts) as sock:
+                        started = time.perf_counter()
+                        sock.sendall(tls_request(hosts[mode], upstream, f"/big/{TLS_BYTES}"))
+                        assert read_response(sock, buffer) == TLS_BYTES  # type: ignore[arg-type]
+                        runs[mode].append(TLS_BYTES / (time.perf_counter() - started))
+                    cpu[mode] += (cpu_seconds(proxy.pid) - before) / TLS_DOWNLOADS
+            rates = {mode: statistics.median(values) for mode, values in runs.items()}
+            kept: dict[str, float] = {}
+            for mode in contexts:  # small requests on one kept-alive connection
+                with tls_connect(mode, listen, upstream, hosts[mode], contexts) as sock:
+                    times = []
+                    for _ in range(TLS_SMALL):
+                        started = time.perf_counter()
+                        sock.sendall(tls_request(hosts[mode], upstream, "/small"))
+                        read_response(sock, buffer)  # type: ignore[arg-type]
+                        times.append(time.perf_counter() - started)
+                kept[mode] = statistics.median(times[100:])
+            fresh: dict[str, float] = {}
+            # A new connection per request: CONNECT, both handshakes, the request. For
+            # "inspected, new host" every request names a host not seen before, so each
+            # pays for its leaf certificate's first generation.
+            cases = [*contexts, "inspected, new host"]
+            for case in cases:
+                mode = "inspected" if case.startswith("inspected") else case
+                times = []
+                for i in range(NEW_HOSTS):
+                    host = f"h{i}.inspect.test" if case == "inspected, new host" else hosts[mode]
+                    started = time.perf_counter()
+                    with tls_connect(mode, listen, upstream, host, contexts) as sock:
+                        sock.sendall(tls_request(host, upstream, "/small"))
+                        read_response(sock, buffer)  # type: ignore[arg-type]
+                    times.append(time.perf_counter() - started)
+                fresh[case] = statistics.median(times)
+    from app.egress.ca import SessionCA
+
+    authority = SessionCA("bench")
+    leaves = []
+    for i in range(NEW_HOSTS):  # a leaf and its TLS context, on their own
+        started = time.perf_counter()
+        authority.server_context(f"leaf{i}.example")
+        leaves.append(time.perf_counter() - started)
+    mib = TLS_BYTES // 1024**2
+    print(f"\nHTTPS: {mib} MiB download, median of {TLS_DOWNLOADS} interleaved runs "
+          f"(proxy CPU s per download); p50 of {TLS_SMALL} small kept-alive requests:")
+    for mode in contexts:
+        print(f"  {mode:<15} {rates[mode] / 1e6:7.0f} MB/s  {rates[mode] / rates['direct']:5.2f}x "
+              f"direct  {rates[mode] / rates['opaque tunnel']:5.2f}x opaque   cpu {cpu[mode]:5.2f}"
+              f"   p50 {kept[mode] * 1e6:6.0f} µs  added {(kept[mode] - kept['direct']) * 1e6:6.0f}"
+              " µs")
+    print(f"p50 of {NEW_HOSTS} requests, each on a new connection (CONNECT + TLS + request):")
+    for case in cases:
+        print(f"  {case:<20} {fresh[case] * 1e3:6.2f} ms  added "
+              f"{(fresh[case] - fresh['direct']) * 1e3:5.2f} ms  "
+              f"{fresh[case] / fresh['direct']:5.2f}x direct")
+    print(f"a leaf certificate and its TLS context, made alone: p50 "
+          f"{statistics.median(leaves) * 1e3:.2f} ms (in the proxy: once per host and "
+          "session, ahead for the hosts a profile names exactly)")

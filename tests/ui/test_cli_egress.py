@@ -57,12 +57,13 @@ def test_secret_set_list_delete_never_takes_the_value_from_argv(
     assert again.returncode == 2 and "no secret named 'llm-key'" in again.stderr
 
 
-def _net_event(session: str, host: str, kind: EventKind, up: int, down: int) -> Event:
+def _net_event(session: str, host: str, kind: EventKind, up: int, down: int,
+               **more: str) -> Event:
     return Event(kind, session, host, {
         "method": "GET", "host": host.split(":")[0], "port": 443, "path": "/x?k=…",
         "status": 403 if kind is EventKind.NET_REFUSED else 200, "bytes_up": up,
         "bytes_down": down, "duration": 0.002, "decision": "allow", "rule": "allow[0]",
-        "reason": "r",
+        "reason": "r", **more,
     })
 
 
@@ -85,10 +86,11 @@ def test_net_totals_and_live_lines(tester: DesktopUser) -> None:
 
     def mark() -> None:
         with AuditLog(audit_dir) as audit:
-            audit.append(_net_event("cccc3333", "files.example:443", EventKind.NET_REQUEST, 1, 2))
+            audit.append(_net_event("cccc3333", "files.example:443", EventKind.NET_REQUEST, 1, 2,
+                                    inspection="inspected"))
 
     try:
         line = until_followed(Lines(live), mark, lambda line: "files.example" in line)
     finally:
         tester.stop(live)
-    assert "files.example:443/x?k=…" in line and "allow [allow[0]]" in line
+    assert "files.example:443/x?k=… (inspected)" in line and "allow [allow[0]]" in line

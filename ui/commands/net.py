@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO
@@ -70,6 +71,12 @@ def _size(value: int) -> str:
     return str(value)
 
 
+def _seen(details: Mapping[str, object]) -> str:
+    """Whether HTTPS was decrypted and seen, or passed as an opaque tunnel."""
+    inspection = details.get("inspection")
+    return f" ({inspection})" if inspection in ("inspected", "opaque") else ""
+
+
 def line(record: AuditRecord) -> str:
     d = record.details
     stamp = datetime.fromtimestamp(record.time).strftime("%H:%M:%S.%f")[:-3]
@@ -78,7 +85,7 @@ def line(record: AuditRecord) -> str:
     path = path if isinstance(path, str) else "(long path)"
     return inert(
         f"{stamp}  {(record.session or '-')[:12]:<12} {d.get('method', ''):<7} "
-        f"{record.subject}{path}  {d.get('status', '')}  "
+        f"{record.subject}{path}{_seen(d)}  {d.get('status', '')}  "
         f"↑{_int(d.get('bytes_up'))} ↓{_int(d.get('bytes_down'))}  "
         f"{float(d.get('duration') or 0) * 1000:.0f} ms  {verdict} [{d.get('rule', '')}]"
         + (f" {d.get('reason', '')}" if record.kind == "net.refused" else "")

@@ -340,7 +340,7 @@ class ConsentDialog(QDialog):
                  "url", "scheme", "paths", "count", "size", "sha256", "preview", "findings",
                  "host", "mode", "current_folder", "content_type", "mime", "path", "complete",
                  "inspected", "rule", "modal", "accept_label", "image", "current_filter",
-                 "choices", "current_file", "files"}
+                 "choices", "current_file", "files", "inspection"}
         for key, value in details.items():
             if key not in known and isinstance(value, str | int | float):
                 form.addRow(_plain(f"{shown(key, 30)}:"), _plain(shown(value)))
@@ -352,6 +352,9 @@ class ConsentDialog(QDialog):
         if details.get("method") or details.get("path"):
             form.addRow("Request:", _plain(shown(
                 f"{details.get('method', '')} {details.get('path', '')}".strip(), 120)))
+        if details.get("inspection") == "inspected":
+            form.addRow("Seen:", _plain("HTTPS, decrypted by Airlock: the preview is what "
+                                        "would leave"))
         mime = details.get("mime") or details.get("content_type")
         if mime:
             form.addRow("Type:", _plain(shown(mime, 80)))

@@ -176,7 +176,12 @@ def summary(event: Event) -> str:
                 f"({details.get('route_header', '')}): {details.get('method', '')} "
                 f"{details.get('path', '')} → {details.get('status', '')}")
     if kind in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL, EventKind.NET_REFUSED):
-        return (f"{details.get('method', '')} {details.get('decision', '')} "
+        # The path comes redacted (query values are `…`); HTTPS says whether it was seen.
+        path = details.get("path")
+        inspection = details.get("inspection")
+        return (f"{details.get('method', '')} {path if isinstance(path, str) else ''} "
+                f"{f'({inspection}) ' if inspection in ('inspected', 'opaque') else ''}"
+                f"{details.get('decision', '')} "
                 f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
                 f"↓{human_bytes(int(details.get('bytes_down', 0) or 0))} "
                 f"{details.get('reason', '')}").strip()

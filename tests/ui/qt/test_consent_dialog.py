@@ -215,6 +215,7 @@ def test_untrusted_text_is_plain_and_marked(qapp: QApplication, artifacts: Path)
         RequestKind.UPLOAD, "paste.example:443", reason,
         size=18_240, sha256="9f2c" * 16, mime="text/csv", method="POST", path="/api/paste",
         complete=True, preview="name,iban\\nAna,DE89 3704 0044 0532 0130 00\\n",
+        inspection="inspected",
         findings=[{"kind": "iban", "label": "an IBAN (bank account number)", "offset": 14},
                   {"kind": "granted-file", "label": "/home/ana/Finance/2026.csv",
                    "offset": 4096}])
@@ -230,6 +231,7 @@ def test_untrusted_text_is_plain_and_marked(qapp: QApplication, artifacts: Path)
                for label in dialog.findChildren(QLabel)
                if label.text() and not label.text().endswith(":"))
     assert "IBAN" in labels["findings"].text()
+    assert any("decrypted by Airlock" in label.text() for label in dialog.findChildren(QLabel))
     assert dialog.findChild(QComboBox, "duration").count() == 2  # once · this session
     dialog.grab().save(str(artifacts / "consent-upload.png"))
     dialog.deny()
