@@ -21,6 +21,7 @@ import trustme
 from app.consent import Verdict
 from app.egress.ca import SessionCA
 from app.egress.inspect import GrantedContent
+from app.events import EventKind
 from app.profiles import Profile, parse_profile
 from tests.app.egress.test_egress_proxy import harness
 from tests.netsupport import (
@@ -586,7 +587,12 @@ def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host
         stray_body = curl("-x", proxy.url, "--cacert", cafile, "-i", "-d",
                           json.dumps({"note": "x" * 5000, "key": fake}),
                           f"https://files.test:{other.port}/paste")
-        events = proxy.wait_events(5)
+        logged = proxy.wait_events(7)
+    # Each request the route's key went out with is also a `net.credential` record.
+    used = [e for e in logged if e.kind is EventKind.NET_CREDENTIAL]
+    events = [e for e in logged if e.kind is not EventKind.NET_CREDENTIAL]
+    assert [e.details["route"] for e in used] == ["claude", "claude"]
+    assert all(KEY not in json.dumps(dict(e.details)) for e in used)
     first = upstream.seen.requests[0]
     if where == "header":
         assert first["headers"]["x-api-key"] == KEY
