@@ -180,10 +180,14 @@ class ContainerSpec:
         return mounts
 
 
+# Resource limits of the agent's processes: name → (soft, hard).
+ULIMITS: Mapping[str, tuple[int, int]] = {"nofile": (4096, 4096), "core": (0, 0)}
+
+
 def _ulimits() -> list[Any]:
     from docker.types import Ulimit
 
-    return [Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)]
+    return [Ulimit(name=name, soft=soft, hard=hard) for name, (soft, hard) in ULIMITS.items()]
 
 
 def container_environment(profile: Profile, session: str) -> dict[str, str]:

@@ -91,8 +91,8 @@ def kernel_report(pid: int, container: str) -> KernelReport:
     pids = [pid]
     children = _read(proc / "task" / str(pid) / "children").split()
     pids += [int(child) for child in children[:MAX_CHILDREN] if child.isdigit()]
-    processes = tuple(ProcessFacts.parse(p, status) for p in pids
-                      if (status := _read(Path("/proc") / str(p) / "status")))
+    processes = tuple(ProcessFacts.parse(p, status, _read(Path("/proc") / str(p) / "limits"))
+                      for p in pids if (status := _read(Path("/proc") / str(p) / "status")))
     net = proc / "net"
     listeners = (parse_listeners("tcp", _read(net / "tcp"))
                  + parse_listeners("tcp6", _read(net / "tcp6")))
