@@ -58,7 +58,8 @@ def detect_engine(client: docker.DockerClient) -> EngineKind:
         info = client.info()
         rootless = None
         if any(c.get("Name") == "Podman Engine" for c in version.get("Components") or []):
-            libpod = client.api.get(f"{client.api.base_url}/libpod/info")
+            # Podman answers its own API under any version prefix, not without one.
+            libpod = client.api.get(f"{client.api.base_url}/v4.0.0/libpod/info")
             libpod.raise_for_status()
             rootless = bool(((libpod.json().get("host") or {}).get("security") or {})
                             .get("rootless"))

@@ -85,7 +85,9 @@ from app.egress.keys import SecretSource
 from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
 from app.egress.witness import BlockedLog
+from app.engine import detect_engine, for_engine, one_line
 from app.errors import EgressError
+from app.paths import Dirs
 from app.profiles import HostRule, Profile
 from app.sessions import SessionContext
 
@@ -372,7 +374,7 @@ class EgressBridge:
         from docker.types import LogConfig, Mount
 
         api = self._egress.engine.api
-        host_config = api.create_host_config(
+        docker_config = api.create_host_config(
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
@@ -395,6 +397,9 @@ class EgressBridge:
             mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
                           read_only=True, propagation="rprivate")],
         )
+        kind = detect_engine(self._egress.engine)
+        # Podman: the user namespace the agent joins with the network (app/engine_kind.py).
+        host_config = for_engine(kind, docker_config, "none", Dirs.for_user().runtime)
         kwargs: dict[str, Any] = {
             "image": session.profile.image,
             "command": sidecar_command(session.identity.uid, session.identity.gid, proxied),
@@ -409,7 +414,8 @@ class EgressBridge:
         try:
             created = api.create_container(**kwargs)
         except docker.errors.APIError as e:
-            raise EgressError(f"cannot create the network bridge: {e.explanation}") from e
+            raise EgressError(f"{kind.describe()} refused the network bridge: "
+                              f"{one_line(str(e.explanation))}") from e
         container = self._egress.engine.containers.prepare_model({"Id": created["Id"]})
         try:
             container.start()
