@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from app.engine_kind import (
     engine_kind,
     podman_host_config,
     podman_userns,
+    seccomp_name,
     seccomp_text,
 )
 from app.errors import EngineError
@@ -86,7 +86,7 @@ def seccomp_file(text: str, runtime_dir: Path) -> Path:
     the engine reads it at each create)."""
     folder = runtime_dir / "seccomp"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    path = folder / seccomp_name(text)
     if not path.exists():
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(text)

@@ -4,6 +4,7 @@ API must be told Airlock's container settings differently: pure functions, teste
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,14 @@ PODMAN_MOUNTS = frozenset({"/run/podman-init", "/etc/passwd", "/etc/group",
 # limit) unless the container brings its own; these are Airlock's, limited like /tmp.
 PODMAN_TMPFS = {"/run": "rw,nosuid,nodev,noexec,size=1m,mode=0755",
                 "/var/tmp": "rw,nosuid,nodev,noexec,size=1m,mode=1777"}
+
+
+# What Podman lists as dropped for `cap_drop=["ALL"]`: the capabilities it would otherwise
+# grant (containers.conf's default_capabilities, Podman 4). The kernel's capability sets
+# are checked as well, and must be empty whatever the engine says.
+PODMAN_DEFAULT_CAPABILITIES = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID",
+                               "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW", "SETFCAP",
+                               "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +94,18 @@ def podman_host_config(host_config: Mapping[str, Any], seccomp_file: str | None,
     if options:
         config["SecurityOpt"] = options
     config["UsernsMode"] = userns
-    config["Tmpfs"] = {**PODMAN_TMPFS, **(config.get("Tmpfs") or {})}
+    config["Tmpfs"] = podman_tmpfs(config.get("Tmpfs") or {})
     return config
+
+
+def podman_tmpfs(tmpfs: Mapping[str, str]) -> dict[str, str]:
+    """The tmpfs mounts as Podman takes them: Airlock's /run and /var/tmp added, and a
+    tmpfs's owner as "U" (the container's user; Podman refuses uid= and gid=)."""
+    def options(text: str) -> str:
+        kept = [o for o in text.split(",") if not o.startswith(("uid=", "gid="))]
+        return ",".join([*kept, "U"]) if len(kept) < len(text.split(",")) else text
+
+    return {target: options(text) for target, text in {**PODMAN_TMPFS, **tmpfs}.items()}
 
 
 def podman_userns(network_mode: str) -> str:
@@ -101,3 +120,9 @@ def seccomp_text(security_opt: Sequence[str]) -> str | None:
         if option.startswith(SECCOMP_PREFIX):
             return option[len(SECCOMP_PREFIX):]
     return None
+
+
+def seccomp_name(text: str) -> str:
+    """The file name a seccomp profile is written under for Podman: its digest, so the
+    sandbox check can tell from the name alone that the file holds this profile."""
+    return f"{hashlib.sha256(text.encode()).hexdigest()}.json"

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.container import ULIMITS, ContainerSpec
-from app.engine_kind import DOCKER, PODMAN_MOUNTS, PODMAN_TMPFS, EngineKind, podman_userns
+from app.engine_kind import (
+    DOCKER,
+    PODMAN_DEFAULT_CAPABILITIES,
+    PODMAN_MOUNTS,
+    EngineKind,
+    podman_tmpfs,
+    podman_userns,
+    seccomp_name,
+)
 
 # The gate: the container's entrypoint waits for one line on a FIFO mounted read-only from the
 # session's directory, and execs the agent's command only if that line is "go" — written once
@@ -291,17 +299,22 @@ class EngineWords:
     userns_mode: str
     tmpfs: tuple[str, ...]
     engine_mounts: frozenset[str]
-    asked: Mapping[str, str]  # tmpfs target: the options Airlock gives it
+    asked: Mapping[str, str]  # tmpfs target: the options Airlock gives it, as reported
+    cap_drop: tuple[str, ...]
+    seccomp: str  # the SecurityOpt value that means "the profile's filter"
 
 
 def engine_words(kind: EngineKind, spec: ContainerSpec) -> EngineWords:
     asked = spec.tmpfs()
     if not kind.podman:
-        return EngineWords("private", "", "", tuple(sorted(asked)), ENGINE_MOUNTS, asked)
-    asked = {**PODMAN_TMPFS, **asked}
+        return EngineWords("private", "", "", tuple(sorted(asked)), ENGINE_MOUNTS, asked,
+                           ("ALL",), spec.seccomp)
+    # Podman takes the owner as "U" and does not report it back.
+    asked = {target: text.replace(",U", "") for target, text in podman_tmpfs(asked).items()}
     userns = podman_userns(spec.network_mode)
     return EngineWords("shareable", "private", "private" if userns == "keep-id" else userns,
-                       tuple(sorted(asked)), ENGINE_MOUNTS | PODMAN_MOUNTS, asked)
+                       tuple(sorted(asked)), ENGINE_MOUNTS | PODMAN_MOUNTS, asked,
+                       PODMAN_DEFAULT_CAPABILITIES, seccomp_name(spec.seccomp))
 
 
 def _text(value: object) -> str:
@@ -318,10 +331,13 @@ def engine_checks(expected: Expectation, view: EngineView, kind: EngineKind = DO
         Check("engine: user", f"{spec.identity.uid}:{spec.identity.gid}", view.user),
         Check("engine: read-only root", "true", _text(view.read_only)),
         Check("engine: privileged", "false", _text(view.privileged)),
-        Check("engine: capabilities dropped", '["ALL"]', _text(list(view.cap_drop))),
+        Check("engine: capabilities dropped", _text(list(words.cap_drop)),
+              _text(sorted(view.cap_drop))),
         Check("engine: capabilities added", "[]", _text(list(view.cap_add))),
         Check("engine: seccomp", "the profile's filter",
-              "the profile's filter" if seccomp == [spec.seccomp] else
+              "the profile's filter" if seccomp == [spec.seccomp] or (
+                  kind.podman and len(seccomp) == 1
+                  and seccomp[0].rpartition("/")[2] == words.seccomp) else
               ("none" if not seccomp else f"{seccomp[0][:40]!r}")),
         Check("engine: no-new-privileges", "true",
               _text(nnp in (["no-new-privileges:true"], ["no-new-privileges"]))),

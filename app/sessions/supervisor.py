@@ -35,6 +35,7 @@ from app.events import EventBus, EventKind
 from app.grants import Grant, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
+from app.engine_kind import EngineKind
 from app.sandbox import (
     GATE_DIR,
     GATE_FIFO_PATH,
@@ -286,7 +287,7 @@ class Supervisor:
                           found=failed[0].found, failed=[c.describe() for c in failed],
                           checks=len(checks), seconds=seconds)
             await asyncio.to_thread(self.store.set_sandbox, running.id, outcome)
-            raise SandboxRefused(refusal(running.id, report.kind.describe(), failed))
+            raise SandboxRefused(refusal(running.id, report.kind, failed))
         gate.open()
         self.bus.emit(EventKind.SANDBOX_VERIFIED, running.id, running.id, checks=len(checks),
                       seconds=seconds)
@@ -458,13 +459,16 @@ def _gated(spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...]
                              spec.listening)
 
 
-def refusal(session: str, engine: str, failed: Sequence[Check]) -> str:
+def refusal(session: str, engine: EngineKind, failed: Sequence[Check]) -> str:
     """The refusal, naming the engine and every check that failed (an engine that drops a
     setting usually drops several: memory, pids and CPU limits together)."""
     more = (f" (and {len(failed) - 1} more: {', '.join(c.name for c in failed[1:])})"
             if len(failed) > 1 else "")
-    return (f"session {session} refused: the sandbox {engine} made is not what was asked "
-            f"for — {failed[0].describe()}{more}")
+    why = ("" if engine.limits_enforced else
+           "; a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock "
+           "doctor`)")
+    return (f"session {session} refused: the sandbox {engine.describe()} made is not what "
+            f"was asked for — {failed[0].describe()}{more}{why}")
 
 
 def _describe_exit(code: int) -> str:
