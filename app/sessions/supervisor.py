@@ -30,12 +30,12 @@ from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.console import Console, console_started
 from app.container import LABEL_OWNER, LABEL_SESSION, BindMount, ContainerSpec, Identity
 from app.endings import request_stop, stop_requested
+from app.engine_kind import EngineKind
 from app.errors import EngineError, SandboxRefused, SessionError
 from app.events import EventBus, EventKind
 from app.grants import Grant, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
-from app.engine_kind import EngineKind
 from app.sandbox import (
     GATE_DIR,
     GATE_FIFO_PATH,
