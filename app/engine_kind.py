@@ -60,6 +60,7 @@ class EngineKind:
 
 
 DOCKER = EngineKind("docker")  # what the checks assume when nothing else is known
+UNKNOWN = EngineKind("")  # not asked (yet)
 
 
 def engine_kind(version: Mapping[str, Any], info: Mapping[str, Any],
