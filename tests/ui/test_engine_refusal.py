@@ -4,6 +4,8 @@ refused, naming the engine and what it dropped, where it cannot — never run wi
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 
 import docker
@@ -36,6 +38,16 @@ def test_a_session_runs_only_in_the_sandbox_asked_for(
                         "engine: ulimits"):
             assert dropped in refusal, refusal
         assert "cannot enforce resource limits" in refusal
+        # Only they: everything else the engine and the kernel report is as asked (user,
+        # capabilities, seccomp, mounts, tmpfs, network, the witness's device).
+        audit = tester.run("audit", "show", "--json")
+        refused = [json.loads(line)["details"] for line in audit.stdout.splitlines()
+                   if '"sandbox.refused"' in line]
+        assert len(refused) == 1, audit.stdout[-2000:]
+        failed = [f.partition(": expected")[0] for f in refused[0]["failed"]]
+        assert all(re.fullmatch(r"engine: (memory|memory\+swap|pids) limit|engine: cpus "
+                                r"\(nano\)|engine: ulimits|kernel: pid \d+ limits", name)
+                   for name in failed), failed
     else:
         # Rootless Podman on cgroup v2: not yet run here; whatever happens, it says so.
         assert result.returncode == 0 or "refused" in result.stderr, result.stderr
