@@ -69,15 +69,16 @@ def no_blocked_loop(request: pytest.FixtureRequest, loop_watch: LoopWatch) -> It
 def engine() -> Iterator[docker.DockerClient]:
     """The engine under test: Docker, or with AIRLOCK_TEST_ENGINE=podman the tester's
     rootless Podman service (tests/support.py: `engine_host_under_test`)."""
-    host = engine_host_under_test()
-    try:
-        with engine_environment(host):
+    # DOCKER_HOST stays set for the session: what the tests start (the reaper) reaches the
+    # same engine.
+    with engine_environment(engine_host_under_test()):
+        try:
             client = connect_engine(timeout=60)
-    except EngineError as e:
-        pytest.fail(f"these tests need a container engine: {e} (`packaging/setup test` starts "
-                    "Docker; `packaging/setup podman` the tester's rootless Podman)")
-    yield client
-    client.close()
+        except EngineError as e:
+            pytest.fail(f"these tests need a container engine: {e} (`packaging/setup test` "
+                        "starts Docker; `packaging/setup podman USER` a rootless Podman)")
+        yield client
+        client.close()
 
 
 @pytest.fixture(scope="session")
