@@ -86,6 +86,7 @@ from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
 from app.egress.witness import BlockedLog
 from app.engine import detect_engine, for_engine, one_line
+from app.engine_kind import EngineKind
 from app.errors import EgressError
 from app.paths import Dirs
 from app.profiles import HostRule, Profile
@@ -187,6 +188,13 @@ class Egress:
         self._spare: asyncio.Task[_Spare] | None = None
         self.blocked = False  # "Block all network": every session's proxy refuses everything
         self._proxies: weakref.WeakSet[SessionProxy] = weakref.WeakSet()
+        self._kind: EngineKind | None = None
+
+    def engine_kind(self) -> EngineKind:
+        """Which engine makes the sidecars (asked once). Blocking."""
+        if self._kind is None:
+            self._kind = detect_engine(self.engine)
+        return self._kind
 
     def block_all(self, blocked: bool) -> None:
         """The user's switch: new requests and tunnels of every session are refused, and
@@ -397,7 +405,7 @@ class EgressBridge:
             mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
                           read_only=True, propagation="rprivate")],
         )
-        kind = detect_engine(self._egress.engine)
+        kind = self._egress.engine_kind()
         # Podman: the user namespace the agent joins with the network (app/engine_kind.py).
         host_config = for_engine(kind, docker_config, "none", Dirs.for_user().runtime)
         kwargs: dict[str, Any] = {
