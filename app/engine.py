@@ -82,12 +82,17 @@ def for_engine(kind: EngineKind, host_config: dict[str, Any], network_mode: str,
 
 
 def seccomp_file(text: str, runtime_dir: Path) -> Path:
-    """The profile's text in a file of the user's only, named by its digest (written once;
-    the engine reads it at each create)."""
+    """The profile's text in a file of the user's only, named by its digest (the sandbox
+    check compares the name; the content is checked here, at each create, before the
+    engine reads it)."""
     folder = runtime_dir / "seccomp"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / seccomp_name(text)
-    if not path.exists():
+    try:
+        same = path.read_text() == text
+    except OSError:
+        same = False
+    if not same:
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(text)
         partial.chmod(0o600)

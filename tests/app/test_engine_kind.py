@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.container import LABEL_ROLE, agents_first
-from app.engine import one_line
+from app.engine import one_line, seccomp_file
 from app.engine_kind import (
     PODMAN_TMPFS,
     EngineKind,
@@ -104,3 +106,11 @@ def test_an_engine_error_is_one_bounded_line() -> None:
     quoted = "opening seccomp profile failed: open {\n  \"a\": 1,\n" + "x" * 1000 + "}"
     line = one_line(quoted)
     assert "\n" not in line and len(line) == 300 and line.endswith("…")
+
+
+def test_the_seccomp_file_holds_the_profile_even_if_changed_in_between(tmp_path: Path) -> None:
+    path = seccomp_file(SECCOMP, tmp_path)
+    assert path.read_text() == SECCOMP and path.name == seccomp_name(SECCOMP)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    assert seccomp_file(SECCOMP, tmp_path).read_text() == SECCOMP
