@@ -4,10 +4,10 @@ engine's create arguments, so every hardening control is visible (and tested) in
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.console import Terminal
 from app.profiles import Profile
@@ -19,7 +19,15 @@ LABEL_SUPERVISOR = "org.airlock.supervisor"
 LABEL_PROFILE = "org.airlock.profile"
 LABEL_ROLE = "org.airlock.role"  # "agent", or the sidecar's job ("bridge")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+T = TypeVar("T")
 AGENT_HOME = "/home/airlock"  # the agent's HOME: writable, size-limited, programs may run there
+
+
+def agents_first(containers: Iterable[T], labels: Callable[[T], Mapping[str, str]]
+                 ) -> list[T]:
+    """Containers in the order they can be removed: agents before the sidecars whose
+    namespaces they joined (Podman refuses to remove a container others depend on)."""
+    return sorted(containers, key=lambda c: labels(c).get(LABEL_ROLE, "agent") != "agent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +188,14 @@ class ContainerSpec:
         return mounts
 
 
+# Resource limits of the agent's processes: name → (soft, hard).
+ULIMITS: Mapping[str, tuple[int, int]] = {"nofile": (4096, 4096), "core": (0, 0)}
+
+
 def _ulimits() -> list[Any]:
     from docker.types import Ulimit
 
-    return [Ulimit(name="nofile", soft=4096, hard=4096), Ulimit(name="core", soft=0, hard=0)]
+    return [Ulimit(name=name, soft=soft, hard=hard) for name, (soft, hard) in ULIMITS.items()]
 
 
 def container_environment(profile: Profile, session: str) -> dict[str, str]:

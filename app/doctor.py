@@ -32,7 +32,9 @@ from app.egress.secret_service import (
     keyring_problem,
     within,
 )
-from app.errors import AirlockError
+from app.engine import detect_engine
+from app.engine_kind import UNKNOWN, EngineKind
+from app.errors import AirlockError, EngineError
 from app.image import DEFAULT_IMAGE, RECIPE_LABEL, ImageState, Recipe, image_info
 from app.profiles import Profile, ProfileCatalog
 from app.sessions.limits import DISK_RESERVE
@@ -78,10 +80,11 @@ class EngineFacts:
     runtimes: tuple[str, ...] = ()
     default_runtime: str = ""
     cgroup: str = ""
+    kind: EngineKind = UNKNOWN  # which engine: app/engine_kind.py
 
     @property
     def rootless(self) -> bool:
-        return "name=rootless" in self.security_options
+        return "name=rootless" in self.security_options or self.kind.rootless
 
     @property
     def seccomp(self) -> bool:
@@ -155,6 +158,39 @@ def check_engine_mode(engine: EngineFacts) -> Finding:
     return Finding("rootless", Status.OK,
                    "the engine runs as root: whoever may use its socket is root-equivalent, "
                    "which is why Airlock never hands the socket to an agent")
+
+
+def check_engine_limits(engine: EngineFacts) -> Finding:
+    """Whether the engine can hold a session's resource limits: one that drops them is
+    refused by the sandbox check at every session, so say so before."""
+    kind = engine.kind
+    if not kind.limits_enforced:
+        return Finding("limits", Status.PROBLEM,
+                       f"{kind.describe()} cannot enforce memory, pids and CPU limits or "
+                       "ulimits (a rootless engine has no cgroup of its own on cgroup v1) and "
+                       "drops them without an error: the sandbox check refuses every session",
+                       "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) and delegate "
+                       "the cpu, memory and pids controllers to your user, or use rootful "
+                       "Docker (sudo packaging/setup demo)")
+    if kind.podman and kind.rootless:
+        return Finding("limits", Status.WARN,
+                       f"{kind.describe()}: limits hold only with the cpu, memory and pids "
+                       "controllers delegated to your user; the sandbox check refuses a "
+                       "session whose limits were dropped (not yet tested by Airlock here)")
+    return Finding("limits", Status.OK, f"{kind.describe()} enforces the profiles' limits "
+                   "(the sandbox check verifies them at each session)")
+
+
+def check_gvisor(wanted: Mapping[str, str]) -> Finding | None:
+    """`wanted`: profile name → the runtime it names. gVisor is not supported yet."""
+    gvisor = sorted(p for p, r in wanted.items() if r == "runsc")
+    if not gvisor:
+        return None
+    return Finding("gVisor", Status.PROBLEM,
+                   f"gVisor (runsc) is not supported yet: the sandbox check reads /proc of the "
+                   f"container's first process from the host, and under gVisor it shows "
+                   f"gVisor's sandbox, not the container; sessions of {', '.join(gvisor)} are "
+                   "refused", "remove `runtime = \"runsc\"` from those profiles")
 
 
 def check_seccomp(engine: EngineFacts) -> Finding:
@@ -373,13 +409,15 @@ def probe_engine(environ: Mapping[str, str], seconds: float = ENGINE_SECONDS
             runtimes=tuple(sorted(info.get("Runtimes") or {})),
             default_runtime=str(info.get("DefaultRuntime", "")),
             cgroup=str(info.get("CgroupVersion", "")),
+            kind=detect_engine(client),
         ), client
 
     try:
         return within(seconds + 1, ask, f"the engine at {where}")
     except TimeoutError as e:
         return EngineFacts(where, error=str(e)), None
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+    except (docker.errors.DockerException, requests.exceptions.RequestException,
+            EngineError) as e:
         return EngineFacts(where, error=_first_line(e)), None
 
 

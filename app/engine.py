@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from app.engine_kind import (
+    EngineKind,
+    engine_kind,
+    podman_host_config,
+    podman_userns,
+    seccomp_name,
+    seccomp_text,
+)
 from app.errors import EngineError
 
 
@@ -41,3 +51,65 @@ def _explain(where: str, error: Exception) -> str:
             "or run `sudo packaging/setup demo`, which installs and starts one."
         )
     return f"the Docker engine at {where} did not answer: {text}"
+
+
+def detect_engine(client: docker.DockerClient) -> EngineKind:
+    """Which engine answers: its version and info, and for Podman its own info (only it
+    says whether it runs rootless)."""
+    try:
+        version = client.version()
+        info = client.info()
+        rootless = None
+        if any(c.get("Name") == "Podman Engine" for c in version.get("Components") or []):
+            # Podman answers its own API under any version prefix, not without one.
+            libpod = client.api.get(f"{client.api.base_url}/v4.0.0/libpod/info")
+            libpod.raise_for_status()
+            rootless = bool(((libpod.json().get("host") or {}).get("security") or {})
+                            .get("rootless"))
+    except (docker.errors.DockerException, requests.exceptions.RequestException,
+            ValueError) as e:
+        raise EngineError(f"the engine did not say what it is: {_first_line(e)}") from e
+    return engine_kind(version, info, rootless)
+
+
+def for_engine(kind: EngineKind, host_config: dict[str, Any], network_mode: str,
+               runtime_dir: Path) -> dict[str, Any]:
+    """The host config as `kind` takes it: unchanged for Docker; for Podman, the seccomp
+    profile written to a file (content-addressed under `runtime_dir`) and the user namespace
+    that keeps the user's uid (see app/engine_kind.py)."""
+    if not kind.podman:
+        return host_config
+    text = seccomp_text(host_config.get("SecurityOpt") or ())
+    path = None if text is None else str(seccomp_file(text, runtime_dir))
+    return podman_host_config(host_config, path, podman_userns(network_mode))
+
+
+def seccomp_file(text: str, runtime_dir: Path) -> Path:
+    """The profile's text in a file of the user's only, named by its digest (the sandbox
+    check compares the name; the content is checked here, at each create, before the
+    engine reads it)."""
+    folder = runtime_dir / "seccomp"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / seccomp_name(text)
+    try:
+        same = path.read_text() == text
+    except OSError:
+        same = False
+    if not same:
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.chmod(0o600)
+        partial.replace(path)
+    return path
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """An engine's error message as one bounded line (Podman quotes a refused seccomp
+    profile whole)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _first_line(error: Exception) -> str:
+    return one_line(str(error).strip().splitlines()[0] if str(error).strip()
+                    else type(error).__name__)

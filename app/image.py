@@ -273,8 +273,25 @@ def _import(client: docker.DockerClient, recipe: Recipe, tarball: Path, tag: str
         if "error" in status:
             raise ImageError(f"the Docker engine refused to import the image: {status['error']}")
         if str(status.get("status", "")).startswith("sha256:"):
-            return str(status["status"])
+            image_id = str(status["status"])
+            _name(client, image_id, repository, version)
+            return image_id
     raise ImageError(f"the Docker engine did not say which image it imported: {reply!r}")
+
+
+def _name(client: docker.DockerClient, image_id: str, repository: str, version: str) -> None:
+    """Gives the imported image its tag, and only it: Podman's import ignores the tag it is
+    given and names the image `REPOSITORY:latest` instead."""
+    wanted = f"{repository}:{version}"
+    try:
+        tags = client.images.get(image_id).tags
+        if any(t == wanted or t.endswith(f"/{wanted}") for t in tags):
+            return
+        client.api.tag(image_id, repository, version, force=True)
+        for tag in tags:
+            client.api.remove_image(tag)  # untags: the image keeps its wanted name
+    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+        raise ImageError(f"cannot name the imported image {wanted}: {e}") from e
 
 
 def _check(client: docker.DockerClient, tag: str) -> None:

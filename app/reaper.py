@@ -19,11 +19,13 @@ def reap(labels: Sequence[str]) -> int:
     """Removes every container carrying all `labels`; 1 if one could not be removed."""
     import docker.errors
 
+    from app.container import agents_first
     from app.engine import connect_engine
 
     engine = connect_engine()
     status = 0
-    for found in engine.api.containers(all=True, filters={"label": list(labels)}):
+    found_all = engine.api.containers(all=True, filters={"label": list(labels)})
+    for found in agents_first(found_all or [], lambda c: c.get("Labels") or {}):
         try:
             engine.api.remove_container(found["Id"], force=True)
         except docker.errors.APIError as e:

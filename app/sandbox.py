@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from app.container import ContainerSpec
+from app.container import ULIMITS, ContainerSpec
+from app.engine_kind import (
+    DOCKER,
+    PODMAN_DEFAULT_CAPABILITIES,
+    PODMAN_MOUNTS,
+    EngineKind,
+    podman_tmpfs,
+    podman_userns,
+    seccomp_name,
+)
 
 # The gate: the container's entrypoint waits for one line on a FIFO mounted read-only from the
 # session's directory, and execs the agent's command only if that line is "go" — written once
@@ -97,6 +106,8 @@ class EngineView:
     tmpfs: tuple[str, ...]
     entrypoint: tuple[str, ...]
     pid: int
+    ulimits: tuple[str, ...] = ()  # "name=soft:hard", sorted
+    tmpfs_options: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_inspect(cls, doc: Mapping[str, Any]) -> EngineView:
@@ -129,6 +140,9 @@ class EngineView:
             tmpfs=tuple(sorted(host.get("Tmpfs") or {})),
             entrypoint=tuple(config.get("Entrypoint") or ()),
             pid=int(state.get("Pid") or 0),
+            ulimits=tuple(sorted(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}"
+                                 for u in host.get("Ulimits") or [])),
+            tmpfs_options={str(k): str(v) for k, v in (host.get("Tmpfs") or {}).items()},
         )
 
 
@@ -142,9 +156,10 @@ class ProcessFacts:
     capabilities: Mapping[str, int]  # CapInh, CapPrm, CapEff, CapBnd, CapAmb
     no_new_privs: int
     seccomp: int
+    limits: Mapping[str, str] = field(default_factory=dict)  # "nofile": "4096:4096"
 
     @classmethod
-    def parse(cls, pid: int, status: str) -> ProcessFacts:
+    def parse(cls, pid: int, status: str, limits: str = "") -> ProcessFacts:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
 
         def numbers(key: str) -> tuple[int, ...]:
@@ -154,7 +169,22 @@ class ProcessFacts:
                         ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") if key in fields}
         return cls(pid, numbers("Uid"), numbers("Gid"), capabilities,
                    int(fields.get("NoNewPrivs", "-1").strip() or -1),
-                   int(fields.get("Seccomp", "-1").strip() or -1))
+                   int(fields.get("Seccomp", "-1").strip() or -1), parse_limits(limits))
+
+
+# /proc/PID/limits rows by the names the engine API uses.
+_LIMIT_ROWS = {"Max open files": "nofile", "Max core file size": "core"}
+
+
+def parse_limits(text: str) -> dict[str, str]:
+    """The limits Airlock sets, from /proc/PID/limits: name → "soft:hard"."""
+    found = {}
+    for line in text.splitlines():
+        for row, name in _LIMIT_ROWS.items():
+            if line.startswith(row):
+                soft, hard = line[len(row):].split()[:2]
+                found[name] = f"{soft}:{hard}".replace("unlimited", "-1")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +211,7 @@ class KernelReport:
 class SandboxReport:
     engine: EngineView
     kernel: KernelReport
+    kind: EngineKind = DOCKER  # which engine made the container: what it reports differs
 
 
 def parse_mountinfo(text: str) -> tuple[MountFact, ...]:
@@ -250,25 +281,63 @@ class Expectation:
 
 def check_sandbox(expected: Expectation, report: SandboxReport) -> list[Check]:
     """Every check, passed or not, in a fixed order: the engine's first, then the kernel's."""
-    return engine_checks(expected, report.engine) + kernel_checks(expected, report.kernel)
+    return (engine_checks(expected, report.engine, report.kind)
+            + kernel_checks(expected, report.kernel, report.kind))
+
+
+@dataclass(frozen=True, slots=True)
+class EngineWords:
+    """How an engine reports the same isolation: Docker says "" for a private pid and user
+    namespace and "private" for a private IPC namespace; Podman says "private", names the
+    user namespace it was given ("private" for keep-id, "container:ID" when shared) and
+    "shareable" for a private IPC namespace. Podman also mounts /run and /var/tmp unless the
+    container has them (Airlock gives it small noexec ones), and its init, passwd and group
+    files."""
+
+    ipc_mode: str
+    pid_mode: str
+    userns_mode: str
+    tmpfs: tuple[str, ...]
+    engine_mounts: frozenset[str]
+    asked: Mapping[str, str]  # tmpfs target: the options Airlock gives it, as reported
+    cap_drop: tuple[str, ...]
+    seccomp: str  # the SecurityOpt value that means "the profile's filter"
+
+
+def engine_words(kind: EngineKind, spec: ContainerSpec) -> EngineWords:
+    asked = spec.tmpfs()
+    if not kind.podman:
+        return EngineWords("private", "", "", tuple(sorted(asked)), ENGINE_MOUNTS, asked,
+                           ("ALL",), spec.seccomp)
+    # Podman takes the owner as "U" and does not report it back.
+    asked = {target: text.replace(",U", "") for target, text in podman_tmpfs(asked).items()}
+    userns = podman_userns(spec.network_mode)
+    return EngineWords("shareable", "private", "private" if userns == "keep-id" else userns,
+                       tuple(sorted(asked)), ENGINE_MOUNTS | PODMAN_MOUNTS, asked,
+                       PODMAN_DEFAULT_CAPABILITIES, seccomp_name(spec.seccomp))
 
 
 def _text(value: object) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def engine_checks(expected: Expectation, view: EngineView) -> list[Check]:
+def engine_checks(expected: Expectation, view: EngineView, kind: EngineKind = DOCKER
+                  ) -> list[Check]:
     spec = expected.spec
+    words = engine_words(kind, spec)
     seccomp = [o.partition("=")[2] for o in view.security_opt if o.startswith("seccomp")]
     nnp = [o for o in view.security_opt if o.startswith("no-new-privileges")]
     checks = [
         Check("engine: user", f"{spec.identity.uid}:{spec.identity.gid}", view.user),
         Check("engine: read-only root", "true", _text(view.read_only)),
         Check("engine: privileged", "false", _text(view.privileged)),
-        Check("engine: capabilities dropped", '["ALL"]', _text(list(view.cap_drop))),
+        Check("engine: capabilities dropped", _text(list(words.cap_drop)),
+              _text(sorted(view.cap_drop))),
         Check("engine: capabilities added", "[]", _text(list(view.cap_add))),
         Check("engine: seccomp", "the profile's filter",
-              "the profile's filter" if seccomp == [spec.seccomp] else
+              "the profile's filter" if seccomp == [spec.seccomp] or (
+                  kind.podman and len(seccomp) == 1
+                  and seccomp[0].rpartition("/")[2] == words.seccomp) else
               ("none" if not seccomp else f"{seccomp[0][:40]!r}")),
         Check("engine: no-new-privileges", "true",
               _text(nnp in (["no-new-privileges:true"], ["no-new-privileges"]))),
@@ -277,20 +346,35 @@ def engine_checks(expected: Expectation, view: EngineView) -> list[Check]:
         Check("engine: cpus (nano)", str(spec.nano_cpus), str(view.nano_cpus)),
         Check("engine: pids limit", str(spec.pids), str(view.pids)),
         Check("engine: network mode", spec.network_mode, view.network_mode),
-        Check("engine: ipc mode", "private", view.ipc_mode),
-        Check("engine: pid mode", "", view.pid_mode),
-        Check("engine: userns mode", "", view.userns_mode),
+        Check("engine: ipc mode", words.ipc_mode, view.ipc_mode),
+        Check("engine: pid mode", words.pid_mode, view.pid_mode),
+        Check("engine: userns mode", words.userns_mode, view.userns_mode),
         Check("engine: devices", "0", str(view.devices)),
         Check("engine: init", "true", _text(view.init)),
         Check("engine: entrypoint", _text(list(expected.entrypoint)),
               _text(list(view.entrypoint))),
         Check("engine: mounts", _text(_expected_engine_mounts(spec)),
               _text(sorted(_engine_mount(m) for m in view.mounts))),
-        Check("engine: tmpfs", _text(sorted(spec.tmpfs())), _text(list(view.tmpfs))),
+        Check("engine: tmpfs", _text(list(words.tmpfs)),
+              _text([target + _missing_options(words.asked.get(target, ""),
+                                               view.tmpfs_options.get(target, ""))
+                     for target in view.tmpfs])),
+        Check("engine: ulimits", _text(_expected_ulimits()), _text(list(view.ulimits))),
     ]
     if spec.runtime:
         checks.append(Check("engine: runtime", spec.runtime, view.runtime))
     return checks
+
+
+def _missing_options(asked: str, found: str) -> str:
+    """What of the options asked for a tmpfs the engine does not report (an engine's own
+    tmpfs, where Airlock asked for one, would lack noexec and the size)."""
+    missing = [o for o in asked.split(",") if o and o not in found.split(",")]
+    return f" (without {','.join(missing)})" if missing else ""
+
+
+def _expected_ulimits() -> list[str]:
+    return sorted(f"{name}={soft}:{hard}" for name, (soft, hard) in ULIMITS.items())
 
 
 def _engine_mount(mount: MountFact) -> str:
@@ -306,8 +390,10 @@ def _expected_engine_mounts(spec: ContainerSpec) -> list[str]:
     return sorted(mounts)
 
 
-def kernel_checks(expected: Expectation, kernel: KernelReport) -> list[Check]:
+def kernel_checks(expected: Expectation, kernel: KernelReport, kind: EngineKind = DOCKER
+                  ) -> list[Check]:
     spec = expected.spec
+    words = engine_words(kind, spec)
     checks = [Check("kernel: the container's processes", "found", "found" if kernel.processes
                     else "none (not running, or not in this pid namespace)")]
     for process in kernel.processes:
@@ -320,8 +406,10 @@ def kernel_checks(expected: Expectation, kernel: KernelReport) -> list[Check]:
             Check(f"{who} capability sets read", "5", str(len(process.capabilities))),
             Check(f"{who} NoNewPrivs", "1", str(process.no_new_privs)),
             Check(f"{who} Seccomp", str(SECCOMP_FILTER), str(process.seccomp)),
+            Check(f"{who} limits", _text({n: f"{s}:{h}" for n, (s, h) in sorted(ULIMITS.items())}),
+                  _text(dict(sorted(process.limits.items())))),
         ]
-    checks += _mount_checks(spec, kernel.mounts)
+    checks += _mount_checks(spec, kernel.mounts, words)
     outside = sorted(set(kernel.route_devices) - set(expected.interfaces))
     checks += [
         Check("kernel: interfaces", _text(sorted(expected.interfaces)),
@@ -339,19 +427,21 @@ def kernel_checks(expected: Expectation, kernel: KernelReport) -> list[Check]:
     return checks
 
 
-def _mount_checks(spec: ContainerSpec, mounts: Sequence[MountFact]) -> list[Check]:
+def _mount_checks(spec: ContainerSpec, mounts: Sequence[MountFact], words: EngineWords
+                  ) -> list[Check]:
     found = {m.target: m for m in mounts}
     wanted: dict[str, bool] = {"/": True}  # target: read-only
     wanted.update({str(m.target): m.read_only for m in spec.mounts})
     wanted.update({str(v.target): False for v in spec.volumes})
-    wanted.update({target: False for target in spec.tmpfs()})
+    wanted.update({target: False for target in words.tmpfs})
     checks = []
     for target, read_only in sorted(wanted.items()):
         mount = found.get(target)
         checks.append(Check(f"kernel: mount {target}", "ro" if read_only else "rw",
                             "absent" if mount is None else ("ro" if mount.read_only else "rw")))
     extra = sorted(target for target in found if target not in wanted
-                   and target not in ENGINE_MOUNTS and not target.startswith(MASKED_UNDER))
+                   and target not in words.engine_mounts
+                   and not target.startswith(MASKED_UNDER))
     checks.append(Check("kernel: mounts beyond the grants", "none", _text(extra) if extra
                         else "none"))
     return checks

@@ -17,7 +17,13 @@ import pytest
 from app.engine import connect_engine
 from app.errors import EngineError
 from tests.loopwatch import LoopWatch
-from tests.support import DEFAULT_IMAGE, DesktopUser, make_tester
+from tests.support import (
+    DEFAULT_IMAGE,
+    DesktopUser,
+    engine_environment,
+    engine_host_under_test,
+    make_tester,
+)
 
 # How long one callback may hold an event loop. Measured over the async tests (app/sessions,
 # sessions, events, consent, activity, portal, prompt, egress, hand-off, Qt) on the 2-core
@@ -61,12 +67,18 @@ def no_blocked_loop(request: pytest.FixtureRequest, loop_watch: LoopWatch) -> It
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[docker.DockerClient]:
-    try:
-        client = connect_engine(timeout=60)
-    except EngineError as e:
-        pytest.fail(f"these tests need a Docker engine: {e} (`packaging/setup test` starts one)")
-    yield client
-    client.close()
+    """The engine under test: Docker, or with AIRLOCK_TEST_ENGINE=podman the tester's
+    rootless Podman service (tests/support.py: `engine_host_under_test`)."""
+    # DOCKER_HOST stays set for the session: what the tests start (the reaper) reaches the
+    # same engine.
+    with engine_environment(engine_host_under_test()):
+        try:
+            client = connect_engine(timeout=60)
+        except EngineError as e:
+            pytest.fail(f"these tests need a container engine: {e} (`packaging/setup test` "
+                        "starts Docker; `packaging/setup podman USER` a rootless Podman)")
+        yield client
+        client.close()
 
 
 @pytest.fixture(scope="session")

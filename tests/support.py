@@ -100,6 +100,34 @@ class DesktopUser:
         return self.own(path)
 
 
+def engine_host_under_test() -> str | None:
+    """The DOCKER_HOST of the engine under test: None for the machine's Docker;
+    AIRLOCK_TEST_ENGINE=podman means the tester's rootless Podman service (its socket under
+    /run/user/UID, as `packaging/setup podman` starts it)."""
+    chosen = os.environ.get("AIRLOCK_TEST_ENGINE", "docker")
+    if chosen == "docker":
+        return None
+    if chosen != "podman":
+        pytest.fail(f"AIRLOCK_TEST_ENGINE={chosen!r}: docker or podman")
+    uid = pwd.getpwnam(TESTER).pw_uid if os.getuid() == 0 else os.getuid()
+    return f"unix:///run/user/{uid}/podman/podman.sock"
+
+
+@contextlib.contextmanager
+def engine_environment(host: str | None) -> Iterator[None]:
+    """DOCKER_HOST set to `host` (if any) while inside."""
+    before = os.environ.get("DOCKER_HOST")
+    if host is not None:
+        os.environ["DOCKER_HOST"] = host
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = before
+
+
 def _tester_account() -> pwd.struct_passwd:
     try:
         account = pwd.getpwnam(TESTER)
@@ -144,6 +172,8 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
         # No background supervisor outliving the test (tests/ui/test_warm.py turns it on).
         "AIRLOCK_AUTOSTART": "0",
     }
+    if (host := engine_host_under_test()) is not None:
+        who.env["DOCKER_HOST"] = host
     yield who
     shutil.rmtree(runtime, ignore_errors=True)
     if who.base != tmp_path:

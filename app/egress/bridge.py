@@ -90,9 +90,12 @@ from app.egress.listener import ListenerHandover
 from app.egress.proxy import PROXY_PORT, ProxySettings, Resolver, SessionProxy
 from app.egress.trust import image_bundle, inspects, known_hosts, trust_additions
 from app.egress.witness import BlockedLog
+from app.engine import detect_engine, for_engine, one_line
+from app.engine_kind import EngineKind
 from app.errors import EgressError
 from app.events import EventKind
 from app.grants import Access, Lifetime, network_grant_for
+from app.paths import Dirs
 from app.profiles import Profile
 from app.sessions import SessionContext
 
@@ -198,6 +201,13 @@ class Egress:
         self._spare: asyncio.Task[_Spare] | None = None
         self.blocked = False  # "Block all network": every session's proxy refuses everything
         self._proxies: weakref.WeakSet[SessionProxy] = weakref.WeakSet()
+        self._kind: EngineKind | None = None
+
+    def engine_kind(self) -> EngineKind:
+        """Which engine makes the sidecars (asked once). Blocking."""
+        if self._kind is None:
+            self._kind = detect_engine(self.engine)
+        return self._kind
 
     def block_all(self, blocked: bool) -> None:
         """The user's switch: new requests and tunnels of every session are refused, and
@@ -405,7 +415,7 @@ class EgressBridge:
         from docker.types import LogConfig, Mount
 
         api = self._egress.engine.api
-        host_config = api.create_host_config(
+        docker_config = api.create_host_config(
             network_mode="none",
             read_only=True,
             cap_drop=["ALL"],
@@ -428,6 +438,9 @@ class EgressBridge:
             mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
                           read_only=True, propagation="rprivate")],
         )
+        kind = self._egress.engine_kind()
+        # Podman: the user namespace the agent joins with the network (app/engine_kind.py).
+        host_config = for_engine(kind, docker_config, "none", Dirs.for_user().runtime)
         kwargs: dict[str, Any] = {
             "image": session.profile.image,
             "command": sidecar_command(session.identity.uid, session.identity.gid, proxied),
@@ -442,7 +455,8 @@ class EgressBridge:
         try:
             created = api.create_container(**kwargs)
         except docker.errors.APIError as e:
-            raise EgressError(f"cannot create the network bridge: {e.explanation}") from e
+            raise EgressError(f"{kind.describe()} refused the network bridge: "
+                              f"{one_line(str(e.explanation))}") from e
         container = self._egress.engine.containers.prepare_model({"Id": created["Id"]})
         try:
             container.start()

@@ -21,10 +21,14 @@ from typing import Any, Protocol
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from app.console import Console
 from app.container import LABEL_OWNER, LABEL_ROLE, LABEL_SESSION
+from app.engine import detect_engine, for_engine, one_line
+from app.engine_kind import EngineKind
 from app.errors import EngineError, GrantError, ImageError
+from app.paths import Dirs
 from app.profiles import Profile
 from app.sandbox import EngineView, SandboxReport
 from app.sessions.selfcheck import kernel_report
@@ -142,8 +146,21 @@ class Reaper:
 class DockerEngine:
     """The `Engine` over a Docker SDK client."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, runtime_dir: Path | None = None) -> None:
         self.client = client
+        self._runtime_dir = runtime_dir
+        self._kind: EngineKind | None = None
+
+    @property
+    def kind(self) -> EngineKind:
+        """Which engine this is (asked once: two requests)."""
+        if self._kind is None:
+            self._kind = detect_engine(self.client)
+        return self._kind
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self._runtime_dir or Dirs.for_user().runtime
 
     def image_id(self, profile: Profile) -> str:
         try:
@@ -185,16 +202,24 @@ class DockerEngine:
             raise EngineError(f"cannot inspect container {container[:12]}: "
                               f"{e.explanation}") from e
         view = EngineView.from_inspect(doc)
-        return SandboxReport(view, kernel_report(view.pid, str(doc.get("Id") or container)))
+        return SandboxReport(view, kernel_report(view.pid, str(doc.get("Id") or container)),
+                             self.kind)
 
     def create(self, kwargs: dict[str, Any]) -> str:
         try:
             # The low-level call: `containers.create` would inspect the new container again.
             api = self.client.api
-            arguments = dict(kwargs, host_config=api.create_host_config(**kwargs["host_config"]))
-            return str(api.create_container(**arguments)["Id"])
+            host_config = for_engine(self.kind, api.create_host_config(**kwargs["host_config"]),
+                                     kwargs["host_config"].get("network_mode", ""),
+                                     self.runtime_dir)
+            return str(api.create_container(**dict(kwargs, host_config=host_config))["Id"])
         except docker.errors.APIError as e:
-            raise EngineError(f"the engine refused the container: {e.explanation}") from e
+            raise EngineError(f"{self.kind.describe()} refused the container: "
+                              f"{one_line(str(e.explanation))}") from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException,
+                OSError) as e:
+            raise EngineError(f"cannot create the container on {self.kind.describe()}: "
+                              f"{one_line(str(e))}") from e
 
     def attach(self, container: str) -> Iterator[Chunk]:
         # Without `logs`: the engine keeps none (log driver "none"), and asking for them

@@ -5,6 +5,7 @@ The comparisons themselves are app/sandbox.py's."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from pathlib import Path
@@ -79,20 +80,32 @@ def _same_network(proc: Path) -> bool | None:
             return None
 
 
+def _conmon_child(proc: Path, container: str) -> bool:
+    """Whether the process's parent is Podman's conmon for `container` (`conmon … -c ID`)."""
+    stat = _read(proc / "stat")
+    fields = stat.rpartition(")")[2].split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return False
+    argv = _read(Path("/proc") / fields[1] / "cmdline").split("\0")
+    return (len(container) == 64 and os.path.basename(argv[0]) == "conmon"
+            and any(a == "-c" and b == container for a, b in itertools.pairwise(argv)))
+
+
 def kernel_report(pid: int, container: str) -> KernelReport:
     """What the kernel says of the container whose first process is `pid` (in this process's
     pid namespace: a local engine). Blocking. Nothing in the container is run or asked."""
     proc = Path("/proc") / str(pid)
-    # The pid is the engine's word: it must be the container's (its cgroup names it), or a
-    # remote engine's pid could point at a process of ours.
-    if pid <= 0 or container not in _read(proc / "cgroup"):
+    # The pid is the engine's word: it must be the container's (its cgroup names it, or,
+    # rootless on cgroup v1 where no cgroup does, its parent is the conmon that runs this
+    # container), or a remote engine's pid could point at a process of ours.
+    if pid <= 0 or not (container in _read(proc / "cgroup") or _conmon_child(proc, container)):
         return KernelReport((), (), (), (), (), None)
     host_network = _same_network(proc)
     pids = [pid]
     children = _read(proc / "task" / str(pid) / "children").split()
     pids += [int(child) for child in children[:MAX_CHILDREN] if child.isdigit()]
-    processes = tuple(ProcessFacts.parse(p, status) for p in pids
-                      if (status := _read(Path("/proc") / str(p) / "status")))
+    processes = tuple(ProcessFacts.parse(p, status, _read(Path("/proc") / str(p) / "limits"))
+                      for p in pids if (status := _read(Path("/proc") / str(p) / "status")))
     net = proc / "net"
     listeners = (parse_listeners("tcp", _read(net / "tcp"))
                  + parse_listeners("tcp6", _read(net / "tcp6")))

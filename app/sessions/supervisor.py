@@ -33,12 +33,21 @@ from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.console import Console, console_started
 from app.container import LABEL_OWNER, LABEL_SESSION, BindMount, ContainerSpec, Identity
 from app.endings import request_stop, stop_requested
+from app.engine_kind import EngineKind
 from app.errors import EngineError, SandboxRefused, SessionError
 from app.events import EventBus, EventKind
 from app.grants import AnyGrant, Lifetime, Mode
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
-from app.sandbox import GATE_DIR, GATE_FIFO_PATH, Expectation, check_sandbox, gate_command, summary
+from app.sandbox import (
+    GATE_DIR,
+    GATE_FIFO_PATH,
+    Check,
+    Expectation,
+    check_sandbox,
+    gate_command,
+    summary,
+)
 from app.sessions.delivery import SessionFiles
 from app.sessions.engine import DockerEngine, Engine, is_agent, kill_agent, session_containers
 from app.sessions.launch import SessionSetup
@@ -290,10 +299,7 @@ class Supervisor:
                           found=failed[0].found, failed=[c.describe() for c in failed],
                           checks=len(checks), seconds=seconds)
             await asyncio.to_thread(self.store.set_sandbox, running.id, outcome)
-            raise SandboxRefused(f"session {running.id} refused: the sandbox is not what "
-                                 f"was asked for — {failed[0].describe()}"
-                                 + (f" (and {len(failed) - 1} more)" if len(failed) > 1
-                                    else ""))
+            raise SandboxRefused(refusal(running.id, report.kind, failed))
         gate.open()
         self.bus.emit(EventKind.SANDBOX_VERIFIED, running.id, running.id, checks=len(checks),
                       seconds=seconds)
@@ -467,6 +473,18 @@ def _gated(spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...]
         mounts=(*spec.mounts, BindMount(gate.directory, Path(GATE_DIR))))
     return spec, Expectation(spec, tuple(entrypoint), ("lo", *spec.interfaces),
                              spec.listening)
+
+
+def refusal(session: str, engine: EngineKind, failed: Sequence[Check]) -> str:
+    """The refusal, naming the engine and every check that failed (an engine that drops a
+    setting usually drops several: memory, pids and CPU limits together)."""
+    more = (f" (and {len(failed) - 1} more: {', '.join(c.name for c in failed[1:])})"
+            if len(failed) > 1 else "")
+    why = ("" if engine.limits_enforced else
+           "; a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock "
+           "doctor`)")
+    return (f"session {session} refused: the sandbox {engine.describe()} made is not what "
+            f"was asked for — {failed[0].describe()}{more}{why}")
 
 
 def _describe_exit(code: int) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Container
 
-from app.container import LABEL_OWNER, LABEL_SESSION, LABEL_SUPERVISOR
+from app.container import LABEL_OWNER, LABEL_SESSION, LABEL_SUPERVISOR, agents_first
 from app.paths import Dirs
 from app.sessions.engine import Engine, session_containers
 from app.sessions.registry import process_alive
@@ -19,7 +19,7 @@ def sweep_orphans(engine: Engine, owner: str, store: StateStore, dirs: Dirs,
     """Removes what belongs to `owner`'s sessions whose supervisor is gone, sparing those
     `running` here; the ids of the sessions swept."""
     swept = []
-    for container in session_containers(engine, owner):
+    for container in agents_first(session_containers(engine, owner), lambda c: c.labels):
         session = container.labels.get(LABEL_SESSION, "")
         if session in running or process_alive(container.labels.get(LABEL_SUPERVISOR, "")):
             continue

@@ -51,12 +51,11 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_UP = 0x1
-SIOCSIFFLAGS = 0x8914
-SIOCSIFTXQLEN = 0x8943
 QUEUE = 4096  # packets the device holds for the witness; a flood beyond is counted as drops
 
 NETLINK_ROUTE = 0
-RTM_NEWADDR, RTM_NEWROUTE = 20, 24
+RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 20, 24
+IFLA_TXQLEN = 13
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLMSG_ERROR = 2
 IFA_LOCAL, IFA_ADDRESS, IFA_FLAGS = 2, 1, 8
@@ -99,12 +98,15 @@ def _netlink(sock: socket.socket, kind: int, flags: int, body: bytes, sequence: 
 
 
 def configure(index: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
-        fcntl.ioctl(control, SIOCSIFTXQLEN, struct.pack("16si12x", DEVICE.encode(), QUEUE))
-        fcntl.ioctl(control, SIOCSIFFLAGS, struct.pack("16sH14x", DEVICE.encode(), IFF_UP))
+    # All by netlink: in a user namespace (rootless Podman) the kernel refuses the queue
+    # length's ioctl where the same change by netlink is allowed.
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
-        sequence = 0
+        # ifinfomsg: family, pad, type, index, flags, change mask: up, with its queue length
+        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP)
+        body += _attribute(IFLA_TXQLEN, struct.pack("=I", QUEUE))
+        _netlink(sock, RTM_NEWLINK, 0, body, 1)
+        sequence = 1
         for family, address in ((socket.AF_INET, ADDRESS_V4), (socket.AF_INET6, ADDRESS_V6)):
             packed = socket.inet_pton(family, address)
             width = len(packed) * 8

@@ -3,6 +3,7 @@ machine's files (disk, inotify, user namespaces)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -24,6 +25,8 @@ from app.doctor import (
     check_desktop,
     check_disk,
     check_engine,
+    check_engine_limits,
+    check_gvisor,
     check_image,
     check_inotify,
     check_keyring,
@@ -39,6 +42,7 @@ from app.doctor import (
     probe_userns,
 )
 from app.egress.secret_service import BusFacts, Collection, KeyringFacts
+from app.engine_kind import EngineKind
 
 DOCKER = EngineFacts("unix:///var/run/docker.sock", product="Docker Engine 20.10",
                      api="1.41", security_options=("name=seccomp,profile=default",),
@@ -193,3 +197,28 @@ def test_probes_read_this_machine(tmp_path: Path) -> None:
 def test_an_engine_that_is_not_there_is_a_fact_not_an_exception(tmp_path: Path) -> None:
     facts, client = probe_engine({"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}, 2)
     assert client is None and facts.error and facts.where == f"unix://{tmp_path}/none.sock"
+
+
+@pytest.mark.parametrize(("kind", "status", "says"), [
+    (EngineKind("docker", "20.10", False, "1"), Status.OK, "enforces the profiles' limits"),
+    (EngineKind("podman", "4.3.1", True, "1"), Status.PROBLEM,
+     "rootless Podman 4.3.1 (cgroup v1) cannot enforce memory, pids and CPU limits"),
+    (EngineKind("docker", "24.0", True, "1"), Status.PROBLEM, "rootless Docker 24.0"),
+    (EngineKind("podman", "4.9", True, "2"), Status.WARN, "not yet tested"),
+])
+def test_an_engine_that_cannot_hold_the_limits_is_a_problem(kind: EngineKind, status: Status,
+                                                            says: str) -> None:
+    finding = check_engine_limits(dataclasses.replace(DOCKER, kind=kind))
+    assert finding.status is status and says in finding.detail
+
+
+def test_rootless_podman_is_rootless_though_its_compat_info_does_not_say() -> None:
+    podman = dataclasses.replace(DOCKER, kind=EngineKind("podman", "4.3.1", True, "1"))
+    assert podman.rootless and not DOCKER.rootless
+
+
+def test_gvisor_is_not_supported_yet() -> None:
+    assert check_gvisor({"a": "runc"}) is None
+    finding = check_gvisor({"a": "runc", "sandboxed": "runsc"})
+    assert finding is not None and finding.status is Status.PROBLEM
+    assert "sessions of sandboxed are refused" in finding.detail

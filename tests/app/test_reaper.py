@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 
 import docker
 import pytest
 
+from app.container import LABEL_ROLE
+from app.engine import detect_engine, for_engine
 from app.sessions.engine import Reaper
 
 pytestmark = pytest.mark.docker
@@ -51,3 +54,37 @@ def test_a_session_that_ended_as_usual_leaves_the_reaper_nothing_to_do(
         assert present(engine, container)
     finally:
         engine.api.remove_container(container, force=True)
+
+
+def test_an_agent_and_the_sidecar_it_depends_on_both_go(
+    engine: docker.DockerClient, agent_image: str, tmp_path: Path
+) -> None:
+    """The agent shares its sidecar's network (and under Podman its user namespace): Podman
+    removes the sidecar only once the agent is gone. (Podman 4.3 lists the newest first, so
+    this passes without the ordering too; `agents_first` is proven by its table.)"""
+    kind = detect_engine(engine)
+    label = f"org.airlock.test-reaper={secrets.token_hex(4)}"
+    key, _, value = label.partition("=")
+
+    def create(role: str, network: str) -> str:
+        host = for_engine(kind, engine.api.create_host_config(network_mode=network), network,
+                          tmp_path)
+        return str(engine.api.create_container(
+            agent_image, ["sleep", "60"], labels={key: value, LABEL_ROLE: role},
+            host_config=host)["Id"])
+
+    sidecar = create("bridge", "none")
+    engine.api.start(sidecar)
+    agent = create("agent", f"container:{sidecar}")
+    engine.api.start(agent)
+    try:
+        reaper = Reaper([label])
+        stdin = reaper._process.stdin
+        assert stdin is not None
+        stdin.close()
+        assert reaper._process.wait(timeout=60) == 0
+        assert not present(engine, agent) and not present(engine, sidecar)
+    finally:
+        for container in (agent, sidecar):
+            engine.api.remove_container(container, force=True) if present(
+                engine, container) else None

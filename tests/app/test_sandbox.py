@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from app.container import BindMount, ContainerSpec, Identity, VolumeMount
+from app.engine_kind import PODMAN_DEFAULT_CAPABILITIES, EngineKind, podman_tmpfs, seccomp_name
 from app.sandbox import (
     Expectation,
     KernelReport,
@@ -20,11 +21,13 @@ from app.sandbox import (
     check_sandbox,
     gate_command,
     parse_interfaces,
+    parse_limits,
     parse_listeners,
     parse_mountinfo,
     parse_route_devices,
     summary,
 )
+from app.sessions.supervisor import refusal
 from tests.app.sessions.memory_engine import honest_report
 
 STATUS = """Name:\tdocker-init
@@ -216,3 +219,99 @@ def test_a_kernel_report_of_nothing_fails() -> None:
     failed = [c for c in check_sandbox(EXPECTED, dataclasses.replace(honest(), kernel=nothing))
               if not c.passed]
     assert failed[0].name == "kernel: the container's processes"
+
+
+PODMAN = EngineKind("podman", "4.3.1", rootless=True, cgroup="2")
+
+
+def podman_honest(spec: ContainerSpec = SPEC, **fields: Any) -> SandboxReport:
+    """What rootless Podman reports for a container made as asked: its own words for the
+    same isolation (app/engine_kind.py), the profile as a file named by its digest."""
+    report = honest_report(spec.create_kwargs())
+    tmpfs = {t: o.replace(",U", "") + ",rprivate,tmpcopyup"
+             for t, o in podman_tmpfs(spec.tmpfs()).items()}
+    view = dataclasses.replace(
+        report.engine, ipc_mode="shareable", pid_mode="private",
+        userns_mode="private" if spec.network_mode == "none" else spec.network_mode,
+        cap_drop=PODMAN_DEFAULT_CAPABILITIES, tmpfs=tuple(sorted(tmpfs)), tmpfs_options=tmpfs,
+        security_opt=("no-new-privileges",
+                      f"seccomp=/run/user/1000/airlock/seccomp/{seccomp_name(spec.seccomp)}"))
+    view = dataclasses.replace(view, **fields)
+    mounts = (*report.kernel.mounts, *(MountFact(t, False, "tmpfs") for t in ("/run", "/var/tmp")),
+              *(MountFact(t, True, "bind") for t in ("/run/podman-init", "/etc/passwd")))
+    return SandboxReport(view, dataclasses.replace(report.kernel, mounts=mounts), PODMAN)
+
+
+def test_podman_reporting_the_same_sandbox_in_its_own_words_passes() -> None:
+    checks = check_sandbox(EXPECTED, podman_honest())
+    assert [c.describe() for c in checks if not c.passed] == []
+
+
+def test_podmans_words_do_not_pass_as_dockers() -> None:
+    report = dataclasses.replace(podman_honest(), kind=EngineKind("docker", "20.10"))
+    failed = {c.name for c in check_sandbox(EXPECTED, report) if not c.passed}
+    assert {"engine: ipc mode", "engine: pid mode", "engine: seccomp",
+            "engine: capabilities dropped"} <= failed
+
+
+PODMAN_BROKEN = [
+    # Podman's own /var/tmp (exec-able, no size limit) where Airlock's should be.
+    ("its own /var/tmp", podman_honest(tmpfs_options={
+        **podman_honest().engine.tmpfs_options, "/var/tmp": "rw,rprivate,nosuid,nodev,tmpcopyup"}),
+     ["engine: tmpfs"]),
+    # Rootless on cgroup v1: limits and ulimits dropped without an error.
+    ("limits dropped", podman_honest(memory=0, memory_swap=0, nano_cpus=0, pids=0, ulimits=()),
+     ["engine: memory limit", "engine: memory+swap limit", "engine: cpus (nano)",
+      "engine: pids limit", "engine: ulimits"]),
+    ("another profile", podman_honest(security_opt=(
+        "no-new-privileges", "seccomp=/run/user/1000/airlock/seccomp/other.json")),
+     ["engine: seccomp"]),
+    ("the user's namespace", podman_honest(userns_mode="host"), ["engine: userns mode"]),
+    ("a capability kept", podman_honest(cap_drop=PODMAN_DEFAULT_CAPABILITIES[1:]),
+     ["engine: capabilities dropped"]),
+]
+
+
+@pytest.mark.parametrize(("report", "names"), [(r, n) for _, r, n in PODMAN_BROKEN],
+                         ids=[name for name, _, _ in PODMAN_BROKEN])
+def test_what_podman_drops_or_changes_is_caught(report: SandboxReport,
+                                                names: list[str]) -> None:
+    assert [c.name for c in check_sandbox(EXPECTED, report) if not c.passed] == names
+
+
+def test_a_runtime_podman_ignores_is_caught() -> None:
+    spec = dataclasses.replace(SPEC, runtime="runsc")
+    failed = [c.describe() for c in check_sandbox(Expectation(spec, spec.entrypoint),
+                                                  podman_honest(spec, runtime="oci"))
+              if not c.passed]
+    assert failed == ["engine: runtime: expected runsc, found oci"]
+
+
+def test_dropped_ulimits_are_caught_by_the_kernel_too() -> None:
+    report = process(limits={"nofile": "20000:20000", "core": "0:-1"})
+    failed = [c.describe() for c in check_sandbox(EXPECTED, report) if not c.passed]
+    assert failed == ['kernel: pid 2 limits: expected {"core": "0:0", "nofile": "4096:4096"}, '
+                      'found {"core": "0:-1", "nofile": "20000:20000"}']
+
+
+LIMITS = """Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max core file size        0                    unlimited            bytes
+Max open files            4096                 4096                 files
+"""
+
+
+def test_proc_limits_are_read_as_the_kernel_writes_them() -> None:
+    assert parse_limits(LIMITS) == {"core": "0:-1", "nofile": "4096:4096"}
+
+
+def test_the_refusal_names_the_engine_and_why_limits_cannot_hold() -> None:
+    v1 = EngineKind("podman", "4.3.1", rootless=True, cgroup="1")
+    failed = [c for c in check_sandbox(EXPECTED, podman_honest(memory=0, pids=0))
+              if not c.passed]
+    text = refusal("s1", v1, failed)
+    assert text.startswith("session s1 refused: the sandbox rootless Podman 4.3.1 (cgroup v1) "
+                           "made is not what was asked for — engine: memory limit: expected ")
+    assert "(and 1 more: engine: pids limit)" in text
+    assert text.endswith("a rootless engine on cgroup v1 cannot enforce resource limits "
+                         "(see `airlock doctor`)")

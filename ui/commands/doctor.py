@@ -19,7 +19,9 @@ from app.doctor import (
     check_desktop,
     check_disk,
     check_engine,
+    check_engine_limits,
     check_engine_mode,
+    check_gvisor,
     check_image,
     check_inotify,
     check_keyring,
@@ -98,9 +100,12 @@ def gather(ctx: Context, named: list[str]) -> list[Finding]:
                      for name in ("rootless", "seccomp", "runtime", "images")]
     else:
         try:
-            findings += [check_engine_mode(engine), check_seccomp(engine)]
+            findings += [check_engine_mode(engine), check_engine_limits(engine),
+                         check_seccomp(engine)]
             runtimes = {p.name: p.runtime for ps in images.values() for p in ps if p.runtime}
             findings.append(check_runtimes(engine, runtimes))
+            if (gvisor := check_gvisor(runtimes)) is not None:
+                findings.append(gvisor)
             needed = {DEFAULT_IMAGE} | {p.image for p in wanted}
             for image in sorted(set(images) | {DEFAULT_IMAGE}):
                 facts = probe_image(client, image, images.get(image, []), image in needed)

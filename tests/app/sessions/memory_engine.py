@@ -194,11 +194,13 @@ def honest_report(kwargs: dict[str, Any]) -> SandboxReport:
         runtime=host.get("runtime", "runc"), ipc_mode=host["ipc_mode"], pid_mode="",
         userns_mode="", devices=0, init=host["init"], mounts=mounts,
         tmpfs=tuple(sorted(host["tmpfs"])), entrypoint=tuple(kwargs.get("entrypoint") or ()),
-        pid=0)
+        pid=0, ulimits=tuple(sorted(f"{u['Name']}={u['Soft']}:{u['Hard']}"
+                                    for u in host["ulimits"])),
+        tmpfs_options=dict(host["tmpfs"]))
     uid, gid = (int(n) for n in kwargs["user"].split(":"))
     process = ProcessFacts(2, (uid,) * 4, (gid,) * 4,
                            dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0),
-                           1, 2)
+                           1, 2, {u["Name"]: f"{u['Soft']}:{u['Hard']}" for u in host["ulimits"]})
     kernel_mounts = (MountFact("/", True, "overlay"),
                      *(MountFact(m.target, m.read_only, "bind") for m in mounts),
                      *(MountFact(target, False, "tmpfs") for target in host["tmpfs"]))

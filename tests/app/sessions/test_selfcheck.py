@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from app.profiles import ProfileCatalog, parse_profile
 from app.sandbox import SandboxReport
 from app.sessions import LaunchRequest, Supervisor
 from app.sessions.engine import DockerEngine
+from app.sessions.selfcheck import kernel_report
 from app.store import StateStore
 from tests.support import CollectedOutput, containers, profile_text
 
@@ -265,3 +268,17 @@ def test_an_engine_that_drops_the_limits_is_caught(
     failed = assert_refused(tmp_path, wrapped, agent_image, "engine: memory limit", engine)
     assert [f.split(":")[1].strip() for f in failed] == [
         "memory limit", "memory+swap limit", "cpus (nano)", "pids limit"]
+
+
+def test_a_pid_that_is_not_the_containers_is_not_read() -> None:
+    """The engine's pid is read only if the kernel ties it to the container: its cgroup, or
+    (rootless on cgroup v1) its parent Podman's conmon for that container. A process of
+    ours, named with a container id, is neither."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            report = kernel_report(pid, "0123456789abcdef" * 4)
+            assert report.processes == () and report.mounts == ()
+    finally:
+        child.kill()
+        child.wait()
