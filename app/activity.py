@@ -37,8 +37,12 @@ from app.threads import call_on_loop
 log = logging.getLogger(__name__)
 # watchdog re-adds the watch of a directory it already watches (one created and walked at
 # once) and warns each time; harmless, and noise on the terminal `airlock run` runs in.
-warnings.filterwarnings("ignore", message="Callback with id .* already exists",
-                        category=RuntimeWarning, module="watchdog")
+warnings.filterwarnings(
+    "ignore",
+    message="Callback with id .* already exists",
+    category=RuntimeWarning,
+    module="watchdog",
+)
 
 WATCH_LIMIT_FILES = (
     Path("/proc/sys/fs/inotify/max_user_watches"),
@@ -129,7 +133,6 @@ class _TreeHandler(FileSystemEventHandler):
             with contextlib.suppress(OSError):  # already gone: its deletion follows
                 details["size"] = os.stat(event.src_path).st_size
         self._report(kind, subject, details, time.time())
-
 
     @staticmethod
     def _created_means(path: str, subject: str) -> EventKind | None:
@@ -265,9 +268,17 @@ class TreeWatcher:
                 # the subdirectory without a word (checked below), others fail here. Either
                 # way the tree is not kept, and the count says how much of it was left out.
                 missing = _unwatched(observer, directories) or len(directories)
-                unwatched.append((shown, {"reason": _limit_reason(e), "limit": limit,
-                                          "directories": len(directories),
-                                          "unwatched": missing}))
+                unwatched.append(
+                    (
+                        shown,
+                        {
+                            "reason": _limit_reason(e),
+                            "limit": limit,
+                            "directories": len(directories),
+                            "unwatched": missing,
+                        },
+                    )
+                )
                 continue
             except Exception as e:  # the library failed on the tree: e.g. nested too deep
                 log.exception("session %s: cannot watch %s", self.session, shown)
@@ -317,8 +328,7 @@ class TreeWatcher:
         observer = self._observer
         dead = observer.dead_thread() if observer is not None else None
         if dead is not None and self._resync is None:
-            log.error("session %s: the %s thread of the file watch has stopped",
-                      self.session, dead)
+            log.error("session %s: the %s thread of the file watch has stopped", self.session, dead)
             self._gap(f"the {dead} thread stopped", self._last_seen)
         self._health = self._loop.call_later(HEALTH_SECONDS, self._check_health)
 
@@ -331,10 +341,14 @@ class TreeWatcher:
         if cause == OVERFLOW:  # each one, even while the watch restarts after another
             self.overflows += 1
             if self.overflows == UNWATCHED_AFTER:
-                self._bus.emit(EventKind.ACTIVITY_UNWATCHED, self.session, "file activity",
-                               overflows=self.overflows,
-                               note="the agent's file activity overflowed the inotify queue "
-                                    f"{self.overflows} times: parts of it were not seen")
+                self._bus.emit(
+                    EventKind.ACTIVITY_UNWATCHED,
+                    self.session,
+                    "file activity",
+                    overflows=self.overflows,
+                    note="the agent's file activity overflowed the inotify queue "
+                    f"{self.overflows} times: parts of it were not seen",
+                )
                 if self._on_unwatched is not None:
                     self._on_unwatched(self.overflows)
         if self._resync is None:
@@ -356,8 +370,11 @@ class TreeWatcher:
 
     async def _restart(self, began: float, causes: list[str]) -> None:
         self.gaps += 1
-        log.warning("session %s: file activity went unwatched (%s); rescanning",
-                    self.session, "; ".join(causes))
+        log.warning(
+            "session %s: file activity went unwatched (%s); rescanning",
+            self.session,
+            "; ".join(causes),
+        )
         observer, self._observer = self._observer, None
         if observer is not None:
             await asyncio.to_thread(_stop_observer, observer)
@@ -368,17 +385,29 @@ class TreeWatcher:
         changes = [
             change
             for root, shown in self._trees.items()
-            for change in _changes(root, shown, self._snapshots.get(root, {}),
-                                   snapshots.get(root, {}))
+            for change in _changes(
+                root, shown, self._snapshots.get(root, {}), snapshots.get(root, {})
+            )
         ]
         self._snapshots = snapshots
         self._last_seen = ended
-        self._bus.publish(Event(EventKind.ACTIVITY_GAP, self.session, "file activity", {
-            "cause": "; ".join(causes), "from": began, "to": ended,
-            "seconds": round(ended - began, 3), "rescanned": len(changes),
-            "overflows": self.overflows,
-            "note": "events in this span were lost; the rescan found what changed in it"},
-            time=ended))
+        self._bus.publish(
+            Event(
+                EventKind.ACTIVITY_GAP,
+                self.session,
+                "file activity",
+                {
+                    "cause": "; ".join(causes),
+                    "from": began,
+                    "to": ended,
+                    "seconds": round(ended - began, 3),
+                    "rescanned": len(changes),
+                    "overflows": self.overflows,
+                    "note": "events in this span were lost; the rescan found what changed in it",
+                },
+                time=ended,
+            )
+        )
         for shown, details in unwatched:
             self._bus.emit(EventKind.FILE_UNWATCHED, self.session, str(shown), **details)
         for kind, subject, details in changes:
@@ -425,10 +454,21 @@ class TreeWatcher:
         held, self._held = self._held, {}
         for kind, burst in held.items():
             paths = burst.details["paths"]
-            self._bus.publish(Event(kind, self.session, f"({paths} more paths)", {
-                "paths": paths, "count": burst.count, "held": True,
-                "note": f"faster than {FILE_EVENTS_PER_SECOND} a second: counted, not "
-                        "recorded one by one"}, time=burst.first))
+            self._bus.publish(
+                Event(
+                    kind,
+                    self.session,
+                    f"({paths} more paths)",
+                    {
+                        "paths": paths,
+                        "count": burst.count,
+                        "held": True,
+                        "note": f"faster than {FILE_EVENTS_PER_SECOND} a second: counted, not "
+                        "recorded one by one",
+                    },
+                    time=burst.first,
+                )
+            )
 
 
 def _stop_observer(observer: Observer) -> None:
@@ -522,7 +562,7 @@ def _snapshot(root: Path) -> _Snapshot:
             kind = stat.S_IFMT(st.st_mode)
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 kind = 0  # an overlay whiteout: the deletion of what it hides
-            found[entry.path[len(prefix):]] = (kind, st.st_size, st.st_mtime_ns)
+            found[entry.path[len(prefix) :]] = (kind, st.st_size, st.st_mtime_ns)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
     return found

@@ -96,15 +96,21 @@ class AgentSpec:
 # Node for the agents that need it (Gemini CLI wants >= 20; bookworm has 18), from the npm
 # registry's build of the official binaries: the machine reaches no other source of them.
 NODE = NpmPackage(
-    "node-linux-{arch}@22.23.5", (NpmFile("package/bin/node", "node/bin/node"),),
-    pinned={"x64": "sha512-3jhC+wcoWxKZxcRqF2sUSl0c9HEXFnur/nuIPx6O6CWKV0jOUWQm7Htw5SuXqqlMCEhi0c"
-                   "JqybFPEb5hhcBiMw==",
-            "arm64": "sha512-e1LOUGKVruPGuLVutn8+Cgm5pI1APm4Kvh+zbb/qe/ZpD9s+TQby5iUgZOWmPpbSKpj0T"
-                     "d8DP1N0NEnXasHizg=="})
+    "node-linux-{arch}@22.23.5",
+    (NpmFile("package/bin/node", "node/bin/node"),),
+    pinned={
+        "x64": "sha512-3jhC+wcoWxKZxcRqF2sUSl0c9HEXFnur/nuIPx6O6CWKV0jOUWQm7Htw5SuXqqlMCEhi0c"
+        "JqybFPEb5hhcBiMw==",
+        "arm64": "sha512-e1LOUGKVruPGuLVutn8+Cgm5pI1APm4Kvh+zbb/qe/ZpD9s+TQby5iUgZOWmPpbSKpj0T"
+        "d8DP1N0NEnXasHizg==",
+    },
+)
 
 # One bundle for every machine.
-GEMINI_CLI = ("sha512-dbQ9A0qBtFJNi6XBkHvfZ6Azpn6PNgH/P8h2MZ67RLlX8hSAVjup39CRWqdRxZv7YXIuhr"
-              "Faytr8y0jKnkoxnQ==")
+GEMINI_CLI = (
+    "sha512-dbQ9A0qBtFJNi6XBkHvfZ6Azpn6PNgH/P8h2MZ67RLlX8hSAVjup39CRWqdRxZv7YXIuhr"
+    "Faytr8y0jKnkoxnQ=="
+)
 
 AGENTS: dict[str, AgentSpec] = {
     spec.name: spec
@@ -114,13 +120,18 @@ AGENTS: dict[str, AgentSpec] = {
             package="@anthropic-ai/claude-code",
             default_version="2.1.332",
             # The native build: the main package only downloads it in a postinstall script.
-            packages=(NpmPackage(
-                "@anthropic-ai/claude-code-linux-{arch}@{version}",
-                (NpmFile("package/claude", "bin/claude"),),
-                pinned={"x64": "sha512-f4JWhzwYutJIHScC7/dYOPX6s28tt7ZADhsOi8zwOHq5fFPEuUeChh2NM"
-                               "finSg0GrUckYxaeebC4h0DqiKzLcw==",
+            packages=(
+                NpmPackage(
+                    "@anthropic-ai/claude-code-linux-{arch}@{version}",
+                    (NpmFile("package/claude", "bin/claude"),),
+                    pinned={
+                        "x64": "sha512-f4JWhzwYutJIHScC7/dYOPX6s28tt7ZADhsOi8zwOHq5fFPEuUeChh2NM"
+                        "finSg0GrUckYxaeebC4h0DqiKzLcw==",
                         "arm64": "sha512-BlHNEtK38KBPWU31F4lUSS9sHclCyfWbThT1CErvxxH8+XcljYLZlQwd"
-                                 "yXBkTD62rw1TgfE1u1a+quMWS0NSJg=="}),),
+                        "yXBkTD62rw1TgfE1u1a+quMWS0NSJg==",
+                    },
+                ),
+            ),
             links=("/usr/local/bin/claude",),
             check=("claude", "--version"),
         ),
@@ -131,14 +142,24 @@ AGENTS: dict[str, AgentSpec] = {
             # The native build for musl, with its helpers, run without the Node launcher of the
             # main package; the voice host (gstreamer, 50 MB) serves a desktop feature a
             # sandboxed terminal agent has no use for.
-            packages=(NpmPackage(
-                "@openai/codex@{version}-linux-{arch}",
-                (NpmFile("package/vendor/{triple}", "vendor/{triple}",
-                         skip=("codex-resources/voice",)),),
-                pinned={"x64": "sha512-l66NZkQgdk2C3pbcfULDz42yEUB581MVA6I+Y43Wp4OIqEy73HCdmZ0GT"
-                               "jeAHY2ycuH4N00d9VsLrwT1jxshTw==",
+            packages=(
+                NpmPackage(
+                    "@openai/codex@{version}-linux-{arch}",
+                    (
+                        NpmFile(
+                            "package/vendor/{triple}",
+                            "vendor/{triple}",
+                            skip=("codex-resources/voice",),
+                        ),
+                    ),
+                    pinned={
+                        "x64": "sha512-l66NZkQgdk2C3pbcfULDz42yEUB581MVA6I+Y43Wp4OIqEy73HCdmZ0GT"
+                        "jeAHY2ycuH4N00d9VsLrwT1jxshTw==",
                         "arm64": "sha512-9z17t4bbUJ9UCIb49O4PoA+ki+45q3rd8nZ8PeH6sYnlKkBld/Xpo/OS"
-                                 "3h3Ti954+foshX4o7k5TCU8N7zzqQA=="}),),
+                        "3h3Ti954+foshX4o7k5TCU8N7zzqQA==",
+                    },
+                ),
+            ),
             links=("/usr/local/bin/codex",),
             check=("codex", "--version"),
         ),
@@ -148,8 +169,11 @@ AGENTS: dict[str, AgentSpec] = {
             default_version="0.61.0",
             # One bundle with no required dependencies (keytar and node-pty are optional).
             packages=(
-                NpmPackage("@google/gemini-cli@{version}", (NpmFile("package", "gemini-cli"),),
-                           pinned=dict.fromkeys(("x64", "arm64"), GEMINI_CLI)),
+                NpmPackage(
+                    "@google/gemini-cli@{version}",
+                    (NpmFile("package", "gemini-cli"),),
+                    pinned=dict.fromkeys(("x64", "arm64"), GEMINI_CLI),
+                ),
                 NODE,
             ),
             links=("/usr/local/bin/gemini",),
@@ -167,10 +191,12 @@ AGENTS: dict[str, AgentSpec] = {
     )
 }
 
-ARCHES = {"x86_64": ("x64", "x86_64-unknown-linux-musl"),
-          "amd64": ("x64", "x86_64-unknown-linux-musl"),
-          "aarch64": ("arm64", "aarch64-unknown-linux-musl"),
-          "arm64": ("arm64", "aarch64-unknown-linux-musl")}
+ARCHES = {
+    "x86_64": ("x64", "x86_64-unknown-linux-musl"),
+    "amd64": ("x64", "x86_64-unknown-linux-musl"),
+    "aarch64": ("arm64", "aarch64-unknown-linux-musl"),
+    "arm64": ("arm64", "aarch64-unknown-linux-musl"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +239,7 @@ def machine() -> tuple[str, str]:
 
 def _get_json(session: requests.Session, url: str) -> Any:
     try:
-        reply = session.get(url, timeout=DOWNLOAD_TIMEOUT,
-                            headers={"Accept": "application/json"})
+        reply = session.get(url, timeout=DOWNLOAD_TIMEOUT, headers={"Accept": "application/json"})
     except requests.exceptions.RequestException as e:
         raise ImageError(f"cannot reach {urllib.parse.urlsplit(url).netloc}: {e}") from e
     if reply.status_code == 404:
@@ -243,8 +268,16 @@ def check_integrity(path: Path, integrity: str) -> bool:
     return base64.b64encode(digest.digest()).decode() == expected
 
 
-def fetch(session: requests.Session, url: str, integrity: str, name: str, version: str,
-          say: Say, *, offline: bool = False) -> Fetched:
+def fetch(
+    session: requests.Session,
+    url: str,
+    integrity: str,
+    name: str,
+    version: str,
+    say: Say,
+    *,
+    offline: bool = False,
+) -> Fetched:
     """The tarball at `url`, from the cache when its hash matches, else downloaded."""
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,8 +287,7 @@ def fetch(session: requests.Session, url: str, integrity: str, name: str, versio
         say(f"      {name}@{version}: cached ({path.stat().st_size / 1e6:.0f} MB)")
         return Fetched(name, version, integrity, path)
     if offline:
-        raise ImageError(f"{name}@{version} is not in the cache ({folder}) and --offline was "
-                         "given")
+        raise ImageError(f"{name}@{version} is not in the cache ({folder}) and --offline was given")
     started = time.monotonic()
     partial = path.with_suffix(".part")
     try:
@@ -270,38 +302,52 @@ def fetch(session: requests.Session, url: str, integrity: str, name: str, versio
         raise ImageError(f"cannot download {name}@{version}: {e}") from e
     if not check_integrity(partial, integrity):
         partial.unlink(missing_ok=True)
-        raise ImageError(f"{name}@{version}: the download does not match its integrity hash "
-                         f"{integrity[:24]}…; refusing it")
+        raise ImageError(
+            f"{name}@{version}: the download does not match its integrity hash "
+            f"{integrity[:24]}…; refusing it"
+        )
     partial.replace(path)
-    say(f"      {name}@{version}: downloaded {path.stat().st_size / 1e6:.0f} MB in "
-        f"{time.monotonic() - started:.1f} s")
+    say(
+        f"      {name}@{version}: downloaded {path.stat().st_size / 1e6:.0f} MB in "
+        f"{time.monotonic() - started:.1f} s"
+    )
     return Fetched(name, version, integrity, path)
 
 
-def fetch_agent(spec: AgentSpec, version: str, say: Say, *, offline: bool = False
-                ) -> tuple[Fetched, ...]:
+def fetch_agent(
+    spec: AgentSpec, version: str, say: Say, *, offline: bool = False
+) -> tuple[Fetched, ...]:
     arch, _ = machine()
     fetched = []
     with requests.Session() as session:
         for package in spec.packages:
-            name, _, package_version = package.spec.format(arch=arch, version=version
-                                                           ).rpartition("@")
+            name, _, package_version = package.spec.format(arch=arch, version=version).rpartition(
+                "@"
+            )
             follows = "{version}" in package.spec
-            integrity = package.pinned.get(arch) if (
-                version == spec.default_version or not follows) else None
+            integrity = (
+                package.pinned.get(arch)
+                if (version == spec.default_version or not follows)
+                else None
+            )
             if integrity is None:
                 # Not pinned: the registry's own hash, over TLS, and checked on the download.
                 if offline:
-                    raise ImageError(f"{name}@{package_version} is not pinned; it needs the "
-                                     "registry (drop --offline)")
+                    raise ImageError(
+                        f"{name}@{package_version} is not pinned; it needs the "
+                        "registry (drop --offline)"
+                    )
                 manifest = npm_manifest(session, name, package_version)
                 integrity = str(manifest["dist"].get("integrity", ""))
                 if not integrity.startswith("sha512-"):
-                    raise ImageError(f"{name}@{package_version}: the registry gives no sha512 "
-                                     "integrity hash; refusing it")
+                    raise ImageError(
+                        f"{name}@{package_version}: the registry gives no sha512 "
+                        "integrity hash; refusing it"
+                    )
             url = npm_tarball_url(name, package_version)
-            fetched.append(fetch(session, url, integrity, name, package_version, say,
-                                 offline=offline))
+            fetched.append(
+                fetch(session, url, integrity, name, package_version, say, offline=offline)
+            )
     return tuple(fetched)
 
 
@@ -324,8 +370,11 @@ def mcp_requirements() -> bytes:
 
 def mcp_sources() -> dict[str, bytes]:
     folder = importlib.resources.files("profiles") / "mcp"
-    return {entry.name: entry.read_bytes() for entry in folder.iterdir()
-            if entry.is_file() and entry.name.endswith(".py")}
+    return {
+        entry.name: entry.read_bytes()
+        for entry in folder.iterdir()
+        if entry.is_file() and entry.name.endswith(".py")
+    }
 
 
 def start_script(agent: str) -> bytes:
@@ -337,8 +386,15 @@ def start_script(agent: str) -> bytes:
     return script.read_bytes()
 
 
-def install_python_packages(requirements: bytes, target: Path, what: str, say: Say, *,
-                            hashed: bool = True, offline: bool = False) -> None:
+def install_python_packages(
+    requirements: bytes,
+    target: Path,
+    what: str,
+    say: Say,
+    *,
+    hashed: bool = True,
+    offline: bool = False,
+) -> None:
     """pip installs wheels for the image's Python (3.11, glibc) into `target`: from a lock
     file with every hash checked (`hashed`), or, for a version we did not pin, as PyPI
     resolves it. Wheels are kept in the user's cache, so a second build is offline."""
@@ -348,17 +404,41 @@ def install_python_packages(requirements: bytes, target: Path, what: str, say: S
         listed = Path(scratch) / "requirements.txt"
         listed.write_bytes(requirements)
         arch = "x86_64" if machine()[0] == "x64" else "aarch64"
-        select = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                  "--platform", f"manylinux2014_{arch}", "--platform", f"manylinux_2_17_{arch}",
-                  "--platform", f"manylinux_2_28_{arch}", "-r", str(listed)]
+        select = [
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--platform",
+            f"manylinux2014_{arch}",
+            "--platform",
+            f"manylinux_2_17_{arch}",
+            "--platform",
+            f"manylinux_2_28_{arch}",
+            "-r",
+            str(listed),
+        ]
         if hashed:
             select += ["--require-hashes", "--no-deps"]
         pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
         started = time.monotonic()
         if not offline:
             _pip([*pip, "download", "-d", str(wheels), *select], what)
-        _pip([*pip, "install", "--no-index", "--find-links", str(wheels), "--no-compile",
-              "--target", str(target), *select], what)
+        _pip(
+            [
+                *pip,
+                "install",
+                "--no-index",
+                "--find-links",
+                str(wheels),
+                "--no-compile",
+                "--target",
+                str(target),
+                *select,
+            ],
+            what,
+        )
         # pip's console scripts name this machine's Python; the image's start scripts run
         # the packages with the image's own.
         shutil.rmtree(target / "bin", ignore_errors=True)
@@ -366,13 +446,31 @@ def install_python_packages(requirements: bytes, target: Path, what: str, say: S
         # it, importing the MCP SDK takes seconds. Hash-checked bytecode does not depend on
         # the files' times, which the layer does not keep.
         if sys.version_info[:2] == IMAGE_PYTHON:
-            _pip([sys.executable, "-m", "compileall", "-q", "-j", "0",
-                  "--invalidation-mode", "unchecked-hash", str(target)], what)
+            _pip(
+                [
+                    sys.executable,
+                    "-m",
+                    "compileall",
+                    "-q",
+                    "-j",
+                    "0",
+                    "--invalidation-mode",
+                    "unchecked-hash",
+                    str(target),
+                ],
+                what,
+            )
         else:
-            log.warning("this Python is not %d.%d: %s is not precompiled, and starts slower",
-                        what, *IMAGE_PYTHON)
-        count = sum(1 for line in requirements.decode().splitlines()
-                    if "==" in line and not line.lstrip().startswith("#"))
+            log.warning(
+                "this Python is not %d.%d: %s is not precompiled, and starts slower",
+                what,
+                *IMAGE_PYTHON,
+            )
+        count = sum(
+            1
+            for line in requirements.decode().splitlines()
+            if "==" in line and not line.lstrip().startswith("#")
+        )
         say(f"      {what}: {count} packages installed in {time.monotonic() - started:.1f} s")
 
 
@@ -395,7 +493,8 @@ class Layer:
     def __init__(self, stream: IO[bytes]) -> None:
         # Closed by close(), once every entry is in: the layer is written across calls.
         self.tar = tarfile.open(  # noqa: SIM115
-            fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT)
+            fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT
+        )
         self.folders: set[str] = set()
         self.size = 0
 
@@ -441,8 +540,12 @@ class Layer:
                 self.folder(name)
             elif path.is_file():
                 with path.open("rb") as stream:
-                    self.file(name, stream, path.stat().st_size,
-                              executable=bool(path.stat().st_mode & 0o111))
+                    self.file(
+                        name,
+                        stream,
+                        path.stat().st_size,
+                        executable=bool(path.stat().st_mode & 0o111),
+                    )
 
     def close(self) -> None:
         self.tar.close()
@@ -451,15 +554,20 @@ class Layer:
 def add_npm_files(layer: Layer, agent: str, files: tuple[NpmFile, ...], tarball: Path) -> None:
     _, triple = machine()
     home = f"{AGENT_ROOT}/{agent}"
-    wanted = [NpmFile(f.source.format(triple=triple), f.target.format(triple=triple),
-                      tuple(s.format(triple=triple) for s in f.skip)) for f in files]
+    wanted = [
+        NpmFile(
+            f.source.format(triple=triple),
+            f.target.format(triple=triple),
+            tuple(s.format(triple=triple) for s in f.skip),
+        )
+        for f in files
+    ]
     found: set[str] = set()
     with tarfile.open(tarball, mode="r|gz") as archive:
         for member in archive:
             for item in wanted:
                 relative = _beneath(member.name, item.source)
-                if relative is None or any(_beneath(relative, s) is not None
-                                           for s in item.skip):
+                if relative is None or any(_beneath(relative, s) is not None for s in item.skip):
                     continue
                 target = f"{home}/{item.target}" + (f"/{relative}" if relative else "")
                 found.add(item.source)
@@ -469,8 +577,11 @@ def add_npm_files(layer: Layer, agent: str, files: tuple[NpmFile, ...], tarball:
                     stream = archive.extractfile(member)
                     assert stream is not None  # a regular file always has a stream
                     layer.file(target, stream, member.size, executable=bool(member.mode & 0o111))
-                elif member.issym() and not member.linkname.startswith("/") and \
-                        ".." not in member.linkname.split("/"):
+                elif (
+                    member.issym()
+                    and not member.linkname.startswith("/")
+                    and ".." not in member.linkname.split("/")
+                ):
                     layer.link(target, member.linkname)
                 # Hard links, devices and links out of the package are left out.
     missing = [item.source for item in wanted if item.source not in found]
@@ -484,7 +595,7 @@ def _beneath(name: str, prefix: str) -> str | None:
     if name == prefix:
         return ""
     if name.startswith(prefix + "/"):
-        return name[len(prefix) + 1:]
+        return name[len(prefix) + 1 :]
     return None
 
 
@@ -506,22 +617,26 @@ class AgentRecipe:
             "layer": LAYER_VERSION,
             "agent": self.spec.name,
             "version": self.version,
-            "files": [[p.spec, [[f.source, f.target, list(f.skip)] for f in p.files]]
-                      for p in self.spec.packages],
+            "files": [
+                [p.spec, [[f.source, f.target, list(f.skip)] for f in p.files]]
+                for p in self.spec.packages
+            ],
             "links": list(self.spec.links),
             "base": self.base_recipe,
             "packages": [list(p) for p in self.packages],
             "mcp": hashlib.sha256(self.mcp_requirements).hexdigest(),
-            "mcp_sources": {k: hashlib.sha256(v).hexdigest()
-                            for k, v in sorted(self.mcp_sources.items())},
+            "mcp_sources": {
+                k: hashlib.sha256(v).hexdigest() for k, v in sorted(self.mcp_sources.items())
+            },
             "start": hashlib.sha256(self.start_script).hexdigest(),
         }
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _prepare(spec: AgentSpec, version: str, base_recipe: str, say: Say, *,
-             offline: bool = False) -> tuple[AgentRecipe, tuple[Fetched, ...], bytes]:
+def _prepare(
+    spec: AgentSpec, version: str, base_recipe: str, say: Say, *, offline: bool = False
+) -> tuple[AgentRecipe, tuple[Fetched, ...], bytes]:
     """Fetch the agent's packages and say exactly what the image will hold."""
     fetched = fetch_agent(spec, version, say, offline=offline)
     packages = [(f.name, f.version, f.integrity) for f in fetched]
@@ -530,17 +645,40 @@ def _prepare(spec: AgentSpec, version: str, base_recipe: str, say: Say, *,
         # Pinned: the lock file with every wheel's hash. Another version: PyPI's resolution.
         pinned = version == spec.default_version
         python_lock = lock_file(spec.name) if pinned else f"{spec.pypi}=={version}\n".encode()
-        packages.append((spec.pypi, version, "lock-sha256-" + hashlib.sha256(
-            python_lock).hexdigest() if pinned else "pypi-resolved"))
-        say(f"      {spec.pypi}=={version}: "
-            f"{'pinned with hashes' if pinned else 'resolved by PyPI (not pinned)'}")
-    recipe = AgentRecipe(spec, version, base_recipe, tuple(packages),
-                         mcp_requirements(), mcp_sources(), start_script(spec.name))
+        packages.append(
+            (
+                spec.pypi,
+                version,
+                "lock-sha256-" + hashlib.sha256(python_lock).hexdigest()
+                if pinned
+                else "pypi-resolved",
+            )
+        )
+        say(
+            f"      {spec.pypi}=={version}: "
+            f"{'pinned with hashes' if pinned else 'resolved by PyPI (not pinned)'}"
+        )
+    recipe = AgentRecipe(
+        spec,
+        version,
+        base_recipe,
+        tuple(packages),
+        mcp_requirements(),
+        mcp_sources(),
+        start_script(spec.name),
+    )
     return recipe, fetched, python_lock
 
 
-def write_layer(recipe: AgentRecipe, fetched: tuple[Fetched, ...], python_lock: bytes,
-                output: Path, say: Say, *, offline: bool = False) -> None:
+def write_layer(
+    recipe: AgentRecipe,
+    fetched: tuple[Fetched, ...],
+    python_lock: bytes,
+    output: Path,
+    say: Say,
+    *,
+    offline: bool = False,
+) -> None:
     """The agent's layer as a tar file: its packages, Airlock's MCP server, its start
     script and the commands that run it."""
     spec = recipe.spec
@@ -548,13 +686,19 @@ def write_layer(recipe: AgentRecipe, fetched: tuple[Fetched, ...], python_lock: 
         work = Path(scratch)
         say("[3/5] installing Python packages …")
         site = work / "mcp"
-        install_python_packages(recipe.mcp_requirements, site, "the MCP server", say,
-                                offline=offline)
+        install_python_packages(
+            recipe.mcp_requirements, site, "the MCP server", say, offline=offline
+        )
         agent_lib = work / "agent-lib"
         if spec.pypi:
-            install_python_packages(python_lock, agent_lib, spec.pypi, say,
-                                    hashed=recipe.version == spec.default_version,
-                                    offline=offline)
+            install_python_packages(
+                python_lock,
+                agent_lib,
+                spec.pypi,
+                say,
+                hashed=recipe.version == spec.default_version,
+                offline=offline,
+            )
         say("[4/5] writing the layer …")
         with output.open("wb") as stream:
             layer = Layer(stream)
@@ -591,17 +735,26 @@ def pinned_labels(agent: str) -> dict[str, str]:
     arch, _ = machine()
     packages = []
     for package in spec.packages:
-        name, _, version = package.spec.format(arch=arch, version=spec.default_version
-                                               ).rpartition("@")
+        name, _, version = package.spec.format(arch=arch, version=spec.default_version).rpartition(
+            "@"
+        )
         if arch not in package.pinned:
             raise ImageError(f"{name} is not pinned for {arch}: use airlock image build")
         packages.append((name, version, package.pinned[arch]))
     if spec.pypi:
         lock = lock_file(agent)
-        packages.append((spec.pypi, spec.default_version,
-                         "lock-sha256-" + hashlib.sha256(lock).hexdigest()))
-    recipe = AgentRecipe(spec, spec.default_version, Recipe.default().digest(),
-                         tuple(packages), mcp_requirements(), mcp_sources(), start_script(agent))
+        packages.append(
+            (spec.pypi, spec.default_version, "lock-sha256-" + hashlib.sha256(lock).hexdigest())
+        )
+    recipe = AgentRecipe(
+        spec,
+        spec.default_version,
+        Recipe.default().digest(),
+        tuple(packages),
+        mcp_requirements(),
+        mcp_sources(),
+        start_script(agent),
+    )
     labels = _labels_for(recipe, "")
     del labels[LABEL_BASE]
     return labels
@@ -631,8 +784,7 @@ def build_agent(
     base_info = build(client, Recipe.default(), base, say=say)
     say(f"      {base}: {base_info.size / 1e6:.0f} MB ({base_info.state.value})")
     say(f"[2/5] fetching {spec.package} {version} …")
-    recipe, fetched, python_lock = _prepare(spec, version, base_info.recipe, say,
-                                            offline=offline)
+    recipe, fetched, python_lock = _prepare(spec, version, base_info.recipe, say, offline=offline)
     existing = _labels(client, tag)
     if existing.get(RECIPE_LABEL) == recipe.digest() and not force:
         image = client.images.get(tag)
@@ -652,8 +804,10 @@ def build_agent(
     if old and old != image_id:
         _remove(client, old)
     size = int(client.images.get(tag).attrs.get("Size", 0))
-    say(f"built {tag} ({size / 1e6:.0f} MB, {spec.name} {version}, recipe "
-        f"{recipe.digest()[:12]}) in {time.monotonic() - started:.0f} s")
+    say(
+        f"built {tag} ({size / 1e6:.0f} MB, {spec.name} {version}, recipe "
+        f"{recipe.digest()[:12]}) in {time.monotonic() - started:.0f} s"
+    )
     return AgentBuild(tag, agent, version, fetched, size, True)
 
 
@@ -664,7 +818,8 @@ def _labels_for(recipe: AgentRecipe, base_id: str) -> dict[str, str]:
         LABEL_VERSION: recipe.version,
         LABEL_PACKAGES: json.dumps(
             {f"{name}@{version}": integrity for name, version, integrity in recipe.packages},
-            separators=(",", ":")),
+            separators=(",", ":"),
+        ),
         LABEL_BASE: base_id,
     }
 
@@ -679,8 +834,9 @@ def _labels(client: docker.DockerClient, tag: str) -> dict[str, str]:
     return {**(image.labels or {}), "__id__": image.id or ""}
 
 
-def _commit(client: docker.DockerClient, base: str, tag: str, layer: Path,
-            labels: dict[str, str]) -> str:
+def _commit(
+    client: docker.DockerClient, base: str, tag: str, layer: Path, labels: dict[str, str]
+) -> str:
     repository, _, version = tag.rpartition(":")
     if not repository or "/" in version:
         repository, version = tag, "latest"
@@ -707,14 +863,21 @@ def _commit(client: docker.DockerClient, base: str, tag: str, layer: Path,
 
 def _check(client: docker.DockerClient, tag: str, spec: AgentSpec) -> None:
     """Run the agent's version command and the MCP server's import the way sessions do."""
-    script = ('"$@" >/dev/null 2>/tmp/err || { echo "agent: $(head -c 300 /tmp/err)"; }; '
-              f'python3 -I -c "import sys; sys.path.insert(0, \'{MCP_ROOT}/lib\'); '
-              'import mcp.server.mcpserver" 2>/tmp/err || echo "mcp: $(tail -n1 /tmp/err)"')
+    script = (
+        '"$@" >/dev/null 2>/tmp/err || { echo "agent: $(head -c 300 /tmp/err)"; }; '
+        f"python3 -I -c \"import sys; sys.path.insert(0, '{MCP_ROOT}/lib'); "
+        'import mcp.server.mcpserver" 2>/tmp/err || echo "mcp: $(tail -n1 /tmp/err)"'
+    )
     try:
         output = client.containers.run(
-            tag, ["/bin/sh", "-c", script, "check", *spec.check],
-            network_mode="none", read_only=True, cap_drop=["ALL"],
-            security_opt=["no-new-privileges"], user=AGENT_USER, remove=True,
+            tag,
+            ["/bin/sh", "-c", script, "check", *spec.check],
+            network_mode="none",
+            read_only=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            user=AGENT_USER,
+            remove=True,
             tmpfs={"/tmp": "rw,nosuid,nodev,noexec,size=64m"},
             environment={"HOME": "/tmp"},
         )

@@ -391,10 +391,12 @@ def verify(path: Path) -> Verification:
             return Verification(0, len(files), GENESIS, checkpoint)
     else:
         files, checkpoint = [path], None
-    numbered = ((file, number, line, whole) for file in files
-                for number, line, whole in _lines(file))
-    return verify_lines(numbered, files=len(files), end=files[-1] if files else path,
-                        checkpoint=checkpoint)
+    numbered = (
+        (file, number, line, whole) for file in files for number, line, whole in _lines(file)
+    )
+    return verify_lines(
+        numbered, files=len(files), end=files[-1] if files else path, checkpoint=checkpoint
+    )
 
 
 def verify_lines(
@@ -655,8 +657,9 @@ class AuditLog:
                 self._open(self._number + 1, create=True)
                 fsync_directory(self.directory)
             except OSError as e:
-                raise AuditError(f"cannot start a new segment in {self.directory}: "
-                                 f"{e.strerror}") from e
+                raise AuditError(
+                    f"cannot start a new segment in {self.directory}: {e.strerror}"
+                ) from e
         try:
             written = os.write(self._fd, line)
         except OSError as e:
@@ -747,10 +750,19 @@ class Recorder:
     def _close_gap(self) -> None:
         if not self._lost:
             return
-        self.log.append(Event(EventKind.AUDIT_GAP, None, str(self.log.directory), {
-            "lost": self._lost, "since": self._since, "until": time.time(),
-            "reason": self._reason,
-        }))
+        self.log.append(
+            Event(
+                EventKind.AUDIT_GAP,
+                None,
+                str(self.log.directory),
+                {
+                    "lost": self._lost,
+                    "since": self._since,
+                    "until": time.time(),
+                    "reason": self._reason,
+                },
+            )
+        )
         self._lost = 0
 
 

@@ -123,15 +123,25 @@ class ConsentBroker:
     async def ask(self, request: ConsentRequest) -> Answer:
         size = request.details.get("size")  # an upload's: what the notices say it holds
         self._bus.emit(
-            EventKind.REQUEST_ASKED, request.session, request.subject, request=request.id,
-            asks=str(request.kind), timeout=request.timeout,
+            EventKind.REQUEST_ASKED,
+            request.session,
+            request.subject,
+            request=request.id,
+            asks=str(request.kind),
+            timeout=request.timeout,
             **({"size": size} if isinstance(size, int) else {}),
         )
         answer = await self._answer(request)
         self._bus.emit(
-            EventKind.REQUEST_ANSWERED, request.session, request.subject, request=request.id,
-            asks=str(request.kind), verdict=str(answer.verdict), by=answer.by,
-            lifetime=str(answer.lifetime), paths=[str(p) for p in answer.paths],
+            EventKind.REQUEST_ANSWERED,
+            request.session,
+            request.subject,
+            request=request.id,
+            asks=str(request.kind),
+            verdict=str(answer.verdict),
+            by=answer.by,
+            lifetime=str(answer.lifetime),
+            paths=[str(p) for p in answer.paths],
         )
         return answer
 
@@ -175,4 +185,3 @@ class ConsentBroker:
 def _current_task_cancelling() -> bool:
     task = asyncio.current_task()
     return bool(task and task.cancelling())
-

@@ -53,10 +53,16 @@ class Terminal:
         return environment
 
     @classmethod
-    def from_environment(cls, tty: bool, rows: int, cols: int,
-                         environ: Mapping[str, str]) -> Terminal:
-        return cls(tty, rows, cols, environ.get("TERM", DEFAULT_TERM) or DEFAULT_TERM,
-                   environ.get("COLORTERM", ""))
+    def from_environment(
+        cls, tty: bool, rows: int, cols: int, environ: Mapping[str, str]
+    ) -> Terminal:
+        return cls(
+            tty,
+            rows,
+            cols,
+            environ.get("TERM", DEFAULT_TERM) or DEFAULT_TERM,
+            environ.get("COLORTERM", ""),
+        )
 
 
 class Console:
@@ -64,8 +70,14 @@ class Console:
     the container starts, so that nothing it prints is missed and its first read of stdin
     finds the caller)."""
 
-    def __init__(self, sock: socket.socket, tty: bool, resize: Callable[[int, int], None],
-                 name: str = "", keep: object = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        tty: bool,
+        resize: Callable[[int, int], None],
+        name: str = "",
+        keep: object = None,
+    ) -> None:
         self.tty = tty
         self._sock = sock
         self._resize = resize  # the engine's resize call for this container
@@ -89,7 +101,7 @@ class Console:
                     return
                 pending += data
             kind, size = _FRAME.unpack_from(pending)
-            pending = pending[_FRAME.size:]
+            pending = pending[_FRAME.size :]
             while len(pending) < size:
                 data = self._recv(max(READ_SIZE, size - len(pending)))
                 if not data:

@@ -23,8 +23,7 @@ T = TypeVar("T")
 AGENT_HOME = "/home/airlock"  # the agent's HOME: writable, size-limited, programs may run there
 
 
-def agents_first(containers: Iterable[T], labels: Callable[[T], Mapping[str, str]]
-                 ) -> list[T]:
+def agents_first(containers: Iterable[T], labels: Callable[[T], Mapping[str, str]]) -> list[T]:
     """Containers in the order they can be removed: agents before the sidecars whose
     namespaces they joined (Podman refuses to remove a container others depend on)."""
     return sorted(containers, key=lambda c: labels(c).get(LABEL_ROLE, "agent") != "agent")
@@ -78,8 +77,9 @@ class ContainerAdditions:
 
     def __post_init__(self) -> None:
         if self.network_mode is not None and not self.network_mode.startswith("container:"):
-            raise ValueError(f"an extension may only share a sidecar's network, not "
-                             f"{self.network_mode!r}")
+            raise ValueError(
+                f"an extension may only share a sidecar's network, not {self.network_mode!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +165,16 @@ class ContainerSpec:
                     propagation="rprivate",
                 )
                 for mount in self.mounts
-            ] + [
+            ]
+            + [
                 # no_copy: the engine must not seed the volume with the image's files.
-                Mount(target=str(mount.target), source=mount.volume, type="volume",
-                      read_only=False, no_copy=True)
+                Mount(
+                    target=str(mount.target),
+                    source=mount.volume,
+                    type="volume",
+                    read_only=False,
+                    no_copy=True,
+                )
                 for mount in self.volumes
             ],
             "init": True,  # reap zombies and forward signals to the agent
@@ -177,14 +183,15 @@ class ContainerSpec:
             config["runtime"] = self.runtime
         return config
 
-
     def tmpfs(self) -> dict[str, str]:
         """/tmp, where nothing runs, and a fresh home where programs may (agents unpack
         helpers and scripts there); both size-limited, and gone with the container."""
         mounts = {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size}"}
         if not any(str(mount.target) == AGENT_HOME for mount in self.mounts):
-            mounts[AGENT_HOME] = (f"rw,nosuid,nodev,exec,size={self.home_size},mode=0700,"
-                                  f"uid={self.identity.uid},gid={self.identity.gid}")
+            mounts[AGENT_HOME] = (
+                f"rw,nosuid,nodev,exec,size={self.home_size},mode=0700,"
+                f"uid={self.identity.uid},gid={self.identity.gid}"
+            )
         return mounts
 
 

@@ -135,29 +135,42 @@ class DesktopFacts:
 
 def check_engine(engine: EngineFacts) -> Finding:
     if not engine.error:
-        return Finding("engine", Status.OK,
-                       f"{engine.product or 'an engine'} at {engine.where} (API {engine.api})")
+        return Finding(
+            "engine",
+            Status.OK,
+            f"{engine.product or 'an engine'} at {engine.where} (API {engine.api})",
+        )
     text = engine.error
     if "Permission denied" in text or "PermissionError" in text:
-        fix = ("add yourself to the docker group (sudo usermod -aG docker $USER) and log in "
-               "again, or point DOCKER_HOST at a rootless engine's socket")
+        fix = (
+            "add yourself to the docker group (sudo usermod -aG docker $USER) and log in "
+            "again, or point DOCKER_HOST at a rootless engine's socket"
+        )
     elif "did not answer within" in text or "timed out" in text.lower():
-        fix = (f"the engine at {engine.where} accepts connections but does not answer: "
-               "restart it (sudo systemctl restart docker)")
+        fix = (
+            f"the engine at {engine.where} accepts connections but does not answer: "
+            "restart it (sudo systemctl restart docker)"
+        )
     else:
-        fix = ("start it (sudo systemctl start docker; rootless Podman: systemctl --user "
-               "start podman.socket and DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock)"
-               ", or run `sudo packaging/setup demo`, which installs and starts one")
-    return Finding("engine", Status.PROBLEM, f"no Docker engine answers at {engine.where}: "
-                   f"{text}", fix)
+        fix = (
+            "start it (sudo systemctl start docker; rootless Podman: systemctl --user "
+            "start podman.socket and DOCKER_HOST=unix://$XDG_RUNTIME_DIR/podman/podman.sock)"
+            ", or run `sudo packaging/setup demo`, which installs and starts one"
+        )
+    return Finding(
+        "engine", Status.PROBLEM, f"no Docker engine answers at {engine.where}: {text}", fix
+    )
 
 
 def check_engine_mode(engine: EngineFacts) -> Finding:
     if engine.rootless:
         return Finding("rootless", Status.OK, "the engine runs rootless (as your user)")
-    return Finding("rootless", Status.OK,
-                   "the engine runs as root: whoever may use its socket is root-equivalent, "
-                   "which is why Airlock never hands the socket to an agent")
+    return Finding(
+        "rootless",
+        Status.OK,
+        "the engine runs as root: whoever may use its socket is root-equivalent, "
+        "which is why Airlock never hands the socket to an agent",
+    )
 
 
 def check_engine_limits(engine: EngineFacts) -> Finding:
@@ -165,20 +178,30 @@ def check_engine_limits(engine: EngineFacts) -> Finding:
     refused by the sandbox check at every session, so say so before."""
     kind = engine.kind
     if not kind.limits_enforced:
-        return Finding("limits", Status.PROBLEM,
-                       f"{kind.describe()} cannot enforce memory, pids and CPU limits or "
-                       "ulimits (a rootless engine has no cgroup of its own on cgroup v1) and "
-                       "drops them without an error: the sandbox check refuses every session",
-                       "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) and delegate "
-                       "the cpu, memory and pids controllers to your user, or use rootful "
-                       "Docker (sudo packaging/setup demo)")
+        return Finding(
+            "limits",
+            Status.PROBLEM,
+            f"{kind.describe()} cannot enforce memory, pids and CPU limits or "
+            "ulimits (a rootless engine has no cgroup of its own on cgroup v1) and "
+            "drops them without an error: the sandbox check refuses every session",
+            "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) and delegate "
+            "the cpu, memory and pids controllers to your user, or use rootful "
+            "Docker (sudo packaging/setup demo)",
+        )
     if kind.podman and kind.rootless:
-        return Finding("limits", Status.WARN,
-                       f"{kind.describe()}: limits hold only with the cpu, memory and pids "
-                       "controllers delegated to your user; the sandbox check refuses a "
-                       "session whose limits were dropped (not yet tested by Airlock here)")
-    return Finding("limits", Status.OK, f"{kind.describe()} enforces the profiles' limits "
-                   "(the sandbox check verifies them at each session)")
+        return Finding(
+            "limits",
+            Status.WARN,
+            f"{kind.describe()}: limits hold only with the cpu, memory and pids "
+            "controllers delegated to your user; the sandbox check refuses a "
+            "session whose limits were dropped (not yet tested by Airlock here)",
+        )
+    return Finding(
+        "limits",
+        Status.OK,
+        f"{kind.describe()} enforces the profiles' limits "
+        "(the sandbox check verifies them at each session)",
+    )
 
 
 def check_gvisor(wanted: Mapping[str, str]) -> Finding | None:
@@ -186,22 +209,32 @@ def check_gvisor(wanted: Mapping[str, str]) -> Finding | None:
     gvisor = sorted(p for p, r in wanted.items() if r == "runsc")
     if not gvisor:
         return None
-    return Finding("gVisor", Status.PROBLEM,
-                   f"gVisor (runsc) is not supported yet: the sandbox check reads /proc of the "
-                   f"container's first process from the host, and under gVisor it shows "
-                   f"gVisor's sandbox, not the container; sessions of {', '.join(gvisor)} are "
-                   "refused", "remove `runtime = \"runsc\"` from those profiles")
+    return Finding(
+        "gVisor",
+        Status.PROBLEM,
+        f"gVisor (runsc) is not supported yet: the sandbox check reads /proc of the "
+        f"container's first process from the host, and under gVisor it shows "
+        f"gVisor's sandbox, not the container; sessions of {', '.join(gvisor)} are "
+        "refused",
+        'remove `runtime = "runsc"` from those profiles',
+    )
 
 
 def check_seccomp(engine: EngineFacts) -> Finding:
     if engine.seccomp:
-        return Finding("seccomp", Status.OK, "the engine applies seccomp filters "
-                       "(Airlock's profile in profiles/seccomp/)")
-    return Finding("seccomp", Status.PROBLEM,
-                   "the engine applies no seccomp filters: Airlock's system-call filter would "
-                   "be silently ignored",
-                   "use an engine built with seccomp (Debian's docker.io and podman are; "
-                   "install libseccomp2) and a kernel with CONFIG_SECCOMP_FILTER")
+        return Finding(
+            "seccomp",
+            Status.OK,
+            "the engine applies seccomp filters (Airlock's profile in profiles/seccomp/)",
+        )
+    return Finding(
+        "seccomp",
+        Status.PROBLEM,
+        "the engine applies no seccomp filters: Airlock's system-call filter would "
+        "be silently ignored",
+        "use an engine built with seccomp (Debian's docker.io and podman are; "
+        "install libseccomp2) and a kernel with CONFIG_SECCOMP_FILTER",
+    )
 
 
 def check_userns(userns: UsernsFacts, engine_rootless: bool) -> Finding:
@@ -217,18 +250,28 @@ def check_userns(userns: UsernsFacts, engine_rootless: bool) -> Finding:
         off.append("kernel.apparmor_restrict_unprivileged_userns is 1")
         settings.append("kernel.apparmor_restrict_unprivileged_userns=0")
     if not off and userns.subordinate_ids:
-        return Finding("user namespaces", Status.OK,
-                       "available to your user, with subordinate ids (/etc/subuid)")
+        return Finding(
+            "user namespaces",
+            Status.OK,
+            "available to your user, with subordinate ids (/etc/subuid)",
+        )
     if off:
         why = "unprivileged user namespaces are off (" + "; ".join(off) + ")"
         fix = f"sudo sysctl -w {' '.join(settings)} (and the same in /etc/sysctl.d/ to keep it)"
     else:
         why = "your user has no subordinate ids (/etc/subuid, /etc/subgid)"
         fix = "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER"
-    needs = ("a rootless engine runs no container without them" if engine_rootless
-             else "`airlock image build` then needs sudo (mmdebstrap --mode=unshare)")
-    return Finding("user namespaces", Status.PROBLEM if engine_rootless else Status.WARN,
-                   f"{why}: {needs}", fix)
+    needs = (
+        "a rootless engine runs no container without them"
+        if engine_rootless
+        else "`airlock image build` then needs sudo (mmdebstrap --mode=unshare)"
+    )
+    return Finding(
+        "user namespaces",
+        Status.PROBLEM if engine_rootless else Status.WARN,
+        f"{why}: {needs}",
+        fix,
+    )
 
 
 def check_runtimes(engine: EngineFacts, wanted: Mapping[str, str]) -> Finding:
@@ -238,40 +281,62 @@ def check_runtimes(engine: EngineFacts, wanted: Mapping[str, str]) -> Finding:
     if missing:
         runtimes = sorted(set(missing.values()))
         names = ", ".join(f"{p} ({r})" for p, r in missing.items())
-        return Finding("runtime", Status.PROBLEM,
-                       f"profiles name a runtime the engine does not have: {names}; the "
-                       f"engine has: {have}",
-                       f"install {' and '.join(runtimes)} and register it in "
-                       "/etc/docker/daemon.json (\"runtimes\"), then restart the engine; or "
-                       "remove `runtime` from those profiles")
+        return Finding(
+            "runtime",
+            Status.PROBLEM,
+            f"profiles name a runtime the engine does not have: {names}; the engine has: {have}",
+            f"install {' and '.join(runtimes)} and register it in "
+            '/etc/docker/daemon.json ("runtimes"), then restart the engine; or '
+            "remove `runtime` from those profiles",
+        )
     if wanted:
-        return Finding("runtime", Status.OK, "the runtimes profiles name are installed: "
-                       + ", ".join(f"{p} ({r})" for p, r in sorted(wanted.items())))
-    return Finding("runtime", Status.OK,
-                   f"no profile names a runtime (default: {engine.default_runtime or '?'}; "
-                   f"the engine has: {have})")
+        return Finding(
+            "runtime",
+            Status.OK,
+            "the runtimes profiles name are installed: "
+            + ", ".join(f"{p} ({r})" for p, r in sorted(wanted.items())),
+        )
+    return Finding(
+        "runtime",
+        Status.OK,
+        f"no profile names a runtime (default: {engine.default_runtime or '?'}; "
+        f"the engine has: {have})",
+    )
 
 
 def check_image(image: ImageFacts) -> Finding:
     name = f"image {image.image}"
     used = f"run by {', '.join(image.profiles)}" if image.profiles else "the base image"
-    how = (f"`{image.build}`" if image.build
-           else f"docker pull {image.image}, or docker build -t {image.image} …")
+    how = (
+        f"`{image.build}`"
+        if image.build
+        else f"docker pull {image.image}, or docker build -t {image.image} …"
+    )
     if image.state == "current":
         return Finding(name, Status.OK, f"present and matching its recipe ({used})")
     if image.state == "present":
         return Finding(name, Status.OK, f"present ({used}; not built by Airlock)")
     if image.state == "outdated":
-        return Finding(name, Status.WARN,
-                       f"present, but not the recipe this Airlock builds ({used}): "
-                       "sessions run it as it is", f"rebuild it: {how}")
+        return Finding(
+            name,
+            Status.WARN,
+            f"present, but not the recipe this Airlock builds ({used}): sessions run it as it is",
+            f"rebuild it: {how}",
+        )
     if image.state == "missing":
-        return Finding(name, Status.PROBLEM if image.needed else Status.WARN,
-                       f"not in the engine ({used}): those profiles cannot run",
-                       f"build it: {how}")
+        return Finding(
+            name,
+            Status.PROBLEM if image.needed else Status.WARN,
+            f"not in the engine ({used}): those profiles cannot run",
+            f"build it: {how}",
+        )
     if image.state == "mismatch":
-        return Finding(name, Status.PROBLEM, f"{image.detail} ({used}): sessions refuse it",
-                       f"get the pinned image ({how}), or update the profile's image_digest")
+        return Finding(
+            name,
+            Status.PROBLEM,
+            f"{image.detail} ({used}): sessions refuse it",
+            f"get the pinned image ({how}), or update the profile's image_digest",
+        )
     return Finding(name, Status.WARN, f"not checked: {image.detail}")
 
 
@@ -283,13 +348,20 @@ def check_keyring(keyring: KeyringFacts) -> Finding:
         if keyring.collection is Collection.UNKNOWN:
             return Finding("keyring", Status.OK, f"{where} keeps the route credentials")
         advice = keyring_problem(keyring)
-        return Finding("keyring", Status.WARN,
-                       f"{advice.problem}: your desktop will ask for its password when a "
-                       "route first needs a key", advice.fix)
+        return Finding(
+            "keyring",
+            Status.WARN,
+            f"{advice.problem}: your desktop will ask for its password when a "
+            "route first needs a key",
+            advice.fix,
+        )
     advice = keyring_problem(keyring)
-    return Finding("keyring", Status.PROBLEM,
-                   f"{advice.problem}: profiles with routes (claude-code, codex, …) cannot get "
-                   "their API keys", advice.fix)
+    return Finding(
+        "keyring",
+        Status.PROBLEM,
+        f"{advice.problem}: profiles with routes (claude-code, codex, …) cannot get their API keys",
+        advice.fix,
+    )
 
 
 def check_session_bus(keyring: KeyringFacts) -> Finding:
@@ -297,50 +369,67 @@ def check_session_bus(keyring: KeyringFacts) -> Finding:
     if bus.reachable:
         how = "" if bus.variable else " (the login's own, DBUS_SESSION_BUS_ADDRESS unset)"
         return Finding("session bus", Status.OK, f"{bus.address}{how}")
-    advice = keyring_problem(KeyringFacts(bus, "", "", "", Collection.UNKNOWN,
-                                          keyring.keyring_daemon, keyring.display))
-    return Finding("session bus", Status.PROBLEM,
-                   f"{advice.problem}: the desktop app, the keyring and notifications need it",
-                   advice.fix)
+    advice = keyring_problem(
+        KeyringFacts(bus, "", "", "", Collection.UNKNOWN, keyring.keyring_daemon, keyring.display)
+    )
+    return Finding(
+        "session bus",
+        Status.PROBLEM,
+        f"{advice.problem}: the desktop app, the keyring and notifications need it",
+        advice.fix,
+    )
 
 
 def check_desktop(desktop: DesktopFacts) -> list[Finding]:
     if not desktop.display:
-        detail = ("no graphical session here: the command line asks on the terminal "
-                  "(`airlock ask` from another one)")
-        return [Finding("notifications", Status.OK, detail),
-                Finding("tray", Status.OK, detail)]
+        detail = (
+            "no graphical session here: the command line asks on the terminal "
+            "(`airlock ask` from another one)"
+        )
+        return [Finding("notifications", Status.OK, detail), Finding("tray", Status.OK, detail)]
     if desktop.notifications is None or desktop.tray_host is None:
         why = desktop.error or "no session bus"
-        return [Finding("notifications", Status.WARN, f"not checked: {why}"),
-                Finding("tray", Status.WARN, f"not checked: {why}")]
+        return [
+            Finding("notifications", Status.WARN, f"not checked: {why}"),
+            Finding("tray", Status.WARN, f"not checked: {why}"),
+        ]
     return [
         Finding("notifications", Status.OK, f"{NOTIFICATIONS} is on the session bus")
-        if desktop.notifications else
-        Finding("notifications", Status.WARN,
-                "no notification server on the session bus: questions and refusals show "
-                "only in the desktop app's window",
-                "run one (GNOME and KDE have theirs; elsewhere dunst, mako or xfce4-notifyd)"),
+        if desktop.notifications
+        else Finding(
+            "notifications",
+            Status.WARN,
+            "no notification server on the session bus: questions and refusals show "
+            "only in the desktop app's window",
+            "run one (GNOME and KDE have theirs; elsewhere dunst, mako or xfce4-notifyd)",
+        ),
         Finding("tray", Status.OK, f"a StatusNotifierItem tray host ({TRAY_HOST})")
-        if desktop.tray_host else
-        Finding("tray", Status.WARN,
-                "no StatusNotifierItem tray host on the session bus: the tray icon needs an "
-                "XEmbed tray instead, or does not show",
-                "GNOME: install the AppIndicator extension (gnome-shell-extension-appindicator)"
-                "; other desktops: enable their system tray"),
+        if desktop.tray_host
+        else Finding(
+            "tray",
+            Status.WARN,
+            "no StatusNotifierItem tray host on the session bus: the tray icon needs an "
+            "XEmbed tray instead, or does not show",
+            "GNOME: install the AppIndicator extension (gnome-shell-extension-appindicator)"
+            "; other desktops: enable their system tray",
+        ),
     ]
 
 
 def check_disk(disk: DiskFacts) -> Finding:
     if disk.error:
-        return Finding("disk", Status.WARN, f"cannot tell the free space at {disk.where}: "
-                       f"{disk.error}")
+        return Finding(
+            "disk", Status.WARN, f"cannot tell the free space at {disk.where}: {disk.error}"
+        )
     free = f"{disk.free / GIB:.1f} GiB free at {disk.where}, where sessions stage their writes"
-    fix = ("free space there, or move Airlock's state to a larger disk (XDG_STATE_HOME)")
+    fix = "free space there, or move Airlock's state to a larger disk (XDG_STATE_HOME)"
     if disk.free < DISK_PROBLEM:
-        return Finding("disk", Status.PROBLEM,
-                       f"{free}: sessions stop once less than {DISK_RESERVE // 1024**2} MiB "
-                       "is left", fix)
+        return Finding(
+            "disk",
+            Status.PROBLEM,
+            f"{free}: sessions stop once less than {DISK_RESERVE // 1024**2} MiB is left",
+            fix,
+        )
     if disk.free < DISK_WARN:
         return Finding("disk", Status.WARN, f"only {free}", fix)
     return Finding("disk", Status.OK, free)
@@ -356,22 +445,29 @@ def check_inotify(inotify: InotifyFacts) -> Finding:
         low.append(f"fs.inotify.max_user_instances is {inotify.instances}")
         fixes.append("fs.inotify.max_user_instances=512")
     if low:
-        return Finding("inotify", Status.WARN,
-                       "; ".join(low) + ": large granted folders would be partly unwatched "
-                       "(their activity not reported)",
-                       f"sudo sysctl -w {' '.join(fixes)} (and in /etc/sysctl.d/ to keep it)")
+        return Finding(
+            "inotify",
+            Status.WARN,
+            "; ".join(low) + ": large granted folders would be partly unwatched "
+            "(their activity not reported)",
+            f"sudo sysctl -w {' '.join(fixes)} (and in /etc/sysctl.d/ to keep it)",
+        )
     if inotify.watches is None:
         return Finding("inotify", Status.WARN, "cannot read the inotify limits (/proc/sys)")
-    return Finding("inotify", Status.OK, f"{inotify.watches} watches, "
-                   f"{inotify.instances} instances per user")
+    return Finding(
+        "inotify", Status.OK, f"{inotify.watches} watches, {inotify.instances} instances per user"
+    )
 
 
 def check_profiles(invalid: Mapping[str, str]) -> Finding | None:
     if not invalid:
         return None
-    return Finding("profiles", Status.PROBLEM,
-                   "; ".join(f"{name}: {why}" for name, why in sorted(invalid.items())),
-                   "fix them (`airlock profiles check FILE` says where), or remove them")
+    return Finding(
+        "profiles",
+        Status.PROBLEM,
+        "; ".join(f"{name}: {why}" for name, why in sorted(invalid.items())),
+        "fix them (`airlock profiles check FILE` says where), or remove them",
+    )
 
 
 def exit_status(findings: Iterable[Finding]) -> int:
@@ -382,28 +478,36 @@ def as_json(findings: Sequence[Finding]) -> str:
     def entry(finding: Finding) -> dict[str, Any]:
         return dict(asdict(finding), status=finding.status.value)
 
-    return json.dumps({"ok": exit_status(findings) == 0,
-                       "findings": [entry(f) for f in findings]}, indent=2)
+    return json.dumps(
+        {"ok": exit_status(findings) == 0, "findings": [entry(f) for f in findings]}, indent=2
+    )
 
 
 # -- probes (blocking, bounded in time) ----------------------------------------------------
 
 
-def probe_engine(environ: Mapping[str, str], seconds: float = ENGINE_SECONDS
-                 ) -> tuple[EngineFacts, docker.DockerClient | None]:
+def probe_engine(
+    environ: Mapping[str, str], seconds: float = ENGINE_SECONDS
+) -> tuple[EngineFacts, docker.DockerClient | None]:
     where = environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
     def ask() -> tuple[EngineFacts, docker.DockerClient]:
         client = docker.from_env(timeout=max(1, int(seconds)), environment=dict(environ))
         version = client.version()
         info = client.info()
-        components = {c.get("Name", ""): c.get("Version", "")
-                      for c in version.get("Components") or []}
-        product = (f"Docker Engine {components['Engine']}" if "Engine" in components
-                   else f"Podman {components['Podman Engine']}" if "Podman Engine" in components
-                   else "")
+        components = {
+            c.get("Name", ""): c.get("Version", "") for c in version.get("Components") or []
+        }
+        product = (
+            f"Docker Engine {components['Engine']}"
+            if "Engine" in components
+            else f"Podman {components['Podman Engine']}"
+            if "Podman Engine" in components
+            else ""
+        )
         return EngineFacts(
-            where=where, product=product or f"engine {version.get('Version', '?')}",
+            where=where,
+            product=product or f"engine {version.get('Version', '?')}",
             api=str(version.get("ApiVersion", "?")),
             security_options=tuple(info.get("SecurityOptions") or ()),
             runtimes=tuple(sorted(info.get("Runtimes") or {})),
@@ -416,8 +520,7 @@ def probe_engine(environ: Mapping[str, str], seconds: float = ENGINE_SECONDS
         return within(seconds + 1, ask, f"the engine at {where}")
     except TimeoutError as e:
         return EngineFacts(where, error=str(e)), None
-    except (docker.errors.DockerException, requests.exceptions.RequestException,
-            EngineError) as e:
+    except (docker.errors.DockerException, requests.exceptions.RequestException, EngineError) as e:
         return EngineFacts(where, error=_first_line(e)), None
 
 
@@ -426,8 +529,7 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:300]
 
 
-def profile_images(catalog: ProfileCatalog
-                   ) -> tuple[dict[str, list[Profile]], dict[str, str]]:
+def profile_images(catalog: ProfileCatalog) -> tuple[dict[str, list[Profile]], dict[str, str]]:
     """The images the available profiles run (image → its profiles), and the profiles that
     do not load (name → why)."""
     images: dict[str, list[Profile]] = {}
@@ -442,27 +544,39 @@ def profile_images(catalog: ProfileCatalog
     return images, invalid
 
 
-def probe_image(client: docker.DockerClient, image: str, profiles: Sequence[Profile],
-                needed: bool, seconds: float = ENGINE_SECONDS) -> ImageFacts:
+def probe_image(
+    client: docker.DockerClient,
+    image: str,
+    profiles: Sequence[Profile],
+    needed: bool,
+    seconds: float = ENGINE_SECONDS,
+) -> ImageFacts:
     names = tuple(p.name for p in profiles)
     build = _build_command(image)
 
     def ask() -> ImageFacts:
         if image == DEFAULT_IMAGE:
             info = image_info(client, image, Recipe.default())
-            state = {ImageState.CURRENT: "current", ImageState.OUTDATED: "outdated",
-                     ImageState.MISSING: "missing"}[info.state]
+            state = {
+                ImageState.CURRENT: "current",
+                ImageState.OUTDATED: "outdated",
+                ImageState.MISSING: "missing",
+            }[info.state]
             return ImageFacts(image, names, state, build, needed=needed)
         try:
             found = client.images.get(image)
         except docker.errors.ImageNotFound:
             return ImageFacts(image, names, "missing", build, needed=needed)
         pinned = {p.image_digest for p in profiles if p.image_digest}
-        digests = {found.id} | {d.partition("@")[2]
-                                for d in found.attrs.get("RepoDigests") or []}
+        digests = {found.id} | {d.partition("@")[2] for d in found.attrs.get("RepoDigests") or []}
         if pinned - digests:
-            return ImageFacts(image, names, "mismatch", build,
-                              f"it is {found.id}, not the pinned {', '.join(sorted(pinned))}")
+            return ImageFacts(
+                image,
+                names,
+                "mismatch",
+                build,
+                f"it is {found.id}, not the pinned {', '.join(sorted(pinned))}",
+            )
         expected = _expected_recipe(image)
         if expected is None:
             return ImageFacts(image, names, "present", build)
@@ -471,8 +585,12 @@ def probe_image(client: docker.DockerClient, image: str, profiles: Sequence[Prof
 
     try:
         return within(seconds, ask, f"the engine's image {image}")
-    except (TimeoutError, AirlockError, docker.errors.DockerException,
-            requests.exceptions.RequestException) as e:
+    except (
+        TimeoutError,
+        AirlockError,
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+    ) as e:
         return ImageFacts(image, names, "error", build, _first_line(e))
 
 
@@ -541,10 +659,11 @@ def probe_disk(where: Path) -> DiskFacts:
 
 
 def probe_inotify() -> InotifyFacts:
-    return InotifyFacts(_read_int("/proc/sys/fs/inotify/max_user_watches"),
-                        _read_int("/proc/sys/fs/inotify/max_user_instances"))
+    return InotifyFacts(
+        _read_int("/proc/sys/fs/inotify/max_user_watches"),
+        _read_int("/proc/sys/fs/inotify/max_user_instances"),
+    )
 
 
 def has_display(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
-

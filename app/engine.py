@@ -64,16 +64,17 @@ def detect_engine(client: docker.DockerClient) -> EngineKind:
             # Podman answers its own API under any version prefix, not without one.
             libpod = client.api.get(f"{client.api.base_url}/v4.0.0/libpod/info")
             libpod.raise_for_status()
-            rootless = bool(((libpod.json().get("host") or {}).get("security") or {})
-                            .get("rootless"))
-    except (docker.errors.DockerException, requests.exceptions.RequestException,
-            ValueError) as e:
+            rootless = bool(
+                ((libpod.json().get("host") or {}).get("security") or {}).get("rootless")
+            )
+    except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError) as e:
         raise EngineError(f"the engine did not say what it is: {_first_line(e)}") from e
     return engine_kind(version, info, rootless)
 
 
-def for_engine(kind: EngineKind, host_config: dict[str, Any], network_mode: str,
-               runtime_dir: Path) -> dict[str, Any]:
+def for_engine(
+    kind: EngineKind, host_config: dict[str, Any], network_mode: str, runtime_dir: Path
+) -> dict[str, Any]:
     """The host config as `kind` takes it: unchanged for Docker; for Podman, the seccomp
     profile written to a file (content-addressed under `runtime_dir`) and the user namespace
     that keeps the user's uid (see app/engine_kind.py)."""
@@ -107,9 +108,10 @@ def one_line(text: str, limit: int = 300) -> str:
     """An engine's error message as one bounded line (Podman quotes a refused seccomp
     profile whole)."""
     line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _first_line(error: Exception) -> str:
-    return one_line(str(error).strip().splitlines()[0] if str(error).strip()
-                    else type(error).__name__)
+    return one_line(
+        str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    )

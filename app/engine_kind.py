@@ -16,21 +16,47 @@ SECCOMP_PREFIX = "seccomp="
 # that tells programs they run in a container. Bind mounts of files Podman generates; they
 # are part of the engine, like Docker's /etc/hosts.
 # Rootless, it cannot make device nodes: it binds the host's harmless ones.
-PODMAN_MOUNTS = frozenset({"/run/podman-init", "/etc/passwd", "/etc/group",
-                           "/run/.containerenv", "/dev/null", "/dev/zero", "/dev/full",
-                           "/dev/random", "/dev/urandom", "/dev/tty"})
+PODMAN_MOUNTS = frozenset(
+    {
+        "/run/podman-init",
+        "/etc/passwd",
+        "/etc/group",
+        "/run/.containerenv",
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    }
+)
 # With a read-only root, Podman mounts a tmpfs on /run and /var/tmp (exec-able, no size
 # limit) unless the container brings its own; these are Airlock's, limited like /tmp.
-PODMAN_TMPFS = {"/run": "rw,nosuid,nodev,noexec,size=1m,mode=0755",
-                "/var/tmp": "rw,nosuid,nodev,noexec,size=1m,mode=1777"}
+PODMAN_TMPFS = {
+    "/run": "rw,nosuid,nodev,noexec,size=1m,mode=0755",
+    "/var/tmp": "rw,nosuid,nodev,noexec,size=1m,mode=1777",
+}
 
 
 # What Podman lists as dropped for `cap_drop=["ALL"]`: the capabilities it would otherwise
 # grant (containers.conf's default_capabilities, Podman 4). The kernel's capability sets
 # are checked as well, and must be empty whatever the engine says.
-PODMAN_DEFAULT_CAPABILITIES = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID",
-                               "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW", "SETFCAP",
-                               "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
+PODMAN_DEFAULT_CAPABILITIES = (
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +89,16 @@ DOCKER = EngineKind("docker")  # what the checks assume when nothing else is kno
 UNKNOWN = EngineKind("")  # not asked (yet)
 
 
-def engine_kind(version: Mapping[str, Any], info: Mapping[str, Any],
-                podman_rootless: bool | None = None) -> EngineKind:
+def engine_kind(
+    version: Mapping[str, Any], info: Mapping[str, Any], podman_rootless: bool | None = None
+) -> EngineKind:
     """The engine from its `/version` and `/info` answers; `podman_rootless` is what
     Podman's own `/libpod/info` says (its compat `/info` does not say it)."""
-    components = {str(c.get("Name", "")): str(c.get("Version", ""))
-                  for c in version.get("Components") or [] if isinstance(c, Mapping)}
+    components = {
+        str(c.get("Name", "")): str(c.get("Version", ""))
+        for c in version.get("Components") or []
+        if isinstance(c, Mapping)
+    }
     cgroup = str(info.get("CgroupVersion") or "")
     if "Podman Engine" in components:
         return EngineKind("podman", components["Podman Engine"], bool(podman_rootless), cgroup)
@@ -78,8 +108,9 @@ def engine_kind(version: Mapping[str, Any], info: Mapping[str, Any],
     return EngineKind("", str(version.get("Version") or ""), rootless, cgroup)
 
 
-def podman_host_config(host_config: Mapping[str, Any], seccomp_file: str | None,
-                       userns: str) -> dict[str, Any]:
+def podman_host_config(
+    host_config: Mapping[str, Any], seccomp_file: str | None, userns: str
+) -> dict[str, Any]:
     """A docker-py host config rewritten for Podman: the seccomp profile as `seccomp_file`
     (the file holding the same text), the user namespace `userns` ("keep-id": the agent's
     uid is the user's; "container:ID": the sidecar's, whose network it joins), and /run and
@@ -102,6 +133,7 @@ def podman_host_config(host_config: Mapping[str, Any], seccomp_file: str | None,
 def podman_tmpfs(tmpfs: Mapping[str, str]) -> dict[str, str]:
     """The tmpfs mounts as Podman takes them: Airlock's /run and /var/tmp added, and a
     tmpfs's owner as "U" (the container's user; Podman refuses uid= and gid=)."""
+
     def options(text: str) -> str:
         kept = [o for o in text.split(",") if not o.startswith(("uid=", "gid="))]
         return ",".join([*kept, "U"]) if len(kept) < len(text.split(",")) else text
@@ -119,7 +151,7 @@ def seccomp_text(security_opt: Sequence[str]) -> str | None:
     """The seccomp profile's text in a `SecurityOpt` list, if any."""
     for option in security_opt:
         if option.startswith(SECCOMP_PREFIX):
-            return option[len(SECCOMP_PREFIX):]
+            return option[len(SECCOMP_PREFIX) :]
     return None
 
 

@@ -53,7 +53,9 @@ STATE_FILE = "forward.json"
 # number RFC 5612 reserves for examples: a collector keys on "airlock@32473" as on any name.
 SD_ID = "airlock@32473"
 FACILITIES = {
-    "auth": 4, "authpriv": 10, "audit": 13,
+    "auth": 4,
+    "authpriv": 10,
+    "audit": 13,
     **{f"local{n}": 16 + n for n in range(8)},
 }
 # OCSF severity → syslog severity (6 informational, 5 notice, 4 warning).
@@ -71,8 +73,17 @@ class _ForwardSettings(BaseModel):
     to: Annotated[str, Field(min_length=1)]
     format: Literal["native", "ocsf"] = "native"
     facility: Literal[
-        "auth", "authpriv", "audit", "local0", "local1", "local2", "local3", "local4",
-        "local5", "local6", "local7",
+        "auth",
+        "authpriv",
+        "audit",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
     ] = "authpriv"
 
 
@@ -142,8 +153,11 @@ def load_config(config_dir: Path) -> ForwardConfig | None:
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        message = ("unknown key (check the spelling)" if first["type"] == "extra_forbidden"
-                   else first["msg"])
+        message = (
+            "unknown key (check the spelling)"
+            if first["type"] == "extra_forbidden"
+            else first["msg"]
+        )
         raise ForwardError(f"{path}: {key}: {message}") from e
     if settings.forward is None:
         return None
@@ -152,7 +166,11 @@ def load_config(config_dir: Path) -> ForwardConfig | None:
 
 
 def syslog_message(
-    record: AuditRecord, origin: Origin, *, format: str = "native", facility: str = "authpriv",
+    record: AuditRecord,
+    origin: Origin,
+    *,
+    format: str = "native",
+    facility: str = "authpriv",
     pid: int = 0,
 ) -> bytes:
     """One record as an RFC 5424 message (without transport framing)."""
@@ -160,17 +178,29 @@ def syslog_message(
     severity = _SYSLOG_SEVERITY[severity_of(record.kind)]
     pri = FACILITIES[facility] * 8 + severity
     stamp = datetime.fromtimestamp(record.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    params = {"seq": str(record.seq), "hash": record.hash, "prev": record.prev,
-              "kind": record.kind, "session": record.session or "-"}
+    params = {
+        "seq": str(record.seq),
+        "hash": record.hash,
+        "prev": record.prev,
+        "kind": record.kind,
+        "session": record.session or "-",
+    }
     structured = (
         f'[meta sequenceId="{record.seq % 2147483647 or 1}"]'
         f'[origin software="Airlock" swVersion="{_sd_value(origin.product_version)}"]'
         f"[{SD_ID} " + " ".join(f'{k}="{_sd_value(v)}"' for k, v in params.items()) + "]"
     )
-    header = " ".join((
-        f"<{pri}>1", stamp, _header_field(origin.hostname, 255), "airlock",
-        str(pid or "-"), _header_field(record.kind, 32), structured,
-    ))
+    header = " ".join(
+        (
+            f"<{pri}>1",
+            stamp,
+            _header_field(origin.hostname, 255),
+            "airlock",
+            str(pid or "-"),
+            _header_field(record.kind, 32),
+            structured,
+        )
+    )
     body = line if format == "native" else dumps(to_ocsf(record, line, origin))
     return header.encode("ascii") + b" " + _BOM + body
 
@@ -259,8 +289,7 @@ class AuditForwarder:
         self.sent = 0  # messages sent by this forwarder (repeats after a failure included)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._guarded, name="audit-forwarder",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._guarded, name="audit-forwarder", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -328,8 +357,13 @@ class AuditForwarder:
 
     def _deliver(self, record: AuditRecord) -> bool:
         """Send one record, retrying until it goes or the forwarder stops."""
-        message = syslog_message(record, self.origin, format=self.config.format,
-                                 facility=self.config.facility, pid=os.getpid())
+        message = syslog_message(
+            record,
+            self.origin,
+            format=self.config.format,
+            facility=self.config.facility,
+            pid=os.getpid(),
+        )
         delay, failed_since = self._retry[0], 0.0
         while True:
             try:
@@ -337,16 +371,23 @@ class AuditForwarder:
             except OSError as e:
                 if not failed_since:
                     failed_since = time.monotonic()
-                    log.warning("audit forwarder: %s is not taking records (%s); the local "
-                                "log is complete, retrying", self.config.destination, e)
+                    log.warning(
+                        "audit forwarder: %s is not taking records (%s); the local "
+                        "log is complete, retrying",
+                        self.config.destination,
+                        e,
+                    )
                 self._save_state(force=True)
                 if self._stopping.wait(delay):
                     return False
                 delay = min(delay * 2, self._retry[1])
                 continue
             if failed_since:
-                log.warning("audit forwarder: %s takes records again after %.0f s",
-                            self.config.destination, time.monotonic() - failed_since)
+                log.warning(
+                    "audit forwarder: %s takes records again after %.0f s",
+                    self.config.destination,
+                    time.monotonic() - failed_since,
+                )
             self.sent += 1
             self._delivered = record.seq
             return True
@@ -357,8 +398,9 @@ class AuditForwarder:
         except FileNotFoundError:
             return 0
         except (OSError, ValueError) as e:
-            log.warning("audit forwarder: %s unreadable (%s); forwarding from the start",
-                        STATE_FILE, e)
+            log.warning(
+                "audit forwarder: %s unreadable (%s); forwarding from the start", STATE_FILE, e
+            )
             return 0
         seq = raw.get("seq") if isinstance(raw, dict) else None
         same = isinstance(raw, dict) and raw.get("to") == str(self.config.destination)
@@ -374,6 +416,7 @@ class AuditForwarder:
         path = self.directory / STATE_FILE
         temporary = path.with_name(f".{STATE_FILE}.{os.getpid()}")
         with contextlib.suppress(OSError):
-            temporary.write_text(json.dumps({"seq": self._delivered,
-                                             "to": str(self.config.destination)}))
+            temporary.write_text(
+                json.dumps({"seq": self._delivered, "to": str(self.config.destination)})
+            )
             temporary.replace(path)

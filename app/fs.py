@@ -63,8 +63,7 @@ def open_regular_at(name: str, dir_fd: int | None = None) -> int:
     """Opens `name` for reading if it is a regular file: not through a symlink in its
     place, and a FIFO or device swapped in after it was looked at is refused at once
     instead of blocking the reader for good."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                 dir_fd=dir_fd)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file any more", name)
@@ -271,8 +270,9 @@ class DirectoryHandles:
             dir_fd, name = self.own_directory(path)
             # O_NONBLOCK: a FIFO swapped in for a staged file must not hang the reader
             # (it is then refused as not a regular file).
-            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                           dir_fd=dir_fd)
+            return os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
         except OSError as e:
             e.filename = path  # what a refusal names, as if the full path had been opened
             raise
@@ -299,11 +299,14 @@ class DirectoryHandles:
         if root not in self._fds:
             self._cache(root, os.open(root, _DIRECTORY))
         fd, current = self._fds[root], root
-        for part in parent[len(root) + 1:].split(os.sep) if parent != root else ():
+        for part in parent[len(root) + 1 :].split(os.sep) if parent != root else ():
             current = current + os.sep + part
             known = self._fds.get(current)
-            fd = known if known is not None else self._cache(
-                current, self._open_child(fd, part, target, create))
+            fd = (
+                known
+                if known is not None
+                else self._cache(current, self._open_child(fd, part, target, create))
+            )
         return fd
 
     @staticmethod
@@ -318,5 +321,6 @@ class DirectoryHandles:
                 os.mkdir(part, 0o755, dir_fd=dir_fd)
             return os.open(part, _CHILD_DIRECTORY, dir_fd=dir_fd)
         except OSError as e:
-            raise Refused(f"{part} in the path of {target} is a symlink or not a directory "
-                          "on the host") from e
+            raise Refused(
+                f"{part} in the path of {target} is a symlink or not a directory on the host"
+            ) from e

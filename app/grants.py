@@ -170,8 +170,16 @@ def new_network_grant_id() -> str:
 
 
 def network_grant_for(
-    host: str, port: int, access: Access, *, allowed: bool, lifetime: Lifetime, session: str,
-    profile: str, expires_at: float | None = None, now: float | None = None,
+    host: str,
+    port: int,
+    access: Access,
+    *,
+    allowed: bool,
+    lifetime: Lifetime,
+    session: str,
+    profile: str,
+    expires_at: float | None = None,
+    now: float | None = None,
 ) -> NetworkGrant | None:
     """The grant an answer with `lifetime` makes, as file grants do: `always` is the
     profile's, anything shorter the session's; None for `once`, which is no grant."""
@@ -181,9 +189,15 @@ def network_grant_for(
         raise GrantError("an 'until' grant needs an expiry time")
     always = lifetime is Lifetime.ALWAYS
     return NetworkGrant(
-        id=new_network_grant_id(), host=host.lower().rstrip("."), port=port, access=access,
-        allowed=allowed, lifetime=lifetime, session=None if always else session,
-        profile=profile if always else None, created_at=time.time() if now is None else now,
+        id=new_network_grant_id(),
+        host=host.lower().rstrip("."),
+        port=port,
+        access=access,
+        allowed=allowed,
+        lifetime=lifetime,
+        session=None if always else session,
+        profile=profile if always else None,
+        created_at=time.time() if now is None else now,
         expires_at=None if always else expires_at,
     )
 

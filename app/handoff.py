@@ -60,9 +60,15 @@ class CannotAsk(AirlockError):
 
 
 class HandoffServer:
-    def __init__(self, supervisor: Supervisor, path: Path, notice: Notice,
-                 interactive: bool = False, questions: QuestionQueue | None = None,
-                 routes: SessionRoutes | None = None) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        path: Path,
+        notice: Notice,
+        interactive: bool = False,
+        questions: QuestionQueue | None = None,
+        routes: SessionRoutes | None = None,
+    ) -> None:
         self.supervisor = supervisor
         self.path = path
         # Can it put questions to the user: the desktop app (its dialogs), or a headless
@@ -131,8 +137,11 @@ class HandoffServer:
             await _frame(writer, b"R", _json({"error": "request too large", "exit": 2}))
             return
         except TimeoutError:
-            await _frame(writer, b"R", _json({
-                "error": f"no request within {REQUEST_SECONDS:.0f} s", "exit": 2}))
+            await _frame(
+                writer,
+                b"R",
+                _json({"error": f"no request within {REQUEST_SECONDS:.0f} s", "exit": 2}),
+            )
             return
         finally:
             self._waiting -= 1
@@ -167,22 +176,33 @@ class HandoffServer:
             raise ValueError("grants must be a list of strings")
         grants = tuple(parse_grant_argument(g, cwd) for g in named)
         command = data.get("command")
-        if command is not None and not (isinstance(command, list) and
-                                        all(isinstance(c, str) for c in command)):
+        if command is not None and not (
+            isinstance(command, list) and all(isinstance(c, str) for c in command)
+        ):
             raise ValueError("command must be a list of strings")
         timeout = data.get("timeout")
         seconds = parse_duration(timeout) if timeout else None
-        return LaunchRequest(profile, profile_path, grants,
-                             tuple(command) if command else None, seconds,
-                             _terminal(data.get("terminal")))
+        return LaunchRequest(
+            profile,
+            profile_path,
+            grants,
+            tuple(command) if command else None,
+            seconds,
+            _terminal(data.get("terminal")),
+        )
 
     @property
     def busy(self) -> bool:
         """Whether a client is connected (and so, whether a handed-off session runs)."""
         return bool(self._tasks)
 
-    async def _run(self, request: LaunchRequest, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter, asks: bool = False) -> None:
+    async def _run(
+        self,
+        request: LaunchRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        asks: bool = False,
+    ) -> None:
         loop = asyncio.get_running_loop()
         session_ids: set[str] = set()
 
@@ -191,15 +211,25 @@ class HandoffServer:
 
         def forward(event: Event) -> None:
             if event.session in session_ids:  # this client's session: not another one's
-                if (event.kind is EventKind.REQUEST_ANSWERED
-                        and event.details.get("verdict") == "deny"):
-                    denied.append([str(event.details.get("asks", "")), event.subject,
-                                   str(event.details.get("by", ""))])
+                if (
+                    event.kind is EventKind.REQUEST_ANSWERED
+                    and event.details.get("verdict") == "deny"
+                ):
+                    denied.append(
+                        [
+                            str(event.details.get("asks", "")),
+                            event.subject,
+                            str(event.details.get("by", "")),
+                        ]
+                    )
                 text = self._notice(event)
                 # On a terminal the agent owns, notices wait for its end, after which the
                 # summary of denials (the end frame's "denied") says those.
-                if text and not (owns_screen and event.kind is EventKind.REQUEST_ANSWERED
-                                 and event.details.get("verdict") == "deny"):
+                if text and not (
+                    owns_screen
+                    and event.kind is EventKind.REQUEST_ANSWERED
+                    and event.details.get("verdict") == "deny"
+                ):
                     writer.write(HEADER.pack(b"N", len(text.encode())) + text.encode())
 
         console: asyncio.Future[Console] = loop.create_future()
@@ -220,8 +250,7 @@ class HandoffServer:
         def named(session: str) -> None:
             session_ids.add(session)
             if self.routes is not None:
-                self.routes.route(session, self.questions if asks and self.questions
-                                  else DenyAll())
+                self.routes.route(session, self.questions if asks and self.questions else DenyAll())
             writer.write(HEADER.pack(b"S", len(session.encode())) + session.encode())
 
         # A launch that takes a while says how far it got (the engine may be busy): once after
@@ -246,8 +275,9 @@ class HandoffServer:
 
         self.supervisor.bus.attach(forward)
         self.supervisor.bus.attach(running)
-        run = loop.create_task(self.supervisor.run(request, Output(), named=named,
-                                                   progress=progress))
+        run = loop.create_task(
+            self.supervisor.run(request, Output(), named=named, progress=progress)
+        )
         nudge = loop.call_later(PROGRESS_AFTER, tell)
         # Ends at EOF: the client left (Ctrl-C, killed), whatever the session is doing.
         gone = loop.create_task(self._client_frames(reader, console, session_ids))
@@ -255,8 +285,11 @@ class HandoffServer:
             done, _ = await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
             if run not in done:
                 for session in session_ids:
-                    request_stop(self.supervisor.dirs.sessions, session,
-                                 "interrupted: `airlock run` was interrupted or killed")
+                    request_stop(
+                        self.supervisor.dirs.sessions,
+                        session,
+                        "interrupted: `airlock run` was interrupted or killed",
+                    )
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 return
@@ -265,9 +298,18 @@ class HandoffServer:
             except AirlockError as e:
                 await _frame(writer, b"R", _json({"error": str(e), "exit": e.exit_code}))
                 return
-            await _frame(writer, b"X", _json({"exit": result.exit_code, "denied": denied,
-                                              "session": result.session,
-                                              "rule": request.profile.approval.commit}))
+            await _frame(
+                writer,
+                b"X",
+                _json(
+                    {
+                        "exit": result.exit_code,
+                        "denied": denied,
+                        "session": result.session,
+                        "rule": request.profile.approval.commit,
+                    }
+                ),
+            )
         finally:
             nudge.cancel()
             gone.cancel()
@@ -278,9 +320,9 @@ class HandoffServer:
                     self.routes.forget(session)
             self.last_activity = time.monotonic()
 
-
-    async def _client_frames(self, reader: asyncio.StreamReader,
-                             console: asyncio.Future[Console], sessions: set[str]) -> None:
+    async def _client_frames(
+        self, reader: asyncio.StreamReader, console: asyncio.Future[Console], sessions: set[str]
+    ) -> None:
         """Reads the client's frames until it leaves (or breaks the framing, which is the
         same): a stop at once, keystrokes, end of input and resizes handed to `_feed` in
         order. The reading itself never waits for the agent, so a client that leaves while
@@ -300,8 +342,11 @@ class HandoffServer:
                     return
                 if kind == b"K":
                     for session in sessions:
-                        stop = asyncio.get_running_loop().create_task(self.supervisor.astop(
-                            session, "stopped from the terminal's Airlock menu"))
+                        stop = asyncio.get_running_loop().create_task(
+                            self.supervisor.astop(
+                                session, "stopped from the terminal's Airlock menu"
+                            )
+                        )
                         stops.add(stop)
                         stop.add_done_callback(stops.discard)
                 else:
@@ -309,8 +354,9 @@ class HandoffServer:
         finally:
             feeding.cancel()
 
-    async def _feed(self, frames: asyncio.Queue[tuple[bytes, bytes]],
-                    console: asyncio.Future[Console]) -> None:
+    async def _feed(
+        self, frames: asyncio.Queue[tuple[bytes, bytes]], console: asyncio.Future[Console]
+    ) -> None:
         """Applies the client's input frames to the agent's console in order, in a thread of
         this connection's own: an agent that does not read its stdin holds up this client's
         keystrokes, and no one else's."""
@@ -340,8 +386,9 @@ def _terminal(data: object) -> Terminal | None:
     rows, cols = data.get("rows", 24), data.get("cols", 80)
     if not all(isinstance(n, int) and 0 < n < 65536 for n in (rows, cols)):
         raise ValueError("terminal rows and cols must be numbers of 1 to 65535")
-    return Terminal(bool(data.get("tty")), rows, cols, str(data.get("term", "")),
-                    str(data.get("colorterm", "")))
+    return Terminal(
+        bool(data.get("tty")), rows, cols, str(data.get("term", "")), str(data.get("colorterm", ""))
+    )
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -355,8 +402,7 @@ async def _frame(writer: asyncio.StreamWriter, kind: bytes, payload: bytes) -> N
 
 def _peer_uid(sock: socket.socket) -> int | None:
     try:
-        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                      struct.calcsize("3i"))
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return None
     _, uid, _ = struct.unpack("3i", credentials)

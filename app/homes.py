@@ -93,8 +93,10 @@ def remove_home(dirs: Dirs, profile: str, live_profiles: set[str]) -> Path:
     if not path.is_dir() or path.is_symlink():
         raise SessionError(f"no kept home for profile {profile!r} (see `airlock homes`)")
     if profile in live_profiles:
-        raise SessionError(f"a session of {profile} is running and uses its home; stop it "
-                           "first (`airlock sessions`)")
+        raise SessionError(
+            f"a session of {profile} is running and uses its home; stop it "
+            "first (`airlock sessions`)"
+        )
     # The agent owned what is inside: make every folder ours to empty before removing it.
     shutil.rmtree(path, onerror=_make_writable_then_retry)
     return path
@@ -134,14 +136,14 @@ class _SessionHome:
             return ContainerAdditions()
         root = homes_dir(self._dirs)
         path = root / session.profile.name
-        await asyncio.to_thread(self._make, root, path, session.identity.uid,
-                                session.identity.gid)
+        await asyncio.to_thread(self._make, root, path, session.identity.uid, session.identity.gid)
         used = await asyncio.to_thread(usage, path)
         if used > settings.size:
             raise SessionError(
                 f"the kept home of {session.profile.name} holds {used // 1024**2} MiB, over "
                 f"its {settings.size // 1024**2} MiB limit: `airlock homes rm "
-                f"{session.profile.name}`, or raise [home] size in the profile")
+                f"{session.profile.name}`, or raise [home] size in the profile"
+            )
         self._path, self._limit = path, settings.size
         return ContainerAdditions(mounts=(BindMount(path, Path(AGENT_HOME), read_only=False),))
 
@@ -160,7 +162,8 @@ class _SessionHome:
     async def started(self, session: SessionContext, container_id: str) -> None:
         if self._path is not None:
             self._watch = asyncio.get_running_loop().create_task(
-                self._hold_to_size(session.id, container_id))
+                self._hold_to_size(session.id, container_id)
+            )
 
     async def _hold_to_size(self, session: str, container_id: str) -> None:
         assert self._path is not None
@@ -168,9 +171,11 @@ class _SessionHome:
             await asyncio.sleep(CHECK_SECONDS)
             used = await asyncio.to_thread(usage, self._path)
             if used > self._limit:
-                request_stop(self._dirs.sessions, session,
-                             f"stopped: its kept home grew past its {self._limit // 1024**2} "
-                             "MiB limit")
+                request_stop(
+                    self._dirs.sessions,
+                    session,
+                    f"stopped: its kept home grew past its {self._limit // 1024**2} MiB limit",
+                )
                 with contextlib.suppress(EngineError):
                     await asyncio.to_thread(self._engine.kill, container_id)
                 return

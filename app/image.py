@@ -38,8 +38,20 @@ SUITE = "bookworm"
 # What coding agents expect to find: a shell userland, git, ripgrep (Claude Code and Codex
 # search with it), diff and patch for their edits, and the CA bundle for HTTPS clients.
 PACKAGES = (
-    "python3", "curl", "ca-certificates", "libglib2.0-bin", "procps", "git", "ripgrep",
-    "coreutils", "findutils", "grep", "sed", "diffutils", "patch", "less",
+    "python3",
+    "curl",
+    "ca-certificates",
+    "libglib2.0-bin",
+    "procps",
+    "git",
+    "ripgrep",
+    "coreutils",
+    "findutils",
+    "grep",
+    "sed",
+    "diffutils",
+    "patch",
+    "less",
 )
 # Nobody reads documentation inside an agent container; leaving it out saves tens of MB.
 DPKG_OPTIONS = (

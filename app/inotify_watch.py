@@ -197,7 +197,8 @@ class _Buffer(InotifyBuffer):
         BaseThread.__init__(self)
         self._queue = DelayedQueue[InotifyEvent | tuple[InotifyEvent, InotifyEvent]](self.delay)
         self._inotify = self._reader = _Inotify(
-            path, lost, recursive=recursive, event_mask=event_mask)
+            path, lost, recursive=recursive, event_mask=event_mask
+        )
         self._lost = lost
         self.start()
 
@@ -219,8 +220,12 @@ class _Emitter(InotifyEmitter):
 
     def on_thread_start(self) -> None:
         path = os.fsencode(self.watch.path)
-        self._inotify = _Buffer(path, self.lost, recursive=self.watch.is_recursive,
-                                event_mask=self.get_event_mask_from_filter())
+        self._inotify = _Buffer(
+            path,
+            self.lost,
+            recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+        )
 
     @property
     def buffer(self) -> _Buffer | None:

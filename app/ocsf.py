@@ -46,12 +46,25 @@ _FILE_ACTIVITY = {
 }
 _SESSION_ENDS = {"session.exited", "session.oom-killed", "session.timed-out", "session.swept"}
 _HTTP_METHODS = {
-    "CONNECT": 1, "DELETE": 2, "GET": 3, "HEAD": 4, "OPTIONS": 5, "POST": 6, "PUT": 7,
+    "CONNECT": 1,
+    "DELETE": 2,
+    "GET": 3,
+    "HEAD": 4,
+    "OPTIONS": 5,
+    "POST": 6,
+    "PUT": 7,
     "TRACE": 8,
 }
 _HTTP_ACTIVITY_NAMES = {
-    1: "Connect", 2: "Delete", 3: "Get", 4: "Head", 5: "Options", 6: "Post", 7: "Put",
-    8: "Trace", 99: "Other",
+    1: "Connect",
+    2: "Delete",
+    3: "Get",
+    4: "Head",
+    5: "Options",
+    6: "Post",
+    7: "Put",
+    8: "Trace",
+    99: "Other",
 }
 # Kinds that say something went wrong or was tried against the sandbox.
 _SEVERITY = {
@@ -116,7 +129,9 @@ def to_ocsf(record: AuditRecord, line: bytes, origin: Origin) -> dict[str, Any]:
         "metadata": {
             "version": VERSION,
             "product": {
-                "name": "Airlock", "vendor_name": "Airlock", "version": origin.product_version,
+                "name": "Airlock",
+                "vendor_name": "Airlock",
+                "version": origin.product_version,
             },
             "uid": record.hash,
             "sequence": record.seq,
@@ -155,24 +170,30 @@ def dumps(event: Mapping[str, Any]) -> bytes:
     return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _classify(
-    record: AuditRecord, origin: Origin
-) -> tuple[int, int, int, str, dict[str, Any]]:
+def _classify(record: AuditRecord, origin: Origin) -> tuple[int, int, int, str, dict[str, Any]]:
     """(class, category, activity id, activity name, the class's own fields)."""
     kind, details = record.kind, record.details
     if kind in _FILE_ACTIVITY:
         activity, name = _FILE_ACTIVITY[kind]
-        return 1001, 1, activity, name, {
-            "actor": _actor(record),
-            "device": _device(origin),
-            "file": _file(record.subject, details),
-        }
+        return (
+            1001,
+            1,
+            activity,
+            name,
+            {
+                "actor": _actor(record),
+                "device": _device(origin),
+                "file": _file(record.subject, details),
+            },
+        )
     if kind == "session.started" or kind in _SESSION_ENDS:
         process: dict[str, Any] = {"uid": record.session or record.subject}
         if isinstance(profile := details.get("profile"), str):
             process["name"] = profile
         fields: dict[str, Any] = {
-            "actor": _actor(record), "device": _device(origin), "process": process,
+            "actor": _actor(record),
+            "device": _device(origin),
+            "process": process,
         }
         if kind == "session.started":
             return 1007, 1, 1, "Launch", fields
@@ -201,7 +222,9 @@ def _device(origin: Origin) -> dict[str, Any]:
 def _file(path: str, details: Mapping[str, Any]) -> dict[str, Any]:
     name = path.rstrip("/").rsplit("/", 1)[-1] or path
     found: dict[str, Any] = {
-        "name": name, "path": path, "type_id": 2 if details.get("directory") else 1,
+        "name": name,
+        "path": path,
+        "type_id": 2 if details.get("directory") else 1,
     }
     if isinstance(size := details.get("size"), int):
         found["size"] = size
@@ -236,8 +259,10 @@ def _status(details: Mapping[str, Any]) -> dict[str, Any]:
     decision = details.get("decision")
     if decision not in ("allow", "deny"):
         return {}
-    status: dict[str, Any] = {"status_id": 1 if decision == "allow" else 2,
-                              "status": "Success" if decision == "allow" else "Failure"}
+    status: dict[str, Any] = {
+        "status_id": 1 if decision == "allow" else 2,
+        "status": "Success" if decision == "allow" else "Failure",
+    }
     if isinstance(reason := details.get("reason"), str) and reason:
         status["status_detail"] = reason
     return status
@@ -251,7 +276,8 @@ def _http(record: AuditRecord) -> tuple[int, int, int, str, dict[str, Any]]:
     endpoint = _endpoint(record)
     path = details.get("path") if isinstance(details.get("path"), str) else "/"
     url: dict[str, Any] = {
-        "hostname": endpoint["hostname"], "path": urlsplit(str(path)).path or "/",
+        "hostname": endpoint["hostname"],
+        "path": urlsplit(str(path)).path or "/",
     }
     if "port" in endpoint:
         url["port"] = endpoint["port"]
@@ -259,10 +285,10 @@ def _http(record: AuditRecord) -> tuple[int, int, int, str, dict[str, Any]]:
         "dst_endpoint": endpoint,
         # OCSF 1.3.0 names eight methods; another (PATCH, WebDAV's) is activity "Other",
         # named by activity_name, and the record it carries has it.
-        "http_request": {"url": url, **({"http_method": method.upper()} if activity != 99
-                                        else {})},
-        "http_response": {"code": details.get("status") if isinstance(details.get("status"), int)
-                          else 0},
+        "http_request": {"url": url, **({"http_method": method.upper()} if activity != 99 else {})},
+        "http_response": {
+            "code": details.get("status") if isinstance(details.get("status"), int) else 0
+        },
         **_status(details),
     }
     if traffic := _traffic(details):
@@ -276,8 +302,11 @@ def _network(record: AuditRecord) -> tuple[int, int, int, str, dict[str, Any]]:
     activity, name = (6, "Traffic") if record.kind == "net.tunnel" else (5, "Refuse")
     fields: dict[str, Any] = {"dst_endpoint": _endpoint(record), **_status(details)}
     if record.kind == "net.blocked":
-        fields.update(status_id=2, status="Failure",
-                      status_detail="a packet tried to leave around the proxy and was dropped")
+        fields.update(
+            status_id=2,
+            status="Failure",
+            status_detail="a packet tried to leave around the proxy and was dropped",
+        )
     if traffic := _traffic(details):
         fields["traffic"] = traffic
     return 4001, 4, activity, name, fields

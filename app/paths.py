@@ -63,7 +63,8 @@ class Dirs:
         # In a shared /tmp someone else could have made it first: it must be ours alone.
         st = os.lstat(self.runtime)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise AirlockError(f"{self.runtime} is not a directory of yours; remove it or set "
-                               "XDG_RUNTIME_DIR")
+            raise AirlockError(
+                f"{self.runtime} is not a directory of yours; remove it or set XDG_RUNTIME_DIR"
+            )
         if stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(self.runtime, 0o700)

@@ -55,10 +55,15 @@ def file_rule(facts: FileFacts, folders: RuleFolders) -> Answer | None:
     if target is None:
         return None
     if facts.kind is RequestKind.FILE_SAVE and _inside(target, folders.write):
-        return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(target,), mode=Mode.READ_WRITE,
-                      by="rule")
-    if (facts.kind is RequestKind.FILE_OPEN and facts.directory and facts.is_dir
-            and _inside(target, folders.read)):
+        return Answer(
+            Verdict.ALLOW, Lifetime.ONCE, paths=(target,), mode=Mode.READ_WRITE, by="rule"
+        )
+    if (
+        facts.kind is RequestKind.FILE_OPEN
+        and facts.directory
+        and facts.is_dir
+        and _inside(target, folders.read)
+    ):
         return Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(target,), mode=Mode.READ, by="rule")
     return None
 
@@ -137,6 +142,12 @@ def user_answer(kind: RequestKind, choice: Choice, by: str) -> Answer:
         if not choice.paths:
             return Answer(Verdict.DENY, by=by)
         writes = kind is RequestKind.FILE_SAVE or choice.writable
-        return Answer(Verdict.ALLOW, choice.lifetime, choice.until, choice.paths,
-                      Mode.READ_WRITE if writes else Mode.READ, by=by)
+        return Answer(
+            Verdict.ALLOW,
+            choice.lifetime,
+            choice.until,
+            choice.paths,
+            Mode.READ_WRITE if writes else Mode.READ,
+            by=by,
+        )
     return Answer(Verdict.ALLOW, choice.lifetime, choice.until, by=by)

@@ -35,9 +35,22 @@ HOST_PATTERN = re.compile(rf"^(\*\.)?({LABEL}\.)*{LABEL}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by Airlock itself; a profile must not be able to point the agent elsewhere.
 RESERVED_ENV = frozenset(
-    {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
-     "ALL_PROXY", "all_proxy", "DBUS_SESSION_BUS_ADDRESS", "DBUS_SYSTEM_BUS_ADDRESS",
-     "AIRLOCK_SESSION", "LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST"}
+    {
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "AIRLOCK_SESSION",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "DOCKER_HOST",
+    }
 )
 
 
@@ -104,9 +117,7 @@ class Resources(Strict):
     staging: Size = 1024**3  # the largest file a commit accepts from the agent
 
 
-HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"}
-)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"})
 
 
 class HostRule(Strict):
@@ -126,11 +137,17 @@ class HostRule(Strict):
     @classmethod
     def _paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for path in value:
-            if (not path.startswith("/") or "?" in path or "#" in path
-                    or any(ord(c) <= 32 or ord(c) == 127 for c in path)
-                    or "*" in path[:-1]):
-                raise ValueError(f"invalid path {path!r} (use e.g. /v1/messages or /repos/*: "
-                                 "absolute, no query, `*` only at the end)")
+            if (
+                not path.startswith("/")
+                or "?" in path
+                or "#" in path
+                or any(ord(c) <= 32 or ord(c) == 127 for c in path)
+                or "*" in path[:-1]
+            ):
+                raise ValueError(
+                    f"invalid path {path!r} (use e.g. /v1/messages or /repos/*: "
+                    "absolute, no query, `*` only at the end)"
+                )
         return value
 
     @field_validator("methods")
@@ -347,7 +364,8 @@ def _format_location(location: tuple[int | str, ...]) -> str:
 def _first_error(error: ValidationError) -> tuple[str, str]:
     detail = error.errors()[0]
     location = tuple(
-        part for part in detail["loc"]
+        part
+        for part in detail["loc"]
         if not (isinstance(part, str) and part.startswith("function-"))
     )
     message = detail["msg"].removeprefix("Value error, ")

@@ -95,25 +95,41 @@ class SessionRoutes:
 
 def request_to_json(request: ConsentRequest) -> dict[str, Any]:
     return {
-        "id": request.id, "session": request.session, "profile": request.profile,
-        "kind": str(request.kind), "subject": request.subject, "details": dict(request.details),
-        "reason": request.reason, "timeout": request.timeout, "created_at": request.created_at,
+        "id": request.id,
+        "session": request.session,
+        "profile": request.profile,
+        "kind": str(request.kind),
+        "subject": request.subject,
+        "details": dict(request.details),
+        "reason": request.reason,
+        "timeout": request.timeout,
+        "created_at": request.created_at,
     }
 
 
 def request_from_json(data: dict[str, Any]) -> ConsentRequest:
     return ConsentRequest(
-        id=str(data["id"]), session=str(data["session"]), profile=str(data["profile"]),
-        kind=RequestKind(data["kind"]), subject=str(data["subject"]),
-        details=dict(data.get("details") or {}), reason=str(data.get("reason", "")),
-        timeout=float(data["timeout"]), created_at=float(data["created_at"]),
+        id=str(data["id"]),
+        session=str(data["session"]),
+        profile=str(data["profile"]),
+        kind=RequestKind(data["kind"]),
+        subject=str(data["subject"]),
+        details=dict(data.get("details") or {}),
+        reason=str(data.get("reason", "")),
+        timeout=float(data["timeout"]),
+        created_at=float(data["created_at"]),
     )
 
 
 def answer_to_json(answer: Answer) -> dict[str, Any]:
-    return {"verdict": str(answer.verdict), "lifetime": str(answer.lifetime),
-            "until": answer.until, "paths": [str(p) for p in answer.paths],
-            "mode": str(answer.mode), "by": answer.by}
+    return {
+        "verdict": str(answer.verdict),
+        "lifetime": str(answer.lifetime),
+        "until": answer.until,
+        "paths": [str(p) for p in answer.paths],
+        "mode": str(answer.mode),
+        "by": answer.by,
+    }
 
 
 def answer_from_json(data: object, by: str) -> Answer:
@@ -131,8 +147,10 @@ def answer_from_json(data: object, by: str) -> Answer:
     if lifetime is Lifetime.UNTIL and until is None:
         raise ValueError("an answer until a time needs the time")
     paths = data.get("paths", [])
-    if not (isinstance(paths, list) and all(isinstance(p, str) and p.startswith("/")
-                                            and "\0" not in p for p in paths)):
+    if not (
+        isinstance(paths, list)
+        and all(isinstance(p, str) and p.startswith("/") and "\0" not in p for p in paths)
+    ):
         raise ValueError("paths must be a list of absolute paths")
     mode = Mode(data.get("mode", "ro"))
     if verdict is Verdict.DENY:
@@ -154,8 +172,9 @@ class AskServer:
         os.chmod(self.path.parent, 0o700)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
-                                                       limit=MAX_LINE)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=MAX_LINE
+        )
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
@@ -199,8 +218,7 @@ class AskServer:
             if message.get("op") == "answer":
                 answer = answer_from_json(message.get("answer"), by="airlock ask")
                 if not self.queue.resolve(str(message.get("id")), answer):
-                    return {"error": "that question is no longer waiting (answered or "
-                                     "timed out)"}
+                    return {"error": "that question is no longer waiting (answered or timed out)"}
                 return {"ok": True}
             raise ValueError(f"unknown operation {message.get('op')!r}")
         except (ValueError, KeyError, TypeError) as e:
@@ -214,8 +232,7 @@ async def _reply(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
 
 def _peer_uid(sock: socket.socket) -> int | None:
     try:
-        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                      struct.calcsize("3i"))
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return None
     return int(struct.unpack("3i", credentials)[1])

@@ -57,13 +57,21 @@ class Listing:
     fingerprints: Mapping[Path, str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "session": self.session, "created_at": self.created_at,
-                "changes": sorted([str(p), f] for p, f in self.fingerprints.items())}
+        return {
+            "id": self.id,
+            "session": self.session,
+            "created_at": self.created_at,
+            "changes": sorted([str(p), f] for p, f in self.fingerprints.items()),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Listing:
-        return cls(str(data["id"]), str(data["session"]), float(data["created_at"]),
-                   {Path(p): str(f) for p, f in data["changes"]})
+        return cls(
+            str(data["id"]),
+            str(data["session"]),
+            float(data["created_at"]),
+            {Path(p): str(f) for p, f in data["changes"]},
+        )
 
 
 class Review:
@@ -77,8 +85,9 @@ class Review:
             raise SessionError(f"{session!r} is not a session id")
         root = self.dirs.sessions / session / "staging"
         if not root.is_dir():
-            raise SessionError(f"session {session!r} has no staged changes "
-                               "(see `airlock sessions --all`)")
+            raise SessionError(
+                f"session {session!r} has no staged changes (see `airlock sessions --all`)"
+            )
         return SessionStaging(root, session)
 
     def changes(self, session: str) -> Changeset:
@@ -98,8 +107,12 @@ class Review:
         return changeset, self.record(changeset)
 
     def record(self, changeset: Changeset) -> Listing:
-        listing = Listing(changeset.digest, changeset.session, time.time(),
-                          {c.path: c.fingerprint for c in changeset.changes})
+        listing = Listing(
+            changeset.digest,
+            changeset.session,
+            time.time(),
+            {c.path: c.fingerprint for c in changeset.changes},
+        )
         directory = self._listings(changeset.session)
         directory.mkdir(mode=0o700, exist_ok=True)
         path = directory / f"{listing.id}.json"
@@ -118,12 +131,16 @@ class Review:
         directory = self._listings(session)
         if listing_id is not None:
             if not listing_id or not all(c in "0123456789abcdef" for c in listing_id):
-                raise SessionError(f"{printable(listing_id)!r} is not a changeset id (12 hex "
-                                   f"digits, as `airlock changes {session}` prints it)")
+                raise SessionError(
+                    f"{printable(listing_id)!r} is not a changeset id (12 hex "
+                    f"digits, as `airlock changes {session}` prints it)"
+                )
             path = directory / f"{listing_id}.json"
             if not path.is_file():
-                raise SessionError(f"no listing of {session}'s changes has the id {listing_id}; "
-                                   f"list them again with `airlock changes {session}`")
+                raise SessionError(
+                    f"no listing of {session}'s changes has the id {listing_id}; "
+                    f"list them again with `airlock changes {session}`"
+                )
             return _read_listing(path)
         found = sorted(directory.glob("*.json"), key=_modified) if directory.is_dir() else []
         for path in reversed(found):
@@ -132,9 +149,13 @@ class Review:
                 return listing
         return None
 
-    def commit_listed(self, session: str, paths: Sequence[Path] = (),
-                      listing_id: str | None = None,
-                      include_risky: bool = False) -> CommitResult:
+    def commit_listed(
+        self,
+        session: str,
+        paths: Sequence[Path] = (),
+        listing_id: str | None = None,
+        include_risky: bool = False,
+    ) -> CommitResult:
         """A commit held to what the person was shown: the listing with `listing_id`, or
         else the last listing. A change that is not what it showed is refused as changed
         since they reviewed it. A running session's changes are never committed unlisted;
@@ -146,25 +167,35 @@ class Review:
             if not staging.sealed:
                 raise SessionError(
                     f"session {session} is still running, and its changes were never listed: "
-                    f"review them with `airlock changes {session} --diff` first, then commit")
+                    f"review them with `airlock changes {session} --diff` first, then commit"
+                )
             return self.commit(session, paths, None, include_risky)
         result = self.commit(session, paths, listing.fingerprints, include_risky)
         # A listed change that is neither committed now nor on the host already is one the
         # person expects and will not get (the agent undid it): said, not passed over.
         wanted = [Path(os.path.abspath(p)) for p in paths]
         handled = {*result.applied, *(p for p, _ in result.refused)}
-        gone = [(str(path), f"listed in {listing.id} but no longer staged as shown: nothing "
-                            "committed for it")
-                for path, fingerprint in sorted(listing.fingerprints.items())
-                if str(path) not in handled and not _landed(path, fingerprint)
-                and (not wanted or any(path == w or w in path.parents for w in wanted))]
+        gone = [
+            (
+                str(path),
+                f"listed in {listing.id} but no longer staged as shown: nothing committed for it",
+            )
+            for path, fingerprint in sorted(listing.fingerprints.items())
+            if str(path) not in handled
+            and not _landed(path, fingerprint)
+            and (not wanted or any(path == w or w in path.parents for w in wanted))
+        ]
         for path_text, reason in gone:
             self.bus.emit(EventKind.CHANGE_REFUSED, session, path_text, reason=reason)
         return replace(result, refused=(*result.refused, *gone)) if gone else result
 
-    def commit(self, session: str, paths: Sequence[Path] = (),
-               reviewed: Mapping[Path, str] | None = None,
-               include_risky: bool = True) -> CommitResult:
+    def commit(
+        self,
+        session: str,
+        paths: Sequence[Path] = (),
+        reviewed: Mapping[Path, str] | None = None,
+        include_risky: bool = True,
+    ) -> CommitResult:
         """Commits the staged changes at `paths` (all if none). `reviewed`: the fingerprint
         of each change as the user reviewed it; a change that is no longer what they saw
         (the agent still runs, and wrote again) is refused, not committed unseen.
@@ -176,31 +207,46 @@ class Review:
             raise SessionError(
                 f"session {session} staged more than {MAX_CHANGES} changes; that is not "
                 f"reviewable: discard them (`airlock discard {session}`) or commit a "
-                "smaller part from the desktop app's review window")
+                "smaller part from the desktop app's review window"
+            )
         selected = changeset.select(paths)
         if paths and not selected:
-            raise SessionError(f"none of {', '.join(map(str, paths))} is a staged change "
-                               f"of {session} (see `airlock changes {session}`)")
+            raise SessionError(
+                f"none of {', '.join(map(str, paths))} is a staged change "
+                f"of {session} (see `airlock changes {session}`)"
+            )
         if reviewed is not None:
             selected = [_as_reviewed(change, reviewed.get(change.path)) for change in selected]
         if not include_risky:
             named = {Path(os.path.abspath(p)) for p in paths}
             risky = runs_code(Changeset(session, tuple(selected)))
-            selected = [_held(change, session, risky[change.path])
-                        if change.path in risky and change.path not in named
-                        and change.renamed_from not in named else change
-                        for change in selected]
+            selected = [
+                _held(change, session, risky[change.path])
+                if change.path in risky
+                and change.path not in named
+                and change.renamed_from not in named
+                else change
+                for change in selected
+            ]
         roots = {root.id: root for root in staging.roots()}
         result = self.log.commit(session, selected, roots, move=staging.sealed)
         applied = set(result.applied)
         _rebase(staging, applied)
         for path, reason in result.refused:
-            kind = EventKind.CHANGE_CONFLICT if reason.startswith("conflict") else \
-                EventKind.CHANGE_REFUSED
+            kind = (
+                EventKind.CHANGE_CONFLICT
+                if reason.startswith("conflict")
+                else EventKind.CHANGE_REFUSED
+            )
             self.bus.emit(kind, session, path, reason=reason)
         if result.commit is not None and result.applied:
-            self.bus.emit(EventKind.CHANGES_COMMITTED, session, session,
-                          commit=result.commit.id, paths=sorted(applied))
+            self.bus.emit(
+                EventKind.CHANGES_COMMITTED,
+                session,
+                session,
+                commit=result.commit.id,
+                paths=sorted(applied),
+            )
         if staging.sealed and len(applied) == len(changeset.changes):
             self._forget(staging)  # all of it committed: nothing left to review
         return result
@@ -220,15 +266,17 @@ class Review:
         staging = self.staging(session)
         changeset = staging.changeset()
         selected = changeset.select(paths)
-        everything = not paths or (len(selected) == len(changeset.changes)
-                                   and not changeset.truncated)
+        everything = not paths or (
+            len(selected) == len(changeset.changes) and not changeset.truncated
+        )
         if staging.sealed and everything:
             self._forget(staging)  # all of it, once the session has ended
         else:
             staging.discard(selected)
         if selected:
-            self.bus.emit(EventKind.CHANGES_DISCARDED, session, session,
-                          paths=[str(c.path) for c in selected])
+            self.bus.emit(
+                EventKind.CHANGES_DISCARDED, session, session, paths=[str(c.path) for c in selected]
+            )
         return selected
 
     def history(self) -> list[CommitRecord]:
@@ -241,8 +289,13 @@ class Review:
         for path, reason in result.refused:
             self.bus.emit(EventKind.CHANGE_REFUSED, original.session, path, reason=reason)
         if result.applied and result.commit is not None:
-            self.bus.emit(EventKind.COMMIT_UNDONE, original.session, commit_id,
-                          commit=result.commit.id, paths=list(result.applied))
+            self.bus.emit(
+                EventKind.COMMIT_UNDONE,
+                original.session,
+                commit_id,
+                commit=result.commit.id,
+                paths=list(result.applied),
+            )
             staging_root = self.dirs.sessions / original.session / "staging"
             if staging_root.is_dir():
                 _rebase(SessionStaging(staging_root, original.session), result.applied)
@@ -284,18 +337,32 @@ def _read_listing(path: Path) -> Listing | None:
 
 def _as_reviewed(change: Change, fingerprint: str | None) -> Change:
     if fingerprint is None:
-        return replace(change, problems=(*change.problems, f"{NOT_REVIEWED} (staged after "
-                                         "it): not committed; review it again"))
+        return replace(
+            change,
+            problems=(
+                *change.problems,
+                f"{NOT_REVIEWED} (staged after it): not committed; review it again",
+            ),
+        )
     if fingerprint != change.fingerprint:
-        return replace(change, problems=(*change.problems, f"{CHANGED_SINCE_REVIEW}: "
-                                         "not committed; review it again"))
+        return replace(
+            change,
+            problems=(*change.problems, f"{CHANGED_SINCE_REVIEW}: not committed; review it again"),
+        )
     return change
 
 
 def _held(change: Change, session: str, reasons: list[str]) -> Change:
-    return replace(change, problems=(*change.problems, (
-        f"{RUNS_CODE} ({'; '.join(reasons)}): not committed with the rest; name it "
-        f"(`airlock commit {session} PATH`) or add --include-risky")))
+    return replace(
+        change,
+        problems=(
+            *change.problems,
+            (
+                f"{RUNS_CODE} ({'; '.join(reasons)}): not committed with the rest; name it "
+                f"(`airlock commit {session} PATH`) or add --include-risky"
+            ),
+        ),
+    )
 
 
 def runs_code(changeset: Changeset) -> dict[Path, list[str]]:
@@ -310,14 +377,16 @@ def runs_code(changeset: Changeset) -> dict[Path, list[str]]:
         for code in path_reasons(change.path):
             if code.check is Check.PATH or code.check in texts:
                 continue
-            new = _text(change.staged, change.new_hash) \
-                if change.type is EntryType.FILE and change.new_hash else None
-            old = "" if change.kind is ChangeKind.ADDED else \
-                _text(change.renamed_from or change.path)
-            texts[code.check] = (None if new is _CHANGED else new,
-                                 None if old is _CHANGED else old)
-        reasons = reasons_for(change.path, change.mode_change, change.type is EntryType.FILE,
-                              texts)
+            new = (
+                _text(change.staged, change.new_hash)
+                if change.type is EntryType.FILE and change.new_hash
+                else None
+            )
+            old = (
+                "" if change.kind is ChangeKind.ADDED else _text(change.renamed_from or change.path)
+            )
+            texts[code.check] = (None if new is _CHANGED else new, None if old is _CHANGED else old)
+        reasons = reasons_for(change.path, change.mode_change, change.type is EntryType.FILE, texts)
         if reasons:
             found[change.path] = reasons
     return found
@@ -325,8 +394,10 @@ def runs_code(changeset: Changeset) -> dict[Path, list[str]]:
 
 def unreviewed(reason: str) -> bool:
     """Whether a commit refused a path for not being what the person reviewed."""
-    return any(why in reason for why in (CHANGED_SINCE_REVIEW, NOT_REVIEWED,
-                                         "changed since it was reviewed"))  # app.commit's
+    return any(
+        why in reason
+        for why in (CHANGED_SINCE_REVIEW, NOT_REVIEWED, "changed since it was reviewed")
+    )  # app.commit's
 
 
 def mode_text(change: Change) -> str:
@@ -344,22 +415,25 @@ def name_warnings(changeset: Changeset) -> dict[Path, list[str]]:
     folder (staged, or one the host already has there), what to warn about."""
     changed = {str(c.path): c.path for c in changeset.changes}
     names = set(changed)
-    for folder in {c.path.parent for c in changeset.changes
-                   if c.kind in (ChangeKind.ADDED, ChangeKind.RENAMED)}:
+    for folder in {
+        c.path.parent for c in changeset.changes if c.kind in (ChangeKind.ADDED, ChangeKind.RENAMED)
+    }:
         try:
             names.update(os.path.join(folder, n) for n in os.listdir(folder))
         except OSError:
             continue  # a new folder: nothing of the host's to look like
-    return {changed[path]: found for path, found in lookalikes(sorted(names)).items()
-            if path in changed}
+    return {
+        changed[path]: found for path, found in lookalikes(sorted(names)).items() if path in changed
+    }
 
 
 def _rebase(staging: SessionStaging, applied: Iterable[str]) -> None:
     """What a commit or undo wrote is the new base of each staged root it touched."""
     paths = [Path(p) for p in applied]
     for root in staging.roots():
-        staging.rebase(root, [p for p in paths
-                              if p == root.host_root or root.host_root in p.parents])
+        staging.rebase(
+            root, [p for p in paths if p == root.host_root or root.host_root in p.parents]
+        )
 
 
 def diff(change: Change) -> Iterator[str]:
@@ -369,8 +443,10 @@ def diff(change: Change) -> Iterator[str]:
         return
     if change.type is not EntryType.FILE:
         mode = mode_text(change)
-        yield f"{change.kind} {change.type} {mode + ' ' if mode else ''}" \
-              f"{printable(str(change.path))}\n"
+        yield (
+            f"{change.kind} {change.type} {mode + ' ' if mode else ''}"
+            f"{printable(str(change.path))}\n"
+        )
         return
     name = printable(str(change.path))
     if mode := mode_text(change):
@@ -378,16 +454,23 @@ def diff(change: Change) -> Iterator[str]:
     if change.kind is ChangeKind.MODE:
         return
     old_path = change.renamed_from or change.path
-    old = _text(old_path) if change.kind in (ChangeKind.MODIFIED, ChangeKind.DELETED,
-                                             ChangeKind.RENAMED) else ""
+    old = (
+        _text(old_path)
+        if change.kind in (ChangeKind.MODIFIED, ChangeKind.DELETED, ChangeKind.RENAMED)
+        else ""
+    )
     new = _text(change.staged, change.new_hash) if change.staged is not None else ""
     if new is _CHANGED:
-        yield (f"changed since it was listed: {name}; list it again to see it (a commit of "
-               "this listing refuses it)\n")
+        yield (
+            f"changed since it was listed: {name}; list it again to see it (a commit of "
+            "this listing refuses it)\n"
+        )
         return
     if old is None or new is None:
-        yield (f"binary {name}: {change.old_size or 0} -> {change.new_size or 0} bytes, "
-               f"sha256 {(change.old_hash or '-')[:12]} -> {(change.new_hash or '-')[:12]}\n")
+        yield (
+            f"binary {name}: {change.old_size or 0} -> {change.new_size or 0} bytes, "
+            f"sha256 {(change.old_hash or '-')[:12]} -> {(change.new_hash or '-')[:12]}\n"
+        )
         return
     before = f"a{old_path}" if change.kind is not ChangeKind.ADDED else "/dev/null"
     after = f"b{change.path}" if change.kind is not ChangeKind.DELETED else "/dev/null"
@@ -408,9 +491,8 @@ def _visible(line: str) -> str:
     shown; a carriage return overwrites the start of the line. Tabs and the line's own end
     stay."""
     end = next((e for e in ("\r\n", "\n") if line.endswith(e)), "")
-    body = line[:len(line) - len(end)]
-    return UNSAFE.sub(lambda m: m.group() if m.group() == "\t" else escaped(m.group()),
-                      body) + end
+    body = line[: len(line) - len(end)]
+    return UNSAFE.sub(lambda m: m.group() if m.group() == "\t" else escaped(m.group()), body) + end
 
 
 _CHANGED = "\0changed"  # what `_text` returns for a file that is not the listed one any more
@@ -430,8 +512,11 @@ def _text(path: Path | None, expected: str | None = None) -> str | None:
         return None
     with open(fd, "rb") as f:
         data = f.read(MAX_DIFF_BYTES + 1)
-    if expected is not None and len(data) <= MAX_DIFF_BYTES and \
-            hashlib.sha256(data).hexdigest() != expected:
+    if (
+        expected is not None
+        and len(data) <= MAX_DIFF_BYTES
+        and hashlib.sha256(data).hexdigest() != expected
+    ):
         return _CHANGED
     if len(data) > MAX_DIFF_BYTES or b"\0" in data:
         return None

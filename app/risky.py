@@ -45,8 +45,9 @@ class CodePath:
     def matches(self, parts: tuple[str, ...]) -> bool:
         wanted = self.pattern.split("/")
         return len(parts) >= len(wanted) and all(
-            fnmatch.fnmatchcase(part, glob) for part, glob in zip(parts[-len(wanted):], wanted,
-                                                                 strict=True))
+            fnmatch.fnmatchcase(part, glob)
+            for part, glob in zip(parts[-len(wanted) :], wanted, strict=True)
+        )
 
 
 _SHELL = "your shell runs it at start-up"
@@ -61,43 +62,107 @@ CODE_PATHS: tuple[CodePath, ...] = (
     CodePath(".config/git/config", _GIT_CONFIG, Check.GIT_CONFIG),
     CodePath(".envrc", "direnv runs it when you enter the folder"),
     CodePath(".vscode/tasks.json", "VS Code runs its tasks, some when the folder is opened"),
-    CodePath(".vscode/settings.json",
-             "VS Code settings name programs it runs (interpreters, linters, terminals)"),
+    CodePath(
+        ".vscode/settings.json",
+        "VS Code settings name programs it runs (interpreters, linters, terminals)",
+    ),
     CodePath(".vscode/launch.json", "VS Code runs what its launch configurations name"),
     CodePath(".idea/runConfigurations/*", "an IntelliJ run configuration"),
     CodePath(".idea/workspace.xml", "IntelliJ's workspace: it holds run configurations"),
-    *(CodePath(name, _SHELL) for name in (
-        ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc",
-        ".zshenv", ".zprofile", ".zlogin", ".zlogout", ".kshrc", ".cshrc", ".tcshrc",
-        ".config/fish/config.fish", ".config/fish/conf.d/*", ".xprofile", ".xsessionrc",
-        ".xinitrc")),
+    *(
+        CodePath(name, _SHELL)
+        for name in (
+            ".bashrc",
+            ".bash_profile",
+            ".bash_login",
+            ".bash_logout",
+            ".profile",
+            ".zshrc",
+            ".zshenv",
+            ".zprofile",
+            ".zlogin",
+            ".zlogout",
+            ".kshrc",
+            ".cshrc",
+            ".tcshrc",
+            ".config/fish/config.fish",
+            ".config/fish/conf.d/*",
+            ".xprofile",
+            ".xsessionrc",
+            ".xinitrc",
+        )
+    ),
     CodePath(".config/autostart/*", "your desktop runs it when you log in"),
     CodePath(".config/systemd/user/*", "systemd runs what a user unit names"),
     CodePath(".npmrc", "npm's settings name programs it runs (script-shell, node-options)"),
-    CodePath("package.json", "npm runs its scripts (install scripts on `npm install`)",
-             Check.PACKAGE_SCRIPTS),
-    *(CodePath(name, "make runs its recipes") for name in (
-        "Makefile", "makefile", "GNUmakefile", "*.mk")),
-    *(CodePath(name, "a task runner's recipes, run when you call it") for name in (
-        "justfile", "Justfile", ".justfile", "Taskfile.yml", "Taskfile.yaml")),
+    CodePath(
+        "package.json",
+        "npm runs its scripts (install scripts on `npm install`)",
+        Check.PACKAGE_SCRIPTS,
+    ),
+    *(
+        CodePath(name, "make runs its recipes")
+        for name in ("Makefile", "makefile", "GNUmakefile", "*.mk")
+    ),
+    *(
+        CodePath(name, "a task runner's recipes, run when you call it")
+        for name in ("justfile", "Justfile", ".justfile", "Taskfile.yml", "Taskfile.yaml")
+    ),
     CodePath(".pre-commit-config.yaml", "pre-commit runs these hooks on git commit"),
-    CodePath(".github/workflows/*", "a CI workflow: it runs on push, with the repository's "
-             "secrets"),
-    *(CodePath(name, "a CI pipeline: it runs on push, with the project's secrets") for name in (
-        ".gitlab-ci.yml", ".circleci/config.yml", ".travis.yml", "Jenkinsfile",
-        "azure-pipelines.yml", ".buildkite/*", "bitbucket-pipelines.yml", ".drone.yml")),
+    CodePath(
+        ".github/workflows/*", "a CI workflow: it runs on push, with the repository's secrets"
+    ),
+    *(
+        CodePath(name, "a CI pipeline: it runs on push, with the project's secrets")
+        for name in (
+            ".gitlab-ci.yml",
+            ".circleci/config.yml",
+            ".travis.yml",
+            "Jenkinsfile",
+            "azure-pipelines.yml",
+            ".buildkite/*",
+            "bitbucket-pipelines.yml",
+            ".drone.yml",
+        )
+    ),
 )
 
 # git config keys (section.key, or section.*.key for any subsection; lower case) whose value
 # git runs as a command, or which bring in other settings that may.
 GIT_COMMAND_KEYS: tuple[str, ...] = (
-    "core.fsmonitor", "core.sshcommand", "core.pager", "core.editor", "core.askpass",
-    "core.hookspath", "core.gitproxy", "sequence.editor", "gpg.program", "gpg.*.program",
-    "credential.helper", "credential.*.helper", "diff.external", "diff.*.textconv",
-    "diff.*.command", "merge.*.driver", "filter.*.clean", "filter.*.smudge", "filter.*.process",
-    "pager.*", "web.browser", "browser.*.cmd", "man.*.cmd", "include.path", "includeif.*.path",
-    "uploadpack.packobjectshook", "ssh.variant", "protocol.*.allow", "remote.*.uploadpack",
-    "remote.*.receivepack", "remote.*.proxy", "http.proxy", "instaweb.httpd",
+    "core.fsmonitor",
+    "core.sshcommand",
+    "core.pager",
+    "core.editor",
+    "core.askpass",
+    "core.hookspath",
+    "core.gitproxy",
+    "sequence.editor",
+    "gpg.program",
+    "gpg.*.program",
+    "credential.helper",
+    "credential.*.helper",
+    "diff.external",
+    "diff.*.textconv",
+    "diff.*.command",
+    "merge.*.driver",
+    "filter.*.clean",
+    "filter.*.smudge",
+    "filter.*.process",
+    "pager.*",
+    "web.browser",
+    "browser.*.cmd",
+    "man.*.cmd",
+    "include.path",
+    "includeif.*.path",
+    "uploadpack.packobjectshook",
+    "ssh.variant",
+    "protocol.*.allow",
+    "remote.*.uploadpack",
+    "remote.*.receivepack",
+    "remote.*.proxy",
+    "http.proxy",
+    "instaweb.httpd",
 )
 ALIAS_COMMAND = "!"  # alias.NAME = "!cmd" runs cmd in a shell
 
@@ -160,7 +225,7 @@ MAX_SHOWN = 240  # characters of a command: enough for a long path, not a whole 
 
 def _shown(key: str, value: str) -> str:
     value = printable(value)
-    return f"{printable(key)} = {value[:MAX_SHOWN - 1] + '…' if len(value) > MAX_SHOWN else value}"
+    return f"{printable(key)} = {value[: MAX_SHOWN - 1] + '…' if len(value) > MAX_SHOWN else value}"
 
 
 def _index() -> tuple[dict[str, list[CodePath]], dict[str, list[CodePath]], list[CodePath]]:
@@ -190,8 +255,11 @@ def path_reasons(path: PurePath) -> list[CodePath]:
     parts = path.parts
     if not parts:
         return []
-    candidates = [*_BY_NAME.get(parts[-1], ()),
-                  *(_BY_PARENT.get(parts[-2], ()) if len(parts) > 1 else ()), *_ANY_NAME]
+    candidates = [
+        *_BY_NAME.get(parts[-1], ()),
+        *(_BY_PARENT.get(parts[-2], ()) if len(parts) > 1 else ()),
+        *_ANY_NAME,
+    ]
     found = [code for code in candidates if code.matches(parts)]
     return sorted(found, key=CODE_PATHS.index) if len(found) > 1 else found
 
@@ -210,8 +278,9 @@ def content_reason(code: CodePath, new: str | None, old: str | None) -> str | No
             return None
         return f"{code.why}: {'; '.join(_shown(k, v) for k, v in added)}"
     before = package_scripts(old or "")
-    changed = {name: script for name, script in package_scripts(new).items()
-               if before.get(name) != script}
+    changed = {
+        name: script for name, script in package_scripts(new).items() if before.get(name) != script
+    }
     if not changed:
         return None
     return f"{code.why}: {'; '.join(_shown(k, v) for k, v in sorted(changed.items()))}"
@@ -222,14 +291,20 @@ def executable_reason(before: int | None, after: int | None) -> str | None:
     code: an execute bit it did not have."""
     if after is None or not after & 0o111 & ~(before or 0):
         return None
-    what = f"new and executable ({after:04o})" if before is None else \
-        f"newly executable ({before:04o} -> {after:04o})"
+    what = (
+        f"new and executable ({after:04o})"
+        if before is None
+        else f"newly executable ({before:04o} -> {after:04o})"
+    )
     return f"{what}: a program you or your tools may run"
 
 
-def reasons_for(path: PurePath, mode_change: tuple[int | None, int] | None, is_file: bool,
-                texts: Mapping[Check, tuple[str | None, str | None]] | None = None
-                ) -> list[str]:
+def reasons_for(
+    path: PurePath,
+    mode_change: tuple[int | None, int] | None,
+    is_file: bool,
+    texts: Mapping[Check, tuple[str | None, str | None]] | None = None,
+) -> list[str]:
     """Every reason a changed file at `path` runs code. `texts`: for a path judged by its
     content, (staged text, host text)."""
     found = []

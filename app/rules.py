@@ -20,8 +20,10 @@ from app.profiles import Approval
 def _folders(roots: tuple[str, ...], home: Path) -> tuple[Path, ...]:
     """The rule's folders, resolved: a symlink in a rule's folder must not carry the answer
     to wherever it points."""
-    return tuple((Path(str(home) + root[1:]) if root.startswith("~") else Path(root)).resolve()
-                 for root in roots)
+    return tuple(
+        (Path(str(home) + root[1:]) if root.startswith("~") else Path(root)).resolve()
+        for root in roots
+    )
 
 
 def _real(path: Path) -> Path | None:
@@ -58,15 +60,25 @@ def file_facts(request: ConsentRequest) -> FileFacts | None:
         target = _clean(details.get("current_file"))
         if target is None:
             folder, name = _clean(details.get("current_folder")), details.get("current_name")
-            if folder is not None and isinstance(name, str) and name and "/" not in name \
-                    and "\\" not in name and name not in (".", ".."):
+            if (
+                folder is not None
+                and isinstance(name, str)
+                and name
+                and "/" not in name
+                and "\\" not in name
+                and name not in (".", "..")
+            ):
                 target = folder / name
         return FileFacts(request.kind, _real_target(target) if target is not None else None)
     if request.kind is RequestKind.FILE_OPEN:
         folder = _clean(details.get("current_folder"))
         real = _real(folder) if folder is not None else None
-        return FileFacts(request.kind, real, is_dir=real is not None and real.is_dir(),
-                         directory=bool(details.get("directory")))
+        return FileFacts(
+            request.kind,
+            real,
+            is_dir=real is not None and real.is_dir(),
+            directory=bool(details.get("directory")),
+        )
     return None
 
 
@@ -77,5 +89,6 @@ def decide(request: ConsentRequest, approval: Approval, home: Path) -> Answer | 
     facts = file_facts(request)
     if facts is None:
         return None
-    return file_rule(facts, RuleFolders(_folders(approval.read, home),
-                                        _folders(approval.write, home)))
+    return file_rule(
+        facts, RuleFolders(_folders(approval.read, home), _folders(approval.write, home))
+    )

@@ -34,21 +34,38 @@ from app.engine_kind import (
 # themselves need nothing of the image).
 GATE_DIR = "/run/airlock/gate"
 GATE_FIFO = "go"
-GATE_SCRIPT = ('IFS= read -r word < "$0" && [ "$word" = go ] && exec "$@"; '
-               'echo "airlock: the sandbox check did not pass" >&2; exit 125')
+GATE_SCRIPT = (
+    'IFS= read -r word < "$0" && [ "$word" = go ] && exec "$@"; '
+    'echo "airlock: the sandbox check did not pass" >&2; exit 125'
+)
 GATE_CODE = 125
 SECCOMP_FILTER = 2  # /proc/PID/status "Seccomp:": 0 off, 1 strict, 2 filter
 # Mounts the engine makes for every container: the kernel's file systems (and Docker's masks
 # under /proc and /sys, which only take away), the name files, and the init it injects.
-ENGINE_MOUNTS = frozenset({"/proc", "/dev", "/dev/pts", "/dev/mqueue", "/dev/shm", "/sys",
-                           "/dev/console",  # a terminal's, when the agent has one
-                           "/sys/fs/cgroup", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts",
-                           "/sbin/docker-init", "/usr/sbin/docker-init", "/dev/init"})
+ENGINE_MOUNTS = frozenset(
+    {
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/mqueue",
+        "/dev/shm",
+        "/sys",
+        "/dev/console",  # a terminal's, when the agent has one
+        "/sys/fs/cgroup",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+        "/etc/hosts",
+        "/sbin/docker-init",
+        "/usr/sbin/docker-init",
+        "/dev/init",
+    }
+)
 MASKED_UNDER = ("/proc/", "/sys/")
 
 
-def gate_command(fifo: str, entrypoint: Sequence[str], command: Sequence[str]
-                 ) -> tuple[list[str], list[str]]:
+def gate_command(
+    fifo: str, entrypoint: Sequence[str], command: Sequence[str]
+) -> tuple[list[str], list[str]]:
     """The container's entrypoint and command: the gate, then what the image and profile
     would have run (the image's entrypoint with the command as its arguments)."""
     return ["/bin/sh", "-c", GATE_SCRIPT, fifo], [*entrypoint, *command]
@@ -115,9 +132,14 @@ class EngineView:
         host = doc.get("HostConfig") or {}
         state = doc.get("State") or {}
         mounts = tuple(
-            MountFact(str(m.get("Destination", "")), not m.get("RW", True),
-                      str(m.get("Type", "")), str(m.get("Name") or m.get("Source") or ""))
-            for m in doc.get("Mounts") or [])
+            MountFact(
+                str(m.get("Destination", "")),
+                not m.get("RW", True),
+                str(m.get("Type", "")),
+                str(m.get("Name") or m.get("Source") or ""),
+            )
+            for m in doc.get("Mounts") or []
+        )
         return cls(
             user=str(config.get("User") or ""),
             read_only=bool(host.get("ReadonlyRootfs")),
@@ -140,8 +162,12 @@ class EngineView:
             tmpfs=tuple(sorted(host.get("Tmpfs") or {})),
             entrypoint=tuple(config.get("Entrypoint") or ()),
             pid=int(state.get("Pid") or 0),
-            ulimits=tuple(sorted(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}"
-                                 for u in host.get("Ulimits") or [])),
+            ulimits=tuple(
+                sorted(
+                    f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}"
+                    for u in host.get("Ulimits") or []
+                )
+            ),
             tmpfs_options={str(k): str(v) for k, v in (host.get("Tmpfs") or {}).items()},
         )
 
@@ -165,11 +191,20 @@ class ProcessFacts:
         def numbers(key: str) -> tuple[int, ...]:
             return tuple(int(n) for n in fields.get(key, "").split())
 
-        capabilities: dict[str, int] = {key: int(fields[key].strip(), 16) for key in
-                        ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") if key in fields}
-        return cls(pid, numbers("Uid"), numbers("Gid"), capabilities,
-                   int(fields.get("NoNewPrivs", "-1").strip() or -1),
-                   int(fields.get("Seccomp", "-1").strip() or -1), parse_limits(limits))
+        capabilities: dict[str, int] = {
+            key: int(fields[key].strip(), 16)
+            for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+            if key in fields
+        }
+        return cls(
+            pid,
+            numbers("Uid"),
+            numbers("Gid"),
+            capabilities,
+            int(fields.get("NoNewPrivs", "-1").strip() or -1),
+            int(fields.get("Seccomp", "-1").strip() or -1),
+            parse_limits(limits),
+        )
 
 
 # /proc/PID/limits rows by the names the engine API uses.
@@ -182,7 +217,7 @@ def parse_limits(text: str) -> dict[str, str]:
     for line in text.splitlines():
         for row, name in _LIMIT_ROWS.items():
             if line.startswith(row):
-                soft, hard = line[len(row):].split()[:2]
+                soft, hard = line[len(row) :].split()[:2]
                 found[name] = f"{soft}:{hard}".replace("unlimited", "-1")
     return found
 
@@ -237,8 +272,9 @@ def _unescape(path: str) -> str:
 
 
 def parse_interfaces(net_dev: str) -> tuple[str, ...]:
-    return tuple(sorted(line.split(":", 1)[0].strip() for line in net_dev.splitlines()[2:]
-                        if ":" in line))
+    return tuple(
+        sorted(line.split(":", 1)[0].strip() for line in net_dev.splitlines()[2:] if ":" in line)
+    )
 
 
 def parse_route_devices(route: str, ipv6_route: str) -> tuple[str, ...]:
@@ -265,8 +301,8 @@ def _address(hex_address: str) -> str:
     if len(raw) == 4:
         return ".".join(str(b) for b in reversed(raw))
     # IPv6: four host-order 32-bit words.
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return ":".join(words[i:i + 2].hex() for i in range(0, 16, 2))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return ":".join(words[i : i + 2].hex() for i in range(0, 16, 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +317,9 @@ class Expectation:
 
 def check_sandbox(expected: Expectation, report: SandboxReport) -> list[Check]:
     """Every check, passed or not, in a fixed order: the engine's first, then the kernel's."""
-    return (engine_checks(expected, report.engine, report.kind)
-            + kernel_checks(expected, report.kernel, report.kind))
+    return engine_checks(expected, report.engine, report.kind) + kernel_checks(
+        expected, report.kernel, report.kind
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,22 +344,31 @@ class EngineWords:
 def engine_words(kind: EngineKind, spec: ContainerSpec) -> EngineWords:
     asked = spec.tmpfs()
     if not kind.podman:
-        return EngineWords("private", "", "", tuple(sorted(asked)), ENGINE_MOUNTS, asked,
-                           ("ALL",), spec.seccomp)
+        return EngineWords(
+            "private", "", "", tuple(sorted(asked)), ENGINE_MOUNTS, asked, ("ALL",), spec.seccomp
+        )
     # Podman takes the owner as "U" and does not report it back.
     asked = {target: text.replace(",U", "") for target, text in podman_tmpfs(asked).items()}
     userns = podman_userns(spec.network_mode)
-    return EngineWords("shareable", "private", "private" if userns == "keep-id" else userns,
-                       tuple(sorted(asked)), ENGINE_MOUNTS | PODMAN_MOUNTS, asked,
-                       PODMAN_DEFAULT_CAPABILITIES, seccomp_name(spec.seccomp))
+    return EngineWords(
+        "shareable",
+        "private",
+        "private" if userns == "keep-id" else userns,
+        tuple(sorted(asked)),
+        ENGINE_MOUNTS | PODMAN_MOUNTS,
+        asked,
+        PODMAN_DEFAULT_CAPABILITIES,
+        seccomp_name(spec.seccomp),
+    )
 
 
 def _text(value: object) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def engine_checks(expected: Expectation, view: EngineView, kind: EngineKind = DOCKER
-                  ) -> list[Check]:
+def engine_checks(
+    expected: Expectation, view: EngineView, kind: EngineKind = DOCKER
+) -> list[Check]:
     spec = expected.spec
     words = engine_words(kind, spec)
     seccomp = [o.partition("=")[2] for o in view.security_opt if o.startswith("seccomp")]
@@ -331,16 +377,27 @@ def engine_checks(expected: Expectation, view: EngineView, kind: EngineKind = DO
         Check("engine: user", f"{spec.identity.uid}:{spec.identity.gid}", view.user),
         Check("engine: read-only root", "true", _text(view.read_only)),
         Check("engine: privileged", "false", _text(view.privileged)),
-        Check("engine: capabilities dropped", _text(list(words.cap_drop)),
-              _text(sorted(view.cap_drop))),
+        Check(
+            "engine: capabilities dropped",
+            _text(list(words.cap_drop)),
+            _text(sorted(view.cap_drop)),
+        ),
         Check("engine: capabilities added", "[]", _text(list(view.cap_add))),
-        Check("engine: seccomp", "the profile's filter",
-              "the profile's filter" if seccomp == [spec.seccomp] or (
-                  kind.podman and len(seccomp) == 1
-                  and seccomp[0].rpartition("/")[2] == words.seccomp) else
-              ("none" if not seccomp else f"{seccomp[0][:40]!r}")),
-        Check("engine: no-new-privileges", "true",
-              _text(nnp in (["no-new-privileges:true"], ["no-new-privileges"]))),
+        Check(
+            "engine: seccomp",
+            "the profile's filter",
+            "the profile's filter"
+            if seccomp == [spec.seccomp]
+            or (
+                kind.podman and len(seccomp) == 1 and seccomp[0].rpartition("/")[2] == words.seccomp
+            )
+            else ("none" if not seccomp else f"{seccomp[0][:40]!r}"),
+        ),
+        Check(
+            "engine: no-new-privileges",
+            "true",
+            _text(nnp in (["no-new-privileges:true"], ["no-new-privileges"])),
+        ),
         Check("engine: memory limit", str(spec.memory), str(view.memory)),
         Check("engine: memory+swap limit", str(spec.memory), str(view.memory_swap)),
         Check("engine: cpus (nano)", str(spec.nano_cpus), str(view.nano_cpus)),
@@ -351,14 +408,25 @@ def engine_checks(expected: Expectation, view: EngineView, kind: EngineKind = DO
         Check("engine: userns mode", words.userns_mode, view.userns_mode),
         Check("engine: devices", "0", str(view.devices)),
         Check("engine: init", "true", _text(view.init)),
-        Check("engine: entrypoint", _text(list(expected.entrypoint)),
-              _text(list(view.entrypoint))),
-        Check("engine: mounts", _text(_expected_engine_mounts(spec)),
-              _text(sorted(_engine_mount(m) for m in view.mounts))),
-        Check("engine: tmpfs", _text(list(words.tmpfs)),
-              _text([target + _missing_options(words.asked.get(target, ""),
-                                               view.tmpfs_options.get(target, ""))
-                     for target in view.tmpfs])),
+        Check("engine: entrypoint", _text(list(expected.entrypoint)), _text(list(view.entrypoint))),
+        Check(
+            "engine: mounts",
+            _text(_expected_engine_mounts(spec)),
+            _text(sorted(_engine_mount(m) for m in view.mounts)),
+        ),
+        Check(
+            "engine: tmpfs",
+            _text(list(words.tmpfs)),
+            _text(
+                [
+                    target
+                    + _missing_options(
+                        words.asked.get(target, ""), view.tmpfs_options.get(target, "")
+                    )
+                    for target in view.tmpfs
+                ]
+            ),
+        ),
         Check("engine: ulimits", _text(_expected_ulimits()), _text(list(view.ulimits))),
     ]
     if spec.runtime:
@@ -383,52 +451,83 @@ def _engine_mount(mount: MountFact) -> str:
 
 
 def _expected_engine_mounts(spec: ContainerSpec) -> list[str]:
-    mounts = [_engine_mount(MountFact(str(m.target), m.read_only, "bind", str(m.source)))
-              for m in spec.mounts]
-    mounts += [_engine_mount(MountFact(str(v.target), False, "volume", v.volume))
-               for v in spec.volumes]
+    mounts = [
+        _engine_mount(MountFact(str(m.target), m.read_only, "bind", str(m.source)))
+        for m in spec.mounts
+    ]
+    mounts += [
+        _engine_mount(MountFact(str(v.target), False, "volume", v.volume)) for v in spec.volumes
+    ]
     return sorted(mounts)
 
 
-def kernel_checks(expected: Expectation, kernel: KernelReport, kind: EngineKind = DOCKER
-                  ) -> list[Check]:
+def kernel_checks(
+    expected: Expectation, kernel: KernelReport, kind: EngineKind = DOCKER
+) -> list[Check]:
     spec = expected.spec
     words = engine_words(kind, spec)
-    checks = [Check("kernel: the container's processes", "found", "found" if kernel.processes
-                    else "none (not running, or not in this pid namespace)")]
+    checks = [
+        Check(
+            "kernel: the container's processes",
+            "found",
+            "found" if kernel.processes else "none (not running, or not in this pid namespace)",
+        )
+    ]
     for process in kernel.processes:
         who = f"kernel: pid {process.pid}"
         checks += [
             Check(f"{who} uid", _text([spec.identity.uid] * 4), _text(list(process.uids))),
             Check(f"{who} gid", _text([spec.identity.gid] * 4), _text(list(process.gids))),
-            *(Check(f"{who} {name}", "0000000000000000", f"{value:016x}")
-              for name, value in sorted(process.capabilities.items())),
+            *(
+                Check(f"{who} {name}", "0000000000000000", f"{value:016x}")
+                for name, value in sorted(process.capabilities.items())
+            ),
             Check(f"{who} capability sets read", "5", str(len(process.capabilities))),
             Check(f"{who} NoNewPrivs", "1", str(process.no_new_privs)),
             Check(f"{who} Seccomp", str(SECCOMP_FILTER), str(process.seccomp)),
-            Check(f"{who} limits", _text({n: f"{s}:{h}" for n, (s, h) in sorted(ULIMITS.items())}),
-                  _text(dict(sorted(process.limits.items())))),
+            Check(
+                f"{who} limits",
+                _text({n: f"{s}:{h}" for n, (s, h) in sorted(ULIMITS.items())}),
+                _text(dict(sorted(process.limits.items()))),
+            ),
         ]
     checks += _mount_checks(spec, kernel.mounts, words)
     outside = sorted(set(kernel.route_devices) - set(expected.interfaces))
     checks += [
-        Check("kernel: interfaces", _text(sorted(expected.interfaces)),
-              _text(list(kernel.interfaces))),
-        Check("kernel: routes out", "none",
-              ", ".join(f"through {d}" for d in outside) if outside else "none"),
-        Check("kernel: listening sockets (the proxy answers, nothing else does)",
-              _text([f"127.0.0.1:{port}" for port in sorted(expected.listening)]),
-              _text(sorted(f"{lst.address}:{lst.port}" if lst.protocol == "tcp"
-                           else f"[{lst.address}]:{lst.port}" for lst in kernel.listeners))),
-        Check("kernel: network namespace (no host socket reachable)", "not the host's",
-              {True: "the host's", False: "not the host's",
-               None: "not comparable"}[kernel.host_network]),
+        Check(
+            "kernel: interfaces", _text(sorted(expected.interfaces)), _text(list(kernel.interfaces))
+        ),
+        Check(
+            "kernel: routes out",
+            "none",
+            ", ".join(f"through {d}" for d in outside) if outside else "none",
+        ),
+        Check(
+            "kernel: listening sockets (the proxy answers, nothing else does)",
+            _text([f"127.0.0.1:{port}" for port in sorted(expected.listening)]),
+            _text(
+                sorted(
+                    f"{lst.address}:{lst.port}"
+                    if lst.protocol == "tcp"
+                    else f"[{lst.address}]:{lst.port}"
+                    for lst in kernel.listeners
+                )
+            ),
+        ),
+        Check(
+            "kernel: network namespace (no host socket reachable)",
+            "not the host's",
+            {True: "the host's", False: "not the host's", None: "not comparable"}[
+                kernel.host_network
+            ],
+        ),
     ]
     return checks
 
 
-def _mount_checks(spec: ContainerSpec, mounts: Sequence[MountFact], words: EngineWords
-                  ) -> list[Check]:
+def _mount_checks(
+    spec: ContainerSpec, mounts: Sequence[MountFact], words: EngineWords
+) -> list[Check]:
     found = {m.target: m for m in mounts}
     wanted: dict[str, bool] = {"/": True}  # target: read-only
     wanted.update({str(m.target): m.read_only for m in spec.mounts})
@@ -437,13 +536,23 @@ def _mount_checks(spec: ContainerSpec, mounts: Sequence[MountFact], words: Engin
     checks = []
     for target, read_only in sorted(wanted.items()):
         mount = found.get(target)
-        checks.append(Check(f"kernel: mount {target}", "ro" if read_only else "rw",
-                            "absent" if mount is None else ("ro" if mount.read_only else "rw")))
-    extra = sorted(target for target in found if target not in wanted
-                   and target not in words.engine_mounts
-                   and not target.startswith(MASKED_UNDER))
-    checks.append(Check("kernel: mounts beyond the grants", "none", _text(extra) if extra
-                        else "none"))
+        checks.append(
+            Check(
+                f"kernel: mount {target}",
+                "ro" if read_only else "rw",
+                "absent" if mount is None else ("ro" if mount.read_only else "rw"),
+            )
+        )
+    extra = sorted(
+        target
+        for target in found
+        if target not in wanted
+        and target not in words.engine_mounts
+        and not target.startswith(MASKED_UNDER)
+    )
+    checks.append(
+        Check("kernel: mounts beyond the grants", "none", _text(extra) if extra else "none")
+    )
     return checks
 
 
@@ -453,4 +562,3 @@ def summary(checks: Sequence[Check]) -> str:
     if not failed:
         return f"verified ({len(checks)} checks)"
     return f"refused: {failed[0].describe()}"
-

@@ -78,15 +78,27 @@ class StagedRoot:
     quota: int  # the largest single file that may be committed from here
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": str(self.kind), "host_root": str(self.host_root),
-                "upper": str(self.upper), "grant": self.grant, "created_at": self.created_at,
-                "quota": self.quota}
+        return {
+            "id": self.id,
+            "kind": str(self.kind),
+            "host_root": str(self.host_root),
+            "upper": str(self.upper),
+            "grant": self.grant,
+            "created_at": self.created_at,
+            "quota": self.quota,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StagedRoot:
-        return cls(str(data["id"]), RootKind(data["kind"]), Path(data["host_root"]),
-                   Path(data["upper"]), str(data["grant"]), float(data["created_at"]),
-                   int(data["quota"]))
+        return cls(
+            str(data["id"]),
+            RootKind(data["kind"]),
+            Path(data["host_root"]),
+            Path(data["upper"]),
+            str(data["grant"]),
+            float(data["created_at"]),
+            int(data["quota"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,18 +152,32 @@ class Change:
     def fingerprint(self) -> str:
         """What the user sees of the change: a review is of this, and a commit of what was
         reviewed refuses the change if it is no longer the same."""
-        return json.dumps([str(self.kind), str(self.type), self.new_hash, _octal(self.new_mode),
-                           self.link_target, str(self.renamed_from or "")])
+        return json.dumps(
+            [
+                str(self.kind),
+                str(self.type),
+                self.new_hash,
+                _octal(self.new_mode),
+                self.link_target,
+                str(self.renamed_from or ""),
+            ]
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "kind": str(self.kind), "type": str(self.type),
-            "old_sha256": self.old_hash, "new_sha256": self.new_hash,
-            "old_size": self.old_size, "new_size": self.new_size,
-            "old_mode": _octal(self.old_mode), "new_mode": _octal(self.new_mode),
+            "path": str(self.path),
+            "kind": str(self.kind),
+            "type": str(self.type),
+            "old_sha256": self.old_hash,
+            "new_sha256": self.new_hash,
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+            "old_mode": _octal(self.old_mode),
+            "new_mode": _octal(self.new_mode),
             "mode": _octal(self.mode),
             "renamed_from": str(self.renamed_from) if self.renamed_from else None,
-            "link_target": self.link_target, "problems": list(self.problems),
+            "link_target": self.link_target,
+            "problems": list(self.problems),
         }
 
 
@@ -173,9 +199,16 @@ class Changeset:
         if not paths:
             return list(self.changes)
         wanted = [Path(os.path.abspath(p)) for p in paths]
-        return [c for c in self.changes
-                if any(c.path == w or w in c.path.parents or
-                       (c.renamed_from is not None and c.renamed_from == w) for w in wanted)]
+        return [
+            c
+            for c in self.changes
+            if any(
+                c.path == w
+                or w in c.path.parents
+                or (c.renamed_from is not None and c.renamed_from == w)
+                for w in wanted
+            )
+        ]
 
 
 DIGEST_CHARS = 12  # of hex: enough to tell two listings apart at a glance
@@ -212,8 +245,9 @@ class SessionStaging:
 
     # creating staged roots (while the session starts or runs)
 
-    def add_tree(self, host_root: Path, grant: str, quota: int, owner: tuple[int, int] | None
-                 ) -> tuple[StagedRoot, Path, Path]:
+    def add_tree(
+        self, host_root: Path, grant: str, quota: int, owner: tuple[int, int] | None
+    ) -> tuple[StagedRoot, Path, Path]:
         """A read-write directory: returns the root, and the upper and work dirs of the
         overlay. The grant-time state of every host file is recorded for conflict checks."""
         root_id = secrets.token_hex(4)
@@ -231,8 +265,15 @@ class SessionStaging:
         self._save(base, staged)
         return staged, upper, work
 
-    def add_file(self, host_target: Path, grant: str, quota: int, name_dir: Path,
-                 copy_from_host: bool, owner: tuple[int, int] | None) -> StagedRoot:
+    def add_file(
+        self,
+        host_target: Path,
+        grant: str,
+        quota: int,
+        name_dir: Path,
+        copy_from_host: bool,
+        owner: tuple[int, int] | None,
+    ) -> StagedRoot:
         """A read-write file or a file to save: a private copy (or an empty file) in
         `name_dir`, which the agent sees. Only this file is a candidate for commit."""
         root_id = secrets.token_hex(4)
@@ -253,8 +294,12 @@ class SessionStaging:
             elif host_target.exists():
                 entries[""] = BaseEntry.of(os.stat(host_target))
             # O_EXCL: a symlink the agent planted here meanwhile is not written through.
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, mode if copy_from_host else 0o644, dir_fd=dir_fd)
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                mode if copy_from_host else 0o644,
+                dir_fd=dir_fd,
+            )
             with open(fd, "wb") as staged_copy:
                 if copy_from_host:
                     with open(host_target, "rb") as original:
@@ -265,8 +310,9 @@ class SessionStaging:
                     os.fchown(dir_fd, *owner)
         finally:
             os.close(dir_fd)
-        staged = StagedRoot(root_id, RootKind.FILE, host_target, staged_file, grant,
-                            time.time(), quota)
+        staged = StagedRoot(
+            root_id, RootKind.FILE, host_target, staged_file, grant, time.time(), quota
+        )
         self._write_base(base, entries)
         self._save(base, staged)
         return staged
@@ -496,8 +542,9 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
             return changes
         try:
             upper_st = os.lstat(name, dir_fd=dir_fd)
-            change = _compare_or_refuse(staged, _At(dir_fd, name, staged.upper),
-                                        staged.host_root, base.get(""), upper_st)
+            change = _compare_or_refuse(
+                staged, _At(dir_fd, name, staged.upper), staged.host_root, base.get(""), upper_st
+            )
         except FileNotFoundError:
             return changes
         finally:
@@ -519,8 +566,16 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
             if changes and changes[-1].path == host_dir:
                 changes[-1] = _with_problem(changes[-1], why)
             else:
-                add(Change(host_dir, ChangeKind.MODIFIED, EntryType.DIRECTORY, staged.id,
-                           upper_dir, problems=(why,)))
+                add(
+                    Change(
+                        host_dir,
+                        ChangeKind.MODIFIED,
+                        EntryType.DIRECTORY,
+                        staged.id,
+                        upper_dir,
+                        problems=(why,),
+                    )
+                )
             return
         if replaced:
             # An opaque directory hides everything the host had there.
@@ -537,8 +592,16 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
             except FileNotFoundError:
                 continue  # renamed or removed by the agent while this was listed
             except OSError as e:
-                add(Change(host, ChangeKind.MODIFIED, EntryType.FILE, staged.id, upper,
-                           problems=(f"cannot be read ({e.strerror}): not committed",)))
+                add(
+                    Change(
+                        host,
+                        ChangeKind.MODIFIED,
+                        EntryType.FILE,
+                        staged.id,
+                        upper,
+                        problems=(f"cannot be read ({e.strerror}): not committed",),
+                    )
+                )
                 continue
             problem = bad_name(name)
             if _is_whiteout(st):
@@ -548,8 +611,11 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
             host_st = _lstat(host)
             if stat.S_ISDIR(st.st_mode):
                 try:
-                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                    | os.O_CLOEXEC, dir_fd=dir_fd)
+                    child = os.open(
+                        name,
+                        os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=dir_fd,
+                    )
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # gone, or swapped for something else, since it was looked at
                 except OSError as e:
@@ -559,22 +625,48 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
                     if host_st is None or not stat.S_ISDIR(host_st.st_mode):
                         if host_st is not None:
                             _deleted(host)
-                        add(Change(host, ChangeKind.ADDED, EntryType.DIRECTORY, staged.id,
-                                   upper, new_mode=st.st_mode,
-                                   problems=(problem,) if problem else ()))
+                        add(
+                            Change(
+                                host,
+                                ChangeKind.ADDED,
+                                EntryType.DIRECTORY,
+                                staged.id,
+                                upper,
+                                new_mode=st.st_mode,
+                                problems=(problem,) if problem else (),
+                            )
+                        )
                         opaque = False
                     else:
-                        if landing_mode(EntryType.DIRECTORY, st.st_mode) != \
-                                landing_mode(EntryType.DIRECTORY, host_st.st_mode):
-                            add(Change(host, ChangeKind.MODE, EntryType.DIRECTORY, staged.id,
-                                       upper, old_mode=host_st.st_mode, new_mode=st.st_mode))
+                        if landing_mode(EntryType.DIRECTORY, st.st_mode) != landing_mode(
+                            EntryType.DIRECTORY, host_st.st_mode
+                        ):
+                            add(
+                                Change(
+                                    host,
+                                    ChangeKind.MODE,
+                                    EntryType.DIRECTORY,
+                                    staged.id,
+                                    upper,
+                                    old_mode=host_st.st_mode,
+                                    new_mode=st.st_mode,
+                                )
+                            )
                         opaque = child >= 0 and _is_opaque(child)
                     if child < 0:
                         if changes and changes[-1].path == host:
                             changes[-1] = _with_problem(changes[-1], unreadable)
                         else:
-                            add(Change(host, ChangeKind.MODIFIED, EntryType.DIRECTORY,
-                                       staged.id, upper, problems=(unreadable,)))
+                            add(
+                                Change(
+                                    host,
+                                    ChangeKind.MODIFIED,
+                                    EntryType.DIRECTORY,
+                                    staged.id,
+                                    upper,
+                                    problems=(unreadable,),
+                                )
+                            )
                         continue
                     walk(child, upper, host, replaced=opaque)
                 finally:
@@ -582,8 +674,9 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
                         os.close(child)
                 continue
             relative = str(host.relative_to(staged.host_root))
-            change = _compare_or_refuse(staged, _At(dir_fd, name, upper), host,
-                                        base.get(relative), st)
+            change = _compare_or_refuse(
+                staged, _At(dir_fd, name, upper), host, base.get(relative), st
+            )
             if change is not None:
                 if problem:
                     change = _with_problem(change, problem)
@@ -594,8 +687,19 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
         relative = str(host.relative_to(staged.host_root))
         problems = _conflict(host, base.get(relative), st)
         digest = sha256_file(host) if stat.S_ISREG(st.st_mode) else None
-        add(Change(host, ChangeKind.DELETED, _entry_type(st.st_mode), staged.id, None,
-                   old_hash=digest, old_size=st.st_size, old_mode=st.st_mode, problems=problems))
+        add(
+            Change(
+                host,
+                ChangeKind.DELETED,
+                _entry_type(st.st_mode),
+                staged.id,
+                None,
+                old_hash=digest,
+                old_size=st.st_size,
+                old_mode=st.st_mode,
+                problems=problems,
+            )
+        )
 
     try:
         top = os.open(staged.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -608,14 +712,18 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
     return changes
 
 
-def _conflict(host: Path, base: BaseEntry | None, st: os.stat_result | None,
-              staged_hash: str | None = None) -> tuple[str, ...]:
+def _conflict(
+    host: Path, base: BaseEntry | None, st: os.stat_result | None, staged_hash: str | None = None
+) -> tuple[str, ...]:
     if st is None:
         return ("conflict: deleted on the host since it was granted",) if base else ()
     if base is not None and BaseEntry.of(st) == base:
         return ()
-    what = "created on the host since the grant" if base is None else \
-        "changed on the host since it was granted"
+    what = (
+        "created on the host since the grant"
+        if base is None
+        else "changed on the host since it was granted"
+    )
     if stat.S_ISREG(st.st_mode):
         what += f" (host sha256 {sha256_file(host)[:16]}"
         what += f", staged sha256 {staged_hash[:16]})" if staged_hash else ")"
@@ -635,8 +743,9 @@ class _At(NamedTuple):
     path: Path
 
 
-def _compare_or_refuse(staged: StagedRoot, upper: _At, host: Path, base: BaseEntry | None,
-                       st: os.stat_result) -> Change | None:
+def _compare_or_refuse(
+    staged: StagedRoot, upper: _At, host: Path, base: BaseEntry | None, st: os.stat_result
+) -> Change | None:
     """`_compare`, or, if the agent's version cannot be read (made unreadable, swapped for
     a FIFO, removed while it was read), a change that says so and is not committed."""
     try:
@@ -645,13 +754,21 @@ def _compare_or_refuse(staged: StagedRoot, upper: _At, host: Path, base: BaseEnt
         return None
     except OSError as e:
         kind = ChangeKind.ADDED if _lstat(host) is None else ChangeKind.MODIFIED
-        return Change(host, kind, _entry_type(st.st_mode), staged.id, upper.path,
-                      new_size=st.st_size, new_mode=st.st_mode,
-                      problems=(f"cannot be read ({e.strerror}): not committed",))
+        return Change(
+            host,
+            kind,
+            _entry_type(st.st_mode),
+            staged.id,
+            upper.path,
+            new_size=st.st_size,
+            new_mode=st.st_mode,
+            problems=(f"cannot be read ({e.strerror}): not committed",),
+        )
 
 
-def _compare(staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None,
-             st: os.stat_result) -> Change | None:
+def _compare(
+    staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None, st: os.stat_result
+) -> Change | None:
     """The change the agent's version (`at`) makes to `host`, or None if there is none."""
     upper = at.path
     host_st = _lstat(host)
@@ -675,27 +792,50 @@ def _compare(staged: StagedRoot, at: _At, host: Path, base: BaseEntry | None,
     elif kind_of is EntryType.DIRECTORY:  # where a file was saved or granted
         problems.append("a directory where a file was staged: not committed")
     else:
-        problems.append(f"a {special_kind(st.st_mode)} file: only files, directories and "
-                        "symlinks are committed")
+        problems.append(
+            f"a {special_kind(st.st_mode)} file: only files, directories and symlinks are committed"
+        )
     if host_st is None:
         problems.extend(_conflict(host, base, None) if base else ())
-        return Change(host, ChangeKind.ADDED, kind_of, staged.id, upper, new_hash=new_hash,
-                      new_size=st.st_size, new_mode=st.st_mode, link_target=link_target,
-                      problems=tuple(problems))
+        return Change(
+            host,
+            ChangeKind.ADDED,
+            kind_of,
+            staged.id,
+            upper,
+            new_hash=new_hash,
+            new_size=st.st_size,
+            new_mode=st.st_mode,
+            link_target=link_target,
+            problems=tuple(problems),
+        )
     host_type = _entry_type(host_st.st_mode)
     old_hash = sha256_file(host) if host_type is EntryType.FILE else None
-    same_content = (host_type == kind_of and (
-        (kind_of is EntryType.FILE and old_hash == new_hash) or
-        (kind_of is EntryType.SYMLINK and os.readlink(host) == link_target)))
+    same_content = host_type == kind_of and (
+        (kind_of is EntryType.FILE and old_hash == new_hash)
+        or (kind_of is EntryType.SYMLINK and os.readlink(host) == link_target)
+    )
     # Compared as a commit would set them: a bit it does not carry is no change.
     same_mode = landing_mode(kind_of, host_st.st_mode) == landing_mode(kind_of, st.st_mode)
     if same_content and (same_mode or kind_of is EntryType.SYMLINK):
         return None
     problems.extend(_conflict(host, base, host_st, new_hash))
     kind = ChangeKind.MODE if same_content else ChangeKind.MODIFIED
-    return Change(host, kind, kind_of, staged.id, upper, old_hash=old_hash, new_hash=new_hash,
-                  old_size=host_st.st_size, new_size=st.st_size, old_mode=host_st.st_mode,
-                  new_mode=st.st_mode, link_target=link_target, problems=tuple(problems))
+    return Change(
+        host,
+        kind,
+        kind_of,
+        staged.id,
+        upper,
+        old_hash=old_hash,
+        new_hash=new_hash,
+        old_size=host_st.st_size,
+        new_size=st.st_size,
+        old_mode=host_st.st_mode,
+        new_mode=st.st_mode,
+        link_target=link_target,
+        problems=tuple(problems),
+    )
 
 
 MAX_LINK_HOPS = 40  # the kernel's own limit (ELOOP)
@@ -707,12 +847,13 @@ def _link_stays_inside(staged: StagedRoot, host: Path, target: str) -> bool:
     (`a/up -> ../..` makes `a/k -> up/../../.ssh` leave the root, which the text alone does
     not show). Checked against the tree after the commit (staged over host) and against the
     host as it is, for a commit of some changes only."""
-    return all(_resolves_inside(staged, host, target, layers)
-               for layers in ((staged.upper, staged.host_root), (staged.host_root,)))
+    return all(
+        _resolves_inside(staged, host, target, layers)
+        for layers in ((staged.upper, staged.host_root), (staged.host_root,))
+    )
 
 
-def _resolves_inside(staged: StagedRoot, host: Path, target: str,
-                     layers: tuple[Path, ...]) -> bool:
+def _resolves_inside(staged: StagedRoot, host: Path, target: str, layers: tuple[Path, ...]) -> bool:
     root = staged.host_root
     if target.startswith("/"):
         if not (target == str(root) or target.startswith(f"{root}/")):
@@ -785,10 +926,19 @@ def _pair_renames(changes: list[Change]) -> Iterator[Change]:
         if len(removed) == 1 and len(arrived) == 1 and removed[0].root == arrived[0].root:
             old, new = removed[0], arrived[0]
             pairs[new.path] = Change(
-                new.path, ChangeKind.RENAMED, EntryType.FILE, new.root, new.staged,
-                old_hash=old.old_hash, new_hash=new.new_hash, old_size=old.old_size,
-                new_size=new.new_size, old_mode=old.old_mode, new_mode=new.new_mode,
-                renamed_from=old.path, problems=(*old.problems, *new.problems),
+                new.path,
+                ChangeKind.RENAMED,
+                EntryType.FILE,
+                new.root,
+                new.staged,
+                old_hash=old.old_hash,
+                new_hash=new.new_hash,
+                old_size=old.old_size,
+                new_size=new.new_size,
+                old_mode=old.old_mode,
+                new_mode=new.new_mode,
+                renamed_from=old.path,
+                problems=(*old.problems, *new.problems),
             )
             consumed.add(old.path)
     for change in changes:

@@ -139,7 +139,8 @@ class StateStore:
                     raise AirlockError(
                         f"{self.path} stayed locked by another airlock process for "
                         f"{LOCK_WAIT_SECONDS:.0f} s; is one stuck? (`airlock sessions` "
-                        "lists the running ones)") from e
+                        "lists the running ones)"
+                    ) from e
                 time.sleep(0.05)
 
     def close(self) -> None:
@@ -168,13 +169,24 @@ class StateStore:
             db.execute(
                 "INSERT INTO sessions (id, profile, image, container_id, supervisor, state, "
                 "started_at, ended_at, exit_code, reason, sandbox) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (record.id, record.profile, record.image, record.container_id,
-                 record.supervisor, record.state, record.started_at, record.ended_at,
-                 record.exit_code, record.reason, record.sandbox),
+                (
+                    record.id,
+                    record.profile,
+                    record.image,
+                    record.container_id,
+                    record.supervisor,
+                    record.state,
+                    record.started_at,
+                    record.ended_at,
+                    record.exit_code,
+                    record.reason,
+                    record.sandbox,
+                ),
             )
 
-    def set_session_running(self, session: str, container_id: str,
-                            sandbox: str | None = None) -> None:
+    def set_session_running(
+        self, session: str, container_id: str, sandbox: str | None = None
+    ) -> None:
         with self._transaction() as db:
             db.execute(
                 "UPDATE sessions SET state=?, container_id=?, sandbox=? WHERE id=?",
@@ -201,8 +213,10 @@ class StateStore:
                 (now, session, Lifetime.ONCE, Lifetime.SESSION),
             )
             # A network answer that is not the profile's was the session's only.
-            db.execute("UPDATE network_grants SET revoked_at=? WHERE session=? "
-                       "AND revoked_at IS NULL", (now, session))
+            db.execute(
+                "UPDATE network_grants SET revoked_at=? WHERE session=? AND revoked_at IS NULL",
+                (now, session),
+            )
 
     def session(self, session: str) -> SessionRecord | None:
         rows = self._query("SELECT * FROM sessions WHERE id=?", (session,))
@@ -223,12 +237,22 @@ class StateStore:
             for grant in grants:
                 db.execute(
                     "INSERT INTO grants VALUES (?,?,?,?,?,?,?,?,?)",
-                    (grant.id, str(grant.path), grant.mode, grant.lifetime, grant.session,
-                     grant.profile, grant.created_at, grant.expires_at, grant.revoked_at),
+                    (
+                        grant.id,
+                        str(grant.path),
+                        grant.mode,
+                        grant.lifetime,
+                        grant.session,
+                        grant.profile,
+                        grant.created_at,
+                        grant.expires_at,
+                        grant.revoked_at,
+                    ),
                 )
                 if session is not None:
-                    db.execute("INSERT INTO session_grants VALUES (?,?,?)",
-                               (session, grant.id, location))
+                    db.execute(
+                        "INSERT INTO session_grants VALUES (?,?,?)", (session, grant.id, location)
+                    )
 
     def link_grants(self, session: str, grants: Iterable[Grant]) -> None:
         with self._transaction() as db:
@@ -259,8 +283,10 @@ class StateStore:
         return [g for g in map(_grant, rows) if now is None or g.active(now)]
 
     def grant_location(self, session: str, grant_id: str) -> str | None:
-        rows = self._query("SELECT location FROM session_grants WHERE session=? AND grant_id=?",
-                           (session, grant_id))
+        rows = self._query(
+            "SELECT location FROM session_grants WHERE session=? AND grant_id=?",
+            (session, grant_id),
+        )
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def sessions_using(self, grant_id: str) -> list[str]:
@@ -287,9 +313,19 @@ class StateStore:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO network_grants VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (grant.id, grant.host, grant.port, grant.access, int(grant.allowed),
-                 grant.lifetime, grant.session, grant.profile, grant.created_at,
-                 grant.expires_at, grant.revoked_at),
+                (
+                    grant.id,
+                    grant.host,
+                    grant.port,
+                    grant.access,
+                    int(grant.allowed),
+                    grant.lifetime,
+                    grant.session,
+                    grant.profile,
+                    grant.created_at,
+                    grant.expires_at,
+                    grant.revoked_at,
+                ),
             )
 
     def network_grant(self, grant_id: str) -> NetworkGrant | None:
@@ -306,12 +342,26 @@ class StateStore:
 
 
 def _session(row: tuple[object, ...]) -> SessionRecord:
-    (id_, profile, image, container_id, supervisor, state, started_at, ended_at, exit_code,
-     reason, sandbox) = row
+    (
+        id_,
+        profile,
+        image,
+        container_id,
+        supervisor,
+        state,
+        started_at,
+        ended_at,
+        exit_code,
+        reason,
+        sandbox,
+    ) = row
     return SessionRecord(
-        id=str(id_), profile=str(profile), image=str(image),
+        id=str(id_),
+        profile=str(profile),
+        image=str(image),
         container_id=None if container_id is None else str(container_id),
-        supervisor=str(supervisor), state=SessionState(str(state)),
+        supervisor=str(supervisor),
+        state=SessionState(str(state)),
         started_at=float(str(started_at)),
         ended_at=None if ended_at is None else float(str(ended_at)),
         exit_code=None if exit_code is None else int(str(exit_code)),
@@ -323,7 +373,9 @@ def _session(row: tuple[object, ...]) -> SessionRecord:
 def _grant(row: tuple[object, ...]) -> Grant:
     id_, path, mode, lifetime, session, profile, created_at, expires_at, revoked_at = row
     return Grant(
-        id=str(id_), path=Path(str(path)), mode=Mode(str(mode)),
+        id=str(id_),
+        path=Path(str(path)),
+        mode=Mode(str(mode)),
         lifetime=Lifetime(str(lifetime)),
         session=None if session is None else str(session),
         profile=None if profile is None else str(profile),
@@ -334,11 +386,26 @@ def _grant(row: tuple[object, ...]) -> Grant:
 
 
 def _network_grant(row: tuple[object, ...]) -> NetworkGrant:
-    (id_, host, port, access, allowed, lifetime, session, profile, created_at, expires_at,
-     revoked_at) = row
+    (
+        id_,
+        host,
+        port,
+        access,
+        allowed,
+        lifetime,
+        session,
+        profile,
+        created_at,
+        expires_at,
+        revoked_at,
+    ) = row
     return NetworkGrant(
-        id=str(id_), host=str(host), port=int(str(port)), access=Access(str(access)),
-        allowed=bool(allowed), lifetime=Lifetime(str(lifetime)),
+        id=str(id_),
+        host=str(host),
+        port=int(str(port)),
+        access=Access(str(access)),
+        allowed=bool(allowed),
+        lifetime=Lifetime(str(lifetime)),
         session=None if session is None else str(session),
         profile=None if profile is None else str(profile),
         created_at=float(str(created_at)),

@@ -73,8 +73,9 @@ def quoted(text: str, indent: str = "    ", width: int = 78) -> str:
     nothing it says can start a line of its own and pass for Airlock's voice (a title padded
     with spaces would otherwise wrap onto a fresh line of the terminal)."""
     one_line = re.sub(r"\s+", " ", printable(text)).strip()
-    lines = textwrap.wrap(one_line, width=max(20, width - len(indent)),
-                          break_long_words=True, break_on_hyphens=False) or [""]
+    lines = textwrap.wrap(
+        one_line, width=max(20, width - len(indent)), break_long_words=True, break_on_hyphens=False
+    ) or [""]
     return "\n".join(indent + line for line in lines)
 
 
@@ -107,8 +108,10 @@ def name_warnings(name: str) -> list[str]:
     if unicodedata.normalize("NFC", name) != name:
         warnings.append("is not in its composed form (NFC): it looks like another name")
     elif unicodedata.normalize("NFKC", name) != name:
-        warnings.append("has compatibility characters (it looks like "
-                        f"{printable(unicodedata.normalize('NFKC', name))!r})")
+        warnings.append(
+            "has compatibility characters (it looks like "
+            f"{printable(unicodedata.normalize('NFKC', name))!r})"
+        )
     if name != name.rstrip(" ."):
         warnings.append("ends with a space or a dot")
     if name != name.lstrip(" "):
@@ -118,8 +121,10 @@ def name_warnings(name: str) -> list[str]:
     for word in re.findall(r"[^\W\d_]+", name):
         mixed = scripts(word)
         if len(mixed) > 1:
-            warnings.append(f"mixes {' and '.join(sorted(s.title() for s in mixed))} letters "
-                            f"in {printable(word)!r}")
+            warnings.append(
+                f"mixes {' and '.join(sorted(s.title() for s in mixed))} letters "
+                f"in {printable(word)!r}"
+            )
             break
     return warnings
 
@@ -146,7 +151,8 @@ def lookalikes(paths: Iterable[str]) -> dict[str, list[str]]:
         if len(group) < 2:
             continue
         for path in group:
-            others = ", ".join(printable(other.rpartition("/")[2])
-                               for other in group if other != path)
+            others = ", ".join(
+                printable(other.rpartition("/")[2]) for other in group if other != path
+            )
             warnings.setdefault(path, []).append(f"looks like {others} in the same folder")
     return warnings

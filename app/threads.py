@@ -18,8 +18,9 @@ _Args = TypeVarTuple("_Args")
 _T = TypeVar("_T")
 
 
-def call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[Unpack[_Args]], object],
-                 *args: *_Args) -> bool:
+def call_on_loop(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[Unpack[_Args]], object], *args: *_Args
+) -> bool:
     """Has the loop's thread call `callback(*args)` soon. False if the loop is closed: there
     is no one left to hand the work to, which the caller may take as the end of its job."""
     try:

@@ -126,15 +126,21 @@ def bus_config(socket: Path, *, locked: bool, limits: BusLimits = BusLimits()) -
         '    <deny send_type="method_call"/>',
     ]
     for interface in DRIVER_INTERFACES:
-        lines.append(f"    <allow send_destination={quoteattr(DRIVER)} "
-                     f"send_interface={quoteattr(interface)}/>")
+        lines.append(
+            f"    <allow send_destination={quoteattr(DRIVER)} "
+            f"send_interface={quoteattr(interface)}/>"
+        )
     denied = DRIVER_DENIED_MEMBERS if locked else DRIVER_DENIED_MEMBERS[:1]
     for member in denied:
-        lines.append(f"    <deny send_destination={quoteattr(DRIVER)} "
-                     f"send_interface={quoteattr(DRIVER)} send_member={quoteattr(member)}/>")
+        lines.append(
+            f"    <deny send_destination={quoteattr(DRIVER)} "
+            f"send_interface={quoteattr(DRIVER)} send_member={quoteattr(member)}/>"
+        )
     for interface in PORTAL_INTERFACES:
-        lines.append(f"    <allow send_destination={quoteattr(PORTAL_NAME)} "
-                     f"send_interface={quoteattr(interface)}/>")
+        lines.append(
+            f"    <allow send_destination={quoteattr(PORTAL_NAME)} "
+            f"send_interface={quoteattr(interface)}/>"
+        )
     lines.append("  </policy>")
     for name, value in (
         ("max_message_size", limits.max_message_size),
@@ -161,8 +167,9 @@ def _text(value: str) -> str:
 class PrivateBus:
     """One dbus-daemon for one session, started and stopped on the supervisor's loop."""
 
-    def __init__(self, layout: BusLayout, limits: BusLimits = BusLimits(),
-                 daemon: str = "dbus-daemon") -> None:
+    def __init__(
+        self, layout: BusLayout, limits: BusLimits = BusLimits(), daemon: str = "dbus-daemon"
+    ) -> None:
         self.layout = layout
         self._limits = limits
         self._daemon = daemon
@@ -184,10 +191,16 @@ class PrivateBus:
         self.layout.socket_dir.chmod(0o755)
         self._write_config(locked=False)
         process = await asyncio.create_subprocess_exec(
-            executable, f"--config-file={self.layout.config}", "--nofork", "--nopidfile",
-            "--nosyslog", "--print-address=1",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            executable,
+            f"--config-file={self.layout.config}",
+            "--nofork",
+            "--nopidfile",
+            "--nosyslog",
+            "--print-address=1",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         self._process = process
@@ -218,10 +231,14 @@ class PrivateBus:
         """Forbids every name from now on and reloads the daemon; call it once the portal's
         name is owned, before the agent exists."""
         self._write_config(locked=True)
-        reply = await supervisor.call(Message(
-            destination=DRIVER, path="/org/freedesktop/DBus", interface=DRIVER,
-            member="ReloadConfig",
-        ))
+        reply = await supervisor.call(
+            Message(
+                destination=DRIVER,
+                path="/org/freedesktop/DBus",
+                interface=DRIVER,
+                member="ReloadConfig",
+            )
+        )
         if reply.message_type is MessageType.ERROR:
             raise BusError(f"the session bus refused to lock: {reply.error_name}: {reply.body}")
 

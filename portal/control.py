@@ -65,8 +65,7 @@ def check_session(session: str) -> str:
 
 def check_profile(profile: str) -> str:
     if not PROFILE_REFERENCE.match(profile):
-        raise DBusError(INVALID, "a profile is a name (letters, digits, . _ -) or an "
-                                 "absolute path")
+        raise DBusError(INVALID, "a profile is a name (letters, digits, . _ -) or an absolute path")
     return profile
 
 
@@ -81,10 +80,16 @@ def check_grants(grants: list[str]) -> list[GrantRequest]:
         for suffix, suffix_mode in ((":ro", Mode.READ), (":rw", Mode.READ_WRITE)):
             if text.endswith(suffix):
                 path, mode = text[: -len(suffix)], suffix_mode
-        if not path.startswith("/") or len(path) > MAX_PATH or \
-                any(ord(c) < 32 or ord(c) == 127 for c in path):
-            raise DBusError(INVALID, "grants are absolute paths, optionally ending in :ro "
-                                     "or :rw, without control characters")
+        if (
+            not path.startswith("/")
+            or len(path) > MAX_PATH
+            or any(ord(c) < 32 or ord(c) == 127 for c in path)
+        ):
+            raise DBusError(
+                INVALID,
+                "grants are absolute paths, optionally ending in :ro "
+                "or :rw, without control characters",
+            )
         checked.append(GrantRequest(path=_path(path), mode=mode))
     return checked
 
@@ -187,8 +192,9 @@ class ControlService:
 
     async def call_show(self) -> None:
         assert self._bus is not None
-        await self._bus.call(Message(destination=NAME, path=PATH, interface=INTERFACE,
-                                     member="Show"))
+        await self._bus.call(
+            Message(destination=NAME, path=PATH, interface=INTERFACE, member="Show")
+        )
 
     @property
     def bus(self) -> MessageBus | None:
@@ -201,12 +207,21 @@ class ControlService:
             self._bus = None
 
 
-async def call(bus: MessageBus, member: str, signature: str = "",
-               body: list[Any] | None = None) -> list[Any]:
+async def call(
+    bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None
+) -> list[Any]:
     """A client call to the running app (for the command line and tests). Raises DBusError
     with the app's one-line refusal."""
-    reply = await bus.call(Message(destination=NAME, path=PATH, interface=INTERFACE,
-                                   member=member, signature=signature, body=body or []))
+    reply = await bus.call(
+        Message(
+            destination=NAME,
+            path=PATH,
+            interface=INTERFACE,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
     if reply is None:
         raise DBusError(FAILED, "no reply")
     if reply.message_type is MessageType.ERROR:

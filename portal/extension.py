@@ -41,8 +41,12 @@ class PortalSettings:
 class PortalExtension:
     """One session's bus and portal: started in `prepare`, gone after `close`."""
 
-    def __init__(self, broker: ConsentBroker, settings: PortalSettings = PortalSettings(),
-                 hosts: HostAllower | None = None) -> None:
+    def __init__(
+        self,
+        broker: ConsentBroker,
+        settings: PortalSettings = PortalSettings(),
+        hosts: HostAllower | None = None,
+    ) -> None:
         self._broker = broker
         self._settings = settings
         self._hosts = hosts
@@ -66,11 +70,14 @@ class PortalExtension:
             raise BusError("the session has no way to deliver files (no supervisor)")
         self.portal = FileChooserPortal(
             AgentSession(session.id, session.profile.name, session.profile.image),
-            self._broker, delivery, self._settings.chooser,
+            self._broker,
+            delivery,
+            self._settings.chooser,
         )
         self.portal.attach(self._connection)
         self.network = NetworkRequests(
-            self.portal.who, self._broker, self._hosts, self._settings.chooser.answer_timeout)
+            self.portal.who, self._broker, self._hosts, self._settings.chooser.answer_timeout
+        )
         self._connection.export(PORTAL_PATH, self.network)
         try:
             reply = await self._connection.request_name(PORTAL_NAME, NameFlag.DO_NOT_QUEUE)

@@ -105,8 +105,10 @@ class FileFilter:
         return [self.name, [[kind, pattern] for kind, pattern in self.patterns]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": shown(self.name),
-                "patterns": [["glob" if k == 0 else "mime", shown(p)] for k, p in self.patterns]}
+        return {
+            "name": shown(self.name),
+            "patterns": [["glob" if k == 0 else "mime", shown(p)] for k, p in self.patterns],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +127,12 @@ class Choice:
         return self.options[0][0] if self.options else "false"
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": shown(self.id), "label": shown(self.label), "initial": shown(self.initial),
-                "options": [[shown(i), shown(label)] for i, label in self.options]}
+        return {
+            "id": shown(self.id),
+            "label": shown(self.label),
+            "initial": shown(self.initial),
+            "options": [[shown(i), shown(label)] for i, label in self.options],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,18 +224,34 @@ def request_path(sender: str, token: str) -> str:
 
 _OPTIONS: dict[Method, dict[str, str]] = {
     Method.OPEN: {
-        "handle_token": "s", "accept_label": "s", "modal": "b", "multiple": "b",
-        "directory": "b", "filters": "a(sa(us))", "current_filter": "(sa(us))",
-        "choices": "a(ssa(ss)s)", "current_folder": "ay",
+        "handle_token": "s",
+        "accept_label": "s",
+        "modal": "b",
+        "multiple": "b",
+        "directory": "b",
+        "filters": "a(sa(us))",
+        "current_filter": "(sa(us))",
+        "choices": "a(ssa(ss)s)",
+        "current_folder": "ay",
     },
     Method.SAVE: {
-        "handle_token": "s", "accept_label": "s", "modal": "b", "filters": "a(sa(us))",
-        "current_filter": "(sa(us))", "choices": "a(ssa(ss)s)", "current_name": "s",
-        "current_folder": "ay", "current_file": "ay",
+        "handle_token": "s",
+        "accept_label": "s",
+        "modal": "b",
+        "filters": "a(sa(us))",
+        "current_filter": "(sa(us))",
+        "choices": "a(ssa(ss)s)",
+        "current_name": "s",
+        "current_folder": "ay",
+        "current_file": "ay",
     },
     Method.SAVE_MANY: {
-        "handle_token": "s", "accept_label": "s", "modal": "b", "choices": "a(ssa(ss)s)",
-        "current_folder": "ay", "files": "aay",
+        "handle_token": "s",
+        "accept_label": "s",
+        "modal": "b",
+        "choices": "a(ssa(ss)s)",
+        "current_folder": "ay",
+        "files": "aay",
     },
 }
 
@@ -255,7 +277,8 @@ def parse_call(
             continue
         if variant.signature != expected:
             raise InvalidArgument(
-                f"option {key!r} must be of type {expected}, not {variant.signature}")
+                f"option {key!r} must be of type {expected}, not {variant.signature}"
+            )
         values[key] = variant.value
     call = ChooserCall(method, parent_window, title)
     changes: dict[str, Any] = {}
@@ -285,8 +308,10 @@ def parse_call(
         raw = values["files"]
         if len(raw) > limits.max_files:
             raise InvalidArgument(f"files: {len(raw)} names, at most {limits.max_files}")
-        names = tuple(_name(f"files[{i}]", _path_text(f"files[{i}]", b, limits), limits)
-                      for i, b in enumerate(raw))
+        names = tuple(
+            _name(f"files[{i}]", _path_text(f"files[{i}]", b, limits), limits)
+            for i, b in enumerate(raw)
+        )
         if len(set(names)) != len(names):
             raise InvalidArgument("files: a name appears twice")
         changes["files"] = names
@@ -303,8 +328,7 @@ def _text(what: str, value: str, limit: int) -> str:
 
 def _token(value: str, limits: ChooserLimits) -> str:
     if len(value) > limits.max_token or not TOKEN.fullmatch(value):
-        raise InvalidArgument(
-            f"handle_token: must be 1 to {limits.max_token} of A-Z a-z 0-9 _")
+        raise InvalidArgument(f"handle_token: must be 1 to {limits.max_token} of A-Z a-z 0-9 _")
     return value
 
 
@@ -337,17 +361,23 @@ def _choices(raw: Sequence[Any], limits: ChooserLimits) -> tuple[Choice, ...]:
         _text(f"{what} label", label, limits.max_text)
         if len(options) > limits.max_choice_options:
             raise InvalidArgument(
-                f"{what}: {len(options)} options, at most {limits.max_choice_options}")
+                f"{what}: {len(options)} options, at most {limits.max_choice_options}"
+            )
         pairs = []
         for option_id, option_label in options:
             if not option_id or not option_label:
                 raise InvalidArgument(f"{what}: an option's id or label is empty")
-            pairs.append((_text(f"{what} option", option_id, limits.max_text),
-                          _text(f"{what} option", option_label, limits.max_text)))
+            pairs.append(
+                (
+                    _text(f"{what} option", option_id, limits.max_text),
+                    _text(f"{what} option", option_label, limits.max_text),
+                )
+            )
         allowed = {p[0] for p in pairs} if pairs else {"true", "false"}
         if initial and initial not in allowed:
-            raise InvalidArgument(f"{what}: the initial selection {shown(initial)!r} is none "
-                                  "of its options")
+            raise InvalidArgument(
+                f"{what}: the initial selection {shown(initial)!r} is none of its options"
+            )
         choices.append(Choice(choice_id, label, tuple(pairs), initial))
     if len({c.id for c in choices}) != len(choices):
         raise InvalidArgument("choices: an id appears twice")
@@ -394,8 +424,9 @@ def _name(what: str, name: str, limits: ChooserLimits) -> str:
     if unsafe:
         # app/text.py's policy: a name that acts or hides (controls, C1, bidi marks,
         # zero-width and other invisible characters, odd blanks) is refused, not shown.
-        raise InvalidArgument(f"{what}: a control or invisible character "
-                              f"({escaped(unsafe.group())}) in a file name")
+        raise InvalidArgument(
+            f"{what}: a control or invisible character ({escaped(unsafe.group())}) in a file name"
+        )
     if len(name.encode()) > limits.max_name_bytes:
         raise InvalidArgument(f"{what}: longer than {limits.max_name_bytes} bytes")
     return name
@@ -420,8 +451,9 @@ class _Pending:
 class RequestHandle(ServiceInterface):
     """org.freedesktop.portal.Request at the call's handle: Close, and the Response signal."""
 
-    def __init__(self, owner: str, caller: Callable[[], str | None],
-                 on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, owner: str, caller: Callable[[], str | None], on_close: Callable[[], None]
+    ) -> None:
         super().__init__(REQUEST)
         self.owner = owner
         self._caller = caller
@@ -434,8 +466,9 @@ class RequestHandle(ServiceInterface):
         self._on_close()
 
     @dbus_signal()
-    def Response(self, response: int, results: dict[str, Variant]
-                 ) -> Annotated[list[Any], DBusSignature("ua{sv}")]:
+    def Response(
+        self, response: int, results: dict[str, Variant]
+    ) -> Annotated[list[Any], DBusSignature("ua{sv}")]:
         return [response, results]
 
 
@@ -499,15 +532,11 @@ class FileChooserPortal(ServiceInterface):
         return VERSION
 
     @dbus_method()
-    def OpenFile(
-        self, parent_window: DBusStr, title: DBusStr, options: DBusDict
-    ) -> DBusObjectPath:
+    def OpenFile(self, parent_window: DBusStr, title: DBusStr, options: DBusDict) -> DBusObjectPath:
         return self._begin(Method.OPEN, parent_window, title, options)
 
     @dbus_method()
-    def SaveFile(
-        self, parent_window: DBusStr, title: DBusStr, options: DBusDict
-    ) -> DBusObjectPath:
+    def SaveFile(self, parent_window: DBusStr, title: DBusStr, options: DBusDict) -> DBusObjectPath:
         return self._begin(Method.SAVE, parent_window, title, options)
 
     @dbus_method()
@@ -518,8 +547,9 @@ class FileChooserPortal(ServiceInterface):
 
     # a request's life
 
-    def _begin(self, method: Method, parent_window: str, title: str,
-               options: dict[str, Variant]) -> str:
+    def _begin(
+        self, method: Method, parent_window: str, title: str, options: dict[str, Variant]
+    ) -> str:
         sender, bus = self._caller, self._bus
         if not sender or bus is None:
             raise DBusError(FAILED, "the portal cannot tell who is calling")
@@ -532,17 +562,26 @@ class FileChooserPortal(ServiceInterface):
             # A struct of the right signature always unpacks; this is a guard, not a path.
             raise DBusError(INVALID_ARGUMENT, f"{method}: malformed options") from e
         if len(self._pending) >= self._limits.max_outstanding:
-            raise DBusError(LIMITS_EXCEEDED, f"{method}: {len(self._pending)} requests are "
-                            "already waiting for an answer; close one or wait")
+            raise DBusError(
+                LIMITS_EXCEEDED,
+                f"{method}: {len(self._pending)} requests are "
+                "already waiting for an answer; close one or wait",
+            )
         token = call.token or f"airlock{next(self._tokens)}"
         path = request_path(sender, token)
         if path in self._pending:
-            raise DBusError(INVALID_ARGUMENT, f"{method}: handle_token {token!r} is in use by "
-                            "an outstanding request")
+            raise DBusError(
+                INVALID_ARGUMENT,
+                f"{method}: handle_token {token!r} is in use by an outstanding request",
+            )
         consent = ConsentRequest(
-            id=new_request_id(), session=self.who.session, profile=self.who.profile,
+            id=new_request_id(),
+            session=self.who.session,
+            profile=self.who.profile,
             kind=RequestKind.FILE_OPEN if method is Method.OPEN else RequestKind.FILE_SAVE,
-            subject=call.subject, details=call.details(self.who.image), reason=call.title,
+            subject=call.subject,
+            details=call.details(self.who.image),
+            reason=call.title,
             timeout=self._limits.answer_timeout,
         )
         handle = RequestHandle(sender, self._caller_now, functools.partial(self._close, path))
@@ -570,8 +609,12 @@ class FileChooserPortal(ServiceInterface):
             else:
                 code = Response.CANCELLED
         except AirlockError as e:  # refused by the core: a GrantError, a session ending
-            log.warning("session %s: %s allowed but not delivered: %s",
-                        self.who.session, request.call.method, e)
+            log.warning(
+                "session %s: %s allowed but not delivered: %s",
+                self.who.session,
+                request.call.method,
+                e,
+            )
         except asyncio.CancelledError:
             self._withdraw(request)
             raise
@@ -588,8 +631,9 @@ class FileChooserPortal(ServiceInterface):
         if call.method is Method.OPEN:
             if len(paths) > 1 and not call.multiple:
                 raise GrantError(f"{len(paths)} files picked for a single-file request")
-            inside = await self._delivery.open_files(session, paths, answer.mode, answer.lifetime,
-                                               answer.until)
+            inside = await self._delivery.open_files(
+                session, paths, answer.mode, answer.lifetime, answer.until
+            )
         elif call.method is Method.SAVE:
             if len(paths) != 1:
                 raise GrantError(f"{len(paths)} targets picked for one file to save")

@@ -16,9 +16,17 @@ async def owned_names(address: str, names: Sequence[str], seconds: float) -> dic
     TimeoutError."""
     bus = await asyncio.wait_for(MessageBus(bus_address=address).connect(), seconds)
     try:
-        reply = await asyncio.wait_for(bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="ListNames")), seconds)
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="ListNames",
+                )
+            ),
+            seconds,
+        )
     finally:
         bus.disconnect()
     if reply is None or not reply.body:

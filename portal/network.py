@@ -34,16 +34,26 @@ class HostAllower(Protocol):
     """What can open a host to a running session: the egress proxy, which keeps the answer
     as a network grant of the lifetime the user chose."""
 
-    async def allow_host(self, session: str, host: str, port: int,
-                         lifetime: Lifetime = Lifetime.SESSION, until: float | None = None
-                         ) -> bool: ...
+    async def allow_host(
+        self,
+        session: str,
+        host: str,
+        port: int,
+        lifetime: Lifetime = Lifetime.SESSION,
+        until: float | None = None,
+    ) -> bool: ...
 
 
 class NetworkRequests(ServiceInterface):
     """RequestHost(host, port, reason) -> "allowed" | "denied" | "unavailable: why"."""
 
-    def __init__(self, who: AgentSession, broker: ConsentBroker, hosts: HostAllower | None,
-                 answer_timeout: float) -> None:
+    def __init__(
+        self,
+        who: AgentSession,
+        broker: ConsentBroker,
+        hosts: HostAllower | None,
+        answer_timeout: float,
+    ) -> None:
         super().__init__(NETWORK_INTERFACE)
         self.who = who
         self._broker = broker
@@ -55,28 +65,45 @@ class NetworkRequests(ServiceInterface):
         try:
             rule = HostRule(host=host, ports=(port,))
         except ValidationError as e:
-            raise DBusError(INVALID_ARGUMENT, f"RequestHost: {host!r}:{port} is not a host "
-                            "name and port (e.g. docs.python.org, 443)") from e
+            raise DBusError(
+                INVALID_ARGUMENT,
+                f"RequestHost: {host!r}:{port} is not a host "
+                "name and port (e.g. docs.python.org, 443)",
+            ) from e
         if rule.host.startswith("*."):
             raise DBusError(INVALID_ARGUMENT, "RequestHost: ask for one host, not a wildcard")
         if len(reason) > MAX_REASON:
-            raise DBusError(INVALID_ARGUMENT, f"RequestHost: the reason is longer than "
-                            f"{MAX_REASON} characters")
+            raise DBusError(
+                INVALID_ARGUMENT, f"RequestHost: the reason is longer than {MAX_REASON} characters"
+            )
         if self._hosts is None:
             return "unavailable: this session has no network proxy to open a host on"
         subject = f"{rule.host}:{port}"
-        answer = await self._broker.ask(ConsentRequest(
-            id=new_request_id(), session=self.who.session, profile=self.who.profile,
-            kind=RequestKind.NETWORK, subject=subject,
-            details={"host": rule.host, "port": int(port), "method": "any",
-                     "rule": "asked-by-agent", "image": self.who.image},
-            reason=reason, timeout=self._timeout,
-        ))
+        answer = await self._broker.ask(
+            ConsentRequest(
+                id=new_request_id(),
+                session=self.who.session,
+                profile=self.who.profile,
+                kind=RequestKind.NETWORK,
+                subject=subject,
+                details={
+                    "host": rule.host,
+                    "port": int(port),
+                    "method": "any",
+                    "rule": "asked-by-agent",
+                    "image": self.who.image,
+                },
+                reason=reason,
+                timeout=self._timeout,
+            )
+        )
         if not answer.allowed:
             return "denied"
-        if not await self._hosts.allow_host(self.who.session, rule.host, int(port),
-                                            answer.lifetime, answer.until):
-            log.warning("session %s: %s allowed but the session has no proxy",
-                        self.who.session, subject)
+        if not await self._hosts.allow_host(
+            self.who.session, rule.host, int(port), answer.lifetime, answer.until
+        ):
+            log.warning(
+                "session %s: %s allowed but the session has no proxy", self.who.session, subject
+            )
             return "unavailable: this session's profile allows no network at all"
         return "allowed"

@@ -80,8 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = {"raw": raw.decode(errors="replace")}
         with self.server.model.lock:
             self.server.model.arrived.append(time.perf_counter())
-            self.server.model.requests.append(Recorded(
-                self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.server.model.requests.append(
+                Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            )
         return body if isinstance(body, dict) else {}
 
     def do_GET(self) -> None:
@@ -130,8 +131,9 @@ class Api:
     def on_get(self, path: str) -> Any:
         return {}
 
-    def on_post(self, path: str, body: dict[str, Any], model: MockModel
-                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+    def on_post(
+        self, path: str, body: dict[str, Any], model: MockModel
+    ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
         raise NotImplementedError
 
 
@@ -177,14 +179,18 @@ class AnthropicMessages(Api):
         self.counter = 0
         self.tools_seen: list[str] = []
 
-    def on_post(self, path: str, body: dict[str, Any], model: MockModel
-                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+    def on_post(
+        self, path: str, body: dict[str, Any], model: MockModel
+    ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
         if "count_tokens" in path:
             return {"input_tokens": 10}
-        results = [_text(block.get("content")) for message in body.get("messages", [])
-                   if isinstance(message.get("content"), list)
-                   for block in message["content"]
-                   if isinstance(block, dict) and block.get("type") == "tool_result"]
+        results = [
+            _text(block.get("content"))
+            for message in body.get("messages", [])
+            if isinstance(message.get("content"), list)
+            for block in message["content"]
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
         tools = [str(t.get("name")) for t in body.get("tools", []) if isinstance(t, dict)]
         if tools:
             self.tools_seen = tools
@@ -194,17 +200,28 @@ class AnthropicMessages(Api):
             name = call.tool
             if name.startswith("mcp:"):
                 name = next((t for t in tools if t.endswith("__" + name[4:])), name)
-            block = {"type": "tool_use", "id": f"toolu_{self.counter:04d}", "name": name,
-                     "input": {}}
+            block = {
+                "type": "tool_use",
+                "id": f"toolu_{self.counter:04d}",
+                "name": name,
+                "input": {},
+            }
             delta = {"type": "input_json_delta", "partial_json": json.dumps(call.arguments)}
             stop = "tool_use"
         else:
             block = {"type": "text", "text": ""}
             delta = {"type": "text_delta", "text": "All done." if tools else "Mock title"}
             stop = "end_turn"
-        message = {"id": f"msg_{self.counter:04d}", "type": "message", "role": "assistant",
-                   "model": self.model_name, "content": [], "stop_reason": None,
-                   "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+        message = {
+            "id": f"msg_{self.counter:04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.model_name,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+        }
         if not body.get("stream"):
             content = dict(block)
             if call is not None:
@@ -214,14 +231,20 @@ class AnthropicMessages(Api):
             return {**message, "content": [content], "stop_reason": stop}
         return [
             ("message_start", {"type": "message_start", "message": message}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": block}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": delta}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
+            ),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": stop, "stop_sequence": None},
-                               "usage": {"output_tokens": 5}}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": 5},
+                },
+            ),
             ("message_stop", {"type": "message_stop"}),
         ]
 
@@ -236,17 +259,21 @@ class OpenAIResponses(Api):
     def on_get(self, path: str) -> Any:
         return {"object": "list", "data": [], "models": []}
 
-    def on_post(self, path: str, body: dict[str, Any], model: MockModel
-                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+    def on_post(
+        self, path: str, body: dict[str, Any], model: MockModel
+    ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
         items = [i for i in body.get("input", []) if isinstance(i, dict)]
-        results = [_text(i.get("output")) for i in items
-                   if i.get("type") in ("function_call_output", "custom_tool_call_output")]
+        results = [
+            _text(i.get("output"))
+            for i in items
+            if i.get("type") in ("function_call_output", "custom_tool_call_output")
+        ]
         # Codex offers tools at the top level or, in its code mode, as an input item of
         # namespaces whose `exec` tool runs JavaScript that calls the others.
         tools: dict[str, str] = {}
-        offered = list(body.get("tools", [])) + [t for i in items
-                                                 if i.get("type") == "additional_tools"
-                                                 for t in i.get("tools", [])]
+        offered = list(body.get("tools", [])) + [
+            t for i in items if i.get("type") == "additional_tools" for t in i.get("tools", [])
+        ]
         while offered:
             tool = offered.pop()
             if isinstance(tool, dict) and tool.get("name"):
@@ -257,32 +284,63 @@ class OpenAIResponses(Api):
         self.tools_seen = sorted(tools)
         call = model.next_call(results)
         self.counter += 1
-        response = {"id": f"resp_{self.counter:04d}", "object": "response",
-                    "status": "completed", "model": body.get("model", "mock"), "output": []}
+        response = {
+            "id": f"resp_{self.counter:04d}",
+            "object": "response",
+            "status": "completed",
+            "model": body.get("model", "mock"),
+            "output": [],
+        }
         events: list[tuple[str, dict[str, Any]]] = [
-            ("response.created", {"type": "response.created", "response": response})]
+            ("response.created", {"type": "response.created", "response": response})
+        ]
         if call is None:
             item: dict[str, Any] = {
-                "type": "message", "role": "assistant", "id": f"msg_{self.counter:04d}",
+                "type": "message",
+                "role": "assistant",
+                "id": f"msg_{self.counter:04d}",
                 "status": "completed",
-                "content": [{"type": "output_text", "text": "All done.", "annotations": []}]}
+                "content": [{"type": "output_text", "text": "All done.", "annotations": []}],
+            }
         else:
             name, arguments = self._map(call, tools)
             if tools.get(name) == "custom":
-                item = {"type": "custom_tool_call", "id": f"ctc_{self.counter:04d}",
-                        "call_id": f"call_{self.counter:04d}", "name": name,
-                        "input": arguments.get("input", ""), "status": "completed"}
+                item = {
+                    "type": "custom_tool_call",
+                    "id": f"ctc_{self.counter:04d}",
+                    "call_id": f"call_{self.counter:04d}",
+                    "name": name,
+                    "input": arguments.get("input", ""),
+                    "status": "completed",
+                }
             else:
-                item = {"type": "function_call", "id": f"fc_{self.counter:04d}",
-                        "call_id": f"call_{self.counter:04d}", "name": name,
-                        "arguments": json.dumps(arguments), "status": "completed"}
-        events.append(("response.output_item.done", {
-            "type": "response.output_item.done", "output_index": 0, "item": item}))
-        usage = {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": 15}
-        events.append(("response.completed", {
-            "type": "response.completed", "response": {**response, "usage": usage}}))
+                item = {
+                    "type": "function_call",
+                    "id": f"fc_{self.counter:04d}",
+                    "call_id": f"call_{self.counter:04d}",
+                    "name": name,
+                    "arguments": json.dumps(arguments),
+                    "status": "completed",
+                }
+        events.append(
+            (
+                "response.output_item.done",
+                {"type": "response.output_item.done", "output_index": 0, "item": item},
+            )
+        )
+        usage = {
+            "input_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 5,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 15,
+        }
+        events.append(
+            (
+                "response.completed",
+                {"type": "response.completed", "response": {**response, "usage": usage}},
+            )
+        )
         return events
 
     @staticmethod
@@ -307,23 +365,29 @@ class OpenAIResponses(Api):
         """Codex's code mode: the call as the script a model would write for `exec`."""
         if call.tool == "shell":
             command = json.dumps(call.arguments["command"])
-            return (f"const r = await tools.exec_command({{cmd: {command}, "
-                    "yield_time_ms: 30000});\ntext(r.output);\n")
+            return (
+                f"const r = await tools.exec_command({{cmd: {command}, "
+                "yield_time_ms: 30000});\ntext(r.output);\n"
+            )
         if call.tool == "apply_patch":
-            return (f"const r = await tools.apply_patch({json.dumps(call.arguments['input'])});\n"
-                    "text(JSON.stringify(r));\n")
+            return (
+                f"const r = await tools.apply_patch({json.dumps(call.arguments['input'])});\n"
+                "text(JSON.stringify(r));\n"
+            )
         if call.tool.startswith("mcp:"):
             name = "mcp__airlock__" + call.tool[4:]
             # A tool missing from `tools` is reported with what there is, for the test's eyes.
             # Codex does not wait for MCP servers before the first turn, and a mock answers
             # at once: until the server is up, the script waits a second and says so, and
             # the mock asks again.
-            return (f"if (typeof tools.{name} !== 'function') {{\n"
-                    "  await new Promise(r => setTimeout(r, 1000));\n"
-                    f"  text('{WAIT} for {name}: ' + JSON.stringify(ALL_TOOLS.map(t => t.name)));\n"
-                    "  exit();\n}\n"
-                    f"const r = await tools.{name}({json.dumps(call.arguments)});\n"
-                    "text(r.content.map(c => c.text).join('\\n'));\n")
+            return (
+                f"if (typeof tools.{name} !== 'function') {{\n"
+                "  await new Promise(r => setTimeout(r, 1000));\n"
+                f"  text('{WAIT} for {name}: ' + JSON.stringify(ALL_TOOLS.map(t => t.name)));\n"
+                "  exit();\n}\n"
+                f"const r = await tools.{name}({json.dumps(call.arguments)});\n"
+                "text(r.content.map(c => c.text).join('\\n'));\n"
+            )
         return f"text(JSON.stringify(await tools.{call.tool}({json.dumps(call.arguments)})));\n"
 
 
@@ -334,35 +398,58 @@ class GeminiApi(Api):
     def on_get(self, path: str) -> Any:
         return {"models": []}
 
-    def on_post(self, path: str, body: dict[str, Any], model: MockModel
-                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+    def on_post(
+        self, path: str, body: dict[str, Any], model: MockModel
+    ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
         if ":countTokens" in path:
             return {"totalTokens": 10}
-        results = [_text(part["functionResponse"].get("response"))
-                   for content in body.get("contents", []) if isinstance(content, dict)
-                   for part in content.get("parts", [])
-                   if isinstance(part, dict) and isinstance(part.get("functionResponse"), dict)]
-        tools = [str(d.get("name")) for t in body.get("tools", []) if isinstance(t, dict)
-                 for d in t.get("functionDeclarations", []) if isinstance(d, dict)]
+        results = [
+            _text(part["functionResponse"].get("response"))
+            for content in body.get("contents", [])
+            if isinstance(content, dict)
+            for part in content.get("parts", [])
+            if isinstance(part, dict) and isinstance(part.get("functionResponse"), dict)
+        ]
+        tools = [
+            str(d.get("name"))
+            for t in body.get("tools", [])
+            if isinstance(t, dict)
+            for d in t.get("functionDeclarations", [])
+            if isinstance(d, dict)
+        ]
         if tools:
             self.tools_seen = tools
         call = model.next_call(results) if tools else None
         if call is not None:
             name = call.tool
             if name.startswith("mcp:"):
-                name = next((t for t in tools if t == name[4:] or t.endswith("__" + name[4:])
-                             or t.endswith("_" + name[4:])), name)
+                name = next(
+                    (
+                        t
+                        for t in tools
+                        if t == name[4:]
+                        or t.endswith("__" + name[4:])
+                        or t.endswith("_" + name[4:])
+                    ),
+                    name,
+                )
             part: dict[str, Any] = {"functionCall": {"name": name, "args": call.arguments}}
         elif tools:
             part = {"text": "All done."}
         else:
             # Side questions (is the model done? a summary?): a JSON answer that ends the turn.
             part = {"text": json.dumps({"reasoning": "done", "next_speaker": "user"})}
-        answer = {"candidates": [{"content": {"role": "model", "parts": [part]},
-                                  "finishReason": "STOP", "index": 0}],
-                  "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
-                                    "totalTokenCount": 15},
-                  "modelVersion": "gemini-mock"}
+        answer = {
+            "candidates": [
+                {"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": {
+                "promptTokenCount": 10,
+                "candidatesTokenCount": 5,
+                "totalTokenCount": 15,
+            },
+            "modelVersion": "gemini-mock",
+        }
         if ":streamGenerateContent" in path:
             return [("", answer)]
         return answer
@@ -373,8 +460,9 @@ class ChatCompletions(Api):
     calls, so the script is the reply to the task; anything else (a commit message) gets a
     short line."""
 
-    def __init__(self, reply: str, task: str,
-                 turns: dict[str, Callable[[str], str]] | None = None) -> None:
+    def __init__(
+        self, reply: str, task: str, turns: dict[str, Callable[[str], str]] | None = None
+    ) -> None:
         super().__init__()
         self.reply = reply
         self.task = task
@@ -386,8 +474,9 @@ class ChatCompletions(Api):
     def on_get(self, path: str) -> Any:
         return {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}
 
-    def on_post(self, path: str, body: dict[str, Any], model: MockModel
-                ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
+    def on_post(
+        self, path: str, body: dict[str, Any], model: MockModel
+    ) -> dict[str, Any] | list[tuple[str, dict[str, Any]]]:
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
         users = [m for m in messages if m.get("role") == "user"]
         # aider's prompt has example exchanges of its own, and may end with a system
@@ -401,16 +490,41 @@ class ChatCompletions(Api):
         ident = f"chatcmpl-{self.counter:04d}"
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         if not body.get("stream"):
-            return {"id": ident, "object": "chat.completion", "created": 0,
-                    "model": body.get("model", "gpt-4o"), "usage": usage,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}]}
-        chunk = {"id": ident, "object": "chat.completion.chunk", "created": 0,
-                 "model": body.get("model", "gpt-4o")}
+            return {
+                "id": ident,
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "gpt-4o"),
+                "usage": usage,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": text},
+                    }
+                ],
+            }
+        chunk = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": body.get("model", "gpt-4o"),
+        }
         return [
-            ("", {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant",
-                                                              "content": text}}]}),
-            ("", {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                  "usage": usage}),
+            (
+                "",
+                {
+                    **chunk,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}],
+                },
+            ),
+            (
+                "",
+                {
+                    **chunk,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "usage": usage,
+                },
+            ),
             ("", "[DONE]"),
         ]

@@ -58,11 +58,16 @@ def no_blocked_loop(request: pytest.FixtureRequest, loop_watch: LoopWatch) -> It
         with open(report, "a") as f:
             f.write(f"{loop_watch.worst * 1000:.1f} {request.node.nodeid}\n")
     known = BLOCKING_KNOWN.get(request.node.nodeid.partition("[")[0])
-    if loop_watch.blocked and known is None \
-            and request.node.get_closest_marker("blocks_loop") is None:
-        pytest.fail(f"an event loop was blocked for more than {LOOP_BLOCK_SECONDS * 1000:.0f} "
-                    "ms:\n" + "\n".join(b.describe() for b in loop_watch.blocked),
-                    pytrace=False)
+    if (
+        loop_watch.blocked
+        and known is None
+        and request.node.get_closest_marker("blocks_loop") is None
+    ):
+        pytest.fail(
+            f"an event loop was blocked for more than {LOOP_BLOCK_SECONDS * 1000:.0f} "
+            "ms:\n" + "\n".join(b.describe() for b in loop_watch.blocked),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +80,10 @@ def engine() -> Iterator[docker.DockerClient]:
         try:
             client = connect_engine(timeout=60)
         except EngineError as e:
-            pytest.fail(f"these tests need a container engine: {e} (`packaging/setup test` "
-                        "starts Docker; `packaging/setup podman USER` a rootless Podman)")
+            pytest.fail(
+                f"these tests need a container engine: {e} (`packaging/setup test` "
+                "starts Docker; `packaging/setup podman USER` a rootless Podman)"
+            )
         yield client
         client.close()
 

@@ -40,8 +40,10 @@ class Blocked:
 
     def describe(self) -> str:
         stack = "\n".join(f"      {line}" for line in self.where) or "      (not sampled)"
-        return (f"  {self.seconds * 1000:.0f} ms ({self.wall * 1000:.0f} ms of wall time) in "
-                f"{self.callback}\n    stuck at:\n{stack}")
+        return (
+            f"  {self.seconds * 1000:.0f} ms ({self.wall * 1000:.0f} ms of wall time) in "
+            f"{self.callback}\n    stuck at:\n{stack}"
+        )
 
 
 def _run_delay(fd: int) -> int:
@@ -102,8 +104,7 @@ class LoopWatch:
             fd = self._local.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         return fd
 
-    def _timed(self, original: Callable[[asyncio.Handle], None],
-               handle: asyncio.Handle) -> None:
+    def _timed(self, original: Callable[[asyncio.Handle], None], handle: asyncio.Handle) -> None:
         fd = self._fd()
         tid = threading.get_ident()
         delay = _run_delay(fd)

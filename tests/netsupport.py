@@ -56,7 +56,7 @@ def pattern_pieces(size: int, piece: int) -> Iterator[memoryview]:
     while sent < size:
         length = min(piece, size - sent)
         offset = sent % period
-        yield block[offset:offset + length]
+        yield block[offset : offset + length]
         sent += length
 
 
@@ -78,10 +78,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, body: bytes) -> None:
         with self.server.seen.lock:
-            self.server.seen.requests.append({
-                "method": self.command, "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
-            })
+            self.server.seen.requests.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": body,
+                }
+            )
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -126,8 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
         if "/echo-auth" in self.path:
             payload = f"you sent: {self.headers.get('Authorization', '')}\n".encode()
         else:
-            payload = json.dumps({"path": self.path, "method": self.command,
-                                  "size": len(body)}).encode()
+            payload = json.dumps(
+                {"path": self.path, "method": self.command, "size": len(body)}
+            ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("X-Echo-Auth", self.headers.get("Authorization", ""))
@@ -352,16 +357,21 @@ class ProxyHarness:
 
 
 def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-sS", "--max-time", str(timeout), *args],
-                          capture_output=True, text=True, timeout=timeout + 5)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(timeout), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 5,
+    )
 
 
 class SecretService:
     """A real Secret Service: a private session bus with gnome-keyring-daemon on it,
     unlocked with a throw-away password. `env` is what a client needs to reach it."""
 
-    def __init__(self, home: Path, prefix: list[str] | None = None,
-                 owner: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, home: Path, prefix: list[str] | None = None, owner: tuple[int, int] | None = None
+    ) -> None:
         self.home = home
         self.prefix = prefix or []
         self.owner = owner
@@ -379,12 +389,25 @@ class SecretService:
         if self.owner is not None:
             for path in (self.home, runtime):
                 os.chown(path, *self.owner)
-        base_env = {"HOME": str(self.home), "XDG_RUNTIME_DIR": str(runtime),
-                    "XDG_DATA_HOME": str(self.home / "data"), "PATH": "/usr/bin:/bin"}
+        base_env = {
+            "HOME": str(self.home),
+            "XDG_RUNTIME_DIR": str(runtime),
+            "XDG_DATA_HOME": str(self.home / "data"),
+            "PATH": "/usr/bin:/bin",
+        }
         bus = subprocess.Popen(
-            [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in base_env.items()),
-             "dbus-daemon", "--session", "--nofork", "--print-address=1"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [
+                *self.prefix,
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in base_env.items()),
+                "dbus-daemon",
+                "--session",
+                "--nofork",
+                "--print-address=1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         self.processes.append(bus)
         assert bus.stdout is not None
@@ -395,9 +418,18 @@ class SecretService:
         if not keyring:
             return self
         keyring_daemon = subprocess.run(
-            [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in self.env.items()),
-             "gnome-keyring-daemon", "--unlock", "--components=secrets"],
-            input=b"airlock-test-password", capture_output=True, timeout=30,
+            [
+                *self.prefix,
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in self.env.items()),
+                "gnome-keyring-daemon",
+                "--unlock",
+                "--components=secrets",
+            ],
+            input=b"airlock-test-password",
+            capture_output=True,
+            timeout=30,
         )
         if keyring_daemon.returncode != 0:
             pytest.fail(f"gnome-keyring-daemon failed: {keyring_daemon.stderr!r}")

@@ -17,15 +17,22 @@ from pathlib import Path
 
 
 class PtyProcess:
-    def __init__(self, argv: list[str], cwd: Path, rows: int = 24, cols: int = 80,
-                 stdin: int | None = None) -> None:
+    def __init__(
+        self, argv: list[str], cwd: Path, rows: int = 24, cols: int = 80, stdin: int | None = None
+    ) -> None:
         self.master, self.slave = os.openpty()
         self.resize(rows, cols)
         self.modes_before = termios.tcgetattr(self.slave)
         self.process = subprocess.Popen(
-            argv, stdin=self.slave if stdin is None else stdin, stdout=self.slave,
-            stderr=self.slave, cwd=cwd, start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(1, termios.TIOCSCTTY, 0), close_fds=True)
+            argv,
+            stdin=self.slave if stdin is None else stdin,
+            stdout=self.slave,
+            stderr=self.slave,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(1, termios.TIOCSCTTY, 0),
+            close_fds=True,
+        )
         self.seen = b""  # everything the terminal was sent so far
         self._mark = 0
 
@@ -57,11 +64,16 @@ class PtyProcess:
                 self._mark = match.end()
                 return match
             left = deadline - time.monotonic()
-            if left <= 0 or (not self._read(min(left, 0.5)) and self.process.poll() is not None
-                             and not self._read(0.2)):
+            if left <= 0 or (
+                not self._read(min(left, 0.5))
+                and self.process.poll() is not None
+                and not self._read(0.2)
+            ):
                 if left > 0 and self.process.poll() is not None:
-                    raise AssertionError(f"{pattern!r} never came; the command ended "
-                                         f"({self.process.returncode}): {self.tail()}")
+                    raise AssertionError(
+                        f"{pattern!r} never came; the command ended "
+                        f"({self.process.returncode}): {self.tail()}"
+                    )
                 if left <= 0:
                     raise AssertionError(f"{pattern!r} never came: {self.tail()}")
 
@@ -85,8 +97,9 @@ class PtyProcess:
     def stty(self) -> str:
         """`stty -a` of the terminal, as the user's shell would see it, but its size (which
         the tests change as a window would)."""
-        modes = subprocess.run(["stty", "-a"], stdin=self.slave, capture_output=True,
-                               text=True, check=True).stdout
+        modes = subprocess.run(
+            ["stty", "-a"], stdin=self.slave, capture_output=True, text=True, check=True
+        ).stdout
         return re.sub(r"rows \d+; columns \d+; ", "", modes)
 
     def close(self) -> None:

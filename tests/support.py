@@ -50,21 +50,42 @@ class DesktopUser:
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = dict(self.env, **(extra_env or {}))
-        command = [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                   str(AIRLOCK), *args]
+        command = [
+            *self.prefix,
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            str(AIRLOCK),
+            *args,
+        ]
         return subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=cwd or self.base,
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or self.base,
             errors="replace",
         )
 
     def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         env = dict(self.env, **(extra_env or {}))
-        command = [*self.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                   str(AIRLOCK), *args]
+        command = [
+            *self.prefix,
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            str(AIRLOCK),
+            *args,
+        ]
         # A session of its own: `stop` can then reach the command behind runuser.
         return subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.base,
-            errors="replace", start_new_session=True,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.base,
+            errors="replace",
+            start_new_session=True,
         )
 
     @staticmethod
@@ -151,14 +172,18 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
             pytest.fail(f"{AIRLOCK} is missing")
         probe = subprocess.run(["runuser", "-u", TESTER, "--", "test", "-x", str(AIRLOCK)])
         if probe.returncode != 0:
-            pytest.fail(f"{TESTER} cannot run {AIRLOCK}: make the checkout's parent directories "
-                        "world-searchable (chmod o+x)")
-        who = DesktopUser(TESTER, account.pw_uid, account.pw_gid, home, base,
-                     ["runuser", "-u", TESTER, "--"])
+            pytest.fail(
+                f"{TESTER} cannot run {AIRLOCK}: make the checkout's parent directories "
+                "world-searchable (chmod o+x)"
+            )
+        who = DesktopUser(
+            TESTER, account.pw_uid, account.pw_gid, home, base, ["runuser", "-u", TESTER, "--"]
+        )
     else:
         account = pwd.getpwuid(os.getuid())
-        who = DesktopUser(account.pw_name, os.getuid(), os.getgid(), Path(account.pw_dir),
-                          tmp_path, [])
+        who = DesktopUser(
+            account.pw_name, os.getuid(), os.getgid(), Path(account.pw_dir), tmp_path, []
+        )
     runtime = Path(f"/tmp/airlock-test-{secrets.token_hex(4)}")  # sockets want short paths
     runtime.mkdir(mode=0o700)
     who.own(runtime)

@@ -14,9 +14,7 @@ def sleeps_on_the_loop() -> None:
     time.sleep(LOOP_BLOCK_SECONDS * 2)  # a blocking call, as a locked database would be
 
 
-def test_a_callback_that_blocks_its_loop_is_caught_with_where_it_was(
-    loop_watch: LoopWatch
-) -> None:
+def test_a_callback_that_blocks_its_loop_is_caught_with_where_it_was(loop_watch: LoopWatch) -> None:
     async def scenario() -> None:
         await asyncio.sleep(0)
         sleeps_on_the_loop()

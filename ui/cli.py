@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # A bug, or an engine answer we did not expect: one line, the details in the log.
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
-        print(f"airlock: unexpected error: {type(e).__name__}: {e} "
-              "(run with -v -v for details, and please report it)", file=sys.stderr)
+        print(
+            f"airlock: unexpected error: {type(e).__name__}: {e} "
+            "(run with -v -v for details, and please report it)",
+            file=sys.stderr,
+        )
         return 70
 
 

@@ -31,9 +31,11 @@ from ui.terminal import TerminalFilter, reclaim
 HEADER = struct.Struct(">cI")  # the same framing as app/handoff.py
 READ_SIZE = 64 * 1024
 MAX_PENDING = 1024 * 1024  # stdin is not read while this much waits for the agent
-MENU = (f"\r\n\x1b[0m\x1b[?25hairlock menu ({ESCAPE_NAME}): [s] stop the session   "
-        f"[a] answer questions   [g] show grants   [k] send {ESCAPE_NAME} to the agent   "
-        "[r] return to the agent\r\n")
+MENU = (
+    f"\r\n\x1b[0m\x1b[?25hairlock menu ({ESCAPE_NAME}): [s] stop the session   "
+    f"[a] answer questions   [g] show grants   [k] send {ESCAPE_NAME} to the agent   "
+    "[r] return to the agent\r\n"
+)
 
 
 class HandoffRefused(Exception):
@@ -57,9 +59,13 @@ def connect(path: Path) -> socket.socket | None:
     return sock
 
 
-def run(sock: socket.socket, request: dict[str, Any], tty: bool = False,
-        grants: Callable[[str], list[str]] | None = None,
-        answer: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    sock: socket.socket,
+    request: dict[str, Any],
+    tty: bool = False,
+    grants: Callable[[str], list[str]] | None = None,
+    answer: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Streams the session's output to this terminal and this process's stdin, resizes and
     the end of its input to the agent; returns the end frame's data. With `tty`, the agent
     owns this terminal (raw mode, Ctrl-] opens Airlock's menu), as in ui/interactive.py;
@@ -89,9 +95,15 @@ class _Client:
     Nothing blocks on the socket: what the agent has not taken yet waits in `outgoing`
     (and stdin is not read while much does), so its output is never stuck behind it."""
 
-    def __init__(self, sock: socket.socket, stdin: int, tty: bool, raw: RawTerminal | None,
-                 grants: Callable[[str], list[str]] | None,
-                 answer: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        stdin: int,
+        tty: bool,
+        raw: RawTerminal | None,
+        grants: Callable[[str], list[str]] | None,
+        answer: Callable[[str], None] | None = None,
+    ) -> None:
         self.answer = answer
         self.sock = sock
         self.stdin = stdin
@@ -103,8 +115,10 @@ class _Client:
         # Plain streams to a terminal are filtered (ui/terminal.py): the agent's output must
         # not hide or rewrite Airlock's text. A terminal the agent owns gets its bytes whole.
         self.screen = TerminalFilter()
-        self.filtered = {b"O": not tty and sys.stdout.isatty(),
-                         b"E": not tty and sys.stderr.isatty()}
+        self.filtered = {
+            b"O": not tty and sys.stdout.isatty(),
+            b"E": not tty and sys.stderr.isatty(),
+        }
         self.outgoing = bytearray()
         self.incoming = bytearray()
         self.stdin_open = True
@@ -135,7 +149,8 @@ class _Client:
             if self.stdin_open and len(self.outgoing) < MAX_PENDING:
                 readers.append(self.stdin)
             ready, writable, _ = select.select(
-                readers, [self.sock.fileno()] if self.outgoing else [], [])
+                readers, [self.sock.fileno()] if self.outgoing else [], []
+            )
             if writable:
                 try:
                     sent = self.sock.send(self.outgoing)
@@ -195,8 +210,8 @@ class _Client:
             kind, size = HEADER.unpack_from(self.incoming)
             if len(self.incoming) < HEADER.size + size:
                 return None
-            payload = bytes(self.incoming[HEADER.size:HEADER.size + size])
-            del self.incoming[:HEADER.size + size]
+            payload = bytes(self.incoming[HEADER.size : HEADER.size + size])
+            del self.incoming[: HEADER.size + size]
             if kind in (b"O", b"E"):
                 fd = sys.stdout.fileno() if kind == b"O" or self.tty else sys.stderr.fileno()
                 if self.filtered[kind]:
@@ -255,7 +270,7 @@ class _Client:
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         try:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         except BlockingIOError:
             select.select([], [fd], [], 1.0)
 

@@ -33,9 +33,11 @@ if TYPE_CHECKING:
     from app.sessions import LaunchRequest, Output, Supervisor
     from ui.question_notices import QuestionNotifier
 
-_MENU = (f"\r\n\x1b[0m\x1b[?25hairlock menu ({ESCAPE_NAME}): [s] stop the session   "
-         "[a] answer questions ({n} waiting)   [g] show grants   "
-         f"[k] send {ESCAPE_NAME} to the agent   [r] return to the agent\r\n")
+_MENU = (
+    f"\r\n\x1b[0m\x1b[?25hairlock menu ({ESCAPE_NAME}): [s] stop the session   "
+    "[a] answer questions ({n} waiting)   [g] show grants   "
+    f"[k] send {ESCAPE_NAME} to the agent   [r] return to the agent\r\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,14 @@ class AgentTerminal:
     agent's bytes go to this process's stdout (stderr too, without a terminal), and this
     process's stdin goes to the agent."""
 
-    def __init__(self, questions: QuestionQueue | None, raw: RawTerminal | None,
-                 tty: bool, escape: int | None = ESCAPE_KEY,
-                 streams: Output | None = None) -> None:
+    def __init__(
+        self,
+        questions: QuestionQueue | None,
+        raw: RawTerminal | None,
+        tty: bool,
+        escape: int | None = ESCAPE_KEY,
+        streams: Output | None = None,
+    ) -> None:
         self.questions = questions
         # Plain streams (no terminal for the agent) go through the command line's own output;
         # a terminal's bytes go to the screen untouched: the agent owns it.
@@ -82,8 +89,9 @@ class AgentTerminal:
         if self.streams is not None:
             self.streams.write(stream, data)
             return
-        _write_all(sys.stdout.fileno() if stream == "stdout" or self.tty
-                   else sys.stderr.fileno(), data)
+        _write_all(
+            sys.stdout.fileno() if stream == "stdout" or self.tty else sys.stderr.fileno(), data
+        )
 
     async def drain(self) -> None:
         """The agent is read no faster than the terminal shows it, and not at all while
@@ -281,17 +289,28 @@ def denial_summary(events: list[tuple[str, str, str]]) -> str | None:
         return None
     from app.text import inert
 
-    why = {"timeout": "no answer in time", "no front end": "nobody to ask",
-           "deny-all": "--ask deny", "cancelled": "withdrawn"}
-    parts = [f"{kind} {inert(subject)!s} ({why.get(by, 'denied by ' + by)})"
-             for kind, subject, by in events[:5]]
+    why = {
+        "timeout": "no answer in time",
+        "no front end": "nobody to ask",
+        "deny-all": "--ask deny",
+        "cancelled": "withdrawn",
+    }
+    parts = [
+        f"{kind} {inert(subject)!s} ({why.get(by, 'denied by ' + by)})"
+        for kind, subject, by in events[:5]
+    ]
     more = f" and {len(events) - 5} more" if len(events) > 5 else ""
     return f"denied while the agent ran: {'; '.join(parts)}{more} (see `airlock audit show`)"
 
 
-def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
-                    questions: QuestionQueue | None,
-                    notice: Callable[[Event], str | None], streams: Output | None = None) -> int:
+def run_interactive(
+    supervisor: Supervisor,
+    request: LaunchRequest,
+    tty: bool,
+    questions: QuestionQueue | None,
+    notice: Callable[[Event], str | None],
+    streams: Output | None = None,
+) -> int:
     """Runs one session with the agent on this process's terminal (or stdin), to its end.
     While the agent owns the screen, Airlock's notices wait: they are printed after it."""
     from app.events import EventKind
@@ -322,10 +341,18 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
             say(text)
         if event.kind is EventKind.SESSION_STARTED and not started:
             started.append(str(event.session))
-        if (event.kind is EventKind.REQUEST_ANSWERED and event.session in started
-                and event.details.get("verdict") == "deny"):
-            denied.append((str(event.details.get("asks", "")), event.subject,
-                           str(event.details.get("by", ""))))
+        if (
+            event.kind is EventKind.REQUEST_ANSWERED
+            and event.session in started
+            and event.details.get("verdict") == "deny"
+        ):
+            denied.append(
+                (
+                    str(event.details.get("asks", "")),
+                    event.subject,
+                    str(event.details.get("by", "")),
+                )
+            )
 
     async def session(output: AgentTerminal) -> int:
         from app.questions import AskServer, ask_socket
@@ -333,28 +360,39 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        server = (AskServer(questions, ask_socket(supervisor.dirs.runtime))
-                  if questions is not None else None)
+        server = (
+            AskServer(questions, ask_socket(supervisor.dirs.runtime))
+            if questions is not None
+            else None
+        )
         if server is not None:
             await server.start()
         notifier = await notify_questions(questions)
 
         async def stop() -> None:
             if supervisor.last_session is not None:
-                await asyncio.to_thread(supervisor.stop, supervisor.last_session,
-                                        "stopped from the terminal's Airlock menu")
+                await asyncio.to_thread(
+                    supervisor.stop,
+                    supervisor.last_session,
+                    "stopped from the terminal's Airlock menu",
+                )
 
         def grants() -> list[str]:
             session_id = supervisor.last_session or ""
-            return [f"  {g.id}  {g.mode}  {g.path}"
-                    for g in supervisor.store.session_grants(session_id, time.time())]
+            return [
+                f"  {g.id}  {g.mode}  {g.path}"
+                for g in supervisor.store.session_grants(session_id, time.time())
+            ]
 
         async def answer(request: ConsentRequest) -> None:
             assert questions is not None
             given = await TerminalPrompt().answer(request)
             if not questions.resolve(request.id, given):
-                print("airlock: that question is no longer waiting (answered elsewhere or "
-                      "timed out)", file=sys.stderr, flush=True)
+                print(
+                    "airlock: that question is no longer waiting (answered elsewhere or timed out)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         output.actions = MenuActions(stop, grants, answer)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -380,8 +418,11 @@ def run_interactive(supervisor: Supervisor, request: LaunchRequest, tty: bool,
     supervisor.bus.attach(watch)
     if screen_owned:
         asks = " (questions: `airlock ask` in another terminal, or the menu)" if questions else ""
-        print(f"airlock: the agent has this terminal; {ESCAPE_NAME} opens Airlock's menu{asks}",
-              file=sys.stderr, flush=True)
+        print(
+            f"airlock: the agent has this terminal; {ESCAPE_NAME} opens Airlock's menu{asks}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         fd = sys.stdin.fileno()
         raw = RawTerminal(fd) if tty and os.isatty(fd) else None

@@ -15,13 +15,25 @@ if TYPE_CHECKING:
     from app.events import Event
 
 # Who answered a question no, in words (app/consent.py's `Answer.by`).
-WHY = {"timeout": "no answer in time", "no front end": "nobody to ask",
-       "deny-all": "--ask deny: nobody answers", "cancelled": "withdrawn",
-       "vanished": "the prompt went away", "tty": "you said no", "dialog": "you said no",
-       "notification": "you said no", "rule": "a rule of the profile",
-       "remembered": "an earlier answer", "network blocked": "the network is blocked"}
-APPROVED = {"tty": "you approved", "dialog": "you approved", "rule": "a rule of the profile",
-            "remembered": "an earlier answer"}
+WHY = {
+    "timeout": "no answer in time",
+    "no front end": "nobody to ask",
+    "deny-all": "--ask deny: nobody answers",
+    "cancelled": "withdrawn",
+    "vanished": "the prompt went away",
+    "tty": "you said no",
+    "dialog": "you said no",
+    "notification": "you said no",
+    "rule": "a rule of the profile",
+    "remembered": "an earlier answer",
+    "network blocked": "the network is blocked",
+}
+APPROVED = {
+    "tty": "you approved",
+    "dialog": "you approved",
+    "rule": "a rule of the profile",
+    "remembered": "an earlier answer",
+}
 # A question denied for a host is followed by the proxy's refusal of the same connection:
 # within this long, that refusal is the same news.
 SAME_NEWS = 5.0
@@ -81,7 +93,7 @@ class Notices:
         hint = ""
         if event.details.get("rule") in ("not-listed", "ip-literal"):
             hint = " (not in the profile: allow it in its [network] section, or add a route)"
-        return (f"refused {inert(event.subject)}{times}: {inert(reason)[:160]}{hint}")
+        return f"refused {inert(event.subject)}{times}: {inert(reason)[:160]}{hint}"
 
     def _blocked(self, event: Event) -> str | None:
         from app.text import inert
@@ -91,8 +103,10 @@ class Notices:
         if count is None:
             return None
         what = "a direct attempt" if count == 1 else f"{count} direct attempts"
-        return (f"{what} to leave around the proxy (latest: {inert(event.subject)}) went "
-                "nowhere: agents reach the network only through Airlock's proxy")
+        return (
+            f"{what} to leave around the proxy (latest: {inert(event.subject)}) went "
+            "nowhere: agents reach the network only through Airlock's proxy"
+        )
 
     def _held(self, event: Event) -> str | None:
         """An upload waits for the user (app/egress: a body, a tunnel's bytes, data in a
@@ -108,10 +122,15 @@ class Notices:
         size = event.details.get("size")
         amount = f" of {_bytes(size)}" if isinstance(size, int) else ""
         seconds = event.details.get("timeout")
-        deadline = (f" (denied in {seconds:.0f} s without an answer)"
-                    if isinstance(seconds, int | float) else "")
-        return (f"holding an upload{amount} to {inert(event.subject)}{times} until it is "
-                f"approved{deadline}")
+        deadline = (
+            f" (denied in {seconds:.0f} s without an answer)"
+            if isinstance(seconds, int | float)
+            else ""
+        )
+        return (
+            f"holding an upload{amount} to {inert(event.subject)}{times} until it is "
+            f"approved{deadline}"
+        )
 
     def _answered(self, event: Event) -> str | None:
         from app.text import inert
@@ -140,9 +159,13 @@ class Notices:
             return None
         times = f" ×{count}" if count > 1 else ""
         subject = inert(event.subject)[:120]
-        what = (f"the agent's request to {subject}" if asks.startswith("file.")
-                else f"the agent's request for {subject}" if asks == "network.host"
-                else f"{inert(asks)} {subject}")
+        what = (
+            f"the agent's request to {subject}"
+            if asks.startswith("file.")
+            else f"the agent's request for {subject}"
+            if asks == "network.host"
+            else f"{inert(asks)} {subject}"
+        )
         return f"denied {what}{times} ({inert(WHY.get(by, by))})"
 
 
@@ -160,8 +183,7 @@ def summed_up(event: Event) -> bool:
     then left out rather than said twice."""
     from app.events import EventKind
 
-    return (event.kind is EventKind.REQUEST_ANSWERED
-            and event.details.get("verdict") == "deny")
+    return event.kind is EventKind.REQUEST_ANSWERED and event.details.get("verdict") == "deny"
 
 
 def notice_text(event: Event) -> str | None:
@@ -172,8 +194,10 @@ def notice_text(event: Event) -> str | None:
 
     subject, details = inert(event.subject), event.details
     if event.kind is EventKind.SESSION_STARTED:
-        return (f"session {subject} started ({inert(details['profile'])}); "
-                f"`airlock stop {subject}` ends it")
+        return (
+            f"session {subject} started ({inert(details['profile'])}); "
+            f"`airlock stop {subject}` ends it"
+        )
     if event.kind is EventKind.GRANT_SKIPPED:
         return f"not granted: {subject}: {inert(details.get('reason', ''))}"
     if event.kind is EventKind.SESSION_TIMEOUT:
@@ -181,17 +205,23 @@ def notice_text(event: Event) -> str | None:
     if event.kind is EventKind.SESSION_OOM:
         return f"session {subject} was killed: it hit its memory limit"
     if event.kind is EventKind.SESSION_LIMIT:
-        return (f"session {inert(event.session)} hit its {subject} limit "
-                f"({inert(details.get('count'))} times)")
+        return (
+            f"session {inert(event.session)} hit its {subject} limit "
+            f"({inert(details.get('count'))} times)"
+        )
     if event.kind is EventKind.GRANT_REVOKED:
         return f"revoked: {subject}"
     if event.kind is EventKind.ACTIVITY_GAP:
         from app.text import printable
 
-        return (f"session {event.session}: file activity went unwatched for "
-                f"{details.get('seconds', 0):.1f} s ({printable(str(details.get('cause')))}); "
-                f"rescanned: {details.get('rescanned', 0)} change(s) in that time")
+        return (
+            f"session {event.session}: file activity went unwatched for "
+            f"{details.get('seconds', 0):.1f} s ({printable(str(details.get('cause')))}); "
+            f"rescanned: {details.get('rescanned', 0)} change(s) in that time"
+        )
     if event.kind is EventKind.ACTIVITY_UNWATCHED:
-        return (f"session {event.session} is partly unwatched: its file activity overflowed "
-                f"the watch {details.get('overflows')} times")
+        return (
+            f"session {event.session} is partly unwatched: its file activity overflowed "
+            f"the watch {details.get('overflows')} times"
+        )
     return None

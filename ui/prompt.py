@@ -132,8 +132,9 @@ class TerminalPrompt:
     """A FrontEnd for the person at the terminal. One question at a time: concurrent
     requests wait their turn (and their deadline keeps running)."""
 
-    def __init__(self, tty: Path = Path("/dev/tty"), cwd: Path | None = None,
-                 gate: OutputGate | None = None) -> None:
+    def __init__(
+        self, tty: Path = Path("/dev/tty"), cwd: Path | None = None, gate: OutputGate | None = None
+    ) -> None:
         self._tty = tty
         self._cwd = cwd
         self._turn = asyncio.Lock()
@@ -167,8 +168,10 @@ class TerminalPrompt:
         reclaim_fd(term.fd)
         term.write(describe(request, _width(term.fd)))
         seconds = max(0, round(request.deadline - time.time()))
-        term.write("Allow? [o]nce, [s]ession, [N]m for N minutes, [a]lways for this profile;\n"
-                   f"anything else denies ({seconds} s): ")
+        term.write(
+            "Allow? [o]nce, [s]ession, [N]m for N minutes, [a]lways for this profile;\n"
+            f"anything else denies ({seconds} s): "
+        )
         lifetime, until = parse_duration_choice(await term.read_line())
         if lifetime is None:
             term.write("airlock: denied\n")
@@ -187,8 +190,9 @@ class TerminalPrompt:
             term.write("airlock: nothing picked: denied\n")
         return answer
 
-    async def _pick(self, term: TerminalLine, request: ConsentRequest,
-                    existing: bool) -> tuple[Path, ...]:
+    async def _pick(
+        self, term: TerminalLine, request: ConsentRequest, existing: bool
+    ) -> tuple[Path, ...]:
         details = request.details
         many = bool(details.get("multiple")) and existing
         files = details.get("files") or []
@@ -205,8 +209,9 @@ class TerminalPrompt:
             line = await term.read_line()
             if not line:
                 break
-            path, problem = self._check(line, existing=existing,
-                                        folder=bool(files) and not existing)
+            path, problem = self._check(
+                line, existing=existing, folder=bool(files) and not existing
+            )
             if problem:
                 attempts += 1
                 term.write(f"airlock: {problem}; try again: ")
@@ -262,8 +267,9 @@ def upload_lines(details: Mapping[str, Any]) -> list[str]:
     request, its size against the threshold, what inspection found, its first bytes."""
     lines = []
     if details.get("path") or details.get("method"):
-        lines.append(f"  request: {safe(details.get('method', ''))} "
-                     f"{safe(details.get('path', ''))}")
+        lines.append(
+            f"  request: {safe(details.get('method', ''))} {safe(details.get('path', ''))}"
+        )
     size = f"  size: {details.get('size')} bytes"
     if details.get("earlier"):
         size += f", after {details['earlier']} bytes sent there this session"
@@ -287,13 +293,17 @@ def describe(request: ConsentRequest, width: int = 79) -> str:
         who += f", image {safe(details['image'])}"
     lines = [f"airlock: {who}) asks to {safe(request.subject)}"]
     if request.reason:
-        lines.append("  the agent says (untrusted):\n"
-                     + quoted(f"\"{request.reason}\"", CONTINUED, width))
+        lines.append(
+            "  the agent says (untrusted):\n" + quoted(f'"{request.reason}"', CONTINUED, width)
+        )
     for f in details.get("filters") or []:
         patterns = ", ".join(safe(p[1]) for p in f.get("patterns", []))
         lines.append(f"  filter (from the agent): {safe(f.get('name'))}: {patterns}")
-    for key, label in (("current_folder", "suggested folder"),
-                       ("current_name", "suggested name"), ("current_file", "current file")):
+    for key, label in (
+        ("current_folder", "suggested folder"),
+        ("current_name", "suggested name"),
+        ("current_file", "current file"),
+    ):
         if details.get(key):
             lines.append(f"  {label} (from the agent): {safe(details[key])}")
     if details.get("files"):
@@ -307,6 +317,7 @@ def describe(request: ConsentRequest, width: int = 79) -> str:
         if line.startswith("  the agent says"):
             wrapped.append(line)  # quoted above
             continue
-        wrapped += textwrap.wrap(line, width, subsequent_indent=CONTINUED,
-                                 break_on_hyphens=False) or [""]
+        wrapped += textwrap.wrap(
+            line, width, subsequent_indent=CONTINUED, break_on_hyphens=False
+        ) or [""]
     return "\n".join(wrapped) + "\n"

@@ -60,24 +60,39 @@ class QuestionNotifier:
         queue.on_change(self._changed)
 
     @classmethod
-    async def connect(cls, queue: QuestionQueue, address: str | None = None
-                      ) -> QuestionNotifier | None:
+    async def connect(
+        cls, queue: QuestionQueue, address: str | None = None
+    ) -> QuestionNotifier | None:
         """None when there is no session bus or no notification server on it."""
         if address is None and not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
             return None
         try:
-            bus = await (MessageBus(bus_address=address) if address
-                         else MessageBus(bus_type=BusType.SESSION)).connect()
-            reply = await bus.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="NameHasOwner", signature="s",
-                body=[NAME]))
+            bus = await (
+                MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SESSION)
+            ).connect()
+            reply = await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=[NAME],
+                )
+            )
             if reply is None or not reply.body or not reply.body[0]:
                 bus.disconnect()
                 return None
-            await bus.call(Message(destination="org.freedesktop.DBus",
-                                   path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
-                                   member="AddMatch", signature="s", body=[MATCH]))
+            await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="AddMatch",
+                    signature="s",
+                    body=[MATCH],
+                )
+            )
         except (OSError, DBusError, ValueError, EOFError) as e:
             log.info("no notifications: %s", e)
             return None
@@ -103,19 +118,32 @@ class QuestionNotifier:
 
     async def _show(self, request: ConsentRequest) -> None:
         what = WHAT[request.kind].format(subject=request.subject)
-        body = (f"Session {request.session}. The agent says (not verified): "
-                f"{_markup_free(request.reason) if request.reason else 'no reason given'}.")
+        body = (
+            f"Session {request.session}. The agent says (not verified): "
+            f"{_markup_free(request.reason) if request.reason else 'no reason given'}."
+        )
         actions = ["deny", "Deny"]
         if request.kind in ONE_CLICK:
             actions = ["allow", "Allow once", *actions]
         else:
             body += " Answer with `airlock ask` in a terminal."
         message = Message(
-            destination=NAME, path=PATH, interface=NAME, member="Notify",
+            destination=NAME,
+            path=PATH,
+            interface=NAME,
+            member="Notify",
             signature="susssasa{sv}i",
-            body=["Airlock", 0, "org.airlock.Airlock",
-                  f"{printable(request.profile)} {printable(what)}"[:200], body[:1000],
-                  actions, {"urgency": Variant("y", 2)}, 0])
+            body=[
+                "Airlock",
+                0,
+                "org.airlock.Airlock",
+                f"{printable(request.profile)} {printable(what)}"[:200],
+                body[:1000],
+                actions,
+                {"urgency": Variant("y", 2)},
+                0,
+            ],
+        )
         try:
             reply = await self._bus.call(message)
         except (OSError, DBusError, EOFError) as e:
@@ -135,13 +163,24 @@ class QuestionNotifier:
 
     async def _close(self, notification: int) -> None:
         with contextlib.suppress(OSError, DBusError, EOFError):
-            await self._bus.call(Message(destination=NAME, path=PATH, interface=NAME,
-                                         member="CloseNotification", signature="u",
-                                         body=[notification]))
+            await self._bus.call(
+                Message(
+                    destination=NAME,
+                    path=PATH,
+                    interface=NAME,
+                    member="CloseNotification",
+                    signature="u",
+                    body=[notification],
+                )
+            )
 
     def _handle(self, message: Message) -> Any:
-        if (message.message_type is not MessageType.SIGNAL or message.interface != NAME
-                or message.member != "ActionInvoked" or message.signature != "us"):
+        if (
+            message.message_type is not MessageType.SIGNAL
+            or message.interface != NAME
+            or message.member != "ActionInvoked"
+            or message.signature != "us"
+        ):
             return None
         notification, action = message.body
         if int(notification) not in self._requests:

@@ -26,7 +26,8 @@ def window_size(fd: int) -> tuple[int, int]:
     """(rows, columns) of the terminal on `fd`; (24, 80) when it does not say."""
     try:
         rows, cols, _, _ = struct.unpack(
-            "HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0)))
+            "HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        )
     except OSError:
         return 24, 80
     return (rows or 24), (cols or 80)
@@ -40,7 +41,7 @@ def split_at_escape(data: bytes, key: int | None = ESCAPE_KEY) -> tuple[bytes, b
     at = data.find(bytes([key]))
     if at < 0:
         return data, False, b""
-    return data[:at], True, data[at + 1:]
+    return data[:at], True, data[at + 1 :]
 
 
 def _watch(fd: int, saved: list[Any], pipe: int) -> None:
@@ -48,8 +49,15 @@ def _watch(fd: int, saved: list[Any], pipe: int) -> None:
     parent said it restored the terminal itself, restores the saved modes."""
     try:
         os.setsid()  # its own session: no signal for Airlock's process group reaches it
-        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT,
-                       signal.SIGTSTP, signal.SIGTTOU, signal.SIGPIPE):
+        for signum in (
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGTERM,
+            signal.SIGQUIT,
+            signal.SIGTSTP,
+            signal.SIGTTOU,
+            signal.SIGPIPE,
+        ):
             signal.signal(signum, signal.SIG_IGN)
         # It holds nothing else of its parent's: an open hand-off socket or output pipe kept
         # here would hide the parent's end from whoever waits for it.

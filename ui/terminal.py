@@ -51,7 +51,8 @@ _TEXT = re.compile(rb"(?:[\t\n\r\x20-\x7e]+|" + _UTF8_MULTI + rb")+")
 _UTF8_START = re.compile(
     rb"(?:[\xc2-\xdf]|\xe0[\xa0-\xbf]?|[\xe1-\xec\xee\xef][\x80-\xbf]?|\xed[\x80-\x9f]?"
     rb"|\xf0(?:[\x90-\xbf][\x80-\xbf]?)?|[\xf1-\xf3](?:[\x80-\xbf]{1,2})?"
-    rb"|\xf4(?:[\x80-\x8f][\x80-\xbf]?)?)\Z")
+    rb"|\xf4(?:[\x80-\x8f][\x80-\xbf]?)?)\Z"
+)
 _C1 = re.compile(rb"\xc2[\x80-\x9f]")
 _CSI = re.compile(rb"\x1b\[([0-?]*)([ -/]*)")  # then a final byte 0x40-0x7e
 _ESC = re.compile(rb"\x1b([ -/]*)")  # then a final byte 0x30-0x7e
@@ -64,14 +65,50 @@ REPLACEMENT = "\ufffd".encode()
 # SGR parameters kept as they are: reset, bold, dim, italic, underline, inverse,
 # strike-through, their resets (28 is "reveal"), overline, and the 16-colour palette.
 _PLAIN_SGR = frozenset(
-    {0, 1, 2, 3, 4, 7, 9, 21, 22, 23, 24, 27, 28, 29, 39, 49, 53, 55,
-     *range(30, 38), *range(40, 48), *range(90, 98), *range(100, 108)})
+    {
+        0,
+        1,
+        2,
+        3,
+        4,
+        7,
+        9,
+        21,
+        22,
+        23,
+        24,
+        27,
+        28,
+        29,
+        39,
+        49,
+        53,
+        55,
+        *range(30, 38),
+        *range(40, 48),
+        *range(90, 98),
+        *range(100, 108),
+    }
+)
 
 # The xterm palette, to compare the 16 named colours with 256-colour and RGB ones.
 _BASIC = (
-    (0, 0, 0), (205, 0, 0), (0, 205, 0), (205, 205, 0), (0, 0, 238), (205, 0, 205),
-    (0, 205, 205), (229, 229, 229), (127, 127, 127), (255, 0, 0), (0, 255, 0), (255, 255, 0),
-    (92, 92, 255), (255, 0, 255), (0, 255, 255), (255, 255, 255),
+    (0, 0, 0),
+    (205, 0, 0),
+    (0, 205, 0),
+    (205, 205, 0),
+    (0, 0, 238),
+    (205, 0, 205),
+    (0, 205, 205),
+    (229, 229, 229),
+    (127, 127, 127),
+    (255, 0, 0),
+    (0, 255, 0),
+    (255, 255, 0),
+    (92, 92, 255),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 255, 255),
 )
 _CUBE = (0, 95, 135, 175, 215, 255)
 
@@ -121,8 +158,11 @@ def _extended(numbers: list[int | None]) -> tuple[Colour, list[str]] | None:
     """The colour of `38;5;N` / `38;2;R;G;B` after the 38 (or 48), and its parameters."""
     if numbers[:1] == [5] and len(numbers) == 2 and numbers[1] is not None and numbers[1] < 256:
         return _indexed(numbers[1]), ["5", str(numbers[1])]
-    if numbers[:1] == [2] and len(numbers) == 4 and all(
-            n is not None and n < 256 for n in numbers[1:]):
+    if (
+        numbers[:1] == [2]
+        and len(numbers) == 4
+        and all(n is not None and n < 256 for n in numbers[1:])
+    ):
         rgb = [int(n or 0) for n in numbers[1:]]
         return (-1, rgb[0], rgb[1], rgb[2]), ["2", *map(str, rgb)]
     return None
@@ -138,8 +178,9 @@ def sanitised_sgr(params: bytes, colours: Colours) -> bytes:
 
 
 @functools.lru_cache(maxsize=512)  # coloured output repeats a few sequences over and over
-def _sgr(params: bytes, fg: Colour | None, bg: Colour | None
-         ) -> tuple[bytes, Colour | None, Colour | None]:
+def _sgr(
+    params: bytes, fg: Colour | None, bg: Colour | None
+) -> tuple[bytes, Colour | None, Colour | None]:
     before = fg, bg
     kept: list[str] = []
     tokens = params.split(b";")
@@ -167,9 +208,9 @@ def _sgr(params: bytes, fg: Colour | None, bg: Colour | None
             return b"", *before  # malformed: not guessed at
         if number in (38, 48, 58):
             if i < len(tokens) and _number(tokens[i]) == 5:
-                args = tokens[i:i + 2]
+                args = tokens[i : i + 2]
             elif i < len(tokens) and _number(tokens[i]) == 2:
-                args = tokens[i:i + 4]
+                args = tokens[i : i + 4]
             else:
                 return b"", *before
             i += len(args)
@@ -270,8 +311,12 @@ class OutputFilter:
             final = buf[end]
             if not 0x40 <= final <= 0x7E:
                 return end  # malformed: dropped, what follows is read afresh
-            if (final == 0x6D and not match.group(2) and end - i <= MAX_SEQUENCE
-                    and match.group(1)[:1] not in (b"<", b"=", b">", b"?")):
+            if (
+                final == 0x6D
+                and not match.group(2)
+                and end - i <= MAX_SEQUENCE
+                and match.group(1)[:1] not in (b"<", b"=", b">", b"?")
+            ):
                 out += sanitised_sgr(match.group(1), self.colours)
             return end + 1
         if buf[i + 1] in _STRINGS:
@@ -375,6 +420,6 @@ def reclaim_fd(fd: int, mid_line: bool = True) -> None:
     data = (restore_sequence(os.environ.get("TERM")) + ("\r\n" if mid_line else "\r")).encode()
     while data:
         try:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         except BlockingIOError:
             time.sleep(0.01)  # a terminal paused with ^S; the text is short

@@ -47,8 +47,9 @@ def open_core(dirs: Dirs) -> Iterator[Core]:
 
 
 @contextmanager
-def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
-                    long_running: bool = False) -> Iterator[Supervisor]:
+def open_supervisor(
+    dirs: Dirs, front_end: FrontEnd | None = None, long_running: bool = False
+) -> Iterator[Supervisor]:
     """The supervisor with everything a session gets: the FileChooser portal on a private
     bus, and the egress proxy for profiles that allow a network. Questions go to
     `front_end` (the desktop app's dialogs, a terminal prompt); without one they are denied.
@@ -67,14 +68,29 @@ def open_supervisor(dirs: Dirs, front_end: FrontEnd | None = None,
         engine = connect_engine()
         sessions = SessionRegistry()  # the profile rules answer for the sessions running here
         broker = ConsentBroker(core.bus, front_end, rules=sessions.rule_answer)
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=broker,
-                        spares=dirs.runtime / "spares" if long_running else None,
-                        grants=NetworkGrants(core.store, core.bus))
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=broker,
+            spares=dirs.runtime / "spares" if long_running else None,
+            grants=NetworkGrants(core.store, core.bus),
+        )
         extensions: list[ExtensionFactory] = [
-            AgentHomes(dirs, DockerEngine(engine)), portal_extension(broker, hosts=egress), egress]
-        supervisor = Supervisor(engine, core.store, core.bus, dirs, core.catalog,
-                                extensions=extensions, broker=broker, recorder=core.recorder,
-                                registry=sessions)
+            AgentHomes(dirs, DockerEngine(engine)),
+            portal_extension(broker, hosts=egress),
+            egress,
+        ]
+        supervisor = Supervisor(
+            engine,
+            core.store,
+            core.bus,
+            dirs,
+            core.catalog,
+            extensions=extensions,
+            broker=broker,
+            recorder=core.recorder,
+            registry=sessions,
+        )
         try:
             yield supervisor
         finally:

@@ -14,5 +14,13 @@ from app.commit.journal import (
 )
 from app.commit.log import PAUSE_VARIABLE, CommitLog
 
-__all__ = ["PAUSE_VARIABLE", "CommitAction", "CommitError", "CommitLog", "CommitRecord",
-           "CommitResult", "Operation", "State"]
+__all__ = [
+    "PAUSE_VARIABLE",
+    "CommitAction",
+    "CommitError",
+    "CommitLog",
+    "CommitRecord",
+    "CommitResult",
+    "Operation",
+    "State",
+]

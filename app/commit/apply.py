@@ -77,8 +77,11 @@ def _keep(name: str, dir_fd: int, backup: str) -> tuple[str | None, os.stat_resu
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(name, dir_fd=dir_fd), backup)
         else:
-            _copy_fd_file(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
-                                  dir_fd=dir_fd), backup, stat.S_IMODE(st.st_mode))
+            _copy_fd_file(
+                os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd),
+                backup,
+                stat.S_IMODE(st.st_mode),
+            )
     return backup, st
 
 
@@ -86,8 +89,13 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _copy_fd_file(source_fd: int, destination: str, mode: int,
-                  dir_fd: int | None = None, expected: str | None = None) -> None:
+def _copy_fd_file(
+    source_fd: int,
+    destination: str,
+    mode: int,
+    dir_fd: int | None = None,
+    expected: str | None = None,
+) -> None:
     """Copies an open regular file (the kernel moves the bytes) into a new file; a copy that
     fails leaves no part behind. `expected`: the sha256 the copy must have (it is read back
     from the copy, which is Airlock's alone, so the source changing meanwhile cannot slip
@@ -99,8 +107,12 @@ def _copy_fd_file(source_fd: int, destination: str, mode: int,
             raise Refused(f"a {what}, not a regular file")
         mode &= 0o777
         kept = mode & ~_umask() == mode  # made with its mode: no fchmod
-        out = os.open(destination, (os.O_RDWR if expected else os.O_WRONLY) | os.O_CREAT |
-                      os.O_EXCL | os.O_CLOEXEC, mode if kept else 0o600, dir_fd=dir_fd)
+        out = os.open(
+            destination,
+            (os.O_RDWR if expected else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+            mode if kept else 0o600,
+            dir_fd=dir_fd,
+        )
         # A default ACL on the target's folder takes the place of the umask: the new file
         # then has fewer bits than asked for. One fstat finds out; fchmod makes it exact.
         kept = kept and stat.S_IMODE(os.fstat(out).st_mode) == mode
@@ -108,9 +120,11 @@ def _copy_fd_file(source_fd: int, destination: str, mode: int,
             try:
                 _copy_bytes(source_fd, out, st.st_size)
                 if expected is not None and (copied := _digest(out)) != expected:
-                    raise Refused(f"changed since it was reviewed (reviewed sha256 "
-                                   f"{expected[:16]}, now {copied[:16]}): not committed; "
-                                   "review it again")
+                    raise Refused(
+                        f"changed since it was reviewed (reviewed sha256 "
+                        f"{expected[:16]}, now {copied[:16]}): not committed; "
+                        "review it again"
+                    )
                 if not kept:
                     os.fchmod(out, mode)
             finally:
@@ -228,15 +242,16 @@ def prepare_all(operations: Sequence[Operation], backup_dir: str) -> dict[int, s
     return failures
 
 
-def apply_all(operations: Sequence[Operation], pause: float
-               ) -> dict[int, tuple[Operation, str]]:
+def apply_all(operations: Sequence[Operation], pause: float) -> dict[int, tuple[Operation, str]]:
     """Renames temp files over their targets, each a path of its own, in a few threads; then
     the rest in order: mode changes once nothing more is written in a directory, a renamed
     file's old name once the new one exists, a directory's contents before the directory.
     Returns the operations not applied for a conflict with the host, and why, by id.
     `pause`: seconds to wait after each operation (fault injection)."""
-    def apply(run: Sequence[Operation], parents: DirectoryHandles
-              ) -> dict[int, tuple[Operation, str]]:
+
+    def apply(
+        run: Sequence[Operation], parents: DirectoryHandles
+    ) -> dict[int, tuple[Operation, str]]:
         conflicts = {}
         for op in run:
             if why := apply_one(op, parents):
@@ -259,15 +274,17 @@ _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
 
-def _in_threads(work: Callable[[Sequence[_Item], DirectoryHandles], _Result],
-                items: Sequence[_Item]) -> list[_Result]:
+def _in_threads(
+    work: Callable[[Sequence[_Item], DirectoryHandles], _Result], items: Sequence[_Item]
+) -> list[_Result]:
     """`work` over runs of neighbouring items, in THREADS threads, each run with handles of
     its own; the results in order. An exception in any run is raised once all have ended."""
+
     def run(part: Sequence[_Item]) -> _Result:
         with DirectoryHandles() as parents:
             return work(part, parents)
 
-    runs = [items[i:i + RUN_LENGTH] for i in range(0, len(items), RUN_LENGTH)]
+    runs = [items[i : i + RUN_LENGTH] for i in range(0, len(items), RUN_LENGTH)]
     if len(runs) <= 1:
         return [run(part) for part in runs]  # not worth a thread
     with ThreadPoolExecutor(THREADS, thread_name_prefix="airlock-commit") as pool:
@@ -331,11 +348,14 @@ def _movable(source: str, mode: int, target: str, dir_fd: int, parents: Director
     mode if so."""
     own_fd, name = parents.own_directory(source)
     st = os.stat(name, dir_fd=own_fd, follow_symlinks=False)
-    if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.getuid()
-            and st.st_gid == os.getgid()):
+    if not (
+        stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and st.st_uid == os.getuid()
+        and st.st_gid == os.getgid()
+    ):
         return False
-    if parents.mount_of(split(source)[0], own_fd) != \
-            parents.mount_of(split(target)[0], dir_fd):
+    if parents.mount_of(split(source)[0], own_fd) != parents.mount_of(split(target)[0], dir_fd):
         return False
     # Extended attributes go with a moved inode: ACLs granting others access, a security
     # label, whatever the agent set. A copy carries none, so a file with any is copied;
@@ -367,11 +387,20 @@ def apply_one(op: Operation, parents: DirectoryHandles) -> str | None:
             if not op.fresh and op.replaced is not None:
                 current = stat_at(name, dir_fd)
                 if current is None or _signature(current) != tuple(op.replaced):
-                    return _give_up(op, source_fd, source, "conflict: changed on the host "
-                                    "while being committed; the host's version was kept")
+                    return _give_up(
+                        op,
+                        source_fd,
+                        source,
+                        "conflict: changed on the host "
+                        "while being committed; the host's version was kept",
+                    )
             if not _rename(source_fd, source, dir_fd, name, no_replace=op.fresh):
-                return _give_up(op, source_fd, source, "conflict: created on the host while "
-                                "being committed; the host's file was kept")
+                return _give_up(
+                    op,
+                    source_fd,
+                    source,
+                    "conflict: created on the host while being committed; the host's file was kept",
+                )
         elif op.action is CommitAction.CHMOD and op.mode is not None:
             os.chmod(name, op.mode, dir_fd=dir_fd, follow_symlinks=False)
         elif op.action is CommitAction.DELETE:
@@ -382,8 +411,12 @@ def apply_one(op: Operation, parents: DirectoryHandles) -> str | None:
             current = stat_at(name, dir_fd)
             if current is not None and not os.path.lexists(op.backup):
                 _move_tree(f"/proc/self/fd/{dir_fd}/{name}", op.backup)
-        elif (op.action is CommitAction.RESTORE_TREE and op.source
-              and stat_at(name, dir_fd) is None and os.path.lexists(op.source)):
+        elif (
+            op.action is CommitAction.RESTORE_TREE
+            and op.source
+            and stat_at(name, dir_fd) is None
+            and os.path.lexists(op.source)
+        ):
             _move_tree(op.source, f"/proc/self/fd/{dir_fd}/{name}")
     except (FileNotFoundError, Refused) as e:
         log.warning("cannot apply %s to %s: %s", op.action, op.target, e)
@@ -422,8 +455,12 @@ def _rename(source_fd: int, source: str, dir_fd: int, name: str, no_replace: boo
         with contextlib.suppress(FileNotFoundError):
             os.rename(source, name, src_dir_fd=source_fd, dst_dir_fd=dir_fd)
         return True
-    if _libc.renameat2(source_fd, os.fsencode(source), dir_fd, os.fsencode(name),
-                       _RENAME_NOREPLACE) == 0:
+    if (
+        _libc.renameat2(
+            source_fd, os.fsencode(source), dir_fd, os.fsencode(name), _RENAME_NOREPLACE
+        )
+        == 0
+    ):
         return True
     code = ctypes.get_errno()
     if code == errno.EEXIST:
@@ -509,18 +546,24 @@ def undo_facts(op: Operation) -> UndoFacts:
     action, target, backup = op.action, op.target, op.backup
     present = os.path.lexists(target)
     if action is CommitAction.WRITE:
-        return UndoFacts(present, content=_current_hash(target),
-                         backup_mode=None if backup is None else _mode(backup))
+        return UndoFacts(
+            present,
+            content=_current_hash(target),
+            backup_mode=None if backup is None else _mode(backup),
+        )
     if action is CommitAction.SYMLINK:
-        return UndoFacts(present, link=_link(target),
-                         backup_link=None if backup is None else _link(backup))
+        return UndoFacts(
+            present, link=_link(target), backup_link=None if backup is None else _link(backup)
+        )
     if action is CommitAction.DELETE and not present and backup is not None:
         link = _link(backup)
-        return UndoFacts(present, backup_link=link,
-                         backup_mode=None if link is not None else _mode(backup))
+        return UndoFacts(
+            present, backup_link=link, backup_mode=None if link is not None else _mode(backup)
+        )
     if action is CommitAction.MKDIR and op.created:
-        return UndoFacts(present, empty_directory=present and os.path.isdir(target)
-                         and not os.listdir(target))
+        return UndoFacts(
+            present, empty_directory=present and os.path.isdir(target) and not os.listdir(target)
+        )
     return UndoFacts(present)
 
 

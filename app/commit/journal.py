@@ -94,9 +94,15 @@ class CommitRecord:
         return {**self._header(), "operations": operations_json(self.operations)}
 
     def _header(self) -> dict[str, Any]:
-        return {"id": self.id, "session": self.session, "created_at": self.created_at,
-                "state": str(self.state), "refused": self.refused, "undo_of": self.undo_of,
-                "undone_by": self.undone_by}
+        return {
+            "id": self.id,
+            "session": self.session,
+            "created_at": self.created_at,
+            "state": str(self.state),
+            "refused": self.refused,
+            "undo_of": self.undo_of,
+            "undone_by": self.undone_by,
+        }
 
     def journal_text(self, operations_text: str) -> str:
         """The record as JSON, with its operations as serialized by the caller: 10 000 of
@@ -109,16 +115,26 @@ class CommitRecord:
         table = data["operations"]
         rows: Iterable[dict[str, Any]] = (
             (dict(zip(table["fields"], row, strict=True)) for row in table["rows"])
-            if isinstance(table, dict) else table)  # a list of objects: an older journal
+            if isinstance(table, dict)
+            else table
+        )  # a list of objects: an older journal
         operations = [Operation(**dict(op, action=CommitAction(op["action"]))) for op in rows]
-        return cls(data["id"], data["session"], data["created_at"], State(data["state"]),
-                   operations, [(str(r[0]), str(r[1])) for r in data["refused"]],
-                   data.get("undo_of"), data.get("undone_by"))
+        return cls(
+            data["id"],
+            data["session"],
+            data["created_at"],
+            State(data["state"]),
+            operations,
+            [(str(r[0]), str(r[1])) for r in data["refused"]],
+            data.get("undo_of"),
+            data.get("undone_by"),
+        )
 
     @property
     def paths(self) -> list[str]:
-        return [op.target for op in self.operations if op.action is not CommitAction.MKDIR or
-                op.created]
+        return [
+            op.target for op in self.operations if op.action is not CommitAction.MKDIR or op.created
+        ]
 
 
 # Operations as JSON: a table, the field names once and a row of values per operation (half
@@ -136,16 +152,19 @@ _ROLLBACK_FIELDS = ("action", "target", "root", "temp", "created")
 
 
 def operations_json(operations: Iterable[Operation]) -> dict[str, Any]:
-    return {"fields": _OPERATION_FIELDS,
-            "rows": [(op.action.value, *_values_after_action(op)) for op in operations]}
+    return {
+        "fields": _OPERATION_FIELDS,
+        "rows": [(op.action.value, *_values_after_action(op)) for op in operations],
+    }
 
 
 def rollback_json(operations: Iterable[Operation]) -> dict[str, Any]:
     # What a rollback needs of each operation, and no more: the first journal is written
     # before anything else can start.
-    return {"fields": _ROLLBACK_FIELDS,
-            "rows": [(op.action.value, op.target, op.root, op.temp, op.created)
-                     for op in operations]}
+    return {
+        "fields": _ROLLBACK_FIELDS,
+        "rows": [(op.action.value, op.target, op.root, op.temp, op.created) for op in operations],
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +219,11 @@ class Journal:
         path = self.root / record.id / "commit.json"
         temp = path.with_suffix(".tmp")
         with open(temp, "w") as f:
-            f.write(json.dumps(record.to_json()) if operations_text is None
-                    else record.journal_text(operations_text))
+            f.write(
+                json.dumps(record.to_json())
+                if operations_text is None
+                else record.journal_text(operations_text)
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)

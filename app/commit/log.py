@@ -57,18 +57,25 @@ class CommitLog:
 
     # commit
 
-    def commit(self, session: str, changes: Sequence[Change],
-               roots: dict[str, StagedRoot], move: bool = False) -> CommitResult:
+    def commit(
+        self,
+        session: str,
+        changes: Sequence[Change],
+        roots: dict[str, StagedRoot],
+        move: bool = False,
+    ) -> CommitResult:
         """`move`: the session has ended, nothing can write its staged files any more; they
         are moved into place where the file system allows, instead of copied."""
         with self.journal.lock(wait=True):
             self._recover()
             return self._commit(session, changes, roots, move)
 
-    def _commit(self, session: str, changes: Sequence[Change],
-                roots: dict[str, StagedRoot], move: bool) -> CommitResult:
+    def _commit(
+        self, session: str, changes: Sequence[Change], roots: dict[str, StagedRoot], move: bool
+    ) -> CommitResult:
         refused: list[tuple[str, str]] = [
-            (str(c.path), "; ".join(c.problems)) for c in changes if c.problems]
+            (str(c.path), "; ".join(c.problems)) for c in changes if c.problems
+        ]
         accepted = [c for c in changes if not c.problems]
         record = CommitRecord(new_id(), session, time.time(), State.PREPARING, refused=refused)
         host_roots = {root_id: str(root.host_root) for root_id, root in roots.items()}
@@ -87,8 +94,9 @@ class CommitLog:
             raise CommitError(f"commit {commit_id} is {original.state}: nothing to undo")
         if original.undone_by:
             raise CommitError(f"commit {commit_id} was already undone by {original.undone_by}")
-        record = CommitRecord(new_id(), original.session, time.time(), State.PREPARING,
-                              undo_of=commit_id)
+        record = CommitRecord(
+            new_id(), original.session, time.time(), State.PREPARING, undo_of=commit_id
+        )
         for op in reversed(original.operations):
             undoing, why = reverse(op, apply.undo_facts(op))
             if why:
@@ -127,8 +135,9 @@ class CommitLog:
             synced.result()
         record.state = State.APPLYING
         self.journal.save(record, operations_text)
-        conflicts = apply.apply_all(record.operations,
-                                    float(os.environ.get(PAUSE_VARIABLE, "0") or 0))
+        conflicts = apply.apply_all(
+            record.operations, float(os.environ.get(PAUSE_VARIABLE, "0") or 0)
+        )
         apply.sync_directories(target_directories)
         record.state = State.DONE
         if conflicts:
@@ -137,8 +146,11 @@ class CommitLog:
             operations_text = json.dumps(operations_json(record.operations))
         self.journal.save(record, operations_text)
         self.journal.finish(record)
-        applied = tuple(op.target for op in record.operations
-                        if op.action is not CommitAction.MKDIR or op.created)
+        applied = tuple(
+            op.target
+            for op in record.operations
+            if op.action is not CommitAction.MKDIR or op.created
+        )
         return CommitResult(record, applied, tuple(refused))
 
     # recovery

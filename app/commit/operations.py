@@ -32,6 +32,7 @@ class UndoFacts:
 def ordered(changes: Sequence[Change]) -> list[Change]:
     """New directories first, parents before children; deletions last, deepest first; the
     rest (which may go in any order) as they come."""
+
     def depth(change: Change) -> tuple[int, str]:
         path = str(change.path)
         return path.count(os.sep), path
@@ -53,8 +54,9 @@ def operations_for(change: Change, root: str, move: bool = False) -> list[Operat
     target = str(change.path)
     mode = change.mode  # exactly what the listing showed
     if change.kind is ChangeKind.DELETED:
-        action = (CommitAction.DELETE_TREE if change.type is EntryType.DIRECTORY
-                  else CommitAction.DELETE)
+        action = (
+            CommitAction.DELETE_TREE if change.type is EntryType.DIRECTORY else CommitAction.DELETE
+        )
         return [Operation(action, target, root, old_hash=change.old_hash)]
     if change.kind is ChangeKind.MODE:
         return [Operation(CommitAction.CHMOD, target, root, mode=mode)]
@@ -64,12 +66,24 @@ def operations_for(change: Change, root: str, move: bool = False) -> list[Operat
     elif change.type is EntryType.SYMLINK:
         op = Operation(CommitAction.SYMLINK, target, root, link=change.link_target, fresh=fresh)
     else:
-        op = Operation(CommitAction.WRITE, target, root, source=str(change.staged), mode=mode,
-                       old_hash=change.old_hash, new_hash=change.new_hash, fresh=fresh,
-                       move=move)
+        op = Operation(
+            CommitAction.WRITE,
+            target,
+            root,
+            source=str(change.staged),
+            mode=mode,
+            old_hash=change.old_hash,
+            new_hash=change.new_hash,
+            fresh=fresh,
+            move=move,
+        )
     if change.kind is ChangeKind.RENAMED and change.renamed_from is not None:
-        return [op, Operation(CommitAction.DELETE, str(change.renamed_from), root,
-                              old_hash=change.old_hash)]
+        return [
+            op,
+            Operation(
+                CommitAction.DELETE, str(change.renamed_from), root, old_hash=change.old_hash
+            ),
+        ]
     return [op]
 
 
@@ -84,8 +98,14 @@ def reverse(op: Operation, now: UndoFacts) -> tuple[Operation | None, str | None
             return Operation(CommitAction.DELETE, target, root, old_hash=op.new_hash), None
         if now.backup_mode is None:
             return None, NO_BACKUP
-        return Operation(CommitAction.WRITE, target, root, source=op.backup,
-                         mode=now.backup_mode, new_hash=op.old_hash), None
+        return Operation(
+            CommitAction.WRITE,
+            target,
+            root,
+            source=op.backup,
+            mode=now.backup_mode,
+            new_hash=op.old_hash,
+        ), None
     if action is CommitAction.SYMLINK:
         if now.link is None or now.link != op.link:
             return None, CHANGED
@@ -103,8 +123,14 @@ def reverse(op: Operation, now: UndoFacts) -> tuple[Operation | None, str | None
             return Operation(CommitAction.SYMLINK, target, root, link=now.backup_link), None
         if now.backup_mode is None:
             return None, NO_BACKUP
-        return Operation(CommitAction.WRITE, target, root, source=op.backup,
-                         mode=now.backup_mode, new_hash=op.old_hash), None
+        return Operation(
+            CommitAction.WRITE,
+            target,
+            root,
+            source=op.backup,
+            mode=now.backup_mode,
+            new_hash=op.old_hash,
+        ), None
     if action is CommitAction.DELETE_TREE:
         if now.present:
             return None, RECREATED

@@ -45,8 +45,13 @@ class BlockedAttempt:
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "protocol": self.protocol, "family": self.family, "address": self.address,
-            "port": self.port, "count": self.count, "decision": "deny", "rule": "no-route",
+            "protocol": self.protocol,
+            "family": self.family,
+            "address": self.address,
+            "port": self.port,
+            "count": self.count,
+            "decision": "deny",
+            "rule": "no-route",
             "reason": self.reason(),
         }
         if self.name:
@@ -58,7 +63,8 @@ class BlockedAttempt:
         if self.name:
             return f"DNS query for {self.name}: there is no DNS inside, the proxy resolves"
         what = {"tcp": "TCP connection", "udp": "UDP datagram", "icmp": "ICMP message"}.get(
-            self.protocol, f"IP protocol {self.protocol} packet")
+            self.protocol, f"IP protocol {self.protocol} packet"
+        )
         return f"direct {what}: the only way out is the proxy"
 
 
@@ -93,13 +99,16 @@ def parse_report(line: bytes) -> Report:
     if event == "ready":
         return Ready()
     if event in ("overflow", "lost"):
-        return Uncounted(_integer(data, "count", 1, MAX_COUNT),
-                         _integer(data, "destinations", 0, MAX_COUNT, default=0))
+        return Uncounted(
+            _integer(data, "count", 1, MAX_COUNT),
+            _integer(data, "destinations", 0, MAX_COUNT, default=0),
+        )
     if event != "attempt":
         raise ValueError(f"unknown report {str(event)[:40]!r}")
     protocol = data.get("protocol")
-    if not isinstance(protocol, str) or not (protocol in PROTOCOLS
-                                             or _OTHER_PROTOCOL.match(protocol)):
+    if not isinstance(protocol, str) or not (
+        protocol in PROTOCOLS or _OTHER_PROTOCOL.match(protocol)
+    ):
         raise ValueError("bad protocol")
     family = _integer(data, "family", 4, 6)
     raw_address = data.get("address")
@@ -115,15 +124,20 @@ def parse_report(line: bytes) -> Report:
     if not isinstance(name, str) or (name and not _NAME.match(name)):
         raise ValueError("bad DNS name")
     return BlockedAttempt(
-        protocol=protocol, family=family, address=str(address),
-        port=_integer(data, "port", 0, 65535), count=_integer(data, "count", 1, MAX_COUNT),
+        protocol=protocol,
+        family=family,
+        address=str(address),
+        port=_integer(data, "port", 0, 65535),
+        count=_integer(data, "count", 1, MAX_COUNT),
         # A name is the agent's choice of text, like a URL path: it may carry a token.
-        name=mask_secrets(name), qtype=_integer(data, "qtype", 0, 65535, default=0),
+        name=mask_secrets(name),
+        qtype=_integer(data, "qtype", 0, 65535, default=0),
     )
 
 
-def _integer(data: dict[str, Any], key: str, low: int, high: int,
-             default: int | None = None) -> int:
+def _integer(
+    data: dict[str, Any], key: str, low: int, high: int, default: int | None = None
+) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"bad {key}")
@@ -143,8 +157,13 @@ class BlockedLimiter:
     the rest are added up and come out as one coalesced event per `window`. The witness
     limits its lines already; this holds even if it does not."""
 
-    def __init__(self, rate: float = 20.0, burst: float = 100.0, window: float = 1.0,
-                 max_destinations: int = 4096) -> None:
+    def __init__(
+        self,
+        rate: float = 20.0,
+        burst: float = 100.0,
+        window: float = 1.0,
+        max_destinations: int = 4096,
+    ) -> None:
         self.rate, self.burst, self.window = rate, burst, window
         self.max_destinations = max_destinations
         self._tokens = burst
@@ -165,8 +184,7 @@ class BlockedLimiter:
         self.hold(attempt.count, now, attempt.subject)
         return False
 
-    def hold(self, count: int, now: float, destination: str = "", destinations: int = 0
-             ) -> None:
+    def hold(self, count: int, now: float, destination: str = "", destinations: int = 0) -> None:
         self._held += count
         self._uncounted_destinations += destinations
         if destination and len(self._destinations) < self.max_destinations:

@@ -113,8 +113,7 @@ MAX_UNIX_PATH = 107
 
 def proxy_environment(profile: Profile) -> dict[str, str]:
     url = f"http://127.0.0.1:{PROXY_PORT}"
-    environment = {name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                                          "https_proxy")}
+    environment = {name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
     environment["NO_PROXY"] = environment["no_proxy"] = "localhost,127.0.0.1,::1"
     for route in profile.network.routes:
         variable = "AIRLOCK_ROUTE_" + re.sub(r"[^A-Z0-9]", "_", route.name.upper())
@@ -128,11 +127,25 @@ def proxy_environment(profile: Profile) -> dict[str, str]:
 def sidecar_command(uid: int, gid: int, proxied: bool) -> list[str]:
     """The witness, which drops to `uid`:`gid` and then (`proxied`) binds the proxy's port
     and hands it over. -S: it needs nothing of site-packages, and starts sooner without."""
-    command = ["python3", "-I", "-S", WITNESS, "--uid", str(uid), "--gid", str(gid),
-               "--report", f"{SOCKET_DIR}/netlog.sock"]
+    command = [
+        "python3",
+        "-I",
+        "-S",
+        WITNESS,
+        "--uid",
+        str(uid),
+        "--gid",
+        str(gid),
+        "--report",
+        f"{SOCKET_DIR}/netlog.sock",
+    ]
     if proxied:
-        command += ["--listen", f"127.0.0.1:{PROXY_PORT}",
-                    "--hand-over", f"{SOCKET_DIR}/listener.sock"]
+        command += [
+            "--listen",
+            f"127.0.0.1:{PROXY_PORT}",
+            "--hand-over",
+            f"{SOCKET_DIR}/listener.sock",
+        ]
     return command
 
 
@@ -149,8 +162,9 @@ class ViewContent:
     async def current(self) -> GrantedContent:
         async with self._lock:
             if self._content is None or time.monotonic() - self._taken > GRANTED_REFRESH_SECONDS:
-                self._content = await asyncio.to_thread(GrantedContent.of_tree, self._root,
-                                                        Path("/"))
+                self._content = await asyncio.to_thread(
+                    GrantedContent.of_tree, self._root, Path("/")
+                )
                 self._taken = time.monotonic()
             return self._content
 
@@ -217,9 +231,14 @@ class Egress:
             for proxy in list(self._proxies):
                 proxy.cut()
 
-    async def allow_host(self, session: str, host: str, port: int,
-                         lifetime: Lifetime = Lifetime.SESSION, until: float | None = None
-                         ) -> bool:
+    async def allow_host(
+        self,
+        session: str,
+        host: str,
+        port: int,
+        lifetime: Lifetime = Lifetime.SESSION,
+        until: float | None = None,
+    ) -> bool:
         """A host the user allowed when the agent asked for it (the MCP server's
         request_host): a network grant for the session (or, answered `always`, for every
         session of its profile) that its proxy admits as if the profile listed it. False
@@ -227,14 +246,24 @@ class Egress:
         for proxy in list(self._proxies):
             if proxy.session == session:
                 grant = network_grant_for(
-                    host, port, Access.CONNECT, allowed=True,
+                    host,
+                    port,
+                    Access.CONNECT,
+                    allowed=True,
                     # "Once" cannot mean one connection here: the agent asked to be let in.
                     lifetime=Lifetime.SESSION if lifetime is Lifetime.ONCE else lifetime,
-                    session=session, profile=proxy.profile.name, expires_at=until)
+                    session=session,
+                    profile=proxy.profile.name,
+                    expires_at=until,
+                )
                 assert grant is not None
                 await self.grants.add(grant)
-                proxy.bus.emit(EventKind.GRANT_ADDED, session, grant.subject,
-                               **self.grants.grant_added_details(grant))
+                proxy.bus.emit(
+                    EventKind.GRANT_ADDED,
+                    session,
+                    grant.subject,
+                    **self.grants.grant_added_details(grant),
+                )
                 return True
         return False
 
@@ -283,9 +312,16 @@ class Egress:
         labels = dict(session.labels, **{LABEL_SESSION: "spare"})
         labels.pop(LABEL_PROFILE, None)
         bridge = EgressBridge(self)
-        creating = asyncio.ensure_future(asyncio.to_thread(
-            bridge.create_sidecar, session, directory, True, labels,
-            f"airlock-spare-{directory.parent.name}"))
+        creating = asyncio.ensure_future(
+            asyncio.to_thread(
+                bridge.create_sidecar,
+                session,
+                directory,
+                True,
+                labels,
+                f"airlock-spare-{directory.parent.name}",
+            )
+        )
         try:
             sidecar = await asyncio.shield(creating)
         except BaseException:
@@ -323,8 +359,9 @@ class EgressBridge:
         directory = spare.directory if spare else session.runtime_dir / "net"
         for name in ("listener.sock", "netlog.sock"):
             if len(str(directory / name)) > MAX_UNIX_PATH:
-                raise EgressError(f"the socket path is too long for a unix socket: "
-                                  f"{directory / name}")
+                raise EgressError(
+                    f"the socket path is too long for a unix socket: {directory / name}"
+                )
         if spare is not None:
             self.blocked, self.handover = spare.blocked, spare.handover
             self.sidecar = spare.sidecar
@@ -338,10 +375,16 @@ class EgressBridge:
             if proxied:
                 self.handover = ListenerHandover(PROXY_PORT)
                 await self.handover.start(directory / "listener.sock")
-            creating = asyncio.ensure_future(asyncio.to_thread(
-                self.create_sidecar, session, directory, proxied,
-                dict(session.labels, **{LABEL_ROLE: "bridge"}),
-                f"airlock-{session.id}-bridge"))
+            creating = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self.create_sidecar,
+                    session,
+                    directory,
+                    proxied,
+                    dict(session.labels, **{LABEL_ROLE: "bridge"}),
+                    f"airlock-{session.id}-bridge",
+                )
+            )
             try:
                 self.sidecar = await asyncio.shield(creating)
             except asyncio.CancelledError:
@@ -356,17 +399,25 @@ class EgressBridge:
             # The session's CA: made now, gone with the proxy; the container trusts it.
             ca = SessionCA(session.id)
             system = await asyncio.to_thread(image_bundle, self.sidecar)
-            trust = await asyncio.to_thread(trust_additions, ca, system,
-                                            session.runtime_dir / "tls")
+            trust = await asyncio.to_thread(
+                trust_additions, ca, system, session.runtime_dir / "tls"
+            )
             await asyncio.to_thread(ca.warm, known_hosts(network))
         if proxied:
             assert self.handover is not None
             self.proxy = SessionProxy(
-                session.id, session.profile, session.bus, secrets=egress.secrets,
-                broker=egress.broker, resolver=egress.resolver,
-                granted=ViewContent(session.view.root), tls=egress.tls,
-                settings=egress.settings, blocked=lambda: egress.blocked,
-                grants=egress.grants, ca=ca,
+                session.id,
+                session.profile,
+                session.bus,
+                secrets=egress.secrets,
+                broker=egress.broker,
+                resolver=egress.resolver,
+                granted=ViewContent(session.view.root),
+                tls=egress.tls,
+                settings=egress.settings,
+                blocked=lambda: egress.blocked,
+                grants=egress.grants,
+                ca=ca,
             )
             await self.proxy.start(self.handover.take())
             egress._proxies.add(self.proxy)
@@ -378,8 +429,10 @@ class EgressBridge:
         assert self.sidecar is not None
         return ContainerAdditions(
             network_mode=f"container:{self.sidecar.id}",
-            environment={**(proxy_environment(session.profile) if proxied else {}),
-                         **trust.environment},
+            environment={
+                **(proxy_environment(session.profile) if proxied else {}),
+                **trust.environment,
+            },
             mounts=trust.mounts,
             interfaces=(WITNESS_DEVICE,),
             listening=(PROXY_PORT,) if proxied else (),
@@ -410,8 +463,14 @@ class EgressBridge:
         if self._spare_directory is not None:
             await asyncio.to_thread(shutil.rmtree, self._spare_directory, True)
 
-    def create_sidecar(self, session: SessionContext, directory: Path, proxied: bool,
-                       labels: dict[str, str], name: str) -> Container:
+    def create_sidecar(
+        self,
+        session: SessionContext,
+        directory: Path,
+        proxied: bool,
+        labels: dict[str, str],
+        name: str,
+    ) -> Container:
         from docker.types import LogConfig, Mount
 
         api = self._egress.engine.api
@@ -423,20 +482,32 @@ class EgressBridge:
             devices=["/dev/net/tun:/dev/net/tun:rwm"],
             # Docker turns IPv6 off in a namespace without an IPv6 network; an IPv6 attempt
             # would then fail unseen. With it on, it meets the witness like any other.
-            sysctls={"net.ipv6.conf.all.disable_ipv6": "0",
-                     "net.ipv6.conf.default.disable_ipv6": "0"},
-            security_opt=["no-new-privileges:true",
-                          *([f"seccomp={session.seccomp}"] if session.seccomp else [])],
+            sysctls={
+                "net.ipv6.conf.all.disable_ipv6": "0",
+                "net.ipv6.conf.default.disable_ipv6": "0",
+            },
+            security_opt=[
+                "no-new-privileges:true",
+                *([f"seccomp={session.seccomp}"] if session.seccomp else []),
+            ],
             pids_limit=16,  # the witness alone: one process, no threads
             mem_limit=128 * 1024 * 1024,
             memswap_limit=128 * 1024 * 1024,
             ipc_mode="private",
             init=False,  # the witness is PID 1: no process keeps root's capabilities
             # Its last lines explain a failed start; no more is kept.
-            log_config=LogConfig(type=LogConfig.types.JSON,
-                                 config={"max-size": "64k", "max-file": "1"}),
-            mounts=[Mount(target=SOCKET_DIR, source=str(directory), type="bind",
-                          read_only=True, propagation="rprivate")],
+            log_config=LogConfig(
+                type=LogConfig.types.JSON, config={"max-size": "64k", "max-file": "1"}
+            ),
+            mounts=[
+                Mount(
+                    target=SOCKET_DIR,
+                    source=str(directory),
+                    type="bind",
+                    read_only=True,
+                    propagation="rprivate",
+                )
+            ],
         )
         kind = self._egress.engine_kind()
         # Podman: the user namespace the agent joins with the network (app/engine_kind.py).
@@ -455,8 +526,9 @@ class EgressBridge:
         try:
             created = api.create_container(**kwargs)
         except docker.errors.APIError as e:
-            raise EgressError(f"{kind.describe()} refused the network bridge: "
-                              f"{one_line(str(e.explanation))}") from e
+            raise EgressError(
+                f"{kind.describe()} refused the network bridge: {one_line(str(e.explanation))}"
+            ) from e
         container = self._egress.engine.containers.prepare_model({"Id": created["Id"]})
         try:
             container.start()
@@ -467,8 +539,9 @@ class EgressBridge:
             _remove(container)
             raise EgressError(f"cannot start the network bridge: {e.explanation}") from e
 
-    async def wait_ready(self, sidecar: Container, blocked: BlockedLog,
-                         handover: ListenerHandover | None) -> None:
+    async def wait_ready(
+        self, sidecar: Container, blocked: BlockedLog, handover: ListenerHandover | None
+    ) -> None:
         """Until the witness owns the routes and dropped its privileges, and (`handover`)
         its PID 1 handed over the proxy's port — both before the agent's first packet."""
         pid = int(sidecar.attrs["State"]["Pid"] or 0)
@@ -476,11 +549,14 @@ class EgressBridge:
         while time.monotonic() < deadline:
             if handover is not None and handover.received.is_set():
                 if handover.error is not None:
-                    raise EgressError(f"the network bridge's hand-over was refused: "
-                                      f"{handover.error}")
+                    raise EgressError(
+                        f"the network bridge's hand-over was refused: {handover.error}"
+                    )
                 if handover.sender != pid:
-                    raise EgressError(f"the proxy's port was handed over by pid "
-                                      f"{handover.sender}, not by the bridge (pid {pid})")
+                    raise EgressError(
+                        f"the proxy's port was handed over by pid "
+                        f"{handover.sender}, not by the bridge (pid {pid})"
+                    )
             if blocked.ready.is_set() and (handover is None or handover.received.is_set()):
                 return
             await asyncio.to_thread(sidecar.reload)
@@ -488,8 +564,10 @@ class EgressBridge:
                 logs = (await asyncio.to_thread(sidecar.logs, tail=5)).decode("utf-8", "replace")
                 hint = ""
                 if "unrecognized arguments" in logs or "No such file" in logs:
-                    hint = (" (the agent image is older than this Airlock: "
-                            "`airlock image build` updates it)")
+                    hint = (
+                        " (the agent image is older than this Airlock: "
+                        "`airlock image build` updates it)"
+                    )
                 raise EgressError(f"the network bridge exited: {logs.strip()}{hint}")
             await asyncio.sleep(0.02)
         raise EgressError(f"the network bridge was not ready within {READY_TIMEOUT:.0f} s")

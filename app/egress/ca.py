@@ -40,29 +40,42 @@ class SessionCA:
     """The CA of one session: its certificate (public, for the container) and the TLS
     server contexts that present a leaf for each inspected host."""
 
-    def __init__(self, session: str, *, now: Callable[[], datetime.datetime] | None = None
-                 ) -> None:
+    def __init__(self, session: str, *, now: Callable[[], datetime.datetime] | None = None) -> None:
         self._now = now or (lambda: datetime.datetime.now(datetime.UTC))
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._leaf_key = ec.generate_private_key(ec.SECP256R1())
         start = self._now() - BACKDATE
         self._expires = start + BACKDATE + LIFETIME
-        name = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Airlock"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"Airlock session {session}"[:64]),
-        ])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Airlock"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"Airlock session {session}"[:64]),
+            ]
+        )
         public = self._key.public_key()
         self.certificate = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
+            .subject_name(name)
+            .issuer_name(name)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(self._expires)
+            .not_valid_before(start)
+            .not_valid_after(self._expires)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(self._key, hashes.SHA256())
         )
@@ -82,8 +95,11 @@ class SessionCA:
         """The container's trust store: the image's own bundle with this CA added."""
         if system and not system.endswith(b"\n"):
             system += b"\n"
-        return system + b"# Airlock: this session's CA, for the hosts it inspects\n" \
+        return (
+            system
+            + b"# Airlock: this session's CA, for the hosts it inspects\n"
             + self.certificate_pem
+        )
 
     def leaf(self, host: str) -> x509.Certificate:
         """A server certificate for `host` (a DNS name or an IP literal), signed now."""
@@ -99,15 +115,25 @@ class SessionCA:
             .issuer_name(self.certificate.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(self._expires)
+            .not_valid_before(start)
+            .not_valid_after(self._expires)
             .add_extension(x509.SubjectAlternativeName([san]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .add_extension(self._authority_key, critical=False)
             .sign(self._key, hashes.SHA256())
@@ -122,11 +148,12 @@ class SessionCA:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.set_alpn_protocols(list(ALPN))
             context.sni_callback = self._heard
-            chain = (self.leaf(host).public_bytes(serialization.Encoding.PEM)
-                     + self.certificate_pem)
-            key = self._leaf_key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption())
+            chain = self.leaf(host).public_bytes(serialization.Encoding.PEM) + self.certificate_pem
+            key = self._leaf_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
             with _memory_file(chain) as chain_path, _memory_file(key) as key_path:
                 context.load_cert_chain(chain_path, key_path)
             if len(self._contexts) >= MAX_LEAVES:

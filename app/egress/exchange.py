@@ -89,17 +89,37 @@ log = logging.getLogger(__name__)
 
 PROXY_PORT = 3128
 # Header names a finding may name in its label (the log keeps labels): common ones only.
-KNOWN_HEADERS = frozenset({
-    b"accept", b"accept-charset", b"accept-encoding", b"accept-language", b"authorization",
-    b"cache-control", b"content-encoding", b"content-language", b"content-type", b"cookie",
-    b"dnt",
-    b"if-match", b"if-modified-since", b"if-none-match", b"if-range",
-    b"if-unmodified-since", b"origin", b"pragma", b"range", b"referer", b"user-agent",
-    b"x-api-key", b"x-forwarded-for", b"x-request-id", b"x-requested-with",
-})
+KNOWN_HEADERS = frozenset(
+    {
+        b"accept",
+        b"accept-charset",
+        b"accept-encoding",
+        b"accept-language",
+        b"authorization",
+        b"cache-control",
+        b"content-encoding",
+        b"content-language",
+        b"content-type",
+        b"cookie",
+        b"dnt",
+        b"if-match",
+        b"if-modified-since",
+        b"if-none-match",
+        b"if-range",
+        b"if-unmodified-since",
+        b"origin",
+        b"pragma",
+        b"range",
+        b"referer",
+        b"user-agent",
+        b"x-api-key",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"x-requested-with",
+    }
+)
 WITHHELD_PATH = "/… (withheld: it carries a secret)"
-STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE",
-                              b"OPTIONS"})
+STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _ZEROS = memoryview(bytes(1024 * 1024))
 
 
@@ -301,10 +321,29 @@ class Log:
     record: ExchangeRecord
 
 
-Command = (ReadClient | SendClient | RefuseClient | ReadCredential | Resolve | Ask | ReadGranted
-           | Connect | UpstreamAlive | SendUpstream | ReadUpstream | DropUpstream | SpliceBody
-           | OpenTunnel | RelayTunnel | RelayWebSocket | CloseTunnel | Throttle | RememberGrant
-           | Log | StartTLS)
+Command = (
+    ReadClient
+    | SendClient
+    | RefuseClient
+    | ReadCredential
+    | Resolve
+    | Ask
+    | ReadGranted
+    | Connect
+    | UpstreamAlive
+    | SendUpstream
+    | ReadUpstream
+    | DropUpstream
+    | SpliceBody
+    | OpenTunnel
+    | RelayTunnel
+    | RelayWebSocket
+    | CloseTunnel
+    | Throttle
+    | RememberGrant
+    | Log
+    | StartTLS
+)
 Steps = Generator[Command, Any, Any]
 
 
@@ -355,8 +394,13 @@ class TunnelUploads:
     stream is opaque (TLS, frames): only its size is known, so past the gate's threshold it
     pauses for the user's approval (the bytes wait), once."""
 
-    def __init__(self, gate: UploadGate, target: Target, record: ExchangeRecord,
-                 grant: Callable[[Answer], NetworkGrant | None] | None = None) -> None:
+    def __init__(
+        self,
+        gate: UploadGate,
+        target: Target,
+        record: ExchangeRecord,
+        grant: Callable[[Answer], NetworkGrant | None] | None = None,
+    ) -> None:
         self._gate, self._target, self._record = gate, target, record
         # What an approval with a lifetime leaves behind, for the driver to store.
         self.grant_for = grant or (lambda answer: None)
@@ -368,8 +412,12 @@ class TunnelUploads:
             return None
         target = self._target
         details: dict[str, Any] = {
-            "host": target.host, "port": target.port, "method": "CONNECT", "size": size,
-            "tunnel": True, "threshold": self._gate.threshold,
+            "host": target.host,
+            "port": target.port,
+            "method": "CONNECT",
+            "size": size,
+            "tunnel": True,
+            "threshold": self._gate.threshold,
         }
         if self._record.websocket:
             details.update(method="GET", path=redact_path(target.path), websocket=True)
@@ -379,10 +427,13 @@ class TunnelUploads:
         """Raises `Refused` unless the user approved."""
         self._record.held = True
         if not answer.allowed:
-            raise Refused(403, "upload-refused",
-                          f"upload of {self._record.up + amount} bytes through the "
-                          f"{'WebSocket' if self._record.websocket else 'tunnel'} "
-                          f"was not approved ({answer.by})")
+            raise Refused(
+                403,
+                "upload-refused",
+                f"upload of {self._record.up + amount} bytes through the "
+                f"{'WebSocket' if self._record.websocket else 'tunnel'} "
+                f"was not approved ({answer.by})",
+            )
         self._gate.approve()
 
     def sent(self, amount: int) -> None:
@@ -393,8 +444,7 @@ class WebSocketRelay:
     """What an upgraded connection's bytes pass on their way: up, the upload gate and the
     frame count; down, the frame count and the route's scrubber."""
 
-    def __init__(self, uploads: TunnelUploads, scrub: Scrubber, record: ExchangeRecord
-                 ) -> None:
+    def __init__(self, uploads: TunnelUploads, scrub: Scrubber, record: ExchangeRecord) -> None:
         self.uploads, self._scrub, self._record = uploads, scrub, record
         self._up, self._down = FrameCounter(), FrameCounter()
 
@@ -423,10 +473,16 @@ class ClientConnection:
     """One connection from the agent: any number of exchanges (kept alive), or one tunnel.
     `record` is the exchange under way, if any (the driver logs it when the user cuts)."""
 
-    def __init__(self, session: str, profile: Profile, settings: ProxySettings, *,
-                 blocked: Callable[[], bool] | None = None,
-                 grants: NetworkGrants | None = None,
-                 ledger: UploadLedger | None = None) -> None:
+    def __init__(
+        self,
+        session: str,
+        profile: Profile,
+        settings: ProxySettings,
+        *,
+        blocked: Callable[[], bool] | None = None,
+        grants: NetworkGrants | None = None,
+        ledger: UploadLedger | None = None,
+    ) -> None:
         self.session = session
         self.profile = profile
         self.settings = settings
@@ -436,8 +492,7 @@ class ClientConnection:
         # What the session's requests carried to each destination, shared the same way.
         self._ledger = ledger if ledger is not None else UploadLedger()
         self._throttled = profile.network.bandwidth is not None
-        self.conn = h11.Connection(h11.SERVER,
-                                   max_incomplete_event_size=settings.max_head_bytes)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
         self.record: ExchangeRecord | None = None
         self._upstream: _Upstream | None = None
         self._inside: _Inside | None = None
@@ -451,7 +506,8 @@ class ClientConnection:
                 if request is None:
                     return
                 record = self.record = ExchangeRecord(
-                    method=request.method.decode("ascii", "replace"))
+                    method=request.method.decode("ascii", "replace")
+                )
                 keep = yield from self._exchange(request, record)
                 self.record = None
                 if not keep:
@@ -481,8 +537,9 @@ class ClientConnection:
                 return None
             if event is not h11.NEED_DATA:
                 raise Refused(400, "bad-request", f"unexpected {type(event).__name__}")
-            timeout = (self.settings.idle_timeout if deadline is None
-                       else deadline - time.monotonic())
+            timeout = (
+                self.settings.idle_timeout if deadline is None else deadline - time.monotonic()
+            )
             try:
                 data = yield ReadClient(max(timeout, 0))
             except TimeoutError as e:
@@ -512,8 +569,13 @@ class ClientConnection:
     def _exchange(self, request: h11.Request, record: ExchangeRecord) -> Steps:
         if self._inside is not None:
             return (yield from self._inspected(request, record, self._inside))
-        target = classify(request.method, request.target, request.headers,
-                          self.profile.network.routes, self.settings.own_authorities)
+        target = classify(
+            request.method,
+            request.target,
+            request.headers,
+            self.profile.network.routes,
+            self.settings.own_authorities,
+        )
         if isinstance(target, Refusal):
             raise Refused(target.status, target.rule, target.reason)
         record.host, record.port, record.path = target.host, target.port, target.path
@@ -538,18 +600,29 @@ class ClientConnection:
             record.rule, record.reason = "blocked-all", "all network access of agents is blocked"
             raise Refused(403, record.rule, "the user blocked all network access of agents")
         network = self.profile.network
-        intercepted = (intercepted_route(network.routes, target.host, target.port)
-                       if target.kind is Kind.TUNNEL else None)
+        intercepted = (
+            intercepted_route(network.routes, target.host, target.port)
+            if target.kind is Kind.TUNNEL
+            else None
+        )
         if target.route is not None:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
         elif intercepted is not None:
             record.route = intercepted.name
-            decision = Decision(Action.ALLOW, f"route:{intercepted.name}",
-                                "credential route, swapped in place", inspect=True)
+            decision = Decision(
+                Action.ALLOW,
+                f"route:{intercepted.name}",
+                "credential route, swapped in place",
+                inspect=True,
+            )
         else:
-            decision = decide_destination(network, target.host, target.port, target.method,
-                                          path=None if target.kind is Kind.TUNNEL
-                                          else target.path)
+            decision = decide_destination(
+                network,
+                target.host,
+                target.port,
+                target.method,
+                path=None if target.kind is Kind.TUNNEL else target.path,
+            )
             if decision.rule == "not-listed":
                 # A host the user allowed beyond the profile (the agent asked for it).
                 decision = self._granted_host(target, record) or decision
@@ -561,8 +634,11 @@ class ClientConnection:
         if decision.action is Action.ASK:
             answer = yield from self._ask_host(target, decision)
             if not answer.allowed:
-                raise Refused(403, decision.rule,
-                              f"{target.host}:{target.port} was not approved ({answer.by})")
+                raise Refused(
+                    403,
+                    decision.rule,
+                    f"{target.host}:{target.port} was not approved ({answer.by})",
+                )
             record.reason = f"approved ({answer.by})"
         if target.route is None and self.settings.inspect_heads:
             yield from self._check_name(target, record)
@@ -571,8 +647,7 @@ class ClientConnection:
             addresses: list[IPAddress] = [host.address]
         else:
             try:
-                addresses = yield Resolve(host.name, target.port,
-                                          self.settings.connect_timeout)
+                addresses = yield Resolve(host.name, target.port, self.settings.connect_timeout)
             except (OSError, TimeoutError) as e:
                 raise Refused(502, "unresolved", f"cannot resolve {host.name}") from e
         refused = address_refusal(network, host, addresses)
@@ -596,18 +671,32 @@ class ClientConnection:
         if gate.must_ask(len(chosen), findings=bool(scan.findings), body=False):
             if scan.findings:
                 # The log keeps host names (and the question's subject): not this one.
-                record.host = "…" + name[len(chosen):]
+                record.host = "…" + name[len(chosen) :]
             record.held = True
             record.findings = [f.to_json() for f in scan.findings]
-            answer: Answer = yield Ask(RequestKind.UPLOAD, f"{record.host}:{target.port}", {
-                "host": target.host, "port": target.port, "method": target.method,
-                "size": gate.before + len(chosen), "earlier": gate.before,
-                "hostname": True, "complete": True, "preview": preview(chosen.encode()),
-                "findings": record.findings, "threshold": gate.threshold,
-            })
+            answer: Answer = yield Ask(
+                RequestKind.UPLOAD,
+                f"{record.host}:{target.port}",
+                {
+                    "host": target.host,
+                    "port": target.port,
+                    "method": target.method,
+                    "size": gate.before + len(chosen),
+                    "earlier": gate.before,
+                    "hostname": True,
+                    "complete": True,
+                    "preview": preview(chosen.encode()),
+                    "findings": record.findings,
+                    "threshold": gate.threshold,
+                },
+            )
             if not answer.allowed:
-                raise Refused(403, "upload-refused", "the host name carries data that was "
-                              f"not approved ({answer.by})" + _findings_text(scan.findings))
+                raise Refused(
+                    403,
+                    "upload-refused",
+                    "the host name carries data that was "
+                    f"not approved ({answer.by})" + _findings_text(scan.findings),
+                )
             self._ledger.approved(destination)
         else:
             self._ledger.add(destination, len(chosen))
@@ -666,35 +755,54 @@ class ClientConnection:
             self._ledger.remember_value(head.destination, name, value)
 
     def _granted(self, target: Target, access: Access) -> NetworkGrant | None:
-        return self._grants.find(self.session, self.profile.name, parse_host(target.host).name,
-                                 target.port, access, time.time())
+        return self._grants.find(
+            self.session,
+            self.profile.name,
+            parse_host(target.host).name,
+            target.port,
+            access,
+            time.time(),
+        )
 
     def _granted_host(self, target: Target, record: ExchangeRecord) -> Decision | None:
         grant = self._granted(target, Access.CONNECT)
         if grant is None or not grant.allowed:
             return None
         record.grants.append(grant.id)
-        return Decision(Action.ALLOW, f"grant:{grant.id}",
-                        f"{target.host}:{target.port} is granted ({grant.lifetime})")
+        return Decision(
+            Action.ALLOW,
+            f"grant:{grant.id}",
+            f"{target.host}:{target.port} is granted ({grant.lifetime})",
+        )
 
-    def _grant_of(self, target: Target, access: Access, answer: Answer
-                  ) -> NetworkGrant | None:
+    def _grant_of(self, target: Target, access: Access, answer: Answer) -> NetworkGrant | None:
         return network_grant_for(
-            parse_host(target.host).name, target.port, access, allowed=answer.allowed,
-            lifetime=answer.lifetime, session=self.session, profile=self.profile.name,
-            expires_at=answer.until)
+            parse_host(target.host).name,
+            target.port,
+            access,
+            allowed=answer.allowed,
+            lifetime=answer.lifetime,
+            session=self.session,
+            profile=self.profile.name,
+            expires_at=answer.until,
+        )
 
     def _ask_host(self, target: Target, decision: Decision) -> Steps:
         assert self.record is not None
         grant = self._granted(target, Access.CONNECT)
         if grant is not None:
             self.record.grants.append(grant.id)
-            return Answer(Verdict.ALLOW if grant.allowed else Verdict.DENY,
-                          by=f"grant {grant.id}")
-        answer: Answer = yield Ask(RequestKind.NETWORK, f"{target.host}:{target.port}", {
-            "host": target.host, "port": target.port, "method": target.method,
-            "rule": decision.rule,
-        })
+            return Answer(Verdict.ALLOW if grant.allowed else Verdict.DENY, by=f"grant {grant.id}")
+        answer: Answer = yield Ask(
+            RequestKind.NETWORK,
+            f"{target.host}:{target.port}",
+            {
+                "host": target.host,
+                "port": target.port,
+                "method": target.method,
+                "rule": decision.rule,
+            },
+        )
         grant = self._grant_of(target, Access.CONNECT, answer)
         if grant is not None:
             yield RememberGrant(grant)
@@ -716,6 +824,7 @@ class ClientConnection:
             if made is not None and self.record is not None:
                 self.record.grants.append(made.id)
             return made
+
         return grant
 
     def _credential(self, route: Route | None) -> Steps:
@@ -725,11 +834,15 @@ class ClientConnection:
             secret = yield ReadCredential(route.secret)
         except EgressError as e:
             log.warning("session %s: %s", self.session, e)
-            raise Refused(502, f"route:{route.name}",
-                          "the route's credential cannot be read from the keyring") from e
+            raise Refused(
+                502, f"route:{route.name}", "the route's credential cannot be read from the keyring"
+            ) from e
         if secret is None:
-            raise Refused(502, f"route:{route.name}", "no credential stored for this route: "
-                          f"run `airlock secret set {route.secret}`")
+            raise Refused(
+                502,
+                f"route:{route.name}",
+                f"no credential stored for this route: run `airlock secret set {route.secret}`",
+            )
         try:
             return Credential(credential_header(route, secret), secret)
         except ValueError as e:
@@ -737,24 +850,29 @@ class ClientConnection:
 
     # inspected HTTPS (app/egress/interception.py)
 
-    def _intercept(self, target: Target, addresses: Sequence[IPAddress],
-                   record: ExchangeRecord) -> Steps:
+    def _intercept(
+        self, target: Target, addresses: Sequence[IPAddress], record: ExchangeRecord
+    ) -> Steps:
         """The CONNECT is answered, the agent's TLS ends here, and the connection goes on
         as a plain-HTTP one whose every request must name the CONNECT's target."""
-        established = self.conn.send(h11.Response(status_code=200, headers=[],
-                                                  reason=b"Connection established")) or b""
+        established = (
+            self.conn.send(
+                h11.Response(status_code=200, headers=[], reason=b"Connection established")
+            )
+            or b""
+        )
         host = parse_host(target.host).name
         try:
-            handshake: Handshake = yield StartTLS(host, established,
-                                                  self.conn.trailing_data[0])
+            handshake: Handshake = yield StartTLS(host, established, self.conn.trailing_data[0])
         except TLSRefused as e:
             # The agent's side is TLS that never came up: no HTTP answer can reach it.
             record.refused(0, e.rule, e.reason)
             yield Log(EventKind.NET_REFUSED, record)
             return False
         self._inside = _Inside(target.host, target.port, addresses)
-        self.conn = h11.Connection(h11.SERVER,
-                                   max_incomplete_event_size=self.settings.max_head_bytes)
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.settings.max_head_bytes
+        )
         refusal = sni_refusal(host, handshake.sni)
         if refusal is not None:
             raise Refused(refusal.status, refusal.rule, refusal.reason)
@@ -763,21 +881,25 @@ class ClientConnection:
         except TimeoutError as e:
             raise Gone from e
         if first.startswith(H2_PREFACE[:12]):  # "PRI * HTTP/2": no HTTP/1 request
-            raise Refused(505, "http2", f"the agent spoke HTTP/2 to {host}, which Airlock "
-                          "does not inspect (it offers only http/1.1)")
+            raise Refused(
+                505,
+                "http2",
+                f"the agent spoke HTTP/2 to {host}, which Airlock "
+                "does not inspect (it offers only http/1.1)",
+            )
         try:
             self.conn.receive_data(first)
         except h11.RemoteProtocolError as e:
             raise Refused(e.error_status_hint, "bad-request", str(e)) from e
         return True
 
-    def _inspected(self, request: h11.Request, record: ExchangeRecord, inside: _Inside
-                   ) -> Steps:
+    def _inspected(self, request: h11.Request, record: ExchangeRecord, inside: _Inside) -> Steps:
         """One decrypted request: decided by method and path as plain HTTP is, then
         forwarded over a verified TLS connection to the tunnel's host."""
         record.host, record.port, record.inspection = inside.host, inside.port, "inspected"
-        target = classify_inside(request.method, request.target, request.headers,
-                                 inside.host, inside.port)
+        target = classify_inside(
+            request.method, request.target, request.headers, inside.host, inside.port
+        )
         if isinstance(target, Refusal):
             raise Refused(target.status, target.rule, target.reason)
         record.path = target.path
@@ -798,13 +920,18 @@ class ClientConnection:
             if route.query is not None:
                 credential = Credential(None, credential.secret)
                 target = dataclasses.replace(
-                    target, path=swap_query(target.path, route.query, credential.secret))
+                    target, path=swap_query(target.path, route.query, credential.secret)
+                )
             # (The target sent on is `target.path`; this request keeps the agent's.)
-            request = h11.Request(method=request.method, target=request.target,
-                                  headers=identity_encoding(request.headers))
+            request = h11.Request(
+                method=request.method,
+                target=request.target,
+                headers=identity_encoding(request.headers),
+            )
         else:
-            decision = decide_destination(self.profile.network, target.host, target.port,
-                                          target.method, path=target.path)
+            decision = decide_destination(
+                self.profile.network, target.host, target.port, target.method, path=target.path
+            )
             record.rule, record.reason = decision.rule, decision.reason
             if decision.action is Action.DENY:
                 raise Refused(403, decision.rule, decision.reason)
@@ -813,34 +940,41 @@ class ClientConnection:
         if is_websocket_upgrade(request.method, request.headers):
             yield from self._websocket(request, target, inside.addresses, credential, record)
             return False
-        return (yield from self._forward(request, target, inside.addresses, credential,
-                                         record))
+        return (yield from self._forward(request, target, inside.addresses, credential, record))
 
     def _no_stray_placeholder_in_body(self, held: list[bytes], target: Target) -> None:
         """The same, for the part of a body held for inspection (`inspect_limit`)."""
-        stray = stray_placeholder_in(self.profile.network.routes, target.host, target.port,
-                                     held)
+        stray = stray_placeholder_in(self.profile.network.routes, target.host, target.port, held)
         if stray is not None:
-            raise Refused(403, "placeholder", f"the placeholder key of route {stray.name!r} "
-                          f"was in a body sent to {target.host}, which is not the route's "
-                          "host")
+            raise Refused(
+                403,
+                "placeholder",
+                f"the placeholder key of route {stray.name!r} "
+                f"was in a body sent to {target.host}, which is not the route's "
+                "host",
+            )
 
     def _no_stray_placeholder(self, request: h11.Request, target: Target) -> None:
-        stray = stray_placeholder(self.profile.network.routes, target.host, target.port,
-                                  request.target, request.headers)
+        stray = stray_placeholder(
+            self.profile.network.routes, target.host, target.port, request.target, request.headers
+        )
         if stray is not None:
-            raise Refused(403, "placeholder", f"the placeholder key of route {stray.name!r} "
-                          f"was sent to {target.host}, which is not the route's host; its "
-                          f"real key goes only to {stray.upstream}")
+            raise Refused(
+                403,
+                "placeholder",
+                f"the placeholder key of route {stray.name!r} "
+                f"was sent to {target.host}, which is not the route's host; its "
+                f"real key goes only to {stray.upstream}",
+            )
 
     # tunnels
 
-    def _tunnel(self, target: Target, addresses: Sequence[IPAddress],
-                record: ExchangeRecord) -> Steps:
+    def _tunnel(
+        self, target: Target, addresses: Sequence[IPAddress], record: ExchangeRecord
+    ) -> Steps:
         record.address = yield OpenTunnel(addresses, target.port)
         try:
-            response = h11.Response(status_code=200, headers=[],
-                                    reason=b"Connection established")
+            response = h11.Response(status_code=200, headers=[], reason=b"Connection established")
             yield SendClient([self.conn.send(response) or b""], drain=False)
             record.status = 200
             leftover, _ = self.conn.trailing_data
@@ -860,8 +994,14 @@ class ClientConnection:
 
     # WebSocket
 
-    def _websocket(self, request: h11.Request, target: Target, addresses: Sequence[IPAddress],
-                   credential: Credential | None, record: ExchangeRecord) -> Steps:
+    def _websocket(
+        self,
+        request: h11.Request,
+        target: Target,
+        addresses: Sequence[IPAddress],
+        credential: Credential | None,
+        record: ExchangeRecord,
+    ) -> Steps:
         """A WebSocket handshake goes on with the credential added (on a route), and once the
         upstream switches, the frames are relayed both ways, counted, and logged at the end.
         On a route no extension is offered: permessage-deflate would hide an echoed key from
@@ -871,8 +1011,13 @@ class ClientConnection:
         handshake = yield from self._take_body(request, target, record)
         record.websocket = True
         default_port = 443 if target.tls else 80
-        headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
-                                   default_port, credential.header if credential else None)
+        headers = upstream_headers(
+            request.headers,
+            parse_host(target.host).name,
+            target.port,
+            default_port,
+            credential.header if credential else None,
+        )
         if credential is not None:
             headers = [(k, v) for k, v in headers if k.lower() != b"sec-websocket-extensions"]
         headers += [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
@@ -880,8 +1025,9 @@ class ClientConnection:
         record.address = upstream.key[0]
         scrub = Scrubber(credential.secret.encode("utf-8") if credential else b"")
         try:
-            yield from self._send(upstream, h11.Request(method=b"GET", target=target.path,
-                                                        headers=headers))
+            yield from self._send(
+                upstream, h11.Request(method=b"GET", target=target.path, headers=headers)
+            )
             if credential is not None:
                 # Where the key went: its header's name, or the query (an intercepted route).
                 record.route_header = credential.header[0] if credential.header else "query"
@@ -892,25 +1038,39 @@ class ClientConnection:
             while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
                 event = yield from self._upstream_event(upstream, silence)
             if isinstance(event, h11.Response):  # the upstream would not switch: its answer
-                yield from self._relay_response(upstream, request, target, scrub, record,
-                                                head=event)
+                yield from self._relay_response(
+                    upstream, request, target, scrub, record, head=event
+                )
                 yield from self._drop_upstream()
                 yield from self._log(EventKind.NET_REQUEST, record)
                 return
             if not isinstance(event, h11.InformationalResponse):
                 raise Refused(502, "upstream", "the upstream closed without a response")
             if scrub.active and header(event.headers, b"sec-websocket-extensions"):
-                raise Refused(502, "upstream", "the route's upstream chose a WebSocket "
-                              "extension, which Airlock cannot check for the credential")
+                raise Refused(
+                    502,
+                    "upstream",
+                    "the route's upstream chose a WebSocket "
+                    "extension, which Airlock cannot check for the credential",
+                )
             record.status = 101
-            yield SendClient([self.conn.send(h11.InformationalResponse(
-                status_code=101, reason=scrub.whole(bytes(event.reason)),
-                headers=client_headers([(k, scrub.whole(v)) for k, v in event.headers],
-                                       {b"connection": b"Upgrade", b"upgrade": b"websocket"}),
-            )) or b""])
+            yield SendClient(
+                [
+                    self.conn.send(
+                        h11.InformationalResponse(
+                            status_code=101,
+                            reason=scrub.whole(bytes(event.reason)),
+                            headers=client_headers(
+                                [(k, scrub.whole(v)) for k, v in event.headers],
+                                {b"connection": b"Upgrade", b"upgrade": b"websocket"},
+                            ),
+                        )
+                    )
+                    or b""
+                ]
+            )
         except h11.LocalProtocolError as e:
-            raise Refused(502, "upstream", "the request could not be sent on as valid "
-                          "HTTP") from e
+            raise Refused(502, "upstream", "the request could not be sent on as valid HTTP") from e
         except h11.ProtocolError as e:
             detail = "" if credential else f": {e}"
             raise Refused(502, "upstream", f"the upstream sent bad HTTP{detail}") from e
@@ -920,11 +1080,11 @@ class ClientConnection:
             raise Refused(502, "upstream", f"the upstream connection failed: {e}") from e
         gate = UploadGate.of(self.profile.approval, route=target.route is not None)
         self._upload_granted(target, gate, record)
-        relay = WebSocketRelay(TunnelUploads(gate, target, record, self._upload_grant(target)),
-                               scrub, record)
+        relay = WebSocketRelay(
+            TunnelUploads(gate, target, record, self._upload_grant(target)), scrub, record
+        )
         try:
-            yield RelayWebSocket(self.conn.trailing_data[0], upstream.conn.trailing_data[0],
-                                 relay)
+            yield RelayWebSocket(self.conn.trailing_data[0], upstream.conn.trailing_data[0], relay)
         except Refused as e:
             record.refused(e.status, e.rule, e.reason)
             yield from self._drop_upstream()
@@ -937,19 +1097,31 @@ class ClientConnection:
 
     # plain HTTP and routes
 
-    def _forward(self, request: h11.Request, target: Target, addresses: Sequence[IPAddress],
-                 credential: Credential | None, record: ExchangeRecord) -> Steps:
+    def _forward(
+        self,
+        request: h11.Request,
+        target: Target,
+        addresses: Sequence[IPAddress],
+        credential: Credential | None,
+        record: ExchangeRecord,
+    ) -> Steps:
         body = yield from self._take_body(request, target, record)
         default_port = 443 if target.tls else 80
-        headers = upstream_headers(request.headers, parse_host(target.host).name, target.port,
-                                   default_port, credential.header if credential else None)
+        headers = upstream_headers(
+            request.headers,
+            parse_host(target.host).name,
+            target.port,
+            default_port,
+            credential.header if credential else None,
+        )
         if header(request.headers, b"transfer-encoding"):
             headers.append((b"transfer-encoding", b"chunked"))
         upstream = yield from self._connect_upstream(addresses, target)
         record.address = upstream.key[0]
         try:
-            yield from self._send(upstream, h11.Request(method=request.method,
-                                                        target=target.path, headers=headers))
+            yield from self._send(
+                upstream, h11.Request(method=request.method, target=target.path, headers=headers)
+            )
             if credential is not None:
                 # Where the key went: its header's name, or the query (an intercepted route).
                 record.route_header = credential.header[0] if credential.header else "query"
@@ -965,8 +1137,7 @@ class ClientConnection:
         except h11.LocalProtocolError as e:
             # What could not be sent as valid HTTP: h11's text quotes it, and on a route it
             # holds the credential.
-            raise Refused(502, "upstream", "the request could not be sent on as valid "
-                          "HTTP") from e
+            raise Refused(502, "upstream", "the request could not be sent on as valid HTTP") from e
         except h11.ProtocolError as e:
             # The upstream's bytes, quoted: on a route they may echo the credential.
             detail = "" if credential else f": {e}"
@@ -994,9 +1165,11 @@ class ClientConnection:
             granted = head.scan.granted
         elif target.route is None and has_body(request.headers):
             granted = yield ReadGranted()
-        gate = UploadGate.of(self.profile.approval, route=target.route is not None,
-                             before=0 if head is None else
-                             self._ledger.before(head.destination) + head.size)
+        gate = UploadGate.of(
+            self.profile.approval,
+            route=target.route is not None,
+            before=0 if head is None else self._ledger.before(head.destination) + head.size,
+        )
         if target.route is None:
             self._upload_granted(target, gate, record)
         head_findings = bool(head and head.scan.findings)
@@ -1009,8 +1182,10 @@ class ClientConnection:
             return body
         body = _Body(UploadInspector(granted), gate, head)
         if self.conn.they_are_waiting_for_100_continue:
-            yield SendClient([self.conn.send(h11.InformationalResponse(
-                status_code=100, headers=[])) or b""], drain=False)
+            yield SendClient(
+                [self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""],
+                drain=False,
+            )
         while body.inspector.size < self.settings.inspect_limit:
             chunk = yield from self._body_event()
             if chunk is None:
@@ -1027,8 +1202,9 @@ class ClientConnection:
             yield from self._hold(request, target, body, size, record)
         return body
 
-    def _hold(self, request: h11.Request, target: Target, body: _Body, size: int,
-              record: ExchangeRecord) -> Steps:
+    def _hold(
+        self, request: h11.Request, target: Target, body: _Body, size: int, record: ExchangeRecord
+    ) -> Steps:
         inspector, head = body.inspector, body.head
         findings = [*(head.scan.findings if head else ()), *inspector.findings]
         # The log keeps paths and methods: not one that carries a secret.
@@ -1043,31 +1219,47 @@ class ClientConnection:
         earlier = body.gate.before - (head.size if head else 0)
         shown = size if inspector.size or head is None else head.size
         details: dict[str, Any] = {
-            "host": target.host, "port": target.port, "method": target.method,
-            "path": redact_path(target.path), "size": shown, "complete": body.ended,
-            "inspected": inspector.size, "mime": mime[:200],
+            "host": target.host,
+            "port": target.port,
+            "method": target.method,
+            "path": redact_path(target.path),
+            "size": shown,
+            "complete": body.ended,
+            "inspected": inspector.size,
+            "mime": mime[:200],
             "sha256": inspector.sha256,
             "preview": preview(inspector.head if inspector.size or head is None else head.text),
             "findings": record.findings,
             **({"inspection": record.inspection} if record.inspection else {}),
         }
         if head is not None:
-            details.update(head=preview(head.text), head_size=head.size, earlier=earlier,
-                           threshold=body.gate.threshold)
+            details.update(
+                head=preview(head.text),
+                head_size=head.size,
+                earlier=earlier,
+                threshold=body.gate.threshold,
+            )
         answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", details)
         if not answer.allowed:
-            what = f"the upload of {shown} bytes" if inspector.size or not head else \
-                "the data in the request"
-            raise Refused(403, "upload-refused", f"{what} was not approved ({answer.by})"
-                          + _findings_text(findings))
+            what = (
+                f"the upload of {shown} bytes"
+                if inspector.size or not head
+                else "the data in the request"
+            )
+            raise Refused(
+                403,
+                "upload-refused",
+                f"{what} was not approved ({answer.by})" + _findings_text(findings),
+            )
         body.gate.approve()
         record.reason = f"upload approved ({answer.by})"
         grant = self._upload_grant(target)(answer)
         if grant is not None:
             yield RememberGrant(grant)
 
-    def _stream_body(self, upstream: _Upstream, body: _Body, target: Target,
-                     record: ExchangeRecord) -> Steps:
+    def _stream_body(
+        self, upstream: _Upstream, body: _Body, target: Target, record: ExchangeRecord
+    ) -> Steps:
         while (chunk := (yield from self._body_event())) is not None:
             new = body.inspector.feed(chunk)
             if body.gate.must_ask(body.inspector.size, findings=bool(new)):
@@ -1081,19 +1273,31 @@ class ClientConnection:
             yield from self._hold_more(target, body, new, record)
         body.ended = True
 
-    def _hold_more(self, target: Target, body: _Body, new: list[Finding],
-                   record: ExchangeRecord) -> Steps:
+    def _hold_more(
+        self, target: Target, body: _Body, new: list[Finding], record: ExchangeRecord
+    ) -> Steps:
         record.held = True
         record.findings += [f.to_json() for f in new]
-        answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", {
-            "host": target.host, "port": target.port, "method": target.method,
-            "path": redact_path(target.path), "size": body.inspector.size, "complete": False,
-            "findings": [f.to_json() for f in new],
-        })
+        answer: Answer = yield Ask(
+            RequestKind.UPLOAD,
+            f"{target.host}:{target.port}",
+            {
+                "host": target.host,
+                "port": target.port,
+                "method": target.method,
+                "path": redact_path(target.path),
+                "size": body.inspector.size,
+                "complete": False,
+                "findings": [f.to_json() for f in new],
+            },
+        )
         if not answer.allowed:
             # The upstream has part of the body; dropping the connection leaves it incomplete.
-            raise Refused(403, "upload-refused",
-                          "the rest of the upload was not approved" + _findings_text(new))
+            raise Refused(
+                403,
+                "upload-refused",
+                "the rest of the upload was not approved" + _findings_text(new),
+            )
 
     def _body_event(self) -> Steps:
         """The next chunk of the agent's body, or None at its end."""
@@ -1117,9 +1321,15 @@ class ClientConnection:
             except h11.RemoteProtocolError as e:
                 raise Refused(e.error_status_hint, "bad-request", str(e)) from e
 
-    def _relay_response(self, upstream: _Upstream, request: h11.Request, target: Target,
-                        scrub: Scrubber, record: ExchangeRecord,
-                        head: h11.Response | None = None) -> Steps:
+    def _relay_response(
+        self,
+        upstream: _Upstream,
+        request: h11.Request,
+        target: Target,
+        scrub: Scrubber,
+        record: ExchangeRecord,
+        head: h11.Response | None = None,
+    ) -> Steps:
         silence = self._upstream_silence(target)
         while head is None:
             event = yield from self._upstream_event(upstream, silence)
@@ -1131,8 +1341,12 @@ class ClientConnection:
         event = head
         if scrub.active and header(event.headers, b"content-encoding") not in ([], [b"identity"]):
             # Compressed, the credential an upstream echoes cannot be found to be masked.
-            raise Refused(502, "upstream", "the route's upstream answered compressed, which "
-                          "Airlock cannot check for the credential")
+            raise Refused(
+                502,
+                "upstream",
+                "the route's upstream answered compressed, which "
+                "Airlock cannot check for the credential",
+            )
         headers = client_headers([(k, scrub.whole(v)) for k, v in event.headers])
         if target.route is None:
             # A cookie the host set is the host's data when the agent sends it back.
@@ -1140,9 +1354,17 @@ class ClientConnection:
             for value in header(event.headers, b"set-cookie"):
                 self._ledger.set_cookie(destination, value)
         record.status = event.status_code
-        yield SendClient(self.conn.send_with_data_passthrough(h11.Response(
-            status_code=event.status_code, headers=headers,
-            reason=scrub.whole(bytes(event.reason)))) or [], drain=False)
+        yield SendClient(
+            self.conn.send_with_data_passthrough(
+                h11.Response(
+                    status_code=event.status_code,
+                    headers=headers,
+                    reason=scrub.whole(bytes(event.reason)),
+                )
+            )
+            or [],
+            drain=False,
+        )
         length = None
         if not scrub.active and self.settings.splice and upstream.spliceable:
             length = spliceable_length(request, event, headers)
@@ -1195,8 +1417,7 @@ class ClientConnection:
             try:
                 data = yield ReadUpstream(silence)
             except TimeoutError as e:
-                raise Refused(504, "upstream", f"the upstream was silent for {silence:g} s"
-                              ) from e
+                raise Refused(504, "upstream", f"the upstream was silent for {silence:g} s") from e
             upstream.conn.receive_data(data)
 
     # the upstream connection, kept alive between the agent's requests
@@ -1205,15 +1426,21 @@ class ClientConnection:
         tls_name = parse_host(target.host).name if target.tls else ""
         cached = self._upstream
         if cached is not None:
-            fresh = (cached.key[0] in {str(a) for a in addresses} and cached.key[1:] ==
-                     (target.port, tls_name) and cached.conn.our_state is h11.IDLE
-                     and (yield UpstreamAlive()))
+            fresh = (
+                cached.key[0] in {str(a) for a in addresses}
+                and cached.key[1:] == (target.port, tls_name)
+                and cached.conn.our_state is h11.IDLE
+                and (yield UpstreamAlive())
+            )
             if fresh:
                 return cached
             yield from self._drop_upstream()
         connected: Connected = yield Connect(addresses, target.port, tls_name or None)
-        self._upstream = _Upstream((connected.address, target.port, tls_name),
-                                   h11.Connection(h11.CLIENT), connected.spliceable)
+        self._upstream = _Upstream(
+            (connected.address, target.port, tls_name),
+            h11.Connection(h11.CLIENT),
+            connected.spliceable,
+        )
         return self._upstream
 
     def _drop_upstream(self) -> Steps:
@@ -1235,8 +1462,9 @@ def account(conn: h11.Connection, amount: int) -> None:
         amount -= step
 
 
-def spliceable_length(request: h11.Request, response: h11.Response,
-                      sent_headers: list[tuple[bytes, bytes]]) -> int | None:
+def spliceable_length(
+    request: h11.Request, response: h11.Response, sent_headers: list[tuple[bytes, bytes]]
+) -> int | None:
     """The body length of a response that may be spliced: one with a Content-Length the
     agent's side sends on unchanged, and a body at all (not HEAD, 1xx, 204 or 304)."""
     if request.method == b"HEAD" or response.status_code in (204, 304):

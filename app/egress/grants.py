@@ -46,13 +46,17 @@ class NetworkGrants:
         if bus is not None:
             bus.attach(self._on_event)
 
-    def find(self, session: str, profile: str, host: str, port: int, access: Access,
-             now: float) -> NetworkGrant | None:
+    def find(
+        self, session: str, profile: str, host: str, port: int, access: Access, now: float
+    ) -> NetworkGrant | None:
         """The newest active grant that answers `access` to `host:port` for the session."""
         found = None
         for grant in self._index.get((host.lower().rstrip("."), port, access), ()):
-            if (grant.active(now) and grant.applies(session, profile)
-                    and (found is None or grant.created_at > found.created_at)):
+            if (
+                grant.active(now)
+                and grant.applies(session, profile)
+                and (found is None or grant.created_at > found.created_at)
+            ):
                 found = grant
         return found
 
@@ -125,6 +129,12 @@ class NetworkGrants:
 
     def grant_added_details(self, grant: NetworkGrant) -> dict[str, Any]:
         """What the `grant.added` event of a network grant says."""
-        return {"grant": grant.id, "network": True, "access": str(grant.access),
-                "allowed": grant.allowed, "lifetime": str(grant.lifetime),
-                "expires_at": grant.expires_at, "profile": grant.profile}
+        return {
+            "grant": grant.id,
+            "network": True,
+            "access": str(grant.access),
+            "allowed": grant.allowed,
+            "lifetime": str(grant.lifetime),
+            "expires_at": grant.expires_at,
+            "profile": grant.profile,
+        }

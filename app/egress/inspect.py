@@ -88,8 +88,14 @@ SECRET_MARKERS: dict[str, tuple[bytes, ...]] = {
 }
 _MARKER = re.compile(b"|".join(re.escape(m) for ms in SECRET_MARKERS.values() for m in ms))
 _MARKED = {m: kind for kind, ms in SECRET_MARKERS.items() for m in ms}
-_JSON_UNESCAPES = ((b"\\\\", b"\x00"), (b'\\"', b'"'), (b"\\/", b"/"), (b"\\t", b"\t"),
-                   (b"\\r", b"\r"), (b"\x00", b"\\"))
+_JSON_UNESCAPES = (
+    (b"\\\\", b"\x00"),
+    (b'\\"', b'"'),
+    (b"\\/", b"/"),
+    (b"\\t", b"\t"),
+    (b"\\r", b"\r"),
+    (b"\x00", b"\\"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +146,7 @@ class GrantedContent:
             total += len(own)
             for value in own:
                 pieces.setdefault(value, []).append(number)
-        return cls({k: tuple(v) for k, v in pieces.items()}, tuple(names), tuple(counts),
-                   digests)
+        return cls({k: tuple(v) for k, v in pieces.items()}, tuple(names), tuple(counts), digests)
 
     @classmethod
     def of_tree(cls, root: Path, shown_as: Path) -> GrantedContent:
@@ -248,7 +253,7 @@ class UploadInspector:
             complete, self._piece_carry = data, b""
         else:
             cut = data.rfind(b"\n")
-            complete, self._piece_carry = (data[:cut], data[cut + 1:]) if cut >= 0 else (b"", data)
+            complete, self._piece_carry = (data[:cut], data[cut + 1 :]) if cut >= 0 else (b"", data)
             if len(self._piece_carry) > MAX_CARRY:
                 self._piece_carry = b""  # a piece this long is never matched whole anyway
         if not complete:
@@ -311,8 +316,9 @@ _ENCODED_MARKER = _encoded_markers()
 MIN_DECODED_PIECE = 32  # a run shorter than this cannot hold a piece (`MIN_PIECE` bytes)
 
 
-def decoded_views(data: bytes, *, base32: bool = False, every: bool = False
-                  ) -> list[tuple[str, bytes]]:
+def decoded_views(
+    data: bytes, *, base32: bool = False, every: bool = False
+) -> list[tuple[str, bytes]]:
     """`data` as it is and as URL-decoding, base64 (and with `base32`, base32: host names
     have one case) and hex read its runs, each with how it was read ("", "url", "base64",
     "url+base64", …). A run is decoded if it holds a secret's marker in encoded form, or
@@ -334,20 +340,19 @@ def decoded_views(data: bytes, *, base32: bool = False, every: bool = False
                 if run in runs:
                     continue
                 runs.add(run)
-                if not ((every and len(run) >= MIN_DECODED_PIECE)
-                        or _ENCODED_MARKER.search(run)):
+                if not ((every and len(run) >= MIN_DECODED_PIECE) or _ENCODED_MARKER.search(run)):
                     continue
                 out += _base64_readings(prefix, run)
                 for hex_run in _HEX_RUN.finditer(run):
                     text = hex_run.group()
                     for shift in range(2):
-                        part = text[shift: len(text) - (len(text) - shift) % 2]
+                        part = text[shift : len(text) - (len(text) - shift) % 2]
                         out.append((prefix + "hex", bytes.fromhex(part.decode("ascii"))))
         if base32:
             for match in _BASE32_RUN.finditer(view):
                 run = match.group().upper()
                 for shift in range(8):
-                    part = run[shift: len(run) - (len(run) - shift) % 8]
+                    part = run[shift : len(run) - (len(run) - shift) % 8]
                     if len(part) < 16:
                         break
                     with contextlib.suppress(binascii.Error, ValueError):
@@ -376,8 +381,9 @@ class HeadScan:
     granted files by their pieces, counted across every head the session sent (`seen`
     persists between requests)."""
 
-    def __init__(self, granted: GrantedContent | None,
-                 seen: dict[str, set[int]] | None = None) -> None:
+    def __init__(
+        self, granted: GrantedContent | None, seen: dict[str, set[int]] | None = None
+    ) -> None:
         self.granted = granted
         self._seen = seen if seen is not None else {}  # file label -> piece hashes seen
         self.findings: list[Finding] = []
@@ -390,8 +396,9 @@ class HeadScan:
         granted content to look for)."""
         granted = self.granted is not None and bool(self.granted.pieces or self.granted.digests)
         if not granted:
-            joined = b"\x00".join(view for _, view in
-                                   decoded_views(b"\x00".join(data for _, data in parts)))
+            joined = b"\x00".join(
+                view for _, view in decoded_views(b"\x00".join(data for _, data in parts))
+            )
             if not _MARKER.search(joined):
                 return []
         new: list[Finding] = []
@@ -399,8 +406,9 @@ class HeadScan:
             new += self.part(where, data)
         return new
 
-    def part(self, where: str, data: bytes, offset: int = 0, *, name: bool = False
-             ) -> list[Finding]:
+    def part(
+        self, where: str, data: bytes, offset: int = 0, *, name: bool = False
+    ) -> list[Finding]:
         """Inspect one part (`where`: "the query", "header x-token", …) in every reading;
         `name`: a host name's labels, which may also be base32."""
         new: list[Finding] = []
@@ -410,8 +418,11 @@ class HeadScan:
         marked = {_MARKED[m] for m in _MARKER.findall(joined)}
         if b"sk-ant-" in joined:
             marked.add("anthropic-key")  # its marker overlaps openai's, which findall took
-        patterns = [(kind, pattern) for kind, pattern in SECRET_PATTERNS
-                    if kind in marked and kind not in self._kinds]
+        patterns = [
+            (kind, pattern)
+            for kind, pattern in SECRET_PATTERNS
+            if kind in marked and kind not in self._kinds
+        ]
         if not (patterns or granted):
             return new
         for how, view in views:

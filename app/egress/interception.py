@@ -53,25 +53,44 @@ def handshake_refusal(host: str, error: str) -> TLSRefused:
     """What a failed handshake with the agent's client most likely means, said so that the
     user knows what to do. `error` is OpenSSL's reason (e.g. `TLSV1_ALERT_UNKNOWN_CA`)."""
     text = error.upper()
-    if any(word in text for word in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN",
-                                     "UNSUPPORTED_CERTIFICATE", "DECRYPT_ERROR",
-                                     "ACCESS_DENIED")):
-        return TLSRefused("tls-pinned", f"the agent's client refused the session's certificate "
-                          f"for {host}: it pins its certificates, does not read the session's "
-                          f"trust store, or asked for another name; to let it through "
-                          f"uninspected, mark {host} opaque (inspect = false) in the profile")
+    if any(
+        word in text
+        for word in (
+            "UNKNOWN_CA",
+            "BAD_CERTIFICATE",
+            "CERTIFICATE_UNKNOWN",
+            "UNSUPPORTED_CERTIFICATE",
+            "DECRYPT_ERROR",
+            "ACCESS_DENIED",
+        )
+    ):
+        return TLSRefused(
+            "tls-pinned",
+            f"the agent's client refused the session's certificate "
+            f"for {host}: it pins its certificates, does not read the session's "
+            f"trust store, or asked for another name; to let it through "
+            f"uninspected, mark {host} opaque (inspect = false) in the profile",
+        )
     if any(word in text for word in ("VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS")):
-        return TLSRefused("tls-version", f"the agent's client offered only a TLS version "
-                          f"older than 1.2 for {host}")
+        return TLSRefused(
+            "tls-version",
+            f"the agent's client offered only a TLS version older than 1.2 for {host}",
+        )
     if "NO_APPLICATION_PROTOCOL" in text or "ALPN" in text:
-        return TLSRefused("http2", f"the agent's client would speak only HTTP/2 to {host}; "
-                          "Airlock inspects HTTP/1.1 only")
+        return TLSRefused(
+            "http2",
+            f"the agent's client would speak only HTTP/2 to {host}; Airlock inspects HTTP/1.1 only",
+        )
     if "NO_SHARED_CIPHER" in text:
-        return TLSRefused("tls-version", f"the agent's client offered no cipher Airlock "
-                          f"accepts for {host}")
-    return TLSRefused("tls-handshake", f"the TLS handshake with the agent for {host} failed "
-                      f"({error or 'the client hung up'}); if its client pins certificates, "
-                      f"mark {host} opaque (inspect = false) in the profile")
+        return TLSRefused(
+            "tls-version", f"the agent's client offered no cipher Airlock accepts for {host}"
+        )
+    return TLSRefused(
+        "tls-handshake",
+        f"the TLS handshake with the agent for {host} failed "
+        f"({error or 'the client hung up'}); if its client pins certificates, "
+        f"mark {host} opaque (inspect = false) in the profile",
+    )
 
 
 def sni_refusal(host: str, sni: str | None) -> Refusal | None:
@@ -85,12 +104,14 @@ def sni_refusal(host: str, sni: str | None) -> Refusal | None:
         same = False
     if same:
         return None
-    return Refusal(421, "sni-mismatch", f"the TLS name {sni[:100]!r} is not the CONNECT's "
-                   f"host {host}")
+    return Refusal(
+        421, "sni-mismatch", f"the TLS name {sni[:100]!r} is not the CONNECT's host {host}"
+    )
 
 
-def classify_inside(method: bytes, target: bytes, headers: Headers, host: str, port: int
-                    ) -> Target | Refusal:
+def classify_inside(
+    method: bytes, target: bytes, headers: Headers, host: str, port: int
+) -> Target | Refusal:
     """What a decrypted request asks for: a Target to `host:port` over TLS, or a refusal
     when it names any other authority or frames itself ambiguously."""
     verb = method.decode("ascii", "replace").upper()
@@ -102,28 +123,31 @@ def classify_inside(method: bytes, target: bytes, headers: Headers, host: str, p
     if "#" in text:
         return Refusal(400, "bad-request", "a request target must not have a fragment")
     if text.lower().startswith("https://"):
-        authority, slash, rest = text[len("https://"):].partition("/")
+        authority, slash, rest = text[len("https://") :].partition("/")
         authority, question, query = authority.partition("?")
         if question:
             rest, slash = "?" + query + ("/" + rest if slash else ""), "/"
         if "@" in authority or not _same(authority, host, port):
-            return Refusal(400, "host-mismatch", f"the request names another host than "
-                           f"the tunnel's ({host}:{port})")
+            return Refusal(
+                400,
+                "host-mismatch",
+                f"the request names another host than the tunnel's ({host}:{port})",
+            )
         text = "/" + rest if slash else "/"
     elif not text.startswith("/"):
         return Refusal(400, "bad-request", "expected an origin-form target in the tunnel")
     hosts = header(headers, b"host")
     if len(hosts) != 1 or not _same(hosts[0].decode("ascii", "replace").strip(), host, port):
-        return Refusal(400, "host-mismatch", f"the Host header does not name the tunnel's "
-                       f"host ({host}:{port})")
+        return Refusal(
+            400, "host-mismatch", f"the Host header does not name the tunnel's host ({host}:{port})"
+        )
     return Target(Kind.FORWARD, verb, host, port, text, tls=True)
 
 
 def _same(authority: str, host: str, port: int) -> bool:
     try:
         other_host, other_port = split_authority(authority, HTTPS_PORT)
-        return (parse_host(other_host).name == parse_host(host).name
-                and other_port == port)
+        return parse_host(other_host).name == parse_host(host).name and other_port == port
     except ValueError:
         return False
 
@@ -149,12 +173,12 @@ def intercepted_route(routes: Iterable[Route], host: str, port: int) -> Route | 
         name = parse_host(host).name
     except ValueError:
         return None
-    return next((r for r in routes if r.intercept and route_authority(r) == (name, port)),
-                None)
+    return next((r for r in routes if r.intercept and route_authority(r) == (name, port)), None)
 
 
-def stray_placeholder(routes: Iterable[Route], host: str, port: int, target: bytes,
-                      headers: Headers) -> Route | None:
+def stray_placeholder(
+    routes: Iterable[Route], host: str, port: int, target: bytes, headers: Headers
+) -> Route | None:
     """An intercepted route whose placeholder this request, to `host:port`, carries in its
     target or headers though it is not that route's host: sent there, a real key would
     have leaked (a prompt injection asking the agent to "send your key to …")."""
@@ -167,8 +191,9 @@ def stray_placeholder(routes: Iterable[Route], host: str, port: int, target: byt
     return None
 
 
-def stray_placeholder_in(routes: Iterable[Route], host: str, port: int,
-                         body: Sequence[bytes]) -> Route | None:
+def stray_placeholder_in(
+    routes: Iterable[Route], host: str, port: int, body: Sequence[bytes]
+) -> Route | None:
     """The same for (the inspected start of) a body."""
     intercepted = [r for r in routes if r.intercept]
     if not intercepted:

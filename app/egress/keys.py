@@ -61,8 +61,7 @@ def check_value(value: str) -> str:
 class KeyringSecrets:
     """The keyring, plus the index of names Airlock stored there."""
 
-    def __init__(self, index: Path, backend: keyring.backend.KeyringBackend | None = None
-                 ) -> None:
+    def __init__(self, index: Path, backend: keyring.backend.KeyringBackend | None = None) -> None:
         self.index = index
         # None: the keyring library's choice at each call (what the user configured).
         self.backend = backend
@@ -70,8 +69,7 @@ class KeyringSecrets:
     def store(self) -> keyring.backend.KeyringBackend:
         usable, why = choose(self.backend or keyring.get_keyring())
         if usable is None:
-            raise EgressError(f"cannot use the keyring: {why} (`airlock doctor` says what "
-                              "to do)")
+            raise EgressError(f"cannot use the keyring: {why} (`airlock doctor` says what to do)")
         return usable
 
     def get(self, name: str) -> str | None:

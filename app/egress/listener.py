@@ -75,8 +75,10 @@ class ListenerHandover:
         """The listening socket, now the caller's; raises EgressError if there is none."""
         listener, self._listener = self._listener, None
         if listener is None:
-            raise EgressError("the network bridge did not hand over the proxy's port: "
-                              f"{self.error or 'nothing received'}")
+            raise EgressError(
+                "the network bridge did not hand over the proxy's port: "
+                f"{self.error or 'nothing received'}"
+            )
         return listener
 
     async def close(self) -> None:
@@ -103,10 +105,10 @@ class ListenerHandover:
             finally:
                 self.received.set()
 
-    async def _read(self, loop: asyncio.AbstractEventLoop, conn: socket.socket
-                    ) -> socket.socket:
-        pid, _, _ = _CREDENTIALS.unpack(conn.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+    async def _read(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> socket.socket:
+        pid, _, _ = _CREDENTIALS.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+        )
         self.sender = pid
         await _readable(loop, conn)
         try:
@@ -116,8 +118,10 @@ class ListenerHandover:
         kept: socket.socket | None = None
         try:
             if message != MESSAGE or len(fds) != 1 or flags & socket.MSG_CTRUNC:
-                raise EgressError(f"expected {MESSAGE!r} with one descriptor, got "
-                                  f"{message[:40]!r} with {len(fds)}")
+                raise EgressError(
+                    f"expected {MESSAGE!r} with one descriptor, got "
+                    f"{message[:40]!r} with {len(fds)}"
+                )
             if not stat.S_ISSOCK(os.fstat(fds[0]).st_mode):
                 raise EgressError("the descriptor handed over is not a socket")
             kept = socket.socket(fileno=fds.pop())

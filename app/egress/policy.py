@@ -166,8 +166,9 @@ def decide_destination(
     except ValueError as e:
         return Decision(Action.DENY, "invalid-host", str(e))
     if not parsed.canonical:
-        return Decision(Action.DENY, "ip-literal",
-                        f"{host} is a numeric address in a non-canonical form")
+        return Decision(
+            Action.DENY, "ip-literal", f"{host} is a numeric address in a non-canonical form"
+        )
     if not 0 < port < 65536:
         return Decision(Action.DENY, "invalid-port", f"port {port} is out of range")
     decision = _by_rules(network, parsed, port, method, path)
@@ -187,20 +188,23 @@ def address_refusal(
     for address in addresses:
         kind = address_class(address)
         if kind in ("unspecified", "multicast"):
-            return Decision(Action.DENY, "address", f"{host.name} resolves to {address} "
-                            f"({kind})")
+            return Decision(Action.DENY, "address", f"{host.name} resolves to {address} ({kind})")
         if kind is not None and not (network.allow_private or host.address is not None):
-            return Decision(Action.DENY, "private-address",
-                            f"{host.name} resolves to {address} ({kind}); the profile does "
-                            "not allow private destinations")
+            return Decision(
+                Action.DENY,
+                "private-address",
+                f"{host.name} resolves to {address} ({kind}); the profile does "
+                "not allow private destinations",
+            )
     return None
 
 
-def _by_rules(network: Network, host: Host, port: int, method: str, path: str | None
-              ) -> Decision:
+def _by_rules(network: Network, host: Host, port: int, method: str, path: str | None) -> Decision:
     near_miss: str | None = None
-    for section, rules, action in (("allow", network.allow, Action.ALLOW),
-                                   ("ask", network.ask, Action.ASK)):
+    for section, rules, action in (
+        ("allow", network.allow, Action.ALLOW),
+        ("ask", network.ask, Action.ASK),
+    ):
         for index, rule in enumerate(rules):
             if not _rule_fits(rule, host):
                 continue
@@ -211,19 +215,27 @@ def _by_rules(network: Network, host: Host, port: int, method: str, path: str | 
             if not _method_fits(rule, method, inspect):
                 near_miss = near_miss or (
                     f"{host.name} allows only some paths, which an opaque tunnel does not "
-                    "show (set inspect = true)" if method == "CONNECT" and rule.methods == ()
-                    else f"method {method} is not allowed for {host.name}")
+                    "show (set inspect = true)"
+                    if method == "CONNECT" and rule.methods == ()
+                    else f"method {method} is not allowed for {host.name}"
+                )
                 continue
             if path is not None and not path_fits(rule.paths, path):
                 near_miss = near_miss or f"path {path_only(path)} is not allowed for {host.name}"
                 continue
-            return Decision(action, describe(section, index, rule),
-                            f"{host.name}:{port} is listed", inspect=inspect)
+            return Decision(
+                action,
+                describe(section, index, rule),
+                f"{host.name}:{port} is listed",
+                inspect=inspect,
+            )
     if host.address is not None:
-        return Decision(Action.DENY, "ip-literal",
-                        f"{host.name} is an IP address the profile does not list")
-    return Decision(Action.DENY, "not-listed",
-                    near_miss or f"{host.name} is not in the profile's network rules")
+        return Decision(
+            Action.DENY, "ip-literal", f"{host.name} is an IP address the profile does not list"
+        )
+    return Decision(
+        Action.DENY, "not-listed", near_miss or f"{host.name} is not in the profile's network rules"
+    )
 
 
 def destination_key(network: Network, host: str, port: int) -> tuple[str, str]:

@@ -69,8 +69,15 @@ from app.events import EventBus, EventKind
 from app.grants import NetworkGrant
 from app.profiles import Profile
 
-__all__ = ["PROXY_PORT", "BlockedLog", "GrantedSource", "ProxySettings", "Resolver",
-           "SessionProxy", "SystemResolver"]
+__all__ = [
+    "PROXY_PORT",
+    "BlockedLog",
+    "GrantedSource",
+    "ProxySettings",
+    "Resolver",
+    "SessionProxy",
+    "SystemResolver",
+]
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +178,26 @@ class SessionProxy:
         self._unsubscribe: Callable[[], None] | None = None
         self._ledger = UploadLedger()
         self._perform: dict[type[Any], Callable[[_Client, Any], Awaitable[Any]]] = {
-            ReadClient: self._read_client, SendClient: self._send_client,
-            ReadUpstream: self._read_upstream, SendUpstream: self._send_upstream,
-            Throttle: self._throttle_command, Log: self._log, RefuseClient: self._refuse,
-            ReadCredential: self._read_credential, Resolve: self._resolve, Ask: self._ask,
-            ReadGranted: self._read_granted, Connect: self._connect_upstream,
-            UpstreamAlive: self._upstream_alive, DropUpstream: self._drop_upstream,
-            SpliceBody: self._splice_body, OpenTunnel: self._open_tunnel,
-            RelayTunnel: self._relay_tunnel, CloseTunnel: self._close_tunnel,
-            RelayWebSocket: self._relay_websocket, RememberGrant: self._remember,
+            ReadClient: self._read_client,
+            SendClient: self._send_client,
+            ReadUpstream: self._read_upstream,
+            SendUpstream: self._send_upstream,
+            Throttle: self._throttle_command,
+            Log: self._log,
+            RefuseClient: self._refuse,
+            ReadCredential: self._read_credential,
+            Resolve: self._resolve,
+            Ask: self._ask,
+            ReadGranted: self._read_granted,
+            Connect: self._connect_upstream,
+            UpstreamAlive: self._upstream_alive,
+            DropUpstream: self._drop_upstream,
+            SpliceBody: self._splice_body,
+            OpenTunnel: self._open_tunnel,
+            RelayTunnel: self._relay_tunnel,
+            CloseTunnel: self._close_tunnel,
+            RelayWebSocket: self._relay_websocket,
+            RememberGrant: self._remember,
             StartTLS: self._start_tls,
         }
 
@@ -187,8 +205,9 @@ class SessionProxy:
         """Serves the agent's connections on `listener`, the listening socket the sidecar
         handed over (bound in the agent's namespace; app/egress/listener.py). It is ours
         from now on."""
-        self._server = await asyncio.start_server(self._accept, sock=listener,
-                                                  limit=self.settings.chunk * 4)
+        self._server = await asyncio.start_server(
+            self._accept, sock=listener, limit=self.settings.chunk * 4
+        )
         self._unsubscribe = self._grants.subscribe(self._grants_gone)
 
     def cut(self) -> None:
@@ -228,14 +247,20 @@ class SessionProxy:
         task = asyncio.current_task()
         assert task is not None
         _no_delay(writer)
-        core = ClientConnection(self.session, self.profile, self.settings,
-                                blocked=self._blocked, grants=self._grants,
-                                ledger=self._ledger)
+        core = ClientConnection(
+            self.session,
+            self.profile,
+            self.settings,
+            blocked=self._blocked,
+            grants=self._grants,
+            ledger=self._ledger,
+        )
         client = _Client(reader, writer, core)
         self._clients[task] = client
         try:
-            await self._drive(client, core.run(
-                crowded=len(self._clients) > self.settings.max_clients))
+            await self._drive(
+                client, core.run(crowded=len(self._clients) > self.settings.max_clients)
+            )
         except asyncio.CancelledError:
             if not client.cut:
                 raise
@@ -321,8 +346,12 @@ class SessionProxy:
     async def _remember(self, client: _Client | None, command: RememberGrant) -> None:
         grant = command.grant
         await self._grants.add(grant)
-        self._bus.emit(EventKind.GRANT_ADDED, self.session, grant.subject,
-                       **self._grants.grant_added_details(grant))
+        self._bus.emit(
+            EventKind.GRANT_ADDED,
+            self.session,
+            grant.subject,
+            **self._grants.grant_added_details(grant),
+        )
 
     async def _start_tls(self, client: _Client, command: StartTLS) -> Handshake:
         """Answers the CONNECT and takes over the agent's TLS with the session's leaf for
@@ -331,8 +360,7 @@ class SessionProxy:
             raise TLSRefused("tls-handshake", "the session has no certificate authority")
         if command.leftover or take_buffered(client.reader):
             # TLS bytes sent before the tunnel was answered would be lost to the handshake.
-            raise TLSRefused("bad-request", "the agent sent data before the CONNECT was "
-                             "answered")
+            raise TLSRefused("bad-request", "the agent sent data before the CONNECT was answered")
         context = self._ca.server_context(command.host)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=self.settings.chunk * 4)
@@ -343,9 +371,13 @@ class SessionProxy:
         client.tls_failed = True  # until it succeeds
         try:
             transport = await loop.start_tls(
-                client.writer.transport, protocol, context, server_side=True,
+                client.writer.transport,
+                protocol,
+                context,
+                server_side=True,
                 ssl_handshake_timeout=self.settings.head_timeout,
-                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS)
+                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS,
+            )
         except ssl.SSLError as e:
             raise handshake_refusal(command.host, e.reason or str(e)) from e
         except (ConnectionError, TimeoutError) as e:
@@ -357,8 +389,11 @@ class SessionProxy:
         client.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         client.reader = reader
         ssl_object = transport.get_extra_info("ssl_object")
-        return Handshake(self._ca.sni_of(ssl_object), ssl_object.version() or "",
-                         ssl_object.selected_alpn_protocol())
+        return Handshake(
+            self._ca.sni_of(ssl_object),
+            ssl_object.version() or "",
+            ssl_object.selected_alpn_protocol(),
+        )
 
     # what the core needs to know or ask
 
@@ -366,19 +401,21 @@ class SessionProxy:
         return await asyncio.to_thread(self._secrets.get, command.name)
 
     async def _resolve(self, client: _Client, command: Resolve) -> list[IPAddress]:
-        return await within(self._resolver.resolve(command.host, command.port),
-                            command.timeout)
+        return await within(self._resolver.resolve(command.host, command.port), command.timeout)
 
-    async def _read_granted(self, client: _Client, command: ReadGranted
-                            ) -> GrantedContent | None:
+    async def _read_granted(self, client: _Client, command: ReadGranted) -> GrantedContent | None:
         return None if self._granted is None else await self._granted.current()
 
     async def _ask(self, client: _Client | None, command: Ask) -> Answer:
         if self._broker is None:
             return denied("no front end")
         request = ConsentRequest(
-            id=new_request_id(), session=self.session, profile=self.profile.name,
-            kind=command.kind, subject=command.subject, details=command.details,
+            id=new_request_id(),
+            session=self.session,
+            profile=self.profile.name,
+            kind=command.kind,
+            subject=command.subject,
+            details=command.details,
             timeout=self.profile.approval.timeout,
         )
         return await self._broker.ask(request)
@@ -386,8 +423,9 @@ class SessionProxy:
     # the upstream's side
 
     async def _connect_upstream(self, client: _Client, command: Connect) -> Connected:
-        reader, writer, address = await self._connect(command.addresses, command.port,
-                                                      command.tls_name)
+        reader, writer, address = await self._connect(
+            command.addresses, command.port, command.tls_name
+        )
         client.upstream = _Stream(reader, writer)
         return Connected(address, spliceable(client.writer, writer))
 
@@ -408,8 +446,7 @@ class SessionProxy:
 
     async def _read_upstream(self, client: _Client, command: ReadUpstream) -> bytes:
         assert client.upstream is not None
-        return await within(client.upstream.reader.read(self.settings.chunk),
-                            command.timeout)
+        return await within(client.upstream.reader.read(self.settings.chunk), command.timeout)
 
     async def _splice_body(self, client: _Client, command: SpliceBody) -> int:
         assert client.upstream is not None
@@ -419,14 +456,22 @@ class SessionProxy:
             await self._throttle(amount)
             record.down += amount
 
-        return await splice(client.upstream.reader, client.upstream.writer, client.writer,
-                            command.length, command.timeout, admit)
+        return await splice(
+            client.upstream.reader,
+            client.upstream.writer,
+            client.writer,
+            command.length,
+            command.timeout,
+            admit,
+        )
 
-    async def _connect(self, addresses: Sequence[IPAddress], port: int, tls_name: str | None
-                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    async def _connect(
+        self, addresses: Sequence[IPAddress], port: int, tls_name: str | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
         if not self._connections.acquire():
-            raise Refused(429, "limit", f"the session has {self._connections.limit} "
-                          "connections open already")
+            raise Refused(
+                429, "limit", f"the session has {self._connections.limit} connections open already"
+            )
         context = None
         if tls_name is not None:
             context = self._tls or self._system_trust()
@@ -434,17 +479,24 @@ class SessionProxy:
         for address in addresses:
             try:
                 reader, writer = await within(
-                    asyncio.open_connection(str(address), port, ssl=context,
-                                            server_hostname=tls_name,
-                                            limit=self.settings.chunk * 4),
+                    asyncio.open_connection(
+                        str(address),
+                        port,
+                        ssl=context,
+                        server_hostname=tls_name,
+                        limit=self.settings.chunk * 4,
+                    ),
                     self.settings.connect_timeout,
                 )
                 return reader, writer, str(address)
             except ssl.SSLCertVerificationError as e:
                 # Never retried without verification: the upstream is refused, with why.
                 self._connections.release()
-                raise Refused(502, "upstream-certificate", f"the upstream's certificate for "
-                              f"{tls_name} is not trusted: {e.verify_message}") from e
+                raise Refused(
+                    502,
+                    "upstream-certificate",
+                    f"the upstream's certificate for {tls_name} is not trusted: {e.verify_message}",
+                ) from e
             except (OSError, TimeoutError, ssl.SSLError) as e:
                 error = e
         self._connections.release()
@@ -490,12 +542,15 @@ class SessionProxy:
             record.down += amount
 
         if self.settings.splice and spliceable(client.writer, writer):
-            await _both(self._splice_one_way(client.reader, client.writer, writer, admit_up,
-                                             command.first),
-                        self._splice_one_way(reader, writer, client.writer, admit_down))
+            await _both(
+                self._splice_one_way(client.reader, client.writer, writer, admit_up, command.first),
+                self._splice_one_way(reader, writer, client.writer, admit_down),
+            )
         else:
-            await _both(self._pump(client.reader, writer, admit_up, command.first),
-                        self._pump(reader, client.writer, admit_down))
+            await _both(
+                self._pump(client.reader, writer, admit_up, command.first),
+                self._pump(reader, client.writer, admit_down),
+            )
 
     def _tunnel_upload(self, uploads: TunnelUploads) -> Callable[[int], Awaitable[None]]:
         """What runs before `amount` more bytes go up a tunnel: the upload gate (the bytes
@@ -549,11 +604,17 @@ class SessionProxy:
 
         # Inside TLS the agent's side cannot be half-closed: when the upstream is done, so
         # is the connection.
-        await _both(up(), down(), TUNNEL_HALF_OPEN_SECONDS
-                    if client.writer.can_write_eof() else 0.0)
+        await _both(
+            up(), down(), TUNNEL_HALF_OPEN_SECONDS if client.writer.can_write_eof() else 0.0
+        )
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
-                    admit: Callable[[int], Awaitable[None]], first: bytes = b"") -> None:
+    async def _pump(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        admit: Callable[[int], Awaitable[None]],
+        first: bytes = b"",
+    ) -> None:
         data = first
         while True:
             if not data:
@@ -567,10 +628,14 @@ class SessionProxy:
             await sink.drain()
             data = b""
 
-    async def _splice_one_way(self, source: asyncio.StreamReader,
-                              source_writer: asyncio.StreamWriter, sink: asyncio.StreamWriter,
-                              admit: Callable[[int], Awaitable[None]], first: bytes = b""
-                              ) -> None:
+    async def _splice_one_way(
+        self,
+        source: asyncio.StreamReader,
+        source_writer: asyncio.StreamWriter,
+        sink: asyncio.StreamWriter,
+        admit: Callable[[int], Awaitable[None]],
+        first: bytes = b"",
+    ) -> None:
         await splice(source, source_writer, sink, None, None, admit, first)
         with contextlib.suppress(OSError):
             sink.write_eof()
@@ -593,8 +658,11 @@ def _no_delay(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def _both(up: Coroutine[Any, Any, None], down: Coroutine[Any, Any, None],
-                half_open: float = TUNNEL_HALF_OPEN_SECONDS) -> None:
+async def _both(
+    up: Coroutine[Any, Any, None],
+    down: Coroutine[Any, Any, None],
+    half_open: float = TUNNEL_HALF_OPEN_SECONDS,
+) -> None:
     """Runs a tunnel's two directions. The first failure ends both; when the upstream side
     ends, the agent's side gets `TUNNEL_HALF_OPEN_SECONDS` to finish (a half-open tunnel
     must not be held forever)."""

@@ -50,11 +50,17 @@ class ExchangeRecord:
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "method": self.method, "host": self.host, "port": self.port,
-            "path": mask_secrets(redact_path(self.path)), "status": self.status,
-            "bytes_up": self.up, "bytes_down": self.down,
+            "method": self.method,
+            "host": self.host,
+            "port": self.port,
+            "path": mask_secrets(redact_path(self.path)),
+            "status": self.status,
+            "bytes_up": self.up,
+            "bytes_down": self.down,
             "duration": round(time.monotonic() - self.started, 6),
-            "decision": self.decision, "rule": self.rule, "reason": self.reason,
+            "decision": self.decision,
+            "rule": self.rule,
+            "reason": self.reason,
         }
         for key in ("address", "route", "route_header", "sha256", "inspection"):
             if getattr(self, key):

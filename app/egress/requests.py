@@ -33,8 +33,15 @@ Headers = Sequence[tuple[bytes, bytes]]
 ROUTES_PREFIX = "/routes/"
 HOP_BY_HOP = frozenset(
     {
-        b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
-        b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
         b"expect",
     }
 )
@@ -124,7 +131,7 @@ def classify(
         if text.lower().startswith("https://"):
             return Refusal(400, "bad-request", "send HTTPS through CONNECT")
         return Refusal(400, "bad-request", "expected an absolute http:// URL or CONNECT")
-    authority, slash, rest = text[len("http://"):].partition("/")
+    authority, slash, rest = text[len("http://") :].partition("/")
     authority, question, query = authority.partition("?")
     if question:  # `http://host?q`: the query belongs to an empty path
         rest, slash = "?" + query + ("/" + rest if slash else ""), "/"
@@ -140,8 +147,7 @@ def classify(
         path = "/" + path[1:]
     hosts = header(headers, b"host")
     if len(hosts) != 1 or not _same_authority(hosts[0].decode("ascii", "replace"), host, port):
-        return Refusal(400, "host-mismatch",
-                       "the Host header does not match the request target")
+        return Refusal(400, "host-mismatch", "the Host header does not match the request target")
     if f"{host.lower()}:{port}" in own_authorities and path.startswith(ROUTES_PREFIX):
         return _route(verb, path, routes)
     return Target(Kind.FORWARD, verb, host, port, path)
@@ -157,9 +163,12 @@ def _same_authority(value: str, host: str, port: int) -> bool:
 
 def _route(verb: str, text: str, routes: Iterable[Route]) -> Target | Refusal:
     if not text.startswith(ROUTES_PREFIX):
-        return Refusal(400, "bad-request",
-                       "this is a proxy: send an absolute http:// URL, CONNECT, or /routes/NAME/")
-    name, _, rest = text[len(ROUTES_PREFIX):].partition("/")
+        return Refusal(
+            400,
+            "bad-request",
+            "this is a proxy: send an absolute http:// URL, CONNECT, or /routes/NAME/",
+        )
+    name, _, rest = text[len(ROUTES_PREFIX) :].partition("/")
     name, question, query = name.partition("?")
     route = next((r for r in routes if r.name == name), None)
     if route is None:
@@ -205,8 +214,9 @@ def upstream_headers(
     return out
 
 
-def client_headers(headers: Headers, extra: Mapping[bytes, bytes] | None = None
-                   ) -> list[tuple[bytes, bytes]]:
+def client_headers(
+    headers: Headers, extra: Mapping[bytes, bytes] | None = None
+) -> list[tuple[bytes, bytes]]:
     """An upstream response's headers as the client gets them: hop-by-hop ones dropped."""
     named = {v.strip().lower() for v in b",".join(header(headers, b"connection")).split(b",")}
     drop = HOP_BY_HOP | named
@@ -221,11 +231,16 @@ def credential_header(route: Route, secret: str) -> tuple[str, str]:
     value = template.strip().replace("{secret}", secret)
     # What h11 would refuse (quoting the value in its error): checked here, and said
     # without the value.
-    if (any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in value)
-            or value != value.strip(" \t") or secret != secret.strip()):
-        raise ValueError("the stored secret cannot go in an HTTP header (control characters, "
-                         "surrounding spaces or characters outside Latin-1): store it again "
-                         f"with `airlock secret set {route.secret}`")
+    if (
+        any(ord(c) < 32 or ord(c) == 127 or ord(c) > 255 for c in value)
+        or value != value.strip(" \t")
+        or secret != secret.strip()
+    ):
+        raise ValueError(
+            "the stored secret cannot go in an HTTP header (control characters, "
+            "surrounding spaces or characters outside Latin-1): store it again "
+            f"with `airlock secret set {route.secret}`"
+        )
     return name.strip(), value
 
 
@@ -255,10 +270,19 @@ def content_length(headers: Headers) -> int | None:
     return int(lengths[0])
 
 
-REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-           429: "Too Many Requests", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 REFUSED_HEADER = "X-Airlock-Refused"
 RULE_HEADER = "X-Airlock-Rule"
 

@@ -39,14 +39,16 @@ from app.errors import EgressError
 # (keyring's fail and null backends, keyrings.alt's plaintext and "encrypted" files, a chainer
 # that would fall through to one of those) is refused: a credential must never land in a
 # file by accident.
-SAFE_BACKENDS = frozenset({
-    "keyring.backends.SecretService.Keyring",
-    "keyring.backends.libsecret.Keyring",
-    "keyring.backends.kwallet.DBusKeyring",
-    "keyring.backends.kwallet.DBusKeyringKWallet4",
-    "keyring.backends.macOS.Keyring",
-    "keyring.backends.Windows.WinVaultKeyring",
-})
+SAFE_BACKENDS = frozenset(
+    {
+        "keyring.backends.SecretService.Keyring",
+        "keyring.backends.libsecret.Keyring",
+        "keyring.backends.kwallet.DBusKeyring",
+        "keyring.backends.kwallet.DBusKeyringKWallet4",
+        "keyring.backends.macOS.Keyring",
+        "keyring.backends.Windows.WinVaultKeyring",
+    }
+)
 SECRET_SERVICE_BACKEND = "keyring.backends.SecretService.Keyring"
 PROBE_SECONDS = 5.0
 UNLOCK_SECONDS = 30.0
@@ -123,8 +125,9 @@ def backend_name(backend: keyring.backend.KeyringBackend) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def choose(backend: keyring.backend.KeyringBackend
-           ) -> tuple[keyring.backend.KeyringBackend | None, str]:
+def choose(
+    backend: keyring.backend.KeyringBackend,
+) -> tuple[keyring.backend.KeyringBackend | None, str]:
     """The backend Airlock keeps credentials in, given the keyring library's choice, or None
     and why not. A chainer stores in its first backend: that one is used if it is safe
     (a plaintext file further down the chain, from keyrings.alt, is never reached)."""
@@ -134,17 +137,21 @@ def choose(backend: keyring.backend.KeyringBackend
         if members and backend_name(members[0]) in SAFE_BACKENDS:
             return members[0], ""
         names = ", ".join(backend_name(m) for m in members) or "nothing"
-        return None, (f"the keyring library would chain to {names}, which Airlock does not "
-                      "trust with credentials")
+        return None, (
+            f"the keyring library would chain to {names}, which Airlock does not "
+            "trust with credentials"
+        )
     if name in SAFE_BACKENDS:
         return backend, ""
     if name == _FAIL_BACKEND:
         return None, "no keyring backend works here"
     if name == "keyring.backends.null.Keyring":
         return None, "the keyring is turned off (the null backend)"
-    return None, (f"the keyring backend {name} is not one Airlock trusts with credentials "
-                  "(it keeps them only in the Secret Service, KWallet, or the macOS and "
-                  "Windows stores)")
+    return None, (
+        f"the keyring backend {name} is not one Airlock trusts with credentials "
+        "(it keeps them only in the Secret Service, KWallet, or the macOS and "
+        "Windows stores)"
+    )
 
 
 def keyring_problem(facts: KeyringFacts, command: str = "airlock secret set NAME") -> Advice:
@@ -163,39 +170,55 @@ def keyring_problem(facts: KeyringFacts, command: str = "airlock secret set NAME
             f"{command}` alone stores the key, but an `airlock run` outside it cannot read it)",
         )
     if not bus.address:
-        return Advice("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset)",
-                      "run Airlock from your desktop session's terminal, or set "
-                      "DBUS_SESSION_BUS_ADDRESS to your session's bus")
+        return Advice(
+            "no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is unset)",
+            "run Airlock from your desktop session's terminal, or set "
+            "DBUS_SESSION_BUS_ADDRESS to your session's bus",
+        )
     if not bus.reachable:
-        return Advice(f"the session bus {bus.address} does not answer ({bus.error})",
-                      "unset DBUS_SESSION_BUS_ADDRESS if it is stale (a bus of an earlier "
-                      "login), or start a new one: `dbus-run-session -- $SHELL`")
+        return Advice(
+            f"the session bus {bus.address} does not answer ({bus.error})",
+            "unset DBUS_SESSION_BUS_ADDRESS if it is stale (a bus of an earlier "
+            "login), or start a new one: `dbus-run-session -- $SHELL`",
+        )
     if facts.collection is Collection.LOCKED:
-        return Advice("the login keyring is locked and nothing on this login can ask for its "
-                      "password" if not facts.display else "the login keyring is locked",
-                      _unlock_fix(facts, command, "unlock it"))
+        return Advice(
+            "the login keyring is locked and nothing on this login can ask for its password"
+            if not facts.display
+            else "the login keyring is locked",
+            _unlock_fix(facts, command, "unlock it"),
+        )
     if facts.collection is Collection.MISSING:
-        return Advice("the Secret Service has no login keyring yet",
-                      _unlock_fix(facts, command, "create it"))
+        return Advice(
+            "the Secret Service has no login keyring yet", _unlock_fix(facts, command, "create it")
+        )
     if facts.service and facts.backend in (SECRET_SERVICE_BACKEND, _FAIL_BACKEND):
-        return Advice(f"no Secret Service on the session bus ({facts.service})",
-                      _unlock_fix(facts, command, "start one"))
+        return Advice(
+            f"no Secret Service on the session bus ({facts.service})",
+            _unlock_fix(facts, command, "start one"),
+        )
     if facts.refusal:
-        return Advice(facts.refusal,
-                      "remove keyrings.alt or the PYTHON_KEYRING_BACKEND / keyringrc.cfg "
-                      "setting that chose it, so that the Secret Service (gnome-keyring, "
-                      "KeePassXC) or KWallet is used")
+        return Advice(
+            facts.refusal,
+            "remove keyrings.alt or the PYTHON_KEYRING_BACKEND / keyringrc.cfg "
+            "setting that chose it, so that the Secret Service (gnome-keyring, "
+            "KeePassXC) or KWallet is used",
+        )
     return Advice("", "")
 
 
 def _unlock_fix(facts: KeyringFacts, command: str, what: str) -> str:
     if not facts.keyring_daemon:
-        return ("install gnome-keyring (sudo apt-get install gnome-keyring), or run another "
-                "Secret Service (KeePassXC's, KWallet's) on the session bus")
+        return (
+            "install gnome-keyring (sudo apt-get install gnome-keyring), or run another "
+            "Secret Service (KeePassXC's, KWallet's) on the session bus"
+        )
     if facts.display:
         return f"{what} from your desktop (Passwords and Keys / seahorse), then run `{command}`"
-    return (f"`{command}` starts gnome-keyring on this login's bus and asks for the keyring's "
-            f"password on the terminal to {what}")
+    return (
+        f"`{command}` starts gnome-keyring on this login's bus and asks for the keyring's "
+        f"password on the terminal to {what}"
+    )
 
 
 # -- probes (blocking, bounded in time) ----------------------------------------------------
@@ -204,8 +227,9 @@ def _unlock_fix(facts: KeyringFacts, command: str, what: str) -> str:
 def find_session_bus(environ: Mapping[str, str], uid: int) -> BusFacts:
     variable = environ.get("DBUS_SESSION_BUS_ADDRESS", "")
     login_socket = ""
-    candidates = [Path(environ["XDG_RUNTIME_DIR"]) / "bus"] if environ.get("XDG_RUNTIME_DIR") \
-        else []
+    candidates = (
+        [Path(environ["XDG_RUNTIME_DIR"]) / "bus"] if environ.get("XDG_RUNTIME_DIR") else []
+    )
     candidates.append(Path(f"/run/user/{uid}/bus"))
     for candidate in candidates:
         with contextlib.suppress(OSError):
@@ -263,8 +287,9 @@ def within(seconds: float, probe: Callable[[], T], what: str) -> T:
     return outcome[0]
 
 
-def probe_keyring(environ: Mapping[str, str], uid: int,
-                  backend: keyring.backend.KeyringBackend | None = None) -> KeyringFacts:
+def probe_keyring(
+    environ: Mapping[str, str], uid: int, backend: keyring.backend.KeyringBackend | None = None
+) -> KeyringFacts:
     """The keyring as Airlock would use it on this login. Reads `environ` for the bus as it
     will be when the keyring is used (see `use_login_bus`)."""
     bus = find_session_bus(environ, uid)
@@ -280,8 +305,9 @@ def probe_keyring(environ: Mapping[str, str], uid: int,
     if name in (SECRET_SERVICE_BACKEND, _FAIL_BACKEND):
         if bus.reachable:
             try:
-                service, collection = within(PROBE_SECONDS, _secret_service_state,
-                                             "the Secret Service")
+                service, collection = within(
+                    PROBE_SECONDS, _secret_service_state, "the Secret Service"
+                )
             except TimeoutError as e:
                 service = str(e)
         else:
@@ -322,20 +348,32 @@ def start_gnome_keyring(password: str, environ: Mapping[str, str], *, replace: b
     """Starts gnome-keyring's Secret Service on the session bus and unlocks the login keyring
     with `password` (creating it if there is none). `replace`: a daemon that holds a locked
     keyring (started by D-Bus activation, with nobody to ask for the password) is replaced."""
-    command = ["gnome-keyring-daemon", *(["--replace"] if replace else []), "--unlock",
-               "--components=secrets"]
+    command = [
+        "gnome-keyring-daemon",
+        *(["--replace"] if replace else []),
+        "--unlock",
+        "--components=secrets",
+    ]
     try:
         # A session of its own: the daemon outlives this command and must not get the
         # terminal's hang-up when the command's session ends; it lives as long as the bus.
-        done = subprocess.run(command, input=password.encode(), capture_output=True,
-                              env=dict(environ), timeout=UNLOCK_SECONDS, check=False,
-                              start_new_session=True)
+        done = subprocess.run(
+            command,
+            input=password.encode(),
+            capture_output=True,
+            env=dict(environ),
+            timeout=UNLOCK_SECONDS,
+            check=False,
+            start_new_session=True,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise EgressError(f"cannot start gnome-keyring-daemon: {e}") from e
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip().splitlines()
-        raise EgressError("gnome-keyring-daemon failed: "
-                          f"{detail[-1] if detail else f'exit status {done.returncode}'}")
+        raise EgressError(
+            "gnome-keyring-daemon failed: "
+            f"{detail[-1] if detail else f'exit status {done.returncode}'}"
+        )
 
 
 def secret_service_backend() -> keyring.backend.KeyringBackend:

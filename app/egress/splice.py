@@ -18,13 +18,22 @@ PIPE_SIZE = 1024 * 1024  # what one splice moves at most (Linux's default pipe-m
 def spliceable(*writers: asyncio.StreamWriter) -> bool:
     """Whether splice(2) can move bytes between these streams: plain sockets, no TLS."""
     return hasattr(os, "splice") and all(
-        w.get_extra_info("ssl_object") is None and w.get_extra_info("socket") is not None
-        and isinstance(w.transport, asyncio.ReadTransport) for w in writers)
+        w.get_extra_info("ssl_object") is None
+        and w.get_extra_info("socket") is not None
+        and isinstance(w.transport, asyncio.ReadTransport)
+        for w in writers
+    )
 
 
-async def splice(source: asyncio.StreamReader, source_writer: asyncio.StreamWriter,
-                 sink: asyncio.StreamWriter, length: int | None, timeout: float | None,
-                 admit: Callable[[int], Awaitable[None]], first: bytes = b"") -> int:
+async def splice(
+    source: asyncio.StreamReader,
+    source_writer: asyncio.StreamWriter,
+    sink: asyncio.StreamWriter,
+    length: int | None,
+    timeout: float | None,
+    admit: Callable[[int], Awaitable[None]],
+    first: bytes = b"",
+) -> int:
     """Moves `length` bytes (None: up to the source's end) from the source's socket to
     the sink's, `first` and what the source's stream buffered before them. `admit(n)`
     runs before n bytes go out (bandwidth, counters, approval). Returns how many moved:
@@ -54,8 +63,9 @@ async def splice(source: asyncio.StreamReader, source_writer: asyncio.StreamWrit
         # sizes its own buffers; a fixed size would switch that off.)
         with contextlib.suppress(OSError):
             sink_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * PIPE_SIZE)
-    pipe = SplicePipe(source_writer.get_extra_info("socket").fileno(),
-                       sink.get_extra_info("socket").fileno())
+    pipe = SplicePipe(
+        source_writer.get_extra_info("socket").fileno(), sink.get_extra_info("socket").fileno()
+    )
     turns = Turns()
     try:
         while length is None or moved < length:
@@ -100,8 +110,9 @@ class SplicePipe:
         """Moves up to `most` bytes from the source into the (empty) pipe; 0 at the end."""
         while True:
             try:
-                return os.splice(self._source, self._in, most,
-                                 flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                return os.splice(
+                    self._source, self._in, most, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+                )
             except BlockingIOError:
                 await self._ready(self._source, False, timeout)
 
@@ -109,8 +120,9 @@ class SplicePipe:
         """Moves `amount` bytes from the pipe to the sink."""
         while amount:
             try:
-                amount -= os.splice(self._out, self._sink, amount,
-                                    flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                amount -= os.splice(
+                    self._out, self._sink, amount, flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+                )
             except BlockingIOError:
                 await self._ready(self._sink, True, None)
 

@@ -24,9 +24,17 @@ MAX_BUNDLE = 4 * 1024 * 1024
 # Each names a file of CA certificates, read at the program's start: OpenSSL (Python's ssl,
 # curl's and git's default), requests, curl, git, Node (added to its own roots), pip, the AWS
 # SDKs, Deno, Cargo.
-VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
-             "NODE_EXTRA_CA_CERTS", "PIP_CERT", "AWS_CA_BUNDLE", "DENO_CERT",
-             "CARGO_HTTP_CAINFO")
+VARIABLES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "PIP_CERT",
+    "AWS_CA_BUNDLE",
+    "DENO_CERT",
+    "CARGO_HTTP_CAINFO",
+)
 
 
 class ArchiveSource(Protocol):
@@ -38,15 +46,21 @@ class ArchiveSource(Protocol):
 def inspects(network: Network) -> bool:
     """Whether a session with these rules may ever decrypt: it needs a CA then."""
     rules = (*network.allow, *network.ask)
-    return (network.inspect or any(rule.inspect for rule in rules)
-            or any(route.intercept for route in network.routes))
+    return (
+        network.inspect
+        or any(rule.inspect for rule in rules)
+        or any(route.intercept for route in network.routes)
+    )
 
 
 def known_hosts(network: Network) -> list[str]:
     """The inspected hosts named exactly (not `*.suffix`), whose leaves can be made ahead."""
-    hosts = [rule.host for rule in (*network.allow, *network.ask)
-             if not rule.host.startswith("*.")
-             and (network.inspect if rule.inspect is None else rule.inspect)]
+    hosts = [
+        rule.host
+        for rule in (*network.allow, *network.ask)
+        if not rule.host.startswith("*.")
+        and (network.inspect if rule.inspect is None else rule.inspect)
+    ]
     hosts += [route_authority(route)[0] for route in network.routes if route.intercept]
     return list(dict.fromkeys(hosts))
 

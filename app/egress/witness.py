@@ -31,8 +31,7 @@ class BlockedLog:
     a limiter, so that an agent flooding packets floods nothing here. `ready` is set once the
     witness owns the namespace's routes and has dropped its privileges."""
 
-    def __init__(self, session: str, bus: EventBus, limiter: BlockedLimiter | None = None
-                 ) -> None:
+    def __init__(self, session: str, bus: EventBus, limiter: BlockedLimiter | None = None) -> None:
         self.session = session
         self._bus = bus
         self._limiter = limiter or BlockedLimiter()
@@ -44,8 +43,9 @@ class BlockedLog:
         self._closing = False
 
     async def start(self, path: Path) -> None:
-        self._server = await asyncio.start_unix_server(self._accept, path=str(path),
-                                                       limit=MAX_LINE + 1)
+        self._server = await asyncio.start_unix_server(
+            self._accept, path=str(path), limit=MAX_LINE + 1
+        )
         os.chmod(path, 0o666)  # the witness runs as the agent's uid; the directory guards it
 
     def expect_hangup(self) -> None:
@@ -89,8 +89,11 @@ class BlockedLog:
             writer.close()
             self.ended.set()
             if not self._closing:
-                log.warning("session %s: the network witness hung up; direct attempts to "
-                            "leave are no longer reported", self.session)
+                log.warning(
+                    "session %s: the network witness hung up; direct attempts to "
+                    "leave are no longer reported",
+                    self.session,
+                )
 
     def _report(self, line: bytes) -> None:
         now = time.monotonic()
@@ -113,10 +116,18 @@ class BlockedLog:
     def _emit_coalesced(self, held: Coalesced | None) -> None:
         if held is None or not held.count:
             return
-        self._bus.emit(EventKind.NET_BLOCKED, self.session, "*", protocol="*",
-                       count=held.count, destinations=held.destinations, coalesced=True,
-                       decision="deny", rule="no-route",
-                       reason=f"{held.count} more direct attempts to leave, counted together")
+        self._bus.emit(
+            EventKind.NET_BLOCKED,
+            self.session,
+            "*",
+            protocol="*",
+            count=held.count,
+            destinations=held.destinations,
+            coalesced=True,
+            decision="deny",
+            rule="no-route",
+            reason=f"{held.count} more direct attempts to leave, counted together",
+        )
 
     def _malformed(self, what: str) -> None:
         self.malformed += 1

@@ -23,9 +23,14 @@ class SessionFiles:
     """Implements FileDelivery for the sessions of a registry. `expire` revokes a grant whose
     time is up."""
 
-    def __init__(self, registry: SessionRegistry, store: StateStore, bus: EventBus,
-                 identity: Identity,
-                 expire: Callable[[str], Coroutine[object, object, None]]) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        store: StateStore,
+        bus: EventBus,
+        identity: Identity,
+        expire: Callable[[str], Coroutine[object, object, None]],
+    ) -> None:
         self._registry = registry
         self._store = store
         self._bus = bus
@@ -49,12 +54,15 @@ class SessionFiles:
         running = self._running(session)
         requests = [check_grant_path(path, mode, Path("/")) for path in paths]
         if mode is Mode.READ_WRITE and any(r.path.is_dir() for r in requests):
-            raise GrantError("read-write folders can only be granted when a session starts; "
-                             "grant files, or the folder read-only")
+            raise GrantError(
+                "read-write folders can only be granted when a session starts; "
+                "grant files, or the folder read-only"
+            )
         located: list[PurePosixPath] = []
         for request in requests:
             grant = grant_for(
-                request, lifetime=lifetime,
+                request,
+                lifetime=lifetime,
                 session=None if lifetime is Lifetime.ALWAYS else session,
                 profile=running.profile if lifetime is Lifetime.ALWAYS else None,
                 expires_at=until,
@@ -62,17 +70,26 @@ class SessionFiles:
             if mode is Mode.READ_WRITE:
                 located.append(await self.stage_file(running, grant, copy_from_host=True))
                 continue
-            at = None if _under_any(request.path, running.anchors) else (
-                Path(DOCUMENTS) / secrets.token_hex(4) / request.path.name
+            at = (
+                None
+                if _under_any(request.path, running.anchors)
+                else (Path(DOCUMENTS) / secrets.token_hex(4) / request.path.name)
             )
             mirrored = await asyncio.to_thread(running.view.add, request.path, at)
-            await asyncio.to_thread(self._store.add_grants, [grant], session=session,
-                                    location=str(at) if at else None)
+            await asyncio.to_thread(
+                self._store.add_grants, [grant], session=session, location=str(at) if at else None
+            )
             inside = PurePosixPath(at or request.path)
             self._bus.emit(
-                EventKind.GRANT_ADDED, session, str(request.path), grant=grant.id,
-                mode=str(grant.mode), lifetime=str(grant.lifetime), location=str(inside),
-                linked=mirrored.linked, copied=mirrored.copied,
+                EventKind.GRANT_ADDED,
+                session,
+                str(request.path),
+                grant=grant.id,
+                mode=str(grant.mode),
+                lifetime=str(grant.lifetime),
+                location=str(inside),
+                linked=mirrored.linked,
+                copied=mirrored.copied,
             )
             for path, why in mirrored.skipped:
                 self._bus.emit(EventKind.GRANT_SKIPPED, session, path, reason=why)
@@ -94,27 +111,42 @@ class SessionFiles:
                 raise GrantError(f"{target}: exists and is not a regular file")
             if target.is_symlink():
                 raise GrantError(f"{target}: is a symlink; choose the real file")
-            grant = grant_for(GrantRequest(target, Mode.READ_WRITE),
-                              lifetime=Lifetime.SESSION if lifetime is Lifetime.ALWAYS
-                              else lifetime, session=session,
-                              expires_at=None)
+            grant = grant_for(
+                GrantRequest(target, Mode.READ_WRITE),
+                lifetime=Lifetime.SESSION if lifetime is Lifetime.ALWAYS else lifetime,
+                session=session,
+                expires_at=None,
+            )
             located.append(await self.stage_file(running, grant, copy_from_host=False))
         return located
 
-    async def stage_file(self, running: RunningSession, grant: Grant,
-                         copy_from_host: bool) -> PurePosixPath:
+    async def stage_file(
+        self, running: RunningSession, grant: Grant, copy_from_host: bool
+    ) -> PurePosixPath:
         """A file the agent may write, staged in the session's saves area."""
         token = secrets.token_hex(4)
         await asyncio.to_thread(
-            running.staging.add_file, grant.path, grant.id, running.quota,
-            running.staging.root / "saves" / token, copy_from_host,
-            (self._identity.uid, self._identity.gid))
+            running.staging.add_file,
+            grant.path,
+            grant.id,
+            running.quota,
+            running.staging.root / "saves" / token,
+            copy_from_host,
+            (self._identity.uid, self._identity.gid),
+        )
         inside = PurePosixPath(SAVES) / token / grant.path.name
-        await asyncio.to_thread(self._store.add_grants, [grant], session=running.id,
-                                location=str(inside))
-        self._bus.emit(EventKind.GRANT_ADDED, running.id, str(grant.path), grant=grant.id,
-                       mode=str(grant.mode), lifetime=str(grant.lifetime),
-                       location=str(inside))
+        await asyncio.to_thread(
+            self._store.add_grants, [grant], session=running.id, location=str(inside)
+        )
+        self._bus.emit(
+            EventKind.GRANT_ADDED,
+            running.id,
+            str(grant.path),
+            grant=grant.id,
+            mode=str(grant.mode),
+            lifetime=str(grant.lifetime),
+            location=str(inside),
+        )
         return inside
 
     def schedule_expiry(self, running: RunningSession, grant: Grant) -> None:

@@ -105,8 +105,9 @@ class Engine(Protocol):
     def containers(self, labels: Sequence[str]) -> list[Listed]:
         """Containers, running or not, carrying all these labels (`key` or `key=value`)."""
 
-    def create_volume(self, name: str, lower: Path, upper: Path, work: Path,
-                      labels: Mapping[str, str]) -> str:
+    def create_volume(
+        self, name: str, lower: Path, upper: Path, work: Path, labels: Mapping[str, str]
+    ) -> str:
         """An overlay volume (read-write staging of a folder); its name."""
 
     def volumes(self, labels: Sequence[str]) -> list[Listed]: ...
@@ -128,8 +129,10 @@ class Reaper:
 
     def __init__(self, labels: Sequence[str]) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "app.reaper", *labels], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, start_new_session=True,  # not ended by a Ctrl-C
+            [sys.executable, "-m", "app.reaper", *labels],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # not ended by a Ctrl-C
         )
 
     def done(self) -> None:
@@ -199,37 +202,43 @@ class DockerEngine:
         try:
             doc = self.client.api.inspect_container(container)
         except docker.errors.APIError as e:
-            raise EngineError(f"cannot inspect container {container[:12]}: "
-                              f"{e.explanation}") from e
+            raise EngineError(f"cannot inspect container {container[:12]}: {e.explanation}") from e
         view = EngineView.from_inspect(doc)
-        return SandboxReport(view, kernel_report(view.pid, str(doc.get("Id") or container)),
-                             self.kind)
+        return SandboxReport(
+            view, kernel_report(view.pid, str(doc.get("Id") or container)), self.kind
+        )
 
     def create(self, kwargs: dict[str, Any]) -> str:
         try:
             # The low-level call: `containers.create` would inspect the new container again.
             api = self.client.api
-            host_config = for_engine(self.kind, api.create_host_config(**kwargs["host_config"]),
-                                     kwargs["host_config"].get("network_mode", ""),
-                                     self.runtime_dir)
+            host_config = for_engine(
+                self.kind,
+                api.create_host_config(**kwargs["host_config"]),
+                kwargs["host_config"].get("network_mode", ""),
+                self.runtime_dir,
+            )
             return str(api.create_container(**dict(kwargs, host_config=host_config))["Id"])
         except docker.errors.APIError as e:
-            raise EngineError(f"{self.kind.describe()} refused the container: "
-                              f"{one_line(str(e.explanation))}") from e
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                OSError) as e:
-            raise EngineError(f"cannot create the container on {self.kind.describe()}: "
-                              f"{one_line(str(e))}") from e
+            raise EngineError(
+                f"{self.kind.describe()} refused the container: {one_line(str(e.explanation))}"
+            ) from e
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+            raise EngineError(
+                f"cannot create the container on {self.kind.describe()}: {one_line(str(e))}"
+            ) from e
 
     def attach(self, container: str) -> Iterator[Chunk]:
         # Without `logs`: the engine keeps none (log driver "none"), and asking for them
         # stalls the attach.
         try:
             stream = self.client.api.attach(
-                container, stdout=True, stderr=True, stream=True, logs=False, demux=True)
+                container, stdout=True, stderr=True, stream=True, logs=False, demux=True
+            )
         except docker.errors.APIError as e:
-            raise EngineError(f"cannot attach to container {container[:12]}: "
-                              f"{e.explanation}") from e
+            raise EngineError(
+                f"cannot attach to container {container[:12]}: {e.explanation}"
+            ) from e
         return self._read(stream)
 
     def console(self, container: str, tty: bool) -> Console:
@@ -267,16 +276,14 @@ class DockerEngine:
         try:
             state = self.client.api.inspect_container(container).get("State") or {}
         except docker.errors.APIError as e:
-            raise EngineError(f"cannot inspect container {container[:12]}: "
-                              f"{e.explanation}") from e
+            raise EngineError(f"cannot inspect container {container[:12]}: {e.explanation}") from e
         return ContainerState(int(state.get("Pid") or 0), bool(state.get("OOMKilled")))
 
     def wait(self, container: str) -> int:
         try:
             status = self.client.api.wait(container)
         except docker.errors.APIError as e:
-            raise EngineError(f"cannot wait for container {container[:12]}: "
-                              f"{e.explanation}") from e
+            raise EngineError(f"cannot wait for container {container[:12]}: {e.explanation}") from e
         return int(status.get("StatusCode", 1))
 
     def stop(self, container: str, grace: float) -> None:
@@ -310,26 +317,32 @@ class DockerEngine:
             raise EngineError(f"cannot list containers: {e.explanation}") from e
         return [Listed(c["Id"], c.get("Labels") or {}) for c in found or []]
 
-    def create_volume(self, name: str, lower: Path, upper: Path, work: Path,
-                      labels: Mapping[str, str]) -> str:
+    def create_volume(
+        self, name: str, lower: Path, upper: Path, work: Path, labels: Mapping[str, str]
+    ) -> str:
         for path in (lower, upper, work):
             if "," in str(path) or ":" in str(path):
                 raise GrantError(
                     f"{path}: overlay mounts cannot take ',' or ':' in a path; point "
-                    "XDG_STATE_HOME somewhere without them")
+                    "XDG_STATE_HOME somewhere without them"
+                )
         options = f"lowerdir={lower},upperdir={upper},workdir={work},userxattr"
         try:
             volume = self.client.volumes.create(
-                name=name, driver="local", labels=dict(labels),
-                driver_opts={"type": "overlay", "device": "overlay", "o": options})
+                name=name,
+                driver="local",
+                labels=dict(labels),
+                driver_opts={"type": "overlay", "device": "overlay", "o": options},
+            )
         except docker.errors.APIError as e:
             raise EngineError(f"cannot create the staging overlay: {e.explanation}") from e
         return str(volume.name)
 
     def volumes(self, labels: Sequence[str]) -> list[Listed]:
         found = self.client.api.volumes(filters={"label": list(labels)})
-        return [Listed(v["Name"], v.get("Labels") or {})
-                for v in (found or {}).get("Volumes") or []]
+        return [
+            Listed(v["Name"], v.get("Labels") or {}) for v in (found or {}).get("Volumes") or []
+        ]
 
     def remove_volumes(self, names: Sequence[str]) -> None:
         for name in names:

@@ -41,8 +41,16 @@ from app.view import anchors_for
 class SessionSetup:
     """What a session needs before its container is created."""
 
-    def __init__(self, engine: Engine, store: StateStore, bus: EventBus, dirs: Dirs,
-                 identity: Identity, owner: str, files: SessionFiles) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: StateStore,
+        bus: EventBus,
+        dirs: Dirs,
+        identity: Identity,
+        owner: str,
+        files: SessionFiles,
+    ) -> None:
         self._engine = engine
         self.store = store
         self.bus = bus
@@ -63,14 +71,17 @@ class SessionSetup:
                 requests.append(check_grant_path(path, Mode(default.mode), Path.cwd()))
             except GrantError as e:
                 self.bus.emit(EventKind.GRANT_SKIPPED, session_id, str(path), reason=str(e))
-        grants = [grant_for(r, lifetime=Lifetime.SESSION, session=session_id, now=now)
-                  for r in requests]
-        stored = await asyncio.to_thread(self._record, session_id, grants,
-                                         request.profile.name, now)
+        grants = [
+            grant_for(r, lifetime=Lifetime.SESSION, session=session_id, now=now) for r in requests
+        ]
+        stored = await asyncio.to_thread(
+            self._record, session_id, grants, request.profile.name, now
+        )
         return grants + stored
 
-    def _record(self, session: str, grants: Sequence[Grant], profile: str,
-                now: float) -> list[Grant]:
+    def _record(
+        self, session: str, grants: Sequence[Grant], profile: str, now: float
+    ) -> list[Grant]:
         """Stores the session's grants and links the profile's stored ones to it."""
         self.store.add_grants(grants, session=session)
         stored = self.store.profile_grants(profile, now)
@@ -89,17 +100,24 @@ class SessionSetup:
     ) -> ContainerSpec:
         rw_trees = [g for g in grants if g.mode is Mode.READ_WRITE and g.path.is_dir()]
         # What a read-write tree covers is already in its overlay.
-        effective = [g for g in grants
-                     if not any(t is not g and t.covers(g.path) for t in rw_trees)]
+        effective = [
+            g for g in grants if not any(t is not g and t.covers(g.path) for t in rw_trees)
+        ]
         staged: list[BindMount | VolumeMount] = []
         quota = request.profile.resources.staging
         owner = (self.identity.uid, self.identity.gid)
         for grant in effective:
             mirrored = await asyncio.to_thread(running.view.add, grant.path)
             self.bus.emit(
-                EventKind.GRANT_ADDED, running.id, str(grant.path), grant=grant.id,
-                mode=str(grant.mode), lifetime=str(grant.lifetime), linked=mirrored.linked,
-                copied=mirrored.copied, directories=mirrored.directories,
+                EventKind.GRANT_ADDED,
+                running.id,
+                str(grant.path),
+                grant=grant.id,
+                mode=str(grant.mode),
+                lifetime=str(grant.lifetime),
+                linked=mirrored.linked,
+                copied=mirrored.copied,
+                directories=mirrored.directories,
             )
             for path, why in mirrored.skipped:
                 self.bus.emit(EventKind.GRANT_SKIPPED, running.id, path, reason=why)
@@ -109,19 +127,31 @@ class SessionSetup:
                 continue
             if grant in rw_trees:
                 root, upper, work = await asyncio.to_thread(
-                    running.staging.add_tree, grant.path, grant.id, quota, owner)
+                    running.staging.add_tree, grant.path, grant.id, quota, owner
+                )
                 lower = running.staging.root / root.id / "lower"
                 lower.symlink_to(running.view.mirror_path(grant.path))
                 volume = await asyncio.to_thread(
-                    self._engine.create_volume, f"airlock-{running.id}-{root.id}", lower,
-                    upper, work, labels)
+                    self._engine.create_volume,
+                    f"airlock-{running.id}-{root.id}",
+                    lower,
+                    upper,
+                    work,
+                    labels,
+                )
                 running.volumes.append(volume)
                 running.watched[upper] = grant.path
                 staged.append(VolumeMount(volume, grant.path))
             else:
                 root = await asyncio.to_thread(
-                    running.staging.add_file, grant.path, grant.id, quota,
-                    running.staging.root / "files" / secrets.token_hex(4), True, owner)
+                    running.staging.add_file,
+                    grant.path,
+                    grant.id,
+                    quota,
+                    running.staging.root / "files" / secrets.token_hex(4),
+                    True,
+                    owner,
+                )
                 staged.append(BindMount(root.upper, grant.path, read_only=False))
         saves = running.staging.root / "saves"
         saves.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -129,18 +159,27 @@ class SessionSetup:
             os.chown(saves, *owner)
         staged.append(BindMount(saves, Path(SAVES), read_only=False))
         # The documents area is always there, so files granted mid-run have a place to appear.
-        anchors = [*anchors_for((g.path, g.path.is_dir()) for g in effective
-                                if g not in rw_trees), Path(DOCUMENTS)]
+        anchors = [
+            *anchors_for((g.path, g.path.is_dir()) for g in effective if g not in rw_trees),
+            Path(DOCUMENTS),
+        ]
         mounts = [(running.view.prepare_anchor(anchor), anchor) for anchor in anchors]
         running.anchors = anchors
         running.profile = request.profile.name
         running.approval = request.profile.approval
         running.quota = quota
         return build_spec(
-            profile=request.profile, session=running.id, image=image, command=request.command,
-            identity=self.identity, anchors=mounts,
-            first_grant=grants[0].path if grants else None, seccomp=seccomp,
-            labels=dict(labels, **{LABEL_ROLE: "agent"}), additions=additions, staged=staged,
+            profile=request.profile,
+            session=running.id,
+            image=image,
+            command=request.command,
+            identity=self.identity,
+            anchors=mounts,
+            first_grant=grants[0].path if grants else None,
+            seccomp=seccomp,
+            labels=dict(labels, **{LABEL_ROLE: "agent"}),
+            additions=additions,
+            staged=staged,
             terminal=request.terminal,
         )
 
@@ -153,8 +192,12 @@ class SessionSetup:
         }
 
     async def extensions(
-        self, running: RunningSession, request: LaunchRequest, labels: Mapping[str, str],
-        seccomp: str, factories: Sequence[ExtensionFactory],
+        self,
+        running: RunningSession,
+        request: LaunchRequest,
+        labels: Mapping[str, str],
+        seccomp: str,
+        factories: Sequence[ExtensionFactory],
     ) -> list[ContainerAdditions]:
         """Makes the session's extensions and what each adds to the agent's container."""
         if not factories:
@@ -162,9 +205,17 @@ class SessionSetup:
         running.runtime_dir = self.dirs.runtime / running.id
         # Searchable by the agent's uid, which is not ours when root runs agents as nobody.
         running.runtime_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        context = SessionContext(running.id, request.profile, self.identity,
-                                 running.runtime_dir, running.view, self.bus, labels, seccomp,
-                                 files=self._files)
+        context = SessionContext(
+            running.id,
+            request.profile,
+            self.identity,
+            running.runtime_dir,
+            running.view,
+            self.bus,
+            labels,
+            seccomp,
+            files=self._files,
+        )
         running.context = context
         additions = []
         for factory in factories:

@@ -41,9 +41,11 @@ def disk_short(where: Path, reserve: int) -> str | None:
     left = st.f_bavail * st.f_frsize
     if left >= reserve:
         return None
-    return (f"only {left // 1024**2} MiB left on the disk of {where}, "
-            f"where sessions stage their writes (at least {reserve // 1024**2} "
-            "MiB must stay free)")
+    return (
+        f"only {left // 1024**2} MiB left on the disk of {where}, "
+        f"where sessions stage their writes (at least {reserve // 1024**2} "
+        "MiB must stay free)"
+    )
 
 
 async def watch_disk(where: Path, reserve: int, stopped: Callable[[], bool]) -> str:

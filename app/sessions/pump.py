@@ -32,7 +32,8 @@ class _LineBudget:
     """A token bucket of output-line events, and the lines held back, per stream."""
 
     bucket: EventBudget = field(
-        default_factory=lambda: EventBudget(OUTPUT_LINES_BURST, OUTPUT_LINES_PER_SECOND))
+        default_factory=lambda: EventBudget(OUTPUT_LINES_BURST, OUTPUT_LINES_PER_SECOND)
+    )
     held: dict[str, list[int]] = field(default_factory=dict)  # stream -> [lines, bytes]
 
     def take(self) -> bool:
@@ -55,8 +56,12 @@ class OutputPump:
         self._budget = _LineBudget()
         self._draining: set[asyncio.Task[None]] = set()
 
-    def run(self, stream: Iterable[Chunk], loop: asyncio.AbstractEventLoop,
-            drained: asyncio.Future[None]) -> None:
+    def run(
+        self,
+        stream: Iterable[Chunk],
+        loop: asyncio.AbstractEventLoop,
+        drained: asyncio.Future[None],
+    ) -> None:
         """Reads the agent's streams (in a thread) and hands each piece to the loop; waits
         for an output that can fall behind to take it before reading on. Sets `drained`
         (on the loop) when the streams end."""
@@ -68,8 +73,9 @@ class OutputPump:
                         continue
                     if not draining:
                         if not call_on_loop(loop, self.write, name, data):
-                            log.debug("output stream of %s abandoned: the loop closed",
-                                      self.session)
+                            log.debug(
+                                "output stream of %s abandoned: the loop closed", self.session
+                            )
                             return
                         continue
                     delivered: concurrent.futures.Future[bool] = concurrent.futures.Future()
@@ -81,8 +87,7 @@ class OutputPump:
         finally:
             call_on_loop(loop, _set_done, drained)
 
-    def _deliver(self, name: str, data: bytes,
-                 delivered: concurrent.futures.Future[bool]) -> None:
+    def _deliver(self, name: str, data: bytes, delivered: concurrent.futures.Future[bool]) -> None:
         """On the loop: writes a piece of output, then has `delivered` say, once the output
         has room again, whether to wait for it with the next piece (False once the output is
         gone, its reader left: the rest is read, and not held up)."""
@@ -138,9 +143,14 @@ class OutputPump:
         (the output itself is whole: only the events are summed up)."""
         for stream, (lines, size) in self._budget.held.items():
             self._bus.emit(
-                EventKind.SESSION_OUTPUT, self.session, stream, size=size, lines=lines,
+                EventKind.SESSION_OUTPUT,
+                self.session,
+                stream,
+                size=size,
+                lines=lines,
                 text=f"[{lines} more line(s), {size} bytes: printed faster than "
-                     f"{OUTPUT_LINES_PER_SECOND} lines a second, not recorded one by one]")
+                f"{OUTPUT_LINES_PER_SECOND} lines a second, not recorded one by one]",
+            )
         self._budget.held.clear()
 
 
@@ -149,8 +159,9 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _wait_delivered(delivered: concurrent.futures.Future[bool],
-                    loop: asyncio.AbstractEventLoop) -> bool:
+def _wait_delivered(
+    delivered: concurrent.futures.Future[bool], loop: asyncio.AbstractEventLoop
+) -> bool:
     """Waits, in the reading thread, for the loop to deliver a piece; whether to go on
     waiting for the next ones. Gives up if the loop stops meanwhile."""
     while True:

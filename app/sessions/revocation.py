@@ -28,8 +28,10 @@ from app.staging import RootKind, SessionStaging
 from app.store import StateStore
 from app.view import SessionView, anchors_for
 
-TREE_STOPPED = ("a read-write folder cannot be taken back from a running agent: the session "
-                "was stopped; its staged changes are kept for review")
+TREE_STOPPED = (
+    "a read-write folder cannot be taken back from a running agent: the session "
+    "was stopped; its staged changes are kept for review"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class Reach:
 
 
 # The steps of a plan, in the order they are to be carried out.
+
 
 @dataclass(frozen=True, slots=True)
 class Withdraw:
@@ -103,22 +106,30 @@ def plan_revocation(grant: Grant, reaches: Sequence[Reach], linked: bool) -> lis
         session = reach.session
         steps.append(Withdraw(session, grant.id))
         if reach.staged_tree:
-            steps += [StopAgent(session),
-                      Unshow(session, grant.path, (Path(DOCUMENTS),)),
-                      Announce(session, subject, {"grant": grant.id, "stopped": True,
-                                                  "reason": TREE_STOPPED})]
+            steps += [
+                StopAgent(session),
+                Unshow(session, grant.path, (Path(DOCUMENTS),)),
+                Announce(
+                    session, subject, {"grant": grant.id, "stopped": True, "reason": TREE_STOPPED}
+                ),
+            ]
             continue
         if reach.location is not None:
-            steps += [Unshow(session, Path(reach.location), (Path(DOCUMENTS),)),
-                      Announce(session, subject, {"grant": grant.id,
-                                                  "location": reach.location})]
+            steps += [
+                Unshow(session, Path(reach.location), (Path(DOCUMENTS),)),
+                Announce(session, subject, {"grant": grant.id, "location": reach.location}),
+            ]
             continue
-        anchors = anchors_for([(o.grant.path, o.is_dir) for o in reach.others]
-                              + [(grant.path, reach.is_dir)])
+        anchors = anchors_for(
+            [(o.grant.path, o.is_dir) for o in reach.others] + [(grant.path, reach.is_dir)]
+        )
         steps.append(Unshow(session, grant.path, (*anchors, Path(DOCUMENTS))))
         # A path also covered by another live grant stays visible.
-        steps += [Reshow(session, o.grant.path) for o in reach.others
-                  if o.grant.covers(grant.path) or grant.covers(o.grant.path)]
+        steps += [
+            Reshow(session, o.grant.path)
+            for o in reach.others
+            if o.grant.covers(grant.path) or grant.covers(o.grant.path)
+        ]
         steps.append(Announce(session, subject, {"grant": grant.id}))
     if not linked:
         steps.append(Announce(grant.session, subject, {"grant": grant.id}))
@@ -141,16 +152,23 @@ class Revocation:
         any other within `app.egress.grants.POLL_SECONDS`) end what it let through."""
         grants: list[AnyGrant | None] = [
             self._store.grant(grant_id) or self._store.network_grant(grant_id)
-            for grant_id in grant_ids]
+            for grant_id in grant_ids
+        ]
         missing = [gid for gid, g in zip(grant_ids, grants, strict=True) if g is None]
         if missing:
             raise GrantError(f"no grant {missing[0]!r} (see `airlock grants`)")
         revoked = [g for g in grants if g is not None and g.revoked_at is None]
         self._store.revoke(g.id for g in revoked)
         for network in (g for g in revoked if isinstance(g, NetworkGrant)):
-            bus.emit(EventKind.GRANT_REVOKED, network.session, network.subject,
-                     grant=network.id, network=True, access=str(network.access),
-                     profile=network.profile)
+            bus.emit(
+                EventKind.GRANT_REVOKED,
+                network.session,
+                network.subject,
+                grant=network.id,
+                network=True,
+                access=str(network.access),
+                profile=network.profile,
+            )
         self._revoke_files([g for g in revoked if isinstance(g, Grant)], bus)
         return revoked
 
@@ -158,20 +176,27 @@ class Revocation:
         now = time.time()
         for grant in revoked:
             sessions = self._store.sessions_using(grant.id)
-            reaches = [self._reach(grant, session, now) for session in sessions
-                       if (record := self._store.session(session)) is not None and record.live]
+            reaches = [
+                self._reach(grant, session, now)
+                for session in sessions
+                if (record := self._store.session(session)) is not None and record.live
+            ]
             for step in plan_revocation(grant, reaches, linked=bool(sessions)):
                 self._carry_out(step, bus)
 
     def _reach(self, grant: Grant, session: str, now: float) -> Reach:
-        if any(r.grant == grant.id and r.kind is RootKind.TREE
-               for r in self._staging(session).roots()):
+        if any(
+            r.grant == grant.id and r.kind is RootKind.TREE for r in self._staging(session).roots()
+        ):
             return Reach(session, staged_tree=True)
         location = self._store.grant_location(session, grant.id)
         if location is not None:
             return Reach(session, location=location)
-        others = tuple(Shown(g, g.path.is_dir()) for g in self._store.session_grants(session, now)
-                       if self._store.grant_location(session, g.id) is None)
+        others = tuple(
+            Shown(g, g.path.is_dir())
+            for g in self._store.session_grants(session, now)
+            if self._store.grant_location(session, g.id) is None
+        )
         return Reach(session, is_dir=grant.path.is_dir(), others=others)
 
     def _staging(self, session: str) -> SessionStaging:
@@ -186,8 +211,11 @@ class Revocation:
                 self._staging(session).withdraw(grant)
             case StopAgent(session):
                 # Its end says why, not only the signal (app/endings.py).
-                request_stop(self._dirs.sessions, session,
-                             "stopped: a read-write folder it was granted was revoked")
+                request_stop(
+                    self._dirs.sessions,
+                    session,
+                    "stopped: a read-write folder it was granted was revoked",
+                )
                 kill_agent(self._engine, self._owner, session)
             case Unshow(session, path, keep):
                 self._view(session).remove(path, keep=list(keep))

@@ -87,8 +87,11 @@ def _conmon_child(proc: Path, container: str) -> bool:
     if len(fields) < 2 or not fields[1].isdigit():
         return False
     argv = _read(Path("/proc") / fields[1] / "cmdline").split("\0")
-    return (len(container) == 64 and os.path.basename(argv[0]) == "conmon"
-            and any(a == "-c" and b == container for a, b in itertools.pairwise(argv)))
+    return (
+        len(container) == 64
+        and os.path.basename(argv[0]) == "conmon"
+        and any(a == "-c" and b == container for a, b in itertools.pairwise(argv))
+    )
 
 
 def kernel_report(pid: int, container: str) -> KernelReport:
@@ -104,11 +107,15 @@ def kernel_report(pid: int, container: str) -> KernelReport:
     pids = [pid]
     children = _read(proc / "task" / str(pid) / "children").split()
     pids += [int(child) for child in children[:MAX_CHILDREN] if child.isdigit()]
-    processes = tuple(ProcessFacts.parse(p, status, _read(Path("/proc") / str(p) / "limits"))
-                      for p in pids if (status := _read(Path("/proc") / str(p) / "status")))
+    processes = tuple(
+        ProcessFacts.parse(p, status, _read(Path("/proc") / str(p) / "limits"))
+        for p in pids
+        if (status := _read(Path("/proc") / str(p) / "status"))
+    )
     net = proc / "net"
-    listeners = (parse_listeners("tcp", _read(net / "tcp"))
-                 + parse_listeners("tcp6", _read(net / "tcp6")))
+    listeners = parse_listeners("tcp", _read(net / "tcp")) + parse_listeners(
+        "tcp6", _read(net / "tcp6")
+    )
     return KernelReport(
         processes=processes,
         mounts=parse_mountinfo(_read(proc / "mountinfo")),

@@ -97,8 +97,9 @@ class Supervisor:
         registry: SessionRegistry | None = None,
     ) -> None:
         self.engine = engine  # as given: tests reach the Docker client through it
-        self._engine: Engine = (DockerEngine(engine) if isinstance(engine, docker.DockerClient)
-                                else engine)
+        self._engine: Engine = (
+            DockerEngine(engine) if isinstance(engine, docker.DockerClient) else engine
+        )
         self.store = store
         self.bus = bus
         self.dirs = dirs
@@ -110,8 +111,9 @@ class Supervisor:
         self.sessions = registry or SessionRegistry()
         self._revocation = Revocation(self._engine, self.owner, store, dirs)
         self.files = SessionFiles(self.sessions, store, bus, self.identity, self._expire)
-        self._setup = SessionSetup(self._engine, store, bus, dirs, self.identity, self.owner,
-                                   self.files)
+        self._setup = SessionSetup(
+            self._engine, store, bus, dirs, self.identity, self.owner, self.files
+        )
         self._recorder = recorder  # the audit log's sink: no session runs while it fails
         self.disk_reserve = disk_reserve
         self.calls = BlockingCalls(name="engine")
@@ -140,17 +142,23 @@ class Supervisor:
 
     # the life of a session
 
-    async def run(self, request: LaunchRequest, output: Output,
-                  named: Callable[[str], None] | None = None,
-                  progress: Callable[[str], None] | None = None) -> SessionResult:
+    async def run(
+        self,
+        request: LaunchRequest,
+        output: Output,
+        named: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> SessionResult:
         """Runs one session to its end. Cancelling the task stops and removes the container
         (or, while it is still being set up, ends it before anything starts). `named` hears
         the session's id before its first event; `progress` each step of the start ("creating
         the container"), for a caller that shows how far a launch got."""
         step = progress or (lambda _step: None)
         if self._recorder is not None and (why := self._recorder.check()):
-            raise SessionError(f"the audit log cannot be written ({why}): no session runs "
-                               "unrecorded; free space there and start it again")
+            raise SessionError(
+                f"the audit log cannot be written ({why}): no session runs "
+                "unrecorded; free space there and start it again"
+            )
         self.dirs.sessions.mkdir(parents=True, exist_ok=True)
         if (short := await asyncio.to_thread(self._disk_short)) is not None:
             raise SessionError(f"{short}; free space there and start it again")
@@ -164,33 +172,48 @@ class Supervisor:
         session_id = new_session_id()
         if named is not None:
             named(session_id)
-        view = SessionView(self.dirs.sessions / session_id / "view",
-                           private=(self.dirs.state, self.dirs.runtime))
+        view = SessionView(
+            self.dirs.sessions / session_id / "view", private=(self.dirs.state, self.dirs.runtime)
+        )
         running = RunningSession(session_id, view, image=image)
         self.sessions.add(running)
         exit_code, reason = 1, "failed to start"
         try:
-            await asyncio.to_thread(self.store.add_session, SessionRecord(
-                id=session_id, profile=request.profile.name, image=image, container_id=None,
-                supervisor=process_token(), state=SessionState.STARTING, started_at=time.time(),
-            ))
+            await asyncio.to_thread(
+                self.store.add_session,
+                SessionRecord(
+                    id=session_id,
+                    profile=request.profile.name,
+                    image=image,
+                    container_id=None,
+                    supervisor=process_token(),
+                    state=SessionState.STARTING,
+                    started_at=time.time(),
+                ),
+            )
             running.guard = self._engine.guard(
-                [f"{LABEL_OWNER}={self.owner}", f"{LABEL_SESSION}={session_id}"])
+                [f"{LABEL_OWNER}={self.owner}", f"{LABEL_SESSION}={session_id}"]
+            )
             step("preparing the granted files")
             grants = await self._setup.grants(session_id, request)
             labels = self._setup.labels(running.id, request.profile)
             additions = await self._setup.extensions(
-                running, request, labels, seccomp, self._extension_factories)
+                running, request, labels, seccomp, self._extension_factories
+            )
             spec, image_command = await asyncio.gather(
                 self._setup.spec(running, request, image, seccomp, grants, labels, additions),
-                self.calls.call(self._engine.image_command, image))
-            running.gate = await asyncio.to_thread(
-                Gate, self.dirs.sessions / session_id / "gate")
+                self.calls.call(self._engine.image_command, image),
+            )
+            running.gate = await asyncio.to_thread(Gate, self.dirs.sessions / session_id / "gate")
             spec, expected = _gated(spec, running.gate, image_command)
             # The view mirrors absolute host paths, so its root stands for `/`.
             running.watched[running.view.root] = Path("/")
-            running.watcher = TreeWatcher(session_id, self.bus, running.watched, on_unwatched=(
-                functools.partial(self._partly_unwatched, running, request.profile)))
+            running.watcher = TreeWatcher(
+                session_id,
+                self.bus,
+                running.watched,
+                on_unwatched=(functools.partial(self._partly_unwatched, running, request.profile)),
+            )
             await running.watcher.start()
             step("creating the container")
             running.container = await self.calls.call(self._engine.create, spec.create_kwargs())
@@ -203,15 +226,23 @@ class Supervisor:
         except asyncio.CancelledError:
             exit_code, reason = 130, "interrupted"
             if running.container is not None:  # its end is recorded, as any other end
-                self.bus.emit(EventKind.SESSION_EXITED, session_id, session_id, code=exit_code,
-                              reason=stop_requested(self.dirs.sessions, session_id) or
-                              "interrupted: Airlock was told to stop it (a signal)")
+                self.bus.emit(
+                    EventKind.SESSION_EXITED,
+                    session_id,
+                    session_id,
+                    code=exit_code,
+                    reason=stop_requested(self.dirs.sessions, session_id)
+                    or "interrupted: Airlock was told to stop it (a signal)",
+                )
             raise
         finally:
             await asyncio.shield(self._end(running, exit_code, reason))
 
     async def _supervise(
-        self, running: RunningSession, request: LaunchRequest, output: Output,
+        self,
+        running: RunningSession,
+        request: LaunchRequest,
+        output: Output,
         expected: Expectation,
     ) -> tuple[int, str]:
         container = running.container
@@ -233,11 +264,15 @@ class Supervisor:
         verified = await self._check_sandbox(running, expected)
         if console is not None:
             await console_started(console, request.terminal, output)
-        await asyncio.to_thread(self.store.set_session_running, running.id, container,
-                                verified)
+        await asyncio.to_thread(self.store.set_session_running, running.id, container, verified)
         self.bus.emit(
-            EventKind.SESSION_STARTED, running.id, running.id, profile=request.profile.name,
-            image=running.image, container=container[:12], uid=self.identity.uid,
+            EventKind.SESSION_STARTED,
+            running.id,
+            running.id,
+            profile=request.profile.name,
+            image=running.image,
+            container=container[:12],
+            uid=self.identity.uid,
         )
         if running.stop_reason:  # stopped while it was starting
             await calls.call(engine.kill, container)
@@ -256,8 +291,12 @@ class Supervisor:
         done, _ = await asyncio.wait({waiter}, timeout=request.timeout or request.profile.timeout)
         if not done:
             reason = "timed out"
-            self.bus.emit(EventKind.SESSION_TIMEOUT, running.id, running.id,
-                          seconds=request.timeout or request.profile.timeout)
+            self.bus.emit(
+                EventKind.SESSION_TIMEOUT,
+                running.id,
+                running.id,
+                seconds=request.timeout or request.profile.timeout,
+            )
             await calls.hold(engine.stop, container, STOP_GRACE_SECONDS)
         code = await waiter
         await asyncio.wait({reader, drained}, timeout=5)
@@ -267,8 +306,12 @@ class Supervisor:
         pump.flush()
         if (await calls.call(engine.state, container)).oom_killed:
             reason = "killed: out of memory"
-            self.bus.emit(EventKind.SESSION_OOM, running.id, running.id,
-                          limit=request.profile.resources.memory)
+            self.bus.emit(
+                EventKind.SESSION_OOM,
+                running.id,
+                running.id,
+                limit=request.profile.resources.memory,
+            )
         if reason == "timed out":
             code = EXIT_TIMEOUT
         elif running.stop_reason:
@@ -294,15 +337,23 @@ class Supervisor:
         outcome = summary(checks)
         if failed:
             await self.calls.call(self._engine.kill, container)
-            self.bus.emit(EventKind.SANDBOX_REFUSED, running.id, running.id,
-                          check=failed[0].name, expected=failed[0].expected,
-                          found=failed[0].found, failed=[c.describe() for c in failed],
-                          checks=len(checks), seconds=seconds)
+            self.bus.emit(
+                EventKind.SANDBOX_REFUSED,
+                running.id,
+                running.id,
+                check=failed[0].name,
+                expected=failed[0].expected,
+                found=failed[0].found,
+                failed=[c.describe() for c in failed],
+                checks=len(checks),
+                seconds=seconds,
+            )
             await asyncio.to_thread(self.store.set_sandbox, running.id, outcome)
             raise SandboxRefused(refusal(running.id, report.kind, failed))
         gate.open()
-        self.bus.emit(EventKind.SANDBOX_VERIFIED, running.id, running.id, checks=len(checks),
-                      seconds=seconds)
+        self.bus.emit(
+            EventKind.SANDBOX_VERIFIED, running.id, running.id, checks=len(checks), seconds=seconds
+        )
         return outcome
 
     def _disk_short(self) -> str | None:
@@ -310,8 +361,9 @@ class Supervisor:
 
     async def _watch_disk(self, running: RunningSession) -> None:
         """Stops the session before what it stages fills the disk."""
-        short = await watch_disk(self.dirs.sessions, self.disk_reserve,
-                                 stopped=lambda: bool(running.stop_reason))
+        short = await watch_disk(
+            self.dirs.sessions, self.disk_reserve, stopped=lambda: bool(running.stop_reason)
+        )
         if short and running.container is not None:
             running.stop_reason = f"stopped: {short}"
             await self.calls.call(self._engine.kill, running.container)
@@ -322,7 +374,8 @@ class Supervisor:
         for task in running.tasks:
             task.cancel()
         removed = running.container is None or await self.calls.call(
-            self._engine.remove, running.container)
+            self._engine.remove, running.container
+        )
         if running.guard is not None:
             running.guard.done()
         if removed:
@@ -344,7 +397,8 @@ class Supervisor:
             await running.watcher.stop()
         await asyncio.to_thread(running.view.discard)
         await asyncio.to_thread(
-            self.store.end_session, running.id, SessionState.EXITED, exit_code, reason)
+            self.store.end_session, running.id, SessionState.EXITED, exit_code, reason
+        )
         self.sessions.remove(running.id)
 
     # what other commands do to sessions
@@ -358,8 +412,12 @@ class Supervisor:
 
     def report_swept(self, swept: Sequence[str]) -> None:
         for session in swept:
-            self.bus.emit(EventKind.SESSION_SWEPT, session, session,
-                          reason="ended with its supervisor (Airlock was killed or crashed)")
+            self.bus.emit(
+                EventKind.SESSION_SWEPT,
+                session,
+                session,
+                reason="ended with its supervisor (Airlock was killed or crashed)",
+            )
 
     def _sweep(self) -> list[str]:
         return sweep_orphans(self._engine, self.owner, self.store, self.dirs, self.sessions)
@@ -397,25 +455,39 @@ class Supervisor:
             return
         running.stop_reason = running.stop_reason or (
             "stopped: its file activity could not be watched (inotify queue overflowed "
-            f"{overflows} times)")
-        threading.Thread(target=kill_agent, args=(self._engine, self.owner, running.id),
-                         name=f"stop-{running.id}", daemon=True).start()
+            f"{overflows} times)"
+        )
+        threading.Thread(
+            target=kill_agent,
+            args=(self._engine, self.owner, running.id),
+            name=f"stop-{running.id}",
+            daemon=True,
+        ).start()
 
     def _unrecorded(self, reason: str) -> None:
         """The audit log cannot be written: every session is stopped at once, for nothing
         may run unrecorded. Called on the thread that emitted the event that failed."""
-        message = (f"stopped: the audit log cannot be written ({reason}); free space there "
-                   "before starting it again")
+        message = (
+            f"stopped: the audit log cannot be written ({reason}); free space there "
+            "before starting it again"
+        )
         for running in self.sessions:
             running.stop_reason = running.stop_reason or message
-            threading.Thread(target=kill_agent, args=(self._engine, self.owner, running.id),
-                             name=f"stop-{running.id}", daemon=True).start()
+            threading.Thread(
+                target=kill_agent,
+                args=(self._engine, self.owner, running.id),
+                name=f"stop-{running.id}",
+                daemon=True,
+            ).start()
 
     def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
         """The agent's process list, as `ps` inside the container would show it."""
         record = self.store.session(session)
-        containers = (session_containers(self._engine, self.owner, session)
-                      if record is not None and record.live else [])
+        containers = (
+            session_containers(self._engine, self.owner, session)
+            if record is not None and record.live
+            else []
+        )
         agents = [c for c in containers if is_agent(c)]
         if not agents:
             raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
@@ -461,30 +533,40 @@ class Supervisor:
         return await asyncio.to_thread(self._revocation.revoke, tuple(grant_ids), relay)
 
 
-def _gated(spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...], ...]
-           ) -> tuple[ContainerSpec, Expectation]:
+def _gated(
+    spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...], ...]
+) -> tuple[ContainerSpec, Expectation]:
     """The spec with the gate in front of what the image and profile run, and what the
     sandbox check expects of the container made from it."""
     image_entrypoint, image_cmd = image_command
-    entrypoint, command = gate_command(GATE_FIFO_PATH, image_entrypoint,
-                                       spec.command or image_cmd)
+    entrypoint, command = gate_command(GATE_FIFO_PATH, image_entrypoint, spec.command or image_cmd)
     spec = dataclasses.replace(
-        spec, entrypoint=tuple(entrypoint), command=tuple(command),
-        mounts=(*spec.mounts, BindMount(gate.directory, Path(GATE_DIR))))
-    return spec, Expectation(spec, tuple(entrypoint), ("lo", *spec.interfaces),
-                             spec.listening)
+        spec,
+        entrypoint=tuple(entrypoint),
+        command=tuple(command),
+        mounts=(*spec.mounts, BindMount(gate.directory, Path(GATE_DIR))),
+    )
+    return spec, Expectation(spec, tuple(entrypoint), ("lo", *spec.interfaces), spec.listening)
 
 
 def refusal(session: str, engine: EngineKind, failed: Sequence[Check]) -> str:
     """The refusal, naming the engine and every check that failed (an engine that drops a
     setting usually drops several: memory, pids and CPU limits together)."""
-    more = (f" (and {len(failed) - 1} more: {', '.join(c.name for c in failed[1:])})"
-            if len(failed) > 1 else "")
-    why = ("" if engine.limits_enforced else
-           "; a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock "
-           "doctor`)")
-    return (f"session {session} refused: the sandbox {engine.describe()} made is not what "
-            f"was asked for — {failed[0].describe()}{more}{why}")
+    more = (
+        f" (and {len(failed) - 1} more: {', '.join(c.name for c in failed[1:])})"
+        if len(failed) > 1
+        else ""
+    )
+    why = (
+        ""
+        if engine.limits_enforced
+        else "; a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock "
+        "doctor`)"
+    )
+    return (
+        f"session {session} refused: the sandbox {engine.describe()} made is not what "
+        f"was asked for — {failed[0].describe()}{more}{why}"
+    )
 
 
 def _describe_exit(code: int) -> str:

@@ -14,8 +14,9 @@ from app.store import SessionState, StateStore
 from app.view import SessionView
 
 
-def sweep_orphans(engine: Engine, owner: str, store: StateStore, dirs: Dirs,
-                  running: Container[str]) -> list[str]:
+def sweep_orphans(
+    engine: Engine, owner: str, store: StateStore, dirs: Dirs, running: Container[str]
+) -> list[str]:
     """Removes what belongs to `owner`'s sessions whose supervisor is gone, sparing those
     `running` here; the ids of the sessions swept."""
     swept = []

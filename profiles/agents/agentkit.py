@@ -33,8 +33,9 @@ class Agent:
         except OSError as e:
             if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
-            self.say(f"the folder is read-only here ({e.strerror}), so {output} is printed "
-                     "instead:")
+            self.say(
+                f"the folder is read-only here ({e.strerror}), so {output} is printed instead:"
+            )
             sys.stdout.write(text)
             return
         self.say(f"wrote {output}")

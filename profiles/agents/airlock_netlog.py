@@ -75,6 +75,7 @@ _KERNEL_ICMP6 = frozenset({130, 131, 132, 133, 134, 135, 136, 137, 143})
 
 # -- setting up (privileged) ---------------------------------------------------------------
 
+
 def open_tun() -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", DEVICE.encode(), IFF_TUN | IFF_NO_PI))
@@ -87,8 +88,10 @@ def _attribute(kind: int, payload: bytes) -> bytes:
 
 
 def _netlink(sock: socket.socket, kind: int, flags: int, body: bytes, sequence: int) -> None:
-    sock.send(struct.pack("=IHHII", 16 + len(body), kind,
-                          flags | NLM_F_REQUEST | NLM_F_ACK, sequence, 0) + body)
+    sock.send(
+        struct.pack("=IHHII", 16 + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, sequence, 0)
+        + body
+    )
     reply = sock.recv(65536)
     _, reply_kind, _, _, _ = struct.unpack_from("=IHHII", reply)
     if reply_kind == NLMSG_ERROR:
@@ -119,8 +122,18 @@ def configure(index: int) -> None:
         for family, address in ((socket.AF_INET, ADDRESS_V4), (socket.AF_INET6, ADDRESS_V6)):
             sequence += 1
             # rtmsg: family, dst len, src len, tos, table, protocol, scope, type, flags
-            body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
-                               RT_SCOPE_LINK, RTN_UNICAST, 0)
+            body = struct.pack(
+                "=BBBBBBBBI",
+                family,
+                0,
+                0,
+                0,
+                RT_TABLE_MAIN,
+                RTPROT_STATIC,
+                RT_SCOPE_LINK,
+                RTN_UNICAST,
+                0,
+            )
             body += _attribute(RTA_OIF, struct.pack("=I", index))
             if family == socket.AF_INET:
                 body += _attribute(RTA_PREFSRC, socket.inet_pton(family, address))
@@ -142,6 +155,7 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 
 # -- packets (unprivileged) ----------------------------------------------------------------
+
 
 def checksum(data: bytes) -> int:
     if len(data) % 2:
@@ -190,11 +204,23 @@ class Packet:
     def ip_header(self, length: int, protocol: int) -> bytes:
         """A header for an answer: from the attempted destination back to the agent."""
         if self.family == 4:
-            head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64, protocol,
-                               0, self.destination, self.source)
+            head = struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + length,
+                0,
+                0x4000,
+                64,
+                protocol,
+                0,
+                self.destination,
+                self.source,
+            )
             return head[:10] + struct.pack("!H", checksum(head)) + head[12:]
-        return struct.pack("!IHBB16s16s", 6 << 28, length, protocol, 64, self.destination,
-                           self.source)
+        return struct.pack(
+            "!IHBB16s16s", 6 << 28, length, protocol, 64, self.destination, self.source
+        )
 
 
 def tcp_reset(packet: Packet) -> bytes | None:
@@ -208,8 +234,9 @@ def tcp_reset(packet: Packet) -> bytes | None:
         return None
     data_length = len(segment) - (segment[12] >> 4) * 4
     acknowledge = (sequence + 1 + max(data_length, 0)) & 0xFFFFFFFF
-    tcp = struct.pack("!HHIIBBHHH", destination_port, source_port, 0, acknowledge, 5 << 4,
-                      0x14, 0, 0, 0)  # RST|ACK
+    tcp = struct.pack(
+        "!HHIIBBHHH", destination_port, source_port, 0, acknowledge, 5 << 4, 0x14, 0, 0, 0
+    )  # RST|ACK
     total = checksum(packet.pseudo_header(20, 6) + tcp)
     tcp = tcp[:16] + struct.pack("!H", total) + tcp[18:]
     return packet.ip_header(20, 6) + tcp
@@ -244,9 +271,10 @@ def dns_question(message: bytes) -> tuple[str, int] | None:
             break
         if size > 63 or offset + size > len(message):
             return None  # compression pointers and oversize labels have no place in a question
-        label = message[offset:offset + size]
-        labels.append("".join(chr(b) if 0x21 <= b < 0x7F and b not in b"\\." else f"\\{b:03d}"
-                              for b in label))
+        label = message[offset : offset + size]
+        labels.append(
+            "".join(chr(b) if 0x21 <= b < 0x7F and b not in b"\\." else f"\\{b:03d}" for b in label)
+        )
         offset += size
     if offset + 2 > len(message):
         return None
@@ -394,8 +422,9 @@ class Reporter:
             self.sock.sendall(data.encode("ascii"))
             self.lost = 0
         except TimeoutError:
-            self.lost += sum(int(str(line.get("count", 1))) for line in lines
-                             if line.get("event") != "lost")
+            self.lost += sum(
+                int(str(line.get("count", 1))) for line in lines if line.get("event") != "lost"
+            )
 
 
 class Stop(Exception):
@@ -442,8 +471,13 @@ def _watch(tun: int, reporter: Reporter, reports: Reports, poller: select.poll) 
                     answer = tcp_reset(packet) if packet.protocol == 6 else None
                 else:
                     lines += reports.add(seen, now)
-                    answer = (tcp_reset(packet) if seen["protocol"] == "tcp" else
-                              port_unreachable(packet) if seen["protocol"] == "udp" else None)
+                    answer = (
+                        tcp_reset(packet)
+                        if seen["protocol"] == "tcp"
+                        else port_unreachable(packet)
+                        if seen["protocol"] == "udp"
+                        else None
+                    )
                 if answer is not None:
                     with contextlib.suppress(OSError):  # the device's queue is full: drop
                         os.write(tun, answer)

@@ -55,9 +55,6 @@ LANGUAGES = {
 MARKER = re.compile(r"\b(TODO|FIXME|XXX|HACK)\b[:(\s]?(.*)")
 
 
-
-
-
 def survey(root: Path) -> tuple[Counter[str], Counter[str], list[str]]:
     files: Counter[str] = Counter()
     lines: Counter[str] = Counter()

@@ -22,8 +22,6 @@ DECORATION = re.compile(r"[\s,$€£¥%]")
 csv.field_size_limit(1_000_000)
 
 
-
-
 def number(cell: str) -> Decimal | None:
     text = DECORATION.sub("", cell)
     negative = text.startswith("(") and text.endswith(")")

@@ -21,9 +21,6 @@ TODO = re.compile(r"^\s*(?:[-*+]\s*\[ \]\s*|(?:[-*+]\s*)?(?:TODO|FIXME)\b[:\s]*)
 HEADING = re.compile(r"^\s{0,3}#\s+(.+?)\s*#*\s*$")
 
 
-
-
-
 def find_notes(root: Path) -> list[Path]:
     found: list[Path] = []
     # os.walk does not follow symlinked directories, so a link loop cannot trap us.

@@ -19,8 +19,12 @@ server = MCPServer("airlock", instructions=airlock_ask.INSTRUCTIONS)
 
 
 @server.tool()
-async def request_files(reason: str, access: Literal["read", "read-write"] = "read",
-                        folder: bool = False, multiple: bool = False) -> str:
+async def request_files(
+    reason: str,
+    access: Literal["read", "read-write"] = "read",
+    folder: bool = False,
+    multiple: bool = False,
+) -> str:
     """Ask the user to let you open files, or a folder, that you were not given. `reason`
     is shown to the user: say what you need and why. The user picks what to grant and
     whether you may change it (changes are staged for their review). Returns the paths

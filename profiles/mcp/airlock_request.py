@@ -25,15 +25,20 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="airlock-request",
         description="Ask the user, through Airlock, for what this sandbox does not give you. "
-                    "The user sees your reason as your own words and decides.")
+        "The user sees your reason as your own words and decides.",
+    )
     sub = top.add_subparsers(dest="what", required=True)
     files = sub.add_parser("files", help="ask for more files or a folder")
     files.add_argument("--reason", required=True, help="what you need them for (shown)")
-    files.add_argument("--write", action="store_true",
-                       help="ask to change them too (changes are staged for review)")
+    files.add_argument(
+        "--write",
+        action="store_true",
+        help="ask to change them too (changes are staged for review)",
+    )
     files.add_argument("--folder", action="store_true", help="ask for a folder")
-    files.add_argument("paths", nargs="*", metavar="PATH",
-                       help="the files you have in mind (the user still picks)")
+    files.add_argument(
+        "paths", nargs="*", metavar="PATH", help="the files you have in mind (the user still picks)"
+    )
     host = sub.add_parser("host", help="ask to reach a host the profile does not list")
     host.add_argument("host", metavar="NAME[:PORT]", help="e.g. docs.python.org:443")
     host.add_argument("--reason", required=True, help="what you need from it (shown)")
@@ -47,8 +52,12 @@ def parser() -> argparse.ArgumentParser:
 async def ask(args: argparse.Namespace) -> str:
     if args.what == "files":
         return await airlock_ask.request_files(
-            args.reason, "read-write" if args.write else "read", args.folder,
-            len(args.paths) > 1, tuple(args.paths))
+            args.reason,
+            "read-write" if args.write else "read",
+            args.folder,
+            len(args.paths) > 1,
+            tuple(args.paths),
+        )
     if args.what == "host":
         name, _, port = args.host.rpartition(":") if ":" in args.host else (args.host, "", "")
         if port and not port.isdigit():

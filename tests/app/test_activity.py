@@ -284,7 +284,10 @@ class WatchProcess:
         self.seen: list[dict[str, object]] = []
         self.process = subprocess.Popen(
             [sys.executable, "-c", WATCH_PROCESS, str(tree)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
             cwd=Path(__file__).parents[2],
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
         )
@@ -299,8 +302,9 @@ class WatchProcess:
             self.lines.put(line)
         self.lines.put("")
 
-    def next_event(self, wanted: Callable[[dict[str, object]], bool],
-                   timeout: float = 10) -> dict[str, object] | None:
+    def next_event(
+        self, wanted: Callable[[dict[str, object]], bool], timeout: float = 10
+    ) -> dict[str, object] | None:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -363,14 +367,18 @@ def test_an_overflow_of_the_inotify_queue_is_a_gap_and_a_rescan(tmp_path: Path) 
     finally:
         watch.close()
 
-    rescanned = {(e["kind"], e["subject"]) for e in watch.seen
-                 if isinstance(e.get("details"), dict) and e["details"].get("rescan")}
+    rescanned = {
+        (e["kind"], e["subject"])
+        for e in watch.seen
+        if isinstance(e.get("details"), dict) and e["details"].get("rescan")
+    }
     assert ("file.created", "/p/during.txt") in rescanned
     assert ("file.deleted", "/p/doomed.txt") in rescanned
     assert ("file.written", "/p/kept.txt") in rescanned
     kinds = [e["kind"] for e in watch.seen]
     assert kinds.index("activity.gap") < max(
-        i for i, e in enumerate(watch.seen) if e.get("subject") == "/p/after.txt")
+        i for i, e in enumerate(watch.seen) if e.get("subject") == "/p/after.txt"
+    )
 
 
 def test_a_watch_thread_that_dies_is_a_gap_not_silence(tmp_path: Path) -> None:

@@ -96,8 +96,7 @@ def test_the_cache_serves_a_second_fetch_offline_and_a_tampered_copy_is_fetched_
     lines: list[str] = []
     with requests.Session() as session:
         first = fetch(session, registry.url, wanted, "pkg", "1.0.0", lines.append)
-        again = fetch(session, registry.url, wanted, "pkg", "1.0.0", lines.append,
-                      offline=True)
+        again = fetch(session, registry.url, wanted, "pkg", "1.0.0", lines.append, offline=True)
         assert registry.hits == 1 and first.path == again.path
         assert "downloaded" in lines[0] and "cached" in lines[1]
         first.path.write_bytes(b"tampered in the cache")
@@ -136,17 +135,21 @@ def test_only_the_wanted_members_reach_the_layer_root_owned_and_without_links_ou
 ) -> None:
     _, triple = machine()
     base = f"package/vendor/{triple}"
-    tarball = npm_tarball(tmp_path / "codex.tgz", {
-        f"{base}/bin/codex": b"\x7fELF codex",
-        f"{base}/codex-path/rg": b"\x7fELF rg",
-        f"{base}/codex-resources/voice/bin/host": b"\x7fELF voice",
-        f"{base}/bin/escape": "../../../../../etc/shadow",
-        f"{base}/bin/absolute": "/etc/shadow",
-        f"{base}/bin/sibling": "codex",
-        "package/README.md": b"not wanted",
-    })
-    files = (NpmFile("package/vendor/{triple}", "vendor/{triple}",
-                     skip=("codex-resources/voice",)),)
+    tarball = npm_tarball(
+        tmp_path / "codex.tgz",
+        {
+            f"{base}/bin/codex": b"\x7fELF codex",
+            f"{base}/codex-path/rg": b"\x7fELF rg",
+            f"{base}/codex-resources/voice/bin/host": b"\x7fELF voice",
+            f"{base}/bin/escape": "../../../../../etc/shadow",
+            f"{base}/bin/absolute": "/etc/shadow",
+            f"{base}/bin/sibling": "codex",
+            "package/README.md": b"not wanted",
+        },
+    )
+    files = (
+        NpmFile("package/vendor/{triple}", "vendor/{triple}", skip=("codex-resources/voice",)),
+    )
     members = layer_members(lambda layer: add_npm_files(layer, "codex", files, tarball))
     home = f"{AGENT_ROOT.lstrip('/')}/codex/vendor/{triple}"
     regular = {name for name, m in members.items() if m.isfile()}
@@ -161,14 +164,20 @@ def test_only_the_wanted_members_reach_the_layer_root_owned_and_without_links_ou
 def test_a_package_without_the_wanted_files_is_refused(tmp_path: Path) -> None:
     tarball = npm_tarball(tmp_path / "x.tgz", {"package/other": b"x"})
     with pytest.raises(ImageError, match="lacks package/claude"):
-        layer_members(lambda layer: add_npm_files(
-            layer, "claude-code", (NpmFile("package/claude", "bin/claude"),), tarball))
+        layer_members(
+            lambda layer: add_npm_files(
+                layer, "claude-code", (NpmFile("package/claude", "bin/claude"),), tarball
+            )
+        )
 
 
-@pytest.mark.parametrize("agent, version, message", [
-    ("nope", None, "no agent named 'nope'"),
-    ("codex", "1.0; rm -rf /", "is not a package version"),
-])
+@pytest.mark.parametrize(
+    "agent, version, message",
+    [
+        ("nope", None, "no agent named 'nope'"),
+        ("codex", "1.0; rm -rf /", "is not a package version"),
+    ],
+)
 def test_bad_requests_are_refused_before_any_work(
     agent: str, version: str | None, message: str, engine: docker.DockerClient
 ) -> None:
@@ -187,8 +196,12 @@ def test_every_agent_pins_its_packages_for_this_machine() -> None:
 
 @pytest.mark.parametrize("action", ["build", "show"])
 def test_the_command_line_names_the_unknown_agent(action: str) -> None:
-    result = subprocess.run([str(AIRLOCK), "image", action, "--agent", "nope"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(AIRLOCK), "image", action, "--agent", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "no agent named 'nope'" in result.stderr
     assert "claude-code" in result.stderr and "Traceback" not in result.stderr

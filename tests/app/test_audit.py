@@ -349,8 +349,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.fail("mounting a small file system takes root: run the tests as CI does")
     path = tmp_path / "small"
     path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=4", "airlock-test",
-                    str(path)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=4", "airlock-test", str(path)],
+        check=True,
+    )
     yield path / "audit"
     subprocess.run(["umount", str(path)], check=True)
 
@@ -366,8 +368,7 @@ def test_when_the_disk_is_full_the_recorder_counts_what_it_lost_and_says_so_once
             recorder(event(n))
         assert len(heard) == 1 and "cannot start a new segment" in heard[0], heard
         assert recorder.check() == heard[0]
-        subprocess.run(["mount", "-o", "remount,nr_inodes=64", str(small_disk.parent)],
-                       check=True)
+        subprocess.run(["mount", "-o", "remount,nr_inodes=64", str(small_disk.parent)], check=True)
         assert recorder.check() is None
         recorder(event(30))
     assert verify(small_disk).problem is None

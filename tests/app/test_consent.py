@@ -21,13 +21,22 @@ from app.grants import Lifetime
 
 
 def request(timeout: float = 5.0, reason: str = "I need it") -> ConsentRequest:
-    return ConsentRequest(new_request_id(), "s1", "p", RequestKind.FILE_OPEN, "Open a file",
-                          {"multiple": False}, reason, timeout)
+    return ConsentRequest(
+        new_request_id(),
+        "s1",
+        "p",
+        RequestKind.FILE_OPEN,
+        "Open a file",
+        {"multiple": False},
+        reason,
+        timeout,
+    )
 
 
 class Scripted:
-    def __init__(self, answer: Answer | None = None, delay: float = 0.0,
-                 error: Exception | None = None) -> None:
+    def __init__(
+        self, answer: Answer | None = None, delay: float = 0.0, error: Exception | None = None
+    ) -> None:
         self.answer_value, self.delay, self.error = answer, delay, error
         self.seen: list[ConsentRequest] = []
 

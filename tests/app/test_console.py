@@ -16,15 +16,19 @@ def frame(kind: int, payload: bytes) -> bytes:
     return struct.pack(">BxxxI", kind, len(payload)) + payload
 
 
-@pytest.mark.parametrize(("term", "colorterm", "expected"), [
-    ("xterm-256color", "truecolor", {"TERM": "xterm-256color", "COLORTERM": "truecolor"}),
-    ("screen.xterm+x", "", {"TERM": "screen.xterm+x"}),
-    ("xterm\x1b]0;owned\x07", "24bit", {"TERM": DEFAULT_TERM, "COLORTERM": "24bit"}),
-    ("a b", "x\ny", {"TERM": DEFAULT_TERM}),
-    ("", "", {"TERM": DEFAULT_TERM}),
-])
-def test_term_is_passed_through_only_as_a_name(term: str, colorterm: str,
-                                               expected: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("term", "colorterm", "expected"),
+    [
+        ("xterm-256color", "truecolor", {"TERM": "xterm-256color", "COLORTERM": "truecolor"}),
+        ("screen.xterm+x", "", {"TERM": "screen.xterm+x"}),
+        ("xterm\x1b]0;owned\x07", "24bit", {"TERM": DEFAULT_TERM, "COLORTERM": "24bit"}),
+        ("a b", "x\ny", {"TERM": DEFAULT_TERM}),
+        ("", "", {"TERM": DEFAULT_TERM}),
+    ],
+)
+def test_term_is_passed_through_only_as_a_name(
+    term: str, colorterm: str, expected: dict[str, str]
+) -> None:
     assert Terminal(True, term=term, colorterm=colorterm).environment() == expected
     assert Terminal(False, term=term, colorterm=colorterm).environment() == {}
 
@@ -37,7 +41,7 @@ def test_the_multiplexed_stream_is_split_into_stdout_and_stderr() -> None:
 
     def send() -> None:
         for at in range(0, len(data), 7001):
-            engine_side.sendall(data[at:at + 7001])
+            engine_side.sendall(data[at : at + 7001])
         engine_side.close()
 
     threading.Thread(target=send).start()

@@ -49,8 +49,7 @@ def test_hardening_controls() -> None:
     assert kwargs["tmpfs"] == {
         "/tmp": f"rw,nosuid,nodev,noexec,size={8 * 1024**2}",
         # The agent's own home: programs may run there, it is size-limited, and it is theirs.
-        "/home/airlock": f"rw,nosuid,nodev,exec,size={256 * 1024**2},mode=0700,uid=1000,"
-                         "gid=1000",
+        "/home/airlock": f"rw,nosuid,nodev,exec,size={256 * 1024**2},mode=0700,uid=1000,gid=1000",
     }
     assert kwargs["ipc_mode"] == "private"
     assert kwargs["log_config"] == {"type": "none", "config": {}}  # no copy of its output
@@ -101,21 +100,25 @@ def test_root_caller_never_runs_the_agent_as_root(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_kept_home_replaces_the_fresh_one() -> None:
-    kept = ContainerAdditions(mounts=(BindMount(Path("/state/homes/p"), Path("/home/airlock"),
-                                                read_only=False),))
+    kept = ContainerAdditions(
+        mounts=(BindMount(Path("/state/homes/p"), Path("/home/airlock"), read_only=False),)
+    )
     kwargs = spec_kwargs(additions=[kept])
     assert "/home/airlock" not in kwargs["tmpfs"]  # type: ignore[operator]
-    assert any(m["Target"] == "/home/airlock" and m["ReadOnly"] is False
-               for m in kwargs["mounts"])  # type: ignore[attr-defined]
+    assert any(m["Target"] == "/home/airlock" and m["ReadOnly"] is False for m in kwargs["mounts"])  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("terminal", "tty", "stdin"), [
-    (None, False, False),
-    (Terminal(False), False, True),
-    (Terminal(True, term="screen"), True, True),
-])
-def test_a_terminal_and_stdin_only_when_asked(terminal: Terminal | None, tty: bool,
-                                             stdin: bool) -> None:
+@pytest.mark.parametrize(
+    ("terminal", "tty", "stdin"),
+    [
+        (None, False, False),
+        (Terminal(False), False, True),
+        (Terminal(True, term="screen"), True, True),
+    ],
+)
+def test_a_terminal_and_stdin_only_when_asked(
+    terminal: Terminal | None, tty: bool, stdin: bool
+) -> None:
     kwargs = spec_kwargs(terminal=terminal)
     assert (kwargs["tty"], kwargs["stdin_open"], kwargs["detach"]) == (tty, stdin, not stdin)
     assert ("TERM" in kwargs["environment"]) is tty  # type: ignore[operator]

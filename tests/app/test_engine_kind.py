@@ -20,35 +20,79 @@ from app.engine_kind import (
     seccomp_name,
 )
 
-DOCKER_VERSION = {"Version": "20.10.24", "Components": [
-    {"Name": "Engine", "Version": "20.10.24"}, {"Name": "containerd", "Version": "1.6"}]}
-PODMAN_VERSION = {"Version": "4.3.1", "Components": [
-    {"Name": "Podman Engine", "Version": "4.3.1"}, {"Name": "Conmon", "Version": "2.1.6"}]}
+DOCKER_VERSION = {
+    "Version": "20.10.24",
+    "Components": [
+        {"Name": "Engine", "Version": "20.10.24"},
+        {"Name": "containerd", "Version": "1.6"},
+    ],
+}
+PODMAN_VERSION = {
+    "Version": "4.3.1",
+    "Components": [
+        {"Name": "Podman Engine", "Version": "4.3.1"},
+        {"Name": "Conmon", "Version": "2.1.6"},
+    ],
+}
 
 KINDS = [
-    ("docker rootful", DOCKER_VERSION, {"CgroupVersion": "2",
-                                        "SecurityOptions": ["name=seccomp,profile=default"]},
-     None, EngineKind("docker", "20.10.24", False, "2"), "Docker 20.10.24 (cgroup v2)", True),
-    ("docker rootless", DOCKER_VERSION, {"CgroupVersion": "1", "SecurityOptions": [
-        "name=seccomp,profile=default", "name=rootless"]}, None,
-     EngineKind("docker", "20.10.24", True, "1"), "rootless Docker 20.10.24 (cgroup v1)",
-     False),
+    (
+        "docker rootful",
+        DOCKER_VERSION,
+        {"CgroupVersion": "2", "SecurityOptions": ["name=seccomp,profile=default"]},
+        None,
+        EngineKind("docker", "20.10.24", False, "2"),
+        "Docker 20.10.24 (cgroup v2)",
+        True,
+    ),
+    (
+        "docker rootless",
+        DOCKER_VERSION,
+        {
+            "CgroupVersion": "1",
+            "SecurityOptions": ["name=seccomp,profile=default", "name=rootless"],
+        },
+        None,
+        EngineKind("docker", "20.10.24", True, "1"),
+        "rootless Docker 20.10.24 (cgroup v1)",
+        False,
+    ),
     # Podman's compat /info says nothing of rootless: its own /libpod/info does.
-    ("podman rootless v1", PODMAN_VERSION, {"CgroupVersion": "1", "SecurityOptions": [
-        "name=seccomp,profile=default"]}, True, EngineKind("podman", "4.3.1", True, "1"),
-     "rootless Podman 4.3.1 (cgroup v1)", False),
-    ("podman rootless v2", PODMAN_VERSION, {"CgroupVersion": "2"}, True,
-     EngineKind("podman", "4.3.1", True, "2"), "rootless Podman 4.3.1 (cgroup v2)", True),
-    ("unknown", {"Version": "1.0"}, {}, None, EngineKind("", "1.0"), "an unknown engine 1.0",
-     True),
+    (
+        "podman rootless v1",
+        PODMAN_VERSION,
+        {"CgroupVersion": "1", "SecurityOptions": ["name=seccomp,profile=default"]},
+        True,
+        EngineKind("podman", "4.3.1", True, "1"),
+        "rootless Podman 4.3.1 (cgroup v1)",
+        False,
+    ),
+    (
+        "podman rootless v2",
+        PODMAN_VERSION,
+        {"CgroupVersion": "2"},
+        True,
+        EngineKind("podman", "4.3.1", True, "2"),
+        "rootless Podman 4.3.1 (cgroup v2)",
+        True,
+    ),
+    ("unknown", {"Version": "1.0"}, {}, None, EngineKind("", "1.0"), "an unknown engine 1.0", True),
 ]
 
 
-@pytest.mark.parametrize(("version", "info", "rootless", "kind", "text", "limits"),
-                         [k[1:] for k in KINDS], ids=[k[0] for k in KINDS])
+@pytest.mark.parametrize(
+    ("version", "info", "rootless", "kind", "text", "limits"),
+    [k[1:] for k in KINDS],
+    ids=[k[0] for k in KINDS],
+)
 def test_the_engine_is_known_from_its_version_and_info(
-        version: dict[str, Any], info: dict[str, Any], rootless: bool | None,
-        kind: EngineKind, text: str, limits: bool) -> None:
+    version: dict[str, Any],
+    info: dict[str, Any],
+    rootless: bool | None,
+    kind: EngineKind,
+    text: str,
+    limits: bool,
+) -> None:
     found = engine_kind(version, info, rootless)
     assert found == kind
     assert found.describe() == text
@@ -56,17 +100,22 @@ def test_the_engine_is_known_from_its_version_and_info(
 
 
 SECCOMP = '{"defaultAction": "SCMP_ACT_ERRNO"}'
-HOST_CONFIG = {"NetworkMode": "none", "SecurityOpt": ["no-new-privileges:true",
-                                                      f"seccomp={SECCOMP}"],
-               "Tmpfs": {"/tmp": "rw,nosuid,nodev,noexec,size=16m",
-                         "/home/airlock": "rw,exec,size=1m,mode=0700,uid=1000,gid=1000"}}
+HOST_CONFIG = {
+    "NetworkMode": "none",
+    "SecurityOpt": ["no-new-privileges:true", f"seccomp={SECCOMP}"],
+    "Tmpfs": {
+        "/tmp": "rw,nosuid,nodev,noexec,size=16m",
+        "/home/airlock": "rw,exec,size=1m,mode=0700,uid=1000,gid=1000",
+    },
+}
 
 
 def test_podman_gets_the_profile_as_a_file_and_keeps_the_users_uid() -> None:
-    config = podman_host_config(HOST_CONFIG, "/run/user/1000/airlock/seccomp/x.json",
-                                "keep-id")
-    assert config["SecurityOpt"] == ["no-new-privileges:true",
-                                     "seccomp=/run/user/1000/airlock/seccomp/x.json"]
+    config = podman_host_config(HOST_CONFIG, "/run/user/1000/airlock/seccomp/x.json", "keep-id")
+    assert config["SecurityOpt"] == [
+        "no-new-privileges:true",
+        "seccomp=/run/user/1000/airlock/seccomp/x.json",
+    ]
     assert config["UsernsMode"] == "keep-id"
     # Airlock's own small noexec /run and /var/tmp: Podman adds exec-able unlimited ones
     # to a read-only container that has none.
@@ -81,10 +130,12 @@ def test_podman_without_the_profiles_file_is_refused() -> None:
         podman_host_config(HOST_CONFIG, None, "keep-id")
 
 
-@pytest.mark.parametrize(("network", "userns"), [
-    ("none", "keep-id"), ("container:abc", "container:abc")])
+@pytest.mark.parametrize(
+    ("network", "userns"), [("none", "keep-id"), ("container:abc", "container:abc")]
+)
 def test_the_agent_joins_the_user_namespace_of_the_sidecar_it_shares_a_network_with(
-        network: str, userns: str) -> None:
+    network: str, userns: str
+) -> None:
     assert podman_userns(network) == userns
 
 
@@ -103,7 +154,7 @@ def test_agents_are_removed_before_the_sidecars_they_depend_on() -> None:
 
 
 def test_an_engine_error_is_one_bounded_line() -> None:
-    quoted = "opening seccomp profile failed: open {\n  \"a\": 1,\n" + "x" * 1000 + "}"
+    quoted = 'opening seccomp profile failed: open {\n  "a": 1,\n' + "x" * 1000 + "}"
     line = one_line(quoted)
     assert "\n" not in line and len(line) == 300 and line.endswith("…")
 

@@ -67,7 +67,9 @@ template(name="fields" type="string"
 """)
         self.process = subprocess.Popen(
             ["rsyslogd", "-n", "-f", str(config), "-i", str(self.directory / "pid")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -107,8 +109,10 @@ def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
 
 
 def events(count: int, start: int = 0) -> list[Event]:
-    return [Event(EventKind.FILE_WRITTEN, "s1", f"/home/ana/notes/n{n}.md", {"size": n})
-            for n in range(start, start + count)]
+    return [
+        Event(EventKind.FILE_WRITTEN, "s1", f"/home/ana/notes/n{n}.md", {"size": n})
+        for n in range(start, start + count)
+    ]
 
 
 def append(audit_dir: Path, batch: list[Event]) -> None:
@@ -132,8 +136,7 @@ def test_each_record_arrives_as_rfc5424_with_its_chain(
     audit_dir: Path, rsyslog: Rsyslog, transport: str, tmp_path: Path
 ) -> None:
     append(audit_dir, events(30))
-    to = (f"tcp://127.0.0.1:{rsyslog.port}" if transport == "tcp"
-          else f"unix:{rsyslog.socket}")
+    to = f"tcp://127.0.0.1:{rsyslog.port}" if transport == "tcp" else f"unix:{rsyslog.socket}"
     forwarder = AuditForwarder(audit_dir, ForwardConfig(Destination.parse(to)), ORIGIN)
     assert forwarder.run(once=True) == 30
 
@@ -182,8 +185,7 @@ def test_a_dead_destination_blocks_nothing_loses_nothing_and_is_caught_up(
         forwarder.stop()
     lines = carried(messages)
     assert len(lines) == 250
-    assert lines == b"".join(
-        p.read_bytes() for p in sorted(audit_dir.glob("*.jsonl"))).splitlines()
+    assert lines == b"".join(p.read_bytes() for p in sorted(audit_dir.glob("*.jsonl"))).splitlines()
 
 
 def test_one_forwarder_per_log_and_the_next_continues_where_it_stopped(
@@ -207,9 +209,7 @@ def test_one_forwarder_per_log_and_the_next_continues_where_it_stopped(
     assert len(lines) == 25 and chain_holds(lines, tmp_path)
 
 
-def test_a_second_forward_once_is_refused_while_one_runs(
-    audit_dir: Path, rsyslog: Rsyslog
-) -> None:
+def test_a_second_forward_once_is_refused_while_one_runs(audit_dir: Path, rsyslog: Rsyslog) -> None:
     config = ForwardConfig(Destination.parse(f"tcp://127.0.0.1:{rsyslog.port}"))
     append(audit_dir, events(1))
     running = AuditForwarder(audit_dir, config, ORIGIN, poll=0.05)
@@ -234,14 +234,17 @@ def test_the_message_format_escapes_what_rfc5424_asks(audit_dir: Path) -> None:
     assert body == record.line()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[forward]\nto = 'udp://127.0.0.1'\n", "the port is missing"),
-    ("[forward]\nto = 'http://x:1'\n", "expected unix:/PATH, udp://HOST:PORT or tcp://"),
-    ("[forward]\nto = 'unix:dev/log'\n", "a unix socket needs an absolute path"),
-    ("[forward]\nto = 'unix:/dev/log'\nformat = 'cef'\n", "forward.format"),
-    ("[forward]\nto = 'unix:/dev/log'\nfacilty = 'local0'\n", "forward.facilty: unknown key"),
-    ("[forward\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[forward]\nto = 'udp://127.0.0.1'\n", "the port is missing"),
+        ("[forward]\nto = 'http://x:1'\n", "expected unix:/PATH, udp://HOST:PORT or tcp://"),
+        ("[forward]\nto = 'unix:dev/log'\n", "a unix socket needs an absolute path"),
+        ("[forward]\nto = 'unix:/dev/log'\nformat = 'cef'\n", "forward.format"),
+        ("[forward]\nto = 'unix:/dev/log'\nfacilty = 'local0'\n", "forward.facilty: unknown key"),
+        ("[forward\n", "not valid TOML"),
+    ],
+)
 def test_a_bad_configuration_is_refused_naming_what_is_wrong(
     tmp_path: Path, text: str, message: str
 ) -> None:
@@ -266,8 +269,10 @@ def test_a_real_sessions_records_reach_syslog_as_they_happen(
 ) -> None:
     # The person's own audit.toml: `airlock run` forwards while its session runs.
     tester.mkdir(".config/airlock")
-    tester.write(".config/airlock/audit.toml",
-                 f'[forward]\nto = "tcp://127.0.0.1:{rsyslog.port}"\nformat = "ocsf"\n')
+    tester.write(
+        ".config/airlock/audit.toml",
+        f'[forward]\nto = "tcp://127.0.0.1:{rsyslog.port}"\nformat = "ocsf"\n',
+    )
     tester.write("notes/a.md", "hello\n")
     path = tester.write("agent.toml", profile_text(agent_image, ["sh", "-c", "cat a.md"]))
     result = tester.run("run", "--profile", str(path), "--grant", str(tester.base / "notes"))
@@ -282,7 +287,8 @@ def test_a_real_sessions_records_reach_syslog_as_they_happen(
     assert "session.started" in kinds and "session.exited" in kinds
     events = [json.loads(line) for line in carried(rsyslog.received(len(kinds)))]
     assert {e["class_uid"] for e in events} >= {1007}
-    local = b"".join(p.read_bytes() for p in sorted(
-        (tester.base / ".state/airlock/audit").glob("*.jsonl"))).splitlines()
+    local = b"".join(
+        p.read_bytes() for p in sorted((tester.base / ".state/airlock/audit").glob("*.jsonl"))
+    ).splitlines()
     # What reached syslog is the start of the local log, record for record.
-    assert [e["unmapped"]["airlock"]["record"].encode() for e in events] == local[:len(events)]
+    assert [e["unmapped"]["airlock"]["record"].encode() for e in events] == local[: len(events)]

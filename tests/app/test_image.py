@@ -91,8 +91,7 @@ def test_image_holds_exactly_the_shipped_agents(
     )
     shipped = {a.name for a in Recipe.default().agents}
     # agentkit is the demo agents' shared module; airlock_netlog the egress sidecar's witness.
-    assert set(listing.decode().split()) == shipped == {*AGENTS, "agentkit.py",
-                                                        "airlock_netlog.py"}
+    assert set(listing.decode().split()) == shipped == {*AGENTS, "agentkit.py", "airlock_netlog.py"}
 
 
 @pytest.mark.parametrize("script", sorted(AGENTS))

@@ -29,20 +29,73 @@ EVENTS = [
     Event(EventKind.FILE_CREATED, "s1", "/home/ana/src/app/new", {"directory": True}),
     Event(EventKind.FILE_DELETED, "s1", "/home/ana/src/app/old.txt", {}),
     Event(EventKind.FILE_MOVED, "s1", "/home/ana/a", {"to": "/home/ana/b"}),
-    Event(EventKind.NET_REQUEST, "s1", "api.example.com:443", {
-        "method": "POST", "host": "api.example.com", "port": 443, "path": "/v1/x?key=***",
-        "status": 200, "bytes_up": 120, "bytes_down": 4096, "decision": "allow",
-        "rule": "route openai", "reason": "", "route": "openai"}),
-    Event(EventKind.NET_REQUEST, "s1", "pkg.example.org:80", {
-        "method": "PATCH", "host": "pkg.example.org", "port": 80, "path": "/", "status": 204,
-        "bytes_up": 0, "bytes_down": 0, "decision": "allow", "rule": "", "reason": ""}),
-    Event(EventKind.NET_TUNNEL, "s1", "pypi.org:443", {
-        "method": "CONNECT", "host": "pypi.org", "port": 443, "status": 200,
-        "bytes_up": 900, "bytes_down": 90000, "decision": "allow", "rule": "", "reason": ""}),
-    Event(EventKind.NET_REFUSED, "s1", "evil.example:443", {
-        "method": "CONNECT", "host": "evil.example", "port": 443, "status": 403,
-        "bytes_up": 0, "bytes_down": 0, "decision": "deny", "rule": "",
-        "reason": "not in the profile"}),
+    Event(
+        EventKind.NET_REQUEST,
+        "s1",
+        "api.example.com:443",
+        {
+            "method": "POST",
+            "host": "api.example.com",
+            "port": 443,
+            "path": "/v1/x?key=***",
+            "status": 200,
+            "bytes_up": 120,
+            "bytes_down": 4096,
+            "decision": "allow",
+            "rule": "route openai",
+            "reason": "",
+            "route": "openai",
+        },
+    ),
+    Event(
+        EventKind.NET_REQUEST,
+        "s1",
+        "pkg.example.org:80",
+        {
+            "method": "PATCH",
+            "host": "pkg.example.org",
+            "port": 80,
+            "path": "/",
+            "status": 204,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "decision": "allow",
+            "rule": "",
+            "reason": "",
+        },
+    ),
+    Event(
+        EventKind.NET_TUNNEL,
+        "s1",
+        "pypi.org:443",
+        {
+            "method": "CONNECT",
+            "host": "pypi.org",
+            "port": 443,
+            "status": 200,
+            "bytes_up": 900,
+            "bytes_down": 90000,
+            "decision": "allow",
+            "rule": "",
+            "reason": "",
+        },
+    ),
+    Event(
+        EventKind.NET_REFUSED,
+        "s1",
+        "evil.example:443",
+        {
+            "method": "CONNECT",
+            "host": "evil.example",
+            "port": 443,
+            "status": 403,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "decision": "deny",
+            "rule": "",
+            "reason": "not in the profile",
+        },
+    ),
     Event(EventKind.NET_BLOCKED, "s1", "203.0.113.9:53", {"protocol": "udp"}),
     Event(EventKind.GRANT_ADDED, "s1", "/home/ana/src/app", {"mode": "rw"}),
     Event(EventKind.REQUEST_ANSWERED, "s1", "files", {"answer": "deny"}),
@@ -60,8 +113,9 @@ def validate(event: dict[str, Any]) -> list[str]:
     name = schemas().lookup_class_name_from_uid(class_uid=event["class_uid"])
     schema = schemas().get_class_schema(class_name=name, profiles=[])
     validator = jsonschema.Draft202012Validator(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(event)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(event)
+    ]
 
 
 def exported(audit_dir: Path, events: list[Event] = EVENTS) -> list[bytes]:
@@ -85,14 +139,24 @@ def test_every_exported_event_is_valid_ocsf_for_its_class(audit_dir: Path) -> No
 
 
 def test_the_mapping_says_what_happened(audit_dir: Path) -> None:
-    events = {json.loads(line)["metadata"]["sequence"]: json.loads(line)
-              for line in exported(audit_dir)}
-    started, written, post, refused, blocked = (events[1], events[4], events[8], events[11],
-                                                events[12])
+    events = {
+        json.loads(line)["metadata"]["sequence"]: json.loads(line) for line in exported(audit_dir)
+    }
+    started, written, post, refused, blocked = (
+        events[1],
+        events[4],
+        events[8],
+        events[11],
+        events[12],
+    )
     assert (started["class_uid"], started["activity_id"]) == (1007, 1)
     assert started["process"] == {"uid": "s1", "name": "codex"}
-    assert written["file"] == {"name": "main.py", "path": "/home/ana/src/app/main.py",
-                               "type_id": 1, "size": 812}
+    assert written["file"] == {
+        "name": "main.py",
+        "path": "/home/ana/src/app/main.py",
+        "type_id": 1,
+        "size": 812,
+    }
     assert written["metadata"]["correlation_uid"] == "s1"
     assert post["http_request"]["http_method"] == "POST"
     assert post["http_request"]["url"]["path"] == "/v1/x"  # no query values, even redacted
@@ -125,18 +189,25 @@ def test_an_ocsf_export_verifies(audit_dir: Path, tmp_path: Path) -> None:
 def _tamper(lines: list[bytes], index: int, change: Any) -> list[bytes]:
     event = json.loads(lines[index])
     change(event)
-    return [*lines[:index], ocsf.dumps(event) + b"\n", *lines[index + 1:]]
+    return [*lines[:index], ocsf.dumps(event) + b"\n", *lines[index + 1 :]]
 
 
-@pytest.mark.parametrize(("index", "change", "reason"), [
-    (3, lambda e: e["file"].update(path="/home/ana/elsewhere"), ocsf.EDITED),
-    (7, lambda e: e["dst_endpoint"].update(hostname="harmless.example"), ocsf.EDITED),
-    (10, lambda e: e.update(severity_id=1), ocsf.EDITED),
-    (2, lambda e: e["unmapped"]["airlock"].update(
-        record=e["unmapped"]["airlock"]["record"].replace("main.py", "main.pz")),
-     "edited: the record does not match its hash"),
-    (2, lambda e: e.pop("unmapped"), "not an Airlock OCSF event: no record under unmapped"),
-])
+@pytest.mark.parametrize(
+    ("index", "change", "reason"),
+    [
+        (3, lambda e: e["file"].update(path="/home/ana/elsewhere"), ocsf.EDITED),
+        (7, lambda e: e["dst_endpoint"].update(hostname="harmless.example"), ocsf.EDITED),
+        (10, lambda e: e.update(severity_id=1), ocsf.EDITED),
+        (
+            2,
+            lambda e: e["unmapped"]["airlock"].update(
+                record=e["unmapped"]["airlock"]["record"].replace("main.py", "main.pz")
+            ),
+            "edited: the record does not match its hash",
+        ),
+        (2, lambda e: e.pop("unmapped"), "not an Airlock OCSF event: no record under unmapped"),
+    ],
+)
 def test_an_edited_export_is_caught_at_its_line(
     audit_dir: Path, tmp_path: Path, index: int, change: Any, reason: str
 ) -> None:

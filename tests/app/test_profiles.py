@@ -156,10 +156,14 @@ def test_a_duration_must_be_positive_and_finite(value: object) -> None:
         parse_duration(value)
 
 
-@pytest.mark.parametrize(("text", "policy"), [
-    (GOOD, "warn"), (GOOD + '[watch]\nunwatched = "stop"\n', "stop"),
-    (GOOD + '[watch]\nunwatched = "warn"\n', "warn"),
-])
+@pytest.mark.parametrize(
+    ("text", "policy"),
+    [
+        (GOOD, "warn"),
+        (GOOD + '[watch]\nunwatched = "stop"\n', "stop"),
+        (GOOD + '[watch]\nunwatched = "warn"\n', "warn"),
+    ],
+)
 def test_what_a_partly_unwatched_session_means_is_the_profile_s_choice(
     text: str, policy: str
 ) -> None:

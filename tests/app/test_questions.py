@@ -17,8 +17,16 @@ from app.questions import AskServer, QuestionQueue, answer_from_json, request_fr
 
 
 def question(timeout: float = 30.0) -> ConsentRequest:
-    return ConsentRequest("r-1", "s1", "agent", RequestKind.NETWORK, "example.com:443",
-                          {"host": "example.com"}, "I need \x1b[2Jit", timeout)
+    return ConsentRequest(
+        "r-1",
+        "s1",
+        "agent",
+        RequestKind.NETWORK,
+        "example.com:443",
+        {"host": "example.com"},
+        "I need \x1b[2Jit",
+        timeout,
+    )
 
 
 async def call(path: Path, message: dict[str, object]) -> dict[str, object]:
@@ -40,14 +48,17 @@ def test_a_question_is_listed_and_answered_over_the_socket(tmp_path: Path) -> No
         listed = await call(server.path, {"op": "list"})
         [shown] = listed["requests"]  # type: ignore[misc]
         assert request_from_json(shown).reason == "I need \\u001b[2Jit"  # escaped
-        reply = await call(server.path, {"op": "answer", "id": "r-1", "answer": {
-            "verdict": "allow", "lifetime": "session"}})
+        reply = await call(
+            server.path,
+            {"op": "answer", "id": "r-1", "answer": {"verdict": "allow", "lifetime": "session"}},
+        )
         assert reply == {"ok": True}
         answer = await asked
         assert answer.verdict is Verdict.ALLOW and answer.lifetime is Lifetime.SESSION
         assert answer.by == "airlock ask"
-        again = await call(server.path, {"op": "answer", "id": "r-1",
-                                         "answer": {"verdict": "allow"}})
+        again = await call(
+            server.path, {"op": "answer", "id": "r-1", "answer": {"verdict": "allow"}}
+        )
         assert "no longer waiting" in str(again["error"])
         assert (await call(server.path, {"op": "list"})) == {"requests": []}
         await server.close()
@@ -66,16 +77,19 @@ def test_nobody_answering_is_a_denial_at_the_deadline() -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize(("answer", "problem"), [
-    ("allow", "a JSON object"),
-    ({"verdict": "maybe"}, "maybe"),
-    ({"verdict": "allow", "lifetime": "forever"}, "forever"),
-    ({"verdict": "allow", "lifetime": "until"}, "needs the time"),
-    ({"verdict": "allow", "lifetime": "until", "until": time.time() - 5}, "future"),
-    ({"verdict": "allow", "paths": ["relative/x"]}, "absolute"),
-    ({"verdict": "allow", "paths": "/etc/passwd"}, "absolute"),
-    ({"verdict": "allow", "mode": "rwx"}, "rwx"),
-])
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("allow", "a JSON object"),
+        ({"verdict": "maybe"}, "maybe"),
+        ({"verdict": "allow", "lifetime": "forever"}, "forever"),
+        ({"verdict": "allow", "lifetime": "until"}, "needs the time"),
+        ({"verdict": "allow", "lifetime": "until", "until": time.time() - 5}, "future"),
+        ({"verdict": "allow", "paths": ["relative/x"]}, "absolute"),
+        ({"verdict": "allow", "paths": "/etc/passwd"}, "absolute"),
+        ({"verdict": "allow", "mode": "rwx"}, "rwx"),
+    ],
+)
 def test_a_malformed_answer_is_refused(answer: object, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         answer_from_json(answer, by="airlock ask")

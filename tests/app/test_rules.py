@@ -16,8 +16,14 @@ from app.rules import decide
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    for folder in ("Agent-output", "Agent-outputs", "Notes/sub", ".ssh", "srv/drop/sub",
-                   "elsewhere"):
+    for folder in (
+        "Agent-output",
+        "Agent-outputs",
+        "Notes/sub",
+        ".ssh",
+        "srv/drop/sub",
+        "elsewhere",
+    ):
         (tmp_path / folder).mkdir(parents=True)
     return tmp_path
 
@@ -31,16 +37,16 @@ def request(kind: RequestKind, **details: Any) -> ConsentRequest:
 
 
 def filled(details: dict[str, Any], home: Path) -> dict[str, Any]:
-    return {k: v.replace("{home}", str(home)) if isinstance(v, str) else v
-            for k, v in details.items()}
+    return {
+        k: v.replace("{home}", str(home)) if isinstance(v, str) else v for k, v in details.items()
+    }
 
 
 @pytest.mark.parametrize(
     ("details", "target"),
     [
         ({"current_file": "{home}/Agent-output/report.md"}, "Agent-output/report.md"),
-        ({"current_folder": "{home}/Agent-output", "current_name": "a.csv"},
-         "Agent-output/a.csv"),
+        ({"current_folder": "{home}/Agent-output", "current_name": "a.csv"}, "Agent-output/a.csv"),
         ({"current_folder": "{home}/srv/drop/sub", "current_name": "x"}, "srv/drop/sub/x"),
         ({"current_file": "{home}/Agent-output"}, "Agent-output"),
     ],

@@ -186,11 +186,17 @@ def test_a_vsock_to_the_hypervisor_or_any_other_family_cannot_be_opened(
     assert status == 0, output
     opened = dict(line.split() for line in output.splitlines())
     assert {f for f, result in opened.items() if result == "ok"} == {
-        "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}, output
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    }, output
     # Refused by the filter (the engine's loader answers EPERM where no rule matched an
     # argument), before the kernel could say whether it has the family at all.
     assert {opened[f] for f in ("AF_VSOCK", "AF_PACKET", "AF_ALG", "AF_KEY")} <= {
-        str(EPERM), str(ENOSYS)}, output
+        str(EPERM),
+        str(ENOSYS),
+    }, output
 
 
 LEASE = """

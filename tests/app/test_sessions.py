@@ -67,8 +67,11 @@ def launch(
 
 def kinds(events: list[Event]) -> list[EventKind]:
     """The lifecycle: everything but output lines and file activity."""
-    return [e.kind for e in events
-            if e.kind is not EventKind.SESSION_OUTPUT and not e.kind.startswith("file.")]
+    return [
+        e.kind
+        for e in events
+        if e.kind is not EventKind.SESSION_OUTPUT and not e.kind.startswith("file.")
+    ]
 
 
 def no_container_left(engine: docker.DockerClient, session: str) -> bool:
@@ -138,23 +141,30 @@ def test_when_the_audit_log_cannot_be_written_sessions_stop_and_none_starts(
     dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     dirs.ensure()
     dirs.audit.mkdir(mode=0o700, parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "airlock-test",
-                    str(dirs.audit)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "airlock-test", str(dirs.audit)],
+        check=True,
+    )
     store = StateStore(dirs.database)
     audit = AuditLog(dirs.audit)
     try:
         recorder = Recorder(audit)
         bus = EventBus()
         bus.attach(recorder)
-        supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
-                                recorder=recorder)
+        supervisor = Supervisor(
+            engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles), recorder=recorder
+        )
         result, output, _ = launch(supervisor, agent_image, ["sh", "-c", "seq 5000; sleep 100"])
-        assert result.reason.startswith("stopped: the audit log cannot be written (cannot "
-                                        "write to"), result.reason
+        assert result.reason.startswith(
+            "stopped: the audit log cannot be written (cannot write to"
+        ), result.reason
         assert output.text("stdout").startswith("1\n2\n")
         assert no_container_left(engine, result.session)
-        with pytest.raises(SessionError, match=r"^the audit log cannot be written \(.*\): no "
-                           r"session runs unrecorded; free space there and start it again$"):
+        with pytest.raises(
+            SessionError,
+            match=r"^the audit log cannot be written \(.*\): no "
+            r"session runs unrecorded; free space there and start it again$",
+        ):
             launch(supervisor, agent_image, ["echo", "unrecorded"])
 
         subprocess.run(["mount", "-o", "remount,size=16m", str(dirs.audit)], check=True)
@@ -183,19 +193,29 @@ def test_a_session_filling_the_disk_is_stopped_and_none_starts_until_there_is_ro
     dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     dirs.ensure()
     dirs.sessions.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "airlock-test",
-                    str(dirs.sessions)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96m", "airlock-test", str(dirs.sessions)], check=True
+    )
     store = StateStore(dirs.database)
     try:
-        supervisor = Supervisor(engine, store, EventBus(), dirs,
-                                ProfileCatalog(dirs.user_profiles), disk_reserve=32 * 1024**2)
+        supervisor = Supervisor(
+            engine,
+            store,
+            EventBus(),
+            dirs,
+            ProfileCatalog(dirs.user_profiles),
+            disk_reserve=32 * 1024**2,
+        )
         filler = "dd if=/dev/zero of=/run/airlock/save/junk bs=1M count=90; sleep 100"
         result, _, _ = launch(supervisor, agent_image, ["sh", "-c", filler])
         assert result.reason.startswith("stopped: only "), result.reason
         assert f"MiB left on the disk of {dirs.sessions}" in result.reason
         assert no_container_left(engine, result.session)
-        with pytest.raises(SessionError, match=r"^only \d+ MiB left on the disk of .* \(at "
-                           r"least 32 MiB must stay free\); free space there and start it again$"):
+        with pytest.raises(
+            SessionError,
+            match=r"^only \d+ MiB left on the disk of .* \(at "
+            r"least 32 MiB must stay free\); free space there and start it again$",
+        ):
             launch(supervisor, agent_image, ["true"])
         Review(dirs, supervisor.bus).discard(result.session)  # what it left goes too
         result, output, _ = launch(supervisor, agent_image, ["echo", "room again"])
@@ -218,7 +238,9 @@ def test_file_activity_and_audit_name_the_host_path(
     supervisor.bus.attach(audit.sink)
     try:
         result, _, events = launch(
-            supervisor, agent_image, ["sh", "-c", "cat read-me.md >/dev/null; sleep 0.5"],
+            supervisor,
+            agent_image,
+            ["sh", "-c", "cat read-me.md >/dev/null; sleep 0.5"],
             (GrantRequest(notes, Mode.READ),),
         )
     finally:
@@ -340,8 +362,9 @@ def test_crashed_supervisor_is_swept_at_next_start(
         process.kill()
 
 
-def wait_for_session(tester: DesktopUser, process: subprocess.Popen[str],
-                     timeout: float = 60) -> tuple[str, int]:
+def wait_for_session(
+    tester: DesktopUser, process: subprocess.Popen[str], timeout: float = 60
+) -> tuple[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -377,22 +400,26 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
         "print('revoked', flush=True)\n"
     )
     text = profile_text(agent_image, ["python3", "-c", script])
-    request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"),
-                            (GrantRequest(notes / "a.md", Mode.READ),))
+    request = LaunchRequest(
+        parse_profile(text, "t.toml"), Path("t.toml"), (GrantRequest(notes / "a.md", Mode.READ),)
+    )
     output = CollectedOutput()
 
     async def scenario() -> SessionResult:
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        supervisor.bus.attach(lambda e: started.set_result(e.session or "")
-                              if e.kind is EventKind.SESSION_STARTED else None)
+        supervisor.bus.attach(
+            lambda e: (
+                started.set_result(e.session or "") if e.kind is EventKind.SESSION_STARTED else None
+            )
+        )
         run = asyncio.create_task(supervisor.run(request, output))
         session = await started
         (notes / "b.md").write_text("same path\n")
-        inside = await supervisor.open_files(session, [notes / "b.md"], Mode.READ,
-                                             Lifetime.SESSION)
+        inside = await supervisor.open_files(session, [notes / "b.md"], Mode.READ, Lifetime.SESSION)
         assert [str(p) for p in inside] == [str(notes / "b.md")]
-        (elsewhere,) = await supervisor.open_files(session, [tmp_path / "elsewhere.txt"],
-                                                   Mode.READ, Lifetime.ONCE)
+        (elsewhere,) = await supervisor.open_files(
+            session, [tmp_path / "elsewhere.txt"], Mode.READ, Lifetime.ONCE
+        )
         assert str(elsewhere).startswith("/run/airlock/doc/")
         await asyncio.sleep(0.3)
         grants = supervisor.store.session_grants(session, time.time())
@@ -402,7 +429,8 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
 
     result = asyncio.run(scenario())
     assert output.text("stdout").splitlines() == ["same path", "documents area", "revoked"], (
-        output.text("stderr"))
+        output.text("stderr")
+    )
     assert result.exit_code == 0
     assert (tmp_path / "elsewhere.txt").read_text() == "documents area\n"
 
@@ -411,16 +439,24 @@ def staging_of(supervisor: Supervisor, session: str) -> SessionStaging:
     return SessionStaging(supervisor.dirs.sessions / session / "staging", session)
 
 
-def _run_then_revoke(supervisor: Supervisor, request: LaunchRequest, output: CollectedOutput,
-                     before_revoke: Callable[[str], Awaitable[None]]) -> SessionResult:
+def _run_then_revoke(
+    supervisor: Supervisor,
+    request: LaunchRequest,
+    output: CollectedOutput,
+    before_revoke: Callable[[str], Awaitable[None]],
+) -> SessionResult:
     """Runs `request`; once the agent printed "ready", `before_revoke(session)`, then
     revokes every grant of the session."""
 
     async def scenario() -> SessionResult:
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        supervisor.bus.attach(lambda e: started.set_result(e.session or "")
-                              if e.kind is EventKind.SESSION_STARTED and not started.done()
-                              else None)
+        supervisor.bus.attach(
+            lambda e: (
+                started.set_result(e.session or "")
+                if e.kind is EventKind.SESSION_STARTED and not started.done()
+                else None
+            )
+        )
         run = asyncio.create_task(supervisor.run(request, output))
         session = await started
         await before_revoke(session)
@@ -455,8 +491,9 @@ def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
         "    time.sleep(0.05)\n"
     )
     text = profile_text(agent_image, ["python3", "-c", script])
-    request = LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml"),
-                            (GrantRequest(tree, Mode.READ_WRITE),))
+    request = LaunchRequest(
+        parse_profile(text, "t.toml"), Path("t.toml"), (GrantRequest(tree, Mode.READ_WRITE),)
+    )
     events: list[Event] = []
     supervisor.bus.attach(events.append)
     output = CollectedOutput()
@@ -466,8 +503,7 @@ def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
 
     result = _run_then_revoke(supervisor, request, output, nothing)
     # Its end says why, not only the signal.
-    assert result.reason == "stopped: a read-write folder it was granted was revoked", \
-        output.text()
+    assert result.reason == "stopped: a read-write folder it was granted was revoked", output.text()
     assert output.text("stdout").count("still reading") < 40  # it ran on ~2 s at most
     revoked = [e for e in events if e.kind is EventKind.GRANT_REVOKED]
     assert revoked and revoked[0].details["stopped"] is True
@@ -586,8 +622,9 @@ print(json.dumps({"kind": "result", "code": result.exit_code, "reason": result.r
 """
 
 
-def storm_session(agent_image: str, tmp_path: Path, seconds: float, stalls: int,
-                  extra: str = "") -> tuple[dict[str, object], list[object]]:
+def storm_session(
+    agent_image: str, tmp_path: Path, seconds: float, stalls: int, extra: str = ""
+) -> tuple[dict[str, object], list[object]]:
     """Runs the storm in a session whose supervisor is stopped `stalls` times for 8 s;
     returns the session's result and its audit records."""
     from app.audit import records
@@ -598,8 +635,12 @@ def storm_session(agent_image: str, tmp_path: Path, seconds: float, stalls: int,
     root = Path(__file__).parents[2]
     process = subprocess.Popen(
         [sys.executable, "-c", STORM_SUPERVISOR, str(tmp_path), str(folder), text],
-        stdout=subprocess.PIPE, text=True, bufsize=1, cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)})
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert process.stdout is not None
     try:
         for line in process.stdout:  # the storm has begun once its files show
@@ -616,8 +657,11 @@ def storm_session(agent_image: str, tmp_path: Path, seconds: float, stalls: int,
         process.wait(timeout=120)
     dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     [result] = [e for e in lines if e["kind"] == "result"]
-    return result, [r for r in records(dirs.audit)
-                    if not isinstance(r, AuditProblem) and r.kind != "session.output"]
+    return result, [
+        r
+        for r in records(dirs.audit)
+        if not isinstance(r, AuditProblem) and r.kind != "session.output"
+    ]
 
 
 def test_a_storm_that_overflows_the_watch_is_an_audited_gap_not_silence(
@@ -633,8 +677,7 @@ def test_a_storm_that_overflows_the_watch_is_an_audited_gap_not_silence(
     gap = logged[kinds.index("activity.gap")]
     assert gap.details["cause"] == "inotify queue overflowed"  # type: ignore[attr-defined]
     assert gap.details["from"] < gap.details["to"]  # type: ignore[attr-defined]
-    written = [i for i, r in enumerate(logged)
-               if r.subject.endswith("/work/after-the-storm.txt")]  # type: ignore[attr-defined]
+    written = [i for i, r in enumerate(logged) if r.subject.endswith("/work/after-the-storm.txt")]  # type: ignore[attr-defined]
     assert written and written[-1] > kinds.index("activity.gap")
     assert verify(tmp_path / "state" / "audit").problem is None
 
@@ -642,11 +685,13 @@ def test_a_storm_that_overflows_the_watch_is_an_audited_gap_not_silence(
 def test_a_session_whose_watch_overflows_again_and_again_is_stopped_if_the_profile_says_so(
     agent_image: str, tmp_path: Path
 ) -> None:
-    result, logged = storm_session(agent_image, tmp_path, 70, stalls=4,
-                                   extra='[watch]\nunwatched = "stop"\n')
+    result, logged = storm_session(
+        agent_image, tmp_path, 70, stalls=4, extra='[watch]\nunwatched = "stop"\n'
+    )
 
-    assert result["reason"] == ("stopped: its file activity could not be watched (inotify "
-                                "queue overflowed 3 times)"), result
+    assert result["reason"] == (
+        "stopped: its file activity could not be watched (inotify queue overflowed 3 times)"
+    ), result
     kinds = [r.kind for r in logged]  # type: ignore[attr-defined]
     assert "activity.gap" in kinds  # overflows while the watch restarts join one gap
     [unwatched] = [r for r in logged if r.kind == "activity.unwatched"]  # type: ignore[attr-defined]

@@ -51,8 +51,7 @@ def whiteout(path: Path) -> None:
     os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
-def test_each_kind_of_staged_entry_lists_as_its_change(host: Path,
-                                                       staging: SessionStaging) -> None:
+def test_each_kind_of_staged_entry_lists_as_its_change(host: Path, staging: SessionStaging) -> None:
     root, upper, work = staging.add_tree(host, "g1", QUOTA, None)
     assert root.kind is RootKind.TREE and upper.is_dir() and work.is_dir()
     (upper / "notes.txt").write_text("the agent's notes\n")
@@ -64,8 +63,10 @@ def test_each_kind_of_staged_entry_lists_as_its_change(host: Path,
     whiteout(upper / "sub" / "old.txt")
     changes = listed(staging, host)
     assert {path: c.kind for path, c in changes.items()} == {
-        "notes.txt": ChangeKind.MODIFIED, "new.txt": ChangeKind.ADDED,
-        "script.sh": ChangeKind.MODE, "link": ChangeKind.ADDED,
+        "notes.txt": ChangeKind.MODIFIED,
+        "new.txt": ChangeKind.ADDED,
+        "script.sh": ChangeKind.MODE,
+        "link": ChangeKind.ADDED,
         "sub/old.txt": ChangeKind.DELETED,
     }
     notes = changes["notes.txt"]
@@ -116,14 +117,17 @@ def test_a_host_file_changed_since_the_grant_is_a_conflict(
     (host / "notes.txt").write_text("the user edited it meanwhile\n")
     (host / "fresh.txt").write_text("the user made it meanwhile\n")
     changes = listed(staging, host)
-    assert changes["notes.txt"].problems[0].startswith(
-        "conflict: changed on the host since it was granted (host sha256 ")
-    assert changes["fresh.txt"].problems[0].startswith(
-        "conflict: created on the host since the grant")
+    assert (
+        changes["notes.txt"]
+        .problems[0]
+        .startswith("conflict: changed on the host since it was granted (host sha256 ")
+    )
+    assert (
+        changes["fresh.txt"].problems[0].startswith("conflict: created on the host since the grant")
+    )
 
 
-def test_rebase_makes_the_hosts_new_state_the_base(host: Path,
-                                                   staging: SessionStaging) -> None:
+def test_rebase_makes_the_hosts_new_state_the_base(host: Path, staging: SessionStaging) -> None:
     root, upper, _ = staging.add_tree(host, "g1", QUOTA, None)
     (upper / "notes.txt").write_text("the agent's notes\n")
     (host / "notes.txt").write_text("as committed\n")
@@ -136,8 +140,7 @@ def test_a_staged_file_copy_is_private_and_withdrawn_with_its_grant(
     host: Path, staging: SessionStaging, tmp_path: Path
 ) -> None:
     saves = tmp_path / "saves" / "token"
-    root = staging.add_file(host / "notes.txt", "g2", QUOTA, saves, copy_from_host=True,
-                            owner=None)
+    root = staging.add_file(host / "notes.txt", "g2", QUOTA, saves, copy_from_host=True, owner=None)
     assert root.kind is RootKind.FILE and root.upper == saves / "notes.txt"
     assert root.upper.read_text() == "the user's notes\n"
     assert staging.changeset().changes == ()  # a copy of the host file changes nothing
@@ -205,14 +208,17 @@ def test_the_changeset_id_is_independent_of_order_and_changes_with_content(
     assert Changeset("s", (a, b)).select(None) == [a, b]
 
 
-@pytest.mark.parametrize(("kind", "mode", "lands"), [
-    (EntryType.FILE, 0o100755, 0o755),
-    (EntryType.FILE, 0o101777, 0o777),  # a file's sticky bit means nothing
-    (EntryType.FILE, 0o104755, 0o755),  # set-ID bits are refused, never carried
-    (EntryType.DIRECTORY, 0o43775, 0o3775),  # a directory keeps sticky and set-group-ID
-    (EntryType.SYMLINK, 0o120777, None),
-    (EntryType.SPECIAL, 0o10644, None),
-    (EntryType.FILE, None, None),
-])
+@pytest.mark.parametrize(
+    ("kind", "mode", "lands"),
+    [
+        (EntryType.FILE, 0o100755, 0o755),
+        (EntryType.FILE, 0o101777, 0o777),  # a file's sticky bit means nothing
+        (EntryType.FILE, 0o104755, 0o755),  # set-ID bits are refused, never carried
+        (EntryType.DIRECTORY, 0o43775, 0o3775),  # a directory keeps sticky and set-group-ID
+        (EntryType.SYMLINK, 0o120777, None),
+        (EntryType.SPECIAL, 0o10644, None),
+        (EntryType.FILE, None, None),
+    ],
+)
 def test_the_mode_a_commit_gives(kind: EntryType, mode: int | None, lands: int | None) -> None:
     assert landing_mode(kind, mode) == lands

@@ -98,9 +98,17 @@ def test_a_write_waits_out_another_process_holding_the_file_past_sqlites_own_tim
     release.start()
     store = StateStore(path)
     try:
-        store.add_session(SessionRecord(id="s1", profile="p", image="i", container_id=None,
-                                        supervisor="1:1", state=SessionState.STARTING,
-                                        started_at=0.0))
+        store.add_session(
+            SessionRecord(
+                id="s1",
+                profile="p",
+                image="i",
+                container_id=None,
+                supervisor="1:1",
+                state=SessionState.STARTING,
+                started_at=0.0,
+            )
+        )
         assert [r.id for r in store.sessions()] == ["s1"]
     finally:
         release.join()

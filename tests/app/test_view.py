@@ -117,8 +117,10 @@ def test_airlocks_own_directories_are_never_mirrored(tmp_path: Path) -> None:
     assert (mirrored / "notes.md").read_text() == "mine"
     assert (mirrored / ".local" / "state").is_dir()
     assert not (mirrored / ".local" / "state" / "airlock").exists()
-    assert (str(state), "Airlock's own files (its state, other sessions, its sockets) are "
-            "never granted") in result.skipped
+    assert (
+        str(state),
+        "Airlock's own files (its state, other sessions, its sockets) are never granted",
+    ) in result.skipped
     inside = view.add(state / "state.db")
     assert not view.mirror_path(state / "state.db").exists() and inside.skipped
 

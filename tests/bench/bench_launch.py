@@ -49,8 +49,9 @@ class FirstOutput:
             self.at = time.perf_counter()
 
 
-def in_process_first_output(supervisor: Supervisor, request: LaunchRequest,
-                            loop: asyncio.AbstractEventLoop) -> float:
+def in_process_first_output(
+    supervisor: Supervisor, request: LaunchRequest, loop: asyncio.AbstractEventLoop
+) -> float:
     """What the desktop app pays: its supervisor, engine connection and loop already exist."""
     output = FirstOutput()
 
@@ -75,10 +76,27 @@ def test_launch_latency_against_bare_docker_run(
     profile = tmp_path / "bench.toml"
     profile.write_text(profile_text(agent_image, ["cat", "a.md"]))
     runtime = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
-    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"),
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_RUNTIME_DIR=str(runtime))
-    bare = [docker_cli, "run", "--rm", "--network", "none", "--read-only",
-            "-v", f"{notes}:{notes}:ro", "-w", str(notes), agent_image, "cat", "a.md"]
+    env = dict(
+        os.environ,
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_RUNTIME_DIR=str(runtime),
+    )
+    bare = [
+        docker_cli,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "-v",
+        f"{notes}:{notes}:ro",
+        "-w",
+        str(notes),
+        agent_image,
+        "cat",
+        "a.md",
+    ]
     cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant", str(notes)]
     handed = [str(AIRLOCK), "run", "--profile", str(profile), "--grant", str(notes)]
     daemon = subprocess.Popen([str(AIRLOCK), "daemon"], env=env, stderr=subprocess.DEVNULL)
@@ -116,18 +134,22 @@ def test_launch_latency_against_bare_docker_run(
         loop.close()
         wired.__exit__(None, None, None)
     base = statistics.median(bare_times)
-    rows = [("bare docker run", base),
-            ("airlock run, supervising itself", statistics.median(cold_times)),
-            ("airlock run, handed to a running supervisor", statistics.median(handed_times)),
-            ("in a running supervisor (library call)", statistics.median(warm_times))]
+    rows = [
+        ("bare docker run", base),
+        ("airlock run, supervising itself", statistics.median(cold_times)),
+        ("airlock run, handed to a running supervisor", statistics.median(handed_times)),
+        ("in a running supervisor (library call)", statistics.median(warm_times)),
+    ]
     print(f"\nlaunch to first output, median of {RUNS} runs (target <= 1.3x):")
     for label, seconds in rows:
         print(f"  {label:44} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
     # The check stands between the container's start and the agent's command: its whole
     # time is on the launch's path (target <= 10 % of it).
     check, warm = statistics.median(checks[1:]), statistics.median(warm_times)
-    print(f"  {'of which the sandbox self-check':44} {check * 1000:5.1f} ms  "
-          f"{check / warm:.1%} of the in-process launch, {check / base:.1%} of docker run")
+    print(
+        f"  {'of which the sandbox self-check':44} {check * 1000:5.1f} ms  "
+        f"{check / warm:.1%} of the in-process launch, {check / base:.1%} of docker run"
+    )
 
 
 def first_screen_seconds(command: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -157,14 +179,33 @@ def test_interactive_launch_against_docker_run_it(
     profile = tmp_path / "bench.toml"
     profile.write_text(profile_text(agent_image, ["cat", "a.md"]))
     runtime = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-           "TERM": "xterm-256color", "XDG_STATE_HOME": str(tmp_path / "state"),
-           "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_RUNTIME_DIR": str(runtime),
-           "AIRLOCK_AUTOSTART": "1", "AIRLOCK_IDLE_EXIT": "60"}
-    bare = [docker_cli, "run", "-it", "--rm", "--network", "none", "--read-only",
-            "-v", f"{notes}:{notes}:ro", "-w", str(notes), agent_image, "cat", "a.md"]
-    cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant",
-            str(notes)]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "TERM": "xterm-256color",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "AIRLOCK_AUTOSTART": "1",
+        "AIRLOCK_IDLE_EXIT": "60",
+    }
+    bare = [
+        docker_cli,
+        "run",
+        "-it",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "-v",
+        f"{notes}:{notes}:ro",
+        "-w",
+        str(notes),
+        agent_image,
+        "cat",
+        "a.md",
+    ]
+    cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant", str(notes)]
     warm = [str(AIRLOCK), "run", "--profile", str(profile), "--grant", str(notes)]
     first_screen_seconds(bare, tmp_path, env)
     first_screen_seconds(cold, tmp_path, env)
@@ -179,9 +220,9 @@ def test_interactive_launch_against_docker_run_it(
         subprocess.run([str(AIRLOCK), "sessions"], env=env, capture_output=True)
     base = statistics.median(bare_times)
     print(f"\ninteractive launch to the agent's first output, median of {RUNS} (target <= 1.3x):")
-    for label, seconds in [("docker run -it", base),
-                           ("airlock run on a terminal, cold (supervising itself)",
-                            statistics.median(cold_times)),
-                           ("airlock run on a terminal, warm (background supervisor)",
-                            statistics.median(warm_times))]:
+    for label, seconds in [
+        ("docker run -it", base),
+        ("airlock run on a terminal, cold (supervising itself)", statistics.median(cold_times)),
+        ("airlock run on a terminal, warm (background supervisor)", statistics.median(warm_times)),
+    ]:
         print(f"  {label:56} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")

@@ -35,8 +35,9 @@ def test_one_more_session_with_ten_running(
     supervisor = Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))
     profile_path = tmp_path / "sleeper.toml"
     profile_path.write_text(profile_text(agent_image, ["sleep", "600"], memory="64m", pids=16))
-    request = LaunchRequest(parse_profile(profile_path.read_text(), str(profile_path)),
-                            profile_path, ())
+    request = LaunchRequest(
+        parse_profile(profile_path.read_text(), str(profile_path)), profile_path, ()
+    )
     seen: dict[tuple[EventKind, str], float] = {}
 
     def note(event: Event) -> None:
@@ -49,15 +50,13 @@ def test_one_more_session_with_ten_running(
         loop = asyncio.get_running_loop()
         named: asyncio.Future[str] = loop.create_future()
         begun = time.perf_counter()
-        task = loop.create_task(supervisor.run(request, CollectedOutput(),
-                                               named=named.set_result))
+        task = loop.create_task(supervisor.run(request, CollectedOutput(), named=named.set_result))
         session = await named
         while (EventKind.SESSION_STARTED, session) not in seen:
             await asyncio.sleep(0.005)
         started = seen[(EventKind.SESSION_STARTED, session)] - begun
         killed = time.perf_counter()
-        for container in containers(engine, f"{LABEL_SESSION}={session}",
-                                    f"{LABEL_ROLE}=agent"):
+        for container in containers(engine, f"{LABEL_SESSION}={session}", f"{LABEL_ROLE}=agent"):
             await asyncio.to_thread(engine.api.kill, container["Id"])
         await task
         return started, seen[(EventKind.SESSION_EXITED, session)] - killed
@@ -73,8 +72,11 @@ def test_one_more_session_with_ten_running(
             names = []
             for _ in range(RUNNING):
                 named: asyncio.Future[str] = loop.create_future()
-                background.append(loop.create_task(supervisor.run(
-                    request, CollectedOutput(), named=named.set_result)))
+                background.append(
+                    loop.create_task(
+                        supervisor.run(request, CollectedOutput(), named=named.set_result)
+                    )
+                )
                 names.append(named)
             for named in names:
                 session = await named
@@ -96,9 +98,13 @@ def test_one_more_session_with_ten_running(
     start_beside = statistics.median(s for s, _ in beside)
     end_alone = statistics.median(e for _, e in alone)
     end_beside = statistics.median(e for _, e in beside)
-    print(f"\nstart of one more session: {start_alone * 1000:.0f} ms with none running, "
-          f"{start_beside * 1000:.0f} ms with {RUNNING} running: "
-          f"ratio {start_beside / start_alone:.2f}")
-    print(f"end seen (kill to session.exited): {end_alone * 1000:.0f} ms alone, "
-          f"{end_beside * 1000:.0f} ms with {RUNNING} running: "
-          f"ratio {end_beside / end_alone:.2f}")
+    print(
+        f"\nstart of one more session: {start_alone * 1000:.0f} ms with none running, "
+        f"{start_beside * 1000:.0f} ms with {RUNNING} running: "
+        f"ratio {start_beside / start_alone:.2f}"
+    )
+    print(
+        f"end seen (kill to session.exited): {end_alone * 1000:.0f} ms alone, "
+        f"{end_beside * 1000:.0f} ms with {RUNNING} running: "
+        f"ratio {end_beside / end_alone:.2f}"
+    )

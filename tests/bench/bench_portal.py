@@ -61,17 +61,26 @@ class Lines:
             self.queue.put_nowait(line)
 
 
-async def open_file(client: MessageBus, responses: dict[str, asyncio.Future[int]],
-                    token: str) -> int:
+async def open_file(
+    client: MessageBus, responses: dict[str, asyncio.Future[int]], token: str
+) -> int:
     future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     assert client.unique_name is not None
-    path = ("/org/freedesktop/portal/desktop/request/"
-            f"{client.unique_name[1:].replace('.', '_')}/{token}")
+    path = (
+        "/org/freedesktop/portal/desktop/request/"
+        f"{client.unique_name[1:].replace('.', '_')}/{token}"
+    )
     responses[path] = future
-    reply = await client.call(Message(
-        destination=PORTAL_NAME, path="/org/freedesktop/portal/desktop",
-        interface="org.freedesktop.portal.FileChooser", member="OpenFile",
-        signature="ssa{sv}", body=["", "bench", {"handle_token": Variant("s", token)}]))
+    reply = await client.call(
+        Message(
+            destination=PORTAL_NAME,
+            path="/org/freedesktop/portal/desktop",
+            interface="org.freedesktop.portal.FileChooser",
+            member="OpenFile",
+            signature="ssa{sv}",
+            body=["", "bench", {"handle_token": Variant("s", token)}],
+        )
+    )
     assert reply.message_type is MessageType.METHOD_RETURN, reply.body
     return await future
 
@@ -98,14 +107,16 @@ def test_portal_figures(engine: docker.DockerClient, agent_image: str, tmp_path:
         made.append(PortalExtension(broker))
         return made[-1]
 
-    supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
-                            extensions=[portal])
+    supervisor = Supervisor(
+        engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles), extensions=[portal]
+    )
     profile = parse_profile(profile_text(agent_image, ["python3", "-c", WATCHER]), "b.toml")
 
     async def measure() -> tuple[list[float], list[float], list[float], list[float]]:
         lines = Lines()
-        run = asyncio.ensure_future(supervisor.run(
-            LaunchRequest(profile, Path("b.toml"), (), timeout=300), lines))
+        run = asyncio.ensure_future(
+            supervisor.run(LaunchRequest(profile, Path("b.toml"), (), timeout=300), lines)
+        )
         assert await asyncio.wait_for(lines.queue.get(), 60) == "watching"
         address = made[0].address
         assert address is not None
@@ -117,15 +128,27 @@ def test_portal_figures(engine: docker.DockerClient, agent_image: str, tmp_path:
                 responses.pop(message.path).set_result(message.body[0])
 
         client.add_message_handler(on_signal)
-        await client.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-            body=["type='signal',interface='org.freedesktop.portal.Request',member='Response'"]))
+        await client.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=["type='signal',interface='org.freedesktop.portal.Request',member='Response'"],
+            )
+        )
         pings, trips = [], []
         for i in range(ROUND_TRIPS):
             started = time.perf_counter()
-            await client.call(Message(destination=PORTAL_NAME, path="/",
-                                      interface="org.freedesktop.DBus.Peer", member="Ping"))
+            await client.call(
+                Message(
+                    destination=PORTAL_NAME,
+                    path="/",
+                    interface="org.freedesktop.DBus.Peer",
+                    member="Ping",
+                )
+            )
             pings.append(time.perf_counter() - started)
             started = time.perf_counter()
             assert await open_file(client, responses, f"rt{i}") == 0
@@ -160,11 +183,15 @@ def test_portal_figures(engine: docker.DockerClient, agent_image: str, tmp_path:
 
     print()
     print(f"portal: Peer.Ping round trip over the session bus: p50 {ms(pings, 50):.2f} ms")
-    print(f"portal: pre-approved OpenFile, call to Response, {ROUND_TRIPS} runs: "
-          f"p50 {ms(trips, 50):.2f} ms, p90 {ms(trips, 90):.2f} ms, "
-          f"max {1000 * max(trips):.2f} ms (target p50 <= 10 ms)")
-    print(f"portal: 1 GiB file, call to Response: median "
-          f"{1000 * statistics.median(answered):.1f} ms; grant to visible inside the "
-          f"container: median {1000 * statistics.median(visible):.1f} ms, "
-          f"max {1000 * max(visible):.1f} ms over {BIG_RUNS} runs (target < 200 ms)")
+    print(
+        f"portal: pre-approved OpenFile, call to Response, {ROUND_TRIPS} runs: "
+        f"p50 {ms(trips, 50):.2f} ms, p90 {ms(trips, 90):.2f} ms, "
+        f"max {1000 * max(trips):.2f} ms (target p50 <= 10 ms)"
+    )
+    print(
+        f"portal: 1 GiB file, call to Response: median "
+        f"{1000 * statistics.median(answered):.1f} ms; grant to visible inside the "
+        f"container: median {1000 * statistics.median(visible):.1f} ms, "
+        f"max {1000 * max(visible):.1f} ms over {BIG_RUNS} runs (target < 200 ms)"
+    )
     print(f"portal: for scale, copying that file once takes {1000 * copy_seconds:.0f} ms")

@@ -34,7 +34,7 @@ SMALL_REQUESTS = 2000
 DOWNLOADS = 5
 AGENTS = str(Path(__file__).resolve().parents[2] / "profiles" / "agents")
 
-UPSTREAM = textwrap.dedent('''
+UPSTREAM = textwrap.dedent("""
     import socket, sys, threading
     block = memoryview(bytes(1024 * 1024))
     def serve(conn):
@@ -64,9 +64,9 @@ UPSTREAM = textwrap.dedent('''
         conn, _ = server.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
-''')
+""")
 
-PROXY = textwrap.dedent('''
+PROXY = textwrap.dedent("""
     import asyncio, sys
     sys.path.insert(0, {repo!r})
     from pathlib import Path
@@ -90,7 +90,7 @@ PROXY = textwrap.dedent('''
         print("serving", flush=True)
         await asyncio.Event().wait()
     asyncio.run(main())
-''')
+""")
 
 
 @contextlib.contextmanager
@@ -141,8 +141,11 @@ def read_response(sock: socket.socket, buffer: bytearray) -> int:
         head += data
     head, _, rest = head.partition(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n")[0], head
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
     got = len(rest)
     view = memoryview(buffer)
     while got < length:
@@ -167,8 +170,13 @@ def download(where: int, upstream: int, via_proxy: bool) -> float:
         return GIB / (time.perf_counter() - started)
 
 
-def small_p50(where: int, upstream: int, via_proxy: bool, data: bytes | None = None,
-              count: int = SMALL_REQUESTS) -> tuple[float, int]:
+def small_p50(
+    where: int,
+    upstream: int,
+    via_proxy: bool,
+    data: bytes | None = None,
+    count: int = SMALL_REQUESTS,
+) -> tuple[float, int]:
     """p50 of small requests on a kept-alive connection; a proxy that closes after each
     response (tinyproxy does) pays for its reconnects. Returns (p50, reconnects)."""
     buffer = bytearray(65536)
@@ -203,17 +211,24 @@ def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
         upstream = int(server.stdout.readline())
         sock_path = str(tmp_path / "listener.sock")
         tiny_port, airlock_port = free_port(), free_port()
-        script = PROXY.format(repo=repo, port=upstream, socket=sock_path, listen=airlock_port,
-                              inspect=True)
+        script = PROXY.format(
+            repo=repo, port=upstream, socket=sock_path, listen=airlock_port, inspect=True
+        )
         conf = tmp_path / "tinyproxy.conf"
-        conf.write_text(f"Port {tiny_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\n"
-                        "MaxClients 20\nLogLevel Critical\n")
-        with process([sys.executable, "-c", script]) as proxy, \
-                process([tinyproxy, "-d", "-c", str(conf)]):
+        conf.write_text(
+            f"Port {tiny_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\n"
+            "MaxClients 20\nLogLevel Critical\n"
+        )
+        with (
+            process([sys.executable, "-c", script]) as proxy,
+            process([tinyproxy, "-d", "-c", str(conf)]),
+        ):
             assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-            hand_over = (f"import sys; sys.path.insert(0, {AGENTS!r}); import airlock_netlog; "
-                         f"airlock_netlog.hand_over_listener(('127.0.0.1', {airlock_port}), "
-                         f"{sock_path!r})")
+            hand_over = (
+                f"import sys; sys.path.insert(0, {AGENTS!r}); import airlock_netlog; "
+                f"airlock_netlog.hand_over_listener(('127.0.0.1', {airlock_port}), "
+                f"{sock_path!r})"
+            )
             subprocess.run([sys.executable, "-I", "-S", "-c", hand_over], check=True, timeout=30)
             assert proxy.stdout.readline().strip() == "serving"
             wait_port(tiny_port)
@@ -234,31 +249,40 @@ def test_proxy_throughput_and_latency(tmp_path: Path) -> None:
                     for i in range(3):
                         cpu[name][i] += (after[i] - before[i]) / DOWNLOADS
             rates = {name: statistics.median(values) for name, values in runs.items()}
-            small = {name: small_p50(where, upstream, via) for name, (where, via) in
-                     paths.items()}
+            small = {name: small_p50(where, upstream, via) for name, (where, via) in paths.items()}
     p50 = {name: value for name, (value, _) in small.items()}
     direct_rate, direct_p50 = rates["direct"], p50["direct"]
-    print(f"\n1 GiB download, median of {DOWNLOADS} interleaved runs; {SMALL_REQUESTS} small "
-          "keep-alive requests, p50:")
+    print(
+        f"\n1 GiB download, median of {DOWNLOADS} interleaved runs; {SMALL_REQUESTS} small "
+        "keep-alive requests, p50:"
+    )
     for name in paths:
-        print(f"  {name:<26} {rates[name] / 1e6:8.0f} MB/s  {rates[name] / direct_rate:5.2f}x "
-              f"direct  {rates[name] / rates['tinyproxy']:5.2f}x tinyproxy   "
-              f"p50 {p50[name] * 1e6:7.0f} µs  added {(p50[name] - direct_p50) * 1e6:6.0f} µs"
-              f"  ({small[name][1]} reconnects)")
-    print("CPU seconds per GiB (upstream + Airlock's proxy + client; a machine of "
-          f"{os.cpu_count()} cores):")
+        print(
+            f"  {name:<26} {rates[name] / 1e6:8.0f} MB/s  {rates[name] / direct_rate:5.2f}x "
+            f"direct  {rates[name] / rates['tinyproxy']:5.2f}x tinyproxy   "
+            f"p50 {p50[name] * 1e6:7.0f} µs  added {(p50[name] - direct_p50) * 1e6:6.0f} µs"
+            f"  ({small[name][1]} reconnects)"
+        )
+    print(
+        "CPU seconds per GiB (upstream + Airlock's proxy + client; a machine of "
+        f"{os.cpu_count()} cores):"
+    )
     for name in ("direct", "airlock (agent's path)"):
         upstream_cpu, proxy_cpu, client_cpu = cpu[name]
-        print(f"  {name:<26} {upstream_cpu:.2f} + {proxy_cpu:.2f} + {client_cpu:.2f} = "
-              f"{sum(cpu[name]):.2f}")
+        print(
+            f"  {name:<26} {upstream_cpu:.2f} + {proxy_cpu:.2f} + {client_cpu:.2f} = "
+            f"{sum(cpu[name]):.2f}"
+        )
 
 
 # A small request as clients send them: a query, a user agent, an accept list, a cookie and
 # a token-shaped header — every part inspected, in every reading, on each request.
-HEADERS = ("User-Agent: python-requests/2.32.3\r\nAccept: application/json, text/plain, */*\r\n"
-           "Accept-Encoding: gzip, deflate\r\n"
-           "Cookie: session=Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0; theme=dark; lang=en-GB\r\n"
-           "X-Request-Id: 4f6c1b0e9a8d4c2b8e7f6a5b4c3d2e1f\r\n")
+HEADERS = (
+    "User-Agent: python-requests/2.32.3\r\nAccept: application/json, text/plain, */*\r\n"
+    "Accept-Encoding: gzip, deflate\r\n"
+    "Cookie: session=Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0; theme=dark; lang=en-GB\r\n"
+    "X-Request-Id: 4f6c1b0e9a8d4c2b8e7f6a5b4c3d2e1f\r\n"
+)
 HEAD_ROUNDS = 5
 
 
@@ -275,29 +299,48 @@ def test_head_inspection_cost(tmp_path: Path) -> None:
             for name, inspect in (("heads inspected", True), ("heads not inspected", False)):
                 sock_path = str(tmp_path / f"listener-{inspect}.sock")
                 port = free_port()
-                proxy = stack.enter_context(process([sys.executable, "-c", PROXY.format(
-                    repo=repo, port=upstream, socket=sock_path, listen=port, inspect=inspect)]))
+                proxy = stack.enter_context(
+                    process(
+                        [
+                            sys.executable,
+                            "-c",
+                            PROXY.format(
+                                repo=repo,
+                                port=upstream,
+                                socket=sock_path,
+                                listen=port,
+                                inspect=inspect,
+                            ),
+                        ]
+                    )
+                )
                 assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
-                hand_over = (f"import sys; sys.path.insert(0, {AGENTS!r}); "
-                             "import airlock_netlog; airlock_netlog.hand_over_listener("
-                             f"('127.0.0.1', {port}), {sock_path!r})")
-                subprocess.run([sys.executable, "-I", "-S", "-c", hand_over], check=True,
-                               timeout=30)
+                hand_over = (
+                    f"import sys; sys.path.insert(0, {AGENTS!r}); "
+                    "import airlock_netlog; airlock_netlog.hand_over_listener("
+                    f"('127.0.0.1', {port}), {sock_path!r})"
+                )
+                subprocess.run(
+                    [sys.executable, "-I", "-S", "-c", hand_over], check=True, timeout=30
+                )
                 assert proxy.stdout.readline().strip() == "serving"
                 ports[name] = port
-            data = request(upstream, "/api/v2/items?page=3&per_page=50&sort=updated", True,
-                           HEADERS)
+            data = request(upstream, "/api/v2/items?page=3&per_page=50&sort=updated", True, HEADERS)
             rounds: dict[str, list[float]] = {name: [] for name in ports}
             for _ in range(HEAD_ROUNDS):
                 for name, port in ports.items():
                     rounds[name].append(small_p50(port, upstream, True, data, 1000)[0])
     p50 = {name: statistics.median(values) for name, values in rounds.items()}
     base = p50["heads not inspected"]
-    print(f"\nsmall keep-alive requests with a {len(data)}-byte head, p50 (median of "
-          f"{HEAD_ROUNDS} interleaved rounds of 1000):")
+    print(
+        f"\nsmall keep-alive requests with a {len(data)}-byte head, p50 (median of "
+        f"{HEAD_ROUNDS} interleaved rounds of 1000):"
+    )
     for name, value in p50.items():
-        print(f"  {name:<22} p50 {value * 1e6:7.0f} µs  {value / base:5.2f}x  "
-              f"added {(value - base) * 1e6:5.0f} µs")
+        print(
+            f"  {name:<22} p50 {value * 1e6:7.0f} µs  {value / base:5.2f}x  "
+            f"added {(value - base) * 1e6:5.0f} µs"
+        )
 
 
 # HTTPS: interception vs an opaque tunnel vs direct.
@@ -309,15 +352,16 @@ NEW_HOSTS = int(os.environ.get("AIRLOCK_BENCH_TLS_HOSTS", "200"))
 
 TLS_UPSTREAM = UPSTREAM.replace(
     'server = socket.create_server(("127.0.0.1", 0))',
-    'import ssl\n'
-    'context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)\n'
-    'context.load_cert_chain(sys.argv[1])\n'
+    "import ssl\n"
+    "context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)\n"
+    "context.load_cert_chain(sys.argv[1])\n"
     'plain = socket.create_server(("127.0.0.1", 0))\n'
     # Accepted sockets inherit it: the handshake, which accept() runs, is not delayed either.
-    'plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n'
-    'server = context.wrap_socket(plain, server_side=True)')
+    "plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+    "server = context.wrap_socket(plain, server_side=True)",
+)
 
-TLS_PROXY = textwrap.dedent('''
+TLS_PROXY = textwrap.dedent("""
     import asyncio, ipaddress, socket, ssl, sys
     sys.path.insert(0, {repo!r})
     from app.egress.ca import SessionCA
@@ -343,16 +387,18 @@ TLS_PROXY = textwrap.dedent('''
         print("serving", flush=True)
         await asyncio.Event().wait()
     asyncio.run(main())
-''')
+""")
 
 
-def tls_connect(mode: str, proxy: int, upstream: int, host: str,
-                contexts: dict[str, ssl.SSLContext]) -> ssl.SSLSocket:
+def tls_connect(
+    mode: str, proxy: int, upstream: int, host: str, contexts: dict[str, ssl.SSLContext]
+) -> ssl.SSLSocket:
     """A TLS connection to the upstream as `host`: direct, or through a CONNECT."""
     sock = connect(upstream if mode == "direct" else proxy)
     if mode != "direct":
-        sock.sendall(f"CONNECT {host}:{upstream} HTTP/1.1\r\nHost: {host}:{upstream}\r\n\r\n"
-                     .encode())
+        sock.sendall(
+            f"CONNECT {host}:{upstream} HTTP/1.1\r\nHost: {host}:{upstream}\r\n\r\n".encode()
+        )
         answer = b""
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(1)
@@ -373,20 +419,30 @@ def test_https_interception_throughput_and_latency(tmp_path: Path) -> None:
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "upstream.pem"))
     test_ca.cert_pem.write_to_path(str(tmp_path / "test-ca.pem"))
     session_ca = tmp_path / "session-ca.pem"
-    with process([sys.executable, "-c", TLS_UPSTREAM, str(tmp_path / "upstream.pem")]
-                 ) as server:
+    with process([sys.executable, "-c", TLS_UPSTREAM, str(tmp_path / "upstream.pem")]) as server:
         assert server.stdout is not None
         upstream = int(server.stdout.readline())
         listen = free_port()
-        script = TLS_PROXY.format(repo=repo, port=upstream, listen=listen,
-                                  ca_path=str(session_ca), test_ca=str(tmp_path / "test-ca.pem"))
+        script = TLS_PROXY.format(
+            repo=repo,
+            port=upstream,
+            listen=listen,
+            ca_path=str(session_ca),
+            test_ca=str(tmp_path / "test-ca.pem"),
+        )
         with process([sys.executable, "-c", script]) as proxy:
             assert proxy.stdout is not None and proxy.stdout.readline().strip() == "serving"
             upstream_trust = ssl.create_default_context(cafile=str(tmp_path / "test-ca.pem"))
-            contexts = {"direct": upstream_trust, "opaque tunnel": upstream_trust,
-                        "inspected": ssl.create_default_context(cafile=str(session_ca))}
-            hosts = {"direct": "direct.test", "opaque tunnel": "opaque.test",
-                     "inspected": "api.inspect.test"}
+            contexts = {
+                "direct": upstream_trust,
+                "opaque tunnel": upstream_trust,
+                "inspected": ssl.create_default_context(cafile=str(session_ca)),
+            }
+            hosts = {
+                "direct": "direct.test",
+                "opaque tunnel": "opaque.test",
+                "inspected": "api.inspect.test",
+            }
             buffer = bytearray(4 * 1024 * 1024)
             runs: dict[str, list[float]] = {mode: [] for mode in contexts}
             cpu: dict[str, float] = dict.fromkeys(contexts, 0.0)
@@ -435,18 +491,26 @@ def test_https_interception_throughput_and_latency(tmp_path: Path) -> None:
         authority.server_context(f"leaf{i}.example")
         leaves.append(time.perf_counter() - started)
     mib = TLS_BYTES // 1024**2
-    print(f"\nHTTPS: {mib} MiB download, median of {TLS_DOWNLOADS} interleaved runs "
-          f"(proxy CPU s per download); p50 of {TLS_SMALL} small kept-alive requests:")
+    print(
+        f"\nHTTPS: {mib} MiB download, median of {TLS_DOWNLOADS} interleaved runs "
+        f"(proxy CPU s per download); p50 of {TLS_SMALL} small kept-alive requests:"
+    )
     for mode in contexts:
-        print(f"  {mode:<15} {rates[mode] / 1e6:7.0f} MB/s  {rates[mode] / rates['direct']:5.2f}x "
-              f"direct  {rates[mode] / rates['opaque tunnel']:5.2f}x opaque   cpu {cpu[mode]:5.2f}"
-              f"   p50 {kept[mode] * 1e6:6.0f} µs  added {(kept[mode] - kept['direct']) * 1e6:6.0f}"
-              " µs")
+        print(
+            f"  {mode:<15} {rates[mode] / 1e6:7.0f} MB/s  {rates[mode] / rates['direct']:5.2f}x "
+            f"direct  {rates[mode] / rates['opaque tunnel']:5.2f}x opaque   cpu {cpu[mode]:5.2f}"
+            f"   p50 {kept[mode] * 1e6:6.0f} µs  added {(kept[mode] - kept['direct']) * 1e6:6.0f}"
+            " µs"
+        )
     print(f"p50 of {NEW_HOSTS} requests, each on a new connection (CONNECT + TLS + request):")
     for case in cases:
-        print(f"  {case:<20} {fresh[case] * 1e3:6.2f} ms  added "
-              f"{(fresh[case] - fresh['direct']) * 1e3:5.2f} ms  "
-              f"{fresh[case] / fresh['direct']:5.2f}x direct")
-    print(f"a leaf certificate and its TLS context, made alone: p50 "
-          f"{statistics.median(leaves) * 1e3:.2f} ms (in the proxy: once per host and "
-          "session, ahead for the hosts a profile names exactly)")
+        print(
+            f"  {case:<20} {fresh[case] * 1e3:6.2f} ms  added "
+            f"{(fresh[case] - fresh['direct']) * 1e3:5.2f} ms  "
+            f"{fresh[case] / fresh['direct']:5.2f}x direct"
+        )
+    print(
+        f"a leaf certificate and its TLS context, made alone: p50 "
+        f"{statistics.median(leaves) * 1e3:.2f} ms (in the proxy: once per host and "
+        "session, ahead for the hosts a profile names exactly)"
+    )

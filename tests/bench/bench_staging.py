@@ -49,10 +49,15 @@ def time_copies(upper: Path, base: Path) -> tuple[float, float]:
     """cp -a of the staged files; and cp -a then sync: the commit syncs what it wrote (a crash
     or power cut leaves old or new, never half), so also the copy with the same durability."""
     plain = ["cp", "-a", f"{upper}/.", str(base / "copy")]
-    synced = ["sh", "-c", f"cp -a '{upper}/.' '{base / 'copy-synced'}' && "
-              f"sync -f '{base / 'copy-synced'}'"]
-    return (seconds(lambda: subprocess.run(plain, check=True)),
-            seconds(lambda: subprocess.run(synced, check=True)))
+    synced = [
+        "sh",
+        "-c",
+        f"cp -a '{upper}/.' '{base / 'copy-synced'}' && sync -f '{base / 'copy-synced'}'",
+    ]
+    return (
+        seconds(lambda: subprocess.run(plain, check=True)),
+        seconds(lambda: subprocess.run(synced, check=True)),
+    )
 
 
 @pytest.mark.bench
@@ -71,7 +76,7 @@ def test_changeset_listing_and_commit_against_cp(tmp_path: Path) -> None:
         os.sync()
         results: dict[str, float] = {}
         order = ["copying", "cp", "moving"]
-        for step in order[run % 3:] + order[:run % 3]:  # each goes first in turn
+        for step in order[run % 3 :] + order[: run % 3]:  # each goes first in turn
             if step == "copying":
                 results[step] = time_commit(staging, root, base / "running", move=False)
             elif step == "moving":  # in a tree of its own: moving empties the staged one
@@ -84,8 +89,9 @@ def test_changeset_listing_and_commit_against_cp(tmp_path: Path) -> None:
         durable.append(results["synced"])
         assert (host / "d099" / "f09999.txt").exists()
         assert (ended_host / "d099" / "f09999.txt").exists()
-    listing, copied, moved, cp, cp_sync = (statistics.median(x) for x in
-                                           (listings, copying, moving, copies, durable))
+    listing, copied, moved, cp, cp_sync = (
+        statistics.median(x) for x in (listings, copying, moving, copies, durable)
+    )
     # Removed now rather than by a later pytest session as it starts, in the middle of its
     # timings: ext4 without a journal (this machine's) passes over every inode freed in the
     # last minute each time it allocates one (in the last six minutes while the inode's table
@@ -94,14 +100,20 @@ def test_changeset_listing_and_commit_against_cp(tmp_path: Path) -> None:
     for run in range(RUNS):
         shutil.rmtree(tmp_path / f"run{run}")
     os.sync()
-    print("\nper run, s: " + "; ".join(
-        f"commit copying {c:.2f} moving {m:.2f} cp -a {p:.2f} cp -a + sync {d:.2f}"
-        for c, m, p, d in zip(copying, moving, copies, durable, strict=True)))
-    print(f"changeset of {FILES} files (2 KiB each), median of {RUNS}: listed in "
-          f"{listing:.2f} s; committed while the session runs (copies) in {copied:.2f} s, "
-          f"after it ended (moves) in {moved:.2f} s; cp -a {cp:.2f} s: "
-          f"{copied / cp:.2f}x and {moved / cp:.2f}x (target <= 2x); "
-          f"cp -a + sync {cp_sync:.2f} s: {copied / cp_sync:.2f}x and {moved / cp_sync:.2f}x")
+    print(
+        "\nper run, s: "
+        + "; ".join(
+            f"commit copying {c:.2f} moving {m:.2f} cp -a {p:.2f} cp -a + sync {d:.2f}"
+            for c, m, p, d in zip(copying, moving, copies, durable, strict=True)
+        )
+    )
+    print(
+        f"changeset of {FILES} files (2 KiB each), median of {RUNS}: listed in "
+        f"{listing:.2f} s; committed while the session runs (copies) in {copied:.2f} s, "
+        f"after it ended (moves) in {moved:.2f} s; cp -a {cp:.2f} s: "
+        f"{copied / cp:.2f}x and {moved / cp:.2f}x (target <= 2x); "
+        f"cp -a + sync {cp_sync:.2f} s: {copied / cp_sync:.2f}x and {moved / cp_sync:.2f}x"
+    )
 
 
 @pytest.mark.bench
@@ -116,6 +128,8 @@ def test_grant_cost_of_a_1_gib_tree(tmp_path: Path) -> None:
     mirrored = seconds(lambda: view.add(tree))
     staged = seconds(lambda: staging.add_tree(tree, "g-big", 1024**3, None))
     copy = seconds(lambda: shutil.copytree(tree, tmp_path / "copy"))
-    print(f"\ngranting a 1 GiB tree (64 files) read-write: view {mirrored * 1000:.1f} ms + "
-          f"staging {staged * 1000:.1f} ms = {(mirrored + staged) * 1000:.1f} ms "
-          f"(a full copy takes {copy:.2f} s; target well under 1 s)")
+    print(
+        f"\ngranting a 1 GiB tree (64 files) read-write: view {mirrored * 1000:.1f} ms + "
+        f"staging {staged * 1000:.1f} ms = {(mirrored + staged) * 1000:.1f} ms "
+        f"(a full copy takes {copy:.2f} s; target well under 1 s)"
+    )

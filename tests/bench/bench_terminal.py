@@ -28,7 +28,7 @@ PIECES = [
 
 
 def rate(data: bytes) -> float:
-    chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
     best = float("inf")
     for _ in range(3):
         filtered = OutputFilter()
@@ -43,5 +43,7 @@ def test_filter_throughput() -> None:
     rng = random.Random(1)
     mixed = b"".join(rng.choice(PIECES) for _ in range(100_000))
     plain = b"".join(PIECES[i % 2] for i in range(60_000))
-    print(f"\nterminal filter, 4 KiB chunks: mixed {len(mixed) / 1e6:.1f} MB "
-          f"{rate(mixed):.0f} MB/s; plain text {len(plain) / 1e6:.1f} MB {rate(plain):.0f} MB/s")
+    print(
+        f"\nterminal filter, 4 KiB chunks: mixed {len(mixed) / 1e6:.1f} MB "
+        f"{rate(mixed):.0f} MB/s; plain text {len(plain) / 1e6:.1f} MB {rate(plain):.0f} MB/s"
+    )

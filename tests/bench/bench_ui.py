@@ -85,8 +85,13 @@ def test_feed_at_10k_events_per_second(qapp: QApplication) -> None:
         while (now := time.monotonic()) - started < SECONDS:
             due = int((now - started) * rate)
             while sent < due:
-                bus.emit(EventKind.FILE_READ, "5e55104d", f"/home/ana/notes/note-{sent % 500}.md",
-                         count=1, size=sent)
+                bus.emit(
+                    EventKind.FILE_READ,
+                    "5e55104d",
+                    f"/home/ana/notes/note-{sent % 500}.md",
+                    count=1,
+                    size=sent,
+                )
                 sent += 1
             await asyncio.sleep(TICK)
         elapsed = time.monotonic() - started
@@ -98,14 +103,20 @@ def test_feed_at_10k_events_per_second(qapp: QApplication) -> None:
     delays, sent, elapsed = loop.run_until_complete(measure(RATE))
     loop.run_until_complete(bridge.stop())
     shown = window.activity.model.rowCount()
-    print(f"\nidle loop:   timer delay p50 {statistics.median(idle):.1f} ms, "
-          f"p99 {percentile(idle, 99):.1f} ms")
-    print(f"{sent / elapsed:,.0f} events/s for {elapsed:.1f} s through bus -> bridge -> feed "
-          f"({bridge.batches} batches, {bridge.dropped} dropped by the bridge, "
-          f"{shown} rows kept)")
-    print(f"under load:  timer delay p50 {statistics.median(delays):.1f} ms, "
-          f"p95 {percentile(delays, 95):.1f} ms, p99 {percentile(delays, 99):.1f} ms, "
-          f"max {max(delays):.1f} ms (target p99 < 50 ms)")
+    print(
+        f"\nidle loop:   timer delay p50 {statistics.median(idle):.1f} ms, "
+        f"p99 {percentile(idle, 99):.1f} ms"
+    )
+    print(
+        f"{sent / elapsed:,.0f} events/s for {elapsed:.1f} s through bus -> bridge -> feed "
+        f"({bridge.batches} batches, {bridge.dropped} dropped by the bridge, "
+        f"{shown} rows kept)"
+    )
+    print(
+        f"under load:  timer delay p50 {statistics.median(delays):.1f} ms, "
+        f"p95 {percentile(delays, 95):.1f} ms, p99 {percentile(delays, 99):.1f} ms, "
+        f"max {max(delays):.1f} ms (target p99 < 50 ms)"
+    )
     assert sent / elapsed > RATE * 0.9
     window.hide()
     loop.close()
@@ -115,18 +126,33 @@ def test_start_up_time_and_idle_memory(tmp_path: Path) -> None:
     """The real `airlock tray` (offscreen, no tray host, its own session bus)."""
     home = Path(tempfile.mkdtemp(prefix="alb-", dir="/tmp"))
     (home / "run").mkdir(mode=0o700)
-    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1",
-                            f"--address=unix:path={home}/bus"], stdout=subprocess.PIPE,
-                           text=True)
+    bus = subprocess.Popen(
+        [
+            "dbus-daemon",
+            "--session",
+            "--nofork",
+            "--print-address=1",
+            f"--address=unix:path={home}/bus",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     address = bus.stdout.readline().strip()  # type: ignore[union-attr]
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", DBUS_SESSION_BUS_ADDRESS=address,
-               HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
-               XDG_STATE_HOME=str(home / "state"), XDG_RUNTIME_DIR=str(home / "run"),
-               AIRLOCK_READY_FILE=str(home / "ready"))
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        DBUS_SESSION_BUS_ADDRESS=address,
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_STATE_HOME=str(home / "state"),
+        XDG_RUNTIME_DIR=str(home / "run"),
+        AIRLOCK_READY_FILE=str(home / "ready"),
+    )
     airlock = Path(sys.executable).parent / "airlock"
     started = time.monotonic()
-    app = subprocess.Popen([str(airlock), "tray"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    app = subprocess.Popen(
+        [str(airlock), "tray"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         while not (home / "ready").exists():
             assert app.poll() is None and time.monotonic() - started < 60
@@ -134,10 +160,13 @@ def test_start_up_time_and_idle_memory(tmp_path: Path) -> None:
         ready = time.monotonic() - started
         time.sleep(3)  # idle: the first sweep and audit check are done
         status = Path(f"/proc/{app.pid}/status").read_text()
-        rss = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmRSS:"))
-        print(f"\n`airlock tray`: process start to ready {ready * 1000:.0f} ms; "
-              f"idle memory (RSS) {rss / 1024:.0f} MiB")
+        rss = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+        )
+        print(
+            f"\n`airlock tray`: process start to ready {ready * 1000:.0f} ms; "
+            f"idle memory (RSS) {rss / 1024:.0f} MiB"
+        )
     finally:
         app.terminate()
         app.wait(20)

@@ -46,8 +46,9 @@ class Scripted:
         return answer
 
 
-def allow(*paths: Path, mode: Mode = Mode.READ,
-          lifetime: Lifetime = Lifetime.ONCE) -> Callable[[ConsentRequest], Answer]:
+def allow(
+    *paths: Path, mode: Mode = Mode.READ, lifetime: Lifetime = Lifetime.ONCE
+) -> Callable[[ConsentRequest], Answer]:
     return lambda request: Answer(Verdict.ALLOW, lifetime, paths=paths, mode=mode, by="test")
 
 
@@ -62,20 +63,28 @@ class TempDelivery:
     calls: list[tuple[str, tuple[Path, ...], Any]] = field(default_factory=list)
     refuse: str | None = None
 
-    async def open_files(self, session: str, paths: Sequence[Path], mode: Mode,
-                         lifetime: Lifetime, until: float | None = None) -> list[PurePosixPath]:
+    async def open_files(
+        self,
+        session: str,
+        paths: Sequence[Path],
+        mode: Mode,
+        lifetime: Lifetime,
+        until: float | None = None,
+    ) -> list[PurePosixPath]:
         self.calls.append(("open", tuple(paths), (session, mode, lifetime, until)))
         if self.refuse:
             raise GrantError(self.refuse)
         return [PurePosixPath("/run/airlock/doc") / f"t{i}" / p.name for i, p in enumerate(paths)]
 
-    async def save_files(self, session: str, targets: Sequence[Path],
-                         lifetime: Lifetime) -> list[PurePosixPath]:
+    async def save_files(
+        self, session: str, targets: Sequence[Path], lifetime: Lifetime
+    ) -> list[PurePosixPath]:
         self.calls.append(("save", tuple(targets), (session, lifetime)))
         if self.refuse:
             raise GrantError(self.refuse)
-        return [PurePosixPath("/run/airlock/save") / f"t{i}" / p.name
-                for i, p in enumerate(targets)]
+        return [
+            PurePosixPath("/run/airlock/save") / f"t{i}" / p.name for i, p in enumerate(targets)
+        ]
 
 
 @dataclass
@@ -142,8 +151,11 @@ class Client:
         bus.add_message_handler(self._on_message)
 
     def _on_message(self, message: Message) -> None:
-        if (message.message_type is MessageType.SIGNAL and message.member == "Response"
-                and message.path in self.responses):
+        if (
+            message.message_type is MessageType.SIGNAL
+            and message.member == "Response"
+            and message.path in self.responses
+        ):
             future = self.responses[message.path]
             if not future.done():
                 code, results = message.body
@@ -158,30 +170,55 @@ class Client:
     async def subscribe(self, path: str) -> asyncio.Future[tuple[int, dict[str, Any]]]:
         """Subscribes before calling, as the Request documentation recommends."""
         future = self.responses.setdefault(path, asyncio.get_running_loop().create_future())
-        await self.driver("AddMatch", "s", [
-            f"type='signal',interface='org.freedesktop.portal.Request',member='Response',"
-            f"path='{path}'"])
+        await self.driver(
+            "AddMatch",
+            "s",
+            [
+                f"type='signal',interface='org.freedesktop.portal.Request',member='Response',"
+                f"path='{path}'"
+            ],
+        )
         return future
 
-    async def driver(self, member: str, signature: str = "", body: list[Any] | None = None
-                     ) -> Message:
-        return await self.bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member=member, signature=signature,
-            body=body or []))
+    async def driver(
+        self, member: str, signature: str = "", body: list[Any] | None = None
+    ) -> Message:
+        return await self.bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
+        )
 
-    async def raw(self, member: str, signature: str, body: list[Any],
-                  interface: str = FILE_CHOOSER, path: str = PORTAL_PATH) -> Message:
-        return await self.bus.call(Message(
-            destination=PORTAL_NAME, path=path, interface=interface, member=member,
-            signature=signature, body=body))
+    async def raw(
+        self,
+        member: str,
+        signature: str,
+        body: list[Any],
+        interface: str = FILE_CHOOSER,
+        path: str = PORTAL_PATH,
+    ) -> Message:
+        return await self.bus.call(
+            Message(
+                destination=PORTAL_NAME,
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=body,
+            )
+        )
 
     async def ask(self, method: str, title: str = "Pick", **options: Variant) -> Message:
         return await self.raw(method, "ssa{sv}", ["", title, options])
 
-    async def ask_and_wait(self, method: str, token: str, title: str = "Pick",
-                           timeout: float = 10, **options: Variant
-                           ) -> tuple[int, dict[str, Any]]:
+    async def ask_and_wait(
+        self, method: str, token: str, title: str = "Pick", timeout: float = 10, **options: Variant
+    ) -> tuple[int, dict[str, Any]]:
         path = self.expected_path(token)
         future = await self.subscribe(path)
         reply = await self.ask(method, title, handle_token=Variant("s", token), **options)
@@ -190,8 +227,9 @@ class Client:
         return await asyncio.wait_for(future, timeout)
 
     async def close_request(self, path: str) -> Message:
-        return await self.raw("Close", "", [], interface="org.freedesktop.portal.Request",
-                              path=path)
+        return await self.raw(
+            "Close", "", [], interface="org.freedesktop.portal.Request", path=path
+        )
 
     def disconnect(self) -> None:
         if self.bus.connected:

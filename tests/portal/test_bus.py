@@ -19,10 +19,20 @@ from portal.bus import PORTAL_NAME, BusError, BusLayout, PrivateBus, bus_config
 DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
 
-def driver(member: str, signature: str = "", body: list[object] | None = None,
-           interface: str = "org.freedesktop.DBus") -> Message:
-    return Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                   interface=interface, member=member, signature=signature, body=body or [])
+def driver(
+    member: str,
+    signature: str = "",
+    body: list[object] | None = None,
+    interface: str = "org.freedesktop.DBus",
+) -> Message:
+    return Message(
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface=interface,
+        member=member,
+        signature=signature,
+        body=body or [],
+    )
 
 
 def with_bus(runtime: Path, scenario: Callable[[PrivateBus], Awaitable[None]]) -> None:
@@ -68,7 +78,7 @@ def test_start_lock_and_stop(tmp_path: Path) -> None:
         reply = await supervisor.request_name(PORTAL_NAME, NameFlag.DO_NOT_QUEUE)
         assert reply is RequestNameReply.PRIMARY_OWNER
         await bus.lock(supervisor)
-        assert "<deny own=\"*\"/>" in bus.layout.config.read_text()
+        assert '<deny own="*"/>' in bus.layout.config.read_text()
         agent = await MessageBus(bus_address=bus.layout.address).connect()
         names = await agent.call(driver("ListNames"))
         assert PORTAL_NAME in names.body[0]
@@ -91,18 +101,33 @@ def test_before_the_lock_only_the_portal_name_can_be_owned(tmp_path: Path) -> No
     with_bus(tmp_path, scenario)
 
 
-@pytest.mark.parametrize(("message", "why"), [
-    (driver("RequestName", "su", [PORTAL_NAME, 2]), "claim the portal's name"),
-    (driver("RequestName", "su", ["org.example.Agent", 0]), "own any name"),
-    (driver("ReloadConfig"), "reload the policy"),
-    (driver("UpdateActivationEnvironment", "a{ss}", [{"X": "1"}]), "change activation"),
-    (driver("BecomeMonitor", "asu", [[], 0], "org.freedesktop.DBus.Monitoring"), "snoop"),
-    (driver("GetStats", "", [], "org.freedesktop.DBus.Debug.Stats"), "read statistics"),
-    (Message(destination=PORTAL_NAME, path="/", interface="org.example.Secret",
-             member="Leak"), "call a non-portal interface"),
-    (Message(destination=PORTAL_NAME, path="/", member="OpenFile", signature="ssa{sv}",
-             body=["", "", {}]), "call without naming an interface"),
-])
+@pytest.mark.parametrize(
+    ("message", "why"),
+    [
+        (driver("RequestName", "su", [PORTAL_NAME, 2]), "claim the portal's name"),
+        (driver("RequestName", "su", ["org.example.Agent", 0]), "own any name"),
+        (driver("ReloadConfig"), "reload the policy"),
+        (driver("UpdateActivationEnvironment", "a{ss}", [{"X": "1"}]), "change activation"),
+        (driver("BecomeMonitor", "asu", [[], 0], "org.freedesktop.DBus.Monitoring"), "snoop"),
+        (driver("GetStats", "", [], "org.freedesktop.DBus.Debug.Stats"), "read statistics"),
+        (
+            Message(
+                destination=PORTAL_NAME, path="/", interface="org.example.Secret", member="Leak"
+            ),
+            "call a non-portal interface",
+        ),
+        (
+            Message(
+                destination=PORTAL_NAME,
+                path="/",
+                member="OpenFile",
+                signature="ssa{sv}",
+                body=["", "", {}],
+            ),
+            "call without naming an interface",
+        ),
+    ],
+)
 def test_after_the_lock_the_agent_cannot(tmp_path: Path, message: Message, why: str) -> None:
     async def scenario(bus: PrivateBus) -> None:
         supervisor = await MessageBus(bus_address=bus.layout.address).connect()

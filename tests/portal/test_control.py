@@ -71,12 +71,14 @@ def test_calls_refusals_and_single_instance(served: tuple[str, Controller]) -> N
         assert [tuple(row) for row in listed] == [("5e55104d", "notes-organizer", "running")]
         assert await call(client, "PendingRequests") == [1]
         assert await call(client, "Revoke", "s", ["5e55104d"]) == [2]
-        assert await call(client, "Launch", "sas", ["notes-organizer",
-                                                    ["/home/ana/Notes:rw", "/tmp/x"]]) == [
-            "0a1b2c3d"]
+        assert await call(
+            client, "Launch", "sas", ["notes-organizer", ["/home/ana/Notes:rw", "/tmp/x"]]
+        ) == ["0a1b2c3d"]
         [(_, grants)] = controller.launched
-        assert grants == [GrantRequest(Path("/home/ana/Notes"), Mode.READ_WRITE),
-                          GrantRequest(Path("/tmp/x"), Mode.READ)]
+        assert grants == [
+            GrantRequest(Path("/home/ana/Notes"), Mode.READ_WRITE),
+            GrantRequest(Path("/tmp/x"), Mode.READ),
+        ]
         for member, signature, body, why in (
             ("Revoke", "s", ["../etc"], "8 hex digits"),
             ("Launch", "sas", ["../../evil", []], "a profile is a name"),

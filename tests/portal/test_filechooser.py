@@ -47,11 +47,16 @@ def filters(*names: str) -> Variant:
 def test_version_property_and_introspection(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
         client = await rig.client()
-        reply = await client.raw("Get", "ss", ["org.freedesktop.portal.FileChooser", "version"],
-                                 interface="org.freedesktop.DBus.Properties")
+        reply = await client.raw(
+            "Get",
+            "ss",
+            ["org.freedesktop.portal.FileChooser", "version"],
+            interface="org.freedesktop.DBus.Properties",
+        )
         assert reply.body == [Variant("u", 4)]
-        xml = await client.raw("Introspect", "", [],
-                               interface="org.freedesktop.DBus.Introspectable")
+        xml = await client.raw(
+            "Introspect", "", [], interface="org.freedesktop.DBus.Introspectable"
+        )
         for method in ("OpenFile", "SaveFile", "SaveFiles"):
             assert f'<method name="{method}">' in xml.body[0]
         assert 'type="a{sv}"' in xml.body[0] and 'direction="out" type="o"' in xml.body[0]
@@ -66,14 +71,22 @@ def test_open_file_round_trip_with_every_option(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
         client = await rig.client()
         code, results = await client.ask_and_wait(
-            "OpenFile", "tok_1", title="Open the notes to summarise",
-            accept_label=Variant("s", "_Summarise"), modal=Variant("b", False),
-            multiple=Variant("b", False), directory=Variant("b", False),
-            filters=filters("md", "txt"), current_filter=Variant("(sa(us))",
-                                                                  ["txt", [[0, "*.txt"]]]),
-            choices=Variant("a(ssa(ss)s)", [
-                ["encoding", "Encoding", [["utf8", "UTF-8"], ["latin1", "Western"]], "latin1"],
-                ["reencode", "Re-encode", [], ""]]),
+            "OpenFile",
+            "tok_1",
+            title="Open the notes to summarise",
+            accept_label=Variant("s", "_Summarise"),
+            modal=Variant("b", False),
+            multiple=Variant("b", False),
+            directory=Variant("b", False),
+            filters=filters("md", "txt"),
+            current_filter=Variant("(sa(us))", ["txt", [[0, "*.txt"]]]),
+            choices=Variant(
+                "a(ssa(ss)s)",
+                [
+                    ["encoding", "Encoding", [["utf8", "UTF-8"], ["latin1", "Western"]], "latin1"],
+                    ["reencode", "Re-encode", [], ""],
+                ],
+            ),
             current_folder=Variant("ay", b"/home/user/notes\0"),
             unknown_future_option=Variant("s", "ignored"),
         )
@@ -83,17 +96,23 @@ def test_open_file_round_trip_with_every_option(tmp_path: Path) -> None:
         assert results["current_filter"] == ["txt", [[0, "*.txt"]]]
         (request,) = rig.front_end.seen
         assert (request.session, request.profile, request.kind) == (
-            WHO.session, WHO.profile, RequestKind.FILE_OPEN)
+            WHO.session,
+            WHO.profile,
+            RequestKind.FILE_OPEN,
+        )
         assert request.subject == "open a file"
         assert request.reason == "Open the notes to summarise"
         details = request.details
         assert details["image"] == WHO.image and details["mode"] == "ro"
         assert details["accept_label"] == "_Summarise" and details["modal"] is False
-        assert details["filters"][0] == {"name": "md",
-                                         "patterns": [["glob", "*.md"], ["mime", "text/md"]]}
+        assert details["filters"][0] == {
+            "name": "md",
+            "patterns": [["glob", "*.md"], ["mime", "text/md"]],
+        }
         assert details["current_folder"] == "/home/user/notes"
         assert rig.delivery.calls == [
-            ("open", (picked,), (WHO.session, Mode.READ, Lifetime.ONCE, None))]
+            ("open", (picked,), (WHO.session, Mode.READ, Lifetime.ONCE, None))
+        ]
         kinds = [e.kind for e in rig.events]
         assert kinds == [EventKind.REQUEST_ASKED, EventKind.REQUEST_ANSWERED]
         assert rig.portal.outstanding == 0
@@ -136,9 +155,14 @@ def test_save_file(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
         client = await rig.client()
         code, results = await client.ask_and_wait(
-            "SaveFile", "s", title="Save the report", current_name=Variant("s", "report.txt"),
-            current_folder=Variant("ay", b"/work\0"), current_file=Variant("ay", b"/work/r.txt\0"),
-            filters=filters("txt"))
+            "SaveFile",
+            "s",
+            title="Save the report",
+            current_name=Variant("s", "report.txt"),
+            current_folder=Variant("ay", b"/work\0"),
+            current_file=Variant("ay", b"/work/r.txt\0"),
+            filters=filters("txt"),
+        )
         assert code == 0
         assert results["uris"] == ["file:///run/airlock/save/t0/report.txt"]
         assert results["current_filter"] == ["txt", [[0, "*.txt"], [1, "text/txt"]]]
@@ -155,11 +179,16 @@ def test_save_files_into_a_chosen_folder(tmp_path: Path) -> None:
     async def scenario(rig: Rig) -> None:
         client = await rig.client()
         code, results = await client.ask_and_wait(
-            "SaveFiles", "many", files=Variant("aay", [b"a.txt\0", b"b c.txt\0"]),
-            choices=Variant("a(ssa(ss)s)", [["zip", "Zip them", [], "true"]]))
+            "SaveFiles",
+            "many",
+            files=Variant("aay", [b"a.txt\0", b"b c.txt\0"]),
+            choices=Variant("a(ssa(ss)s)", [["zip", "Zip them", [], "true"]]),
+        )
         assert code == 0
-        assert results["uris"] == ["file:///run/airlock/save/t0/a.txt",
-                                   "file:///run/airlock/save/t1/b%20c.txt"]
+        assert results["uris"] == [
+            "file:///run/airlock/save/t0/a.txt",
+            "file:///run/airlock/save/t1/b%20c.txt",
+        ]
         assert results["choices"] == [["zip", "true"]]
         assert "current_filter" not in results
         assert rig.delivery.calls[0][1] == (tmp_path / "a.txt", tmp_path / "b c.txt")
@@ -216,16 +245,23 @@ def test_a_refused_delivery_answers_other(tmp_path: Path) -> None:
         code, results = await client.ask_and_wait("OpenFile", "g")
         assert (code, results) == (2, {})
 
-    run(tmp_path, scenario, decide=allow(tmp_path / "x"),
-        delivery=TempDelivery(refuse="x: no such file"))
+    run(
+        tmp_path,
+        scenario,
+        decide=allow(tmp_path / "x"),
+        delivery=TempDelivery(refuse="x: no such file"),
+    )
 
 
-@pytest.mark.parametrize(("method", "picked", "options"), [
-    ("OpenFile", 2, {}),  # two files for a single-file request
-    ("SaveFile", 2, {}),
-    ("SaveFiles", 3, {"files": Variant("aay", [b"a\0", b"b\0"])}),
-    ("OpenFile", 0, {}),  # allowed, but nothing picked
-])
+@pytest.mark.parametrize(
+    ("method", "picked", "options"),
+    [
+        ("OpenFile", 2, {}),  # two files for a single-file request
+        ("SaveFile", 2, {}),
+        ("SaveFiles", 3, {"files": Variant("aay", [b"a\0", b"b\0"])}),
+        ("OpenFile", 0, {}),  # allowed, but nothing picked
+    ],
+)
 def test_an_answer_that_does_not_fit_the_call_answers_other(
     tmp_path: Path, method: str, picked: int, options: dict[str, Variant]
 ) -> None:
@@ -299,8 +335,9 @@ def test_a_token_in_use_is_refused_until_its_request_ends(tmp_path: Path) -> Non
         assert second.message_type is MessageType.ERROR and "in use" in second.body[0]
         # The same token from another connection is another path: no clash.
         other = await rig.client()
-        assert (await other.ask("OpenFile", handle_token=Variant("s", "same"))
-                ).message_type is MessageType.METHOD_RETURN
+        assert (
+            await other.ask("OpenFile", handle_token=Variant("s", "same"))
+        ).message_type is MessageType.METHOD_RETURN
         await client.close_request(first.body[0])
         third = await client.ask("OpenFile", handle_token=Variant("s", "same"))
         assert third.message_type is MessageType.METHOD_RETURN
@@ -313,8 +350,9 @@ def test_outstanding_requests_are_capped_per_session(tmp_path: Path) -> None:
         one, two = await rig.client(), await rig.client()
         handles = []
         for i in range(3):
-            reply = await (one if i % 2 else two).ask("OpenFile",
-                                                       handle_token=Variant("s", f"t{i}"))
+            reply = await (one if i % 2 else two).ask(
+                "OpenFile", handle_token=Variant("s", f"t{i}")
+            )
             assert reply.message_type is MessageType.METHOD_RETURN
             handles.append(reply.body[0])
         over = await one.ask("SaveFile")
@@ -357,22 +395,33 @@ BAD_OPTIONS: list[tuple[str, dict[str, Variant], str]] = [
     ("OpenFile", {"current_folder": Variant("ay", b"/a\0b\0")}, "NUL"),
     ("OpenFile", {"current_folder": Variant("ay", b"\0")}, "empty"),
     ("OpenFile", {"current_folder": Variant("s", "/home")}, "current_folder"),
-    ("OpenFile", {"choices": Variant("a(ssa(ss)s)", [["c", "C", [["a", "A"]], "b"]])},
-     "initial selection"),
+    (
+        "OpenFile",
+        {"choices": Variant("a(ssa(ss)s)", [["c", "C", [["a", "A"]], "b"]])},
+        "initial selection",
+    ),
     ("OpenFile", {"choices": Variant("a(ssa(ss)s)", [["", "C", [], ""]])}, "must not be empty"),
     ("OpenFile", {"choices": Variant("a(ssa(ss)s)", [["c", "C", [], ""]] * 2)}, "twice"),
     ("OpenFile", {f"k{i}": Variant("b", True) for i in range(100)}, "100 entries"),
     ("SaveFile", {"current_name": Variant("s", "..")}, "current_name"),
     ("SaveFile", {"current_name": Variant("s", "../../.bashrc")}, "current_name"),
     ("SaveFile", {"current_name": Variant("s", "/etc/passwd")}, "current_name"),
-    ("SaveFile", {"current_name": Variant("s", "a\u202eexe.txt")}, "current_name: a control "
-     "or invisible character (\\u202e)"),
+    (
+        "SaveFile",
+        {"current_name": Variant("s", "a\u202eexe.txt")},
+        "current_name: a control or invisible character (\\u202e)",
+    ),
     # app/text.py's whole policy, not only C0 and the bidi embeddings: C1, direction marks,
     # zero-width and format characters, separators, blanks other than the space.
-    *[("SaveFile", {"current_name": Variant("s", f"report{c}.pdf")}, escaped(c))
-      for c in "\u009b\u0085\u200e\u200f\u061c\u200b\u2060\ufeff\u2028\u2029\u00a0\u3164"],
-    ("SaveFiles", {"files": Variant("aay", [b"ok\0", "b\u200fad".encode() + b"\0"])},
-     "files[1]: a control or invisible character (\\u200f)"),
+    *[
+        ("SaveFile", {"current_name": Variant("s", f"report{c}.pdf")}, escaped(c))
+        for c in "\u009b\u0085\u200e\u200f\u061c\u200b\u2060\ufeff\u2028\u2029\u00a0\u3164"
+    ],
+    (
+        "SaveFiles",
+        {"files": Variant("aay", [b"ok\0", "b\u200fad".encode() + b"\0"])},
+        "files[1]: a control or invisible character (\\u200f)",
+    ),
     ("SaveFiles", {"files": Variant("aay", [b"c1\xc2\x9bred\0"])}, "files[0]"),
     ("SaveFile", {"current_name": Variant("s", "x" * 300)}, "255 bytes"),
     ("SaveFile", {"current_file": Variant("ay", b"\xc3\x28\0")}, "not UTF-8"),
@@ -407,15 +456,21 @@ def test_wrong_signatures_and_members_get_errors(tmp_path: Path) -> None:
             await client.raw("OpenFile", "sss", ["", "t", "x"]),
             await client.raw("SaveFile", "", []),
             await client.raw("Delete", "s", ["x"]),
-            await client.raw("Close", "", [], interface="org.freedesktop.portal.Request",
-                             path="/org/freedesktop/portal/desktop/request/1_1/nope"),
+            await client.raw(
+                "Close",
+                "",
+                [],
+                interface="org.freedesktop.portal.Request",
+                path="/org/freedesktop/portal/desktop/request/1_1/nope",
+            ),
         ]
         for reply in replies:
             assert reply.message_type is MessageType.ERROR
             assert reply.error_name and reply.error_name.startswith("org.freedesktop.DBus.Error")
         # The service is still there.
-        assert (await client.raw("Ping", "", [], interface="org.freedesktop.DBus.Peer")
-                ).message_type is MessageType.METHOD_RETURN
+        assert (
+            await client.raw("Ping", "", [], interface="org.freedesktop.DBus.Peer")
+        ).message_type is MessageType.METHOD_RETURN
 
     run(tmp_path, scenario)
 
@@ -428,9 +483,14 @@ def test_the_agent_cannot_reach_beyond_the_portal(tmp_path: Path) -> None:
         other = await client.driver("RequestName", "su", ["org.example.Agent", 0])
         assert other.error_name == "org.freedesktop.DBus.Error.AccessDenied"
         assert rig.supervisor.unique_name is not None
-        to_supervisor = await client.bus.call(Message(
-            destination=rig.supervisor.unique_name, path="/org/freedesktop/portal/desktop",
-            interface="org.example.Private", member="Anything"))
+        to_supervisor = await client.bus.call(
+            Message(
+                destination=rig.supervisor.unique_name,
+                path="/org/freedesktop/portal/desktop",
+                interface="org.example.Private",
+                member="Anything",
+            )
+        )
         assert to_supervisor.error_name == "org.freedesktop.DBus.Error.AccessDenied"
 
     run(tmp_path, scenario)
@@ -451,5 +511,6 @@ def test_parse_call_defaults() -> None:
     assert call.filters == () and call.current_folder is None
     save = parse_call(Method.SAVE, "", "Save", {"multiple": Variant("b", True)})
     assert save.multiple is False  # an option of another method is ignored
-    assert parse_call(Method.SAVE, "", "", {"current_folder": Variant("ay", b"/w")}
-                      ).current_folder == PurePosixPath("/w")  # the NUL is optional
+    assert parse_call(
+        Method.SAVE, "", "", {"current_folder": Variant("ay", b"/w")}
+    ).current_folder == PurePosixPath("/w")  # the NUL is optional

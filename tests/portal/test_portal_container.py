@@ -72,8 +72,13 @@ def short_runtime() -> Iterator[Path]:
 
 
 class Rig:
-    def __init__(self, tmp_path: Path, runtime: Path, engine: docker.DockerClient,
-                 decide: Callable[[ConsentRequest], Answer | None]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        runtime: Path,
+        engine: docker.DockerClient,
+        decide: Callable[[ConsentRequest], Answer | None],
+    ) -> None:
         self.dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=runtime)
         self.dirs.ensure()
         self.store = StateStore(self.dirs.database)
@@ -83,7 +88,11 @@ class Rig:
         self.front_end = Scripted(decide)
         self.broker = ConsentBroker(self.bus, self.front_end)
         self.supervisor = Supervisor(
-            engine, self.store, self.bus, self.dirs, ProfileCatalog(self.dirs.user_profiles),
+            engine,
+            self.store,
+            self.bus,
+            self.dirs,
+            ProfileCatalog(self.dirs.user_profiles),
             extensions=[portal_extension(self.broker)],
         )
 
@@ -114,8 +123,9 @@ class Output:
 
 
 @pytest.fixture
-def rig_for(tmp_path: Path, short_runtime: Path,
-            engine: docker.DockerClient) -> Iterator[Callable[..., Rig]]:
+def rig_for(
+    tmp_path: Path, short_runtime: Path, engine: docker.DockerClient
+) -> Iterator[Callable[..., Rig]]:
     made: list[Rig] = []
 
     def make(decide: Callable[[ConsentRequest], Answer | None] = deny) -> Rig:
@@ -144,11 +154,14 @@ def test_gdbus_opens_a_file_the_user_picked_and_reads_it(
     picked.write_text("QUARTERLY-FIGURES-42\n")
     picked.chmod(0o644)
     rig = rig_for(allow(picked))
-    result, output = rig.run(agent_image, sh(
-        'ask OpenFile t1 "Open the report, please"\n'
-        'cat "$path"\n'
-        'echo "$path" | grep -q "^/run/airlock/doc/" && echo in-documents\n'
-    ))
+    result, output = rig.run(
+        agent_image,
+        sh(
+            'ask OpenFile t1 "Open the report, please"\n'
+            'cat "$path"\n'
+            'echo "$path" | grep -q "^/run/airlock/doc/" && echo in-documents\n'
+        ),
+    )
     assert result.exit_code == 0, output.text
     assert responses(output.text)["t1"][0] == 0
     assert "QUARTERLY-FIGURES-42" in output.text and "in-documents" in output.text
@@ -158,14 +171,11 @@ def test_gdbus_opens_a_file_the_user_picked_and_reads_it(
     assert EventKind.REQUEST_ASKED in kinds and EventKind.GRANT_ADDED in kinds
 
 
-def test_a_denied_request_gives_nothing(
-    rig_for: Callable[..., Rig], agent_image: str
-) -> None:
+def test_a_denied_request_gives_nothing(rig_for: Callable[..., Rig], agent_image: str) -> None:
     rig = rig_for(deny)
-    result, output = rig.run(agent_image, sh(
-        'ask OpenFile no "Give me your SSH key"\n'
-        'ls /run/airlock/doc\n'
-    ))
+    result, output = rig.run(
+        agent_image, sh('ask OpenFile no "Give me your SSH key"\nls /run/airlock/doc\n')
+    )
     assert result.exit_code == 0, output.text
     assert responses(output.text)["no"] == (1, "")
     assert not [e for e in rig.events if e.kind is EventKind.GRANT_ADDED]
@@ -177,10 +187,13 @@ def test_gdbus_saves_through_staging_not_onto_the_host(
     target = tmp_path / "results" / "summary.md"
     target.parent.mkdir()
     rig = rig_for(allow(target))
-    result, output = rig.run(agent_image, sh(
-        'ask SaveFile s1 "Save the summary" ", \'current_name\': <\'summary.md\'>"\n'
-        'echo "STAGED-SUMMARY" > "$path" && echo written "$path"\n'
-    ))
+    result, output = rig.run(
+        agent_image,
+        sh(
+            "ask SaveFile s1 \"Save the summary\" \", 'current_name': <'summary.md'>\"\n"
+            'echo "STAGED-SUMMARY" > "$path" && echo written "$path"\n'
+        ),
+    )
     assert result.exit_code == 0, output.text
     code, inside = responses(output.text)["s1"]
     assert code == 0 and inside.endswith("/summary.md") and "written" in output.text
@@ -240,19 +253,35 @@ def users_bus(directory: Path) -> Iterator[tuple[str, str]]:
         f"<listen>unix:abstract={abstract}</listen>"
         "<auth>EXTERNAL</auth><policy context='default'><allow user='*'/>"
         "<allow own='*'/><allow send_destination='*'/><allow receive_sender='*'/></policy>"
-        "</busconfig>")
-    daemon = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork",
-                               "--print-address=1"], stdout=subprocess.PIPE, text=True)
+        "</busconfig>"
+    )
+    daemon = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert daemon.stdout is not None
         address = daemon.stdout.readline().strip()
         assert address, "the user's bus did not start"
         # Show that the bus is really there and reachable from the host.
-        probe = subprocess.run(["gdbus", "call", "--address", f"unix:path={directory}/user-bus",
-                                "--dest", "org.freedesktop.DBus", "--object-path",
-                                "/org/freedesktop/DBus", "--method",
-                                "org.freedesktop.DBus.ListNames"],
-                               capture_output=True, text=True, timeout=10)
+        probe = subprocess.run(
+            [
+                "gdbus",
+                "call",
+                "--address",
+                f"unix:path={directory}/user-bus",
+                "--dest",
+                "org.freedesktop.DBus",
+                "--object-path",
+                "/org/freedesktop/DBus",
+                "--method",
+                "org.freedesktop.DBus.ListNames",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         assert probe.returncode == 0, probe.stderr
         yield f"unix:path={directory}/user-bus", f"unix:abstract={abstract}"
     finally:
@@ -269,18 +298,22 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
         async def scenario() -> tuple[str, str]:
             other_output = Output()
             other_output.lines = asyncio.Queue()
-            other = asyncio.ensure_future(rig.supervisor.run(rig.request(
-                agent_image, ["sh", "-c", "echo up; sleep 60"]), other_output))
+            other = asyncio.ensure_future(
+                rig.supervisor.run(
+                    rig.request(agent_image, ["sh", "-c", "echo up; sleep 60"]), other_output
+                )
+            )
             await asyncio.wait_for(other_output.lines.get(), 60)
-            while not (started := [e.session for e in rig.events
-                                   if e.kind is EventKind.SESSION_STARTED]):
+            while not (
+                started := [e.session for e in rig.events if e.kind is EventKind.SESSION_STARTED]
+            ):
                 await asyncio.sleep(0.05)
             other_id = started[0]
             other_socket = rig.dirs.runtime / str(other_id) / "bus" / "bus"
             assert other_socket.exists()
             probe = (
                 'try() { if timeout 5 gdbus call --address "$1" --dest org.freedesktop.DBus '
-                '--object-path /org/freedesktop/DBus --method org.freedesktop.DBus.ListNames '
+                "--object-path /org/freedesktop/DBus --method org.freedesktop.DBus.ListNames "
                 '>/dev/null 2>&1; then echo "REACHED $1"; else echo "refused $1"; fi; }\n'
                 f'try "{user_path}"\n'
                 f'try "{user_abstract}"\n'
@@ -288,11 +321,12 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
                 'try "unix:path=/run/dbus/system_bus_socket"\n'
                 'try "$DBUS_SESSION_BUS_ADDRESS"\n'
                 'ls -A /run/airlock/bus; echo "address $DBUS_SESSION_BUS_ADDRESS"\n'
-                'gdbus call --session --dest org.freedesktop.DBus '
-                '--object-path /org/freedesktop/DBus --method org.freedesktop.DBus.ListNames\n'
+                "gdbus call --session --dest org.freedesktop.DBus "
+                "--object-path /org/freedesktop/DBus --method org.freedesktop.DBus.ListNames\n"
             )
-            own = await rig.supervisor.run(rig.request(agent_image, ["sh", "-c", probe]),
-                                           output := Output())
+            own = await rig.supervisor.run(
+                rig.request(agent_image, ["sh", "-c", probe]), output := Output()
+            )
             assert own.exit_code == 0, output.text
             await asyncio.to_thread(rig.supervisor.stop, str(other_id))
             await asyncio.wait_for(other, 60)
@@ -303,7 +337,7 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
     assert f"refused {user_path}" in text and f"refused {user_abstract}" in text
     assert "REACHED unix:path=/run/airlock/bus/bus" in text  # its own bus, and only that
     assert "address unix:path=/run/airlock/bus/bus" in text
-    names = text[text.index("(["):]
+    names = text[text.index("([") :]
     assert "org.freedesktop.portal.Desktop" in names
     assert "org.example" not in names and other_id not in names
 
@@ -316,16 +350,22 @@ def test_a_profile_rule_answers_a_save_into_its_folder_with_no_one_at_the_screen
     rig = rig_for(deny)  # the person would say no: the rule must answer first
     rig.broker = ConsentBroker(rig.bus, rig.front_end, rules=rig.supervisor.rule_answer)
     rig.supervisor._extension_factories = (  # the same portal, with the rule-aware broker
-        portal_extension(rig.broker),)
+        portal_extension(rig.broker),
+    )
     profile = parse_profile(
-        profile_text(agent_image, sh(
-            f'ask SaveFile r1 "Save" ", \'current_folder\': <b\'{outbox}\'>, '
-            f'\'current_name\': <\'out.txt\'>"\n'
-            'echo RULED > "$path"\n'
-            f'ask SaveFile r2 "Save" ", \'current_folder\': <b\'{tmp_path}\'>, '
-            f'\'current_name\': <\'elsewhere.txt\'>"\n'),
-            extra=f'[approval]\nwrite = ["{outbox}"]'),
-        "rule.toml")
+        profile_text(
+            agent_image,
+            sh(
+                f"ask SaveFile r1 \"Save\" \", 'current_folder': <b'{outbox}'>, "
+                f"'current_name': <'out.txt'>\"\n"
+                'echo RULED > "$path"\n'
+                f"ask SaveFile r2 \"Save\" \", 'current_folder': <b'{tmp_path}'>, "
+                f"'current_name': <'elsewhere.txt'>\"\n"
+            ),
+            extra=f'[approval]\nwrite = ["{outbox}"]',
+        ),
+        "rule.toml",
+    )
     output = Output()
     result = asyncio.run(rig.supervisor.run(LaunchRequest(profile, Path("rule.toml")), output))
     got = responses(output.text)
@@ -335,7 +375,9 @@ def test_a_profile_rule_answers_a_save_into_its_folder_with_no_one_at_the_screen
     assert [c.path for c in changes.changes] == [outbox / "out.txt"]
     answered = [e for e in rig.events if e.kind is EventKind.REQUEST_ANSWERED]
     assert [(e.details["verdict"], e.details["by"] == "rule") for e in answered] == [
-        ("allow", True), ("deny", False)]
+        ("allow", True),
+        ("deny", False),
+    ]
 
 
 def test_a_save_folder_swapped_for_a_symlink_never_reaches_the_users_files(
@@ -351,16 +393,17 @@ def test_a_save_folder_swapped_for_a_symlink_never_reaches_the_users_files(
     (victim / "keep" / "inner.txt").write_text("kept\n")
     before = {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
     targets = iter([outbox / "precious.txt", outbox / "keep"])
-    rig = rig_for(lambda request: Answer(Verdict.ALLOW, Lifetime.ONCE,
-                                         paths=(next(targets),), by="test"))
+    rig = rig_for(
+        lambda request: Answer(Verdict.ALLOW, Lifetime.ONCE, paths=(next(targets),), by="test")
+    )
     command = sh(
-        'ask SaveFile s1 "Save" ", \'current_name\': <\'precious.txt\'>"\n'
-        'p1=$path\n'
-        'ask SaveFile s2 "Save" ", \'current_name\': <\'keep\'>"\n'
-        'p2=$path\n'
+        "ask SaveFile s1 \"Save\" \", 'current_name': <'precious.txt'>\"\n"
+        "p1=$path\n"
+        "ask SaveFile s2 \"Save\" \", 'current_name': <'keep'>\"\n"
+        "p2=$path\n"
         'for p in "$p1" "$p2"; do d=$(dirname "$p"); rm -rf "$d" && '
         f'ln -s {victim} "$d" || exit 9; done\n'
-        'echo SWAPPED; sleep 60\n'
+        "echo SWAPPED; sleep 60\n"
     )
 
     async def scenario() -> str:

@@ -61,9 +61,12 @@ class Sessions:
         self.bystander, self.neighbour = self.loop.run(self._open("b", allow(runtime)))
 
     async def _open(self, name: str, decide: Any) -> tuple[Rig, Client]:
-        context = portal_rig(self.runtime / name, decide,
-                             ChooserLimits(max_outstanding=16, answer_timeout=0.5),
-                             TempDelivery())
+        context = portal_rig(
+            self.runtime / name,
+            decide,
+            ChooserLimits(max_outstanding=16, answer_timeout=0.5),
+            TempDelivery(),
+        )
         rig = await context.__aenter__()
         self._stack.append(context)
         return rig, await rig.client()
@@ -95,23 +98,39 @@ def text(min_size: int = 0, max_size: int = 10) -> st.SearchStrategy[str]:
 
 
 texts = text(max_size=40) | text(min_size=500, max_size=700)
-names = st.sampled_from(["handle_token", "accept_label", "modal", "multiple", "directory",
-                         "filters", "current_filter", "choices", "current_folder",
-                         "current_name", "current_file", "files"]) | text(max_size=12)
+names = st.sampled_from(
+    [
+        "handle_token",
+        "accept_label",
+        "modal",
+        "multiple",
+        "directory",
+        "filters",
+        "current_filter",
+        "choices",
+        "current_folder",
+        "current_name",
+        "current_file",
+        "files",
+    ]
+) | text(max_size=12)
 patterns = st.lists(st.tuples(st.integers(0, 3), text(max_size=12)), max_size=4)
 one_filter = st.tuples(text(max_size=12), patterns).map(list)
-choice = st.tuples(text(max_size=6), text(max_size=6),
-                   st.lists(st.tuples(text(max_size=4), text(max_size=4)).map(list),
-                            max_size=3),
-                   text(max_size=6)).map(list)
+choice = st.tuples(
+    text(max_size=6),
+    text(max_size=6),
+    st.lists(st.tuples(text(max_size=4), text(max_size=4)).map(list), max_size=3),
+    text(max_size=6),
+).map(list)
 variants = st.one_of(
     text(max_size=80).map(lambda v: Variant("s", v)),
     st.from_regex(r"[A-Za-z0-9_]{0,70}", fullmatch=True).map(lambda v: Variant("s", v)),
     st.booleans().map(lambda v: Variant("b", v)),
     st.integers(0, 2**32 - 1).map(lambda v: Variant("u", v)),
     st.binary(max_size=300).map(lambda v: Variant("ay", v)),
-    st.sampled_from([b"/home/u\0", b"..\0", b"/a/../b\0", b"rel\0", b"\xff\0", b"a/b\0"]
-                    ).map(lambda v: Variant("ay", v)),
+    st.sampled_from([b"/home/u\0", b"..\0", b"/a/../b\0", b"rel\0", b"\xff\0", b"a/b\0"]).map(
+        lambda v: Variant("ay", v)
+    ),
     st.lists(st.binary(max_size=20), max_size=5).map(lambda v: Variant("aay", v)),
     st.lists(one_filter, max_size=5).map(lambda v: Variant("a(sa(us))", v)),
     st.integers(65, 3000).map(lambda n: Variant("a(sa(us))", [["f", [[0, "*"]]]] * n)),
@@ -124,26 +143,32 @@ calls = st.tuples(
     text(max_size=20) | text(min_size=300, max_size=400),
     texts,
     st.dictionaries(names, variants, max_size=8)
-    | st.dictionaries(text(max_size=8), st.just(Variant("b", True)), min_size=33,
-                      max_size=40),
+    | st.dictionaries(text(max_size=8), st.just(Variant("b", True)), min_size=33, max_size=40),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(batch=st.lists(calls, min_size=1, max_size=6),
-       closes=st.lists(st.text(alphabet="abc_/019", max_size=12), max_size=3))
+@given(
+    batch=st.lists(calls, min_size=1, max_size=6),
+    closes=st.lists(st.text(alphabet="abc_/019", max_size=12), max_size=3),
+)
 def test_malformed_calls_never_break_the_portal(
-    sessions: Sessions, batch: list[tuple[str, str, str, dict[str, Variant]]],
+    sessions: Sessions,
+    batch: list[tuple[str, str, str, dict[str, Variant]]],
     closes: list[str],
 ) -> None:
     async def attack() -> list[Message]:
         client = sessions.attacker
-        replies = await asyncio.gather(*(
-            client.raw(method, "ssa{sv}", [parent, title, options])
-            for method, parent, title, options in batch))
+        replies = await asyncio.gather(
+            *(
+                client.raw(method, "ssa{sv}", [parent, title, options])
+                for method, parent, title, options in batch
+            )
+        )
         for suffix in closes:
             path = "/org/freedesktop/portal/desktop/request/" + (
-                "/".join(p for p in suffix.split("/") if p) or "x")
+                "/".join(p for p in suffix.split("/") if p) or "x"
+            )
             replies.append(await client.close_request(path))
         return list(replies)
 
@@ -176,17 +201,22 @@ def test_after_the_fuzz_both_sessions_still_serve(sessions: Sessions) -> None:
 
 def test_a_flood_of_calls_is_capped_and_answered(tmp_path: Path) -> None:
     async def main() -> None:
-        async with portal_rig(tmp_path / "flood", lambda r: None,
-                              ChooserLimits(max_outstanding=8)) as rig:
+        async with portal_rig(
+            tmp_path / "flood", lambda r: None, ChooserLimits(max_outstanding=8)
+        ) as rig:
             clients = [await rig.client() for _ in range(4)]
             replies: list[Message] = []
             # Four connections, each pipelining waves of 50 calls: dbus-fast's client writer
             # treats a full socket buffer as fatal (EAGAIN), which is the client library's
             # limit, not the portal's.
             for wave in range(10):
-                replies += await asyncio.gather(*(
-                    client.ask("OpenFile", handle_token=Variant("s", f"f{wave}_{i}"))
-                    for client in clients for i in range(50)))
+                replies += await asyncio.gather(
+                    *(
+                        client.ask("OpenFile", handle_token=Variant("s", f"f{wave}_{i}"))
+                        for client in clients
+                        for i in range(50)
+                    )
+                )
             client = clients[0]
             accepted = [r for r in replies if r.message_type is MessageType.METHOD_RETURN]
             refused = {r.error_name for r in replies if r.message_type is MessageType.ERROR}

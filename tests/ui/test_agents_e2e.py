@@ -103,8 +103,9 @@ def agent_image(engine: docker.DockerClient, agent: str) -> str:
 def shipped_profile(name: str, mock_port: int) -> str:
     """The shipped profile, its route sent to the mock; loopback is allowed for that only."""
     text = (shipped_profiles_dir() / f"{name}.toml").read_text()
-    text, count = re.subn(r'upstream = "https://[^"]+"',
-                          f'upstream = "http://localhost:{mock_port}"', text)
+    text, count = re.subn(
+        r'upstream = "https://[^"]+"', f'upstream = "http://localhost:{mock_port}"', text
+    )
     assert count == 1, "the shipped profile should have exactly one route"
     return text.replace("[network]\n", "[network]\nallow_private = true\n", 1)
 
@@ -116,8 +117,9 @@ def granted_path(results: list[str]) -> str:
 
 
 class Session:
-    def __init__(self, dirs: Dirs, engine: docker.DockerClient, extra: Path,
-                 refused_port: int) -> None:
+    def __init__(
+        self, dirs: Dirs, engine: docker.DockerClient, extra: Path, refused_port: int
+    ) -> None:
         self.dirs = dirs
         self.bus = EventBus()
         self.events: list[Event] = []
@@ -127,28 +129,46 @@ class Session:
         self.front_end = Scripted(self._decide)
         self.extra = extra
         broker = ConsentBroker(self.bus, self.front_end)
-        self.egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"),
-                             broker=broker,
-                             resolver=StaticResolver({"localhost": ["127.0.0.1"],
-                                                      "refused.test": ["127.0.0.1"],
-                                                      "asked.test": ["127.0.0.1"]}))
+        self.egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=broker,
+            resolver=StaticResolver(
+                {
+                    "localhost": ["127.0.0.1"],
+                    "refused.test": ["127.0.0.1"],
+                    "asked.test": ["127.0.0.1"],
+                }
+            ),
+        )
         self.store = StateStore(dirs.database)
         self.supervisor = Supervisor(
-            engine, self.store, self.bus, dirs, ProfileCatalog(dirs.user_profiles),
-            extensions=[self.egress, portal_extension(broker, hosts=self.egress)])
+            engine,
+            self.store,
+            self.bus,
+            dirs,
+            ProfileCatalog(dirs.user_profiles),
+            extensions=[self.egress, portal_extension(broker, hosts=self.egress)],
+        )
 
     def _decide(self, request: ConsentRequest) -> Answer:
         if request.kind is RequestKind.FILE_OPEN:
-            return Answer(Verdict.ALLOW, Lifetime.SESSION, paths=(self.extra,), mode=Mode.READ,
-                          by="test")
+            return Answer(
+                Verdict.ALLOW, Lifetime.SESSION, paths=(self.extra,), mode=Mode.READ, by="test"
+            )
         return Answer(Verdict.DENY, by="test")
 
-    def run(self, profile: str, grant: Path, command: tuple[str, ...] | None,
-            stdin: bytes | None = None) -> tuple[SessionResult, str]:
-        request = LaunchRequest(parse_profile(profile, "shipped.toml"), Path("shipped.toml"),
-                                (GrantRequest(grant, Mode.READ_WRITE),), command=command,
-                                timeout=300,
-                                terminal=Terminal(tty=False) if stdin is not None else None)
+    def run(
+        self, profile: str, grant: Path, command: tuple[str, ...] | None, stdin: bytes | None = None
+    ) -> tuple[SessionResult, str]:
+        request = LaunchRequest(
+            parse_profile(profile, "shipped.toml"),
+            Path("shipped.toml"),
+            (GrantRequest(grant, Mode.READ_WRITE),),
+            command=command,
+            timeout=300,
+            terminal=Terminal(tty=False) if stdin is not None else None,
+        )
         output = CollectedOutput() if stdin is None else PipedInput(stdin)
         try:
             result = asyncio.run(self.supervisor.run(request, output))
@@ -195,30 +215,32 @@ def claude_steps(work: Path, refused_port: int) -> list[Any]:
     shell = sandbox_check(work, refused_port)
     return [
         lambda r: Call("Read", {"file_path": str(notes)}),
-        lambda r: Call("Edit", {"file_path": str(notes), "old_string": "old line",
-                                "new_string": "new line"}),
+        lambda r: Call(
+            "Edit", {"file_path": str(notes), "old_string": "old line", "new_string": "new line"}
+        ),
         lambda r: Call("Write", {"file_path": str(created), "content": "made by the agent\n"}),
         lambda r: Call("Bash", {"command": shell, "description": "check the sandbox"}),
         # Claude Code defers MCP tools: a model fetches their schema first.
         lambda r: Call("ToolSearch", {"query": "select:mcp__airlock__request_files"}),
-        lambda r: Call("mcp:request_files", {"reason": "I need the plan to finish the notes",
-                                             "access": "read"}),
+        lambda r: Call(
+            "mcp:request_files", {"reason": "I need the plan to finish the notes", "access": "read"}
+        ),
         lambda r: Call("Read", {"file_path": granted_path(r)}),
     ]
 
 
 def codex_steps(work: Path, refused_port: int) -> list[Any]:
     notes, created = work / "notes.md", work / "created.md"
-    patch = (f"*** Begin Patch\n*** Update File: {notes}\n@@\n-old line\n+new line\n"
-             "*** End Patch\n")
+    patch = f"*** Begin Patch\n*** Update File: {notes}\n@@\n-old line\n+new line\n*** End Patch\n"
     shell = sandbox_check(work, refused_port)
     return [
         lambda r: Call("shell", {"command": f"cat {notes}"}),
         lambda r: Call("apply_patch", {"input": patch}),
         lambda r: Call("shell", {"command": f"printf 'made by the agent\\n' > {created}"}),
         lambda r: Call("shell", {"command": shell}),
-        lambda r: Call("mcp:request_files", {"reason": "I need the plan to finish the notes",
-                                             "access": "read"}),
+        lambda r: Call(
+            "mcp:request_files", {"reason": "I need the plan to finish the notes", "access": "read"}
+        ),
         lambda r: Call("shell", {"command": f"cat {granted_path(r)}"}),
     ]
 
@@ -228,25 +250,47 @@ def gemini_steps(work: Path, refused_port: int) -> list[Any]:
     shell = sandbox_check(work, refused_port)
     return [
         lambda r: Call("read_file", {"file_path": str(notes)}),
-        lambda r: Call("replace", {"file_path": str(notes), "old_string": "old line",
-                                   "new_string": "new line", "instruction": "tidy"}),
-        lambda r: Call("write_file", {"file_path": str(created),
-                                      "content": "made by the agent\n"}),
+        lambda r: Call(
+            "replace",
+            {
+                "file_path": str(notes),
+                "old_string": "old line",
+                "new_string": "new line",
+                "instruction": "tidy",
+            },
+        ),
+        lambda r: Call("write_file", {"file_path": str(created), "content": "made by the agent\n"}),
         lambda r: Call("run_shell_command", {"command": shell, "description": "check"}),
-        lambda r: Call("mcp:request_files", {"reason": "I need the plan to finish the notes",
-                                             "access": "read"}),
+        lambda r: Call(
+            "mcp:request_files", {"reason": "I need the plan to finish the notes", "access": "read"}
+        ),
         lambda r: Call("read_file", {"file_path": granted_path(r)}),
     ]
 
 
 AGENTS = {
     # agent: (API mock, secret name, header the key arrives in, steps, command)
-    "claude-code": (AnthropicMessages, "anthropic", "x-api-key", claude_steps,
-                    ("claude", "-p", "Tidy my notes.")),
-    "codex": (OpenAIResponses, "openai", "authorization", codex_steps,
-              ("codex", "exec", "--skip-git-repo-check", "Tidy my notes.")),
-    "gemini-cli": (GeminiApi, "gemini", "x-goog-api-key", gemini_steps,
-                   ("gemini", "-p", "Tidy my notes.")),
+    "claude-code": (
+        AnthropicMessages,
+        "anthropic",
+        "x-api-key",
+        claude_steps,
+        ("claude", "-p", "Tidy my notes."),
+    ),
+    "codex": (
+        OpenAIResponses,
+        "openai",
+        "authorization",
+        codex_steps,
+        ("codex", "exec", "--skip-git-repo-check", "Tidy my notes."),
+    ),
+    "gemini-cli": (
+        GeminiApi,
+        "gemini",
+        "x-goog-api-key",
+        gemini_steps,
+        ("gemini", "-p", "Tidy my notes."),
+    ),
 }
 
 
@@ -255,26 +299,37 @@ def tool_results(api: Api, model: MockModel) -> list[str]:
     longest: list[str] = []
     for recorded in model.requests:
         if isinstance(api, AnthropicMessages):
-            found = [json.dumps(block.get("content")) for message in
-                     recorded.body.get("messages", []) if isinstance(message.get("content"), list)
-                     for block in message["content"]
-                     if isinstance(block, dict) and block.get("type") == "tool_result"]
+            found = [
+                json.dumps(block.get("content"))
+                for message in recorded.body.get("messages", [])
+                if isinstance(message.get("content"), list)
+                for block in message["content"]
+                if isinstance(block, dict) and block.get("type") == "tool_result"
+            ]
         elif isinstance(api, GeminiApi):
-            found = [json.dumps(part["functionResponse"].get("response"))
-                     for content in recorded.body.get("contents", [])
-                     for part in content.get("parts", [])
-                     if isinstance(part, dict) and isinstance(part.get("functionResponse"), dict)]
+            found = [
+                json.dumps(part["functionResponse"].get("response"))
+                for content in recorded.body.get("contents", [])
+                for part in content.get("parts", [])
+                if isinstance(part, dict) and isinstance(part.get("functionResponse"), dict)
+            ]
         else:
-            found = [json.dumps(item.get("output")) for item in recorded.body.get("input", [])
-                     if isinstance(item, dict) and item.get("type") in
-                     ("function_call_output", "custom_tool_call_output")]
+            found = [
+                json.dumps(item.get("output"))
+                for item in recorded.body.get("input", [])
+                if isinstance(item, dict)
+                and item.get("type") in ("function_call_output", "custom_tool_call_output")
+            ]
         longest = max(longest, done(found), key=len)
     return longest
 
 
 @pytest.mark.parametrize("agent", sorted(AGENTS))
 def test_agent_works_through_airlock_and_never_holds_the_key(
-    agent: str, short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path,
+    agent: str,
+    short_dirs: Dirs,
+    engine: docker.DockerClient,
+    tmp_path: Path,
     secret_service: Any,
 ) -> None:
     api_class, secret, header, steps, command = AGENTS[agent]
@@ -283,8 +338,12 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     assert labels[LABEL_VERSION] and "sha512-" in labels[LABEL_PACKAGES]
     # What packaging/Containerfile.agent is told to label its build with: the same.
     assert {k: v for k, v in labels.items() if k != LABEL_BASE} == pinned_labels(agent)
-    shown = subprocess.run([str(AIRLOCK), "image", "show", "--agent", agent],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [str(AIRLOCK), "image", "show", "--agent", agent],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "state:    up to date" in shown.stdout and "sha512-" in shown.stdout, shown
     KeyringSecrets(short_dirs.config / "secrets").set(secret, KEY)
     work = tmp_path / "project"
@@ -317,8 +376,9 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     assert "old line" in results[0]  # it read the granted file
     shell = next(r for r in results if "shell-ran" in r)
     assert "refused:403" in shell, shell
-    assert re.search(r"The user granted: /run/airlock/doc/\w+/plan.md \(read-only\)",
-                     results[-2]), results[-2]
+    assert re.search(
+        r"The user granted: /run/airlock/doc/\w+/plan.md \(read-only\)", results[-2]
+    ), results[-2]
     assert "ship on friday" in results[-1]  # and read the file it was granted mid-run
     # The front end was asked, once, with the agent's reason shown as its own words.
     asked = [r for r in session.front_end.seen if r.kind is RequestKind.FILE_OPEN]
@@ -326,8 +386,9 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
 
     # Edits are staged; the user's tree is as it was until a commit.
     assert {p.name: p.read_bytes() for p in work.iterdir()} == before
-    changes = {c.path.name: c for c in Review(short_dirs, session.bus).changes(result.session)
-               .changes}
+    changes = {
+        c.path.name: c for c in Review(short_dirs, session.bus).changes(result.session).changes
+    }
     assert {"notes.md", "created.md", "agent-view.bin"} <= set(changes)
     assert changes["notes.md"].staged is not None
     assert changes["notes.md"].staged.read_text() == "# Notes\nnew line\n"
@@ -335,9 +396,11 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     assert changes["created.md"].staged.read_text() == "made by the agent\n"
 
     # The real key reached the mock, in every model request, and nothing else.
-    assert model.requests and all(r.headers.get(header, "").endswith(KEY)
-                                  for r in model.requests if r.path.endswith(
-                                      ("/messages", "/responses", "Content", "=sse")))
+    assert model.requests and all(
+        r.headers.get(header, "").endswith(KEY)
+        for r in model.requests
+        if r.path.endswith(("/messages", "/responses", "Content", "=sse"))
+    )
     seen_by_agent = changes["agent-view.bin"].staged
     assert seen_by_agent is not None and seen_by_agent.stat().st_size > 1000
     view = seen_by_agent.read_bytes()
@@ -349,17 +412,27 @@ def test_agent_works_through_airlock_and_never_holds_the_key(
     assert KEY.encode() not in logged
 
     # The audit log has the session from its start to its end, and the route's requests.
-    kinds = [r.kind for r in records(short_dirs.audit)
-             if isinstance(r, AuditRecord) and r.session == result.session]
-    refused_hosts = sorted({str(r.subject) for r in records(short_dirs.audit)
-                            if isinstance(r, AuditRecord) and r.session == result.session
-                            and r.kind == "net.refused"})
+    kinds = [
+        r.kind
+        for r in records(short_dirs.audit)
+        if isinstance(r, AuditRecord) and r.session == result.session
+    ]
+    refused_hosts = sorted(
+        {
+            str(r.subject)
+            for r in records(short_dirs.audit)
+            if isinstance(r, AuditRecord)
+            and r.session == result.session
+            and r.kind == "net.refused"
+        }
+    )
     # The agent's own update checks, telemetry and plugin syncs are off by its own settings:
     # the only host refused is the one the test tried.
     assert refused_hosts == [f"refused.test:{refused_port}"], refused_hosts
     assert "session.exited" in kinds, kinds
-    assert kinds.index("session.started") < kinds.index("net.request") < kinds.index(
-        "session.exited"), kinds
+    assert (
+        kinds.index("session.started") < kinds.index("net.request") < kinds.index("session.exited")
+    ), kinds
     assert "net.request" in kinds and "net.refused" in kinds
 
 
@@ -385,7 +458,10 @@ made by the agent
 
 
 def test_aider_edits_through_airlock_and_never_holds_the_key(
-    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+    short_dirs: Dirs,
+    engine: docker.DockerClient,
+    tmp_path: Path,
+    secret_service: Any,
 ) -> None:
     """aider edits by text, not tool calls, runs no shell command without a terminal's yes,
     and has no MCP client: its test is the granted file read, edited and a file created,
@@ -405,8 +481,11 @@ def test_aider_edits_through_airlock_and_never_holds_the_key(
     model = MockModel([])
     with MockServer(ChatCompletions(AIDER_REPLY, task), model) as mock:
         session = Session(short_dirs, engine, work / "notes.md", 1)
-        result, output = session.run(shipped_profile("aider", mock.port), work,
-                                     ("aider", "--message", task, str(work / "notes.md")))
+        result, output = session.run(
+            shipped_profile("aider", mock.port),
+            work,
+            ("aider", "--message", task, str(work / "notes.md")),
+        )
     assert result.exit_code == 0, output
     assert image == "airlock-agent:aider"
     asked = [r for r in model.requests if r.path.endswith("/chat/completions")]
@@ -414,8 +493,9 @@ def test_aider_edits_through_airlock_and_never_holds_the_key(
     assert any("old line" in json.dumps(r.body) for r in asked)  # it read the granted file
     assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in asked)
     assert {p.name: p.read_bytes() for p in work.iterdir()} == before
-    changes = {c.path.name: c for c in Review(short_dirs, session.bus).changes(result.session)
-               .changes}
+    changes = {
+        c.path.name: c for c in Review(short_dirs, session.bus).changes(result.session).changes
+    }
     assert {"notes.md", "created.md"} <= set(changes), (output, sorted(changes))
     notes, created = changes["notes.md"].staged, changes["created.md"].staged
     assert notes is not None and notes.read_text() == "# Notes\nnew line\n"
@@ -426,7 +506,10 @@ def test_aider_edits_through_airlock_and_never_holds_the_key(
 
 
 def test_aider_asks_for_a_file_with_airlock_request(
-    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+    short_dirs: Dirs,
+    engine: docker.DockerClient,
+    tmp_path: Path,
+    secret_service: Any,
 ) -> None:
     """aider has no MCP client: its conventions file tells the model about `airlock-request`,
     the same asks as a shell command. The model suggests it, aider runs it in the sandbox,
@@ -447,22 +530,25 @@ def test_aider_asks_for_a_file_with_airlock_request(
             os.chown(path, 65534, 65534)
 
     def read_the_grant(conversation: str) -> str:
-        granted = re.search(r"The user granted: (/run/airlock/doc/\S+/plan\.md) \(",
-                            conversation)
+        granted = re.search(r"The user granted: (/run/airlock/doc/\S+/plan\.md) \(", conversation)
         assert granted, conversation[-2000:]
         return f"I'll read it.\n\n```bash\ncat {granted.group(1)}\n```\n"
 
-    ask = ('I need the plan first.\n\n```bash\nairlock-request files --reason '
-           '"I need the plan to finish the notes" plan.md\n```\n')
+    ask = (
+        "I need the plan first.\n\n```bash\nairlock-request files --reason "
+        '"I need the plan to finish the notes" plan.md\n```\n'
+    )
     turns = {"Read the plan.": read_the_grant, "Finish.": lambda _: "Done."}
     model = MockModel([])
     api = ChatCompletions(ask, "Tidy my notes.", turns)
     with MockServer(api, model) as mock:
         session = Session(short_dirs, engine, extra, 1)
         result, output = session.run(
-            shipped_profile("aider", mock.port), work,
+            shipped_profile("aider", mock.port),
+            work,
             ("aider", "--no-fancy-input", "--no-pretty", str(work / "notes.md")),
-            stdin=b"Tidy my notes.\nRead the plan.\nFinish.\n")
+            stdin=b"Tidy my notes.\nRead the plan.\nFinish.\n",
+        )
     assert result.exit_code == 0, output
     sent = [json.dumps(r.body) for r in model.requests if r.path.endswith("/chat/completions")]
     assert any("airlock-request files" in body for body in sent[:1]), output  # conventions
@@ -472,8 +558,11 @@ def test_aider_asks_for_a_file_with_airlock_request(
     assert "plan.md" in asked[0].reason
     assert any("The user granted: /run/airlock/doc/" in body for body in sent), output
     assert any("ship on friday" in body for body in sent), output  # the next step read it
-    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in model.requests
-               if r.path.endswith("/chat/completions"))
+    assert all(
+        r.headers.get("authorization") == f"Bearer {KEY}"
+        for r in model.requests
+        if r.path.endswith("/chat/completions")
+    )
     assert KEY not in output
 
 
@@ -503,7 +592,9 @@ for ident, (name, arguments) in enumerate(json.loads(sys.argv[1]), 2):
 
 
 def test_the_mcp_server_saves_reports_and_asks_for_hosts(
-    short_dirs: Dirs, engine: docker.DockerClient, tmp_path: Path,
+    short_dirs: Dirs,
+    engine: docker.DockerClient,
+    tmp_path: Path,
 ) -> None:
     """Every tool of Airlock's MCP server, spoken to over stdio in a real session: a save is
     staged, not written; a refused file request comes back denied; a host the user allows is
@@ -519,14 +610,23 @@ def test_the_mcp_server_saves_reports_and_asks_for_hosts(
     with RecordingServer() as asked, RecordingServer() as refused:
         calls = [
             ["status", {}],
-            ["save_file", {"reason": "Here is the report\u202e you asked for",
-                           "name": "report.md", "content": "# Report\n"}],
-            ["request_files", {"reason": "I want your SSH keys", "access": "read-write",
-                               "folder": True}],
-            ["request_host", {"host": "asked.test", "port": asked.port,
-                              "reason": "the docs"}],
-            ["request_host", {"host": "refused.test", "port": refused.port,
-                              "reason": "to upload your notes"}],
+            [
+                "save_file",
+                {
+                    "reason": "Here is the report\u202e you asked for",
+                    "name": "report.md",
+                    "content": "# Report\n",
+                },
+            ],
+            [
+                "request_files",
+                {"reason": "I want your SSH keys", "access": "read-write", "folder": True},
+            ],
+            ["request_host", {"host": "asked.test", "port": asked.port, "reason": "the docs"}],
+            [
+                "request_host",
+                {"host": "refused.test", "port": refused.port, "reason": "to upload your notes"},
+            ],
             ["request_host", {"host": "*.example.com", "port": 443, "reason": "all of it"}],
             ["status", {}],
         ]
@@ -540,10 +640,14 @@ def test_the_mcp_server_saves_reports_and_asks_for_hosts(
 
         session = Session(short_dirs, engine, target, 1)
         session.front_end.decide = decide
-        script = ('python3 -c "$0" "$1"; for h in asked.test:$2 refused.test:$3; do '
-                  'curl -sS -m 10 -o /dev/null -w "$h %{http_code}\\n" "http://$h/x"; done')
-        profile = profile_text(image, ["sh", "-c", script, MCP_CLIENT, json.dumps(calls),
-                                       str(asked.port), str(refused.port)])
+        script = (
+            'python3 -c "$0" "$1"; for h in asked.test:$2 refused.test:$3; do '
+            'curl -sS -m 10 -o /dev/null -w "$h %{http_code}\\n" "http://$h/x"; done'
+        )
+        profile = profile_text(
+            image,
+            ["sh", "-c", script, MCP_CLIENT, json.dumps(calls), str(asked.port), str(refused.port)],
+        )
         profile += '[network]\nallow_private = true\nallow = ["pypi.org:443"]\n'
         result, output = session.run(profile, work, None)
         assert result.exit_code == 0, output
@@ -552,7 +656,8 @@ def test_the_mcp_server_saves_reports_and_asks_for_hosts(
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert lines[0]["tools"] == ["request_files", "request_host", "save_file", "status"]
     first, saved, denied, allowed, closed, wildcard, last = (
-        next(iter(line.values())) for line in lines[1:])
+        next(iter(line.values())) for line in lines[1:]
+    )
     assert f"Granted: {work} (read-write)" in first and "Staged saves: none" in first
     assert saved.startswith("Saved 9 bytes as /run/airlock/save/") and "staged" in saved
     assert denied.startswith("The user denied the request")
@@ -564,8 +669,12 @@ def test_the_mcp_server_saves_reports_and_asks_for_hosts(
     assert f"refused.test:{refused.port} 403" in output
     # The user saw the agent's words as its own; no question for the wildcard.
     seen = session.front_end.seen
-    assert [r.kind for r in seen] == [RequestKind.FILE_SAVE, RequestKind.FILE_OPEN,
-                                      RequestKind.NETWORK, RequestKind.NETWORK]
+    assert [r.kind for r in seen] == [
+        RequestKind.FILE_SAVE,
+        RequestKind.FILE_OPEN,
+        RequestKind.NETWORK,
+        RequestKind.NETWORK,
+    ]
     assert "Here is the report" in seen[0].reason
     assert "SSH keys" in seen[1].reason and "read-write" in seen[1].reason
     assert seen[2].reason == "the docs" and seen[3].reason == "to upload your notes"
@@ -577,7 +686,9 @@ def test_the_mcp_server_saves_reports_and_asks_for_hosts(
 
 
 def test_claude_code_through_the_airlock_command(
-    engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+    engine: docker.DockerClient,
+    tmp_path: Path,
+    secret_service: Any,
 ) -> None:
     """The same agent as a user runs it: `airlock secret set`, then `airlock run -p` with the
     shipped profile (its route sent to the mock), in a process of its own. Nobody is there
@@ -585,11 +696,21 @@ def test_claude_code_through_the_airlock_command(
     agent_image(engine, "claude-code")
     root = Path(tempfile.mkdtemp(prefix="ac-", dir="/tmp"))  # unix socket paths stay short
     try:
-        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "c"),
-               "XDG_STATE_HOME": str(root / "s"), "XDG_RUNTIME_DIR": str(root / "r")}
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(root / "c"),
+            "XDG_STATE_HOME": str(root / "s"),
+            "XDG_RUNTIME_DIR": str(root / "r"),
+        }
         (root / "r").mkdir(mode=0o700)
-        stored = subprocess.run([str(AIRLOCK), "secret", "set", "anthropic"], input=KEY + "\n",
-                                env=env, capture_output=True, text=True, timeout=60)
+        stored = subprocess.run(
+            [str(AIRLOCK), "secret", "set", "anthropic"],
+            input=KEY + "\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert stored.returncode == 0, stored.stderr
         work = tmp_path / "project"
         work.mkdir()
@@ -601,24 +722,53 @@ def test_claude_code_through_the_airlock_command(
                 os.chown(path, 65534, 65534)
         with RecordingServer() as refused:
             steps = claude_steps(work, refused.port)
-            model = MockModel([*steps[:4], steps[4], steps[5],
-                               lambda r: Call("Write", {"file_path": str(work / "answer.md"),
-                                                        "content": r[-1]})])
+            model = MockModel(
+                [
+                    *steps[:4],
+                    steps[4],
+                    steps[5],
+                    lambda r: Call(
+                        "Write", {"file_path": str(work / "answer.md"), "content": r[-1]}
+                    ),
+                ]
+            )
             with MockServer(AnthropicMessages(), model) as mock:
                 profile = root / "claude-code.toml"
                 profile.write_text(shipped_profile("claude-code", mock.port))
                 run = subprocess.run(
-                    [str(AIRLOCK), "run", "-p", str(profile), "-g", f"{work}:rw",
-                     "--ask", "deny", "--", "claude", "-p", "Tidy my notes."],
-                    env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                    [
+                        str(AIRLOCK),
+                        "run",
+                        "-p",
+                        str(profile),
+                        "-g",
+                        f"{work}:rw",
+                        "--ask",
+                        "deny",
+                        "--",
+                        "claude",
+                        "-p",
+                        "Tidy my notes.",
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    cwd=tmp_path,
+                )
             assert refused.seen.connections == 0
         assert run.returncode == 0, run.stdout + run.stderr
         assert (work / "notes.md").read_text() == "# Notes\nold line\n"
         assert not (work / "created.md").exists()
         session = re.search(r"airlock changes ([0-9a-f]+)", run.stdout + run.stderr)
         assert session, run.stdout + run.stderr
-        listed = subprocess.run([str(AIRLOCK), "changes", session.group(1), "--json"], env=env,
-                                capture_output=True, text=True, timeout=60)
+        listed = subprocess.run(
+            [str(AIRLOCK), "changes", session.group(1), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         paths = {Path(c["path"]).name for c in json.loads(listed.stdout)["changes"]}
         assert {"notes.md", "created.md", "answer.md", "agent-view.bin"} <= paths, listed.stdout
         state = root / "s" / "airlock"
@@ -626,8 +776,7 @@ def test_claude_code_through_the_airlock_command(
         answer = next(state.glob("sessions/*/staging/**/answer.md")).read_text()
         assert "denied" in answer
         assert KEY.encode() not in view and b"AIRLOCK_ROUTE_ANTHROPIC" in view
-        assert all(r.headers["x-api-key"] == KEY for r in model.requests
-                   if "/messages" in r.path)
+        assert all(r.headers["x-api-key"] == KEY for r in model.requests if "/messages" in r.path)
         assert KEY not in run.stdout + run.stderr
         assert KEY.encode() not in b"".join(p.read_bytes() for p in state.rglob("audit/*"))
     finally:
@@ -635,7 +784,9 @@ def test_claude_code_through_the_airlock_command(
 
 
 def test_claude_codes_own_screen_through_a_real_terminal(
-    engine: docker.DockerClient, tmp_path: Path, secret_service: Any,
+    engine: docker.DockerClient,
+    tmp_path: Path,
+    secret_service: Any,
 ) -> None:
     """The real agent's interactive screen, as a user runs it: `airlock run -p claude-code
     -g DIR:rw` on a real pseudo-terminal. A prompt typed key by key, the mock answers with an
@@ -645,12 +796,24 @@ def test_claude_codes_own_screen_through_a_real_terminal(
     root = Path(tempfile.mkdtemp(prefix="ap-", dir="/tmp"))  # unix socket paths stay short
     terminal: PtyProcess | None = None
     try:
-        env = {**os.environ, "XDG_CONFIG_HOME": str(root / "c"),
-               "XDG_STATE_HOME": str(root / "s"), "XDG_RUNTIME_DIR": str(root / "r"),
-               "AIRLOCK_AUTOSTART": "0", "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+        env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(root / "c"),
+            "XDG_STATE_HOME": str(root / "s"),
+            "XDG_RUNTIME_DIR": str(root / "r"),
+            "AIRLOCK_AUTOSTART": "0",
+            "TERM": "xterm-256color",
+            "LANG": "C.UTF-8",
+        }
         (root / "r").mkdir(mode=0o700)
-        stored = subprocess.run([str(AIRLOCK), "secret", "set", "anthropic"], input=KEY + "\n",
-                                env=env, capture_output=True, text=True, timeout=60)
+        stored = subprocess.run(
+            [str(AIRLOCK), "secret", "set", "anthropic"],
+            input=KEY + "\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert stored.returncode == 0, stored.stderr
         work = tmp_path / "project"
         work.mkdir()
@@ -661,17 +824,35 @@ def test_claude_codes_own_screen_through_a_real_terminal(
         if os.geteuid() == 0:
             for path in (work, notes):
                 os.chown(path, 65534, 65534)
-        model = MockModel([
-            lambda r: Call("Read", {"file_path": str(notes)}),
-            lambda r: Call("Edit", {"file_path": str(notes), "old_string": "old line",
-                                    "new_string": "new line"}),
-        ])
+        model = MockModel(
+            [
+                lambda r: Call("Read", {"file_path": str(notes)}),
+                lambda r: Call(
+                    "Edit",
+                    {"file_path": str(notes), "old_string": "old line", "new_string": "new line"},
+                ),
+            ]
+        )
         with MockServer(AnthropicMessages(), model) as mock:
             profile = root / "claude-code.toml"
             profile.write_text(shipped_profile("claude-code", mock.port))
             terminal = PtyProcess(
-                ["env", "-i", *(f"{k}={v}" for k, v in env.items()), str(AIRLOCK), "run",
-                 "--in-process", "-p", str(profile), "-g", f"{work}:rw"], tmp_path, 30, 100)
+                [
+                    "env",
+                    "-i",
+                    *(f"{k}={v}" for k, v in env.items()),
+                    str(AIRLOCK),
+                    "run",
+                    "--in-process",
+                    "-p",
+                    str(profile),
+                    "-g",
+                    f"{work}:rw",
+                ],
+                tmp_path,
+                30,
+                100,
+            )
             before = terminal.stty()
             terminal.expect("the agent has this terminal", 60)
             # Claude Code's own question on a folder it has not seen: "Yes, I trust…".

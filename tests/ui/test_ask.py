@@ -23,11 +23,14 @@ __all__ = ["daemon"]
 pytestmark = pytest.mark.docker
 
 # The agent asks the portal for a file, then reads what was typed at it meanwhile.
-AGENT = CLIENT + """
+AGENT = (
+    CLIENT
+    + """
 ask OpenFile t1 'pick the notes'
 stty -echo
 while IFS= read -r line; do echo "agent got: $line"; [ "$line" = end ] && exit 0; done
 """
+)
 
 
 @pytest.fixture
@@ -46,8 +49,16 @@ def test_a_question_is_answered_by_airlock_ask_not_by_keys_typed_at_the_agent(
     agent = PtyProcess(argv(tester, "-p", str(path)), tester.base)
     terminals.append(agent)
     env = dict(tester.env, TERM="xterm")
-    ask_argv = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                str(AIRLOCK), "ask", "--wait", "60"]
+    ask_argv = [
+        *tester.prefix,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in env.items()),
+        str(AIRLOCK),
+        "ask",
+        "--wait",
+        "60",
+    ]
     asker = PtyProcess(ask_argv, tester.base)
     terminals.append(asker)
     asker.expect(r"asks to .*\r\n", timeout=90)
@@ -72,8 +83,9 @@ def test_a_question_is_answered_by_airlock_ask_not_by_keys_typed_at_the_agent(
     assert agent.wait() == 0
     screen = agent.seen.decode(errors="replace")
     assert "Allow?" not in screen and "asks to" not in screen  # nothing of it on the agent's
-    records = [json.loads(line) for line in tester.run("audit", "show", "--json")
-               .stdout.splitlines()]
+    records = [
+        json.loads(line) for line in tester.run("audit", "show", "--json").stdout.splitlines()
+    ]
     answered = [r for r in records if r["kind"] == "request.answered"]
     assert answered and answered[-1]["details"]["by"] == "airlock ask"
 
@@ -81,16 +93,22 @@ def test_a_question_is_answered_by_airlock_ask_not_by_keys_typed_at_the_agent(
 def test_an_unanswered_question_is_denied_and_summed_up_at_the_end(
     tester: DesktopUser, agent_image: str, terminals: list[PtyProcess]
 ) -> None:
-    path = tester.write("asker.toml", profile_text(
-        agent_image, ["sh", "-c", "curl -s -o /dev/null -w 'status %{http_code}\\n' "
-                                  "http://example.com/"],
-        extra='[network]\nask = ["example.com:80"]\n[approval]\ntimeout = "2s"\n'))
+    path = tester.write(
+        "asker.toml",
+        profile_text(
+            agent_image,
+            ["sh", "-c", "curl -s -o /dev/null -w 'status %{http_code}\\n' http://example.com/"],
+            extra='[network]\nask = ["example.com:80"]\n[approval]\ntimeout = "2s"\n',
+        ),
+    )
     agent = PtyProcess(argv(tester, "-p", str(path)), tester.base)
     terminals.append(agent)
     agent.expect(r"status 403", timeout=90)
     agent.wait()
-    agent.expect(r"airlock: denied while the agent ran: network.host example.com:80 "
-                 r"\(no answer in time\)")
+    agent.expect(
+        r"airlock: denied while the agent ran: network.host example.com:80 "
+        r"\(no answer in time\)"
+    )
 
 
 def test_the_escape_menu_answers_a_waiting_question_with_the_agents_output_held(
@@ -112,7 +130,7 @@ def test_the_escape_menu_answers_a_waiting_question_with_the_agents_output_held(
     agent.expect(r"\[y/N\]")
     agent.send("n\n")
     agent.expect(r"answer questions \(0 waiting\)")
-    held = agent.seen[agent._mark:]
+    held = agent.seen[agent._mark :]
     assert b"response t1" not in held  # the agent's output waited behind the menu
     agent.send("r\n")
     agent.expect(r"response t1 0 /run/airlock/doc/\w+/todo.md")
@@ -123,17 +141,23 @@ def test_the_escape_menu_answers_a_waiting_question_with_the_agents_output_held(
 def test_a_handed_off_session_sums_up_its_denials_too(
     tester: DesktopUser, agent_image: str, daemon: Path, terminals: list[PtyProcess]
 ) -> None:
-    path = tester.write("asker.toml", profile_text(
-        agent_image, ["sh", "-c", "curl -s -o /dev/null -w 'status %{http_code}\\n' "
-                                  "http://example.com/"],
-        extra='[network]\nask = ["example.com:80"]\n[approval]\ntimeout = "2s"\n'))
+    path = tester.write(
+        "asker.toml",
+        profile_text(
+            agent_image,
+            ["sh", "-c", "curl -s -o /dev/null -w 'status %{http_code}\\n' http://example.com/"],
+            extra='[network]\nask = ["example.com:80"]\n[approval]\ntimeout = "2s"\n',
+        ),
+    )
     handed = [part for part in argv(tester, "-p", str(path)) if part != "--in-process"]
     agent = PtyProcess(handed, tester.base)
     terminals.append(agent)
     agent.expect(r"status 403", timeout=90)
     agent.wait()
-    agent.expect(r"airlock: denied while the agent ran: network.host example.com:80 "
-                 r"\(no answer in time\)")
+    agent.expect(
+        r"airlock: denied while the agent ran: network.host example.com:80 "
+        r"\(no answer in time\)"
+    )
     record = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]
     assert "daemon" in Path(f"/proc/{str(record['supervisor']).split(':')[0]}/cmdline").read_text()
 

@@ -205,8 +205,20 @@ def test_watch_follows_other_processes_across_rotation(home: dict[str, str]) -> 
     assert len(segments(audit_dir(home))) > 2
 
 
-HOSTILE = ["\x1b]0;pwned\x07", "\u009b2J", "\u202etxt.sh", "\u200f", "\u061c", "\u200b",
-           "\u2028", "\u2029", "\u00a0", "\u3164", "\ufeff", "\n"]
+HOSTILE = [
+    "\x1b]0;pwned\x07",
+    "\u009b2J",
+    "\u202etxt.sh",
+    "\u200f",
+    "\u061c",
+    "\u200b",
+    "\u2028",
+    "\u2029",
+    "\u00a0",
+    "\u3164",
+    "\ufeff",
+    "\n",
+]
 
 
 def test_show_escapes_what_the_agent_chose(home: dict[str, str]) -> None:
@@ -214,8 +226,11 @@ def test_show_escapes_what_the_agent_chose(home: dict[str, str]) -> None:
     # characters, separators and odd blanks are visible escapes, and a record is one line.
     with AuditLog(audit_dir(home)) as log:
         for n, char in enumerate(HOSTILE):
-            log.append(Event(EventKind.FILE_WRITTEN, "s1", f"/home/u/f{n}{char}.md",
-                             {"target": f"t{char}"}))
+            log.append(
+                Event(
+                    EventKind.FILE_WRITTEN, "s1", f"/home/u/f{n}{char}.md", {"target": f"t{char}"}
+                )
+            )
     result = airlock(home, "audit", "show")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -231,8 +246,16 @@ def test_net_lines_escape_what_the_agent_chose() -> None:
     from ui.commands.net import line
 
     for char in HOSTILE:
-        record = AuditRecord(1, 1.0, "s1", "net.request", f"evil{char}.example:443",
-                             {"method": "GET", "path": f"/p{char}", "reason": char}, "", "")
+        record = AuditRecord(
+            1,
+            1.0,
+            "s1",
+            "net.request",
+            f"evil{char}.example:443",
+            {"method": "GET", "path": f"/p{char}", "reason": char},
+            "",
+            "",
+        )
         shown = line(record)
         assert all(c not in shown for c in UNSAFE.findall(char)), shown
         assert f"\\u{ord(UNSAFE.findall(char)[0]):04x}" in shown

@@ -41,8 +41,9 @@ def keyring_env(tester: DesktopUser, short_home: Path) -> Iterator[dict[str, str
         service.stop()
 
 
-def doctor(tester: DesktopUser, env: dict[str, str], *args: str
-           ) -> tuple[int, dict[str, dict[str, str]]]:
+def doctor(
+    tester: DesktopUser, env: dict[str, str], *args: str
+) -> tuple[int, dict[str, dict[str, str]]]:
     done = tester.run("doctor", "--json", *args, extra_env=env, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
@@ -56,15 +57,22 @@ def problems(findings: dict[str, dict[str, str]]) -> set[str]:
 
 
 def test_with_everything_there_the_checks_are_ok(
-    tester: DesktopUser, keyring_env: dict[str, str], engine: docker.DockerClient,
-    agent_image: str
+    tester: DesktopUser, keyring_env: dict[str, str], engine: docker.DockerClient, agent_image: str
 ) -> None:
     status, findings = doctor(tester, keyring_env)
-    for name in ("engine", "seccomp", "runtime", "session bus", "keyring", "disk",
-                 f"image {DEFAULT_IMAGE}"):
+    for name in (
+        "engine",
+        "seccomp",
+        "runtime",
+        "session bus",
+        "keyring",
+        "disk",
+        f"image {DEFAULT_IMAGE}",
+    ):
         assert findings[name]["status"] == "ok", findings[name]
-    assert "Docker Engine" in findings["engine"]["detail"] \
-        or "Podman" in findings["engine"]["detail"]
+    assert (
+        "Docker Engine" in findings["engine"]["detail"] or "Podman" in findings["engine"]["detail"]
+    )
     assert "unlocked" in findings["keyring"]["detail"]
     assert status == (1 if problems(findings) else 0)
     human = tester.run("doctor", extra_env=keyring_env)
@@ -101,19 +109,22 @@ def test_an_engine_that_hangs_does_not_hang_doctor(
         listening.close()
     assert status == 1
     assert findings["engine"]["status"] == "problem"
-    assert "does not answer" in findings["engine"]["fix"] \
+    assert (
+        "does not answer" in findings["engine"]["fix"]
         or "timed out" in findings["engine"]["detail"].lower()
+    )
 
 
 def test_a_removed_image_is_named_with_the_command_that_builds_it(
-    tester: DesktopUser, keyring_env: dict[str, str], engine: docker.DockerClient,
-    agent_image: str
+    tester: DesktopUser, keyring_env: dict[str, str], engine: docker.DockerClient, agent_image: str
 ) -> None:
     # A tag of our own on the shared image: removing it leaves the image and its tags.
     tag = f"airlock-doctor-test:{secrets.token_hex(4)}"
     engine.images.get(agent_image).tag(tag)
-    tester.write(".config/airlock/profiles/doctor-probe.toml",
-                 f'name = "doctor-probe"\nimage = "{tag}"\ncommand = ["true"]\n')
+    tester.write(
+        ".config/airlock/profiles/doctor-probe.toml",
+        f'name = "doctor-probe"\nimage = "{tag}"\ncommand = ["true"]\n',
+    )
     try:
         status, findings = doctor(tester, keyring_env, "-p", "doctor-probe")
         assert findings[f"image {tag}"]["status"] == "ok"
@@ -146,8 +157,7 @@ def test_a_session_bus_without_a_secret_service_is_named(
     assert findings["session bus"]["status"] == "ok"
     keyring = findings["keyring"]
     assert keyring["status"] == "problem"
-    assert "no login keyring yet" in keyring["detail"] \
-        or "no Secret Service" in keyring["detail"]
+    assert "no login keyring yet" in keyring["detail"] or "no Secret Service" in keyring["detail"]
     assert "`airlock secret set NAME` starts gnome-keyring" in keyring["fix"]
 
 
@@ -163,8 +173,7 @@ def test_no_session_bus_at_all_is_named_with_what_works(tester: DesktopUser) -> 
     dead = tester.base / "dead-bus"
     status, findings = doctor(tester, {"DBUS_SESSION_BUS_ADDRESS": f"unix:path={dead}"})
     assert status == 1
-    assert f"the session bus unix:path={dead} does not answer" in \
-        findings["session bus"]["detail"]
+    assert f"the session bus unix:path={dead} does not answer" in findings["session bus"]["detail"]
 
 
 def test_a_desktop_without_notifications_or_tray_is_warned_about(

@@ -37,17 +37,36 @@ def test_secret_set_list_delete_never_takes_the_value_from_argv(
 ) -> None:
     env = dict(tester.env, **tester_keyring)
     command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items())]
-    stored = subprocess.run([*command, str(Path(tester.env["PATH"].split(":")[0]) / "airlock"),
-                             "secret", "set", "llm-key"], input="sk-test-value-123\n",
-                            capture_output=True, text=True, timeout=60, cwd=tester.base)
+    stored = subprocess.run(
+        [
+            *command,
+            str(Path(tester.env["PATH"].split(":")[0]) / "airlock"),
+            "secret",
+            "set",
+            "llm-key",
+        ],
+        input="sk-test-value-123\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tester.base,
+    )
     assert stored.returncode == 0, stored.stderr
     assert "sk-test-value-123" not in stored.stdout + stored.stderr
     listed = tester.run("secret", "list", extra_env=tester_keyring)
     assert listed.stdout.split() == ["llm-key"]
     read = subprocess.run(
-        [*command, str(Path(tester.env["PATH"].split(":")[0]) / "python"), "-c",
-         "import keyring; print(keyring.get_password('airlock', 'llm-key'))"],
-        capture_output=True, text=True, timeout=60, cwd=tester.base)
+        [
+            *command,
+            str(Path(tester.env["PATH"].split(":")[0]) / "python"),
+            "-c",
+            "import keyring; print(keyring.get_password('airlock', 'llm-key'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tester.base,
+    )
     assert read.stdout.strip() == "sk-test-value-123", read.stderr
     bad = tester.run("secret", "set", "Bad Name", extra_env=tester_keyring)
     assert bad.returncode == 2 and "is not a secret name" in bad.stderr
@@ -57,21 +76,32 @@ def test_secret_set_list_delete_never_takes_the_value_from_argv(
     assert again.returncode == 2 and "no secret named 'llm-key'" in again.stderr
 
 
-def _net_event(session: str, host: str, kind: EventKind, up: int, down: int,
-               **more: str) -> Event:
-    return Event(kind, session, host, {
-        "method": "GET", "host": host.split(":")[0], "port": 443, "path": "/x?k=…",
-        "status": 403 if kind is EventKind.NET_REFUSED else 200, "bytes_up": up,
-        "bytes_down": down, "duration": 0.002, "decision": "allow", "rule": "allow[0]",
-        "reason": "r", **more,
-    })
+def _net_event(session: str, host: str, kind: EventKind, up: int, down: int, **more: str) -> Event:
+    return Event(
+        kind,
+        session,
+        host,
+        {
+            "method": "GET",
+            "host": host.split(":")[0],
+            "port": 443,
+            "path": "/x?k=…",
+            "status": 403 if kind is EventKind.NET_REFUSED else 200,
+            "bytes_up": up,
+            "bytes_down": down,
+            "duration": 0.002,
+            "decision": "allow",
+            "rule": "allow[0]",
+            "reason": "r",
+            **more,
+        },
+    )
 
 
 def test_net_totals_and_live_lines(tester: DesktopUser) -> None:
     audit_dir = tester.base / ".state" / "airlock" / "audit"
     with AuditLog(audit_dir) as audit:
-        audit.append(_net_event("aaaa1111", "api.example.com:443", EventKind.NET_REQUEST,
-                                10, 2048))
+        audit.append(_net_event("aaaa1111", "api.example.com:443", EventKind.NET_REQUEST, 10, 2048))
         audit.append(_net_event("aaaa1111", "api.example.com:443", EventKind.NET_TUNNEL, 5, 5))
         audit.append(_net_event("bbbb2222", "evil.example:443", EventKind.NET_REFUSED, 0, 0))
     for path in [tester.base / ".state", *(tester.base / ".state").rglob("*")]:
@@ -86,8 +116,16 @@ def test_net_totals_and_live_lines(tester: DesktopUser) -> None:
 
     def mark() -> None:
         with AuditLog(audit_dir) as audit:
-            audit.append(_net_event("cccc3333", "files.example:443", EventKind.NET_REQUEST, 1, 2,
-                                    inspection="inspected"))
+            audit.append(
+                _net_event(
+                    "cccc3333",
+                    "files.example:443",
+                    EventKind.NET_REQUEST,
+                    1,
+                    2,
+                    inspection="inspected",
+                )
+            )
 
     try:
         line = until_followed(Lines(live), mark, lambda line: "files.example" in line)

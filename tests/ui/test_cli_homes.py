@@ -14,11 +14,17 @@ pytestmark = pytest.mark.docker
 
 def test_homes_are_listed_and_removed(tester: DesktopUser, agent_image: str) -> None:
     kept = '[home]\npersist = true\nsize = "16m"\n'
-    write = tester.write("w.toml", profile_text(
-        agent_image, ["sh", "-c", "mkdir -p ~/.config/tool && echo token-free > "
-                                  "~/.config/tool/settings"]) + kept)
-    read = tester.write("r.toml", profile_text(
-        agent_image, ["sh", "-c", "cat ~/.config/tool/settings"]) + kept)
+    write = tester.write(
+        "w.toml",
+        profile_text(
+            agent_image,
+            ["sh", "-c", "mkdir -p ~/.config/tool && echo token-free > ~/.config/tool/settings"],
+        )
+        + kept,
+    )
+    read = tester.write(
+        "r.toml", profile_text(agent_image, ["sh", "-c", "cat ~/.config/tool/settings"]) + kept
+    )
     assert tester.run("run", "--in-process", "-p", str(write)).returncode == 0
     again = tester.run("run", "--in-process", "-p", str(read))
     assert (again.returncode, again.stdout) == (0, "token-free\n"), again.stderr

@@ -41,8 +41,7 @@ def _files_holding(value: str, *roots: Path) -> list[Path]:
     for root in roots:
         for path in root.rglob("*"):
             with contextlib.suppress(OSError):
-                if path.is_file() and not path.is_symlink() \
-                        and value.encode() in path.read_bytes():
+                if path.is_file() and not path.is_symlink() and value.encode() in path.read_bytes():
                     found.append(path)
     return found
 
@@ -56,8 +55,9 @@ def _end_keyring_daemons(address: str) -> None:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if (entry / "comm").read_text().strip() == "gnome-keyring-d" \
-                    and wanted in (entry / "environ").read_bytes().split(b"\0"):
+            if (entry / "comm").read_text().strip() == "gnome-keyring-d" and wanted in (
+                entry / "environ"
+            ).read_bytes().split(b"\0"):
                 os.kill(int(entry.name), 15)
                 ended.append(entry)
 
@@ -76,9 +76,15 @@ def test_without_a_session_bus_it_says_what_to_do_fails_and_writes_no_file(
 ) -> None:
     env = dict(tester.env, HOME=str(short_home))
     assert not (Path(env["XDG_RUNTIME_DIR"]) / "bus").exists()
-    done = subprocess.run(_command(tester, env, str(AIRLOCK), "secret", "set", "llm-key"),
-                          input=VALUE + "\n", capture_output=True, text=True, timeout=60,
-                          cwd=tester.base, start_new_session=True)  # no terminal to ask on
+    done = subprocess.run(
+        _command(tester, env, str(AIRLOCK), "secret", "set", "llm-key"),
+        input=VALUE + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tester.base,
+        start_new_session=True,
+    )  # no terminal to ask on
     assert done.returncode != 0
     assert "no D-Bus session bus on this login" in done.stderr
     assert "sudo apt-get install dbus-user-session" in done.stderr
@@ -92,9 +98,15 @@ def test_without_a_session_bus_it_says_what_to_do_fails_and_writes_no_file(
 def test_a_stale_bus_address_is_named(tester: DesktopUser, short_home: Path) -> None:
     dead = short_home / "dead-bus"
     env = dict(tester.env, HOME=str(short_home), DBUS_SESSION_BUS_ADDRESS=f"unix:path={dead}")
-    done = subprocess.run(_command(tester, env, str(AIRLOCK), "secret", "set", "llm-key"),
-                          input=VALUE, capture_output=True, text=True, timeout=60,
-                          cwd=tester.base, start_new_session=True)
+    done = subprocess.run(
+        _command(tester, env, str(AIRLOCK), "secret", "set", "llm-key"),
+        input=VALUE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tester.base,
+        start_new_session=True,
+    )
     assert done.returncode != 0
     assert f"the session bus unix:path={dead} does not answer" in done.stderr
     assert _files_holding(VALUE, short_home, tester.base) == []
@@ -115,8 +127,9 @@ def test_on_a_text_login_bus_airlock_starts_gnome_keyring_and_unlocks_it(
             read, write = os.pipe()
             os.write(write, (value + "\n").encode())
             os.close(write)
-            term = PtyProcess(_command(tester, env, str(AIRLOCK), "secret", "set", name),
-                              tester.base, stdin=read)
+            term = PtyProcess(
+                _command(tester, env, str(AIRLOCK), "secret", "set", name), tester.base, stdin=read
+            )
             os.close(read)
             terminals.append(term)
             return term
@@ -131,16 +144,30 @@ def test_on_a_text_login_bus_airlock_starts_gnome_keyring_and_unlocks_it(
         assert PASSWORD not in first.seen.decode(errors="replace")  # not echoed
 
         read = subprocess.run(
-            _command(tester, env, str(BIN / "python"), "-c",
-                     "import keyring; print(keyring.get_password('airlock', 'llm-key'))"),
-            capture_output=True, text=True, timeout=60, cwd=tester.base)
+            _command(
+                tester,
+                env,
+                str(BIN / "python"),
+                "-c",
+                "import keyring; print(keyring.get_password('airlock', 'llm-key'))",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tester.base,
+        )
         assert read.stdout.strip() == VALUE, read.stderr
 
         # Unlocked now: the next command just uses it.
         second = subprocess.run(
             _command(tester, env, str(AIRLOCK), "secret", "set", "other-key"),
-            input="v-2", capture_output=True, text=True, timeout=60, cwd=tester.base,
-            start_new_session=True)
+            input="v-2",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tester.base,
+            start_new_session=True,
+        )
         assert second.returncode == 0, second.stderr
         assert "password" not in second.stderr
 
@@ -173,11 +200,20 @@ def test_a_backend_that_would_not_keep_the_secret_is_refused_even_beside_a_keyri
 ) -> None:
     service = SecretService(short_home, tester.prefix, (tester.uid, tester.gid)).start()
     try:
-        env = dict(tester.env, **{k: v for k, v in service.env.items() if k != "PATH"},
-                   PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
-        done = subprocess.run(_command(tester, env, str(AIRLOCK), "secret", "set", "llm-key"),
-                              input=VALUE, capture_output=True, text=True, timeout=60,
-                              cwd=tester.base, start_new_session=True)
+        env = dict(
+            tester.env,
+            **{k: v for k, v in service.env.items() if k != "PATH"},
+            PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+        )
+        done = subprocess.run(
+            _command(tester, env, str(AIRLOCK), "secret", "set", "llm-key"),
+            input=VALUE,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tester.base,
+            start_new_session=True,
+        )
         assert done.returncode != 0
         assert "the keyring is turned off (the null backend)" in done.stderr
         assert "PYTHON_KEYRING_BACKEND" in done.stderr

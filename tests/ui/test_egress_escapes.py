@@ -50,13 +50,15 @@ def dirs(tmp_path: Path) -> Dirs:
     return dirs
 
 
-def run_agent(dirs: Dirs, engine: docker.DockerClient, egress: Egress, bus: EventBus,
-              profile: str) -> tuple[SessionResult, str, list[Event]]:
+def run_agent(
+    dirs: Dirs, engine: docker.DockerClient, egress: Egress, bus: EventBus, profile: str
+) -> tuple[SessionResult, str, list[Event]]:
     store = StateStore(dirs.database)
     events: list[Event] = []
     bus.attach(events.append)
-    supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
-                            extensions=[egress])
+    supervisor = Supervisor(
+        engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles), extensions=[egress]
+    )
     request = LaunchRequest(parse_profile(profile, "t.toml"), Path("t.toml"))
     output = CollectedOutput()
     try:
@@ -117,24 +119,40 @@ code after "http://allowed.test:$A/after"
 def test_every_way_out_but_the_proxy_is_closed(
     dirs: Dirs, engine: docker.DockerClient, agent_image: str
 ) -> None:
-    with RecordingServer() as allowed, RecordingServer() as denied, \
-            RecordingListener() as listener:
-        resolver = StaticResolver({"allowed.test": ["127.0.0.1"], "denied.test": ["127.0.0.1"],
-                                   "leak.attacker.test": ["127.0.0.1"]})
+    with RecordingServer() as allowed, RecordingServer() as denied, RecordingListener() as listener:
+        resolver = StaticResolver(
+            {
+                "allowed.test": ["127.0.0.1"],
+                "denied.test": ["127.0.0.1"],
+                "leak.attacker.test": ["127.0.0.1"],
+            }
+        )
         bus = EventBus()
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"),
-                        broker=ConsentBroker(bus, ScriptedFrontEnd(Verdict.DENY)),
-                        resolver=resolver, settings=ProxySettings(head_timeout=1.0))
-        network = (f'[network]\nallow = ["allowed.test:{allowed.port}"]\n'
-                   "allow_private = true\n")
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=ConsentBroker(bus, ScriptedFrontEnd(Verdict.DENY)),
+            resolver=resolver,
+            settings=ProxySettings(head_timeout=1.0),
+        )
+        network = f'[network]\nallow = ["allowed.test:{allowed.port}"]\nallow_private = true\n'
         text = profile_text(agent_image, ["sh", "-c", ESCAPES], pids=128)
-        text = text.replace('timeout = "2m"\n', 'timeout = "2m"\n'
-                            f'env = {{ ALLOWED = "{allowed.port}", DENIED = "{denied.port}", '
-                            f'LISTENER = "{listener.port}" }}\n') + network
+        text = (
+            text.replace(
+                'timeout = "2m"\n',
+                'timeout = "2m"\n'
+                f'env = {{ ALLOWED = "{allowed.port}", DENIED = "{denied.port}", '
+                f'LISTENER = "{listener.port}" }}\n',
+            )
+            + network
+        )
         result, output, events = run_agent(dirs, engine, egress, bus, text)
         assert containers(engine, f"{LABEL_SESSION}={result.session}") == []
-    lines = dict(line.split(":", 1) for line in output.splitlines() if ":" in line
-                 and "=" not in line.split(":", 1)[0])
+    lines = dict(
+        line.split(":", 1)
+        for line in output.splitlines()
+        if ":" in line and "=" not in line.split(":", 1)[0]
+    )
     assert result.exit_code == 0, output
     assert "HTTP_PROXY=http://127.0.0.1:3128" in output
     assert lines["allowed"] == "200/000" and lines["urllib"].strip() == "200"
@@ -157,12 +175,20 @@ def test_every_way_out_but_the_proxy_is_closed(
     assert "leak.attacker.test" not in resolver.asked
     refused = [e for e in events if e.kind == "net.refused"]
     assert len(refused) >= 12
-    assert {e.details["rule"] for e in refused} >= {"not-listed", "ip-literal", "bad-request",
-                                                    "host-mismatch", "timeout"}
+    assert {e.details["rule"] for e in refused} >= {
+        "not-listed",
+        "ip-literal",
+        "bad-request",
+        "host-mismatch",
+        "timeout",
+    }
 
 
 def test_route_key_reaches_the_upstream_and_never_the_agent(
-    dirs: Dirs, engine: docker.DockerClient, agent_image: str, ca: trustme.CA,
+    dirs: Dirs,
+    engine: docker.DockerClient,
+    agent_image: str,
+    ca: trustme.CA,
     secret_service: Any,
 ) -> None:
     key = "sk-live-" + "K9" * 20
@@ -175,14 +201,21 @@ def test_route_key_reaches_the_upstream_and_never_the_agent(
         bus = EventBus()
         audit = AuditLog(dirs.audit)
         bus.attach(audit.sink)
-        egress = Egress(engine, secrets=secrets, broker=None,
-                        resolver=StaticResolver({"localhost": ["127.0.0.1"]}),
-                        tls=trusted_context(ca))
-        script = ('env; curl -sS -i -H "Authorization: Bearer placeholder" '
-                  '"$AIRLOCK_ROUTE_LLM/echo-auth"; cat /proc/self/environ | tr "\\0" "\\n"')
+        egress = Egress(
+            engine,
+            secrets=secrets,
+            broker=None,
+            resolver=StaticResolver({"localhost": ["127.0.0.1"]}),
+            tls=trusted_context(ca),
+        )
+        script = (
+            'env; curl -sS -i -H "Authorization: Bearer placeholder" '
+            '"$AIRLOCK_ROUTE_LLM/echo-auth"; cat /proc/self/environ | tr "\\0" "\\n"'
+        )
         text = profile_text(agent_image, ["sh", "-c", script]) + (
-            "[network]\nallow_private = true\n[[network.routes]]\nname = \"llm\"\n"
-            f'upstream = "https://localhost:{upstream.port}/v1"\nsecret = "llm-key"\n')
+            '[network]\nallow_private = true\n[[network.routes]]\nname = "llm"\n'
+            f'upstream = "https://localhost:{upstream.port}/v1"\nsecret = "llm-key"\n'
+        )
         result, output, _ = run_agent(dirs, engine, egress, bus, text)
         audit.close()
     assert result.exit_code == 0, output
@@ -231,13 +264,16 @@ def test_direct_attempts_to_leave_are_events_and_reach_nobody(
 ) -> None:
     with RecordingListener() as listener, RecordingServer() as allowed:
         bus = EventBus()
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
-                        resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}))
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=None,
+            resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}),
+        )
         script = DIRECT.replace("$LISTENER", str(listener.port))
         text = profile_text(agent_image, ["python3", "-c", script])
         if with_proxy:
-            text += (f'[network]\nallow = ["allowed.test:{allowed.port}"]\n'
-                     "allow_private = true\n")
+            text += f'[network]\nallow = ["allowed.test:{allowed.port}"]\nallow_private = true\n'
         result, output, events = run_agent(dirs, engine, egress, bus, text)
     lines = dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
     assert result.exit_code == 0, output
@@ -252,9 +288,15 @@ def test_direct_attempts_to_leave_are_events_and_reach_nobody(
     assert by_subject["203.0.113.5:443"]["family"] == 4
     assert by_subject[f"203.0.113.5:{listener.port}"]["protocol"] == "udp"
     assert by_subject["[2001:db8::5]:443"] == {
-        "protocol": "tcp", "family": 6, "address": "2001:db8::5", "port": 443, "count": 1,
-        "decision": "deny", "rule": "no-route",
-        "reason": "direct TCP connection: the only way out is the proxy"}
+        "protocol": "tcp",
+        "family": 6,
+        "address": "2001:db8::5",
+        "port": 443,
+        "count": 1,
+        "decision": "deny",
+        "rule": "no-route",
+        "reason": "direct TCP connection: the only way out is the proxy",
+    }
     assert by_subject["[2001:db8::5]:9999"]["protocol"] == "udp"
     names = {(e.details["name"], e.details["qtype"]) for e in blocked if "name" in e.details}
     assert {("secret-part.exfil.example", 1), ("example.com", 1)} <= names, names
@@ -298,11 +340,16 @@ def test_a_flood_of_attempts_is_counted_not_streamed_and_the_proxy_keeps_serving
 ) -> None:
     with RecordingServer() as allowed:
         bus = EventBus()
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
-                        resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}))
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=None,
+            resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}),
+        )
         script = FLOOD.replace("$ALLOWED", str(allowed.port))
         text = profile_text(agent_image, ["python3", "-c", script]) + (
-            f'[network]\nallow = ["allowed.test:{allowed.port}"]\nallow_private = true\n')
+            f'[network]\nallow = ["allowed.test:{allowed.port}"]\nallow_private = true\n'
+        )
         result, output, events = run_agent(dirs, engine, egress, bus, text)
     assert result.exit_code == 0, output
     served = int(output.split("served:")[1].split()[0])
@@ -316,8 +363,8 @@ def test_a_flood_of_attempts_is_counted_not_streamed_and_the_proxy_keeps_serving
     assert 4300 <= counted <= 4400, counted
     assert any(e.details.get("coalesced") for e in blocked)
     assert {e.subject for e in blocked if not e.details.get("coalesced")} <= {
-        f"203.0.113.{i % 250 + 1}:{1000 + i % 7}" for i in range(4000)} | {
-        f"198.51.100.7:{2000 + i}" for i in range(300)}
+        f"203.0.113.{i % 250 + 1}:{1000 + i % 7}" for i in range(4000)
+    } | {f"198.51.100.7:{2000 + i}" for i in range(300)}
 
 
 TUNNEL = r"""
@@ -355,19 +402,25 @@ def test_blocking_all_network_cuts_the_tunnel_an_agent_has_open(
         bus = EventBus()
         events: list[Event] = []
         bus.attach(events.append)
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
-                        resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}))
-        text = profile_text(agent_image, ["python3", "-c",
-                                          TUNNEL.replace("$ECHO", str(echo.port))]) + (
-            f'[network]\nallow = ["allowed.test:{echo.port}"]\nallow_private = true\n')
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=None,
+            resolver=StaticResolver({"allowed.test": ["127.0.0.1"]}),
+        )
+        text = profile_text(
+            agent_image, ["python3", "-c", TUNNEL.replace("$ECHO", str(echo.port))]
+        ) + (f'[network]\nallow = ["allowed.test:{echo.port}"]\nallow_private = true\n')
         store = StateStore(dirs.database)
-        supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
-                                extensions=[egress])
+        supervisor = Supervisor(
+            engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles), extensions=[egress]
+        )
         output = CollectedOutput()
 
         async def main() -> SessionResult:
-            run = asyncio.ensure_future(supervisor.run(
-                LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml")), output))
+            run = asyncio.ensure_future(
+                supervisor.run(LaunchRequest(parse_profile(text, "t.toml"), Path("t.toml")), output)
+            )
             while bytes(echo.received) != b"before" and not run.done():
                 await asyncio.sleep(0.02)
             egress.block_all(True)

@@ -70,15 +70,28 @@ class Approver:
 def git_server(ca: trustme.CA, tmp_path: Path) -> Iterator[tuple[int, str]]:
     """A bare repository served over HTTPS by a static file server (git's dumb protocol)."""
     work, bare = tmp_path / "work", tmp_path / "served" / "repo.git"
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    for command in (["git", "init", "-q", "-b", "main", str(work)],
-                    ["git", "-C", str(work), "commit", "-q", "--allow-empty", "-m", "one"],
-                    ["git", "clone", "-q", "--bare", str(work), str(bare)],
-                    ["git", "-C", str(bare), "update-server-info"]):
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    for command in (
+        ["git", "init", "-q", "-b", "main", str(work)],
+        ["git", "-C", str(work), "commit", "-q", "--allow-empty", "-m", "one"],
+        ["git", "clone", "-q", "--bare", str(work), str(bare)],
+        ["git", "-C", str(bare), "update-server-info"],
+    ):
         subprocess.run(command, check=True, env=env, capture_output=True)
-    head = subprocess.run(["git", "-C", str(bare), "rev-parse", "main"], check=True, env=env,
-                          capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(bare), "rev-parse", "main"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(bare.parent))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.socket = tls_server(ca).wrap_socket(server.socket, server_side=True)
@@ -145,31 +158,44 @@ PY
 
 
 def test_curl_urllib_and_git_in_the_container_are_inspected_without_a_flag(
-    dirs: Dirs, engine: docker.DockerClient, agent_image: str, ca: trustme.CA,
-    git_server: tuple[int, str], tmp_path: Path,
+    dirs: Dirs,
+    engine: docker.DockerClient,
+    agent_image: str,
+    ca: trustme.CA,
+    git_server: tuple[int, str],
+    tmp_path: Path,
 ) -> None:
     git_port, head = git_server
     notes = tmp_path / "notes.md"
-    notes.write_text("\n".join(f"confidential line {i} of the granted notes file here"
-                               for i in range(9)))
+    notes.write_text(
+        "\n".join(f"confidential line {i} of the granted notes file here" for i in range(9))
+    )
     approver = Approver()
-    with RecordingServer(tls_server(ca)) as upstream, \
-            RecordingServer(tls_server(trustme.CA())) as untrusted, \
-            RecordingServer(tls_server(ca, "other.test")) as wrong_name:
+    with (
+        RecordingServer(tls_server(ca)) as upstream,
+        RecordingServer(tls_server(trustme.CA())) as untrusted,
+        RecordingServer(tls_server(ca, "other.test")) as wrong_name,
+    ):
         bus = EventBus()
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"),
-                        broker=ConsentBroker(bus, approver),
-                        resolver=StaticResolver({"api.test": ["127.0.0.1"]}),
-                        tls=trusted_context(ca))
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=ConsentBroker(bus, approver),
+            resolver=StaticResolver({"api.test": ["127.0.0.1"]}),
+            tls=trusted_context(ca),
+        )
         ports = [upstream.port, untrusted.port, wrong_name.port, git_port]
         network = (
             "[network]\nallow_private = true\ninspect = true\n"
             f'allow = [{{ host = "api.test", ports = {ports}, '
             'paths = ["/v1/*", "/repo.git/*"] }]\n'
-            '[approval]\nuploads = "ask"\ntimeout = "2s"\n')
-        env = (f'env = {{ UP = "{upstream.port}", UNTRUSTED = "{untrusted.port}", '
-               f'WRONGNAME = "{wrong_name.port}", GIT = "{git_port}", '
-               f'KEYTEXT = "{PEM}", GRANTED = "{notes}" }}\n')
+            '[approval]\nuploads = "ask"\ntimeout = "2s"\n'
+        )
+        env = (
+            f'env = {{ UP = "{upstream.port}", UNTRUSTED = "{untrusted.port}", '
+            f'WRONGNAME = "{wrong_name.port}", GIT = "{git_port}", '
+            f'KEYTEXT = "{PEM}", GRANTED = "{notes}" }}\n'
+        )
         text = profile_text(agent_image, ["sh", "-c", SCRIPT], pids=128)
         text = text.replace('timeout = "2m"\n', 'timeout = "2m"\n' + env) + network
         result, output, events = run_agent(dirs, engine, egress, bus, text, notes)
@@ -199,29 +225,45 @@ def test_curl_urllib_and_git_in_the_container_are_inspected_without_a_flag(
     assert asked["/v1/granted"].details["findings"][0]["kind"] == "granted-file"
     net = [e for e in events if e.kind.startswith("net.")]
     rules = {e.details["rule"] for e in net if e.kind == "net.refused"}
-    assert rules >= {"not-listed", "upload-refused", "upstream-certificate", "tls-version",
-                     "sni-mismatch", "host-mismatch", "bad-request"}, rules
-    assert all(e.details.get("inspection") == "inspected" for e in net
-               if e.details.get("host") == "api.test" and e.kind == "net.request")
+    assert rules >= {
+        "not-listed",
+        "upload-refused",
+        "upstream-certificate",
+        "tls-version",
+        "sni-mismatch",
+        "host-mismatch",
+        "bad-request",
+    }, rules
+    assert all(
+        e.details.get("inspection") == "inspected"
+        for e in net
+        if e.details.get("host") == "api.test" and e.kind == "net.request"
+    )
 
 
-def run_agent(dirs: Dirs, engine: docker.DockerClient, egress: Egress, bus: EventBus,
-              profile: str, grant: Path) -> tuple[SessionResult, str, list[Event]]:
+def run_agent(
+    dirs: Dirs,
+    engine: docker.DockerClient,
+    egress: Egress,
+    bus: EventBus,
+    profile: str,
+    grant: Path,
+) -> tuple[SessionResult, str, list[Event]]:
     store = StateStore(dirs.database)
     events: list[Event] = []
     bus.attach(events.append)
-    supervisor = Supervisor(engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles),
-                            extensions=[egress])
-    request = LaunchRequest(parse_profile(profile, "t.toml"), Path("t.toml"),
-                            (GrantRequest(grant, Mode.READ),))
+    supervisor = Supervisor(
+        engine, store, bus, dirs, ProfileCatalog(dirs.user_profiles), extensions=[egress]
+    )
+    request = LaunchRequest(
+        parse_profile(profile, "t.toml"), Path("t.toml"), (GrantRequest(grant, Mode.READ),)
+    )
     output = CollectedOutput()
     try:
         result = asyncio.run(supervisor.run(request, output))
     finally:
         store.close()
     return result, output.text(), events
-
-
 
 
 SWAP = r"""
@@ -238,31 +280,42 @@ env | sort
 
 
 def test_the_real_key_reaches_only_the_routes_upstream_never_the_container(
-    dirs: Dirs, engine: docker.DockerClient, agent_image: str, ca: trustme.CA,
-    secret_service: Any, tmp_path: Path,
+    dirs: Dirs,
+    engine: docker.DockerClient,
+    agent_image: str,
+    ca: trustme.CA,
+    secret_service: Any,
+    tmp_path: Path,
 ) -> None:
     key = "sk-ant-api03-" + "Q7x" * 30
     secrets = KeyringSecrets(dirs.config / "secrets")
     secrets.set("anthropic", key)
     notes = tmp_path / "g.txt"
     notes.write_text("granted")
-    with RecordingServer(tls_server(ca)) as upstream, \
-            RecordingServer(tls_server(ca, "other.test")) as other:
+    with (
+        RecordingServer(tls_server(ca)) as upstream,
+        RecordingServer(tls_server(ca, "other.test")) as other,
+    ):
         bus = EventBus()
         audit = AuditLog(dirs.audit)
         bus.attach(audit.sink)
-        egress = Egress(engine, secrets=secrets, broker=None,
-                        resolver=StaticResolver({"api.test": ["127.0.0.1"],
-                                                 "other.test": ["127.0.0.1"]}),
-                        tls=trusted_context(ca))
+        egress = Egress(
+            engine,
+            secrets=secrets,
+            broker=None,
+            resolver=StaticResolver({"api.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}),
+            tls=trusted_context(ca),
+        )
         text = profile_text(agent_image, ["sh", "-c", SWAP]).replace(
-            'timeout = "2m"\n', 'timeout = "2m"\n'
-            f'env = {{ UP = "{upstream.port}", OTHER = "{other.port}" }}\n') + (
+            'timeout = "2m"\n',
+            f'timeout = "2m"\nenv = {{ UP = "{upstream.port}", OTHER = "{other.port}" }}\n',
+        ) + (
             "[network]\nallow_private = true\n"
             f'allow = [{{ host = "other.test", ports = [{other.port}], inspect = true }}]\n'
             '[[network.routes]]\nname = "claude"\nsecret = "anthropic"\nintercept = true\n'
             f'upstream = "https://api.test:{upstream.port}"\n'
-            'header = "x-api-key: {secret}"\nplaceholder_env = "ANTHROPIC_API_KEY"\n')
+            'header = "x-api-key: {secret}"\nplaceholder_env = "ANTHROPIC_API_KEY"\n'
+        )
         result, output, events = run_agent(dirs, engine, egress, bus, text, notes)
         audit.close()
     assert result.exit_code == 0, output
@@ -283,33 +336,44 @@ NODE = "/opt/airlock/agent/gemini-cli/node/bin/node"
 
 
 def test_nodes_fetch_trusts_the_session_ca_through_node_extra_ca_certs(
-    dirs: Dirs, engine: docker.DockerClient, ca: trustme.CA, tmp_path: Path,
+    dirs: Dirs,
+    engine: docker.DockerClient,
+    ca: trustme.CA,
+    tmp_path: Path,
 ) -> None:
     image = "airlock-agent:gemini-cli"  # the agent image that carries Node
     try:
         engine.images.get(image)
     except docker.errors.ImageNotFound:
         pytest.fail(f"{image} is missing: `airlock image build --agent gemini-cli` makes it")
-    script = (f"{NODE} -e \"fetch('https://api.test:' + process.env.UP + '/v1/node', "
-              "{method: 'POST', body: '{}'}).then(r => r.text()).then(t => "
-              "console.log('node:' + t), e => console.log('node-error:' + e.cause))\"")
+    script = (
+        f"{NODE} -e \"fetch('https://api.test:' + process.env.UP + '/v1/node', "
+        "{method: 'POST', body: '{}'}).then(r => r.text()).then(t => "
+        "console.log('node:' + t), e => console.log('node-error:' + e.cause))\""
+    )
     notes = tmp_path / "g.txt"
     notes.write_text("granted")
     with RecordingServer(tls_server(ca)) as upstream:
         bus = EventBus()
-        egress = Egress(engine, secrets=KeyringSecrets(dirs.config / "secrets"), broker=None,
-                        resolver=StaticResolver({"api.test": ["127.0.0.1"]}),
-                        tls=trusted_context(ca))
+        egress = Egress(
+            engine,
+            secrets=KeyringSecrets(dirs.config / "secrets"),
+            broker=None,
+            resolver=StaticResolver({"api.test": ["127.0.0.1"]}),
+            tls=trusted_context(ca),
+        )
         text = profile_text(image, ["sh", "-c", script], memory="512m", pids=128).replace(
-            'timeout = "2m"\n', 'timeout = "2m"\n'
+            'timeout = "2m"\n',
+            'timeout = "2m"\n'
             # Node's own switch for HTTP(S)_PROXY (22.21 and later): its fetch ignores
             # them otherwise.
-            f'env = {{ UP = "{upstream.port}", NODE_USE_ENV_PROXY = "1" }}\n') + (
+            f'env = {{ UP = "{upstream.port}", NODE_USE_ENV_PROXY = "1" }}\n',
+        ) + (
             "[network]\nallow_private = true\n"
-            f'allow = [{{ host = "api.test", ports = [{upstream.port}], inspect = true }}]\n')
+            f'allow = [{{ host = "api.test", ports = [{upstream.port}], inspect = true }}]\n'
+        )
         result, output, events = run_agent(dirs, engine, egress, bus, text, notes)
     assert result.exit_code == 0, output
     assert '"path": "/v1/node"' in output, output
     assert [r["path"] for r in upstream.seen.requests] == ["/v1/node"]
-    assert [e.details.get("inspection") for e in events if e.kind == "net.request"] == [
-        "inspected"]
+    assert [e.details.get("inspection") for e in events if e.kind == "net.request"] == ["inspected"]

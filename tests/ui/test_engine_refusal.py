@@ -19,7 +19,8 @@ pytestmark = pytest.mark.docker
 
 
 def test_a_session_runs_only_in_the_sandbox_asked_for(
-        engine: docker.DockerClient, agent_image: str, tester: DesktopUser) -> None:
+    engine: docker.DockerClient, agent_image: str, tester: DesktopUser
+) -> None:
     kind = detect_engine(engine)
     name = f"engine-{secrets.token_hex(4)}"  # its containers, among other tests'
     text = profile_text(agent_image, ["sh", "-c", "echo hello"])
@@ -34,20 +35,32 @@ def test_a_session_runs_only_in_the_sandbox_asked_for(
         assert result.returncode != 0 and "hello" not in result.stdout
         refusal = result.stderr.strip().splitlines()[-1]
         assert f"the sandbox {kind.describe()} made is not what was asked for" in refusal
-        for dropped in ("engine: memory limit", "engine: pids limit", "engine: cpus (nano)",
-                        "engine: ulimits"):
+        for dropped in (
+            "engine: memory limit",
+            "engine: pids limit",
+            "engine: cpus (nano)",
+            "engine: ulimits",
+        ):
             assert dropped in refusal, refusal
         assert "cannot enforce resource limits" in refusal
         # Only they: everything else the engine and the kernel report is as asked (user,
         # capabilities, seccomp, mounts, tmpfs, network, the witness's device).
         audit = tester.run("audit", "show", "--json")
-        refused = [json.loads(line)["details"] for line in audit.stdout.splitlines()
-                   if '"sandbox.refused"' in line]
+        refused = [
+            json.loads(line)["details"]
+            for line in audit.stdout.splitlines()
+            if '"sandbox.refused"' in line
+        ]
         assert len(refused) == 1, audit.stdout[-2000:]
         failed = [f.partition(": expected")[0] for f in refused[0]["failed"]]
-        assert all(re.fullmatch(r"engine: (memory|memory\+swap|pids) limit|engine: cpus "
-                                r"\(nano\)|engine: ulimits|kernel: pid \d+ limits", name)
-                   for name in failed), failed
+        assert all(
+            re.fullmatch(
+                r"engine: (memory|memory\+swap|pids) limit|engine: cpus "
+                r"\(nano\)|engine: ulimits|kernel: pid \d+ limits",
+                name,
+            )
+            for name in failed
+        ), failed
     else:
         # Rootless Podman on cgroup v2: not yet run here; whatever happens, it says so.
         assert result.returncode == 0 or "refused" in result.stderr, result.stderr

@@ -39,11 +39,13 @@ def daemon(tester: DesktopUser) -> Iterator[Path]:
     assert not sock.exists()
 
 
-def test_run_is_handed_to_the_daemon(tester: DesktopUser, agent_image: str, daemon: Path,
-                                     engine: docker.DockerClient) -> None:
+def test_run_is_handed_to_the_daemon(
+    tester: DesktopUser, agent_image: str, daemon: Path, engine: docker.DockerClient
+) -> None:
     tester.write("notes/a.md", "hello\n")
-    path = tester.write("agent.toml", profile_text(
-        agent_image, ["sh", "-c", "cat a.md; echo err >&2; exit 5"]))
+    path = tester.write(
+        "agent.toml", profile_text(agent_image, ["sh", "-c", "cat a.md; echo err >&2; exit 5"])
+    )
     result = tester.run("run", "--profile", str(path), "--grant", str(tester.base / "notes"))
     assert (result.returncode, result.stdout) == (5, "hello\n")
     assert "err" in result.stderr and "started" in result.stderr
@@ -58,8 +60,10 @@ def test_a_client_hears_its_own_sessions_notices(
     tester: DesktopUser, agent_image: str, daemon: Path
 ) -> None:
     # A grant is skipped before the session has started: the notice is still this client's.
-    path = tester.write("agent.toml", profile_text(agent_image, ["true"]) +
-                        '\n[[grants]]\npath = "/nonexistent-notes"\n')
+    path = tester.write(
+        "agent.toml",
+        profile_text(agent_image, ["true"]) + '\n[[grants]]\npath = "/nonexistent-notes"\n',
+    )
     result = tester.run("run", "--profile", str(path))
     assert result.returncode == 0, result.stderr
     assert "not granted: /nonexistent-notes" in result.stderr
@@ -82,8 +86,13 @@ def test_interrupting_the_client_ends_the_session(
     deadline = time.monotonic() + 60
     running: list[dict[str, object]] = []
     while not running and time.monotonic() < deadline:
-        running = containers(engine, f"{LABEL_OWNER}={tester.uid}",
-                             f"{LABEL_PROFILE}=test-agent", f"{LABEL_ROLE}=agent", stopped=False)
+        running = containers(
+            engine,
+            f"{LABEL_OWNER}={tester.uid}",
+            f"{LABEL_PROFILE}=test-agent",
+            f"{LABEL_ROLE}=agent",
+            stopped=False,
+        )
         time.sleep(0.1)
     assert running
     session = running[0]["Labels"][LABEL_SESSION]  # type: ignore[index]
@@ -109,11 +118,17 @@ def test_an_agent_printing_faster_than_its_reader_is_held_up_not_buffered(
 ) -> None:
     # The client's terminal stops reading (here: a pipe nobody reads). The agent must wait,
     # as it would on a terminal, and not fill the supervisor's memory with its output.
-    (supervisor,) = [int(entry.name) for entry in Path("/proc").iterdir()
-                     if entry.name.isdigit() and entry.stat().st_uid == tester.uid
-                     and _command_line(entry).endswith(b"airlock\0daemon")]
-    path = tester.write("flood.toml", profile_text(
-        agent_image, ["sh", "-c", "head -c 2000000000 /dev/zero; echo done >&2"]))
+    (supervisor,) = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and entry.stat().st_uid == tester.uid
+        and _command_line(entry).endswith(b"airlock\0daemon")
+    ]
+    path = tester.write(
+        "flood.toml",
+        profile_text(agent_image, ["sh", "-c", "head -c 2000000000 /dev/zero; echo done >&2"]),
+    )
     before = resident_bytes(supervisor)
     client = tester.popen("run", "--profile", str(path))
     try:
@@ -155,8 +170,10 @@ def test_a_running_supervisor_starts_the_next_sidecar_ahead(
     deadline = time.monotonic() + 30
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    attempt = ("python3 -c \"import socket; s = socket.socket(); s.settimeout(2)\n"
-               "try: s.connect(('203.0.113.7', 443))\nexcept OSError as e: print('refused', e)\"")
+    attempt = (
+        'python3 -c "import socket; s = socket.socket(); s.settimeout(2)\n'
+        "try: s.connect(('203.0.113.7', 443))\nexcept OSError as e: print('refused', e)\""
+    )
     path = tester.write("probe.toml", profile_text(agent_image, ["sh", "-c", attempt]))
     owner = f"{LABEL_OWNER}={tester.uid}"
     try:
@@ -169,8 +186,11 @@ def test_a_running_supervisor_starts_the_next_sidecar_ahead(
         assert len(spares) == 1  # the next one, ready
         for session in sessions:
             shown = tester.run("audit", "show", "--session", session["id"], "--json")
-            blocked = [json.loads(line) for line in shown.stdout.splitlines()
-                       if json.loads(line)["kind"] == "net.blocked"]
+            blocked = [
+                json.loads(line)
+                for line in shown.stdout.splitlines()
+                if json.loads(line)["kind"] == "net.blocked"
+            ]
             assert [b["subject"] for b in blocked] == ["203.0.113.7:443"], shown.stdout
     finally:
         process.send_signal(signal.SIGTERM)
@@ -211,8 +231,12 @@ def test_idle_or_malformed_hand_offs_are_turned_away_and_the_daemon_keeps_servin
 ) -> None:
     # Connections that never send their request would each hold a descriptor for good,
     # until the daemon could serve no one, its running sessions included.
-    probe = subprocess.run([*tester.prefix, sys.executable, "-c", IDLE_CLIENTS, str(daemon)],
-                           capture_output=True, text=True, timeout=120)
+    probe = subprocess.run(
+        [*tester.prefix, sys.executable, "-c", IDLE_CLIENTS, str(daemon)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0, probe.stderr
     first, second = probe.stdout.splitlines()
     assert json.loads(first) == "a request is a JSON object"

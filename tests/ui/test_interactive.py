@@ -32,8 +32,16 @@ PROMPT = r"\$ $"
 
 def argv(tester: DesktopUser, *args: str) -> list[str]:
     env = dict(tester.env, TERM="xterm-256color", COLORTERM="truecolor")
-    return [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()), str(AIRLOCK),
-            "run", "--in-process", *args]
+    return [
+        *tester.prefix,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in env.items()),
+        str(AIRLOCK),
+        "run",
+        "--in-process",
+        *args,
+    ]
 
 
 @pytest.fixture
@@ -44,16 +52,18 @@ def terminal(tester: DesktopUser) -> Iterator[list[PtyProcess]]:
         process.close()
 
 
-def start(terminal: list[PtyProcess], tester: DesktopUser, *args: str,
-          rows: int = 24, cols: int = 80) -> PtyProcess:
+def start(
+    terminal: list[PtyProcess], tester: DesktopUser, *args: str, rows: int = 24, cols: int = 80
+) -> PtyProcess:
     process = PtyProcess(argv(tester, *args), tester.base, rows, cols)
     terminal.append(process)
     return process
 
 
 def shell_profile(tester: DesktopUser, image: str, extra: str = "") -> Path:
-    return tester.write("shell.toml", profile_text(
-        image, ["bash", "--norc", "--noprofile", "-i"], extra=extra))
+    return tester.write(
+        "shell.toml", profile_text(image, ["bash", "--norc", "--noprofile", "-i"], extra=extra)
+    )
 
 
 def airlock_pid(process: PtyProcess) -> int:
@@ -71,8 +81,9 @@ def agent_container(engine: docker.DockerClient, tester: DesktopUser) -> dict[st
     while time.monotonic() < deadline:
         live = json.loads(tester.run("sessions", "--json").stdout or "[]")
         running = [r for r in live if r["state"] == "running"]
-        found = running and containers(engine, f"{LABEL_SESSION}={running[0]['id']}",
-                                       f"{LABEL_ROLE}=agent", stopped=False)
+        found = running and containers(
+            engine, f"{LABEL_SESSION}={running[0]['id']}", f"{LABEL_ROLE}=agent", stopped=False
+        )
         if found:
             return found[0]
         time.sleep(0.2)
@@ -133,17 +144,19 @@ def test_a_full_screen_program_draws_and_reads_keys(
 ) -> None:
     # It draws its size, and again on each resize (the engine, Docker 20.10 here, sizes the
     # agent's terminal only once it runs: a quick program can see 24x80 first).
-    program = ("import curses\n"
-               "def main(s):\n"
-               "    while True:\n"
-               "        h, w = s.getmaxyx()\n"
-               "        s.erase()\n"
-               "        s.addstr(3, 5, f'curses {h}x{w}')\n"
-               "        s.refresh()\n"
-               "        key = s.getkey()\n"
-               "        if key != 'KEY_RESIZE':\n"
-               "            return key\n"
-               "print('key', curses.wrapper(main))\n")
+    program = (
+        "import curses\n"
+        "def main(s):\n"
+        "    while True:\n"
+        "        h, w = s.getmaxyx()\n"
+        "        s.erase()\n"
+        "        s.addstr(3, 5, f'curses {h}x{w}')\n"
+        "        s.refresh()\n"
+        "        key = s.getkey()\n"
+        "        if key != 'KEY_RESIZE':\n"
+        "            return key\n"
+        "print('key', curses.wrapper(main))\n"
+    )
     path = tester.write("curses.toml", profile_text(agent_image, ["python3", "-c", program]))
     p = start(terminal, tester, "-p", str(path), rows=20, cols=70)
     before = p.stty()
@@ -182,8 +195,7 @@ def test_the_escape_key_opens_airlocks_menu_and_returns(
 
 
 def test_the_terminal_comes_back_when_the_agent_is_killed(
-    tester: DesktopUser, agent_image: str, terminal: list[PtyProcess],
-    engine: docker.DockerClient
+    tester: DesktopUser, agent_image: str, terminal: list[PtyProcess], engine: docker.DockerClient
 ) -> None:
     p = start(terminal, tester, "-p", str(shell_profile(tester, agent_image)))
     before = p.stty()
@@ -195,8 +207,7 @@ def test_the_terminal_comes_back_when_the_agent_is_killed(
 
 
 def test_the_terminal_comes_back_when_airlock_itself_is_killed(
-    tester: DesktopUser, agent_image: str, terminal: list[PtyProcess],
-    engine: docker.DockerClient
+    tester: DesktopUser, agent_image: str, terminal: list[PtyProcess], engine: docker.DockerClient
 ) -> None:
     p = start(terminal, tester, "-p", str(shell_profile(tester, agent_image)))
     before = p.stty()
@@ -215,37 +226,52 @@ def test_the_terminal_comes_back_when_airlock_itself_is_killed(
         time.sleep(0.1)
     assert containers(engine, f"{LABEL_SESSION}={session}") == []
     assert tester.run("sessions").returncode == 0
-    swept = [r for r in audit(tester) if r["kind"] == "session.swept"
-             and r["session"] == session]
+    swept = [r for r in audit(tester) if r["kind"] == "session.swept" and r["session"] == session]
     assert swept and "killed" in str(swept[0]["details"]["reason"])  # type: ignore[index]
 
 
-def test_piped_stdin_reaches_the_agent_with_its_end(
-    tester: DesktopUser, agent_image: str
-) -> None:
+def test_piped_stdin_reaches_the_agent_with_its_end(tester: DesktopUser, agent_image: str) -> None:
     path = tester.write("cat.toml", profile_text(agent_image, ["cat"]))
-    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
-               str(AIRLOCK), "run", "--in-process", "-p", str(path)]
-    result = subprocess.run(command, input="hi\nthere\n", capture_output=True, text=True,
-                            timeout=120, cwd=tester.base)
+    command = [
+        *tester.prefix,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in tester.env.items()),
+        str(AIRLOCK),
+        "run",
+        "--in-process",
+        "-p",
+        str(path),
+    ]
+    result = subprocess.run(
+        command, input="hi\nthere\n", capture_output=True, text=True, timeout=120, cwd=tester.base
+    )
     assert (result.returncode, result.stdout) == (0, "hi\nthere\n"), result.stderr
     # -t: a terminal for the agent even from a pipe (its input then goes through the pty).
     tty = tester.write("tty.toml", profile_text(agent_image, ["sh", "-c", "tty; wc -l"]))
-    forced = subprocess.run([*command[:-2], "-t", "-p", str(tty)], input="a\nb\n",
-                            capture_output=True, text=True, timeout=120, cwd=tester.base)
+    forced = subprocess.run(
+        [*command[:-2], "-t", "-p", str(tty)],
+        input="a\nb\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tester.base,
+    )
     assert forced.returncode == 0, forced.stderr
     assert "/dev/pts/" in forced.stdout
 
 
 def test_every_end_of_a_session_is_recorded_with_its_reason(
-    tester: DesktopUser, agent_image: str, terminal: list[PtyProcess],
-    engine: docker.DockerClient
+    tester: DesktopUser, agent_image: str, terminal: list[PtyProcess], engine: docker.DockerClient
 ) -> None:
     long = tester.write("long.toml", profile_text(agent_image, ["sleep", "300"]))
 
     def ended(session: str) -> str:
-        records = [r for r in audit(tester) if r["session"] == session
-                   and r["kind"] in ("session.exited", "session.swept")]
+        records = [
+            r
+            for r in audit(tester)
+            if r["session"] == session and r["kind"] in ("session.exited", "session.swept")
+        ]
         assert records, f"no end of {session} in the audit log: {audit(tester)[-4:]}"
         return str(records[-1]["details"]["reason"])  # type: ignore[index]
 
@@ -272,6 +298,7 @@ def test_every_end_of_a_session_is_recorded_with_its_reason(
 # The same through a running supervisor (`airlock daemon`): the hand-off carries keystrokes,
 # resizes, the end of input and the menu's stop beside the output.
 
+
 def handed(tester: DesktopUser, *args: str) -> list[str]:
     return [part for part in argv(tester, "--ask", "deny", *args) if part != "--in-process"]
 
@@ -287,8 +314,12 @@ def test_a_handed_off_shell_owns_the_terminal_too(
     tester: DesktopUser, agent_image: str, daemon: Path, terminal: list[PtyProcess]
 ) -> None:
     notes = tester.mkdir("notes")
-    p = PtyProcess(handed(tester, "-p", str(shell_profile(tester, agent_image)), "-g",
-                          str(notes)), tester.base, 22, 77)
+    p = PtyProcess(
+        handed(tester, "-p", str(shell_profile(tester, agent_image)), "-g", str(notes)),
+        tester.base,
+        22,
+        77,
+    )
     terminal.append(p)
     before = p.stty()
     p.expect(PROMPT)
@@ -322,10 +353,19 @@ def test_piped_stdin_is_handed_off_with_its_end(
     tester: DesktopUser, agent_image: str, daemon: Path
 ) -> None:
     path = tester.write("cat.toml", profile_text(agent_image, ["sh", "-c", "cat; echo end"]))
-    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
-               str(AIRLOCK), "run", "-p", str(path)]
-    result = subprocess.run(command, input="hi\n" * 50_000, capture_output=True, text=True,
-                            timeout=120, cwd=tester.base)
+    command = [
+        *tester.prefix,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in tester.env.items()),
+        str(AIRLOCK),
+        "run",
+        "-p",
+        str(path),
+    ]
+    result = subprocess.run(
+        command, input="hi\n" * 50_000, capture_output=True, text=True, timeout=120, cwd=tester.base
+    )
     assert (result.returncode, result.stdout) == (0, "hi\n" * 50_000 + "end\n"), result.stderr
     record = json.loads(tester.run("sessions", "--all", "--json").stdout)[-1]
     supervisor_pid = int(str(record["supervisor"]).split(":")[0])
@@ -333,14 +373,20 @@ def test_piped_stdin_is_handed_off_with_its_end(
 
 
 def test_every_end_of_a_handed_off_session_is_recorded(
-    tester: DesktopUser, agent_image: str, daemon: Path, terminal: list[PtyProcess],
-    engine: docker.DockerClient
+    tester: DesktopUser,
+    agent_image: str,
+    daemon: Path,
+    terminal: list[PtyProcess],
+    engine: docker.DockerClient,
 ) -> None:
     long = tester.write("long.toml", profile_text(agent_image, ["sleep", "300"]))
 
     def ended(session: str) -> str:
-        records = [r for r in audit(tester) if r["session"] == session
-                   and r["kind"] in ("session.exited", "session.swept")]
+        records = [
+            r
+            for r in audit(tester)
+            if r["session"] == session and r["kind"] in ("session.exited", "session.swept")
+        ]
         assert records, f"no end of {session} in the audit log"
         return str(records[-1]["details"]["reason"])  # type: ignore[index]
 
@@ -364,7 +410,8 @@ def test_every_end_of_a_handed_off_session_is_recorded(
     assert p.modes() == p.modes_before  # the client's watchdog restored the terminal
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "interrupted" not in str(
-            [r for r in audit(tester) if r["session"] == session]):
+        [r for r in audit(tester) if r["session"] == session]
+    ):
         time.sleep(0.2)
     assert "`airlock run` was interrupted or killed" in ended(session)
     # `airlock stop`, and the menu's stop.

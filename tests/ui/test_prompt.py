@@ -42,15 +42,29 @@ def screen(master: int) -> str:
     return out.decode(errors="replace")
 
 
-def request(kind: RequestKind = RequestKind.FILE_OPEN, timeout: float = 10,
-            **details: object) -> ConsentRequest:
-    return ConsentRequest(new_request_id(), "s1", "notes", kind, "open a file",
-                          {"image": "airlock-agent:bookworm", **details},
-                          "Open \x1b[31mthe notes\u202e", timeout)
+def request(
+    kind: RequestKind = RequestKind.FILE_OPEN, timeout: float = 10, **details: object
+) -> ConsentRequest:
+    return ConsentRequest(
+        new_request_id(),
+        "s1",
+        "notes",
+        kind,
+        "open a file",
+        {"image": "airlock-agent:bookworm", **details},
+        "Open \x1b[31mthe notes\u202e",
+        timeout,
+    )
 
 
-def ask(tty: Path, req: ConsentRequest, typed: str, master: int,
-        cwd: Path | None = None, ahead: str = "") -> Answer:
+def ask(
+    tty: Path,
+    req: ConsentRequest,
+    typed: str,
+    master: int,
+    cwd: Path | None = None,
+    ahead: str = "",
+) -> Answer:
     """Asks on the terminal and types `typed` once the question is on screen, as a person
     would (`ahead` is typed before it: the prompt must throw that away)."""
     broker = ConsentBroker(EventBus(), TerminalPrompt(tty, cwd))
@@ -73,12 +87,15 @@ def test_once_with_a_path(tmp_path: Path) -> None:
     notes = tmp_path / "notes.md"
     notes.write_text("x")
     with pty() as (master, tty):
-        answer = ask(tty, request(filters=[{"name": "md", "patterns": [["glob", "*.md"]]}]),
-                     f"o\n{notes}\nn\n", master)
+        answer = ask(
+            tty,
+            request(filters=[{"name": "md", "patterns": [["glob", "*.md"]]}]),
+            f"o\n{notes}\nn\n",
+            master,
+        )
         shown = screen(master).replace("\r\n      ", " ")  # lines wrapped at 80 columns
     assert answer.verdict is Verdict.ALLOW and answer.by == "tty"
-    assert (answer.lifetime, answer.paths, answer.mode) == (
-        Lifetime.ONCE, (notes,), Mode.READ)
+    assert (answer.lifetime, answer.paths, answer.mode) == (Lifetime.ONCE, (notes,), Mode.READ)
     assert "session s1 (profile notes, image airlock-agent:bookworm) asks to open a file" in shown
     assert "the agent says (untrusted)" in shown
     assert "\x1b[31m" not in shown and "\u202e" not in shown  # escapes are made visible
@@ -148,7 +165,8 @@ def test_the_agents_output_waits_while_a_question_is_on_screen() -> None:
         broker = ConsentBroker(EventBus(), prompt)
         answers: list[Answer] = []
         asker = threading.Thread(
-            target=lambda: answers.append(asyncio.run(broker.ask(request(RequestKind.NETWORK)))))
+            target=lambda: answers.append(asyncio.run(broker.ask(request(RequestKind.NETWORK))))
+        )
         asker.start()
         seen = b""
         while b"Allow?" not in seen:
@@ -181,9 +199,16 @@ def test_agent_text_never_starts_a_line_of_its_own(tmp_path: Path, columns: int)
     # Padded with spaces, the agent's words would wrap onto a fresh line of the terminal and
     # read as Airlock's: wrapped at the terminal's width and indented, they cannot.
     padded = "Open the notes" + " " * 200 + FAKE
-    req = ConsentRequest(new_request_id(), "s1", "notes", RequestKind.FILE_SAVE,
-                         "save a file", {"current_name": "n" + " " * 150 + FAKE,
-                                         "files": ["a" * 300]}, padded, 10)
+    req = ConsentRequest(
+        new_request_id(),
+        "s1",
+        "notes",
+        RequestKind.FILE_SAVE,
+        "save a file",
+        {"current_name": "n" + " " * 150 + FAKE, "files": ["a" * 300]},
+        padded,
+        10,
+    )
     with pty() as (master, tty):
         _columns(master, columns)
         ask(tty, req, "n\n", master)
@@ -201,7 +226,7 @@ def test_the_question_starts_from_a_known_terminal_state() -> None:
         ask(tty, request(RequestKind.NETWORK), "n\n", master)
         shown = screen(master)
     reset = shown.index("\x1b[0m")
-    assert "\x1b[?25h" in shown[:shown.index("airlock: session")]
+    assert "\x1b[?25h" in shown[: shown.index("airlock: session")]
     assert reset < shown.index("\r\nairlock: session")  # then a fresh line
 
 
@@ -235,11 +260,27 @@ def test_output_on_the_asking_loop_waits_without_blocking_it(tmp_path: Path) -> 
 
 def test_an_upload_question_says_what_it_carries_and_how_it_starts() -> None:
     request = ConsentRequest(
-        id="r-1", session="s1", profile="p", kind=RequestKind.UPLOAD, subject="files.test:80",
-        details={"method": "GET", "path": "/search?q=…", "size": 70, "earlier": 980,
-                 "threshold": 1024, "preview": "GET /search?q=QUtJQ\\x1b[2J",
-                 "findings": [{"kind": "aws-access-key", "offset": 0,
-                               "label": "aws-access-key in the query (base64)"}]})
+        id="r-1",
+        session="s1",
+        profile="p",
+        kind=RequestKind.UPLOAD,
+        subject="files.test:80",
+        details={
+            "method": "GET",
+            "path": "/search?q=…",
+            "size": 70,
+            "earlier": 980,
+            "threshold": 1024,
+            "preview": "GET /search?q=QUtJQ\\x1b[2J",
+            "findings": [
+                {
+                    "kind": "aws-access-key",
+                    "offset": 0,
+                    "label": "aws-access-key in the query (base64)",
+                }
+            ],
+        },
+    )
     text = describe(request, width=200)
     assert "request: GET /search?q=…" in text
     assert "size: 70 bytes, after 980 bytes sent there this session (threshold 1024)" in text

@@ -30,9 +30,17 @@ class NotificationServer(ServiceInterface):
         self.closed: list[int] = []
 
     @dbus_method()
-    def Notify(self, app: DBusStr, replaces: DBusUInt32, icon: DBusStr, summary: DBusStr,
-               body: DBusStr, actions: Annotated[list[str], DBusSignature("as")],
-               hints: DBusDict, timeout: DBusInt32) -> DBusUInt32:
+    def Notify(
+        self,
+        app: DBusStr,
+        replaces: DBusUInt32,
+        icon: DBusStr,
+        summary: DBusStr,
+        body: DBusStr,
+        actions: Annotated[list[str], DBusSignature("as")],
+        hints: DBusDict,
+        timeout: DBusInt32,
+    ) -> DBusUInt32:
         self.received.append([summary, body, actions])
         return len(self.received)
 
@@ -41,8 +49,9 @@ class NotificationServer(ServiceInterface):
         self.closed.append(notification)
 
     @dbus_signal()
-    def ActionInvoked(self, notification: int, action: str
-                      ) -> Annotated[list[Any], DBusSignature("us")]:
+    def ActionInvoked(
+        self, notification: int, action: str
+    ) -> Annotated[list[Any], DBusSignature("us")]:
         return [notification, action]
 
 
@@ -53,9 +62,18 @@ def session_bus(tmp_path: Path) -> Iterator[str]:
         pytest.fail("dbus-daemon is missing: `packaging/setup test` installs it")
     read, write = os.pipe()
     process = subprocess.Popen(
-        [binary, "--session", "--nofork", "--nopidfile", f"--print-address={write}",
-         f"--address=unix:path={tmp_path / 'bus'}"], pass_fds=(write,),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            "--session",
+            "--nofork",
+            "--nopidfile",
+            f"--print-address={write}",
+            f"--address=unix:path={tmp_path / 'bus'}",
+        ],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     with os.fdopen(read) as pipe:
         address = pipe.readline().strip()
@@ -83,9 +101,18 @@ def test_questions_show_and_are_answered_from_notifications(session_bus: str) ->
         notifier = await QuestionNotifier.connect(questions, session_bus)
         assert notifier is not None
         broker = ConsentBroker(EventBus(), questions)
-        host = asyncio.ensure_future(broker.ask(ConsentRequest(
-            "r-1", "5e55104d", "coder", RequestKind.NETWORK, "paste.example:443",
-            reason="<b>trust</b> me")))
+        host = asyncio.ensure_future(
+            broker.ask(
+                ConsentRequest(
+                    "r-1",
+                    "5e55104d",
+                    "coder",
+                    RequestKind.NETWORK,
+                    "paste.example:443",
+                    reason="<b>trust</b> me",
+                )
+            )
+        )
         await until(lambda: server.received, "notification")
         summary, body, actions = server.received[0]
         assert summary == "coder wants to connect to paste.example:443"
@@ -94,8 +121,11 @@ def test_questions_show_and_are_answered_from_notifications(session_bus: str) ->
         server.ActionInvoked(1, "allow")
         answer = await asyncio.wait_for(host, 5)
         assert answer.verdict is Verdict.ALLOW and answer.by == "notification"
-        pick = asyncio.ensure_future(broker.ask(ConsentRequest(
-            "r-2", "5e55104d", "coder", RequestKind.FILE_OPEN, "open a file")))
+        pick = asyncio.ensure_future(
+            broker.ask(
+                ConsentRequest("r-2", "5e55104d", "coder", RequestKind.FILE_OPEN, "open a file")
+            )
+        )
         await until(lambda: len(server.received) == 2, "second notification")
         assert server.received[1][2] == ["deny", "Deny"]
         assert "airlock ask" in server.received[1][1]
@@ -105,8 +135,11 @@ def test_questions_show_and_are_answered_from_notifications(session_bus: str) ->
         server.ActionInvoked(2, "deny")
         assert (await asyncio.wait_for(pick, 5)).verdict is Verdict.DENY
         # Answered elsewhere (`airlock ask`): its notification is withdrawn.
-        third = asyncio.ensure_future(broker.ask(ConsentRequest(
-            "r-3", "5e55104d", "coder", RequestKind.NETWORK, "example.com:443")))
+        third = asyncio.ensure_future(
+            broker.ask(
+                ConsentRequest("r-3", "5e55104d", "coder", RequestKind.NETWORK, "example.com:443")
+            )
+        )
         await until(lambda: len(server.received) == 3, "third notification")
         questions.resolve("r-3", denied("airlock ask"))
         await third

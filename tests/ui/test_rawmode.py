@@ -15,13 +15,16 @@ import pytest
 from ui.rawmode import ESCAPE_KEY, split_at_escape, window_size
 
 
-@pytest.mark.parametrize(("typed", "expected"), [
-    (b"ls\r", (b"ls\r", False, b"")),
-    (b"ab\x1dcd", (b"ab", True, b"cd")),
-    (b"\x1d", (b"", True, b"")),
-    (b"\x1b[A\x1d\x1d", (b"\x1b[A", True, b"\x1d")),
-    (b"\x03\x1a\x04", (b"\x03\x1a\x04", False, b"")),  # Ctrl-C, Ctrl-Z, Ctrl-D: the agent's
-])
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        (b"ls\r", (b"ls\r", False, b"")),
+        (b"ab\x1dcd", (b"ab", True, b"cd")),
+        (b"\x1d", (b"", True, b"")),
+        (b"\x1b[A\x1d\x1d", (b"\x1b[A", True, b"\x1d")),
+        (b"\x03\x1a\x04", (b"\x03\x1a\x04", False, b"")),  # Ctrl-C, Ctrl-Z, Ctrl-D: the agent's
+    ],
+)
 def test_the_escape_key_is_split_out(typed: bytes, expected: tuple[bytes, bool, bytes]) -> None:
     assert split_at_escape(typed, ESCAPE_KEY) == expected
     assert split_at_escape(typed, None) == (typed, False, b"")
@@ -43,9 +46,18 @@ def test_raw_mode_comes_back_even_after_sigkill(how: str) -> None:
     try:
         before = termios.tcgetattr(slave)
         holder = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER.replace("time.sleep(300)", "time.sleep(300)"
-                                                   if how == "killed" else "pass"),
-             str(slave)], stdout=subprocess.PIPE, pass_fds=(slave,), cwd=os.getcwd())
+            [
+                sys.executable,
+                "-c",
+                _HOLDER.replace(
+                    "time.sleep(300)", "time.sleep(300)" if how == "killed" else "pass"
+                ),
+                str(slave),
+            ],
+            stdout=subprocess.PIPE,
+            pass_fds=(slave,),
+            cwd=os.getcwd(),
+        )
         assert holder.stdout is not None
         assert holder.stdout.readline() == b"raw\n"
         if how == "killed":

@@ -78,9 +78,11 @@ def test_agent_runs_as_the_user_and_reads_only_the_grant(
     tester.write(marker, "x")
     shadow = Path("/etc/shadow").read_text() if os.access("/etc/shadow", os.R_OK) else ""
     result = run_agent(
-        tester, agent_image,
+        tester,
+        agent_image,
         ["sh", "-c", "id -u; pwd; cat private.md sub/b.md; " + SHELL_PROBES],
-        [str(granted)], extra_env={"HOME_DIR": str(tester.home)},
+        [str(granted)],
+        extra_env={"HOME_DIR": str(tester.home)},
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
@@ -94,14 +96,13 @@ def test_agent_runs_as_the_user_and_reads_only_the_grant(
             assert line not in out
 
 
-def test_clean_environment_and_no_host_processes(
-    tester: DesktopUser, agent_image: str
-) -> None:
+def test_clean_environment_and_no_host_processes(tester: DesktopUser, agent_image: str) -> None:
     canary = f"canary-{os.urandom(6).hex()}"
     host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", canary])
     try:
         result = run_agent(
-            tester, agent_image,
+            tester,
+            agent_image,
             ["sh", "-c", "env; cat /proc/1/environ; ps auxww; cat /proc/[0-9]*/cmdline; hostname"],
             extra_env={"CANARY_TOKEN": canary, "SSH_AUTH_SOCK": f"/tmp/{canary}"},
         )
@@ -110,8 +111,11 @@ def test_clean_environment_and_no_host_processes(
     out = result.stdout + result.stderr
     assert canary not in out
     assert "airlock" in result.stdout.splitlines()[-1]  # the hostname is the sandbox's own
-    processes = [line for line in result.stdout.splitlines() if line.startswith(str(tester.uid))
-                 or line.split()[:1] == [tester.name]]
+    processes = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith(str(tester.uid)) or line.split()[:1] == [tester.name]
+    ]
     assert len(processes) <= 5, processes
 
 
@@ -172,12 +176,32 @@ def test_seccomp_profile_is_applied(
     tester: DesktopUser, agent_image: str, engine: docker.DockerClient
 ) -> None:
     numbers = {
-        "x86_64": {"ptrace": 101, "mount": 165, "unshare": 272, "keyctl": 250, "bpf": 321,
-                   "userfaultfd": 323, "perf_event_open": 298, "io_uring_setup": 425,
-                   "kexec_load": 246, "init_module": 175, "setns": 308},
-        "aarch64": {"ptrace": 117, "mount": 40, "unshare": 97, "keyctl": 219, "bpf": 280,
-                    "userfaultfd": 282, "perf_event_open": 241, "io_uring_setup": 425,
-                    "kexec_load": 104, "init_module": 105, "setns": 268},
+        "x86_64": {
+            "ptrace": 101,
+            "mount": 165,
+            "unshare": 272,
+            "keyctl": 250,
+            "bpf": 321,
+            "userfaultfd": 323,
+            "perf_event_open": 298,
+            "io_uring_setup": 425,
+            "kexec_load": 246,
+            "init_module": 175,
+            "setns": 308,
+        },
+        "aarch64": {
+            "ptrace": 117,
+            "mount": 40,
+            "unshare": 97,
+            "keyctl": 219,
+            "bpf": 280,
+            "userfaultfd": 282,
+            "perf_event_open": 241,
+            "io_uring_setup": 425,
+            "kexec_load": 104,
+            "init_module": 105,
+            "setns": 268,
+        },
     }[platform.machine()]
     probe = (
         "import ctypes, json, os\n"
@@ -202,10 +226,13 @@ def test_seccomp_profile_is_applied(
             time.sleep(0.1)
         assert running, "the session never started"
         attrs = engine.api.inspect_container(running[0]["Id"])
-        shipped = json.loads((Path(__file__).parents[2] / "profiles" / "seccomp" /
-                              "airlock-default.json").read_text())
+        shipped = json.loads(
+            (
+                Path(__file__).parents[2] / "profiles" / "seccomp" / "airlock-default.json"
+            ).read_text()
+        )
         applied = [o for o in attrs["HostConfig"]["SecurityOpt"] if o.startswith("seccomp=")]
-        assert len(applied) == 1 and json.loads(applied[0][len("seccomp="):]) == shipped
+        assert len(applied) == 1 and json.loads(applied[0][len("seccomp=") :]) == shipped
         out, _ = process.communicate(timeout=60)
     finally:
         process.kill()
@@ -229,11 +256,15 @@ def test_run_as_unprivileged_user_exit_status_and_streams(
     ("arguments", "message"),
     [
         (["run", "--profile", "nope"], "airlock: no profile named 'nope'"),
-        (["run", "--profile", "notes-organizer", "--grant", "/nonexistent"],
-         "airlock: /nonexistent: no such file or directory"),
+        (
+            ["run", "--profile", "notes-organizer", "--grant", "/nonexistent"],
+            "airlock: /nonexistent: no such file or directory",
+        ),
         (["run", "--profile", "notes-organizer", "--grant", "/"], "granting the whole file system"),
-        (["run", "--profile", "notes-organizer", "--timeout", "soon"],
-         "airlock: --timeout: invalid duration 'soon'"),
+        (
+            ["run", "--profile", "notes-organizer", "--timeout", "soon"],
+            "airlock: --timeout: invalid duration 'soon'",
+        ),
         (["stop", "deadbeef"], "airlock: no running session 'deadbeef'"),
         (["revoke", "g-nothere"], "airlock: no grant 'g-nothere'"),
         (["revoke"], "airlock: name one grant, or --session SESSION, or --all"),
@@ -286,8 +317,9 @@ def test_revoke_removes_access_from_the_running_agent(
     assert (granted / "a.md").read_text() == "# alpha\n"  # the host file is untouched
 
 
-def wait_running(user: DesktopUser, process: subprocess.Popen[str] | None = None,
-                 timeout: float = 90) -> dict[str, str]:
+def wait_running(
+    user: DesktopUser, process: subprocess.Popen[str] | None = None, timeout: float = 90
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

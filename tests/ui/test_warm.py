@@ -53,8 +53,11 @@ def test_run_starts_a_background_supervisor_that_later_leaves(
     assert not Path(f"/proc/{daemon}").exists(), "the idle supervisor never left"
     assert not (Path(tester.env["XDG_RUNTIME_DIR"]) / "airlock" / "supervisor.sock").exists()
     # Nothing of it is left running: no agent, no network sidecar kept ahead.
-    left = [c for c in containers(engine, f"{LABEL_OWNER}={tester.uid}")
-            if str(c["Labels"].get(LABEL_SUPERVISOR, "")).startswith(f"{daemon}:")]  # type: ignore[attr-defined]
+    left = [
+        c
+        for c in containers(engine, f"{LABEL_OWNER}={tester.uid}")
+        if str(c["Labels"].get(LABEL_SUPERVISOR, "")).startswith(f"{daemon}:")
+    ]  # type: ignore[attr-defined]
     assert left == []
 
 
@@ -72,9 +75,17 @@ def test_an_agent_on_a_terminal_asks_through_the_warm_supervisor(
         agent.expect(r"objectpath", timeout=90)
         assert "daemon --background" in command_line(supervisor_of_last(tester))
         ask_env = dict(tester.env, TERM="xterm")
-        asker = PtyProcess([*tester.prefix, "env", "-i",
-                            *(f"{k}={v}" for k, v in ask_env.items()), str(AIRLOCK), "ask"],
-                           tester.base)
+        asker = PtyProcess(
+            [
+                *tester.prefix,
+                "env",
+                "-i",
+                *(f"{k}={v}" for k, v in ask_env.items()),
+                str(AIRLOCK),
+                "ask",
+            ],
+            tester.base,
+        )
         asker.expect(r"Allow\?")
         asker.send("o\r")
         asker.expect("Path to give")

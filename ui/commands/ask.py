@@ -76,15 +76,19 @@ def answer_waiting(runtime: Path, session: str | None = None) -> None:
 
     supervisors = _supervisors(runtime)
     try:
-        waiting = [(s, r) for s, r in _pending(supervisors)
-                   if session is None or r.get("session") == session]
+        waiting = [
+            (s, r)
+            for s, r in _pending(supervisors)
+            if session is None or r.get("session") == session
+        ]
         if not waiting:
             print("airlock: no questions waiting", file=sys.stderr, flush=True)
         for supervisor, data in waiting:
             request = request_from_json(data)
             answer = asyncio.run(TerminalPrompt().answer(request))
-            reply = supervisor.call({"op": "answer", "id": request.id,
-                                     "answer": answer_to_json(answer)})
+            reply = supervisor.call(
+                {"op": "answer", "id": request.id, "answer": answer_to_json(answer)}
+            )
             if "error" in reply:
                 print(f"airlock: {reply['error']}", file=sys.stderr, flush=True)
     finally:
@@ -133,8 +137,9 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
                 answer = denied("airlock ask")
             else:
                 answer = asyncio.run(TerminalPrompt().answer(request))
-            reply = supervisor.call({"op": "answer", "id": request.id,
-                                     "answer": answer_to_json(answer)})
+            reply = supervisor.call(
+                {"op": "answer", "id": request.id, "answer": answer_to_json(answer)}
+            )
             if "error" in reply:
                 print(f"airlock: {reply['error']}", file=sys.stderr)
             elif args.deny:
@@ -148,10 +153,16 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "ask", handle,
-                         "answer the questions of agents that own their terminal")
+    parser = add_command(
+        sub, "ask", handle, "answer the questions of agents that own their terminal"
+    )
     parser.add_argument("--list", action="store_true", help="show them, answer none")
     parser.add_argument("--json", action="store_true", help="list them as JSON")
     parser.add_argument("--deny", nargs="+", metavar="ID", help="deny these questions")
-    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="wait this long for a question if none is waiting")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a question if none is waiting",
+    )

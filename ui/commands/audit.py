@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Check that no record was edited, dropped, inserted or reordered.",
     )
     check.add_argument(
-        "path", nargs="?", type=Path,
+        "path",
+        nargs="?",
+        type=Path,
         help="an exported file, native or OCSF (default: the log)",
     )
     out = add_command(
@@ -49,20 +51,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     out.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     out.add_argument(
-        "--format", choices=("native", "ocsf"), default="native",
+        "--format",
+        choices=("native", "ocsf"),
+        default="native",
         help="Airlock's own records (default), or OCSF 1.3.0 events that carry them",
     )
     forward = add_command(
-        actions, "forward", forward_log,
+        actions,
+        "forward",
+        forward_log,
         "Send the log's records to syslog as they are written (RFC 5424).",
     )
     forward.add_argument(
-        "--to", metavar="DEST",
+        "--to",
+        metavar="DEST",
         help="unix:/dev/log, udp://HOST:PORT or tcp://HOST:PORT (default: audit.toml's [forward])",
     )
     forward.add_argument("--format", choices=("native", "ocsf"), help="the message body")
     forward.add_argument(
-        "--once", action="store_true",
+        "--once",
+        action="store_true",
         help="forward what is not yet delivered, then exit (default: keep following)",
     )
 
@@ -128,8 +136,11 @@ def export_log(ctx: Context, args: argparse.Namespace) -> int:
 def forward_log(ctx: Context, args: argparse.Namespace) -> int:
     config = load_config(ctx.dirs.config)
     if args.to is not None:
-        config = ForwardConfig(Destination.parse(args.to), config.format if config else "native",
-                               config.facility if config else "authpriv")
+        config = ForwardConfig(
+            Destination.parse(args.to),
+            config.format if config else "native",
+            config.facility if config else "authpriv",
+        )
     if config is None:
         raise ForwardError(
             f"nowhere to forward to: give --to, or a [forward] table in"

@@ -14,8 +14,13 @@ from ui.commands.base import Context, add_command
 from ui.commands.output import print_json, print_table, when
 from ui.wiring import open_core
 
-SYMBOLS = {ChangeKind.ADDED: "A", ChangeKind.MODIFIED: "M", ChangeKind.DELETED: "D",
-           ChangeKind.RENAMED: "R", ChangeKind.MODE: "m"}
+SYMBOLS = {
+    ChangeKind.ADDED: "A",
+    ChangeKind.MODIFIED: "M",
+    ChangeKind.DELETED: "D",
+    ChangeKind.RENAMED: "R",
+    ChangeKind.MODE: "m",
+}
 
 
 def shown(path: object) -> str:
@@ -23,8 +28,9 @@ def shown(path: object) -> str:
     return printable(str(path))
 
 
-def describe(change: Change, warnings: list[str] | None = None,
-             risky: list[str] | None = None) -> str:
+def describe(
+    change: Change, warnings: list[str] | None = None, risky: list[str] | None = None
+) -> str:
     """One change on a line of its own: what, how big, the mode it lands with (before the
     name, which the agent chose and could dress up as a mode), then why it would be
     refused, what about its name to beware of, and what it could run on this machine."""
@@ -57,11 +63,21 @@ def handle_changes(ctx: Context, args: argparse.Namespace) -> int:
         warnings = name_warnings(changeset)
         risky = runs_code(changeset)
     if args.json:
-        print_json({"session": changeset.session, "id": listing.id,
-                    "truncated": changeset.truncated,
-                    "changes": [dict(c.to_json(), warnings=warnings.get(c.path, []),
-                                     runs_code=risky.get(c.path, []))
-                                for c in changeset.changes]})
+        print_json(
+            {
+                "session": changeset.session,
+                "id": listing.id,
+                "truncated": changeset.truncated,
+                "changes": [
+                    dict(
+                        c.to_json(),
+                        warnings=warnings.get(c.path, []),
+                        runs_code=risky.get(c.path, []),
+                    )
+                    for c in changeset.changes
+                ],
+            }
+        )
         return 0
     if not changeset.changes:
         print(f"no staged changes in {args.session}")
@@ -74,13 +90,22 @@ def handle_changes(ctx: Context, args: argparse.Namespace) -> int:
         print("… and more: the listing stops at 50 000 changes")
     blocked = sum(1 for c in changeset.changes if c.problems)
     flagged = sum(1 for c in changeset.changes if c.path in warnings)
-    notes = [text for count, text in (
-        (blocked, f"{blocked} would be refused"),
-        (flagged, f"{flagged} with a name to check"),
-        (len(risky), f"{len(risky)} can run code (committed only if named or with "
-                     "--include-risky)")) if count]
-    print(f"{counted(changeset)}; {', '.join(notes) + '; ' if notes else ''}"
-          f"`airlock commit {args.session} --reviewed {listing.id}` applies exactly these")
+    notes = [
+        text
+        for count, text in (
+            (blocked, f"{blocked} would be refused"),
+            (flagged, f"{flagged} with a name to check"),
+            (
+                len(risky),
+                f"{len(risky)} can run code (committed only if named or with --include-risky)",
+            ),
+        )
+        if count
+    ]
+    print(
+        f"{counted(changeset)}; {', '.join(notes) + '; ' if notes else ''}"
+        f"`airlock commit {args.session} --reviewed {listing.id}` applies exactly these"
+    )
     return 0
 
 
@@ -90,8 +115,10 @@ def report(result: CommitResult, verb: str) -> int:
     for path, reason in result.refused:
         print(f"refused: {shown(path)}: {shown(reason)}", file=sys.stderr)
     if result.commit is not None and result.applied:
-        print(f"commit {result.commit.id} ({len(result.applied)} path(s)); "
-              f"`airlock undo {result.commit.id}` reverts it")
+        print(
+            f"commit {result.commit.id} ({len(result.applied)} path(s)); "
+            f"`airlock undo {result.commit.id}` reverts it"
+        )
     elif not result.refused:
         print("nothing to do")
     return 1 if result.refused else 0
@@ -100,21 +127,31 @@ def report(result: CommitResult, verb: str) -> int:
 def handle_commit(ctx: Context, args: argparse.Namespace) -> int:
     with open_core(ctx.dirs) as core:
         review = Review(ctx.dirs, core.bus)
-        result = review.commit_listed(args.session, [Path(p) for p in args.paths],
-                                      args.reviewed, args.include_risky)
+        result = review.commit_listed(
+            args.session, [Path(p) for p in args.paths], args.reviewed, args.include_risky
+        )
         again = {Path(p) for p, reason in result.refused if unreviewed(reason)}
         current = review.changes(args.session) if again else None
     code = report(result, "committed")
     if current is not None:
-        print(f"\nnot committed, as you did not see them like this (now {counted(current)}):",
-              file=sys.stderr)
+        print(
+            f"\nnot committed, as you did not see them like this (now {counted(current)}):",
+            file=sys.stderr,
+        )
         warnings, risky = name_warnings(current), runs_code(current)
         for change in current.changes:
             if change.path in again:
-                print("  " + describe(change, warnings.get(change.path), risky.get(change.path))
-                      .replace("\n", "\n  "), file=sys.stderr)
-        print(f"review them with `airlock changes {args.session} --diff`, then commit again",
-              file=sys.stderr)
+                print(
+                    "  "
+                    + describe(change, warnings.get(change.path), risky.get(change.path)).replace(
+                        "\n", "\n  "
+                    ),
+                    file=sys.stderr,
+                )
+        print(
+            f"review them with `airlock changes {args.session} --diff`, then commit again",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -134,10 +171,18 @@ def handle_history(ctx: Context, args: argparse.Namespace) -> int:
     if args.json:
         print_json([r.to_json() for r in records])
         return 0
-    rows = [[r.id, r.session, when(r.created_at), str(len(r.paths)),
-             f"undo of {r.undo_of}" if r.undo_of else
-             (f"undone by {r.undone_by}" if r.undone_by else str(r.state))]
-            for r in records]
+    rows = [
+        [
+            r.id,
+            r.session,
+            when(r.created_at),
+            str(len(r.paths)),
+            f"undo of {r.undo_of}"
+            if r.undo_of
+            else (f"undone by {r.undone_by}" if r.undone_by else str(r.state)),
+        ]
+        for r in records
+    ]
     print_table(["commit", "session", "when", "paths", "state"], rows, "no commits yet")
     return 0
 
@@ -153,18 +198,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("session")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--diff", action="store_true", help="show unified diffs of text files")
-    parser = add_command(sub, "commit", handle_commit,
-                         "apply staged changes (all, or the listed paths) to your files, as "
-                         "your last `airlock changes` showed them")
+    parser = add_command(
+        sub,
+        "commit",
+        handle_commit,
+        "apply staged changes (all, or the listed paths) to your files, as "
+        "your last `airlock changes` showed them",
+    )
     parser.add_argument("session")
     parser.add_argument("paths", nargs="*", metavar="PATH")
-    parser.add_argument("--reviewed", metavar="ID",
-                        help="commit exactly what the listing with this id showed (`airlock "
-                             "changes` prints it); anything that differs is refused")
-    parser.add_argument("--include-risky", action="store_true",
-                        help="commit changes that can run code on this machine (git hooks, "
-                             "shell start-up files, Makefiles, new executables…) too; without "
-                             "it they are committed only if their path is named")
+    parser.add_argument(
+        "--reviewed",
+        metavar="ID",
+        help="commit exactly what the listing with this id showed (`airlock "
+        "changes` prints it); anything that differs is refused",
+    )
+    parser.add_argument(
+        "--include-risky",
+        action="store_true",
+        help="commit changes that can run code on this machine (git hooks, "
+        "shell start-up files, Makefiles, new executables…) too; without "
+        "it they are committed only if their path is named",
+    )
     parser = add_command(sub, "discard", handle_discard, "drop staged changes")
     parser.add_argument("session")
     parser.add_argument("paths", nargs="*", metavar="PATH")

@@ -38,16 +38,24 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         with open_supervisor(ctx.dirs, routes, long_running=True) as supervisor:
-            server = HandoffServer(supervisor, ctx.dirs.supervisor_socket, Notices(),
-                                   questions=questions, routes=routes)
+            server = HandoffServer(
+                supervisor,
+                ctx.dirs.supervisor_socket,
+                Notices(),
+                questions=questions,
+                routes=routes,
+            )
             asking = AskServer(questions, ask_socket(ctx.dirs.runtime))
             await server.start()
             await asking.start()
             notifier = await notify_questions(questions)
             if not args.background:
-                print(f"airlock: supervising at {server.path}; `airlock run` now hands its "
-                      "sessions here. Ctrl-C stops (and ends their sessions).",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"airlock: supervising at {server.path}; `airlock run` now hands its "
+                    "sessions here. Ctrl-C stops (and ends their sessions).",
+                    file=sys.stderr,
+                    flush=True,
+                )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -77,10 +85,23 @@ def start_background(ctx: Context, wait: float = START_SECONDS) -> bool:
     log = ctx.dirs.state / "daemon.log"
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ui.cli", "daemon", "--background",
-             "--idle-exit", os.environ.get("AIRLOCK_IDLE_EXIT", str(IDLE_SECONDS))],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True,
-            close_fds=True, cwd="/", env=dict(os.environ, AIRLOCK_STARTED_BY_RUN="1"))
+            [
+                sys.executable,
+                "-m",
+                "ui.cli",
+                "daemon",
+                "--background",
+                "--idle-exit",
+                os.environ.get("AIRLOCK_IDLE_EXIT", str(IDLE_SECONDS)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+            env=dict(os.environ, AIRLOCK_STARTED_BY_RUN="1"),
+        )
     socket_path: Path = ctx.dirs.supervisor_socket
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -93,8 +114,14 @@ def start_background(ctx: Context, wait: float = START_SECONDS) -> bool:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "daemon", handle,
-                         "supervise sessions in the background: `airlock run` hands them over")
-    parser.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
-                        help="end after this long with no session and no client (0: never)")
+    parser = add_command(
+        sub, "daemon", handle, "supervise sessions in the background: `airlock run` hands them over"
+    )
+    parser.add_argument(
+        "--idle-exit",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="end after this long with no session and no client (0: never)",
+    )
     parser.add_argument("--background", action="store_true", help=argparse.SUPPRESS)

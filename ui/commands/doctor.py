@@ -49,13 +49,23 @@ BUS_SECONDS = 3.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "doctor", handle,
-                         "check what Airlock needs of this machine: each line ok, warn or "
-                         "problem, with what to do (exit status 1 on a problem)")
+    parser = add_command(
+        sub,
+        "doctor",
+        handle,
+        "check what Airlock needs of this machine: each line ok, warn or "
+        "problem, with what to do (exit status 1 on a problem)",
+    )
     parser.add_argument("--json", action="store_true", help="the findings as JSON")
-    parser.add_argument("-p", "--profile", action="append", default=[], metavar="PROFILE",
-                        help="a profile you mean to run: its image missing is a problem, not a "
-                             "warning (repeatable)")
+    parser.add_argument(
+        "-p",
+        "--profile",
+        action="append",
+        default=[],
+        metavar="PROFILE",
+        help="a profile you mean to run: its image missing is a problem, not a "
+        "warning (repeatable)",
+    )
 
 
 def handle(ctx: Context, args: argparse.Namespace) -> int:
@@ -69,8 +79,9 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
                 print(f"{'':<8} fix: {finding.fix}")
         problems = sum(f.status is Status.PROBLEM for f in findings)
         warnings = sum(f.status is Status.WARN for f in findings)
-        print(f"{problems} problem{'s' * (problems != 1)}, "
-              f"{warnings} warning{'s' * (warnings != 1)}")
+        print(
+            f"{problems} problem{'s' * (problems != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        )
     return exit_status(findings)
 
 
@@ -87,8 +98,14 @@ def gather(ctx: Context, named: list[str]) -> list[Finding]:
         try:
             wanted.append(catalog.load(reference))
         except AirlockError as e:
-            findings.append(Finding(f"profile {reference}", Status.PROBLEM, str(e),
-                                    "`airlock profiles` lists the profiles there are"))
+            findings.append(
+                Finding(
+                    f"profile {reference}",
+                    Status.PROBLEM,
+                    str(e),
+                    "`airlock profiles` lists the profiles there are",
+                )
+            )
     for profile in wanted:
         if profile not in images.setdefault(profile.image, []):
             images[profile.image].append(profile)
@@ -96,12 +113,17 @@ def gather(ctx: Context, named: list[str]) -> list[Finding]:
     engine, client = probe_engine(os.environ)
     findings.append(check_engine(engine))
     if client is None:
-        findings += [Finding(name, Status.WARN, "not checked without an engine")
-                     for name in ("rootless", "seccomp", "runtime", "images")]
+        findings += [
+            Finding(name, Status.WARN, "not checked without an engine")
+            for name in ("rootless", "seccomp", "runtime", "images")
+        ]
     else:
         try:
-            findings += [check_engine_mode(engine), check_engine_limits(engine),
-                         check_seccomp(engine)]
+            findings += [
+                check_engine_mode(engine),
+                check_engine_limits(engine),
+                check_seccomp(engine),
+            ]
             runtimes = {p.name: p.runtime for ps in images.values() for p in ps if p.runtime}
             findings.append(check_runtimes(engine, runtimes))
             if (gvisor := check_gvisor(runtimes)) is not None:
@@ -117,8 +139,7 @@ def gather(ctx: Context, named: list[str]) -> list[Finding]:
     keyring = probe_keyring(os.environ, uid)
     bus, secrets = check_session_bus(keyring), check_keyring(keyring)
     if bus.status is Status.PROBLEM and secrets.fix == bus.fix:
-        secrets = Finding(secrets.name, secrets.status, secrets.detail,
-                          "the session bus's, above")
+        secrets = Finding(secrets.name, secrets.status, secrets.detail, "the session bus's, above")
     findings += [bus, secrets]
     findings += check_desktop(_desktop(keyring.bus))
     findings.append(check_disk(probe_disk(ctx.dirs.sessions)))

@@ -26,18 +26,25 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     homes = kept_homes(ctx.dirs)
     if args.json:
-        print_json([{"profile": h.profile, "path": str(h.path), "bytes": h.size,
-                     "used_at": h.used_at} for h in homes])
+        print_json(
+            [
+                {"profile": h.profile, "path": str(h.path), "bytes": h.size, "used_at": h.used_at}
+                for h in homes
+            ]
+        )
         return 0
-    print_table(["profile", "size", "last used", "path"],
-                [[h.profile, f"{h.size / 1024**2:.1f} MiB", when(h.used_at), str(h.path)]
-                 for h in homes], "no kept homes")
+    print_table(
+        ["profile", "size", "last used", "path"],
+        [[h.profile, f"{h.size / 1024**2:.1f} MiB", when(h.used_at), str(h.path)] for h in homes],
+        "no kept homes",
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "homes", handle,
-                         "list the agent homes kept per profile, or remove one")
+    parser = add_command(
+        sub, "homes", handle, "list the agent homes kept per profile, or remove one"
+    )
     parser.add_argument("action", nargs="?", choices=("list", "rm"), default="list")
     parser.add_argument("profile", nargs="?", help="for rm: whose home to remove")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

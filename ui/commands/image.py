@@ -41,23 +41,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         actions, "build", _build, "build the agent image offline with mmdebstrap (idempotent)"
     )
     build_parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    build_parser.add_argument("--tag", default=None,
-                              help=f"default: {DEFAULT_IMAGE}, or airlock-agent:AGENT")
     build_parser.add_argument(
-        "--agent", action="append", default=[], metavar="AGENT",
+        "--tag", default=None, help=f"default: {DEFAULT_IMAGE}, or airlock-agent:AGENT"
+    )
+    build_parser.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="AGENT",
         help=f"also build an agent's image on the base: {', '.join(sorted(AGENTS))} or all "
-             "(repeatable)")
-    build_parser.add_argument("--version", default=None,
-                              help="the agent's package version (default: the pinned one)")
-    build_parser.add_argument("--base", default=DEFAULT_IMAGE,
-                              help=f"the base image under an agent (default: {DEFAULT_IMAGE})")
-    build_parser.add_argument("--offline", action="store_true",
-                              help="use only packages already in the cache")
+        "(repeatable)",
+    )
+    build_parser.add_argument(
+        "--version", default=None, help="the agent's package version (default: the pinned one)"
+    )
+    build_parser.add_argument(
+        "--base",
+        default=DEFAULT_IMAGE,
+        help=f"the base image under an agent (default: {DEFAULT_IMAGE})",
+    )
+    build_parser.add_argument(
+        "--offline", action="store_true", help="use only packages already in the cache"
+    )
 
     show_parser = add_command(actions, "show", _show, "show the agent image and its recipe")
     show_parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"default: {DEFAULT_IMAGE}")
-    show_parser.add_argument("--agent", default=None, metavar="AGENT",
-                             help="show an agent's image: what went into it")
+    show_parser.add_argument(
+        "--agent", default=None, metavar="AGENT", help="show an agent's image: what went into it"
+    )
 
 
 def _usage(ctx: Context, args: argparse.Namespace) -> int:
@@ -91,15 +102,24 @@ def _build_agents(client: docker.DockerClient, args: argparse.Namespace) -> int:
     for name in args.agent:
         for one in sorted(AGENTS) if name == "all" else [name]:
             if one not in AGENTS:
-                raise ImageError(f"no agent named {one!r} (known: {', '.join(sorted(AGENTS))}, "
-                                 "all)")
+                raise ImageError(
+                    f"no agent named {one!r} (known: {', '.join(sorted(AGENTS))}, all)"
+                )
             if one not in names:
                 names.append(one)
     if len(names) > 1 and (args.tag or args.version):
         raise ImageError("--tag and --version apply to one agent at a time")
     for name in names:
-        build_agent(client, name, version=args.version, base=args.base, tag=args.tag,
-                    force=args.force, offline=args.offline, say=print)
+        build_agent(
+            client,
+            name,
+            version=args.version,
+            base=args.base,
+            tag=args.tag,
+            force=args.force,
+            offline=args.offline,
+            say=print,
+        )
     return 0
 
 
@@ -133,8 +153,10 @@ def _show_agent(agent: str) -> int:
     try:
         image = connect_engine().images.get(tag)
     except docker.errors.ImageNotFound:
-        print(f"image:    {tag}\nstate:    missing\n"
-              f"          build it with: airlock image build --agent {agent}")
+        print(
+            f"image:    {tag}\nstate:    missing\n"
+            f"          build it with: airlock image build --agent {agent}"
+        )
         return 1
     labels = image.labels or {}
     pinned = pinned_labels(agent)
@@ -143,8 +165,10 @@ def _show_agent(agent: str) -> int:
     print(f"state:    {'up to date' if current else 'not the pinned recipe'}")
     print(f"id:       {image.id}")
     print(f"size:     {int(image.attrs.get('Size', 0)) / 1e6:.0f} MB")
-    print(f"agent:    {labels.get(LABEL_AGENT, '?')} {labels.get(LABEL_VERSION, '?')} "
-          f"(pinned: {AGENTS[agent].default_version})")
+    print(
+        f"agent:    {labels.get(LABEL_AGENT, '?')} {labels.get(LABEL_VERSION, '?')} "
+        f"(pinned: {AGENTS[agent].default_version})"
+    )
     try:
         packages = json.loads(labels.get(LABEL_PACKAGES, "{}"))
     except ValueError:

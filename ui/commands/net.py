@@ -29,8 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = add_command(sub, "net", handle, "Follow the agents' network traffic live.")
     parser.add_argument("session", nargs="?", help="only this session (an id or its start)")
     parser.add_argument("--json", action="store_true", help="one JSON record per line")
-    parser.add_argument("--totals", action="store_true",
-                        help="print per-host totals of everything logged so far and exit")
+    parser.add_argument(
+        "--totals",
+        action="store_true",
+        help="print per-host totals of everything logged so far and exit",
+    )
 
 
 @dataclass
@@ -55,8 +58,10 @@ class Totals:
     def write(self, out: IO[str]) -> None:
         out.write(f"{'host':<40} {'requests':>8} {'refused':>8} {'up':>10} {'down':>10}\n")
         for host, t in sorted(self.hosts.items(), key=lambda item: -item[1].requests):
-            out.write(f"{inert(host)[:40]:<40} {t.requests:>8} {t.refused:>8} "
-                      f"{_size(t.up):>10} {_size(t.down):>10}\n")
+            out.write(
+                f"{inert(host)[:40]:<40} {t.requests:>8} {t.refused:>8} "
+                f"{_size(t.up):>10} {_size(t.down):>10}\n"
+            )
 
 
 def _int(value: object) -> int:
@@ -103,8 +108,11 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
                 elif found.kind in NET_KINDS and matches(found, args.session):
                     totals.add(found)
                     if not args.totals:
-                        print(json.dumps(found.to_json(), ensure_ascii=False) if args.json
-                              else line(found))
+                        print(
+                            json.dumps(found.to_json(), ensure_ascii=False)
+                            if args.json
+                            else line(found)
+                        )
             if args.totals:
                 totals.write(sys.stdout)
                 return 0

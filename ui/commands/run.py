@@ -77,8 +77,9 @@ class TerminalOutput:
             self.say(text)
 
 
-async def run_session(supervisor: Supervisor, request: LaunchRequest,
-                      output: TerminalOutput) -> int:
+async def run_session(
+    supervisor: Supervisor, request: LaunchRequest, output: TerminalOutput
+) -> int:
     import asyncio
     import signal
 
@@ -114,14 +115,30 @@ def handed_off(ctx: Context, args: argparse.Namespace, command: list[str] | None
 
     tty = wants_tty(args.tty)
     rows, cols = window_size(sys.stdin.fileno())
-    terminal = {"tty": tty, "rows": rows, "cols": cols, "term": os.environ.get("TERM", ""),
-                "colorterm": os.environ.get("COLORTERM", "")}
-    request = {"profile": args.profile, "grants": args.grant, "command": command,
-               "timeout": args.timeout, "cwd": os.getcwd(), "ask": args.ask,
-               "terminal": terminal}
+    terminal = {
+        "tty": tty,
+        "rows": rows,
+        "cols": cols,
+        "term": os.environ.get("TERM", ""),
+        "colorterm": os.environ.get("COLORTERM", ""),
+    }
+    request = {
+        "profile": args.profile,
+        "grants": args.grant,
+        "command": command,
+        "timeout": args.timeout,
+        "cwd": os.getcwd(),
+        "ask": args.ask,
+        "terminal": terminal,
+    }
     try:
-        end = handoff_client.run(sock, request, tty, lambda s: session_grants(ctx, s),
-                                 lambda s: answer_waiting(ctx.dirs.runtime, s))
+        end = handoff_client.run(
+            sock,
+            request,
+            tty,
+            lambda s: session_grants(ctx, s),
+            lambda s: answer_waiting(ctx.dirs.runtime, s),
+        )
     except handoff_client.HandoffRefused as e:
         if e.exit_code == CANNOT_ASK:
             return None  # a headless supervisor: keep the session here, with its prompt
@@ -192,8 +209,7 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
     tty = wants_tty(args.tty)
     # The agent reads this terminal: a question must not (see ui/interactive.py).
-    questions = (QuestionQueue() if args.ask == "tty" and is_terminal(sys.stdin.fileno())
-                 else None)
+    questions = QuestionQueue() if args.ask == "tty" and is_terminal(sys.stdin.fileno()) else None
     front_end: FrontEnd = questions or (TerminalPrompt() if args.ask == "tty" else DenyAll())
     output = TerminalOutput(front_end.gate if isinstance(front_end, TerminalPrompt) else None)
     with open_supervisor(ctx.dirs, front_end) as supervisor:
@@ -206,8 +222,9 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
         except ValueError as e:
             raise AirlockError(f"--timeout: {e}") from e
         terminal = Terminal.from_environment(tty, *window_size(sys.stdin.fileno()), os.environ)
-        request = LaunchRequest(profile, profile_path, grants,
-                                tuple(command) if command else None, timeout, terminal)
+        request = LaunchRequest(
+            profile, profile_path, grants, tuple(command) if command else None, timeout, terminal
+        )
         if tty or questions is not None or not is_terminal(sys.stdin.fileno()):
             from ui.interactive import run_interactive
 
@@ -241,8 +258,13 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
     warnings, risky = name_warnings(changeset), runs_code(changeset)
     print(f"\nairlock: the agent staged {counted(changeset)}:", file=sys.stderr)
     for change in changeset.changes:
-        print("  " + describe(change, warnings.get(change.path), risky.get(change.path))
-              .replace("\n", "\n  "), file=sys.stderr)
+        print(
+            "  "
+            + describe(change, warnings.get(change.path), risky.get(change.path)).replace(
+                "\n", "\n  "
+            ),
+            file=sys.stderr,
+        )
     # What lands is what this list showed (a commit of it refuses anything else).
     shown = listing.fingerprints
     then = after_run(rule, mode, sys.stdin.isatty() and sys.stderr.isatty())  # app/policy.py
@@ -250,51 +272,102 @@ def review_after_run(ctx: Context, bus: EventBus, session: str, rule: str, mode:
         # A profile's "auto" never covers what can run code here: that waits for a person.
         report(review.commit(session, (), shown, include_risky=False), "committed")
         return
-    choices = (f"[y]es but not the {len(risky)} that can run code, [a]ll, [N]o, [d]iff"
-               if risky else "[y]es, [N]o, [d]iff")
+    choices = (
+        f"[y]es but not the {len(risky)} that can run code, [a]ll, [N]o, [d]iff"
+        if risky
+        else "[y]es, [N]o, [d]iff"
+    )
     while then is AfterRun.ASK:
         discard_typed_ahead(sys.stdin.fileno())  # a key meant for an earlier question
-        print(f"Commit these {counted(changeset)} to your files? {choices}: ",
-              end="", file=sys.stderr, flush=True)
+        print(
+            f"Commit these {counted(changeset)} to your files? {choices}: ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         reply = commit_reply(sys.stdin.readline(), len(risky))
         if reply is CommitReply.DIFF:
             for change in changeset.changes:
                 sys.stderr.writelines(diff(change))
             continue
         if reply is not CommitReply.KEEP:
-            report(review.commit(session, (), shown, include_risky=reply is CommitReply.ALL),
-                   "committed")
+            report(
+                review.commit(session, (), shown, include_risky=reply is CommitReply.ALL),
+                "committed",
+            )
             return
         break
-    print(f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "
-          f"then `airlock commit {session}` (or `--reviewed {listing.id}` for exactly this "
-          f"list) or `airlock discard {session}`", file=sys.stderr)
+    print(
+        f"airlock: nothing was changed; review with `airlock changes {session} --diff`, "
+        f"then `airlock commit {session}` (or `--reviewed {listing.id}` for exactly this "
+        f"list) or `airlock discard {session}`",
+        file=sys.stderr,
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = add_command(sub, "run", handle, "run an agent in a new sandboxed session")
-    parser.add_argument("--profile", "-p", required=True,
-                        help="a shipped profile name, one in your config dir, or a path")
-    parser.add_argument("--grant", "-g", action="append", default=[], metavar="PATH[:ro|:rw]",
-                        help="a file or directory the agent may see (repeatable); :rw stages "
-                             "the agent's writes for your review")
-    parser.add_argument("--timeout", metavar="DURATION",
-                        help="stop the agent after this long (e.g. 90s, 30m); default: profile")
-    parser.add_argument("--review", choices=("ask", "never"), default="ask",
-                        help="after the agent ends, ask whether to commit its staged changes "
-                             "(ask, on a terminal) or leave them for `airlock commit` (never)")
-    parser.add_argument("--ask", choices=("tty", "deny"),
-                        help="who answers the agent's requests for files, hosts and uploads: "
-                             "a prompt on this terminal (default on a terminal) or nobody, "
-                             "which denies them (default otherwise)")
+    parser.add_argument(
+        "--profile",
+        "-p",
+        required=True,
+        help="a shipped profile name, one in your config dir, or a path",
+    )
+    parser.add_argument(
+        "--grant",
+        "-g",
+        action="append",
+        default=[],
+        metavar="PATH[:ro|:rw]",
+        help="a file or directory the agent may see (repeatable); :rw stages "
+        "the agent's writes for your review",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="stop the agent after this long (e.g. 90s, 30m); default: profile",
+    )
+    parser.add_argument(
+        "--review",
+        choices=("ask", "never"),
+        default="ask",
+        help="after the agent ends, ask whether to commit its staged changes "
+        "(ask, on a terminal) or leave them for `airlock commit` (never)",
+    )
+    parser.add_argument(
+        "--ask",
+        choices=("tty", "deny"),
+        help="who answers the agent's requests for files, hosts and uploads: "
+        "a prompt on this terminal (default on a terminal) or nobody, "
+        "which denies them (default otherwise)",
+    )
     tty = parser.add_mutually_exclusive_group()
-    tty.add_argument("-t", "--tty", dest="tty", action="store_const", const=True,
-                     help="give the agent a terminal even if this is not one")
-    tty.add_argument("-T", "--no-tty", dest="tty", action="store_const", const=False,
-                     help="plain streams for the agent even on a terminal (default: a "
-                          "terminal when stdin and stdout are both terminals)")
-    parser.add_argument("--in-process", action="store_true",
-                        help="supervise the session in this process even if a supervisor "
-                             "(the desktop app, `airlock daemon`) is running")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD",
-                        help="run this instead of the profile's command")
+    tty.add_argument(
+        "-t",
+        "--tty",
+        dest="tty",
+        action="store_const",
+        const=True,
+        help="give the agent a terminal even if this is not one",
+    )
+    tty.add_argument(
+        "-T",
+        "--no-tty",
+        dest="tty",
+        action="store_const",
+        const=False,
+        help="plain streams for the agent even on a terminal (default: a "
+        "terminal when stdin and stdout are both terminals)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="supervise the session in this process even if a supervisor "
+        "(the desktop app, `airlock daemon`) is running",
+    )
+    parser.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD",
+        help="run this instead of the profile's command",
+    )

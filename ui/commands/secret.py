@@ -40,28 +40,34 @@ def keyring_for(ctx: Context, command: str) -> KeyringSecrets:
     if not facts.startable:
         raise EgressError(f"{advice.problem}: {advice.fix}")
     what = "create" if facts.collection is Collection.MISSING else "unlock"
-    print(f"airlock: {advice.problem}; starting gnome-keyring on this login's bus",
-          file=sys.stderr)
+    print(f"airlock: {advice.problem}; starting gnome-keyring on this login's bus", file=sys.stderr)
     try:
         # getpass reads the terminal itself (the secret may be piped into stdin), but falls
         # back to stdin without one: make sure there is one.
         os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
         password = getpass.getpass(f"password to {what} your login keyring: ")
     except (OSError, EOFError) as e:
-        raise EgressError(f"{advice.problem}, and there is no terminal to ask for the "
-                          f"keyring's password on: {advice.fix}") from e
+        raise EgressError(
+            f"{advice.problem}, and there is no terminal to ask for the "
+            f"keyring's password on: {advice.fix}"
+        ) from e
     if not password:
-        raise EgressError("no password given: the login keyring stays "
-                          f"{'uncreated' if what == 'create' else 'locked'}")
+        raise EgressError(
+            "no password given: the login keyring stays "
+            f"{'uncreated' if what == 'create' else 'locked'}"
+        )
     # A daemon that owns the bus name already (started by D-Bus activation, with nobody to
     # ask) holds the keyring locked: only its replacement takes the password.
-    start_gnome_keyring(password, os.environ,
-                        replace=facts.collection in (Collection.LOCKED, Collection.MISSING))
+    start_gnome_keyring(
+        password, os.environ, replace=facts.collection in (Collection.LOCKED, Collection.MISSING)
+    )
     after = probe_keyring(os.environ, os.getuid(), secret_service_backend())
     if after.collection is not Collection.UNLOCKED:
-        raise EgressError("gnome-keyring started, but the login keyring is still "
-                          f"{after.collection.value}: was the password right? (an existing "
-                          "keyring keeps the password it was created with)")
+        raise EgressError(
+            "gnome-keyring started, but the login keyring is still "
+            f"{after.collection.value}: was the password right? (an existing "
+            "keyring keeps the password it was created with)"
+        )
     return KeyringSecrets(index, secret_service_backend())
 
 

@@ -17,12 +17,21 @@ def handle_sessions(ctx: Context, args: argparse.Namespace) -> int:
             print_json([dataclasses.asdict(r) for r in records])
             return 0
         rows = [
-            [r.id, r.profile, str(r.state), when(r.started_at),
-             r.reason or "" if not r.live else "running", _sandbox(r.sandbox)]
+            [
+                r.id,
+                r.profile,
+                str(r.state),
+                when(r.started_at),
+                r.reason or "" if not r.live else "running",
+                _sandbox(r.sandbox),
+            ]
             for r in records
         ]
-        print_table(["session", "profile", "state", "started", "status", "sandbox"], rows,
-                    "no sessions running" if not args.all else "no sessions yet")
+        print_table(
+            ["session", "profile", "state", "started", "status", "sandbox"],
+            rows,
+            "no sessions running" if not args.all else "no sessions yet",
+        )
     return 0
 
 

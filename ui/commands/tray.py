@@ -32,11 +32,24 @@ def handle(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = add_command(sub, "tray", handle,
-                         "start the desktop app: tray icon, consent dialogs, live views")
-    parser.add_argument("--show", action="store_true",
-                        help="open the main window at start (default: only the tray icon)")
-    parser.add_argument("--prepare", metavar="PROFILE",
-                        help="open the Launch dialog with this agent chosen, ready to go")
-    parser.add_argument("--grant", "-g", action="append", default=[],
-                        metavar="PATH[:ro|:rw]", help="with --prepare: what it may see")
+    parser = add_command(
+        sub, "tray", handle, "start the desktop app: tray icon, consent dialogs, live views"
+    )
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="open the main window at start (default: only the tray icon)",
+    )
+    parser.add_argument(
+        "--prepare",
+        metavar="PROFILE",
+        help="open the Launch dialog with this agent chosen, ready to go",
+    )
+    parser.add_argument(
+        "--grant",
+        "-g",
+        action="append",
+        default=[],
+        metavar="PATH[:ro|:rw]",
+        help="with --prepare: what it may see",
+    )

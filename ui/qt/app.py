@@ -70,8 +70,9 @@ class NetworkGate:
         self._settings = settings
 
     async def answer(self, request: ConsentRequest) -> Answer:
-        if request.kind in (RequestKind.NETWORK, RequestKind.UPLOAD) and \
-                self._settings.get(options.BLOCK_NETWORK):
+        if request.kind in (RequestKind.NETWORK, RequestKind.UPLOAD) and self._settings.get(
+            options.BLOCK_NETWORK
+        ):
             return denied("network blocked")
         return await self._front_end.answer(request)
 
@@ -81,9 +82,17 @@ class Desktop(QObject):
 
     quit_requested = Signal()
 
-    def __init__(self, supervisor: Supervisor, broker: ConsentBroker, front_end: QtFrontEnd,
-                 settings: Settings, bridge: EventBridge, window: MainWindow,
-                 review: Review, notifier: Any | None = None) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        broker: ConsentBroker,
+        front_end: QtFrontEnd,
+        settings: Settings,
+        bridge: EventBridge,
+        window: MainWindow,
+        review: Review,
+        notifier: Any | None = None,
+    ) -> None:
         super().__init__()
         self.supervisor = supervisor
         self.broker = broker
@@ -185,8 +194,9 @@ class Desktop(QObject):
             # A question answered in this app: the person answering knows.
             if text and event.details.get("by") not in ("dialog", "notification"):
                 self._notice(event, text)
-        unwatched = {e.session for e in batch
-                     if e.kind is EventKind.ACTIVITY_UNWATCHED and e.session}
+        unwatched = {
+            e.session for e in batch if e.kind is EventKind.ACTIVITY_UNWATCHED and e.session
+        }
         if unwatched - self.unwatched:
             self.unwatched |= unwatched
             self.window.set_unwatched(self.unwatched)
@@ -226,8 +236,12 @@ class Desktop(QObject):
     def _update_tray(self) -> None:
         if self.tray is None:
             return
-        self.tray.update(self.sessions, self.front_end.pending,
-                         self.settings.get(options.BLOCK_NETWORK), self.unwatched)
+        self.tray.update(
+            self.sessions,
+            self.front_end.pending,
+            self.settings.get(options.BLOCK_NETWORK),
+            self.unwatched,
+        )
 
     def _changes_changed(self, session: str) -> None:
         window = self.reviews.get(session)
@@ -239,9 +253,13 @@ class Desktop(QObject):
         is hidden as a notification (a held upload's own dialog is its notification)."""
         line = f"{event.session}: {text}" if event.session else text
         self.say(line)
-        if (self.notifier is not None and not self.window.isVisible()
-                and self.settings.get(options.NOTIFY) and event.kind is not EventKind.REQUEST_ASKED
-                and self._notice_pace.take()):
+        if (
+            self.notifier is not None
+            and not self.window.isVisible()
+            and self.settings.get(options.NOTIFY)
+            and event.kind is not EventKind.REQUEST_ASKED
+            and self._notice_pace.take()
+        ):
             self.spawn(self.notifier.notify("Airlock", line, []))
 
     def _asked(self, request: ConsentRequest) -> None:
@@ -293,18 +311,23 @@ class Desktop(QObject):
         finally:
             self.supervisor.bus.detach(note_stop)
         for g in revoked:
-            self.say(f"Revoked {g.path}: agents no longer see it" + (
-                f"; session {', '.join(dict.fromkeys(stopped))} stopped (a read-write folder "
-                "cannot be taken back from a running agent; what it staged is kept for "
-                "review)" if stopped else ""))
+            self.say(
+                f"Revoked {g.path}: agents no longer see it"
+                + (
+                    f"; session {', '.join(dict.fromkeys(stopped))} stopped (a read-write folder "
+                    "cannot be taken back from a running agent; what it staged is kept for "
+                    "review)"
+                    if stopped
+                    else ""
+                )
+            )
         self.refresh_grants()
 
     def revoke_session(self, session: str) -> None:
         self.spawn(self._revoke_session(session))
 
     async def _revoke_session(self, session: str) -> int:
-        grants = await asyncio.to_thread(
-            self.supervisor.store.session_grants, session, time.time())
+        grants = await asyncio.to_thread(self.supervisor.store.session_grants, session, time.time())
         revoked = await self.supervisor.arevoke([g.id for g in grants]) if grants else []
         self.say(f"Session {session}: {len(revoked)} grant(s) revoked")
         self.refresh_grants()
@@ -326,11 +349,15 @@ class Desktop(QObject):
         if self.network_hook is not None:
             self.network_hook(blocked)
         self._update_tray()
-        self.say("All network access of agents is blocked" if blocked
-                 else "Network access follows the profiles again")
+        self.say(
+            "All network access of agents is blocked"
+            if blocked
+            else "Network access follows the profiles again"
+        )
 
-    def launch_agent(self, profile: str = "", paths: Sequence[Path] = (),
-                     writable: bool = False) -> LaunchDialog:
+    def launch_agent(
+        self, profile: str = "", paths: Sequence[Path] = (), writable: bool = False
+    ) -> LaunchDialog:
         """The "Launch agent…" dialog, optionally filled in (the demo: one click to go)."""
         profiles = []
         for name, path in self.supervisor.catalog.available():
@@ -355,13 +382,19 @@ class Desktop(QObject):
         profile, paths, mode = dialog.choice()
         self.spawn(self.launch(profile, [str(p) for p in paths], mode))
 
-    async def launch(self, profile: str, paths: Sequence[str], mode: Mode = Mode.READ,
-                     command: tuple[str, ...] | None = None) -> str:
+    async def launch(
+        self,
+        profile: str,
+        paths: Sequence[str],
+        mode: Mode = Mode.READ,
+        command: tuple[str, ...] | None = None,
+    ) -> str:
         grants = tuple(check_grant_path(Path(p), mode, Path.home()) for p in paths)
         return await self.launch_request(profile, grants, command)
 
-    async def launch_request(self, profile: str, grants: tuple[GrantRequest, ...],
-                             command: tuple[str, ...] | None = None) -> str:
+    async def launch_request(
+        self, profile: str, grants: tuple[GrantRequest, ...], command: tuple[str, ...] | None = None
+    ) -> str:
         """Starts a session in the background; returns its id once it has one."""
         catalog = self.supervisor.catalog
         request = LaunchRequest(catalog.load(profile), catalog.find(profile), grants, command)
@@ -377,8 +410,9 @@ class Desktop(QObject):
         def progress(step: str) -> None:
             self.say(f"Starting {profile}: {step}…")
 
-        task = loop.create_task(self.supervisor.run(request, SessionOutput(), named=name,
-                                                    progress=progress))
+        task = loop.create_task(
+            self.supervisor.run(request, SessionOutput(), named=name, progress=progress)
+        )
         either: set[asyncio.Future[Any]] = {task, named}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not named.done():
@@ -418,7 +452,8 @@ class Desktop(QObject):
     async def verify_audit(self) -> None:
         directory = self.supervisor.dirs.audit
         checked, tail = await asyncio.gather(
-            asyncio.to_thread(verify, directory), asyncio.to_thread(_tail, directory))
+            asyncio.to_thread(verify, directory), asyncio.to_thread(_tail, directory)
+        )
         self.window.set_audit(tail, checked)
 
     def quit(self) -> None:
@@ -465,8 +500,7 @@ def _tail(directory: Path) -> list[Any]:
 
     from app.audit import AuditRecord
 
-    return [r for r in deque(records(directory), maxlen=AUDIT_SHOWN)
-            if isinstance(r, AuditRecord)]
+    return [r for r in deque(records(directory), maxlen=AUDIT_SHOWN) if isinstance(r, AuditRecord)]
 
 
 def describe_with(supervisor: Supervisor) -> Callable[[ConsentRequest], Requester]:
@@ -479,19 +513,27 @@ def describe_with(supervisor: Supervisor) -> Callable[[ConsentRequest], Requeste
         try:
             profile = supervisor.catalog.load(record.profile if record else request.profile)
             description = profile.description
-            image = f"{profile.image}  ({image.removeprefix('sha256:')[:12]})" if image \
+            image = (
+                f"{profile.image}  ({image.removeprefix('sha256:')[:12]})"
+                if image
                 else profile.image
+            )
         except AirlockError:
             pass
-        return Requester(agent=record.profile if record else request.profile,
-                         description=description, image=image, session=request.session,
-                         started_at=record.started_at if record else None)
+        return Requester(
+            agent=record.profile if record else request.profile,
+            description=description,
+            image=image,
+            session=request.session,
+            started_at=record.started_at if record else None,
+        )
 
     return describe
 
 
-def build_desktop(supervisor: Supervisor, broker: ConsentBroker, settings: Settings,
-                  notifier: Any | None = None) -> Desktop:
+def build_desktop(
+    supervisor: Supervisor, broker: ConsentBroker, settings: Settings, notifier: Any | None = None
+) -> Desktop:
     """The object graph of the desktop app, in one place."""
     front_end = QtFrontEnd(settings, describe_with(supervisor))
     broker.set_front_end(NetworkGate(front_end, settings))
@@ -515,7 +557,8 @@ def check_qt() -> None:
             "PySide6 6.12.0 crashes long-running apps on Python "
             f"{sys.version_info.major}.{sys.version_info.minor} (a reference-counting bug "
             "in Signal.emit); install another version: "
-            "pip install 'PySide6-Essentials>=6.6,!=6.12.0'")
+            "pip install 'PySide6-Essentials>=6.6,!=6.12.0'"
+        )
 
 
 def application(argv: Sequence[str] = ()) -> QApplication:
@@ -531,8 +574,9 @@ def application(argv: Sequence[str] = ()) -> QApplication:
 
 
 def user_settings() -> Settings:
-    return Settings(QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                              "airlock", "desktop"))
+    return Settings(
+        QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "airlock", "desktop")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,9 +588,13 @@ class Preset:
     writable: bool = False
 
 
-async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
-                ready: Callable[[Desktop], None] | None = None,
-                preset: Preset | None = None) -> int:
+async def serve(
+    dirs: Dirs,
+    qt: QApplication,
+    show_window: bool,
+    ready: Callable[[Desktop], None] | None = None,
+    preset: Preset | None = None,
+) -> int:
     """Runs the desktop app until Quit. Returns the exit status."""
     from app.egress.bridge import Egress
     from app.handoff import HandoffServer
@@ -559,8 +607,7 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
         log.info("no session bus: running without the control interface")
     elif not await control.claim():
         await control.call_show()
-        print("airlock: the desktop app is already running; its window was raised",
-              file=sys.stderr)
+        print("airlock: the desktop app is already running; its window was raised", file=sys.stderr)
         control.disconnect()
         return 0
     settings = user_settings()
@@ -579,13 +626,14 @@ async def serve(dirs: Dirs, qt: QApplication, show_window: bool,
         # counting `Notices()` here, the Qt suite's process crashed in test_tray_e2e (PySide
         # 6.11; 3 of 3 runs in session 5, 1 of 2 in session 6), never without it. `airlock run`
         # and `airlock daemon` count.
-        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text,
-                                interactive=True)
+        handoff = HandoffServer(supervisor, dirs.supervisor_socket, notice_text, interactive=True)
         try:
             await handoff.start()
         except AirlockError as e:
-            print(f"airlock: {e}; stop it first (the desktop app supervises sessions itself)",
-                  file=sys.stderr)
+            print(
+                f"airlock: {e}; stop it first (the desktop app supervises sessions itself)",
+                file=sys.stderr,
+            )
             control.disconnect()
             return 1
         if control.connected:
@@ -643,4 +691,3 @@ def main(dirs: Dirs, show_window: bool = False, preset: Preset | None = None) ->
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
         QGuiApplication.processEvents()
-

@@ -17,18 +17,33 @@ from app.events import Event, EventBus, EventKind, Subscription
 
 log = logging.getLogger(__name__)
 
-SESSION_KINDS = frozenset({
-    EventKind.SESSION_STARTED, EventKind.SESSION_EXITED, EventKind.SESSION_SWEPT,
-})
-GRANT_KINDS = frozenset({
-    EventKind.GRANT_ADDED, EventKind.GRANT_REVOKED, EventKind.SESSION_EXITED,
-    EventKind.SESSION_SWEPT,
-})
-CHANGE_KINDS = frozenset({
-    EventKind.FILE_WRITTEN, EventKind.FILE_CREATED, EventKind.FILE_DELETED,
-    EventKind.FILE_MOVED, EventKind.CHANGES_COMMITTED, EventKind.CHANGES_DISCARDED,
-    EventKind.COMMIT_UNDONE, EventKind.SESSION_EXITED,
-})
+SESSION_KINDS = frozenset(
+    {
+        EventKind.SESSION_STARTED,
+        EventKind.SESSION_EXITED,
+        EventKind.SESSION_SWEPT,
+    }
+)
+GRANT_KINDS = frozenset(
+    {
+        EventKind.GRANT_ADDED,
+        EventKind.GRANT_REVOKED,
+        EventKind.SESSION_EXITED,
+        EventKind.SESSION_SWEPT,
+    }
+)
+CHANGE_KINDS = frozenset(
+    {
+        EventKind.FILE_WRITTEN,
+        EventKind.FILE_CREATED,
+        EventKind.FILE_DELETED,
+        EventKind.FILE_MOVED,
+        EventKind.CHANGES_COMMITTED,
+        EventKind.CHANGES_DISCARDED,
+        EventKind.COMMIT_UNDONE,
+        EventKind.SESSION_EXITED,
+    }
+)
 
 
 class EventBridge(QObject):
@@ -37,8 +52,14 @@ class EventBridge(QObject):
     grants_changed = Signal()
     changes_changed = Signal(str)  # a session whose staged changes may differ now
 
-    def __init__(self, bus: EventBus, *, interval: float = 0.1, backlog: int = 100_000,
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        interval: float = 0.1,
+        backlog: int = 100_000,
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         self._bus = bus
         self._interval = interval

@@ -232,7 +232,8 @@ class ConsentDialog(QDialog):
         self.summary.setObjectName("summary")
         self.summary.setStyleSheet(
             "QLabel#summary { background: #e8f1fd; border: 1px solid #b5cdf3;"
-            " border-radius: 4px; padding: 8px; }")
+            " border-radius: 4px; padding: 8px; }"
+        )
         self.summary.hide()
         column.addWidget(self.summary)
         column.addStretch(1)
@@ -270,8 +271,11 @@ class ConsentDialog(QDialog):
         row.addWidget(picture)
         column = QVBoxLayout()
         column.setSpacing(2)
-        headline = _plain(HEADLINES[self.request.kind].format(
-            agent=self.requester.agent, subject=said(self.request.subject, 80)))
+        headline = _plain(
+            HEADLINES[self.request.kind].format(
+                agent=self.requester.agent, subject=said(self.request.subject, 80)
+            )
+        )
         headline.setObjectName("headline")
         font = headline.font()
         font.setPointSizeF(font.pointSizeF() * 1.3)
@@ -293,8 +297,9 @@ class ConsentDialog(QDialog):
             form.addRow("Image:", _plain(self.requester.image))
         started = ""
         if self.requester.started_at:
-            started = time.strftime("  ·  started %H:%M:%S",
-                                    time.localtime(self.requester.started_at))
+            started = time.strftime(
+                "  ·  started %H:%M:%S", time.localtime(self.requester.started_at)
+            )
         form.addRow("Session:", _plain(f"{self.request.session}{started}"))
         return box
 
@@ -304,8 +309,11 @@ class ConsentDialog(QDialog):
         form = QFormLayout(box)
         form.setHorizontalSpacing(16)
         if request.kind is RequestKind.FILE_OPEN:
-            what = "a folder" if details.get("directory") else (
-                "one or more files" if details.get("multiple") else "a file")
+            what = (
+                "a folder"
+                if details.get("directory")
+                else ("one or more files" if details.get("multiple") else "a file")
+            )
             form.addRow("To open:", _plain(f"{what} you choose in the next step"))
             title = details.get("title") or request.subject
             if title:
@@ -321,8 +329,12 @@ class ConsentDialog(QDialog):
                 form.addRow("Dialog title:", _plain(shown(details["title"])))
         elif request.kind is RequestKind.NETWORK:
             form.addRow("Host:", _plain(shown(request.subject)))
-            for key, title in (("port", "Port:"), ("method", "Method:"), ("url", "Address:"),
-                               ("scheme", "Protocol:")):
+            for key, title in (
+                ("port", "Port:"),
+                ("method", "Method:"),
+                ("url", "Address:"),
+                ("scheme", "Protocol:"),
+            ):
                 if key in details:
                     form.addRow(title, _plain(shown(details[key])))
         elif request.kind is RequestKind.UPLOAD:
@@ -336,11 +348,40 @@ class ConsentDialog(QDialog):
                 if len(paths) > MAX_PATHS_SHOWN:
                     listed += f"\n… and {len(paths) - MAX_PATHS_SHOWN} more"
                 form.addRow("Files:", _plain(listed))
-        known = {"directory", "multiple", "title", "filters", "current_name", "port", "method",
-                 "url", "scheme", "paths", "count", "size", "sha256", "preview", "findings",
-                 "host", "mode", "current_folder", "content_type", "mime", "path", "complete",
-                 "inspected", "rule", "modal", "accept_label", "image", "current_filter",
-                 "choices", "current_file", "files", "inspection"}
+        known = {
+            "directory",
+            "multiple",
+            "title",
+            "filters",
+            "current_name",
+            "port",
+            "method",
+            "url",
+            "scheme",
+            "paths",
+            "count",
+            "size",
+            "sha256",
+            "preview",
+            "findings",
+            "host",
+            "mode",
+            "current_folder",
+            "content_type",
+            "mime",
+            "path",
+            "complete",
+            "inspected",
+            "rule",
+            "modal",
+            "accept_label",
+            "image",
+            "current_filter",
+            "choices",
+            "current_file",
+            "files",
+            "inspection",
+        }
         for key, value in details.items():
             if key not in known and isinstance(value, str | int | float):
                 form.addRow(_plain(f"{shown(key, 30)}:"), _plain(shown(value)))
@@ -350,11 +391,16 @@ class ConsentDialog(QDialog):
         form.addRow("Destination:", _plain(shown(details.get("host") or self.request.subject)))
         form.addRow("Size:", _plain(size_text(details.get("size"))))
         if details.get("method") or details.get("path"):
-            form.addRow("Request:", _plain(shown(
-                f"{details.get('method', '')} {details.get('path', '')}".strip(), 120)))
+            form.addRow(
+                "Request:",
+                _plain(
+                    shown(f"{details.get('method', '')} {details.get('path', '')}".strip(), 120)
+                ),
+            )
         if details.get("inspection") == "inspected":
-            form.addRow("Seen:", _plain("HTTPS, decrypted by Airlock: the preview is what "
-                                        "would leave"))
+            form.addRow(
+                "Seen:", _plain("HTTPS, decrypted by Airlock: the preview is what would leave")
+            )
         mime = details.get("mime") or details.get("content_type")
         if mime:
             form.addRow("Type:", _plain(shown(mime, 80)))
@@ -393,7 +439,8 @@ class ConsentDialog(QDialog):
         label.setFont(font)
         label.setStyleSheet(
             "QLabel#reason { background: #fff8e1; border: 1px solid #f0d58c;"
-            " border-radius: 4px; padding: 8px; color: #4a3b00; }")
+            " border-radius: 4px; padding: 8px; color: #4a3b00; }"
+        )
         column.addWidget(label)
         return box
 
@@ -406,8 +453,7 @@ class ConsentDialog(QDialog):
             self.mode_box = QComboBox()
             self.mode_box.setObjectName("mode")
             self.mode_box.addItem("Read only", Mode.READ)
-            self.mode_box.addItem("Read and write (changes wait for your review)",
-                                  Mode.READ_WRITE)
+            self.mode_box.addItem("Read and write (changes wait for your review)", Mode.READ_WRITE)
             asked = self.request.details.get("mode")
             self.mode_box.setCurrentIndex(1 if asked == str(Mode.READ_WRITE) else 0)
             self.mode_box.currentIndexChanged.connect(self._refresh_summary)
@@ -502,8 +548,10 @@ class ConsentDialog(QDialog):
         seconds = math.ceil(left)
         self.deny_button.setText(f"&Deny ({seconds})")
         self.countdown.setText(
-            "Waiting for your choice…" if self._paused_at is not None
-            else f"Denied automatically in {seconds} s")
+            "Waiting for your choice…"
+            if self._paused_at is not None
+            else f"Denied automatically in {seconds} s"
+        )
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         if self._locked:
@@ -525,18 +573,23 @@ class ConsentDialog(QDialog):
     def allow(self) -> None:
         if self._locked or self._done:
             return
-        if self.request.kind in (RequestKind.FILE_OPEN, RequestKind.FILE_SAVE) \
-                and not self.paths:
+        if self.request.kind in (RequestKind.FILE_OPEN, RequestKind.FILE_SAVE) and not self.paths:
             self.choose_files()
             return
-        duration = self._durations[self.duration_box.currentIndex()] \
-            if self.duration_box is not None else ONCE
+        duration = (
+            self._durations[self.duration_box.currentIndex()]
+            if self.duration_box is not None
+            else ONCE
+        )
         until = self._clock() + duration.seconds if duration.seconds else None
-        writable = self.mode_box is not None and \
-            Mode(self.mode_box.currentData()) is Mode.READ_WRITE
-        self._finish(user_answer(self.request.kind,
-                                 Choice(duration.lifetime, until, self.paths, writable),
-                                 "dialog"))
+        writable = (
+            self.mode_box is not None and Mode(self.mode_box.currentData()) is Mode.READ_WRITE
+        )
+        self._finish(
+            user_answer(
+                self.request.kind, Choice(duration.lifetime, until, self.paths, writable), "dialog"
+            )
+        )
 
     def choose_files(self) -> None:
         """Opens Qt's own (non-native) file dialog: it works on every platform plugin and
@@ -559,8 +612,11 @@ class ConsentDialog(QDialog):
             dialog.setFileMode(QFileDialog.FileMode.Directory)
             dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
         else:
-            dialog.setFileMode(QFileDialog.FileMode.ExistingFiles if details.get("multiple")
-                               else QFileDialog.FileMode.ExistingFile)
+            dialog.setFileMode(
+                QFileDialog.FileMode.ExistingFiles
+                if details.get("multiple")
+                else QFileDialog.FileMode.ExistingFile
+            )
         filters = name_filters(details.get("filters"))
         if filters:
             dialog.setNameFilters([*filters, "All files (*)"])
@@ -630,8 +686,9 @@ class QtFrontEnd(QObject):
     pending_changed = Signal(int)
     asked = Signal(object)  # ConsentRequest, when its dialog appears
 
-    def __init__(self, settings: Settings, describe: Describe,
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self, settings: Settings, describe: Describe, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self._settings = settings
         self._describe = describe
@@ -647,7 +704,8 @@ class QtFrontEnd(QObject):
         requester = await asyncio.to_thread(self._describe, request)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         dialog = ConsentDialog(
-            request, requester,
+            request,
+            requester,
             timeout=float(self._settings.get(options.CONSENT_TIMEOUT)),
             unlock_ms=self._settings.get(options.UNLOCK_DELAY),
         )
@@ -670,8 +728,7 @@ class QtFrontEnd(QObject):
                 dialog._finish(denied("withdrawn"))  # closes it when the broker gave up
                 dialog.deleteLater()
             self.pending_changed.emit(len(self._dialogs))
-        if answer.by == "timeout" and \
-                self._settings.get(options.TIMEOUT_ACTION) == "deny-session":
+        if answer.by == "timeout" and self._settings.get(options.TIMEOUT_ACTION) == "deny-session":
             self._silenced.add(key)
         return answer
 
@@ -701,4 +758,3 @@ class QtFrontEnd(QObject):
 
     def forget_session(self, session: str) -> None:
         self._silenced = {k for k in self._silenced if k[0] != session}
-

@@ -61,8 +61,13 @@ from ui.qt.models import (
 from ui.qt.screen import fit_on_screen
 
 KIND_GROUPS = (
-    ("All kinds", ""), ("Sessions", "session"), ("Files", "file"), ("Grants", "grant"),
-    ("Requests", "request"), ("Network", "net"), ("Changes", "changes"),
+    ("All kinds", ""),
+    ("Sessions", "session"),
+    ("Files", "file"),
+    ("Grants", "grant"),
+    ("Requests", "request"),
+    ("Network", "net"),
+    ("Changes", "changes"),
     ("Output", str(EventKind.SESSION_OUTPUT)),
 )
 
@@ -121,21 +126,29 @@ class TrafficPlot(QWidget):
         small = QFont(self.font())
         small.setPointSizeF(small.pointSizeF() * 0.85)
         painter.setFont(small)
-        painter.drawText(QRectF(0, area.top() - 6, 44, 14), Qt.AlignmentFlag.AlignRight,
-                         f"{human_bytes(peak)}/s")
-        painter.drawText(QRectF(0, area.bottom() - 8, 44, 14), Qt.AlignmentFlag.AlignRight,
-                         "0")
-        painter.drawText(QRectF(area.left(), area.bottom() + 4, area.width(), 14),
-                         Qt.AlignmentFlag.AlignLeft, f"−{span} s")
-        painter.drawText(QRectF(area.left(), area.bottom() + 4, area.width(), 14),
-                         Qt.AlignmentFlag.AlignRight, "now")
+        painter.drawText(
+            QRectF(0, area.top() - 6, 44, 14), Qt.AlignmentFlag.AlignRight, f"{human_bytes(peak)}/s"
+        )
+        painter.drawText(QRectF(0, area.bottom() - 8, 44, 14), Qt.AlignmentFlag.AlignRight, "0")
+        painter.drawText(
+            QRectF(area.left(), area.bottom() + 4, area.width(), 14),
+            Qt.AlignmentFlag.AlignLeft,
+            f"−{span} s",
+        )
+        painter.drawText(
+            QRectF(area.left(), area.bottom() + 4, area.width(), 14),
+            Qt.AlignmentFlag.AlignRight,
+            "now",
+        )
         for which, colour in ((0, QColor("#e8710a")), (1, QColor("#2f7fe0"))):
             path = QPainterPath()
             for step in range(span + 1):
                 second = now - span + step
                 value = samples.get(second, (0, 0))[which]
-                point = QPointF(area.left() + area.width() * step / span,
-                                area.bottom() - area.height() * value / peak)
+                point = QPointF(
+                    area.left() + area.width() * step / span,
+                    area.bottom() - area.height() * value / peak,
+                )
                 if step == 0:
                     path.moveTo(point)
                 else:
@@ -143,11 +156,15 @@ class TrafficPlot(QWidget):
             painter.setPen(QPen(colour, 1.6))
             painter.drawPath(path)
         painter.setPen(QColor("#e8710a"))
-        painter.drawText(QRectF(area.left() + 8, area.top() + 4, 120, 14),
-                         Qt.AlignmentFlag.AlignLeft, "■ sent")
+        painter.drawText(
+            QRectF(area.left() + 8, area.top() + 4, 120, 14), Qt.AlignmentFlag.AlignLeft, "■ sent"
+        )
         painter.setPen(QColor("#2f7fe0"))
-        painter.drawText(QRectF(area.left() + 64, area.top() + 4, 120, 14),
-                         Qt.AlignmentFlag.AlignLeft, "■ received")
+        painter.drawText(
+            QRectF(area.left() + 64, area.top() + 4, 120, 14),
+            Qt.AlignmentFlag.AlignLeft,
+            "■ received",
+        )
         painter.end()
 
 
@@ -196,9 +213,11 @@ class ActivityPanel(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.status)
         self.session_box.currentIndexChanged.connect(
-            lambda: self.filter.set_filter(session=self.session_box.currentData()))
+            lambda: self.filter.set_filter(session=self.session_box.currentData())
+        )
         self.kind_box.currentIndexChanged.connect(
-            lambda: self.filter.set_filter(kind=self.kind_box.currentData()))
+            lambda: self.filter.set_filter(kind=self.kind_box.currentData())
+        )
         self.search.textChanged.connect(lambda text: self.filter.set_filter(text=text))
         self.pause.toggled.connect(self._paused)
         self._sessions: set[str] = set()
@@ -216,8 +235,9 @@ class ActivityPanel(QWidget):
         self.model.append(batch)
         if self.follow.isChecked():
             self.view.scrollToBottom()
-        self.status.setText(f"{self.model.rowCount()} events shown (the latest "
-                            f"{self.model.capacity})")
+        self.status.setText(
+            f"{self.model.rowCount()} events shown (the latest {self.model.capacity})"
+        )
 
     def show_session(self, session: str) -> None:
         index = self.session_box.findData(session)
@@ -289,8 +309,9 @@ class MainWindow(QMainWindow):
         for column, width in ((0, 200), (1, 110), (2, 100), (3, 110)):
             header.resizeSection(column, width)
         layout.addWidget(self.sessions_view, 1)
-        self.sessions_empty = QLabel("No agent is running. Launch one, or start one with "
-                                     "`airlock run` — it appears here.")
+        self.sessions_empty = QLabel(
+            "No agent is running. Launch one, or start one with `airlock run` — it appears here."
+        )
         self.sessions_empty.setStyleSheet("color: #667085; padding: 6px;")
         layout.addWidget(self.sessions_empty)
         buttons = QHBoxLayout()
@@ -304,9 +325,11 @@ class MainWindow(QMainWindow):
         self.review_button.clicked.connect(lambda: self._with_session(self.review_requested))
         self.stop_button.clicked.connect(lambda: self._with_session(self.stop_requested))
         self.revoke_session_button.clicked.connect(
-            lambda: self._with_session(self.revoke_session_requested))
+            lambda: self._with_session(self.revoke_session_requested)
+        )
         self.sessions_view.doubleClicked.connect(
-            lambda index: self.activity_for(self.sessions.rows[index.row()].id))
+            lambda index: self.activity_for(self.sessions.rows[index.row()].id)
+        )
         return page
 
     def _with_session(self, signal: SignalInstance) -> None:
@@ -395,10 +418,10 @@ class MainWindow(QMainWindow):
             button = QPushButton("Revoke")
             button.setObjectName(f"revoke-{grant.id}")
             button.setToolTip(revoke_tip(grant))
-            button.clicked.connect(
-                lambda _=False, g=grant.id: self.revoke_grant_requested.emit(g))
+            button.clicked.connect(lambda _=False, g=grant.id: self.revoke_grant_requested.emit(g))
             self.grants_view.setIndexWidget(
-                self.grants.index(row, GrantsModel.REVOKE_COLUMN), button)
+                self.grants.index(row, GrantsModel.REVOKE_COLUMN), button
+            )
 
     def revoke_button(self, grant: str) -> QPushButton | None:
         return self.grants_view.findChild(QPushButton, f"revoke-{grant}")
@@ -407,8 +430,7 @@ class MainWindow(QMainWindow):
         self.activity.add(batch)
         self.network.add(batch)
 
-    def set_audit(self, records: Sequence[AuditRecord], verification: Verification | None
-                  ) -> None:
+    def set_audit(self, records: Sequence[AuditRecord], verification: Verification | None) -> None:
         self.audit.replace(records)
         self.audit_view.scrollToBottom()
         if verification is None:
@@ -416,7 +438,8 @@ class MainWindow(QMainWindow):
         if verification.ok:
             self.verification.setText(
                 f"✔  Intact: {verification.records} records in {verification.segments} "
-                f"segment(s) chain correctly (head {verification.head[:16]}…)")
+                f"segment(s) chain correctly (head {verification.head[:16]}…)"
+            )
             self.verification.setStyleSheet("color: #1e7b34; font-weight: bold;")
         else:
             self.verification.setText(f"✘  Broken: {verification.problem}")
@@ -446,8 +469,7 @@ class LaunchDialog(QDialog):
         super().showEvent(event)
         fit_on_screen(self)
 
-    def __init__(self, profiles: Sequence[tuple[str, str]], parent: QWidget | None = None
-                 ) -> None:
+    def __init__(self, profiles: Sequence[tuple[str, str]], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("launchDialog")
         self.setWindowTitle("Launch an agent")
@@ -494,8 +516,9 @@ class LaunchDialog(QDialog):
         self.box.rejected.connect(self.reject)
         add_files.clicked.connect(self._add_files)
         add_folder.clicked.connect(self._add_folder)
-        remove.clicked.connect(lambda: [self.files.takeItem(self.files.row(i))
-                                        for i in self.files.selectedItems()])
+        remove.clicked.connect(
+            lambda: [self.files.takeItem(self.files.row(i)) for i in self.files.selectedItems()]
+        )
         self.profile.currentIndexChanged.connect(self._describe)
         self._describe()
 
@@ -503,9 +526,14 @@ class LaunchDialog(QDialog):
         self.description.setText(str(self.profile.currentData() or ""))
 
     def add_path(self, path: Path) -> None:
-        item = QListWidgetItem(self.style().standardIcon(
-            self.style().StandardPixmap.SP_DirIcon if path.is_dir()
-            else self.style().StandardPixmap.SP_FileIcon), str(path))
+        item = QListWidgetItem(
+            self.style().standardIcon(
+                self.style().StandardPixmap.SP_DirIcon
+                if path.is_dir()
+                else self.style().StandardPixmap.SP_FileIcon
+            ),
+            str(path),
+        )
         item.setData(Qt.ItemDataRole.UserRole, str(path))
         self.files.addItem(item)
 
@@ -527,8 +555,10 @@ class LaunchDialog(QDialog):
         self._dialog(QFileDialog.FileMode.Directory).open()
 
     def choice(self) -> tuple[str, list[Path], Mode]:
-        paths = [Path(self.files.item(i).data(Qt.ItemDataRole.UserRole))
-                 for i in range(self.files.count())]
+        paths = [
+            Path(self.files.item(i).data(Qt.ItemDataRole.UserRole))
+            for i in range(self.files.count())
+        ]
         mode = Mode.READ_WRITE if self.writable.isChecked() else Mode.READ
         return self.profile.currentText(), paths, mode
 
@@ -538,9 +568,13 @@ def revoke_tip(grant: AnyGrant) -> str:
     taken back from a running agent, so revoking it stops the agent's session; a host's
     open connections are cut."""
     if isinstance(grant, NetworkGrant):
-        return (f"Forget this answer for {grant.subject} now: open connections it let "
-                "through are cut, and the agent is asked again")
+        return (
+            f"Forget this answer for {grant.subject} now: open connections it let "
+            "through are cut, and the agent is asked again"
+        )
     if grant.mode is Mode.READ_WRITE and grant.path.is_dir():
-        return (f"Take {grant.path} away now. A read-write folder cannot be taken back from "
-                "a running agent: its session stops (what it staged is kept for review)")
+        return (
+            f"Take {grant.path} away now. A read-write folder cannot be taken back from "
+            "a running agent: its session stops (what it staged is kept for review)"
+        )
     return f"Take {grant.path} away from the agent now"

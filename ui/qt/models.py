@@ -33,8 +33,9 @@ MAX_SUBJECT = 300
 def clock(timestamp: float | None, with_date: bool = False) -> str:
     if not timestamp:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S",
-                         time.localtime(timestamp))
+    return time.strftime(
+        "%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", time.localtime(timestamp)
+    )
 
 
 def human_bytes(count: int) -> str:
@@ -60,8 +61,7 @@ class _Table(QAbstractTableModel):
     def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.headers)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = DISPLAY) -> Any:
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = DISPLAY) -> Any:
         if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
             return self.headers[section]
         return None
@@ -116,8 +116,9 @@ class SessionsModel(RecordTable):
     def cell(self, row: SessionRecord, column: int) -> Any:
         image = row.image.removeprefix("sha256:")[:12]
         state = str(row.state) + (" · partly unwatched" if row.id in self.unwatched else "")
-        return (row.profile, row.id, state, clock(row.started_at), image,
-                sandbox_label(row))[column]
+        return (row.profile, row.id, state, clock(row.started_at), image, sandbox_label(row))[
+            column
+        ]
 
 
 def sandbox_label(row: SessionRecord) -> str:
@@ -135,20 +136,34 @@ class GrantsModel(RecordTable):
     def cell(self, row: AnyGrant, column: int) -> Any:
         if isinstance(row, NetworkGrant):  # a remembered network or upload answer
             access = {"connect": "connect", "upload": "upload past the threshold"}.get(
-                str(row.access), str(row.access)) + ("" if row.allowed else ": refused")
+                str(row.access), str(row.access)
+            ) + ("" if row.allowed else ": refused")
         else:
             access = "read and write" if str(row.mode) == "rw" else "read"
         who = f"session {row.session}" if row.session else f"profile {row.profile}"
-        return (str(row.path), access, str(row.lifetime), who,
-                clock(row.expires_at, True) if row.expires_at else "", row.id, "")[column]
+        return (
+            str(row.path),
+            access,
+            str(row.lifetime),
+            who,
+            clock(row.expires_at, True) if row.expires_at else "",
+            row.id,
+            "",
+        )[column]
 
 
 class AuditModel(RecordTable):
     headers = ("#", "Time", "Session", "Kind", "Subject", "Hash")
 
     def cell(self, row: AuditRecord, column: int) -> Any:
-        return (row.seq, clock(row.time, True), row.session or "", row.kind,
-                printable(row.subject)[:MAX_SUBJECT], row.hash[:16])[column]
+        return (
+            row.seq,
+            clock(row.time, True),
+            row.session or "",
+            row.kind,
+            printable(row.subject)[:MAX_SUBJECT],
+            row.hash[:16],
+        )[column]
 
 
 KIND_COLOURS = {
@@ -172,19 +187,23 @@ def summary(event: Event) -> str:
     if kind is EventKind.REQUEST_ASKED:
         return f"{details.get('asks')}, times out in {details.get('timeout', 0):.0f} s"
     if kind is EventKind.NET_CREDENTIAL:
-        return (f"🔑 route {details.get('route', '')} added its key "
-                f"({details.get('route_header', '')}): {details.get('method', '')} "
-                f"{details.get('path', '')} → {details.get('status', '')}")
+        return (
+            f"🔑 route {details.get('route', '')} added its key "
+            f"({details.get('route_header', '')}): {details.get('method', '')} "
+            f"{details.get('path', '')} → {details.get('status', '')}"
+        )
     if kind in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL, EventKind.NET_REFUSED):
         # The path comes redacted (query values are `…`); HTTPS says whether it was seen.
         path = details.get("path")
         inspection = details.get("inspection")
-        return (f"{details.get('method', '')} {path if isinstance(path, str) else ''} "
-                f"{f'({inspection}) ' if inspection in ('inspected', 'opaque') else ''}"
-                f"{details.get('decision', '')} "
-                f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
-                f"↓{human_bytes(int(details.get('bytes_down', 0) or 0))} "
-                f"{details.get('reason', '')}").strip()
+        return (
+            f"{details.get('method', '')} {path if isinstance(path, str) else ''} "
+            f"{f'({inspection}) ' if inspection in ('inspected', 'opaque') else ''}"
+            f"{details.get('decision', '')} "
+            f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
+            f"↓{human_bytes(int(details.get('bytes_down', 0) or 0))} "
+            f"{details.get('reason', '')}"
+        ).strip()
     if kind is EventKind.STREAM_DROPPED:
         return f"{details.get('count')} events not shown (the view fell behind)"
     if kind is EventKind.SESSION_EXITED:
@@ -192,8 +211,10 @@ def summary(event: Event) -> str:
     if kind is EventKind.SANDBOX_VERIFIED:
         return f"sandbox verified ({details.get('checks')} checks)"
     if kind is EventKind.SANDBOX_REFUSED:
-        return (f"refused: {details.get('check')}: expected {details.get('expected')}, "
-                f"found {details.get('found')}")
+        return (
+            f"refused: {details.get('check')}: expected {details.get('expected')}, "
+            f"found {details.get('found')}"
+        )
     parts = [f"{k}={v}" for k, v in details.items() if isinstance(v, str | int | float)]
     return " ".join(parts)[:200]
 
@@ -214,7 +235,7 @@ class ActivityModel(_Table):
     def append(self, batch: Sequence[Event]) -> None:
         if not batch:
             return
-        batch = batch[-self.capacity:]
+        batch = batch[-self.capacity :]
         overflow = len(self.events) + len(batch) - self.capacity
         if overflow > 0:
             self.beginRemoveRows(QModelIndex(), 0, overflow - 1)
@@ -238,8 +259,10 @@ class ActivityModel(_Table):
         column = index.column()
         if role == DISPLAY:
             if column == 0:
-                return time.strftime("%H:%M:%S", time.localtime(event.time)) + \
-                    f".{int(event.time * 1000) % 1000:03d}"
+                return (
+                    time.strftime("%H:%M:%S", time.localtime(event.time))
+                    + f".{int(event.time * 1000) % 1000:03d}"
+                )
             if column == 1:
                 return event.session or ""
             if column == 2:
@@ -264,8 +287,9 @@ class ActivityFilter(QSortFilterProxyModel):
         self.kind = ""
         self.text = ""
 
-    def set_filter(self, session: str | None = None, kind: str | None = None,
-                   text: str | None = None) -> None:
+    def set_filter(
+        self, session: str | None = None, kind: str | None = None, text: str | None = None
+    ) -> None:
         self.beginFilterChange()
         if session is not None:
             self.session = session
@@ -283,8 +307,9 @@ class ActivityFilter(QSortFilterProxyModel):
         event = model.events[row]
         if self.session and event.session != self.session:
             return False
-        if self.kind and not (event.kind == self.kind or
-                              str(event.kind).startswith(self.kind + ".")):
+        if self.kind and not (
+            event.kind == self.kind or str(event.kind).startswith(self.kind + ".")
+        ):
             return False
         if self.text:
             haystack = f"{event.subject} {summary(event)} {event.kind}".casefold()
@@ -331,8 +356,12 @@ class NetworkModel(_Table):
     def add(self, batch: Sequence[Event]) -> None:
         changed = False
         for event in batch:
-            if event.kind not in (EventKind.NET_REQUEST, EventKind.NET_TUNNEL,
-                                  EventKind.NET_REFUSED, EventKind.NET_CREDENTIAL):
+            if event.kind not in (
+                EventKind.NET_REQUEST,
+                EventKind.NET_TUNNEL,
+                EventKind.NET_REFUSED,
+                EventKind.NET_CREDENTIAL,
+            ):
                 continue
             changed = True
             host = printable(event.subject)[:200]
@@ -372,11 +401,25 @@ class NetworkModel(_Table):
         totals = self.hosts[index.row()]
         column = index.column()
         if role == Qt.ItemDataRole.UserRole:  # the sort key
-            return (totals.host, totals.requests, totals.refused, totals.up, totals.down,
-                    totals.last, totals.keyed)[column]
+            return (
+                totals.host,
+                totals.requests,
+                totals.refused,
+                totals.up,
+                totals.down,
+                totals.last,
+                totals.keyed,
+            )[column]
         if role == DISPLAY:
-            return (totals.host, totals.requests, totals.refused, human_bytes(totals.up),
-                    human_bytes(totals.down), clock(totals.last), totals.key_text)[column]
+            return (
+                totals.host,
+                totals.requests,
+                totals.refused,
+                human_bytes(totals.up),
+                human_bytes(totals.down),
+                clock(totals.last),
+                totals.key_text,
+            )[column]
         if role == Qt.ItemDataRole.TextAlignmentRole and column:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None

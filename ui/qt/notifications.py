@@ -23,7 +23,6 @@ from ui.question_notices import MATCH, NAME, PATH, WHAT
 log = logging.getLogger(__name__)
 
 
-
 def _markup_free(text: str) -> str:
     # Notification servers may render a subset of HTML in the body; the agent's words
     # must not be markup. Runs of spaces are made one: padding must not push the agent's
@@ -45,14 +44,22 @@ class Notifier(QObject):
 
     @classmethod
     async def connect(  # type: ignore[override]  # not QObject.connect: a constructor
-            cls, address: str | None = None) -> Notifier | None:
+        cls, address: str | None = None
+    ) -> Notifier | None:
         try:
-            bus = await (MessageBus(bus_address=address) if address
-                         else MessageBus(bus_type=BusType.SESSION)).connect()
-            await bus.call(Message(destination="org.freedesktop.DBus",
-                                   path="/org/freedesktop/DBus",
-                                   interface="org.freedesktop.DBus", member="AddMatch",
-                                   signature="s", body=[MATCH]))
+            bus = await (
+                MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SESSION)
+            ).connect()
+            await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="AddMatch",
+                    signature="s",
+                    body=[MATCH],
+                )
+            )
         except (OSError, DBusError, ValueError) as e:
             log.info("no notifications: %s", e)
             return None
@@ -61,18 +68,33 @@ class Notifier(QObject):
     async def request(self, request: ConsentRequest) -> int | None:
         what = WHAT[request.kind].format(subject=request.subject)
         body = _markup_free(request.reason) if request.reason else "No reason given."
-        return await self.notify(f"{request.profile} {printable(what)}",
-                                 f"Session {request.session}. The agent says: {body}",
-                                 ["review", "Review", "deny", "Deny"], request.id)
+        return await self.notify(
+            f"{request.profile} {printable(what)}",
+            f"Session {request.session}. The agent says: {body}",
+            ["review", "Review", "deny", "Deny"],
+            request.id,
+        )
 
-    async def notify(self, summary: str, body: str, actions: list[str],
-                     request_id: str = "") -> int | None:
+    async def notify(
+        self, summary: str, body: str, actions: list[str], request_id: str = ""
+    ) -> int | None:
         message = Message(
-            destination=NAME, path=PATH, interface=NAME, member="Notify",
+            destination=NAME,
+            path=PATH,
+            interface=NAME,
+            member="Notify",
             signature="susssasa{sv}i",
-            body=["Airlock", 0, "org.airlock.Airlock", summary[:200], body[:1000], actions,
-                  {"urgency": Variant("y", 2), "desktop-entry": Variant(
-                      "s", "airlock")}, 0])
+            body=[
+                "Airlock",
+                0,
+                "org.airlock.Airlock",
+                summary[:200],
+                body[:1000],
+                actions,
+                {"urgency": Variant("y", 2), "desktop-entry": Variant("s", "airlock")},
+                0,
+            ],
+        )
         try:
             reply = await self._bus.call(message)
         except (OSError, DBusError, EOFError) as e:

@@ -66,8 +66,9 @@ class QuestionQueue(QWidget):
 
     stop_requested = Signal(str)  # session
 
-    def __init__(self, clock: Callable[[], float] = time.time,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self._clock = clock
         self._askers: dict[str, _Asker] = {}  # by session, in the order they first asked
@@ -150,8 +151,7 @@ class QuestionQueue(QWidget):
         request = dialog.request
         asker = self._askers.get(request.session)
         if asker is None:
-            asker = self._askers[request.session] = _Asker(request.session,
-                                                           dialog.requester.agent)
+            asker = self._askers[request.session] = _Asker(request.session, dialog.requester.agent)
         # By deadline: the order they were asked in, unless one must be answered sooner.
         # (Their describing, off the loop, can finish in any order.)
         place = sum(1 for d in asker.questions if d.request.deadline <= request.deadline)
@@ -209,8 +209,7 @@ class QuestionQueue(QWidget):
         self._holding = True
         try:
             # The one in front last: taking it out of the stack shows another page.
-            for dialog in sorted(asker.questions if asker else [],
-                                 key=lambda d: d is self.current):
+            for dialog in sorted(asker.questions if asker else [], key=lambda d: d is self.current):
                 dialog._finish(Answer(Verdict.DENY, by=by))
         finally:
             self._holding = False
@@ -238,7 +237,7 @@ class QuestionQueue(QWidget):
                 return
             rest = self.pending
             # The next of the same agent, else the next agent's first: the order read on.
-            following = [d for d in order[index + 1:] if d in rest]
+            following = [d for d in order[index + 1 :] if d in rest]
             if following or rest:
                 self._bring((following or rest)[0])
         if self.current is None:
@@ -299,8 +298,12 @@ class QuestionQueue(QWidget):
         mine = asker.questions.index(current) + 1
         self.position.setText(
             f"Question {order.index(current) + 1} of {len(order)}"
-            + (f"  ·  {mine} of {len(asker.questions)} from {asker.agent}"
-               if len(asker.questions) != len(order) else ""))
+            + (
+                f"  ·  {mine} of {len(asker.questions)} from {asker.agent}"
+                if len(asker.questions) != len(order)
+                else ""
+            )
+        )
         several = len(order) > 1
         self.previous_button.setEnabled(several)
         self.next_button.setEnabled(several)
@@ -343,8 +346,10 @@ class QuestionQueue(QWidget):
     def _asker_text(self, asker: _Asker) -> str:
         soonest = min(d.remaining() for d in asker.questions)
         count = len(asker.questions)
-        return (f"{asker.title}\n{count} question{'s' if count > 1 else ''}, "
-                f"next denied in {clock_text(soonest)}")
+        return (
+            f"{asker.title}\n{count} question{'s' if count > 1 else ''}, "
+            f"next denied in {clock_text(soonest)}"
+        )
 
     @staticmethod
     def _question_text(dialog: ConsentDialog) -> str:

@@ -62,8 +62,10 @@ class DiffHighlighter(QSyntaxHighlighter):
         super().__init__(document)
         self._formats: dict[str, QTextCharFormat] = {}
         for prefix, foreground, background, bold in (
-            ("+", "#116329", "#e6ffec", False), ("-", "#82071e", "#ffebe9", False),
-            ("@", "#0550ae", "#ddf4ff", False), ("h", "#24292f", "#f6f8fa", True),
+            ("+", "#116329", "#e6ffec", False),
+            ("-", "#82071e", "#ffebe9", False),
+            ("@", "#0550ae", "#ddf4ff", False),
+            ("h", "#24292f", "#f6f8fa", True),
         ):
             fmt = QTextCharFormat()
             fmt.setForeground(QColor(foreground))
@@ -89,9 +91,13 @@ class ReviewWindow(QWidget):
 
     committed = Signal(object)  # CommitResult
 
-    def __init__(self, session: str, review: Review,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], None],
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        session: str,
+        review: Review,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent, Qt.WindowType.Window)
         self.session = session
         self.review = review
@@ -223,21 +229,29 @@ class ReviewWindow(QWidget):
         base = os.path.commonpath(paths) if paths else ""
         if len(paths) == 1 or base in paths:
             base = os.path.dirname(base)
-        self.note.setText(f"In {printable(base)}. Nothing reaches your files until you "
-                          "commit it; tick the files you approve." if base else
-                          "Nothing reaches your files until you commit it.")
-        warning_icon = QApplication.style().standardIcon(
-            QStyle.StandardPixmap.SP_MessageBoxWarning)
+        self.note.setText(
+            f"In {printable(base)}. Nothing reaches your files until you "
+            "commit it; tick the files you approve."
+            if base
+            else "Nothing reaches your files until you commit it."
+        )
+        warning_icon = QApplication.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
         for change in changeset.changes:
             shown = os.path.relpath(change.path, base) if base else str(change.path)
-            item = QTreeWidgetItem([printable(shown), str(change.kind),
-                                    mode_text(change).removeprefix("mode ").replace("->", "→"),
-                                    human_bytes(change.new_size or 0)
-                                    if change.new_size is not None else ""])
+            item = QTreeWidgetItem(
+                [
+                    printable(shown),
+                    str(change.kind),
+                    mode_text(change).removeprefix("mode ").replace("->", "→"),
+                    human_bytes(change.new_size or 0) if change.new_size is not None else "",
+                ]
+            )
             item.setData(0, Qt.ItemDataRole.UserRole, str(change.path))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(0, Qt.CheckState.Checked if str(change.path) in approved
-                               else Qt.CheckState.Unchecked)
+            item.setCheckState(
+                0,
+                Qt.CheckState.Checked if str(change.path) in approved else Qt.CheckState.Unchecked,
+            )
             item.setForeground(1, QColor(STATUS_COLOURS.get(change.kind, "#24292f")))
             if mode_text(change):
                 item.setToolTip(2, f"Lands with {mode_text(change)}")
@@ -252,11 +266,11 @@ class ReviewWindow(QWidget):
             if risky:
                 item.setIcon(0, warning_icon)
                 item.setForeground(0, QColor("#9a6700"))
-                tips.append("Can run code on this machine: " + "; ".join(
-                    printable(r) for r in risky))
+                tips.append(
+                    "Can run code on this machine: " + "; ".join(printable(r) for r in risky)
+                )
             if change.problems:
-                tips.append("Would be refused: " + "; ".join(
-                    printable(p) for p in change.problems))
+                tips.append("Would be refused: " + "; ".join(printable(p) for p in change.problems))
                 item.setForeground(0, QColor("#a4262c"))
             item.setToolTip(0, plain_tip("\n".join(tips)))
             self.files.addTopLevelItem(item)
@@ -265,13 +279,18 @@ class ReviewWindow(QWidget):
         flagged = sum(1 for c in changeset.changes if c.path in self.warnings)
         running = sum(1 for c in changeset.changes if c.path in self.risky)
         self.status.setText(
-            (f"{count} change{'' if count == 1 else 's'}, id {changeset.digest}"
-             + (f"; {flagged} with a name to check" if flagged else "")
-             + (f"; {running} can run code" if running else ""))
-            if count else "No staged changes")
+            (
+                f"{count} change{'' if count == 1 else 's'}, id {changeset.digest}"
+                + (f"; {flagged} with a name to check" if flagged else "")
+                + (f"; {running} can run code" if running else "")
+            )
+            if count
+            else "No staged changes"
+        )
         if count:
-            current = (self.item_for(Path(looking_at)) if looking_at else None) \
-                or next(self._items(), None)
+            current = (self.item_for(Path(looking_at)) if looking_at else None) or next(
+                self._items(), None
+            )
             if current is not None:
                 self.files.setCurrentItem(current)
         else:
@@ -281,11 +300,17 @@ class ReviewWindow(QWidget):
     def _fill_history(self, records: list[CommitRecord]) -> None:
         self.history.clear()
         for record in reversed(records):
-            state = "undone" if record.undone_by else (
-                "undo" if record.undo_of else str(record.state))
-            item = QTreeWidgetItem([record.id, time.strftime(
-                "%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)),
-                str(len(record.operations)), state])
+            state = (
+                "undone" if record.undone_by else ("undo" if record.undo_of else str(record.state))
+            )
+            item = QTreeWidgetItem(
+                [
+                    record.id,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)),
+                    str(len(record.operations)),
+                    state,
+                ]
+            )
             item.setData(0, Qt.ItemDataRole.UserRole, record.id)
             item.setDisabled(bool(record.undone_by or record.undo_of))
             self.history.addTopLevelItem(item)
@@ -295,8 +320,9 @@ class ReviewWindow(QWidget):
         if item is None:
             return
         path = Path(item.data(0, Qt.ItemDataRole.UserRole))
-        warnings = "".join(f"warning: the name {printable(w)}\n"
-                           for w in self.warnings.get(path, ()))
+        warnings = "".join(
+            f"warning: the name {printable(w)}\n" for w in self.warnings.get(path, ())
+        )
         warnings += "".join(f"runs code: {printable(r)}\n" for r in self.risky.get(path, ()))
         self.viewer.setPlainText(warnings + ("\n" if warnings else "") + self.diffs.get(path, ""))
 
@@ -309,8 +335,11 @@ class ReviewWindow(QWidget):
                 yield item
 
     def approved(self) -> list[Path]:
-        return [Path(item.data(0, Qt.ItemDataRole.UserRole)) for item in self._items()
-                if item.checkState(0) == Qt.CheckState.Checked]
+        return [
+            Path(item.data(0, Qt.ItemDataRole.UserRole))
+            for item in self._items()
+            if item.checkState(0) == Qt.CheckState.Checked
+        ]
 
     def item_for(self, path: Path) -> QTreeWidgetItem | None:
         for item in self._items():
@@ -329,9 +358,11 @@ class ReviewWindow(QWidget):
             else:
                 item.setCheckState(0, Qt.CheckState.Checked)
         if left:
-            self.status.setText(f"{left} flagged change{'' if left == 1 else 's'} left "
-                                "unticked (a name to check, or it can run code): tick "
-                                f"{'it' if left == 1 else 'them'} yourself if you approve")
+            self.status.setText(
+                f"{left} flagged change{'' if left == 1 else 's'} left "
+                "unticked (a name to check, or it can run code): tick "
+                f"{'it' if left == 1 else 'them'} yourself if you approve"
+            )
 
     def _update_buttons(self) -> None:
         chosen = bool(self.approved())
@@ -345,16 +376,20 @@ class ReviewWindow(QWidget):
         if not paths:
             return None
         # What was shown is what may land: a change the agent made again since is refused.
-        reviewed = {change.path: change.fingerprint
-                    for change in (self.changeset.changes if self.changeset else ())}
+        reviewed = {
+            change.path: change.fingerprint
+            for change in (self.changeset.changes if self.changeset else ())
+        }
         try:
             result = await asyncio.to_thread(self.review.commit, self.session, paths, reviewed)
         except AirlockError as e:
             self.status.setText(str(e))
             return None
         refused = "; ".join(f"{p}: {why}" for p, why in result.refused)
-        self.status.setText(f"Committed {len(result.applied)} file(s)"
-                            + (f"; refused: {refused}" if refused else ""))
+        self.status.setText(
+            f"Committed {len(result.applied)} file(s)"
+            + (f"; refused: {refused}" if refused else "")
+        )
         self.committed.emit(result)
         await self.load()
         return result
@@ -364,9 +399,12 @@ class ReviewWindow(QWidget):
         if not paths:
             return
         answer = QMessageBox.question(
-            self, "Discard changes", f"Throw away {len(paths)} staged change(s)? This "
-            "cannot be undone.", QMessageBox.StandardButton.Discard |
-            QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Cancel)
+            self,
+            "Discard changes",
+            f"Throw away {len(paths)} staged change(s)? This cannot be undone.",
+            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
         if answer != QMessageBox.StandardButton.Discard:
             return
         await self.discard(paths)

@@ -37,22 +37,39 @@ class Option(Generic[T]):
 
 
 CONSENT_TIMEOUT = Option(
-    "consent/timeout", int, 60, "Deny an unanswered request after (seconds)",
-    minimum=5, maximum=600)
+    "consent/timeout", int, 60, "Deny an unanswered request after (seconds)", minimum=5, maximum=600
+)
 TIMEOUT_ACTION = Option(
-    "consent/timeout_action", str, "deny", "When a request times out",
-    choices=(("deny", "Deny it"),
-             ("deny-session", "Deny it, and the same request for the rest of the session")))
+    "consent/timeout_action",
+    str,
+    "deny",
+    "When a request times out",
+    choices=(
+        ("deny", "Deny it"),
+        ("deny-session", "Deny it, and the same request for the rest of the session"),
+    ),
+)
 UNLOCK_DELAY = Option(
-    "consent/unlock_delay_ms", int, 800,
-    "Keep a new dialog's buttons disabled for (milliseconds)", minimum=300, maximum=5000)
-NOTIFY = Option("desktop/notifications", bool, True,
-                "Notify me of requests while the window is hidden")
+    "consent/unlock_delay_ms",
+    int,
+    800,
+    "Keep a new dialog's buttons disabled for (milliseconds)",
+    minimum=300,
+    maximum=5000,
+)
+NOTIFY = Option(
+    "desktop/notifications", bool, True, "Notify me of requests while the window is hidden"
+)
 AUTOSTART = Option("desktop/autostart", bool, False, "Start Airlock when I log in")
 BLOCK_NETWORK = Option("network/blocked", bool, False, "Block all network access of agents")
 
 OPTIONS: tuple[Option[Any], ...] = (
-    CONSENT_TIMEOUT, TIMEOUT_ACTION, UNLOCK_DELAY, NOTIFY, AUTOSTART, BLOCK_NETWORK,
+    CONSENT_TIMEOUT,
+    TIMEOUT_ACTION,
+    UNLOCK_DELAY,
+    NOTIFY,
+    AUTOSTART,
+    BLOCK_NETWORK,
 )
 
 
@@ -76,8 +93,12 @@ class Settings(QObject):
                 value = cast(Any, option.type)(raw)
         except (TypeError, ValueError):
             return option.default
-        if isinstance(value, int) and not isinstance(value, bool) and option.maximum and (
-                not option.minimum <= value <= option.maximum):
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and option.maximum
+            and (not option.minimum <= value <= option.maximum)
+        ):
             return option.default
         if option.choices and value not in {v for v, _ in option.choices}:
             return option.default
@@ -145,8 +166,9 @@ class SettingsDialog(QDialog):
                 form.addRow(editor)
             else:
                 form.addRow(option.title + ":", editor)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok |
-                                   QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

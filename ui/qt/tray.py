@@ -48,8 +48,11 @@ def state_of(sessions: int, pending: int) -> TrayState:
 
 
 def tooltip(sessions: int, pending: int, unwatched: int = 0) -> str:
-    parts = ["no agents running" if not sessions else
-             f"{sessions} agent{'s' if sessions != 1 else ''} running"]
+    parts = [
+        "no agents running"
+        if not sessions
+        else f"{sessions} agent{'s' if sessions != 1 else ''} running"
+    ]
     if unwatched:
         parts.append(f"{unwatched} partly unwatched")
     if pending:
@@ -86,11 +89,20 @@ class Tray(QObject):
     def available() -> bool:
         return QSystemTrayIcon.isSystemTrayAvailable()
 
-    def update(self, sessions: Sequence[SessionRecord], pending: int,
-               network_blocked: bool, unwatched: frozenset[str] = frozenset()) -> None:
+    def update(
+        self,
+        sessions: Sequence[SessionRecord],
+        pending: int,
+        network_blocked: bool,
+        unwatched: frozenset[str] = frozenset(),
+    ) -> None:
         sessions = tuple(s for s in sessions if s.live)
         if (sessions, pending, network_blocked, unwatched) == (
-                self.sessions, self.pending, self.network_blocked, self.unwatched):
+            self.sessions,
+            self.pending,
+            self.network_blocked,
+            self.unwatched,
+        ):
             return
         self.sessions, self.pending, self.network_blocked = sessions, pending, network_blocked
         self.unwatched = unwatched
@@ -107,8 +119,10 @@ class Tray(QObject):
         self.icon.showMessage(title, text, QSystemTrayIcon.MessageIcon.Information, 8000)
 
     def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
-        if reason in (QSystemTrayIcon.ActivationReason.Trigger,
-                      QSystemTrayIcon.ActivationReason.DoubleClick):
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
             if self.pending:
                 self._actions.show_pending()
             else:
@@ -119,8 +133,9 @@ class Tray(QObject):
         menu, actions = self.menu, self._actions
         menu.clear()
         self.icon.setToolTip(self._tooltip())
-        header = menu.addAction(QIcon(self._icons[self.state]),
-                                self._tooltip().removeprefix("Airlock — ").capitalize())
+        header = menu.addAction(
+            QIcon(self._icons[self.state]), self._tooltip().removeprefix("Airlock — ").capitalize()
+        )
         header.setEnabled(False)
         menu.addSeparator()
         for record in self.sessions:
@@ -130,14 +145,16 @@ class Tray(QObject):
             sub.addAction(sandbox_label(record).capitalize()).setEnabled(False)
             sub.addAction("Open", functools.partial(actions.open_session, record.id))
             sub.addAction("Stop", functools.partial(actions.stop_session, record.id))
-            sub.addAction("Revoke all of its access",
-                          functools.partial(actions.revoke_session, record.id))
+            sub.addAction(
+                "Revoke all of its access", functools.partial(actions.revoke_session, record.id)
+            )
         if self.sessions:
             menu.addSeparator()
         menu.addAction("Launch agent…", actions.launch_agent)
         pending = menu.addAction(
             f"Pending requests ({self.pending})…" if self.pending else "Pending requests…",
-            actions.show_pending)
+            actions.show_pending,
+        )
         pending.setEnabled(bool(self.pending))
         menu.addSeparator()
         block = QAction("Block all network", menu)

@@ -59,8 +59,13 @@ def project(tmp_path: Path) -> Project:
     (upper / "link").symlink_to("edit.txt")
     # Deletions by hand: staged ones are overlay whiteouts, which take CAP_MKNOD to make.
     deletions = (
-        Change(host / "gone.txt", ChangeKind.DELETED, EntryType.FILE, root.id,
-               old_hash=sha256_file(host / "gone.txt")),
+        Change(
+            host / "gone.txt",
+            ChangeKind.DELETED,
+            EntryType.FILE,
+            root.id,
+            old_hash=sha256_file(host / "gone.txt"),
+        ),
         Change(host / "old", ChangeKind.DELETED, EntryType.DIRECTORY, root.id),
     )
     changes = (*staging.changeset().changes, *deletions)
@@ -133,8 +138,7 @@ def crash_after(function: Callable[..., Any]) -> Callable[..., Any]:
     return crashing
 
 
-def between_prepare_and_apply(monkeypatch: pytest.MonkeyPatch,
-                               action: Callable[[], None]) -> None:
+def between_prepare_and_apply(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
     """Runs `action` once, while the commit syncs its prepared files: after every temp file
     is written, before anything is put in place."""
     sync = app.fs.sync_file_systems
@@ -175,11 +179,15 @@ def test_a_crash_while_preparing_is_rolled_back(
 ) -> None:
     before = snapshot(project.host)
     if crash_at == "copying":  # part-way through the copies
-        monkeypatch.setattr(app.commit.apply, "prepare_one",
-                            crash_from_call(BULK // 2, app.commit.apply.prepare_one))
+        monkeypatch.setattr(
+            app.commit.apply,
+            "prepare_one",
+            crash_from_call(BULK // 2, app.commit.apply.prepare_one),
+        )
     else:  # every temp file written, not all of them on disk yet
-        monkeypatch.setattr(app.commit.apply, "prepare_all",
-                            crash_after(app.commit.apply.prepare_all))
+        monkeypatch.setattr(
+            app.commit.apply, "prepare_all", crash_after(app.commit.apply.prepare_all)
+        )
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
@@ -198,18 +206,22 @@ def test_a_crash_while_applying_is_rolled_forward(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = snapshot(project.host)
-    monkeypatch.setattr(app.commit.apply, "apply_one",
-                        crash_from_call(BULK // 2, app.commit.apply.apply_one))
+    monkeypatch.setattr(
+        app.commit.apply, "apply_one", crash_from_call(BULK // 2, app.commit.apply.apply_one)
+    )
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
     assert journal(project.log)["state"] == "applying"
     bulk = project.host / "bulk"
-    contents = [(bulk / f"f{i:03}").read_text() if (bulk / f"f{i:03}").exists() else None
-                for i in range(BULK)]
+    contents = [
+        (bulk / f"f{i:03}").read_text() if (bulk / f"f{i:03}").exists() else None
+        for i in range(BULK)
+    ]
     # Replaced files old or new, added ones absent or new: never anything in between.
-    assert all(c in (f"old-{i}\n" if i < BULK // 2 else None, f"new-{i}\n")
-               for i, c in enumerate(contents))
+    assert all(
+        c in (f"old-{i}\n" if i < BULK // 2 else None, f"new-{i}\n") for i, c in enumerate(contents)
+    )
     assert 0 < sum(c == f"new-{i}\n" for i, c in enumerate(contents)) < BULK  # cut short
 
     (resolved,) = CommitLog(project.log.root).recover()
@@ -228,11 +240,21 @@ def test_refusals_name_each_path_and_the_rest_is_committed(
     staged = tmp_path / "staged.txt"
     staged.write_text("x\n")
     hostile = (
-        Change(project.host / "escape" / "x.txt", ChangeKind.ADDED, EntryType.FILE,
-               project.root.id, staged),
+        Change(
+            project.host / "escape" / "x.txt",
+            ChangeKind.ADDED,
+            EntryType.FILE,
+            project.root.id,
+            staged,
+        ),
         Change(outside / "y.txt", ChangeKind.ADDED, EntryType.FILE, project.root.id, staged),
-        Change(project.host / "vanished.txt", ChangeKind.ADDED, EntryType.FILE,
-               project.root.id, tmp_path / "no-such-staged-file"),
+        Change(
+            project.host / "vanished.txt",
+            ChangeKind.ADDED,
+            EntryType.FILE,
+            project.root.id,
+            tmp_path / "no-such-staged-file",
+        ),
     )
     project.changes = (*project.changes, *hostile)
     result = commit(project)
@@ -259,8 +281,15 @@ def test_files_in_directories_not_committed_themselves_still_land(
     changes = []
     for i in range(BULK):
         (staged / f"g{i:03}").write_text(f"g-{i}\n")
-        changes.append(Change(project.host / "made" / "deep" / f"g{i:03}", ChangeKind.ADDED,
-                              EntryType.FILE, project.root.id, staged / f"g{i:03}"))
+        changes.append(
+            Change(
+                project.host / "made" / "deep" / f"g{i:03}",
+                ChangeKind.ADDED,
+                EntryType.FILE,
+                project.root.id,
+                staged / f"g{i:03}",
+            )
+        )
     result = project.log.commit("s1", changes, {project.root.id: project.root})
     assert result.refused == ()
     made = project.host / "made" / "deep"
@@ -281,17 +310,17 @@ def test_a_staged_file_rewritten_after_review_is_refused(project: Project) -> No
     result = commit(project)
     refused = dict(result.refused)
     assert set(refused) == {str(project.host / "edit.txt"), str(project.host / "bulk/f007")}
-    assert all(why.startswith("changed since it was reviewed (reviewed sha256 ")
-               for why in refused.values())
+    assert all(
+        why.startswith("changed since it was reviewed (reviewed sha256 ")
+        for why in refused.values()
+    )
     assert (project.host / "edit.txt").read_text() == "old edit\n"
     assert (project.host / "bulk" / "f007").read_text() == "old-7\n"
     assert (project.host / "bulk" / "f008").read_text() == "new-8\n"
     assert leftovers(project.host) == []
 
 
-def test_a_fifo_swapped_in_for_a_staged_file_is_refused_without_hanging(
-    project: Project
-) -> None:
+def test_a_fifo_swapped_in_for_a_staged_file_is_refused_without_hanging(project: Project) -> None:
     staged = staged_path(project, "edit.txt")
     staged.unlink()
     os.mkfifo(staged)  # opening it for reading would block until a writer came
@@ -317,10 +346,12 @@ def test_host_files_created_or_changed_during_the_commit_are_kept(
     between_prepare_and_apply(monkeypatch, user_at_work)
     result = commit(project)
     assert dict(result.refused) == {
-        str(project.host / "bulk" / "f500"):
-            "conflict: created on the host while being committed; the host's file was kept",
-        str(project.host / "bulk" / "f010"):
-            "conflict: changed on the host while being committed; the host's version was kept",
+        str(
+            project.host / "bulk" / "f500"
+        ): "conflict: created on the host while being committed; the host's file was kept",
+        str(
+            project.host / "bulk" / "f010"
+        ): "conflict: changed on the host while being committed; the host's version was kept",
     }
     assert (project.host / "bulk" / "f500").read_text() == "the user's own\n"
     assert (project.host / "bulk" / "f010").read_text() == "edited by the user\n"
@@ -339,8 +370,11 @@ def test_host_files_created_or_changed_during_the_commit_are_kept(
 
 def staged_snapshot(project: Project) -> dict[Path, bytes]:
     """The staged files' contents, by where they are staged."""
-    return {c.staged: c.staged.read_bytes() for c in project.changes
-            if c.staged is not None and c.type is EntryType.FILE}
+    return {
+        c.staged: c.staged.read_bytes()
+        for c in project.changes
+        if c.staged is not None and c.type is EntryType.FILE
+    }
 
 
 def commit_moving(project: Project) -> app.commit.CommitResult:
@@ -357,8 +391,9 @@ def test_an_ended_sessions_files_are_moved_into_place(project: Project) -> None:
     assert_all_new(project.host)
     assert (project.host / "edit.txt").stat().st_ino == inode  # moved, not copied
     assert not edit.exists()
-    assert {c.path: c.path.read_bytes() for c in project.changes if c.staged in staged} == \
-        {c.path: staged[c.staged] for c in project.changes if c.staged in staged}
+    assert {c.path: c.path.read_bytes() for c in project.changes if c.staged in staged} == {
+        c.path: staged[c.staged] for c in project.changes if c.staged in staged
+    }
 
     assert result.commit is not None
     project.log.undo(result.commit.id)
@@ -372,8 +407,9 @@ def test_a_crash_while_moving_loses_nothing(
     before = snapshot(project.host)
     staged = staged_snapshot(project)
     function = "prepare_one" if crash_at == "preparing" else "apply_one"
-    monkeypatch.setattr(app.commit.apply, function,
-                        crash_from_call(BULK // 2, getattr(app.commit.apply, function)))
+    monkeypatch.setattr(
+        app.commit.apply, function, crash_from_call(BULK // 2, getattr(app.commit.apply, function))
+    )
     with pytest.raises(SimulatedCrash):
         commit_moving(project)
     monkeypatch.undo()
@@ -391,7 +427,8 @@ def test_a_file_to_move_that_meets_a_conflict_stays_staged(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     between_prepare_and_apply(
-        monkeypatch, lambda: (project.host / "bulk" / "f500").write_text("the user's own\n"))
+        monkeypatch, lambda: (project.host / "bulk" / "f500").write_text("the user's own\n")
+    )
     result = commit_moving(project)
     assert [path for path, _ in result.refused] == [str(project.host / "bulk" / "f500")]
     assert (project.host / "bulk" / "f500").read_text() == "the user's own\n"
@@ -433,9 +470,17 @@ def test_a_file_that_cannot_be_put_in_place_is_refused_and_the_commit_ends(
     (project.host / "docs" / "inside.txt").write_text("the user's\n")
     staged = tmp_path / "docs-as-a-file"
     staged.write_text("a file now\n")
-    project.changes = (*project.changes, Change(
-        project.host / "docs", ChangeKind.MODIFIED, EntryType.FILE, project.root.id, staged,
-        new_hash=sha256_file(staged)))
+    project.changes = (
+        *project.changes,
+        Change(
+            project.host / "docs",
+            ChangeKind.MODIFIED,
+            EntryType.FILE,
+            project.root.id,
+            staged,
+            new_hash=sha256_file(staged),
+        ),
+    )
     result = commit(project)
     (refused,) = result.refused
     assert refused[0] == str(project.host / "docs")
@@ -460,8 +505,9 @@ def test_recovery_reads_only_commits_that_never_finished(
 def test_an_interrupted_commit_from_before_the_markers_is_still_recovered(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app.commit.apply, "apply_one",
-                        crash_from_call(BULK // 2, app.commit.apply.apply_one))
+    monkeypatch.setattr(
+        app.commit.apply, "apply_one", crash_from_call(BULK // 2, app.commit.apply.apply_one)
+    )
     with pytest.raises(SimulatedCrash):
         commit(project)
     monkeypatch.undo()
@@ -470,8 +516,7 @@ def test_an_interrupted_commit_from_before_the_markers_is_still_recovered(
     (path,) = project.log.root.glob("*/commit.json")
     written = json.loads(path.read_text())
     table = written["operations"]  # its operations a list of objects, not a table
-    written["operations"] = [dict(zip(table["fields"], row, strict=True))
-                             for row in table["rows"]]
+    written["operations"] = [dict(zip(table["fields"], row, strict=True)) for row in table["rows"]]
     path.write_text(json.dumps(written))
     (resolved,) = CommitLog(project.log.root).recover()
     assert project.log.record(resolved).state is State.DONE
@@ -486,7 +531,8 @@ def test_a_recovery_leaves_a_commit_under_way_alone(
     # line, commits: that commit is not an interrupted one, and must not be rolled back.
     recovered: list[list[str]] = []
     between_prepare_and_apply(
-        monkeypatch, lambda: recovered.append(CommitLog(project.log.root).recover()))
+        monkeypatch, lambda: recovered.append(CommitLog(project.log.root).recover())
+    )
     result = commit(project)
     assert recovered == [[]]
     assert result.refused == ()

@@ -24,17 +24,31 @@ from app.events import Event, EventBus
 
 
 def line(**fields: Any) -> bytes:
-    return json.dumps(dict({"event": "attempt", "protocol": "tcp", "family": 4,
-                            "address": "203.0.113.5", "port": 443, "count": 1},
-                           **fields)).encode() + b"\n"
+    return (
+        json.dumps(
+            dict(
+                {
+                    "event": "attempt",
+                    "protocol": "tcp",
+                    "family": 4,
+                    "address": "203.0.113.5",
+                    "port": 443,
+                    "count": 1,
+                },
+                **fields,
+            )
+        ).encode()
+        + b"\n"
+    )
 
 
 def test_a_good_attempt_becomes_plain_data() -> None:
     attempt = parse_report(line())
     assert attempt == BlockedAttempt("tcp", 4, "203.0.113.5", 443)
     assert attempt.subject == "203.0.113.5:443"
-    six = parse_report(line(family=6, address="2001:DB8::5", protocol="udp", port=53,
-                            name="example.com", qtype=28))
+    six = parse_report(
+        line(family=6, address="2001:DB8::5", protocol="udp", port=53, name="example.com", qtype=28)
+    )
     assert isinstance(six, BlockedAttempt)
     assert six.subject == "[2001:db8::5]:53"
     assert six.details()["name"] == "example.com" and six.details()["qtype"] == 28
@@ -45,14 +59,34 @@ def test_a_good_attempt_becomes_plain_data() -> None:
     assert parse_report(line(protocol="47")).protocol == "47"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("bad", [
-    b"not json", b"[1, 2]", b'"text"', b'{"event": "shell"}', b"\xff\xfe",
-    line(protocol="tcp; rm -rf /"), line(protocol="1234"), line(family=5),
-    line(family=6), line(address="example.com"), line(address="1" * 100),
-    line(port=70000), line(port=-1), line(port="443"), line(port=True), line(count=0),
-    line(count=2 ** 41), line(name="a\nb"), line(name="x" * 254), line(name=7),
-    line(qtype=-1), b'{"event":"overflow"}', b"{" + b" " * MAX_LINE + b"}",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'"text"',
+        b'{"event": "shell"}',
+        b"\xff\xfe",
+        line(protocol="tcp; rm -rf /"),
+        line(protocol="1234"),
+        line(family=5),
+        line(family=6),
+        line(address="example.com"),
+        line(address="1" * 100),
+        line(port=70000),
+        line(port=-1),
+        line(port="443"),
+        line(port=True),
+        line(count=0),
+        line(count=2**41),
+        line(name="a\nb"),
+        line(name="x" * 254),
+        line(name=7),
+        line(qtype=-1),
+        b'{"event":"overflow"}',
+        b"{" + b" " * MAX_LINE + b"}",
+    ],
+)
 def test_anything_malformed_is_refused_whole(bad: bytes) -> None:
     with pytest.raises(ValueError):
         parse_report(bad)

@@ -27,7 +27,9 @@ URL = f"http://127.0.0.1:{PROXY_PORT}"
 def test_the_agent_is_pointed_at_the_proxy_and_each_route_gets_a_variable() -> None:
     profile = parse_profile(
         'name = "t"\nimage = "i"\n[[network.routes]]\nname = "open-ai.v1"\n'
-        'upstream = "https://api.example.com/v1"\nsecret = "openai"\n', "t.toml")
+        'upstream = "https://api.example.com/v1"\nsecret = "openai"\n',
+        "t.toml",
+    )
     environment = proxy_environment(profile)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         assert environment[name] == URL

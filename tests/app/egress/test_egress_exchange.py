@@ -44,11 +44,11 @@ def profile(*, uploads: str = "ask", threshold: str = "1k", extra: str = "") -> 
     return parse_profile(
         'name = "t"\nimage = "i"\n[network]\nallow = ["files.test:80"]\nallow_private = true\n'
         f'{extra}\n[approval]\nuploads = "{uploads}"\nupload_threshold = "{threshold}"\n',
-        "t.toml")
+        "t.toml",
+    )
 
 
-ROUTE = ('[[network.routes]]\nname = "llm"\nupstream = "http://127.0.0.1:9"\n'
-         'secret = "llm-key"\n')
+ROUTE = '[[network.routes]]\nname = "llm"\nupstream = "http://127.0.0.1:9"\nsecret = "llm-key"\n'
 
 
 class Playbook:
@@ -141,8 +141,11 @@ def test_a_body_past_the_upload_threshold_is_held_before_anything_is_sent(
     size: int, asked: bool
 ) -> None:
     book = Playbook(connection(profile(threshold="1k")))
-    book.give(f"POST http://files.test/u HTTP/1.1\r\nHost: files.test\r\n"
-              f"Content-Length: {size}\r\n\r\n".encode() + b"x" * size)
+    book.give(
+        f"POST http://files.test/u HTTP/1.1\r\nHost: files.test\r\n"
+        f"Content-Length: {size}\r\n\r\n".encode()
+        + b"x" * size
+    )
     book.expect(Resolve)
     book.give(LOOPBACK)
     book.expect(ReadGranted)
@@ -158,8 +161,7 @@ def test_a_body_past_the_upload_threshold_is_held_before_anything_is_sent(
         book.expect(Connect)
 
 
-@pytest.mark.parametrize(("uploads", "asked"), [("always", True), ("never", False),
-                                                 ("ask", False)])
+@pytest.mark.parametrize(("uploads", "asked"), [("always", True), ("never", False), ("ask", False)])
 def test_uploads_always_asks_on_a_tunnel_too(uploads: str, asked: bool) -> None:
     book = Playbook(connection(profile(uploads=uploads)))
     book.give(b"CONNECT files.test:80 HTTP/1.1\r\nHost: files.test:80\r\n\r\nhello")
@@ -199,8 +201,10 @@ def test_a_tunnel_pauses_past_the_threshold_once(size: int, asked: bool) -> None
 
 def test_a_chunked_upload_that_passes_the_threshold_after_inspection_is_asked_about() -> None:
     book = Playbook(connection(profile(threshold="2k"), inspect_limit=1024))
-    book.give(b"POST http://files.test/u HTTP/1.1\r\nHost: files.test\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n400\r\n" + b"a" * 1024 + b"\r\n")
+    book.give(
+        b"POST http://files.test/u HTTP/1.1\r\nHost: files.test\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n400\r\n" + b"a" * 1024 + b"\r\n"
+    )
     book.give(LOOPBACK)
     book.expect(ReadGranted)
     book.give(None)
@@ -246,8 +250,9 @@ def test_a_route_answer_is_forwarded_at_once_when_it_cannot_start_the_key() -> N
     book.give(KEY)
     book.give(Connected("127.0.0.1", spliceable=False))
     book.give()
-    book.give(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-              b"Content-Type: text/event-stream\r\n\r\n")
+    book.give(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+    )
     book.sent_to_client()
     book.expect(ReadUpstream)
     event = b'data: {"delta": "hi"}\n\n'
@@ -296,11 +301,14 @@ def test_a_closed_kept_upstream_is_dropped_and_a_new_one_opened() -> None:
 
 
 @pytest.mark.parametrize(("route", "silence"), [("", 600.0), ('idle_timeout = "90s"\n', 90.0)])
-def test_a_route_waits_for_its_upstream_as_long_as_its_idle_timeout(route: str,
-                                                                    silence: float) -> None:
+def test_a_route_waits_for_its_upstream_as_long_as_its_idle_timeout(
+    route: str, silence: float
+) -> None:
     book = Playbook(connection(profile(extra=ROUTE + route), body_timeout=3.0))
-    book.give(b"POST /routes/llm/v1/responses HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
-              b"Content-Length: 2\r\n\r\n{}")
+    book.give(
+        b"POST /routes/llm/v1/responses HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
     book.give(KEY)
     book.expect(Connect)
     book.give(Connected("127.0.0.1", spliceable=False))
@@ -313,10 +321,12 @@ def test_a_route_waits_for_its_upstream_as_long_as_its_idle_timeout(route: str,
     assert log.record.reason == f"the upstream was silent for {silence:g} s"
 
 
-WEBSOCKET = (b"GET /routes/llm/v1/realtime HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
-             b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+WEBSOCKET = (
+    b"GET /routes/llm/v1/realtime HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+)
 
 
 def websocket_handshake(book: Playbook) -> bytes:
@@ -337,8 +347,10 @@ def test_a_websocket_on_a_route_switches_with_the_credential_and_no_extension() 
     assert f"Authorization: Bearer {KEY}\r\n".encode() in sent
     assert b"upgrade: websocket" in sent and b"permessage-deflate" not in sent
     book.expect(ReadUpstream)
-    book.give(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n\x81\x02hi")
+    book.give(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n\x81\x02hi"
+    )
     answer = book.sent_to_client()
     assert answer.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-accept: x" in answer
     relay = book.expect(RelayWebSocket)
@@ -361,8 +373,10 @@ def test_a_websocket_on_a_route_switches_with_the_credential_and_no_extension() 
 def test_a_route_upstream_that_picks_a_websocket_extension_is_refused() -> None:
     book = Playbook(connection(profile(extra=ROUTE)))
     websocket_handshake(book)
-    book.give(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+    book.give(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    )
     log = book.expect(Log)
     assert log.record.status == 502 and "extension" in log.record.reason
     book.give()
@@ -374,8 +388,10 @@ def test_a_route_upstream_that_picks_a_websocket_extension_is_refused() -> None:
 def test_a_get_with_a_token_in_its_query_is_held_before_anything_is_sent() -> None:
     book = Playbook(connection(profile()))
     token = base64.b64encode(b"AKIA" + b"IOSFODNN7EXAMPL3").decode()
-    book.give(f"GET http://files.test/q?t={token} HTTP/1.1\r\nHost: files.test\r\n"
-              "X-Note: plain\r\n\r\n".encode())
+    book.give(
+        f"GET http://files.test/q?t={token} HTTP/1.1\r\nHost: files.test\r\n"
+        "X-Note: plain\r\n\r\n".encode()
+    )
     book.give(LOOPBACK)
     book.expect(ReadGranted)
     ask = book.give(None)
@@ -390,8 +406,13 @@ def test_a_get_with_a_token_in_its_query_is_held_before_anything_is_sent() -> No
 
 
 def test_a_new_name_under_a_wildcard_is_inspected_before_it_is_resolved() -> None:
-    prof = profile(extra="").model_copy(update={"network": parse_profile(
-        'name = "t"\nimage = "i"\n[network]\nallow = ["*.wild.test:443"]\n', "t.toml").network})
+    prof = profile(extra="").model_copy(
+        update={
+            "network": parse_profile(
+                'name = "t"\nimage = "i"\n[network]\nallow = ["*.wild.test:443"]\n', "t.toml"
+            ).network
+        }
+    )
     label = (b"AKIA" + b"IOSFODNN7EXAMPL3").hex()
     book = Playbook(connection(prof))
     book.give(f"CONNECT {label}.wild.test:443 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -408,8 +429,10 @@ def test_a_cookie_the_host_set_goes_back_unasked_and_one_of_the_agents_does_not(
     book = Playbook(connection(profile()))
 
     def request(cookie: str) -> Any:
-        book.give(f"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n"
-                  f"Cookie: {cookie}\r\n\r\n".encode())
+        book.give(
+            f"GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\n"
+            f"Cookie: {cookie}\r\n\r\n".encode()
+        )
         book.give(LOOPBACK)
         return book.give(None)  # ReadGranted: none
 
@@ -418,8 +441,10 @@ def test_a_cookie_the_host_set_goes_back_unasked_and_one_of_the_agents_does_not(
     book.give(None)
     book.give(Connected("127.0.0.1", spliceable=False))
     book.give()
-    book.give(f"HTTP/1.1 200 OK\r\nSet-Cookie: s={jwt}; Path=/; HttpOnly\r\n"
-              "Content-Length: 0\r\n\r\n".encode())
+    book.give(
+        f"HTTP/1.1 200 OK\r\nSet-Cookie: s={jwt}; Path=/; HttpOnly\r\n"
+        "Content-Length: 0\r\n\r\n".encode()
+    )
     book.sent_to_client()
     book.give()  # the log
     command = request(f"s={jwt}")
@@ -431,5 +456,4 @@ def test_a_cookie_the_host_set_goes_back_unasked_and_one_of_the_agents_does_not(
     book.give()
     command = request(f"s={jwt}; mine={'AKIA' + 'IOSFODNN7EXAMPL3'}")
     assert isinstance(command, Ask)
-    assert [f["label"] for f in command.details["findings"]] == [
-        "aws-access-key in a cookie"]
+    assert [f["label"] for f in command.details["findings"]] == ["aws-access-key in a cookie"]

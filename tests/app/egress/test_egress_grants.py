@@ -45,29 +45,47 @@ def front(reply: Answer) -> Answering:
 
 
 def cli(dirs: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, XDG_STATE_HOME=str(dirs / "state"),
-               XDG_CONFIG_HOME=str(dirs / "config"), XDG_RUNTIME_DIR=str(dirs / "run"))
-    return subprocess.run([sys.executable, "-m", "ui.cli", *args], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=REPO)
+    env = dict(
+        os.environ,
+        XDG_STATE_HOME=str(dirs / "state"),
+        XDG_CONFIG_HOME=str(dirs / "config"),
+        XDG_RUNTIME_DIR=str(dirs / "run"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "ui.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def session(store: StateStore, name: str) -> None:
-    store.add_session(SessionRecord(name, "t", "i", None, "1:1", SessionState.RUNNING,
-                                    time.time()))
+    store.add_session(SessionRecord(name, "t", "i", None, "1:1", SessionState.RUNNING, time.time()))
 
 
 def get(proxy_port: int, host: str, port: int) -> int:
-    response = raw(proxy_port, (f"GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}"
-                                "\r\nConnection: close\r\n\r\n").encode())
+    response = raw(
+        proxy_port,
+        (
+            f"GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}"
+            "\r\nConnection: close\r\n\r\n"
+        ).encode(),
+    )
     return int(response.split(b" ", 2)[1])
 
 
 def test_an_always_answer_outlives_its_session_is_listed_and_revoking_it_cuts_a_tunnel(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     base = tmp_path / "xdg"
     (base / "run").mkdir(parents=True, mode=0o700)
-    dirs = Dirs(config=base / "config" / "airlock", state=base / "state" / "airlock",
-                runtime=base / "run" / "airlock")
+    dirs = Dirs(
+        config=base / "config" / "airlock",
+        state=base / "state" / "airlock",
+        runtime=base / "run" / "airlock",
+    )
     store = StateStore(dirs.database)
     book = NetworkGrants(store, EventBus())
     with RecordingServer() as upstream:
@@ -98,8 +116,7 @@ def test_an_always_answer_outlives_its_session_is_listed_and_revoking_it_cuts_a_
         with harness(tmp_path, prof, front_end=second, session="two", grants=book) as proxy:
             assert get(proxy.port, "ask.test", upstream.port) == 200
             tunnel = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-            tunnel.sendall(f"CONNECT ask.test:{upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n"
-                           .encode())
+            tunnel.sendall(f"CONNECT ask.test:{upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert b" 200 " in tunnel.recv(4096)
             tunnel.sendall(b"GET /t HTTP/1.1\r\nHost: ask.test\r\n\r\n")  # kept alive
             answer = b""
@@ -120,46 +137,71 @@ def test_an_always_answer_outlives_its_session_is_listed_and_revoking_it_cuts_a_
             proxy.wait_events(4)
         assert [q.subject for q in second.asked] == [f"ask.test:{upstream.port}"]
         assert cut_after < 2
-        cut = [e for e in proxy.events if e.kind is EventKind.NET_REFUSED
-               and e.details["rule"] == "grant-revoked"]
+        cut = [
+            e
+            for e in proxy.events
+            if e.kind is EventKind.NET_REFUSED and e.details["rule"] == "grant-revoked"
+        ]
         assert cut and cut[0].subject == f"ask.test:{upstream.port}"
         assert cut[0].details["grants"] == [grant]
     assert store.network_grant(grant).revoked_at is not None  # type: ignore[union-attr]
     # The command line's revocation is in the audit log.
-    revocations = [r for r in records(dirs.audit) if isinstance(r, AuditRecord)
-                   and r.kind == "grant.revoked"]
+    revocations = [
+        r for r in records(dirs.audit) if isinstance(r, AuditRecord) and r.kind == "grant.revoked"
+    ]
     assert [(r.subject, r.details["grant"], r.details["network"]) for r in revocations] == [
-        (f"ask.test:{upstream.port}", grant, True)]
+        (f"ask.test:{upstream.port}", grant, True)
+    ]
     assert [r["path"] for r in upstream.seen.requests] == ["/x", "/x", "/t"]
     store.close()
 
 
 def test_a_session_answer_ends_with_its_session(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
-    grant = network_grant_for("ask.test", 443, Access.CONNECT, allowed=True,
-                              lifetime=Lifetime.SESSION, session="s1", profile="t")
+    grant = network_grant_for(
+        "ask.test",
+        443,
+        Access.CONNECT,
+        allowed=True,
+        lifetime=Lifetime.SESSION,
+        session="s1",
+        profile="t",
+    )
     assert grant is not None and grant.session == "s1" and grant.profile is None
     store.add_network_grant(grant)
     assert [g.id for g in store.network_grants(time.time())] == [grant.id]
     store.end_session("s1", SessionState.EXITED, 0, None)
     assert store.network_grants(time.time()) == []
-    assert network_grant_for("h", 1, Access.UPLOAD, allowed=True, lifetime=Lifetime.ONCE,
-                             session="s1", profile="t") is None
+    assert (
+        network_grant_for(
+            "h", 1, Access.UPLOAD, allowed=True, lifetime=Lifetime.ONCE, session="s1", profile="t"
+        )
+        is None
+    )
     store.close()
 
 
-@pytest.mark.parametrize(("lifetime", "asked_again"), [
-    (Lifetime.SESSION, False), (Lifetime.ONCE, True)])
+@pytest.mark.parametrize(
+    ("lifetime", "asked_again"), [(Lifetime.SESSION, False), (Lifetime.ONCE, True)]
+)
 def test_an_upload_approved_for_the_session_is_not_asked_again(
-        tmp_path: Path, lifetime: Lifetime, asked_again: bool) -> None:
+    tmp_path: Path, lifetime: Lifetime, asked_again: bool
+) -> None:
     answering = front(Answer(Verdict.ALLOW, lifetime, by="dialog"))
-    with RecordingServer() as upstream, harness(
-            tmp_path, profile(upstream.port, threshold="1k"), front_end=answering) as proxy:
+    with (
+        RecordingServer() as upstream,
+        harness(tmp_path, profile(upstream.port, threshold="1k"), front_end=answering) as proxy,
+    ):
         for _ in range(2):
-            response = raw(proxy.port, (
-                f"POST http://files.test:{upstream.port}/u HTTP/1.1\r\n"
-                f"Host: files.test:{upstream.port}\r\nContent-Length: 4000\r\n"
-                "Connection: close\r\n\r\n").encode() + b"z" * 4000)
+            response = raw(
+                proxy.port,
+                (
+                    f"POST http://files.test:{upstream.port}/u HTTP/1.1\r\n"
+                    f"Host: files.test:{upstream.port}\r\nContent-Length: 4000\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                + b"z" * 4000,
+            )
             assert b" 200 " in response.split(b"\r\n", 1)[0]
     assert len(answering.asked) == (2 if asked_again else 1)
     assert len(upstream.seen.requests) == 2
@@ -168,8 +210,15 @@ def test_an_upload_approved_for_the_session_is_not_asked_again(
 def test_the_grant_book_tells_its_listeners_what_was_revoked(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     book = NetworkGrants(store)
-    grant = network_grant_for("a.test", 80, Access.CONNECT, allowed=True,
-                              lifetime=Lifetime.ALWAYS, session="s", profile="t")
+    grant = network_grant_for(
+        "a.test",
+        80,
+        Access.CONNECT,
+        allowed=True,
+        lifetime=Lifetime.ALWAYS,
+        session="s",
+        profile="t",
+    )
     assert grant is not None
 
     async def scenario() -> list[str]:

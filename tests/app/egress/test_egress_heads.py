@@ -22,10 +22,16 @@ from app.profiles import Profile, parse_profile
 from tests.app.egress.test_egress_proxy import harness, profile, raw
 from tests.netsupport import FixedGranted, RecordingServer, ScriptedFrontEnd
 
-NOTES = "\n".join(f"line {i}: the quarterly numbers nobody outside may read, row {i * 7}"
-                  for i in range(8)) + "\n"
-PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn\n"
-       "-----END RSA PRIVATE KEY-----")
+NOTES = (
+    "\n".join(
+        f"line {i}: the quarterly numbers nobody outside may read, row {i * 7}" for i in range(8)
+    )
+    + "\n"
+)
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn\n"
+    "-----END RSA PRIVATE KEY-----"
+)
 CLOUD = "AKIA" + "IOSFODNN7EXAMPL3"  # the shape of an AWS access key id
 PAYLOADS = {"granted-file": NOTES, "private-key": PEM, "aws-access-key": CLOUD}
 
@@ -50,16 +56,20 @@ def request(port: int, case: int, place: str, value: str) -> bytes:
         extra = f"X-Trace-Context: {value}\r\n"
     elif place == "cookie":
         extra = f"Cookie: theme=dark; session={value}\r\n"
-    return (f"GET http://files.test:{port}{path} HTTP/1.1\r\nHost: files.test:{port}\r\n"
-            f"{extra}Connection: close\r\n\r\n").encode()
+    return (
+        f"GET http://files.test:{port}{path} HTTP/1.1\r\nHost: files.test:{port}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    ).encode()
 
 
-CASES = [(kind, place, how)
-         for kind in PAYLOADS
-         for place in ("query", "path", "header", "cookie")
-         for how in ("plain", "url", "base64")
-         # A key and a file have spaces and newlines: they travel encoded, or not at all.
-         if how != "plain" or kind == "aws-access-key"]
+CASES = [
+    (kind, place, how)
+    for kind in PAYLOADS
+    for place in ("query", "path", "header", "cookie")
+    for how in ("plain", "url", "base64")
+    # A key and a file have spaces and newlines: they travel encoded, or not at all.
+    if how != "plain" or kind == "aws-access-key"
+]
 
 
 def granted(tmp_path: Path) -> FixedGranted:
@@ -74,13 +84,19 @@ def status(response: bytes) -> int:
 @pytest.mark.parametrize("verdict", ["timeout", "approved"])
 def test_secrets_and_granted_content_in_a_head_are_held(tmp_path: Path, verdict: str) -> None:
     with RecordingServer() as upstream:
-        front = (ScriptedFrontEnd(delay=None) if verdict == "timeout"
-                 else ScriptedFrontEnd(Verdict.ALLOW))
+        front = (
+            ScriptedFrontEnd(delay=None)
+            if verdict == "timeout"
+            else ScriptedFrontEnd(Verdict.ALLOW)
+        )
         prof = profile(upstream.port, timeout="2s")
         with harness(tmp_path, prof, front_end=front, granted=granted(tmp_path)) as proxy:
-            sent = [request(upstream.port, i, place,
-                            encoded(PAYLOADS[kind], how, urlsafe=place == "path"))
-                    for i, (kind, place, how) in enumerate(CASES)]
+            sent = [
+                request(
+                    upstream.port, i, place, encoded(PAYLOADS[kind], how, urlsafe=place == "path")
+                )
+                for i, (kind, place, how) in enumerate(CASES)
+            ]
             # At once: the timeouts run side by side.
             with ThreadPoolExecutor(len(sent)) as pool:
                 responses = list(pool.map(lambda data: raw(proxy.port, data), sent))
@@ -126,9 +142,17 @@ def drip(port: int, count: int, proxy_port: int) -> list[int]:
     codes = []
     for _ in range(count):
         value = secrets.token_hex(30)  # 60 bytes; random, so no finding
-        codes.append(status(raw(proxy_port, (
-            f"GET http://files.test:{port}/d?v={value} HTTP/1.1\r\nHost: files.test:{port}\r\n"
-            "Connection: close\r\n\r\n").encode())))
+        codes.append(
+            status(
+                raw(
+                    proxy_port,
+                    (
+                        f"GET http://files.test:{port}/d?v={value} HTTP/1.1\r\n"
+                        f"Host: files.test:{port}\r\nConnection: close\r\n\r\n"
+                    ).encode(),
+                )
+            )
+        )
     return codes
 
 
@@ -159,14 +183,29 @@ def test_a_header_value_repeated_is_counted_once(tmp_path: Path) -> None:
     with RecordingServer() as upstream:
         front = Scripted([])
         with harness(tmp_path, profile(upstream.port, threshold="1k"), front_end=front) as proxy:
-            codes = [status(raw(proxy.port, (
-                f"GET http://files.test:{upstream.port}/ HTTP/1.1\r\n"
-                f"Host: files.test:{upstream.port}\r\nCookie: {cookie}\r\n"
-                "Connection: close\r\n\r\n").encode())) for _ in range(50)]
-            changed = status(raw(proxy.port, (
-                f"GET http://files.test:{upstream.port}/ HTTP/1.1\r\n"
-                f"Host: files.test:{upstream.port}\r\nCookie: {cookie[:-1]}b\r\n"
-                "Connection: close\r\n\r\n").encode()))
+            codes = [
+                status(
+                    raw(
+                        proxy.port,
+                        (
+                            f"GET http://files.test:{upstream.port}/ HTTP/1.1\r\n"
+                            f"Host: files.test:{upstream.port}\r\nCookie: {cookie}\r\n"
+                            "Connection: close\r\n\r\n"
+                        ).encode(),
+                    )
+                )
+                for _ in range(50)
+            ]
+            changed = status(
+                raw(
+                    proxy.port,
+                    (
+                        f"GET http://files.test:{upstream.port}/ HTTP/1.1\r\n"
+                        f"Host: files.test:{upstream.port}\r\nCookie: {cookie[:-1]}b\r\n"
+                        "Connection: close\r\n\r\n"
+                    ).encode(),
+                )
+            )
     assert codes == [200] * 50 and changed == 403
 
 
@@ -188,27 +227,49 @@ def wild_profile(port: int, threshold: str = "64k") -> Profile:
         'name = "t"\nimage = "i"\n[network]\n'
         f'allow = ["files.test:{port}", "*.wild.test:{port}"]\nallow_private = true\n'
         f'[approval]\nuploads = "ask"\nupload_threshold = "{threshold}"\ntimeout = "1s"\n',
-        "t.toml")
+        "t.toml",
+    )
 
 
 @pytest.mark.parametrize("how", ["hex", "base32"])
 def test_a_secret_in_a_host_name_under_a_wildcard_is_held_before_it_is_resolved(
-        tmp_path: Path, how: str) -> None:
-    label = (CLOUD.encode().hex() if how == "hex"
-             else base64.b32encode(CLOUD.encode()).decode().rstrip("=").lower())
+    tmp_path: Path, how: str
+) -> None:
+    label = (
+        CLOUD.encode().hex()
+        if how == "hex"
+        else base64.b32encode(CLOUD.encode()).decode().rstrip("=").lower()
+    )
     host = f"{label}.wild.test"
     with RecordingServer() as upstream:
         for verdict in (None, True):
             resolver = WildResolver()
             front = Scripted([verdict])
-            with harness(tmp_path, wild_profile(upstream.port), front_end=front,
-                         resolver=resolver, session=f"w-{verdict}") as proxy:
-                plain = raw(proxy.port, (
-                    f"GET http://{host}:{upstream.port}/ HTTP/1.1\r\n"
-                    f"Host: {host}:{upstream.port}\r\nConnection: close\r\n\r\n").encode())
-                tunnel = raw(proxy.port, (f"CONNECT {host}:{upstream.port} HTTP/1.1\r\n"
-                                          f"Host: {host}\r\n\r\n").encode(), read=True) \
-                    if verdict is None else b""
+            with harness(
+                tmp_path,
+                wild_profile(upstream.port),
+                front_end=front,
+                resolver=resolver,
+                session=f"w-{verdict}",
+            ) as proxy:
+                plain = raw(
+                    proxy.port,
+                    (
+                        f"GET http://{host}:{upstream.port}/ HTTP/1.1\r\n"
+                        f"Host: {host}:{upstream.port}\r\nConnection: close\r\n\r\n"
+                    ).encode(),
+                )
+                tunnel = (
+                    raw(
+                        proxy.port,
+                        (
+                            f"CONNECT {host}:{upstream.port} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                        ).encode(),
+                        read=True,
+                    )
+                    if verdict is None
+                    else b""
+                )
             if verdict is None:
                 assert status(plain) == 403 and status(tunnel) == 403
                 assert resolver.asked == []  # no lookup carried the label out
@@ -219,8 +280,7 @@ def test_a_secret_in_a_host_name_under_a_wildcard_is_held_before_it_is_resolved(
                 assert label not in repr([e.to_json() for e in proxy.events])  # log: "…"
             else:
                 assert status(plain) == 200 and resolver.asked == [host]
-    assert [r["headers"]["host"] for r in upstream.seen.requests] == [
-        f"{host}:{upstream.port}"]
+    assert [r["headers"]["host"] for r in upstream.seen.requests] == [f"{host}:{upstream.port}"]
 
 
 def test_new_names_under_a_wildcard_add_up_to_the_threshold(tmp_path: Path) -> None:
@@ -229,14 +289,26 @@ def test_new_names_under_a_wildcard_add_up_to_the_threshold(tmp_path: Path) -> N
     with RecordingServer() as upstream:
         resolver = WildResolver()
         front = Scripted([False])
-        with harness(tmp_path, wild_profile(upstream.port, threshold="1k"), front_end=front,
-                     resolver=resolver) as proxy:
+        with harness(
+            tmp_path,
+            wild_profile(upstream.port, threshold="1k"),
+            front_end=front,
+            resolver=resolver,
+        ) as proxy:
             names = [f"{secrets.token_hex(20)}.wild.test" for _ in range(30)]
             codes = []
             for name in [names[0]] * 3 + names:
-                codes.append(status(raw(proxy.port, (
-                    f"GET http://{name}:{upstream.port}/ HTTP/1.1\r\n"
-                    f"Host: {name}:{upstream.port}\r\nConnection: close\r\n\r\n").encode())))
+                codes.append(
+                    status(
+                        raw(
+                            proxy.port,
+                            (
+                                f"GET http://{name}:{upstream.port}/ HTTP/1.1\r\n"
+                                f"Host: {name}:{upstream.port}\r\nConnection: close\r\n\r\n"
+                            ).encode(),
+                        )
+                    )
+                )
     held = codes.index(403)
     assert codes[:held] == [200] * held and held > 20
     distinct = held - 3  # names[0] went three times and once more: counted once
@@ -250,7 +322,8 @@ def test_new_names_under_a_wildcard_add_up_to_the_threshold(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("where", ["header name", "method", "path"])
 def test_a_secret_where_no_value_is_expected_is_held_and_kept_out_of_the_log(
-        tmp_path: Path, where: str) -> None:
+    tmp_path: Path, where: str
+) -> None:
     """A header's name and the method are the agent's choice too; and the log, which keeps
     paths and the findings' labels, does not get the secret from a held request."""
     with RecordingServer() as upstream:
@@ -263,14 +336,16 @@ def test_a_secret_where_no_value_is_expected_is_held_and_kept_out_of_the_log(
                 method = CLOUD
             else:
                 path = f"/files/{base64.urlsafe_b64encode(CLOUD.encode()).decode()}/x"
-            response = raw(proxy.port, (
-                f"{method} http://files.test:{upstream.port}{path} HTTP/1.1\r\n"
-                f"Host: files.test:{upstream.port}\r\n{extra}Connection: close\r\n\r\n"
-            ).encode())
+            response = raw(
+                proxy.port,
+                (
+                    f"{method} http://files.test:{upstream.port}{path} HTTP/1.1\r\n"
+                    f"Host: files.test:{upstream.port}\r\n{extra}Connection: close\r\n\r\n"
+                ).encode(),
+            )
             events = proxy.wait_events(1)
     assert status(response) == 403 and upstream.seen.requests == []
     assert [f["kind"] for f in front.asked[0].details["findings"]] == ["aws-access-key"]
     logged = repr([e.to_json() for e in events])
-    for encoded in (CLOUD, base64.urlsafe_b64encode(CLOUD.encode()).decode(),
-                    CLOUD.encode().hex()):
+    for encoded in (CLOUD, base64.urlsafe_b64encode(CLOUD.encode()).decode(), CLOUD.encode().hex()):
         assert encoded not in logged

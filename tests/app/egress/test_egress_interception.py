@@ -44,8 +44,9 @@ def server_context(ca: trustme.CA, name: str = "localhost") -> ssl.SSLContext:
     return context
 
 
-def inspect_profile(port: int, *, rule: str = "", opaque: int | None = None,
-                    extra: str = "", timeout: str = "30s") -> Profile:
+def inspect_profile(
+    port: int, *, rule: str = "", opaque: int | None = None, extra: str = "", timeout: str = "30s"
+) -> Profile:
     rules = [f'{{ host = "localhost", ports = [{port}], inspect = true{rule} }}']
     if opaque is not None:
         rules.append(f'{{ host = "files.test", ports = [{opaque}] }}')
@@ -53,7 +54,8 @@ def inspect_profile(port: int, *, rule: str = "", opaque: int | None = None,
         'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
         f"allow = [{', '.join(rules)}]\n{extra}"
         f'[approval]\nuploads = "ask"\nupload_threshold = "64k"\ntimeout = "{timeout}"\n',
-        "t.toml")
+        "t.toml",
+    )
 
 
 @pytest.fixture
@@ -69,8 +71,9 @@ def session_ca(tmp_path: Path) -> SessionCA:
     return authority
 
 
-def inspecting(tmp_path: Path, prof: Profile, ca: trustme.CA, session_ca: SessionCA,
-               **kwargs: Any) -> ProxyHarness:
+def inspecting(
+    tmp_path: Path, prof: Profile, ca: trustme.CA, session_ca: SessionCA, **kwargs: Any
+) -> ProxyHarness:
     return harness(tmp_path, prof, tls=trusted_context(ca), ca=session_ca, **kwargs)
 
 
@@ -79,8 +82,9 @@ def agent_context(tmp_path: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(tmp_path / "session-ca.pem"))
 
 
-def tunnel(proxy: int, host: str, port: int, context: ssl.SSLContext,
-           server_hostname: str | None) -> ssl.SSLSocket:
+def tunnel(
+    proxy: int, host: str, port: int, context: ssl.SSLContext, server_hostname: str | None
+) -> ssl.SSLSocket:
     sock = socket.create_connection(("127.0.0.1", proxy), timeout=10)
     sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     answer = b""
@@ -112,11 +116,13 @@ def test_curl_and_urllib_see_the_upstream_and_a_path_rule_decides_inside(
         allowed = curl("-x", proxy.url, "--cacert", cafile, "-d", "{}", f"{base}/v1/messages")
         below = curl("-x", proxy.url, "--cacert", cafile, f"{base}/repos/a/b?token=secret")
         other = curl("-x", proxy.url, "--cacert", cafile, "-i", f"{base}/other")
-        dots = curl("-x", proxy.url, "--cacert", cafile, "-i", "--path-as-is",
-                    f"{base}/repos/../admin")
+        dots = curl(
+            "-x", proxy.url, "--cacert", cafile, "-i", "--path-as-is", f"{base}/repos/../admin"
+        )
         opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({"https": proxy.url}),
-            urllib.request.HTTPSHandler(context=agent_context(tmp_path)))
+            urllib.request.HTTPSHandler(context=agent_context(tmp_path)),
+        )
         with opener.open(f"{base}/v1/messages", data=b"{}") as answer:
             by_urllib = answer.status
             answer.read()
@@ -128,9 +134,13 @@ def test_curl_and_urllib_see_the_upstream_and_a_path_rule_decides_inside(
     assert "HTTP/1.1 403" in dots.stdout
     assert by_urllib == 200
     assert [r["path"] for r in upstream.seen.requests] == [
-        "/v1/messages", "/repos/a/b?token=secret", "/v1/messages"]
-    logged = [(e.kind, e.details["method"], e.details["path"], e.details["inspection"])
-              for e in events]
+        "/v1/messages",
+        "/repos/a/b?token=secret",
+        "/v1/messages",
+    ]
+    logged = [
+        (e.kind, e.details["method"], e.details["path"], e.details["inspection"]) for e in events
+    ]
     assert logged == [
         ("net.request", "POST", "/v1/messages", "inspected"),
         ("net.request", "GET", "/repos/a/b?token=…", "inspected"),
@@ -147,27 +157,45 @@ def test_a_host_not_marked_stays_an_opaque_tunnel(
     with inspecting(tmp_path, prof, ca, session_ca) as proxy:
         # The agent must trust the upstream's own CA: nothing in between.
         ca.cert_pem.write_to_path(str(tmp_path / "test-ca.pem"))
-        result = curl("-x", proxy.url, "--cacert", str(tmp_path / "test-ca.pem"),
-                      "--resolve", f"localhost:{upstream.port}:127.0.0.1",
-                      "--connect-to", f"localhost:{upstream.port}:files.test:{upstream.port}",
-                      f"https://localhost:{upstream.port}/through")
+        result = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(tmp_path / "test-ca.pem"),
+            "--resolve",
+            f"localhost:{upstream.port}:127.0.0.1",
+            "--connect-to",
+            f"localhost:{upstream.port}:files.test:{upstream.port}",
+            f"https://localhost:{upstream.port}/through",
+        )
         events = proxy.wait_events(1)
     assert json.loads(result.stdout)["path"] == "/through", result.stderr
     assert events[0].kind == "net.tunnel" and events[0].details["inspection"] == "opaque"
 
 
-@pytest.mark.parametrize(("name", "trusted", "why"), [
-    ("localhost", False, "unable to get local issuer certificate"),
-    ("other.test", True, "Hostname mismatch"),
-])
+@pytest.mark.parametrize(
+    ("name", "trusted", "why"),
+    [
+        ("localhost", False, "unable to get local issuer certificate"),
+        ("other.test", True, "Hostname mismatch"),
+    ],
+)
 def test_an_upstream_whose_certificate_fails_is_refused_with_the_reason(
     tmp_path: Path, ca: trustme.CA, session_ca: SessionCA, name: str, trusted: bool, why: str
 ) -> None:
     issuer = ca if trusted else trustme.CA()
-    with RecordingServer(server_context(issuer, name)) as bad, \
-            inspecting(tmp_path, inspect_profile(bad.port), ca, session_ca) as proxy:
-        result = curl("-x", proxy.url, "--cacert", str(tmp_path / "session-ca.pem"), "-i",
-                      f"https://localhost:{bad.port}/secret-path")
+    with (
+        RecordingServer(server_context(issuer, name)) as bad,
+        inspecting(tmp_path, inspect_profile(bad.port), ca, session_ca) as proxy,
+    ):
+        result = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(tmp_path / "session-ca.pem"),
+            "-i",
+            f"https://localhost:{bad.port}/secret-path",
+        )
         events = proxy.wait_events(1)
     assert "HTTP/1.1 502" in result.stdout
     assert events[0].details["rule"] == "upstream-certificate"
@@ -175,21 +203,38 @@ def test_an_upstream_whose_certificate_fails_is_refused_with_the_reason(
     assert bad.seen.requests == []
 
 
-@pytest.mark.parametrize(("verdict", "delay", "delivered", "by"), [
-    (Verdict.ALLOW, 0.0, True, "test"),
-    (Verdict.DENY, 0.0, False, "test"),
-    (Verdict.ALLOW, None, False, "timeout"),
-])
+@pytest.mark.parametrize(
+    ("verdict", "delay", "delivered", "by"),
+    [
+        (Verdict.ALLOW, 0.0, True, "test"),
+        (Verdict.DENY, 0.0, False, "test"),
+        (Verdict.ALLOW, None, False, "timeout"),
+    ],
+)
 def test_a_private_key_posted_over_https_is_held_with_its_decrypted_preview(
-    tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA,
-    verdict: Verdict, delay: float | None, delivered: bool, by: str,
+    tmp_path: Path,
+    ca: trustme.CA,
+    upstream: RecordingServer,
+    session_ca: SessionCA,
+    verdict: Verdict,
+    delay: float | None,
+    delivered: bool,
+    by: str,
 ) -> None:
     front = ScriptedFrontEnd(verdict, delay)
-    with inspecting(tmp_path, inspect_profile(upstream.port, timeout="1s"), ca, session_ca,
-                    front_end=front) as proxy:
-        result = curl("-x", proxy.url, "--cacert", str(tmp_path / "session-ca.pem"), "-i",
-                      "--data-binary", PEM.decode(),
-                      f"https://localhost:{upstream.port}/upload?key=abc")
+    with inspecting(
+        tmp_path, inspect_profile(upstream.port, timeout="1s"), ca, session_ca, front_end=front
+    ) as proxy:
+        result = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(tmp_path / "session-ca.pem"),
+            "-i",
+            "--data-binary",
+            PEM.decode(),
+            f"https://localhost:{upstream.port}/upload?key=abc",
+        )
         events = proxy.wait_events(1)
     asked = front.asked[-1]
     assert asked.kind == "network.upload"
@@ -214,11 +259,22 @@ def test_a_granted_files_content_sent_over_https_is_held(
     (tmp_path / "notes.md").write_text(notes)
     granted = FixedGranted(GrantedContent.build([("/home/u/notes.md", tmp_path / "notes.md")]))
     front = ScriptedFrontEnd(Verdict.DENY)
-    with inspecting(tmp_path, inspect_profile(upstream.port), ca, session_ca,
-                    front_end=front, granted=granted) as proxy:
-        result = curl("-x", proxy.url, "--cacert", str(tmp_path / "session-ca.pem"),
-                      "-o", "/dev/null", "-w", "%{http_code}", "-d",
-                      json.dumps({"text": notes}), f"https://localhost:{upstream.port}/paste")
+    with inspecting(
+        tmp_path, inspect_profile(upstream.port), ca, session_ca, front_end=front, granted=granted
+    ) as proxy:
+        result = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(tmp_path / "session-ca.pem"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-d",
+            json.dumps({"text": notes}),
+            f"https://localhost:{upstream.port}/paste",
+        )
     assert result.stdout == "403"
     assert front.asked[0].details["findings"][0]["kind"] == "granted-file"
     assert "confidential line 0" in front.asked[0].details["preview"]
@@ -239,8 +295,10 @@ class EventStream(RawServer):
             head = b""
             while b"\r\n\r\n" not in head and (chunk := tls.recv(65536)):
                 head += chunk
-            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                        b"Transfer-Encoding: chunked\r\n\r\n")
+            tls.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
             for n in range(self.count):
                 if n:
                     time.sleep(1.0)
@@ -253,12 +311,17 @@ class EventStream(RawServer):
 def test_server_sent_events_stream_through_interception(
     tmp_path: Path, ca: trustme.CA, session_ca: SessionCA
 ) -> None:
-    with EventStream(server_context(ca)) as upstream, inspecting(
-            tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy, \
-            tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
-                   "localhost") as sock:
-        sock.sendall(f"GET /v1/stream HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
+    with (
+        EventStream(server_context(ca)) as upstream,
+        inspecting(tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy,
+        tunnel(
+            proxy.port, "localhost", upstream.port, agent_context(tmp_path), "localhost"
+        ) as sock,
+    ):
+        sock.sendall(
+            f"GET /v1/stream HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         got = b""
         while b'"n": 0' not in got:
             got += sock.recv(65536)
@@ -317,26 +380,48 @@ def test_a_tls_name_other_than_the_connect_target_is_refused(
     assert upstream.seen.connections == 0
 
 
-@pytest.mark.parametrize(("request_bytes", "status", "rule"), [
-    (b"GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n", 400, "host-mismatch"),
-    (b"GET https://elsewhere.test/ HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n", 400,
-     "host-mismatch"),
-    (b"GET / HTTP/1.1\r\nHost: localhost:{port}\r\nHost: elsewhere.test\r\n\r\n", 400,
-     "bad-request"),  # (h11 refuses two Host headers itself)
-    (b"POST / HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Length: 5\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n"
-     b"Host: localhost:{port}\r\n\r\n", 400, "bad-request"),
-    (b"CONNECT elsewhere.test:443 HTTP/1.1\r\nHost: elsewhere.test:443\r\n\r\n", 400,
-     "bad-request"),
-    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http2"),
-])
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "rule"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n", 400, "host-mismatch"),
+        (
+            b"GET https://elsewhere.test/ HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n",
+            400,
+            "host-mismatch",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: localhost:{port}\r\nHost: elsewhere.test\r\n\r\n",
+            400,
+            "bad-request",
+        ),  # (h11 refuses two Host headers itself)
+        (
+            b"POST / HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n"
+            b"Host: localhost:{port}\r\n\r\n",
+            400,
+            "bad-request",
+        ),
+        (
+            b"CONNECT elsewhere.test:443 HTTP/1.1\r\nHost: elsewhere.test:443\r\n\r\n",
+            400,
+            "bad-request",
+        ),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http2"),
+    ],
+)
 def test_a_request_inside_that_names_another_host_or_smuggles_is_refused(
-    tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA,
-    request_bytes: bytes, status: int, rule: str,
+    tmp_path: Path,
+    ca: trustme.CA,
+    upstream: RecordingServer,
+    session_ca: SessionCA,
+    request_bytes: bytes,
+    status: int,
+    rule: str,
 ) -> None:
     with inspecting(tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy:
-        with tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
-                    "localhost") as sock:
+        with tunnel(
+            proxy.port, "localhost", upstream.port, agent_context(tmp_path), "localhost"
+        ) as sock:
             sock.sendall(request_bytes.replace(b"{port}", str(upstream.port).encode()))
             answer = read_all(sock)
         events = proxy.wait_events(1)
@@ -367,10 +452,11 @@ def test_a_request_pipelined_after_an_allowed_one_is_decided_on_its_own(
     prof = inspect_profile(upstream.port, rule=', paths = ["/v1/*"]')
     port = upstream.port
     with inspecting(tmp_path, prof, ca, session_ca) as proxy:
-        with tunnel(proxy.port, "localhost", port, agent_context(tmp_path),
-                    "localhost") as sock:
-            sock.sendall(f"GET /v1/a HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
-                         f"GET /admin HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+        with tunnel(proxy.port, "localhost", port, agent_context(tmp_path), "localhost") as sock:
+            sock.sendall(
+                f"GET /v1/a HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
+                f"GET /admin HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode()
+            )
             answer = read_all(sock)
         events = proxy.wait_events(2)
     assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 403" in answer
@@ -401,7 +487,7 @@ def test_leaf_certificates_are_cached_and_verify_against_the_session_ca(
 
 
 def test_the_trust_bundle_is_the_system_one_with_the_session_ca_added(
-    session_ca: SessionCA
+    session_ca: SessionCA,
 ) -> None:
     bundle = session_ca.trust_bundle(b"-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----")
     assert bundle.startswith(b"-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n")
@@ -415,15 +501,20 @@ def test_an_ask_host_is_asked_once_at_the_connect(
 ) -> None:
     prof = parse_profile(
         'name = "t"\nimage = "i"\n[network]\nallow_private = true\ninspect = true\n'
-        f'ask = [{{ host = "localhost", ports = [{upstream.port}] }}]\n', "t.toml")
+        f'ask = [{{ host = "localhost", ports = [{upstream.port}] }}]\n',
+        "t.toml",
+    )
     front = ScriptedFrontEnd(Verdict.ALLOW)
     with inspecting(tmp_path, prof, ca, session_ca, front_end=front) as proxy:
-        with tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
-                    "localhost") as sock:
+        with tunnel(
+            proxy.port, "localhost", upstream.port, agent_context(tmp_path), "localhost"
+        ) as sock:
             port = upstream.port
-            sock.sendall(f"GET /1 HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
-                         f"GET /2 HTTP/1.1\r\nHost: localhost:{port}\r\n"
-                         "Connection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /1 HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
+                f"GET /2 HTTP/1.1\r\nHost: localhost:{port}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
             read_all(sock)
         assert wait_until(lambda: len(upstream.seen.requests) == 2)
     assert [r.kind for r in front.asked] == ["network.host"]
@@ -433,7 +524,8 @@ def test_urllib_without_the_session_ca_cannot_be_fooled(
     tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA
 ) -> None:
     opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+        urllib.request.HTTPSHandler(context=ssl.create_default_context())
+    )
     with inspecting(tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy:
         opener.add_handler(urllib.request.ProxyHandler({"https": proxy.url}))
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -444,41 +536,47 @@ def test_urllib_without_the_session_ca_cannot_be_fooled(
 # The pure parts, by table.
 
 
-@pytest.mark.parametrize(("allowed", "target", "fits"), [
-    ((), "/anything", True),
-    (("/v1/messages",), "/v1/messages", True),
-    (("/v1/messages",), "/v1/messages?beta=1", True),
-    (("/v1/messages",), "/v1/messages/x", False),
-    (("/v1/messages",), "/v1/Messages", False),
-    (("/repos/*",), "/repos/", True),
-    (("/repos/*",), "/repos/a/b", True),
-    (("/repos/*",), "/repos", False),
-    (("/repos/*",), "/repos/../admin", False),
-    (("/repos/*",), "/repos/%2e%2e/admin", False),
-    (("/repos/*",), "/repos/a%2fb", False),
-    (("/repos/*",), "/repos/a\\..\\b", False),
-    (("/v1/messages", "/repos/*"), "/other", False),
-])
+@pytest.mark.parametrize(
+    ("allowed", "target", "fits"),
+    [
+        ((), "/anything", True),
+        (("/v1/messages",), "/v1/messages", True),
+        (("/v1/messages",), "/v1/messages?beta=1", True),
+        (("/v1/messages",), "/v1/messages/x", False),
+        (("/v1/messages",), "/v1/Messages", False),
+        (("/repos/*",), "/repos/", True),
+        (("/repos/*",), "/repos/a/b", True),
+        (("/repos/*",), "/repos", False),
+        (("/repos/*",), "/repos/../admin", False),
+        (("/repos/*",), "/repos/%2e%2e/admin", False),
+        (("/repos/*",), "/repos/a%2fb", False),
+        (("/repos/*",), "/repos/a\\..\\b", False),
+        (("/v1/messages", "/repos/*"), "/other", False),
+    ],
+)
 def test_path_rules(allowed: tuple[str, ...], target: str, fits: bool) -> None:
     from app.egress.paths import path_fits
 
     assert path_fits(allowed, target) is fits
 
 
-@pytest.mark.parametrize(("target", "host_header", "result"), [
-    (b"/v1/x?q=1", b"api.test", ("/v1/x?q=1", None)),
-    (b"/", b"api.test:443", ("/", None)),
-    (b"/", b"API.test.", ("/", None)),
-    (b"https://api.test/v1", b"api.test", ("/v1", None)),
-    (b"https://api.test?q", b"api.test", ("/?q", None)),
-    (b"/", b"api.test:8443", (None, "host-mismatch")),
-    (b"/", b"other.test", (None, "host-mismatch")),
-    (b"https://other.test/", b"api.test", (None, "host-mismatch")),
-    (b"https://api.test@other.test/", b"api.test", (None, "host-mismatch")),
-    (b"http://api.test/", b"api.test", (None, "bad-request")),
-    (b"*", b"api.test", (None, "bad-request")),
-    (b"/#frag", b"api.test", (None, "bad-request")),
-])
+@pytest.mark.parametrize(
+    ("target", "host_header", "result"),
+    [
+        (b"/v1/x?q=1", b"api.test", ("/v1/x?q=1", None)),
+        (b"/", b"api.test:443", ("/", None)),
+        (b"/", b"API.test.", ("/", None)),
+        (b"https://api.test/v1", b"api.test", ("/v1", None)),
+        (b"https://api.test?q", b"api.test", ("/?q", None)),
+        (b"/", b"api.test:8443", (None, "host-mismatch")),
+        (b"/", b"other.test", (None, "host-mismatch")),
+        (b"https://other.test/", b"api.test", (None, "host-mismatch")),
+        (b"https://api.test@other.test/", b"api.test", (None, "host-mismatch")),
+        (b"http://api.test/", b"api.test", (None, "bad-request")),
+        (b"*", b"api.test", (None, "bad-request")),
+        (b"/#frag", b"api.test", (None, "bad-request")),
+    ],
+)
 def test_requests_inside_a_tunnel_name_only_its_host(
     target: bytes, host_header: bytes, result: tuple[str | None, str | None]
 ) -> None:
@@ -492,14 +590,17 @@ def test_requests_inside_a_tunnel_name_only_its_host(
         assert (got.path, None) == result and got.tls and got.port == 443
 
 
-@pytest.mark.parametrize(("error", "rule"), [
-    ("TLSV1_ALERT_UNKNOWN_CA", "tls-pinned"),
-    ("SSLV3_ALERT_BAD_CERTIFICATE", "tls-pinned"),
-    ("UNSUPPORTED_PROTOCOL", "tls-version"),
-    ("VERSION_TOO_LOW", "tls-version"),
-    ("TLSV1_ALERT_NO_APPLICATION_PROTOCOL", "http2"),
-    ("", "tls-handshake"),
-])
+@pytest.mark.parametrize(
+    ("error", "rule"),
+    [
+        ("TLSV1_ALERT_UNKNOWN_CA", "tls-pinned"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "tls-pinned"),
+        ("UNSUPPORTED_PROTOCOL", "tls-version"),
+        ("VERSION_TOO_LOW", "tls-version"),
+        ("TLSV1_ALERT_NO_APPLICATION_PROTOCOL", "http2"),
+        ("", "tls-handshake"),
+    ],
+)
 def test_a_failed_handshake_is_named_by_its_likely_cause(error: str, rule: str) -> None:
     from app.egress.interception import handshake_refusal
 
@@ -507,33 +608,72 @@ def test_a_failed_handshake_is_named_by_its_likely_cause(error: str, rule: str) 
     assert refusal.rule == rule and "api.test" in refusal.reason
 
 
-@pytest.mark.parametrize(("sni", "refused"), [
-    (None, False), ("api.test", False), ("API.TEST.", False), ("other.test", True),
-    ("bad name!", True),
-])
+@pytest.mark.parametrize(
+    ("sni", "refused"),
+    [
+        (None, False),
+        ("api.test", False),
+        ("API.TEST.", False),
+        ("other.test", True),
+        ("bad name!", True),
+    ],
+)
 def test_the_tls_name_must_be_the_connect_host(sni: str | None, refused: bool) -> None:
     from app.egress.interception import sni_refusal
 
     assert (sni_refusal("api.test", sni) is not None) is refused
 
 
-@pytest.mark.parametrize(("network", "method", "path", "action", "inspect"), [
-    ('allow = [{ host = "api.test", inspect = true, methods = ["POST"] }]',
-     "CONNECT", None, "allow", True),
-    ('allow = [{ host = "api.test", inspect = true, methods = ["POST"] }]',
-     "GET", "/", "deny", False),
-    ('allow = [{ host = "api.test", methods = ["POST"] }]', "CONNECT", None, "deny", False),
-    ('allow = [{ host = "api.test", paths = ["/v1/*"] }]', "CONNECT", None, "deny", False),
-    ('inspect = true\nallow = [{ host = "api.test", paths = ["/v1/*"] }]',
-     "CONNECT", None, "allow", True),
-    ('inspect = true\nallow = [{ host = "api.test", inspect = false }]',
-     "CONNECT", None, "allow", False),
-    ('inspect = true\nallow = [{ host = "api.test", paths = ["/v1/*"] }]',
-     "POST", "/v1/x", "allow", True),
-    ('inspect = true\nallow = [{ host = "api.test", paths = ["/v1/*"] }]',
-     "POST", "/v2/x", "deny", False),
-    ('allow = ["api.test"]', "CONNECT", None, "allow", False),
-])
+@pytest.mark.parametrize(
+    ("network", "method", "path", "action", "inspect"),
+    [
+        (
+            'allow = [{ host = "api.test", inspect = true, methods = ["POST"] }]',
+            "CONNECT",
+            None,
+            "allow",
+            True,
+        ),
+        (
+            'allow = [{ host = "api.test", inspect = true, methods = ["POST"] }]',
+            "GET",
+            "/",
+            "deny",
+            False,
+        ),
+        ('allow = [{ host = "api.test", methods = ["POST"] }]', "CONNECT", None, "deny", False),
+        ('allow = [{ host = "api.test", paths = ["/v1/*"] }]', "CONNECT", None, "deny", False),
+        (
+            'inspect = true\nallow = [{ host = "api.test", paths = ["/v1/*"] }]',
+            "CONNECT",
+            None,
+            "allow",
+            True,
+        ),
+        (
+            'inspect = true\nallow = [{ host = "api.test", inspect = false }]',
+            "CONNECT",
+            None,
+            "allow",
+            False,
+        ),
+        (
+            'inspect = true\nallow = [{ host = "api.test", paths = ["/v1/*"] }]',
+            "POST",
+            "/v1/x",
+            "allow",
+            True,
+        ),
+        (
+            'inspect = true\nallow = [{ host = "api.test", paths = ["/v1/*"] }]',
+            "POST",
+            "/v2/x",
+            "deny",
+            False,
+        ),
+        ('allow = ["api.test"]', "CONNECT", None, "allow", False),
+    ],
+)
 def test_connect_and_requests_by_inspection_methods_and_paths(
     network: str, method: str, path: str | None, action: str, inspect: bool
 ) -> None:
@@ -555,38 +695,87 @@ def route_profile(port: int, other: int, route: str = "") -> Profile:
         f'allow = [{{ host = "files.test", ports = [{other}], inspect = true }}]\n'
         '[[network.routes]]\nname = "claude"\nsecret = "anthropic"\nintercept = true\n'
         f'upstream = "https://localhost:{port}"\nplaceholder_env = "ANTHROPIC_API_KEY"\n'
-        f'{route}', "t.toml")
+        f"{route}",
+        "t.toml",
+    )
 
 
-@pytest.mark.parametrize(("route", "where"), [
-    ('header = "x-api-key: {secret}"\n', "header"),
-    ('query = "key"\n', "query"),
-    ("", "authorization"),  # the default: Authorization: Bearer {secret}
-])
+@pytest.mark.parametrize(
+    ("route", "where"),
+    [
+        ('header = "x-api-key: {secret}"\n', "header"),
+        ('query = "key"\n', "query"),
+        ("", "authorization"),  # the default: Authorization: Bearer {secret}
+    ],
+)
 def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host(
-    tmp_path: Path, ca: trustme.CA, upstream: RecordingServer, session_ca: SessionCA,
-    route: str, where: str,
+    tmp_path: Path,
+    ca: trustme.CA,
+    upstream: RecordingServer,
+    session_ca: SessionCA,
+    route: str,
+    where: str,
 ) -> None:
     from app.egress.interception import placeholder
     from tests.netsupport import DictSecrets
 
     fake = placeholder(route_profile(1, 1).network.routes[0])
     cafile = str(tmp_path / "session-ca.pem")
-    with RecordingServer(server_context(ca, "files.test")) as other, inspecting(
-            tmp_path, route_profile(upstream.port, other.port, route), ca, session_ca,
-            secrets=DictSecrets({"anthropic": KEY})) as proxy:
-        sent = curl("-x", proxy.url, "--cacert", cafile, "-H", f"x-api-key: {fake}",
-                    "-H", "Accept-Encoding: gzip", "-d", "{}",
-                    f"https://localhost:{upstream.port}/v1/messages?key={fake}&beta=1")
-        echoed = curl("-x", proxy.url, "--cacert", cafile, "-H", f"Authorization: {fake}",
-                      f"https://localhost:{upstream.port}/echo-auth?key={fake}")
-        stray = curl("-x", proxy.url, "--cacert", cafile, "-i", "-H", f"x-api-key: {fake}",
-                     f"https://files.test:{other.port}/collect")
-        stray_url = curl("-x", proxy.url, "--cacert", cafile, "-i",
-                         f"https://files.test:{other.port}/c?k={fake}")
-        stray_body = curl("-x", proxy.url, "--cacert", cafile, "-i", "-d",
-                          json.dumps({"note": "x" * 5000, "key": fake}),
-                          f"https://files.test:{other.port}/paste")
+    with (
+        RecordingServer(server_context(ca, "files.test")) as other,
+        inspecting(
+            tmp_path,
+            route_profile(upstream.port, other.port, route),
+            ca,
+            session_ca,
+            secrets=DictSecrets({"anthropic": KEY}),
+        ) as proxy,
+    ):
+        sent = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            cafile,
+            "-H",
+            f"x-api-key: {fake}",
+            "-H",
+            "Accept-Encoding: gzip",
+            "-d",
+            "{}",
+            f"https://localhost:{upstream.port}/v1/messages?key={fake}&beta=1",
+        )
+        echoed = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            cafile,
+            "-H",
+            f"Authorization: {fake}",
+            f"https://localhost:{upstream.port}/echo-auth?key={fake}",
+        )
+        stray = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            cafile,
+            "-i",
+            "-H",
+            f"x-api-key: {fake}",
+            f"https://files.test:{other.port}/collect",
+        )
+        stray_url = curl(
+            "-x", proxy.url, "--cacert", cafile, "-i", f"https://files.test:{other.port}/c?k={fake}"
+        )
+        stray_body = curl(
+            "-x",
+            proxy.url,
+            "--cacert",
+            cafile,
+            "-i",
+            "-d",
+            json.dumps({"note": "x" * 5000, "key": fake}),
+            f"https://files.test:{other.port}/paste",
+        )
         logged = proxy.wait_events(7)
     # Each request the route's key went out with is also a `net.credential` record.
     used = [e for e in logged if e.kind is EventKind.NET_CREDENTIAL]
@@ -609,8 +798,13 @@ def test_the_placeholder_becomes_the_real_key_only_on_the_way_to_the_routes_host
     assert other.seen.requests == []
     for result in (stray, stray_url, stray_body):
         assert "HTTP/1.1 403" in result.stdout and "placeholder" in result.stdout
-    assert [e.details["rule"] for e in events] == ["route:claude", "route:claude",
-                                                   "placeholder", "placeholder", "placeholder"]
+    assert [e.details["rule"] for e in events] == [
+        "route:claude",
+        "route:claude",
+        "placeholder",
+        "placeholder",
+        "placeholder",
+    ]
     assert all(KEY not in json.dumps(dict(e.details)) for e in events)
     assert events[0].details["route"] == "claude"
 
@@ -623,12 +817,16 @@ def test_a_session_needs_a_ca_only_when_it_may_inspect_and_warms_the_hosts_it_na
 
     plain = network('allow = ["api.test", { host = "x.test", inspect = false }]')
     assert not inspects(plain) and known_hosts(plain) == []
-    some = network('allow = [{ host = "api.test", inspect = true }, "*.cdn.test", "o.test"]\n'
-                   'ask = [{ host = "*.wild.test", inspect = true }]')
+    some = network(
+        'allow = [{ host = "api.test", inspect = true }, "*.cdn.test", "o.test"]\n'
+        'ask = [{ host = "*.wild.test", inspect = true }]'
+    )
     assert inspects(some) and known_hosts(some) == ["api.test"]
-    everything = network('inspect = true\nallow = ["a.test", { host = "b.test", '
-                         'inspect = false }]\n[[network.routes]]\nname = "r"\nsecret = "s"\n'
-                         'upstream = "https://api.anthropic.com"\nintercept = true\n')
+    everything = network(
+        'inspect = true\nallow = ["a.test", { host = "b.test", '
+        'inspect = false }]\n[[network.routes]]\nname = "r"\nsecret = "s"\n'
+        'upstream = "https://api.anthropic.com"\nintercept = true\n'
+    )
     assert known_hosts(everything) == ["a.test", "api.anthropic.com"]
 
 
@@ -649,12 +847,16 @@ def test_a_wss_websocket_to_an_inspected_host_is_relayed_and_counted(
             with context.wrap_socket(conn, server_side=True) as tls:
                 super().handle(tls)
 
-    with SecureWebSocket() as upstream, inspecting(
-            tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy, \
-            tunnel(proxy.port, "localhost", upstream.port, agent_context(tmp_path),
-                   "localhost") as sock:
-        sock.sendall(HANDSHAKE.format(target="/v1/live",
-                                      host=f"localhost:{upstream.port}").encode())
+    with (
+        SecureWebSocket() as upstream,
+        inspecting(tmp_path, inspect_profile(upstream.port), ca, session_ca) as proxy,
+        tunnel(
+            proxy.port, "localhost", upstream.port, agent_context(tmp_path), "localhost"
+        ) as sock,
+    ):
+        sock.sendall(
+            HANDSHAKE.format(target="/v1/live", host=f"localhost:{upstream.port}").encode()
+        )
         got = b""
         while b"\r\n\r\n" not in got:
             got += sock.recv(65536)
@@ -690,9 +892,12 @@ def test_playbook_an_inspected_connect_becomes_plain_http_to_that_host_only() ->
     from app.events import EventKind
     from tests.app.egress.test_egress_exchange import LOOPBACK, Playbook
 
-    prof = parse_profile('name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
-                         'allow = [{ host = "api.test", inspect = true, '
-                         'paths = ["/v1/*"] }]\n', "t.toml")
+    prof = parse_profile(
+        'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+        'allow = [{ host = "api.test", inspect = true, '
+        'paths = ["/v1/*"] }]\n',
+        "t.toml",
+    )
     book = Playbook(ClientConnection("s1", prof, ProxySettings(splice=False)))
     book.give(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
     assert book.expect(Resolve) == Resolve("api.test", 443, 10.0)
@@ -732,8 +937,11 @@ def test_playbook_a_failed_handshake_is_logged_and_nothing_is_sent() -> None:
     from app.events import EventKind
     from tests.app.egress.test_egress_exchange import LOOPBACK, Playbook
 
-    prof = parse_profile('name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
-                         'inspect = true\nallow = ["api.test"]\n', "t.toml")
+    prof = parse_profile(
+        'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+        'inspect = true\nallow = ["api.test"]\n',
+        "t.toml",
+    )
     book = Playbook(ClientConnection("s1", prof, ProxySettings(splice=False)))
     book.give(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
     book.give(LOOPBACK)

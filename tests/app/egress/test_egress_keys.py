@@ -13,10 +13,19 @@ from app.egress.keys import MAX_SECRET, KeyringSecrets, check_name, check_value
 from app.errors import EgressError
 
 
-@pytest.mark.parametrize(("name", "ok"), [
-    ("openai", True), ("my-key.2", True), ("a_b", True),
-    ("OpenAI", False), ("", False), ("a b", False), ("../x", False), ("k\n", False),
-])
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("openai", True),
+        ("my-key.2", True),
+        ("a_b", True),
+        ("OpenAI", False),
+        ("", False),
+        ("a b", False),
+        ("../x", False),
+        ("k\n", False),
+    ],
+)
 def test_secret_names(name: str, ok: bool) -> None:
     if ok:
         assert check_name(name) == name
@@ -25,18 +34,22 @@ def test_secret_names(name: str, ok: bool) -> None:
             check_name(name)
 
 
-@pytest.mark.parametrize(("value", "why"), [
-    ("sk-abc123", None),
-    ("", "empty"),
-    ("x" * (MAX_SECRET + 1), "longer than"),
-    ("sk-abc\r\nX-Evil: 1", "control characters"),
-    ("sk-abc\x7f", "control characters"),
-    (" sk-abc", "starts or ends with a space"),
-    ("sk-abc ", "starts or ends with a space"),
-    ("sk-\u20ac", "not Latin-1"),
-])
-def test_secret_values_that_cannot_go_into_a_header_are_refused(value: str,
-                                                                 why: str | None) -> None:
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("sk-abc123", None),
+        ("", "empty"),
+        ("x" * (MAX_SECRET + 1), "longer than"),
+        ("sk-abc\r\nX-Evil: 1", "control characters"),
+        ("sk-abc\x7f", "control characters"),
+        (" sk-abc", "starts or ends with a space"),
+        ("sk-abc ", "starts or ends with a space"),
+        ("sk-\u20ac", "not Latin-1"),
+    ],
+)
+def test_secret_values_that_cannot_go_into_a_header_are_refused(
+    value: str, why: str | None
+) -> None:
     if why is None:
         assert check_value(value) == value
     else:
@@ -44,8 +57,9 @@ def test_secret_values_that_cannot_go_into_a_header_are_refused(value: str,
             check_value(value)
 
 
-def test_the_keyring_stores_lists_and_deletes_by_name(secret_service: Any,
-                                                      secret_index: Path) -> None:
+def test_the_keyring_stores_lists_and_deletes_by_name(
+    secret_service: Any, secret_index: Path
+) -> None:
     secrets = KeyringSecrets(secret_index)
     assert secrets.names() == [] and secrets.get("keys-test") is None
     secrets.set("keys-test", "sk-one")

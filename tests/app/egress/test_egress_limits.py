@@ -15,15 +15,18 @@ def test_a_bucket_starts_with_a_quarter_second_and_fills_at_the_rate() -> None:
     assert (bucket.rate, bucket.burst, bucket.tokens) == (RATE, RATE / 4, RATE / 4)
 
 
-@pytest.mark.parametrize(("steps", "delays"), [
-    # (bytes, at second) -> how long the caller waits before they may pass
-    ([(RATE // 4, 0.0)], [0.0]),  # the first quarter second passes at once
-    ([(RATE // 4, 0.0), (RATE // 2, 0.0)], [0.0, 0.5]),  # then the rate
-    ([(RATE // 4, 0.0), (RATE // 4, 0.25)], [0.0, 0.0]),  # refilled meanwhile
-    ([(RATE // 4, 0.0), (RATE // 2, 0.5)], [0.0, 0.25]),  # but never past the burst
-    ([(RATE // 4, 0.0), (RATE, 10.0)], [0.0, 0.75]),  # however long the pause
-    ([(RATE, 0.0), (RATE, 0.0)], [0.75, 1.75]),  # what is booked, waits add up
-])
+@pytest.mark.parametrize(
+    ("steps", "delays"),
+    [
+        # (bytes, at second) -> how long the caller waits before they may pass
+        ([(RATE // 4, 0.0)], [0.0]),  # the first quarter second passes at once
+        ([(RATE // 4, 0.0), (RATE // 2, 0.0)], [0.0, 0.5]),  # then the rate
+        ([(RATE // 4, 0.0), (RATE // 4, 0.25)], [0.0, 0.0]),  # refilled meanwhile
+        ([(RATE // 4, 0.0), (RATE // 2, 0.5)], [0.0, 0.25]),  # but never past the burst
+        ([(RATE // 4, 0.0), (RATE, 10.0)], [0.0, 0.75]),  # however long the pause
+        ([(RATE, 0.0), (RATE, 0.0)], [0.75, 1.75]),  # what is booked, waits add up
+    ],
+)
 def test_bucket_delays(steps: list[tuple[int, float]], delays: list[float]) -> None:
     bucket = TokenBucket.per_second(RATE)
     assert [pytest.approx(bucket.delay(amount, now)) for amount, now in steps] == delays

@@ -31,6 +31,7 @@ def in_a_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
     @functools.wraps(test)
     def run(*args: Any, **kwargs: Any) -> None:
         asyncio.run(test(*args, **kwargs))
+
     return run
 
 
@@ -59,8 +60,9 @@ def holding(sent: set[tuple[int, int]]) -> list[int]:
     return held
 
 
-async def receive(tmp_path: Path, port: int,
-                  send: Callable[[str], Awaitable[None]]) -> ListenerHandover:
+async def receive(
+    tmp_path: Path, port: int, send: Callable[[str], Awaitable[None]]
+) -> ListenerHandover:
     handover = ListenerHandover(port)
     path = tmp_path / "listener.sock"
     await handover.start(path)
@@ -71,8 +73,10 @@ async def receive(tmp_path: Path, port: int,
 
 async def witness_sends(path: str, port: int) -> int:
     """Runs the witness's sender in a process of its own; returns its pid."""
-    code = (f"import sys; sys.path.insert(0, {str(AGENTS)!r}); import airlock_netlog; "
-            f"airlock_netlog.hand_over_listener(('127.0.0.1', {port}), {path!r})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(AGENTS)!r}); import airlock_netlog; "
+        f"airlock_netlog.hand_over_listener(('127.0.0.1', {port}), {path!r})"
+    )
     process = await asyncio.create_subprocess_exec(sys.executable, "-I", "-S", "-c", code)
     assert await process.wait() == 0
     return process.pid
@@ -91,7 +95,8 @@ async def test_the_witness_hands_over_a_port_that_then_serves_here(tmp_path: Pat
     assert not (tmp_path / "listener.sock").exists()  # one hand-over: the socket is gone
     listener = handover.take()
     server = await asyncio.start_server(
-        lambda r, w: (w.write(b"served here\n"), w.close()), sock=listener)
+        lambda r, w: (w.write(b"served here\n"), w.close()), sock=listener
+    )
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await reader.readline() == b"served here\n"
@@ -148,13 +153,16 @@ def unix(address: tuple[str, int]) -> socket.socket:
     return sock
 
 
-@pytest.mark.parametrize(("make", "why"), [
-    (not_listening, "not a listening socket"),
-    (udp, "not a TCP/IPv4 socket"),
-    (on_every_address, "bound to 0.0.0.0"),
-    (ipv6, "not a TCP/IPv4 socket"),
-    (unix, "not a TCP/IPv4 socket"),
-])
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (not_listening, "not a listening socket"),
+        (udp, "not a TCP/IPv4 socket"),
+        (on_every_address, "bound to 0.0.0.0"),
+        (ipv6, "not a TCP/IPv4 socket"),
+        (unix, "not a TCP/IPv4 socket"),
+    ],
+)
 @in_a_loop
 async def test_a_socket_that_is_not_the_proxys_port_is_refused(
     tmp_path: Path, make: Callable[[tuple[str, int]], socket.socket], why: str
@@ -189,8 +197,9 @@ async def test_a_listener_on_another_port_is_refused(tmp_path: Path) -> None:
     assert handover.error is not None and f"not 127.0.0.1:{port}" in handover.error
 
 
-@pytest.mark.parametrize("case", ["no descriptor", "two descriptors", "a file",
-                                  "wrong message", "hang-up"])
+@pytest.mark.parametrize(
+    "case", ["no descriptor", "two descriptors", "a file", "wrong message", "hang-up"]
+)
 @in_a_loop
 async def test_a_malformed_hand_over_is_refused_and_leaks_nothing(
     tmp_path: Path, case: str
@@ -199,8 +208,11 @@ async def test_a_malformed_hand_over_is_refused_and_leaks_nothing(
     sent: set[tuple[int, int]] = set()
 
     async def send(path: str) -> None:
-        with tcp_listener(("127.0.0.1", port)) as sock, open(__file__) as file, \
-                socket.socket(socket.AF_UNIX) as channel:
+        with (
+            tcp_listener(("127.0.0.1", port)) as sock,
+            open(__file__) as file,
+            socket.socket(socket.AF_UNIX) as channel,
+        ):
             sent.update((identity(sock.fileno()), identity(file.fileno())))
             channel.connect(path)
             if case == "no descriptor":
@@ -239,8 +251,17 @@ async def test_closing_before_anything_came_is_clean(tmp_path: Path) -> None:
 
 def test_the_sender_runs_on_the_images_python_without_site(tmp_path: Path) -> None:
     """The witness runs with -I -S in the sidecar: the sender needs nothing else."""
-    result = subprocess.run([sys.executable, "-I", "-S", "-c",
-                             f"import sys; sys.path.insert(0, {str(AGENTS)!r}); "
-                             "import airlock_netlog; print(airlock_netlog.HANDOVER_MESSAGE)"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(AGENTS)!r}); "
+            "import airlock_netlog; print(airlock_netlog.HANDOVER_MESSAGE)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == repr(MESSAGE)

@@ -45,8 +45,7 @@ def upstream() -> Iterator[RecordingServer]:
         yield server
 
 
-def relay_harness(tmp_path: Path, port: int, splice: bool = True, **kwargs: Any
-                  ) -> ProxyHarness:
+def relay_harness(tmp_path: Path, port: int, splice: bool = True, **kwargs: Any) -> ProxyHarness:
     settings = ProxySettings(body_timeout=5, splice=splice, splice_min=MIB)
     return harness(tmp_path, profile(port, **kwargs), settings=settings)
 
@@ -118,14 +117,15 @@ def test_a_client_hanging_up_mid_body_ends_only_its_exchange(
 ) -> None:
     with relay_harness(tmp_path, upstream.port) as proxy:
         sock = socket.create_connection(("127.0.0.1", proxy.port))
-        sock.sendall(f"GET http://files.test:{upstream.port}/pattern/{256 * MIB} HTTP/1.1\r\n"
-                     f"Host: files.test:{upstream.port}\r\n\r\n".encode())
+        sock.sendall(
+            f"GET http://files.test:{upstream.port}/pattern/{256 * MIB} HTTP/1.1\r\n"
+            f"Host: files.test:{upstream.port}\r\n\r\n".encode()
+        )
         got = 0
         while got < 2 * MIB:
             got += len(sock.recv(MIB))
         sock.close()
-        assert wait_until(lambda: proxy.proxy._connections.open == 0 and
-                          not proxy.proxy._clients)
+        assert wait_until(lambda: proxy.proxy._connections.open == 0 and not proxy.proxy._clients)
         conn = proxy_connection(proxy)
         conn.request("GET", f"http://files.test:{upstream.port}/pattern/{3 * MIB}")
         assert conn.getresponse().read() == pattern(3 * MIB)
@@ -134,8 +134,7 @@ def test_a_client_hanging_up_mid_body_ends_only_its_exchange(
 
 def open_tunnel(proxy: ProxyHarness, port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-    sock.sendall(f"CONNECT files.test:{port} HTTP/1.1\r\nHost: files.test:{port}\r\n\r\n"
-                 .encode())
+    sock.sendall(f"CONNECT files.test:{port} HTTP/1.1\r\nHost: files.test:{port}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
@@ -169,10 +168,15 @@ def test_a_spliced_tunnel_still_pauses_past_the_upload_threshold(
     tmp_path: Path, verdict: Verdict
 ) -> None:
     front = ScriptedFrontEnd(verdict)
-    with EchoServer() as echo, harness(
-        tmp_path, profile(echo.port, threshold="1k"), front_end=front,
-        settings=ProxySettings(splice=True),
-    ) as proxy:
+    with (
+        EchoServer() as echo,
+        harness(
+            tmp_path,
+            profile(echo.port, threshold="1k"),
+            front_end=front,
+            settings=ProxySettings(splice=True),
+        ) as proxy,
+    ):
         sock = open_tunnel(proxy, echo.port)
         sock.sendall(b"a" * 500)
         assert sock.recv(500) == b"a" * 500  # under the threshold: through, nothing asked
@@ -197,8 +201,7 @@ def test_a_spliced_tunnel_still_pauses_past_the_upload_threshold(
 def test_the_bandwidth_limit_holds_for_spliced_bodies(
     tmp_path: Path, upstream: RecordingServer
 ) -> None:
-    with relay_harness(tmp_path, upstream.port,
-                       network='bandwidth = "4m"') as proxy:
+    with relay_harness(tmp_path, upstream.port, network='bandwidth = "4m"') as proxy:
         conn = proxy_connection(proxy)
         started = time.monotonic()
         conn.request("GET", f"http://files.test:{upstream.port}/pattern/{12 * MIB}")
@@ -214,23 +217,31 @@ def test_the_bandwidth_limit_holds_for_spliced_bodies(
 def test_cutting_ends_open_tunnels_and_downloads_at_once(
     tmp_path: Path, upstream: RecordingServer, splice: bool
 ) -> None:
-    """"Block all network" while a tunnel is open and a download is under way: both end
+    """ "Block all network" while a tunnel is open and a download is under way: both end
     now, nothing more reaches the upstream, and each is logged as refused."""
     switch = {"on": False}
-    with EchoServer() as echo, harness(
-        tmp_path, parse_profile(
-            'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
-            f'allow = ["files.test:{upstream.port}", "files.test:{echo.port}"]\n'
-            '[approval]\nuploads = "never"\n', "t.toml"),
-        settings=ProxySettings(body_timeout=5, splice=splice, splice_min=MIB),
-        blocked=lambda: switch["on"],
-    ) as proxy:
+    with (
+        EchoServer() as echo,
+        harness(
+            tmp_path,
+            parse_profile(
+                'name = "t"\nimage = "i"\n[network]\nallow_private = true\n'
+                f'allow = ["files.test:{upstream.port}", "files.test:{echo.port}"]\n'
+                '[approval]\nuploads = "never"\n',
+                "t.toml",
+            ),
+            settings=ProxySettings(body_timeout=5, splice=splice, splice_min=MIB),
+            blocked=lambda: switch["on"],
+        ) as proxy,
+    ):
         tunnel = open_tunnel(proxy, echo.port)
         tunnel.sendall(b"before")
         assert tunnel.recv(6) == b"before"
         download = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-        download.sendall(f"GET http://files.test:{upstream.port}/pattern/{512 * MIB} HTTP/1.1"
-                         f"\r\nHost: files.test:{upstream.port}\r\n\r\n".encode())
+        download.sendall(
+            f"GET http://files.test:{upstream.port}/pattern/{512 * MIB} HTTP/1.1"
+            f"\r\nHost: files.test:{upstream.port}\r\n\r\n".encode()
+        )
         assert download.recv(MIB)
         switch["on"] = True
         proxy.loop.call_soon_threadsafe(proxy.proxy.cut)
@@ -249,8 +260,10 @@ def test_cutting_ends_open_tunnels_and_downloads_at_once(
         refused = [e for e in proxy.wait_events(2) if e.kind == "net.refused"]
     assert bytes(echo.received) == b"before"
     assert {e.details["rule"] for e in refused} == {"blocked-all"}
-    assert {e.subject for e in refused} == {f"files.test:{echo.port}",
-                                            f"files.test:{upstream.port}"}
+    assert {e.subject for e in refused} == {
+        f"files.test:{echo.port}",
+        f"files.test:{upstream.port}",
+    }
     assert all(e.details["reason"].startswith("cut:") for e in refused)
 
 
@@ -259,10 +272,15 @@ def test_uploads_always_asks_before_the_first_byte_goes_up_a_tunnel(
     tmp_path: Path, splice: bool
 ) -> None:
     front = ScriptedFrontEnd(Verdict.DENY)
-    with EchoServer() as echo, harness(
-        tmp_path, profile(echo.port, uploads="always"), front_end=front,
-        settings=ProxySettings(splice=splice),
-    ) as proxy:
+    with (
+        EchoServer() as echo,
+        harness(
+            tmp_path,
+            profile(echo.port, uploads="always"),
+            front_end=front,
+            settings=ProxySettings(splice=splice),
+        ) as proxy,
+    ):
         sock = open_tunnel(proxy, echo.port)
         sock.sendall(b"tiny")
         with contextlib.suppress(ConnectionResetError):

@@ -32,7 +32,8 @@ def route_profile(port: int, route: str = "") -> Profile:
     return parse_profile(
         'name = "t"\nimage = "i"\n[network]\nallow_private = true\n[[network.routes]]\n'
         f'name = "openai"\nupstream = "http://127.0.0.1:{port}/v1"\nsecret = "openai"\n{route}',
-        "t.toml")
+        "t.toml",
+    )
 
 
 class EventStream(RawServer):
@@ -49,16 +50,25 @@ class EventStream(RawServer):
         head = b""
         while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
             head += chunk
-        self.authorization = next((line.split(b":", 1)[1].strip() for line in
-                                   head.split(b"\r\n") if line.lower().startswith(
-                                       b"authorization:")), b"")
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        self.authorization = next(
+            (
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"authorization:")
+            ),
+            b"",
+        )
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for n in range(self.count):
             if n:
                 time.sleep(self.interval)
-            event = (b'event: response.output_text.delta\ndata: {"type": '
-                     b'"response.output_text.delta", "n": %d, "delta": "Hel"}\n\n' % n)
+            event = (
+                b'event: response.output_text.delta\ndata: {"type": '
+                b'"response.output_text.delta", "n": %d, "delta": "Hel"}\n\n' % n
+            )
             self.sent.append(time.monotonic())
             conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
         conn.sendall(b"0\r\n\r\n")
@@ -69,8 +79,10 @@ def arrivals(port: int, path: str, count: int) -> list[float]:
     seen: list[float] = []
     got = b""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     "Accept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
         while len(seen) < count:
             chunk = sock.recv(65536)
             assert chunk, got
@@ -81,12 +93,13 @@ def arrivals(port: int, path: str, count: int) -> list[float]:
     return seen
 
 
-def test_each_server_sent_event_reaches_the_agent_as_the_upstream_sends_it(
-    tmp_path: Path
-) -> None:
-    with EventStream(count=4, interval=1.0) as upstream, harness(
-        tmp_path, route_profile(upstream.port), secrets=DictSecrets({"openai": KEY})
-    ) as proxy:
+def test_each_server_sent_event_reaches_the_agent_as_the_upstream_sends_it(tmp_path: Path) -> None:
+    with (
+        EventStream(count=4, interval=1.0) as upstream,
+        harness(
+            tmp_path, route_profile(upstream.port), secrets=DictSecrets({"openai": KEY})
+        ) as proxy,
+    ):
         seen = arrivals(proxy.port, "/routes/openai/responses", 4)
     assert upstream.authorization == f"Bearer {KEY}".encode()
     lags = [arrived - sent for arrived, sent in zip(seen, upstream.sent, strict=True)]
@@ -120,18 +133,27 @@ def status_of(port: int, target: str) -> tuple[int, float]:
 
 def test_a_route_waits_for_a_slow_model_past_the_proxys_fixed_timeout(tmp_path: Path) -> None:
     settings = ProxySettings(body_timeout=0.5)
-    with SlowAnswer(delay=1.5) as upstream, harness(
-        tmp_path, route_profile(upstream.port), secrets=DictSecrets({"openai": KEY}),
-        settings=settings,
-    ) as proxy:
+    with (
+        SlowAnswer(delay=1.5) as upstream,
+        harness(
+            tmp_path,
+            route_profile(upstream.port),
+            secrets=DictSecrets({"openai": KEY}),
+            settings=settings,
+        ) as proxy,
+    ):
         assert status_of(proxy.port, "/routes/openai/responses")[0] == 200
 
 
 def test_a_route_answers_504_after_its_own_idle_timeout(tmp_path: Path) -> None:
-    with SlowAnswer(delay=5) as upstream, harness(
-        tmp_path, route_profile(upstream.port, 'idle_timeout = "1s"\n'),
-        secrets=DictSecrets({"openai": KEY}),
-    ) as proxy:
+    with (
+        SlowAnswer(delay=5) as upstream,
+        harness(
+            tmp_path,
+            route_profile(upstream.port, 'idle_timeout = "1s"\n'),
+            secrets=DictSecrets({"openai": KEY}),
+        ) as proxy,
+    ):
         status, took = status_of(proxy.port, "/routes/openai/responses")
         events = proxy.wait_events(1)
     assert status == 504 and 0.9 < took < 3
@@ -167,15 +189,15 @@ def frames_in(data: bytes) -> list[tuple[int, bytes]]:
             size, at = int.from_bytes(data[2:4], "big"), 4
         elif size == 127:
             size, at = int.from_bytes(data[2:10], "big"), 10
-        mask = data[at:at + 4] if data[1] & 0x80 else b""
+        mask = data[at : at + 4] if data[1] & 0x80 else b""
         at += len(mask)
         if len(data) < at + size:
             break
-        payload = data[at:at + size]
+        payload = data[at : at + size]
         if mask:
             payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         out.append((data[0] & 0x0F, payload))
-        data = data[at + size:]
+        data = data[at + size :]
     return out
 
 
@@ -194,13 +216,22 @@ class WebSocketUpstream(RawServer):
             head += chunk
         head, _, rest = head.partition(b"\r\n\r\n")
         self.head = head
-        lines = {k.strip().lower(): v.strip() for k, _, v in
-                 (line.partition(b":") for line in head.split(b"\r\n")[1:])}
-        accept = base64.b64encode(hashlib.sha1(
-            lines[b"sec-websocket-key"] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                     + frame(b"you sent: " + lines.get(b"authorization", b"-"), mask=None))
+        lines = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        }
+        accept = base64.b64encode(
+            hashlib.sha1(
+                lines[b"sec-websocket-key"] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            ).digest()
+        )
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept
+            + b"\r\n\r\n"
+            + frame(b"you sent: " + lines.get(b"authorization", b"-"), mask=None)
+        )
         data = rest
         while True:
             self.received = frames_in(data)
@@ -216,10 +247,12 @@ class WebSocketUpstream(RawServer):
         conn.sendall(frame(b"", opcode=8, mask=None))
 
 
-HANDSHAKE = ("GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             "Sec-WebSocket-Version: 13\r\n"
-             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+HANDSHAKE = (
+    "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+)
 
 
 def websocket(port: int, target: str, host: str, messages: list[bytes]) -> tuple[bytes, bytes]:
@@ -241,19 +274,30 @@ def websocket(port: int, target: str, host: str, messages: list[bytes]) -> tuple
 
 
 def test_a_websocket_on_a_route_gets_the_credential_at_the_handshake_and_is_counted(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    with WebSocketUpstream() as upstream, harness(
-        tmp_path, route_profile(upstream.port), secrets=DictSecrets({"openai": KEY})
-    ) as proxy:
-        head, rest = websocket(proxy.port, "/routes/openai/realtime?model=m",
-                               f"127.0.0.1:{proxy.port}", [b"hello", b"x" * 70000])
+    with (
+        WebSocketUpstream() as upstream,
+        harness(
+            tmp_path, route_profile(upstream.port), secrets=DictSecrets({"openai": KEY})
+        ) as proxy,
+    ):
+        head, rest = websocket(
+            proxy.port,
+            "/routes/openai/realtime?model=m",
+            f"127.0.0.1:{proxy.port}",
+            [b"hello", b"x" * 70000],
+        )
         events = proxy.wait_events(1)
     assert head.startswith(b"HTTP/1.1 101 ") and b"sec-websocket-accept: " in head.lower()
     assert f"\r\nAuthorization: Bearer {KEY}\r\n".encode() in upstream.head
     assert b"permessage-deflate" not in upstream.head  # it would hide an echoed key
-    assert frames_in(rest) == [(1, b"you sent: Bearer " + b"*" * len(KEY)),
-                               (1, b"echo: hello"), (1, b"echo: " + b"x" * 70000), (8, b"")]
+    assert frames_in(rest) == [
+        (1, b"you sent: Bearer " + b"*" * len(KEY)),
+        (1, b"echo: hello"),
+        (1, b"echo: " + b"x" * 70000),
+        (8, b""),
+    ]
     assert KEY.encode() not in rest
     details = events[0].details
     assert events[0].kind == "net.request" and details["status"] == 101
@@ -263,11 +307,12 @@ def test_a_websocket_on_a_route_gets_the_credential_at_the_handshake_and_is_coun
 
 
 def test_a_websocket_to_an_allowed_host_is_relayed_and_one_elsewhere_refused_at_once(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    with WebSocketUpstream() as upstream, harness(
-        tmp_path, profile(upstream.port, uploads="never")
-    ) as proxy:
+    with (
+        WebSocketUpstream() as upstream,
+        harness(tmp_path, profile(upstream.port, uploads="never")) as proxy,
+    ):
         allowed = f"files.test:{upstream.port}"
         head, rest = websocket(proxy.port, f"http://{allowed}/ws", allowed, [b"hi"])
         denied = f"denied.test:{upstream.port}"
@@ -282,13 +327,12 @@ def test_a_websocket_to_an_allowed_host_is_relayed_and_one_elsewhere_refused_at_
     assert relayed.details["websocket"] == {"frames_up": 2, "frames_down": 3}
 
 
-def test_a_websocket_waits_like_a_tunnel_when_every_upload_is_asked_about(
-    tmp_path: Path
-) -> None:
+def test_a_websocket_waits_like_a_tunnel_when_every_upload_is_asked_about(tmp_path: Path) -> None:
     front = ScriptedFrontEnd(Verdict.DENY)
-    with WebSocketUpstream() as upstream, harness(
-        tmp_path, profile(upstream.port, uploads="always"), front_end=front
-    ) as proxy:
+    with (
+        WebSocketUpstream() as upstream,
+        harness(tmp_path, profile(upstream.port, uploads="always"), front_end=front) as proxy,
+    ):
         allowed = f"files.test:{upstream.port}"
         head, _ = websocket(proxy.port, f"http://{allowed}/ws", allowed, [b"secret plans"])
         events = proxy.wait_events(1)
@@ -309,7 +353,9 @@ def test_every_request_a_route_adds_its_key_to_is_an_event_and_an_audit_record(
         prof = parse_profile(
             'name = "t"\nimage = "i"\n[network]\nallow_private = true\n[[network.routes]]\n'
             f'name = "llm"\nupstream = "http://127.0.0.1:{upstream.port}/v1"\n'
-            'secret = "k"\n', "t.toml")
+            'secret = "k"\n',
+            "t.toml",
+        )
         audit = AuditLog(tmp_path / "audit")
         with ProxyHarness(tmp_path, "s1", prof, secrets=DictSecrets({"k": key})) as proxy:
             proxy.bus.attach(audit.sink)
@@ -321,11 +367,12 @@ def test_every_request_a_route_adds_its_key_to_is_an_event_and_an_audit_record(
         audit.close()
     used = [e for e in proxy.events if e.kind is EventKind.NET_CREDENTIAL]
     assert [(e.details["method"], e.details["path"], e.details["status"]) for e in used] == [
-        ("POST", "/v1/chat?user=…&api_key=…", 200), ("GET", "/v1/models", 200)]
+        ("POST", "/v1/chat?user=…&api_key=…", 200),
+        ("GET", "/v1/models", 200),
+    ]
     first = used[0]
     assert first.subject == f"127.0.0.1:{upstream.port}" and first.details["route"] == "llm"
-    assert first.details["host"] == "127.0.0.1" and first.details["route_header"] == \
-        "Authorization"
+    assert first.details["host"] == "127.0.0.1" and first.details["route_header"] == "Authorization"
     assert first.details["bytes_up"] == 8 and first.details["bytes_down"] > 0
     kinds = [r.kind for r in records(tmp_path / "audit") if hasattr(r, "kind")]
     assert kinds.count("net.credential") == 2

@@ -33,15 +33,17 @@ def test_a_short_secret_is_not_scrubbed_at_all() -> None:
     assert not scrub.active and scrub.whole(b"abc") == b"abc"
 
 
-@pytest.mark.parametrize(("chunk", "now", "kept"), [
-    (b'data: {"delta": "hi"}\n\n', b'data: {"delta": "hi"}\n\n', b""),
-    (b"data: sk-pro", b"data: ", b"sk-pro"),  # could be the key's start: wait and see
-    (b"data: sk-x", b"data: sk-x", b""),  # cannot
-    (b"s", b"", b"s"),
-    (b"ssk-proj-Ab3", b"s", b"sk-proj-Ab3"),
-])
-def test_only_what_could_start_the_key_is_kept_back(chunk: bytes, now: bytes,
-                                                    kept: bytes) -> None:
+@pytest.mark.parametrize(
+    ("chunk", "now", "kept"),
+    [
+        (b'data: {"delta": "hi"}\n\n', b'data: {"delta": "hi"}\n\n', b""),
+        (b"data: sk-pro", b"data: ", b"sk-pro"),  # could be the key's start: wait and see
+        (b"data: sk-x", b"data: sk-x", b""),  # cannot
+        (b"s", b"", b"s"),
+        (b"ssk-proj-Ab3", b"s", b"sk-proj-Ab3"),
+    ],
+)
+def test_only_what_could_start_the_key_is_kept_back(chunk: bytes, now: bytes, kept: bytes) -> None:
     scrub = Scrubber(KEY)
     assert scrub.feed(chunk) == now
     assert scrub.flush() == kept

@@ -9,27 +9,33 @@ from app.profiles import parse_profile
 
 
 def gate(uploads: str, *, route: bool = False) -> UploadGate:
-    approval = parse_profile(f'name = "t"\nimage = "i"\n[approval]\nuploads = "{uploads}"\n'
-                             'upload_threshold = "1k"\n', "t.toml").approval
+    approval = parse_profile(
+        f'name = "t"\nimage = "i"\n[approval]\nuploads = "{uploads}"\nupload_threshold = "1k"\n',
+        "t.toml",
+    ).approval
     return UploadGate.of(approval, route=route)
 
 
-@pytest.mark.parametrize(("uploads", "route", "size", "findings", "asks"), [
-    ("ask", False, 1, False, False),
-    ("ask", False, 1024, False, False),  # at the threshold: through
-    ("ask", False, 1025, False, True),  # one byte past it: asked
-    ("ask", False, 10**9, False, True),
-    ("ask", False, 1, True, True),  # a finding always asks
-    ("always", False, 1, False, True),
-    ("always", False, 0, False, True),
-    ("never", False, 10**9, False, False),
-    ("never", False, 1, True, True),
-    ("ask", True, 10**9, False, False),  # a route is the agent's own service
-    ("always", True, 1, False, False),
-    ("ask", True, 1, True, True),  # but not for a private key or a granted file
-])
-def test_when_an_upload_waits_for_the_user(uploads: str, route: bool, size: int,
-                                          findings: bool, asks: bool) -> None:
+@pytest.mark.parametrize(
+    ("uploads", "route", "size", "findings", "asks"),
+    [
+        ("ask", False, 1, False, False),
+        ("ask", False, 1024, False, False),  # at the threshold: through
+        ("ask", False, 1025, False, True),  # one byte past it: asked
+        ("ask", False, 10**9, False, True),
+        ("ask", False, 1, True, True),  # a finding always asks
+        ("always", False, 1, False, True),
+        ("always", False, 0, False, True),
+        ("never", False, 10**9, False, False),
+        ("never", False, 1, True, True),
+        ("ask", True, 10**9, False, False),  # a route is the agent's own service
+        ("always", True, 1, False, False),
+        ("ask", True, 1, True, True),  # but not for a private key or a granted file
+    ],
+)
+def test_when_an_upload_waits_for_the_user(
+    uploads: str, route: bool, size: int, findings: bool, asks: bool
+) -> None:
     assert gate(uploads, route=route).must_ask(size, findings=findings) is asks
 
 

@@ -49,41 +49,105 @@ SS = "keyring.backends.SecretService.Keyring"
 FAIL = "keyring.backends.fail.Keyring"
 
 
-def facts(bus: BusFacts = BUS, backend: str = SS, refusal: str = "", service: str = "",
-          collection: Collection = Collection.UNLOCKED, daemon: bool = True,
-          display: bool = False) -> KeyringFacts:
+def facts(
+    bus: BusFacts = BUS,
+    backend: str = SS,
+    refusal: str = "",
+    service: str = "",
+    collection: Collection = Collection.UNLOCKED,
+    daemon: bool = True,
+    display: bool = False,
+) -> KeyringFacts:
     return KeyringFacts(bus, backend, refusal, service, collection, daemon, display)
 
 
-@pytest.mark.parametrize(("given", "ready", "startable", "problem", "fix"), [
-    (facts(), True, False, "", ""),
-    (facts(bus=NO_BUS, backend=FAIL, refusal="no keyring backend works here",
-           service="no session bus", collection=Collection.UNKNOWN), False, False,
-     "no D-Bus session bus on this login", "dbus-run-session -- $SHELL"),
-    (facts(bus=DEAD, backend=FAIL, refusal="x", service="no session bus",
-           collection=Collection.UNKNOWN), False, False,
-     "the session bus unix:path=/tmp/gone does not answer", "unset DBUS_SESSION_BUS_ADDRESS"),
-    (facts(collection=Collection.LOCKED), False, True,
-     "the login keyring is locked and nothing on this login can ask", "asks for the keyring's"),
-    (facts(collection=Collection.MISSING), False, True,
-     "no login keyring yet", "to create it"),
-    (facts(backend=FAIL, refusal="no keyring backend works here",
-           service="neither running nor installed for D-Bus activation",
-           collection=Collection.UNKNOWN), False, True,
-     "no Secret Service on the session bus", "starts gnome-keyring"),
-    (facts(backend=FAIL, refusal="no keyring backend works here", service="neither",
-           collection=Collection.UNKNOWN, daemon=False), False, False,
-     "no Secret Service on the session bus", "sudo apt-get install gnome-keyring"),
-    # A desktop asks for a locked keyring's password itself.
-    (facts(collection=Collection.LOCKED, display=True), True, False,
-     "the login keyring is locked", "from your desktop"),
-    (facts(backend="keyring.backends.null.Keyring",
-           refusal="the keyring is turned off (the null backend)",
-           collection=Collection.UNKNOWN), False, False,
-     "the keyring is turned off", "PYTHON_KEYRING_BACKEND"),
-])
-def test_what_is_wrong_and_what_to_do(given: KeyringFacts, ready: bool, startable: bool,
-                                      problem: str, fix: str) -> None:
+@pytest.mark.parametrize(
+    ("given", "ready", "startable", "problem", "fix"),
+    [
+        (facts(), True, False, "", ""),
+        (
+            facts(
+                bus=NO_BUS,
+                backend=FAIL,
+                refusal="no keyring backend works here",
+                service="no session bus",
+                collection=Collection.UNKNOWN,
+            ),
+            False,
+            False,
+            "no D-Bus session bus on this login",
+            "dbus-run-session -- $SHELL",
+        ),
+        (
+            facts(
+                bus=DEAD,
+                backend=FAIL,
+                refusal="x",
+                service="no session bus",
+                collection=Collection.UNKNOWN,
+            ),
+            False,
+            False,
+            "the session bus unix:path=/tmp/gone does not answer",
+            "unset DBUS_SESSION_BUS_ADDRESS",
+        ),
+        (
+            facts(collection=Collection.LOCKED),
+            False,
+            True,
+            "the login keyring is locked and nothing on this login can ask",
+            "asks for the keyring's",
+        ),
+        (facts(collection=Collection.MISSING), False, True, "no login keyring yet", "to create it"),
+        (
+            facts(
+                backend=FAIL,
+                refusal="no keyring backend works here",
+                service="neither running nor installed for D-Bus activation",
+                collection=Collection.UNKNOWN,
+            ),
+            False,
+            True,
+            "no Secret Service on the session bus",
+            "starts gnome-keyring",
+        ),
+        (
+            facts(
+                backend=FAIL,
+                refusal="no keyring backend works here",
+                service="neither",
+                collection=Collection.UNKNOWN,
+                daemon=False,
+            ),
+            False,
+            False,
+            "no Secret Service on the session bus",
+            "sudo apt-get install gnome-keyring",
+        ),
+        # A desktop asks for a locked keyring's password itself.
+        (
+            facts(collection=Collection.LOCKED, display=True),
+            True,
+            False,
+            "the login keyring is locked",
+            "from your desktop",
+        ),
+        (
+            facts(
+                backend="keyring.backends.null.Keyring",
+                refusal="the keyring is turned off (the null backend)",
+                collection=Collection.UNKNOWN,
+            ),
+            False,
+            False,
+            "the keyring is turned off",
+            "PYTHON_KEYRING_BACKEND",
+        ),
+    ],
+)
+def test_what_is_wrong_and_what_to_do(
+    given: KeyringFacts, ready: bool, startable: bool, problem: str, fix: str
+) -> None:
     assert given.ready is ready
     assert given.startable is startable
     advice = keyring_problem(given, "airlock secret set openai")
@@ -92,8 +156,10 @@ def test_what_is_wrong_and_what_to_do(given: KeyringFacts, ready: bool, startabl
 
 
 def test_the_no_bus_advice_says_what_works_for_a_later_run() -> None:
-    advice = keyring_problem(facts(bus=NO_BUS, backend=FAIL, refusal="r", service="s",
-                                   collection=Collection.UNKNOWN), "airlock secret set openai")
+    advice = keyring_problem(
+        facts(bus=NO_BUS, backend=FAIL, refusal="r", service="s", collection=Collection.UNKNOWN),
+        "airlock secret set openai",
+    )
     assert "dbus-user-session" in advice.fix
     assert "`airlock secret set openai` and later `airlock run`" in advice.fix
     assert "an `airlock run` outside it cannot read it" in advice.fix
@@ -110,8 +176,10 @@ def test_the_bus_is_the_variable_else_the_logins_own_socket(tmp_path: Path) -> N
         environ = {"XDG_RUNTIME_DIR": str(tmp_path)}
         assert use_login_bus(environ, 4242424) == found.address
         assert environ["DBUS_SESSION_BUS_ADDRESS"] == found.address
-        named = {"DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path / 'gone'}",
-                 "XDG_RUNTIME_DIR": str(tmp_path)}
+        named = {
+            "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path / 'gone'}",
+            "XDG_RUNTIME_DIR": str(tmp_path),
+        }
         stale = find_session_bus(named, 4242424)
         assert not stale.reachable and stale.error == "No such file or directory"
         assert use_login_bus(named, 4242424) == f"unix:path={tmp_path / 'gone'}"  # kept

@@ -75,8 +75,9 @@ class MemoryEngine:
 
     def image_id(self, profile: Profile) -> str:
         if profile.image not in self.images:
-            raise ImageError(f"image {profile.image} is not in the engine; build it with "
-                             "`airlock image build`")
+            raise ImageError(
+                f"image {profile.image} is not in the engine; build it with `airlock image build`"
+            )
         return f"sha256:{profile.image}"
 
     def image_command(self, image: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -87,8 +88,7 @@ class MemoryEngine:
         return honest_report(self.containers_by_id[container].kwargs)
 
     def create(self, kwargs: dict[str, Any]) -> str:
-        container = MemoryContainer(secrets.token_hex(32), dict(kwargs.get("labels") or {}),
-                                    kwargs)
+        container = MemoryContainer(secrets.token_hex(32), dict(kwargs.get("labels") or {}), kwargs)
         with self._lock:
             self.containers_by_id[container.id] = container
         self.calls.append(("create", container.id))
@@ -151,22 +151,27 @@ class MemoryEngine:
             found = list(self.containers_by_id.values())
         return [Listed(c.id, c.labels) for c in found if _carries(c.labels, labels)]
 
-    def create_volume(self, name: str, lower: Path, upper: Path, work: Path,
-                      labels: Mapping[str, str]) -> str:
+    def create_volume(
+        self, name: str, lower: Path, upper: Path, work: Path, labels: Mapping[str, str]
+    ) -> str:
         self.volume_labels[name] = dict(labels)
         return name
 
     def volumes(self, labels: Sequence[str]) -> list[Listed]:
-        return [Listed(name, found) for name, found in self.volume_labels.items()
-                if _carries(found, labels)]
+        return [
+            Listed(name, found)
+            for name, found in self.volume_labels.items()
+            if _carries(found, labels)
+        ]
 
     def remove_volumes(self, names: Sequence[str]) -> None:
         for name in names:
             self.volume_labels.pop(name, None)
 
     def top(self, container: str) -> tuple[list[str], list[list[str]]]:
-        return ["PID", "CMD"], [["1", " ".join(self.containers_by_id[container].kwargs["command"]
-                                               or [])]]
+        return ["PID", "CMD"], [
+            ["1", " ".join(self.containers_by_id[container].kwargs["command"] or [])]
+        ]
 
     def guard(self, labels: Sequence[str]) -> Guard:
         guard = MemoryGuard(tuple(labels))
@@ -184,25 +189,47 @@ def _carries(labels: Mapping[str, str], wanted: Sequence[str]) -> bool:
 
 def honest_report(kwargs: dict[str, Any]) -> SandboxReport:
     host = kwargs["host_config"]
-    mounts = tuple(MountFact(m["Target"], bool(m["ReadOnly"]), m["Type"], m["Source"])
-                   for m in host["mounts"])
+    mounts = tuple(
+        MountFact(m["Target"], bool(m["ReadOnly"]), m["Type"], m["Source"]) for m in host["mounts"]
+    )
     engine = EngineView(
-        user=kwargs["user"], read_only=host["read_only"], privileged=False, cap_add=(),
-        cap_drop=tuple(host["cap_drop"]), security_opt=tuple(host["security_opt"]),
-        memory=host["mem_limit"], memory_swap=host["memswap_limit"],
-        nano_cpus=host["nano_cpus"], pids=host["pids_limit"], network_mode=host["network_mode"],
-        runtime=host.get("runtime", "runc"), ipc_mode=host["ipc_mode"], pid_mode="",
-        userns_mode="", devices=0, init=host["init"], mounts=mounts,
-        tmpfs=tuple(sorted(host["tmpfs"])), entrypoint=tuple(kwargs.get("entrypoint") or ()),
-        pid=0, ulimits=tuple(sorted(f"{u['Name']}={u['Soft']}:{u['Hard']}"
-                                    for u in host["ulimits"])),
-        tmpfs_options=dict(host["tmpfs"]))
+        user=kwargs["user"],
+        read_only=host["read_only"],
+        privileged=False,
+        cap_add=(),
+        cap_drop=tuple(host["cap_drop"]),
+        security_opt=tuple(host["security_opt"]),
+        memory=host["mem_limit"],
+        memory_swap=host["memswap_limit"],
+        nano_cpus=host["nano_cpus"],
+        pids=host["pids_limit"],
+        network_mode=host["network_mode"],
+        runtime=host.get("runtime", "runc"),
+        ipc_mode=host["ipc_mode"],
+        pid_mode="",
+        userns_mode="",
+        devices=0,
+        init=host["init"],
+        mounts=mounts,
+        tmpfs=tuple(sorted(host["tmpfs"])),
+        entrypoint=tuple(kwargs.get("entrypoint") or ()),
+        pid=0,
+        ulimits=tuple(sorted(f"{u['Name']}={u['Soft']}:{u['Hard']}" for u in host["ulimits"])),
+        tmpfs_options=dict(host["tmpfs"]),
+    )
     uid, gid = (int(n) for n in kwargs["user"].split(":"))
-    process = ProcessFacts(2, (uid,) * 4, (gid,) * 4,
-                           dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0),
-                           1, 2, {u["Name"]: f"{u['Soft']}:{u['Hard']}" for u in host["ulimits"]})
-    kernel_mounts = (MountFact("/", True, "overlay"),
-                     *(MountFact(m.target, m.read_only, "bind") for m in mounts),
-                     *(MountFact(target, False, "tmpfs") for target in host["tmpfs"]))
-    return SandboxReport(engine, KernelReport((process,), kernel_mounts, ("lo",), (), (),
-                                              False))
+    process = ProcessFacts(
+        2,
+        (uid,) * 4,
+        (gid,) * 4,
+        dict.fromkeys(("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0),
+        1,
+        2,
+        {u["Name"]: f"{u['Soft']}:{u['Hard']}" for u in host["ulimits"]},
+    )
+    kernel_mounts = (
+        MountFact("/", True, "overlay"),
+        *(MountFact(m.target, m.read_only, "bind") for m in mounts),
+        *(MountFact(target, False, "tmpfs") for target in host["tmpfs"]),
+    )
+    return SandboxReport(engine, KernelReport((process,), kernel_mounts, ("lo",), (), (), False))

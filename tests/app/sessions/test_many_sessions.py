@@ -48,10 +48,13 @@ def supervisor(dirs: Dirs, engine: docker.DockerClient) -> Iterator[Supervisor]:
 
 def run_small(scenario: Callable[[], Awaitable[T]]) -> T:
     """Runs `scenario` on a loop whose default executor has 3 threads."""
+
     async def main() -> T:
         asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="default"))
+            concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="default")
+        )
         return await scenario()
+
     return asyncio.run(main())
 
 
@@ -82,18 +85,17 @@ class Sessions:
         path = self.profile(command)
         return LaunchRequest(parse_profile(path.read_text(), str(path)), path, ())
 
-    def launch(self, command: list[str]) -> tuple[asyncio.Task[SessionResult],
-                                                   asyncio.Future[str]]:
+    def launch(self, command: list[str]) -> tuple[asyncio.Task[SessionResult], asyncio.Future[str]]:
         loop = asyncio.get_running_loop()
         named: asyncio.Future[str] = loop.create_future()
-        task = loop.create_task(self.supervisor.run(
-            self.request(command), CollectedOutput(), named=named.set_result))
+        task = loop.create_task(
+            self.supervisor.run(self.request(command), CollectedOutput(), named=named.set_result)
+        )
         self.tasks.append(task)
         return task, named
 
     async def running(self, session: str, timeout: float = 120) -> None:
-        await asyncio.wait_for(self.started.setdefault(session, asyncio.Event()).wait(),
-                               timeout)
+        await asyncio.wait_for(self.started.setdefault(session, asyncio.Event()).wait(), timeout)
 
     async def stop_all(self) -> None:
         for task in self.tasks:
@@ -101,13 +103,19 @@ class Sessions:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def handoff(socket: Path, profile: Path, *, leave: bool = False
-                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def handoff(
+    socket: Path, profile: Path, *, leave: bool = False
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """An `airlock run` handing its request over, as ui/handoff_client.py does; with `leave`,
     one that gives up (Ctrl-C) right after asking."""
     reader, writer = await asyncio.open_unix_connection(str(socket))
-    request = {"op": "run", "cwd": str(profile.parent), "profile": str(profile),
-               "grants": [], "command": None}
+    request = {
+        "op": "run",
+        "cwd": str(profile.parent),
+        "profile": str(profile),
+        "grants": [],
+        "command": None,
+    }
     writer.write(json.dumps(request).encode() + b"\n")
     await writer.drain()
     if leave:
@@ -136,13 +144,15 @@ def test_with_many_running_a_launch_starts_and_an_end_is_seen(
     sessions = Sessions(supervisor, tmp_path, agent_image)
 
     async def scenario() -> tuple[SessionResult, int]:
-        server = HandoffServer(supervisor, supervisor.dirs.supervisor_socket,
-                               notice=lambda event: None)
+        server = HandoffServer(
+            supervisor, supervisor.dirs.supervisor_socket, notice=lambda event: None
+        )
         await server.start()
         try:
             launched = [sessions.launch(["sleep", "600"]) for _ in range(RUNNING)]
-            reader, writer = await handoff(supervisor.dirs.supervisor_socket,
-                                           sessions.profile(["sleep", "600"]))
+            reader, writer = await handoff(
+                supervisor.dirs.supervisor_socket, sessions.profile(["sleep", "600"])
+            )
             handed = (await asyncio.wait_for(frame(reader, b"S"), 120)).decode()
             ids = [await asyncio.wait_for(named, 120) for _, named in launched]
             for session in [*ids, handed]:
@@ -154,12 +164,10 @@ def test_with_many_running_a_launch_starts_and_an_end_is_seen(
             victim = ids[3]
             for container in agents_of(engine, victim):
                 await asyncio.to_thread(engine.api.kill, container["Id"])
-            await asyncio.wait_for(sessions.ended.setdefault(victim, asyncio.Event()).wait(),
-                                   30)
+            await asyncio.wait_for(sessions.ended.setdefault(victim, asyncio.Event()).wait(), 30)
             still = sum(1 for s in ids if not sessions.ended.get(s, asyncio.Event()).is_set())
             writer.close()  # the handed-off one's caller leaves: its session ends
-            await asyncio.wait_for(
-                sessions.ended.setdefault(handed, asyncio.Event()).wait(), 30)
+            await asyncio.wait_for(sessions.ended.setdefault(handed, asyncio.Event()).wait(), 30)
             return result, still
         finally:
             await sessions.stop_all()
@@ -178,8 +186,9 @@ def test_a_launch_whose_caller_left_never_starts(
     asked: list[str] = []
 
     async def scenario() -> list[str]:
-        server = HandoffServer(supervisor, supervisor.dirs.supervisor_socket,
-                               notice=lambda event: None)
+        server = HandoffServer(
+            supervisor, supervisor.dirs.supervisor_socket, notice=lambda event: None
+        )
         await server.start()
         try:
             launched = [sessions.launch(["sleep", "600"]) for _ in range(RUNNING)]
@@ -196,10 +205,12 @@ def test_a_launch_whose_caller_left_never_starts(
                     await asyncio.to_thread(engine.api.kill, container["Id"])
             for session in ids[:3]:
                 await asyncio.wait_for(
-                    sessions.ended.setdefault(session, asyncio.Event()).wait(), 30)
+                    sessions.ended.setdefault(session, asyncio.Event()).wait(), 30
+                )
             await asyncio.sleep(5)
-            asked.extend(r.id for r in await asyncio.to_thread(supervisor.store.sessions)
-                         if r.id not in ids)
+            asked.extend(
+                r.id for r in await asyncio.to_thread(supervisor.store.sessions) if r.id not in ids
+            )
             return [s for s in asked if s in sessions.started]
         finally:
             await sessions.stop_all()

@@ -41,8 +41,12 @@ class TamperingEngine(DockerEngine):
     """The real engine, with the container it creates altered by `tamper`; with `hide`, its
     inspect then reports what was asked for instead (an engine that lies about it)."""
 
-    def __init__(self, client: docker.DockerClient, tamper: Tamper,
-                 hide: Callable[[SandboxReport, dict[str, Any]], SandboxReport] | None) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        tamper: Tamper,
+        hide: Callable[[SandboxReport, dict[str, Any]], SandboxReport] | None,
+    ) -> None:
         super().__init__(client)
         self.tamper = tamper
         self.hide = hide
@@ -61,9 +65,11 @@ class TamperingEngine(DockerEngine):
 
 def _engine_field(**fields: Any) -> Callable[[SandboxReport, dict[str, Any]], SandboxReport]:
     def hide(report: SandboxReport, asked: dict[str, Any]) -> SandboxReport:
-        values = {name: value(asked) if callable(value) else value
-                  for name, value in fields.items()}
+        values = {
+            name: value(asked) if callable(value) else value for name, value in fields.items()
+        }
         return dataclasses.replace(report, engine=dataclasses.replace(report.engine, **values))
+
     return hide
 
 
@@ -74,7 +80,8 @@ def add_capability(kwargs: dict[str, Any]) -> None:
 def unconfine(kwargs: dict[str, Any]) -> None:
     host = kwargs["host_config"]
     host["security_opt"] = [o for o in host["security_opt"] if not o.startswith("seccomp")] + [
-        "seccomp=unconfined"]
+        "seccomp=unconfined"
+    ]
 
 
 def writable_root(kwargs: dict[str, Any]) -> None:
@@ -85,7 +92,9 @@ def extra_mount(source: Path) -> Tamper:
     def tamper(kwargs: dict[str, Any]) -> None:
         kwargs["host_config"]["mounts"] = [
             *kwargs["host_config"]["mounts"],
-            Mount(target="/extra", source=str(source), type="bind", read_only=False)]
+            Mount(target="/extra", source=str(source), type="bind", read_only=False),
+        ]
+
     return tamper
 
 
@@ -93,6 +102,7 @@ def other_network(helper: str) -> Tamper:
     def tamper(kwargs: dict[str, Any]) -> None:
         kwargs["host_config"]["network_mode"] = f"container:{helper}"
         kwargs.pop("hostname", None)  # a shared namespace brings its own
+
     return tamper
 
 
@@ -102,17 +112,24 @@ def routed(engine: docker.DockerClient, agent_image: str) -> Iterator[str]:
     non-local destination, made by the witness's own code. Nothing is on the device's other
     end but this container's process, which never reads it: no packet leaves (and no bridge
     or uplink exists)."""
-    script = ("import sys, socket, time; sys.path.insert(0, '/opt/airlock/agents'); "
-              "import airlock_netlog as n; fd = n.open_tun(); "
-              "n.configure(socket.if_nametoindex(n.DEVICE)); print('up', flush=True); "
-              "time.sleep(600)")
+    script = (
+        "import sys, socket, time; sys.path.insert(0, '/opt/airlock/agents'); "
+        "import airlock_netlog as n; fd = n.open_tun(); "
+        "n.configure(socket.if_nametoindex(n.DEVICE)); print('up', flush=True); "
+        "time.sleep(600)"
+    )
     container = engine.containers.run(
-        agent_image, ["python3", "-I", "-S", "-c", script], detach=True, user="0:0",
-        network_mode="none", cap_drop=["ALL"], cap_add=["NET_ADMIN"],
+        agent_image,
+        ["python3", "-I", "-S", "-c", script],
+        detach=True,
+        user="0:0",
+        network_mode="none",
+        cap_drop=["ALL"],
+        cap_add=["NET_ADMIN"],
         devices=["/dev/net/tun:/dev/net/tun:rwm"],
-        sysctls={"net.ipv6.conf.all.disable_ipv6": "0",
-                 "net.ipv6.conf.default.disable_ipv6": "0"},
-        labels={"org.airlock.test": "selfcheck"})
+        sysctls={"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0"},
+        labels={"org.airlock.test": "selfcheck"},
+    )
     try:
         for line in container.logs(stream=True, follow=True):
             if b"up" in line:
@@ -122,16 +139,18 @@ def routed(engine: docker.DockerClient, agent_image: str) -> Iterator[str]:
         container.remove(force=True)
 
 
-def run_session(tmp_path: Path, engine: DockerEngine, image: str
-                ) -> tuple[Supervisor, list[Event], CollectedOutput, BaseException | None, str]:
+def run_session(
+    tmp_path: Path, engine: DockerEngine, image: str
+) -> tuple[Supervisor, list[Event], CollectedOutput, BaseException | None, str]:
     dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     dirs.ensure()
     store = StateStore(dirs.database)
     supervisor = Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))
     events: list[Event] = []
     supervisor.bus.attach(events.append)
-    request = LaunchRequest(parse_profile(profile_text(image, COMMAND), "test.toml"),
-                            Path("test.toml"))
+    request = LaunchRequest(
+        parse_profile(profile_text(image, COMMAND), "test.toml"), Path("test.toml")
+    )
     output = CollectedOutput()
     error: BaseException | None = None
     try:
@@ -143,8 +162,9 @@ def run_session(tmp_path: Path, engine: DockerEngine, image: str
     return supervisor, events, output, error, session
 
 
-def assert_refused(tmp_path: Path, engine: DockerEngine, image: str, check: str,
-                   client: docker.DockerClient) -> list[str]:
+def assert_refused(
+    tmp_path: Path, engine: DockerEngine, image: str, check: str, client: docker.DockerClient
+) -> list[str]:
     """Asserts the refusal; every check that failed."""
     supervisor, events, output, error, session = run_session(tmp_path, engine, image)
     assert error is not None, "the session was not refused"
@@ -168,7 +188,8 @@ def test_an_honest_session_passes_and_its_command_runs(
     tmp_path: Path, engine: docker.DockerClient, agent_image: str
 ) -> None:
     supervisor, events, output, error, session = run_session(
-        tmp_path, DockerEngine(engine), agent_image)
+        tmp_path, DockerEngine(engine), agent_image
+    )
     assert error is None
     verified = [e for e in events if e.kind is EventKind.SANDBOX_VERIFIED]
     assert len(verified) == 1 and verified[0].details["checks"] >= 40
@@ -185,13 +206,24 @@ def test_an_honest_session_passes_and_its_command_runs(
 CASES = {
     # name: (tamper, what the engine's inspect names, what the kernel names when hidden,
     #        how the inspect is made to hide it)
-    "capability": (add_capability, "engine: capabilities added", "kernel: pid",
-                   _engine_field(cap_add=())),
-    "seccomp": (unconfine, "engine: seccomp", "kernel: pid",
-                _engine_field(security_opt=lambda asked: tuple(
-                    asked["host_config"]["security_opt"]))),
-    "writable root": (writable_root, "engine: read-only root", "kernel: mount /",
-                      _engine_field(read_only=True)),
+    "capability": (
+        add_capability,
+        "engine: capabilities added",
+        "kernel: pid",
+        _engine_field(cap_add=()),
+    ),
+    "seccomp": (
+        unconfine,
+        "engine: seccomp",
+        "kernel: pid",
+        _engine_field(security_opt=lambda asked: tuple(asked["host_config"]["security_opt"])),
+    ),
+    "writable root": (
+        writable_root,
+        "engine: read-only root",
+        "kernel: mount /",
+        _engine_field(read_only=True),
+    ),
 }
 
 
@@ -214,24 +246,35 @@ def test_an_extra_mount_refuses_the_session(
 
     def hide(report: SandboxReport, asked: dict[str, Any]) -> SandboxReport:
         mounts = tuple(m for m in report.engine.mounts if m.target != "/extra")
-        return dataclasses.replace(report, engine=dataclasses.replace(report.engine,
-                                                                      mounts=mounts))
+        return dataclasses.replace(report, engine=dataclasses.replace(report.engine, mounts=mounts))
 
     wrapped = TamperingEngine(engine, extra_mount(source), hide if hidden else None)
-    assert_refused(tmp_path, wrapped, agent_image,
-                   "kernel: mounts beyond the grants" if hidden else "engine: mounts", engine)
+    assert_refused(
+        tmp_path,
+        wrapped,
+        agent_image,
+        "kernel: mounts beyond the grants" if hidden else "engine: mounts",
+        engine,
+    )
 
 
 @pytest.mark.parametrize("hidden", [False, True], ids=["shown", "hidden"])
 def test_a_network_with_a_route_out_refuses_the_session(
     tmp_path: Path, engine: docker.DockerClient, agent_image: str, routed: str, hidden: bool
 ) -> None:
-    wrapped = TamperingEngine(engine, other_network(routed),
-                              _engine_field(network_mode="none") if hidden else None)
-    failed = assert_refused(tmp_path, wrapped, agent_image,
-                            "kernel: interfaces" if hidden else "engine: network mode", engine)
-    assert any(f.startswith("kernel: routes out: expected none, found through airlock0")
-               for f in failed), failed
+    wrapped = TamperingEngine(
+        engine, other_network(routed), _engine_field(network_mode="none") if hidden else None
+    )
+    failed = assert_refused(
+        tmp_path,
+        wrapped,
+        agent_image,
+        "kernel: interfaces" if hidden else "engine: network mode",
+        engine,
+    )
+    assert any(
+        f.startswith("kernel: routes out: expected none, found through airlock0") for f in failed
+    ), failed
 
 
 @pytest.fixture
@@ -240,8 +283,13 @@ def entrypoint_image(engine: docker.DockerClient, agent_image: str) -> Iterator[
     tag = "airlock-test-entrypoint:selfcheck"
     container = engine.containers.create(agent_image, ["true"])
     try:
-        container.commit(repository=tag.split(":")[0], tag=tag.split(":")[1], changes=[
-            'ENTRYPOINT ["/bin/sh", "-c", "echo \\"entrypoint $*\\"; exec \\"$@\\"", "ep"]'])
+        container.commit(
+            repository=tag.split(":")[0],
+            tag=tag.split(":")[1],
+            changes=[
+                'ENTRYPOINT ["/bin/sh", "-c", "echo \\"entrypoint $*\\"; exec \\"$@\\"", "ep"]'
+            ],
+        )
     finally:
         container.remove(force=True)
     yield tag
@@ -260,6 +308,7 @@ def test_an_engine_that_drops_the_limits_is_caught(
     tmp_path: Path, engine: docker.DockerClient, agent_image: str
 ) -> None:
     """What rootless Podman on cgroup v1 does: the container runs, without its limits."""
+
     def drop_limits(kwargs: dict[str, Any]) -> None:
         for limit in ("mem_limit", "memswap_limit", "pids_limit", "nano_cpus"):
             kwargs["host_config"].pop(limit)
@@ -267,7 +316,11 @@ def test_an_engine_that_drops_the_limits_is_caught(
     wrapped = TamperingEngine(engine, drop_limits, None)
     failed = assert_refused(tmp_path, wrapped, agent_image, "engine: memory limit", engine)
     assert [f.split(":")[1].strip() for f in failed] == [
-        "memory limit", "memory+swap limit", "cpus (nano)", "pids limit"]
+        "memory limit",
+        "memory+swap limit",
+        "cpus (nano)",
+        "pids limit",
+    ]
 
 
 def test_a_pid_that_is_not_the_containers_is_not_read() -> None:

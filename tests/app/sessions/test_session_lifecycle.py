@@ -39,8 +39,9 @@ def store(dirs: Dirs) -> Iterator[StateStore]:
     store.close()
 
 
-def supervise(dirs: Dirs, store: StateStore, agent: Agent) -> tuple[Supervisor, MemoryEngine,
-                                                                      list[Event]]:
+def supervise(
+    dirs: Dirs, store: StateStore, agent: Agent
+) -> tuple[Supervisor, MemoryEngine, list[Event]]:
     engine = MemoryEngine(agent)
     supervisor = Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))
     events: list[Event] = []
@@ -48,15 +49,19 @@ def supervise(dirs: Dirs, store: StateStore, agent: Agent) -> tuple[Supervisor, 
     return supervisor, engine, events
 
 
-def request(grants: tuple[GrantRequest, ...] = (), timeout: float | None = None,
-            image: str = IMAGE) -> LaunchRequest:
+def request(
+    grants: tuple[GrantRequest, ...] = (), timeout: float | None = None, image: str = IMAGE
+) -> LaunchRequest:
     profile = parse_profile(profile_text(image, ["agent"]), "test.toml")
     return LaunchRequest(profile, Path("test.toml"), grants, timeout=timeout)
 
 
 def lifecycle(events: list[Event]) -> list[EventKind]:
-    return [e.kind for e in events
-            if e.kind is not EventKind.SESSION_OUTPUT and not e.kind.startswith("file.")]
+    return [
+        e.kind
+        for e in events
+        if e.kind is not EventKind.SESSION_OUTPUT and not e.kind.startswith("file.")
+    ]
 
 
 def test_a_session_runs_its_agent_to_its_exit_and_cleans_up(
@@ -76,18 +81,22 @@ def test_a_session_runs_its_agent_to_its_exit_and_cleans_up(
     assert result == SessionResult(result.session, 7, "exited with status 7")
     assert output.text("stdout") == "hello\nfrom the agent\n"
     assert output.text("stderr") == "oops\n"
-    assert lifecycle(events) == [EventKind.GRANT_ADDED, EventKind.SANDBOX_VERIFIED,
-                                 EventKind.SESSION_STARTED, EventKind.SESSION_EXITED]
-    lines = [(e.subject, e.details["text"]) for e in events
-             if e.kind is EventKind.SESSION_OUTPUT]
-    assert sorted(lines) == [("stderr", "oops"), ("stdout", "from the agent"),
-                             ("stdout", "hello")]
+    assert lifecycle(events) == [
+        EventKind.GRANT_ADDED,
+        EventKind.SANDBOX_VERIFIED,
+        EventKind.SESSION_STARTED,
+        EventKind.SESSION_EXITED,
+    ]
+    lines = [(e.subject, e.details["text"]) for e in events if e.kind is EventKind.SESSION_OUTPUT]
+    assert sorted(lines) == [("stderr", "oops"), ("stdout", "from the agent"), ("stdout", "hello")]
     (container,) = [c for call, c in engine.calls if call == "create"]
     assert [call for call, c in engine.calls if c == container] == ["create", "start", "remove"]
     assert engine.containers_by_id == {}
     assert [g.ended for g in engine.guards] == [True]
-    assert engine.guards[0].labels == (f"{LABEL_OWNER}={supervisor.owner}",
-                                       f"{LABEL_SESSION}={result.session}")
+    assert engine.guards[0].labels == (
+        f"{LABEL_OWNER}={supervisor.owner}",
+        f"{LABEL_SESSION}={result.session}",
+    )
     record = store.session(result.session)
     assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
     assert not (dirs.sessions / result.session / "view").exists()
@@ -96,12 +105,16 @@ def test_a_session_runs_its_agent_to_its_exit_and_cleans_up(
 
 def test_an_agent_past_its_timeout_is_stopped(dirs: Dirs, store: StateStore) -> None:
     supervisor, engine, events = supervise(
-        dirs, store, lambda c: 0 if not c.wait_for_signal() else 1)
+        dirs, store, lambda c: 0 if not c.wait_for_signal() else 1
+    )
     result = asyncio.run(supervisor.run(request(timeout=0.2), CollectedOutput()))
     assert (result.exit_code, result.reason) == (124, "timed out")
-    assert lifecycle(events) == [EventKind.SANDBOX_VERIFIED, EventKind.SESSION_STARTED,
-                                 EventKind.SESSION_TIMEOUT,
-                                 EventKind.SESSION_EXITED]
+    assert lifecycle(events) == [
+        EventKind.SANDBOX_VERIFIED,
+        EventKind.SESSION_STARTED,
+        EventKind.SESSION_TIMEOUT,
+        EventKind.SESSION_EXITED,
+    ]
     assert "stop" in [call for call, _ in engine.calls]
 
 
@@ -133,8 +146,9 @@ def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
     supervisor, engine, events = supervise(dirs, store, lambda c: int(c.wait_for_signal()))
 
     async def scenario() -> SessionResult:
-        run = asyncio.create_task(supervisor.run(
-            request((GrantRequest(work, Mode.READ_WRITE),)), CollectedOutput()))
+        run = asyncio.create_task(
+            supervisor.run(request((GrantRequest(work, Mode.READ_WRITE),)), CollectedOutput())
+        )
         while not any(e.kind is EventKind.SESSION_STARTED for e in events):
             await asyncio.sleep(0.01)
         session = events[-1].session or ""
@@ -143,7 +157,9 @@ def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
 
     result = asyncio.run(scenario())
     assert (result.exit_code, result.reason) == (
-        KILLED, "stopped: a read-write folder it was granted was revoked")
+        KILLED,
+        "stopped: a read-write folder it was granted was revoked",
+    )
     (revoked,) = [e for e in events if e.kind is EventKind.GRANT_REVOKED]
     assert revoked.details["stopped"] is True and revoked.subject == str(work)
     assert engine.volume_labels == {}  # the overlay volume went with the session
@@ -153,19 +169,26 @@ def test_what_a_vanished_supervisor_left_is_swept_before_the_next_session(
     dirs: Dirs, store: StateStore
 ) -> None:
     supervisor, engine, events = supervise(dirs, store, lambda c: 0)
-    left = engine.create({"labels": {LABEL_OWNER: supervisor.owner, LABEL_SESSION: "0ld0ld00",
-                                     LABEL_SUPERVISOR: "1:0"}})  # pid 1 never started at 0
-    engine.volume_labels["airlock-0ld0ld00-x"] = {LABEL_OWNER: supervisor.owner,
-                                                  LABEL_SUPERVISOR: "1:0"}
+    left = engine.create(
+        {
+            "labels": {
+                LABEL_OWNER: supervisor.owner,
+                LABEL_SESSION: "0ld0ld00",
+                LABEL_SUPERVISOR: "1:0",
+            }
+        }
+    )  # pid 1 never started at 0
+    engine.volume_labels["airlock-0ld0ld00-x"] = {
+        LABEL_OWNER: supervisor.owner,
+        LABEL_SUPERVISOR: "1:0",
+    }
     result = asyncio.run(supervisor.run(request(), CollectedOutput()))
     assert result.exit_code == 0
     assert left not in engine.containers_by_id and engine.volume_labels == {}
     assert (events[0].kind, events[0].session) == (EventKind.SESSION_SWEPT, "0ld0ld00")
 
 
-def test_a_missing_image_is_refused_before_anything_is_made(
-    dirs: Dirs, store: StateStore
-) -> None:
+def test_a_missing_image_is_refused_before_anything_is_made(dirs: Dirs, store: StateStore) -> None:
     supervisor, engine, events = supervise(dirs, store, lambda c: 0)
     with pytest.raises(ImageError, match="airlock image build"):
         asyncio.run(supervisor.run(request(image="no-such:image"), CollectedOutput()))

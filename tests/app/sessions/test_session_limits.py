@@ -10,13 +10,16 @@ import pytest
 from app.sessions.limits import disk_short, limit_counter_files, read_counter
 
 
-@pytest.mark.parametrize(("text", "count"), [
-    ("max 3\n", 3),  # pids.events
-    ("low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n", 7),  # memory.events
-    ("12\n", 12),  # memory.failcnt (cgroup v1)
-    ("", 0),
-    ("max nothing\n", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("max 3\n", 3),  # pids.events
+        ("low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n", 7),  # memory.events
+        ("12\n", 12),  # memory.failcnt (cgroup v1)
+        ("", 0),
+        ("max nothing\n", 0),
+    ],
+)
 def test_a_counter_is_read_in_each_of_its_forms(text: str, count: int, tmp_path: Path) -> None:
     counter = tmp_path / "counter"
     counter.write_text(text)

@@ -42,8 +42,10 @@ T = TypeVar("T")
 def need(binary: str, package: str) -> str:
     path = shutil.which(binary)
     if path is None:
-        pytest.fail(f"{binary} is missing: install the Debian package {package} "
-                    "(`sudo packaging/setup test` does)")
+        pytest.fail(
+            f"{binary} is missing: install the Debian package {package} "
+            "(`sudo packaging/setup test` does)"
+        )
     return path
 
 
@@ -65,11 +67,13 @@ Run = Callable[[Awaitable[T]], T]
 def run(loop: asyncio.AbstractEventLoop) -> Callable[[Awaitable[object]], object]:
     def run_it(awaitable: Awaitable[object], timeout: float = 120) -> object:
         return loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
+
     return run_it
 
 
-async def until(condition: Callable[[], object], timeout: float = 20,
-                what: str = "condition") -> None:
+async def until(
+    condition: Callable[[], object], timeout: float = 20, what: str = "condition"
+) -> None:
     """Waits on the loop (Qt keeps painting and delivering) until `condition()` holds."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -85,15 +89,13 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def dirs(tmp_path: Path) -> Dirs:
-    result = Dirs(config=tmp_path / "config", state=tmp_path / "state",
-                  runtime=tmp_path / "run")
+    result = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     result.ensure()
     return result
 
 
 @pytest.fixture
-def supervisor(dirs: Dirs, engine: docker.DockerClient, agent_image: str
-               ) -> Iterator[Supervisor]:
+def supervisor(dirs: Dirs, engine: docker.DockerClient, agent_image: str) -> Iterator[Supervisor]:
     store = StateStore(dirs.database)
     yield Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))
     store.close()
@@ -111,8 +113,21 @@ def xvfb() -> Iterator[Display]:
     binary = need("Xvfb", "xvfb")
     read, write = os.pipe()
     process = subprocess.Popen(
-        [binary, "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp",
-         "-noreset"], pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            "-displayfd",
+            str(write),
+            "-screen",
+            "0",
+            "1280x800x24",
+            "-nolisten",
+            "tcp",
+            "-noreset",
+        ],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     with os.fdopen(read) as pipe:
         number = pipe.readline().strip()
@@ -136,9 +151,18 @@ def session_bus(tmp_path: Path) -> Iterator[SessionBus]:
     binary = need("dbus-daemon", "dbus-daemon")
     read, write = os.pipe()
     process = subprocess.Popen(
-        [binary, "--session", "--nofork", "--nopidfile", f"--print-address={write}",
-         f"--address=unix:path={tmp_path / 'session-bus'}"],
-        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            "--session",
+            "--nofork",
+            "--nopidfile",
+            f"--print-address={write}",
+            f"--address=unix:path={tmp_path / 'session-bus'}",
+        ],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     with os.fdopen(read) as pipe:
         address = pipe.readline().strip()

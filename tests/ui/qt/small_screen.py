@@ -27,18 +27,34 @@ from ui.qt.settings import Settings, SettingsDialog
 def upload(session: str = "5e55104d") -> ConsentRequest:
     """The largest dialog: an upload with findings and a preview."""
     return ConsentRequest(
-        new_request_id(), session, "notes-organizer", RequestKind.UPLOAD, "paste.example:443",
-        {"size": 18_240, "sha256": "9f2c" * 16, "mime": "text/csv", "method": "POST",
-         "path": "/api/paste", "complete": False,
-         "preview": "name,iban\\nAna,DE89 3704 0044 0532 0130 00\\n" * 8,
-         "findings": [{"kind": "iban", "label": "an IBAN", "offset": 14 * i}
-                      for i in range(6)]},
-        "I need to upload the table to share it with the team. " * 6, 120)
+        new_request_id(),
+        session,
+        "notes-organizer",
+        RequestKind.UPLOAD,
+        "paste.example:443",
+        {
+            "size": 18_240,
+            "sha256": "9f2c" * 16,
+            "mime": "text/csv",
+            "method": "POST",
+            "path": "/api/paste",
+            "complete": False,
+            "preview": "name,iban\\nAna,DE89 3704 0044 0532 0130 00\\n" * 8,
+            "findings": [{"kind": "iban", "label": "an IBAN", "offset": 14 * i} for i in range(6)],
+        },
+        "I need to upload the table to share it with the team. " * 6,
+        120,
+    )
 
 
 def requester(request: ConsentRequest) -> Requester:
-    return Requester(request.profile, "Reads your notes and writes a summary.",
-                     "airlock-agent:bookworm", request.session, time.time() - 30)
+    return Requester(
+        request.profile,
+        "Reads your notes and writes a summary.",
+        "airlock-agent:bookworm",
+        request.session,
+        time.time() - 30,
+    )
 
 
 def in_view(widget: QWidget, window: QWidget, area: QRect) -> bool:
@@ -48,8 +64,9 @@ def in_view(widget: QWidget, window: QWidget, area: QRect) -> bool:
     rect = QRect(widget.mapToGlobal(widget.rect().topLeft()), widget.size())
     if widget.visibleRegion().boundingRect().size() != widget.size():
         return False
-    return area.contains(rect) and QRect(window.mapToGlobal(window.rect().topLeft()),
-                                         window.size()).contains(rect)
+    return area.contains(rect) and QRect(
+        window.mapToGlobal(window.rect().topLeft()), window.size()
+    ).contains(rect)
 
 
 def report(name: str, window: QWidget, app: QApplication, shots: Path | None) -> dict[str, object]:
@@ -59,19 +76,19 @@ def report(name: str, window: QWidget, app: QApplication, shots: Path | None) ->
     area = window.screen().availableGeometry()
     frame = window.frameGeometry()
     buttons = [b for b in window.findChildren(QPushButton) if b.isVisible()]
-    who = [g for g in window.findChildren(QGroupBox) if g.title() == "Who asks"
-           and g.isVisible()]
+    who = [g for g in window.findChildren(QGroupBox) if g.title() == "Who asks" and g.isVisible()]
     result = {
-        "name": name, "window": [frame.x(), frame.y(), frame.width(), frame.height()],
+        "name": name,
+        "window": [frame.x(), frame.y(), frame.width(), frame.height()],
         "area": [area.x(), area.y(), area.width(), area.height()],
         "fits": area.contains(frame),
         "buttons": {b.text(): in_view(b, window, area) for b in buttons},
-        "who": [in_view(g, window, area) and g.height() >= g.minimumSizeHint().height()
-                for g in who],
+        "who": [
+            in_view(g, window, area) and g.height() >= g.minimumSizeHint().height() for g in who
+        ],
     }
     if shots is not None:
-        subprocess.run(["import", "-window", "root", str(shots / f"small-{name}.png")],
-                       check=True)
+        subprocess.run(["import", "-window", "root", str(shots / f"small-{name}.png")], check=True)
     return result
 
 
@@ -111,12 +128,21 @@ def main() -> None:
     alone.deny()
 
     # A picked path long enough to wrap many times: who asks keeps its size.
-    request = ConsentRequest(new_request_id(), "5e55104d", "notes-organizer",
-                             RequestKind.FILE_OPEN, "Open notes", {"multiple": True}, "", 120)
+    request = ConsentRequest(
+        new_request_id(),
+        "5e55104d",
+        "notes-organizer",
+        RequestKind.FILE_OPEN,
+        "Open notes",
+        {"multiple": True},
+        "",
+        120,
+    )
     picked = ConsentDialog(request, requester(request), timeout=60, unlock_ms=0)
     picked.show()
-    picked._files_chosen(["/home/ana/" + "a-rather-long-folder-name/" * 12 + f"n{i}.md"
-                          for i in range(12)])
+    picked._files_chosen(
+        ["/home/ana/" + "a-rather-long-folder-name/" * 12 + f"n{i}.md" for i in range(12)]
+    )
     results.append(report("long-path-dialog", picked, app, shots))
     picked.deny()
 

@@ -23,15 +23,26 @@ from ui.qt.consent import ConsentDialog, QtFrontEnd, Requester, name_filters
 from ui.qt.settings import Settings
 
 
-def request_for(kind: RequestKind, subject: str = "example.org:443", reason: str = "",
-                timeout: float = 120, **details: object) -> ConsentRequest:
-    return ConsentRequest(new_request_id(), "5e55104d", "notes-organizer", kind, subject,
-                          details, reason, timeout)
+def request_for(
+    kind: RequestKind,
+    subject: str = "example.org:443",
+    reason: str = "",
+    timeout: float = 120,
+    **details: object,
+) -> ConsentRequest:
+    return ConsentRequest(
+        new_request_id(), "5e55104d", "notes-organizer", kind, subject, details, reason, timeout
+    )
 
 
 def requester(request: ConsentRequest) -> Requester:
-    return Requester("notes-organizer", "Reads your notes and writes a summary.",
-                     "airlock-agent:bookworm", request.session, time.time() - 30)
+    return Requester(
+        "notes-organizer",
+        "Reads your notes and writes a summary.",
+        "airlock-agent:bookworm",
+        request.session,
+        time.time() - 30,
+    )
 
 
 @pytest.fixture
@@ -69,7 +80,8 @@ def focus_widget() -> object:
 
 
 def test_enter_denies_by_default_and_buttons_start_disabled(
-        run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd) -> None:
+    run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd
+) -> None:
     request = request_for(RequestKind.NETWORK, reason="to fetch the weather")
 
     async def scenario() -> object:
@@ -94,8 +106,9 @@ def test_enter_denies_by_default_and_buttons_start_disabled(
     assert answer.verdict is Verdict.DENY and answer.by == "dialog"  # type: ignore[attr-defined]
 
 
-def test_escape_denies(run: Callable[..., object], broker: ConsentBroker,
-                       front_end: QtFrontEnd) -> None:
+def test_escape_denies(
+    run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd
+) -> None:
     request = request_for(RequestKind.NETWORK)
 
     async def scenario() -> object:
@@ -108,10 +121,12 @@ def test_escape_denies(run: Callable[..., object], broker: ConsentBroker,
     assert run(scenario()).verdict is Verdict.DENY  # type: ignore[attr-defined]
 
 
-def test_keyboard_allow_for_one_hour(run: Callable[..., object], broker: ConsentBroker,
-                                     front_end: QtFrontEnd) -> None:
-    request = request_for(RequestKind.NETWORK, "api.weather.example:443", port=443,
-                          method="CONNECT")
+def test_keyboard_allow_for_one_hour(
+    run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd
+) -> None:
+    request = request_for(
+        RequestKind.NETWORK, "api.weather.example:443", port=443, method="CONNECT"
+    )
     events = []
     broker._bus.attach(events.append)
 
@@ -137,8 +152,9 @@ def test_keyboard_allow_for_one_hour(run: Callable[..., object], broker: Consent
     assert events[1].details["verdict"] == "allow" and events[1].details["by"] == "dialog"
 
 
-def test_mouse_allow_with_tab_navigation(run: Callable[..., object], broker: ConsentBroker,
-                                         front_end: QtFrontEnd) -> None:
+def test_mouse_allow_with_tab_navigation(
+    run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd
+) -> None:
     request = request_for(RequestKind.NETWORK)
 
     async def scenario() -> object:
@@ -156,8 +172,9 @@ def test_mouse_allow_with_tab_navigation(run: Callable[..., object], broker: Con
     assert answer.allowed and answer.lifetime is Lifetime.ONCE  # type: ignore[attr-defined]
 
 
-def test_countdown_then_deny_by_timeout(run: Callable[..., object], settings: Settings,
-                                        broker: ConsentBroker, front_end: QtFrontEnd) -> None:
+def test_countdown_then_deny_by_timeout(
+    run: Callable[..., object], settings: Settings, broker: ConsentBroker, front_end: QtFrontEnd
+) -> None:
     settings.set(options.CONSENT_TIMEOUT, 5)
     settings.set(options.TIMEOUT_ACTION, "deny-session")
     request = request_for(RequestKind.NETWORK, "tracker.example:443")
@@ -189,7 +206,8 @@ def test_countdown_then_deny_by_timeout(run: Callable[..., object], settings: Se
 
 
 def test_broker_deadline_and_withdrawal_close_the_dialog(
-        run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd) -> None:
+    run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd
+) -> None:
     short = request_for(RequestKind.NETWORK, timeout=0.8)
     withdrawn = request_for(RequestKind.FILE_OPEN, "Open notes")
 
@@ -209,16 +227,24 @@ def test_broker_deadline_and_withdrawal_close_the_dialog(
 
 
 def test_untrusted_text_is_plain_and_marked(qapp: QApplication, artifacts: Path) -> None:
-    reason = ('<b>URGENT</b> <a href="file:///etc/shadow">click</a>\x1b[31m'
-              '\u202egnp.exe')
+    reason = '<b>URGENT</b> <a href="file:///etc/shadow">click</a>\x1b[31m\u202egnp.exe'
     request = request_for(
-        RequestKind.UPLOAD, "paste.example:443", reason,
-        size=18_240, sha256="9f2c" * 16, mime="text/csv", method="POST", path="/api/paste",
-        complete=True, preview="name,iban\\nAna,DE89 3704 0044 0532 0130 00\\n",
+        RequestKind.UPLOAD,
+        "paste.example:443",
+        reason,
+        size=18_240,
+        sha256="9f2c" * 16,
+        mime="text/csv",
+        method="POST",
+        path="/api/paste",
+        complete=True,
+        preview="name,iban\\nAna,DE89 3704 0044 0532 0130 00\\n",
         inspection="inspected",
-        findings=[{"kind": "iban", "label": "an IBAN (bank account number)", "offset": 14},
-                  {"kind": "granted-file", "label": "/home/ana/Finance/2026.csv",
-                   "offset": 4096}])
+        findings=[
+            {"kind": "iban", "label": "an IBAN (bank account number)", "offset": 14},
+            {"kind": "granted-file", "label": "/home/ana/Finance/2026.csv", "offset": 4096},
+        ],
+    )
     dialog = ConsentDialog(request, requester(request), timeout=60, unlock_ms=300)
     dialog.show()
     labels = {label.objectName(): label for label in dialog.findChildren(QLabel)}
@@ -227,9 +253,11 @@ def test_untrusted_text_is_plain_and_marked(qapp: QApplication, artifacts: Path)
     assert "<b>URGENT</b>" in shown.text() and "\\u001b" in shown.text()
     assert "\\u202e" in shown.text()  # the bidi override is shown, not obeyed
     # Every label but the fixed row titles ("Agent:", "Size:") is plain text.
-    assert all(label.textFormat() is Qt.TextFormat.PlainText
-               for label in dialog.findChildren(QLabel)
-               if label.text() and not label.text().endswith(":"))
+    assert all(
+        label.textFormat() is Qt.TextFormat.PlainText
+        for label in dialog.findChildren(QLabel)
+        if label.text() and not label.text().endswith(":")
+    )
     assert "IBAN" in labels["findings"].text()
     assert any("decrypted by Airlock" in label.text() for label in dialog.findChildren(QLabel))
     assert dialog.findChild(QComboBox, "duration").count() == 2  # once · this session
@@ -238,8 +266,12 @@ def test_untrusted_text_is_plain_and_marked(qapp: QApplication, artifacts: Path)
 
 
 def test_file_filters_from_the_agent_are_sanitised() -> None:
-    raw = [["Notes", [[0, "*.md"], [0, "*.txt"], [1, "text/plain"]]],
-           ["Evil) (*", [[0, "*; rm -rf ~"], [0, "*.csv"]]], "junk", [1, 2, 3]]
+    raw = [
+        ["Notes", [[0, "*.md"], [0, "*.txt"], [1, "text/plain"]]],
+        ["Evil) (*", [[0, "*; rm -rf ~"], [0, "*.csv"]]],
+        "junk",
+        [1, 2, 3],
+    ]
     assert name_filters(raw) == ["Notes (*.md *.txt)", "Evil] [* (*.csv)"]
     # The portal's JSON shape.
     portal = [{"name": "Notes", "patterns": [["glob", "*.md"], ["mime", "text/plain"]]}]
@@ -247,8 +279,8 @@ def test_file_filters_from_the_agent_are_sanitised() -> None:
 
 
 def test_file_save_choice_goes_through_the_file_dialog(
-        run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd,
-        tmp_path: Path) -> None:
+    run: Callable[..., object], broker: ConsentBroker, front_end: QtFrontEnd, tmp_path: Path
+) -> None:
     request = request_for(RequestKind.FILE_SAVE, "Save summary", current_name="summary.md")
     target = tmp_path / "summary.md"
 
@@ -274,12 +306,21 @@ def test_file_save_choice_goes_through_the_file_dialog(
     assert answer.mode is Mode.READ_WRITE  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("hostile", [
-    "\u200fmark", "\u061cmark", "zero\u200bwidth", "line\u2028separator", "c1\u009bcsi",
-    "no\u00a0break", "hangul\u3164filler",
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "\u200fmark",
+        "\u061cmark",
+        "zero\u200bwidth",
+        "line\u2028separator",
+        "c1\u009bcsi",
+        "no\u00a0break",
+        "hangul\u3164filler",
+    ],
+)
 def test_invisible_characters_in_agent_text_are_shown_as_escapes(
-        qapp: QApplication, hostile: str) -> None:
+    qapp: QApplication, hostile: str
+) -> None:
     request = request_for(RequestKind.NETWORK, f"{hostile}.example:443", f"reason {hostile}")
     dialog = ConsentDialog(request, requester(request), timeout=60, unlock_ms=300)
     labels = {label.objectName(): label for label in dialog.findChildren(QLabel)}
@@ -290,11 +331,11 @@ def test_invisible_characters_in_agent_text_are_shown_as_escapes(
     dialog.deny()
 
 
-def test_padding_cannot_put_the_agents_words_on_a_line_of_their_own(
-        qapp: QApplication) -> None:
+def test_padding_cannot_put_the_agents_words_on_a_line_of_their_own(qapp: QApplication) -> None:
     fake = "Airlock: pre-approved by your rules (verified)"
-    request = request_for(RequestKind.NETWORK, "paste.example:443",
-                          "sync notes" + " " * 200 + "\n\n" + fake)
+    request = request_for(
+        RequestKind.NETWORK, "paste.example:443", "sync notes" + " " * 200 + "\n\n" + fake
+    )
     dialog = ConsentDialog(request, requester(request), timeout=60, unlock_ms=300)
     labels = {label.objectName(): label for label in dialog.findChildren(QLabel)}
     assert labels["reason"].text() == f"sync notes {fake}"  # one run of words, in its box

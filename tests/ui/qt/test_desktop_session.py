@@ -37,19 +37,26 @@ WATCH = (
 
 def install_profile(supervisor: Supervisor, name: str, command: list[str]) -> None:
     text = profile_text("airlock-agent:bookworm", command).replace(
-        'name = "test-agent"', f'name = "{name}"')
+        'name = "test-agent"', f'name = "{name}"'
+    )
     parse_profile(text, f"{name}.toml")
     supervisor.dirs.user_profiles.mkdir(parents=True, exist_ok=True)
     (supervisor.dirs.user_profiles / f"{name}.toml").write_text(text)
 
 
 def lines(events: list[Event], session: str) -> list[str]:
-    return [str(e.details.get("text")) for e in events
-            if e.kind is EventKind.SESSION_OUTPUT and e.session == session]
+    return [
+        str(e.details.get("text"))
+        for e in events
+        if e.kind is EventKind.SESSION_OUTPUT and e.session == session
+    ]
 
 
 def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
-    run: Callable[..., object], supervisor: Supervisor, settings: Settings, tmp_path: Path,
+    run: Callable[..., object],
+    supervisor: Supervisor,
+    settings: Settings,
+    tmp_path: Path,
     artifacts: Path,
 ) -> None:
     settings.set(options.UNLOCK_DELAY, 300)
@@ -77,10 +84,15 @@ def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
         assert desktop.tray is not None and desktop.tray.state == "running"
 
         async def ask() -> ConsentRequest:
-            request = ConsentRequest(new_request_id(), session, "doc-watcher",
-                                     RequestKind.FILE_OPEN, "open a file",
-                                     {"title": "Pick a note", "mode": "ro"},
-                                     "I need the note to summarise it")
+            request = ConsentRequest(
+                new_request_id(),
+                session,
+                "doc-watcher",
+                RequestKind.FILE_OPEN,
+                "open a file",
+                {"title": "Pick a note", "mode": "ro"},
+                "I need the note to summarise it",
+            )
             return request
 
         # Denied with Escape: nothing is granted.
@@ -109,25 +121,33 @@ def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
         QTest.keyClick(dialog.focusWidget(), Qt.Key.Key_Return)
         answer = await asked
         assert answer.allowed and answer.paths == (note,) and answer.mode is Mode.READ
-        inside = await supervisor.open_files(session, answer.paths, answer.mode,
-                                             answer.lifetime, answer.until)
+        inside = await supervisor.open_files(
+            session, answer.paths, answer.mode, answer.lifetime, answer.until
+        )
         assert str(inside[0]).startswith("/run/airlock/doc/")
-        await until(lambda: lines(events, session)[-1:] == ["present"], 20,
-                    "the file to appear in the container")
+        await until(
+            lambda: lines(events, session)[-1:] == ["present"],
+            20,
+            "the file to appear in the container",
+        )
 
         # The grants table shows it with a Revoke button; one click takes it away.
         grant = next(g for g in supervisor.store.session_grants(session) if g.path == note)
-        await until(lambda: desktop.window.revoke_button(grant.id) is not None,
-                    what="the grant in the table")
+        await until(
+            lambda: desktop.window.revoke_button(grant.id) is not None,
+            what="the grant in the table",
+        )
         desktop.window.tabs.setCurrentIndex(3)
         await asyncio.sleep(0.2)
         desktop.window.grab().save(str(artifacts / "main-window-grants.png"))
         QTest.mouseClick(desktop.window.revoke_button(grant.id), Qt.MouseButton.LeftButton)
-        await until(lambda: lines(events, session)[-1:] == ["absent"], 20,
-                    "the file to vanish from the container")
+        await until(
+            lambda: lines(events, session)[-1:] == ["absent"],
+            20,
+            "the file to vanish from the container",
+        )
         assert lines(events, session) == ["absent", "present", "absent"]
-        await until(lambda: desktop.window.revoke_button(grant.id) is None,
-                    what="the row to go")
+        await until(lambda: desktop.window.revoke_button(grant.id) is None, what="the row to go")
         assert "no longer see" in desktop.window.statusBar().currentMessage()
 
         # The feed has it all, filterable by session and kind.
@@ -151,7 +171,10 @@ def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
 
 
 def test_review_window_commits_undoes_and_discards(
-    run: Callable[..., object], supervisor: Supervisor, settings: Settings, tmp_path: Path,
+    run: Callable[..., object],
+    supervisor: Supervisor,
+    settings: Settings,
+    tmp_path: Path,
     artifacts: Path,
 ) -> None:
     notes = tmp_path / "notes"
@@ -161,9 +184,16 @@ def test_review_window_commits_undoes_and_discards(
     # Run as root, the tests' agents run as nobody: let that uid write (into its staging).
     notes.chmod(0o777)
     (notes / "todo.md").chmod(0o666)
-    install_profile(supervisor, "writer", [
-        "sh", "-c", f'cd {notes} && printf -- "- [x] milk\\n- [ ] bread\\n- [ ] eggs\\n" '
-                    '> todo.md && echo "# Summary" > summary.md && echo new > scratch.md'])
+    install_profile(
+        supervisor,
+        "writer",
+        [
+            "sh",
+            "-c",
+            f'cd {notes} && printf -- "- [x] milk\\n- [ ] bread\\n- [ ] eggs\\n" '
+            '> todo.md && echo "# Summary" > summary.md && echo new > scratch.md',
+        ],
+    )
 
     async def scenario() -> None:
         broker = ConsentBroker(supervisor.bus)
@@ -178,13 +208,20 @@ def test_review_window_commits_undoes_and_discards(
         grants = (GrantRequest(notes, Mode.READ_WRITE),)
         session = await desktop.launch_request("writer", grants)
         # When a session the app launched ends with staged changes, the review window opens.
-        await until(lambda: session in desktop.reviews and desktop.reviews[session].changeset
-                    is not None and desktop.reviews[session].changeset.changes, 60,
-                    "the review window")
+        await until(
+            lambda: (
+                session in desktop.reviews
+                and desktop.reviews[session].changeset is not None
+                and desktop.reviews[session].changeset.changes
+            ),
+            60,
+            "the review window",
+        )
         window = desktop.reviews[session]
         assert (notes / "todo.md").read_text() == "- [ ] milk\n- [ ] bread\n"
-        names = sorted(window.files.topLevelItem(i).text(0)
-                       for i in range(window.files.topLevelItemCount()))
+        names = sorted(
+            window.files.topLevelItem(i).text(0) for i in range(window.files.topLevelItemCount())
+        )
         assert names == ["scratch.md", "summary.md", "todo.md"]
         todo = window.item_for(notes / "todo.md")
         window.files.setCurrentItem(todo)
@@ -213,7 +250,7 @@ def test_review_window_commits_undoes_and_discards(
 
 
 def test_revoke_says_before_the_click_that_a_read_write_folder_stops_its_session(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     folder = tmp_path / "project"
     folder.mkdir()

@@ -25,8 +25,7 @@ def desktop_entry(path: Path) -> configparser.SectionProxy:
 def test_desktop_files_validate() -> None:
     validator = need("desktop-file-validate", "desktop-file-utils")
     for name in ("airlock.desktop", "airlock-autostart.desktop"):
-        result = subprocess.run([validator, str(PACKAGING / name)], capture_output=True,
-                                text=True)
+        result = subprocess.run([validator, str(PACKAGING / name)], capture_output=True, text=True)
         assert result.returncode == 0 and "error" not in result.stdout, result.stdout
     launcher = desktop_entry(PACKAGING / "airlock.desktop")
     autostart = desktop_entry(PACKAGING / "airlock-autostart.desktop")
@@ -38,8 +37,9 @@ def test_desktop_files_validate() -> None:
 def test_appstream_metainfo_validates() -> None:
     validator = need("appstreamcli", "appstream")
     metainfo = PACKAGING / f"{APP_ID}.metainfo.xml"
-    result = subprocess.run([validator, "validate", "--no-net", str(metainfo)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [validator, "validate", "--no-net", str(metainfo)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     root = ET.parse(metainfo).getroot()
     assert root.findtext("id") == APP_ID
@@ -65,5 +65,5 @@ def test_setup_starts_the_tray_for_the_demo() -> None:
     script = PACKAGING / "setup"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    body = text[text.index("start_demo_session() {"):text.index("main() {")]
+    body = text[text.index("start_demo_session() {") : text.index("main() {")]
     assert "tray --prepare notes-organizer" in body

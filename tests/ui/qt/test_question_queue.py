@@ -25,13 +25,22 @@ FLOODER, OTHER = "f100d000", "0the4000"
 
 
 def ask(session: str, host: str) -> ConsentRequest:
-    return ConsentRequest(new_request_id(), session, "agent-" + session[:4],
-                          RequestKind.NETWORK, f"{host}:443", {}, "", 300)
+    return ConsentRequest(
+        new_request_id(),
+        session,
+        "agent-" + session[:4],
+        RequestKind.NETWORK,
+        f"{host}:443",
+        {},
+        "",
+        300,
+    )
 
 
 def requester(request: ConsentRequest) -> Requester:
-    return Requester(request.profile, "", "airlock-agent:bookworm", request.session,
-                     time.time() - 30)
+    return Requester(
+        request.profile, "", "airlock-agent:bookworm", request.session, time.time() - 30
+    )
 
 
 @pytest.fixture
@@ -43,12 +52,16 @@ def front_end(settings: Settings) -> QtFrontEnd:
 
 def question_windows() -> list[object]:
     """The visible windows that put questions: dialogs on their own, questions' windows."""
-    return [w for w in QApplication.topLevelWidgets()
-            if w.isVisible() and isinstance(w, ConsentDialog | QuestionQueue)]
+    return [
+        w
+        for w in QApplication.topLevelWidgets()
+        if w.isVisible() and isinstance(w, ConsentDialog | QuestionQueue)
+    ]
 
 
 def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
-        run: Callable[..., object], front_end: QtFrontEnd) -> None:
+    run: Callable[..., object], front_end: QtFrontEnd
+) -> None:
     broker = ConsentBroker(EventBus(), front_end)
     stopped: list[str] = []
     front_end.queue.stop_requested.connect(stopped.append)
@@ -58,8 +71,10 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
         first = ask(FLOODER, "host0.example")
         flood = [asyncio.ensure_future(broker.ask(first))]
         await until(lambda: queue.current is not None, what="the first question")
-        flood += [asyncio.ensure_future(broker.ask(ask(FLOODER, f"host{i}.example")))
-                  for i in range(1, 40)]
+        flood += [
+            asyncio.ensure_future(broker.ask(ask(FLOODER, f"host{i}.example")))
+            for i in range(1, 40)
+        ]
         other = asyncio.ensure_future(broker.ask(ask(OTHER, "api.other.example")))
         await until(lambda: front_end.pending == 41, what="41 questions")
         # One window, whose front question is still the first one.
@@ -78,16 +93,22 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
         assert queue.questions.item(5).text().startswith("4:")
         assert "connect to host5.example:443" in queue.questions.item(5).text()
         # The other agent's question, one click away; locked at first, like any newcomer.
-        QTest.mouseClick(queue.agents.viewport(), Qt.MouseButton.LeftButton,
-                         pos=queue.agents.visualItemRect(rows[1]).center())
+        QTest.mouseClick(
+            queue.agents.viewport(),
+            Qt.MouseButton.LeftButton,
+            pos=queue.agents.visualItemRect(rows[1]).center(),
+        )
         front = queue.current
         assert isinstance(front, ConsentDialog) and front.request.session == OTHER
         assert front.locked and not queue.stop_agent_button.isEnabled()
         assert queue.position.text() == "Question 41 of 41  ·  1 of 1 from agent-0the"
         await until(lambda: not front.locked, what="unlock")
         # Back to the flood: deny every one of its questions at once.
-        QTest.mouseClick(queue.agents.viewport(), Qt.MouseButton.LeftButton,
-                         pos=queue.agents.visualItemRect(queue.agents.item(0)).center())
+        QTest.mouseClick(
+            queue.agents.viewport(),
+            Qt.MouseButton.LeftButton,
+            pos=queue.agents.visualItemRect(queue.agents.item(0)).center(),
+        )
         await until(lambda: queue.current is not None and not queue.current.locked)
         assert queue.current.request.session == FLOODER
         QTest.mouseClick(queue.deny_agent_button, Qt.MouseButton.LeftButton)
@@ -108,7 +129,8 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
 
 
 def test_the_next_question_comes_to_the_front_locked(
-        run: Callable[..., object], front_end: QtFrontEnd) -> None:
+    run: Callable[..., object], front_end: QtFrontEnd
+) -> None:
     broker = ConsentBroker(EventBus(), front_end)
     queue = front_end.queue
 

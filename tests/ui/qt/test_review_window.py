@@ -39,8 +39,9 @@ def staged(tmp_path: Path) -> tuple[Review, Path, Path]:
 
 def open_window(review: Review, run: Callable[..., object]) -> ReviewWindow:
     tasks: list[asyncio.Task[object]] = []
-    window = ReviewWindow(SESSION, review,
-                          lambda c: tasks.append(asyncio.get_event_loop().create_task(c)))
+    window = ReviewWindow(
+        SESSION, review, lambda c: tasks.append(asyncio.get_event_loop().create_task(c))
+    )
     run(window.load())
     return window
 
@@ -48,9 +49,14 @@ def open_window(review: Review, run: Callable[..., object]) -> ReviewWindow:
 def row(window: ReviewWindow, path: Path) -> dict[str, str]:
     item = window.item_for(path)
     assert item is not None, path
-    return {"file": item.text(0), "status": item.text(1), "mode": item.text(2),
-            "tip": item.toolTip(0), "icon": str(not item.icon(0).isNull()),
-            "checked": str(item.checkState(0) == Qt.CheckState.Checked)}
+    return {
+        "file": item.text(0),
+        "status": item.text(1),
+        "mode": item.text(2),
+        "tip": item.toolTip(0),
+        "icon": str(not item.icon(0).isNull()),
+        "checked": str(item.checkState(0) == Qt.CheckState.Checked),
+    }
 
 
 def test_every_mode_that_lands_is_shown_and_lands_exactly(
@@ -65,7 +71,10 @@ def test_every_mode_that_lands_is_shown_and_lands_exactly(
     (upper / "open.txt").chmod(0o777)
     window = open_window(review, run)
     assert {p: row(window, host / p)["mode"] for p in ("run.sh", "tool.sh", "open.txt")} == {
-        "run.sh": "0644 → 0755", "tool.sh": "0644 → 0755", "open.txt": "0777"}
+        "run.sh": "0644 → 0755",
+        "tool.sh": "0644 → 0755",
+        "open.txt": "0777",
+    }
     window.files.setCurrentItem(window.item_for(host / "tool.sh"))
     assert f"\nmode 0644 -> 0755 {host / 'tool.sh'}\n" in window.viewer.toPlainText()
     window.files.setCurrentItem(window.item_for(host / "open.txt"))
@@ -78,9 +87,9 @@ def test_every_mode_that_lands_is_shown_and_lands_exactly(
     finally:
         os.umask(old_umask)
     assert result is not None and result.refused == ()  # type: ignore[attr-defined]
-    assert {p: stat.S_IMODE((host / p).stat().st_mode)
-            for p in ("run.sh", "tool.sh", "open.txt")} == {
-        "run.sh": 0o755, "tool.sh": 0o755, "open.txt": 0o777}
+    assert {
+        p: stat.S_IMODE((host / p).stat().st_mode) for p in ("run.sh", "tool.sh", "open.txt")
+    } == {"run.sh": 0o755, "tool.sh": 0o755, "open.txt": 0o777}
 
 
 def test_the_window_commits_what_it_displayed_not_what_was_staged_since(
@@ -109,8 +118,9 @@ def test_lookalike_names_carry_a_visible_warning_and_are_not_approved_with_the_r
     (upper / "notes\u200f.md").write_text("hidden mark\n")
     (upper / "plain.md").write_text("nothing odd\n")
     window = open_window(review, run)
-    spaced, hidden, plain = (row(window, host / n)
-                             for n in ("report.txt ", "notes\u200f.md", "plain.md"))
+    spaced, hidden, plain = (
+        row(window, host / n) for n in ("report.txt ", "notes\u200f.md", "plain.md")
+    )
     assert spaced["icon"] == hidden["icon"] == "True" and plain["icon"] == "False"
     assert "looks like report.txt in the same folder" in spaced["tip"]
     assert "invisible" in hidden["tip"] and "\\u200f" in hidden["file"]

@@ -18,16 +18,23 @@ class NoActions:
         return lambda *args: None
 
 
-def record(session: str, sandbox: str | None,
-           state: SessionState = SessionState.RUNNING) -> SessionRecord:
-    return SessionRecord(session, "claude", "sha256:" + "a" * 64, None, "1:1", state, 0.0,
-                         sandbox=sandbox)
+def record(
+    session: str, sandbox: str | None, state: SessionState = SessionState.RUNNING
+) -> SessionRecord:
+    return SessionRecord(
+        session, "claude", "sha256:" + "a" * 64, None, "1:1", state, 0.0, sandbox=sandbox
+    )
 
 
 def test_the_sessions_list_shows_the_sandbox_check(qtbot: QtBot) -> None:
     model = SessionsModel()
-    model.replace([record("s1", "verified (52 checks)"), record("s2", None),
-                   record("s3", REFUSED, SessionState.EXITED)])
+    model.replace(
+        [
+            record("s1", "verified (52 checks)"),
+            record("s2", None),
+            record("s3", REFUSED, SessionState.EXITED),
+        ]
+    )
     column = SessionsModel.headers.index("Sandbox")
 
     shown = [model.data(model.index(row, column)) for row in range(3)]
@@ -46,8 +53,12 @@ def test_the_tray_menu_shows_each_sessions_sandbox_check(qtbot: QtBot) -> None:
 
 
 def test_the_activity_feed_says_why_a_session_was_refused() -> None:
-    refused = Event(EventKind.SANDBOX_REFUSED, "s3", "s3", {
-        "check": "kernel: pid 1 Seccomp", "expected": "2", "found": "0", "checks": 52})
+    refused = Event(
+        EventKind.SANDBOX_REFUSED,
+        "s3",
+        "s3",
+        {"check": "kernel: pid 1 Seccomp", "expected": "2", "found": "0", "checks": 52},
+    )
     assert summary(refused) == "refused: kernel: pid 1 Seccomp: expected 2, found 0"
     verified = Event(EventKind.SANDBOX_VERIFIED, "s1", "s1", {"checks": 52, "seconds": 0.01})
     assert summary(verified) == "sandbox verified (52 checks)"

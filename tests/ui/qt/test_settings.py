@@ -26,13 +26,16 @@ def test_defaults_types_and_bad_stored_values(tmp_path: Path) -> None:
     changed: list[str] = []
     settings.changed.connect(changed.append)
     settings.set(options.CONSENT_TIMEOUT, 30)
-    assert Settings(QSettings(str(path), QSettings.Format.IniFormat)).get(
-        options.CONSENT_TIMEOUT) == 30
+    assert (
+        Settings(QSettings(str(path), QSettings.Format.IniFormat)).get(options.CONSENT_TIMEOUT)
+        == 30
+    )
     assert changed == [options.CONSENT_TIMEOUT.key]
 
 
-def test_dialog_edits_every_option(qapp: object, settings: Settings, tmp_path: Path,
-                                   artifacts: Path) -> None:
+def test_dialog_edits_every_option(
+    qapp: object, settings: Settings, tmp_path: Path, artifacts: Path
+) -> None:
     dialog = SettingsDialog(settings)
     dialog.show()
     dialog.editors[options.CONSENT_TIMEOUT.key].setValue(45)  # type: ignore[attr-defined]

@@ -13,8 +13,15 @@ from pathlib import Path
 
 from tests.ui.qt.conftest import REPO, need
 
-WINDOWS = {"main-window", "review-window", "launch-dialog", "settings-dialog", "upload-dialog",
-           "long-path-dialog", "question-queue"}
+WINDOWS = {
+    "main-window",
+    "review-window",
+    "launch-dialog",
+    "settings-dialog",
+    "upload-dialog",
+    "long-path-dialog",
+    "question-queue",
+}
 
 
 def test_every_window_fits_1024x600_with_its_buttons_in_view(artifacts: Path) -> None:
@@ -23,15 +30,24 @@ def test_every_window_fits_1024x600_with_its_buttons_in_view(artifacts: Path) ->
     read, write = os.pipe()
     server = subprocess.Popen(
         [binary, "-displayfd", str(write), "-screen", "0", "1024x600x24", "-nolisten", "tcp"],
-        pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     try:
         with os.fdopen(read) as pipe:
             display = pipe.readline().strip()
         assert display, "Xvfb did not start"
         env = dict(os.environ, DISPLAY=f":{display}", QT_QPA_PLATFORM="xcb")
-        done = subprocess.run([sys.executable, "-m", "tests.ui.qt.small_screen", str(artifacts)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.ui.qt.small_screen", str(artifacts)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.terminate()
         server.wait(10)
@@ -43,6 +59,8 @@ def test_every_window_fits_1024x600_with_its_buttons_in_view(artifacts: Path) ->
         assert result["fits"], result
         assert result["buttons"] and all(result["buttons"].values()), result
         assert all(result["who"]), result
-        if "dialog" in result["name"] and result["name"] not in ("launch-dialog",
-                                                                "settings-dialog"):
+        if "dialog" in result["name"] and result["name"] not in (
+            "launch-dialog",
+            "settings-dialog",
+        ):
             assert result["who"], result

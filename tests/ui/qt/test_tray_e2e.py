@@ -55,11 +55,15 @@ grep -q PORTAL-CANARY "$path" || exit 6
 
 
 def profile(name: str, command: list[str], description: str) -> str:
-    argv = ", ".join('"' + part.replace("\\", "\\\\").replace('"', '\\"')
-                     .replace("\n", "\\n") + '"' for part in command)
-    return (f'name = "{name}"\ndescription = "{description}"\nimage = "{DEFAULT_IMAGE}"\n'
-            f'command = [{argv}]\ntimeout = "3m"\n[resources]\nmemory = "256m"\ncpus = 1.0\n'
-            'pids = 64\ntmpfs = "16m"\nstaging = "64m"\n')
+    argv = ", ".join(
+        '"' + part.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        for part in command
+    )
+    return (
+        f'name = "{name}"\ndescription = "{description}"\nimage = "{DEFAULT_IMAGE}"\n'
+        f'command = [{argv}]\ntimeout = "3m"\n[resources]\nmemory = "256m"\ncpus = 1.0\n'
+        'pids = 64\ntmpfs = "16m"\nstaging = "64m"\n'
+    )
 
 
 class X:
@@ -72,8 +76,9 @@ class X:
         self.converter = need("convert", "imagemagick")
 
     def do(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run([self.xdotool, *args], env=self.env, capture_output=True,
-                                text=True, timeout=20)
+        result = subprocess.run(
+            [self.xdotool, *args], env=self.env, capture_output=True, text=True, timeout=20
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"xdotool {' '.join(args)}: {result.stderr}")
         return result.stdout
@@ -86,8 +91,9 @@ class X:
         values = dict(line.split("=", 1) for line in out.split())
         return int(values["X"]), int(values["Y"]), int(values["WIDTH"]), int(values["HEIGHT"])
 
-    def wait_window(self, *search: str, timeout: float = 60,
-                    accept: Callable[[str], bool] = lambda w: True) -> str:
+    def wait_window(
+        self, *search: str, timeout: float = 60, accept: Callable[[str], bool] = lambda w: True
+    ) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for window in self.windows(*search):
@@ -96,18 +102,35 @@ class X:
             time.sleep(0.2)
         raise AssertionError(f"no window {search} within {timeout} s")
 
-    def shot(self, target: Path, window: str = "root",
-             crop: tuple[int, int, int, int] | None = None, zoom: int = 1) -> Path:
+    def shot(
+        self,
+        target: Path,
+        window: str = "root",
+        crop: tuple[int, int, int, int] | None = None,
+        zoom: int = 1,
+    ) -> Path:
         if window != "root":  # no window manager here: bring it above the others
             self.do("windowraise", window)
             time.sleep(0.3)
-        subprocess.run([self.importer, "-window", window, str(target)], env=self.env,
-                       check=True, timeout=30)
+        subprocess.run(
+            [self.importer, "-window", window, str(target)], env=self.env, check=True, timeout=30
+        )
         if crop is not None:
             x, y, w, h = crop
-            subprocess.run([self.converter, str(target), "-crop", f"{w}x{h}+{x}+{y}",
-                            "+repage", "-scale", f"{zoom * 100}%", str(target)],
-                           check=True, timeout=30)
+            subprocess.run(
+                [
+                    self.converter,
+                    str(target),
+                    "-crop",
+                    f"{w}x{h}+{x}+{y}",
+                    "+repage",
+                    "-scale",
+                    f"{zoom * 100}%",
+                    str(target),
+                ],
+                check=True,
+                timeout=30,
+            )
         assert target.stat().st_size > 300
         return target
 
@@ -123,10 +146,29 @@ class X:
 def trayer(xvfb: Display) -> Iterator[subprocess.Popen[bytes]]:
     binary = need("trayer", "trayer")
     process = subprocess.Popen(
-        [binary, "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "160",
-         "--height", "30", "--transparent", "false", "--tint", "0xd9dde3", "--SetDockType",
-         "true"], env=dict(os.environ, DISPLAY=xvfb.name),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            binary,
+            "--edge",
+            "top",
+            "--align",
+            "right",
+            "--widthtype",
+            "pixel",
+            "--width",
+            "160",
+            "--height",
+            "30",
+            "--transparent",
+            "false",
+            "--tint",
+            "0xd9dde3",
+            "--SetDockType",
+            "true",
+        ],
+        env=dict(os.environ, DISPLAY=xvfb.name),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(0.8)
     assert process.poll() is None, "trayer exited"
     yield process
@@ -143,32 +185,58 @@ def home() -> Iterator[Path]:
 
 
 def test_tray_consent_handoff_review_and_quit(
-    xvfb: Display, trayer: subprocess.Popen[bytes], session_bus: SessionBus, home: Path,
-    artifacts: Path, agent_image: str,
+    xvfb: Display,
+    trayer: subprocess.Popen[bytes],
+    session_bus: SessionBus,
+    home: Path,
+    artifacts: Path,
+    agent_image: str,
 ) -> None:
     x = X(xvfb.name)
     (home / "run").mkdir(mode=0o700)
     profiles = home / "config" / "airlock" / "profiles"
     profiles.mkdir(parents=True)
-    (profiles / "notes-reader.toml").write_text(profile(
-        "notes-reader", ["sh", "-c", ASK], "Reads the notes you pick and summarises them."))
-    (profiles / "notes-writer.toml").write_text(profile(
-        "notes-writer", ["sh", "-c", 'cd "$0" && printf "# Summary\\n\\n- groceries: 3 open\\n'
-                         '- kickoff: 2 open\\n" > summary.md && '
-                         'sed -i "s/oat milk/oat milk (2 l)/" groceries.md', str(home / "notes")],
-        "Writes a summary of your notes."))
+    (profiles / "notes-reader.toml").write_text(
+        profile("notes-reader", ["sh", "-c", ASK], "Reads the notes you pick and summarises them.")
+    )
+    (profiles / "notes-writer.toml").write_text(
+        profile(
+            "notes-writer",
+            [
+                "sh",
+                "-c",
+                'cd "$0" && printf "# Summary\\n\\n- groceries: 3 open\\n'
+                '- kickoff: 2 open\\n" > summary.md && '
+                'sed -i "s/oat milk/oat milk (2 l)/" groceries.md',
+                str(home / "notes"),
+            ],
+            "Writes a summary of your notes.",
+        )
+    )
     notes = home / "notes"
     notes.mkdir()
     (notes / "groceries.md").write_text("# Groceries\n\n- [ ] oat milk\n- [ ] lemons\n")
     (notes / "secret.md").write_text("PORTAL-CANARY\n")
-    env = dict(os.environ, DISPLAY=xvfb.name, QT_QPA_PLATFORM="xcb",
-               DBUS_SESSION_BUS_ADDRESS=session_bus.address, HOME=str(home),
-               XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"),
-               XDG_RUNTIME_DIR=str(home / "run"), AIRLOCK_READY_FILE=str(home / "ready"),
-               LANG="C.UTF-8")
+    env = dict(
+        os.environ,
+        DISPLAY=xvfb.name,
+        QT_QPA_PLATFORM="xcb",
+        DBUS_SESSION_BUS_ADDRESS=session_bus.address,
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_STATE_HOME=str(home / "state"),
+        XDG_RUNTIME_DIR=str(home / "run"),
+        AIRLOCK_READY_FILE=str(home / "ready"),
+        LANG="C.UTF-8",
+    )
     started = time.monotonic()
-    app = subprocess.Popen([str(AIRLOCK), "-v", "tray"], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    app = subprocess.Popen(
+        [str(AIRLOCK), "-v", "tray"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (home / "ready").exists():
@@ -178,23 +246,26 @@ def test_tray_consent_handoff_review_and_quit(
         print(f"start-up to ready: {time.monotonic() - started:.2f} s")
 
         # The icon is in the tray host's panel.
-        icon = x.wait_window("--classname", "airlock",
-                             accept=lambda w: x.geometry(w)[1] < 30 and x.geometry(w)[2] < 40)
+        icon = x.wait_window(
+            "--classname",
+            "airlock",
+            accept=lambda w: x.geometry(w)[1] < 30 and x.geometry(w)[2] < 40,
+        )
         ix, iy, iw, ih = x.geometry(icon)
         x.shot(artifacts / "tray-idle.png", crop=(1280 - 170, 0, 170, 32), zoom=3)
 
         # Right click: the menu opens.
         before = set(x.windows("--classname", "airlock"))
         x.do("mousemove", "--sync", str(ix + iw // 2), str(iy + ih // 2), "click", "3")
-        menu = x.wait_window("--classname", "airlock", timeout=10,
-                             accept=lambda w: w not in before)
+        menu = x.wait_window("--classname", "airlock", timeout=10, accept=lambda w: w not in before)
         mx, my, mw, mh = x.geometry(menu)
         assert mh > 100, "the menu is too small to hold its entries"
         x.shot(artifacts / "tray-menu.png", crop=(max(0, mx - 40), 0, mw + 60, my + mh + 10))
         x.do("key", "Escape")
 
-        async def control(member: str, signature: str = "", body: list[object] | None = None
-                          ) -> list[object]:
+        async def control(
+            member: str, signature: str = "", body: list[object] | None = None
+        ) -> list[object]:
             from dbus_fast.aio import MessageBus
 
             bus = await MessageBus(bus_address=session_bus.address).connect()
@@ -212,8 +283,9 @@ def test_tray_consent_handoff_review_and_quit(
         x.shot(artifacts / "tray.png", crop=(1280 - 170, 0, 170, 32), zoom=3)  # needs you
         # The main window, through the control interface, while the agent waits.
         asyncio.run(control("Show"))
-        window = x.wait_window("--name", "^Airlock$", timeout=10,
-                               accept=lambda w: x.geometry(w)[2] > 600)
+        window = x.wait_window(
+            "--name", "^Airlock$", timeout=10, accept=lambda w: x.geometry(w)[2] > 600
+        )
         time.sleep(0.6)
         x.shot(artifacts / "main-window.png", window)
         assert asyncio.run(control("PendingRequests")) == [1]
@@ -244,17 +316,19 @@ def test_tray_consent_handoff_review_and_quit(
         assert ended(str(session)) == 0
 
         # `airlock run` hands its session to the app and streams its output back.
-        run = subprocess.run([str(AIRLOCK), "run", "-p", "notes-writer", "-g",
-                              f"{notes}:rw", "--review", "never"], env=env,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [str(AIRLOCK), "run", "-p", "notes-writer", "-g", f"{notes}:rw", "--review", "never"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         # The app's own launches open the review window when they end; a handed-off one
         # leaves the choice to the terminal, so open it from the control interface's list.
         writer = store.sessions()[-1].id
-        review_session = asyncio.run(control("Launch", "sas", [
-            "notes-writer", [f"{notes}:rw"]]))[0]
-        review = x.wait_window("--name", f"Review changes — session {review_session}",
-                               timeout=90)
+        review_session = asyncio.run(control("Launch", "sas", ["notes-writer", [f"{notes}:rw"]]))[0]
+        review = x.wait_window("--name", f"Review changes — session {review_session}", timeout=90)
         time.sleep(1.0)
         x.shot(artifacts / "review-window.png", review)
         assert (notes / "summary.md").exists() is False, "nothing is committed unasked"
@@ -263,16 +337,21 @@ def test_tray_consent_handoff_review_and_quit(
         # A left click on the icon (nothing pending) opens the main window; Alt+A shows
         # the activity feed.
         x.do("mousemove", "--sync", str(ix + iw // 2), str(iy + ih // 2), "click", "1")
-        window = x.wait_window("--name", "^Airlock$", timeout=10,
-                               accept=lambda w: x.geometry(w)[2] > 600)
+        window = x.wait_window(
+            "--name", "^Airlock$", timeout=10, accept=lambda w: x.geometry(w)[2] > 600
+        )
         x.focus_and_keys(window, "alt+a")
         time.sleep(0.6)
         x.shot(artifacts / "main-window-activity.png", window)
 
         # Quit from the tray menu: the last entry.
         x.do("mousemove", "--sync", str(ix + iw // 2), str(iy + ih // 2), "click", "3")
-        x.wait_window("--classname", "airlock", timeout=10,
-                      accept=lambda w: w not in before and x.geometry(w)[3] > 100)
+        x.wait_window(
+            "--classname",
+            "airlock",
+            timeout=10,
+            accept=lambda w: w not in before and x.geometry(w)[3] > 100,
+        )
         x.do("key", "Up", "Return")
         assert app.wait(30) == 0
         store.close()

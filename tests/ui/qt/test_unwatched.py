@@ -16,8 +16,9 @@ class NoActions:
 
 
 def record(session: str) -> SessionRecord:
-    return SessionRecord(session, "claude", "sha256:" + "a" * 64, None, "1:1",
-                         SessionState.RUNNING, 0.0)
+    return SessionRecord(
+        session, "claude", "sha256:" + "a" * 64, None, "1:1", SessionState.RUNNING, 0.0
+    )
 
 
 def test_the_sessions_list_shows_a_partly_unwatched_session(qtbot: QtBot) -> None:
