@@ -38,9 +38,7 @@ class Grant:
     revoked_at: float | None = None
 
     def active(self, now: float) -> bool:
-        if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or now < self.expires_at
+        return _in_force(self.revoked_at, self.expires_at, now)
 
     def covers(self, path: Path) -> bool:
         return path == self.path or self.path in path.parents
@@ -142,9 +140,7 @@ class NetworkGrant:
     revoked_at: float | None = None
 
     def active(self, now: float) -> bool:
-        if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or now < self.expires_at
+        return _in_force(self.revoked_at, self.expires_at, now)
 
     def applies(self, session: str, profile: str) -> bool:
         return self.session == session if self.session else self.profile == profile
@@ -203,3 +199,8 @@ def network_grant_for(
 
 
 AnyGrant = Grant | NetworkGrant
+
+
+def _in_force(revoked_at: float | None, expires_at: float | None, now: float) -> bool:
+    """Whether a grant (of files or of a host) holds at `now`: not revoked, not expired."""
+    return revoked_at is None and (expires_at is None or now < expires_at)
