@@ -698,6 +698,11 @@ class AuditLog:
         self._dirty = False
 
 
+# While the log cannot be written, how long events are only counted before a write is tried
+# again (`Recorder.check`, which the supervisor calls, tries at once).
+RETRY_SECONDS = 0.2
+
+
 class Recorder:
     """The bus sink that writes every event to an `AuditLog`, and says so when it cannot.
 
@@ -714,6 +719,7 @@ class Recorder:
         self._lost = 0
         self._since = 0.0
         self._reason = ""
+        self._retry_at = 0.0  # while failing, events before this are counted, not tried
 
     def on_failure(self, listener: Callable[[str], None]) -> None:
         """Calls `listener(reason)` when a write fails after the ones before it worked."""
@@ -722,6 +728,11 @@ class Recorder:
     def __call__(self, event: Event) -> None:
         with self._lock:
             failing = self._lost > 0
+            if failing and time.monotonic() < self._retry_at:
+                # A full disk fails every write: trying each of a burst of events again
+                # (thousands of output lines) would hold the caller's loop for nothing.
+                self._lost += 1
+                return
             try:
                 self._close_gap()
                 self.log.append(event)
@@ -731,6 +742,7 @@ class Recorder:
                     self._since = event.time
                 self._lost += 1
                 self._reason = str(e)
+                self._retry_at = time.monotonic() + RETRY_SECONDS
         if not failing:
             log.error("the audit log cannot be written: %s", self._reason)
             for listener in tuple(self._listeners):
