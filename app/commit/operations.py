@@ -96,16 +96,7 @@ def reverse(op: Operation, now: UndoFacts) -> tuple[Operation | None, str | None
             return None, CHANGED
         if op.backup is None:
             return Operation(CommitAction.DELETE, target, root, old_hash=op.new_hash), None
-        if now.backup_mode is None:
-            return None, NO_BACKUP
-        return Operation(
-            CommitAction.WRITE,
-            target,
-            root,
-            source=op.backup,
-            mode=now.backup_mode,
-            new_hash=op.old_hash,
-        ), None
+        return _from_backup(op, now)
     if action is CommitAction.SYMLINK:
         if now.link is None or now.link != op.link:
             return None, CHANGED
@@ -121,16 +112,7 @@ def reverse(op: Operation, now: UndoFacts) -> tuple[Operation | None, str | None
             return None, None
         if now.backup_link is not None:
             return Operation(CommitAction.SYMLINK, target, root, link=now.backup_link), None
-        if now.backup_mode is None:
-            return None, NO_BACKUP
-        return Operation(
-            CommitAction.WRITE,
-            target,
-            root,
-            source=op.backup,
-            mode=now.backup_mode,
-            new_hash=op.old_hash,
-        ), None
+        return _from_backup(op, now)
     if action is CommitAction.DELETE_TREE:
         if now.present:
             return None, RECREATED
@@ -138,3 +120,17 @@ def reverse(op: Operation, now: UndoFacts) -> tuple[Operation | None, str | None
     if action is CommitAction.MKDIR and op.created and now.empty_directory:
         return Operation(CommitAction.DELETE_TREE, target, root), None
     return None, None
+
+
+def _from_backup(op: Operation, now: UndoFacts) -> tuple[Operation | None, str | None]:
+    """Writing the commit's backup of `op.target` back in place, as it was before."""
+    if now.backup_mode is None:
+        return None, NO_BACKUP
+    return Operation(
+        CommitAction.WRITE,
+        op.target,
+        op.root,
+        source=op.backup,
+        mode=now.backup_mode,
+        new_hash=op.old_hash,
+    ), None
