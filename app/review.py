@@ -313,8 +313,8 @@ class Review:
             if staging.sealed:
                 # A running session's upper layer still holds what was copied from it; an
                 # ended one's was moved into place (or emptied once all of it landed).
-                for path, why in staging.restage(_returned(original, result.commit)):
-                    log.warning("%s is undone, but not back for review: %s", path, why)
+                for kept, why in staging.restage(_returned(original, result.commit)):
+                    log.warning("%s is undone, but not back for review: %s", kept, why)
             returned = _back_for_review(staging.changeset(), result.applied)
         self.bus.emit(
             EventKind.COMMIT_UNDONE,
