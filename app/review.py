@@ -196,12 +196,15 @@ class Review:
         paths: Sequence[Path] = (),
         reviewed: Mapping[Path, str] | None = None,
         include_risky: bool = True,
+        exact: bool = False,
     ) -> CommitResult:
         """Commits the staged changes at `paths` (all if none). `reviewed`: the fingerprint
         of each change as the user reviewed it; a change that is no longer what they saw
         (the agent still runs, and wrote again) is refused, not committed unseen.
         `include_risky=False`: a change that can run code on the host (`runs_code`) is
-        committed only if `paths` names it, not as part of a folder or of "everything"."""
+        committed only if `paths` names it, not as part of a folder or of "everything".
+        `exact`: a folder in `paths` is its own change, not what is in it (the review
+        window names each ticked change)."""
         staging = self.staging(session)
         changeset = staging.changeset()
         if changeset.truncated:
@@ -210,7 +213,7 @@ class Review:
                 f"reviewable: discard them (`airlock discard {session}`) or commit a "
                 "smaller part from the desktop app's review window"
             )
-        selected = changeset.select(paths)
+        selected = changeset.select(paths, exact)
         if paths and not selected:
             raise SessionError(
                 f"none of {', '.join(map(str, paths))} is a staged change "
@@ -586,3 +589,9 @@ def _text(path: Path | None, expected: str | None = None) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+# For the readable view of a change (app.readable): the same reading of a file as the diff's.
+text_of = _text
+visible_line = _visible
+CHANGED_TEXT = _CHANGED

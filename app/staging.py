@@ -196,7 +196,9 @@ class Changeset:
         and given back to `airlock commit --reviewed` to commit exactly what was listed."""
         return changeset_digest((c.path, c.fingerprint) for c in self.changes)
 
-    def select(self, paths: Sequence[Path] | None) -> list[Change]:
+    def select(self, paths: Sequence[Path] | None, exact: bool = False) -> list[Change]:
+        """The changes at `paths` and below them (all if none); `exact`: at them only (a
+        folder's own change, not what is in it)."""
         if not paths:
             return list(self.changes)
         wanted = [Path(os.path.abspath(p)) for p in paths]
@@ -205,7 +207,7 @@ class Changeset:
             for c in self.changes
             if any(
                 c.path == w
-                or w in c.path.parents
+                or (not exact and w in c.path.parents)
                 or (c.renamed_from is not None and c.renamed_from == w)
                 for w in wanted
             )
