@@ -116,7 +116,7 @@ class DiffView(QTabWidget):
         if change.rows:
             fixed = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont).family()
             parts.append(
-                f"<table cellspacing='0' cellpadding='1' width='100%' "
+                f"<table cellspacing='0' cellpadding='3' width='100%' "
                 f"style='font-family:\"{html.escape(fixed)}\"'>"
             )
             for row in change.rows:

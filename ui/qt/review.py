@@ -146,11 +146,11 @@ class ReviewWindow(QWidget):
         self.files.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.files.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         header = self.files.header()
+        # The name takes what the other columns leave; they take what their text needs.
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in (1, 2, 3):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(False)
-        header.resizeSection(1, 90)
-        header.resizeSection(2, 110)
-        header.resizeSection(3, 80)
         self.files.currentItemChanged.connect(self._show_diff)
         self.files.itemChanged.connect(lambda *_: self._update_buttons())
 
@@ -187,7 +187,7 @@ class ReviewWindow(QWidget):
         splitter = QSplitter()
         splitter.addWidget(left)
         splitter.addWidget(self.diff_view)
-        splitter.setSizes([380, 620])
+        splitter.setSizes([440, 560])
 
         buttons = QHBoxLayout()
         self.status = QLabel()
