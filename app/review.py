@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from app.commit import CommitLog, CommitRecord, CommitResult
+from app.commit import CommitAction, CommitLog, CommitRecord, CommitResult
 from app.errors import SessionError
 from app.events import EventBus, EventKind
 from app.fs import open_regular, sha256_file
@@ -32,6 +32,7 @@ from app.staging import (
     ChangeKind,
     Changeset,
     EntryType,
+    Returned,
     SessionStaging,
 )
 from app.text import UNSAFE, escaped, lookalikes, printable
@@ -195,12 +196,15 @@ class Review:
         paths: Sequence[Path] = (),
         reviewed: Mapping[Path, str] | None = None,
         include_risky: bool = True,
+        exact: bool = False,
     ) -> CommitResult:
         """Commits the staged changes at `paths` (all if none). `reviewed`: the fingerprint
         of each change as the user reviewed it; a change that is no longer what they saw
         (the agent still runs, and wrote again) is refused, not committed unseen.
         `include_risky=False`: a change that can run code on the host (`runs_code`) is
-        committed only if `paths` names it, not as part of a folder or of "everything"."""
+        committed only if `paths` names it, not as part of a folder or of "everything".
+        `exact`: a folder in `paths` is its own change, not what is in it (the review
+        window names each ticked change)."""
         staging = self.staging(session)
         changeset = staging.changeset()
         if changeset.truncated:
@@ -209,7 +213,7 @@ class Review:
                 f"reviewable: discard them (`airlock discard {session}`) or commit a "
                 "smaller part from the desktop app's review window"
             )
-        selected = changeset.select(paths)
+        selected = changeset.select(paths, exact)
         if paths and not selected:
             raise SessionError(
                 f"none of {', '.join(map(str, paths))} is a staged change "
@@ -257,9 +261,19 @@ class Review:
         copies equal to what is now on the host, what the agent left in the saves area
         outside any save. It stays, sealed, so the session still lists as having no
         changes; so does what the kernel left in an overlay's work directory (root's, in a
-        directory of mode 0), which the user cannot remove."""
+        directory of mode 0), which the user cannot remove. The records of its staged roots
+        stay too: an undo of one of its commits stages what it takes back there again."""
+        kept = {
+            root.id: {name: (staging.root / root.id / name).read_bytes() for name in _RECORDS}
+            for root in staging.roots()
+            if all((staging.root / root.id / name).is_file() for name in _RECORDS)
+        }
         staging.remove_all()
         staging.root.mkdir(mode=0o700, exist_ok=True)
+        for root_id, records in kept.items():
+            (staging.root / root_id).mkdir(mode=0o700, exist_ok=True)
+            for name, data in records.items():
+                (staging.root / root_id / name).write_bytes(data)
         (staging.root / staging.SEALED).touch()  # nothing left in it to sync
 
     def discard(self, session: str, paths: Sequence[Path] = ()) -> list[Change]:
@@ -284,22 +298,73 @@ class Review:
         return self.log.records()
 
     def undo(self, commit_id: str) -> CommitResult:
+        """Puts back what a commit replaced, and returns what it committed to the review:
+        the session's staged changes show it again (its `returned`), to be committed again,
+        or discarded. A path changed on the host since the commit is not undone (the
+        person's newer work is kept), so it is not returned either."""
         result = self.log.undo(commit_id)
         original = self.log.record(commit_id)
         for path, reason in result.refused:
             self.bus.emit(EventKind.CHANGE_REFUSED, original.session, path, reason=reason)
-        if result.applied and result.commit is not None:
-            self.bus.emit(
-                EventKind.COMMIT_UNDONE,
-                original.session,
-                commit_id,
-                commit=result.commit.id,
-                paths=list(result.applied),
+        if not result.applied or result.commit is None:
+            return result
+        staging_root = self.dirs.sessions / original.session / "staging"
+        returned: tuple[str, ...] = ()
+        if staging_root.is_dir():
+            staging = SessionStaging(staging_root, original.session)
+            _rebase(staging, result.applied)
+            if staging.sealed:
+                # A running session's upper layer still holds what was copied from it; an
+                # ended one's was moved into place (or emptied once all of it landed).
+                for kept, why in staging.restage(_returned(original, result.commit)):
+                    log.warning("%s is undone, but not back for review: %s", kept, why)
+            returned = _back_for_review(staging.changeset(), result.applied)
+        self.bus.emit(
+            EventKind.COMMIT_UNDONE,
+            original.session,
+            commit_id,
+            commit=result.commit.id,
+            paths=list(result.applied),
+            returned=list(returned),
+        )
+        return replace(result, returned=returned)
+
+
+_RECORDS = ("root.json", "base.jsonl")  # what describes a staged root, beside its files
+
+
+def _returned(original: CommitRecord, undo: CommitRecord) -> list[Returned]:
+    """What each operation of `original` that `undo` took back had put on the host, as a
+    change to stage again; in the commit's order (new folders before what is in them)."""
+    kept = {op.target: op.backup for op in undo.operations}
+    found = []
+    for op in original.operations:
+        if op.target not in kept:
+            continue  # not undone (changed since), or nothing to undo
+        path = Path(op.target)
+        if op.action is CommitAction.WRITE:
+            backup = kept[op.target]
+            found.append(
+                Returned(path, EntryType.FILE, Path(backup) if backup else None, mode=op.mode)
             )
-            staging_root = self.dirs.sessions / original.session / "staging"
-            if staging_root.is_dir():
-                _rebase(SessionStaging(staging_root, original.session), result.applied)
-        return result
+        elif op.action is CommitAction.SYMLINK:
+            found.append(Returned(path, EntryType.SYMLINK, link=op.link))
+        elif op.action is CommitAction.MKDIR:
+            found.append(Returned(path, EntryType.DIRECTORY, mode=op.mode))
+        elif op.action in (CommitAction.DELETE, CommitAction.DELETE_TREE):
+            found.append(Returned(path, None))
+    return found
+
+
+def _back_for_review(changeset: Changeset, undone: Iterable[str]) -> tuple[str, ...]:
+    paths = set(undone)
+    return tuple(
+        sorted(
+            str(c.path)
+            for c in changeset.changes
+            if str(c.path) in paths or (c.renamed_from is not None and str(c.renamed_from) in paths)
+        )
+    )
 
 
 def _landed(path: Path, fingerprint: str) -> bool:
@@ -524,3 +589,9 @@ def _text(path: Path | None, expected: str | None = None) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+# For the readable view of a change (app.readable): the same reading of a file as the diff's.
+text_of = _text
+visible_line = _visible
+CHANGED_TEXT = _CHANGED

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from app.fs import (
     open_beneath,
     open_directory_of,
+    open_regular,
     remove_any,
     sha256_at,
     sha256_file,
@@ -195,7 +196,9 @@ class Changeset:
         and given back to `airlock commit --reviewed` to commit exactly what was listed."""
         return changeset_digest((c.path, c.fingerprint) for c in self.changes)
 
-    def select(self, paths: Sequence[Path] | None) -> list[Change]:
+    def select(self, paths: Sequence[Path] | None, exact: bool = False) -> list[Change]:
+        """The changes at `paths` and below them (all if none); `exact`: at them only (a
+        folder's own change, not what is in it)."""
         if not paths:
             return list(self.changes)
         wanted = [Path(os.path.abspath(p)) for p in paths]
@@ -204,7 +207,7 @@ class Changeset:
             for c in self.changes
             if any(
                 c.path == w
-                or w in c.path.parents
+                or (not exact and w in c.path.parents)
                 or (c.renamed_from is not None and c.renamed_from == w)
                 for w in wanted
             )
@@ -234,6 +237,18 @@ def landing_mode(kind: EntryType, mode: int | None) -> int | None:
 
 def _octal(mode: int | None) -> str | None:
     return None if mode is None else f"{stat.S_IMODE(mode):04o}"
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A committed change that an undo took back off the host, to be staged again as it was
+    committed: so that it comes back to the review instead of being lost."""
+
+    path: Path  # the host path
+    type: EntryType | None  # None: the commit deleted it (staged again as a deletion)
+    content: Path | None = None  # FILE: what was committed (kept by the undo)
+    link: str | None = None  # SYMLINK: its target
+    mode: int | None = None  # FILE, DIRECTORY: the mode it was committed with
 
 
 class SessionStaging:
@@ -396,6 +411,32 @@ class SessionStaging:
             changes.extend(found)
         return Changeset(self.session, tuple(_pair_renames(changes)), truncated)
 
+    # an undo's changes, back for review
+
+    def restage(self, returned: Sequence[Returned]) -> list[tuple[Path, str]]:
+        """Stages each returned change again where the session's own version would be: in
+        the upper layer of its tree, or as its staged file. Only for a sealed staging area
+        (nothing else writes it). A path that has something staged already keeps it (the
+        session's version). Returns what could not be staged again, and why."""
+        roots = self.roots()
+        failed: list[tuple[Path, str]] = []
+        for entry in returned:
+            staged = next(
+                (r for r in roots if r.kind is RootKind.FILE and r.host_root == entry.path),
+                None,
+            ) or next(
+                (r for r in roots if r.kind is RootKind.TREE and r.host_root in entry.path.parents),
+                None,
+            )
+            if staged is None:
+                failed.append((entry.path, "no staged folder or file of the session holds it"))
+                continue
+            try:
+                _restage(staged, entry)
+            except (OSError, ValueError) as e:
+                failed.append((entry.path, f"cannot be staged again: {e}"))
+        return failed
+
     # discarding
 
     def discard(self, changes: Sequence[Change]) -> None:
@@ -461,6 +502,79 @@ class SessionStaging:
         area outside any save, too. Only for a sealed one: nothing is writing it. What the
         kernel made in an overlay's work directory (root's, mode 0) stays."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _restage(staged: StagedRoot, entry: Returned) -> None:
+    if staged.kind is RootKind.FILE:
+        if entry.type is not EntryType.FILE:
+            raise ValueError("only a file is staged here")
+        # Gone with the rest of the area once everything was committed: made again, not
+        # through a symlink left in its place.
+        staged.upper.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            staged.upper.parent.mkdir(mode=0o755)
+        dir_fd, name = open_directory_of(staged.upper)
+    else:
+        *parents, name = entry.path.relative_to(staged.host_root).parts
+        dir_fd = _upper_directory(staged, parents)
+    try:
+        if _lstat_at(name, dir_fd) is not None:
+            return  # the session's own version is staged there
+        if entry.type is None:
+            os.mknod(name, stat.S_IFCHR | 0o600, 0, dir_fd=dir_fd)  # an overlay's whiteout
+        elif entry.type is EntryType.SYMLINK:
+            os.symlink(entry.link or "", name, dir_fd=dir_fd)
+        elif entry.type is EntryType.DIRECTORY:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            os.chmod(name, entry.mode if entry.mode is not None else 0o755, dir_fd=dir_fd)
+        elif entry.content is not None:
+            source = open_regular(entry.content)
+            try:
+                # A copy, not a link: a staged file with two names is refused at commit.
+                target = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+                )
+                with open(target, "wb") as out, open(source, "rb", closefd=False) as original:
+                    shutil.copyfileobj(original, out, 1024 * 1024)
+                    os.fchmod(out.fileno(), entry.mode if entry.mode is not None else 0o644)
+            finally:
+                os.close(source)
+        else:
+            raise ValueError("what was committed was not kept")
+    finally:
+        os.close(dir_fd)
+
+
+def _upper_directory(staged: StagedRoot, parts: Sequence[str]) -> int:
+    """A descriptor of `parts` below the tree's upper layer, made where missing (with the
+    host folder's mode, so that it is no change of its own); never through a symlink."""
+    staged.upper.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(staged.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    host = staged.host_root
+    try:
+        for part in parts:
+            host = host / part
+            if _lstat_at(part, fd) is None:
+                host_st = _lstat(host)
+                mode = stat.S_IMODE(host_st.st_mode) if host_st is not None else 0o755
+                os.mkdir(part, 0o700, dir_fd=fd)
+                os.chmod(part, mode, dir_fd=fd, follow_symlinks=False)
+            child = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 class _TooMany(Exception):
@@ -535,6 +649,8 @@ def _root_changes(staged: StagedRoot, base: dict[str, BaseEntry], budget: int) -
     if staged.kind is RootKind.FILE:
         try:
             dir_fd, name = open_directory_of(staged.upper)
+        except FileNotFoundError:
+            return changes  # nothing staged (any more): committed, or never saved
         except OSError as e:
             # Gone with its directory (the agent may delete what it saved), or that directory
             # replaced by a symlink: there is no staged file of ours to compare.

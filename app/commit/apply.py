@@ -22,7 +22,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -540,9 +540,11 @@ class EarlyWriteback:
             fs.sync_file_systems(self._directories)
 
 
-def undo_facts(op: Operation) -> UndoFacts:
+def undo_facts(op: Operation, leaving: Set[str] = frozenset()) -> UndoFacts:
     """What the host holds now at `op`'s target and in its backup: as much as undoing `op`
-    is decided on (`operations.reverse`), no more (a target's hash only for a written file)."""
+    is decided on (`operations.reverse`), no more (a target's hash only for a written file).
+    `leaving`: the paths the same undo removes before it comes to `op`; a directory that
+    holds nothing else counts as empty (the commit made it for what it is taking back)."""
     action, target, backup = op.action, op.target, op.backup
     present = os.path.lexists(target)
     if action is CommitAction.WRITE:
@@ -562,7 +564,11 @@ def undo_facts(op: Operation) -> UndoFacts:
         )
     if action is CommitAction.MKDIR and op.created:
         return UndoFacts(
-            present, empty_directory=present and os.path.isdir(target) and not os.listdir(target)
+            present,
+            empty_directory=present
+            and os.path.isdir(target)
+            and not os.path.islink(target)
+            and all(os.path.join(target, name) in leaving for name in os.listdir(target)),
         )
     return UndoFacts(present)
 

@@ -172,6 +172,7 @@ class CommitResult:
     commit: CommitRecord | None
     applied: tuple[str, ...]
     refused: tuple[tuple[str, str], ...]
+    returned: tuple[str, ...] = ()  # an undo's: what is staged for review again
 
 
 def new_id() -> str:

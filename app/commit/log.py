@@ -97,12 +97,15 @@ class CommitLog:
         record = CommitRecord(
             new_id(), original.session, time.time(), State.PREPARING, undo_of=commit_id
         )
+        leaving: set[str] = set()  # what the undo removes, deepest first
         for op in reversed(original.operations):
-            undoing, why = reverse(op, apply.undo_facts(op))
+            undoing, why = reverse(op, apply.undo_facts(op, leaving))
             if why:
                 record.refused.append((op.target, why))
             elif undoing is not None:
                 record.operations.append(undoing)
+                if undoing.action in (CommitAction.DELETE, CommitAction.DELETE_TREE):
+                    leaving.add(undoing.target)
         result = self._run(record)
         if result.commit is not None and result.applied:
             original.undone_by = record.id

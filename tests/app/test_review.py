@@ -476,3 +476,91 @@ def test_a_listed_change_the_agent_undid_is_said_to_be_missing_not_passed_over(
     }
     again = review.commit_listed(SESSION, (), listing.id)  # notes.txt landed: not missing
     assert again.refused == tuple(result.refused)
+
+
+def shown(review: Review, host: Path) -> dict[str, str]:
+    """The staged changes as the review lists them: relative path -> fingerprint."""
+    return {str(c.path.relative_to(host)): c.fingerprint for c in review.changes(SESSION).changes}
+
+
+def agent_work(tmp_path: Path, review: Review) -> tuple[SessionStaging, Path, Path]:
+    """A modified file, a new one deep in new folders, a deleted one."""
+    staging, host, upper = staged_session(review, tmp_path)
+    (host / "old.txt").write_text("to be deleted\n")
+    staging.rebase(staging.roots()[0], [host / "old.txt"])  # there when granted
+    (upper / "a" / "b" / "c").mkdir(parents=True)
+    (upper / "a" / "b" / "c" / "deep.txt").write_text("deep down\n")
+    os.mknod(upper / "old.txt", stat.S_IFCHR | 0o600, 0)  # the overlay's whiteout
+    return staging, host, upper
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["running", "ended"])
+def test_an_undone_commit_comes_back_to_the_review_as_it_was_committed(
+    review: Review, tmp_path: Path, ended: bool
+) -> None:
+    staging, host, _ = agent_work(tmp_path, review)
+    if ended:
+        staging.seal()  # the session ended: its files are moved into place, then forgotten
+    before = shown(review, host)
+    assert set(before) == {"notes.txt", "new.txt", "old.txt", "a", "a/b", "a/b/c", "a/b/c/deep.txt"}
+    result = review.commit(SESSION)
+    assert result.commit is not None and result.refused == ()
+    assert shown(review, host) == {}
+    events: list[Event] = []
+    review.bus.attach(events.append)
+
+    undone = review.undo(result.commit.id)
+
+    assert undone.refused == ()
+    assert (host / "notes.txt").read_text() == "the user's notes\n"
+    assert (host / "old.txt").read_text() == "to be deleted\n"
+    assert not (host / "new.txt").exists() and not (host / "a").exists()  # its folders too
+    assert shown(review, host) == before  # back for review, exactly as it was committed
+    assert set(undone.returned) == {str(host / p) for p in before}
+    [event] = [e for e in events if e.kind is EventKind.COMMIT_UNDONE]
+    assert set(event.details["returned"]) == set(undone.returned)
+
+    again = review.commit(SESSION)  # and it can be committed again, as reviewed
+    assert again.refused == ()
+    assert (host / "a" / "b" / "c" / "deep.txt").read_text() == "deep down\n"
+    assert not (host / "old.txt").exists()
+    assert shown(review, host) == {}
+
+
+def test_an_undo_keeps_what_the_person_changed_since_and_returns_only_the_rest(
+    review: Review, tmp_path: Path
+) -> None:
+    staging, host, _ = staged_session(review, tmp_path)
+    staging.seal()
+    result = review.commit(SESSION)
+    assert result.commit is not None
+    (host / "notes.txt").write_text("the person edited it after the commit\n")
+
+    undone = review.undo(result.commit.id)
+
+    assert dict(undone.refused) == {str(host / "notes.txt"): "changed since the commit: not undone"}
+    assert (host / "notes.txt").read_text() == "the person edited it after the commit\n"
+    assert undone.returned == (str(host / "new.txt"),)
+    assert set(shown(review, host)) == {"new.txt"}
+
+
+def test_an_ended_sessions_saved_file_comes_back_after_an_undo(
+    review: Review, tmp_path: Path
+) -> None:
+    target = tmp_path / "report.md"
+    staging = SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION)
+    staged = staging.add_file(
+        target, "g1", 1024**2, staging.root / "saves" / "t0k3n", copy_from_host=False, owner=None
+    )
+    staged.upper.write_text("the agent's report\n")
+    staging.seal()
+    result = review.commit(SESSION)
+    assert result.commit is not None and target.read_text() == "the agent's report\n"
+    assert not staged.upper.exists()  # moved into place, the area emptied
+
+    undone = review.undo(result.commit.id)
+
+    assert not target.exists() and undone.returned == (str(target),)
+    [change] = review.changes(SESSION).changes
+    assert change.path == target and change.staged is not None
+    assert change.staged.read_text() == "the agent's report\n"

@@ -129,6 +129,17 @@ def test_undo_restores_and_refuses_files_changed_since(
     for name in ("a.txt", "c.txt", "old", "old/e.txt"):
         assert after[name][1:] == before[name][1:], name  # content back (mode, size, hash)
     assert not (project / "n.txt").exists()
+    # What the undo took back is staged again (the ended session's files had been moved into
+    # place): back for review, all but the file the user changed since.
+    assert "back for review" in undone.stdout
+    listed = json.loads(tester.run("changes", session, "--json").stdout)
+    changes = listed["changes"] if isinstance(listed, dict) else listed
+    assert {Path(c["path"]).relative_to(project).as_posix() for c in changes} == {
+        "a.txt",
+        "c.txt",
+        "old",
+        "n.txt",
+    }
     history = json.loads(tester.run("history", "--json").stdout)
     assert history[0]["undo_of"] == commit and history[1]["undone_by"] == history[0]["id"]
     again = tester.run("undo", commit)

@@ -189,8 +189,13 @@ def handle_history(ctx: Context, args: argparse.Namespace) -> int:
 
 def handle_undo(ctx: Context, args: argparse.Namespace) -> int:
     with open_core(ctx.dirs) as core:
-        result = Review(ctx.dirs, core.bus).undo(args.commit)
-    return report(result, "restored")
+        review = Review(ctx.dirs, core.bus)
+        result = review.undo(args.commit)
+        session = review.log.record(args.commit).session
+    code = report(result, "restored")
+    if result.returned:
+        print(f"{len(result.returned)} change(s) back for review: `airlock changes {session}`")
+    return code
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

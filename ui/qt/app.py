@@ -443,7 +443,8 @@ class Desktop(QObject):
     def open_review(self, session: str) -> None:
         window = self.reviews.get(session)
         if window is None:
-            window = ReviewWindow(session, self.review, self.run_soon)
+            agent = next((r.profile for r in self.sessions if r.id == session), "")
+            window = ReviewWindow(session, self.review, self.run_soon, agent=agent)
             self.reviews[session] = window
         window.show()
         window.raise_()

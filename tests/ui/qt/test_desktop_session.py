@@ -242,6 +242,9 @@ def test_review_window_commits_undoes_and_discards(
         assert undone is not None
         assert (notes / "todo.md").read_text() == "- [ ] milk\n- [ ] bread\n"
         assert not (notes / "summary.md").exists()
+        # Not dropped: the undone changes are back in the list (the session has ended).
+        assert window.item_for(notes / "todo.md") is not None
+        assert window.item_for(notes / "summary.md") is not None
         await window.discard([notes / "scratch.md"])
         assert not (notes / "scratch.md").exists()
         assert (notes / "keep.md").read_text() == "untouched\n"

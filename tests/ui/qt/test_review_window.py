@@ -164,3 +164,119 @@ def test_changes_that_run_code_are_marked_and_left_for_the_person_to_tick(
     result = run(window.commit_selected())
     assert result is not None and result.refused == ()  # type: ignore[attr-defined]
     assert (host / ".envrc").exists() and not (host / "Makefile").exists()
+
+
+def labels(item: object) -> list[object]:
+    """An item's text and its children's, as nested lists."""
+    kids = [labels(item.child(i)) for i in range(item.childCount())]  # type: ignore[attr-defined]
+    return [item.text(0), *kids] if kids else [item.text(0)]  # type: ignore[attr-defined]
+
+
+def tree(window: ReviewWindow) -> list[object]:
+    return [labels(window.files.topLevelItem(i)) for i in range(window.files.topLevelItemCount())]
+
+
+def test_folders_are_folded_into_their_paths_and_names_lose_their_middle(
+    staged: tuple[Review, Path, Path], run: Callable[..., object]
+) -> None:
+    review, host, upper = staged
+    deep = upper / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    (deep / "file.txt").write_text("one new file, deep down\n")
+    (upper / "report.txt").write_text("the agent's report\n")
+    window = open_window(review, run)
+    assert tree(window) == [["a/b/c/d/", ["file.txt"]], ["report.txt"]]  # not a row per folder
+    folder = window.files.topLevelItem(0)
+    assert folder is not None and folder.text(1) == "new folder"
+    assert not folder.flags() & Qt.ItemFlag.ItemIsUserCheckable  # ticks are for changes
+    assert window.files.textElideMode() == Qt.TextElideMode.ElideMiddle
+    item = window.item_for(host / "a/b/c/d/file.txt")
+    assert item is not None and item.text(0) == "file.txt"
+    item.setCheckState(0, Qt.CheckState.Checked)
+    assert window.commit_button.text() == "&Commit 1 file"
+    result = run(window.commit_selected())  # the new folders land with the file in them
+    assert result is not None and result.refused == ()  # type: ignore[attr-defined]
+    assert (host / "a/b/c/d/file.txt").read_text() == "one new file, deep down\n"
+    assert tree(window) == [["report.txt"]]  # the unticked file stays, nothing else
+
+
+def test_a_readable_view_marks_the_words_that_changed_beside_the_raw_diff(
+    staged: tuple[Review, Path, Path], run: Callable[..., object]
+) -> None:
+    review, host, upper = staged
+    (host / "story.txt").write_text("once\nthe quick brown fox\njumps\n")
+    (upper / "story.txt").write_text("once\nthe slow brown fox\njumps\n")
+    (upper / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0" * 50)
+    window = open_window(review, run)
+    window.files.setCurrentItem(window.item_for(host / "story.txt"))
+    view = window.diff_view
+    assert view.currentWidget() is view.readable  # readable first, the raw diff a tab away
+    document = view.readable.document()
+
+    def background(word: str) -> str:
+        cursor = document.find(word)
+        assert not cursor.isNull(), word
+        return str(cursor.charFormat().background().color().name())
+
+    assert background("slow") != background("brown")  # the changed word stands out
+    assert background("quick") != background("brown")
+    assert "1 line added or changed, 1 line removed." in view.readable.toPlainText()
+    assert "-the quick brown fox\n+the slow brown fox\n" in view.raw.toPlainText()
+    window.files.setCurrentItem(window.item_for(host / "photo.png"))
+    assert "Not text (a picture, an archive, a program or similar): a new file of 550 bytes." in (
+        view.readable.toPlainText()
+    )
+
+
+def test_a_commit_is_confirmed_and_its_undo_brings_the_changes_back_for_review(
+    staged: tuple[Review, Path, Path], run: Callable[..., object]
+) -> None:
+    review, host, upper = staged
+    (upper / "report.txt").write_text("the agent's report\n")
+    (upper / "notes.md").write_text("new notes\n")
+    SessionStaging(review.dirs.sessions / SESSION / "staging", SESSION).seal()  # ended
+    window = open_window(review, run)
+    assert window.commit_button.text() == "&Commit" and not window.commit_button.isEnabled()
+    window._approve_all()
+    assert window.commit_button.text() == "&Commit 2 files"
+    run(window.commit_selected())
+    assert not window.banner.isHidden()
+    assert window.banner_text.text() == "Committed 2 files to your files: notes.md, report.txt."
+    assert not window.banner_undo.isHidden()
+    assert tree(window) == [] and (host / "notes.md").exists()
+
+    window.banner_undo.click()  # Undo at hand
+    run(until_true(lambda: window.item_for(host / "notes.md") is not None))
+    assert tree(window) == [["notes.md"], ["report.txt"]]  # back, to be reviewed again
+    assert (host / "report.txt").read_text() == "the user's report\n"
+    assert not (host / "notes.md").exists()
+    assert "2 changes back in the list to review again" in window.banner_text.text()
+    assert window.item_for(host / "notes.md").font(0).italic()  # type: ignore[union-attr]
+    assert "2 back from an undo" in window.status.text()
+    assert window.ticked() == []  # looked at again before it lands again
+
+
+def test_escape_and_ctrl_w_close_the_window_and_its_title_names_the_agent(
+    staged: tuple[Review, Path, Path], run: Callable[..., object], qtbot: object
+) -> None:
+    review, _, _ = staged
+    window = ReviewWindow(SESSION, review, lambda c: c.close(), agent="notes-organizer")
+    assert window.windowTitle() == f"Review changes — notes-organizer (session {SESSION})"
+    for key, modifier in (
+        (Qt.Key.Key_Escape, Qt.KeyboardModifier.NoModifier),
+        (Qt.Key.Key_W, Qt.KeyboardModifier.ControlModifier),
+    ):
+        with qtbot.waitActive(window):  # type: ignore[attr-defined]
+            window.show()
+            window.activateWindow()
+        # Through the window system, as a key press arrives: shortcuts are looked up there.
+        qtbot.keyClick(window.windowHandle(), key, modifier)  # type: ignore[attr-defined]
+        assert not window.isVisible(), key
+
+
+async def until_true(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
