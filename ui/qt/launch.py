@@ -103,6 +103,7 @@ class LaunchDialog(QDialog):
         self.powers_box = QGroupBox("What it may do")
         self.powers_form = QFormLayout(self.powers_box)
         self.powers_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+        self.powers_form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
