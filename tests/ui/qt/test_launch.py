@@ -165,7 +165,7 @@ def test_a_launch_shows_its_progress_grants_each_path_as_chosen_and_is_remembere
     install(
         supervisor,
         "lister",
-        agent("lister", ["sh", "-c", "echo up; sleep 60"], 'grant_mode = "rw"'),
+        agent("lister", ["sh", "-c", "exec sleep 60"], 'grant_mode = "rw"'),
     )
     project, spec = tmp_path / "project", tmp_path / "spec.md"
     project.mkdir()
