@@ -319,6 +319,19 @@ class Profile(Strict):
     home: Home = Field(default_factory=Home)
     watch: Watch = Field(default_factory=Watch)
     grants: tuple[DefaultGrant, ...] = ()
+    # What the desktop app's Launch dialog proposes for each file or folder added: "rw" for
+    # an agent whose job is to write (its writes are staged for review either way).
+    grant_mode: str = "ro"
+
+    @field_validator("grant_mode")
+    @classmethod
+    def _grant_mode(cls, value: str) -> str:
+        if value not in ("ro", "rw"):
+            raise ValueError(
+                f"must be 'ro' (read-only) or 'rw' (read-write, its writes staged for "
+                f"your review), not {value!r}"
+            )
+        return value
 
     @field_validator("command")
     @classmethod

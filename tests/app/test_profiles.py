@@ -65,6 +65,8 @@ BROKEN = [
     (GOOD + 'command = "sh -c x"\n', "command: Input should be a valid tuple"),
     (GOOD + '[watch]\nunwatched = "kill"\n', "watch.unwatched: Input should be 'warn' or 'stop'"),
     (GOOD + '[watch]\nunwatch = "stop"\n', "watch.unwatch: unknown key"),
+    (GOOD + 'grant_mode = "write"\n', "grant_mode: must be 'ro' (read-only) or 'rw'"),
+    (GOOD + "grant_mode = true\n", "grant_mode: Input should be a valid string"),
 ]
 
 

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.audit import records, verify
 from app.consent import Answer, ConsentBroker, ConsentRequest, RequestKind, denied
+from app.demo import DEMO_PROFILE, demo_folder, write_demo_notes
 from app.errors import AirlockError, SessionError
 from app.events import Event, EventBudget, EventKind
 from app.grants import AnyGrant, GrantRequest, Mode, check_grant_path
@@ -35,15 +36,18 @@ from app.review import Review
 from app.sessions import LaunchRequest, SessionResult, Supervisor
 from app.store import SessionRecord
 from app.threads import thread_bus
+from ui.launch_plan import SANDBOX_VERIFIED, LaunchChoice, next_step
 from ui.notices import Notices, notice_text
 from ui.qt import settings as options
 from ui.qt.bridge import EventBridge
 from ui.qt.consent import QtFrontEnd, Requester
 from ui.qt.icons import icon
-from ui.qt.main_window import LaunchDialog, MainWindow
+from ui.qt.launch import LaunchDialog
+from ui.qt.main_window import MainWindow
 from ui.qt.review import ReviewWindow
 from ui.qt.settings import Settings, SettingsDialog, apply_autostart
 from ui.qt.tray import Tray
+from ui.qt.welcome import WelcomeWindow
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,8 @@ class Desktop(QObject):
         self.tasks: set[asyncio.Task[Any]] = set()
         self.runs: dict[str, asyncio.Task[SessionResult]] = {}
         self.reviews: dict[str, ReviewWindow] = {}
+        self.welcome: WelcomeWindow | None = None
+        self.home = Path.home()  # where the demo's folder goes
         self.sessions: list[SessionRecord] = []
         self._reads: dict[str, int] = {}  # what -> the number of the latest read of it
         self.unwatched: frozenset[str] = frozenset()  # partly unwatched sessions
@@ -358,29 +364,87 @@ class Desktop(QObject):
     def launch_agent(
         self, profile: str = "", paths: Sequence[Path] = (), writable: bool = False
     ) -> LaunchDialog:
-        """The "Launch agent…" dialog, optionally filled in (the demo: one click to go)."""
+        """The "Launch agent…" dialog: filled in as asked (the demo: one click to go), or
+        else with the last choice."""
         profiles = []
-        for name, path in self.supervisor.catalog.available():
+        for name, _path in self.supervisor.catalog.available():
             try:
-                profiles.append((name, self.supervisor.catalog.load(str(path)).description))
+                profiles.append(self.supervisor.catalog.load(name))
             except AirlockError as e:
                 log.warning("profile %s: %s", name, e)
         dialog = LaunchDialog(profiles, self.window if self.window.isVisible() else None)
         if profile:
-            dialog.profile.setCurrentIndex(max(0, dialog.profile.findText(profile)))
-        for path in paths:
-            dialog.add_path(path)
-        dialog.writable.setChecked(writable)
-        dialog.accepted.connect(lambda: self._launch_chosen(dialog))
-        dialog.finished.connect(dialog.deleteLater)
+            mode = Mode.READ_WRITE if writable else None
+            dialog.select_profile(profile)
+            for path in paths:
+                dialog.add_path(path, mode)
+        elif last := LaunchChoice.decode(self.settings.get(options.LAST_LAUNCH)):
+            dialog.restore(last)
+        dialog.launch_requested.connect(lambda: self._launch_chosen(dialog))
         dialog.open()
         dialog.raise_()
         dialog.activateWindow()
         return dialog
 
     def _launch_chosen(self, dialog: LaunchDialog) -> None:
-        profile, paths, mode = dialog.choice()
-        self.spawn(self.launch(profile, [str(p) for p in paths], mode))
+        choice = dialog.choice()
+        self.settings.set(options.LAST_LAUNCH, choice.encode())
+        dialog.begin()
+        self.spawn(self._launch_from(dialog, choice))
+
+    async def _launch_from(self, dialog: LaunchDialog, choice: LaunchChoice) -> None:
+        """Launches what the dialog chose, its progress and its outcome shown there."""
+        profile = dialog.current_profile()
+        try:
+            grants = await asyncio.to_thread(
+                lambda: tuple(check_grant_path(p, m, self.home) for p, m in choice.paths)
+            )
+            session = await self.launch_running(choice.profile, grants, dialog.step)
+        except AirlockError as e:
+            dialog.failed(str(e), next_step(e, profile))
+            self.say(f"{choice.profile} did not start: {e}")
+            return
+        except Exception as e:  # a bug: the dialog says so too, the log has it
+            dialog.failed(f"{type(e).__name__}: {e}", next_step(e, profile))
+            raise
+        dialog.succeeded()
+        self.say(f"{choice.profile} runs as session {session}")
+
+    async def launch_running(
+        self,
+        profile: str,
+        grants: tuple[GrantRequest, ...],
+        progress: Callable[[str], None],
+    ) -> str:
+        """Starts a session and returns its id once its agent runs (the sandbox checked),
+        telling `progress` each step; raises why it did not start."""
+        loop = asyncio.get_running_loop()
+        ours: set[str] = set()
+        running: asyncio.Future[None] = loop.create_future()
+
+        def heard(event: Event) -> None:
+            if event.session not in ours or running.done():
+                return
+            if event.kind is EventKind.SANDBOX_VERIFIED:
+                progress(SANDBOX_VERIFIED)
+            elif event.kind is EventKind.SESSION_STARTED:
+                running.set_result(None)
+
+        self.supervisor.bus.attach(heard)
+        try:
+            session = await self.launch_request(profile, grants, progress=progress, named=ours.add)
+            task = self.runs.get(session)
+            if task is not None and not running.done():
+                either: set[asyncio.Future[Any]] = {task, running}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():
+                if task is None or task.cancelled():
+                    raise SessionError(f"session {session} was stopped before it started")
+                task.result()  # raises why it did not start
+        finally:
+            self.supervisor.bus.detach(heard)
+            running.cancel()
+        return session
 
     async def launch(
         self,
@@ -393,32 +457,43 @@ class Desktop(QObject):
         return await self.launch_request(profile, grants, command)
 
     async def launch_request(
-        self, profile: str, grants: tuple[GrantRequest, ...], command: tuple[str, ...] | None = None
+        self,
+        profile: str,
+        grants: tuple[GrantRequest, ...],
+        command: tuple[str, ...] | None = None,
+        *,
+        progress: Callable[[str], None] | None = None,
+        named: Callable[[str], None] | None = None,
     ) -> str:
-        """Starts a session in the background; returns its id once it has one."""
+        """Starts a session in the background; returns its id once it has one. `progress`
+        hears each step of the start, `named` the id before the session's first event."""
         catalog = self.supervisor.catalog
         request = LaunchRequest(catalog.load(profile), catalog.find(profile), grants, command)
         loop = asyncio.get_running_loop()
         # The session's own id, as the supervisor names it: another session started
         # meanwhile (handed over from `airlock run`) must not be taken for this one.
-        named: asyncio.Future[str] = loop.create_future()
+        known: asyncio.Future[str] = loop.create_future()
 
         def name(session: str) -> None:
-            if not named.done():
-                named.set_result(session)
+            if named is not None:
+                named(session)
+            if not known.done():
+                known.set_result(session)
 
-        def progress(step: str) -> None:
+        def stepped(step: str) -> None:
             self.say(f"Starting {profile}: {step}…")
+            if progress is not None:
+                progress(step)
 
         task = loop.create_task(
-            self.supervisor.run(request, SessionOutput(), named=name, progress=progress)
+            self.supervisor.run(request, SessionOutput(), named=name, progress=stepped)
         )
-        either: set[asyncio.Future[Any]] = {task, named}
+        either: set[asyncio.Future[Any]] = {task, known}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not named.done():
-            named.cancel()
+        if not known.done():
+            known.cancel()
             task.result()  # raises why it could not start
-        session = named.result()
+        session = known.result()
         self.runs[session] = task
         task.add_done_callback(lambda t: self.spawn(self._ended(session, t)))
         self.say(f"Launched {profile} as session {session}")
@@ -459,6 +534,33 @@ class Desktop(QObject):
 
     def quit(self) -> None:
         self.quit_requested.emit()
+
+    def greet(self) -> WelcomeWindow | None:
+        """The first-run window, at the app's first start for this user only."""
+        if self.settings.get(options.WELCOME_SEEN):
+            return None
+        return self.show_welcome()
+
+    def show_welcome(self) -> WelcomeWindow:
+        window = self.welcome
+        if window is None:
+            window = self.welcome = WelcomeWindow(Tray.available())
+            window.finished.connect(lambda _: self.settings.set(options.WELCOME_SEEN, True))
+            window.demo_requested.connect(self.start_demo)
+        window.show()
+        window.raise_()
+        window.activateWindow()
+        return window
+
+    def start_demo(self) -> None:
+        self.spawn(self._start_demo())
+
+    async def _start_demo(self) -> LaunchDialog:
+        """The demo agent in the Launch dialog, on a folder of sample notes."""
+        folder = demo_folder(self.home)
+        if await asyncio.to_thread(write_demo_notes, folder):
+            self.say(f"Wrote four sample notes to {folder}")
+        return self.launch_agent(DEMO_PROFILE, [folder], writable=True)
 
     def open_settings(self) -> SettingsDialog:
         dialog = SettingsDialog(self.settings, self.window)
@@ -656,6 +758,8 @@ async def serve(
         qt.aboutToQuit.connect(finish)
         if preset is not None:
             desktop.launch_agent(preset.profile, preset.paths, preset.writable)
+        else:
+            desktop.greet()
         if ready is not None:
             ready(desktop)
         try:

@@ -1,5 +1,5 @@
 """The main window: sessions, the live activity feed, network, grants with their Revoke buttons,
-the audit log with its verification state, and the "Launch agent…" dialog.
+the audit log with its verification state. (The "Launch agent…" dialog is ui/qt/launch.py.)
 
 The window only shows and asks: it emits signals for what the user wants done, and the app's
 controller (ui/qt/app.py) does it on the loop.
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import (
     QPointF,
@@ -26,15 +24,10 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QDialog,
-    QDialogButtonBox,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QMainWindow,
     QPushButton,
     QSplitter,
@@ -49,6 +42,7 @@ from app.events import Event, EventKind
 from app.grants import AnyGrant, Mode, NetworkGrant
 from app.store import SessionRecord
 from ui.qt.icons import icon
+from ui.qt.launch import LaunchDialog as LaunchDialog  # its home before ui/qt/launch.py
 from ui.qt.models import (
     ActivityFilter,
     ActivityModel,
@@ -460,107 +454,6 @@ class MainWindow(QMainWindow):
         event.ignore()
         self.hide()
         self.hidden.emit()
-
-
-class LaunchDialog(QDialog):
-    """Pick a profile, pick files, go."""
-
-    def showEvent(self, event: Any) -> None:
-        super().showEvent(event)
-        fit_on_screen(self)
-
-    def __init__(self, profiles: Sequence[tuple[str, str]], parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("launchDialog")
-        self.setWindowTitle("Launch an agent")
-        self.setWindowIcon(icon("airlock"))
-        self.setMinimumWidth(520)
-        layout = QVBoxLayout(self)
-        layout.setSpacing(10)
-        layout.addWidget(heading("Launch an agent"))
-        self.profile = QComboBox()
-        self.profile.setObjectName("profile")
-        for name, description in profiles:
-            self.profile.addItem(name, description)
-        label = QLabel("&Agent:")
-        label.setBuddy(self.profile)
-        row = QHBoxLayout()
-        row.addWidget(label)
-        row.addWidget(self.profile, 1)
-        layout.addLayout(row)
-        self.description = QLabel()
-        self.description.setTextFormat(Qt.TextFormat.PlainText)
-        self.description.setWordWrap(True)
-        self.description.setStyleSheet("color: #475467;")
-        layout.addWidget(self.description)
-        layout.addWidget(QLabel("It will see only these files and folders:"))
-        self.files = QListWidget()
-        self.files.setObjectName("files")
-        self.files.setMinimumHeight(120)
-        layout.addWidget(self.files)
-        buttons = QHBoxLayout()
-        add_files = QPushButton("Add &files…")
-        add_folder = QPushButton("Add f&older…")
-        remove = QPushButton("&Remove")
-        for button in (add_files, add_folder, remove):
-            buttons.addWidget(button)
-        buttons.addStretch(1)
-        layout.addLayout(buttons)
-        self.writable = QCheckBox("Let it &write to them (every change waits for your review)")
-        layout.addWidget(self.writable)
-        self.box = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
-        self.go = self.box.addButton("&Launch", QDialogButtonBox.ButtonRole.AcceptRole)
-        self.go.setObjectName("go")
-        layout.addWidget(self.box)
-        self.box.accepted.connect(self.accept)
-        self.box.rejected.connect(self.reject)
-        add_files.clicked.connect(self._add_files)
-        add_folder.clicked.connect(self._add_folder)
-        remove.clicked.connect(
-            lambda: [self.files.takeItem(self.files.row(i)) for i in self.files.selectedItems()]
-        )
-        self.profile.currentIndexChanged.connect(self._describe)
-        self._describe()
-
-    def _describe(self) -> None:
-        self.description.setText(str(self.profile.currentData() or ""))
-
-    def add_path(self, path: Path) -> None:
-        item = QListWidgetItem(
-            self.style().standardIcon(
-                self.style().StandardPixmap.SP_DirIcon
-                if path.is_dir()
-                else self.style().StandardPixmap.SP_FileIcon
-            ),
-            str(path),
-        )
-        item.setData(Qt.ItemDataRole.UserRole, str(path))
-        self.files.addItem(item)
-
-    def _add_paths(self, files: list[str]) -> None:
-        for file in files:
-            self.add_path(Path(file))
-
-    def _dialog(self, mode: QFileDialog.FileMode) -> QFileDialog:
-        dialog = QFileDialog(self, "Choose what the agent may see", str(Path.home()))
-        dialog.setOption(QFileDialog.Option.DontUseNativeDialog, True)
-        dialog.setFileMode(mode)
-        dialog.filesSelected.connect(self._add_paths)
-        return dialog
-
-    def _add_files(self) -> None:
-        self._dialog(QFileDialog.FileMode.ExistingFiles).open()
-
-    def _add_folder(self) -> None:
-        self._dialog(QFileDialog.FileMode.Directory).open()
-
-    def choice(self) -> tuple[str, list[Path], Mode]:
-        paths = [
-            Path(self.files.item(i).data(Qt.ItemDataRole.UserRole))
-            for i in range(self.files.count())
-        ]
-        mode = Mode.READ_WRITE if self.writable.isChecked() else Mode.READ
-        return self.profile.currentText(), paths, mode
 
 
 def revoke_tip(grant: AnyGrant) -> str:

@@ -72,6 +72,10 @@ OPTIONS: tuple[Option[Any], ...] = (
     BLOCK_NETWORK,
 )
 
+# What the app remembers rather than options to set: not in OPTIONS (the settings dialog).
+WELCOME_SEEN = Option("desktop/welcome_seen", bool, False, "The first-run window was dismissed")
+LAST_LAUNCH = Option("launch/last", str, "", "The Launch dialog's last choice (JSON)")
+
 
 class Settings(QObject):
     """Typed access to the options. A stored value of the wrong type or out of range (an

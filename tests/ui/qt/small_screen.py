@@ -18,10 +18,13 @@ from PySide6.QtWidgets import QApplication, QGroupBox, QPushButton, QWidget
 from app.consent import ConsentRequest, RequestKind, new_request_id
 from app.events import EventBus
 from app.paths import Dirs
+from app.profiles import ProfileCatalog
 from ui.qt.consent import ConsentDialog, QtFrontEnd, Requester
-from ui.qt.main_window import LaunchDialog, MainWindow
+from ui.qt.launch import LaunchDialog
+from ui.qt.main_window import MainWindow
 from ui.qt.review import Review, ReviewWindow
 from ui.qt.settings import Settings, SettingsDialog
+from ui.qt.welcome import WelcomeWindow
 
 
 def upload(session: str = "5e55104d") -> ConsentRequest:
@@ -111,11 +114,24 @@ def main() -> None:
     results.append(report("review-window", review, app, shots))
     review.hide()
 
-    launch = LaunchDialog([("notes-organizer", "Reads your notes."), ("coder", "Writes code.")])
+    # The longest "what it may do" of the shipped agents, a long path, and a launch under way.
+    catalog = ProfileCatalog(state / "no-profiles")
+    launch = LaunchDialog([catalog.load(name) for name, _ in catalog.available()])
+    launch.select_profile("claude-code")
     launch.add_path(Path("/home/ana/" + "very-long-folder-name/" * 8 + "notes"))
+    launch.add_path(state)
+    launch.begin()
+    launch.step("creating the container")
     launch.show()
     results.append(report("launch-dialog", launch, app, shots))
+    launch.failed("image airlock-agent:claude-code is not in the engine", "Build it. " * 20)
+    results.append(report("launch-dialog-failed", launch, app, shots))
     launch.hide()
+
+    welcome = WelcomeWindow(tray=True)
+    welcome.show()
+    results.append(report("welcome-window", welcome, app, shots))
+    welcome.hide()
 
     dialog = SettingsDialog(settings)
     dialog.show()

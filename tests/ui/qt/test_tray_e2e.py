@@ -213,6 +213,8 @@ def test_tray_consent_handoff_review_and_quit(
             "Writes a summary of your notes.",
         )
     )
+    # Past the first-run window (tests/ui/qt/test_welcome.py has it): this test looks at the tray.
+    (home / "config" / "airlock" / "desktop.ini").write_text("[desktop]\nwelcome_seen=true\n")
     notes = home / "notes"
     notes.mkdir()
     (notes / "groceries.md").write_text("# Groceries\n\n- [ ] oat milk\n- [ ] lemons\n")
