@@ -160,7 +160,7 @@ def test_an_ended_session_keeps_its_record_output_and_counts_across_a_restart(
     (notes / "plan.txt").write_text("the plan\n")
     History(store, dirs).set_bounds(HistoryBounds(output=32 * 1024))
     script = (
-        f"cat {notes}/plan.txt; "
+        f"cat {notes}/plan.txt; sleep 0.5; "
         "python3 -c \"import sys; [print('line %05d' % i + ' y' * 20) for i in range(4000)]; "
         "print('last words', file=sys.stderr)\"; exit 3"
     )
@@ -212,7 +212,7 @@ def test_an_ended_session_keeps_its_record_output_and_counts_across_a_restart(
         text = output.text()
         assert "are not kept" in text.splitlines()[0]
         assert "line 03999" in text and "the plan" not in text  # its start was cut
-        assert output.pieces[-1] == ("stderr", b"last words\n")
+        assert ("stderr", b"last words\n") in output.pieces
 
         with pytest.raises(SessionError, match="not a session id"):
             history.output("../x")
