@@ -18,7 +18,8 @@ from app.store import SessionRecord, SessionState
 from tests.ui.qt.conftest import until
 from tests.ui.qt.test_desktop_session import install_profile
 from ui.qt.app import build_desktop
-from ui.qt.session_view import HistoryPanel, duration_text, summary_text
+from ui.history_text import duration_text, summary_text
+from ui.qt.session_view import HistoryPanel
 from ui.qt.settings import Settings
 
 
