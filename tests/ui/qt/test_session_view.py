@@ -17,8 +17,8 @@ from app.sessions import Supervisor
 from app.store import SessionRecord, SessionState
 from tests.ui.qt.conftest import until
 from tests.ui.qt.test_desktop_session import install_profile
-from ui.qt.app import build_desktop
 from ui.history_text import duration_text, summary_text
+from ui.qt.app import build_desktop
 from ui.qt.session_view import HistoryPanel
 from ui.qt.settings import Settings
 
