@@ -54,6 +54,11 @@ class Dirs:
         return self.state / "sessions"
 
     @property
+    def history(self) -> Path:
+        """Ended sessions' output, kept for the history (app/history.py)."""
+        return self.state / "history"
+
+    @property
     def audit(self) -> Path:
         return self.state / "audit"
 

@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS network_grants (
     expires_at REAL,
     revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS session_activity (
+    session TEXT PRIMARY KEY,
+    activity TEXT NOT NULL  -- JSON: what it did, counted (app/history.py)
+);
+CREATE TABLE IF NOT EXISTS preferences (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS session_grants (
     session TEXT NOT NULL,
     grant_id TEXT NOT NULL,
@@ -227,6 +235,46 @@ class StateStore:
         if live_only:
             query += f" WHERE state IN ('{SessionState.STARTING}', '{SessionState.RUNNING}')"
         return [_session(row) for row in self._query(query + " ORDER BY started_at")]
+
+    def forget_sessions(self, sessions: Iterable[str]) -> None:
+        """Removes ended sessions from the history: their records, counts, and the grants
+        that were theirs alone and no longer in force."""
+        now = time.time()
+        with self._transaction() as db:
+            for session in sessions:
+                db.execute(
+                    "DELETE FROM sessions WHERE id=? AND state NOT IN (?, ?)",
+                    (session, SessionState.STARTING, SessionState.RUNNING),
+                )
+                db.execute("DELETE FROM session_activity WHERE session=?", (session,))
+                db.execute("DELETE FROM session_grants WHERE session=?", (session,))
+                db.execute(
+                    "DELETE FROM grants WHERE session=? AND (revoked_at IS NOT NULL "
+                    "OR (expires_at IS NOT NULL AND expires_at < ?))",
+                    (session, now),
+                )
+                db.execute(
+                    "DELETE FROM network_grants WHERE session=? AND revoked_at IS NOT NULL",
+                    (session,),
+                )
+
+    def set_activity(self, session: str, activity: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO session_activity VALUES (?, ?)", (session, activity))
+
+    def activity(self, session: str) -> str | None:
+        rows = self._query("SELECT activity FROM session_activity WHERE session=?", (session,))
+        return str(rows[0][0]) if rows else None
+
+    # preferences shared by every front end (the history's bounds)
+
+    def preference(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM preferences WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_preference(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO preferences VALUES (?, ?)", (key, value))
 
     # grants
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from app.errors import EngineError
 from app.events import EventBudget, EventBus, EventKind
+from app.history import OutputLog
 from app.sessions.engine import Chunk
 from app.sessions.model import DrainingOutput, Output
 from app.threads import call_on_loop
@@ -48,10 +49,13 @@ class _LineBudget:
 class OutputPump:
     """One session's output: `run` in a worker thread, everything else on the loop."""
 
-    def __init__(self, session: str, bus: EventBus, output: Output) -> None:
+    def __init__(
+        self, session: str, bus: EventBus, output: Output, kept: OutputLog | None = None
+    ) -> None:
         self.session = session
         self._bus = bus
         self._output = output
+        self._kept = kept  # the history's copy, written in the reading thread
         self._line_buffers: dict[str, bytes] = {}
         self._budget = _LineBudget()
         self._draining: set[asyncio.Task[None]] = set()
@@ -71,6 +75,8 @@ class OutputPump:
                 for name, data in (("stdout", stdout), ("stderr", stderr)):
                     if not data:
                         continue
+                    if self._kept is not None:
+                        self._kept.write(name, data)
                     if not draining:
                         if not call_on_loop(loop, self.write, name, data):
                             log.debug(

@@ -14,10 +14,11 @@ from typing import Any
 
 from app.activity import TreeWatcher
 from app.consent import Answer, ConsentRequest
+from app.history import OutputLog
 from app.profiles import Approval
 from app.rules import decide
 from app.sessions.engine import Guard
-from app.sessions.model import SessionContext, SessionExtension
+from app.sessions.model import LaunchRequest, SessionContext, SessionExtension
 from app.sessions.selfcheck import Gate
 from app.staging import SessionStaging
 from app.view import SessionView
@@ -47,6 +48,8 @@ class RunningSession:
     stop_reason: str = ""  # why Airlock stopped it, if it did (not the agent's own exit)
     guard: Guard | None = None
     gate: Gate | None = None  # holds the agent's command until the sandbox check passed
+    launch: LaunchRequest | None = None  # what it was started with (its profile, its time)
+    output_log: OutputLog | None = None  # its output as the history keeps it
 
     def __post_init__(self) -> None:
         self.staging = SessionStaging(self.view.root.parent / "staging", self.id)

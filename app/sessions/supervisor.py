@@ -34,9 +34,10 @@ from app.console import Console, console_started
 from app.container import LABEL_OWNER, LABEL_SESSION, BindMount, ContainerSpec, Identity
 from app.endings import request_stop, stop_requested
 from app.engine_kind import EngineKind
-from app.errors import EngineError, SandboxRefused, SessionError
+from app.errors import AirlockError, EngineError, SandboxRefused, SessionError
 from app.events import EventBus, EventKind
 from app.grants import AnyGrant, Lifetime, Mode
+from app.history import ActivityTally, History, OutputLog
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
 from app.sandbox import (
@@ -63,6 +64,7 @@ from app.sessions.registry import (
 )
 from app.sessions.revocation import Revocation
 from app.sessions.selfcheck import Gate
+from app.sessions.sight import SessionSight, session_sight
 from app.sessions.sweep import sweep_orphans
 from app.store import SessionRecord, SessionState, StateStore
 from app.threads import BlockingCalls, thread_bus
@@ -117,6 +119,10 @@ class Supervisor:
         self._recorder = recorder  # the audit log's sink: no session runs while it fails
         self.disk_reserve = disk_reserve
         self.calls = BlockingCalls(name="engine")
+        # What each session does, counted as it happens; kept in the history at its end.
+        self.history = History(store, dirs)
+        self.tally = ActivityTally()
+        bus.attach(self.tally)
         if recorder is not None:
             recorder.on_failure(self._unrecorded)
 
@@ -175,7 +181,11 @@ class Supervisor:
         view = SessionView(
             self.dirs.sessions / session_id / "view", private=(self.dirs.state, self.dirs.runtime)
         )
-        running = RunningSession(session_id, view, image=image)
+        running = RunningSession(session_id, view, image=image, launch=request)
+        bounds = await asyncio.to_thread(self.history.bounds)
+        running.output_log = await asyncio.to_thread(
+            OutputLog, self.history.output_dir(session_id), bounds.output
+        )
         self.sessions.add(running)
         exit_code, reason = 1, "failed to start"
         try:
@@ -250,7 +260,7 @@ class Supervisor:
         engine, calls = self._engine, self.calls
         loop = asyncio.get_running_loop()
         drained = loop.create_future()
-        pump = OutputPump(running.id, self.bus, output)
+        pump = OutputPump(running.id, self.bus, output, running.output_log)
         # Attached before it starts, so nothing is missed; with stdin too when the caller
         # feeds it (a terminal, a pipe), over the engine's hijacked socket.
         console: Console | None = None
@@ -400,6 +410,22 @@ class Supervisor:
             self.store.end_session, running.id, SessionState.EXITED, exit_code, reason
         )
         self.sessions.remove(running.id)
+        await asyncio.to_thread(self._keep, running)
+
+    def _keep(self, running: RunningSession) -> None:
+        """The ended session's place in the history: its output closed, its counts stored,
+        and the history trimmed to its bounds."""
+        if running.output_log is not None:
+            running.output_log.close()
+        activity = self.tally.take(running.id)
+        try:
+            if self.store.session(running.id) is None:  # it failed before it was recorded
+                shutil.rmtree(self.history.output_dir(running.id), ignore_errors=True)
+                return
+            self.history.record_activity(running.id, activity)
+            self.history.prune()
+        except (AirlockError, OSError) as e:
+            log.warning("session %s: its history could not be kept: %s", running.id, e)
 
     # what other commands do to sessions
 
@@ -495,6 +521,35 @@ class Supervisor:
             return self._engine.top(agents[0].id)
         except EngineError as e:
             raise EngineError(f"cannot list the processes of {session}: {e}") from e
+
+    async def sight(self, session: str) -> SessionSight:
+        """What a running session can see right now (app/sessions/sight.py): its live
+        state read on the loop, the grants in force read from the store in a thread."""
+        running = self.sessions.get(session)
+        if running is None or running.launch is None:
+            raise SessionError(f"session {session} is not running here")
+        launch = running.launch
+        pending = self.broker.pending if self.broker is not None else []
+
+        def gather() -> SessionSight:
+            now = time.time()
+            grants = self.store.session_grants(session, now)
+            locations = {
+                g.id: place
+                for g in grants
+                if (place := self.store.grant_location(session, g.id)) is not None
+            }
+            return session_sight(
+                session,
+                launch.profile,
+                launch.timeout or launch.profile.timeout,
+                grants,
+                locations,
+                self.store.network_grants(now),
+                pending,
+            )
+
+        return await asyncio.to_thread(gather)
 
     def rule_answer(self, request: ConsentRequest) -> Answer | None:
         """The answer the requesting session's own profile gives (app/rules.py), if any."""

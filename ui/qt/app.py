@@ -136,6 +136,12 @@ class Desktop(QObject):
         window.revoke_grant_requested.connect(self.revoke_grant)
         window.verify_requested.connect(lambda: self.spawn(self.verify_audit()))
         window.settings_requested.connect(self.open_settings)
+        window.session_selected.connect(self.show_detail)
+        detail = window.history.detail
+        detail.forget_requested.connect(self.forget_session)
+        detail.review_requested.connect(self.open_review)
+        detail.refresh_requested.connect(self.show_detail)
+        bridge.grants_changed.connect(self._refresh_detail)
         settings.changed.connect(self._setting_changed)
         # Sessions end on their own (or in another process): look at the store now and then.
         self._sweeper = QTimer(self)
@@ -216,12 +222,54 @@ class Desktop(QObject):
         self.spawn(self._refresh_sessions(read))
 
     async def _refresh_sessions(self, read: int) -> None:
-        sessions = await asyncio.to_thread(self.supervisor.store.sessions, live_only=True)
+        every = await asyncio.to_thread(self.supervisor.store.sessions)
         if read != self._reads["sessions"]:
             return
+        sessions = [r for r in every if r.live]
+        ended = sorted(
+            (r for r in every if not r.live), key=lambda r: r.ended_at or 0, reverse=True
+        )
+        was_live = {r.id for r in self.sessions}
         self.sessions = sessions
         self.window.set_sessions(self.sessions)
+        self.window.history.set_ended(ended, {r.id for r in sessions})
         self._update_tray()
+        # An ended session's detail does not change by itself; a running one's does.
+        if self.window.history.detail.session in was_live | {r.id for r in sessions}:
+            self._refresh_detail()
+
+    # the selected session's detail (ui/qt/session_view.py), read in worker threads
+
+    def show_detail(self, session: str) -> None:
+        self._reads["detail"] = read = self._reads.get("detail", 0) + 1
+        self.spawn(self._detail(session, read))
+
+    def _refresh_detail(self) -> None:
+        if self.window.history.detail.session:
+            self.show_detail(self.window.history.detail.session)
+
+    async def _detail(self, session: str, read: int) -> None:
+        history = self.supervisor.history
+        here = session in self.supervisor.sessions
+        live = self.supervisor.tally.activity(session) if here else None
+        summary, output = await asyncio.gather(
+            asyncio.to_thread(history.summary, session, live),
+            asyncio.to_thread(lambda: history.output(session).text()),
+        )
+        sight = None
+        if here and summary.record.live:
+            with contextlib.suppress(SessionError):  # it ended meanwhile
+                sight = await self.supervisor.sight(session)
+        if read == self._reads["detail"]:
+            self.window.history.detail.show_session(summary, output, sight)
+
+    def forget_session(self, session: str) -> None:
+        self.spawn(self._forget(session))
+
+    async def _forget(self, session: str) -> None:
+        await asyncio.to_thread(self.supervisor.history.forget, session)
+        self.say(f"Session {session} forgotten: its record and output are gone")
+        self.refresh_sessions()
 
     def active_grants(self) -> list[AnyGrant]:
         store = self.supervisor.store
@@ -508,6 +556,7 @@ class Desktop(QObject):
             raise error
         result = task.result()
         self.say(f"Session {session} ended: {result.reason}")
+        self.refresh_sessions()
         try:
             changes = await asyncio.to_thread(self.review.changes, session)
         except AirlockError:

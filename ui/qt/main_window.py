@@ -53,6 +53,7 @@ from ui.qt.models import (
     human_bytes,
 )
 from ui.qt.screen import fit_on_screen
+from ui.qt.session_view import HistoryPanel
 
 KIND_GROUPS = (
     ("All kinds", ""),
@@ -256,6 +257,7 @@ class MainWindow(QMainWindow):
     revoke_grant_requested = Signal(str)
     verify_requested = Signal()
     settings_requested = Signal()
+    session_selected = Signal(str)  # running or ended: its detail is wanted
     hidden = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -324,6 +326,12 @@ class MainWindow(QMainWindow):
         self.sessions_view.doubleClicked.connect(
             lambda index: self.activity_for(self.sessions.rows[index.row()].id)
         )
+        self.sessions_view.selectionModel().selectionChanged.connect(
+            lambda: self._with_session(self.session_selected)
+        )
+        self.history = HistoryPanel()  # ended sessions, and the detail of the selected one
+        self.history.selected.connect(self.session_selected)
+        layout.addWidget(self.history, 2)
         return page
 
     def _with_session(self, signal: SignalInstance) -> None:
