@@ -52,7 +52,8 @@ def compose(
         title = (
             titles[number] if isinstance(number, int) and 0 <= number < len(titles) else "a finding"
         )
-        where = f", near byte {offset}" if isinstance(offset, int) else ""
+        # (A finding's own title says where it was seen already.)
+        where = f", near byte {offset}" if isinstance(offset, int) and "byte" not in title else ""
         text += f"\n\n──── {title}{where} ────\n" if text else f"──── {title}{where} ────\n"
         text += shown_part(excerpt.get("before"))
         match = shown_part(excerpt.get("match"))

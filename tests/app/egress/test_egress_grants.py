@@ -253,29 +253,27 @@ def test_blocking_a_host_outranks_the_profile_cuts_what_is_open_and_undoing_it_l
     book = NetworkGrants(store, EventBus())
     client = docker.from_env()
     egress = Egress(client, secrets=DictSecrets({}), broker=None, grants=book)
-    with RecordingServer() as upstream:
-        with harness(tmp_path, profile(upstream.port), session="s1", grants=book) as proxy:
-            egress._proxies.add(proxy.proxy)  # as the bridge registers a session's proxy
-            assert get(proxy.port, "files.test", upstream.port) == 200
-            tunnel = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-            tunnel.sendall(
-                f"CONNECT files.test:{upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-            )
-            assert b" 200 " in tunnel.recv(4096)
-            grant = proxy.call(egress.block_host("t", "files.test", upstream.port, proxy.bus))
-            tunnel.settimeout(5)
-            assert tunnel.recv(4096) == b""  # cut at once
-            tunnel.close()
-            assert get(proxy.port, "files.test", upstream.port) == 403
-            seen_while_blocked = len(upstream.seen.requests)
-            # Listed where the user's other network answers are: the profile's, a refusal.
-            stored = store.network_grant(grant.id)
-            assert stored is not None and not stored.allowed and stored.profile == "t"
-            # Undo: revoking it (as the Grants tab or `airlock revoke` does).
-            store.revoke([grant.id])
-            proxy.call(book.refresh())
-            assert get(proxy.port, "files.test", upstream.port) == 200
-            events = proxy.wait_events(5)
+    upstream = RecordingServer()
+    with upstream, harness(tmp_path, profile(upstream.port), session="s1", grants=book) as proxy:
+        egress._proxies.add(proxy.proxy)  # as the bridge registers a session's proxy
+        assert get(proxy.port, "files.test", upstream.port) == 200
+        tunnel = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        tunnel.sendall(f"CONNECT files.test:{upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert b" 200 " in tunnel.recv(4096)
+        grant = proxy.call(egress.block_host("t", "files.test", upstream.port, proxy.bus))
+        tunnel.settimeout(5)
+        assert tunnel.recv(4096) == b""  # cut at once
+        tunnel.close()
+        assert get(proxy.port, "files.test", upstream.port) == 403
+        seen_while_blocked = len(upstream.seen.requests)
+        # Listed where the user's other network answers are: the profile's, a refusal.
+        stored = store.network_grant(grant.id)
+        assert stored is not None and not stored.allowed and stored.profile == "t"
+        # Undo: revoking it (as the Grants tab or `airlock revoke` does).
+        store.revoke([grant.id])
+        proxy.call(book.refresh())
+        assert get(proxy.port, "files.test", upstream.port) == 200
+        events = proxy.wait_events(4)
     assert seen_while_blocked == 1
     assert [r["path"] for r in upstream.seen.requests] == ["/x", "/x"]
     refused = [e for e in events if e.kind is EventKind.NET_REFUSED]
