@@ -244,6 +244,11 @@ class ActivityPanel(QWidget):
             f"{self.model.rowCount()} events shown (the latest {self.model.capacity})"
         )
 
+    def rename(self) -> None:
+        """The agents' names became known after their sessions were listed."""
+        for index in range(1, self.session_box.count()):
+            self.session_box.setItemText(index, self.names.name(self.session_box.itemData(index)))
+
     def show_session(self, session: str) -> None:
         index = self.session_box.findData(session)
         if index < 0:
@@ -450,6 +455,7 @@ class MainWindow(QMainWindow):
         self.revoke_box = confirm_revoke(self, grant, self.names, self.revoke_grant_requested.emit)
 
     def _names_changed(self) -> None:
+        self.activity.rename()
         for model, column in ((self.grants, 3), (self.audit, 2), (self.activity.model, 1)):
             rows = model.rowCount()
             if rows:
