@@ -19,14 +19,14 @@ from pytestqt.qtbot import QtBot
 from app.consent import ConsentRequest, Verdict
 from app.egress.bridge import Egress
 from app.egress.grants import NetworkGrants
-from app.events import EventBus
+from app.events import EventBus, EventKind
 from app.grants import NetworkGrant
 from app.store import StateStore
 from tests.app.egress.test_egress_proxy import harness, profile
 from tests.netsupport import DictSecrets, RecordingServer, ScriptedFrontEnd, curl
 from ui.qt.agents import AgentNames
 from ui.qt.consent import ConsentDialog, Requester
-from ui.qt.network_view import NetworkRequestsPanel
+from ui.qt.network_view import NetworkRequestsPanel, decision_text, who_text
 
 AWS_KEY = b"AKIAIOSFODNN7EXAMPLE"
 GITHUB_TOKEN = b"ghp_" + b"A1b2C3d4" * 5
@@ -181,3 +181,69 @@ def test_the_request_list_shows_who_decided_and_blocking_a_host_refuses_the_next
         assert fetch("files.test", "/three") == "200"
     assert [r["path"] for r in upstream.seen.requests] == ["/one", "/three"]
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "details", "decision", "who"),
+    [
+        (
+            EventKind.NET_REQUEST,
+            {"decision": "allow", "rule": "allow[0] a:80", "decided_by": "policy"},
+            "allowed",
+            "profile rule allow[0] a:80",
+        ),
+        (
+            EventKind.NET_REFUSED,
+            {"decision": "deny", "rule": "not-listed", "decided_by": "policy"},
+            "denied",
+            "profile rule not-listed",
+        ),
+        (
+            EventKind.NET_REQUEST,
+            {"decision": "allow", "held": True, "decided_by": "user"},
+            "held → allowed",
+            "you",
+        ),
+        (
+            EventKind.NET_REFUSED,
+            {"decision": "deny", "held": True, "decided_by": "timeout"},
+            "held → denied",
+            "timeout (no answer in time)",
+        ),
+        (
+            EventKind.NET_REFUSED,
+            {"decision": "deny", "asked": True, "decided_by": "no answer"},
+            "asked → denied",
+            "no answer (the question went away)",
+        ),
+        (
+            EventKind.NET_REQUEST,
+            {"decision": "allow", "rule": "grant:n-1", "grants": ["n-1"], "decided_by": "grant"},
+            "allowed",
+            "stored grant n-1",
+        ),
+        (
+            EventKind.NET_REFUSED,
+            {"decision": "deny", "rule": "grant:n-2", "grants": ["n-2"], "decided_by": "grant"},
+            "denied",
+            "your block (n-2)",
+        ),
+        (
+            EventKind.NET_REFUSED,
+            {"decision": "deny", "rule": "grant-revoked", "decided_by": "user"},
+            "cut",
+            "you",
+        ),
+        (
+            EventKind.NET_REFUSED,
+            {"decision": "deny", "rule": "bad-request"},
+            "denied",
+            "Airlock (bad-request)",
+        ),
+    ],
+)
+def test_decision_and_who_decided(
+    kind: EventKind, details: dict[str, object], decision: str, who: str
+) -> None:
+    assert decision_text(kind, details) == decision
+    assert who_text(details) == who
