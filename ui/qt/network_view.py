@@ -254,7 +254,7 @@ class NetworkRequestsPanel(QWidget):
         self.agent_box.setMinimumWidth(200)
         label = QLabel("A&gent:")
         label.setBuddy(self.agent_box)
-        self.block_button = QPushButton("&Block this host…")
+        self.block_button = QPushButton("&Block this host")
         self.block_button.setObjectName("blockHost")
         self.block_button.setEnabled(False)
         self.undo_button = QPushButton("&Undo block")

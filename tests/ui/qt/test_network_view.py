@@ -56,7 +56,7 @@ def held_upload(tmp_path: Path, upstream: RecordingServer, body: bytes) -> Conse
 
 
 def test_the_upload_preview_scrolls_to_and_marks_findings_past_the_first_screen(
-    qtbot: QtBot, tmp_path: Path, upstream: RecordingServer
+    qtbot: QtBot, tmp_path: Path, upstream: RecordingServer, artifacts: Path
 ) -> None:
     filler = b"".join(b"line %04d of harmless notes\n" % n for n in range(120))
     body = filler + b"aws = " + AWS_KEY + b"\n" + filler + b"token: " + GITHUB_TOKEN + b"\n"
@@ -85,6 +85,7 @@ def test_the_upload_preview_scrolls_to_and_marks_findings_past_the_first_screen(
     QTest.mouseClick(preview.next, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: preview.mark_in_view(1))
     assert preview.position.text().startswith("Finding 2 of 2: github-token")
+    dialog.grab().save(str(artifacts / "consent-upload-findings.png"))
     assert not preview.mark_in_view(0)
     QTest.mouseClick(preview.next, Qt.MouseButton.LeftButton)  # wraps around
     qtbot.waitUntil(lambda: preview.mark_in_view(0))
@@ -93,7 +94,11 @@ def test_the_upload_preview_scrolls_to_and_marks_findings_past_the_first_screen(
 
 
 def test_the_request_list_shows_who_decided_and_blocking_a_host_refuses_the_next_request(
-    qtbot: QtBot, tmp_path: Path, upstream: RecordingServer, engine: docker.DockerClient
+    qtbot: QtBot,
+    tmp_path: Path,
+    upstream: RecordingServer,
+    engine: docker.DockerClient,
+    artifacts: Path,
 ) -> None:
     store = StateStore(tmp_path / "state.db")
     book = NetworkGrants(store, EventBus())
@@ -175,6 +180,7 @@ def test_the_request_list_shows_who_decided_and_blocking_a_host_refuses_the_next
         last = [panel.model.index(2, c).data() for c in (5, 6)]
         assert last == ["denied", f"your block ({blocks[0].id})"]
 
+        panel.grab().save(str(artifacts / "network-requests-blocked.png"))
         # Undo: the host is reachable again.
         QTest.mouseClick(panel.undo_button, Qt.MouseButton.LeftButton)
         assert not panel.undo_button.isVisible()
