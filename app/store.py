@@ -355,6 +355,13 @@ class StateStore:
                     (now, grant_id),
                 )
 
+    def unrevoke(self, grant_ids: Iterable[str]) -> None:
+        """Puts revoked grants (file or network) back in force: the undo of a revocation."""
+        with self._transaction() as db:
+            for grant_id in grant_ids:
+                db.execute("UPDATE grants SET revoked_at=NULL WHERE id=?", (grant_id,))
+                db.execute("UPDATE network_grants SET revoked_at=NULL WHERE id=?", (grant_id,))
+
     # network grants: remembered answers to network and upload questions
 
     def add_network_grant(self, grant: NetworkGrant) -> None:

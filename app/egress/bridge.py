@@ -93,8 +93,14 @@ from app.egress.witness import BlockedLog
 from app.engine import detect_engine, for_engine, one_line
 from app.engine_kind import EngineKind
 from app.errors import EgressError
-from app.events import EventKind
-from app.grants import Access, Lifetime, network_grant_for
+from app.events import EventBus, EventKind
+from app.grants import (
+    Access,
+    Lifetime,
+    NetworkGrant,
+    network_grant_for,
+    new_network_grant_id,
+)
 from app.paths import Dirs
 from app.profiles import Profile
 from app.sessions import SessionContext
@@ -266,6 +272,36 @@ class Egress:
                 )
                 return True
         return False
+
+    async def block_host(self, profile: str, host: str, port: int, bus: EventBus) -> NetworkGrant:
+        """The user's "Block this host" for an agent: a remembered refusal for every
+        session of `profile` (a `NetworkGrant`, allowed False, lifetime always), stored
+        where the user's other network answers are, so that it is listed in the Grants tab,
+        audited, and undone by revoking it. It outranks the profile's allow list
+        (`ClientConnection._refuse_blocked`); this process's proxies refuse the next
+        request at once and cut what is under way to the host, other processes' within
+        `app.egress.grants.POLL_SECONDS`."""
+        grant = NetworkGrant(
+            id=new_network_grant_id(),
+            host=host.lower().rstrip("."),
+            port=port,
+            access=Access.CONNECT,
+            allowed=False,
+            lifetime=Lifetime.ALWAYS,
+            session=None,
+            profile=profile,
+            created_at=time.time(),
+        )
+        await self.grants.add(grant)
+        bus.emit(
+            EventKind.GRANT_ADDED, None, grant.subject, **self.grants.grant_added_details(grant)
+        )
+        for proxy in list(self._proxies):
+            if proxy.profile.name == profile:
+                proxy.cut_host(
+                    grant.host, port, f"cut: host {grant.subject} was blocked by the user"
+                )
+        return grant
 
     def __call__(self) -> EgressBridge:
         return EgressBridge(self)

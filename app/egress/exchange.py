@@ -38,7 +38,14 @@ import h11
 
 from app.consent import Answer, RequestKind, Verdict
 from app.egress.grants import NetworkGrants
-from app.egress.inspect import Finding, GrantedContent, HeadScan, UploadInspector, preview
+from app.egress.inspect import (
+    Finding,
+    GrantedContent,
+    HeadScan,
+    UploadInspector,
+    excerpts,
+    preview,
+)
 from app.egress.interception import (
     H2_PREFACE,
     Handshake,
@@ -61,7 +68,7 @@ from app.egress.policy import (
     destination_key,
     parse_host,
 )
-from app.egress.records import ExchangeRecord
+from app.egress.records import ExchangeRecord, who_answered
 from app.egress.requests import (
     HOP_BY_HOP,
     Kind,
@@ -426,6 +433,7 @@ class TunnelUploads:
     def answered(self, answer: Answer, amount: int) -> None:
         """Raises `Refused` unless the user approved."""
         self._record.held = True
+        self._record.decided_by = who_answered(answer.by)
         if not answer.allowed:
             raise Refused(
                 403,
@@ -598,6 +606,7 @@ class ClientConnection:
     def _admit(self, target: Target, record: ExchangeRecord) -> Steps:
         if self._blocked is not None and self._blocked():
             record.rule, record.reason = "blocked-all", "all network access of agents is blocked"
+            record.decided_by = "user"
             raise Refused(403, record.rule, "the user blocked all network access of agents")
         network = self.profile.network
         intercepted = (
@@ -605,6 +614,9 @@ class ClientConnection:
             if target.kind is Kind.TUNNEL
             else None
         )
+        record.decided_by = "policy"
+        if target.route is None:
+            self._refuse_blocked(target, record)
         if target.route is not None:
             decision = Decision(Action.ALLOW, f"route:{target.route.name}", "credential route")
         elif intercepted is not None:
@@ -625,7 +637,9 @@ class ClientConnection:
             )
             if decision.rule == "not-listed":
                 # A host the user allowed beyond the profile (the agent asked for it).
-                decision = self._granted_host(target, record) or decision
+                granted = self._granted_host(target, record)
+                if granted is not None:
+                    decision, record.decided_by = granted, "grant"
         record.rule, record.reason = decision.rule, decision.reason
         if target.kind is Kind.TUNNEL:
             record.inspection = "inspected" if decision.inspect else "opaque"
@@ -633,6 +647,7 @@ class ClientConnection:
             raise Refused(403, decision.rule, decision.reason)
         if decision.action is Action.ASK:
             answer = yield from self._ask_host(target, decision)
+            record.decided_by = who_answered(answer.by)
             if not answer.allowed:
                 raise Refused(
                     403,
@@ -690,6 +705,7 @@ class ClientConnection:
                     "threshold": gate.threshold,
                 },
             )
+            record.decided_by = who_answered(answer.by)
             if not answer.allowed:
                 raise Refused(
                     403,
@@ -764,6 +780,24 @@ class ClientConnection:
             time.time(),
         )
 
+    def _refuse_blocked(self, target: Target, record: ExchangeRecord) -> None:
+        """A host the user blocked (a remembered refusal, e.g. "Block this host" in the
+        Network tab) is refused before the profile is asked: the user's newest word on a
+        host outranks the profile's allow list. A route's own base URL is not a host the
+        agent names, so it is not blocked this way."""
+        try:
+            grant = self._granted(target, Access.CONNECT)
+        except ValueError:
+            return  # an invalid host: the profile's decision refuses it
+        if grant is None or grant.allowed:
+            return
+        record.grants.append(grant.id)
+        record.decided_by = "grant"
+        record.rule = f"grant:{grant.id}"
+        raise Refused(
+            403, record.rule, f"{target.host}:{target.port} is blocked by the user ({grant.id})"
+        )
+
     def _granted_host(self, target: Target, record: ExchangeRecord) -> Decision | None:
         grant = self._granted(target, Access.CONNECT)
         if grant is None or not grant.allowed:
@@ -793,6 +827,7 @@ class ClientConnection:
         if grant is not None:
             self.record.grants.append(grant.id)
             return Answer(Verdict.ALLOW if grant.allowed else Verdict.DENY, by=f"grant {grant.id}")
+        self.record.asked = True
         answer: Answer = yield Ask(
             RequestKind.NETWORK,
             f"{target.host}:{target.port}",
@@ -904,8 +939,10 @@ class ClientConnection:
             raise Refused(target.status, target.rule, target.reason)
         record.path = target.path
         if self._blocked is not None and self._blocked():
-            record.rule = "blocked-all"
+            record.rule, record.decided_by = "blocked-all", "user"
             raise Refused(403, record.rule, "the user blocked all network access of agents")
+        record.decided_by = "policy"
+        self._refuse_blocked(target, record)
         self._no_stray_placeholder(request, target)
         route = intercepted_route(self.profile.network.routes, target.host, target.port)
         credential: Credential | None = None
@@ -1232,6 +1269,10 @@ class ClientConnection:
             "findings": record.findings,
             **({"inspection": record.inspection} if record.inspection else {}),
         }
+        if inspector.findings:
+            # Where in the body each finding is, for the dialog to scroll to (the preview
+            # alone shows only the start).
+            details["excerpts"] = excerpts(b"".join(body.held), inspector.findings)
         if head is not None:
             details.update(
                 head=preview(head.text),
@@ -1240,6 +1281,7 @@ class ClientConnection:
                 threshold=body.gate.threshold,
             )
         answer: Answer = yield Ask(RequestKind.UPLOAD, f"{target.host}:{target.port}", details)
+        record.decided_by = who_answered(answer.by)
         if not answer.allowed:
             what = (
                 f"the upload of {shown} bytes"
@@ -1291,6 +1333,7 @@ class ClientConnection:
                 "findings": [f.to_json() for f in new],
             },
         )
+        record.decided_by = who_answered(answer.by)
         if not answer.allowed:
             # The upstream has part of the body; dropping the connection leaves it incomplete.
             raise Refused(

@@ -114,8 +114,12 @@ class NetworkGrants:
             await asyncio.sleep(POLL_SECONDS)
 
     def _on_event(self, event: Event) -> None:
-        """A revocation announced in this process is applied at once, not at the next poll."""
-        if event.kind is not EventKind.GRANT_REVOKED or not event.details.get("network"):
+        """A revocation (or its undo) announced in this process is applied at once, not at
+        the next poll."""
+        if not event.details.get("network") or not (
+            event.kind is EventKind.GRANT_REVOKED
+            or (event.kind is EventKind.GRANT_ADDED and event.details.get("restored"))
+        ):
             return
         if self._soon is None or self._soon.done():
             with contextlib.suppress(RuntimeError):  # no loop: nothing here is running

@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -286,6 +286,48 @@ def preview(data: bytes, limit: int = PREVIEW_BYTES) -> str:
         else:
             out.append(f"\\x{byte:02x}")
     return "".join(out)
+
+
+EXCERPT_CONTEXT = 80  # bytes shown on either side of a finding
+EXCERPT_MATCH = 120  # the most of a finding itself that is marked
+MAX_EXCERPTS = 10
+_TOKEN_END = re.compile(rb"[\s\"',;&<>]")
+
+
+def excerpts(data: bytes, findings: Sequence[Finding]) -> list[dict[str, object]]:
+    """The body around each finding, for the upload dialog to scroll to and mark: what is
+    before it, the finding itself (a secret pattern's match; up to the next separator for
+    others; for a granted file, the stretch before the offset where it was recognised) and
+    what follows — each part escaped as `preview` does. Only for the dialog: the log keeps
+    findings without their text."""
+    out: list[dict[str, object]] = []
+    for number, finding in enumerate(findings[:MAX_EXCERPTS]):
+        at = finding.offset
+        if not 0 <= at <= len(data):
+            continue
+        if finding.kind == "granted-file":
+            start, end = max(0, at - EXCERPT_MATCH), at
+        else:
+            start, end = at, _match_end(data, at, finding.kind)
+        before = max(0, start - EXCERPT_CONTEXT)
+        out.append(
+            {
+                "finding": number,
+                "offset": start,
+                "before": preview(data[before:start], EXCERPT_CONTEXT),
+                "match": preview(data[start:end], EXCERPT_MATCH),
+                "after": preview(data[end : end + EXCERPT_CONTEXT], EXCERPT_CONTEXT),
+            }
+        )
+    return out
+
+
+def _match_end(data: bytes, at: int, kind: str) -> int:
+    for name, pattern in SECRET_PATTERNS:
+        if name == kind and (match := pattern.match(data, at)) is not None:
+            return min(match.end(), at + EXCERPT_MATCH)
+    stop = _TOKEN_END.search(data, at, at + EXCERPT_MATCH)
+    return max(at + 1, stop.start()) if stop else min(len(data), at + EXCERPT_MATCH)
 
 
 def mask_secrets(text: str) -> str:

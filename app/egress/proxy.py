@@ -217,6 +217,20 @@ class SessionProxy:
             client.cut = "cut: the user blocked all network access of agents"
             task.cancel()
 
+    def cut_host(self, host: str, port: int, why: str) -> int:
+        """Ends the exchanges and tunnels under way to `host:port` (the user blocked it);
+        returns how many. New ones are refused by the grant that blocks it."""
+        cut = 0
+        for task, client in list(self._clients.items()):
+            record = client.core.record
+            if record is None or client.cut:
+                continue
+            if record.host.lower().rstrip(".") == host and record.port == port:
+                client.cut = why
+                task.cancel()
+                cut += 1
+        return cut
+
     def _grants_gone(self, gone: list[NetworkGrant]) -> None:
         """Grants were revoked or expired: the exchanges they let through end now (a tunnel
         included); a kept-alive connection's next request is decided again."""
@@ -305,14 +319,24 @@ class SessionProxy:
         if record is None:
             return  # between exchanges: nothing was under way
         record.decision = "deny"
-        record.rule = "grant-revoked" if why.startswith("cut: grant") else "blocked-all"
+        record.rule = (
+            "grant-revoked"
+            if why.startswith("cut: grant")
+            else "host-blocked"
+            if why.startswith("cut: host")
+            else "blocked-all"
+        )
+        record.decided_by = "user"
         record.reason = why
         self._emit(EventKind.NET_REFUSED, record)
         if record.route_header:
             self._emit(EventKind.NET_CREDENTIAL, record)
 
     def _emit(self, kind: EventKind, record: ExchangeRecord) -> None:
-        self._bus.emit(kind, self.session, record.subject, **record.details())
+        # The profile names the agent in the Network tab (a session id alone does not).
+        self._bus.emit(
+            kind, self.session, record.subject, profile=self.profile.name, **record.details()
+        )
 
     # the agent's side
 

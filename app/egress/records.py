@@ -38,6 +38,10 @@ class ExchangeRecord:
     inspection: str = ""  # HTTPS: "inspected" (decrypted, seen) or "opaque" (a tunnel)
     frames_up: int = 0
     frames_down: int = 0
+    # Who decided (`who_answered`): "policy", "grant", "user", "timeout", "no answer";
+    # empty for the proxy's own refusals (a malformed request, a limit).
+    decided_by: str = ""
+    asked: bool = False  # a question was put to the user about the host
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -62,14 +66,31 @@ class ExchangeRecord:
             "rule": self.rule,
             "reason": self.reason,
         }
-        for key in ("address", "route", "route_header", "sha256", "inspection"):
+        for key in ("address", "route", "route_header", "sha256", "inspection", "decided_by"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
         if self.grants:
             out["grants"] = list(self.grants)
         if self.websocket:
             out["websocket"] = {"frames_up": self.frames_up, "frames_down": self.frames_down}
+        if self.asked:
+            out["asked"] = True
         if self.held:
             out["held"] = True
             out["findings"] = self.findings
         return out
+
+
+def who_answered(by: str) -> str:
+    """Who an answer's `by` (app/consent.py `Answer.by`) names, as the Network tab shows it:
+    a remembered grant, the profile's rule, the clock, nobody (the front end went away), or
+    else the person at a front end (dialog, notification, terminal, "deny all")."""
+    if by.startswith("grant"):
+        return "grant"
+    if by == "rule":
+        return "policy"
+    if by == "timeout":
+        return "timeout"
+    if by in ("no front end", "vanished", "cancelled", "withdrawn"):
+        return "no answer"
+    return "user"

@@ -7,6 +7,11 @@ kept for review. A read-write folder is an overlay mounted in the agent's contai
 keeps whatever it looked up or copied up, and which the agent's working directory pins even if
 detached: no unprivileged way takes it back from a running agent. So revoking one stops the
 session (its agent killed at once); its staged changes stay for `airlock changes` and `commit`.
+
+Undo (`restore`) re-grants: the grant is in force again and a read-only one reappears in the
+views of the live sessions that had it. What cannot be given back is said, not pretended: a
+stopped session stays stopped, and a read-write file's withdrawn copy stays with the
+changes for review (the agent would write over what the user may already be reviewing).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from app.delivery import DOCUMENTS
 from app.endings import request_stop
 from app.errors import GrantError
 from app.events import EventBus, EventKind
-from app.grants import AnyGrant, Grant, NetworkGrant
+from app.grants import AnyGrant, Grant, Mode, NetworkGrant
 from app.paths import Dirs
 from app.sessions.engine import Engine, kill_agent
 from app.staging import RootKind, SessionStaging
@@ -93,7 +98,25 @@ class Announce:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-Step = Withdraw | StopAgent | Unshow | Reshow | Announce
+@dataclass(frozen=True, slots=True)
+class ShowAt:
+    """Show `path` again at `at`, where it was placed mid-run (the documents area)."""
+
+    session: str
+    path: Path
+    at: Path
+
+
+Step = Withdraw | StopAgent | Unshow | Reshow | ShowAt | Announce
+
+NOT_RESTORED_TREE = (
+    "the session was stopped when the read-write folder was revoked; the grant is back "
+    "for its next sessions, not for this one"
+)
+NOT_RESTORED_FILE = (
+    "a read-write file's staged copy stays with the changes for review; grant it again "
+    "from the agent to write it"
+)
 
 
 def plan_revocation(grant: Grant, reaches: Sequence[Reach], linked: bool) -> list[Step]:
@@ -136,6 +159,33 @@ def plan_revocation(grant: Grant, reaches: Sequence[Reach], linked: bool) -> lis
     return steps
 
 
+def plan_restore(grant: Grant, reaches: Sequence[Reach]) -> list[Step]:
+    """The steps that give `grant` back to the live sessions it reached when it was revoked
+    (the undo of a revocation): a read-only grant is shown again where it was; what cannot
+    be given back is announced with why."""
+    steps: list[Step] = []
+    subject = str(grant.path)
+    for reach in reaches:
+        session = reach.session
+        if reach.staged_tree:
+            why = NOT_RESTORED_TREE
+        elif grant.mode is Mode.READ_WRITE:
+            why = NOT_RESTORED_FILE
+        else:
+            if reach.location is not None:
+                steps.append(ShowAt(session, grant.path, Path(reach.location)))
+            else:
+                steps.append(Reshow(session, grant.path))
+            steps.append(Announce(session, subject, {"grant": grant.id, "restored": True}))
+            continue
+        steps.append(
+            Announce(session, subject, {"grant": grant.id, "restored": False, "reason": why})
+        )
+    if not reaches:
+        steps.append(Announce(grant.session, subject, {"grant": grant.id, "restored": True}))
+    return steps
+
+
 class Revocation:
     """Carries out revocations. Blocking (database, tree walks, engine calls): from the loop,
     run it in a worker thread, with a `bus` that hands its events to the loop."""
@@ -171,6 +221,46 @@ class Revocation:
             )
         self._revoke_files([g for g in revoked if isinstance(g, Grant)], bus)
         return revoked
+
+    def restore(self, grant_ids: Sequence[str], bus: EventBus) -> list[AnyGrant]:
+        """The undo of `revoke`: the grants are in force again (those that are revoked and
+        not expired), given back to the live sessions they reached where that is possible
+        (`plan_restore`), and announced as `grant.added` with `restored`."""
+        now = time.time()
+        grants = [
+            self._store.grant(grant_id) or self._store.network_grant(grant_id)
+            for grant_id in grant_ids
+        ]
+        back = [
+            g
+            for g in grants
+            if g is not None
+            and g.revoked_at is not None
+            and (g.expires_at is None or now < g.expires_at)
+        ]
+        self._store.unrevoke(g.id for g in back)
+        for grant in back:
+            if isinstance(grant, NetworkGrant):
+                bus.emit(
+                    EventKind.GRANT_ADDED,
+                    grant.session,
+                    grant.subject,
+                    grant=grant.id,
+                    network=True,
+                    restored=True,
+                    access=str(grant.access),
+                    allowed=grant.allowed,
+                    profile=grant.profile,
+                )
+                continue
+            reaches = [
+                self._reach(grant, session, now)
+                for session in self._store.sessions_using(grant.id)
+                if (record := self._store.session(session)) is not None and record.live
+            ]
+            for step in plan_restore(grant, reaches):
+                self._carry_out(step, bus)
+        return [g for g in back]
 
     def _revoke_files(self, revoked: list[Grant], bus: EventBus) -> None:
         now = time.time()
@@ -221,5 +311,7 @@ class Revocation:
                 self._view(session).remove(path, keep=list(keep))
             case Reshow(session, path):
                 self._view(session).add(path)
+            case ShowAt(session, path, at):
+                self._view(session).add(path, at)
             case Announce(session, subject, details):
                 bus.emit(EventKind.GRANT_REVOKED, session, subject, **details)

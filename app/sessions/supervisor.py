@@ -587,6 +587,12 @@ class Supervisor:
         relay = thread_bus(self.bus, asyncio.get_running_loop())
         return await asyncio.to_thread(self._revocation.revoke, tuple(grant_ids), relay)
 
+    async def arestore(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
+        """The undo of `arevoke` (app/sessions/revocation.py `Revocation.restore`), in a
+        worker thread, its events published on the loop's thread."""
+        relay = thread_bus(self.bus, asyncio.get_running_loop())
+        return await asyncio.to_thread(self._revocation.restore, tuple(grant_ids), relay)
+
 
 def _gated(
     spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...], ...]

@@ -134,6 +134,11 @@ class Desktop(QObject):
         window.revoke_session_requested.connect(self.revoke_session)
         window.review_requested.connect(self.open_review)
         window.revoke_grant_requested.connect(self.revoke_grant)
+        window.restore_requested.connect(lambda ids: self.spawn(self.restore_grants(ids)))
+        window.block_host_requested.connect(
+            lambda profile, host, port: self.spawn(self.block_host(profile, host, port))
+        )
+        window.unblock_requested.connect(lambda grant: self.spawn(self.unblock_host(grant)))
         window.verify_requested.connect(lambda: self.spawn(self.verify_audit()))
         window.settings_requested.connect(self.open_settings)
         window.session_selected.connect(self.show_detail)
@@ -364,17 +369,56 @@ class Desktop(QObject):
             revoked = await self.supervisor.arevoke([grant])
         finally:
             self.supervisor.bus.detach(note_stop)
+        names = self.window.names
         for g in revoked:
-            self.say(
-                f"Revoked {g.path}: agents no longer see it"
-                + (
-                    f"; session {', '.join(dict.fromkeys(stopped))} stopped (a read-write folder "
-                    "cannot be taken back from a running agent; what it staged is kept for "
-                    "review)"
-                    if stopped
-                    else ""
-                )
+            text = f"Revoked {g.path}: agents no longer see it" + (
+                f"; {', '.join(names.name(s) for s in dict.fromkeys(stopped))} stopped (a "
+                "read-write folder cannot be taken back from a running agent; what it staged "
+                "is kept for review)"
+                if stopped
+                else ""
             )
+            self.say(text)
+            # Revoked now; the undo gives it back (ui/qt/grants_view.py says why).
+            self.window.undo_bar.offer(text, [g.id])
+        self.refresh_grants()
+
+    async def restore_grants(self, grants: list[str]) -> None:
+        """The undo of a revocation: the grants are given back where that is possible."""
+        kept: list[str] = []
+
+        def note(event: Event) -> None:
+            if event.kind is EventKind.GRANT_ADDED and event.details.get("restored") is False:
+                kept.append(f"{self.window.names.name(event.session)}: {event.details['reason']}")
+
+        self.supervisor.bus.attach(note)
+        try:
+            restored = await self.supervisor.arestore(grants)
+        finally:
+            self.supervisor.bus.detach(note)
+        self.say(
+            f"Gave back {', '.join(str(g.path) for g in restored) or 'nothing'}"
+            + (f" ({'; '.join(kept)})" if kept else "")
+        )
+        self.refresh_grants()
+
+    async def block_host(self, profile: str, host: str, port: int) -> None:
+        """ "Block this host" from the Network tab (app/egress/bridge.py `Egress.block_host`
+        says where it is kept and why)."""
+        from app.egress.bridge import Egress
+
+        egress = self.supervisor.extension(Egress)
+        if egress is None:
+            self.say("No agent here has a network: nothing to block")
+            return
+        grant = await egress.block_host(profile, host, port, self.supervisor.bus)
+        self.window.requests.blocked(grant)
+        self.say(f"Blocked {grant.subject} for {profile}")
+        self.refresh_grants()
+
+    async def unblock_host(self, grant: str) -> None:
+        await self.supervisor.arevoke([grant])
+        self.window.requests.unblocked(grant)
         self.refresh_grants()
 
     def revoke_session(self, session: str) -> None:

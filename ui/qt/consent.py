@@ -21,7 +21,7 @@ from typing import Any
 
 import shiboken6
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QFontDatabase, QIcon, QKeyEvent
+from PySide6.QtGui import QCloseEvent, QIcon, QKeyEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -31,7 +31,6 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSizePolicy,
@@ -44,6 +43,7 @@ from app.grants import Lifetime, Mode
 from app.policy import Choice, user_answer
 from app.text import block, printable, quoted
 from ui.qt import settings as options
+from ui.qt.findings_preview import FindingsPreview
 from ui.qt.icons import icon
 from ui.qt.question_queue import QuestionQueue
 from ui.qt.screen import fit_on_screen
@@ -202,6 +202,7 @@ class ConsentDialog(QDialog):
         self._locked = True
         self._paused_at: float | None = None
         self.paths: tuple[Path, ...] = ()
+        self.preview: FindingsPreview | None = None  # an upload's
         self.file_dialog: QFileDialog | None = None
         self._durations = durations(request.kind, requester.agent)
 
@@ -416,16 +417,13 @@ class ConsentDialog(QDialog):
             label.setStyleSheet("QLabel#findings { color: #a4262c; font-weight: bold; }")
             form.addRow("Findings:", label)
         preview = details.get("preview")
-        if isinstance(preview, str) and preview:
-            view = QPlainTextEdit()
-            view.setObjectName("preview")
-            view.setReadOnly(True)
-            # The proxy's preview escapes everything but printable ASCII; "\\n" is a line break.
-            view.setPlainText(printable_block(preview.replace("\\n", "\n")))
-            view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-            view.setMaximumHeight(110)
-            view.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
-            form.addRow("Preview:", view)
+        excerpts = details.get("excerpts")
+        if (isinstance(preview, str) and preview) or excerpts:
+            # The region around each finding, marked and scrolled to (not only the start).
+            titles = [finding_text(f) for f in findings] if isinstance(findings, list) else []
+            self.preview = FindingsPreview(preview, excerpts, titles)
+            self.preview.view.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+            form.addRow("Preview:", self.preview)
 
     def _reason(self) -> QWidget:
         box = QGroupBox("The agent says (not verified)")

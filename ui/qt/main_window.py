@@ -41,6 +41,8 @@ from app.audit import AuditRecord, Verification
 from app.events import Event, EventKind
 from app.grants import AnyGrant, Mode, NetworkGrant
 from app.store import SessionRecord
+from ui.qt.agents import AgentNames
+from ui.qt.grants_view import UndoBar, confirm_revoke
 from ui.qt.icons import icon
 from ui.qt.launch import LaunchDialog as LaunchDialog  # its home before ui/qt/launch.py
 from ui.qt.models import (
@@ -52,6 +54,7 @@ from ui.qt.models import (
     SessionsModel,
     human_bytes,
 )
+from ui.qt.network_view import NetworkRequestsPanel
 from ui.qt.screen import fit_on_screen
 from ui.qt.session_view import HistoryPanel
 
@@ -166,15 +169,17 @@ class TrafficPlot(QWidget):
 class ActivityPanel(QWidget):
     """The live feed: filter by session and kind, search, follow or pause."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, names: AgentNames | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.names = names or AgentNames()
         self.model = ActivityModel(parent=self)
+        self.model.names = self.names
         self.filter = ActivityFilter(self)
         self.filter.setSourceModel(self.model)
         self._held: list[Event] = []
         self.session_box = QComboBox()
         self.session_box.setObjectName("sessionFilter")
-        self.session_box.addItem("All sessions", "")
+        self.session_box.addItem("All agents", "")
         self.session_box.setMinimumWidth(170)
         self.kind_box = QComboBox()
         self.kind_box.setObjectName("kindFilter")
@@ -221,7 +226,7 @@ class ActivityPanel(QWidget):
         for event in batch:
             if event.session and event.session not in self._sessions:
                 self._sessions.add(event.session)
-                self.session_box.addItem(f"Session {event.session}", event.session)
+                self.session_box.addItem(self.names.name(event.session), event.session)
         if self.pause.isChecked():
             self._held.extend(batch)
             del self._held[: max(0, len(self._held) - self.model.capacity)]
@@ -234,10 +239,15 @@ class ActivityPanel(QWidget):
             f"{self.model.rowCount()} events shown (the latest {self.model.capacity})"
         )
 
+    def rename(self) -> None:
+        """The agents' names became known after their sessions were listed."""
+        for index in range(1, self.session_box.count()):
+            self.session_box.setItemText(index, self.names.name(self.session_box.itemData(index)))
+
     def show_session(self, session: str) -> None:
         index = self.session_box.findData(session)
         if index < 0:
-            self.session_box.addItem(f"Session {session}", session)
+            self.session_box.addItem(self.names.name(session), session)
             self._sessions.add(session)
             index = self.session_box.count() - 1
         self.session_box.setCurrentIndex(index)
@@ -254,7 +264,10 @@ class MainWindow(QMainWindow):
     stop_requested = Signal(str)
     revoke_session_requested = Signal(str)
     review_requested = Signal(str)
-    revoke_grant_requested = Signal(str)
+    revoke_grant_requested = Signal(str)  # confirmed by the user (ui/qt/grants_view.py)
+    block_host_requested = Signal(str, str, int)  # profile, host, port
+    unblock_requested = Signal(str)  # a block's grant id
+    restore_requested = Signal(list)  # grant ids: the undo of a revocation
     verify_requested = Signal()
     settings_requested = Signal()
     session_selected = Signal(str)  # running or ended: its detail is wanted
@@ -273,7 +286,9 @@ class MainWindow(QMainWindow):
         self.grants = GrantsModel(self)
         self.audit = AuditModel(self)
         self.network = NetworkModel(self)
-        self.activity = ActivityPanel()
+        self.names = AgentNames()  # sessions shown as their agents, everywhere in the window
+        self.grants.names = self.audit.names = self.names
+        self.activity = ActivityPanel(self.names)
         self.tabs.addTab(self._sessions_tab(), "&Sessions")
         self.tabs.addTab(self.activity, "&Activity")
         self.tabs.addTab(self._network_tab(), "&Network")
@@ -357,10 +372,17 @@ class MainWindow(QMainWindow):
         self.network_view.setObjectName("network")
         self.network_view.setSortingEnabled(True)
         self.network_view.sortByColumn(1, Qt.SortOrder.DescendingOrder)
+        self.requests = NetworkRequestsPanel(self.names)
+        self.requests.block_requested.connect(self.block_host_requested)
+        self.requests.unblock_requested.connect(self.unblock_requested)
+        lists = QTabWidget()
+        lists.setObjectName("networkLists")
+        lists.addTab(self.requests, "Requests")
+        lists.addTab(self.network_view, "Hosts")
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.plot)
-        splitter.addWidget(self.network_view)
-        splitter.setSizes([160, 400])
+        splitter.addWidget(lists)
+        splitter.setSizes([140, 420])
         layout.addWidget(splitter, 1)
         return page
 
@@ -371,6 +393,9 @@ class MainWindow(QMainWindow):
         note = QLabel("Revoking takes the file or folder out of every running agent at once.")
         note.setStyleSheet("color: #667085;")
         layout.addWidget(note)
+        self.undo_bar = UndoBar()
+        self.undo_bar.undo_requested.connect(self.restore_requested)
+        layout.addWidget(self.undo_bar)
         self.grants_view = table(self.grants, stretch=0)
         self.grants_view.setObjectName("grants")
         self.grants_view.verticalHeader().setDefaultSectionSize(34)
@@ -409,6 +434,8 @@ class MainWindow(QMainWindow):
         self.sessions.set_unwatched(sessions)
 
     def set_sessions(self, sessions: Sequence[SessionRecord]) -> None:
+        if self.names.learn(sessions):
+            self._names_changed()
         self.sessions.replace(sessions)
         self.sessions_empty.setVisible(not sessions)
         for button in (self.review_button, self.stop_button, self.revoke_session_button):
@@ -420,17 +447,31 @@ class MainWindow(QMainWindow):
             button = QPushButton("Revoke")
             button.setObjectName(f"revoke-{grant.id}")
             button.setToolTip(revoke_tip(grant))
-            button.clicked.connect(lambda _=False, g=grant.id: self.revoke_grant_requested.emit(g))
+            button.clicked.connect(lambda _=False, g=grant: self._confirm_revoke(g))
             self.grants_view.setIndexWidget(
                 self.grants.index(row, GrantsModel.REVOKE_COLUMN), button
             )
+
+    def _confirm_revoke(self, grant: AnyGrant) -> None:
+        """Asks first, saying what the agent loses; `revoke_grant_requested` on yes."""
+        self.revoke_box = confirm_revoke(self, grant, self.names, self.revoke_grant_requested.emit)
+
+    def _names_changed(self) -> None:
+        self.activity.rename()
+        for model, column in ((self.grants, 3), (self.audit, 2), (self.activity.model, 1)):
+            rows = model.rowCount()
+            if rows:
+                model.dataChanged.emit(model.index(0, column), model.index(rows - 1, column))
 
     def revoke_button(self, grant: str) -> QPushButton | None:
         return self.grants_view.findChild(QPushButton, f"revoke-{grant}")
 
     def add_events(self, batch: Sequence[Event]) -> None:
+        if self.names.learn_events(batch):
+            self._names_changed()
         self.activity.add(batch)
         self.network.add(batch)
+        self.requests.add(batch)
 
     def set_audit(self, records: Sequence[AuditRecord], verification: Verification | None) -> None:
         self.audit.replace(records)

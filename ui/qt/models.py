@@ -24,6 +24,7 @@ from app.events import Event, EventKind
 from app.grants import AnyGrant, NetworkGrant
 from app.store import SessionRecord
 from app.text import printable
+from ui.qt.agents import AgentNames
 
 Index = QModelIndex | QPersistentModelIndex
 DISPLAY = Qt.ItemDataRole.DisplayRole
@@ -132,6 +133,7 @@ def sandbox_label(row: SessionRecord) -> str:
 class GrantsModel(RecordTable):
     headers = ("Path", "Access", "Lifetime", "For", "Until", "Grant", "")
     REVOKE_COLUMN = 6
+    names: AgentNames | None = None  # the window's: sessions shown as their agents
 
     def cell(self, row: AnyGrant, column: int) -> Any:
         if isinstance(row, NetworkGrant):  # a remembered network or upload answer
@@ -140,7 +142,10 @@ class GrantsModel(RecordTable):
             ) + ("" if row.allowed else ": refused")
         else:
             access = "read and write" if str(row.mode) == "rw" else "read"
-        who = f"session {row.session}" if row.session else f"profile {row.profile}"
+        if row.session:
+            who = self.names.name(row.session) if self.names else f"session {row.session}"
+        else:
+            who = f"{row.profile} (every session)"
         return (
             str(row.path),
             access,
@@ -153,13 +158,14 @@ class GrantsModel(RecordTable):
 
 
 class AuditModel(RecordTable):
-    headers = ("#", "Time", "Session", "Kind", "Subject", "Hash")
+    headers = ("#", "Time", "Agent", "Kind", "Subject", "Hash")
+    names: AgentNames | None = None
 
     def cell(self, row: AuditRecord, column: int) -> Any:
         return (
             row.seq,
             clock(row.time, True),
-            row.session or "",
+            (self.names.name(row.session) if self.names else row.session) or "",
             row.kind,
             printable(row.subject)[:MAX_SUBJECT],
             row.hash[:16],
@@ -222,7 +228,8 @@ def summary(event: Event) -> str:
 class ActivityModel(_Table):
     """The live feed: the newest `capacity` events, appended in batches."""
 
-    headers = ("Time", "Session", "Kind", "Subject", "Details")
+    headers = ("Time", "Agent", "Kind", "Subject", "Details")
+    names: AgentNames | None = None
 
     def __init__(self, capacity: int = 20_000, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -264,7 +271,7 @@ class ActivityModel(_Table):
                     + f".{int(event.time * 1000) % 1000:03d}"
                 )
             if column == 1:
-                return event.session or ""
+                return (self.names.name(event.session) if self.names else event.session) or ""
             if column == 2:
                 return str(event.kind)
             if column == 3:

@@ -235,3 +235,52 @@ def test_the_grant_book_tells_its_listeners_what_was_revoked(tmp_path: Path) -> 
     assert asyncio.run(scenario()) == [grant.id]
     assert book.find("s", "t", "a.test", 80, Access.CONNECT, time.time()) is None
     store.close()
+
+
+def test_blocking_a_host_outranks_the_profile_cuts_what_is_open_and_undoing_it_lets_it_in(
+    tmp_path: Path,
+) -> None:
+    """The Network tab's "Block this host": a remembered refusal for the profile. The next
+    request of a running session is refused at the proxy (the server never sees it), an
+    open tunnel to the host is cut, and revoking the block (its undo) lets the host in
+    again."""
+    import docker
+
+    from app.egress.bridge import Egress
+    from tests.netsupport import DictSecrets
+
+    store = StateStore(tmp_path / "state.db")
+    book = NetworkGrants(store, EventBus())
+    client = docker.from_env()
+    egress = Egress(client, secrets=DictSecrets({}), broker=None, grants=book)
+    upstream = RecordingServer()
+    with upstream, harness(tmp_path, profile(upstream.port), session="s1", grants=book) as proxy:
+        egress._proxies.add(proxy.proxy)  # as the bridge registers a session's proxy
+        assert get(proxy.port, "files.test", upstream.port) == 200
+        tunnel = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        tunnel.sendall(f"CONNECT files.test:{upstream.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert b" 200 " in tunnel.recv(4096)
+        grant = proxy.call(egress.block_host("t", "files.test", upstream.port, proxy.bus))
+        tunnel.settimeout(5)
+        assert tunnel.recv(4096) == b""  # cut at once
+        tunnel.close()
+        assert get(proxy.port, "files.test", upstream.port) == 403
+        seen_while_blocked = len(upstream.seen.requests)
+        # Listed where the user's other network answers are: the profile's, a refusal.
+        stored = store.network_grant(grant.id)
+        assert stored is not None and not stored.allowed and stored.profile == "t"
+        # Undo: revoking it (as the Grants tab or `airlock revoke` does).
+        store.revoke([grant.id])
+        proxy.call(book.refresh())
+        assert get(proxy.port, "files.test", upstream.port) == 200
+        events = proxy.wait_events(4)
+    assert seen_while_blocked == 1
+    assert [r["path"] for r in upstream.seen.requests] == ["/x", "/x"]
+    refused = [e for e in events if e.kind is EventKind.NET_REFUSED]
+    assert [e.details["rule"] for e in refused] == ["host-blocked", f"grant:{grant.id}"]
+    assert [e.details["decided_by"] for e in refused] == ["user", "grant"]
+    assert all(e.details["profile"] == "t" for e in events)
+    added = [e for e in proxy.events if e.kind is EventKind.GRANT_ADDED]
+    assert added[0].details["allowed"] is False and added[0].details["profile"] == "t"
+    client.close()
+    store.close()

@@ -9,15 +9,19 @@ import pytest
 
 from app.grants import Grant, Lifetime, Mode
 from app.sessions.revocation import (
+    NOT_RESTORED_FILE,
+    NOT_RESTORED_TREE,
     TREE_STOPPED,
     Announce,
     Reach,
     Reshow,
+    ShowAt,
     Shown,
     Step,
     StopAgent,
     Unshow,
     Withdraw,
+    plan_restore,
     plan_revocation,
 )
 
@@ -156,3 +160,64 @@ def test_only_a_staged_folder_stops_a_session() -> None:
             s.session for s in plan_revocation(grant_, reaches, linked) if isinstance(s, StopAgent)
         }
         assert stopped == {r.session for r in reaches if r.staged_tree}
+
+
+RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
+    (
+        "a read-only grant comes back at its own path",
+        NOTES,
+        [Reach("s1", is_dir=True)],
+        [
+            Reshow("s1", Path("/home/u/notes")),
+            Announce("s1", "/home/u/notes", {"grant": "g1", "restored": True}),
+        ],
+    ),
+    (
+        "a read-only file placed mid-run comes back where it was placed",
+        NOTE,
+        [Reach("s1", location="/run/airlock/doc/ab12/a.md")],
+        [
+            ShowAt("s1", Path("/home/u/notes/a.md"), Path("/run/airlock/doc/ab12/a.md")),
+            Announce("s1", "/home/u/notes/a.md", {"grant": "g1", "restored": True}),
+        ],
+    ),
+    (
+        "a stopped session's read-write folder is not given back to it, and says so",
+        grant("/home/u/work", mode=Mode.READ_WRITE),
+        [Reach("s1", staged_tree=True)],
+        [
+            Announce(
+                "s1",
+                "/home/u/work",
+                {"grant": "g1", "restored": False, "reason": NOT_RESTORED_TREE},
+            )
+        ],
+    ),
+    (
+        "a read-write file's withdrawn copy stays with the review",
+        grant("/home/u/a.txt", mode=Mode.READ_WRITE),
+        [Reach("s1", location="/run/airlock/saves/cd34/a.txt")],
+        [
+            Announce(
+                "s1",
+                "/home/u/a.txt",
+                {"grant": "g1", "restored": False, "reason": NOT_RESTORED_FILE},
+            )
+        ],
+    ),
+    (
+        "a grant no live session had is announced as back once",
+        NOTES,
+        [],
+        [Announce("s1", "/home/u/notes", {"grant": "g1", "restored": True})],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("grant_", "reaches", "steps"),
+    [c[1:] for c in RESTORE_CASES],
+    ids=[c[0] for c in RESTORE_CASES],
+)
+def test_restore_plan(grant_: Grant, reaches: list[Reach], steps: list[Step]) -> None:
+    assert plan_restore(grant_, reaches) == steps

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QLineEdit
+from PySide6.QtWidgets import QLineEdit, QMessageBox, QPushButton
 
 from app.consent import ConsentBroker, ConsentRequest, RequestKind, new_request_id
 from app.events import Event, EventKind
@@ -50,6 +50,18 @@ def lines(events: list[Event], session: str) -> list[str]:
         for e in events
         if e.kind is EventKind.SESSION_OUTPUT and e.session == session
     ]
+
+
+async def seen_inside(supervisor: Supervisor, session: str) -> bool:
+    """Whether the granted note is in the container, asked through the engine from the host
+    (not what the agent reports)."""
+    record = supervisor.store.session(session)
+    assert record is not None and record.container_id
+    container = await asyncio.to_thread(supervisor.engine.containers.get, record.container_id)
+    result = await asyncio.to_thread(
+        container.exec_run, ["sh", "-c", "ls /run/airlock/doc/*/note.txt"]
+    )
+    return int(result.exit_code) == 0
 
 
 def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
@@ -140,15 +152,42 @@ def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
         desktop.window.tabs.setCurrentIndex(3)
         await asyncio.sleep(0.2)
         desktop.window.grab().save(str(artifacts / "main-window-grants.png"))
+        # The click asks first, saying what the agent loses; Cancel keeps it.
         QTest.mouseClick(desktop.window.revoke_button(grant.id), Qt.MouseButton.LeftButton)
+        box = desktop.window.revoke_box
+        await until(box.isVisible, what="the confirmation")
+        assert f"doc-watcher · {session[:4]} loses the file {note}" in box.informativeText()
+        assert "Undo gives it back" in box.informativeText()
+        box.button(QMessageBox.StandardButton.Cancel).click()
+        await asyncio.sleep(0.3)
+        assert await seen_inside(supervisor, session)
+        QTest.mouseClick(desktop.window.revoke_button(grant.id), Qt.MouseButton.LeftButton)
+        box = desktop.window.revoke_box
+        await until(box.isVisible, what="the confirmation")
+        QTest.mouseClick(box.findChild(QPushButton, "revokeYes"), Qt.MouseButton.LeftButton)
         await until(
             lambda: lines(events, session)[-1:] == ["absent"],
             20,
             "the file to vanish from the container",
         )
+        assert not await seen_inside(supervisor, session)  # asked from the host, not the agent
         assert lines(events, session) == ["absent", "present", "absent"]
         await until(lambda: desktop.window.revoke_button(grant.id) is None, what="the row to go")
         assert "no longer see" in desktop.window.statusBar().currentMessage()
+
+        # Revoked at once; Undo (offered for a few seconds) gives it back to the running agent.
+        undo = desktop.window.undo_bar
+        assert undo.isVisible() and undo.offered == [grant.id]
+        QTest.mouseClick(undo.button, Qt.MouseButton.LeftButton)
+        await until(
+            lambda: lines(events, session)[-1:] == ["present"],
+            20,
+            "the file to come back into the container",
+        )
+        assert await seen_inside(supervisor, session)
+        await until(lambda: desktop.window.revoke_button(grant.id) is not None, what="the row")
+        assert "Gave back" in desktop.window.statusBar().currentMessage()
+        assert lines(events, session) == ["absent", "present", "absent", "present"]
 
         # The feed has it all, filterable by session and kind.
         desktop.window.tabs.setCurrentIndex(1)
@@ -157,6 +196,7 @@ def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
         panel.kind_box.setCurrentIndex(panel.kind_box.findData("grant"))
         await asyncio.sleep(0.3)
         kinds = {panel.filter.index(r, 2).data() for r in range(panel.filter.rowCount())}
+        assert panel.session_box.currentText() == f"doc-watcher · {session[:4]}"
         assert kinds == {"grant.added", "grant.revoked"}
         desktop.window.grab().save(str(artifacts / "main-window-activity-filtered.png"))
 
