@@ -39,6 +39,7 @@ from app.threads import thread_bus
 from ui.launch_plan import SANDBOX_VERIFIED, LaunchChoice, next_step
 from ui.notices import Notices, notice_text
 from ui.qt import settings as options
+from ui.qt import theme
 from ui.qt.bridge import EventBridge
 from ui.qt.consent import QtFrontEnd, Requester
 from ui.qt.icons import icon
@@ -666,6 +667,8 @@ class Desktop(QObject):
             apply_autostart(self.settings.get(options.AUTOSTART))
         elif key == options.BLOCK_NETWORK.key:
             self._update_tray()
+        elif key == options.COLOURS.key:
+            apply_colours(self.settings)
 
     # the control interface on the session bus (portal/control.py)
 
@@ -765,8 +768,16 @@ def application(argv: Sequence[str] = ()) -> QApplication:
     qt.setDesktopFileName(DESKTOP_FILE)
     qt.setWindowIcon(icon("airlock"))
     qt.setQuitOnLastWindowClosed(False)
-    qt.setStyle("Fusion")  # built into Qt: the same look under every desktop
+    # Fusion (built into Qt: the same look under every desktop) with focus rings everywhere,
+    # in the desktop's colours until the settings say otherwise.
+    theme.apply(qt, theme.Scheme.DESKTOP)
     return qt
+
+
+def apply_colours(settings: Settings) -> None:
+    qt = QApplication.instance()
+    if isinstance(qt, QApplication):
+        theme.apply(qt, theme.Scheme(settings.get(options.COLOURS)))
 
 
 def user_settings() -> Settings:
@@ -807,6 +818,7 @@ async def serve(
         control.disconnect()
         return 0
     settings = user_settings()
+    apply_colours(settings)
     with open_consenting_supervisor(dirs) as (supervisor, broker):
         notifier = await Notifier.connect() if control.connected else None
         desktop = build_desktop(supervisor, broker, settings, notifier)

@@ -48,6 +48,7 @@ from ui.qt.icons import icon
 from ui.qt.question_queue import QuestionQueue
 from ui.qt.screen import fit_on_screen
 from ui.qt.settings import Settings
+from ui.qt.theme import Hue, box_sheet, follow, muted, text_colour, tone
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +232,7 @@ class ConsentDialog(QDialog):
         column.addWidget(self._reason())
         self.summary = _plain("")
         self.summary.setObjectName("summary")
-        self.summary.setStyleSheet(
-            "QLabel#summary { background: #e8f1fd; border: 1px solid #b5cdf3;"
-            " border-radius: 4px; padding: 8px; }"
-        )
+        follow(self.summary, lambda p: box_sheet("summary", p, Hue.INFO))
         self.summary.hide()
         column.addWidget(self.summary)
         column.addStretch(1)
@@ -244,7 +242,10 @@ class ConsentDialog(QDialog):
         self.details.setWidgetResizable(True)
         self.details.setFrameShape(QFrame.Shape.NoFrame)
         self.details.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.details.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        # A Tab stop, so that the keyboard can scroll what does not fit; the margin leaves
+        # room for its focus ring (ui/qt/theme.py).
+        self.details.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.details.setViewportMargins(2, 2, 2, 2)
         layout.addWidget(self.details, 1)
         choices = self._choices()
         if choices is not None:
@@ -414,7 +415,7 @@ class ConsentDialog(QDialog):
         if isinstance(findings, list) and findings:
             label = _plain("\n".join("⚠ " + finding_text(f) for f in findings[:10]))
             label.setObjectName("findings")
-            label.setStyleSheet("QLabel#findings { color: #a4262c; font-weight: bold; }")
+            text_colour(label, lambda p: tone(p, Hue.DANGER), " font-weight: bold;")
             form.addRow("Findings:", label)
         preview = details.get("preview")
         excerpts = details.get("excerpts")
@@ -422,7 +423,7 @@ class ConsentDialog(QDialog):
             # The region around each finding, marked and scrolled to (not only the start).
             titles = [finding_text(f) for f in findings] if isinstance(findings, list) else []
             self.preview = FindingsPreview(preview, excerpts, titles)
-            self.preview.view.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+            self.preview.view.setTabChangesFocus(True)  # read-only: Tab moves on, arrows scroll
             form.addRow("Preview:", self.preview)
 
     def _reason(self) -> QWidget:
@@ -435,10 +436,7 @@ class ConsentDialog(QDialog):
         font = label.font()
         font.setItalic(True)
         label.setFont(font)
-        label.setStyleSheet(
-            "QLabel#reason { background: #fff8e1; border: 1px solid #f0d58c;"
-            " border-radius: 4px; padding: 8px; color: #4a3b00; }"
-        )
+        follow(label, lambda p: box_sheet("reason", p, Hue.WARNING))
         column.addWidget(label)
         return box
 
@@ -474,7 +472,7 @@ class ConsentDialog(QDialog):
         row = QHBoxLayout()
         self.countdown = _plain("", selectable=False)
         self.countdown.setObjectName("countdown")
-        self.countdown.setStyleSheet("color: #666;")
+        text_colour(self.countdown, muted)
         row.addWidget(self.countdown, 1)
         self.deny_button = QPushButton("&Deny")
         self.deny_button.setObjectName("deny")

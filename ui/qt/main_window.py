@@ -19,7 +19,7 @@ from PySide6.QtCore import (
     Signal,
     SignalInstance,
 )
-from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPainterPath, QPen
+from PySide6.QtGui import QCloseEvent, QFont, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -57,6 +57,7 @@ from ui.qt.models import (
 from ui.qt.network_view import NetworkRequestsPanel
 from ui.qt.screen import fit_on_screen
 from ui.qt.session_view import HistoryPanel
+from ui.qt.theme import Hue, mix, muted, text_colour, tone
 
 KIND_GROUPS = (
     ("All kinds", ""),
@@ -79,6 +80,7 @@ def table(model: object, *, stretch: int = -1) -> QTableView:
     view.setShowGrid(False)
     view.setWordWrap(False)
     view.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # keep the file name of long paths
+    view.setTabKeyNavigation(False)  # arrows move between cells; Tab leaves the table
     view.verticalHeader().hide()
     view.verticalHeader().setDefaultSectionSize(26)
     header = view.horizontalHeader()
@@ -110,17 +112,20 @@ class TrafficPlot(QWidget):
         self._timer.start(1000)
 
     def paintEvent(self, event: object) -> None:
+        colours = self.palette()
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         area = QRectF(self.rect()).adjusted(48, 10, -12, -22)
-        painter.fillRect(self.rect(), QColor("#fbfbfd"))
-        painter.setPen(QPen(QColor("#d8dce3"), 1))
+        base = colours.color(QPalette.ColorRole.Base)
+        painter.fillRect(self.rect(), colours.color(QPalette.ColorRole.Window))
+        painter.fillRect(area, base)
+        painter.setPen(QPen(mix(base, colours.color(QPalette.ColorRole.Text), 0.3), 1))
         painter.drawRect(area)
         span = NetworkModel.HISTORY
         now = int(time.time())
         samples = {second: (up, down) for second, up, down in self._model.per_second}
         peak = max([1, *(max(u, d) for u, d in samples.values())])
-        painter.setPen(QColor("#667085"))
+        painter.setPen(muted(colours))
         small = QFont(self.font())
         small.setPointSizeF(small.pointSizeF() * 0.85)
         painter.setFont(small)
@@ -138,7 +143,8 @@ class TrafficPlot(QWidget):
             Qt.AlignmentFlag.AlignRight,
             "now",
         )
-        for which, colour in ((0, QColor("#e8710a")), (1, QColor("#2f7fe0"))):
+        sent, received = tone(colours, Hue.SENT), tone(colours, Hue.RECEIVED)
+        for which, colour in ((0, sent), (1, received)):
             path = QPainterPath()
             for step in range(span + 1):
                 second = now - span + step
@@ -153,11 +159,14 @@ class TrafficPlot(QWidget):
                     path.lineTo(point)
             painter.setPen(QPen(colour, 1.6))
             painter.drawPath(path)
-        painter.setPen(QColor("#e8710a"))
+        # The legend on a patch of the plot's ground: lines running under it stay legible.
+        legend = painter.fontMetrics().horizontalAdvance("■ received") + 72
+        painter.fillRect(QRectF(area.left() + 4, area.top() + 3, legend, 16), base)
+        painter.setPen(sent)
         painter.drawText(
             QRectF(area.left() + 8, area.top() + 4, 120, 14), Qt.AlignmentFlag.AlignLeft, "■ sent"
         )
-        painter.setPen(QColor("#2f7fe0"))
+        painter.setPen(received)
         painter.drawText(
             QRectF(area.left() + 64, area.top() + 4, 120, 14),
             Qt.AlignmentFlag.AlignLeft,
@@ -195,7 +204,7 @@ class ActivityPanel(QWidget):
         self.pause.setObjectName("pause")
         self.pause.setCheckable(True)
         self.status = QLabel()
-        self.status.setStyleSheet("color: #667085;")
+        text_colour(self.status, muted)
         bar = QHBoxLayout()
         bar.addWidget(self.session_box)
         bar.addWidget(self.kind_box)
@@ -323,7 +332,7 @@ class MainWindow(QMainWindow):
         self.sessions_empty = QLabel(
             "No agent is running. Launch one, or start one with `airlock run` — it appears here."
         )
-        self.sessions_empty.setStyleSheet("color: #667085; padding: 6px;")
+        text_colour(self.sessions_empty, muted, " padding: 6px;")
         layout.addWidget(self.sessions_empty)
         buttons = QHBoxLayout()
         self.review_button = QPushButton("&Review changes…")
@@ -391,7 +400,7 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(page)
         layout.addWidget(heading("What agents may see"))
         note = QLabel("Revoking takes the file or folder out of every running agent at once.")
-        note.setStyleSheet("color: #667085;")
+        text_colour(note, muted)
         layout.addWidget(note)
         self.undo_bar = UndoBar()
         self.undo_bar.undo_requested.connect(self.restore_requested)
@@ -483,10 +492,10 @@ class MainWindow(QMainWindow):
                 f"✔  Intact: {verification.records} records in {verification.segments} "
                 f"segment(s) chain correctly (head {verification.head[:16]}…)"
             )
-            self.verification.setStyleSheet("color: #1e7b34; font-weight: bold;")
+            text_colour(self.verification, lambda p: tone(p, Hue.SUCCESS), " font-weight: bold;")
         else:
             self.verification.setText(f"✘  Broken: {verification.problem}")
-            self.verification.setStyleSheet("color: #a4262c; font-weight: bold;")
+            text_colour(self.verification, lambda p: tone(p, Hue.DANGER), " font-weight: bold;")
 
     def activity_for(self, session: str) -> None:
         self.activity.show_session(session)

@@ -17,7 +17,7 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QGuiApplication
 
 from app.audit import AuditRecord
 from app.events import Event, EventKind
@@ -25,6 +25,7 @@ from app.grants import AnyGrant, NetworkGrant
 from app.store import SessionRecord
 from app.text import printable
 from ui.qt.agents import AgentNames
+from ui.qt.theme import Hue, tone
 
 Index = QModelIndex | QPersistentModelIndex
 DISPLAY = Qt.ItemDataRole.DisplayRole
@@ -173,12 +174,12 @@ class AuditModel(RecordTable):
 
 
 KIND_COLOURS = {
-    "request": QColor("#b35c00"),
-    "grant": QColor("#1f5fbf"),
-    "session": QColor("#2e7d32"),
-    "net": QColor("#6a1b9a"),
-    "changes": QColor("#00695c"),
-    "stream": QColor("#a4262c"),
+    "request": Hue.WARNING,
+    "grant": Hue.INFO,
+    "session": Hue.SUCCESS,
+    "net": Hue.PURPLE,
+    "changes": Hue.TEAL,
+    "stream": Hue.DANGER,
 }
 
 
@@ -235,6 +236,7 @@ class ActivityModel(_Table):
         super().__init__(parent)
         self.capacity = capacity
         self.events: deque[Event] = deque()
+        self._tones: tuple[int, dict[Hue, QBrush]] = (0, {})
 
     def _length(self) -> int:
         return len(self.events)
@@ -259,6 +261,16 @@ class ActivityModel(_Table):
         self.events.clear()
         self.endResetModel()
 
+    def _brush(self, hue: Hue) -> QBrush:
+        """The kind's colour, readable on the current palette (computed once per palette)."""
+        palette = QGuiApplication.palette()
+        if self._tones[0] != palette.cacheKey():
+            self._tones = (palette.cacheKey(), {})
+        brushes = self._tones[1]
+        if hue not in brushes:
+            brushes[hue] = QBrush(tone(palette, hue))
+        return brushes[hue]
+
     def data(self, index: Index, role: int = DISPLAY) -> Any:
         if not index.isValid():
             return None
@@ -278,8 +290,8 @@ class ActivityModel(_Table):
                 return printable(event.subject)[:MAX_SUBJECT]
             return printable(summary(event))[:MAX_SUBJECT]
         if role == Qt.ItemDataRole.ForegroundRole and column == 2:
-            colour = KIND_COLOURS.get(str(event.kind).partition(".")[0])
-            return QBrush(colour) if colour is not None else None
+            hue = KIND_COLOURS.get(str(event.kind).partition(".")[0])
+            return self._brush(hue) if hue is not None else None
         if role == Qt.ItemDataRole.UserRole:
             return event
         return None

@@ -62,6 +62,18 @@ NOTIFY = Option(
 )
 AUTOSTART = Option("desktop/autostart", bool, False, "Start Airlock when I log in")
 BLOCK_NETWORK = Option("network/blocked", bool, False, "Block all network access of agents")
+COLOURS = Option(
+    "desktop/colours",
+    str,
+    "desktop",
+    "Colours",
+    choices=(
+        ("desktop", "As the desktop (light or dark)"),
+        ("light", "Light"),
+        ("dark", "Dark"),
+        ("high-contrast", "High contrast"),
+    ),
+)
 
 OPTIONS: tuple[Option[Any], ...] = (
     CONSENT_TIMEOUT,
@@ -70,6 +82,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     NOTIFY,
     AUTOSTART,
     BLOCK_NETWORK,
+    COLOURS,
 )
 
 # What the app remembers rather than options to set: not in OPTIONS (the settings dialog).
