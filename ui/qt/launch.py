@@ -107,6 +107,8 @@ class LaunchDialog(QDialog):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # A Tab stop that scrolls: the margin leaves room for its focus ring (ui/qt/theme.py).
+        scroll.setViewportMargins(2, 2, 2, 2)
         scroll.setWidget(self.powers_box)
         scroll.setMinimumHeight(140)
         left = QVBoxLayout()
@@ -115,6 +117,7 @@ class LaunchDialog(QDialog):
         left.addWidget(scroll, 1)
 
         self.files = QTreeWidget()
+        self.files.setTabKeyNavigation(False)  # arrows move between rows; Tab leaves the view
         self.files.setObjectName("files")
         self.files.setColumnCount(2)
         self.files.setHeaderLabels(["File or folder", "Access"])

@@ -269,6 +269,7 @@ class NetworkRequestsPanel(QWidget):
         bar.addStretch(1)
         bar.addWidget(self.block_button)
         self.view = QTableView()
+        self.view.setTabKeyNavigation(False)  # arrows move between rows; Tab leaves the view
         self.view.setObjectName("requests")
         self.view.setModel(self.filter)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -138,6 +138,7 @@ class ReviewWindow(QWidget):
         self.banner.hide()
 
         self.files = QTreeWidget()
+        self.files.setTabKeyNavigation(False)  # arrows move between rows; Tab leaves the view
         self.files.setObjectName("changes")
         self.files.setHeaderLabels(["File", "Status", "Mode", "Size"])
         self.files.setRootIsDecorated(True)
@@ -158,6 +159,7 @@ class ReviewWindow(QWidget):
         self.viewer = self.diff_view.raw
 
         self.history = QTreeWidget()
+        self.history.setTabKeyNavigation(False)  # arrows move between rows; Tab leaves the view
         self.history.setObjectName("history")
         self.history.setHeaderLabels(["Commit", "When", "Files", "State"])
         self.history.setRootIsDecorated(False)

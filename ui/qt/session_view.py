@@ -158,6 +158,7 @@ class HistoryPanel(QWidget):
         super().__init__(parent)
         self.model = HistoryModel(self)
         self.view = QTableView()
+        self.view.setTabKeyNavigation(False)  # arrows move between rows; Tab leaves the view
         self.view.setObjectName("history")
         self.view.setModel(self.model)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -94,6 +94,8 @@ class WelcomeWindow(QDialog):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # A Tab stop that scrolls: the margin leaves room for its focus ring (ui/qt/theme.py).
+        scroll.setViewportMargins(2, 2, 2, 2)
         scroll.setWidget(content)
         scroll.setMinimumHeight(160)
         intro = QLabel(
@@ -119,6 +121,9 @@ class WelcomeWindow(QDialog):
         layout.addWidget(scroll, 1)
         layout.addWidget(demo)
         layout.addWidget(self.box)
+        # The demo button joined the box after its own button: say the order outright.
+        QWidget.setTabOrder(scroll, self.demo_button)
+        QWidget.setTabOrder(self.demo_button, self.close_button)
         self.box.rejected.connect(self.reject)
         self.box.accepted.connect(self._demo)
 

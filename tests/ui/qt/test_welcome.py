@@ -105,9 +105,11 @@ def test_the_demo_from_the_welcome_window_runs_on_sample_notes_and_waits_for_rev
             assert window is not None
             QTest.mouseClick(window.demo_button, Qt.MouseButton.LeftButton)
             assert not window.isVisible() and settings.get(options.WELCOME_SEEN)
-            await until(visible_launch_dialogs, 10, "the Launch dialog")
-            dialog = visible_launch_dialogs()[0]
             folder = demo_folder(tmp_path)
+            # Another test's dialog may still be on screen: wait for the one on the demo folder.
+            ours = lambda: [d for d in visible_launch_dialogs() if d.paths() == [folder]]  # noqa: E731
+            await until(ours, 10, "the Launch dialog on the demo folder")
+            dialog = ours()[0]
             assert sorted(p.name for p in folder.iterdir()) == sorted(NOTES)
             assert dialog.profile.currentText() == "notes-organizer"
             assert dialog.paths() == [folder] and dialog.mode_of(folder) is Mode.READ_WRITE
