@@ -1,12 +1,22 @@
-"""What a load test of many agents measured, shared by the desktop app's and `airlock daemon`'s:
-per launch, when it was asked for, started (or failed) and its question was shown; per killed
-session, when it was seen ending. Prints the figures; asserts nothing about time."""
+"""What the load tests of many agents share (the desktop app's and `airlock daemon`'s): the
+asking agent, what they measured (per launch: asked for, started or failed, question shown,
+killed, seen ending) and its report, which asserts nothing about time; killing an agent from
+outside, and waiting for every container to be removed."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import docker
+
+from app.container import LABEL_ROLE, LABEL_SESSION
+from tests.support import containers
 
 # An agent that asks once through the FileChooser portal (the session's private bus), then
 # runs on: the question stays pending until it is answered or the session ends.
@@ -107,3 +117,28 @@ class Figures:
                 f"{statistics.median(ends):.1f} s, max {max(ends):.1f} s"
             )
         return "\n".join(lines)
+
+
+async def kill_agent(engine: docker.DockerClient, session: str) -> None:
+    labels = (f"{LABEL_SESSION}={session}", f"{LABEL_ROLE}=agent")
+    for container in await asyncio.to_thread(containers, engine, *labels):
+        await asyncio.to_thread(engine.api.kill, container["Id"])
+
+
+async def all_removed(engine: docker.DockerClient, sessions: list[str]) -> bool:
+    """Whether no container of `sessions` is left (removal may finish after the end)."""
+    every = await asyncio.to_thread(containers, engine, LABEL_SESSION)
+    return not any(c["Labels"].get(LABEL_SESSION) in sessions for c in every)  # type: ignore[attr-defined]
+
+
+async def until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.3)

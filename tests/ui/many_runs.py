@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import docker
 
-from app.container import LABEL_ROLE, LABEL_SESSION
-from tests.loadfigures import ASK_THEN_RUN, LAUNCH_TIMEOUT, Figures, Launch
-from tests.support import AIRLOCK, DesktopUser, containers, profile_text
+from tests.loadfigures import (
+    ASK_THEN_RUN,
+    LAUNCH_TIMEOUT,
+    Figures,
+    Launch,
+    all_removed,
+    kill_agent,
+    until,
+)
+from tests.support import AIRLOCK, DesktopUser, profile_text
 
 LIVE = ("starting", "running")
 STARTED = re.compile(r"airlock: session ([0-9a-f]{8}) started")
@@ -89,19 +94,6 @@ async def start_daemon(tester: DesktopUser) -> asyncio.subprocess.Process:
     return process
 
 
-async def until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.3)
-
-
 async def daemon_load(
     tester: DesktopUser,
     engine: docker.DockerClient,
@@ -162,10 +154,7 @@ async def daemon_load(
         victims = running[:: max(1, len(running) // killed)][:killed]
         for victim in victims:
             victim.killed = time.monotonic()
-            for container in containers(
-                engine, f"{LABEL_SESSION}={victim.session}", f"{LABEL_ROLE}=agent"
-            ):
-                await asyncio.to_thread(engine.api.kill, container["Id"])
+            await kill_agent(engine, victim.session)
         # The killed sessions' callers hear the end (their `airlock run` exits), the list
         # shows them ended, and their questions are gone.
         ended = [c for c in clients if c.launch in victims]
@@ -189,9 +178,5 @@ async def daemon_load(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(daemon.pid, signal.SIGTERM)
         await asyncio.wait_for(daemon.wait(), 60)
-        left = [
-            x.session
-            for x in figures.launches
-            if x.session and containers(engine, f"{LABEL_SESSION}={x.session}")
-        ]
-        assert not left, f"containers left behind by {left}"
+        sessions = [x.session for x in figures.launches if x.session]
+        await until(lambda: all_removed(engine, sessions), 60, "every container removed")

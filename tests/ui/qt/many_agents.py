@@ -18,11 +18,11 @@ import docker
 import app.egress.bridge  # noqa: F401 - imported here, not on the loop (as `airlock tray` starts)
 import portal.extension  # noqa: F401
 from app.consent import ConsentRequest
-from app.container import LABEL_ROLE, LABEL_SESSION
 from app.events import Event, EventKind
 from app.paths import Dirs
-from tests.loadfigures import ASK_THEN_RUN, LAUNCH_TIMEOUT, Figures
-from tests.support import containers, profile_text
+from tests.loadfigures import ASK_THEN_RUN, LAUNCH_TIMEOUT, Figures, all_removed, kill_agent
+from tests.loadfigures import until as until_async
+from tests.support import profile_text
 from tests.ui.qt.conftest import until
 from ui.qt import settings as options
 from ui.qt.app import Desktop, build_desktop
@@ -54,11 +54,6 @@ def install_asker(dirs: Dirs, image: str) -> None:
 
 def live_in_window(desktop: Desktop, session: str) -> bool:
     return any(r.id == session and r.live for r in desktop.window.sessions.rows)
-
-
-async def kill_agent(engine: docker.DockerClient, session: str) -> None:
-    for container in containers(engine, f"{LABEL_SESSION}={session}", f"{LABEL_ROLE}=agent"):
-        await asyncio.to_thread(engine.api.kill, container["Id"])
 
 
 async def desktop_load(
@@ -164,6 +159,5 @@ async def with_desktop(
             await desktop.close()
             await supervisor.aclose()
         sessions = [x.session for x in figures.launches if x.session]
-        left = [s for s in sessions if containers(engine, f"{LABEL_SESSION}={s}")]
-        assert not left, f"containers left behind by {left}"
+        await until_async(lambda: all_removed(engine, sessions), 60, "every container removed")
         return figures

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import docker
 import pytest
 
+from tests.loadfigures import Figures
 from tests.ui.qt.many_agents import short_dirs, with_desktop
 from ui.qt.settings import Settings
 
@@ -20,9 +21,11 @@ def test_six_then_three_agents_each_asking_two_killed(
     run: Callable[..., object], settings: Settings, engine: docker.DockerClient, agent_image: str
 ) -> None:
     with short_dirs() as dirs:
-        figures = run(with_desktop(dirs, settings, engine, agent_image, 6, 3, 2), timeout=400)
-    print("\n" + figures.report())  # type: ignore[attr-defined]
-    launches = figures.launches  # type: ignore[attr-defined]
+        figures: Figures = run(
+            with_desktop(dirs, settings, engine, agent_image, 6, 3, 2), timeout=400
+        )
+    print("\n" + figures.report())
+    launches = figures.launches
     assert len(launches) == 9 and all(x.started is not None for x in launches), [
         x.failed for x in launches
     ]
