@@ -135,6 +135,17 @@ async def daemon_load(
         assert code == 0, err
         return {str(r["id"]): r for r in json.loads(out)}
 
+    async def note_questions() -> None:
+        """`airlock ask` polled from the first launch on: when each question was listed."""
+        while True:
+            seen = await asked()
+            now = time.monotonic()
+            for x in figures.launches:
+                if x.session in seen and x.question_shown is None:
+                    x.question_shown = now
+            await asyncio.sleep(0.2)
+
+    poller = asyncio.get_running_loop().create_task(note_questions())
     try:
         await asyncio.gather(*(launch_one() for _ in range(first)))
         await until(lambda: resolved(first), LAUNCH_TIMEOUT + 5, "the first batch")
@@ -143,14 +154,12 @@ async def daemon_load(
         running = figures.started
         sessions = {x.session for x in running}
 
-        async def every_question() -> bool:
-            now, seen = time.monotonic(), await asked()
-            for x in running:
-                if x.session in seen and x.question_shown is None:
-                    x.question_shown = now
-            return sessions <= seen
-
-        await until(every_question, 120, "every question listed by `airlock ask`")
+        await until(
+            lambda: all(x.question_shown is not None for x in running),
+            120,
+            "every question listed by `airlock ask`",
+        )
+        poller.cancel()
         victims = running[:: max(1, len(running) // killed)][:killed]
         for victim in victims:
             victim.killed = time.monotonic()
@@ -172,6 +181,7 @@ async def daemon_load(
         await until(withdrawn, 30, "the killed sessions' questions withdrawn")
         return figures
     finally:
+        poller.cancel()
         for client in clients:
             client.stop()
         await asyncio.gather(*(c.reader for c in clients), return_exceptions=True)
