@@ -3,7 +3,14 @@ session bus: the icon appears, its menu opens on a click, a consent dialog for a
 request from an agent container is answered with the keyboard, `airlock run` hands its session
 to the app, the review window comes up for staged changes, and Quit ends the app.
 
-Screenshots land in artifacts/ (tray, tray menu, consent dialog, main window, review window).
+The same icon on a real StatusNotifierItem host (the watcher from
+haskell-status-notifier-item-utils, the GTK bar from haskell-gtk-sni-tray-utils), as GNOME's
+AppIndicator extension and KDE's panel host it: it registers, its icon, tooltip and status
+follow the sessions and questions on the bus, its dbusmenu menu lists and does what the XEmbed
+one does, and the host's own menu opens on a right click.
+
+Screenshots land in artifacts/ (tray, tray menu, consent dialog, main window, review window,
+tray-sni-*).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import DEVNULL
 
 import pytest
 
@@ -25,13 +33,15 @@ from app.store import StateStore
 from portal.control import call
 from tests.support import DEFAULT_IMAGE
 from tests.ui.qt.conftest import Display, SessionBus, need
+from tests.ui.qt.sni import Host, Item, eventually
 
 pytestmark = pytest.mark.docker
 
 AIRLOCK = Path(sys.executable).parent / "airlock"
 
-# The agent's side of a portal request, in sh and gdbus (as tests/portal does it).
-ASK = r"""
+# The agent's side of a portal request, in sh and gdbus (as tests/portal does it): ask, wait
+# for the answer (ASK_ONLY), then read the granted file (ASK).
+ASK_ONLY = r"""
 set -u
 gdbus monitor --session --dest org.freedesktop.portal.Desktop >/tmp/monitor 2>&1 &
 n=0
@@ -46,12 +56,17 @@ n=0
 until grep -q "/t1: org.freedesktop.portal.Request.Response" /tmp/monitor; do
   n=$((n+1)); [ $n -lt 6000 ] || { echo "no response"; exit 5; }; sleep 0.02
 done
+"""
+ASK = (
+    ASK_ONLY
+    + r"""
 line=$(grep "/t1: org.freedesktop.portal.Request.Response" /tmp/monitor)
 uri=$(echo "$line" | sed -n "s/.*'uris': <\['\([^']*\)'.*/\1/p")
 path=$(python3 -c 'import sys, urllib.parse as u
 print(u.unquote(u.urlparse(sys.argv[1]).path))' "$uri")
 grep -q PORTAL-CANARY "$path" || exit 6
 """
+)
 
 
 def profile(name: str, command: list[str], description: str) -> str:
@@ -184,6 +199,41 @@ def home() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def app_env(xvfb: Display, session_bus: SessionBus, home: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        DISPLAY=xvfb.name,
+        QT_QPA_PLATFORM="xcb",
+        DBUS_SESSION_BUS_ADDRESS=session_bus.address,
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_STATE_HOME=str(home / "state"),
+        XDG_RUNTIME_DIR=str(home / "run"),
+        AIRLOCK_READY_FILE=str(home / "ready"),
+        LANG="C.UTF-8",
+    )
+
+
+def start_app(env: dict[str, str], home: Path) -> subprocess.Popen[str]:
+    """`airlock tray`, once it says it is ready."""
+    started = time.monotonic()
+    app = subprocess.Popen(
+        [str(AIRLOCK), "-v", "tray"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (home / "ready").exists():
+        if app.poll() is not None or time.monotonic() > deadline:
+            app.kill()
+            raise AssertionError(f"the app did not get ready: {app.communicate()[0]}")
+        time.sleep(0.1)
+    print(f"start-up to ready: {time.monotonic() - started:.2f} s")
+    return app
+
+
 def test_tray_consent_handoff_review_and_quit(
     xvfb: Display,
     trayer: subprocess.Popen[bytes],
@@ -219,34 +269,9 @@ def test_tray_consent_handoff_review_and_quit(
     notes.mkdir()
     (notes / "groceries.md").write_text("# Groceries\n\n- [ ] oat milk\n- [ ] lemons\n")
     (notes / "secret.md").write_text("PORTAL-CANARY\n")
-    env = dict(
-        os.environ,
-        DISPLAY=xvfb.name,
-        QT_QPA_PLATFORM="xcb",
-        DBUS_SESSION_BUS_ADDRESS=session_bus.address,
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_STATE_HOME=str(home / "state"),
-        XDG_RUNTIME_DIR=str(home / "run"),
-        AIRLOCK_READY_FILE=str(home / "ready"),
-        LANG="C.UTF-8",
-    )
-    started = time.monotonic()
-    app = subprocess.Popen(
-        [str(AIRLOCK), "-v", "tray"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = app_env(xvfb, session_bus, home)
+    app = start_app(env, home)
     try:
-        deadline = time.monotonic() + 60
-        while not (home / "ready").exists():
-            assert app.poll() is None, f"the app exited: {app.stdout.read()}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the app did not get ready"
-            time.sleep(0.1)
-        print(f"start-up to ready: {time.monotonic() - started:.2f} s")
-
         # The icon is in the tray host's panel.
         icon = x.wait_window(
             "--classname",
@@ -362,3 +387,176 @@ def test_tray_consent_handoff_review_and_quit(
             app.terminate()
             app.wait(20)
         print(app.stdout.read() if app.stdout else "")  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def sni_host(xvfb: Display, session_bus: SessionBus) -> Iterator[subprocess.Popen[bytes]]:
+    """A real StatusNotifierItem host, as GNOME's AppIndicator extension and KDE's panel are:
+    a watcher on the session bus and a GTK tray bar on the display that draws the items."""
+    watcher_binary = need("status-notifier-watcher", "haskell-status-notifier-item-utils")
+    tray_binary = need("gtk-sni-tray-standalone", "haskell-gtk-sni-tray-utils")
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=session_bus.address, DISPLAY=xvfb.name)
+    env["NO_AT_BRIDGE"] = "1"  # GTK would start an accessibility bus on the test's bus
+    watcher = subprocess.Popen([watcher_binary], env=env, stdout=DEVNULL, stderr=DEVNULL)
+    tray: subprocess.Popen[bytes] | None = None
+
+    async def until_host() -> subprocess.Popen[bytes]:
+        nonlocal tray
+        host = await Host.connect(session_bus.address)
+        try:
+            await eventually(host.watcher_up, bool, 20, "the watcher")
+            tray = subprocess.Popen(
+                [tray_binary, "--top", "--end", "--size", "30", "--color", "#d9dde3"],
+                env=env,
+                stdout=DEVNULL,
+                stderr=DEVNULL,
+            )
+            await eventually(host.host_registered, bool, 20, "the tray to register as host")
+            return tray
+        finally:
+            host.disconnect()
+
+    try:
+        tray = asyncio.run(until_host())
+        yield tray
+    finally:
+        for process in (tray, watcher):
+            if process is not None:
+                process.terminate()
+                process.wait(10)
+
+
+def host_menu_quit(x: X, shot: Path) -> None:
+    """Right click on the icon in the host's bar, then a click on the menu's last entry."""
+    before = set(x.windows("--name", ""))
+    x.do("mousemove", "--sync", str(1280 - 15), "15", "click", "3")
+    menu = x.wait_window(
+        "--name", "", timeout=10, accept=lambda w: w not in before and x.geometry(w)[3] > 100
+    )
+    mx, my, mw, mh = x.geometry(menu)
+    x.shot(shot, crop=(mx - 200, 0, mw + 200, my + mh + 10))
+    x.do("mousemove", "--sync", str(mx + mw // 2), str(my + mh - 14), "click", "1")
+
+
+IDLE_TOOLTIP = "Airlock — no agents running"
+IDLE_MENU = [
+    "No agents running",
+    "Launch agent…",
+    "Pending requests…",
+    "Block all network",
+    "Revoke everything",
+    "Open Airlock",
+    "Quit",
+]
+
+
+def test_tray_on_a_status_notifier_host(
+    xvfb: Display,
+    sni_host: subprocess.Popen[bytes],
+    session_bus: SessionBus,
+    home: Path,
+    artifacts: Path,
+    agent_image: str,
+) -> None:
+    """The icon registers with the watcher; what a host reads (icon, tooltip, status, menu)
+    follows a session that asks a question, runs on and is stopped from the menu; the host's
+    clicks (Activate, dbusmenu events) do what the XEmbed icon's do; Quit unregisters it."""
+    x = X(xvfb.name)
+    (home / "run").mkdir(mode=0o700)
+    profiles = home / "config" / "airlock" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "notes-asker.toml").write_text(
+        profile("notes-asker", ["sh", "-c", ASK_ONLY + "exec sleep 600\n"], "Asks for notes.")
+    )
+    app = start_app(app_env(xvfb, session_bus, home), home)
+    bar = (1280 - 170, 0, 170, 32)
+
+    async def scenario(host: Host) -> None:
+        [name] = await eventually(host.items, lambda i: len(i) == 1, 20, "the item to register")
+        assert await host.pid_of(name) == app.pid
+        item = Item(host, name)
+        assert await item.prop("Status") == "Active"
+        assert await item.tooltip() == IDLE_TOOLTIP
+        idle = await item.pixmap()
+        assert (await item.menu()).labels() == IDLE_MENU
+        await asyncio.to_thread(x.shot, artifacts / "tray-sni-idle.png", crop=bar, zoom=3)
+
+        # "Revoke everything" with the window hidden says so in a balloon: the item asks for
+        # attention (the only status Qt's item has besides Active).
+        mark = time.monotonic()
+        await item.click((await item.menu()).find("Revoke everything"))
+        await eventually(
+            lambda: item.prop("Status"), lambda s: s == "NeedsAttention", 10, "NeedsAttention"
+        )
+        assert ["NeedsAttention"] in host.seen(name, "NewStatus", mark)
+
+        # A session that asks: the icon, tooltip and menu say a question waits.
+        mark = time.monotonic()
+        [session] = await call(host.bus, "Launch", "sas", ["notes-asker", []])  # type: ignore[arg-type]
+        waiting = "Airlock — 1 agent running · 1 request waiting for you"
+        await eventually(item.tooltip, lambda t: t == waiting, 90, "the question in the tooltip")
+        assert host.seen(name, "NewToolTip", mark) and host.seen(name, "NewIcon", mark)
+        attention = await item.pixmap()
+        assert attention != idle
+        menu = await item.menu()
+        assert menu.find("Pending requests (1)…").enabled
+        entry = menu.find(f"notes-asker  ·  {session}")
+        assert entry.labels()[1:] == ["Open", "Stop", "Revoke all of its access"]
+        await asyncio.to_thread(x.shot, artifacts / "tray-sni-attention.png", crop=bar, zoom=3)
+
+        # Denied in the questions' window: the agent runs on, nothing waits.
+        dialog = await asyncio.to_thread(x.wait_window, "--name", "Airlock — notes-asker")
+        await asyncio.sleep(1.2)  # the buttons unlock
+        await asyncio.to_thread(x.focus_and_keys, dialog, "Escape")
+        running = "Airlock — 1 agent running"
+        await eventually(item.tooltip, lambda t: t == running, 20, "the answer in the tooltip")
+        busy = await item.pixmap()
+        assert busy not in (idle, attention)
+        assert (await item.menu()).find("Pending requests…").enabled is False
+
+        # The host's left click: with nothing pending, the main window.
+        await item.activate()
+        await asyncio.to_thread(
+            x.wait_window,
+            "--name",
+            "^Airlock$",
+            timeout=10,
+            accept=lambda w: x.geometry(w)[2] > 600,
+        )
+
+        # Stop, from the session's submenu: the session ends, the icon is idle again.
+        mark = time.monotonic()
+        menu = await item.menu()
+        await item.click(menu.find(f"notes-asker  ·  {session}").find("Stop"))
+        await eventually(item.tooltip, lambda t: t == IDLE_TOOLTIP, 60, "the stop in the tooltip")
+        assert host.seen(name, "NewIcon", mark)
+        assert await item.pixmap() == idle
+        assert (await item.menu()).labels() == IDLE_MENU
+
+        # A checkable entry: "Block all network" is ticked once clicked.
+        await item.click((await item.menu()).find("Block all network"))
+        blocked = await eventually(
+            item.menu, lambda m: m.find("Block all network").toggle_state == 1, 10, "the tick"
+        )
+        assert blocked.find("Block all network").toggle_state == 1
+
+        # The host's own menu (libdbusmenu drawing the item's layout) on a right click; Quit
+        # there ends the app and the item leaves the watcher's list.
+        await asyncio.to_thread(host_menu_quit, x, artifacts / "tray-sni-menu.png")
+        await eventually(host.items, lambda i: name not in i, 30, "the item to unregister")
+
+    async def run() -> None:
+        host = await Host.connect(session_bus.address)
+        try:
+            await asyncio.wait_for(scenario(host), 240)
+        finally:
+            host.disconnect()
+
+    try:
+        asyncio.run(run())
+        assert app.wait(30) == 0
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            app.wait(20)
+        print(app.stdout.read() if app.stdout else "")
