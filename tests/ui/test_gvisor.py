@@ -19,8 +19,8 @@ from app.consent import Answer, ConsentBroker, ConsentRequest, Verdict
 from app.egress.bridge import Egress
 from app.egress.keys import KeyringSecrets
 from app.events import Event, EventBus, EventKind
-from app.gvisor import NOTE, registration_fix, registration_problem
 from app.grants import GrantRequest, Lifetime, Mode
+from app.gvisor import NOTE, registration_fix, registration_problem
 from app.paths import Dirs
 from app.profiles import ProfileCatalog, parse_profile
 from app.review import Review
