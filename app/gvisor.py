@@ -18,7 +18,7 @@ How a session runs under gVisor, and why (each measured with Debian's runsc 0.0~
   the self-check's gate FIFO are host files bind-mounted in; gVisor refuses to open either
   without these (they allow opening sockets and FIFOs that are mounted in, not creating
   them). Under gVisor the bus sees gVisor's gofer (root) as the peer, not the agent's uid,
-  so D-Bus's EXTERNAL check fails: the portal answers through `portal/credentials.py`.
+  so D-Bus's EXTERNAL check fails: a relay answers it for the agent (`portal/relay.py`).
 - **Seccomp: `--oci-seccomp`.** Without it runsc ignores the profile's filter (the agent
   saw `Seccomp: 0`, unshare and ptrace worked). With it, gVisor's Sentry applies the
   profile's own filter to the agent's system calls — gVisor's implementation of seccomp,

@@ -1,6 +1,6 @@
 """gVisor's pure parts (app/gvisor.py, and its checks in app/sandbox.py), by tables: how runsc
 must be registered, the pids limit, and what the self-check verifies of runsc's sandbox from
-the host. A real runsc session: tests/ui/test_gvisor.py."""
+the host. A real runsc session: tests/ui/test_gvisor_session.py."""
 
 from __future__ import annotations
 
