@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.console import Terminal
+from app.gvisor import host_pids, is_gvisor
 from app.profiles import Profile
 
 NOBODY = 65534
@@ -270,7 +271,10 @@ def build_spec(
         labels=dict(labels),
         memory=profile.resources.memory,
         nano_cpus=int(profile.resources.cpus * 1e9),
-        pids=profile.resources.pids,
+        # gVisor's own threads share the cgroup's limit (app/gvisor.py).
+        pids=host_pids(profile.resources.pids)
+        if is_gvisor(profile.runtime)
+        else profile.resources.pids,
         tmpfs_size=profile.resources.tmpfs,
         seccomp=seccomp,
         runtime=profile.runtime,

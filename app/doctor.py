@@ -35,6 +35,7 @@ from app.egress.secret_service import (
 from app.engine import detect_engine
 from app.engine_kind import UNKNOWN, EngineKind
 from app.errors import AirlockError, EngineError
+from app.gvisor import RUNTIME_ARGS, is_gvisor, registration_fix, registration_problem
 from app.image import DEFAULT_IMAGE, RECIPE_LABEL, ImageState, Recipe, image_info
 from app.profiles import Profile, ProfileCatalog
 from app.sessions.limits import DISK_RESERVE
@@ -81,6 +82,7 @@ class EngineFacts:
     default_runtime: str = ""
     cgroup: str = ""
     kind: EngineKind = UNKNOWN  # which engine: app/engine_kind.py
+    runsc: str = "not asked"  # why runsc cannot run sessions (app/gvisor.py); "": it can
 
     @property
     def rootless(self) -> bool:
@@ -204,19 +206,30 @@ def check_engine_limits(engine: EngineFacts) -> Finding:
     )
 
 
-def check_gvisor(wanted: Mapping[str, str]) -> Finding | None:
-    """`wanted`: profile name → the runtime it names. gVisor is not supported yet."""
-    gvisor = sorted(p for p, r in wanted.items() if r == "runsc")
-    if not gvisor:
-        return None
+def check_gvisor(engine: EngineFacts, wanted: Mapping[str, str]) -> Finding:
+    """Whether runsc is registered as Airlock needs it (app/gvisor.py), and if not, how.
+    `wanted`: profile name → the runtime it names."""
+    gvisor = sorted(p for p, r in wanted.items() if is_gvisor(r))
+    if not engine.runsc:
+        users = f"; used by {', '.join(gvisor)}" if gvisor else ""
+        return Finding(
+            "gVisor",
+            Status.OK,
+            f'runsc is registered with {" ".join(RUNTIME_ARGS)}: `runtime = "runsc"` '
+            f"runs a profile under gVisor{users}",
+        )
+    if gvisor:
+        return Finding(
+            "gVisor",
+            Status.PROBLEM,
+            f"{engine.runsc}: sessions of {', '.join(gvisor)} are refused before they start",
+            registration_fix(),
+        )
     return Finding(
         "gVisor",
-        Status.PROBLEM,
-        f"gVisor (runsc) is not supported yet: the sandbox check reads /proc of the "
-        f"container's first process from the host, and under gVisor it shows "
-        f"gVisor's sandbox, not the container; sessions of {', '.join(gvisor)} are "
-        "refused",
-        'remove `runtime = "runsc"` from those profiles',
+        Status.OK,
+        f"{engine.runsc} (optional: no profile uses it); to run profiles under gVisor: "
+        + registration_fix(),
     )
 
 
@@ -511,6 +524,7 @@ def probe_engine(
             api=str(version.get("ApiVersion", "?")),
             security_options=tuple(info.get("SecurityOptions") or ()),
             runtimes=tuple(sorted(info.get("Runtimes") or {})),
+            runsc=registration_problem(info.get("Runtimes") or {}) or "",
             default_runtime=str(info.get("DefaultRuntime", "")),
             cgroup=str(info.get("CgroupVersion", "")),
             kind=detect_engine(client),

@@ -27,6 +27,7 @@ from app.engine_kind import (
     podman_userns,
     seccomp_name,
 )
+from app.gvisor import RUNSC, RUNTIME_ARGS, SANDBOX_ARGV0, SANDBOX_EXECUTABLE
 
 # The gate: the container's entrypoint waits for one line on a FIFO mounted read-only from the
 # session's directory, and execs the agent's command only if that line is "go" — written once
@@ -243,10 +244,24 @@ class KernelReport:
 
 
 @dataclass(frozen=True, slots=True)
+class GvisorProcess:
+    """The host's view of a gVisor container's first process: runsc's sandbox (app/gvisor.py
+    checks it in place of the kernel checks, which would read gVisor's /proc, not the
+    agent's)."""
+
+    executable: str  # the name /proc/PID/exe points at
+    argv: tuple[str, ...]
+    no_new_privs: int
+    seccomp: int
+    host_network: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxReport:
     engine: EngineView
     kernel: KernelReport
     kind: EngineKind = DOCKER  # which engine made the container: what it reports differs
+    gvisor: GvisorProcess | None = None  # read when the engine ran it under runsc
 
 
 def parse_mountinfo(text: str) -> tuple[MountFact, ...]:
@@ -316,10 +331,12 @@ class Expectation:
 
 
 def check_sandbox(expected: Expectation, report: SandboxReport) -> list[Check]:
-    """Every check, passed or not, in a fixed order: the engine's first, then the kernel's."""
-    return engine_checks(expected, report.engine, report.kind) + kernel_checks(
-        expected, report.kernel, report.kind
-    )
+    """Every check, passed or not, in a fixed order: the engine's first, then the kernel's
+    (under gVisor, the host's view of its sandbox: app/gvisor.py)."""
+    engine = engine_checks(expected, report.engine, report.kind)
+    if expected.spec.runtime == RUNSC:
+        return engine + gvisor_checks(expected, report.gvisor)
+    return engine + kernel_checks(expected, report.kernel, report.kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,3 +579,55 @@ def summary(checks: Sequence[Check]) -> str:
     if not failed:
         return f"verified ({len(checks)} checks)"
     return f"refused: {failed[0].describe()}"
+
+
+def gvisor_checks(expected: Expectation, process: GvisorProcess | None) -> list[Check]:
+    """The host's side of a gVisor sandbox, in place of the kernel checks of a runc one:
+    the container's first process must be runsc's sandbox, run with the arguments Airlock
+    needs, itself filtered and without new privileges, in a network namespace not the
+    host's. What runs inside is gVisor's; the engine checks say what it was told."""
+    found = process is not None and process.executable == SANDBOX_EXECUTABLE
+    checks = [
+        Check(
+            "gvisor: the container's first process is runsc's sandbox",
+            SANDBOX_ARGV0,
+            "none (not running, or not in this pid namespace)"
+            if process is None
+            else (process.argv[0] if process.argv else "?")
+            + ("" if found else f" ({process.executable})"),
+        )
+    ]
+    if process is None:
+        return checks
+    flags = _flags(process.argv)
+    checks += [
+        Check(f"gvisor: sandbox runs with {arg}", "yes", "yes" if arg in flags else "no")
+        for arg in RUNTIME_ARGS
+    ]
+    checks += [
+        Check("gvisor: sandbox NoNewPrivs", "1", str(process.no_new_privs)),
+        Check(
+            "gvisor: sandbox Seccomp (gVisor's own filter)",
+            str(SECCOMP_FILTER),
+            str(process.seccomp),
+        ),
+        Check(
+            "gvisor: network namespace (no host socket reachable)",
+            "not the host's",
+            {True: "the host's", False: "not the host's", None: "not comparable"}[
+                process.host_network
+            ],
+        ),
+    ]
+    return checks
+
+
+def _flags(argv: Sequence[str]) -> set[str]:
+    """runsc's global flags: those before its subcommand (`boot`), as written."""
+    flags = set()
+    for arg in argv[1:]:
+        if not arg.startswith("-"):
+            break
+        flag = "--" + arg.lstrip("-")
+        flags.add(flag.removesuffix("=true"))  # runsc writes a boolean flag as `--x=true`
+    return flags

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.consent import ConsentBroker
 from app.container import BindMount, ContainerAdditions
+from app.gvisor import is_gvisor
 from app.sessions import SessionContext, SessionExtension
 from dbus_fast import RequestNameReply
 from dbus_fast.aio import MessageBus
@@ -28,6 +29,7 @@ from portal.bus import (
 )
 from portal.filechooser import PORTAL_PATH, AgentSession, ChooserLimits, FileChooserPortal
 from portal.network import HostAllower, NetworkRequests
+from portal.relay import AuthRelay
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class PortalExtension:
         self._hosts = hosts
         self.network: NetworkRequests | None = None
         self._bus: PrivateBus | None = None
+        self._relay: AuthRelay | None = None
         self._connection: MessageBus | None = None
         self.portal: FileChooserPortal | None = None
 
@@ -87,8 +90,14 @@ class PortalExtension:
             raise BusError(f"cannot own {PORTAL_NAME} on the session bus: {reply.name}")
         # From here on no one, the agent included, may own a name on this bus.
         await self._bus.lock(self._connection)
+        mounted = layout.socket_dir
+        if is_gvisor(session.profile.runtime):
+            # gVisor's gofer connects for the agent: portal/relay.py answers for it.
+            mounted = session.runtime_dir / "bus-relay"
+            self._relay = AuthRelay(layout.socket)
+            await self._relay.start(mounted / "bus")
         return ContainerAdditions(
-            mounts=(BindMount(layout.socket_dir, Path(str(CONTAINER_BUS_DIR)), read_only=True),),
+            mounts=(BindMount(mounted, Path(str(CONTAINER_BUS_DIR)), read_only=True),),
             environment={"DBUS_SESSION_BUS_ADDRESS": CONTAINER_BUS_ADDRESS},
         )
 
@@ -96,6 +105,8 @@ class PortalExtension:
         return None
 
     async def close(self) -> None:
+        if self._relay is not None:
+            await self._relay.close()
         if self.portal is not None:
             await self.portal.close()
         if self._connection is not None:

@@ -28,10 +28,11 @@ from app.container import LABEL_OWNER, LABEL_ROLE, LABEL_SESSION
 from app.engine import detect_engine, for_engine, one_line
 from app.engine_kind import EngineKind
 from app.errors import EngineError, GrantError, ImageError
+from app.gvisor import is_gvisor, registration_fix, registration_problem
 from app.paths import Dirs
 from app.profiles import Profile
 from app.sandbox import EngineView, SandboxReport
-from app.sessions.selfcheck import kernel_report
+from app.sessions.selfcheck import gvisor_report, kernel_report
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,10 @@ class DockerEngine:
                 )
         if profile.runtime:
             runtimes = self.client.info().get("Runtimes", {})
+            if is_gvisor(profile.runtime) and (why := registration_problem(runtimes)):
+                raise EngineError(
+                    f"profile {profile.name} runs under gVisor, but {why}: {registration_fix()}"
+                )
             if profile.runtime not in runtimes:
                 raise EngineError(
                     f"profile {profile.name} asks for runtime {profile.runtime!r}, which the "
@@ -204,9 +209,12 @@ class DockerEngine:
         except docker.errors.APIError as e:
             raise EngineError(f"cannot inspect container {container[:12]}: {e.explanation}") from e
         view = EngineView.from_inspect(doc)
-        return SandboxReport(
-            view, kernel_report(view.pid, str(doc.get("Id") or container)), self.kind
-        )
+        full_id = str(doc.get("Id") or container)
+        if is_gvisor(view.runtime):  # its first process is gVisor's, not the agent's
+            return SandboxReport(
+                view, kernel_report(0, full_id), self.kind, gvisor_report(view.pid, full_id)
+            )
+        return SandboxReport(view, kernel_report(view.pid, full_id), self.kind)
 
     def create(self, kwargs: dict[str, Any]) -> str:
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from app.sandbox import (
     Check,
     Expectation,
+    GvisorProcess,
     KernelReport,
     ProcessFacts,
     SandboxReport,
@@ -124,6 +125,22 @@ def kernel_report(pid: int, container: str) -> KernelReport:
         listeners=listeners,
         host_network=host_network,
     )
+
+
+def gvisor_report(pid: int, container: str) -> GvisorProcess | None:
+    """The host's view of a gVisor container's first process (runsc's sandbox), or None if
+    `pid` is not this container's. Blocking."""
+    proc = Path("/proc") / str(pid)
+    if pid <= 0 or container not in _read(proc / "cgroup"):
+        return None
+    host_network = _same_network(proc)
+    try:
+        executable = os.path.basename(os.readlink(proc / "exe"))
+    except OSError:
+        executable = ""
+    status = ProcessFacts.parse(pid, _read(proc / "status"))
+    argv = tuple(a for a in _read(proc / "cmdline").split("\0") if a)
+    return GvisorProcess(executable, argv, status.no_new_privs, status.seccomp, host_network)
 
 
 def run_checks(expected: Expectation, report: SandboxReport) -> tuple[list[Check], float]:

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import docker
 
+from app import gvisor
 from app.activity import TreeWatcher
 from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
@@ -361,10 +362,17 @@ class Supervisor:
             await asyncio.to_thread(self.store.set_sandbox, running.id, outcome)
             raise SandboxRefused(refusal(running.id, report.kind, failed))
         gate.open()
+        # What is checked differently is said wherever the status is shown, never left out.
+        note = {"note": gvisor.NOTE} if gvisor.is_gvisor(expected.spec.runtime) else {}
         self.bus.emit(
-            EventKind.SANDBOX_VERIFIED, running.id, running.id, checks=len(checks), seconds=seconds
+            EventKind.SANDBOX_VERIFIED,
+            running.id,
+            running.id,
+            checks=len(checks),
+            seconds=seconds,
+            **note,
         )
-        return outcome
+        return f"{outcome}; {gvisor.NOTE}" if note else outcome
 
     def _disk_short(self) -> str | None:
         return disk_short(self.dirs.sessions, self.disk_reserve)

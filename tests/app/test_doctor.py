@@ -289,8 +289,27 @@ def test_rootless_podman_is_rootless_though_its_compat_info_does_not_say() -> No
     assert podman.rootless and not DOCKER.rootless
 
 
-def test_gvisor_is_not_supported_yet() -> None:
-    assert check_gvisor({"a": "runc"}) is None
-    finding = check_gvisor({"a": "runc", "sandboxed": "runsc"})
-    assert finding is not None and finding.status is Status.PROBLEM
-    assert "sessions of sandboxed are refused" in finding.detail
+@pytest.mark.parametrize(
+    ("runsc", "wanted", "status", "says"),
+    [
+        ("", {}, Status.OK, "runsc is registered with --network=host"),
+        ("", {"sandboxed": "runsc"}, Status.OK, "used by sandboxed"),
+        ("runsc is not registered with the engine", {}, Status.OK, "optional"),
+        (
+            "runsc is registered without --oci-seccomp",
+            {"a": "runc", "sandboxed": "runsc"},
+            Status.PROBLEM,
+            "sessions of sandboxed are refused before they start",
+        ),
+    ],
+)
+def test_gvisor_says_whether_runsc_is_registered_and_how_to(
+    runsc: str, wanted: dict[str, str], status: Status, says: str
+) -> None:
+    finding = check_gvisor(dataclasses.replace(DOCKER, runsc=runsc), wanted)
+    assert finding.status is status and says in finding.detail
+    if runsc:
+        # The exact daemon.json entry, with the flags this runsc needs, and how to load it.
+        text = finding.fix or finding.detail
+        assert '"runtimeArgs": ["--network=host", "--host-uds=open", "--host-fifo=open", ' in text
+        assert "kill -HUP" in text

@@ -359,7 +359,7 @@ def test_what_podman_drops_or_changes_is_caught(report: SandboxReport, names: li
 
 
 def test_a_runtime_podman_ignores_is_caught() -> None:
-    spec = dataclasses.replace(SPEC, runtime="runsc")
+    spec = dataclasses.replace(SPEC, runtime="kata")  # runsc's checks: tests/app/test_gvisor.py
     failed = [
         c.describe()
         for c in check_sandbox(
@@ -367,7 +367,7 @@ def test_a_runtime_podman_ignores_is_caught() -> None:
         )
         if not c.passed
     ]
-    assert failed == ["engine: runtime: expected runsc, found oci"]
+    assert failed == ["engine: runtime: expected kata, found oci"]
 
 
 def test_dropped_ulimits_are_caught_by_the_kernel_too() -> None:

@@ -332,8 +332,9 @@ def test_pinned_digest_mismatch_is_refused(supervisor: Supervisor, agent_image: 
 
 
 def test_missing_runtime_is_named(supervisor: Supervisor, agent_image: str) -> None:
-    with pytest.raises(EngineError, match="runtime 'runsc', which the engine does not have"):
-        launch(supervisor, agent_image, ["true"], extra='runtime = "runsc"')
+    # (runsc is registered with the test engine: tests/ui/test_gvisor_session.py)
+    with pytest.raises(EngineError, match="runtime 'kata', which the engine does not have"):
+        launch(supervisor, agent_image, ["true"], extra='runtime = "kata"')
 
 
 def test_missing_image_says_how_to_build_it(supervisor: Supervisor) -> None:

@@ -226,3 +226,68 @@ def test_interactive_launch_against_docker_run_it(
         ("airlock run on a terminal, warm (background supervisor)", statistics.median(warm_times)),
     ]:
         print(f"  {label:56} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+
+
+@pytest.mark.bench
+def test_gvisor_launch_against_bare_runsc_run(
+    tmp_path: Path, agent_image: str, engine: docker.DockerClient
+) -> None:
+    """The same launch under gVisor (`runtime = "runsc"`, registered as app/gvisor.py says)
+    against a bare `docker run --runtime=runsc` of the same image and mount, with a bare
+    runc run in the same rounds for scale."""
+    from app.gvisor import registration_fix, registration_problem
+
+    if (why := registration_problem(engine.info().get("Runtimes", {}))) is not None:
+        pytest.fail(f"gVisor is not registered: {why}; {registration_fix()}")
+    docker_cli = shutil.which("docker")
+    assert docker_cli, "the docker command line is needed for the baseline"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("ready\n")
+    profile = tmp_path / "bench.toml"
+    profile.write_text(profile_text(agent_image, ["cat", "a.md"], extra='runtime = "runsc"'))
+    env = dict(
+        os.environ,
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_RUNTIME_DIR=tempfile.mkdtemp(prefix="airlock-bench-"),
+    )
+
+    def bare(runtime: str) -> list[str]:
+        return [
+            docker_cli, "run", "--rm", f"--runtime={runtime}", "--network", "none",
+            "--read-only", "-v", f"{notes}:{notes}:ro", "-w", str(notes),
+            agent_image, "cat", "a.md",
+        ]  # fmt: skip
+
+    cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant", str(notes)]
+    dirs = Dirs(tmp_path / "c", tmp_path / "s", Path(tempfile.mkdtemp(prefix="airlock-g-")))
+    wired = open_supervisor(dirs, long_running=True)
+    supervisor = wired.__enter__()
+    loop = asyncio.new_event_loop()
+    request = LaunchRequest(load_profile_file(profile), profile, (GrantRequest(notes, Mode.READ),))
+    first_output_seconds(bare("runsc"))
+    first_output_seconds(cold, env)
+    in_process_first_output(supervisor, request, loop)
+    runs = 5
+    runc_times, bare_times, cold_times, warm_times = [], [], [], []
+    try:
+        for _ in range(runs):
+            runc_times.append(first_output_seconds(bare("runc")))
+            bare_times.append(first_output_seconds(bare("runsc")))
+            cold_times.append(first_output_seconds(cold, env))
+            warm_times.append(in_process_first_output(supervisor, request, loop))
+    finally:
+        loop.run_until_complete(supervisor.aclose())
+        loop.close()
+        wired.__exit__(None, None, None)
+    base = statistics.median(bare_times)
+    rows = [
+        ("bare docker run --runtime=runsc", base),
+        ("airlock run under gVisor, supervising itself", statistics.median(cold_times)),
+        ("under gVisor in a running supervisor", statistics.median(warm_times)),
+        ("(bare docker run, runc, same rounds)", statistics.median(runc_times)),
+    ]
+    print(f"\ngVisor launch to first output, median of {runs} runs:")
+    for label, seconds in rows:
+        print(f"  {label:46} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")

@@ -126,8 +126,7 @@ def gather(ctx: Context, named: list[str]) -> list[Finding]:
             ]
             runtimes = {p.name: p.runtime for ps in images.values() for p in ps if p.runtime}
             findings.append(check_runtimes(engine, runtimes))
-            if (gvisor := check_gvisor(runtimes)) is not None:
-                findings.append(gvisor)
+            findings.append(check_gvisor(engine, runtimes))
             needed = {DEFAULT_IMAGE} | {p.image for p in wanted}
             for image in sorted(set(images) | {DEFAULT_IMAGE}):
                 facts = probe_image(client, image, images.get(image, []), image in needed)

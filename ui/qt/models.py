@@ -216,7 +216,8 @@ def summary(event: Event) -> str:
     if kind is EventKind.SESSION_EXITED:
         return str(details.get("reason", ""))
     if kind is EventKind.SANDBOX_VERIFIED:
-        return f"sandbox verified ({details.get('checks')} checks)"
+        note = f"; {details['note']}" if details.get("note") else ""  # what gVisor changes
+        return f"sandbox verified ({details.get('checks')} checks){note}"
     if kind is EventKind.SANDBOX_REFUSED:
         return (
             f"refused: {details.get('check')}: expected {details.get('expected')}, "
