@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 import docker
 
-from app import gvisor
+from app import gvisor, weaker
 from app.activity import TreeWatcher
 from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
@@ -272,7 +273,9 @@ class Supervisor:
             stream = await calls.call(engine.attach, container)
         reader = calls.hold(pump.run, stream, loop, drained)
         await calls.call(engine.start, container)
-        verified = await self._check_sandbox(running, expected)
+        verified = await self._check_sandbox(
+            running, expected, request.profile.sandbox.accept_weaker
+        )
         if console is not None:
             await console_started(console, request.terminal, output)
         await asyncio.to_thread(self.store.set_session_running, running.id, container, verified)
@@ -334,10 +337,14 @@ class Supervisor:
         self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
         return code, reason
 
-    async def _check_sandbox(self, running: RunningSession, expected: Expectation) -> str:
+    async def _check_sandbox(
+        self, running: RunningSession, expected: Expectation, accept: tuple[str, ...]
+    ) -> str:
         """Compares the started container with what was asked for (app/sandbox.py) while
-        its gate holds the agent's command; opens the gate if every check passed, or kills
-        the container and refuses the session naming the check that failed."""
+        its gate holds the agent's command; opens the gate if every check passed, or every
+        failed one is a difference the profile accepts (`accept`, app/weaker.py: the session
+        then runs with a warning), or kills the container and refuses the session naming the
+        check that failed."""
         container, gate = running.container, running.gate
         assert container is not None and gate is not None
         started = time.perf_counter()
@@ -345,8 +352,9 @@ class Supervisor:
         checks = check_sandbox(expected, report)
         seconds = round(time.perf_counter() - started, 4)
         failed = [c for c in checks if not c.passed]
+        verdict = weaker.judge(failed, accept)
         outcome = summary(checks)
-        if failed:
+        if not verdict.runs:
             await self.calls.call(self._engine.kill, container)
             self.bus.emit(
                 EventKind.SANDBOX_REFUSED,
@@ -364,6 +372,15 @@ class Supervisor:
         gate.open()
         # What is checked differently is said wherever the status is shown, never left out.
         note = {"note": gvisor.NOTE} if gvisor.is_gvisor(expected.spec.runtime) else {}
+        accepted = {}
+        if verdict.accepted:
+            outcome = weaker.summary(report.kind, checks, verdict)
+            accepted = {
+                "weaker": list(verdict.weaker),
+                "accepted": [c.describe() for c in verdict.accepted],
+                "engine": report.kind.describe(),
+                "warning": weaker.warning(report.kind, verdict.weaker),
+            }
         self.bus.emit(
             EventKind.SANDBOX_VERIFIED,
             running.id,
@@ -371,6 +388,7 @@ class Supervisor:
             checks=len(checks),
             seconds=seconds,
             **note,
+            **accepted,
         )
         return f"{outcome}; {gvisor.NOTE}" if note else outcome
 
@@ -620,7 +638,8 @@ def _gated(
 
 def refusal(session: str, engine: EngineKind, failed: Sequence[Check]) -> str:
     """The refusal, naming the engine and every check that failed (an engine that drops a
-    setting usually drops several: memory, pids and CPU limits together)."""
+    setting usually drops several: memory, pids and CPU limits together), and, when every
+    failure is a difference a profile may accept, how."""
     more = (
         f" (and {len(failed) - 1} more: {', '.join(c.name for c in failed[1:])})"
         if len(failed) > 1
@@ -632,9 +651,16 @@ def refusal(session: str, engine: EngineKind, failed: Sequence[Check]) -> str:
         else "; a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock "
         "doctor`)"
     )
+    acceptable = weaker.refusable(failed)
+    how = (
+        f"; a profile can accept running without them: [sandbox] accept_weaker = "
+        f"[{', '.join(json.dumps(name) for name in acceptable)}]"
+        if acceptable
+        else ""
+    )
     return (
         f"session {session} refused: the sandbox {engine.describe()} made is not what "
-        f"was asked for — {failed[0].describe()}{more}{why}"
+        f"was asked for — {failed[0].describe()}{more}{why}{how}"
     )
 
 
