@@ -98,7 +98,10 @@ class Overview:
             self.refresh_detail()
 
     def agent_of(self, session: str) -> str:
-        return next((r.profile for r in self.sessions if r.id == session), "")
+        """The session's profile, also once it ended (the window remembers its agents)."""
+        return self.window.names.profile(session) or next(
+            (r.profile for r in self.sessions if r.id == session), ""
+        )
 
     # the selected session's detail (ui/qt/session_view.py)
 
