@@ -27,7 +27,7 @@ from app.sandbox import (
     parse_route_devices,
     summary,
 )
-from app.sessions.supervisor import refusal
+from app.sessions.verify import refusal
 from tests.app.sessions.memory_engine import honest_report
 
 STATUS = """Name:\tdocker-init

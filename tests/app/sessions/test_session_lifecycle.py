@@ -138,6 +138,50 @@ def test_cancelling_the_run_removes_the_container_and_records_the_interruption(
     assert record is not None and (record.exit_code, record.reason) == (130, "interrupted")
 
 
+@pytest.mark.parametrize("cancelled", [False, True], ids=["exits", "is cancelled"])
+def test_the_end_is_recorded_and_cleaned_up_before_it_is_announced(
+    dirs: Dirs, store: StateStore, tmp_path: Path, cancelled: bool
+) -> None:
+    # Whoever reads the store on `session.exited` (the desktop app does) finds the session
+    # ended, gone from the running ones, its counts kept and its container removed.
+    supervisor, engine, events = supervise(
+        dirs, store, lambda c: int(c.wait_for_signal()) if cancelled else 3
+    )
+    seen: list[tuple[object, ...]] = []
+
+    def on_exit(event: Event) -> None:
+        if event.kind is EventKind.SESSION_EXITED:
+            session = event.session or ""
+            record = store.session(session)
+            assert record is not None
+            seen.append(
+                (
+                    record.state,
+                    record.exit_code,
+                    session in supervisor.sessions,
+                    store.activity(session) is not None,
+                    engine.containers_by_id,
+                )
+            )
+
+    supervisor.bus.attach(on_exit)
+
+    async def scenario() -> None:
+        run = asyncio.create_task(supervisor.run(request(), CollectedOutput()))
+        if not cancelled:
+            await run
+            return
+        while not any(e.kind is EventKind.SESSION_STARTED for e in events):
+            await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(scenario())
+    assert seen == [(SessionState.EXITED, 130 if cancelled else 3, False, True, {})]
+    assert events[-1].kind is EventKind.SESSION_EXITED
+
+
 def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
     dirs: Dirs, store: StateStore, tmp_path: Path
 ) -> None:
