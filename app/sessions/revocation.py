@@ -36,6 +36,7 @@ from app.store import StateStore
 from app.threads import thread_bus
 from app.view import SessionView, anchors_for
 
+ADDED = EventKind.GRANT_ADDED
 TREE_STOPPED = (
     "a read-write folder cannot be taken back from a running agent: the session "
     "was stopped; its staged changes are kept for review"
@@ -99,6 +100,7 @@ class Announce:
     session: str | None
     subject: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    kind: EventKind = EventKind.GRANT_REVOKED  # an undo's is grant.added, with `restored`
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +181,12 @@ def plan_restore(grant: Grant, reaches: Sequence[Reach]) -> list[Step]:
                 steps.append(ShowAt(session, grant.path, Path(reach.location)))
             else:
                 steps.append(Reshow(session, grant.path))
-            steps.append(Announce(session, subject, {"grant": grant.id, "restored": True}))
+            steps.append(Announce(session, subject, {"grant": grant.id, "restored": True}, ADDED))
             continue
-        steps.append(
-            Announce(session, subject, {"grant": grant.id, "restored": False, "reason": why})
-        )
+        back = {"grant": grant.id, "restored": False, "reason": why}
+        steps.append(Announce(session, subject, back, ADDED))
     if not reaches:
-        steps.append(Announce(grant.session, subject, {"grant": grant.id, "restored": True}))
+        steps.append(Announce(grant.session, subject, {"grant": grant.id, "restored": True}, ADDED))
     return steps
 
 
@@ -334,5 +335,5 @@ class Revocation:
                 self._view(session).add(path)
             case ShowAt(session, path, at):
                 self._view(session).add(path, at)
-            case Announce(session, subject, details):
-                bus.emit(EventKind.GRANT_REVOKED, session, subject, **details)
+            case Announce(session, subject, details, kind):
+                bus.emit(kind, session, subject, **details)

@@ -209,6 +209,49 @@ def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
     assert engine.volume_labels == {}  # the overlay volume went with the session
 
 
+def test_a_revoked_read_only_folder_leaves_the_view_and_its_undo_brings_it_back(
+    dirs: Dirs, store: StateStore, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("a\n")
+    supervisor, _, events = supervise(dirs, store, lambda c: int(c.wait_for_signal()))
+
+    async def scenario() -> list[bool]:
+        run = asyncio.create_task(
+            supervisor.run(request((GrantRequest(notes, Mode.READ),)), CollectedOutput())
+        )
+        while not any(e.kind is EventKind.SESSION_STARTED for e in events):
+            await asyncio.sleep(0.01)
+        session = events[-1].session or ""
+        running = supervisor.sessions.get(session)
+        assert running is not None
+        shown = running.view.mirror_path(notes / "a.md")
+        seen = [shown.exists()]
+        (grant,) = store.session_grants(session, time.time())
+        assert [g.id for g in await supervisor.arevoke([grant.id])] == [grant.id]
+        seen.append(shown.exists())
+        assert [g.id for g in await supervisor.arestore([grant.id])] == [grant.id]
+        seen.append(shown.exists())
+        assert store.session_grants(session, time.time()) == [grant]
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, True]
+    changes = [
+        (e.kind, e.details.get("restored"))
+        for e in events
+        if e.kind in (EventKind.GRANT_REVOKED, EventKind.GRANT_ADDED)
+    ]
+    assert changes == [
+        (EventKind.GRANT_ADDED, None),
+        (EventKind.GRANT_REVOKED, None),
+        (EventKind.GRANT_ADDED, True),
+    ]
+
+
 def test_what_a_vanished_supervisor_left_is_swept_before_the_next_session(
     dirs: Dirs, store: StateStore
 ) -> None:
