@@ -17,7 +17,6 @@ import asyncio
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,15 +29,16 @@ from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.console import Console, console_started
 from app.container import LABEL_OWNER, LABEL_SESSION, Identity
-from app.endings import EXIT_TIMEOUT, ending, request_stop, stop_requested
-from app.errors import EngineError, SandboxRefused, SessionError
+from app.endings import EXIT_TIMEOUT, ending, stop_requested
+from app.errors import SandboxRefused, SessionError
 from app.events import EventBus, EventKind
 from app.grants import AnyGrant
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
 from app.sandbox import Expectation
+from app.sessions.control import STOP_GRACE_SECONDS, SessionControl
 from app.sessions.delivery import SessionFiles
-from app.sessions.engine import DockerEngine, Engine, is_agent, kill_agent, session_containers
+from app.sessions.engine import DockerEngine, Engine
 from app.sessions.history import SessionHistory
 from app.sessions.launch import SessionSetup
 from app.sessions.limits import DISK_RESERVE, disk_short, watch_disk, watch_limits
@@ -48,13 +48,11 @@ from app.sessions.registry import (
     RunningSession,
     SessionRegistry,
     new_session_id,
-    process_alive,
     process_token,
 )
 from app.sessions.revocation import Revocation
 from app.sessions.selfcheck import Gate
 from app.sessions.sight import SessionSight, read_sight
-from app.sessions.sweep import sweep_orphans
 from app.sessions.verify import SandboxCheck, gated
 from app.store import SessionRecord, SessionState, StateStore
 from app.threads import BlockingCalls
@@ -64,7 +62,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EXIT_TIMEOUT", "STOP_GRACE_SECONDS", "Supervisor"]
 
-STOP_GRACE_SECONDS = 5
 _E = TypeVar("_E")
 
 
@@ -102,6 +99,7 @@ class Supervisor:
         self._extension_factories = tuple(extensions)
         self.broker = broker  # where its sessions' questions go (portal, proxy)
         self.sessions = registry or SessionRegistry()
+        self.control = SessionControl(self._engine, self.owner, store, dirs, self.sessions)
         self.revocation = Revocation(self._engine, self.owner, store, dirs, bus)
         self.files = SessionFiles(self.sessions, store, bus, self.identity, self.revocation.expire)
         self._recorder = recorder  # the audit log's sink: no session runs while it fails
@@ -160,7 +158,7 @@ class Supervisor:
             raise SessionError(f"{short}; free space there and start it again")
         step("checking the image")
         swept, image = await asyncio.gather(
-            self.calls.call(self._sweep),
+            self.calls.call(self.control.sweep),
             self.calls.call(self._engine.image_id, request.profile),
         )
         self.report_swept(swept)  # events are published on the loop's thread only
@@ -350,7 +348,7 @@ class Supervisor:
     def sweep(self) -> list[str]:
         """Removes what crashed supervisors left behind: containers, views, live records.
         Blocking; from a loop, `run` does it in a worker thread and reports on the loop."""
-        swept = self._sweep()
+        swept = self.control.sweep()
         self.report_swept(swept)
         return swept
 
@@ -363,9 +361,6 @@ class Supervisor:
                 reason="ended with its supervisor (Airlock was killed or crashed)",
             )
 
-    def _sweep(self) -> list[str]:
-        return sweep_orphans(self._engine, self.owner, self.store, self.dirs, self.sessions)
-
     def live_sessions(self) -> list[SessionRecord]:
         self.sweep()
         return self.store.sessions(live_only=True)
@@ -374,19 +369,7 @@ class Supervisor:
         """Stops a session's containers (its supervisor then ends it, for `reason`).
         Blocking, and safe in a worker thread: sessions it had to sweep are returned for
         `report_swept` on the caller's loop, not published from here."""
-        record = self.store.session(session)
-        if record is None or not record.live:
-            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
-        request_stop(self.dirs.sessions, session, reason)
-        containers = session_containers(self._engine, self.owner, session)
-        for container in containers:
-            try:
-                self._engine.stop(container.id, STOP_GRACE_SECONDS)
-            except EngineError as e:
-                raise EngineError(f"cannot stop session {session}: {e}") from e
-        if not containers or not process_alive(record.supervisor):
-            return self._sweep()
-        return []
+        return self.control.stop(session, reason)
 
     async def astop(self, session: str, reason: str = "stopped by `airlock stop`") -> None:
         """`stop` for the loop, in a thread of its own (its grace can last seconds)."""
@@ -396,21 +379,11 @@ class Supervisor:
         """The agent's file activity overflowed the watch again and again: where the
         profile says so, that stops the session."""
         if profile.watch.unwatched == "stop":
-            self._kill_soon(
+            self.control.kill_soon(
                 running,
                 "stopped: its file activity could not be watched (inotify queue overflowed "
                 f"{overflows} times)",
             )
-
-    def _kill_soon(self, running: RunningSession, reason: str) -> None:
-        """Kills the agent from a thread of its own, from any thread; its end says why."""
-        running.stop_reason = running.stop_reason or reason
-        threading.Thread(
-            target=kill_agent,
-            args=(self._engine, self.owner, running.id),
-            name=f"stop-{running.id}",
-            daemon=True,
-        ).start()
 
     def _unrecorded(self, reason: str) -> None:
         """The audit log cannot be written: every session is stopped at once, for nothing
@@ -420,23 +393,11 @@ class Supervisor:
             "before starting it again"
         )
         for running in self.sessions:
-            self._kill_soon(running, message)
+            self.control.kill_soon(running, message)
 
     def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
         """The agent's process list, as `ps` inside the container would show it."""
-        record = self.store.session(session)
-        containers = (
-            session_containers(self._engine, self.owner, session)
-            if record is not None and record.live
-            else []
-        )
-        agents = [c for c in containers if is_agent(c)]
-        if not agents:
-            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
-        try:
-            return self._engine.top(agents[0].id)
-        except EngineError as e:
-            raise EngineError(f"cannot list the processes of {session}: {e}") from e
+        return self.control.processes(session)
 
     async def sight(self, session: str) -> SessionSight:
         """What a running session can see right now (app/sessions/sight.py)."""
