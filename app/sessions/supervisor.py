@@ -29,7 +29,7 @@ from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.console import Console, console_started
 from app.container import LABEL_OWNER, LABEL_SESSION, Identity
-from app.endings import EXIT_TIMEOUT, ending, stop_requested
+from app.endings import ending, stop_requested
 from app.errors import SandboxRefused, SessionError
 from app.events import EventBus, EventKind
 from app.grants import AnyGrant
@@ -59,8 +59,6 @@ from app.threads import BlockingCalls
 from app.view import SessionView
 
 log = logging.getLogger(__name__)
-
-__all__ = ["EXIT_TIMEOUT", "STOP_GRACE_SECONDS", "Supervisor"]
 
 _E = TypeVar("_E")
 
