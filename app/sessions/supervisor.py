@@ -1,9 +1,10 @@
 """The supervisor: starts a session, watches it to its end and cleans up after it, on one
 asyncio loop. What it does along the way lives beside it: the engine (engine.py), the set-up
 (launch.py), the sandbox check (verify.py), the output pump (pump.py), limits (limits.py),
-files granted mid-run (delivery.py), revocation and its undo (revocation.py), what a session
-sees (sight.py), its place in the history (history.py), the sweep (sweep.py) and the
-registry of running sessions (registry.py).
+files granted mid-run (delivery.py), stopping and sweeping (control.py), revocation and its
+undo (revocation.py), what a session sees (sight.py), its place in the history (history.py)
+and the registry of running sessions (registry.py). It composes them: new work on sessions
+goes into a module of its own, not here.
 
 Every engine call blocks: short ones go to the supervisor's own bounded pool, and those that
 last as long as a session (its wait, its output stream, a stop's grace) to threads of their
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -57,8 +57,6 @@ from app.sessions.verify import SandboxCheck, gated
 from app.store import SessionRecord, SessionState, StateStore
 from app.threads import BlockingCalls
 from app.view import SessionView
-
-log = logging.getLogger(__name__)
 
 _E = TypeVar("_E")
 
