@@ -251,7 +251,8 @@ class Supervisor:
         reader = calls.hold(pump.run, stream, loop, drained)
         await calls.call(engine.start, container)
         assert running.gate is not None
-        verified = await self._check.verify(running.id, container, running.gate, expected)
+        accept = request.profile.sandbox.accept_weaker
+        verified = await self._check.verify(running.id, container, running.gate, expected, accept)
         if console is not None:
             await console_started(console, request.terminal, output)
         await asyncio.to_thread(self.store.set_session_running, running.id, container, verified)

@@ -32,7 +32,13 @@ from app.sessions import (
 )
 from app.staging import SessionStaging
 from app.store import SessionState, StateStore
-from tests.support import CollectedOutput, DesktopUser, containers, profile_text
+from tests.support import (
+    CollectedOutput,
+    DesktopUser,
+    containers,
+    profile_text,
+    verified_outcome,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -78,6 +84,7 @@ def no_container_left(engine: docker.DockerClient, session: str) -> bool:
     return not containers(engine, f"{LABEL_SESSION}={session}")
 
 
+@pytest.mark.engines
 def test_lifecycle_exit_code_output_and_clean_up(
     supervisor: Supervisor, agent_image: str, engine: docker.DockerClient, tmp_path: Path
 ) -> None:
@@ -108,7 +115,7 @@ def test_lifecycle_exit_code_output_and_clean_up(
     assert not (supervisor.dirs.sessions / result.session / "view").exists()
     record = supervisor.store.session(result.session)
     assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
-    assert record.sandbox is not None and record.sandbox.startswith("verified (")
+    assert record.sandbox is not None and record.sandbox.startswith(verified_outcome())
     assert supervisor.store.session_grants(result.session, time.time()) == []
 
 
@@ -255,6 +262,7 @@ def test_file_activity_and_audit_name_the_host_path(
     assert b"CANARY-CONTENT-7f3a" not in raw
 
 
+@pytest.mark.engines
 def test_timeout_stops_the_agent(
     supervisor: Supervisor, agent_image: str, engine: docker.DockerClient
 ) -> None:
@@ -298,6 +306,7 @@ def test_pids_limit_holds_and_is_reported(supervisor: Supervisor, agent_image: s
     assert limits and limits[0].subject == "pids"
 
 
+@pytest.mark.engines
 def test_cancel_removes_the_container(
     supervisor: Supervisor, agent_image: str, engine: docker.DockerClient
 ) -> None:
@@ -379,6 +388,7 @@ def wait_for_session(
     raise AssertionError("no session started")
 
 
+@pytest.mark.engines
 def test_files_granted_mid_run_appear_and_revoke_removes_them(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:
@@ -472,6 +482,7 @@ def _run_then_revoke(
     return asyncio.run(scenario())
 
 
+@pytest.mark.engines
 def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:
@@ -516,6 +527,7 @@ def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
     assert [(c.path, str(c.kind)) for c in changes] == [(tree / "edited.txt", "modified")]
 
 
+@pytest.mark.engines
 def test_revoking_a_saved_file_takes_its_staged_copy_away(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:

@@ -57,6 +57,7 @@ EDITS = (
 )
 
 
+@pytest.mark.engines
 def test_host_is_untouched_until_commit_and_then_exactly_the_approved_paths_change(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
@@ -260,6 +261,7 @@ def test_killed_mid_commit_every_file_is_old_or_new(
     assert leftovers == []
 
 
+@pytest.mark.engines
 def test_once_the_session_has_ended_its_files_are_moved_into_place(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
@@ -302,6 +304,7 @@ def test_discard_forgets_staged_changes(
     assert not list(staging.glob("*/upper")) and not list(staging.glob("*/root.json"))
 
 
+@pytest.mark.engines
 def test_read_write_file_grant_is_staged_too(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:

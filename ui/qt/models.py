@@ -215,6 +215,8 @@ def summary(event: Event) -> str:
         return f"{details.get('count')} events not shown (the view fell behind)"
     if kind is EventKind.SESSION_EXITED:
         return str(details.get("reason", ""))
+    if kind is EventKind.SANDBOX_VERIFIED and details.get("weaker"):
+        return f"sandbox {details.get('warning')} ({details.get('checks')} checks)"
     if kind is EventKind.SANDBOX_VERIFIED:
         note = f"; {details['note']}" if details.get("note") else ""  # what gVisor changes
         return f"sandbox verified ({details.get('checks')} checks){note}"
