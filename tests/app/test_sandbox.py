@@ -401,4 +401,5 @@ def test_the_refusal_names_the_engine_and_why_limits_cannot_hold() -> None:
     assert "(and 1 more: engine: pids limit)" in text
     assert text.endswith(
         "a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock doctor`)"
+        '; a profile can accept running without them: [sandbox] accept_weaker = ["limits"]'
     )
