@@ -426,9 +426,11 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
         run = asyncio.create_task(supervisor.run(request, output))
         session = await started
         (notes / "b.md").write_text("same path\n")
-        inside = await supervisor.open_files(session, [notes / "b.md"], Mode.READ, Lifetime.SESSION)
+        inside = await supervisor.files.open_files(
+            session, [notes / "b.md"], Mode.READ, Lifetime.SESSION
+        )
         assert [str(p) for p in inside] == [str(notes / "b.md")]
-        (elsewhere,) = await supervisor.open_files(
+        (elsewhere,) = await supervisor.files.open_files(
             session, [tmp_path / "elsewhere.txt"], Mode.READ, Lifetime.ONCE
         )
         assert str(elsewhere).startswith("/run/airlock/doc/")
@@ -554,7 +556,7 @@ def test_revoking_a_saved_file_takes_its_staged_copy_away(
     output = CollectedOutput()
 
     async def open_for_writing(session: str) -> None:
-        await supervisor.open_files(session, [target], Mode.READ_WRITE, Lifetime.SESSION)
+        await supervisor.files.open_files(session, [target], Mode.READ_WRITE, Lifetime.SESSION)
 
     result = _run_then_revoke(supervisor, request, output, open_for_writing)
     assert result.exit_code == 0, output.text()
