@@ -33,8 +33,11 @@ def duration_text(seconds: float | None) -> str:
 def status_text(record: SessionRecord) -> str:
     if record.live:
         return "running"
-    code = "" if record.exit_code is None else f" (exit {record.exit_code})"
-    return f"{record.reason or record.state}{code}"
+    reason = record.reason or str(record.state)
+    said = (f"exited with status {record.exit_code}", "exited normally")
+    # The supervisor's words already give the code of a plain exit: not said twice.
+    code = "" if record.exit_code is None or reason in said else f" (exit {record.exit_code})"
+    return f"{reason}{code}"
 
 
 def summary_text(summary: SessionSummary) -> str:

@@ -64,6 +64,9 @@ class SessionDetail(QWidget):
         self.title = QLabel("Select a session to see what it did")
         self.title.setObjectName("sessionTitle")
         self.title.setTextFormat(Qt.TextFormat.PlainText)
+        font = self.title.font()
+        font.setBold(True)
+        self.title.setFont(font)
         self.tabs = QTabWidget()
         self.summary = self._text("sessionSummary")
         self.output = self._text("sessionOutput")
@@ -167,12 +170,19 @@ class HistoryPanel(QWidget):
         self.view.setShowGrid(False)
         self.view.setWordWrap(False)
         self.view.verticalHeader().hide()
+        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.view.verticalHeader().setDefaultSectionSize(26)
         header = self.view.horizontalHeader()
         header.setHighlightSections(False)
+        header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
-        for column, width in ((0, 160), (1, 90), (2, 150), (3, 100)):
-            header.resizeSection(column, width)
-        self.empty = QLabel("No session has ended yet.")
+        for column in (0, 1, 2, 3):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.empty = QLabel(
+            "No session has ended yet. A finished agent stays listed here with its output, "
+            "what it read, changed and sent, and what is left to review."
+        )
+        self.empty.setWordWrap(True)
         self.empty.setEnabled(False)  # the palette's disabled text: readable in every theme
         self.detail = SessionDetail()
         top = QWidget()
