@@ -55,7 +55,7 @@ from ui.qt.models import (
     human_bytes,
 )
 from ui.qt.network_view import NetworkRequestsPanel
-from ui.qt.screen import available, fit_on_screen
+from ui.qt.screen import available, fit_on_screen, fit_rows
 from ui.qt.session_view import HistoryPanel
 from ui.qt.theme import Hue, mix, muted, text_colour, tone
 
@@ -93,18 +93,6 @@ def table(model: object, *, stretch: int = -1, fit: Iterable[int] = ()) -> QTabl
     for column in fit:
         header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
     return view
-
-
-def fit_rows(view: QTableView, rows: int, least: int = 3, most: int = 8) -> None:
-    """Keeps a short list (the running agents) as tall as its rows, from `least` to `most`,
-    leaving the rest of the page to what is below it; a longer one scrolls."""
-    shown = min(max(rows, least), most)
-    frame = 2 * view.frameWidth()
-    view.setMaximumHeight(
-        view.horizontalHeader().sizeHint().height()
-        + shown * view.verticalHeader().defaultSectionSize()
-        + frame
-    )
 
 
 def heading(text: str) -> QLabel:
@@ -465,11 +453,8 @@ class MainWindow(QMainWindow):
         self.verification.setObjectName("verification")
         self.verification.setTextFormat(Qt.TextFormat.PlainText)
         layout.addWidget(self.verification)
-        self.audit_view = table(self.audit, stretch=4)
+        self.audit_view = table(self.audit, stretch=4, fit=(0, 1, 2, 3, 5))
         self.audit_view.setObjectName("audit")
-        header = self.audit_view.horizontalHeader()
-        for column, width in ((0, 60), (1, 150), (2, 90), (3, 140), (5, 140)):
-            header.resizeSection(column, width)
         layout.addWidget(self.audit_view, 1)
         return page
 

@@ -29,6 +29,7 @@ from app.store import SessionRecord
 from app.text import printable
 from ui.history_text import duration_text, sight_text, status_text, summary_text
 from ui.qt.models import RecordTable, clock
+from ui.qt.screen import fit_rows
 
 SHOWN_OUTPUT = 1024 * 1024  # characters of output put in the view at once (the latest)
 
@@ -183,6 +184,7 @@ class HistoryPanel(QWidget):
             "what it read, changed and sent, and what is left to review."
         )
         self.empty.setWordWrap(True)
+        fit_rows(self.view, 0, least=2)
         self.empty.setEnabled(False)  # the palette's disabled text: readable in every theme
         self.detail = SessionDetail()
         top = QWidget()
@@ -213,6 +215,7 @@ class HistoryPanel(QWidget):
         chosen = self.chosen()
         self.model.replace(records)
         self.empty.setVisible(not records)
+        fit_rows(self.view, len(records), least=2, most=6)
         if chosen is not None:
             for row, record in enumerate(self.model.rows):
                 if record.id == chosen:

@@ -5,6 +5,7 @@ the keyboard walk goes through."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import stat
 import tempfile
@@ -130,18 +131,19 @@ def traffic() -> list[tuple[EventKind, str, str, dict[str, object]]]:
     out = []
     for step in range(96):
         if step % 4 == 0:
+            up, down = 3_000 + 700 * (step % 5), 9_000 + 800 * (step % 7)
             out.append(
                 _net(
                     request, CODER, "POST", "api.anthropic.com", "/v1/messages", "allow",
-                    "policy", "route:anthropic", 3_000 + 700 * (step % 5), 9_000 + 800 * (step % 7),
-                    route="anthropic",
+                    "policy", "route:anthropic", up, down, route="anthropic",
                 )
             )  # fmt: skip
         elif step % 4 == 1:
+            package = ("requests", "httpx", "rich")[step % 3]
             out.append(
                 _net(
-                    request, CODER, "GET", "pypi.org", f"/simple/{('requests', 'httpx', 'rich')[step % 3]}/",
-                    "allow", "policy", "allow[1] pypi.org:443", 420, 6_000 + 1_300 * (step % 11),
+                    request, CODER, "GET", "pypi.org", f"/simple/{package}/", "allow", "policy",
+                    "allow[1] pypi.org:443", 420, 6_000 + 1_300 * (step % 11),
                 )
             )  # fmt: skip
         else:
@@ -152,34 +154,36 @@ def traffic() -> list[tuple[EventKind, str, str, dict[str, object]]]:
                     grants=["g3"],
                 )
             )  # fmt: skip
+    paste, other = "ask[0] paste.example:443", "ask[2] *.example:443"
+    iban = [{"kind": "iban", "label": "an IBAN", "offset": 14}]
+    wheel = "/packages/…/rich-13.7.whl"
     out += [
         _net(
             refused, CODER, "CONNECT", "tracker.example", "", "deny", "policy", "not-listed",
             reason="not in the profile",
         ),
         _net(
-            request, NOTES, "POST", "paste.example", "/api/paste", "allow", "user", "ask[0] paste.example:443",
+            request, NOTES, "POST", "paste.example", "/api/paste", "allow", "user", paste,
             18_240, 312, held=True, findings=[],
         ),
         _net(
-            refused, NOTES, "POST", "paste.example", "/api/paste", "deny", "user", "ask[0] paste.example:443",
-            held=True, findings=[{"kind": "iban", "label": "an IBAN", "offset": 14}],
-            reason="you refused the upload",
+            refused, NOTES, "POST", "paste.example", "/api/paste", "deny", "user", paste,
+            held=True, findings=iban, reason="you refused the upload",
         ),
         _net(
-            refused, RESEARCHER, "GET", "telemetry.example", "/v2/collect", "deny", "user", "ask[2] *.example:443",
+            refused, RESEARCHER, "GET", "telemetry.example", "/v2/collect", "deny", "user", other,
             asked=True, reason="you said no",
         ),
         _net(
-            request, RESEARCHER, "GET", "arxiv.org", "/abs/2406.01234", "allow", "user", "ask[1] arxiv.org:443",
-            310, 48_200, asked=True,
+            request, RESEARCHER, "GET", "arxiv.org", "/abs/2406.01234", "allow", "user",
+            "ask[1] arxiv.org:443", 310, 48_200, asked=True,
         ),
         _net(
-            refused, RESEARCHER, "GET", "scholar.example", "/search?q=…", "deny", "timeout", "ask[2] *.example:443",
-            asked=True, reason="no answer in time",
+            refused, RESEARCHER, "GET", "scholar.example", "/search?q=…", "deny", "timeout",
+            other, asked=True, reason="no answer in time",
         ),
         _net(
-            refused, CODER, "GET", "files.pythonhosted.org", "/packages/…/rich-13.7.whl", "deny", "user",
+            refused, CODER, "GET", "files.pythonhosted.org", wheel, "deny", "user",
             "grant-revoked", 410, 81_000, reason="the grant was revoked: the connection was cut",
         ),
     ]  # fmt: skip
@@ -249,9 +253,7 @@ def ended_summary(record: SessionRecord) -> SessionSummary:
             questions=2,
         ),
         (
-            GrantUse(
-                Path("/home/ana/notes"), Mode.READ, "/work/notes", Lifetime.SESSION, False
-            ),
+            GrantUse(Path("/home/ana/notes"), Mode.READ, "/work/notes", Lifetime.SESSION, False),
             GrantUse(
                 Path("/home/ana/notes/summaries"),
                 Mode.READ_WRITE,
@@ -385,15 +387,28 @@ def day(now: float) -> tuple[list[SessionRecord], list[Event], list[Grant | Netw
 
 def audit(now: float) -> list[AuditRecord]:
     return [
-        AuditRecord(seq, now - 60 + seq, "5e55104d", kind, subject, {}, "0" * 64, f"{seq:064x}")
-        for seq, (kind, subject) in enumerate(
+        AuditRecord(
+            seq,
+            now - 60 + seq,
+            session,
+            kind,
+            subject,
+            {},
+            hashlib.sha256(b"%d" % (seq - 1)).hexdigest(),
+            hashlib.sha256(b"%d" % seq).hexdigest(),
+        )
+        for seq, (session, kind, subject) in enumerate(
             [
-                ("session.started", "notes-organizer"),
-                ("grant.added", "/home/ana/notes"),
-                ("request.answered", "paste.example:443"),
-                ("net.request", "api.github.com:443"),
+                (NOTES, "session.started", "notes-organizer"),
+                (NOTES, "grant.added", "/home/ana/notes"),
+                (CODER, "session.started", "coder"),
+                (CODER, "grant.added", "/home/ana/src/airlock"),
+                (NOTES, "request.asked", "paste.example:443"),
+                (NOTES, "request.answered", "paste.example:443"),
+                (CODER, "changes.committed", "/home/ana/src/airlock/README.md"),
+                (RESEARCHER, "session.started", "researcher"),
             ]
-            * 4
+            * 2
         )
     ]
 
@@ -443,7 +458,9 @@ def staged_review(state: Path) -> ReviewWindow:
         "- Who owns the release checklist?\n"
     )
     os.mknod(upper / "draft.txt", 0o600 | stat.S_IFCHR, 0)  # a whiteout: the draft is deleted
-    window = ReviewWindow(NOTES, review, lambda coroutine: coroutine.close(), agent="notes-organizer")
+    window = ReviewWindow(
+        NOTES, review, lambda coroutine: coroutine.close(), agent="notes-organizer"
+    )
     asyncio.run(window.load())
     window.files.setCurrentItem(window.item_for(host / "index.md"))
     return window

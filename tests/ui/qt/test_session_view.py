@@ -142,7 +142,11 @@ def test_what_it_sees_follows_a_revoke_and_the_ended_session_stays_listed(
             assert history.model.cell(row, 4) == "exited with status 4"
             assert history.model.cell(row, 3).endswith(" s")
             history.view.selectRow(0)
-            await until(lambda: "exit 4" in detail.title.text(), 10, "the ended session's detail")
+            await until(
+                lambda: "exited with status 4" in detail.title.text(),
+                10,
+                "the ended session's detail",
+            )
             assert detail.output.toPlainText() == "started\nthe plan is gone\n"
             summary = detail.summary.toPlainText()
             assert "exited with status 4" in summary and f"{secret}" in summary
