@@ -100,8 +100,8 @@ def sight_text(sight: SessionSight | None, live: bool = False) -> str:
     lines = ["Files and folders:"]
     lines += [
         f"  • {p.path}  ({'read and write' if str(p.mode) == 'rw' else 'read only'}, "
-        f"at {p.inside} inside, {p.lifetime}"
-        + (f" until {clock(p.until, True)}" if p.until else "")
+        f"at {p.inside} inside, "
+        + (f"until {clock(p.until, True)}" if p.until else str(p.lifetime))
         + ")"
         for p in sight.paths
     ] or ["  none"]

@@ -365,13 +365,19 @@ class MainWindow(QMainWindow):
         self.sessions_view.doubleClicked.connect(
             lambda index: self.activity_for(self.sessions.rows[index.row()].id)
         )
-        self.sessions_view.selectionModel().selectionChanged.connect(
-            lambda: self._with_session(self.session_selected)
-        )
+        self.sessions_view.selectionModel().selectionChanged.connect(self._running_selected)
         self.history = HistoryPanel()  # ended sessions, and the detail of the selected one
         self.history.selected.connect(self.session_selected)
+        # One session at a time has the detail: choosing in one list clears the other's row.
+        self.history.selected.connect(lambda _: self.sessions_view.clearSelection())
         layout.addWidget(self.history, 2)
         return page
+
+    def _running_selected(self) -> None:
+        rows = self.sessions_view.selectionModel().selectedRows()
+        if rows:
+            self.history.view.clearSelection()
+            self.session_selected.emit(str(self.sessions.rows[rows[0].row()].id))
 
     def _with_session(self, signal: SignalInstance) -> None:
         session = self.selected_session()

@@ -24,6 +24,7 @@ from app.grants import Access, Grant, Lifetime, Mode, NetworkGrant
 from app.history import GrantUse, HostUse, SessionActivity, SessionSummary
 from app.paths import Dirs
 from app.profiles import ProfileCatalog
+from app.sessions.sight import HeldUpload, Reach, SeenPath, SessionSight
 from app.staging import SessionStaging
 from app.store import SessionRecord, SessionState
 from ui.qt.consent import ConsentDialog, QtFrontEnd, Requester
@@ -34,6 +35,9 @@ from ui.qt.settings import Settings, SettingsDialog
 from ui.qt.welcome import WelcomeWindow
 
 MAIN_TABS = ("sessions", "activity", "network", "grants", "audit")
+# The Sessions tab's detail panes besides the summary: an ended session's output, and what a
+# running one can see right now.
+DETAIL_PANES = ("session-output", "session-sight")
 
 
 def upload(session: str = "5e55104d") -> ConsentRequest:
@@ -285,6 +289,31 @@ Done in 7 min 02 s.
 """
 
 
+def running_sight(now: float) -> SessionSight:
+    """What notes-organizer can see while it runs."""
+    return SessionSight(
+        NOTES,
+        "notes-organizer",
+        (
+            SeenPath(Path("/home/ana/notes"), Mode.READ, "/work/notes", Lifetime.SESSION, None),
+            SeenPath(
+                Path("/home/ana/notes/summaries"),
+                Mode.READ_WRITE,
+                "/work/summaries",
+                Lifetime.UNTIL,
+                now + 3_600,
+            ),
+        ),
+        (
+            Reach("api.github.com", (443,), "you allowed it (always)"),
+            Reach("paste.example", (443,), "asks first; larger uploads refused until 16:00"),
+        ),
+        (),
+        (HeldUpload("paste.example:443", 18_240, now - 12),),
+        (("memory", "1.0 GiB"), ("processes", "256"), ("time", "stopped after 2 h")),
+    )
+
+
 def day(now: float) -> tuple[list[SessionRecord], list[Event], list[Grant | NetworkGrant]]:
     sessions = [
         SessionRecord(
@@ -481,6 +510,26 @@ def views(state: Path, settings: Settings) -> Iterator[Shown]:
     window = main_window()
     for index, tab in enumerate(MAIN_TABS):
         yield Shown(f"main-{tab}", window, lambda i=index: window.tabs.setCurrentIndex(i))
+
+    def output() -> None:
+        window.tabs.setCurrentIndex(0)
+        window.history.detail.tabs.setCurrentIndex(1)
+
+    def sight() -> None:
+        now = time.time()
+        window.tabs.setCurrentIndex(0)
+        window.sessions_view.selectRow(0)
+        running = window.sessions.rows[0]
+        summary = ended_summary(running)
+        window.history.detail.show_session(
+            SessionSummary(running, summary.activity, summary.grants[:1], 0, 0, 1, 120, 0),
+            "Reading 37 notes in /work/notes …\n",
+            running_sight(now),
+        )
+        window.history.detail.tabs.setCurrentIndex(2)
+
+    yield Shown("main-session-output", window, output)
+    yield Shown("main-session-sight", window, sight)
     window.hide()
 
     review = staged_review(state)
