@@ -187,7 +187,7 @@ class HistoryPanel(QWidget):
         fit_rows(self.view, 0, least=2)
         self.empty.setEnabled(False)  # the palette's disabled text: readable in every theme
         self.detail = SessionDetail()
-        top = QWidget()
+        self.top = top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         title = QLabel("Ended sessions")
@@ -206,6 +206,12 @@ class HistoryPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
         self.view.selectionModel().selectionChanged.connect(self._selection)
+        self._fit_top()
+
+    def _fit_top(self) -> None:
+        # The list no taller than its rows: what the splitter has left goes to the detail,
+        # not to gaps around the list's title.
+        self.top.setMaximumHeight(self.top.sizeHint().height())
 
     def set_ended(
         self, records: Sequence[SessionRecord], live: Collection[str] = frozenset()
@@ -216,6 +222,7 @@ class HistoryPanel(QWidget):
         self.model.replace(records)
         self.empty.setVisible(not records)
         fit_rows(self.view, len(records), least=2, most=6)
+        self._fit_top()
         if chosen is not None:
             for row, record in enumerate(self.model.rows):
                 if record.id == chosen:
