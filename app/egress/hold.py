@@ -90,6 +90,9 @@ class Head:
 
 @dataclass(slots=True)
 class Body:
+    """A request's body as far as it was read: the chunks held for inspection (sent on once
+    approved), and whether the agent's side of it has ended."""
+
     inspector: UploadInspector
     gate: UploadGate
     head: Head | None = None
