@@ -2,8 +2,8 @@
 
 Layout. A directory (`Dirs.audit`) of numbered segments `000001.jsonl`, `000002.jsonl`, …;
 the highest number is the one being written. A segment is closed once the next record would
-take it past `segment_bytes`, and the next one continues the same chain. Each line is one
-record:
+take it past `segment_bytes` and all it holds is durable (until then records go on past the
+limit), and the next one continues the same chain. Each line is one record:
 
     {"details":{…},"kind":"file.written","prev":"<64 hex>","seq":7,"session":"…",
      "subject":"…","time":1718000000.25,"hash":"<64 hex>"}
@@ -13,23 +13,30 @@ ASCII only); "hash" is the SHA-256 of the body's bytes and is written as the las
 `prev` is the hash of the record before (64 zeros for record 1) and `seq` counts records
 from 1 across all segments, so editing, dropping, inserting or reordering any record breaks
 the chain right there. `head.json` names the last record known to be on disk (its seq and
-hash), so that cutting whole records off the end is caught as well. A full rewrite of the
-log cannot be caught from the inside: `audit verify` prints the head hash to keep elsewhere.
+hash, and the segment the records after it start in), so that cutting whole records off the
+end is caught as well. A full rewrite of the log cannot be caught from the inside: `audit
+verify` prints the head hash to keep elsewhere.
 
 What a record holds: event metadata. Values that may be content — bytes, anything under a
 key that names content or a secret (body, content, line, output, token, password, key, …) and
 strings over `MAX_TEXT` characters — are stored as their fingerprint {"sha256", "size"}.
 
 Durability (fsync policy). Each record goes to its O_APPEND segment in one write(2): once
-`append` returns it is in the kernel and survives a crash of the process. fsync(2) plus a new
-`head.json` follow on the first append `sync_interval` seconds (default 1 s) after the last
-sync, on every session-ending event, at rotation and at `close()`: a power loss may cost the
-records of the last second, never records before the head. A record torn by a crash mid-write
-is cut off by the next writer, which logs an `audit.recovered` record with the cut bytes'
-fingerprint.
+`append` returns it is in the kernel and survives a crash of the process. `append` never
+fsyncs (on a busy disk that takes hundreds of milliseconds, and it runs on the event loop): a
+syncer thread per log fsyncs the segments `sync_interval` seconds (default 1 s) after the
+first record not yet synced, at once after a session-ending event or when a segment is full,
+then replaces `head.json` if that moves it forward. `sync()` and `close()` do the same on the
+caller's thread and return when it is done. A power loss may cost the records of about the
+last second, never records before the head, and never a record in the middle of the chain: a
+segment is closed only once it is durable. A record torn by a crash mid-write is cut off by
+the next writer, which logs an `audit.recovered` record with the cut bytes' fingerprint.
 
 Several Airlock processes may share one log: an append holds flock(2) on `audit.lock` and
-first picks up whatever the others appended or rotated, so there is always one chain.
+first picks up whatever the others appended or rotated, so there is always one chain. fsync
+flushes a file whoever wrote it, so each syncer fsyncs from the head's segment to its own
+and moves the head only forward, under flock(2) of the directory (which `append` never
+takes).
 """
 
 from __future__ import annotations
