@@ -1,6 +1,7 @@
 """Which container engine answers (Docker or Podman, rootful or rootless, which cgroup
 version), read from its own version and info, and the places where Podman's Docker-compatible
-API must be told Airlock's container settings differently: pure functions, tested by tables."""
+API or rootless Docker must be told Airlock's container settings differently: pure functions,
+tested by tables."""
 
 from __future__ import annotations
 
@@ -11,24 +12,17 @@ from typing import Any
 
 # Podman's compat API reads `seccomp=` as a file name (Docker takes the profile's text).
 SECCOMP_PREFIX = "seccomp="
+# A rootless engine cannot make device nodes: its runtime binds the host's harmless ones.
+ROOTLESS_DEVICES = frozenset(
+    {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+)
 # Files and mounts Podman adds to every container (besides the kernel's file systems): its
 # init (catatonit), the passwd and group entries keep-id writes for the user, and the file
 # that tells programs they run in a container. Bind mounts of files Podman generates; they
 # are part of the engine, like Docker's /etc/hosts.
-# Rootless, it cannot make device nodes: it binds the host's harmless ones.
-PODMAN_MOUNTS = frozenset(
-    {
-        "/run/podman-init",
-        "/etc/passwd",
-        "/etc/group",
-        "/run/.containerenv",
-        "/dev/null",
-        "/dev/zero",
-        "/dev/full",
-        "/dev/random",
-        "/dev/urandom",
-        "/dev/tty",
-    }
+PODMAN_MOUNTS = (
+    frozenset({"/run/podman-init", "/etc/passwd", "/etc/group", "/run/.containerenv"})
+    | ROOTLESS_DEVICES
 )
 # With a read-only root, Podman mounts a tmpfs on /run and /var/tmp (exec-able, no size
 # limit) unless the container brings its own; these are Airlock's, limited like /tmp.
@@ -71,6 +65,12 @@ class EngineKind:
     @property
     def podman(self) -> bool:
         return self.product == "podman"
+
+    @property
+    def rootless_docker(self) -> bool:
+        """Docker run by the user (rootlesskit): every container is in the engine's one user
+        namespace, whose root is the user and whose other uids are the user's sub-uids."""
+        return self.product == "docker" and self.rootless
 
     def describe(self) -> str:
         """E.g. "rootless Podman 4.3.1 (cgroup v1)", "Docker 20.10.24"."""
@@ -128,6 +128,35 @@ def podman_host_config(
     config["UsernsMode"] = userns
     config["Tmpfs"] = podman_tmpfs(config.get("Tmpfs") or {})
     return config
+
+
+def rootless_docker_create(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Container create arguments rewritten for rootless Docker, which has no keep-id: the
+    container's root is the user, so the agent runs as uid 0 there (with no capability, as
+    everywhere) and its tmpfs home is root's; any other uid would be a sub-uid, owning what
+    the agent writes where the user cannot remove it. Seen from the host, the agent's
+    processes and files are still the user's uid — what the kernel check compares."""
+    rewritten = dict(kwargs, user=f"{ROOTLESS_ROOT}:{ROOTLESS_ROOT}")
+    host_config = dict(kwargs.get("host_config") or {})
+    if host_config.get("Tmpfs"):
+        host_config["Tmpfs"] = rootless_docker_tmpfs(host_config["Tmpfs"])
+    rewritten["host_config"] = host_config
+    return rewritten
+
+
+ROOTLESS_ROOT = 0  # the container's uid and gid that are the user's under rootless Docker
+
+
+def rootless_docker_tmpfs(tmpfs: Mapping[str, str]) -> dict[str, str]:
+    """The tmpfs mounts with their owner given as the container's root (the user)."""
+
+    def options(text: str) -> str:
+        return ",".join(
+            f"{o.partition('=')[0]}={ROOTLESS_ROOT}" if o.startswith(("uid=", "gid=")) else o
+            for o in text.split(",")
+        )
+
+    return {target: options(text) for target, text in tmpfs.items()}
 
 
 def podman_tmpfs(tmpfs: Mapping[str, str]) -> dict[str, str]:

@@ -123,24 +123,26 @@ class DesktopUser:
 
 def engine_host_under_test() -> str | None:
     """The DOCKER_HOST of the engine under test: None for the machine's Docker;
-    AIRLOCK_TEST_ENGINE=podman means the tester's rootless Podman service (its socket under
-    /run/user/UID, as `packaging/setup podman` starts it)."""
+    AIRLOCK_TEST_ENGINE=podman means the tester's rootless Podman service, =docker-rootless
+    the tester's rootless Docker (their sockets under /run/user/UID, as `packaging/setup
+    podman` and `packaging/setup rootless-docker` start them)."""
     chosen = os.environ.get("AIRLOCK_TEST_ENGINE", "docker")
     if chosen == "docker":
         return None
-    if chosen != "podman":
-        pytest.fail(f"AIRLOCK_TEST_ENGINE={chosen!r}: docker or podman")
+    sockets = {"podman": "podman/podman.sock", "docker-rootless": "docker.sock"}
+    if chosen not in sockets:
+        pytest.fail(f"AIRLOCK_TEST_ENGINE={chosen!r}: docker, podman or docker-rootless")
     uid = pwd.getpwnam(TESTER).pw_uid if os.getuid() == 0 else os.getuid()
-    return f"unix:///run/user/{uid}/podman/podman.sock"
+    return f"unix:///run/user/{uid}/{sockets[chosen]}"
 
 
 def limits_dropped_by_engine_under_test() -> bool:
-    """Whether the engine under test cannot hold resource limits: rootless Podman on a
+    """Whether the engine under test cannot hold resource limits: a rootless engine on a
     cgroup v1 host (app/engine_kind.py: `limits_enforced`), as on the project's machines.
     The tests' profiles then accept running without them (`[sandbox] accept_weaker`), and
     the tests marked `engines` check that each session said so (tests/conftest.py)."""
     return (
-        os.environ.get("AIRLOCK_TEST_ENGINE") == "podman"
+        os.environ.get("AIRLOCK_TEST_ENGINE") in ("podman", "docker-rootless")
         and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
     )
 

@@ -26,7 +26,7 @@ import requests.exceptions
 from app.console import Console
 from app.container import LABEL_OWNER, LABEL_ROLE, LABEL_SESSION
 from app.engine import detect_engine, for_engine, one_line
-from app.engine_kind import EngineKind
+from app.engine_kind import EngineKind, rootless_docker_create
 from app.errors import EngineError, GrantError, ImageError
 from app.gvisor import is_gvisor, registration_fix, registration_problem
 from app.paths import Dirs
@@ -226,7 +226,10 @@ class DockerEngine:
                 kwargs["host_config"].get("network_mode", ""),
                 self.runtime_dir,
             )
-            return str(api.create_container(**dict(kwargs, host_config=host_config))["Id"])
+            kwargs = dict(kwargs, host_config=host_config)
+            if self.kind.rootless_docker:
+                kwargs = rootless_docker_create(kwargs)
+            return str(api.create_container(**kwargs)["Id"])
         except docker.errors.APIError as e:
             raise EngineError(
                 f"{self.kind.describe()} refused the container: {one_line(str(e.explanation))}"

@@ -83,11 +83,7 @@ def _same_network(proc: Path) -> bool | None:
 
 def _conmon_child(proc: Path, container: str) -> bool:
     """Whether the process's parent is Podman's conmon for `container` (`conmon … -c ID`)."""
-    stat = _read(proc / "stat")
-    fields = stat.rpartition(")")[2].split()
-    if len(fields) < 2 or not fields[1].isdigit():
-        return False
-    argv = _read(Path("/proc") / fields[1] / "cmdline").split("\0")
+    argv = _read(Path("/proc") / _parent(proc) / "cmdline").split("\0")
     return (
         len(container) == 64
         and os.path.basename(argv[0]) == "conmon"
@@ -95,14 +91,35 @@ def _conmon_child(proc: Path, container: str) -> bool:
     )
 
 
+def _shim_child(proc: Path, container: str) -> bool:
+    """Whether the process's parent is containerd's shim for `container` (`… -id ID`): how
+    rootless Docker runs it on cgroup v1, where no cgroup names the container."""
+    argv = _read(Path("/proc") / _parent(proc) / "cmdline").split("\0")
+    return (
+        len(container) == 64
+        and os.path.basename(argv[0]).startswith("containerd-shim")
+        and any(a == "-id" and b == container for a, b in itertools.pairwise(argv))
+    )
+
+
+def _parent(proc: Path) -> str:
+    """The parent's pid, as text ("0" if it cannot be read)."""
+    fields = _read(proc / "stat").rpartition(")")[2].split()
+    return fields[1] if len(fields) >= 2 and fields[1].isdigit() else "0"
+
+
 def kernel_report(pid: int, container: str) -> KernelReport:
     """What the kernel says of the container whose first process is `pid` (in this process's
     pid namespace: a local engine). Blocking. Nothing in the container is run or asked."""
     proc = Path("/proc") / str(pid)
     # The pid is the engine's word: it must be the container's (its cgroup names it, or,
-    # rootless on cgroup v1 where no cgroup does, its parent is the conmon that runs this
-    # container), or a remote engine's pid could point at a process of ours.
-    if pid <= 0 or not (container in _read(proc / "cgroup") or _conmon_child(proc, container)):
+    # rootless on cgroup v1 where no cgroup does, its parent is the conmon or the containerd
+    # shim that runs this container), or a remote engine's pid could point at a process of ours.
+    if pid <= 0 or not (
+        container in _read(proc / "cgroup")
+        or _conmon_child(proc, container)
+        or _shim_child(proc, container)
+    ):
         return KernelReport((), (), (), (), (), None)
     host_network = _same_network(proc)
     pids = [pid]

@@ -17,6 +17,7 @@ from app.engine_kind import (
     podman_host_config,
     podman_tmpfs,
     podman_userns,
+    rootless_docker_create,
     seccomp_name,
 )
 
@@ -123,6 +124,18 @@ def test_podman_gets_the_profile_as_a_file_and_keeps_the_users_uid() -> None:
     assert "noexec" in config["Tmpfs"]["/run"] and "size=" in config["Tmpfs"]["/run"]
     assert config["Tmpfs"]["/home/airlock"] == "rw,exec,size=1m,mode=0700,U"
     assert HOST_CONFIG["SecurityOpt"][1] == f"seccomp={SECCOMP}"  # the original is kept
+
+
+def test_rootless_docker_runs_the_agent_as_its_root_which_is_the_user() -> None:
+    kwargs = {"image": "i", "user": "1000:1000", "host_config": HOST_CONFIG}
+    created = rootless_docker_create(kwargs)
+    assert created["user"] == "0:0"
+    assert created["host_config"]["Tmpfs"] == {
+        "/tmp": "rw,nosuid,nodev,noexec,size=16m",
+        "/home/airlock": "rw,exec,size=1m,mode=0700,uid=0,gid=0",
+    }
+    assert created["host_config"]["SecurityOpt"] == HOST_CONFIG["SecurityOpt"]  # as given
+    assert kwargs["user"] == "1000:1000" and "uid=1000" in HOST_CONFIG["Tmpfs"]["/home/airlock"]
 
 
 def test_podman_without_the_profiles_file_is_refused() -> None:

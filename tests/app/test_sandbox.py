@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from app.container import BindMount, ContainerSpec, Identity, VolumeMount
-from app.engine_kind import PODMAN_DEFAULT_CAPABILITIES, EngineKind, podman_tmpfs, seccomp_name
+from app.engine_kind import (
+    PODMAN_DEFAULT_CAPABILITIES,
+    ROOTLESS_DEVICES,
+    EngineKind,
+    podman_tmpfs,
+    rootless_docker_tmpfs,
+    seccomp_name,
+)
 from app.sandbox import (
     Expectation,
     KernelReport,
@@ -403,3 +410,63 @@ def test_the_refusal_names_the_engine_and_why_limits_cannot_hold() -> None:
         "a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock doctor`)"
         '; a profile can accept running without them: [sandbox] accept_weaker = ["limits"]'
     )
+
+
+ROOTLESS_DOCKER = EngineKind("docker", "20.10.24", rootless=True, cgroup="2")
+
+
+def rootless_docker_honest(kind: EngineKind = ROOTLESS_DOCKER) -> SandboxReport:
+    """What rootless Docker reports for a container made as asked: the container's root as
+    its user and the tmpfs home's owner (app/engine_kind.py), the host's device nodes bound;
+    seen from the host, the agent's processes are the user's."""
+    report = honest_report(SPEC.create_kwargs())
+    tmpfs = rootless_docker_tmpfs(SPEC.tmpfs())
+    view = dataclasses.replace(report.engine, user="0:0", tmpfs_options=tmpfs)
+    mounts = (*report.kernel.mounts, *(MountFact(d, False, "bind") for d in ROOTLESS_DEVICES))
+    return SandboxReport(view, dataclasses.replace(report.kernel, mounts=mounts), kind)
+
+
+def test_rootless_docker_running_the_agent_as_its_root_passes() -> None:
+    checks = check_sandbox(EXPECTED, rootless_docker_honest())
+    assert [c.describe() for c in checks if not c.passed] == []
+
+
+@pytest.mark.parametrize(
+    ("report", "failed"),
+    [
+        # Its root is the user only for rootless Docker: anywhere else, uid 0 is root.
+        (
+            dataclasses.replace(rootless_docker_honest(), kind=EngineKind("docker", "20.10")),
+            {"engine: user", "engine: tmpfs", "kernel: mounts beyond the grants"},
+        ),
+        # On the host the agent must still be the user, whatever the engine says.
+        (
+            dataclasses.replace(
+                rootless_docker_honest(),
+                kernel=dataclasses.replace(
+                    rootless_docker_honest().kernel,
+                    processes=(
+                        dataclasses.replace(
+                            rootless_docker_honest().kernel.processes[0],
+                            uids=(101000,) * 4,
+                        ),
+                    ),
+                ),
+            ),
+            {"kernel: pid 2 uid"},
+        ),
+        # On cgroup v1 it reports the limits it was given and enforces none.
+        (
+            rootless_docker_honest(EngineKind("docker", "20.10.24", rootless=True, cgroup="1")),
+            {
+                "engine: memory limit",
+                "engine: memory+swap limit",
+                "engine: cpus (nano)",
+                "engine: pids limit",
+            },
+        ),
+    ],
+    ids=["not rootless", "a sub-uid on the host", "cgroup v1"],
+)
+def test_rootless_docker_differences_are_caught(report: SandboxReport, failed: set[str]) -> None:
+    assert {c.name for c in check_sandbox(EXPECTED, report) if not c.passed} == failed

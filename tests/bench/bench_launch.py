@@ -368,14 +368,29 @@ def podman_bench(image: str) -> EngineBench | str:
     `podman run` and `airlock run` against its API socket."""
     if shutil.which("podman") is None:
         return "no podman command"
+    return _rootless_bench(image, "podman/podman.sock", ["podman"], "podman")
+
+
+def rootless_docker_bench(image: str) -> EngineBench | str:
+    """The tester's rootless Docker (`packaging/setup rootless-docker airlock-tester`), as the
+    tester: `docker run` and `airlock run` against its socket."""
+    if shutil.which("docker") is None:
+        return "no docker command line"
+    return _rootless_bench(image, "docker.sock", ["docker"], "rootless-docker")
+
+
+def _rootless_bench(
+    image: str, socket_in_runtime: str, cli: list[str], mode: str
+) -> EngineBench | str:
+    """An engine the tester runs, its socket under their /run/user/UID, as the tester."""
     try:
         account = pwd.getpwnam(TESTER) if os.getuid() == 0 else pwd.getpwuid(os.getuid())
     except KeyError:
         return f"no user {TESTER}"
     runtime = f"/run/user/{account.pw_uid}"
-    socket = f"{runtime}/podman/podman.sock"
+    socket = f"{runtime}/{socket_in_runtime}"
     if not Path(socket).exists():
-        return f"no Podman service at {socket} (packaging/setup podman {account.pw_name})"
+        return f"no engine at {socket} (packaging/setup {mode} {account.pw_name})"
     kind = detect_engine(docker.DockerClient(base_url=f"unix://{socket}"))
     work, notes = _shared_notes(account.pw_uid, account.pw_gid)
     profile = work / "bench.toml"
@@ -397,7 +412,7 @@ def podman_bench(image: str) -> EngineBench | str:
     ]
     return EngineBench(
         kind.describe(),
-        _bare_run([*as_user, "podman"], notes, image),
+        _bare_run([*as_user, *cli], notes, image),
         [
             *as_user,
             str(AIRLOCK),
@@ -414,7 +429,11 @@ def podman_bench(image: str) -> EngineBench | str:
 
 # Each engine this machine may have; a function returns why not when it is not there. (The
 # gVisor bench adds its variant here.)
-ENGINES: list[Callable[[str], EngineBench | str]] = [docker_bench, podman_bench]
+ENGINES: list[Callable[[str], EngineBench | str]] = [
+    docker_bench,
+    podman_bench,
+    rootless_docker_bench,
+]
 ENGINE_RUNS = 5
 
 

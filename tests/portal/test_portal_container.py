@@ -315,8 +315,12 @@ def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
             other_id = started[0]
             other_socket = rig.dirs.runtime / str(other_id) / "bus" / "bus"
             assert other_socket.exists()
+            # Each address as the session bus: a client that claims its uid in the EXTERNAL
+            # handshake claims 0 under rootless Docker (the container's root is the user), which
+            # the bus refuses; GLib's bus connections claim none, and work on every engine.
             probe = (
-                'try() { if timeout 5 gdbus call --address "$1" --dest org.freedesktop.DBus '
+                'try() { if DBUS_SESSION_BUS_ADDRESS="$1" timeout 5 gdbus call --session '
+                "--dest org.freedesktop.DBus "
                 "--object-path /org/freedesktop/DBus --method org.freedesktop.DBus.ListNames "
                 '>/dev/null 2>&1; then echo "REACHED $1"; else echo "refused $1"; fi; }\n'
                 f'try "{user_path}"\n'
