@@ -183,9 +183,10 @@ def check_engine_limits(engine: EngineFacts) -> Finding:
         return Finding(
             "limits",
             Status.PROBLEM,
-            f"{kind.describe()} cannot enforce memory, pids and CPU limits or "
-            "ulimits (a rootless engine has no cgroup of its own on cgroup v1) and "
-            "drops them without an error: the sandbox check refuses every session "
+            f"{kind.describe()} cannot enforce memory, pids and CPU limits "
+            "(a rootless engine has no cgroup of its own on cgroup v1) and says "
+            "nothing of it (Podman drops them and the ulimits; rootless Docker "
+            "reports them as set): the sandbox check refuses every session "
             "unless its profile accepts running without them "
             '([sandbox] accept_weaker = ["limits"], '
             "with a warning at each session)",

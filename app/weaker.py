@@ -115,18 +115,43 @@ def refusable(failed: Sequence[Check]) -> tuple[str, ...]:
     return verdict.weaker if verdict.runs else ()
 
 
-def warning(engine: EngineKind, weaker: Sequence[str]) -> str:
+def warning(engine: EngineKind, weaker: Sequence[str], accepted: Sequence[Check] = ()) -> str:
     """One line: what the sandbox lacks and who allowed it, e.g. "weaker than asked:
     rootless Podman 4.3.1 (cgroup v1) does not enforce memory, pids and CPU limits and
-    ulimits (accepted by the profile: [sandbox] accept_weaker)"."""
-    lacks = "; ".join(WEAKENINGS[name].takes_away for name in weaker if name in WEAKENINGS)
+    ulimits (accepted by the profile: [sandbox] accept_weaker)". With the `accepted` checks
+    it names only what this engine left out (rootless Docker holds the ulimits)."""
+    lacks = _lacking(accepted) or "; ".join(
+        WEAKENINGS[name].takes_away for name in weaker if name in WEAKENINGS
+    )
     return (
         f"weaker than asked: {engine.describe()} does not enforce {lacks} "
         "(accepted by the profile: [sandbox] accept_weaker)"
     )
 
 
+_LIMITS = (
+    ("memory", re.compile(r"engine: memory(\+swap)? limit")),
+    ("pids", re.compile(r"engine: pids limit")),
+    ("CPU", re.compile(r"engine: cpus \(nano\)")),
+)
+_ULIMITS = re.compile(r"engine: ulimits|kernel: pid \d+ limits")
+
+
+def _lacking(accepted: Sequence[Check]) -> str:
+    """The resource limits the accepted failures are about, in words ("" for none)."""
+    names = [c.name for c in accepted]
+    limits = [label for label, p in _LIMITS if any(p.fullmatch(n) for n in names)]
+    ulimits = any(_ULIMITS.fullmatch(n) for n in names)
+    if not limits:
+        return "ulimits" if ulimits else ""
+    said = limits[0] if len(limits) == 1 else f"{', '.join(limits[:-1])} and {limits[-1]}"
+    return f"{said} limits" + (" and ulimits" if ulimits else "")
+
+
 def summary(engine: EngineKind, checks: Sequence[Check], verdict: Verdict) -> str:
     """The sessions list's Sandbox text for a session that runs weaker than asked."""
     passed = sum(1 for c in checks if c.passed)
-    return f"{warning(engine, verdict.weaker)}; {passed} of {len(checks)} checks passed"
+    return (
+        f"{warning(engine, verdict.weaker, verdict.accepted)}; "
+        f"{passed} of {len(checks)} checks passed"
+    )

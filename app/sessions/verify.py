@@ -131,7 +131,7 @@ class SandboxCheck:
                 "weaker": list(verdict.weaker),
                 "accepted": [c.describe() for c in verdict.accepted],
                 "engine": report.kind.describe(),
-                "warning": weaker.warning(report.kind, verdict.weaker),
+                "warning": weaker.warning(report.kind, verdict.weaker, verdict.accepted),
             }
         self._bus.emit(
             EventKind.SANDBOX_VERIFIED,
