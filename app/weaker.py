@@ -145,7 +145,8 @@ def _lacking(accepted: Sequence[Check]) -> str:
     if not limits:
         return "ulimits" if ulimits else ""
     said = limits[0] if len(limits) == 1 else f"{', '.join(limits[:-1])} and {limits[-1]}"
-    return f"{said} limits" + (" and ulimits" if ulimits else "")
+    plural = "s" if len(limits) > 1 else ""
+    return f"{said} limit{plural}" + (" and ulimits" if ulimits else "")
 
 
 def summary(engine: EngineKind, checks: Sequence[Check], verdict: Verdict) -> str:

@@ -59,6 +59,7 @@ from app.threads import BlockingCalls
 from app.view import SessionView
 
 _E = TypeVar("_E")
+DRAIN_SECONDS = 30  # how long the output may take to be read to its end, at most
 
 
 class Supervisor:
@@ -288,7 +289,10 @@ class Supervisor:
             )
             await calls.hold(engine.stop, container, STOP_GRACE_SECONDS)
         code = await waiter
-        await asyncio.wait({reader, drained}, timeout=5)
+        # The container has ended, so its streams end too: what is left is reading what it
+        # wrote last, which a loaded machine can take seconds over (the history's copy is
+        # closed after this). The bound is for an engine that never closes the stream.
+        await asyncio.wait({reader, drained}, timeout=DRAIN_SECONDS)
         if console is not None:
             console.close()
         limits.cancel()

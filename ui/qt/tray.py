@@ -135,7 +135,7 @@ class Tray(QObject):
         menu.clear()
         self.icon.setToolTip(self._tooltip())
         header = menu.addAction(
-            QIcon(self._icons[self.state]), self._tooltip().removeprefix("Airlock — ").capitalize()
+            QIcon(self._icons[self.state]), upper_first(self._tooltip().removeprefix("Airlock — "))
         )
         header.setEnabled(False)
         menu.addSeparator()
@@ -143,7 +143,7 @@ class Tray(QObject):
             partly = "  ·  partly unwatched" if record.id in self.unwatched else ""
             sub = menu.addMenu(f"{record.profile}  ·  {record.id}{partly}")
             sub.setObjectName(f"session-{record.id}")
-            sub.addAction(sandbox_label(record).capitalize()).setEnabled(False)
+            sub.addAction(upper_first(sandbox_label(record))).setEnabled(False)
             sub.addAction("Open", functools.partial(actions.open_session, record.id))
             sub.addAction("Stop", functools.partial(actions.stop_session, record.id))
             sub.addAction(
@@ -168,3 +168,8 @@ class Tray(QObject):
         menu.addAction("Welcome and help…", actions.show_welcome)
         menu.addAction("Open Airlock", actions.open_window)
         menu.addAction("Quit", actions.quit)
+
+
+def upper_first(text: str) -> str:
+    """The first letter a capital, the rest as written (str.capitalize lowers "Podman")."""
+    return text[:1].upper() + text[1:]

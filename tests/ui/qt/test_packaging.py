@@ -66,4 +66,5 @@ def test_setup_starts_the_tray_for_the_demo() -> None:
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
     body = text[text.index("start_demo_session() {") : text.index("main() {")]
-    assert "tray --prepare notes-organizer" in body
+    assert 'tray --prepare "$DEMO_PROFILE"' in body
+    assert "\nDEMO_PROFILE=notes-organizer\n" in text  # unless `--engine podman` needs a copy
