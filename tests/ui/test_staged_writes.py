@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -35,6 +36,9 @@ def run_agent(
     for grant in grants:
         arguments += ["--grant", grant]
     result = user.run(*arguments, extra_env=extra_env)
+    # The session's id as `airlock run` says it; one that never started is looked up.
+    if said := re.search(r"^airlock: session (\w+) started \(", result.stderr, re.MULTILINE):
+        return result, said[1]
     sessions = json.loads(user.run("sessions", "--all", "--json").stdout)
     return result, sessions[-1]["id"]
 
