@@ -2,8 +2,8 @@
 
 Layout. A directory (`Dirs.audit`) of numbered segments `000001.jsonl`, `000002.jsonl`, …;
 the highest number is the one being written. A segment is closed once the next record would
-take it past `segment_bytes`, and the next one continues the same chain. Each line is one
-record:
+take it past `segment_bytes` and all it holds is durable (until then records go on past the
+limit), and the next one continues the same chain. Each line is one record:
 
     {"details":{…},"kind":"file.written","prev":"<64 hex>","seq":7,"session":"…",
      "subject":"…","time":1718000000.25,"hash":"<64 hex>"}
@@ -13,23 +13,30 @@ ASCII only); "hash" is the SHA-256 of the body's bytes and is written as the las
 `prev` is the hash of the record before (64 zeros for record 1) and `seq` counts records
 from 1 across all segments, so editing, dropping, inserting or reordering any record breaks
 the chain right there. `head.json` names the last record known to be on disk (its seq and
-hash), so that cutting whole records off the end is caught as well. A full rewrite of the
-log cannot be caught from the inside: `audit verify` prints the head hash to keep elsewhere.
+hash, and the segment the records after it start in), so that cutting whole records off the
+end is caught as well. A full rewrite of the log cannot be caught from the inside: `audit
+verify` prints the head hash to keep elsewhere.
 
 What a record holds: event metadata. Values that may be content — bytes, anything under a
 key that names content or a secret (body, content, line, output, token, password, key, …) and
 strings over `MAX_TEXT` characters — are stored as their fingerprint {"sha256", "size"}.
 
 Durability (fsync policy). Each record goes to its O_APPEND segment in one write(2): once
-`append` returns it is in the kernel and survives a crash of the process. fsync(2) plus a new
-`head.json` follow on the first append `sync_interval` seconds (default 1 s) after the last
-sync, on every session-ending event, at rotation and at `close()`: a power loss may cost the
-records of the last second, never records before the head. A record torn by a crash mid-write
-is cut off by the next writer, which logs an `audit.recovered` record with the cut bytes'
-fingerprint.
+`append` returns it is in the kernel and survives a crash of the process. `append` never
+fsyncs (on a busy disk that takes hundreds of milliseconds, and it runs on the event loop): a
+syncer thread per log fsyncs the segments `sync_interval` seconds (default 1 s) after the
+first record not yet synced, at once after a session-ending event or when a segment is full,
+then replaces `head.json` if that moves it forward. `sync()` and `close()` do the same on the
+caller's thread and return when it is done. A power loss may cost the records of about the
+last second, never records before the head, and never a record in the middle of the chain: a
+segment is closed only once it is durable. A record torn by a crash mid-write is cut off by
+the next writer, which logs an `audit.recovered` record with the cut bytes' fingerprint.
 
 Several Airlock processes may share one log: an append holds flock(2) on `audit.lock` and
-first picks up whatever the others appended or rotated, so there is always one chain.
+first picks up whatever the others appended or rotated, so there is always one chain. fsync
+flushes a file whoever wrote it, so each syncer fsyncs from the head's segment to its own
+and moves the head only forward, under flock(2) of the directory (which `append` never
+takes).
 """
 
 from __future__ import annotations
@@ -51,7 +58,6 @@ from typing import IO, Any
 
 from app.errors import AirlockError
 from app.events import Event, EventKind
-from app.fs import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +368,23 @@ class _Checkpoint:
     hash: str
 
 
+def _head_position(directory: Path) -> tuple[int, int]:
+    """The seq head.json names and the segment the records after it start in (1 if it does
+    not say: a checkpoint written before it did)."""
+    try:
+        raw = json.loads((directory / HEAD_FILE).read_bytes())
+    except FileNotFoundError:
+        return 0, 1
+    except (ValueError, RecursionError):
+        return 0, 1  # unreadable: `verify` says so; the next sync writes a good one
+    except OSError as e:
+        raise AuditError(f"cannot read {directory / HEAD_FILE}: {e.strerror}") from e
+    if not isinstance(raw, dict) or type(raw.get("seq")) is not int:
+        return 0, 1
+    segment = raw.get("segment")
+    return raw["seq"], segment if type(segment) is int and segment > 0 else 1
+
+
 def _read_checkpoint(directory: Path) -> _Checkpoint | AuditProblem | None:
     path = directory / HEAD_FILE
     try:
@@ -478,8 +501,11 @@ def export(directory: Path, out: IO[bytes]) -> int:
 class AuditLog:
     """The writer. One per process; `sink` is what to attach to the `EventBus`.
 
-    Thread-safe. `append` costs a write(2) and, at most once per `sync_interval`, an fsync(2)
-    of a fraction of a millisecond on the caller's thread — cheap enough for the loop.
+    Thread-safe. `append` costs a write(2) and never an fsync(2): under a busy disk one takes
+    hundreds of milliseconds, and `append` runs on the event loop. A syncer thread (started
+    on the first append, gone after `_IDLE_SECONDS` with nothing to sync) makes the records
+    durable and moves the head checkpoint, without the lock `append` takes. `fsync` is a
+    seam for tests (a slow disk); it is called for every fsync the log makes.
     """
 
     def __init__(
@@ -488,18 +514,27 @@ class AuditLog:
         *,
         segment_bytes: int = SEGMENT_BYTES,
         sync_interval: float = 1.0,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self.directory = directory
         self._segment_bytes = segment_bytes
         self._sync_interval = sync_interval
+        self._fsync = fsync
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._number = 0
         self._next_segment = ""
         self._fd = -1
         self._offset = 0
+        self._durable = 0  # bytes of the current segment known to be on disk
         self._seq = 0
         self._hash = GENESIS
-        self._dirty = False
+        self._written = 0  # records this writer wrote
+        self._synced = 0  # of which are durable with the head checkpoint at or past them
+        self._urgent = False  # sync now, not at the end of the interval
+        self._idle = False  # the syncer waits for a first record to sync
+        self._stopping = False
+        self._syncer: threading.Thread | None = None
         self._last_sync = time.monotonic()
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -508,6 +543,7 @@ class AuditLog:
             raise AuditError(f"cannot open the audit log at {directory}: {e.strerror}") from e
         with self._locked():
             self._catch_up()
+            self._request()
 
     def sink(self, event: Event) -> None:
         """The bus sink: records every event, losing none."""
@@ -518,29 +554,34 @@ class AuditLog:
         with self._locked():
             self._catch_up()
             record = self._write(str(event.kind), event.session, event.subject, details, event.time)
-            due = time.monotonic() - self._last_sync >= self._sync_interval
-            if due or event.kind in _SYNC_KINDS:
-                try:
-                    self._sync()
-                except OSError as e:
-                    # The record is written (in the kernel); the head checkpoint follows at
-                    # the next sync that can be made.
-                    log.warning("cannot sync the audit log at %s: %s", self.directory, e.strerror)
+            if event.kind in _SYNC_KINDS:
+                self._urgent = True
+            self._request()
         return record
 
     def sync(self) -> None:
-        """Make everything appended so far durable and move the head checkpoint to it."""
-        with self._locked():
-            self._sync()
+        """Make everything appended so far durable and move the head checkpoint to it; returns
+        when that is done (the caller's thread does the fsyncs)."""
+        try:
+            self._flush()
+        except OSError as e:
+            raise AuditError(f"cannot sync the audit log at {self.directory}: {e.strerror}") from e
 
     def close(self) -> None:
-        if self._lock_fd < 0:
-            return
+        """Stops the syncer and syncs what is left, on the caller's thread."""
+        with self._wake:
+            if self._lock_fd < 0:
+                return
+            self._stopping = True
+            self._wake.notify_all()
+            syncer = self._syncer
+        if syncer is not None:
+            syncer.join()
+        try:
+            self._flush()
+        except (OSError, AuditError) as e:
+            log.warning("cannot sync the audit log at %s: %s", self.directory, e)
         with self._locked():
-            try:
-                self._sync()
-            except OSError as e:
-                log.warning("cannot sync the audit log at %s: %s", self.directory, e.strerror)
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -553,12 +594,115 @@ class AuditLog:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # The syncer: everything here runs without the lock `append` takes, but for moments.
+
+    def _syncing(self) -> None:
+        while True:
+            with self._wake:
+                idle_since = time.monotonic()
+                while True:
+                    now = time.monotonic()
+                    if self._stopping or (
+                        self._written == self._synced and now - idle_since >= _IDLE_SECONDS
+                    ):
+                        self._syncer = None
+                        return
+                    if self._written > self._synced:
+                        self._idle = False
+                        left = self._last_sync + self._sync_interval - now
+                        if self._urgent or left <= 0:
+                            break
+                        self._wake.wait(left)
+                    else:
+                        self._idle = True
+                        self._wake.wait(_IDLE_SECONDS - (now - idle_since))
+                self._urgent = False
+                self._last_sync = time.monotonic()
+            try:
+                self._flush()
+            except (OSError, AuditError) as e:
+                # The records are written (in the kernel); the head checkpoint follows at the
+                # next sync that can be made.
+                log.warning("cannot sync the audit log at %s: %s", self.directory, e)
+
+    def _flush(self) -> None:
+        """fsync what this writer wrote, then move the head checkpoint to it if that is
+        forward. fsync flushes whatever was written before it began, so `append` may go on
+        meanwhile; the head names a record only once every segment up to it is durable."""
+        with self._wake:
+            if self._fd < 0 or self._written == self._synced:
+                return
+            written, seq, digest, number = self._written, self._seq, self._hash, self._number
+            fd = os.dup(self._fd)
+        try:
+            size = os.fstat(fd).st_size
+            covered, first = _head_position(self.directory)
+            if seq > covered:
+                # The records after the head are in its segment and the ones after it.
+                for older in range(first, number):
+                    self._fsync_path(self._path(older), os.O_RDONLY)
+                self._fsync(fd)
+                if first < number:  # the new segments' names
+                    self._fsync_path(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        finally:
+            os.close(fd)
+        with self._wake:
+            if self._number == number:  # the segment may be closed now (a full disk or not)
+                self._durable = max(self._durable, size)
+        if seq > covered:
+            self._move_head(seq, digest, number)
+        with self._wake:
+            self._synced = max(self._synced, written)
+
+    def _move_head(self, seq: int, digest: str, number: int) -> None:
+        """Replace head.json if it is behind `seq`. Writers serialise on a flock of the
+        directory, not on audit.lock: `append` never waits for these fsyncs."""
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+            try:
+                moved = seq > _head_position(self.directory)[0]
+                if moved:
+                    head = self.directory / HEAD_FILE
+                    temporary = head.with_suffix(".tmp")
+                    checkpoint = {"seq": seq, "hash": digest, "segment": number}
+                    temporary.write_bytes(_canonical(checkpoint))
+                    self._fsync_path(temporary, os.O_RDONLY)
+                    temporary.replace(head)
+            finally:
+                fcntl.flock(directory, fcntl.LOCK_UN)
+            if moved:  # the rename: either head is durable-safe, so outside the lock
+                self._fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _fsync_path(self, path: Path, flags: int) -> None:
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+
     # Everything below runs with both locks held.
 
     def _locked(self) -> _Locked:
         if self._lock_fd < 0:
             raise AuditError(f"the audit log at {self.directory} is closed")
         return _Locked(self._lock, self._lock_fd)
+
+    def _request(self) -> None:
+        """Have the syncer make what was written durable (at once if urgent)."""
+        if self._written == self._synced:
+            return
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._syncing, name="audit-sync", daemon=True)
+            self._syncer.start()
+        elif self._urgent or self._idle:
+            self._idle = False
+            self._wake.notify()
 
     def _path(self, number: int) -> Path:
         return self.directory / f"{number:06d}.jsonl"
@@ -584,6 +728,8 @@ class AuditLog:
             self._fd = os.open(self._path(number), flags, 0o600)
         except OSError as e:
             raise AuditError(f"cannot open {self._path(number)}: {e.strerror}") from e
+        if number != self._number:
+            self._durable = 0  # (the same segment, opened again after an error, keeps it)
         self._number = number
         self._next_segment = os.fspath(self._path(number + 1))
         self._offset = os.fstat(self._fd).st_size
@@ -631,7 +777,7 @@ class AuditLog:
                 {"discarded": fingerprint.to_json()},
                 time.time(),
             )
-            self._sync()
+            self._urgent = True
 
     def _write(
         self,
@@ -652,14 +798,15 @@ class AuditLog:
         }
         line, digest = _encode(body)
         if self._offset and self._offset + len(line) > self._segment_bytes:
-            try:
-                self._sync()
-                self._open(self._number + 1, create=True)
-                fsync_directory(self.directory)
-            except OSError as e:
-                raise AuditError(
-                    f"cannot start a new segment in {self.directory}: {e.strerror}"
-                ) from e
+            if self._durable >= self._offset:
+                # Only once the segment is durable: a record of the next one on disk before
+                # the end of this one would leave a hole in the chain after a power loss.
+                try:
+                    self._open(self._number + 1, create=True)
+                except AuditError as e:
+                    raise AuditError(f"cannot start a new segment in {self.directory}: {e}") from e
+            else:
+                self._urgent = True  # this record goes past the limit; the next need not
         try:
             written = os.write(self._fd, line)
         except OSError as e:
@@ -671,7 +818,7 @@ class AuditLog:
         self._offset += written
         self._seq += 1
         self._hash = digest
-        self._dirty = True
+        self._written += 1
         return AuditRecord(
             seq=self._seq,
             time=when,
@@ -683,20 +830,9 @@ class AuditLog:
             hash=digest,
         )
 
-    def _sync(self) -> None:
-        self._last_sync = time.monotonic()
-        if not self._dirty or self._fd < 0:
-            return
-        os.fsync(self._fd)
-        head = self.directory / HEAD_FILE
-        temporary = head.with_suffix(".tmp")
-        temporary.write_bytes(_canonical({"seq": self._seq, "hash": self._hash}))
-        with temporary.open("rb+") as file:
-            os.fsync(file.fileno())
-        temporary.replace(head)
-        fsync_directory(self.directory)
-        self._dirty = False
 
+# How long the syncer thread waits for more to sync before it ends.
+_IDLE_SECONDS = 30.0
 
 # While the log cannot be written, how long events are only counted before a write is tried
 # again (`Recorder.check`, which the supervisor calls, tries at once).

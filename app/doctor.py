@@ -185,7 +185,10 @@ def check_engine_limits(engine: EngineFacts) -> Finding:
             Status.PROBLEM,
             f"{kind.describe()} cannot enforce memory, pids and CPU limits or "
             "ulimits (a rootless engine has no cgroup of its own on cgroup v1) and "
-            "drops them without an error: the sandbox check refuses every session",
+            "drops them without an error: the sandbox check refuses every session "
+            "unless its profile accepts running without them "
+            '([sandbox] accept_weaker = ["limits"], '
+            "with a warning at each session)",
             "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) and delegate "
             "the cpu, memory and pids controllers to your user, or use rootful "
             "Docker (sudo packaging/setup demo)",

@@ -48,7 +48,9 @@ SANDBOX_ARGV0 = "runsc-sandbox"
 NOTE = (
     "gVisor: the agent's processes are inside gVisor's kernel, so uid, capabilities and "
     "mounts are the engine's word, not read from /proc; seccomp is the profile's filter "
-    "applied by gVisor, not the host kernel; the pids limit counts gVisor's threads"
+    "applied by gVisor, not the host kernel; the pids limit counts gVisor's threads; the "
+    "portal answers clients that send no kernel credentials (airlock-request, the MCP "
+    "server), not GLib's (gdbus, GTK file dialogs)"
 )
 
 

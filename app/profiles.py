@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from app.errors import ProfileError
+from app.weaker import accepted_name
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -285,6 +286,19 @@ class Watch(Strict):
     unwatched: Literal["warn", "stop"] = "warn"
 
 
+class Sandbox(Strict):
+    # Differences from the asked-for sandbox the engine may make and the session still run,
+    # with a warning (app/weaker.py): off by default, and never what keeps the agent in.
+    accept_weaker: tuple[Annotated[str, AfterValidator(accepted_name)], ...] = ()
+
+    @field_validator("accept_weaker")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a difference twice")
+        return value
+
+
 class DefaultGrant(Strict):
     path: str
     mode: Literal["ro", "rw"] = "ro"
@@ -318,6 +332,7 @@ class Profile(Strict):
     approval: Approval = Field(default_factory=Approval)
     home: Home = Field(default_factory=Home)
     watch: Watch = Field(default_factory=Watch)
+    sandbox: Sandbox = Field(default_factory=Sandbox)
     grants: tuple[DefaultGrant, ...] = ()
     # What the desktop app's Launch dialog proposes for each file or folder added: "rw" for
     # an agent whose job is to write (its writes are staged for review either way).

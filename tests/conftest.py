@@ -16,12 +16,15 @@ import pytest
 
 from app.engine import connect_engine
 from app.errors import EngineError
+from app.events import Event, EventBus, EventKind
 from tests.loopwatch import LoopWatch
 from tests.support import (
     DEFAULT_IMAGE,
+    SANDBOX_RECORDS,
     DesktopUser,
     engine_environment,
     engine_host_under_test,
+    limits_dropped_by_engine_under_test,
     make_tester,
 )
 
@@ -68,6 +71,36 @@ def no_blocked_loop(request: pytest.FixtureRequest, loop_watch: LoopWatch) -> It
             "ms:\n" + "\n".join(b.describe() for b in loop_watch.blocked),
             pytrace=False,
         )
+
+
+@pytest.fixture(autouse=True)
+def weaker_sandbox_is_said(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """On an engine that drops the resource limits (rootless Podman on cgroup v1), the
+    tests marked `engines` run with profiles that accept that (tests/support.py): every
+    session they start must then have said so — in its `sandbox.verified` event here, and in
+    the tester's audit log for the sessions its `airlock` commands ran."""
+    if request.node.get_closest_marker("engines") is None or not (
+        limits_dropped_by_engine_under_test()
+    ):
+        yield
+        return
+    seen: list[dict[str, object]] = []
+    publish = EventBus.publish
+
+    def recording(bus: EventBus, event: Event) -> None:
+        if event.kind is EventKind.SANDBOX_VERIFIED:
+            seen.append(dict(event.details))
+        publish(bus, event)
+
+    monkeypatch.setattr(EventBus, "publish", recording)
+    yield
+    seen += request.node.stash.get(SANDBOX_RECORDS, [])
+    assert seen, "no session was verified on the engine under test"
+    for details in seen:
+        assert details.get("weaker") == ["limits"], details
+        assert "does not enforce memory, pids and CPU limits" in str(details.get("warning"))
 
 
 @pytest.fixture(scope="session")

@@ -134,6 +134,49 @@ def engine_host_under_test() -> str | None:
     return f"unix:///run/user/{uid}/podman/podman.sock"
 
 
+def limits_dropped_by_engine_under_test() -> bool:
+    """Whether the engine under test cannot hold resource limits: rootless Podman on a
+    cgroup v1 host (app/engine_kind.py: `limits_enforced`), as on the project's machines.
+    The tests' profiles then accept running without them (`[sandbox] accept_weaker`), and
+    the tests marked `engines` check that each session said so (tests/conftest.py)."""
+    return (
+        os.environ.get("AIRLOCK_TEST_ENGINE") == "podman"
+        and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    )
+
+
+ACCEPT_LIMITS = '\n[sandbox]\naccept_weaker = ["limits"]\n'
+
+
+def engine_acceptance() -> str:
+    """The profile text the engine under test needs: the accepted limits, or nothing."""
+    return ACCEPT_LIMITS if limits_dropped_by_engine_under_test() else ""
+
+
+def verified_outcome() -> str:
+    """How a session's record begins once its sandbox check passed on the engine under
+    test: "verified (N checks)", or the accepted weakening's warning."""
+    return "weaker than asked: " if limits_dropped_by_engine_under_test() else "verified ("
+
+
+def sandbox_warnings(state: Path) -> list[dict[str, object]]:
+    """The details of every `sandbox.verified` record in the audit log under `state` (an
+    XDG_STATE_HOME): what the tests marked `engines` check of the tester's sessions."""
+    from app.audit import AuditRecord, records
+
+    directory = state / "airlock" / "audit"
+    if not directory.is_dir():
+        return []
+    return [
+        dict(r.details)
+        for r in records(directory)
+        if isinstance(r, AuditRecord) and r.kind == "sandbox.verified"
+    ]
+
+
+SANDBOX_RECORDS = pytest.StashKey[list[dict[str, object]]]()
+
+
 @contextlib.contextmanager
 def engine_environment(host: str | None) -> Iterator[None]:
     """DOCKER_HOST set to `host` (if any) while inside."""
@@ -200,6 +243,8 @@ def make_tester(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk
     if (host := engine_host_under_test()) is not None:
         who.env["DOCKER_HOST"] = host
     yield who
+    # Before the tester's files go: what its sessions' sandboxes were (tests/conftest.py).
+    request.node.stash.setdefault(SANDBOX_RECORDS, []).extend(sandbox_warnings(who.base / ".state"))
     shutil.rmtree(runtime, ignore_errors=True)
     if who.base != tmp_path:
         shutil.rmtree(who.base, ignore_errors=True)
@@ -228,7 +273,7 @@ def profile_text(
     return (
         f'name = "test-agent"\nimage = "{image}"\ncommand = [{argv}]\ntimeout = "2m"\n{extra}\n'
         f'[resources]\nmemory = "{memory}"\ncpus = 1.0\npids = {pids}\ntmpfs = "16m"\n'
-        f'staging = "{staging}"\n'
+        f'staging = "{staging}"\n{engine_acceptance()}'
     )
 
 

@@ -33,8 +33,11 @@ def duration_text(seconds: float | None) -> str:
 def status_text(record: SessionRecord) -> str:
     if record.live:
         return "running"
-    code = "" if record.exit_code is None else f" (exit {record.exit_code})"
-    return f"{record.reason or record.state}{code}"
+    reason = record.reason or str(record.state)
+    said = (f"exited with status {record.exit_code}", "exited normally")
+    # The supervisor's words already give the code of a plain exit: not said twice.
+    code = "" if record.exit_code is None or reason in said else f" (exit {record.exit_code})"
+    return f"{reason}{code}"
 
 
 def summary_text(summary: SessionSummary) -> str:
@@ -97,8 +100,8 @@ def sight_text(sight: SessionSight | None, live: bool = False) -> str:
     lines = ["Files and folders:"]
     lines += [
         f"  • {p.path}  ({'read and write' if str(p.mode) == 'rw' else 'read only'}, "
-        f"at {p.inside} inside, {p.lifetime}"
-        + (f" until {clock(p.until, True)}" if p.until else "")
+        f"at {p.inside} inside, "
+        + (f"until {clock(p.until, True)}" if p.until else str(p.lifetime))
         + ")"
         for p in sight.paths
     ] or ["  none"]

@@ -198,6 +198,9 @@ def notice_text(event: Event) -> str | None:
             f"session {subject} started ({inert(details['profile'])}); "
             f"`airlock stop {subject}` ends it"
         )
+    if event.kind is EventKind.SANDBOX_VERIFIED and details.get("weaker"):
+        # The profile let the session run without part of what was asked: said every time.
+        return f"session {subject}: sandbox {inert(details.get('warning', 'weaker than asked'))}"
     if event.kind is EventKind.GRANT_SKIPPED:
         return f"not granted: {subject}: {inert(details.get('reason', ''))}"
     if event.kind is EventKind.SESSION_TIMEOUT:

@@ -633,10 +633,22 @@ def _terminate(container: Container) -> None:
         log.debug("cannot signal bridge %s: %s", container.short_id, e.explanation)
 
 
+REMOVE_TRIES = 5
+
+
 def _remove(container: Container) -> None:
-    try:
-        container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as e:
-        log.warning("cannot remove bridge %s: %s", container.short_id, e.explanation)
+    # Podman refuses a forced remove while the container is between running and stopped
+    # (its SIGKILL finds "container state improper: stopped" just after the witness left
+    # on SIGTERM): tried again a moment later, it is gone. Docker removes it the first time.
+    for attempt in range(REMOVE_TRIES):
+        try:
+            container.remove(force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if attempt + 1 < REMOVE_TRIES and "state improper" in str(e.explanation):
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            log.warning("cannot remove bridge %s: %s", container.short_id, e.explanation)
+            return

@@ -110,6 +110,13 @@ class Finding:
         return {"kind": self.kind, "label": self.label, "offset": self.offset}
 
 
+def findings_text(findings: Sequence[Finding]) -> str:
+    """What a refusal says of the findings: their kinds, never what was found."""
+    if not findings:
+        return ""
+    return "; it carries: " + ", ".join(sorted({f.kind for f in findings}))
+
+
 @dataclass(frozen=True, slots=True)
 class GrantedContent:
     """The fingerprints of the granted files: whole-file SHA-256 and piece hashes."""

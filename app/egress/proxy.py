@@ -24,10 +24,18 @@ from typing import Any, Protocol
 from app.consent import Answer, ConsentBroker, ConsentRequest, denied, new_request_id
 from app.egress.aio import Turns, take_buffered, within
 from app.egress.ca import SessionCA
-from app.egress.exchange import (
+from app.egress.exchange import ClientConnection
+from app.egress.grants import NetworkGrants
+from app.egress.inspect import GrantedContent
+from app.egress.interception import Handshake, StartTLS, TLSRefused, handshake_refusal
+from app.egress.keys import SecretSource
+from app.egress.limits import ConnectionCounter, TokenBucket
+from app.egress.policy import IPAddress
+from app.egress.records import ExchangeRecord
+from app.egress.splice import splice, spliceable
+from app.egress.steps import (
     PROXY_PORT,
     Ask,
-    ClientConnection,
     CloseTunnel,
     Command,
     Connect,
@@ -51,17 +59,9 @@ from app.egress.exchange import (
     SendUpstream,
     SpliceBody,
     Throttle,
-    TunnelUploads,
     UpstreamAlive,
 )
-from app.egress.grants import NetworkGrants
-from app.egress.inspect import GrantedContent
-from app.egress.interception import Handshake, StartTLS, TLSRefused, handshake_refusal
-from app.egress.keys import SecretSource
-from app.egress.limits import ConnectionCounter, TokenBucket
-from app.egress.policy import IPAddress
-from app.egress.records import ExchangeRecord
-from app.egress.splice import splice, spliceable
+from app.egress.tunnels import TunnelUploads
 from app.egress.uploads import UploadLedger
 from app.egress.witness import BlockedLog
 from app.errors import EgressError

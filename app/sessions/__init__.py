@@ -3,6 +3,8 @@
 The names other parts import are re-exported here; each lives in the module of its job (see
 docs/architecture.md)."""
 
+from app.endings import EXIT_TIMEOUT
+from app.sessions.control import STOP_GRACE_SECONDS
 from app.sessions.engine import ContainerState, DockerEngine, Engine, Listed
 from app.sessions.limits import DISK_RESERVE
 from app.sessions.model import (
@@ -22,7 +24,7 @@ from app.sessions.registry import (
     process_alive,
     process_token,
 )
-from app.sessions.supervisor import EXIT_TIMEOUT, STOP_GRACE_SECONDS, Supervisor
+from app.sessions.supervisor import Supervisor
 
 __all__ = [
     "DISK_RESERVE",

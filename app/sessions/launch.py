@@ -1,12 +1,14 @@
 """Setting a session up: its grants, the view and staging areas they are shown through, what
-its extensions add, and from all that the agent container's spec. Runs on the loop; file
-and engine work goes to worker threads."""
+its extensions add, and from all that the agent container's spec; and at its end taking all
+of it down again. Runs on the loop; file and engine work goes to worker threads."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,15 +37,19 @@ from app.sessions.engine import Engine
 from app.sessions.model import ExtensionFactory, LaunchRequest, SessionContext
 from app.sessions.registry import RunningSession, process_token
 from app.store import StateStore
+from app.threads import BlockingCalls
 from app.view import anchors_for
+
+log = logging.getLogger(__name__)
 
 
 class SessionSetup:
-    """What a session needs before its container is created."""
+    """What a session needs before its container is created, and its removal at the end."""
 
     def __init__(
         self,
         engine: Engine,
+        calls: BlockingCalls,
         store: StateStore,
         bus: EventBus,
         dirs: Dirs,
@@ -52,6 +58,7 @@ class SessionSetup:
         files: SessionFiles,
     ) -> None:
         self._engine = engine
+        self._calls = calls
         self.store = store
         self.bus = bus
         self.dirs = dirs
@@ -223,3 +230,33 @@ class SessionSetup:
             running.extensions.append(extension)
             additions.append(await extension.prepare(context))
         return additions
+
+    async def tear_down(self, running: RunningSession) -> None:
+        """Removes what the session was given and made, its container first."""
+        for timer in running.timers:
+            timer.cancel()
+        for task in running.tasks:
+            task.cancel()
+        removed = running.container is None or await self._calls.call(
+            self._engine.remove, running.container
+        )
+        if running.guard is not None:
+            running.guard.done()
+        if removed:
+            # No process is left that could write a staged file: committing may move them.
+            await asyncio.to_thread(running.staging.seal)
+        if running.volumes:
+            await self._calls.call(self._engine.remove_volumes, running.volumes)
+        for extension in reversed(running.extensions):
+            try:
+                await extension.close()
+            except Exception:
+                log.exception("session %s: closing %r failed", running.id, extension)
+        if running.runtime_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, running.runtime_dir, True)
+        if running.gate is not None:
+            running.gate.close()
+            await asyncio.to_thread(shutil.rmtree, running.gate.directory, True)
+        if running.watcher is not None:
+            await running.watcher.stop()
+        await asyncio.to_thread(running.view.discard)

@@ -8,14 +8,16 @@ keeps whatever it looked up or copied up, and which the agent's working director
 detached: no unprivileged way takes it back from a running agent. So revoking one stops the
 session (its agent killed at once); its staged changes stay for `airlock changes` and `commit`.
 
-Undo (`restore`) re-grants: the grant is in force again and a read-only one reappears in the
-views of the live sessions that had it. What cannot be given back is said, not pretended: a
-stopped session stays stopped, and a read-write file's withdrawn copy stays with the
-changes for review (the agent would write over what the user may already be reviewing).
+Undo (`restore`, from the loop `arestore`) re-grants: the grant is in force again and a
+read-only one reappears in the views of the live sessions that had it. What cannot be given
+back is said, not pretended: a stopped session stays stopped, and a read-write file's
+withdrawn copy stays with the changes for review (the agent would write over what the user
+may already be reviewing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +33,10 @@ from app.paths import Dirs
 from app.sessions.engine import Engine, kill_agent
 from app.staging import RootKind, SessionStaging
 from app.store import StateStore
+from app.threads import thread_bus
 from app.view import SessionView, anchors_for
 
+ADDED = EventKind.GRANT_ADDED
 TREE_STOPPED = (
     "a read-write folder cannot be taken back from a running agent: the session "
     "was stopped; its staged changes are kept for review"
@@ -96,6 +100,7 @@ class Announce:
     session: str | None
     subject: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    kind: EventKind = EventKind.GRANT_REVOKED  # an undo's is grant.added, with `restored`
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,25 +181,42 @@ def plan_restore(grant: Grant, reaches: Sequence[Reach]) -> list[Step]:
                 steps.append(ShowAt(session, grant.path, Path(reach.location)))
             else:
                 steps.append(Reshow(session, grant.path))
-            steps.append(Announce(session, subject, {"grant": grant.id, "restored": True}))
+            steps.append(Announce(session, subject, {"grant": grant.id, "restored": True}, ADDED))
             continue
-        steps.append(
-            Announce(session, subject, {"grant": grant.id, "restored": False, "reason": why})
-        )
+        back = {"grant": grant.id, "restored": False, "reason": why}
+        steps.append(Announce(session, subject, back, ADDED))
     if not reaches:
-        steps.append(Announce(grant.session, subject, {"grant": grant.id, "restored": True}))
+        steps.append(Announce(grant.session, subject, {"grant": grant.id, "restored": True}, ADDED))
     return steps
 
 
 class Revocation:
-    """Carries out revocations. Blocking (database, tree walks, engine calls): from the loop,
-    run it in a worker thread, with a `bus` that hands its events to the loop."""
+    """Carries out revocations and their undo. `revoke` and `restore` block (database, tree
+    walks, engine calls) and publish on the `bus` they are given from the calling thread:
+    for the command line. From the loop, `arevoke` and `arestore` do the same in a worker
+    thread and publish on the loop's thread, on the bus the revocation was built with."""
 
-    def __init__(self, engine: Engine, owner: str, store: StateStore, dirs: Dirs) -> None:
+    def __init__(
+        self, engine: Engine, owner: str, store: StateStore, dirs: Dirs, bus: EventBus
+    ) -> None:
         self._engine = engine
         self._owner = owner
         self._store = store
         self._dirs = dirs
+        self._bus = bus
+
+    async def arevoke(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
+        relay = thread_bus(self._bus, asyncio.get_running_loop())
+        return await asyncio.to_thread(self.revoke, tuple(grant_ids), relay)
+
+    async def arestore(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
+        relay = thread_bus(self._bus, asyncio.get_running_loop())
+        return await asyncio.to_thread(self.restore, tuple(grant_ids), relay)
+
+    async def expire(self, grant: str) -> None:
+        """A grant whose time is up (app/sessions/delivery.py's timers): revoked as if by
+        the user, so it leaves the running sessions the same way."""
+        await self.arevoke([grant])
 
     def revoke(self, grant_ids: Sequence[str], bus: EventBus) -> list[AnyGrant]:
         """Revokes grants and takes them out of every running session that uses them. A
@@ -313,5 +335,5 @@ class Revocation:
                 self._view(session).add(path)
             case ShowAt(session, path, at):
                 self._view(session).add(path, at)
-            case Announce(session, subject, details):
-                bus.emit(EventKind.GRANT_REVOKED, session, subject, **details)
+            case Announce(session, subject, details, kind):
+                bus.emit(kind, session, subject, **details)

@@ -1,6 +1,7 @@
 """What a running session can see right now: its grants in force (where they are inside),
-the hosts and routes it may reach, its uploads held for an answer, and its limits; a pure
-function of the supervisor's live state, gathered by `Supervisor.sight`."""
+the hosts and routes it may reach, its uploads held for an answer, and its limits: a pure
+function (`session_sight`) over the grants in force, what the session was launched with and
+the questions waiting, and `read_sight`, which reads the grants from the store for it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from app.consent import ConsentRequest, RequestKind
 from app.grants import Access, Grant, Lifetime, Mode, NetworkGrant
 from app.profiles import Profile
+from app.sessions.model import LaunchRequest
+from app.store import StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,30 @@ def session_sight(
         routes=tuple((route.name, route.upstream) for route in network_rules.routes),
         uploads=uploads,
         limits=tuple(limits),
+    )
+
+
+def read_sight(
+    store: StateStore,
+    session: str,
+    launch: LaunchRequest,
+    pending: Sequence[ConsentRequest],
+    now: float,
+) -> SessionSight:
+    """`session_sight` of a session launched with `launch`, its grants in force at `now` and
+    where each was placed read from the store. Blocking: from the loop, in a worker thread."""
+    grants = store.session_grants(session, now)
+    locations = {
+        g.id: place for g in grants if (place := store.grant_location(session, g.id)) is not None
+    }
+    return session_sight(
+        session,
+        launch.profile,
+        launch.timeout or launch.profile.timeout,
+        grants,
+        locations,
+        store.network_grants(now),
+        pending,
     )
 
 

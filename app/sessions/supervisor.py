@@ -1,8 +1,10 @@
 """The supervisor: starts a session, watches it to its end and cleans up after it, on one
 asyncio loop. What it does along the way lives beside it: the engine (engine.py), the set-up
-(launch.py), the output pump (pump.py), limits (limits.py), files granted mid-run
-(delivery.py), revocation (revocation.py), the sweep (sweep.py) and the registry of running
-sessions (registry.py).
+(launch.py), the sandbox check (verify.py), the output pump (pump.py), limits (limits.py),
+files granted mid-run (delivery.py), stopping and sweeping (control.py), revocation and its
+undo (revocation.py), what a session sees (sight.py), its place in the history (history.py)
+and the registry of running sessions (registry.py). It composes them: new work on sessions
+goes into a module of its own, not here.
 
 Every engine call blocks: short ones go to the supervisor's own bounded pool, and those that
 last as long as a session (its wait, its output stream, a stop's grace) to threads of their
@@ -13,45 +15,31 @@ many sessions at once cannot keep a new one from starting or an ended one from b
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
-import logging
 import os
-import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
 import docker
 
-from app import gvisor
 from app.activity import TreeWatcher
 from app.audit import Recorder
 from app.consent import Answer, ConsentBroker, ConsentRequest
 from app.console import Console, console_started
-from app.container import LABEL_OWNER, LABEL_SESSION, BindMount, ContainerSpec, Identity
-from app.endings import request_stop, stop_requested
-from app.engine_kind import EngineKind
-from app.errors import AirlockError, EngineError, SandboxRefused, SessionError
+from app.container import LABEL_OWNER, LABEL_SESSION, Identity
+from app.endings import ending, stop_requested
+from app.errors import SandboxRefused, SessionError
 from app.events import EventBus, EventKind
-from app.grants import AnyGrant, Lifetime, Mode
-from app.history import ActivityTally, History, OutputLog
+from app.grants import AnyGrant
 from app.paths import Dirs
 from app.profiles import Profile, ProfileCatalog
-from app.sandbox import (
-    GATE_DIR,
-    GATE_FIFO_PATH,
-    Check,
-    Expectation,
-    check_sandbox,
-    gate_command,
-    summary,
-)
+from app.sandbox import Expectation
+from app.sessions.control import STOP_GRACE_SECONDS, SessionControl
 from app.sessions.delivery import SessionFiles
-from app.sessions.engine import DockerEngine, Engine, is_agent, kill_agent, session_containers
+from app.sessions.engine import DockerEngine, Engine
+from app.sessions.history import SessionHistory
 from app.sessions.launch import SessionSetup
 from app.sessions.limits import DISK_RESERVE, disk_short, watch_disk, watch_limits
 from app.sessions.model import ExtensionFactory, LaunchRequest, Output, SessionResult
@@ -60,21 +48,16 @@ from app.sessions.registry import (
     RunningSession,
     SessionRegistry,
     new_session_id,
-    process_alive,
     process_token,
 )
 from app.sessions.revocation import Revocation
 from app.sessions.selfcheck import Gate
-from app.sessions.sight import SessionSight, session_sight
-from app.sessions.sweep import sweep_orphans
+from app.sessions.sight import SessionSight, read_sight
+from app.sessions.verify import SandboxCheck, gated
 from app.store import SessionRecord, SessionState, StateStore
-from app.threads import BlockingCalls, thread_bus
+from app.threads import BlockingCalls
 from app.view import SessionView
 
-log = logging.getLogger(__name__)
-
-EXIT_TIMEOUT = 124
-STOP_GRACE_SECONDS = 5
 _E = TypeVar("_E")
 
 
@@ -112,18 +95,18 @@ class Supervisor:
         self._extension_factories = tuple(extensions)
         self.broker = broker  # where its sessions' questions go (portal, proxy)
         self.sessions = registry or SessionRegistry()
-        self._revocation = Revocation(self._engine, self.owner, store, dirs)
-        self.files = SessionFiles(self.sessions, store, bus, self.identity, self._expire)
-        self._setup = SessionSetup(
-            self._engine, store, bus, dirs, self.identity, self.owner, self.files
-        )
+        self.control = SessionControl(self._engine, self.owner, store, dirs, self.sessions)
+        self.revocation = Revocation(self._engine, self.owner, store, dirs, bus)
+        self.files = SessionFiles(self.sessions, store, bus, self.identity, self.revocation.expire)
         self._recorder = recorder  # the audit log's sink: no session runs while it fails
         self.disk_reserve = disk_reserve
         self.calls = BlockingCalls(name="engine")
-        # What each session does, counted as it happens; kept in the history at its end.
-        self.history = History(store, dirs)
-        self.tally = ActivityTally()
-        bus.attach(self.tally)
+        self._setup = SessionSetup(
+            self._engine, self.calls, store, bus, dirs, self.identity, self.owner, self.files
+        )
+        self._check = SandboxCheck(self._engine, self.calls, bus, store)
+        self.kept = SessionHistory(store, dirs, bus)
+        self.history, self.tally = self.kept.history, self.kept.tally  # what front ends read
         if recorder is not None:
             recorder.on_failure(self._unrecorded)
 
@@ -171,7 +154,7 @@ class Supervisor:
             raise SessionError(f"{short}; free space there and start it again")
         step("checking the image")
         swept, image = await asyncio.gather(
-            self.calls.call(self._sweep),
+            self.calls.call(self.control.sweep),
             self.calls.call(self._engine.image_id, request.profile),
         )
         self.report_swept(swept)  # events are published on the loop's thread only
@@ -183,12 +166,10 @@ class Supervisor:
             self.dirs.sessions / session_id / "view", private=(self.dirs.state, self.dirs.runtime)
         )
         running = RunningSession(session_id, view, image=image, launch=request)
-        bounds = await asyncio.to_thread(self.history.bounds)
-        running.output_log = await asyncio.to_thread(
-            OutputLog, self.history.output_dir(session_id), bounds.output
-        )
+        running.output_log = await asyncio.to_thread(self.kept.open, session_id)
         self.sessions.add(running)
         exit_code, reason = 1, "failed to start"
+        told: str | None = None  # the reason its end is announced with, if it is
         try:
             await asyncio.to_thread(
                 self.store.add_session,
@@ -216,7 +197,7 @@ class Supervisor:
                 self.calls.call(self._engine.image_command, image),
             )
             running.gate = await asyncio.to_thread(Gate, self.dirs.sessions / session_id / "gate")
-            spec, expected = _gated(spec, running.gate, image_command)
+            spec, expected = gated(spec, running.gate, image_command)
             # The view mirrors absolute host paths, so its root stands for `/`.
             running.watched[running.view.root] = Path("/")
             running.watcher = TreeWatcher(
@@ -230,24 +211,21 @@ class Supervisor:
             running.container = await self.calls.call(self._engine.create, spec.create_kwargs())
             step("starting the container")
             exit_code, reason = await self._supervise(running, request, output, expected)
+            told = reason
             return SessionResult(session_id, exit_code, reason)
         except SandboxRefused as e:
             reason = str(e)
             raise
         except asyncio.CancelledError:
             exit_code, reason = 130, "interrupted"
-            if running.container is not None:  # its end is recorded, as any other end
-                self.bus.emit(
-                    EventKind.SESSION_EXITED,
-                    session_id,
-                    session_id,
-                    code=exit_code,
-                    reason=stop_requested(self.dirs.sessions, session_id)
-                    or "interrupted: Airlock was told to stop it (a signal)",
+            if running.container is not None:  # its end is announced, as any other end
+                told = (
+                    stop_requested(self.dirs.sessions, session_id)
+                    or "interrupted: Airlock was told to stop it (a signal)"
                 )
             raise
         finally:
-            await asyncio.shield(self._end(running, exit_code, reason))
+            await asyncio.shield(self._end(running, exit_code, reason, told))
 
     async def _supervise(
         self,
@@ -272,7 +250,9 @@ class Supervisor:
             stream = await calls.call(engine.attach, container)
         reader = calls.hold(pump.run, stream, loop, drained)
         await calls.call(engine.start, container)
-        verified = await self._check_sandbox(running, expected)
+        assert running.gate is not None
+        accept = request.profile.sandbox.accept_weaker
+        verified = await self._check.verify(running.id, container, running.gate, expected, accept)
         if console is not None:
             await console_started(console, request.terminal, output)
         await asyncio.to_thread(self.store.set_session_running, running.id, container, verified)
@@ -298,10 +278,8 @@ class Supervisor:
         running.tasks.add(limits)
         waiter = calls.hold(engine.wait, container)
         running.tasks.add(waiter)
-        reason = ""
         done, _ = await asyncio.wait({waiter}, timeout=request.timeout or request.profile.timeout)
         if not done:
-            reason = "timed out"
             self.bus.emit(
                 EventKind.SESSION_TIMEOUT,
                 running.id,
@@ -315,64 +293,21 @@ class Supervisor:
             console.close()
         limits.cancel()
         pump.flush()
-        if (await calls.call(engine.state, container)).oom_killed:
-            reason = "killed: out of memory"
+        oom = (await calls.call(engine.state, container)).oom_killed
+        if oom:
             self.bus.emit(
                 EventKind.SESSION_OOM,
                 running.id,
                 running.id,
                 limit=request.profile.resources.memory,
             )
-        if reason == "timed out":
-            code = EXIT_TIMEOUT
-        elif running.stop_reason:
-            reason = running.stop_reason
-        elif asked := stop_requested(self.dirs.sessions, running.id):
-            reason = asked
-        elif not reason:
-            reason = _describe_exit(code)
-        self.bus.emit(EventKind.SESSION_EXITED, running.id, running.id, code=code, reason=reason)
-        return code, reason
-
-    async def _check_sandbox(self, running: RunningSession, expected: Expectation) -> str:
-        """Compares the started container with what was asked for (app/sandbox.py) while
-        its gate holds the agent's command; opens the gate if every check passed, or kills
-        the container and refuses the session naming the check that failed."""
-        container, gate = running.container, running.gate
-        assert container is not None and gate is not None
-        started = time.perf_counter()
-        report = await self.calls.call(self._engine.report, container)
-        checks = check_sandbox(expected, report)
-        seconds = round(time.perf_counter() - started, 4)
-        failed = [c for c in checks if not c.passed]
-        outcome = summary(checks)
-        if failed:
-            await self.calls.call(self._engine.kill, container)
-            self.bus.emit(
-                EventKind.SANDBOX_REFUSED,
-                running.id,
-                running.id,
-                check=failed[0].name,
-                expected=failed[0].expected,
-                found=failed[0].found,
-                failed=[c.describe() for c in failed],
-                checks=len(checks),
-                seconds=seconds,
-            )
-            await asyncio.to_thread(self.store.set_sandbox, running.id, outcome)
-            raise SandboxRefused(refusal(running.id, report.kind, failed))
-        gate.open()
-        # What is checked differently is said wherever the status is shown, never left out.
-        note = {"note": gvisor.NOTE} if gvisor.is_gvisor(expected.spec.runtime) else {}
-        self.bus.emit(
-            EventKind.SANDBOX_VERIFIED,
-            running.id,
-            running.id,
-            checks=len(checks),
-            seconds=seconds,
-            **note,
+        return ending(
+            code,
+            timed_out=not done,
+            oom=oom,
+            stopped=running.stop_reason,
+            asked=stop_requested(self.dirs.sessions, running.id),
         )
-        return f"{outcome}; {gvisor.NOTE}" if note else outcome
 
     def _disk_short(self) -> str | None:
         return disk_short(self.dirs.sessions, self.disk_reserve)
@@ -386,61 +321,31 @@ class Supervisor:
             running.stop_reason = f"stopped: {short}"
             await self.calls.call(self._engine.kill, running.container)
 
-    async def _end(self, running: RunningSession, exit_code: int, reason: str) -> None:
-        for timer in running.timers:
-            timer.cancel()
-        for task in running.tasks:
-            task.cancel()
-        removed = running.container is None or await self.calls.call(
-            self._engine.remove, running.container
-        )
-        if running.guard is not None:
-            running.guard.done()
-        if removed:
-            # No process is left that could write a staged file: committing may move them.
-            await asyncio.to_thread(running.staging.seal)
-        if running.volumes:
-            await self.calls.call(self._engine.remove_volumes, running.volumes)
-        for extension in reversed(running.extensions):
-            try:
-                await extension.close()
-            except Exception:
-                log.exception("session %s: closing %r failed", running.id, extension)
-        if running.runtime_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, running.runtime_dir, True)
-        if running.gate is not None:
-            running.gate.close()
-            await asyncio.to_thread(shutil.rmtree, running.gate.directory, True)
-        if running.watcher is not None:
-            await running.watcher.stop()
-        await asyncio.to_thread(running.view.discard)
-        await asyncio.to_thread(
-            self.store.end_session, running.id, SessionState.EXITED, exit_code, reason
-        )
-        self.sessions.remove(running.id)
-        await asyncio.to_thread(self._keep, running)
-
-    def _keep(self, running: RunningSession) -> None:
-        """The ended session's place in the history: its output closed, its counts stored,
-        and the history trimmed to its bounds."""
-        if running.output_log is not None:
-            running.output_log.close()
-        activity = self.tally.take(running.id)
+    async def _end(
+        self, running: RunningSession, exit_code: int, reason: str, told: str | None
+    ) -> None:
+        """Cleans up after the session, records its end and keeps its history; then, if
+        `told`, announces the end (`session.exited`): whoever reads the store on that event
+        finds the session ended, never still running."""
         try:
-            if self.store.session(running.id) is None:  # it failed before it was recorded
-                shutil.rmtree(self.history.output_dir(running.id), ignore_errors=True)
-                return
-            self.history.record_activity(running.id, activity)
-            self.history.prune()
-        except (AirlockError, OSError) as e:
-            log.warning("session %s: its history could not be kept: %s", running.id, e)
+            await self._setup.tear_down(running)
+            await asyncio.to_thread(
+                self.store.end_session, running.id, SessionState.EXITED, exit_code, reason
+            )
+            self.sessions.remove(running.id)
+            await asyncio.to_thread(self.kept.keep, running.id, running.output_log)
+        finally:
+            if told is not None:
+                self.bus.emit(
+                    EventKind.SESSION_EXITED, running.id, running.id, code=exit_code, reason=told
+                )
 
     # what other commands do to sessions
 
     def sweep(self) -> list[str]:
         """Removes what crashed supervisors left behind: containers, views, live records.
         Blocking; from a loop, `run` does it in a worker thread and reports on the loop."""
-        swept = self._sweep()
+        swept = self.control.sweep()
         self.report_swept(swept)
         return swept
 
@@ -453,9 +358,6 @@ class Supervisor:
                 reason="ended with its supervisor (Airlock was killed or crashed)",
             )
 
-    def _sweep(self) -> list[str]:
-        return sweep_orphans(self._engine, self.owner, self.store, self.dirs, self.sessions)
-
     def live_sessions(self) -> list[SessionRecord]:
         self.sweep()
         return self.store.sessions(live_only=True)
@@ -464,19 +366,7 @@ class Supervisor:
         """Stops a session's containers (its supervisor then ends it, for `reason`).
         Blocking, and safe in a worker thread: sessions it had to sweep are returned for
         `report_swept` on the caller's loop, not published from here."""
-        record = self.store.session(session)
-        if record is None or not record.live:
-            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
-        request_stop(self.dirs.sessions, session, reason)
-        containers = session_containers(self._engine, self.owner, session)
-        for container in containers:
-            try:
-                self._engine.stop(container.id, STOP_GRACE_SECONDS)
-            except EngineError as e:
-                raise EngineError(f"cannot stop session {session}: {e}") from e
-        if not containers or not process_alive(record.supervisor):
-            return self._sweep()
-        return []
+        return self.control.stop(session, reason)
 
     async def astop(self, session: str, reason: str = "stopped by `airlock stop`") -> None:
         """`stop` for the loop, in a thread of its own (its grace can last seconds)."""
@@ -485,18 +375,12 @@ class Supervisor:
     def _partly_unwatched(self, running: RunningSession, profile: Profile, overflows: int) -> None:
         """The agent's file activity overflowed the watch again and again: where the
         profile says so, that stops the session."""
-        if profile.watch.unwatched != "stop":
-            return
-        running.stop_reason = running.stop_reason or (
-            "stopped: its file activity could not be watched (inotify queue overflowed "
-            f"{overflows} times)"
-        )
-        threading.Thread(
-            target=kill_agent,
-            args=(self._engine, self.owner, running.id),
-            name=f"stop-{running.id}",
-            daemon=True,
-        ).start()
+        if profile.watch.unwatched == "stop":
+            self.control.kill_soon(
+                running,
+                "stopped: its file activity could not be watched (inotify queue overflowed "
+                f"{overflows} times)",
+            )
 
     def _unrecorded(self, reason: str) -> None:
         """The audit log cannot be written: every session is stopped at once, for nothing
@@ -506,144 +390,33 @@ class Supervisor:
             "before starting it again"
         )
         for running in self.sessions:
-            running.stop_reason = running.stop_reason or message
-            threading.Thread(
-                target=kill_agent,
-                args=(self._engine, self.owner, running.id),
-                name=f"stop-{running.id}",
-                daemon=True,
-            ).start()
+            self.control.kill_soon(running, message)
 
     def processes(self, session: str) -> tuple[list[str], list[list[str]]]:
         """The agent's process list, as `ps` inside the container would show it."""
-        record = self.store.session(session)
-        containers = (
-            session_containers(self._engine, self.owner, session)
-            if record is not None and record.live
-            else []
-        )
-        agents = [c for c in containers if is_agent(c)]
-        if not agents:
-            raise SessionError(f"no running session {session!r} (see `airlock sessions`)")
-        try:
-            return self._engine.top(agents[0].id)
-        except EngineError as e:
-            raise EngineError(f"cannot list the processes of {session}: {e}") from e
+        return self.control.processes(session)
 
     async def sight(self, session: str) -> SessionSight:
-        """What a running session can see right now (app/sessions/sight.py): its live
-        state read on the loop, the grants in force read from the store in a thread."""
+        """What a running session can see right now (app/sessions/sight.py)."""
         running = self.sessions.get(session)
         if running is None or running.launch is None:
             raise SessionError(f"session {session} is not running here")
-        launch = running.launch
         pending = self.broker.pending if self.broker is not None else []
-
-        def gather() -> SessionSight:
-            now = time.time()
-            grants = self.store.session_grants(session, now)
-            locations = {
-                g.id: place
-                for g in grants
-                if (place := self.store.grant_location(session, g.id)) is not None
-            }
-            return session_sight(
-                session,
-                launch.profile,
-                launch.timeout or launch.profile.timeout,
-                grants,
-                locations,
-                self.store.network_grants(now),
-                pending,
-            )
-
-        return await asyncio.to_thread(gather)
+        launch, now = running.launch, time.time()
+        return await asyncio.to_thread(read_sight, self.store, session, launch, pending, now)
 
     def rule_answer(self, request: ConsentRequest) -> Answer | None:
         """The answer the requesting session's own profile gives (app/rules.py), if any."""
         return self.sessions.rule_answer(request)
 
-    # files granted mid-run (app.delivery.FileDelivery, implemented by `files`)
-
-    async def open_files(
-        self,
-        session: str,
-        paths: Sequence[Path],
-        mode: Mode,
-        lifetime: Lifetime,
-        until: float | None = None,
-    ) -> list[PurePosixPath]:
-        return await self.files.open_files(session, paths, mode, lifetime, until)
-
-    async def save_files(
-        self, session: str, targets: Sequence[Path], lifetime: Lifetime
-    ) -> list[PurePosixPath]:
-        return await self.files.save_files(session, targets, lifetime)
-
-    async def _expire(self, grant: str) -> None:
-        await self.arevoke([grant])
+    # revocation and its undo (app/sessions/revocation.py, `revocation`)
 
     def revoke(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
-        """Revokes grants and takes them out of every running session that uses them
-        (app/sessions/revocation.py). Blocking, and publishes on the bus from the calling
-        thread: for the command line; from the loop, `await arevoke(…)`."""
-        return self._revocation.revoke(grant_ids, self.bus)
+        """Blocking, and publishes from the calling thread: for the command line."""
+        return self.revocation.revoke(grant_ids, self.bus)
 
     async def arevoke(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
-        """`revoke` for the loop: done in a worker thread (database, tree walks, engine
-        calls), its events published on the loop's thread."""
-        relay = thread_bus(self.bus, asyncio.get_running_loop())
-        return await asyncio.to_thread(self._revocation.revoke, tuple(grant_ids), relay)
+        return await self.revocation.arevoke(grant_ids)
 
     async def arestore(self, grant_ids: Sequence[str]) -> list[AnyGrant]:
-        """The undo of `arevoke` (app/sessions/revocation.py `Revocation.restore`), in a
-        worker thread, its events published on the loop's thread."""
-        relay = thread_bus(self.bus, asyncio.get_running_loop())
-        return await asyncio.to_thread(self._revocation.restore, tuple(grant_ids), relay)
-
-
-def _gated(
-    spec: ContainerSpec, gate: Gate, image_command: tuple[tuple[str, ...], ...]
-) -> tuple[ContainerSpec, Expectation]:
-    """The spec with the gate in front of what the image and profile run, and what the
-    sandbox check expects of the container made from it."""
-    image_entrypoint, image_cmd = image_command
-    entrypoint, command = gate_command(GATE_FIFO_PATH, image_entrypoint, spec.command or image_cmd)
-    spec = dataclasses.replace(
-        spec,
-        entrypoint=tuple(entrypoint),
-        command=tuple(command),
-        mounts=(*spec.mounts, BindMount(gate.directory, Path(GATE_DIR))),
-    )
-    return spec, Expectation(spec, tuple(entrypoint), ("lo", *spec.interfaces), spec.listening)
-
-
-def refusal(session: str, engine: EngineKind, failed: Sequence[Check]) -> str:
-    """The refusal, naming the engine and every check that failed (an engine that drops a
-    setting usually drops several: memory, pids and CPU limits together)."""
-    more = (
-        f" (and {len(failed) - 1} more: {', '.join(c.name for c in failed[1:])})"
-        if len(failed) > 1
-        else ""
-    )
-    why = (
-        ""
-        if engine.limits_enforced
-        else "; a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock "
-        "doctor`)"
-    )
-    return (
-        f"session {session} refused: the sandbox {engine.describe()} made is not what "
-        f"was asked for — {failed[0].describe()}{more}{why}"
-    )
-
-
-def _describe_exit(code: int) -> str:
-    if code == 0:
-        return "exited normally"
-    if code > 128:
-        try:
-            return f"killed by {signal.Signals(code - 128).name}"
-        except ValueError:
-            pass
-    return f"exited with status {code}"
+        return await self.revocation.arestore(grant_ids)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,10 +40,14 @@ def event(n: int, session: str = "s1") -> Event:
     return Event(EventKind.FILE_WRITTEN, session, f"/home/user/f{n}.txt", {"count": n})
 
 
-def write(directory: Path, count: int, **options: int) -> None:
+def write(directory: Path, count: int, *, synced: bool = False, **options: int) -> None:
+    """`count` records; `synced` syncs after each, so that a full segment (closed only once
+    it is durable) is closed at the limit."""
     with AuditLog(directory, **options) as log:
         for n in range(count):
             log.append(event(n))
+            if synced:
+                log.sync()
 
 
 def lines(path: Path) -> list[bytes]:
@@ -68,7 +75,7 @@ def test_a_reopened_log_continues_the_chain(audit_dir: Path) -> None:
 
 
 def test_rotation_chains_across_segments(audit_dir: Path) -> None:
-    write(audit_dir, 50, segment_bytes=2000)
+    write(audit_dir, 50, synced=True, segment_bytes=2000)
 
     files = segments(audit_dir)
     assert len(files) > 3
@@ -186,7 +193,7 @@ def test_whole_records_cut_off_the_end_are_caught(audit_dir: Path) -> None:
 
 
 def test_a_dropped_segment_is_caught(audit_dir: Path) -> None:
-    write(audit_dir, 40, segment_bytes=2000)
+    write(audit_dir, 40, synced=True, segment_bytes=2000)
     files = segments(audit_dir)
     files[1].unlink()
 
@@ -292,7 +299,7 @@ def test_fingerprint_file_reads_in_chunks(tmp_path: Path) -> None:
 
 
 def test_export_is_a_verifiable_copy_of_the_whole_chain(audit_dir: Path, tmp_path: Path) -> None:
-    write(audit_dir, 30, segment_bytes=2000)
+    write(audit_dir, 30, synced=True, segment_bytes=2000)
     out = io.BytesIO()
 
     assert export(audit_dir, out) == 30
@@ -311,7 +318,7 @@ def test_the_follower_sees_new_records_across_rotation(audit_dir: Path) -> None:
     follower = AuditFollower(audit_dir)
     assert follower.poll() == []
 
-    write(audit_dir, 40, segment_bytes=2000)
+    write(audit_dir, 40, synced=True, segment_bytes=2000)
     seen = follower.poll()
 
     assert [r.seq for r in seen if isinstance(r, AuditRecord)] == list(range(6, 46))
@@ -337,9 +344,13 @@ def test_session_end_makes_the_records_durable(audit_dir: Path) -> None:
         log.append(event(1))
         assert not (audit_dir / HEAD_FILE).exists()
         record = log.append(Event(EventKind.SESSION_EXITED, "s1", "s1", {"code": 0}))
+        # Made durable by the syncer at once, not at the end of the hour (nor at close).
+        deadline = time.monotonic() + 30
+        while not (audit_dir / HEAD_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         head = json.loads((audit_dir / HEAD_FILE).read_text())
 
-    assert head == {"seq": record.seq, "hash": record.hash}
+    assert head == {"seq": record.seq, "hash": record.hash, "segment": 1}
 
 
 @pytest.fixture
@@ -364,8 +375,10 @@ def test_when_the_disk_is_full_the_recorder_counts_what_it_lost_and_says_so_once
     with AuditLog(small_disk, segment_bytes=2000) as log:  # the lock file and segment 1
         recorder = Recorder(log)
         recorder.on_failure(heard.append)
-        for n in range(30):  # segment 2 fits in the last inode; segment 3 does not
+        for n in range(30):  # no inode is left for segment 2 (nor for head.json)
             recorder(event(n))
+            with contextlib.suppress(AuditError):  # head.json: no inode
+                log.sync()  # a full segment is closed once durable: make that now
         assert len(heard) == 1 and "cannot start a new segment" in heard[0], heard
         assert recorder.check() == heard[0]
         subprocess.run(["mount", "-o", "remount,nr_inodes=64", str(small_disk.parent)], check=True)
@@ -378,3 +391,38 @@ def test_when_the_disk_is_full_the_recorder_counts_what_it_lost_and_says_so_once
     assert written == list(range(len(written))) and 0 < len(written) < 30
     assert gap.details["lost"] == 30 - len(written)
     assert kept[-2] is gap and last == 30
+
+
+def test_an_append_never_waits_for_the_syncers_fsync(audit_dir: Path) -> None:
+    """A busy disk: the syncer's fsync is held until released. Appends go on meanwhile,
+    head.json names nothing the held fsync was to make durable, and an explicit sync (on
+    its own thread, with its own fsyncs) moves it to the last record, where the syncer,
+    released, leaves it."""
+    entered, released, finished = threading.Event(), threading.Event(), threading.Event()
+    gave_up: list[bool] = []
+
+    def busy_disk(fd: int) -> None:
+        if threading.current_thread().name == "audit-sync" and not finished.is_set():
+            entered.set()
+            gave_up.append(not released.wait(60))
+            os.fsync(fd)
+            finished.set()
+            return
+        os.fsync(fd)
+
+    with AuditLog(audit_dir, sync_interval=3600, fsync=busy_disk) as log:
+        log.append(Event(EventKind.SESSION_EXITED, "s1", "s1", {"code": 0}))
+        assert entered.wait(30), "the session end did not start a sync"
+        appended = [log.append(event(n)) for n in range(200)]
+        assert not finished.is_set() and not gave_up  # they did not wait for it
+        assert not (audit_dir / HEAD_FILE).exists()
+
+        log.sync()
+        last = {"seq": appended[-1].seq, "hash": appended[-1].hash, "segment": 1}
+        assert json.loads((audit_dir / HEAD_FILE).read_text()) == last
+
+        released.set()
+        assert finished.wait(30)
+    assert gave_up == [False]
+    assert json.loads((audit_dir / HEAD_FILE).read_text()) == last  # not moved back
+    assert verify(audit_dir).records == 201

@@ -27,7 +27,7 @@ from app.sandbox import (
     parse_route_devices,
     summary,
 )
-from app.sessions.supervisor import refusal
+from app.sessions.verify import refusal
 from tests.app.sessions.memory_engine import honest_report
 
 STATUS = """Name:\tdocker-init
@@ -401,4 +401,5 @@ def test_the_refusal_names_the_engine_and_why_limits_cannot_hold() -> None:
     assert "(and 1 more: engine: pids limit)" in text
     assert text.endswith(
         "a rootless engine on cgroup v1 cannot enforce resource limits (see `airlock doctor`)"
+        '; a profile can accept running without them: [sandbox] accept_weaker = ["limits"]'
     )

@@ -39,7 +39,13 @@ from app.sessions import (
 )
 from app.staging import SessionStaging
 from app.store import SessionState, StateStore
-from tests.support import CollectedOutput, DesktopUser, containers, profile_text
+from tests.support import (
+    CollectedOutput,
+    DesktopUser,
+    containers,
+    profile_text,
+    verified_outcome,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -85,6 +91,7 @@ def no_container_left(engine: docker.DockerClient, session: str) -> bool:
     return not containers(engine, f"{LABEL_SESSION}={session}")
 
 
+@pytest.mark.engines
 def test_lifecycle_exit_code_output_and_clean_up(
     supervisor: Supervisor, agent_image: str, engine: docker.DockerClient, tmp_path: Path
 ) -> None:
@@ -115,7 +122,7 @@ def test_lifecycle_exit_code_output_and_clean_up(
     assert not (supervisor.dirs.sessions / result.session / "view").exists()
     record = supervisor.store.session(result.session)
     assert record is not None and record.state is SessionState.EXITED and record.exit_code == 7
-    assert record.sandbox is not None and record.sandbox.startswith("verified (")
+    assert record.sandbox is not None and record.sandbox.startswith(verified_outcome())
     assert supervisor.store.session_grants(result.session, time.time()) == []
 
 
@@ -262,6 +269,7 @@ def test_file_activity_and_audit_name_the_host_path(
     assert b"CANARY-CONTENT-7f3a" not in raw
 
 
+@pytest.mark.engines
 def test_timeout_stops_the_agent(
     supervisor: Supervisor, agent_image: str, engine: docker.DockerClient
 ) -> None:
@@ -305,6 +313,7 @@ def test_pids_limit_holds_and_is_reported(supervisor: Supervisor, agent_image: s
     assert limits and limits[0].subject == "pids"
 
 
+@pytest.mark.engines
 def test_cancel_removes_the_container(
     supervisor: Supervisor, agent_image: str, engine: docker.DockerClient
 ) -> None:
@@ -386,6 +395,7 @@ def wait_for_session(
     raise AssertionError("no session started")
 
 
+@pytest.mark.engines
 def test_files_granted_mid_run_appear_and_revoke_removes_them(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:
@@ -423,9 +433,11 @@ def test_files_granted_mid_run_appear_and_revoke_removes_them(
         run = asyncio.create_task(supervisor.run(request, output))
         session = await started
         (notes / "b.md").write_text("same path\n")
-        inside = await supervisor.open_files(session, [notes / "b.md"], Mode.READ, Lifetime.SESSION)
+        inside = await supervisor.files.open_files(
+            session, [notes / "b.md"], Mode.READ, Lifetime.SESSION
+        )
         assert [str(p) for p in inside] == [str(notes / "b.md")]
-        (elsewhere,) = await supervisor.open_files(
+        (elsewhere,) = await supervisor.files.open_files(
             session, [tmp_path / "elsewhere.txt"], Mode.READ, Lifetime.ONCE
         )
         assert str(elsewhere).startswith("/run/airlock/doc/")
@@ -477,6 +489,7 @@ def _run_then_revoke(
     return asyncio.run(scenario())
 
 
+@pytest.mark.engines
 def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:
@@ -521,6 +534,7 @@ def test_revoking_a_read_write_folder_stops_the_agent_and_keeps_its_changes(
     assert [(c.path, str(c.kind)) for c in changes] == [(tree / "edited.txt", "modified")]
 
 
+@pytest.mark.engines
 def test_revoking_a_saved_file_takes_its_staged_copy_away(
     supervisor: Supervisor, agent_image: str, tmp_path: Path
 ) -> None:
@@ -549,7 +563,7 @@ def test_revoking_a_saved_file_takes_its_staged_copy_away(
     output = CollectedOutput()
 
     async def open_for_writing(session: str) -> None:
-        await supervisor.open_files(session, [target], Mode.READ_WRITE, Lifetime.SESSION)
+        await supervisor.files.open_files(session, [target], Mode.READ_WRITE, Lifetime.SESSION)
 
     result = _run_then_revoke(supervisor, request, output, open_for_writing)
     assert result.exit_code == 0, output.text()

@@ -1,28 +1,32 @@
 """Launch latency: request to the agent's first output byte, against a bare `docker run` of the
-same image with the same mount, median of several interleaved runs. Prints figures; asserts
-nothing about time."""
+same image with the same mount (and on each engine available, against that engine's own
+bare `run`), median of several interleaved runs. Prints figures; asserts nothing about time."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import pytest
 
+from app.engine import detect_engine
 from app.events import Event, EventKind
 from app.grants import GrantRequest, Mode
 from app.paths import Dirs
 from app.profiles import load_profile_file
 from app.sessions import LaunchRequest, Supervisor
 from tests.ptyterm import PtyProcess
-from tests.support import AIRLOCK, profile_text
+from tests.support import ACCEPT_LIMITS, AIRLOCK, BIN, TESTER, profile_text
 from ui.wiring import open_supervisor
 
 RUNS = 9
@@ -291,3 +295,155 @@ def test_gvisor_launch_against_bare_runsc_run(
     print(f"\ngVisor launch to first output, median of {runs} runs:")
     for label, seconds in rows:
         print(f"  {label:46} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBench:
+    """One engine to launch on: its own bare `run` of the image and `airlock run` against
+    it, each a command line printing the granted file's first byte."""
+
+    name: str
+    bare: list[str]
+    airlock: list[str]
+    env: dict[str, str]
+
+
+def _shared_notes(owner: int, gid: int) -> tuple[Path, Path]:
+    """A notes folder and a work folder another user (the engine's) can use: the pytest
+    temporary folder is root's alone."""
+    work = Path(tempfile.mkdtemp(prefix="airlock-bench-engines-"))
+    notes = work / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("ready\n")
+    for path in (work, notes, notes / "a.md"):
+        os.chown(path, owner, gid)
+    work.chmod(0o755)
+    return work, notes
+
+
+def _bare_run(cli: list[str], notes: Path, image: str) -> list[str]:
+    return [
+        *cli,
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "-v",
+        f"{notes}:{notes}:ro",
+        "-w",
+        str(notes),
+        image,
+        "cat",
+        "a.md",
+    ]
+
+
+def docker_bench(image: str) -> EngineBench | str:
+    """The machine's Docker (rootful), as root: `docker run` and `airlock run`."""
+    cli = shutil.which("docker")
+    if cli is None:
+        return "no docker command line"
+    kind = detect_engine(docker.from_env())
+    work, notes = _shared_notes(os.getuid(), os.getgid())
+    profile = work / "bench.toml"
+    profile.write_text(profile_text(image, ["cat", "a.md"]).replace(ACCEPT_LIMITS, ""))
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"} | {
+        "XDG_STATE_HOME": str(work / "state"),
+        "XDG_CONFIG_HOME": str(work / "config"),
+        "XDG_RUNTIME_DIR": str(work),
+        "AIRLOCK_AUTOSTART": "0",
+    }
+    airlock = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile)]
+    return EngineBench(
+        kind.describe(),
+        _bare_run([cli], notes, image),
+        [*airlock, "--grant", str(notes)],
+        env,
+    )
+
+
+def podman_bench(image: str) -> EngineBench | str:
+    """The tester's rootless Podman (`packaging/setup podman airlock-tester`), as the tester:
+    `podman run` and `airlock run` against its API socket."""
+    if shutil.which("podman") is None:
+        return "no podman command"
+    try:
+        account = pwd.getpwnam(TESTER) if os.getuid() == 0 else pwd.getpwuid(os.getuid())
+    except KeyError:
+        return f"no user {TESTER}"
+    runtime = f"/run/user/{account.pw_uid}"
+    socket = f"{runtime}/podman/podman.sock"
+    if not Path(socket).exists():
+        return f"no Podman service at {socket} (packaging/setup podman {account.pw_name})"
+    kind = detect_engine(docker.DockerClient(base_url=f"unix://{socket}"))
+    work, notes = _shared_notes(account.pw_uid, account.pw_gid)
+    profile = work / "bench.toml"
+    # Where the engine drops the limits, the profile accepts that, as a user would have to.
+    text = profile_text(image, ["cat", "a.md"]).replace(ACCEPT_LIMITS, "")
+    profile.write_text(text + ("" if kind.limits_enforced else ACCEPT_LIMITS))
+    os.chown(profile, account.pw_uid, account.pw_gid)
+    as_user = (["runuser", "-u", account.pw_name, "--"] if os.getuid() == 0 else []) + [
+        "env",
+        "-i",
+        f"PATH={BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        f"HOME={account.pw_dir}",
+        f"XDG_RUNTIME_DIR={runtime}",
+        f"XDG_STATE_HOME={work / 'state'}",
+        f"XDG_CONFIG_HOME={work / 'config'}",
+        f"DOCKER_HOST=unix://{socket}",
+        "AIRLOCK_AUTOSTART=0",
+        "LANG=C.UTF-8",
+    ]
+    return EngineBench(
+        kind.describe(),
+        _bare_run([*as_user, "podman"], notes, image),
+        [
+            *as_user,
+            str(AIRLOCK),
+            "run",
+            "--in-process",
+            "--profile",
+            str(profile),
+            "--grant",
+            str(notes),
+        ],
+        {},
+    )
+
+
+# Each engine this machine may have; a function returns why not when it is not there. (The
+# gVisor bench adds its variant here.)
+ENGINES: list[Callable[[str], EngineBench | str]] = [docker_bench, podman_bench]
+ENGINE_RUNS = 5
+
+
+@pytest.mark.bench
+def test_launch_on_each_engine_against_its_own_bare_run(agent_image: str) -> None:
+    """Launch to first output on every engine available, side by side, each against its
+    own bare `run` of the same image and mount (the ratio is the engine's own overhead of
+    Airlock, not one engine against another)."""
+    benches: list[EngineBench] = []
+    missing: list[str] = []
+    for make in ENGINES:
+        made = make(agent_image)
+        if isinstance(made, str):
+            missing.append(f"{make.__name__.removesuffix('_bench')}: {made}")
+        else:
+            benches.append(made)
+    assert benches, "no engine to launch on: " + "; ".join(missing)
+    for bench in benches:  # warm each engine's caches
+        first_output_seconds(bench.bare, bench.env or None)
+        first_output_seconds(bench.airlock, bench.env or None)
+    times: dict[str, tuple[list[float], list[float]]] = {b.name: ([], []) for b in benches}
+    for _ in range(ENGINE_RUNS):
+        for bench in benches:
+            times[bench.name][0].append(first_output_seconds(bench.bare, bench.env or None))
+            times[bench.name][1].append(first_output_seconds(bench.airlock, bench.env or None))
+    print(f"\nlaunch to first output per engine, median of {ENGINE_RUNS} interleaved runs:")
+    print(f"  {'engine':44} {'its own run':>11} {'airlock run':>11}  ratio")
+    for name, (bare, airlock) in times.items():
+        base, ours = statistics.median(bare), statistics.median(airlock)
+        print(f"  {name:44} {base * 1000:8.0f} ms {ours * 1000:8.0f} ms  {ours / base:.2f}x")
+    for line in missing:
+        print(f"  not measured: {line}")

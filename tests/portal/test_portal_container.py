@@ -146,6 +146,7 @@ def responses(output: str) -> dict[str, tuple[int, str]]:
     return found
 
 
+@pytest.mark.engines
 def test_gdbus_opens_a_file_the_user_picked_and_reads_it(
     rig_for: Callable[..., Rig], agent_image: str, tmp_path: Path
 ) -> None:
@@ -181,6 +182,7 @@ def test_a_denied_request_gives_nothing(rig_for: Callable[..., Rig], agent_image
     assert not [e for e in rig.events if e.kind is EventKind.GRANT_ADDED]
 
 
+@pytest.mark.engines
 def test_gdbus_saves_through_staging_not_onto_the_host(
     rig_for: Callable[..., Rig], agent_image: str, tmp_path: Path
 ) -> None:
@@ -202,6 +204,7 @@ def test_gdbus_saves_through_staging_not_onto_the_host(
     assert any(p.read_text() == "STAGED-SUMMARY\n" for p in staged), staged
 
 
+@pytest.mark.engines
 def test_revoke_removes_the_file_from_the_running_agent_at_once(
     rig_for: Callable[..., Rig], agent_image: str, tmp_path: Path
 ) -> None:
@@ -289,6 +292,7 @@ def users_bus(directory: Path) -> Iterator[tuple[str, str]]:
         daemon.wait(5)
 
 
+@pytest.mark.engines
 def test_the_agent_reaches_neither_the_users_bus_nor_another_sessions(
     rig_for: Callable[..., Rig], agent_image: str, short_runtime: Path
 ) -> None:

@@ -42,6 +42,8 @@ def fill(env: dict[str, str], count: int = 10, **options: int) -> None:
         for n in range(count):
             session = "alpha-1" if n % 2 else "beta-2"
             log.append(Event(EventKind.FILE_WRITTEN, session, f"/home/u/f{n}.md", {"count": n + 1}))
+            if "segment_bytes" in options:
+                log.sync()  # a full segment is closed once durable: rotate at the limit
 
 
 def test_show_prints_aligned_lines_and_filters_by_session(home: dict[str, str]) -> None:

@@ -116,6 +116,7 @@ code after "http://allowed.test:$A/after"
 """
 
 
+@pytest.mark.engines
 def test_every_way_out_but_the_proxy_is_closed(
     dirs: Dirs, engine: docker.DockerClient, agent_image: str
 ) -> None:
@@ -184,6 +185,7 @@ def test_every_way_out_but_the_proxy_is_closed(
     }
 
 
+@pytest.mark.engines
 def test_route_key_reaches_the_upstream_and_never_the_agent(
     dirs: Dirs,
     engine: docker.DockerClient,
@@ -258,6 +260,7 @@ def blocked_events(events: list[Event]) -> list[Event]:
     return [e for e in events if e.kind == "net.blocked"]
 
 
+@pytest.mark.engines
 @pytest.mark.parametrize("with_proxy", [False, True], ids=["witness-alone", "with-proxy"])
 def test_direct_attempts_to_leave_are_events_and_reach_nobody(
     dirs: Dirs, engine: docker.DockerClient, agent_image: str, with_proxy: bool

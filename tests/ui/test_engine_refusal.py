@@ -1,6 +1,8 @@
 """A session on the engine under test (Docker, or rootless Podman with
 AIRLOCK_TEST_ENGINE=podman): it runs where the engine enforces everything asked, and is
-refused, naming the engine and what it dropped, where it cannot — never run with less."""
+refused, naming the engine and what it dropped, where it cannot — never run with less,
+unless its profile accepts exactly that, and then it says so at the terminal and in the
+audit log."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import pytest
 
 from app.container import LABEL_PROFILE
 from app.engine import detect_engine
-from tests.support import DesktopUser, containers, profile_text
+from tests.support import ACCEPT_LIMITS, DesktopUser, containers, profile_text
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.engines]
 
 
 def test_a_session_runs_only_in_the_sandbox_asked_for(
@@ -23,12 +25,14 @@ def test_a_session_runs_only_in_the_sandbox_asked_for(
 ) -> None:
     kind = detect_engine(engine)
     name = f"engine-{secrets.token_hex(4)}"  # its containers, among other tests'
-    text = profile_text(agent_image, ["sh", "-c", "echo hello"])
+    # The profile as written, without what the tests add for this engine.
+    text = profile_text(agent_image, ["sh", "-c", "echo hello"]).replace(ACCEPT_LIMITS, "")
     profile = tester.write("agent.toml", text.replace('"test-agent"', f'"{name}"', 1))
     result = tester.run("run", "--profile", str(profile))
     if kind.limits_enforced and not kind.podman:
         assert result.returncode == 0, result.stderr
         assert "hello" in result.stdout
+        assert "weaker" not in result.stderr
     elif not kind.limits_enforced:
         # Rootless on cgroup v1: the engine drops memory, pids and CPU limits and ulimits
         # without an error; the self-check names the engine and each of them.
@@ -43,6 +47,10 @@ def test_a_session_runs_only_in_the_sandbox_asked_for(
         ):
             assert dropped in refusal, refusal
         assert "cannot enforce resource limits" in refusal
+        assert (
+            'a profile can accept running without them: [sandbox] accept_weaker = ["limits"]'
+            in (refusal)
+        )
         # Only they: everything else the engine and the kernel report is as asked (user,
         # capabilities, seccomp, mounts, tmpfs, network, the witness's device).
         audit = tester.run("audit", "show", "--json")
@@ -61,6 +69,27 @@ def test_a_session_runs_only_in_the_sandbox_asked_for(
             )
             for name in failed
         ), failed
+        # Accepted by the profile, the same session runs, and says with what.
+        accepting = tester.write("accepting.toml", profile.read_text() + ACCEPT_LIMITS)
+        result = tester.run("run", "--profile", str(accepting))
+        assert result.returncode == 0, result.stderr
+        assert "hello" in result.stdout
+        warning = (
+            f"sandbox weaker than asked: {kind.describe()} does not enforce memory, pids and "
+            "CPU limits and ulimits (accepted by the profile: [sandbox] accept_weaker)"
+        )
+        said = [line for line in result.stderr.splitlines() if "weaker" in line]
+        assert len(said) == 1 and said[0].endswith(warning), result.stderr
+        audit = tester.run("audit", "show", "--json")
+        verified = [
+            json.loads(line)["details"]
+            for line in audit.stdout.splitlines()
+            if '"sandbox.verified"' in line
+        ]
+        assert len(verified) == 1 and verified[0]["weaker"] == ["limits"]
+        assert f"sandbox {verified[0]['warning']}" == warning
+        sessions = tester.run("sessions", "--all")
+        assert "weaker than asked" in sessions.stdout
     else:
         # Rootless Podman on cgroup v2: not yet run here; whatever happens, it says so.
         assert result.returncode == 0 or "refused" in result.stderr, result.stderr

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.engine_kind import EngineKind
 from app.events import Event, EventKind
+from app.weaker import warning
 from tests.support import DesktopUser, profile_text
 from tests.ui.test_handoff import daemon
 from ui.notices import Notices, notice_text
@@ -267,3 +269,21 @@ def test_the_terminal_hears_of_held_uploads_and_denied_requests(
     ) in said, result.stderr
     # The proxy's refusal of that upload is the same news: not said again.
     assert not any(line.startswith("airlock: refused localhost:9") for line in said), said
+
+
+def test_a_weaker_sandbox_is_said_at_the_terminal() -> None:
+    """A session the profile let run without its limits says so each time; a verified one
+    says nothing (`airlock run` prints what `notice_text` returns)."""
+    text = warning(EngineKind("podman", "4.3.1", rootless=True, cgroup="1"), ("limits",))
+    weaker = Event(
+        EventKind.SANDBOX_VERIFIED,
+        "s1",
+        "s1",
+        {"checks": 60, "weaker": ["limits"], "warning": text},
+    )
+    assert Notices()(weaker) == (
+        "session s1: sandbox weaker than asked: rootless Podman 4.3.1 (cgroup v1) does not "
+        "enforce memory, pids and CPU limits and ulimits (accepted by the profile: [sandbox] "
+        "accept_weaker)"
+    )
+    assert notice_text(Event(EventKind.SANDBOX_VERIFIED, "s1", "s1", {"checks": 60})) is None

@@ -67,6 +67,7 @@ EDITS = (
 )
 
 
+@pytest.mark.engines
 def test_host_is_untouched_until_commit_and_then_exactly_the_approved_paths_change(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
@@ -276,6 +277,7 @@ def test_killed_mid_commit_every_file_is_old_or_new(
     assert leftovers == []
 
 
+@pytest.mark.engines
 def test_once_the_session_has_ended_its_files_are_moved_into_place(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:
@@ -295,10 +297,12 @@ def test_once_the_session_has_ended_its_files_are_moved_into_place(
     assert (project / "a.txt").read_text() == "alpha\nmore\n"
     assert (project / "new.txt").read_text() == "new\n"
     assert changes(tester, session) == {}
-    # Nothing is left to review, so nothing is kept (but what the kernel left in the
-    # overlay's work directory, root's, which the user cannot remove).
+    # Nothing is left to review, so no content is kept (but what the kernel left in the
+    # overlay's work directory, root's, which the user cannot remove): only each root's
+    # records, which say where an undo returns the changes (forgetting the session ends them).
     assert (staging / "sealed").is_file()
-    assert not list(staging.glob("*/upper")) and not list(staging.glob("*/root.json"))
+    assert not list(staging.glob("*/upper"))
+    assert {p.name for p in staging.glob("*/*") if p.name != "work"} <= {"root.json", "base.jsonl"}
 
 
 def test_discard_forgets_staged_changes(
@@ -314,10 +318,12 @@ def test_discard_forgets_staged_changes(
     assert changes(tester, session) == {}
     assert (project / "a.txt").read_text() == "alpha\n"
     (staging,) = tester.base.glob(f".state/airlock/sessions/{session}/staging")
-    assert (staging / "sealed").is_file()  # the ended session's staging: all of it gone
-    assert not list(staging.glob("*/upper")) and not list(staging.glob("*/root.json"))
+    assert (staging / "sealed").is_file()  # the ended session's staging: its content gone
+    assert not list(staging.glob("*/upper"))
+    assert {p.name for p in staging.glob("*/*") if p.name != "work"} <= {"root.json", "base.jsonl"}
 
 
+@pytest.mark.engines
 def test_read_write_file_grant_is_staged_too(
     tester: DesktopUser, agent_image: str, project: Path
 ) -> None:

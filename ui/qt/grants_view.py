@@ -1,5 +1,5 @@
-"""Revocation you can see: the confirmation that says what the agent loses before a grant is
-revoked, and the few seconds' Undo after.
+"""Revocation you can see: the confirmation that says what the agent loses before a grant (or
+all of a session's, or every grant) is revoked, and the few seconds' Undo after.
 
 Why "revoke now, undo re-grants" and not "revoke after a delay": the user said revoke, so
 the agent must not keep the access while an undo is on offer — a delayed revocation would
@@ -19,6 +19,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QWi
 
 from app.grants import AnyGrant, Mode, NetworkGrant
 from ui.qt.agents import AgentNames
+from ui.revoke_plan import Confirmation
 
 UNDO_SECONDS = 8
 
@@ -95,6 +96,35 @@ def confirm_revoke(
 
     box.buttonClicked.connect(clicked)
     box.open()
+    return box
+
+
+def confirm_many(
+    parent: QWidget | None, confirmation: Confirmation, revoke: Callable[[], object]
+) -> QMessageBox:
+    """The confirmation of "Revoke all of its access" and "Revoke everything"
+    (ui/revoke_plan.py says what it says); `revoke()` on yes. Without a `parent` (the tray,
+    with the window hidden) it is a window of its own."""
+    box = QMessageBox(parent)
+    box.setObjectName("confirmRevokeMany")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(confirmation.title)
+    box.setText(confirmation.question)
+    box.setInformativeText(confirmation.detail)
+    yes = box.addButton(confirmation.button, QMessageBox.ButtonRole.DestructiveRole)
+    yes.setObjectName("revokeYes")
+    no = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(no)
+    box.setEscapeButton(no)
+
+    def clicked(button: object) -> None:
+        if button is yes:
+            revoke()
+
+    box.buttonClicked.connect(clicked)
+    box.open()
+    box.raise_()
+    box.activateWindow()
     return box
 
 

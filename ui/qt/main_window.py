@@ -55,7 +55,7 @@ from ui.qt.models import (
     human_bytes,
 )
 from ui.qt.network_view import NetworkRequestsPanel
-from ui.qt.screen import fit_on_screen
+from ui.qt.screen import available, fit_on_screen, fit_rows
 from ui.qt.session_view import HistoryPanel
 from ui.qt.theme import Hue, mix, muted, text_colour, tone
 
@@ -71,7 +71,9 @@ KIND_GROUPS = (
 )
 
 
-def table(model: object, *, stretch: int = -1) -> QTableView:
+def table(model: object, *, stretch: int = -1, fit: Iterable[int] = ()) -> QTableView:
+    """A read-only list of rows; `stretch` takes the room left, the `fit` columns are as wide
+    as their content (short fixed-format values: ids, times, sizes)."""
     view = QTableView()
     view.setModel(model)  # type: ignore[arg-type]
     view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -88,6 +90,8 @@ def table(model: object, *, stretch: int = -1) -> QTableView:
     header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     if stretch >= 0:
         header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
+    for column in fit:
+        header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
     return view
 
 
@@ -98,6 +102,15 @@ def heading(text: str) -> QLabel:
     font.setBold(True)
     label.setFont(font)
     return label
+
+
+def opening_size(width: int, height: int) -> tuple[int, int]:
+    """The main window's first size on a screen whose free area is `width` x `height`: all of
+    a laptop's screen (up to 1440 wide, where a smaller window only leaves a useless band
+    beside it), most of a larger one, and never wider than reading a table needs."""
+    if width <= 1440:
+        return width, height
+    return min(max(1100, width * 3 // 4), 1600), min(max(680, height * 4 // 5), 1000)
 
 
 class TrafficPlot(QWidget):
@@ -215,7 +228,7 @@ class ActivityPanel(QWidget):
         self.view.setObjectName("activity")
         self.view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         header = self.view.horizontalHeader()
-        for column, width in ((0, 100), (1, 90), (2, 130), (3, 320)):
+        for column, width in ((0, 100), (1, 160), (2, 130), (3, 260)):
             header.resizeSection(column, width)
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
@@ -287,7 +300,8 @@ class MainWindow(QMainWindow):
         self.setObjectName("mainWindow")
         self.setWindowTitle("Airlock")
         self.setWindowIcon(icon("airlock"))
-        fit_on_screen(self, 1100, 680)
+        width, height = opening_size(available(self).width(), available(self).height())
+        fit_on_screen(self, width, height)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.setCentralWidget(self.tabs)
@@ -323,14 +337,15 @@ class MainWindow(QMainWindow):
         self.launch_button.clicked.connect(self.launch_requested)
         top.addWidget(self.launch_button)
         layout.addLayout(top)
-        self.sessions_view = table(self.sessions, stretch=4)
+        # The sandbox's verdict takes what is left (a refusal says why at length); the rest
+        # are as wide as what they say, so an image's name is never cut.
+        self.sessions_view = table(self.sessions, stretch=5, fit=(0, 1, 2, 3, 4))
         self.sessions_view.setObjectName("sessions")
-        header = self.sessions_view.horizontalHeader()
-        for column, width in ((0, 200), (1, 110), (2, 100), (3, 110)):
-            header.resizeSection(column, width)
+        fit_rows(self.sessions_view, 0)
         layout.addWidget(self.sessions_view, 1)
         self.sessions_empty = QLabel(
-            "No agent is running. Launch one, or start one with `airlock run` — it appears here."
+            "No agent is running. Launch one with “Launch agent…”, or start one in a terminal "
+            "with “airlock run”: it appears here."
         )
         text_colour(self.sessions_empty, muted, " padding: 6px;")
         layout.addWidget(self.sessions_empty)
@@ -350,13 +365,19 @@ class MainWindow(QMainWindow):
         self.sessions_view.doubleClicked.connect(
             lambda index: self.activity_for(self.sessions.rows[index.row()].id)
         )
-        self.sessions_view.selectionModel().selectionChanged.connect(
-            lambda: self._with_session(self.session_selected)
-        )
+        self.sessions_view.selectionModel().selectionChanged.connect(self._running_selected)
         self.history = HistoryPanel()  # ended sessions, and the detail of the selected one
         self.history.selected.connect(self.session_selected)
+        # One session at a time has the detail: choosing in one list clears the other's row.
+        self.history.selected.connect(lambda _: self.sessions_view.clearSelection())
         layout.addWidget(self.history, 2)
         return page
+
+    def _running_selected(self) -> None:
+        rows = self.sessions_view.selectionModel().selectedRows()
+        if rows:
+            self.history.view.clearSelection()
+            self.session_selected.emit(str(self.sessions.rows[rows[0].row()].id))
 
     def _with_session(self, signal: SignalInstance) -> None:
         session = self.selected_session()
@@ -398,20 +419,30 @@ class MainWindow(QMainWindow):
     def _grants_tab(self) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
-        layout.addWidget(heading("What agents may see"))
-        note = QLabel("Revoking takes the file or folder out of every running agent at once.")
+        layout.addWidget(heading("What agents may see and reach"))
+        note = QLabel(
+            "Revoking takes a file or folder out of the agent at once; a host's answer is "
+            "forgotten and its open connections are cut."
+        )
+        note.setWordWrap(True)
         text_colour(note, muted)
         layout.addWidget(note)
         self.undo_bar = UndoBar()
         self.undo_bar.undo_requested.connect(self.restore_requested)
         layout.addWidget(self.undo_bar)
-        self.grants_view = table(self.grants, stretch=0)
+        self.grants_view = table(self.grants, stretch=0, fit=(1, 2, 3, 4, 5))
         self.grants_view.setObjectName("grants")
         self.grants_view.verticalHeader().setDefaultSectionSize(34)
-        header = self.grants_view.horizontalHeader()
-        for column, width in ((1, 110), (2, 90), (3, 160), (4, 150), (5, 100), (6, 100)):
-            header.resizeSection(column, width)
+        self.grants_view.horizontalHeader().resizeSection(GrantsModel.REVOKE_COLUMN, 96)
         layout.addWidget(self.grants_view, 1)
+        self.grants_empty = QLabel(
+            "Nothing is granted. An agent sees only the files and folders you pick when you "
+            "launch it; what it asks for later, and your remembered answers about hosts, are "
+            "listed here."
+        )
+        self.grants_empty.setWordWrap(True)
+        text_colour(self.grants_empty, muted, " padding: 6px;")
+        layout.addWidget(self.grants_empty)
         return page
 
     def _audit_tab(self) -> QWidget:
@@ -428,11 +459,8 @@ class MainWindow(QMainWindow):
         self.verification.setObjectName("verification")
         self.verification.setTextFormat(Qt.TextFormat.PlainText)
         layout.addWidget(self.verification)
-        self.audit_view = table(self.audit, stretch=4)
+        self.audit_view = table(self.audit, stretch=4, fit=(0, 1, 2, 3, 5))
         self.audit_view.setObjectName("audit")
-        header = self.audit_view.horizontalHeader()
-        for column, width in ((0, 60), (1, 150), (2, 90), (3, 140), (5, 140)):
-            header.resizeSection(column, width)
         layout.addWidget(self.audit_view, 1)
         return page
 
@@ -447,11 +475,13 @@ class MainWindow(QMainWindow):
             self._names_changed()
         self.sessions.replace(sessions)
         self.sessions_empty.setVisible(not sessions)
+        fit_rows(self.sessions_view, len(sessions))
         for button in (self.review_button, self.stop_button, self.revoke_session_button):
             button.setEnabled(bool(sessions))
 
     def set_grants(self, grants: Iterable[AnyGrant]) -> None:
         self.grants.replace(grants)
+        self.grants_empty.setVisible(not self.grants.rows)
         for row, grant in enumerate(self.grants.rows):
             button = QPushButton("Revoke")
             button.setObjectName(f"revoke-{grant.id}")

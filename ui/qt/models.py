@@ -49,6 +49,22 @@ def human_bytes(count: int) -> str:
     return f"{count} B"
 
 
+class Tones:
+    """Hues as brushes readable on the current palette, made again when the palette changes."""
+
+    def __init__(self) -> None:
+        self._key = 0
+        self._brushes: dict[Hue, QBrush] = {}
+
+    def brush(self, hue: Hue) -> QBrush:
+        palette = QGuiApplication.palette()
+        if self._key != palette.cacheKey():
+            self._key, self._brushes = palette.cacheKey(), {}
+        if hue not in self._brushes:
+            self._brushes[hue] = QBrush(tone(palette, hue))
+        return self._brushes[hue]
+
+
 class _Table(QAbstractTableModel):
     """What every table here shares: fixed column headers over a sized list of rows."""
 
@@ -106,8 +122,13 @@ class RecordTable(_Table):
 
 class SessionsModel(RecordTable):
     headers = ("Agent", "Session", "State", "Started", "Image", "Sandbox")
+    SANDBOX = 5
     # Sessions whose file activity overflowed the watch again and again (activity.unwatched).
     unwatched: frozenset[str] = frozenset()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.tones = Tones()
 
     def set_unwatched(self, sessions: frozenset[str]) -> None:
         if sessions != self.unwatched:
@@ -116,29 +137,67 @@ class SessionsModel(RecordTable):
             self.endResetModel()
 
     def cell(self, row: SessionRecord, column: int) -> Any:
-        image = row.image.removeprefix("sha256:")[:12]
         state = str(row.state) + (" · partly unwatched" if row.id in self.unwatched else "")
-        return (row.profile, row.id, state, clock(row.started_at), image, sandbox_label(row))[
-            column
-        ]
+        return (
+            row.profile,
+            row.id,
+            state,
+            clock(row.started_at),
+            image_text(row.image),
+            sandbox_text(row),
+        )[column]
+
+    def data(self, index: Index, role: int = DISPLAY) -> Any:
+        if (
+            role == Qt.ItemDataRole.ForegroundRole
+            and index.isValid()
+            and index.column() == self.SANDBOX
+        ):
+            sandbox = self.rows[index.row()].sandbox or ""
+            if sandbox.startswith("verified"):
+                return self.tones.brush(Hue.SUCCESS)
+            if sandbox:
+                return self.tones.brush(Hue.DANGER)
+            return None
+        if role == Qt.ItemDataRole.ToolTipRole and index.isValid():
+            row = self.rows[index.row()]
+            if index.column() == self.SANDBOX:
+                return sandbox_label(row)
+            if index.column() == 4:
+                return row.image
+        return super().data(index, role)
+
+
+def image_text(image: str) -> str:
+    """An image by its name ("airlock-agent:claude-code"), a bare digest by its first 12."""
+    return image[len("sha256:") : len("sha256:") + 12] if image.startswith("sha256:") else image
+
+
+def sandbox_text(row: SessionRecord) -> str:
+    """The self-check's outcome under the "Sandbox" heading: "verified (52 checks)",
+    "refused: …", "checking…"."""
+    if row.sandbox is None:
+        return "checking…" if row.live else "not checked"
+    return row.sandbox
 
 
 def sandbox_label(row: SessionRecord) -> str:
-    """The self-check's outcome, as the user reads it: "sandbox verified (N checks)", or
-    why the session was refused."""
+    """The self-check's outcome, as the user reads it where no heading says "sandbox" (the
+    tray): "sandbox verified (N checks)", or why the session was refused."""
     if row.sandbox is None:
         return "checking…" if row.live else "not checked"
     return f"sandbox {row.sandbox}"
 
 
 class GrantsModel(RecordTable):
-    headers = ("Path", "Access", "Lifetime", "For", "Until", "Grant", "")
+    headers = ("File, folder or host", "Access", "Lifetime", "For", "Until", "Grant", "")
     REVOKE_COLUMN = 6
     names: AgentNames | None = None  # the window's: sessions shown as their agents
 
     def cell(self, row: AnyGrant, column: int) -> Any:
         if isinstance(row, NetworkGrant):  # a remembered network or upload answer
-            access = {"connect": "connect", "upload": "upload past the threshold"}.get(
+            # An upload answer is about uploads past the profile's threshold: the large ones.
+            access = {"connect": "connect", "upload": "large uploads"}.get(
                 str(row.access), str(row.access)
             ) + ("" if row.allowed else ": refused")
         else:
@@ -203,18 +262,26 @@ def summary(event: Event) -> str:
         # The path comes redacted (query values are `…`); HTTPS says whether it was seen.
         path = details.get("path")
         inspection = details.get("inspection")
+        said = [
+            str(details.get("method", "")),
+            path if isinstance(path, str) else "",
+            f"({inspection})" if inspection in ("inspected", "opaque") else "",
+        ]
+        decision = {"allow": "allowed", "deny": "denied"}.get(
+            str(details.get("decision", "")), str(details.get("decision", ""))
+        )
+        reason = str(details.get("reason", "") or "")
         return (
-            f"{details.get('method', '')} {path if isinstance(path, str) else ''} "
-            f"{f'({inspection}) ' if inspection in ('inspected', 'opaque') else ''}"
-            f"{details.get('decision', '')} "
-            f"↑{human_bytes(int(details.get('bytes_up', 0) or 0))} "
-            f"↓{human_bytes(int(details.get('bytes_down', 0) or 0))} "
-            f"{details.get('reason', '')}"
-        ).strip()
+            f"{' '.join(w for w in said if w)}: {decision}{f', {reason}' if reason else ''} · "
+            f"↑{human_bytes(_int(details.get('bytes_up')))} "
+            f"↓{human_bytes(_int(details.get('bytes_down')))}"
+        )
     if kind is EventKind.STREAM_DROPPED:
         return f"{details.get('count')} events not shown (the view fell behind)"
     if kind is EventKind.SESSION_EXITED:
         return str(details.get("reason", ""))
+    if kind is EventKind.SANDBOX_VERIFIED and details.get("weaker"):
+        return f"sandbox {details.get('warning')} ({details.get('checks')} checks)"
     if kind is EventKind.SANDBOX_VERIFIED:
         note = f"; {details['note']}" if details.get("note") else ""  # what gVisor changes
         return f"sandbox verified ({details.get('checks')} checks){note}"
@@ -237,7 +304,7 @@ class ActivityModel(_Table):
         super().__init__(parent)
         self.capacity = capacity
         self.events: deque[Event] = deque()
-        self._tones: tuple[int, dict[Hue, QBrush]] = (0, {})
+        self.tones = Tones()
 
     def _length(self) -> int:
         return len(self.events)
@@ -262,16 +329,6 @@ class ActivityModel(_Table):
         self.events.clear()
         self.endResetModel()
 
-    def _brush(self, hue: Hue) -> QBrush:
-        """The kind's colour, readable on the current palette (computed once per palette)."""
-        palette = QGuiApplication.palette()
-        if self._tones[0] != palette.cacheKey():
-            self._tones = (palette.cacheKey(), {})
-        brushes = self._tones[1]
-        if hue not in brushes:
-            brushes[hue] = QBrush(tone(palette, hue))
-        return brushes[hue]
-
     def data(self, index: Index, role: int = DISPLAY) -> Any:
         if not index.isValid():
             return None
@@ -292,7 +349,7 @@ class ActivityModel(_Table):
             return printable(summary(event))[:MAX_SUBJECT]
         if role == Qt.ItemDataRole.ForegroundRole and column == 2:
             hue = KIND_COLOURS.get(str(event.kind).partition(".")[0])
-            return self._brush(hue) if hue is not None else None
+            return self.tones.brush(hue) if hue is not None else None
         if role == Qt.ItemDataRole.UserRole:
             return event
         return None

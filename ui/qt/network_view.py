@@ -37,6 +37,8 @@ from app.events import Event, EventKind
 from app.grants import NetworkGrant
 from app.text import printable
 from ui.qt.agents import AgentNames, agent_name
+from ui.qt.models import Tones
+from ui.qt.theme import Hue
 
 Index = QModelIndex | QPersistentModelIndex
 DISPLAY = Qt.ItemDataRole.DisplayRole
@@ -63,8 +65,12 @@ class RequestRow:
 
     @property
     def request(self) -> str:
-        target = f"{self.host}:{self.port}" if self.host else "-"
-        return f"{self.method} {target}{self.path if self.method != 'CONNECT' else ''}".strip()
+        if self.method == "CONNECT":
+            return f"CONNECT {self.host}:{self.port}" if self.host else "CONNECT"
+        # HTTPS's own port goes without saying: the host and path are what is read.
+        port = f":{self.port}" if self.port and self.port != 443 else ""
+        target = f"{self.host}{port}" if self.host else "-"
+        return f"{self.method} {target}{self.path}".strip()
 
 
 def _int(value: object) -> int:
@@ -97,6 +103,10 @@ def who_text(details: Mapping[str, Any]) -> str:
         if rule.startswith(("allow[", "ask[", "route:", "not-listed")):
             by = "policy"
     if by == "policy":
+        if rule == "not-listed":
+            return "the profile (host not listed)"
+        if rule.startswith("route:"):
+            return f"the profile (its {rule[6:]} route)"
         return f"profile rule {rule}" if rule else "the profile"
     if by == "grant":
         if rule.startswith("grant:") and details.get("decision") != "allow":
@@ -132,6 +142,15 @@ def request_row(event: Event) -> RequestRow | None:
     )
 
 
+def decision_hue(decision: str) -> Hue:
+    """Allowed reads green, what a person had to weigh orange, refused and cut red."""
+    if decision == "allowed":
+        return Hue.SUCCESS
+    if decision.endswith("allowed"):
+        return Hue.WARNING
+    return Hue.DANGER
+
+
 def human_bytes(count: int) -> str:
     value = float(count)
     for unit in ("B", "KiB", "MiB"):
@@ -153,6 +172,7 @@ class RequestsModel(QAbstractTableModel):
         self.names = names
         self.capacity = capacity
         self.rows: deque[RequestRow] = deque()
+        self.tones = Tones()
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.rows)
@@ -163,6 +183,8 @@ class RequestsModel(QAbstractTableModel):
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = DISPLAY) -> Any:
         if orientation is Qt.Orientation.Horizontal and role == DISPLAY:
             return self.headers[section]
+        if role == Qt.ItemDataRole.TextAlignmentRole and section in (3, 4):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
     def add(self, batch: Sequence[Event]) -> None:
@@ -199,6 +221,10 @@ class RequestsModel(QAbstractTableModel):
                 row.decision,
                 row.decided_by,
             )[column]
+        if role == Qt.ItemDataRole.ForegroundRole and column == 5:
+            return self.tones.brush(decision_hue(row.decision))
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in (3, 4):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == 1:
                 return f"session {row.session}"
@@ -279,12 +305,22 @@ class NetworkRequestsPanel(QWidget):
         self.view.setWordWrap(False)
         self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.view.verticalHeader().hide()
+        self.view.verticalHeader().setDefaultSectionSize(26)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         header = self.view.horizontalHeader()
         header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        header.setHighlightSections(False)
+        # The request takes what is left; who decided is as wide as its longest words up to
+        # a point (a profile rule can be long: it loses its middle, its tooltip has it all).
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        for column, width in ((0, 70), (1, 140), (3, 70), (4, 80), (5, 110), (6, 190)):
+        for column, width in ((0, 72), (1, 160), (3, 72), (4, 80), (5, 116), (6, 220)):
             header.resizeSection(column, width)
+        self.empty = QLabel(
+            "No request yet. Each connection an agent makes through Airlock is listed here "
+            "with who decided it; select one to block its host."
+        )
+        self.empty.setWordWrap(True)
+        self.empty.setEnabled(False)  # the palette's disabled text: readable in every theme
         undo = QHBoxLayout()
         undo.addWidget(self.status, 1)
         undo.addWidget(self.undo_button)
@@ -292,17 +328,30 @@ class NetworkRequestsPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(bar)
         layout.addWidget(self.view, 1)
+        layout.addWidget(self.empty)
         layout.addLayout(undo)
         self._agents: set[tuple[str, str]] = set()
         self._block: NetworkGrant | None = None
+        self._following = True
+        self.view.verticalScrollBar().valueChanged.connect(self._scrolled)
+        self.view.verticalScrollBar().rangeChanged.connect(self._grew)
         self.agent_box.currentIndexChanged.connect(self._filter_changed)
         self.view.selectionModel().selectionChanged.connect(self._selection_changed)
         self.view.customContextMenuRequested.connect(self._context_menu)
         self.block_button.clicked.connect(self.block_selected)
         self.undo_button.clicked.connect(self._undo)
 
+    def _scrolled(self, value: int) -> None:
+        self._following = value >= self.view.verticalScrollBar().maximum() - 2
+
+    def _grew(self, _low: int, high: int) -> None:
+        # New rows, or the list shown or resized: a list left at its newest row stays there.
+        if self._following:
+            self.view.verticalScrollBar().setValue(high)
+
     def add(self, batch: Sequence[Event]) -> None:
         self.model.add(batch)
+        self.empty.setVisible(not self.model.rows)
         for event in batch:
             row = request_row(event)
             if row is not None:

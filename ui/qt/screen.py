@@ -1,11 +1,11 @@
 """Windows that fit: each window and dialog opens within the screen's available geometry, down
-to 1024x600, at the size it would like or smaller."""
+to 1024x600, at the size it would like or smaller; short lists are as tall as their rows."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QRect
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QTableView, QWidget
 
 
 def available(window: QWidget) -> QRect:
@@ -34,3 +34,15 @@ def fit_on_screen(window: QWidget, width: int | None = None, height: int | None 
         y = area.y()
     if window.isWindow():
         window.move(x, y)
+
+
+def fit_rows(view: QTableView, rows: int, least: int = 3, most: int = 8) -> None:
+    """Keeps a short list (the running agents) as tall as its rows, from `least` to `most`,
+    leaving the rest of the page to what is below it; a longer one scrolls."""
+    shown = min(max(rows, least), most)
+    frame = 2 * view.frameWidth()
+    view.setMaximumHeight(
+        view.horizontalHeader().sizeHint().height()
+        + shown * view.verticalHeader().defaultSectionSize()
+        + frame
+    )

@@ -29,6 +29,7 @@ from app.store import SessionRecord
 from app.text import printable
 from ui.history_text import duration_text, sight_text, status_text, summary_text
 from ui.qt.models import RecordTable, clock
+from ui.qt.screen import fit_rows
 
 SHOWN_OUTPUT = 1024 * 1024  # characters of output put in the view at once (the latest)
 
@@ -64,6 +65,9 @@ class SessionDetail(QWidget):
         self.title = QLabel("Select a session to see what it did")
         self.title.setObjectName("sessionTitle")
         self.title.setTextFormat(Qt.TextFormat.PlainText)
+        font = self.title.font()
+        font.setBold(True)
+        self.title.setFont(font)
         self.tabs = QTabWidget()
         self.summary = self._text("sessionSummary")
         self.output = self._text("sessionOutput")
@@ -167,15 +171,23 @@ class HistoryPanel(QWidget):
         self.view.setShowGrid(False)
         self.view.setWordWrap(False)
         self.view.verticalHeader().hide()
+        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.view.verticalHeader().setDefaultSectionSize(26)
         header = self.view.horizontalHeader()
         header.setHighlightSections(False)
+        header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
-        for column, width in ((0, 160), (1, 90), (2, 150), (3, 100)):
-            header.resizeSection(column, width)
-        self.empty = QLabel("No session has ended yet.")
+        for column in (0, 1, 2, 3):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.empty = QLabel(
+            "No session has ended yet. A finished agent stays listed here with its output, "
+            "what it read, changed and sent, and what is left to review."
+        )
+        self.empty.setWordWrap(True)
+        fit_rows(self.view, 0, least=2)
         self.empty.setEnabled(False)  # the palette's disabled text: readable in every theme
         self.detail = SessionDetail()
-        top = QWidget()
+        self.top = top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
         title = QLabel("Ended sessions")
@@ -194,6 +206,12 @@ class HistoryPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
         self.view.selectionModel().selectionChanged.connect(self._selection)
+        self._fit_top()
+
+    def _fit_top(self) -> None:
+        # The list no taller than its rows: what the splitter has left goes to the detail,
+        # not to gaps around the list's title.
+        self.top.setMaximumHeight(self.top.sizeHint().height())
 
     def set_ended(
         self, records: Sequence[SessionRecord], live: Collection[str] = frozenset()
@@ -203,6 +221,8 @@ class HistoryPanel(QWidget):
         chosen = self.chosen()
         self.model.replace(records)
         self.empty.setVisible(not records)
+        fit_rows(self.view, len(records), least=2, most=6)
+        self._fit_top()
         if chosen is not None:
             for row, record in enumerate(self.model.rows):
                 if record.id == chosen:

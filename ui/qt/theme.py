@@ -372,6 +372,10 @@ class AirlockStyle(QProxyStyle):
         super().drawPrimitive(element, option, painter, widget)
         if element in self.OUTLINED and high_contrast(option.palette):
             outline(painter, option.rect, option.palette)
+        elif element == QStyle.PrimitiveElement.PE_IndicatorCheckBox:
+            # Fusion edges a check box in a darker button colour: on a dark palette an empty
+            # one (a file not yet approved, a setting off) vanishes into its row.
+            outline(painter, option.rect, option.palette, control_edge(option.palette))
         if (
             element == QStyle.PrimitiveElement.PE_FrameLineEdit
             and option.state & QStyle.StateFlag.State_HasFocus
@@ -379,9 +383,19 @@ class AirlockStyle(QProxyStyle):
             draw_ring(painter, option.rect, option.palette)
 
 
-def outline(painter: QPainter, rect: QRect, colours: QPalette) -> None:
+def control_edge(palette: QPalette) -> QColor:
+    """The edge of a control that must be seen to be used (WCAG 1.4.11: 3:1 on its ground)."""
+    text = palette.color(QPalette.ColorRole.WindowText)
+    return readable(
+        mix(text, palette.color(QPalette.ColorRole.Base), 0.5), backgrounds(palette), RING_CONTRAST
+    )
+
+
+def outline(
+    painter: QPainter, rect: QRect, colours: QPalette, colour: QColor | None = None
+) -> None:
     painter.save()
-    painter.setPen(QPen(colours.color(QPalette.ColorRole.WindowText), 1))
+    painter.setPen(QPen(colour or colours.color(QPalette.ColorRole.WindowText), 1))
     painter.setBrush(Qt.BrushStyle.NoBrush)
     painter.drawRect(rect.adjusted(0, 0, -1, -1))
     painter.restore()

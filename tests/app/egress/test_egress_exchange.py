@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from app.consent import Answer, RequestKind, Verdict
-from app.egress.exchange import (
+from app.egress.exchange import ClientConnection
+from app.egress.steps import (
     Ask,
-    ClientConnection,
     CloseTunnel,
     Command,
     Connect,

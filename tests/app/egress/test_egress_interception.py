@@ -875,8 +875,9 @@ def test_a_wss_websocket_to_an_inspected_host_is_relayed_and_counted(
 
 
 def test_playbook_an_inspected_connect_becomes_plain_http_to_that_host_only() -> None:
-    from app.egress.exchange import (
-        ClientConnection,
+    from app.egress.exchange import ClientConnection
+    from app.egress.interception import Handshake, StartTLS
+    from app.egress.steps import (
         Connect,
         Connected,
         Log,
@@ -888,7 +889,6 @@ def test_playbook_an_inspected_connect_becomes_plain_http_to_that_host_only() ->
         Resolve,
         SendUpstream,
     )
-    from app.egress.interception import Handshake, StartTLS
     from app.events import EventKind
     from tests.app.egress.test_egress_exchange import LOOPBACK, Playbook
 
@@ -932,8 +932,9 @@ def test_playbook_an_inspected_connect_becomes_plain_http_to_that_host_only() ->
 
 
 def test_playbook_a_failed_handshake_is_logged_and_nothing_is_sent() -> None:
-    from app.egress.exchange import ClientConnection, Log, ProxySettings
+    from app.egress.exchange import ClientConnection
     from app.egress.interception import StartTLS, handshake_refusal
+    from app.egress.steps import Log, ProxySettings
     from app.events import EventKind
     from tests.app.egress.test_egress_exchange import LOOPBACK, Playbook
 

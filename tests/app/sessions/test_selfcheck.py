@@ -16,7 +16,9 @@ import docker
 import pytest
 from docker.types import Mount
 
+from app.audit import AuditLog, AuditRecord, Recorder, records
 from app.delivery import SAVES
+from app.engine import detect_engine
 from app.errors import SandboxRefused
 from app.events import Event, EventBus, EventKind
 from app.paths import Dirs
@@ -140,7 +142,11 @@ def routed(engine: docker.DockerClient, agent_image: str) -> Iterator[str]:
 
 
 def run_session(
-    tmp_path: Path, engine: DockerEngine, image: str
+    tmp_path: Path,
+    engine: DockerEngine,
+    image: str,
+    extra: str = "",
+    audit: AuditLog | None = None,
 ) -> tuple[Supervisor, list[Event], CollectedOutput, BaseException | None, str]:
     dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     dirs.ensure()
@@ -148,8 +154,10 @@ def run_session(
     supervisor = Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))
     events: list[Event] = []
     supervisor.bus.attach(events.append)
+    if audit is not None:
+        supervisor.bus.attach(Recorder(audit))
     request = LaunchRequest(
-        parse_profile(profile_text(image, COMMAND), "test.toml"), Path("test.toml")
+        parse_profile(profile_text(image, COMMAND, extra=extra), "test.toml"), Path("test.toml")
     )
     output = CollectedOutput()
     error: BaseException | None = None
@@ -163,10 +171,15 @@ def run_session(
 
 
 def assert_refused(
-    tmp_path: Path, engine: DockerEngine, image: str, check: str, client: docker.DockerClient
+    tmp_path: Path,
+    engine: DockerEngine,
+    image: str,
+    check: str,
+    client: docker.DockerClient,
+    extra: str = "",
 ) -> list[str]:
     """Asserts the refusal; every check that failed."""
-    supervisor, events, output, error, session = run_session(tmp_path, engine, image)
+    supervisor, events, output, error, session = run_session(tmp_path, engine, image, extra)
     assert error is not None, "the session was not refused"
     assert check in str(error)
     refused = [e for e in events if e.kind is EventKind.SANDBOX_REFUSED]
@@ -321,6 +334,100 @@ def test_an_engine_that_drops_the_limits_is_caught(
         "cpus (nano)",
         "pids limit",
     ]
+
+
+def drop_all_limits(kwargs: dict[str, Any]) -> None:
+    """What rootless Podman on cgroup v1 does: no memory, pids or CPU limit, no ulimits."""
+    for limit in ("mem_limit", "memswap_limit", "pids_limit", "nano_cpus", "ulimits"):
+        kwargs["host_config"].pop(limit)
+
+
+ACCEPT_LIMITS = '[sandbox]\naccept_weaker = ["limits"]\n'
+
+
+def test_a_refusal_for_limits_alone_says_how_to_accept_them(
+    tmp_path: Path, engine: docker.DockerClient, agent_image: str
+) -> None:
+    _, _, _, error, _ = run_session(
+        tmp_path, TamperingEngine(engine, drop_all_limits, None), agent_image
+    )
+    assert error is not None
+    assert 'a profile can accept running without them: [sandbox] accept_weaker = ["limits"]' in (
+        str(error)
+    )
+
+
+def test_accepted_dropped_limits_run_with_the_warning_everywhere(
+    tmp_path: Path, engine: docker.DockerClient, agent_image: str
+) -> None:
+    """A profile that accepts the limits runs where the engine drops them, and says so: the
+    event (the terminal's and the app's feed), the session's record (the sessions list and
+    the tray) and the audit log name the engine and every accepted difference."""
+    with AuditLog(tmp_path / "audit") as audit:
+        supervisor, events, output, error, session = run_session(
+            tmp_path,
+            TamperingEngine(engine, drop_all_limits, None),
+            agent_image,
+            ACCEPT_LIMITS,
+            audit,
+        )
+    assert error is None
+    assert output.text("stdout") == "ran\n"
+    verified = [e for e in events if e.kind is EventKind.SANDBOX_VERIFIED]
+    assert len(verified) == 1
+    details = verified[0].details
+    assert details["weaker"] == ["limits"]
+    accepted = [a.partition(": expected")[0] for a in details["accepted"]]
+    assert accepted[:5] == [
+        "engine: memory limit",
+        "engine: memory+swap limit",
+        "engine: cpus (nano)",
+        "engine: pids limit",
+        "engine: ulimits",
+    ]
+    assert all(a.startswith("kernel: pid ") and a.endswith(" limits") for a in accepted[5:])
+    assert details["engine"] == detect_engine(engine).describe()
+    assert details["warning"] == (
+        f"weaker than asked: {details['engine']} does not enforce memory, pids and CPU "
+        "limits and ulimits (accepted by the profile: [sandbox] accept_weaker)"
+    )
+    record = supervisor.store.session(session)
+    assert record is not None and record.sandbox is not None
+    assert record.sandbox.startswith(details["warning"] + "; ")
+    assert record.sandbox.endswith(
+        f"{details['checks'] - len(accepted)} of {details['checks']} checks passed"
+    )
+    supervisor.store.close()
+    logged = [
+        r
+        for r in records(tmp_path / "audit")
+        if isinstance(r, AuditRecord) and r.kind == "sandbox.verified"
+    ]
+    assert len(logged) == 1
+    assert logged[0].details["weaker"] == ["limits"]
+    assert logged[0].details["accepted"] == details["accepted"]
+    assert logged[0].details["warning"] == details["warning"]
+
+
+def test_accepting_the_limits_accepts_nothing_else(
+    tmp_path: Path, engine: docker.DockerClient, agent_image: str
+) -> None:
+    """An engine that drops the limits and also adds a capability is refused, though the
+    profile accepts the limits: the capability is named first."""
+
+    def weaker_and_more(kwargs: dict[str, Any]) -> None:
+        drop_all_limits(kwargs)
+        add_capability(kwargs)
+
+    failed = assert_refused(
+        tmp_path,
+        TamperingEngine(engine, weaker_and_more, None),
+        agent_image,
+        "engine: capabilities added",
+        engine,
+        ACCEPT_LIMITS,
+    )
+    assert any(f.startswith("engine: memory limit") for f in failed)
 
 
 def test_a_pid_that_is_not_the_containers_is_not_read() -> None:

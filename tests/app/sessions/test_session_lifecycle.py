@@ -138,6 +138,50 @@ def test_cancelling_the_run_removes_the_container_and_records_the_interruption(
     assert record is not None and (record.exit_code, record.reason) == (130, "interrupted")
 
 
+@pytest.mark.parametrize("cancelled", [False, True], ids=["exits", "is cancelled"])
+def test_the_end_is_recorded_and_cleaned_up_before_it_is_announced(
+    dirs: Dirs, store: StateStore, tmp_path: Path, cancelled: bool
+) -> None:
+    # Whoever reads the store on `session.exited` (the desktop app does) finds the session
+    # ended, gone from the running ones, its counts kept and its container removed.
+    supervisor, engine, events = supervise(
+        dirs, store, lambda c: int(c.wait_for_signal()) if cancelled else 3
+    )
+    seen: list[tuple[object, ...]] = []
+
+    def on_exit(event: Event) -> None:
+        if event.kind is EventKind.SESSION_EXITED:
+            session = event.session or ""
+            record = store.session(session)
+            assert record is not None
+            seen.append(
+                (
+                    record.state,
+                    record.exit_code,
+                    session in supervisor.sessions,
+                    store.activity(session) is not None,
+                    engine.containers_by_id,
+                )
+            )
+
+    supervisor.bus.attach(on_exit)
+
+    async def scenario() -> None:
+        run = asyncio.create_task(supervisor.run(request(), CollectedOutput()))
+        if not cancelled:
+            await run
+            return
+        while not any(e.kind is EventKind.SESSION_STARTED for e in events):
+            await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(scenario())
+    assert seen == [(SessionState.EXITED, 130 if cancelled else 3, False, True, {})]
+    assert events[-1].kind is EventKind.SESSION_EXITED
+
+
 def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
     dirs: Dirs, store: StateStore, tmp_path: Path
 ) -> None:
@@ -163,6 +207,49 @@ def test_revoking_a_read_write_folder_kills_the_agent_and_says_why(
     (revoked,) = [e for e in events if e.kind is EventKind.GRANT_REVOKED]
     assert revoked.details["stopped"] is True and revoked.subject == str(work)
     assert engine.volume_labels == {}  # the overlay volume went with the session
+
+
+def test_a_revoked_read_only_folder_leaves_the_view_and_its_undo_brings_it_back(
+    dirs: Dirs, store: StateStore, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.md").write_text("a\n")
+    supervisor, _, events = supervise(dirs, store, lambda c: int(c.wait_for_signal()))
+
+    async def scenario() -> list[bool]:
+        run = asyncio.create_task(
+            supervisor.run(request((GrantRequest(notes, Mode.READ),)), CollectedOutput())
+        )
+        while not any(e.kind is EventKind.SESSION_STARTED for e in events):
+            await asyncio.sleep(0.01)
+        session = events[-1].session or ""
+        running = supervisor.sessions.get(session)
+        assert running is not None
+        shown = running.view.mirror_path(notes / "a.md")
+        seen = [shown.exists()]
+        (grant,) = store.session_grants(session, time.time())
+        assert [g.id for g in await supervisor.arevoke([grant.id])] == [grant.id]
+        seen.append(shown.exists())
+        assert [g.id for g in await supervisor.arestore([grant.id])] == [grant.id]
+        seen.append(shown.exists())
+        assert store.session_grants(session, time.time()) == [grant]
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, True]
+    changes = [
+        (e.kind, e.details.get("restored"))
+        for e in events
+        if e.kind in (EventKind.GRANT_REVOKED, EventKind.GRANT_ADDED)
+    ]
+    assert changes == [
+        (EventKind.GRANT_ADDED, None),
+        (EventKind.GRANT_REVOKED, None),
+        (EventKind.GRANT_ADDED, True),
+    ]
 
 
 def test_what_a_vanished_supervisor_left_is_swept_before_the_next_session(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.events import EventKind
 from app.grants import Grant, Lifetime, Mode
 from app.sessions.revocation import (
     NOT_RESTORED_FILE,
@@ -162,6 +163,8 @@ def test_only_a_staged_folder_stops_a_session() -> None:
         assert stopped == {r.session for r in reaches if r.staged_tree}
 
 
+ADDED = EventKind.GRANT_ADDED  # an undo announces what it gave back, or not
+
 RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
     (
         "a read-only grant comes back at its own path",
@@ -169,7 +172,7 @@ RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
         [Reach("s1", is_dir=True)],
         [
             Reshow("s1", Path("/home/u/notes")),
-            Announce("s1", "/home/u/notes", {"grant": "g1", "restored": True}),
+            Announce("s1", "/home/u/notes", {"grant": "g1", "restored": True}, ADDED),
         ],
     ),
     (
@@ -178,7 +181,7 @@ RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
         [Reach("s1", location="/run/airlock/doc/ab12/a.md")],
         [
             ShowAt("s1", Path("/home/u/notes/a.md"), Path("/run/airlock/doc/ab12/a.md")),
-            Announce("s1", "/home/u/notes/a.md", {"grant": "g1", "restored": True}),
+            Announce("s1", "/home/u/notes/a.md", {"grant": "g1", "restored": True}, ADDED),
         ],
     ),
     (
@@ -190,6 +193,7 @@ RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
                 "s1",
                 "/home/u/work",
                 {"grant": "g1", "restored": False, "reason": NOT_RESTORED_TREE},
+                ADDED,
             )
         ],
     ),
@@ -202,6 +206,7 @@ RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
                 "s1",
                 "/home/u/a.txt",
                 {"grant": "g1", "restored": False, "reason": NOT_RESTORED_FILE},
+                ADDED,
             )
         ],
     ),
@@ -209,7 +214,7 @@ RESTORE_CASES: list[tuple[str, Grant, list[Reach], list[Step]]] = [
         "a grant no live session had is announced as back once",
         NOTES,
         [],
-        [Announce("s1", "/home/u/notes", {"grant": "g1", "restored": True})],
+        [Announce("s1", "/home/u/notes", {"grant": "g1", "restored": True}, ADDED)],
     ),
 ]
 

@@ -133,7 +133,7 @@ def test_grant_in_the_dialog_then_revoke_in_the_grants_table(
         QTest.keyClick(dialog.focusWidget(), Qt.Key.Key_Return)
         answer = await asked
         assert answer.allowed and answer.paths == (note,) and answer.mode is Mode.READ
-        inside = await supervisor.open_files(
+        inside = await supervisor.files.open_files(
             session, answer.paths, answer.mode, answer.lifetime, answer.until
         )
         assert str(inside[0]).startswith("/run/airlock/doc/")

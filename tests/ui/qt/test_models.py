@@ -15,17 +15,17 @@ from ui.qt.models import summary
         (
             EventKind.NET_REQUEST,
             {"method": "POST", "path": "/v1/messages?key=…", "inspection": "inspected"},
-            "POST /v1/messages?key=… (inspected) allow ↑1.0 KiB ↓2.0 KiB ok",
+            "POST /v1/messages?key=… (inspected): allowed, ok · ↑1.0 KiB ↓2.0 KiB",
         ),
         (
             EventKind.NET_TUNNEL,
             {"method": "CONNECT", "path": "", "inspection": "opaque"},
-            "CONNECT  (opaque) allow ↑1.0 KiB ↓2.0 KiB ok",
+            "CONNECT (opaque): allowed, ok · ↑1.0 KiB ↓2.0 KiB",
         ),
         (
             EventKind.NET_REQUEST,
             {"method": "GET", "path": "/plain"},
-            "GET /plain allow ↑1.0 KiB ↓2.0 KiB ok",
+            "GET /plain: allowed, ok · ↑1.0 KiB ↓2.0 KiB",
         ),
     ],
 )

@@ -65,5 +65,5 @@ def test_the_grants_tab_lists_a_remembered_network_answer_beside_file_grants(
     model.replace([grant, upload])
     rows = [[model.index(row, column).data() for column in range(5)] for row in range(2)]
     assert rows[0] == ["api.test:443", "connect", "always", "coder (every session)", ""]
-    assert rows[1] == ["files.test:80", "upload past the threshold", "session", "session s1", ""]
+    assert rows[1] == ["files.test:80", "large uploads", "session", "session s1", ""]
     assert "cut" in revoke_tip(grant)

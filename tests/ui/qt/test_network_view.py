@@ -202,7 +202,13 @@ def test_the_request_list_shows_who_decided_and_blocking_a_host_refuses_the_next
             EventKind.NET_REFUSED,
             {"decision": "deny", "rule": "not-listed", "decided_by": "policy"},
             "denied",
-            "profile rule not-listed",
+            "the profile (host not listed)",
+        ),
+        (
+            EventKind.NET_REQUEST,
+            {"decision": "allow", "rule": "route:anthropic", "decided_by": "policy"},
+            "allowed",
+            "the profile (its anthropic route)",
         ),
         (
             EventKind.NET_REQUEST,

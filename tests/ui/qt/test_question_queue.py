@@ -21,7 +21,7 @@ from ui.qt.consent import ConsentDialog, QtFrontEnd, Requester
 from ui.qt.question_queue import QuestionQueue
 from ui.qt.settings import Settings
 
-FLOODER, OTHER = "f100d000", "0the4000"
+FLOODER, OTHER, THIRD = "f100d000", "0the4000", "7h1rd000"
 
 
 def ask(session: str, host: str) -> ConsentRequest:
@@ -67,7 +67,7 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
     front_end.queue.stop_requested.connect(stopped.append)
     queue = front_end.queue
 
-    async def scenario() -> tuple[list[object], list[object]]:
+    async def scenario() -> tuple[list[object], list[object], list[object]]:
         first = ask(FLOODER, "host0.example")
         flood = [asyncio.ensure_future(broker.ask(first))]
         await until(lambda: queue.current is not None, what="the first question")
@@ -76,16 +76,20 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
             for i in range(1, 40)
         ]
         other = asyncio.ensure_future(broker.ask(ask(OTHER, "api.other.example")))
-        await until(lambda: front_end.pending == 41, what="41 questions")
+        thirds = [
+            asyncio.ensure_future(broker.ask(ask(THIRD, f"t{i}.third.example"))) for i in range(9)
+        ]
+        await until(lambda: front_end.pending == 50, what="50 questions from 3 agents")
         # One window, whose front question is still the first one.
         assert question_windows() == [queue]
         assert queue.current is front_end.dialog(first.id)
-        assert queue.position.text().startswith("Question 1 of 41")
+        assert queue.position.text().startswith("Question 1 of 50")
         assert "1 of 40 from agent-f100" in queue.position.text()
-        # Both agents in sight, one line each, with their counts and deadlines.
+        # Every agent in sight, one line each, with their counts and deadlines.
         rows = [queue.agents.item(i) for i in range(queue.agents.count())]
-        assert len(rows) == 2 and "40 questions" in rows[0].text()
+        assert len(rows) == 3 and "40 questions" in rows[0].text()
         assert "1 question," in rows[1].text() and "next denied in 4:" in rows[1].text()
+        assert "9 questions" in rows[2].text()
         viewport = queue.agents.viewport().rect()
         assert all(viewport.contains(queue.agents.visualItemRect(r)) for r in rows)
         # Each of the agent's questions listed with its own deadline.
@@ -101,7 +105,7 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
         front = queue.current
         assert isinstance(front, ConsentDialog) and front.request.session == OTHER
         assert front.locked and not queue.stop_agent_button.isEnabled()
-        assert queue.position.text() == "Question 41 of 41  ·  1 of 1 from agent-0the"
+        assert queue.position.text() == "Question 41 of 50  ·  1 of 1 from agent-0the"
         await until(lambda: not front.locked, what="unlock")
         # Back to the flood: deny every one of its questions at once.
         QTest.mouseClick(
@@ -113,17 +117,25 @@ def test_a_flood_is_one_window_and_another_agent_stays_in_sight(
         assert queue.current.request.session == FLOODER
         QTest.mouseClick(queue.deny_agent_button, Qt.MouseButton.LeftButton)
         flooded = await asyncio.wait_for(asyncio.gather(*flood), 10)
-        assert front_end.pending == 1 and queue.current is front
+        # Denying all from one agent leaves the others' questions as they were.
+        assert front_end.pending == 10 and queue.current is front
+        assert not any(t.done() for t in thirds)
         await until(lambda: not front.locked, what="unlock")
         QTest.mouseClick(queue.stop_agent_button, Qt.MouseButton.LeftButton)
-        return flooded, [await other]
+        answered = [await other]
+        await until(lambda: front_end.pending == 9, what="the third agent's nine")
+        await until(lambda: queue.current is not None and not queue.current.locked)
+        assert queue.current.request.session == THIRD
+        QTest.mouseClick(queue.deny_agent_button, Qt.MouseButton.LeftButton)
+        return flooded, answered, list(await asyncio.wait_for(asyncio.gather(*thirds), 10))
 
     try:
-        flooded, others = run(scenario())  # type: ignore[misc]
+        flooded, others, thirds = run(scenario())  # type: ignore[misc]
     finally:  # nothing left asking for the tests after this one, whatever happened
         queue.close()
     assert {a.by for a in flooded} == {"dialog: all from this agent"}  # type: ignore[attr-defined]
     assert others[0].by == "dialog: agent stopped"  # type: ignore[attr-defined]
+    assert {a.by for a in thirds} == {"dialog: all from this agent"}  # type: ignore[attr-defined]
     assert stopped == [OTHER]
     assert not queue.isVisible() and front_end.pending == 0
 

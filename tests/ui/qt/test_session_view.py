@@ -64,7 +64,7 @@ def test_durations_read_as_people_say_them(seconds: float | None, text: str) -> 
 
 def test_the_summary_says_what_it_read_changed_and_sent() -> None:
     text = summary_text(summary())
-    assert "exited with status 2 (exit 2)" in text
+    assert "exited with status 2" in text
     assert "after 2 min 05 s" in text
     assert "/home/u/notes  (read only)" in text
     assert "2 file(s) committed to your files in 1 commit(s)" in text
@@ -139,10 +139,14 @@ def test_what_it_sees_follows_a_revoke_and_the_ended_session_stays_listed(
             await until(lambda: history.model.rows, 30, "the ended session in the history")
             row = history.model.rows[0]
             assert row.id == session
-            assert history.model.cell(row, 4) == "exited with status 4 (exit 4)"
+            assert history.model.cell(row, 4) == "exited with status 4"
             assert history.model.cell(row, 3).endswith(" s")
             history.view.selectRow(0)
-            await until(lambda: "exit 4" in detail.title.text(), 10, "the ended session's detail")
+            await until(
+                lambda: "exited with status 4" in detail.title.text(),
+                10,
+                "the ended session's detail",
+            )
             assert detail.output.toPlainText() == "started\nthe plan is gone\n"
             summary = detail.summary.toPlainText()
             assert "exited with status 4" in summary and f"{secret}" in summary

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.ui.qt.conftest import REPO, need
-from tests.ui.qt.gallery import MAIN_TABS
+from tests.ui.qt.gallery import DETAIL_PANES, MAIN_TABS
 
 WINDOWS = {
-    *(f"main-{tab}" for tab in MAIN_TABS),
+    *(f"main-{tab}" for tab in (*MAIN_TABS, *DETAIL_PANES)),
     "review-window",
     "launch-dialog",
     "launch-dialog-failed",

@@ -230,4 +230,4 @@ def test_tab_reaches_everything_with_a_visible_ring(
         walk(window, qtbot)
         walked.append(shown.name)
         shown.done()
-    assert len(walked) == 13  # tests/ui/qt/test_small_screen.py WINDOWS
+    assert len(walked) == 15  # tests/ui/qt/test_small_screen.py WINDOWS

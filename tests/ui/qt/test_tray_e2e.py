@@ -355,7 +355,7 @@ def test_tray_consent_handoff_review_and_quit(
         # leaves the choice to the terminal, so open it from the control interface's list.
         writer = store.sessions()[-1].id
         review_session = asyncio.run(control("Launch", "sas", ["notes-writer", [f"{notes}:rw"]]))[0]
-        review = x.wait_window("--name", f"Review changes — session {review_session}", timeout=90)
+        review = x.wait_window("--name", f"Review changes — .*session {review_session}", timeout=90)
         time.sleep(1.0)
         x.shot(artifacts / "review-window.png", review)
         assert (notes / "summary.md").exists() is False, "nothing is committed unasked"
@@ -445,6 +445,7 @@ IDLE_MENU = [
     "Pending requests…",
     "Block all network",
     "Revoke everything",
+    "Welcome and help…",
     "Open Airlock",
     "Quit",
 ]
