@@ -27,7 +27,6 @@ from app.fs import open_regular, sha256_file
 from app.paths import Dirs
 from app.risky import Check, path_reasons, reasons_for
 from app.staging import (
-    MAX_CHANGES,
     Change,
     ChangeKind,
     Changeset,
@@ -209,7 +208,7 @@ class Review:
         changeset = staging.changeset()
         if changeset.truncated:
             raise SessionError(
-                f"session {session} staged more than {MAX_CHANGES} changes; that is not "
+                f"session {session} staged more than {changeset.limit} changes; that is not "
                 f"reviewable: discard them (`airlock discard {session}`) or commit a "
                 "smaller part from the desktop app's review window"
             )

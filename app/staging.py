@@ -22,7 +22,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +44,19 @@ log = logging.getLogger(__name__)
 
 OPAQUE_XATTR = "user.overlay.opaque"  # overlay mounted with `userxattr`, so we can read it
 MAX_CHANGES = 50_000
+# A lower limit for the tests: a tree past it then takes seconds to make, not a minute. It can
+# only lower the limit, never raise it past what stays reviewable.
+MAX_CHANGES_VARIABLE = "AIRLOCK_MAX_CHANGES"
+
+
+def change_limit(environ: Mapping[str, str]) -> int:
+    """How many changes a changeset lists before it is cut short: MAX_CHANGES, or less if
+    `environ` says so."""
+    try:
+        lowered = int(environ.get(MAX_CHANGES_VARIABLE, ""))
+    except ValueError:
+        return MAX_CHANGES
+    return min(lowered, MAX_CHANGES) if lowered > 0 else MAX_CHANGES
 
 
 class RootKind(StrEnum):
@@ -186,7 +199,8 @@ class Change:
 class Changeset:
     session: str
     changes: tuple[Change, ...]
-    truncated: bool = False  # more than MAX_CHANGES: the rest was not even listed
+    truncated: bool = False  # more than `limit` changes: the rest was not even listed
+    limit: int = MAX_CHANGES
 
     @property
     def digest(self) -> str:
@@ -402,14 +416,15 @@ class SessionStaging:
     def changeset(self) -> Changeset:
         changes: list[Change] = []
         truncated = False
+        limit = change_limit(os.environ)
         for staged in self.roots():
             try:
-                found = _root_changes(staged, self.base(staged), MAX_CHANGES - len(changes))
+                found = _root_changes(staged, self.base(staged), limit - len(changes))
             except _TooMany:
                 truncated = True
                 break
             changes.extend(found)
-        return Changeset(self.session, tuple(_pair_renames(changes)), truncated)
+        return Changeset(self.session, tuple(_pair_renames(changes)), truncated, limit)
 
     # an undo's changes, back for review
 

@@ -108,15 +108,19 @@ class SessionRecord:
 LOCK_WAIT_SECONDS = 60.0
 
 
+# SQLite's own busy timeout, after which an operation is retried here (LOCK_WAIT_SECONDS).
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
 class StateStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
         # Used from the loop thread and from worker threads (sweeps run in to_thread);
         # the lock makes each method atomic within this process.
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
-            path, timeout=10.0, isolation_level=None, check_same_thread=False
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
 
         def prepare() -> None:

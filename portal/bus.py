@@ -190,7 +190,14 @@ class PrivateBus:
         self.layout.socket_dir.mkdir(mode=0o755, exist_ok=True)
         self.layout.socket_dir.chmod(0o755)
         self._write_config(locked=False)
+        # If the supervisor dies, even by SIGKILL, the bus goes with it instead of lingering
+        # with the session's socket. setpriv (util-linux) asks for that and execs the daemon:
+        # a `preexec_fn` would do the same but makes Python fork the whole supervisor on the
+        # event loop (100 ms and more under load) instead of a vfork.
+        setpriv = shutil.which("setpriv")
+        prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv is not None else []
         process = await asyncio.create_subprocess_exec(
+            *prefix,
             executable,
             f"--config-file={self.layout.config}",
             "--nofork",
@@ -201,7 +208,7 @@ class PrivateBus:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=None if setpriv is not None else _die_with_parent,
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
@@ -277,7 +284,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if the supervisor dies, even by SIGKILL, the bus goes
-    with it instead of lingering with the session's socket."""
+    """Runs in the child before exec, where setpriv is missing: the bus dies with the
+    thread that started it, as `setpriv --pdeathsig` would arrange."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -348,10 +348,12 @@ class ProxyHarness:
         return [str(e.kind) for e in self.events]
 
     def wait_events(self, count: int, timeout: float = 10) -> list[Event]:
+        """Waits for `count` net.* events. Fewer by the timeout fails: a count that never
+        comes would otherwise cost every run the whole timeout, silently."""
         deadline = time.monotonic() + timeout
         while len([e for e in self.events if e.kind.startswith("net.")]) < count:
             if time.monotonic() > deadline:
-                break
+                raise AssertionError(f"not {count} net events in {timeout} s: {self.kinds()}")
             time.sleep(0.02)
         return [e for e in self.events if e.kind.startswith("net.")]
 

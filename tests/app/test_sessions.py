@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
+import ctypes
+import fcntl
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -571,10 +578,12 @@ def test_revoking_a_saved_file_takes_its_staged_copy_away(
 
 
 # Creates, deletes, symlinks and FIFOs in the folder, from 3 processes at full speed for
-# `SECONDS`, and a fourth making and removing deep chains of directories (the watch walks
-# each new directory, so these slow its reader down), then one normal write.
+# `SECONDS` or until SIGUSR1 (the test has seen what it needs), and a fourth making and
+# removing deep chains of directories (the watch walks each new directory, so these slow its
+# reader down), then one normal write. Names stay under 16 bytes: each event in the folder
+# is then 32 bytes in an inotify queue (`wait_for_overflow` counts on it).
 STORM = """
-import multiprocessing, os, shutil, sys, time
+import multiprocessing, os, shutil, signal, sys, time
 SECONDS = float(sys.argv[1])
 def storm(n):
     end = time.time() + SECONDS
@@ -595,8 +604,9 @@ if __name__ == "__main__":
     workers = [multiprocessing.Process(target=storm, args=(n,)) for n in range(3)]
     workers.append(multiprocessing.Process(target=chains))
     for w in workers: w.start()
+    signal.signal(signal.SIGUSR1, lambda *_: [w.terminate() for w in workers])
     for w in workers: w.join()
-    time.sleep(1)
+    time.sleep(2)  # the watch's event budget refills (200 a second) after the storm's backlog
     with open("after-the-storm.txt", "w") as f: f.write("normal write\\n")
     time.sleep(1)
 """
@@ -637,17 +647,59 @@ print(json.dumps({"kind": "result", "code": result.exit_code, "reason": result.r
 """
 
 
+IN_CREATE, IN_DELETE, IN_Q_OVERFLOW = 0x100, 0x200, 0x4000
+EVENT_BYTES = 32  # struct inotify_event (16) and a name under 16 bytes, padded to 16
+
+
+def wait_for_overflow(folder: Path, timeout: float = 60) -> None:
+    """Returns once more events happened in `folder` than an inotify queue holds, counted
+    from now by a watch of its own: a watch of `folder` whose reader is stopped now has
+    overflowed. The queue is read (which empties it) only once it can be full, to see the
+    overflow for certain; if it is not there, counting starts again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.inotify_add_watch(fd, bytes(folder), IN_CREATE | IN_DELETE) >= 0
+        full = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text()) * EVENT_BYTES
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            queued = array.array("i", [0])
+            fcntl.ioctl(fd, termios.FIONREAD, queued)
+            if queued[0] < full:
+                time.sleep(0.02)
+                continue
+            data = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(fd, 1 << 20):
+                    data += chunk
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                if mask & IN_Q_OVERFLOW:
+                    return
+                offset += 16 + length
+        raise AssertionError(f"the storm did not overflow a watch of {folder} in {timeout} s")
+    finally:
+        os.close(fd)
+
+
 def storm_session(
     agent_image: str, tmp_path: Path, seconds: float, stalls: int, extra: str = ""
 ) -> tuple[dict[str, object], list[object]]:
-    """Runs the storm in a session whose supervisor is stopped `stalls` times for 8 s;
-    returns the session's result and its audit records."""
+    """Runs the storm in a session whose supervisor is stopped (SIGSTOP) until its watch
+    overflowed, up to `stalls` times or until the session is stopped, each time after the
+    next activity.gap (the watch started afresh); returns the session's result and its
+    audit records. A stall can fall while the supervisor is between two watches (an
+    overflow during a restart restarts it again): it then overflows nothing, hence a
+    number of stalls, not an exact one."""
     from app.audit import records
 
     folder = tmp_path / "work"
     folder.mkdir()
     text = profile_text(agent_image, ["python3", "-c", STORM, str(seconds)], extra=extra)
     root = Path(__file__).parents[2]
+    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     process = subprocess.Popen(
         [sys.executable, "-c", STORM_SUPERVISOR, str(tmp_path), str(folder), text],
         stdout=subprocess.PIPE,
@@ -657,20 +709,37 @@ def storm_session(
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert process.stdout is not None
+    lines: list[dict[str, Any]] = []
+
+    def read_until(*kinds: str) -> str | None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(json.loads(line))
+            if lines[-1]["kind"] in kinds:
+                return str(lines[-1]["kind"])
+        return None
+
     try:
-        for line in process.stdout:  # the storm has begun once its files show
-            if json.loads(line)["kind"] == "file.created":
-                break
+        read_until("file.created")  # the storm has begun, its watch is in place
+        session = str(lines[-1]["session"])
+        [upper] = (dirs.sessions / session / "staging").glob("*/upper")
+        seen: str | None = "activity.gap"
         for _ in range(stalls):
             process.send_signal(signal.SIGSTOP)
-            time.sleep(8)
-            process.send_signal(signal.SIGCONT)
-            time.sleep(2)
-        lines = [json.loads(line) for line in process.stdout]
+            try:
+                wait_for_overflow(upper)
+            finally:
+                process.send_signal(signal.SIGCONT)
+            # The overflow read, the watch started afresh: the next stall can overflow it.
+            seen = read_until("activity.gap", "activity.unwatched", "result")
+            if seen != "activity.gap":
+                break
+        if seen == "activity.gap":  # not stopped for being unwatched: end the storm now
+            docker.from_env().containers.get(f"airlock-{session}").kill("SIGUSR1")
+        read_until()
     finally:
         process.send_signal(signal.SIGCONT)
         process.wait(timeout=120)
-    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
     [result] = [e for e in lines if e["kind"] == "result"]
     return result, [
         r
@@ -684,7 +753,7 @@ def test_a_storm_that_overflows_the_watch_is_an_audited_gap_not_silence(
 ) -> None:
     from app.audit import verify
 
-    result, logged = storm_session(agent_image, tmp_path, 12, stalls=1)
+    result, logged = storm_session(agent_image, tmp_path, 60, stalls=1)
 
     assert result["code"] == 0, result
     kinds = [r.kind for r in logged]  # type: ignore[attr-defined]
@@ -701,7 +770,7 @@ def test_a_session_whose_watch_overflows_again_and_again_is_stopped_if_the_profi
     agent_image: str, tmp_path: Path
 ) -> None:
     result, logged = storm_session(
-        agent_image, tmp_path, 70, stalls=4, extra='[watch]\nunwatched = "stop"\n'
+        agent_image, tmp_path, 120, stalls=10, extra='[watch]\nunwatched = "stop"\n'
     )
 
     assert result["reason"] == (

@@ -176,12 +176,30 @@ def test_discard_forgets_the_agents_version(host: Path, staging: SessionStaging)
 def test_past_the_limit_the_changeset_says_it_is_cut_short(
     host: Path, staging: SessionStaging, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app.staging, "MAX_CHANGES", 3)
+    monkeypatch.setenv(app.staging.MAX_CHANGES_VARIABLE, "3")
     _, upper, _ = staging.add_tree(host, "g1", QUOTA, None)
     for i in range(5):
         (upper / f"n{i}").write_text(f"{i}\n")
     changeset = staging.changeset()
-    assert changeset.truncated and len(changeset.changes) <= 3
+    assert changeset.truncated and len(changeset.changes) <= 3 and changeset.limit == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        (None, app.staging.MAX_CHANGES),
+        ("1000", 1000),
+        ("1", 1),
+        (str(app.staging.MAX_CHANGES * 10), app.staging.MAX_CHANGES),  # never raised
+        ("0", app.staging.MAX_CHANGES),
+        ("-5", app.staging.MAX_CHANGES),
+        ("many", app.staging.MAX_CHANGES),
+        ("", app.staging.MAX_CHANGES),
+    ],
+)
+def test_the_change_limit_can_only_be_lowered(value: str | None, limit: int) -> None:
+    environ = {} if value is None else {app.staging.MAX_CHANGES_VARIABLE: value}
+    assert app.staging.change_limit(environ) == limit
 
 
 def test_seal_marks_the_staging_area_and_remove_all_removes_it(

@@ -94,9 +94,10 @@ def test_a_write_waits_out_another_process_holding_the_file_past_sqlites_own_tim
     StateStore(path).close()
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")  # another airlock process, slow to commit (a busy disk)
-    release = threading.Timer(11.0, lambda: holder.execute("COMMIT"))  # past the 10 s timeout
+    # SQLite's own timeout shortened from 10 s: the holder lets go only after it ran out.
+    release = threading.Timer(1.5, lambda: holder.execute("COMMIT"))  # past the 0.5 s timeout
     release.start()
-    store = StateStore(path)
+    store = StateStore(path, busy_timeout=0.5)
     try:
         store.add_session(
             SessionRecord(

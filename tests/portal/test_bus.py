@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import select
+import signal
 import stat
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -192,3 +197,45 @@ def test_stop_ends_the_daemon_and_its_connections(tmp_path: Path) -> None:
 
     with_bus(tmp_path, scenario)
     assert os.listdir(tmp_path / "bus") == []
+
+
+# A supervisor of its own that starts a bus, says the daemon's pid and waits to be killed.
+SUPERVISOR = """
+import asyncio, sys
+from pathlib import Path
+from portal.bus import BusLayout, PrivateBus
+
+async def main() -> None:
+    bus = PrivateBus(BusLayout(Path(sys.argv[1])))
+    await bus.start()
+    print(bus._process.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_supervisor_takes_its_bus_with_it(tmp_path: Path) -> None:
+    root = Path(__file__).parents[2]
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert supervisor.stdout is not None
+    daemon = int(supervisor.stdout.readline())
+    ended = os.pidfd_open(daemon)  # readable once the daemon has exited
+    try:
+        assert Path(f"/proc/{daemon}/exe").resolve().name == "dbus-daemon"
+        supervisor.kill()  # SIGKILL: no clean-up of its own runs
+        supervisor.wait(timeout=30)
+        readable, _, _ = select.select([ended], [], [], 30)
+        assert readable, "the bus outlived its supervisor"
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(ended, signal.SIGKILL)
+        os.close(ended)

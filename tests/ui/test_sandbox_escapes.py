@@ -337,27 +337,43 @@ def wait_running(
 def test_ps_stop_and_interrupt_leave_no_container(
     tester: DesktopUser, agent_image: str, engine: docker.DockerClient
 ) -> None:
+    # Two sessions at once, one ended by `airlock stop` and one by Ctrl-C: their start-ups
+    # and clean-ups overlap instead of adding up.
     path = tester.write("long.toml", profile_text(agent_image, ["sh", "-c", "sleep 300"]))
-    for ending in ("stop", "interrupt"):
-        process = tester.popen("run", "--profile", str(path))
-        try:
-            session = wait_running(tester, process)
+    processes = [tester.popen("run", "--profile", str(path)) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 90
+        running: list[dict[str, str]] = []
+        while len(running) < 2:
+            assert time.monotonic() < deadline, "the sessions did not start"
+            assert all(p.poll() is None for p in processes), [
+                p.communicate() for p in processes if p.poll() is not None
+            ]
+            listed = tester.run("sessions", "--json")
+            assert listed.returncode == 0, listed.stderr
+            running = [s for s in json.loads(listed.stdout or "[]") if s["state"] == "running"]
+            time.sleep(0.1)
+        for session in running:
             ps = tester.run("ps", session["id"], "--json")
             assert ps.returncode == 0, ps.stderr
             assert any("sleep 300" in p.get("COMMAND", "") for p in json.loads(ps.stdout))
-            if ending == "stop":
-                stopped = tester.run("stop", session["id"])
-                assert stopped.returncode == 0, stopped.stderr
-            else:
-                os.kill(int(session["supervisor"].split(":")[0]), 2)  # Ctrl-C
+        stopped, interrupted = running
+        result = tester.run("stop", stopped["id"])
+        assert result.returncode == 0, result.stderr
+        os.kill(int(interrupted["supervisor"].split(":")[0]), 2)  # Ctrl-C
+        for process in processes:
             process.communicate(timeout=60)
-        finally:
+    finally:
+        for process in processes:
             process.kill()
-        label = f"{LABEL_SESSION}={session['id']}"
-        assert containers(engine, label) == []
-        assert json.loads(tester.run("sessions", "--json").stdout) == []
-    interrupted = json.loads(tester.run("sessions", "--all", "--json").stdout)
-    assert [s["reason"] for s in interrupted] == ["stopped by `airlock stop`", "interrupted"]
+    for session in running:
+        assert containers(engine, f"{LABEL_SESSION}={session['id']}") == []
+    assert json.loads(tester.run("sessions", "--json").stdout) == []
+    ended = json.loads(tester.run("sessions", "--all", "--json").stdout)
+    assert {s["id"]: s["reason"] for s in ended} == {
+        stopped["id"]: "stopped by `airlock stop`",
+        interrupted["id"]: "interrupted",
+    }
 
 
 def test_a_killed_supervisor_does_not_leave_its_agent_running_unwatched(

@@ -87,7 +87,7 @@ def handle_changes(ctx: Context, args: argparse.Namespace) -> int:
         if args.diff:
             sys.stdout.writelines(diff(change))
     if changeset.truncated:
-        print("… and more: the listing stops at 50 000 changes")
+        print(f"… and more: the listing stops at {changeset.limit:,} changes".replace(",", " "))
     blocked = sum(1 for c in changeset.changes if c.problems)
     flagged = sum(1 for c in changeset.changes if c.path in warnings)
     notes = [

@@ -95,7 +95,7 @@ def test_an_always_answer_outlives_its_session_is_listed_and_revoking_it_cuts_a_
         first = front(Answer(Verdict.ALLOW, Lifetime.ALWAYS, by="dialog"))
         with harness(tmp_path, prof, front_end=first, session="one", grants=book) as proxy:
             assert get(proxy.port, "ask.test", upstream.port) == 200
-            proxy.wait_events(2)
+            proxy.wait_events(1)  # the allowed request
         store.end_session("one", SessionState.EXITED, 0, None)
         assert [q.subject for q in first.asked] == [f"ask.test:{upstream.port}"]
         added = [e for e in proxy.events if e.kind is EventKind.GRANT_ADDED]
@@ -134,7 +134,7 @@ def test_an_always_answer_outlives_its_session_is_listed_and_revoking_it_cuts_a_
             tunnel.close()
             # The next request is decided again: asked, and (here) refused.
             assert get(proxy.port, "ask.test", upstream.port) == 403
-            proxy.wait_events(4)
+            proxy.wait_events(3)  # the request, the tunnel cut, the refusal
         assert [q.subject for q in second.asked] == [f"ask.test:{upstream.port}"]
         assert cut_after < 2
         cut = [
