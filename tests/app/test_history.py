@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -135,20 +134,6 @@ def test_the_tally_counts_requests_hosts_bytes_files_and_questions() -> None:
 
 
 # a real session
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> Dirs:
-    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
-    dirs.ensure()
-    return dirs
-
-
-@pytest.fixture
-def store(dirs: Dirs) -> Iterator[StateStore]:
-    store = StateStore(dirs.database)
-    yield store
-    store.close()
 
 
 @pytest.mark.docker

@@ -33,13 +33,6 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> Dirs:
-    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
-    dirs.ensure()
-    return dirs
-
-
-@pytest.fixture
 def supervisor(dirs: Dirs, engine: docker.DockerClient) -> Iterator[Supervisor]:
     store = StateStore(dirs.database)
     yield Supervisor(engine, store, EventBus(), dirs, ProfileCatalog(dirs.user_profiles))

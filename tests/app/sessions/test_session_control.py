@@ -5,8 +5,6 @@ no processes, and a kill from this process says why."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,20 +16,6 @@ from app.store import StateStore
 from tests.app.sessions.memory_engine import KILLED
 from tests.app.sessions.test_session_lifecycle import request, supervise
 from tests.support import CollectedOutput
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> Dirs:
-    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
-    dirs.ensure()
-    return dirs
-
-
-@pytest.fixture
-def store(dirs: Dirs) -> Iterator[StateStore]:
-    store = StateStore(dirs.database)
-    yield store
-    store.close()
 
 
 @pytest.mark.parametrize("how", ["stop", "kill_soon"])

@@ -4,30 +4,11 @@ session that was never recorded; the history trimmed to its bounds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from app.events import EventBus, EventKind
 from app.history import HistoryBounds, SessionActivity
 from app.paths import Dirs
 from app.sessions.history import SessionHistory
 from app.store import SessionRecord, SessionState, StateStore
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> Dirs:
-    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
-    dirs.ensure()
-    return dirs
-
-
-@pytest.fixture
-def store(dirs: Dirs) -> Iterator[StateStore]:
-    store = StateStore(dirs.database)
-    yield store
-    store.close()
 
 
 def record(store: StateStore, session: str, at: float) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,6 @@ from tests.app.sessions.memory_engine import KILLED, Agent, MemoryContainer, Mem
 from tests.support import CollectedOutput, profile_text
 
 IMAGE = "agent:test"
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> Dirs:
-    dirs = Dirs(config=tmp_path / "config", state=tmp_path / "state", runtime=tmp_path / "run")
-    dirs.ensure()
-    return dirs
-
-
-@pytest.fixture
-def store(dirs: Dirs) -> Iterator[StateStore]:
-    store = StateStore(dirs.database)
-    yield store
-    store.close()
 
 
 def supervise(
