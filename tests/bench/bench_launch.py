@@ -68,6 +68,14 @@ def in_process_first_output(
     return loop.run_until_complete(launch())
 
 
+def print_ratios(title: str, rows: list[tuple[str, float]]) -> None:
+    """A table of times, each as a ratio to the first row's (the baseline of the same run)."""
+    base, width = rows[0][1], max(len(label) for label, _ in rows)
+    print(f"\n{title}")
+    for label, seconds in rows:
+        print(f"  {label:{width}} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+
+
 @pytest.mark.bench
 def test_launch_latency_against_bare_docker_run(
     tmp_path: Path, agent_image: str, engine: docker.DockerClient
@@ -144,9 +152,7 @@ def test_launch_latency_against_bare_docker_run(
         ("airlock run, handed to a running supervisor", statistics.median(handed_times)),
         ("in a running supervisor (library call)", statistics.median(warm_times)),
     ]
-    print(f"\nlaunch to first output, median of {RUNS} runs (target <= 1.3x):")
-    for label, seconds in rows:
-        print(f"  {label:44} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+    print_ratios(f"launch to first output, median of {RUNS} runs (target <= 1.3x):", rows)
     # The check stands between the container's start and the agent's command: its whole
     # time is on the launch's path (target <= 10 % of it).
     check, warm = statistics.median(checks[1:]), statistics.median(warm_times)
@@ -223,13 +229,17 @@ def test_interactive_launch_against_docker_run_it(
     finally:
         subprocess.run([str(AIRLOCK), "sessions"], env=env, capture_output=True)
     base = statistics.median(bare_times)
-    print(f"\ninteractive launch to the agent's first output, median of {RUNS} (target <= 1.3x):")
-    for label, seconds in [
-        ("docker run -it", base),
-        ("airlock run on a terminal, cold (supervising itself)", statistics.median(cold_times)),
-        ("airlock run on a terminal, warm (background supervisor)", statistics.median(warm_times)),
-    ]:
-        print(f"  {label:56} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+    print_ratios(
+        f"interactive launch to the agent's first output, median of {RUNS} (target <= 1.3x):",
+        [
+            ("docker run -it", base),
+            ("airlock run on a terminal, cold (supervising itself)", statistics.median(cold_times)),
+            (
+                "airlock run on a terminal, warm (background supervisor)",
+                statistics.median(warm_times),
+            ),
+        ],
+    )
 
 
 @pytest.mark.bench
@@ -292,9 +302,7 @@ def test_gvisor_launch_against_bare_runsc_run(
         ("under gVisor in a running supervisor", statistics.median(warm_times)),
         ("(bare docker run, runc, same rounds)", statistics.median(runc_times)),
     ]
-    print(f"\ngVisor launch to first output, median of {runs} runs:")
-    for label, seconds in rows:
-        print(f"  {label:46} {seconds * 1000:5.0f} ms  {seconds / base:.2f}x")
+    print_ratios(f"gVisor launch to first output, median of {runs} runs:", rows)
 
 
 @dataclass(frozen=True, slots=True)
