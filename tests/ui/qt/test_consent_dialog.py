@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,9 +46,14 @@ def requester(request: ConsentRequest) -> Requester:
 
 
 @pytest.fixture
-def front_end(settings: Settings) -> QtFrontEnd:
+def front_end(settings: Settings) -> Iterator[QtFrontEnd]:
     settings.set(options.UNLOCK_DELAY, 300)
-    return QtFrontEnd(settings, requester)
+    front_end = QtFrontEnd(settings, requester)
+    yield front_end
+    # A test that failed half way leaves no question on screen for the next one.
+    for dialog in front_end.dialogs():
+        dialog.hide()
+    front_end.queue.hide()
 
 
 @pytest.fixture
@@ -293,6 +298,11 @@ def test_file_save_choice_goes_through_the_file_dialog(
         name = dialog.file_dialog.findChild(QLineEdit, "fileNameEdit")
         name.selectAll()
         QTest.keyClicks(name, str(target))
+        # The dialog's completer may still pop up over the name (its folder model loads in
+        # the background) and would take the Return: a person would see it and press again.
+        popup = name.completer().popup() if name.completer() is not None else None
+        if popup is not None and popup.isVisible():
+            popup.hide()
         QTest.keyClick(name, Qt.Key.Key_Return)
         await until(lambda: dialog.paths, what="the choice")
         assert "will be able to save to" in dialog.summary.text()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from PySide6.QtCore import Qt
@@ -45,10 +45,15 @@ def requester(request: ConsentRequest) -> Requester:
 
 
 @pytest.fixture
-def front_end(settings: Settings) -> QtFrontEnd:
+def front_end(settings: Settings) -> Iterator[QtFrontEnd]:
     settings.set(options.UNLOCK_DELAY, 200)
     settings.set(options.CONSENT_TIMEOUT, 280)
-    return QtFrontEnd(settings, requester)
+    front_end = QtFrontEnd(settings, requester)
+    yield front_end
+    # A test that failed half way leaves no question on screen for the next one.
+    for dialog in front_end.dialogs():
+        dialog.hide()
+    front_end.queue.hide()
 
 
 def question_windows() -> list[object]:
