@@ -94,21 +94,7 @@ def test_launch_latency_against_bare_docker_run(
         XDG_CONFIG_HOME=str(tmp_path / "config"),
         XDG_RUNTIME_DIR=str(runtime),
     )
-    bare = [
-        docker_cli,
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--read-only",
-        "-v",
-        f"{notes}:{notes}:ro",
-        "-w",
-        str(notes),
-        agent_image,
-        "cat",
-        "a.md",
-    ]
+    bare = _bare_run([docker_cli], notes, agent_image)
     cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant", str(notes)]
     handed = [str(AIRLOCK), "run", "--profile", str(profile), "--grant", str(notes)]
     daemon = subprocess.Popen([str(AIRLOCK), "daemon"], env=env, stderr=subprocess.DEVNULL)
@@ -199,22 +185,7 @@ def test_interactive_launch_against_docker_run_it(
         "AIRLOCK_AUTOSTART": "1",
         "AIRLOCK_IDLE_EXIT": "60",
     }
-    bare = [
-        docker_cli,
-        "run",
-        "-it",
-        "--rm",
-        "--network",
-        "none",
-        "--read-only",
-        "-v",
-        f"{notes}:{notes}:ro",
-        "-w",
-        str(notes),
-        agent_image,
-        "cat",
-        "a.md",
-    ]
+    bare = _bare_run([docker_cli], notes, agent_image, "-it")
     cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant", str(notes)]
     warm = [str(AIRLOCK), "run", "--profile", str(profile), "--grant", str(notes)]
     first_screen_seconds(bare, tmp_path, env)
@@ -268,11 +239,7 @@ def test_gvisor_launch_against_bare_runsc_run(
     )
 
     def bare(runtime: str) -> list[str]:
-        return [
-            docker_cli, "run", "--rm", f"--runtime={runtime}", "--network", "none",
-            "--read-only", "-v", f"{notes}:{notes}:ro", "-w", str(notes),
-            agent_image, "cat", "a.md",
-        ]  # fmt: skip
+        return _bare_run([docker_cli], notes, agent_image, f"--runtime={runtime}")
 
     cold = [str(AIRLOCK), "run", "--in-process", "--profile", str(profile), "--grant", str(notes)]
     dirs = Dirs(tmp_path / "c", tmp_path / "s", Path(tempfile.mkdtemp(prefix="airlock-g-")))
@@ -329,10 +296,12 @@ def _shared_notes(owner: int, gid: int) -> tuple[Path, Path]:
     return work, notes
 
 
-def _bare_run(cli: list[str], notes: Path, image: str) -> list[str]:
+def _bare_run(cli: list[str], notes: Path, image: str, *options: str) -> list[str]:
+    """The engine's own `run` of `image` printing the granted file: the baseline of a launch."""
     return [
         *cli,
         "run",
+        *options,
         "--rm",
         "--network",
         "none",
